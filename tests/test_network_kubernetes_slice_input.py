@@ -38,21 +38,32 @@ def test_a_watch_adding_slices_without_end_keeps_at_most_max_slices(api: SliceAP
     resolver.start(sets)
     try:
         assert _addresses(sets) == ["10.1.0.5:4000"]
-        for n in range(MAX_SLICES + 100):  # slices with no endpoints: only their count grows
-            api.events.put({"type": "ADDED", "object": slice_of(f"kv-empty-{n}", [])})
-        api.events.put({"type": "ADDED", "object": slice_of("kv-late", ["10.1.0.9"])})
+        filler = [slice_of(f"kv-empty-{n}", []) for n in range(MAX_SLICES - 1)]  # no endpoints: only a count
+        more = [slice_of(f"kv-more-{n}", []) for n in range(100)]  # named past kv-late
+        for obj in [*filler, slice_of("kv-late", ["10.1.0.9"]), *more]:
+            api.events.put({"type": "ADDED", "object": obj})
         # a slice kept already still changes: the events before this one have all been read once it shows
         api.events.put({"type": "MODIFIED", "object": slice_of("kv-a", ["10.1.0.6"])})
         assert until(lambda: "10.1.0.6:4000" in _addresses(sets), 60), sets.sets[-1:]
         assert _addresses(sets) == ["10.1.0.6:4000"]  # kv-late came past the cap: not kept
         assert len(resolver._slices) == MAX_SLICES
-        said = [r.getMessage() for r in caplog.records if "EndpointSlice 'kv-empty-" in r.getMessage()]
+        said = [r.getMessage() for r in caplog.records if "a watch event adds EndpointSlice" in r.getMessage()]
         assert len(said) == 1 and f"at most {MAX_SLICES} of one Service are kept" in said[0], said
-        # one gone makes room for the next
-        api.events.put({"type": "DELETED", "object": slice_of("kv-empty-0", [])})
-        api.events.put({"type": "ADDED", "object": slice_of("kv-later", ["10.1.0.7"])})
-        assert until(lambda: "10.1.0.7:4000" in _addresses(sets), 30), sets.sets[-1:]
-        assert api.lists == 1 and resolver.last_error is None, resolver.last_error
+        assert "'kv-late'" in said[0], said
+        # one kept gone makes room for kv-late, which the watch does not send again: the slices are listed
+        # again, as the API server now holds them, and the first by name kept (kv-late, not the kv-more ones)
+        api.list_body["items"] = [slice_of("kv-a", ["10.1.0.6"]), *filler[1:], slice_of("kv-late", ["10.1.0.9"]),
+                                  *more]
+        caplog.clear()
+        api.events.put({"type": "DELETED", "object": filler[0]})
+        assert until(lambda: "10.1.0.9:4000" in _addresses(sets), 30), (api.lists, sets.sets[-1:])
+        assert _addresses(sets) == ["10.1.0.6:4000", "10.1.0.9:4000"]
+        assert api.lists == 2 and len(resolver._slices) == MAX_SLICES
+        assert "kv-empty-0" not in resolver._slices and "kv-more-0" not in resolver._slices
+        # the new list's refusals are said again, as a warning
+        assert [r.levelname for r in caplog.records if f"the list has {MAX_SLICES + 100} EndpointSlices"
+                in r.getMessage()] == ["WARNING"], caplog.text
+        assert resolver.last_error is None, resolver.last_error
     finally:
         resolver.close()
 

@@ -375,6 +375,9 @@ class EndpointSliceResolver:
             self._report()
             if self._stop.is_set():  # the callback closed us: do not wait for another event
                 break
+            if self._slice_cap.refused and name not in self._slices:  # room for one refused: list them again
+                self._rv = None
+                break
         return events
 
     def _close_client(self) -> None:

@@ -156,10 +156,13 @@ def keep_at_most(endpoints: Sequence[Endpoint], limit: int) -> list[Endpoint]:
 
 
 class SliceCap:
-    """At most MAX_SLICES slices of ``target``'s Service kept; the first refusal is a warning, later ones debug."""
+    """At most MAX_SLICES slices of ``target``'s Service kept; a list's first refusal is a warning, later ones
+    debug. ``refused``: whether a slice was left out since the last list (one kept deleted then makes room,
+    and the slices are listed again to fill it: the watch does not send the ones it was refused again)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
+        self.refused = False
         self._told = False
 
     def admits(self, kept: Mapping[str, Any], name: str) -> bool:
@@ -167,12 +170,15 @@ class SliceCap:
         if name in kept or len(kept) < MAX_SLICES:
             return True
         self._tell(f"a watch event adds EndpointSlice {name[:80]!r}")
+        self.refused = True
         return False
 
     def capped(self, listed: dict[str, Any]) -> dict[str, Any]:
         """A list's slices, the first MAX_SLICES by name when there are more."""
+        self._told = self.refused = False  # a new list: what it leaves out is said again
         if len(listed) <= MAX_SLICES:
             return listed
+        self.refused = True
         self._tell(f"the list has {len(listed)} EndpointSlices")
         return {name: listed[name] for name in sorted(listed)[:MAX_SLICES]}
 
