@@ -39,7 +39,7 @@ class _Answer(discovery_pb2_grpc.DiscoveryServicer):
 def plugin() -> Iterator[tuple[str, _Answer]]:
     server = grpc.server(futures.ThreadPoolExecutor(4))
     answer = _Answer()
-    health_pb2_grpc.add_HealthServicer_to_server(_Healthy(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(_Healthy(), server)  # type: ignore[no-untyped-call]
     discovery_pb2_grpc.add_DiscoveryServicer_to_server(answer, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
