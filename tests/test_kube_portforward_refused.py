@@ -9,6 +9,7 @@ here are local processes on the Kubernetes stand-in.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import time
@@ -63,3 +64,25 @@ def test_a_refused_port_fails_the_start_at_once(server: StandIn, kubeconfig: str
     text = str(info.value)
     assert re.search(rf"port-forward to pod {client.runner.id} port \d+: the API server said", text), text
     assert "Connection refused" in text and "listens on that port" in text, text
+
+
+@pytest.mark.timeout(60)
+def test_the_error_channels_text_is_quoted_escaped(server: StandIn, kubeconfig: str,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    # the API server's (or a proxy's) words on the error channel, with a line of its own for the host's log
+    server.portforward_error = "no route\n2026-01-01 ERROR plugbay: forged line \x1b[31mred"
+    caplog.set_level(logging.WARNING, logger="plugbay.runners.kubernetes")
+    client = _client(kubeconfig, NOTHING, 15)
+    try:
+        with pytest.raises(RunnerError) as info:
+            client.start()
+    finally:
+        client.kill()
+    assert "the API server said 'no route\\\\x0a2026-01-01 ERROR plugbay: forged line \\\\x1b[31mred'" \
+        in str(info.value), str(info.value)
+    said = [r.getMessage() for r in caplog.records if "port-forward to" in r.getMessage() and "no route" in
+            r.getMessage()]
+    assert said, caplog.text
+    for message in said:
+        assert "\n" not in message and "\x1b" not in message, message
+        assert "no route\\x0a2026-01-01 ERROR plugbay: forged line \\x1b[31mred" in message, message

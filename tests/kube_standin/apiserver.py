@@ -402,6 +402,7 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
         session = ForwardSession(self.connection, f"{ns}/{name}", ports, dict(box.published))
         with standin.lock:
             session.drop_on_data = standin.drop_next_data > 0
+            session.error_text = standin.portforward_error
             if session.drop_on_data:
                 standin.drop_next_data -= 1
             standin.sessions.append(session)

@@ -113,6 +113,7 @@ class ForwardSession:
         self.targets = targets
         self.dropped = threading.Event()
         self.drop_on_data = False
+        self.error_text: str | None = None  # set: said on the first port's error channel, instead of relaying
         self._reader = FrameReader()
         self._peer_closed = False
 
@@ -140,6 +141,9 @@ class ForwardSession:
                 header = struct.pack("<H", port)
                 self._send(OP_BINARY, bytes([2 * i]) + header)
                 self._send(OP_BINARY, bytes([2 * i + 1]) + header)
+            if self.error_text is not None and self.ports:
+                self._send(OP_BINARY, b"\x01" + self.error_text.encode())
+                return
             for i, port in enumerate(self.ports):
                 target = self.targets.get(port)
                 try:

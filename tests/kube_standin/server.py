@@ -72,6 +72,7 @@ class StandIn:
         self.released = threading.Event()  # set: the held requests go on and are answered
         self.drop_next_data = 0
         self.portforward_protocol = PROTOCOL  # what the port-forward upgrade answers (tests change it)
+        self.portforward_error: str | None = None  # set: each port-forward stream's error channel says it
         self.stopping = threading.Event()
         self._server = ApiServer(self)
         self._thread: threading.Thread | None = None
