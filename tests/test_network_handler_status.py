@@ -20,7 +20,9 @@ import grpc
 import pytest
 
 from plugbay import AsyncRemoteClient, OutlierPolicy, RemoteClient, RemoteConfig
-from plugbay.core.protocol.handlerstatus import HANDLER_STATUS
+from plugbay.core.protocol.handlerstatus import HANDLER_STATUS, handler_status
+import plugbay.network.pool as pool_module
+import plugbay.network.pooltls as pooltls_module
 from tests import netcerts
 from tests.resilience_util import wait_until
 from tests.test_network_broker import HANDSHAKE, CounterReplica, host_tls
@@ -85,6 +87,26 @@ def test_a_handlers_nested_status_does_not_eject_its_replica(replica: CounterRep
         _sync_calls(client.dispense(NAME), method, marked=True)
         endpoint = _settled(client.pool.metrics)
         assert endpoint["ejected"] is False and endpoint["ejections"] == 0 and endpoint["failures"] == 0, endpoint
+
+
+def test_the_pool_reads_a_calls_mark_once(replica: CounterReplica, certs: netcerts.CertSet,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # EndpointPool.done() read a marked call's trailers to count its outcome, then PoolTLS.tls_answered() read
+    # them again (and derived the code again) to tell whether the plugin answered
+    reads: list[BaseException] = []
+
+    def read(error: BaseException) -> bool:
+        reads.append(error)
+        return handler_status(error)
+
+    for module in (pool_module, pooltls_module):  # where each reads it (pooltls no longer does)
+        monkeypatch.setattr(module, "handler_status", read, raising=False)
+    with RemoteClient(_config(replica, certs)) as client:
+        _sync_calls(client.dispense(NAME), "Unary", marked=True)
+        endpoint = _settled(client.pool.metrics)
+    assert endpoint["ejections"] == 0 and endpoint["failures"] == 0, endpoint
+    marked = [error for error in reads if handler_status(error)]
+    assert len({id(error) for error in marked}) == CALLS and len(marked) == CALLS, marked
 
 
 @pytest.mark.parametrize("replica", [False], indirect=True)

@@ -14,7 +14,7 @@ from plugbay.core.host.aiochannel import TaskCall, off_loop, retrieved
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.errors import NoEndpointsError, PlugbayError
 from plugbay.network.channelbase import Member
-from plugbay.network.poolcalls import (EndpointPool, PoolCallable, Tried, answered, busy, cut_by_drain,
+from plugbay.network.poolcalls import (EndpointPool, PoolCallable, Tried, busy, cut_by_drain, ended_ok,
                                        no_endpoints, not_sent, out_of_tries)
 
 WAIT = 0.05  # how often a call that waits for an endpoint asks the pool again
@@ -303,7 +303,7 @@ def _report(pool: EndpointPool, member: Member, call: Any) -> None:
         # its trailers go with the status (a handler's own, core/protocol/handlerstatus.py, is no fault either)
         error = None if code in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED) else grpc.aio.AioRpcError(
             code, grpc.aio.Metadata(), await call.trailing_metadata(), details=details)
-        pool.done(member, error, ok=answered(code))
+        pool.done(member, error, ok=ended_ok(code))
 
     asyncio.ensure_future(report()).add_done_callback(retrieved)
 

@@ -46,6 +46,7 @@ from plugbay.network.figures import check_pool
 from plugbay.network.poolcalls import PoolCallable, no_endpoints
 from plugbay.network.resolver import Endpoint, Resolver
 from plugbay.network.poolhealth import PoolHealth, reconnect_backoff
+from plugbay.network.pooltls import status_from_server
 from plugbay.network.tls import NetworkTLS
 
 _log = logging.getLogger("plugbay.network")
@@ -275,15 +276,17 @@ class EndpointPool(PoolHealth, CallChannel):
 
     def done(self, member: Member, error: BaseException | None, ok: bool = False) -> None:
         """Record a call's outcome: failures count toward ejection; successes reset the count. ``ok``: it
-        was answered (an ``error`` of None is also a try not sent, or cancelled)."""
+        ended OK (an ``error`` of None is also a try not sent, or cancelled)."""
         code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
+        # a status its handler passed on is the plugin's answer (handlerstatus.py): trailers read once, unlocked
+        passed_on = error is not None and not status_from_server(code) and handler_status(error)
         refresh = False
         with self._cond:
             member.inflight -= 1
             now = time.monotonic()
-            if error is None or code not in ENDPOINT_FAILURES or handler_status(error):  # it answered
+            if error is None or code not in ENDPOINT_FAILURES or passed_on:  # it answered
                 member.outlier.success()
-                self.tls_answered(member, error, ok)
+                self.tls_answered(member, code, ok or passed_on)
             else:
                 member.failures += 1
                 refresh = True

@@ -274,7 +274,7 @@ class PoolCallable:
             except BaseException as exc:
                 self._pool.done(member, exc)
                 raise
-        call.add_done_callback(lambda c: self._pool.done(member, _call_error(c), ok=answered(_code(c))))
+        call.add_done_callback(lambda c: self._pool.done(member, _call_error(c), ok=ended_ok(_code(c))))
         return _PoolStream(call, self._pool, member)
 
     def _unary(self, with_call: bool, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
@@ -363,8 +363,8 @@ class PoolCallable:
         return all(key in tried for key in self._pool.pickable_keys())
 
 
-def answered(code: grpc.StatusCode | None) -> bool:
-    """Whether a stream that ended with ``code`` was answered (pool.done()'s ``ok``), sync or grpc.aio."""
+def ended_ok(code: grpc.StatusCode | None) -> bool:
+    """Whether a stream ended with ``code`` ended OK (pool.done()'s ``ok``), sync or grpc.aio."""
     return bool(code == grpc.StatusCode.OK)
 
 

@@ -25,7 +25,7 @@ import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import OutlierPolicy
-from plugbay.network.pooltls import PoolTLS, server_answered
+from plugbay.network.pooltls import PoolTLS, status_from_server
 from plugbay.network.resolver import Endpoint
 from plugbay.network.tls import NetworkTLS, cut_short, relay_named, tls_failure
 
@@ -261,7 +261,7 @@ class PoolHealth(PoolTLS):
         except grpc.RpcError as exc:
             ok = exc.code() == grpc.StatusCode.UNIMPLEMENTED  # no health service: calls tell
             detail = relay_named(f"{exc.code().name}: {exc.details()}", member.key)
-            answered = server_answered(exc.code())
+            answered = status_from_server(exc.code())
         except Exception as exc:  # cancelled on close
             ok, detail, answered = False, type(exc).__name__, False
         suspect = not ok and self.diagnose_tls and cut_short(detail)

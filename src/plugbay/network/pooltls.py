@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import ENDPOINT_FAILURES
 from plugbay.network.poolcalls import tls_error
@@ -39,7 +38,7 @@ _NOT_FROM_THE_SERVER = (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
 _PROBE_SEES_GONE = HOST_CERT_REFUSALS | {REFUSED_CERT}  # what a plain probe's handshake taken proves over
 
 
-def server_answered(code: grpc.StatusCode | None) -> bool:
+def status_from_server(code: grpc.StatusCode | None) -> bool:
     """Whether a failed call's (or health check's) status came from the server, over a connection whose
     handshake worked. Not the statuses gRPC makes when it gets no connection (nor a cancel, which may come
     before one, nor UNKNOWN, which a request iterator that raises makes with no connection); a server's own
@@ -152,11 +151,11 @@ class PoolTLS:
         elif answered:
             member.tls_learned = None
 
-    def tls_answered(self, member: Member, error: BaseException | None, ok: bool) -> None:
-        """Under the lock: a call on ``member`` ended ``ok`` (answered), or with ``error``: one whose status the
-        plugin sent ended over TLS that works, so the TLS failure remembered of it is over."""
-        code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
-        if ok or server_answered(code) or (error is not None and handler_status(error)):
+    def tls_answered(self, member: Member, code: grpc.StatusCode | None, answered: bool) -> None:
+        """Under the lock: a call on ``member`` ended with ``code`` (EndpointPool.done()'s: None for an error
+        that is no call, or none); ``answered``: it ended OK, or with a status the plugin's handler passed on.
+        One the plugin answered ended over TLS that works, so the TLS failure remembered of it is over."""
+        if answered or status_from_server(code):
             member.tls_learned = None
 
     def tls_warnings(self) -> frozenset[str]:
