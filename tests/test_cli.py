@@ -98,7 +98,8 @@ def test_call_failures_have_one_line_and_exit_codes(kv_run: object) -> None:
     target = kv_run.target  # type: ignore[attr-defined]
     unknown = plugbay("call", target, "/proto.KV/Nope", "{}", "--proto", str(KV_PROTO))
     assert unknown.returncode == 1
-    assert unknown.stderr.strip() == "error: unknown method 'Nope' of proto.KV (it has: Get, Put); check the method name"
+    assert unknown.stderr.strip() == \
+        "error: unknown method 'Nope' of proto.KV (it has: Get, Put); check the method name"
     bad = plugbay("call", target, "/proto.KV/Get", '{"key": ', "--proto", str(KV_PROTO))
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: request is not valid JSON for proto.GetRequest")
@@ -321,7 +322,7 @@ def test_gateway_delegates_or_says_it_is_missing(tmp_path: Path) -> None:
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     target = f"static:///127.0.0.1:{port}"
     try:
-        health = plugbay("health", target, "--insecure", "--watch", "--count", "1", "--timeout", "30")
+        health = plugbay("health", target, "--insecure", "--timeout", "30")  # one check waits for it to come up
         assert health.returncode == 0, health.stdout + health.stderr
         # started with the common soft limit, the gateway raised it as a plugin's serve() does (its sessions
         # admit only the streams half the soft limit allows)

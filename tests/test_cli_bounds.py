@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,40 @@ def test_a_health_watch_goes_on_until_the_plugin_comes_up_on_its_socket(own_tmp:
         code, _, err = _stop(watch, signal.SIGINT)
         assert code == 0, err  # the last check's: SERVING
     finally:
+        end(watch)
+        if plugin is not None:
+            end(plugin)
+
+
+def test_a_health_watch_on_a_refused_target_says_so_every_interval_and_sees_it_come_up(own_tmp: Path) -> None:
+    # each check of a watch waited --timeout for the connection: a target that refused it got one line every
+    # --timeout + --interval (here 600.1 s: the watch is killed long before its first line would have come)
+    sock = own_tmp / "kv.sock"
+    with socket.socket(socket.AF_UNIX) as unheard:  # a socket nothing listens on: connections are refused
+        unheard.bind(str(sock))
+    watch = _start(["health", f"unix://{sock}", "--insecure", "--watch", "--interval", "0.1", "--timeout", "600",
+                    "--count", "300", "--json"], own_tmp)  # the count bounds it, should the plugin never answer
+    bound = threading.Timer(120, watch.kill)  # a bound on the old code's wait, not a speed figure
+    bound.start()
+    plugin = None
+    try:
+        assert watch.stdout is not None
+        refused = [json.loads(watch.stdout.readline() or "null") for _ in range(3)]
+        assert all(r is not None and r["status"] == "UNREACHABLE" and "Connection refused" in r["detail"]
+                   for r in refused), refused
+        sock.unlink()  # and the KV example, a real plugin, comes up on that path
+        plugin = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  env=cli_env(BASIC_PLUGIN="hello", PLUGBAY_LISTEN=f"unix:{sock}"))
+        seen = [r["status"] for r in refused]
+        while seen[-1] != "SERVING":
+            line = watch.stdout.readline()
+            assert line, f"the watch ended before the plugin served: {seen}"
+            seen.append(json.loads(line)["status"])
+        code, _, err = _stop(watch, signal.SIGINT)
+        assert code == 0, err  # the last check's: SERVING
+    finally:
+        bound.cancel()
         end(watch)
         if plugin is not None:
             end(plugin)

@@ -44,15 +44,19 @@ def _tls(kw: dict[str, Any]) -> Tls:
 # --- health --------------------------------------------------------------------------------
 
 
-def check_health(channel: grpc.Channel, service: str, timeout: float) -> dict[str, Any]:
-    """One health check: status SERVING / NOT_SERVING / UNREACHABLE with its round trip in ms."""
+def check_health(channel: grpc.Channel, service: str, timeout: float, *, wait: bool = True) -> dict[str, Any]:
+    """One health check: status SERVING / NOT_SERVING / UNREACHABLE with its round trip in ms.
+
+    ``wait``: up to ``timeout`` for a target that is not connected yet (coming up). Without it, a target
+    that refuses the connection is UNREACHABLE at once; ``timeout`` still bounds a connected one's answer.
+    """
     from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 
     stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
     started = time.monotonic()
     try:
         resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
-                          wait_for_ready=True)
+                          wait_for_ready=wait)
     except grpc.RpcError as exc:
         ms = (time.monotonic() - started) * 1000
         code = exc.code()
@@ -82,7 +86,8 @@ Example:
 Exit code 0 only when SERVING; 3 when unreachable, 4 when not serving.""")
 @target_options
 @click.option("--service", default="plugin", show_default=True, help="Health service name to check.")
-@click.option("--watch", is_flag=True, help="Check again every --interval seconds until Ctrl-C.")
+@click.option("--watch", is_flag=True, help="Check again every --interval seconds until Ctrl-C (its checks do not"
+              " wait for a target to come up: the next check does).")
 @click.option("--interval", type=output.FloatRange(0.05, 3600), default=1.0, show_default=True)
 @click.option("--count", type=click.IntRange(1), default=None, help="With --watch: stop after N checks.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per check.")
@@ -93,18 +98,26 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
     TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///).
     """
     tls, target, timeout = _tls(kw), kw["target"], kw["timeout"]
+    # A watch's checks do not wait for a connection: each waited --timeout on a dead target, and a line came
+    # every --timeout + --interval. The next check is the wait, so gRPC's reconnect backoff (up to 120 s)
+    # is capped at two intervals, as the endpoint pool's health checks have it: a target back is seen.
+    redial: list[tuple[str, int]] = []
+    if watch:
+        from plugbay.network.poolhealth import reconnect_backoff
+
+        redial = reconnect_backoff(interval)
     with ExitStack() as stack:
         reached: Reached | None = None
         done, code = 0, output.UNREACHABLE
         try:
             while True:
                 try:  # reached once, the channel is kept: it reconnects by itself
-                    reached = reached or stack.enter_context(reach(target, tls))
+                    reached = reached or stack.enter_context(reach(target, tls, options=redial))
                 except TargetUnreachableError as exc:  # not there (yet): a watch goes on, to see it come up
                     result: dict[str, Any] = {"status": "UNREACHABLE", "ms": 0.0,
                                               "detail": output.one_line(str(exc))}
                 else:
-                    result = check_health(reached.channel, service, timeout)
+                    result = check_health(reached.channel, service, timeout, wait=not watch)
                 code, done = _health_code(result["status"]), done + 1  # before it shows: Ctrl-C may come then
                 _print_health(result, as_json)
                 if not watch or (count is not None and done >= count):

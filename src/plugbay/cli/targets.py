@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +112,7 @@ def attach_runner(data: dict[str, Any]) -> Any:
         raise TargetUnreachableError(str(exc)) from None
 
 
-def _network_target(target: str, tls: Tls) -> Reached:
+def _network_target(target: str, tls: Tls, options: Sequence[tuple[str, Any]] = ()) -> Reached:
     """A channel to one endpoint of the target, found by network mode's own parsing and discovery.
 
     A probe talks to one replica as it is (the first ready one), not through the endpoint pool,
@@ -154,19 +154,20 @@ def _network_target(target: str, tls: Tls) -> Reached:
     facts: dict[str, Any] = {"network": endpoint.network, "address": endpoint.address, "endpoints": len(ready)}
     if tls.insecure:
         facts["tls"] = False
-        return Reached(grpc.insecure_channel(address, options=CHANNEL_OPTIONS), target, facts)
+        return Reached(grpc.insecure_channel(address, options=[*CHANNEL_OPTIONS, *options]), target, facts)
     network_tls = NetworkTLS(cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca or "")
     facts["tls"] = True
     return Reached(grpc.secure_channel(address, network_tls.credentials(),
-                                       options=[*CHANNEL_OPTIONS, *network_tls.options()]), target, facts)
+                                       options=[*CHANNEL_OPTIONS, *network_tls.options(), *options]), target, facts)
 
 
 @contextmanager
-def reach(target: str, tls: Tls) -> Iterator[Reached]:
-    """A channel to the plugin ``target`` names; everything opened is closed on exit."""
+def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> Iterator[Reached]:
+    """A channel to the plugin ``target`` names (with the gRPC channel ``options`` given); everything opened
+    is closed on exit."""
     config = load_reattach(target)
     if config is None:
-        reached = _network_target(target, tls)
+        reached = _network_target(target, tls, options)
         try:
             yield reached
         finally:
@@ -185,7 +186,7 @@ def reach(target: str, tls: Tls) -> Iterator[Reached]:
     try:
         network, address = runner.plugin_to_host(info.network, info.address)
         conn = dial(network, address, tls=config.client_cert, server_cert_der=info.server_cert,
-                    relay_dir=relay_dir)
+                    relay_dir=relay_dir, options=options)
     except BaseException:
         shutil.rmtree(relay_dir, ignore_errors=True)
         runner.detach()
