@@ -231,23 +231,25 @@ Examples:
               help="With --temp: a folder to look in (repeatable; default: the temp dir and /var/tmp).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], docker_images: [...], "
-              "kubernetes: [...], temp: [...], count, dry_run}.")
+              "docker_networks: [...], kubernetes: [...], temp: [...], count, dry_run}.")
 def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfig: str | None,
           temp_dirs: tuple[str, ...], dry_run: bool, as_json: bool) -> int:
     """Remove (or list) what plugbay hosts that are gone left behind on this machine.
 
     Without --docker, --kubernetes or --temp: Docker containers (and the images plugbay built
-    that nothing names or uses any more) and temp folders.
+    that nothing names or uses any more, and the networks plugbay made that no container is on)
+    and temp folders.
     A temp folder goes only once the process that made it is gone and no
     socket in it answers (a plugin left running for a reattach keeps its folder).
     """
     found: dict[str, list[str]] = {}
     if docker_ or not (kubernetes or temp):
-        from plugbay.runners.docker import sweep as docker_sweep, sweep_images
+        from plugbay.runners.docker import sweep as docker_sweep, sweep_images, sweep_networks
 
         try:
-            found["docker"] = docker_sweep(dry_run=dry_run, images=False)
+            found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False)
             found["docker_images"] = sweep_images(dry_run=dry_run)  # after the containers: their images free
+            found["docker_networks"] = sweep_networks(dry_run=dry_run)  # and their networks
         except EngineUnavailableError as exc:
             if docker_:
                 raise

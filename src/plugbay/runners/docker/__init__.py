@@ -4,8 +4,8 @@ Imports: plugbay.errors, core.protocol, core.transport and plugbay.runners (base
 """
 
 from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR
-from plugbay.runners.docker.sweep import sweep, sweep_images
+from plugbay.runners.docker.sweep import sweep, sweep_images, sweep_networks
 from plugbay.runners.docker.options import TRANSPORTS
 from plugbay.runners.docker.runner import DockerRunner
 
-__all__ = ["CONTAINER_SOCKET_DIR", "TRANSPORTS", "DockerRunner", "sweep", "sweep_images"]
+__all__ = ["CONTAINER_SOCKET_DIR", "TRANSPORTS", "DockerRunner", "sweep", "sweep_images", "sweep_networks"]

@@ -5,7 +5,8 @@ where it may write (``/tmp`` by default), a pids limit, and, with the ``tcp``
 transport, a plugbay-created bridge network on which containers cannot reach
 each other (``com.docker.network.bridge.enable_icc=false``): published ports
 still reach the plugin from the host's 127.0.0.1, but one plugin cannot dial
-another. The network is created on first use, labelled, and reused.
+another. The network is created on first use, labelled, and reused; the sweep
+removes one that plugbay made (made_by_plugbay()) once no container is on it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from plugbay.runners.session import MANAGED
 
 ISOLATED_NETWORK = "plugbay-isolated"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
+# The mark of a network plugbay created, its value the network's name. plugbay.managed=true alone is no proof:
+# plugbay joins a network a user made with it (and ICC off), and networks of earlier releases have it alone.
+MADE_NETWORK = "plugbay.network"
 DEFAULT_PIDS_LIMIT = 256
 DEFAULT_TMPFS_SIZE = "64m"
 _create_lock = threading.Lock()
@@ -87,7 +91,7 @@ def ensure_network(client: Any, name: str) -> str:
             except NotFound:
                 try:
                     net = engine_call(lambda: client.networks.create(
-                        name, driver="bridge", check_duplicate=True, labels={MANAGED: "true"},
+                        name, driver="bridge", check_duplicate=True, labels={MANAGED: "true", MADE_NETWORK: name},
                         options={ICC_OPTION: "false"}), "create the plugin network")
                 except APIError as exc:
                     if not _made_meanwhile(exc):
@@ -103,6 +107,14 @@ def ensure_network(client: Any, name: str) -> str:
             f" traffic disabled ({ICC_OPTION}=false), so plugins on it could reach each other. Remove it"
             f" (`docker network rm {name}`) to let plugbay create it, or pass network= another name.")
     return str(net.id)
+
+
+def made_by_plugbay(attrs: Mapping[str, Any]) -> bool:
+    """Whether a network (the engine's listing of it) is one ensure_network() created: its labels, name,
+    driver and options all as that gave them."""
+    labels = attrs.get("Labels") or {}
+    return labels.get(MANAGED) == "true" and labels.get(MADE_NETWORK) == attrs.get("Name") and \
+        attrs.get("Driver") == "bridge" and (attrs.get("Options") or {}).get(ICC_OPTION) == "false"
 
 
 def _made_meanwhile(exc: Any) -> bool:

@@ -1,5 +1,6 @@
-"""The sweep of plugbay's containers whose host session is gone (and of their socket folders), and of
-the images plugbay built that nothing uses or names any more."""
+"""The sweep of plugbay's containers whose host session is gone (and of their socket folders), of the
+images plugbay built that nothing uses or names any more, and of the networks plugbay made that no
+container is on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from plugbay.errors import EngineUnavailableError, RunnerError
 from plugbay.runners.docker.engine import (SOCKET_DIR, end_socket_dir, engine, engine_call, engine_failures,
                                            require_sdk)
+from plugbay.runners.docker.hardening import MADE_NETWORK, made_by_plugbay
 from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
                                      owner_of, session_gone)
 
@@ -20,11 +22,12 @@ BUILT = "plugbay.content-hash"
 
 
 def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False,
-          images: bool = True) -> list[str]:
+          images: bool = True, networks: bool = True) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
 
     ``dry_run=True`` removes nothing and returns the ids it would remove. ``images``: then (not in a dry
-    run) remove the images plugbay built that nothing names or uses any more (:func:`sweep_images`).
+    run) remove the images plugbay built that nothing names or uses any more (:func:`sweep_images`);
+    ``networks``: and the networks plugbay made that no container is on (:func:`sweep_networks`).
 
     Without ``live_sessions``, a session is gone when its host process no longer
     runs on this machine (containers started from other machines are left
@@ -90,6 +93,8 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                                  container.short_id, unproven)
         if images and not dry_run:  # the containers removed above may have been the last users of an image
             sweep_images(client=client)
+        if networks and not dry_run:  # or of a network
+            sweep_networks(client=client)
     except EngineUnavailableError:
         raise  # engine_call() said what to do
     except failed as exc:  # the list failed: a removal's failure was warned of above
@@ -158,3 +163,56 @@ def _built_here(client: Any, image_id: str) -> bool:
     history = engine_call(lambda: client.api.history(image_id), "read the image's history")
     newest = str((history[0] if history else {}).get("CreatedBy") or "")
     return bool(value) and newest.rstrip().endswith(f"LABEL {BUILT}={value}")
+
+
+def sweep_networks(*, client: Any = None, dry_run: bool = False) -> list[str]:
+    """Remove the networks plugbay made that no container is on; return their ids (with ``dry_run``, the
+    ids it would remove). DockerRunner(network=NAME) makes NAME on first use (the tcp transport's isolated
+    bridge) and keeps it for later starts, a misspelled NAME too.
+
+    A network counts as plugbay's only when it has the labels, driver and options plugbay gives a network
+    it creates (hardening.made_by_plugbay): a network someone else made stays, one labelled
+    plugbay.managed=true for plugbay to join too, and so do those of releases before that label. A network
+    any container is on, a stopped or a merely created one too, stays; one a container joined after the
+    look is refused by the engine (while that container runs) and stays. A DockerRunner that finds its
+    network gone at a start makes it anew.
+    Failures are logged, not raised: whatever else a sweep does still counts.
+    """
+    require_sdk()
+    from docker.errors import NotFound
+
+    failed = engine_failures()
+    own = client is None
+    client = client or engine()
+    removed: list[str] = []
+    try:
+        found = engine_call(lambda: client.api.networks(filters={"label": MADE_NETWORK}), "list plugbay's networks")
+        for attrs in found:
+            net_id, name = str(attrs.get("Id", "")), str(attrs.get("Name", ""))
+            if not net_id or not made_by_plugbay(attrs):
+                continue
+            try:
+                # by id and by name: a container's network settings name both once it ran, a created one's
+                # may have the name alone
+                if any(engine_call(lambda: client.api.containers(all=True, quiet=True, filters={"network": key}),
+                                   "list the network's containers") for key in (net_id, name)):
+                    continue
+                if dry_run:
+                    removed.append(net_id)
+                    continue
+                engine_call(lambda: client.api.remove_network(net_id), "remove the network")
+            except NotFound:
+                continue
+            except failed as exc:
+                if getattr(exc, "status_code", None) not in (403, 409):  # in use (joined since the look): kept
+                    _log.warning("sweep could not remove network %s (%s): %s", name, net_id[:12], exc)
+                continue
+            _log.info("sweep removed network %s (%s): plugbay made it, and no container is on it", name, net_id[:12])
+            removed.append(net_id)
+    except failed as exc:
+        _log.warning("sweep could not list plugbay's networks: %s; list them with `docker network ls --filter"
+                     " label=%s`", exc, MADE_NETWORK)
+    finally:
+        if own:
+            client.close()
+    return removed

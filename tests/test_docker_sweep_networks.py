@@ -1,0 +1,113 @@
+"""The sweep of the networks plugbay made that no container is on.
+
+DockerRunner(network=NAME) makes NAME on first use (the tcp transport's isolated bridge) and keeps it, a
+misspelled NAME too, which no sweep removed (it swept containers and images only). A network goes only when
+plugbay can prove it made it (its labels, driver and options as plugbay creates them) and no container,
+running, stopped or only created, is on it: a network labelled plugbay.managed=true for plugbay to join, or
+one given plugbay's labels under another name, stays. The real engine; every network and container a test
+makes is removed on the way out, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from docker.errors import NotFound
+
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner, sweep_networks
+from plugbay.runners.docker.hardening import ICC_OPTION
+from tests.cli_util import plugbay
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+
+BASE = "plugbay-base:bookworm"
+
+
+def _named(docker: Any, name: str) -> list[Any]:
+    # the engine's name filter matches parts of names too
+    return [net for net in docker.networks.list(names=[name]) if net.name == name]
+
+
+@contextmanager
+def _made(docker: Any) -> Iterator[tuple[list[str], list[str]]]:
+    """(network names, container ids) a test fills in as it makes them; all removed on the way out."""
+    names: list[str] = []
+    containers: list[str] = []
+    try:
+        yield names, containers
+    finally:
+        for cid in containers:
+            try:
+                docker.api.remove_container(cid, force=True)
+            except NotFound:
+                pass
+        for name in names:
+            for net in _named(docker, name):
+                try:
+                    net.remove()
+                except NotFound:
+                    pass
+
+
+def _start_on(name: str) -> DockerRunner:
+    runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
+    try:
+        runner.start(LaunchSpec(env={}))
+    except BaseException:
+        runner.kill()
+        raise
+    return runner
+
+
+def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_is_on_it(plugbay_docker: Any) -> None:
+    stem = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}"
+    typo = f"{stem}-isolatd"
+    with _made(plugbay_docker) as (names, containers):
+        # plugbay joins a network someone made with its label and ICC off, but did not make it; nor did it make
+        # one given its labels under another name, or one with none
+        joinable, copied, plain = f"{stem}-joinable", f"{stem}-copied", f"{stem}-plain"
+        names.extend([typo, joinable, copied, plain])
+        plugbay_docker.networks.create(joinable, driver="bridge", labels={"plugbay.managed": "true"},
+                                       options={ICC_OPTION: "false"})
+        plugbay_docker.networks.create(copied, driver="bridge", options={ICC_OPTION: "false"},
+                                       labels={"plugbay.managed": "true", "plugbay.network": typo})
+        plugbay_docker.networks.create(plain, driver="bridge")
+        runner = _start_on(typo)
+        try:
+            (made,) = _named(plugbay_docker, typo)
+            assert made.attrs["Labels"] == {"plugbay.managed": "true", "plugbay.network": typo}
+            assert made.id not in sweep_networks(client=plugbay_docker)  # its container runs
+        finally:
+            runner.kill()
+        # a container only created on it (not started) keeps it too
+        containers.append(plugbay_docker.api.create_container(
+            BASE, ["true"], networking_config=plugbay_docker.api.create_networking_config({typo: {}}),
+            host_config=plugbay_docker.api.create_host_config(network_mode=typo))["Id"])
+        assert made.id not in sweep_networks(client=plugbay_docker)
+        plugbay_docker.api.remove_container(containers.pop(), force=True)
+
+        listed = plugbay("sweep", "--docker", "--dry-run", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert made.id in json.loads(listed.stdout)["docker_networks"], listed.stdout
+        assert made.id in sweep_networks(client=plugbay_docker, dry_run=True)
+        assert _named(plugbay_docker, typo), "a dry run removed it"
+
+        assert made.id in sweep_networks(client=plugbay_docker)
+        assert not _named(plugbay_docker, typo)
+        for kept in (joinable, copied, plain):
+            assert _named(plugbay_docker, kept), f"the sweep removed {kept}, which plugbay did not make"
+        # a start after the sweep makes the network again (the id this process verified is gone)
+        again = _start_on(typo)
+        try:
+            (remade,) = _named(plugbay_docker, typo)
+            assert remade.id != made.id
+        finally:
+            again.kill()
+
