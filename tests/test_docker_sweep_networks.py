@@ -24,6 +24,8 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep_networks
 from plugbay.runners.docker.hardening import ICC_OPTION
 from tests.cli_util import plugbay
+from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
+from tests.race_util import Starting
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -111,3 +113,31 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
         finally:
             again.kill()
 
+
+@pytest.mark.timeout(120)
+def test_a_start_whose_network_went_between_create_and_start_makes_it_again(relay: EngineRelay,
+                                                                             plugbay_docker: Any) -> None:
+    # A sweep's look at a network and its removal are two requests: a host's create between them leaves a
+    # created container whose start the engine refuses, naming the network by its name (not the verified id,
+    # as a create after the removal does). The start failed ("the Docker engine refused to run ...: network
+    # NAME not found"); it makes the network again, as it does when the removal came before the create.
+    name = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}-between"
+    with _made(plugbay_docker) as (names, _):
+        names.append(name)
+        runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
+        relay.hold("POST", "/containers/[0-9a-f]{64}/start")
+        starting = Starting(lambda: runner.start(LaunchSpec(env={})))
+        try:
+            try:
+                assert relay.holding.wait(30), "the start never reached the engine"
+                (gone,) = _named(plugbay_docker, name)
+                gone.remove()  # the engine lets a network go that only created containers name
+            finally:
+                relay.release()
+            assert starting.outcome(60) is None
+            (remade,) = _named(plugbay_docker, name)
+            assert remade.id != gone.id
+            on = plugbay_docker.api.inspect_container(runner.id)["NetworkSettings"]["Networks"]
+            assert list(on) == [name] and on[name]["NetworkID"] == remade.id, on
+        finally:
+            runner.kill()

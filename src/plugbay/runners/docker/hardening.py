@@ -74,10 +74,13 @@ def network_id(client: Any, name: str, *, again: bool = False) -> str:
     return known
 
 
-def stale_network(exc: Any, args: Mapping[str, Any]) -> bool:
-    """Whether the engine refused a container because the network id it was created with is gone."""
+def stale_network(exc: Any, args: Mapping[str, Any], name: str) -> bool:
+    """Whether the engine refused a container because its network ``name``, verified as the id in ``args``, is
+    gone: at the create the engine names the id, at the start (the network removed since the create: a
+    sweep, say) the name."""
     network = args.get("network")
-    return bool(network) and getattr(exc, "status_code", None) == 404 and f"network {network} not found" in str(exc)
+    return bool(network) and getattr(exc, "status_code", None) == 404 and \
+        any(f"network {which} not found" in str(exc) for which in (network, name))
 
 
 def ensure_network(client: Any, name: str) -> str:

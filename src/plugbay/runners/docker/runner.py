@@ -237,9 +237,11 @@ class DockerRunner(ContainerTeardown, Runner):
             try:
                 self._create_and_start(args, budget)
             except APIError as exc:
-                if isolated is None or args.get("network") != isolated or not stale_network(exc, args):
+                if isolated is None or args.get("network") != isolated or \
+                        not stale_network(exc, args, str(self.network)):
                     raise  # not our verified id (extra_create_args chose the network): the caller's to fix
-                # the network verified by an earlier start is gone: the container goes, and once more
+                # the network verified by an earlier start (or removed since the create) is gone: the container
+                # goes, and once more
                 if self._container_id:
                     budget.call(lambda: client.api.remove_container(self._container_id, force=True), "remove it")
                 args["network"] = budget.call(lambda: network_id(client, str(self.network), again=True), "remake it")

@@ -175,7 +175,7 @@ def sweep_networks(*, client: Any = None, dry_run: bool = False) -> list[str]:
     plugbay.managed=true for plugbay to join too, and so do those of releases before that label. A network
     any container is on, a stopped or a merely created one too, stays; one a container joined after the
     look is refused by the engine (while that container runs) and stays. A DockerRunner that finds its
-    network gone at a start makes it anew.
+    network gone, at a start or between its container's create and start, makes it anew.
     Failures are logged, not raised: whatever else a sweep does still counts.
     """
     require_sdk()
