@@ -152,9 +152,10 @@ class PoolTLS:
             member.tls_learned = None
 
     def tls_answered(self, member: Member, code: grpc.StatusCode | None, answered: bool) -> None:
-        """Under the lock: a call on ``member`` ended with ``code`` (EndpointPool.done()'s: None for an error
-        that is no call, or none); ``answered``: it ended OK, or with a status the plugin's handler passed on.
-        One the plugin answered ended over TLS that works, so the TLS failure remembered of it is over."""
+        """Under the lock: a call on ``member`` ended with status ``code`` (None: no status, or an error that
+        is no call), as EndpointPool.done() read it; ``answered``: it ended OK, or with a status the plugin's
+        handler passed on. One the plugin answered ended over TLS that works, so the TLS failure remembered
+        of it is over."""
         if answered or status_from_server(code):
             member.tls_learned = None
 
