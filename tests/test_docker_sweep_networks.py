@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from docker.errors import NotFound
 
+from plugbay.errors import NetworkSweptError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep_networks
 from plugbay.runners.docker.hardening import ICC_OPTION
@@ -85,23 +87,24 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
         try:
             (made,) = _named(plugbay_docker, typo)
             assert made.attrs["Labels"] == {"plugbay.managed": "true", "plugbay.network": typo}
-            assert made.id not in sweep_networks(client=plugbay_docker)  # its container runs
+            assert made.id not in sweep_networks(client=plugbay_docker, names=names)  # its container runs
         finally:
             runner.kill()
         # a container only created on it (not started) keeps it too
         containers.append(plugbay_docker.api.create_container(
             BASE, ["true"], networking_config=plugbay_docker.api.create_networking_config({typo: {}}),
             host_config=plugbay_docker.api.create_host_config(network_mode=typo))["Id"])
-        assert made.id not in sweep_networks(client=plugbay_docker)
+        assert made.id not in sweep_networks(client=plugbay_docker, names=names)
         plugbay_docker.api.remove_container(containers.pop(), force=True)
 
         listed = plugbay("sweep", "--docker", "--dry-run", "--json")
         assert listed.returncode == 0, listed.stderr
         assert made.id in json.loads(listed.stdout)["docker_networks"], listed.stdout
-        assert made.id in sweep_networks(client=plugbay_docker, dry_run=True)
+        assert made.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names)
         assert _named(plugbay_docker, typo), "a dry run removed it"
 
-        assert made.id in sweep_networks(client=plugbay_docker)
+        # names=: only this test's networks (the whole engine's are other tests' and users'); the CLI sweeps all
+        assert made.id in sweep_networks(client=plugbay_docker, names=names)
         assert not _named(plugbay_docker, typo)
         for kept in (joinable, copied, plain):
             assert _named(plugbay_docker, kept), f"the sweep removed {kept}, which plugbay did not make"
@@ -141,3 +144,72 @@ def test_a_start_whose_network_went_between_create_and_start_makes_it_again(rela
             assert list(on) == [name] and on[name]["NetworkID"] == remade.id, on
         finally:
             runner.kill()
+
+
+@pytest.mark.timeout(120)
+def test_a_start_whose_network_went_between_its_create_and_the_look_at_it_makes_it_again(
+        relay: EngineRelay, plugbay_docker: Any) -> None:
+    # client.networks.create() creates, then looks the network up by its id: a sweep between the two made the
+    # look up's NotFound read as the engine refusing the network ("refused to create or look up the plugin
+    # network ...: network <id> not found. Free what it names (out of address pools ...)"), and the start failed
+    name = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}-made"
+    with _made(plugbay_docker) as (names, _):
+        names.append(name)
+        runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
+        relay.hold("GET", "/networks/[0-9a-f]{64}")  # the look up by id, right after the create
+        starting = Starting(lambda: runner.start(LaunchSpec(env={})))
+        try:
+            try:
+                assert relay.holding.wait(30), "the start never looked up the network it made"
+                (gone,) = _named(plugbay_docker, name)
+                gone.remove()
+            finally:
+                relay.release()
+            assert starting.outcome(60) is None
+            (remade,) = _named(plugbay_docker, name)
+            assert remade.id != gone.id
+            on = plugbay_docker.api.inspect_container(runner.id)["NetworkSettings"]["Networks"]
+            assert list(on) == [name] and on[name]["NetworkID"] == remade.id, on
+        finally:
+            runner.kill()
+
+
+@pytest.mark.timeout(300)
+def test_starts_racing_a_sweep_loop_succeed_or_say_a_sweep_raced_them(plugbay_docker: Any) -> None:
+    # A sweep between a network's create and the look at it, or between that and its container's create, made
+    # a start fail as the engine refusing the network (out of address pools, it said). Each start, on a
+    # network name of its own, runs against sweeps of this test's networks one after another: it starts,
+    # or it says a sweep removed its network each time it made it (NetworkSweptError), nothing else.
+    stem = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}-race"
+    starts = 8
+    with _made(plugbay_docker) as (names, _):
+        names.extend(f"{stem}-{i}" for i in range(starts))
+        stop = threading.Event()
+        swept: list[str] = []
+
+        def sweeping() -> None:
+            deadline = time.monotonic() + 240  # a bound, should the starts hang
+            while not stop.is_set() and time.monotonic() < deadline:
+                swept.extend(sweep_networks(client=plugbay_docker, names=names))
+
+        sweeper = threading.Thread(target=sweeping, name="plugbay-test-sweep-loop")
+        sweeper.start()
+        outcomes: list[str] = []
+        try:
+            for name in names:
+                runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
+                try:
+                    runner.start(LaunchSpec(env={}))
+                    outcomes.append("started")
+                except NetworkSweptError as exc:
+                    assert "a sweep" in str(exc) and name in str(exc), exc
+                    outcomes.append("swept")
+                except Exception as exc:  # noqa: BLE001  (the outcome to report)
+                    outcomes.append(f"{type(exc).__name__}: {exc}")
+                finally:
+                    runner.kill()
+        finally:
+            stop.set()
+            sweeper.join(60)
+        assert not sweeper.is_alive()
+        assert set(outcomes) <= {"started", "swept"}, outcomes

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         MagicCookieError as MagicCookieError,
         MalformedHandshakeError as MalformedHandshakeError,
         NetworkError as NetworkError,
+        NetworkSweptError as NetworkSweptError,
         NoEndpointsError as NoEndpointsError,
         NoNewStreamsError as NoNewStreamsError,
         PermissionDeniedError as PermissionDeniedError,

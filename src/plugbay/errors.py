@@ -216,6 +216,11 @@ class PermissionDeniedError(RunnerError):
     """The runner's credentials lack a permission it needs."""
 
 
+class NetworkSweptError(RunnerError):
+    """The network a DockerRunner made for its container was removed (a sweep) each time before the container
+    could use it."""
+
+
 class ReattachError(ConfigError):
     """Reattach data names a process, container or folder plugbay cannot prove it started for
     this plugin; nothing it names was signalled or deleted."""

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from plugbay.errors import ConfigError, RunnerError
+from plugbay.errors import ConfigError, NetworkSweptError, RunnerError
 from plugbay.runners.docker.engine import engine_call
 from plugbay.runners.session import MANAGED
 
@@ -28,6 +28,8 @@ ICC_OPTION = "com.docker.network.bridge.enable_icc"
 MADE_NETWORK = "plugbay.network"
 DEFAULT_PIDS_LIMIT = 256
 DEFAULT_TMPFS_SIZE = "64m"
+# how many times a start makes its network when a sweep removes it meanwhile (ensure_network, the runner)
+NETWORK_TRIES = 3
 _create_lock = threading.Lock()
 # (DOCKER_HOST, name) -> id of the network ensure_network() verified: a network's labels and options
 # cannot change, so each start reuses the id instead of asking the engine again; a network removed
@@ -84,22 +86,18 @@ def stale_network(exc: Any, args: Mapping[str, Any], name: str) -> bool:
 
 
 def ensure_network(client: Any, name: str) -> str:
-    """The id of the isolated bridge ``name``: reused when plugbay made it, created when missing."""
-    from docker.errors import APIError, NotFound
+    """The id of the isolated bridge ``name``: reused when plugbay made it, created when missing (again when
+    a sweep removed it between its create and the look at it, up to NETWORK_TRIES times)."""
+    from docker.errors import APIError
 
     with _create_lock:
         try:
-            try:
-                net = engine_call(lambda: client.networks.get(name), "look up the plugin network")
-            except NotFound:
-                try:
-                    net = engine_call(lambda: client.networks.create(
-                        name, driver="bridge", check_duplicate=True, labels={MANAGED: "true", MADE_NETWORK: name},
-                        options={ICC_OPTION: "false"}), "create the plugin network")
-                except APIError as exc:
-                    if not _made_meanwhile(exc):
-                        raise
-                    net = engine_call(lambda: client.networks.get(name), "look up the plugin network")
+            for _ in range(NETWORK_TRIES):
+                net = _found_or_made(client, name)
+                if net is not None:
+                    break
+            else:
+                raise network_swept(name)
         except APIError as exc:  # the engine's reason, not the NotFound of a look up after it
             raise _refused(name, exc) from exc
     attrs = net.attrs or {}
@@ -110,6 +108,38 @@ def ensure_network(client: Any, name: str) -> str:
             f" traffic disabled ({ICC_OPTION}=false), so plugins on it could reach each other. Remove it"
             f" (`docker network rm {name}`) to let plugbay create it, or pass network= another name.")
     return str(net.id)
+
+
+def _found_or_made(client: Any, name: str) -> Any:
+    """The network ``name``, made when missing; None when it went between its create and the look at it."""
+    from docker.errors import APIError, NotFound
+
+    try:
+        return engine_call(lambda: client.networks.get(name), "look up the plugin network")
+    except NotFound:
+        pass
+    try:
+        # the low-level create: client.networks.create() looks the new network up itself, and a NotFound
+        # there (a sweep removed it) would read as the engine refusing to make it
+        made = engine_call(lambda: client.api.create_network(
+            name, driver="bridge", check_duplicate=True, labels={MANAGED: "true", MADE_NETWORK: name},
+            options={ICC_OPTION: "false"}), "create the plugin network")
+        key = str(made.get("Id") or name)
+    except APIError as exc:
+        if not _made_meanwhile(exc):
+            raise
+        key = name
+    try:
+        return engine_call(lambda: client.networks.get(key), "look up the plugin network")
+    except NotFound:
+        return None
+
+
+def network_swept(name: str) -> NetworkSweptError:
+    return NetworkSweptError(
+        f"the Docker network {name!r} plugbay made for the plugin was removed each of {NETWORK_TRIES} times"
+        " before its container could join it: a sweep (`plugbay sweep --docker`, sweep() or sweep_networks())"
+        " raced the start. Sweep when no plugin is starting, or start again.")
 
 
 def made_by_plugbay(attrs: Mapping[str, Any]) -> bool:

@@ -37,7 +37,8 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, ENGINE_TIMEOUT,
                                             prepare_socket_dir, published_port, transport_settings)
 from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
-                                               hardened_args, network_id, stale_network, tmpfs_mounts)
+                                               NETWORK_TRIES, hardened_args, network_id, network_swept,
+                                               stale_network, tmpfs_mounts)
 from plugbay.runners.docker.options import TRANSPORTS, check_settings, cpus_to_nano
 from plugbay.runners.docker.budget import StartBudget
 from plugbay.runners.docker.adopt import (IMAGE, claim, container_image, prove_container, reattach_id,
@@ -234,18 +235,24 @@ class DockerRunner(ContainerTeardown, Runner):
         args.update(hardened_args(self, image.attrs["Config"].get("User")))
         add_extra_args(args, self.extra_create_args)
         try:
-            try:
-                self._create_and_start(args, budget)
-            except APIError as exc:
-                if isolated is None or args.get("network") != isolated or \
-                        not stale_network(exc, args, str(self.network)):
-                    raise  # not our verified id (extra_create_args chose the network): the caller's to fix
-                # the network verified by an earlier start (or removed since the create) is gone: the container
-                # goes, and once more
-                if self._container_id:
-                    budget.call(lambda: client.api.remove_container(self._container_id, force=True), "remove it")
-                args["network"] = budget.call(lambda: network_id(client, str(self.network), again=True), "remake it")
-                self._create_and_start(args, budget)
+            for tries_left in range(NETWORK_TRIES, 0, -1):
+                try:
+                    self._create_and_start(args, budget)
+                    break
+                except APIError as exc:
+                    if isolated is None or args.get("network") != isolated or \
+                            not stale_network(exc, args, str(self.network)):
+                        raise  # not our verified id (extra_create_args chose the network): the caller's to fix
+                    # the network verified by an earlier start (or removed since the create: a sweep) is gone:
+                    # the container goes, and once more on a network made anew
+                    if self._container_id:
+                        budget.call(lambda: client.api.remove_container(self._container_id, force=True),
+                                    "remove it")
+                        self._container_id = ""
+                    if tries_left == 1:
+                        raise network_swept(str(self.network)) from exc
+                    args["network"] = isolated = budget.call(
+                        lambda: network_id(client, str(self.network), again=True), "remake it")
         except APIError as exc:
             raise RunnerError(
                 f"the Docker engine refused to run {self.image!r}: {exc.explanation or exc}."

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from plugbay.errors import EngineUnavailableError, RunnerError
@@ -165,7 +165,7 @@ def _built_here(client: Any, image_id: str) -> bool:
     return bool(value) and newest.rstrip().endswith(f"LABEL {BUILT}={value}")
 
 
-def sweep_networks(*, client: Any = None, dry_run: bool = False) -> list[str]:
+def sweep_networks(*, client: Any = None, dry_run: bool = False, names: Collection[str] | None = None) -> list[str]:
     """Remove the networks plugbay made that no container is on; return their ids (with ``dry_run``, the
     ids it would remove). DockerRunner(network=NAME) makes NAME on first use (the tcp transport's isolated
     bridge) and keeps it for later starts, a misspelled NAME too.
@@ -176,6 +176,7 @@ def sweep_networks(*, client: Any = None, dry_run: bool = False) -> list[str]:
     any container is on, a stopped or a merely created one too, stays; one a container joined after the
     look is refused by the engine (while that container runs) and stays. A DockerRunner that finds its
     network gone, at a start or between its container's create and start, makes it anew.
+    ``names``: only networks of these names (a caller sweeping its own, beside other users of the engine).
     Failures are logged, not raised: whatever else a sweep does still counts.
     """
     require_sdk()
@@ -189,7 +190,7 @@ def sweep_networks(*, client: Any = None, dry_run: bool = False) -> list[str]:
         found = engine_call(lambda: client.api.networks(filters={"label": MADE_NETWORK}), "list plugbay's networks")
         for attrs in found:
             net_id, name = str(attrs.get("Id", "")), str(attrs.get("Name", ""))
-            if not net_id or not made_by_plugbay(attrs):
+            if not net_id or not made_by_plugbay(attrs) or (names is not None and name not in names):
                 continue
             try:
                 # by id and by name: a container's network settings name both once it ran, a created one's
