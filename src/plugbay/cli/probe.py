@@ -48,7 +48,8 @@ def check_health(channel: grpc.Channel, service: str, timeout: float, *, wait: b
     """One health check: status SERVING / NOT_SERVING / UNREACHABLE with its round trip in ms.
 
     ``wait``: up to ``timeout`` for a target that is not connected yet (coming up). Without it, a target
-    that refuses the connection is UNREACHABLE at once; ``timeout`` still bounds a connected one's answer.
+    that refuses the connection is UNREACHABLE at once; ``timeout`` still bounds a connected one's answer,
+    and a connection attempt left unanswered (a full backlog, dropped packets: gRPC gives it 20 s).
     """
     from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 
