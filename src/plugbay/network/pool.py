@@ -1,26 +1,20 @@
 """EndpointPool: one gRPC channel per endpoint of a remote plugin, presented as one grpc.Channel.
 
-A resolver reports the endpoints; the pool keeps one channel per endpoint
-(mTLS with provided files, or plaintext with ``insecure``), checks each
-endpoint's health (grpc.health.v1 Check on service "plugin" every
-``health_interval``; a new endpoint gets no calls until its first check answers,
-see PoolHealth.welcome), ejects outliers (plugbay.network.ejection) and picks an
-endpoint per call (``round_robin`` or ``pick_first``). A call that fails
-before it was sent (connection refused, no connection: UNAVAILABLE before any
-response) is sent to another endpoint within the same deadline. When no
-endpoint can take a call, the call waits (within its deadline) for discovery
-or health to bring one back, then fails with NoEndpointsError. Endpoints that
-leave discovery or turn terminating stop getting calls; their channel closes
-when the calls in flight end (at most ``drain_timeout`` later). Renewed TLS
-files reach every endpoint: each is dialed again with them (poolhealth).
-gRPC's keepalive (``keepalive``; plugbay.core.transport.grpcping) ends the
-calls on a connection whose endpoint went silent, streams without deadline too.
+A resolver reports the endpoints; the pool keeps one channel per endpoint (mTLS with provided files, or
+plaintext with ``insecure``), checks each endpoint's health (grpc.health.v1 Check on service "plugin" every
+``health_interval``; a new endpoint gets no calls until its first check answers, see PoolHealth.welcome), ejects
+outliers (plugbay.network.ejection) and picks an endpoint per call (``round_robin`` or ``pick_first``). A call
+that fails before it was sent (connection refused, no connection: UNAVAILABLE before any response) is sent to
+another endpoint within the same deadline. When no endpoint can take a call, the call waits (within its
+deadline) for discovery or health to bring one back, then fails with NoEndpointsError. Endpoints that leave
+discovery or turn terminating stop getting calls; their channel closes when the calls in flight end (at most
+``drain_timeout`` later). Renewed TLS files reach every endpoint: each is dialed again with them (poolhealth).
+gRPC's keepalive (``keepalive``; plugbay.core.transport.grpcping) ends the calls on a connection whose endpoint
+went silent, streams without deadline too.
 
-The pool is a ``grpc.Channel``, so a Client's ManagedChannel (default
-deadline, error translation, retry/circuit hooks) sits on top unchanged.
-``pinned(key)`` is a channel bound to one endpoint (brokered stubs stay where
-they were dispensed). ``metrics()`` is a snapshot; changes are logged on the
-"plugbay.network" logger.
+The pool is a ``grpc.Channel``, so a Client's ManagedChannel (default deadline, error translation, retry/circuit
+hooks) sits on top unchanged. ``pinned(key)`` is a channel bound to one endpoint (brokered stubs stay where they
+were dispensed). ``metrics()`` is a snapshot; changes are logged on the "plugbay.network" logger.
 """
 
 from __future__ import annotations
