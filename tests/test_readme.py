@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,8 +31,37 @@ def _scratch(tmp_path: Path) -> Path:
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=240,
-                          stdin=subprocess.DEVNULL)
+    # in a session of its own, ended whole afterwards: a section that fails half-way (a port taken, a
+    # wait run out) must not leave the background processes it started (the gateways) running
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        _end_session(proc)
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
+def _end_session(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to what is left of the section's process group (gateways end their plugins on it), SIGKILL
+    after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        ends = time.monotonic() + wait
+        while time.monotonic() < ends:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            proc.poll()  # reaps the leader, whose zombie would keep the group
+            time.sleep(0.05)
+        else:
+            continue
+        break
+    proc.communicate()
 
 
 def _docker_up() -> bool:
