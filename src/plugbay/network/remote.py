@@ -246,8 +246,9 @@ class RemoteClient(Client):
         return remote_call_closed(self.name, self.user_class, original)
 
     def stopping_owner(self, error: Callable[[grpc.RpcError | None], BaseException]) -> None:
-        """Its owner (a Supervisor) is stopping and kills it: what its main channel's calls are told (readygate
-        .mark_stopping), stubs pinned by dispense() are told too, not this client's own advice (make a new one)."""
+        """Its owner (a Supervisor) is stopping, or restarting the plugin, and kills it: what its main channel's
+        calls are told (readygate .mark_stopping, .mark_restarting), stubs pinned by dispense() are told too, not
+        this client's own advice (make a new one)."""
         self._owner_stop = error
 
     def _pinned_closed(self, original: grpc.RpcError | None) -> BaseException:

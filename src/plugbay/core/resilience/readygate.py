@@ -74,7 +74,12 @@ class SupervisedChannel(ManagedChannel):
 def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervisor") -> None:
     """Before a Supervisor kills ``client`` to restart its plugin: the calls that kill ends fail as calls
     to a plugin that died (PluginDiedError, resent when safe to repeat), not as a kill of the user's,
-    whose advice (start a new Client) is wrong for stubs that outlive the restart."""
+    whose advice (start a new Client) is wrong for stubs that outlive the restart. Stubs pinned by the
+    client's own dispense() (a RemoteClient's brokered ones: stopping_owner) do not outlive it: they are
+    told to dispense again from the restarted client."""
+    pinned_too = getattr(client, "stopping_owner", None)
+    if callable(pinned_too):
+        pinned_too(lambda original: pinned_restarted(name, kind, reason, original))
     channel = client.channel
     if not isinstance(channel, ManagedChannel):
         return
@@ -104,6 +109,20 @@ def mark_stopping(client: Client, name: str, kind: str = "Supervisor") -> None:
     pinned_too = getattr(client, "stopping_owner", None)
     if callable(pinned_too):
         pinned_too(error)
+
+
+def pinned_restarted(name: str, kind: str, reason: str, original: grpc.RpcError | None) -> ClientClosed:
+    """A call on a stub pinned by the dispense() of a client the Supervisor (``kind``) ended to restart its plugin
+    (``original``: the call's failure; None: refused unsent). Such a stub is bound to that client's endpoint and
+    broker session, which went with it: no restart reaches it, so the error says to dispense it again."""
+    what = (f"the {kind} restarted plugin {name!r} ({reason}), which closed the client whose dispense() pinned"
+            " this stub to one endpoint and its broker session")
+    again = (f"This stub cannot reach the restarted plugin: dispense it again from the {kind}'s current client"
+             " (its client.dispense(...)) once wait_running() is true")
+    if original is None:
+        return ClientClosed(f"{what}; the call was not sent. {again}", None, grpc.StatusCode.CANCELLED, sent=False)
+    return ClientClosed(f"{what}, while the call was in flight; the plugin may have run the call. {again}", original,
+                        grpc.StatusCode.CANCELLED)
 
 
 def stopped_closed(name: str, kind: str, original: grpc.RpcError | None) -> ClientClosed:
