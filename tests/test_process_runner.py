@@ -14,7 +14,9 @@ import pytest
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.process import UNKNOWN_EXIT_CODE, ProcessRunner, resolve_executable
+from tests.procs import children, table
 from tests.race_util import pid_alive
+from tests.thread_util import wait_for
 
 PY = sys.executable
 
@@ -106,6 +108,42 @@ def test_a_stopped_plugin_is_continued_to_act_on_sigterm(how: str, tmp_path: Pat
     finally:
         runner.kill(0)
 
+
+
+@pytest.mark.parametrize("how", ["started", "reattached"])
+def test_a_wrapped_plugin_whose_server_is_stopped_is_frozen(how: str) -> None:
+    # launched through a wrapper that waits for it (no exec), the plugin is the wrapper's child: stopped,
+    # it answers nothing, but frozen() read the wrapper alone (sleeping in its wait) and said no
+    runner = ProcessRunner(["/bin/sh", "-c", '"$0" -c "$1"; exit $?', PY,
+                            "import time; print('ready', flush=True); time.sleep(60)"])
+    runner.start(LaunchSpec(env={}))
+    server = 0
+    judge = None
+    try:
+        assert next(runner.stdout_lines()) == "ready"
+        assert runner.pid is not None
+        kids = children(runner.pid, zombies=False)
+        assert len(kids) == 1, kids
+        server = kids[0]
+        judge = runner if how == "started" else reattach_runner(runner.reattach_data())
+        assert not judge.frozen()
+        os.kill(server, signal.SIGSTOP)
+        wait_for(lambda: _state(server) == "T", "the SIGSTOP to take hold", timeout=10)
+        assert judge.frozen()
+        os.kill(server, signal.SIGCONT)
+        wait_for(lambda: _state(server) != "T", "the SIGCONT to take hold", timeout=10)
+        assert not judge.frozen()
+    finally:
+        if server:
+            os.kill(server, signal.SIGCONT)
+        if judge is not None and judge is not runner:
+            judge.detach()  # its claim on the plugin goes; the runner that started it ends it
+        runner.kill(0)
+    assert server and not _alive(server)
+
+
+def _state(pid: int) -> str:
+    return table().get(pid, (0, "X", ""))[1]
 
 def test_kill_without_grace_is_sigkill() -> None:
     runner = ProcessRunner([PY, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.procs import gone
+from tests.procs import children, gone
 from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
 from plugbay import Client, ClientConfig, PluginDiedError, ReattachConfig, RestartPolicy, Supervisor  # noqa: E402
@@ -97,6 +97,40 @@ def test_a_put_sent_to_a_frozen_reattached_plugin_never_runs(tmp_path: Path) -> 
         first.kill()
     assert not (tmp_path / "kv_b").exists()
 
+
+
+def test_a_put_sent_to_a_wrapped_plugin_whose_server_stopped_answering_never_runs(tmp_path: Path) -> None:
+    """A plugin launched through a wrapper that does not exec it (``sh -c '...; exit $?'``) is served by the
+    wrapper's child. That child stopped while the wrapper waits for it, the runner read the wrapper alone
+    (running) and said the plugin was not frozen: the restart sent SIGTERM with SIGCONT, and the continued
+    server finished the put. Now the whole tree the runner started is read."""
+    wrapped = ["/bin/sh", "-c", '"$0" "$1"; exit $?', PY, KV_EXAMPLE]
+    server = 0
+    try:
+        with _supervised(tmp_path, cmd=wrapped, call_timeout=60.0) as sup:
+            kv, old, pid = _first_plugin(sup)
+            kids = children(pid, zombies=False)
+            assert len(kids) == 1, kids  # the wrapper waits for the server it started
+            server = kids[0]
+            assert not old.runner.frozen()
+            os.kill(server, signal.SIGSTOP)
+            assert wait_until(lambda: stopped(server), 10)
+            assert old.runner.frozen()
+            with pytest.raises(PluginDiedError) as info:
+                kv.put("b", b"2")  # sent to the stopped server; its health checks go unanswered: restarted
+            assert "may have run" in str(info.value), info.value
+            assert wait_until(lambda: gone(server), 10)
+            assert old.runner.wait(10) == -signal.SIGKILL  # the wrapper's group SIGKILLed, never continued
+            assert sup.wait_running(30) and sup.restarts == 1
+            assert kv.get("a") == b"1"
+    finally:
+        if server:  # ended by the test's failure, not the restart: continued, then killed
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(server, sig)
+                except ProcessLookupError:
+                    pass
+    assert not (tmp_path / "kv_b").exists()
 
 def test_a_slow_plugin_that_is_not_frozen_is_ended_with_sigterm_and_runs_its_cleanup(tmp_path: Path) -> None:
     """A plugin whose health checks time out while it runs (here its health service stalls, as under load)

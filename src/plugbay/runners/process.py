@@ -58,8 +58,8 @@ from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, 
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
 from plugbay.runners.procstop import ProcessStop
-from plugbay.runners.proctree import (ENV_HOST_SESSION, ENV_PLUGIN_ID, ended, ended_or_ending, host_session,
-                                      stat_of, stopped)
+from plugbay.runners.procstopped import tree_stopped
+from plugbay.runners.proctree import ENV_HOST_SESSION, ENV_PLUGIN_ID, ended, ended_or_ending, host_session, stat_of
 from plugbay.runners.proctree import sweep as sweep  # re-exported: tests and users import it here
 from plugbay.runners.stderrpipe import popen_naming_stderr
 
@@ -259,9 +259,10 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
         return proc is not None and (proc.returncode is not None or in_proc(proc.pid))
 
     def frozen(self) -> bool:
-        """A stopped plugin (SIGSTOP, a debugger's stop: /proc state T or t), which acts on nothing but SIGKILL."""
+        """A stopped plugin (SIGSTOP, a debugger's stop: /proc state T or t), which acts on nothing but SIGKILL:
+        the process started, or any it started (the server a wrapper such as ``sh -c`` runs; procstopped)."""
         proc = self._proc
-        return proc is not None and proc.returncode is None and stopped(proc.pid)
+        return proc is not None and proc.returncode is None and tree_stopped(proc.pid)
 
     def exit_detail(self) -> str:
         # the diagnosis would only repeat the stderr tail; a signal that ended the plugin only it named

@@ -1,5 +1,11 @@
 """PodTeardown, a base of KubernetesRunner: how it deletes its pod and lets go of what it holds
-(the watch, the log stream, the port-forwards, the API client)."""
+(the watch, the log stream, the port-forwards, the API client).
+
+The runner has no frozen() of its own (Runner.frozen(): False), as the Kubernetes API shows no frozen
+pod: a pod has no paused state (no pause verb, unlike Docker's), and a container reads running whatever
+its processes do, a SIGSTOPped one included. Telling would take an exec into the pod to read /proc,
+which needs pods/exec (more than a plugin host's RBAC grants) and a shell in the image. So an unanswering
+pod is deleted with the grace of a running one (docs/resilience.md, "Ending the plugin")."""
 
 from __future__ import annotations
 
