@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from plugbay import Client, ClientConfig
+from plugbay.errors import PlugbayError
 from tests.gobuild import go_program_or_skip
 from tests.test_broker_stuck_handler import Stuck, brokered_workers
 from tests.thread_util import wait_for
@@ -77,3 +78,70 @@ def test_kill_does_not_wait_for_a_running_callback_handler(go_plugin: str) -> No
         if caller is not None:
             caller.join(BOUND)
     wait_for(lambda: brokered_workers() == 0, "the handler's worker to end once it returned", timeout=10)
+
+
+class BlocksItsLoop:
+    """An ``async def`` callback that blocks the event loop it runs on (a blocking wait in a coroutine,
+    a common slip) until released: no cancel can reach it."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.done = threading.Event()
+
+    async def sum(self, a: int, b: int) -> int:
+        self.entered.set()
+        self.release.wait(60)
+        self.done.set()
+        return a + b
+
+
+# A hang guard, not a measurement: kill() held about 6 s for this handler whatever kill_grace said (the
+# brokered calls' fixed 1 s, then about 5 s for plugbay's asyncio handler loop to end under a coroutine
+# that blocks it); with kill_grace=0 it now gives the loop broker.LOOP_FLOOR (0.25 s) and goes on
+GUARD = 5.0
+
+
+def test_kill_gives_an_async_callback_that_blocks_its_loop_no_more_than_kill_grace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the Python counter plugin keeps its values in files named kv_<key>
+    held = BlocksItsLoop()
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, kill_grace=0,
+                                 cmd=[sys.executable, str(ROOT / "examples" / "counter" / "plugin.py")]))
+    caller: threading.Thread | None = None
+    killer: threading.Thread | None = None
+    try:
+        client.start()
+        counter = client.dispense(PLUGIN_NAME)
+        pid = client.runner.pid
+        folder = client._tmpdir
+        assert pid is not None and folder is not None
+        errors: list[BaseException] = []
+
+        def put() -> None:
+            try:
+                counter.put("k", 1, held)
+            except BaseException as exc:  # the plugin is gone mid-call
+                errors.append(exc)
+
+        caller = threading.Thread(target=put)
+        caller.start()
+        assert held.entered.wait(10), "the plugin never called the host's callback"
+        killer = threading.Thread(target=client.kill, daemon=True)
+        killer.start()
+        killer.join(GUARD)
+        assert not killer.is_alive(), "Client.kill() waited for the callback handler blocking its loop"
+        assert not held.done.is_set()  # still blocked: kill() returned without it
+        assert not os.path.exists(f"/proc/{pid}"), f"plugin process {pid} outlived Client.kill()"
+        assert not os.path.exists(folder), "the socket folder outlived Client.kill()"
+        caller.join(BOUND)
+        assert not caller.is_alive() and isinstance(errors[0], PlugbayError), errors
+        assert not (tmp_path / "kv_k").exists()  # the plugin's Put never got the callback's answer
+    finally:
+        held.release.set()  # its answer goes nowhere: nothing crashes
+        client.kill()
+        for thread in (killer, caller):
+            if thread is not None:
+                thread.join(BOUND)
+    wait_for(lambda: not any(t.name == "plugbay-aio-handlers" for t in threading.enumerate()),
+             "plugbay's asyncio handler loop to end once the callback returned", timeout=10)

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from plugbay.core.broker.spares import ServerSource
     from plugbay.core.broker.wire import Opening, Outbox, Reader
     from plugbay.core.transport.aiohandlers import LoopSource
+    from plugbay.core.transport.handlerloop import Release
     from plugbay.core.transport.muxbridge import StreamBridge
     from plugbay.core.transport.muxsession import MuxSession
     from plugbay.core.transport.secure import MutualTLS
@@ -67,6 +68,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("plugbay.broker")
 
 DEFAULT_DIAL_TIMEOUT = 5.0  # go-plugin waits 5 s for a ConnInfo or a knock ack
+CLOSE_GRACE = 1.0  # what calls still running on this side's brokered servers get at close() to answer
+# a close bounded by close_within: the asyncio handlers' loop gets at least LOOP_FLOOR to end (its cleanup
+# is scheduled and runs), at most LOOP_END, about what an unbounded close lets it take (handlerloop.Release)
+LOOP_FLOOR, LOOP_END = 0.25, 5.0
 
 
 class GRPCBroker(StreamEnd, Multiplexed):
@@ -92,8 +97,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._closed = False
         self._served: list[Served] = []
         self._channels: list[BrokeredChannel] = []
-        self._cleanup: list[Callable[[], None]] = []
-        self._holds_loop = False  # the asyncio handler loop (see _hold_handler_loop)
+        self._loop_release: Release | None = None  # the hold on plugbay's asyncio handler loop (_handler_loop)
+        self.close_within: float | None = None  # its owner's bound on close() (see there): a Client's kill_grace
         self._threads: list[Reader] = []
         self.call: Any = None  # the host's StartStream call, cancelled by close()
         self._opener: Callable[[float], Opening | None] | None = None  # opens the stream on first use (lazy host)
@@ -172,9 +177,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
             served.cleanup.append(caller.release)
             return caller
         with self._cond:
-            if not self._closed and not self._holds_loop:
-                self._holds_loop = True
-                self._cleanup.append(LOOP.hold())
+            if not self._closed and self._loop_release is None:
+                self._loop_release = LOOP.hold()
         return LOOP
 
     def stop_serving(self, id: int) -> None:
@@ -224,11 +228,16 @@ class GRPCBroker(StreamEnd, Multiplexed):
     def close(self, *, wait: bool = True) -> None:
         """End the stream, stop every brokered server and channel, free sockets and threads.
 
-        ``wait=False`` (a plugin process stopping): calls still running on brokered servers are
-        cancelled and their worker threads, like the stream's reader, are not joined. A handler
-        that does not return (stuck, sleeping) otherwise kept the plugin process alive until its
-        host killed it; a Go plugin exits when Serve returns, whatever its goroutines do.
+        Calls still running on brokered servers get CLOSE_GRACE to answer, then are cancelled, their handlers
+        not waited for (stop_all_served). ``close_within`` (a Client's kill_grace) bounds that grace and the
+        end of the asyncio handlers' loop (LOOP_FLOOR at least), else about 5 s under an async handler
+        that ignores its cancel or blocks the loop. ``wait=False`` (a plugin process stopping):
+        running calls are cancelled at once and their worker threads, like the stream's reader, are not
+        joined: a handler that does not return kept the plugin process alive until its host killed it;
+        a Go plugin exits when Serve returns, whatever its goroutines do.
         """
+        within = self.close_within
+        ends = None if within is None else time.monotonic() + max(within, 0.0)
         with self._cond:
             if self._closed:
                 return
@@ -236,7 +245,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
             self._cond.notify_all()
             served, self._served = self._served, []
             channels, self._channels = self._channels, []
-            cleanup, self._cleanup = self._cleanup, []
+            loop_release, self._loop_release = self._loop_release, None
             send_q = self._send_q
             source = self._source  # none is made from here on (_servers)
         if send_q is not None:
@@ -253,11 +262,12 @@ class GRPCBroker(StreamEnd, Multiplexed):
         if served and wait:  # not waiting for handlers still running (see stop_all_served)
             from plugbay.core.broker.channels import stop_all_served
 
-            stop_all_served(served)
+            left = CLOSE_GRACE if ends is None else max(ends - time.monotonic(), 0.0)
+            stop_all_served(served, min(CLOSE_GRACE, left))
         if source is not None:
             source.close(wait=wait)
-        for func in reversed(cleanup):
-            func()
+        if loop_release is not None:
+            loop_release(None if ends is None else min(max(ends - time.monotonic(), LOOP_FLOOR), LOOP_END))
         self._join_bridges()
         for t in list(self._threads) if wait else ():  # started under the lock, so all of them are started
             t.join(timeout=10)

@@ -206,7 +206,8 @@ class ClientParts:
         if self._stdio is not None and not keep_stdio:
             self._stdio.close()
         if self._broker is not None:
-            try:
+            try:  # host callbacks still running: cancelled within kill_grace (1 s at most), then not waited for
+                self._broker.close_within = self._kill_grace()
                 self._broker.close()
             except Exception as exc:
                 _log.debug("closing broker: %s", exc)
