@@ -135,6 +135,7 @@ class HandlerLoop:
             with self._lock:  # ended by other means than stop(): the next call makes a new loop
                 if self._loop is loop:
                     self._loop, self._thread = None, None
+            _settle_left(loop)
             loop.close()
 
     def _take(self) -> tuple[asyncio.AbstractEventLoop | None, threading.Thread | None, DaemonPool | None]:
@@ -213,6 +214,20 @@ class LoopSource(Protocol):
     def readers(self) -> concurrent.futures.Executor: ...
 
     def alive(self, loop: asyncio.AbstractEventLoop) -> bool: ...
+
+
+def _settle_left(loop: asyncio.AbstractEventLoop) -> None:
+    """Tasks a loop stopped under (a bounded end that gave up on a coroutine blocking the loop left its own
+    drain unstarted) are cancelled and given one more pass: destroyed pending, asyncio warned of each at
+    garbage collection ("Task was destroyed but it is pending", "coroutine ... was never awaited")."""
+    left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in left:
+        task.cancel()
+    if left:
+        try:
+            loop.run_until_complete(asyncio.wait(left, timeout=_SETTLE))
+        except Exception:  # noqa: BLE001 - the loop's end goes on: it is closed next either way
+            pass
 
 
 async def _drain(timeout: float) -> None:
