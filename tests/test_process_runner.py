@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -109,23 +110,41 @@ def test_a_stopped_plugin_is_continued_to_act_on_sigterm(how: str, tmp_path: Pat
         runner.kill(0)
 
 
+# A plugin's server: it listens on a TCP port of 127.0.0.1, says "ready PORT", then waits (or, BUSY, makes
+# system calls without pause), for 60 s at most.
+_SERVER = ("import os,socket,sys,time\n"
+           "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+           "print('ready', s.getsockname()[1], flush=True)\n"
+           "end = time.monotonic() + 60\n"
+           "while time.monotonic() < end:\n"
+           "    os.getppid() if sys.argv[1:] == ['busy'] else time.sleep(1)\n")
+
+
+def _serving(runner: ProcessRunner) -> str:
+    """The address the plugin said it serves on, as a Client gives it to its runner (plugin_to_host)."""
+    word, port = next(runner.stdout_lines()).split()
+    assert word == "ready"
+    address = f"127.0.0.1:{port}"
+    runner.plugin_to_host("tcp", address)
+    return address
+
 
 @pytest.mark.parametrize("how", ["started", "reattached"])
 def test_a_wrapped_plugin_whose_server_is_stopped_is_frozen(how: str) -> None:
     # launched through a wrapper that waits for it (no exec), the plugin is the wrapper's child: stopped,
     # it answers nothing, but frozen() read the wrapper alone (sleeping in its wait) and said no
-    runner = ProcessRunner(["/bin/sh", "-c", '"$0" -c "$1"; exit $?', PY,
-                            "import time; print('ready', flush=True); time.sleep(60)"])
+    runner = ProcessRunner(["/bin/sh", "-c", '"$0" -c "$1"; exit $?', PY, _SERVER])
     runner.start(LaunchSpec(env={}))
     server = 0
     judge = None
     try:
-        assert next(runner.stdout_lines()) == "ready"
+        address = _serving(runner)
         assert runner.pid is not None
         kids = children(runner.pid, zombies=False)
         assert len(kids) == 1, kids
         server = kids[0]
         judge = runner if how == "started" else reattach_runner(runner.reattach_data())
+        judge.plugin_to_host("tcp", address)
         assert not judge.frozen()
         os.kill(server, signal.SIGSTOP)
         wait_for(lambda: _state(server) == "T", "the SIGSTOP to take hold", timeout=10)
@@ -142,8 +161,34 @@ def test_a_wrapped_plugin_whose_server_is_stopped_is_frozen(how: str) -> None:
     assert server and not _alive(server)
 
 
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_plugin_run_under_strace_is_frozen_only_when_stopped() -> None:
+    # strace -f stops its tracee for a moment at each system call (/proc state t): a busy plugin read as
+    # frozen in most samples, so kill() skipped its Shutdown and a restart SIGKILLed it at once
+    runner = ProcessRunner(["strace", "-f", "-o", "/dev/null", PY, "-c", _SERVER, "busy"])
+    runner.start(LaunchSpec(env={}))
+    server = 0
+    try:
+        _serving(runner)
+        assert runner.pid is not None
+        kids = children(runner.pid, zombies=False)
+        assert len(kids) == 1, kids
+        server = kids[0]
+        wait_for(lambda: _state(server) == "t", "the traced server's stop at a system call", timeout=10)
+        said = [runner.frozen() for _ in range(200)]
+        assert not any(said), f"frozen in {sum(said)} of {len(said)} reads of a plugin that runs"
+        os.kill(server, signal.SIGSTOP)  # a real stop: the tracer lets it take hold, as state t
+        wait_for(runner.frozen, "the stopped traced server to read frozen", timeout=10)
+    finally:
+        if server:
+            os.kill(server, signal.SIGCONT)
+        runner.kill(0)
+    assert server and not _alive(server)
+
+
 def _state(pid: int) -> str:
     return table().get(pid, (0, "X", ""))[1]
+
 
 def test_kill_without_grace_is_sigkill() -> None:
     runner = ProcessRunner([PY, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"

@@ -98,7 +98,6 @@ def test_a_put_sent_to_a_frozen_reattached_plugin_never_runs(tmp_path: Path) -> 
     assert not (tmp_path / "kv_b").exists()
 
 
-
 def test_a_put_sent_to_a_wrapped_plugin_whose_server_stopped_answering_never_runs(tmp_path: Path) -> None:
     """A plugin launched through a wrapper that does not exec it (``sh -c '...; exit $?'``) is served by the
     wrapper's child. That child stopped while the wrapper waits for it, the runner read the wrapper alone
@@ -132,6 +131,7 @@ def test_a_put_sent_to_a_wrapped_plugin_whose_server_stopped_answering_never_run
                     pass
     assert not (tmp_path / "kv_b").exists()
 
+
 def test_a_slow_plugin_that_is_not_frozen_is_ended_with_sigterm_and_runs_its_cleanup(tmp_path: Path) -> None:
     """A plugin whose health checks time out while it runs (here its health service stalls, as under load)
     was SIGKILLed at once by the restart, as a frozen one is: its own cleanup (after serve() returns on
@@ -147,6 +147,43 @@ def test_a_slow_plugin_that_is_not_frozen_is_ended_with_sigterm_and_runs_its_cle
         assert (tmp_path / "cleaned").exists(), "the plugin's own cleanup did not run (SIGKILLed?)"
         assert sup.wait_running(30) and sup.restarts == 1
         assert kv.get("a") == b"1"
+
+
+# the slow plugin, started by a wrapper (no exec) that first starts a helper of its own and stops it
+STOPS_A_HELPER = ("import os,runpy,signal,subprocess,sys\n"
+                  "helper = subprocess.Popen(['sleep', '60']); os.kill(helper.pid, signal.SIGSTOP)\n"
+                  "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def test_a_slow_plugin_with_a_stopped_helper_is_not_frozen_and_is_ended_with_sigterm(tmp_path: Path) -> None:
+    """A stopped process of the plugin's own that serves nothing (here a helper it stopped) made the runner
+    say the plugin was frozen though it answered: kill() skipped its Shutdown, and a restart SIGKILLed it
+    at once, its cleanup never run. Only the processes holding the plugin's listener are read now."""
+    helper = 0
+    try:
+        with _supervised(tmp_path, cmd=[PY, "-c", STOPS_A_HELPER, SLOW_HEALTH], kill_grace=30.0) as sup:
+            kv, old, pid = _first_plugin(sup)
+            kids = children(pid, zombies=False)
+            assert len(kids) == 1, kids
+            helper = kids[0]
+            assert wait_until(lambda: stopped(helper), 10)
+            assert not old.runner.frozen()  # it answers
+            (tmp_path / "slow").write_text("1")  # its health checks go unanswered: restarted
+            try:
+                assert wait_until(lambda: gone(pid), 60), "the unanswering plugin was not restarted"
+            finally:
+                (tmp_path / "slow").unlink()
+            assert old.runner.wait(10) != -signal.SIGKILL
+            assert (tmp_path / "cleaned").exists(), "the plugin's own cleanup did not run (SIGKILLed?)"
+            assert sup.wait_running(30) and sup.restarts == 1
+            assert kv.get("a") == b"1"
+    finally:
+        if helper and not gone(helper):  # the plugin's group is ended with it; this is for a failure before that
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(helper, sig)
+                except ProcessLookupError:
+                    pass
 
 
 @pytest.mark.docker

@@ -29,7 +29,7 @@ from plugbay.runners.pidsignal import HeldPid
 from plugbay.runners.procio import pidfd, watch_pid
 from plugbay.runners.proctree import (ENV_PLUGIN_ID, claim, environ, family, led_group_stands, release,
                                       signal_all, signal_group)
-from plugbay.runners.procstopped import tree_stopped
+from plugbay.runners.procstopped import plugin_stopped
 from plugbay.runners.session import proc_stat, start_ticks
 
 REAP_TIMEOUT = 10.0
@@ -127,10 +127,11 @@ class AttachedProcess(AttachedRunner):
         return self._start_time is None or _start_time(self.pid) == self._start_time
 
     def frozen(self) -> bool:
-        """A stopped plugin (SIGSTOP: /proc state T or t; the process or any it started, as a wrapper's server:
-        procstopped), so that a restart of an unanswering one SIGKILLs it (force_kill) instead of continuing
-        it. Read only of the process reattach proved, by its start time."""
-        return self.proven and self._start_time is not None and tree_stopped(self.pid, self._start_time)
+        """A stopped plugin (SIGSTOP: /proc state T or t, of the processes holding its listener, as a wrapper's
+        server: procstopped), so that a restart of an unanswering one SIGKILLs it (force_kill) instead of
+        continuing it. Read only of the process reattach proved, by its start time."""
+        served_at = next(iter(self._listening), None)  # the first proven is the reattach data's address
+        return self.proven and self._start_time is not None and plugin_stopped(self.pid, served_at, self._start_time)
 
     def wait(self, timeout: float | None = None) -> int | None:
         deadline = None if timeout is None else time.monotonic() + timeout

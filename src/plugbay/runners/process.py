@@ -58,7 +58,7 @@ from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, 
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
 from plugbay.runners.procstop import ProcessStop
-from plugbay.runners.procstopped import tree_stopped
+from plugbay.runners.procstopped import plugin_stopped
 from plugbay.runners.proctree import ENV_HOST_SESSION, ENV_PLUGIN_ID, ended, ended_or_ending, host_session, stat_of
 from plugbay.runners.proctree import sweep as sweep  # re-exported: tests and users import it here
 from plugbay.runners.stderrpipe import popen_naming_stderr
@@ -109,6 +109,7 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
         self._recorded: dict[int, int] = {}  # descendants seen before a Shutdown (record_descendants)
         self._unheld: subprocess.Popen[bytes] | None = None  # a spawn cut short (Ctrl-C in Popen): ended by kill()
         self._spawner: int | None = None  # the pid that started it: in a forked child the plugin is not its
+        self._served_at: tuple[str, str] | None = None  # the address it announced: frozen() reads who serves it
 
     # --- identity -------------------------------------------------------------
 
@@ -258,11 +259,17 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
         proc = self._proc
         return proc is not None and (proc.returncode is not None or in_proc(proc.pid))
 
+    def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
+        mapped = super().plugin_to_host(network, address)
+        if self._served_at is None:  # the first is the handshake's; brokered servers' come later
+            self._served_at = (network, address)
+        return mapped
+
     def frozen(self) -> bool:
         """A stopped plugin (SIGSTOP, a debugger's stop: /proc state T or t), which acts on nothing but SIGKILL:
-        the process started, or any it started (the server a wrapper such as ``sh -c`` runs; procstopped)."""
+        the processes holding its listener are (the server a wrapper such as ``sh -c`` runs; procstopped)."""
         proc = self._proc
-        return proc is not None and proc.returncode is None and tree_stopped(proc.pid)
+        return proc is not None and proc.returncode is None and plugin_stopped(proc.pid, self._served_at)
 
     def exit_detail(self) -> str:
         # the diagnosis would only repeat the stderr tail; a signal that ended the plugin only it named
