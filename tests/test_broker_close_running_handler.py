@@ -98,9 +98,10 @@ class BlocksItsLoop:
         return a + b
 
 
-# A hang guard, not a measurement: kill() held about 6 s for this handler whatever kill_grace said (the
-# brokered calls' fixed 1 s, then about 5 s for plugbay's asyncio handler loop to end under a coroutine
-# that blocks it); with kill_grace=0 it now gives the loop broker.LOOP_FLOOR (0.25 s) and goes on
+# A hang guard, not a measurement, and a deliberate bound on kill_grace's promise, kept generous for a
+# loaded machine: kill() held about 6 s for this handler whatever kill_grace said (the brokered calls'
+# fixed 1 s, then about 5 s for plugbay's asyncio handler loop to end under a coroutine that blocks it);
+# with kill_grace=0 it now gives the loop LOOP_FLOOR (0.25 s) and goes on, about 0.3 s in all
 GUARD = 5.0
 
 

@@ -68,10 +68,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("plugbay.broker")
 
 DEFAULT_DIAL_TIMEOUT = 5.0  # go-plugin waits 5 s for a ConnInfo or a knock ack
-CLOSE_GRACE = 1.0  # what calls still running on this side's brokered servers get at close() to answer
-# a close bounded by close_within: the asyncio handlers' loop gets at least LOOP_FLOOR to end (its cleanup
-# is scheduled and runs), at most LOOP_END, about what an unbounded close lets it take (handlerloop.Release)
-LOOP_FLOOR, LOOP_END = 0.25, 5.0
 
 
 class GRPCBroker(StreamEnd, Multiplexed):
@@ -228,16 +224,14 @@ class GRPCBroker(StreamEnd, Multiplexed):
     def close(self, *, wait: bool = True) -> None:
         """End the stream, stop every brokered server and channel, free sockets and threads.
 
-        Calls still running on brokered servers get CLOSE_GRACE to answer, then are cancelled, their handlers
-        not waited for (stop_all_served). ``close_within`` (a Client's kill_grace) bounds that grace and the
-        end of the asyncio handlers' loop (LOOP_FLOOR at least), else about 5 s under an async handler
-        that ignores its cancel or blocks the loop. ``wait=False`` (a plugin process stopping):
-        running calls are cancelled at once and their worker threads, like the stream's reader, are not
-        joined: a handler that does not return kept the plugin process alive until its host killed it;
-        a Go plugin exits when Serve returns, whatever its goroutines do.
-        """
-        within = self.close_within
-        ends = None if within is None else time.monotonic() + max(within, 0.0)
+        Calls still running on brokered servers get 1 s to answer, then are cancelled, their handlers not
+        waited for (stop_all_served). ``close_within`` (a Client's kill_grace) bounds that and the end of the
+        asyncio handlers' loop (handlerloop.release_within), else about 5 s under an async handler that
+        ignores its cancel or blocks the loop. ``wait=False`` (a plugin process stopping): running calls are
+        cancelled at once and their worker threads, like the stream's reader, are not joined: a handler that
+        does not return kept the plugin process alive until its host killed it; a Go plugin exits when Serve
+        returns, whatever its goroutines do."""
+        ends = None if self.close_within is None else time.monotonic() + max(self.close_within, 0.0)
         with self._cond:
             if self._closed:
                 return
@@ -262,12 +256,13 @@ class GRPCBroker(StreamEnd, Multiplexed):
         if served and wait:  # not waiting for handlers still running (see stop_all_served)
             from plugbay.core.broker.channels import stop_all_served
 
-            left = CLOSE_GRACE if ends is None else max(ends - time.monotonic(), 0.0)
-            stop_all_served(served, min(CLOSE_GRACE, left))
+            stop_all_served(served, ends)
         if source is not None:
             source.close(wait=wait)
         if loop_release is not None:
-            loop_release(None if ends is None else min(max(ends - time.monotonic(), LOOP_FLOOR), LOOP_END))
+            from plugbay.core.transport.handlerloop import release_within  # loaded: it made loop_release
+
+            loop_release(release_within(ends))
         self._join_bridges()
         for t in list(self._threads) if wait else ():  # started under the lock, so all of them are started
             t.join(timeout=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -147,14 +148,19 @@ def stop_served(served: Served, grace: float | None = 1.0,
         finish()
 
 
-def stop_all_served(served: list[Served], grace: float = 1.0) -> None:
-    """Stop a closing broker's servers: calls get ``grace`` seconds (one for all), then are cancelled.
+CLOSE_GRACE = 1.0  # what calls still running on a closing broker's servers get to answer
+
+
+def stop_all_served(served: list[Served], ends: float | None = None) -> None:
+    """Stop a closing broker's servers: calls get CLOSE_GRACE (one for all; less when the close must end by
+    ``ends``, a time.monotonic(): a Client's kill_grace), then are cancelled.
 
     Their sockets are freed before this returns, but workers still running a handler are not
     joined: each ends once its handler returns, its reply going nowhere. A Client's close() or
     kill() otherwise waited for as long as a host callback handler ran (for ever: a stuck one),
     with the plugin not killed meanwhile; go-plugin's broker Close() does not wait for handlers.
     """
+    grace = CLOSE_GRACE if ends is None else min(CLOSE_GRACE, max(ends - time.monotonic(), 0.0))
     stopping = [(s, s.server.stop(grace=grace)) for s in served]
     for s, stopped in stopping:
         stopped.wait(timeout=grace + 10)  # the handlers' calls are cancelled after grace

@@ -51,6 +51,14 @@ class _DaemonDefault(concurrent.futures.ThreadPoolExecutor):
 # of a bounded finish (Release's ``within``), kept for what comes after the coroutines' cleanup: closing
 # async generators, stopping the loop, joining its thread
 _SETTLE = 0.2
+# a close bounded by its owner (a Client's kill_grace): the loop gets at least LOOP_FLOOR to end (its cleanup
+# is scheduled and runs), at most LOOP_END, about what an unbounded close lets it take
+LOOP_FLOOR, LOOP_END = 0.25, 5.0
+
+
+def release_within(ends: float | None) -> float | None:
+    """What a Release gets of a close that must end by ``ends`` (time.monotonic(); None: unbounded)."""
+    return None if ends is None else min(max(ends - time.monotonic(), LOOP_FLOOR), LOOP_END)
 
 
 class Release(Protocol):
