@@ -278,6 +278,26 @@ def test_listeners_are_found_by_socket_inode_in_the_process_own_tables(tmp_path:
                 sleeper.kill()
 
 
+def test_localhost_and_a_zoned_ipv6_address_name_their_listeners() -> None:
+    # a plugin may announce "localhost:PORT" or "[::1%lo]:PORT": neither was parsed, so no listener was
+    # found (its servers went unread: procstopped fell back to the leader)
+    import socket
+
+    from plugbay.runners.listeners import tcp_listeners
+
+    with socket.socket() as tcp, socket.socket(socket.AF_INET6) as tcp6:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        tcp6.bind(("::1", 0))
+        tcp6.listen()
+        port, port6 = tcp.getsockname()[1], tcp6.getsockname()[1]
+        inode, inode6 = os.fstat(tcp.fileno()).st_ino, os.fstat(tcp6.fileno()).st_ino
+        assert tcp_listeners(os.getpid(), f"localhost:{port}") == {inode}
+        assert tcp_listeners(os.getpid(), f"LOCALHOST:{port6}") == {inode6}
+        assert tcp_listeners(os.getpid(), f"[::1%lo]:{port6}") == {inode6}
+        assert tcp_listeners(os.getpid(), f"[::1%lo]:{port}") == set()
+
+
 _SERVER = r'''
 import os, socket, sys, time
 kind, where = sys.argv[1], sys.argv[2]

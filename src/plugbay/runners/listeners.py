@@ -85,10 +85,15 @@ def tcp_listeners(pid: int, address: str) -> set[int]:
     """Inodes of the TCP sockets a connection to ``address`` ("HOST:PORT", "[V6]:PORT") would reach, as
     process ``pid``'s namespace lists them: those bound to that very address if any is, else those
     bound to the port on every address of its family (IPv4 also reaches an IPv6 "::" listener,
-    unless it is IPv6-only, which /proc does not show: then it counts only with no IPv4 listener)."""
+    unless it is IPv6-only, which /proc does not show: then it counts only with no IPv4 listener).
+    "localhost" is 127.0.0.1 and ::1, a dial may reach either; an IPv6 zone ("%eth0") is not compared."""
     host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return tcp_listeners(pid, f"127.0.0.1:{port_text}") | tcp_listeners(pid, f"[::1]:{port_text}")
     try:
-        want_ip = ipaddress.ip_address(host.strip("[]"))
+        given = ipaddress.ip_address(host)
+        want_ip = ipaddress.ip_address(host.partition("%")[0])  # /proc's tables hold no zone
         want_port = int(port_text)
     except ValueError:
         return set()
@@ -120,7 +125,8 @@ def tcp_listeners(pid: int, address: str) -> set[int]:
     if exact:
         return exact
     # a wildcard listener takes only what reaches this machine: another host's address is not it
-    return (same_family or dual) if _is_local(want_ip) else set()
+    # a zoned link-local address binds only with its zone
+    return (same_family or dual) if _is_local(given if "%" in host else want_ip) else set()
 
 
 def _is_local(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
