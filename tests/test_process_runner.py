@@ -111,10 +111,11 @@ def test_a_stopped_plugin_is_continued_to_act_on_sigterm(how: str, tmp_path: Pat
 
 
 # A plugin's server: it listens on a TCP port of 127.0.0.1, says "ready PORT", then waits (or, BUSY, makes
-# system calls without pause), for 60 s at most.
+# system calls without pause), for 60 s at most. With FORK, it forks a child first that holds the listener
+# and waits as long.
 _SERVER = ("import os,socket,sys,time\n"
            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
-           "print('ready', s.getsockname()[1], flush=True)\n"
+           "if os.fork() if sys.argv[1:] == ['fork'] else 1: print('ready', s.getsockname()[1], flush=True)\n"
            "end = time.monotonic() + 60\n"
            "while time.monotonic() < end:\n"
            "    os.getppid() if sys.argv[1:] == ['busy'] else time.sleep(1)\n")
@@ -158,13 +159,16 @@ def test_a_wrapped_plugin_whose_server_is_stopped_is_frozen(how: str) -> None:
         if judge is not None and judge is not runner:
             judge.detach()  # its claim on the plugin goes; the runner that started it ends it
         runner.kill(0)
-    assert server and not _alive(server)
+    assert server
+    # kill() waits for its leader only
+    wait_for(lambda: not _alive(server), "the server to end with its group", timeout=10)
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
-def test_a_plugin_run_under_strace_is_frozen_only_when_stopped() -> None:
-    # strace -f stops its tracee for a moment at each system call (/proc state t): a busy plugin read as
-    # frozen in most samples, so kill() skipped its Shutdown and a restart SIGKILLed it at once
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (scripts/setup installs it)")
+def test_a_plugin_served_under_strace_is_never_frozen() -> None:
+    # strace -f stops its tracee at each system call (/proc state t) until strace next runs, on a loaded
+    # machine for tens of ms: a busy plugin read as frozen, so kill() skipped its Shutdown and a restart
+    # SIGKILLed it at once. A traced server is never read as frozen (a SIGSTOP it takes shows as t too)
     runner = ProcessRunner(["strace", "-f", "-o", "/dev/null", PY, "-c", _SERVER, "busy"])
     runner.start(LaunchSpec(env={}))
     server = 0
@@ -177,13 +181,42 @@ def test_a_plugin_run_under_strace_is_frozen_only_when_stopped() -> None:
         wait_for(lambda: _state(server) == "t", "the traced server's stop at a system call", timeout=10)
         said = [runner.frozen() for _ in range(200)]
         assert not any(said), f"frozen in {sum(said)} of {len(said)} reads of a plugin that runs"
-        os.kill(server, signal.SIGSTOP)  # a real stop: the tracer lets it take hold, as state t
-        wait_for(runner.frozen, "the stopped traced server to read frozen", timeout=10)
+    finally:
+        runner.kill(0)
+    assert server
+    wait_for(lambda: not _alive(server), "the server to end with its group", timeout=10)
+
+
+@pytest.mark.parametrize("how", ["started", "reattached"])
+def test_a_stopped_server_whose_forked_child_holds_its_listener_is_frozen(how: str) -> None:
+    # a child the server forked after listen() inherits the listener: read as a server too, its running
+    # hid the stopped server, and frozen() said no
+    runner = ProcessRunner(["/bin/sh", "-c", '"$0" -c "$1" fork; exit $?', PY, _SERVER])
+    runner.start(LaunchSpec(env={}))
+    server = forked = 0
+    judge = None
+    try:
+        address = _serving(runner)
+        assert runner.pid is not None
+        kids = children(runner.pid, zombies=False)
+        assert len(kids) == 1, kids
+        server = kids[0]
+        wait_for(lambda: bool(children(server, zombies=False)), "the server's fork", timeout=10)
+        forked = children(server, zombies=False)[0]
+        judge = runner if how == "started" else reattach_runner(runner.reattach_data())
+        judge.plugin_to_host("tcp", address)
+        assert not judge.frozen()
+        os.kill(server, signal.SIGSTOP)
+        wait_for(lambda: _state(server) == "T", "the SIGSTOP to take hold", timeout=10)
+        assert _state(forked) != "T" and judge.frozen()
     finally:
         if server:
             os.kill(server, signal.SIGCONT)
+        if judge is not None and judge is not runner:
+            judge.detach()
         runner.kill(0)
-    assert server and not _alive(server)
+    for pid in (server, forked):
+        wait_for(lambda: not _alive(pid), f"process {pid} to end with its group", timeout=10)
 
 
 def _state(pid: int) -> str:

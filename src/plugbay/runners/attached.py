@@ -127,8 +127,8 @@ class AttachedProcess(AttachedRunner):
         return self._start_time is None or _start_time(self.pid) == self._start_time
 
     def frozen(self) -> bool:
-        """A stopped plugin (SIGSTOP: /proc state T or t, of the processes holding its listener, as a wrapper's
-        server: procstopped), so that a restart of an unanswering one SIGKILLs it (force_kill) instead of
+        """A stopped plugin (SIGSTOP, of the topmost processes holding its listener, as a wrapper's server:
+        procstopped), so that a restart of an unanswering one SIGKILLs it (force_kill) instead of
         continuing it. Read only of the process reattach proved, by its start time."""
         served_at = next(iter(self._listening), None)  # the first proven is the reattach data's address
         return self.proven and self._start_time is not None and plugin_stopped(self.pid, served_at, self._start_time)

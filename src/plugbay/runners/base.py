@@ -232,8 +232,9 @@ class AttachedRunner(ABC):
         return exit_said(code)
 
     def frozen(self) -> bool:
-        """Whether the plugin is frozen (a paused container; SIGSTOPped, the processes holding its listener,
-        such as the server a ``sh -c`` wrapper waits for) and can answer nothing:
+        """Whether the plugin is frozen (a paused container; SIGSTOPped, the topmost processes holding its
+        listener, such as the server a ``sh -c`` wrapper waits for; a traced one, not the leader, never counts:
+        a tracer's stop at each system call looks the same) and can answer nothing:
         kill() then does not ask it to stop (GRPCController.Shutdown would wait out its timeout) and has the
         runner end it (thawed first), and a restart of a plugin that stopped answering has force_kill() end it
         without a thaw, which would let it finish calls whose callers were told it ended. Runners that can

@@ -266,8 +266,9 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
         return mapped
 
     def frozen(self) -> bool:
-        """A stopped plugin (SIGSTOP, a debugger's stop: /proc state T or t), which acts on nothing but SIGKILL:
-        the processes holding its listener are (the server a wrapper such as ``sh -c`` runs; procstopped)."""
+        """A stopped plugin (SIGSTOP, a debugger's stop), which acts on nothing but SIGKILL: the topmost processes
+        holding its listener are (the server a wrapper such as ``sh -c`` runs: state T; the leader: T or t;
+        procstopped)."""
         proc = self._proc
         return proc is not None and proc.returncode is None and plugin_stopped(proc.pid, self._served_at)
 

@@ -1,17 +1,21 @@
-"""Whether a process plugin is stopped (SIGSTOP, a debugger's stop): the processes that serve it, those
-holding the listener it announced, are all stopped.
+"""Whether a process plugin is stopped (SIGSTOP, a debugger's stop): the processes that serve it, the
+topmost of those holding the listener it announced, are all stopped.
 
 A plugin launched through a wrapper that does not exec it (``sh -c 'python plugin.py; ...'``, a launcher
-script, ``timeout``, a tracer such as ``strace -f``) is served by a descendant of the process plugbay
-started. Stopped while the wrapper waits for it, that server answers nothing all the same; read from the
-leader alone the plugin looked running, so kill() waited out a Shutdown it could not answer, and the restart
-of the unanswering plugin continued it (SIGTERM with SIGCONT), letting it finish calls whose callers were
-told it had ended. Any other stopped descendant (a helper the plugin stopped itself) says nothing of
-whether the plugin answers, so only the servers are read; with none found (no address known yet, a
-listener in another namespace) the leader is, as it always was.
+script, ``timeout``) is served by a descendant of the process plugbay started. Stopped while the wrapper
+waits for it, that server answers nothing all the same; read from the leader alone the plugin looked
+running, so kill() waited out a Shutdown it could not answer, and the restart of the unanswering plugin
+continued it (SIGTERM with SIGCONT), letting it finish calls whose callers were told it had ended. Any
+other stopped descendant (a helper the plugin stopped itself) says nothing of whether the plugin answers,
+so only the servers are read; with none found (no address known yet, a listener in another namespace)
+the leader is, as it always was. A child the server forked after it listened holds the listener too but
+serves nothing of it while its parent is stopped: only holders with no holding ancestor are read.
 
-A tracing stop (/proc state ``t``) is a moment at every system call of a process under ``strace -f``: it
-counts only while the process stays in it, making no progress (context switches), for _TRACE_WATCH.
+The leader counts as stopped in state T or t (proctree.stopped). A descendant counts only in state T (a
+signal's or job control's stop), never t: under a tracer (``strace -f``) a process sits in t at every
+system call until the tracer next runs, for as long as a busy machine keeps the tracer waiting, and a
+SIGSTOP it takes shows as t too. So a plugin served by a traced descendant is never judged frozen: it is
+ended with SIGTERM and its grace, never SIGKILLed at once.
 
 The tree is walked through the kernel's children lists (/proc/PID/task/TID/children): a read per process
 (and thread) of the plugin's, not a scan of /proc. Where the kernel has no such lists, the parent links of
@@ -21,21 +25,18 @@ a /proc scan (proctree.family) stand in.
 from __future__ import annotations
 
 import os
-import time
 
 from plugbay.core.transport.tempdirs import own_proc, proc_stat
 from plugbay.runners.listeners import socket_inodes, tcp_listeners, unix_listeners
-from plugbay.runners.proctree import family
+from plugbay.runners.proctree import family, stopped
 
 _MAX_PROCS = 4096  # a bound on the walk; a plugin's tree is a handful of processes
-# a tracer's stop lasts microseconds unless a debugger holds it: watched this long, every _TRACE_STEP
-_TRACE_WATCH, _TRACE_STEP = 0.02, 0.005
 
 
 def plugin_stopped(root: int, served_at: tuple[str, str] | None, start: int | None = None) -> bool:
-    """Whether the processes serving the plugin led by ``root`` are all stopped: those of ``root`` and its
-    descendants holding a socket that listens on ``served_at`` (network, address as announced), else
-    ``root`` alone. With ``start`` (its start ticks), only while ``root`` is still that process (a
+    """Whether the processes serving the plugin led by ``root`` are all stopped: the topmost of ``root``
+    and its descendants holding a socket that listens on ``served_at`` (network, address as announced),
+    else ``root`` alone. With ``start`` (its start ticks), only while ``root`` is still that process (a
     reattached plugin's pid, proven by its start time)."""
     fields = proc_stat(root)
     if fields is None or fields[0] in ("Z", "X"):
@@ -44,44 +45,19 @@ def plugin_stopped(root: int, served_at: tuple[str, str] | None, start: int | No
         return False
     servers = _servers(root, served_at, start) if served_at is not None and own_proc() else []
     if not servers:
-        return held_stopped(root, start)
-    return all(held_stopped(pid) for pid in servers)
+        return stopped(root, start)
+    return all(stopped(root, start) if pid == root else _signal_stopped(pid) for pid in servers)
 
 
-def held_stopped(pid: int, start: int | None = None) -> bool:
-    """Whether process ``pid`` is stopped: by a signal (state T), or at a tracer's stop (t) that it stays
-    in without progress for _TRACE_WATCH. With ``start``, only while the pid is still that process's."""
+def _signal_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped by a signal or job control (state T); a tracer's stop (t) is not read."""
     fields = proc_stat(pid)
-    if fields is None or fields[0] not in ("T", "t"):
-        return False
-    if start is not None and (len(fields) <= 19 or fields[19] != str(start)):
-        return False
-    if fields[0] == "T":
-        return True
-    switches = _switches(pid)  # each stop and each resume is one: unchanged, it has not run meanwhile
-    deadline = time.monotonic() + _TRACE_WATCH
-    while switches is not None:
-        time.sleep(_TRACE_STEP)
-        fields = proc_stat(pid)
-        if fields is None or fields[0] != "t" or _switches(pid) != switches:
-            return False
-        if time.monotonic() >= deadline:
-            return True
-    return False
-
-
-def _switches(pid: int) -> tuple[str, ...] | None:
-    """The context switch counts of ``pid`` (its main thread, as its /proc state), None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            lines = status.read().splitlines()
-    except OSError:
-        return None
-    return tuple(line.decode("ascii", "replace") for line in lines if b"ctxt_switches" in line)
+    return fields is not None and fields[0] == "T"
 
 
 def _servers(root: int, served_at: tuple[str, str], start: int | None) -> list[int]:
-    """``root`` and those of its descendants that hold a socket listening on ``served_at``."""
+    """The topmost of ``root`` and its descendants that hold a socket listening on ``served_at``: those
+    with no holding ancestor (a child forked after the listen inherits the socket, not the serving)."""
     network, address = served_at
     if network == "unix":
         listening = unix_listeners(root, address)
@@ -91,7 +67,24 @@ def _servers(root: int, served_at: tuple[str, str], start: int | None) -> list[i
         return []
     if not listening:
         return []
-    return [pid for pid in [root, *_descendants(root, start)] if socket_inodes(pid) & listening]
+    holders = {pid for pid in [root, *_descendants(root, start)] if socket_inodes(pid) & listening}
+    return [pid for pid in holders if not _held_above(pid, root, holders)]
+
+
+def _held_above(pid: int, root: int, holders: set[int]) -> bool:
+    """Whether a process between ``pid`` (excluded) and ``root`` (included) is among ``holders``."""
+    for _ in range(_MAX_PROCS):
+        if pid == root:
+            return False
+        fields = proc_stat(pid)
+        if fields is None or len(fields) < 2 or not fields[1].isdigit():
+            return False
+        pid = int(fields[1])
+        if pid in holders:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 def _descendants(root: int, start: int | None) -> list[int]:
