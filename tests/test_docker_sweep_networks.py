@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,10 +26,11 @@ from docker.errors import NotFound
 
 from plugbay.errors import NetworkSweptError
 from plugbay.runners.base import LaunchSpec
-from plugbay.runners.docker import DockerRunner, sweep_networks
+from plugbay.runners.docker import DockerRunner, sweep, sweep_networks
 from plugbay.runners.docker.hardening import ICC_OPTION
 from tests.cli_util import plugbay
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
+from tests.procs import first_line_then_sigkill
 from tests.race_util import Starting
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -96,6 +100,10 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
             host_config=plugbay_docker.api.create_host_config(network_mode=typo))["Id"])
         assert made.id not in sweep_networks(client=plugbay_docker, names=names)
         plugbay_docker.api.remove_container(containers.pop(), force=True)
+        # a host's sweep of its containers (gone hosts' only: live ones' are spared) leaves the engine's
+        # networks alone, which other hosts may be about to join; it swept every idle one of the engine
+        sweep(client=plugbay_docker, images=False)
+        assert _named(plugbay_docker, typo), "the library's sweep() removed a network it was not asked to"
 
         listed = plugbay("sweep", "--docker", "--dry-run", "--json")
         assert listed.returncode == 0, listed.stderr
@@ -115,6 +123,41 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
             assert remade.id != made.id
         finally:
             again.kill()
+
+
+# a host that starts a container on its own network, then dies by SIGKILL: container and network stay
+CRASHING_HOST = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from plugbay.runners.base import LaunchSpec
+    from plugbay.runners.docker import DockerRunner
+    runner = DockerRunner("plugbay-base:bookworm", transport="tcp", network=sys.argv[2], entrypoint=["sleep", "120"])
+    runner.start(LaunchSpec(env={}))
+    print(json.dumps({"id": runner.id}), flush=True)
+    time.sleep(120)
+""")
+
+
+@pytest.mark.timeout(120)
+def test_a_dry_run_lists_the_network_only_a_dead_hosts_container_is_on(plugbay_docker: Any) -> None:
+    # A dry run removes no container, so the network a dead host's container kept was not listed, though a
+    # real sweep removes that container and then the network. The containers it lists now count as gone.
+    name = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}-dead"
+    with _made(plugbay_docker) as (names, containers):
+        names.append(name)
+        facts = first_line_then_sigkill([sys.executable, "-c", CRASHING_HOST,
+                                         str(Path(__file__).resolve().parent.parent / "src"), name])
+        containers.append(facts["id"])
+        (net,) = _named(plugbay_docker, name)
+        listed = plugbay("sweep", "--docker", "--dry-run", "--json")
+        assert listed.returncode == 0, listed.stderr
+        found = json.loads(listed.stdout)
+        assert facts["id"] in found["docker"], listed.stdout
+        assert net.id in found["docker_networks"], listed.stdout
+        assert _named(plugbay_docker, name) and plugbay_docker.containers.get(facts["id"]), "a dry run removed"
+        # the library's: only with the containers named as leaving
+        assert net.id not in sweep_networks(client=plugbay_docker, dry_run=True, names=names)
+        assert net.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names, leaving=[facts["id"]])
 
 
 @pytest.mark.timeout(120)

@@ -248,8 +248,11 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
 
         try:
             found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False)
-            found["docker_images"] = sweep_images(dry_run=dry_run)  # after the containers: their images free
-            found["docker_networks"] = sweep_networks(dry_run=dry_run)  # and their networks
+            # after the containers: their images free (a dry run counts the containers it listed as gone)
+            leaving = found["docker"] if dry_run else []
+            found["docker_images"] = sweep_images(dry_run=dry_run, leaving=leaving)
+            # and their networks: the whole engine's, which the library's sweep() leaves unless asked
+            found["docker_networks"] = sweep_networks(dry_run=dry_run, leaving=leaving)
         except EngineUnavailableError as exc:
             if docker_:
                 raise

@@ -22,12 +22,15 @@ BUILT = "plugbay.content-hash"
 
 
 def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False,
-          images: bool = True, networks: bool = True) -> list[str]:
+          images: bool = True, networks: bool = False) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
 
     ``dry_run=True`` removes nothing and returns the ids it would remove. ``images``: then (not in a dry
     run) remove the images plugbay built that nothing names or uses any more (:func:`sweep_images`);
-    ``networks``: and the networks plugbay made that no container is on (:func:`sweep_networks`).
+    ``networks=True``: and every network plugbay made that no container is on, on the whole engine
+    (:func:`sweep_networks`). Off by default: those are shared by name with other hosts and runs on the
+    engine, and a host sweeping its own containers would race their starts (``plugbay sweep --docker``,
+    the machine's operator, sweeps them).
 
     Without ``live_sessions``, a session is gone when its host process no longer
     runs on this machine (containers started from other machines are left
@@ -106,10 +109,13 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     return removed
 
 
-def sweep_images(*, client: Any = None, dry_run: bool = False) -> list[str]:
+def sweep_images(*, client: Any = None, dry_run: bool = False,
+                 leaving: Collection[str] = ()) -> list[str]:
     """Remove the images plugbay built that no tag names and no container uses; return their ids (with
-    ``dry_run``, the ids it would remove). A rebuild keeps the image it took the tag from while a container
-    (a stopped one too) uses it: it stayed behind as ``<none>`` once that container was gone.
+    ``dry_run``, the ids it would remove; ``leaving``: the ids of containers a dry run of :func:`sweep`
+    listed, which count as gone, as a real sweep removes them first). A rebuild keeps the image it took the
+    tag from while a container (a stopped one too) uses it: it stayed behind as ``<none>`` once that
+    container was gone.
 
     An image plugbay built is one whose newest step is plugbay's own ``LABEL plugbay.content-hash=...``:
     the label alone is not proof, since every image built FROM a plugbay image inherits it (a user's
@@ -132,9 +138,9 @@ def sweep_images(*, client: Any = None, dry_run: bool = False) -> list[str]:
                 if not _built_here(client, image_id):
                     continue
                 if dry_run:
-                    if not engine_call(lambda: client.api.containers(all=True, quiet=True,
-                                                                     filters={"ancestor": image_id}),
-                                       "list the image's containers"):
+                    if not _users(engine_call(lambda: client.api.containers(all=True, quiet=True,
+                                                                            filters={"ancestor": image_id}),
+                                              "list the image's containers"), leaving):
                         removed.append(image_id)
                     continue
                 engine_call(lambda: client.api.remove_image(image_id), "remove the image")
@@ -155,6 +161,11 @@ def sweep_images(*, client: Any = None, dry_run: bool = False) -> list[str]:
     return removed
 
 
+def _users(containers: list[dict[str, Any]], leaving: Collection[str]) -> list[str]:
+    """The ids of the listed containers (a quiet list's) but those a dry run counts as gone."""
+    return [str(c.get("Id", "")) for c in containers if c.get("Id") not in leaving]
+
+
 def _built_here(client: Any, image_id: str) -> bool:
     """Whether the image's newest step is plugbay's label step, with the value its label has."""
     labels = (engine_call(lambda: client.api.inspect_image(image_id), "inspect the image").get("Config") or {}) \
@@ -165,10 +176,11 @@ def _built_here(client: Any, image_id: str) -> bool:
     return bool(value) and newest.rstrip().endswith(f"LABEL {BUILT}={value}")
 
 
-def sweep_networks(*, client: Any = None, dry_run: bool = False, names: Collection[str] | None = None) -> list[str]:
+def sweep_networks(*, client: Any = None, dry_run: bool = False, names: Collection[str] | None = None,
+                   leaving: Collection[str] = ()) -> list[str]:
     """Remove the networks plugbay made that no container is on; return their ids (with ``dry_run``, the
-    ids it would remove). DockerRunner(network=NAME) makes NAME on first use (the tcp transport's isolated
-    bridge) and keeps it for later starts, a misspelled NAME too.
+    ids it would remove; ``leaving``: as for :func:`sweep_images`). DockerRunner(network=NAME) makes NAME
+    on first use (the tcp transport's isolated bridge) and keeps it for later starts, a misspelled NAME too.
 
     A network counts as plugbay's only when it has the labels, driver and options plugbay gives a network
     it creates (hardening.made_by_plugbay): a network someone else made stays, one labelled
@@ -195,8 +207,10 @@ def sweep_networks(*, client: Any = None, dry_run: bool = False, names: Collecti
             try:
                 # by id and by name: a container's network settings name both once it ran, a created one's
                 # may have the name alone
-                if any(engine_call(lambda: client.api.containers(all=True, quiet=True, filters={"network": key}),
-                                   "list the network's containers") for key in (net_id, name)):
+                if any(_users(engine_call(lambda: client.api.containers(all=True, quiet=True,
+                                                                        filters={"network": key}),
+                                          "list the network's containers"), leaving)
+                       for key in (net_id, name)):
                     continue
                 if dry_run:
                     removed.append(net_id)
