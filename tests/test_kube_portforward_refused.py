@@ -78,7 +78,7 @@ def test_the_error_channels_text_is_quoted_escaped(server: StandIn, kubeconfig: 
             client.start()
     finally:
         client.kill()
-    assert "the API server said 'no route\\\\x0a2026-01-01 ERROR plugbay: forged line \\\\x1b[31mred'" \
+    assert "the API server said 'no route\\x0a2026-01-01 ERROR plugbay: forged line \\x1b[31mred'" \
         in str(info.value), str(info.value)
     said = [r.getMessage() for r in caplog.records if "port-forward to" in r.getMessage() and "no route" in
             r.getMessage()]

@@ -90,8 +90,9 @@ class PortForwarder:
     def error_detail(self) -> str:
         """The last error the API server sent for this port, for a failed start's message; "" if none."""
         error = self.last_error
+        # said() escaped and clipped it as it came: quoted as it is (a repr would escape the escapes again)
         return (f"port-forward to pod {self.namespace}/{self.pod} port {self.port}: the API server said"
-                f" {printable(error.strip())[:500]!r}") if error else ""
+                f" '{printable(error.strip())}'") if error else ""
 
     def _open(self, timeout: float | None = None) -> Any:
         """One port-forward WebSocket, within ``timeout`` (None: :attr:`timeout`); returns its socket (plain
