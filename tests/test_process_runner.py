@@ -164,11 +164,31 @@ def test_a_wrapped_plugin_whose_server_is_stopped_is_frozen(how: str) -> None:
     wait_for(lambda: not _alive(server), "the server to end with its group", timeout=10)
 
 
+def _skip_unless_strace_attaches() -> None:
+    """Skip, saying why, where ptrace is refused (yama ptrace_scope=3, a container without CAP_SYS_PTRACE
+    or under a seccomp profile denying it): strace cannot run its tracee there."""
+    import subprocess
+
+    try:
+        probe = subprocess.run(["strace", "-f", "-o", "/dev/null", PY, "-c", "pass"], capture_output=True,
+                               text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.skip("strace did not run a traced `python -c pass` within 30 s")
+    if probe.returncode != 0:
+        pytest.skip(f"strace cannot trace here (ptrace refused?): exit {probe.returncode},"
+                    f" {probe.stderr.strip()[-300:]!r}")
+
+
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (scripts/setup installs it)")
 def test_a_plugin_served_under_strace_is_never_frozen() -> None:
-    # strace -f stops its tracee at each system call (/proc state t) until strace next runs, on a loaded
-    # machine for tens of ms: a busy plugin read as frozen, so kill() skipped its Shutdown and a restart
-    # SIGKILLed it at once. A traced server is never read as frozen (a SIGSTOP it takes shows as t too)
+    """strace -f stops its tracee at each system call (/proc state t) until strace next runs, on a loaded
+    machine for tens of ms: a busy plugin read as frozen, so kill() skipped its Shutdown and a restart
+    SIGKILLed it at once. A traced server is never read as frozen (a SIGSTOP it takes shows as t too).
+
+    It guards the listener-based frozen() (only the processes holding the plugin's listener, and only a
+    signal stop, count), not a bug of the code before it: it passes there too, by design. It keeps a later
+    change from reading a tracee's stops as frozen. Skipped where ptrace is refused."""
+    _skip_unless_strace_attaches()
     runner = ProcessRunner(["strace", "-f", "-o", "/dev/null", PY, "-c", _SERVER, "busy"])
     runner.start(LaunchSpec(env={}))
     server = 0
