@@ -44,7 +44,7 @@ class PluginExitedError(HandshakeError):
         # runners other than the LogPump's (a pod's log, a container's) hand their lines as read; a
         # line may be up to the line cap (64 KiB) long: the message keeps both ends of each (cut before
         # escaping, so that no escape is split), the attribute all of it
-        tail = "\n".join("    " + printable(_clip(line, _TAIL_LINE)) for line in self.stderr_tail) or "    (no output)"
+        tail = "\n".join("    " + printable(clip(line, _TAIL_LINE)) for line in self.stderr_tail) or "    (no output)"
         extra = f"\n{detail}" if detail else ""
         super().__init__(
             (headline or f"plugin {name!r} exited with code {exit_code} {when}") +
@@ -71,12 +71,12 @@ class MalformedHandshakeError(HandshakeError):
         self.line = line
         self.reason = reason  # what is wrong, without the line's framing (a broker's refusal quotes it)
         if refused:  # the reason names what was announced; the line is not quoted as malformed
-            super().__init__(f"announced address refused: {_clip(reason, 800)}")
+            super().__init__(f"announced address refused: {clip(reason, 800)}")
             return
         # a plugin may print megabytes on that line, and the reason may quote a field of it; the
         # reason keeps more, as it also carries long socket paths and what to do about them
         super().__init__(
-            f"malformed handshake line {_clip(repr(line))}: {_clip(reason, 800)}. go-plugin expects "
+            f"malformed handshake line {clip(repr(line))}: {clip(reason, 800)}. go-plugin expects "
             "CORE|APP-VERSION|NETWORK|ADDRESS|PROTOCOL[|SERVER-CERT[|MULTIPLEX]] as the plugin's"
             " first stdout line; make sure the plugin prints nothing to stdout before serving."
         )
@@ -102,7 +102,7 @@ def printable(text: str) -> str:
     return text if text.isprintable() else text.translate(_CONTROLS)
 
 
-def _clip(text: str, keep: int = 300) -> str:
+def clip(text: str, keep: int = 300) -> str:
     """``text`` with its middle cut to ``keep`` characters in all (both ends say the most)."""
     if len(text) <= keep:
         return text

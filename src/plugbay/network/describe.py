@@ -23,7 +23,7 @@ from plugbay.errors import (
     ProtocolMismatchError,
     RemoteTLSError,
     UnsupportedProtocolError,
-    _clip,
+    clip,
 )
 from plugbay.network.muxconn import Sessions, refusal_of
 from plugbay.network.pool import EndpointPool
@@ -96,7 +96,7 @@ def handshake_info(answer: discovery_pb2.DescribeResponse | None, address: str, 
             f" host {CORE_PROTOCOL_VERSION}; use a host and a plugin of compatible go-plugin versions")
     if answer.protocol != PROTOCOL_GRPC:
         raise UnsupportedProtocolError(
-            f"remote plugin {name!r} offers protocol {_clip(repr(answer.protocol))}; network mode carries"
+            f"remote plugin {name!r} offers protocol {clip(repr(answer.protocol))}; network mode carries"
             " only 'grpc' (serve the plugin with gRPC)")
     version = negotiate_version(versions, [v.version for v in answer.versions])
     return HandshakeInfo(answer.core_protocol, version, network, addr, PROTOCOL_GRPC,

@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 
 from plugbay.core.protocol.checks import kind
-from plugbay.errors import ChecksumMismatchError, ConfigError, RunnerError, _clip
+from plugbay.errors import ChecksumMismatchError, ConfigError, RunnerError, clip
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class SecureConfig:
             raise
         except (OSError, ValueError, TypeError) as exc:  # ValueError: a NUL byte; TypeError: a bad __fspath__
             why = getattr(exc, "strerror", None) or exc
-            raise ConfigError(f"SecureConfig.of_file cannot read {_clip(repr(path))} ({why}); pass the path of"
+            raise ConfigError(f"SecureConfig.of_file cannot read {clip(repr(path))} ({why}); pass the path of"
                               " the plugin file whose checksum to accept") from exc
         return cls(checksum, hash, check_path)
 
@@ -140,7 +140,7 @@ def _open_regular(path: str, executable: bool) -> tuple[int, int]:
         source = os.open(path, _OPEN_FLAGS)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte
         why = getattr(exc, "strerror", None) or exc
-        raise ConfigError(f"cannot read plugin file {_clip(repr(path))} to check its checksum ({why}); give the"
+        raise ConfigError(f"cannot read plugin file {clip(repr(path))} to check its checksum ({why}); give the"
                           " path of the plugin's file (the executable, or a script as written in cmd), readable"
                           " by this host") from exc
     try:
@@ -154,14 +154,14 @@ def _regular(source: int, path: object, executable: bool) -> int:
     """The size of the open file ``source``, refused (ConfigError) unless the OS would run it from there."""
     st = os.fstat(source)
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"plugin file {_clip(repr(path))} is not a regular file (a {_kind(st.st_mode)});"
+        raise ConfigError(f"plugin file {clip(repr(path))} is not a regular file (a {_kind(st.st_mode)});"
                           " give the plugin's executable (or the script it runs) as a path to a file")
     if executable and not _may_exec(st):
-        raise ConfigError(f"plugin file {_clip(repr(path))} has no execute permission for this host (mode"
+        raise ConfigError(f"plugin file {clip(repr(path))} has no execute permission for this host (mode"
                           f" {stat.filemode(st.st_mode)}), so the OS would refuse to run it; chmod +x it, or run"
                           " it through its interpreter (cmd=[interpreter, file] with SecureConfig(path=file))")
     if executable and os.fstatvfs(source).f_flag & os.ST_NOEXEC:
-        raise ConfigError(f"plugin file {_clip(repr(path))} is on a filesystem mounted noexec, where the OS"
+        raise ConfigError(f"plugin file {clip(repr(path))} is on a filesystem mounted noexec, where the OS"
                           " refuses to run programs; move it to a filesystem that allows execution")
     return st.st_size
 
@@ -205,10 +205,10 @@ def _copy(source: int, size: int, hash: str, sink: int | None, path: object) -> 
                 view = view[os.write(sink, view):]
         changed = left > 0 or os.read(source, 1) != b"" or os.fstat(source).st_size != size
     except OSError as exc:
-        raise ConfigError(f"cannot read plugin file {_clip(repr(path))} to check its checksum ({exc.strerror});"
+        raise ConfigError(f"cannot read plugin file {clip(repr(path))} to check its checksum ({exc.strerror});"
                           " give the path of the plugin's file, readable by this host") from exc
     if changed:
-        raise ChecksumMismatchError(f"plugin file {_clip(repr(path))} changed size while its checksum was taken"
+        raise ChecksumMismatchError(f"plugin file {clip(repr(path))} changed size while its checksum was taken"
                                     " (it is being written or replaced); start the plugin once the file is"
                                     " complete")
     return h.digest()

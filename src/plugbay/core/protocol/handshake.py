@@ -27,7 +27,7 @@ from plugbay.errors import (
     MalformedHandshakeError,
     ProtocolMismatchError,
     UnsupportedProtocolError,
-    _clip,
+    clip,
 )
 
 CORE_PROTOCOL_VERSION = 1
@@ -342,7 +342,7 @@ def parse_handshake_line(line: str, *, multiplex: bool = False) -> HandshakeInfo
         )
     if protocol != PROTOCOL_GRPC:
         raise ProtocolMismatchError(
-            f"the plugin announced unknown protocol {_clip(repr(protocol))}; plugbay speaks {PROTOCOL_GRPC!r}."
+            f"the plugin announced unknown protocol {clip(repr(protocol))}; plugbay speaks {PROTOCOL_GRPC!r}."
             " Check that the plugin is a go-plugin gRPC plugin."
         )
     cert: bytes | None = None

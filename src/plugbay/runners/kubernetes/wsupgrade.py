@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from plugbay.errors import EngineUnavailableError, PlugbayError, RunnerError, _clip, printable
+from plugbay.errors import EngineUnavailableError, PlugbayError, RunnerError, clip, printable
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
 MAX_HEAD = 16384  # an answer's status line and headers; more is not an HTTP answer
@@ -292,7 +292,7 @@ def said(text: str) -> str:
     """What the API server (or a proxy at its URL) said, as an error message may quote it: its control and
     bidi characters escaped (a newline would forge a log line of the host's) and its middle cut to
     MAX_SAID characters (a message of megabytes is no message)."""
-    return _clip(printable(text), MAX_SAID)
+    return clip(printable(text), MAX_SAID)
 
 
 def _check_answer(headers: dict[str, str], key: str, what: str) -> None:
