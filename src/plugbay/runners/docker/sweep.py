@@ -21,6 +21,12 @@ _log = logging.getLogger("plugbay.runners.docker")
 BUILT = "plugbay.content-hash"
 
 
+def _opened(client: Any) -> tuple[Any, bool]:
+    """The caller's engine client, or one of the sweep's own (True: the sweep closes it when it ends)."""
+    require_sdk()
+    return (client, False) if client is not None else (engine(), True)
+
+
 def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False,
           images: bool = True, networks: bool = False) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
@@ -39,12 +45,10 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     ``plugbay.session`` label) and the claimant's (its name): it goes only when
     both are gone. A container either names as this process is never removed.
     """
-    require_sdk()
+    client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
     from docker.errors import NotFound
 
     failed = engine_failures()
-    own = client is None
-    client = client or engine()
     live = set(live_sessions) if live_sessions is not None else None
     here, own_session = socket.gethostname(), host_session_id()
     removed: list[str] = []
@@ -123,12 +127,10 @@ def sweep_images(*, client: Any = None, dry_run: bool = False,
     Never forced: the engine refuses an image a container (or a child image) uses, and such an image
     is left as it is. Failures are logged, not raised: whatever else a sweep does still counts.
     """
-    require_sdk()
+    client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
     from docker.errors import NotFound
 
     failed = engine_failures()
-    own = client is None
-    client = client or engine()
     removed: list[str] = []
     try:
         found = engine_call(lambda: client.api.images(filters={"dangling": True, "label": BUILT}, quiet=True),
@@ -191,12 +193,10 @@ def sweep_networks(*, client: Any = None, dry_run: bool = False, names: Collecti
     ``names``: only networks of these names (a caller sweeping its own, beside other users of the engine).
     Failures are logged, not raised: whatever else a sweep does still counts.
     """
-    require_sdk()
+    client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
     from docker.errors import NotFound
 
     failed = engine_failures()
-    own = client is None
-    client = client or engine()
     removed: list[str] = []
     try:
         found = engine_call(lambda: client.api.networks(filters={"label": MADE_NETWORK}), "list plugbay's networks")
