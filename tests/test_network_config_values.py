@@ -20,7 +20,7 @@ from tests.resilience_util import HANDSHAKE, PLUGINS
 
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.keepalive import Keepalive
-from plugbay.errors import ConfigError
+from plugbay.errors import ConfigError, TLSConfigError
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.gateway import Gateway, GatewayConfig
 from plugbay.network.pool import EndpointPool
@@ -70,6 +70,19 @@ def test_the_gateway_still_takes_what_it_documents(tmp_path: Path) -> None:
     assert gateway.config.start_timeout == 5
     with pytest.raises(ConfigError, match="plugin's command"):  # the message an empty command always had
         _gateway(cmd=[])
+
+
+@pytest.mark.parametrize("config", ["--listen 127.0.0.1:0", {"cmd": ["plugin"]}, None])
+def test_the_gateway_takes_only_a_gateway_config(config: Any) -> None:
+    # a str or a dict failed with a bare AttributeError ('str' object has no attribute 'check')
+    with pytest.raises(ConfigError, match="Gateway takes a GatewayConfig"):
+        Gateway(config)
+
+
+def test_a_gateway_without_tls_files_or_insecure_is_refused_when_made() -> None:
+    # it was refused only by start(), once the child had been started
+    with pytest.raises(TLSConfigError, match="cert_file, key_file and client_ca_file"):
+        _gateway(insecure=False)
 
 
 def _remote(**kw: Any) -> RemoteClient:

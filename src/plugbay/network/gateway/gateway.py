@@ -71,7 +71,7 @@ from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.transport import grpcping
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.core.transport.unstarted import stop_server
-from plugbay.errors import ClientStateError, GatewayError, PlugbayError
+from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError, TLSConfigError
 from plugbay.network.gateway.child import ChildKeeper
 # re-exported: imported from here by the package, plugbay and users
 from plugbay.network.gateway.config import (
@@ -101,12 +101,20 @@ class Gateway:
     """Serves one child plugin on the network; a context manager (start/stop)."""
 
     def __init__(self, config: GatewayConfig) -> None:
+        if not isinstance(config, GatewayConfig):  # a dict or a str failed with a bare AttributeError
+            raise ConfigError(f"Gateway takes a GatewayConfig, got {type(config).__name__}; pass for example"
+                              " Gateway(GatewayConfig(cmd=['./kv-plugin'], cookie=('BASIC_PLUGIN', 'hello'),"
+                              " cert_file=..., key_file=..., client_ca_file=...))")
         config.check()
         self.config = config
         self._network = NetworkServe(listen=config.listen, cert_file=config.cert_file, key_file=config.key_file,
                                      client_ca_file=config.client_ca_file, insecure=config.insecure,
                                      keepalive=config.keepalive, max_peer_sessions=config.max_peer_sessions)
-        self._network.tls_files()  # all-or-none check before anything starts
+        # all-or-none, and none only with insecure: checked before anything starts, not once the child runs
+        if self._network.tls_files() is None and not config.insecure:
+            raise TLSConfigError("the gateway needs cert_file, key_file and client_ca_file (--cert, --key,"
+                                 " --client-ca) for mutual TLS; pass insecure=True (--insecure) only for a"
+                                 " trusted test network")
         self.health = HealthServicer()
         self.health.set_status("", NOT_SERVING)
         self.health.set_status("plugin", NOT_SERVING)
