@@ -37,7 +37,7 @@ from plugbay.network.figures import check_count, check_switch
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, all_refused, refusal, refused_as_loopback
 from plugbay.network.slicecalls import api_error, bounded_watch, late_list, malformed_list
 from plugbay.network.slices import (SERVICE_NAME_LABEL, SliceCap, endpoints_from_slices, keep_at_most, parse_port,
-                                    slice_of_service)
+                                    port_note, slice_of_service)
 from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, close_client, ended_early, load_api_client, no_change,
                                             watch_cut_short)
 from plugbay.runners.kubernetes.deadline import Deadline, bounded
@@ -77,6 +77,9 @@ class EndpointSliceResolver:
         self.allow_loopback = allow_loopback  # see plugbay.network.resolver.refusal
         self._refused_told: set[str] = set()  # refused addresses already warned about (bounded)
         self.refused: list[str] = []  # the addresses the last set refused
+        # why the set is empty when the slices list endpoints on other ports only (a misspelled port): the
+        # pool's NoEndpointsError says so, and it is logged once (again when it changes)
+        self.empty_note = ""
         if api_client is not None:
             check_api_client(api_client, "EndpointSliceResolver")
         self._api_client, self._owns_client = api_client, api_client is None
@@ -228,6 +231,10 @@ class EndpointSliceResolver:
         endpoints = self._capped(endpoints_from_slices(self._slices.values(), self.port,
                                                        allow_loopback=self.allow_loopback, refused=refused))
         self.refused = refused
+        note = "" if endpoints or refused else port_note(self._slices.values(), self.service, self.port)
+        if note and note != self.empty_note:
+            _log.warning("%s: %s", self.target, note)
+        self.empty_note = note
         for address in refused:  # said once per address, not at every watch event
             if address not in self._refused_told and len(self._refused_told) < self.max_endpoints:
                 self._refused_told.add(address)

@@ -26,7 +26,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.pooltls import PoolTLS, status_from_server
-from plugbay.network.resolver import Endpoint
+from plugbay.network.resolver import Endpoint, Resolver
 from plugbay.network.tls import NetworkTLS, cut_short, relay_named, tls_failure
 
 _log = logging.getLogger("plugbay.network")
@@ -71,6 +71,7 @@ class PoolHealth(PoolTLS):
     _draining: list[Member]
     _health_fails: dict[str, int]
     _connector: Any
+    _resolver: Resolver
     _closed: bool
     _thread: threading.Thread | None
     _step_failure: str | None = None  # the last step's failure, logged once
@@ -184,7 +185,8 @@ class PoolHealth(PoolTLS):
             detail = f" ({member.health_detail})" if member is not None and member.health_detail else ""
             return f"endpoint {pin} (this stub is pinned to it) is gone, unhealthy, draining or terminating{detail}"
         if not self._members:
-            return "discovery reports no endpoints"
+            note = getattr(self._resolver, "empty_note", "")  # e.g. the EndpointSlices' other ports
+            return f"discovery reports no endpoints ({note})" if note else "discovery reports no endpoints"
         if all(key in skip for key in self._members):
             return ""
         now = time.monotonic()

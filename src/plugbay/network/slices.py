@@ -61,6 +61,26 @@ def _slice_port(ports: Sequence[Mapping[str, Any]], want: int | str) -> int | No
     return None
 
 
+def port_note(slices: Iterable[Mapping[str, Any]], service: str, port: int | str) -> str:
+    """Why no endpoint has ``port`` when slices list endpoints on other TCP ports only (a misspelled port
+    name, the Service's port number where the slices carry the pod's): which ports they do list. "" else."""
+    seen: set[str] = set()
+    for slc in slices:
+        if not slc.get("endpoints"):
+            continue
+        for p in slc.get("ports") or []:
+            number = p.get("port")
+            if (p.get("protocol") or "TCP") != "TCP" or isinstance(number, bool) or not isinstance(number, int):
+                continue
+            name = p.get("name") or ""
+            seen.add(f"{str(name)[:15]!r} ({number})" if name else str(number))
+    if not seen:
+        return ""
+    return (f"the EndpointSlices of Service {service!r} list endpoints on port(s) {', '.join(sorted(seen)[:8])},"
+            f" none {'named' if isinstance(port, str) else 'numbered'} {port!r}: name one of those in the target"
+            " (the Service port's name, or the number the slices list, the pod's target port)")
+
+
 def _address(kind: str, host: str, port: int, allow_loopback: bool, refused: list[str]) -> str | None:
     """HOST:PORT for a slice address it can vouch for (the API server's text is checked, not trusted).
     An address that may not be a replica (plugbay.network.resolver.refusal) goes to ``refused``."""

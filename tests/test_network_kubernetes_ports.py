@@ -1,0 +1,43 @@
+"""kubernetes:/// with a port the Service's EndpointSlices do not list: the slices name the ports they do list.
+
+Before, a misspelled port name (or the Service's port number where the slices carry the pod's) gave
+an empty endpoint set without a word: a RemoteClient waited out start_timeout and said only
+"discovery reports no endpoints". Real pods behind a real Service on the Kubernetes API stand-in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from plugbay.errors import HandshakeTimeoutError
+from plugbay.network.kubernetes import EndpointSliceResolver
+from plugbay.network.remote import RemoteClient, RemoteConfig
+from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin  # noqa: F401
+from tests.test_network_kubernetes import HANDSHAKE, KVPlugin, KVService, Recorder, kv_service, ready  # noqa: F401
+
+
+def test_a_port_no_slice_lists_is_told_with_the_ports_they_list(kv_service: KVService, kubeconfig: str,  # noqa: F811
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    kv_service.add_pod("kv-net-a")
+    up = Recorder()
+    with EndpointSliceResolver("default", "kv", "grpc", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
+        resolver.start(up)
+        (endpoint,) = up.wait(lambda s: len(ready(s)) == 1)
+        assert resolver.empty_note == ""
+    port = endpoint.address.rsplit(":", 1)[1]
+
+    caplog.set_level(logging.WARNING, logger="plugbay.network.kubernetes")
+    nothing = Recorder()
+    with EndpointSliceResolver("default", "kv", "grcp", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
+        resolver.start(nothing)
+        assert nothing.sets == [[]]
+        assert f"port(s) 'grpc' ({port}), none named 'grcp'" in resolver.empty_note
+    assert [r for r in caplog.records if "none named 'grcp'" in r.getMessage()]
+
+    config = RemoteConfig(target="kubernetes:///default/kv:4000", handshake=HANDSHAKE, plugins={"kv_grpc": KVPlugin()},
+                          insecure=True, allow_loopback=True, kubernetes={"kubeconfig": kubeconfig}, start_timeout=1)
+    with pytest.raises(HandshakeTimeoutError, match=rf"port\(s\) 'grpc' \({port}\), none numbered 4000"):
+        with RemoteClient(config):
+            pass
