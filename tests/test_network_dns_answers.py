@@ -9,6 +9,7 @@ loopback: every resolver gets dns_server=.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterator
 
@@ -39,6 +40,21 @@ def test_an_odd_response_code_is_a_discovery_error(dns: tuple[Zone, str], rcode:
         resolver.start(lambda eps: None)
     assert "DNS lookup of 'kv.plugbay.test' (A/AAAA)" in str(err.value)
     assert "Check that the DNS server is reachable and serves that name" in str(err.value)
+
+
+def test_a_dns_server_that_never_answers_is_named_once_without_advice_to_name_one() -> None:
+    # the server named by dns_server stays silent: the error read "...timed out.. Check ..., or pass
+    # dns_server='IP:PORT'", advice to pass what was passed
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        server = f"127.0.0.1:{silent.getsockname()[1]}"
+        resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, allow_loopback=True, timeout=0.3)
+        with pytest.raises(DiscoveryError) as err:
+            resolver.start(lambda eps: None)
+    text = str(err.value)
+    assert f"at {server} failed" in text and "timed out" in text
+    assert ".." not in text and "pass dns_server" not in text
+    assert text.endswith("Check that the DNS server is reachable and serves that name")
 
 
 class PartlyBroken(Zone):

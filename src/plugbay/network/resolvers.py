@@ -129,10 +129,11 @@ class DNSResolver:
             raise DiscoveryError(all_refused(f"the DNS answer for {self.host!r} at {self._server_text()}"
                                              + (f" ({'; '.join(failed)} failed)" if failed else ""), self._refused))
         if failed and not out:
-            raise DiscoveryError(
-                f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
-                f" {'; '.join(failed)}. Check that the DNS server is reachable and serves that name,"
-                " or pass dns_server='IP:PORT'")
+            # the server the target or dns_server named is the one to check; only the system's leave a choice
+            advice = "the DNS server is reachable and serves that name" if self.dns_server else \
+                "the DNS servers of /etc/resolv.conf are reachable and serve that name, or pass dns_server='IP:PORT'"
+            raise DiscoveryError(f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
+                                 f" {'; '.join(f.rstrip('. ') for f in failed)}. Check that {advice}")
         if failed:
             _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
                          self.host, self._server_text(), "; ".join(failed), len(out))
