@@ -41,6 +41,7 @@ an address (their connections are streams of the session).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -105,12 +106,39 @@ def bind(server: grpc.Server, network: NetworkServe) -> tuple[str, str, certfile
     try:
         port = server.add_insecure_port(target) if creds is None else server.add_secure_port(target, creds)
     except RuntimeError as exc:
-        raise ConfigError(f"couldn't listen on {network.listen!r}: {exc}; free the port or choose"
-                          " another listen address") from None
+        raise ConfigError(listen_failure(network.listen, kind, path if kind == "unix" else target, exc)) from None
     if kind == "unix":
         return "unix", path, certs
     host = target.rpartition(":")[0]
     return "tcp", f"{host}:{port}", certs
+
+
+# what to do when the OS refuses to listen (grpcio's own error says only "Failed to bind", its reason goes
+# to its log: "Address already in use" for a unix path whose folder is missing read "free the port")
+_LISTEN_ADVICE = {
+    errno.EADDRINUSE: "another process listens there: stop it, or choose another address (port 0: any free one)",
+    errno.ENOENT: "its folder does not exist: create it, or choose another path",
+    errno.EACCES: "permission denied: choose a port from 1024 up (lower ones need CAP_NET_BIND_SERVICE), or a"
+                  " folder this user may write",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address: listen on one of its own, or 0.0.0.0",
+}
+
+
+def listen_failure(listen: str, kind: str, address: str, exc: Exception) -> str:
+    """Why listening on ``listen`` failed, and what to do. For grpcio's error (a RuntimeError without the
+    OS's reason) a listener of our own is bound there once, to learn it."""
+    failure: Exception | None = exc
+    if not isinstance(exc, OSError):
+        try:
+            close_listener(open_listener(kind, address))
+            failure = None  # it binds now (the other listener just left): grpcio's words it is
+        except (OSError, ValueError) as probed:
+            failure = probed
+    code = getattr(failure, "errno", None)
+    if code in _LISTEN_ADVICE:
+        return f"couldn't listen on {listen!r}: {os.strerror(code)}; {_LISTEN_ADVICE[code]}"
+    reason = getattr(failure, "strerror", None) or failure or exc
+    return f"couldn't listen on {listen!r}: {reason}; free the port or choose another listen address"
 
 
 def serve_front(server: grpc.Server, network: NetworkServe,
@@ -138,8 +166,7 @@ def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: Ses
     try:
         listener = open_listener(kind, address)
     except OSError as exc:
-        raise ConfigError(f"couldn't listen on {network.listen!r}: {exc.strerror or exc}; free the port"
-                          " or choose another listen address") from None
+        raise ConfigError(listen_failure(network.listen, kind, address, exc)) from None
     private = make_tempdir("plugbay-net-")
     cleanups: list[Callable[[], None]] = [lambda: shutil.rmtree(private, ignore_errors=True)]
     try:

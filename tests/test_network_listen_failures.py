@@ -1,0 +1,67 @@
+"""A network plugin or gateway that cannot listen says why, from the OS, and what to do.
+
+grpcio's bind error says only "Failed to bind ... set GRPC_VERBOSITY=debug" (its reason goes to its own
+log), and plugbay added "free the port" whatever the reason: a unix path whose folder is missing read
+as a port to free. Real plugin processes (the KV example served in network mode, plain gRPC and the
+TLS front) and a real Gateway, against a port a real listener holds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugbay.errors import ConfigError
+from plugbay.network.gateway import Gateway, GatewayConfig
+from tests.netcerts import CertSet, write_set
+
+REPO = Path(__file__).resolve().parent.parent
+TAKEN = "another process listens there"
+NO_FOLDER = "No such file or directory; its folder does not exist"
+
+
+@pytest.fixture()
+def taken() -> Iterator[str]:
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        yield f"127.0.0.1:{holder.getsockname()[1]}"
+
+
+def _serve(listen: str, certs: CertSet | None) -> str:
+    env = dict(os.environ, PLUGBAY_NETWORK_LISTEN=listen)
+    if certs is None:
+        env["PLUGBAY_NETWORK_INSECURE"] = "1"
+    else:
+        env.update(PLUGBAY_NETWORK_CERT=str(certs.cert_file), PLUGBAY_NETWORK_KEY=str(certs.key_file),
+                   PLUGBAY_NETWORK_CLIENT_CA=str(certs.client_ca_file))
+    done = subprocess.run([sys.executable, str(REPO / "examples" / "kv" / "plugin.py")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    return done.stderr
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["grpcio", "front"])
+def test_a_taken_port_and_a_missing_folder_are_named(tls: bool, taken: str, tmp_path: Path) -> None:
+    certs = write_set(tmp_path) if tls else None
+    err = _serve(taken, certs)
+    assert f"couldn't listen on '{taken}': Address already in use; {TAKEN}" in err
+    assert "free the port" not in err
+    missing = tmp_path / "no-such-folder" / "kv.sock"
+    err = _serve(f"unix:{missing}", certs)
+    assert f"couldn't listen on 'unix:{missing}': {NO_FOLDER}" in err
+    assert not missing.parent.exists()
+
+
+def test_the_gateway_names_a_taken_port(taken: str) -> None:
+    gateway = Gateway(GatewayConfig(cmd=[sys.executable, str(REPO / "examples" / "kv" / "plugin.py")],
+                                    cookie=("BASIC_PLUGIN", "hello"), listen=taken, insecure=True))
+    try:
+        with pytest.raises(ConfigError, match=f"Address already in use; {TAKEN}"):
+            gateway.start()
+    finally:
+        gateway.stop()
