@@ -108,7 +108,7 @@ class AsyncRemoteClient(AsyncClient):
         managed = client.channel
         assert isinstance(managed, ManagedChannel)
         pinned = _PinnedAioChannel(self.channel, AioPoolChannel(self._endpoints, pin=key, owner=False), managed,
-                                   asyncio.get_running_loop(), self._executor)
+                                   asyncio.get_running_loop(), self._executor, type(self).__name__)
         self._more_channels.add(pinned)
         return plugin.grpc_client_async(broker, pinned)
 

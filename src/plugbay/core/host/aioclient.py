@@ -164,7 +164,9 @@ class AsyncClient:
             raise self._client.killed_starting_error()
         managed = self._client.channel
         assert isinstance(managed, ManagedChannel)
-        channel = AioManagedChannel(self._aio_channel(), managed, asyncio.get_running_loop(), self._executor)
+        # its WrongLoop refusal names the class the user made (an AsyncRemoteClient's said AsyncClient)
+        channel = AioManagedChannel(self._aio_channel(), managed, asyncio.get_running_loop(), self._executor,
+                                    type(self).__name__)
         self._channel = channel
         if self._ending:  # ... or just now: the stop thread's _after_stop may have looked before this channel
             await asyncio.shield(channel.aclose())
