@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from plugbay import RemoteClient
-from plugbay.errors import BrokerError, ClientStateError
+from plugbay.errors import BrokerError, ClientStateError, NoEndpointsError
 from plugbay.network.muxconn import MuxEndpoint
 from tests import netcerts
 from tests.test_network_broker import PLUGIN_NAME, CounterReplica, host_tls, remote
@@ -115,3 +115,25 @@ def test_close_from_another_thread_ends_a_dispense_waiting_for_an_endpoint(tmp_p
     assert took < 20, f"close() left dispense() waiting {took:.1f}s"
     assert len(failed) == 1 and isinstance(failed[0], ClientStateError), failed
     assert "was closed (close() or kill())" in str(failed[0]) and "RemoteClient" in str(failed[0]), failed[0]
+
+
+def test_a_dispense_that_finds_no_endpoint_says_each_ones_state(tmp_path: Path, certs: netcerts.CertSet) -> None:
+    """It said only "no endpoint was available to pin a brokered stub to", where a call's NoEndpointsError
+    says what each endpoint's state is (here: the killed replica, refused)."""
+    rep = CounterReplica(tmp_path / "r", certs)
+    client = remote([rep], host_tls(certs), health_interval=0.2, call_timeout=0.5)
+    try:
+        client.start()
+        client.dispense(PLUGIN_NAME)
+        key = client.pool.any_key()
+        rep.proc.kill()
+        rep.stop()
+        deadline = time.monotonic() + 20
+        while client.metrics()["available"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.metrics()["available"] == 0, "the killed replica was never marked down"
+        with pytest.raises(NoEndpointsError, match=rf"pin a brokered stub to within 0.5s \({key} unhealthy \("):
+            client.dispense(PLUGIN_NAME)
+    finally:
+        client.close()
+        shutil.rmtree(rep.tmp, ignore_errors=True)

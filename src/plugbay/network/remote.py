@@ -336,8 +336,9 @@ class RemoteClient(Client):
                 if broken is not None:
                     raise broken
                 if time.monotonic() >= deadline:
-                    raise self.pool.tls_at_deadline(()) or no_endpoints(
-                        self.pool, f"no endpoint was available to pin a brokered stub to within {timeout:g}s")
+                    raise self.pool.tls_at_deadline(()) or no_endpoints(  # each endpoint's state, as a call's
+                        self.pool, f"no endpoint was available to pin a brokered stub to within {timeout:g}s"
+                                   f" ({self.pool._why_none((), None)})")
             time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))  # outside the lock: close() needs it
         # outside the lock: close() and kill() need it, and closing the pool ends this wait; the session's
         # wait gets what is left of the dispense's
