@@ -27,6 +27,7 @@ ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
 ENV_KEEPALIVE = "PLUGBAY_NETWORK_KEEPALIVE"  # "INTERVAL,TIMEOUT[,WRITE_TIMEOUT]" in seconds
 ENV_MAX_PEER_SESSIONS = "PLUGBAY_NETWORK_MAX_PEER_SESSIONS"
 _TRUE = ("1", "true", "True", "TRUE")
+_FALSE = ("0", "false", "False", "FALSE")
 # go's yamux figures, as plugbay.core.transport.keepalive.DEFAULT (not imported: serve() loads this
 # module at every start, and the keepalive only when brokering)
 _KEEPALIVE = (30.0, 10.0)
@@ -107,8 +108,8 @@ class NetworkServe(Frozen):
             return None
         return cls(listen=listen, cert_file=env.get(ENV_CERT) or None, key_file=env.get(ENV_KEY) or None,
                    client_ca_file=env.get(ENV_CLIENT_CA) or None,
-                   insecure=env.get(ENV_INSECURE, "") in _TRUE,
-                   multiplex=env.get(ENV_MULTIPLEX, "1").strip() in _TRUE,
+                   insecure=env_switch(env, ENV_INSECURE, False),
+                   multiplex=env_switch(env, ENV_MULTIPLEX, True),
                    keepalive=keepalive_figures(env.get(ENV_KEEPALIVE, ""), ENV_KEEPALIVE),
                    max_peer_sessions=peer_sessions(env.get(ENV_MAX_PEER_SESSIONS, ""), ENV_MAX_PEER_SESSIONS))
 
@@ -200,6 +201,17 @@ def _unnameable(text: str, encode: Callable[[str], bytes]) -> bool:
         return b"\0" in encode(text)
     except UnicodeError:
         return True
+
+
+def env_switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off variable: 1/true or 0/false (unset or empty: ``default``). Anything else is a ConfigError:
+    PLUGBAY_NETWORK_MULTIPLEX=no turned brokering off and =yes did too, without a word."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{name}={text[:40]!r} is neither on nor off; set {name}=1 (on) or {name}=0 (off)")
 
 
 def keepalive_figures(text: str, setting: str) -> tuple[float, ...]:

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from plugbay.core.plugin.fdlimit import raise_fd_limit
-from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, MAX_SESSIONS, keepalive_figures
+from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, MAX_SESSIONS, env_switch, keepalive_figures
 from plugbay.errors import ConfigError, PlugbayError
 from plugbay.network.gateway.config import DEFAULT_MAX_CALLS, DEFAULT_MAX_MESSAGE, MAX_MAX_MESSAGE, GatewayConfig
 from plugbay.network.gateway.gateway import Gateway
@@ -57,11 +57,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--protocol-versions", default=default("PROTOCOL_VERSIONS", "1"),
                    help="app protocol versions to offer the plugin, e.g. 1,2")
     p.add_argument("--plugins", default=default("PLUGINS", ""), help="plugin names Discovery reports")
-    p.add_argument("--insecure", action="store_true",
-                   default=env.get(ENV_PREFIX + "INSECURE", "") in ("1", "true", "True", "TRUE"),
+    p.add_argument("--insecure", action="store_true", default=_switch(env, "INSECURE"),
                    help="plaintext, no client authentication (trusted test networks only)")
-    p.add_argument("--multiplex", action="store_true",
-                   default=env.get(ENV_PREFIX + "MULTIPLEX", "") in ("1", "true", "True", "TRUE"),
+    p.add_argument("--multiplex", action="store_true", default=_switch(env, "MULTIPLEX"),
                    help="brokered callbacks: each host session gets its own child (the plugin must"
                         " multiplex; checked at start)")
     p.add_argument("--start-timeout", type=float, default=30.0, help="seconds the plugin has to start")
@@ -92,6 +90,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
+def _switch(env: Mapping[str, str], name: str) -> bool:
+    """PLUGBAY_GATEWAY_<name> as the flag's default: 1/true or 0/false (else parse() refuses it)."""
+    try:
+        return env_switch(env, ENV_PREFIX + name, False)
+    except ConfigError:
+        return False
+
+
 def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayConfig:
     """GatewayConfig from the command line; SystemExit(2) with a message on bad arguments."""
     env = os.environ if env is None else env
@@ -102,6 +108,11 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
         argv, cmd = argv[:cut], argv[cut + 1:]
     parser = _parser(env)
     args = parser.parse_args(argv)
+    for switch in ("INSECURE", "MULTIPLEX"):  # =yes meant off, without a word
+        try:
+            env_switch(env, ENV_PREFIX + switch, False)
+        except ConfigError as exc:
+            parser.error(str(exc))
     if not cmd:
         parser.error("no plugin command: put it after '--', for example `-- ./kv-plugin`")
     key, sep, value = (args.cookie or "").partition("=")
