@@ -178,6 +178,12 @@ class PoolHealth(PoolTLS):
                       " connections closing once their calls end", self.name, len(stale) - len(unused))
         return members
 
+    def why_none(self) -> str:
+        """Each endpoint's state, for an error raised outside the pool (a brokered dispense() that found none).
+        Under the lock: discovery changes the endpoints under it, and a dict changing while read is an error."""
+        with self._cond:
+            return self._why_none((), None)
+
     def _why_none(self, exclude: Collection[str], pin: str | None, skip: Collection[str] = ()) -> str:
         """Each endpoint's state (but ``skip``'s), for a NoEndpointsError (EndpointPool.try_pick)."""
         if pin is not None:

@@ -337,8 +337,7 @@ class RemoteClient(Client):
                     raise broken
                 if time.monotonic() >= deadline:
                     raise self.pool.tls_at_deadline(()) or no_endpoints(  # each endpoint's state, as a call's
-                        self.pool, f"no endpoint was available to pin a brokered stub to within {timeout:g}s"
-                                   f" ({self.pool._why_none((), None)})")
+                        self.pool, f"nowhere to pin a brokered stub to within {timeout:g}s ({self.pool.why_none()})")
             time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))  # outside the lock: close() needs it
         # outside the lock: close() and kill() need it, and closing the pool ends this wait; the session's
         # wait gets what is left of the dispense's
