@@ -14,6 +14,7 @@ import pytest
 from plugbay.errors import HandshakeTimeoutError
 from plugbay.network.kubernetes import EndpointSliceResolver
 from plugbay.network.remote import RemoteClient, RemoteConfig
+from plugbay.network.slices import endpoints_from_slices, port_note
 from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin  # noqa: F401
 from tests.test_network_kubernetes import HANDSHAKE, KVPlugin, KVService, Recorder, kv_service, ready  # noqa: F401
 
@@ -41,3 +42,29 @@ def test_a_port_no_slice_lists_is_told_with_the_ports_they_list(kv_service: KVSe
     with pytest.raises(HandshakeTimeoutError, match=rf"port\(s\) 'grpc' \({port}\), none numbered 4000"):
         with RemoteClient(config):
             pass
+
+
+def _note(slc: dict[str, object], port: int | str) -> str:
+    """What the resolver says of ``port`` with this one slice: the note only when no endpoint came of it."""
+    refused: list[str] = []
+    assert endpoints_from_slices([slc], port, refused=refused) == [] and refused == []
+    return port_note([slc], "kv", port)
+
+
+@pytest.mark.parametrize("slc", [
+    # the name a pod's address would have: ignored (not dialled past the checks an IP gets)
+    {"addressType": "FQDN", "ports": [{"name": "grpc", "port": 7001}], "endpoints": [{"addresses": ["kv-0.kv"]}]},
+    {"addressType": "IPv4", "ports": [{"name": "grpc", "port": 7001}], "endpoints": [{"addresses": []}]},
+    {"addressType": "IPv4", "ports": [{"name": "grpc", "port": 70000}], "endpoints": [{"addresses": ["10.0.0.5"]}]},
+], ids=["fqdn", "no-address", "port-70000"])
+def test_a_port_the_slices_do_list_is_not_told_as_missing(slc: dict[str, object]) -> None:
+    """It said "list endpoints on port(s) 'grpc' (7001), none named 'grpc'": the slices list that port, and
+    their endpoints were left out for another reason (a port past 65535 is no port at all)."""
+    assert _note(slc, "grpc") == "" and _note(slc, 7001) == ""
+
+
+def test_another_port_the_slices_list_is_still_told() -> None:
+    slc = {"addressType": "IPv4", "ports": [{"name": "grpc", "port": 7001}, {"name": "big", "port": 70000}],
+           "endpoints": [{"addresses": ["10.0.0.5"]}]}
+    note = _note(slc, "grcp")
+    assert "port(s) 'grpc' (7001), none named 'grcp'" in note and "70000" not in note, note

@@ -70,9 +70,14 @@ def port_note(slices: Iterable[Mapping[str, Any]], service: str, port: int | str
             continue
         for p in slc.get("ports") or []:
             number = p.get("port")
-            if (p.get("protocol") or "TCP") != "TCP" or isinstance(number, bool) or not isinstance(number, int):
+            if (p.get("protocol") or "TCP") != "TCP" or isinstance(number, bool) or not isinstance(number, int) \
+                    or not 0 < number < 65536:
                 continue
             name = p.get("name") or ""
+            if (name if isinstance(port, str) else number) == port:
+                # the slices list it: their endpoints were left out for another reason (an FQDN slice, no
+                # address), and "none named ..." would contradict what they list
+                return ""
             seen.add(f"{str(name)[:15]!r} ({number})" if name else str(number))
     if not seen:
         return ""
