@@ -65,3 +65,21 @@ def test_the_gateway_names_a_taken_port(taken: str) -> None:
             gateway.start()
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["grpcio", "front"])
+def test_a_host_name_that_does_not_resolve_is_named(tls: bool, tmp_path: Path) -> None:
+    """It read "Name or service not known; free the port or choose another listen address". The name has
+    a space: the resolver refuses it without asking a DNS server."""
+    err = _serve("no such-host:7001", write_set(tmp_path) if tls else None)
+    assert "couldn't listen on 'no such-host:7001': " in err and "the host name does not resolve" in err, err
+    assert "free the port" not in err
+
+
+@pytest.mark.parametrize(("listen", "any_address"), [("192.0.2.1:7001", "0.0.0.0"), ("[fd00::1]:7001", "[::]")])
+def test_an_address_of_no_interface_is_told_the_any_address_of_its_family(listen: str, any_address: str) -> None:
+    """An IPv6 address was told to listen on 0.0.0.0. Binding sends nothing: no address is dialled."""
+    if listen.startswith("[") and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    err = _serve(listen, None)
+    assert f"no interface of this machine has that address: listen on one of its own, or {any_address}\n" in err, err

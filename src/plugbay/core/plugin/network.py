@@ -44,6 +44,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -135,9 +136,15 @@ def listen_failure(listen: str, kind: str, address: str, exc: Exception) -> str:
         except (OSError, ValueError) as probed:
             failure = probed
     code = getattr(failure, "errno", None)
-    if code in _LISTEN_ADVICE:
-        return f"couldn't listen on {listen!r}: {os.strerror(code)}; {_LISTEN_ADVICE[code]}"
     reason = getattr(failure, "strerror", None) or failure or exc
+    if isinstance(failure, socket.gaierror):  # its codes are not errno's (-2 is EAI_NONAME)
+        return (f"couldn't listen on {listen!r}: {reason}; the host name does not resolve: use an IP of this"
+                " machine or a name it resolves")
+    if code in _LISTEN_ADVICE:
+        advice = _LISTEN_ADVICE[code]
+        if kind == "tcp" and ":" in address.rpartition(":")[0]:  # an IPv6 host: its any-address is [::]
+            advice = advice.replace("0.0.0.0", "[::]")
+        return f"couldn't listen on {listen!r}: {os.strerror(code)}; {advice}"
     return f"couldn't listen on {listen!r}: {reason}; free the port or choose another listen address"
 
 
