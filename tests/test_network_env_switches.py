@@ -54,3 +54,17 @@ def test_the_gateway_refuses_a_switch_that_is_neither_on_nor_off(name: str,
     config = parse(["--cookie", "BASIC_PLUGIN=hello", *([] if name.endswith("INSECURE") else tls), "--", *KV],
                    env={name: "TRUE"})
     assert config.insecure if name.endswith("INSECURE") else config.multiplex
+
+
+def test_the_switches_take_gos_parsebool_spellings_and_nothing_more() -> None:
+    """go's strconv.ParseBool takes t/f/T/F too (a go-plugin user's habit); they were refused."""
+    from plugbay.core.plugin.netconfig import env_switch
+    from plugbay.errors import ConfigError
+
+    for on in ("1", "t", "T", "TRUE", "true", "True"):
+        assert env_switch({"S": on}, "S", False) is True, on
+    for off in ("0", "f", "F", "FALSE", "false", "False"):
+        assert env_switch({"S": off}, "S", True) is False, off
+    for neither in ("yes", "no", "on", "tRUE", "fALSE", "2", "y"):
+        with pytest.raises(ConfigError, match="is neither on nor off"):
+            env_switch({"S": neither}, "S", False)

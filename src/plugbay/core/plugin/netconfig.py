@@ -26,8 +26,8 @@ ENV_INSECURE = "PLUGBAY_NETWORK_INSECURE"
 ENV_MULTIPLEX = "PLUGBAY_NETWORK_MULTIPLEX"
 ENV_KEEPALIVE = "PLUGBAY_NETWORK_KEEPALIVE"  # "INTERVAL,TIMEOUT[,WRITE_TIMEOUT]" in seconds
 ENV_MAX_PEER_SESSIONS = "PLUGBAY_NETWORK_MAX_PEER_SESSIONS"
-_TRUE = ("1", "true", "True", "TRUE")
-_FALSE = ("0", "false", "False", "FALSE")
+_TRUE = ("1", "t", "T", "true", "True", "TRUE")  # the spellings go's strconv.ParseBool takes
+_FALSE = ("0", "f", "F", "false", "False", "FALSE")
 # go's yamux figures, as plugbay.core.transport.keepalive.DEFAULT (not imported: serve() loads this
 # module at every start, and the keepalive only when brokering)
 _KEEPALIVE = (30.0, 10.0)
@@ -204,8 +204,9 @@ def _unnameable(text: str, encode: Callable[[str], bytes]) -> bool:
 
 
 def env_switch(env: Mapping[str, str], name: str, default: bool) -> bool:
-    """An on/off variable: 1/true or 0/false (unset or empty: ``default``). Anything else is a ConfigError:
-    PLUGBAY_NETWORK_MULTIPLEX=no turned brokering off and =yes did too, without a word."""
+    """An on/off variable: 1/t/true or 0/f/false, as go's strconv.ParseBool (unset or empty: ``default``).
+    Anything else is a ConfigError: PLUGBAY_NETWORK_MULTIPLEX=no turned brokering off and =yes did too,
+    without a word."""
     text = env.get(name, "").strip()
     if not text:
         return default

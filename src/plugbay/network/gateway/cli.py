@@ -91,7 +91,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def _switch(env: Mapping[str, str], name: str) -> bool:
-    """PLUGBAY_GATEWAY_<name> as the flag's default: 1/true or 0/false (else parse() refuses it)."""
+    """PLUGBAY_GATEWAY_<name> as the flag's default: on/off as env_switch reads it (else parse() refuses it)."""
     try:
         return env_switch(env, ENV_PREFIX + name, False)
     except ConfigError:
