@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import select
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from kubernetes import client
 from plugbay.errors import EngineUnavailableError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.kubernetes import KubernetesRunner, sweep
+from tests.loopback_http_util import LoopbackServer, read_head
 from tests.test_kube_api_timeouts import kubeconfig_for
 
 pytestmark = pytest.mark.kubernetes
@@ -30,42 +30,23 @@ STEP = 0.25
 BODY_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n"
 
 
-class TrickleServer:
+class TrickleServer(LoopbackServer):
     """Answers each request a byte at a time: the body (``where='body'``) or the head itself (``'head'``)."""
 
     def __init__(self, where: str) -> None:
         self.where = where
         self.requests: list[bytes] = []
         self.hung_up_at: dict[str, int] = {}  # request line -> the byte count at which the client went away
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port = self._listener.getsockname()[1]
-        self._accepting = threading.Thread(target=self._accept, name="plugbay-test-trickle-accept")
-        self._accepting.start()
+        super().__init__("plugbay-test-trickle")
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            t = threading.Thread(target=self._serve, args=(conn,), name="plugbay-test-trickle")
-            self._threads.append(t)
-            t.start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(5)
-            head = b""
             try:
-                while b"\r\n\r\n" not in head:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    head += chunk
-                head, _, body = head.partition(b"\r\n\r\n")
+                request = read_head(conn)
+                if request is None:
+                    return
+                head, _, body = request.partition(b"\r\n\r\n")
                 length = next((int(h.split(b":", 1)[1]) for h in head.split(b"\r\n")
                                if h.lower().startswith(b"content-length:")), 0)
                 while len(body) < length:  # the whole request: then an end of file is the client hanging up
@@ -83,7 +64,7 @@ class TrickleServer:
             else:
                 data = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * TRICKLE
             for sent in range(TRICKLE):
-                if self._stop.is_set():
+                if self.stopping.is_set():
                     return
                 try:
                     conn.send(data[sent:sent + 1])
@@ -94,13 +75,6 @@ class TrickleServer:
                 except OSError:
                     self.hung_up_at[line] = sent + 1
                     return
-
-    def close(self) -> None:
-        self._stop.set()
-        self._accepting.join(timeout=10)
-        for t in self._threads:
-            t.join(timeout=10)
-        self._listener.close()
 
 
 @pytest.fixture(params=["body", "head"])
@@ -115,7 +89,7 @@ def trickle(request: pytest.FixtureRequest) -> Iterator[TrickleServer]:
 def ended_early(server: TrickleServer, *calls: str) -> None:
     """Each call (method and path start) reached the server once (no retry after the deadline) and the
     client hung up on it while the server still trickled."""
-    for t in list(server._threads):  # each notices a hang-up within STEP; one still trickling fails below
+    for t in list(server.threads):  # each notices a hang-up within STEP; one still trickling fails below
         t.join(timeout=10)
     for call in calls:
         made = [r for r in server.requests if r.decode().startswith(call)]
@@ -127,7 +101,7 @@ def ended_early(server: TrickleServer, *calls: str) -> None:
 @pytest.mark.timeout(120)
 def test_start_and_kill_end_within_api_timeout_against_a_trickling_server(trickle: TrickleServer,
                                                                         tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{trickle.port}"
+    url = trickle.url
     runner = KubernetesRunner("img", kubeconfig=kubeconfig_for(url, tmp_path / "kubeconfig"), start_timeout=5,
                               api_timeout=1)
     with pytest.raises(EngineUnavailableError, match=rf"the Kubernetes API at {url} did not answer create pods"
@@ -143,7 +117,7 @@ def test_start_and_kill_end_within_api_timeout_against_a_trickling_server(trickl
 @pytest.mark.timeout(120)
 def test_reattach_ends_within_api_timeout_against_a_trickling_server(trickle: TrickleServer, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"http://127.0.0.1:{trickle.port}"
+    url = trickle.url
     data = {"kind": "KubernetesRunner", "namespace": "default", "pod": "plugbay-x-123456",
             "kubeconfig": kubeconfig_for(url, tmp_path / "kubeconfig")}
     monkeypatch.setenv("KUBECONFIG", data["kubeconfig"])  # a reattach uses this host's own kubeconfig
@@ -155,7 +129,7 @@ def test_reattach_ends_within_api_timeout_against_a_trickling_server(trickle: Tr
 @pytest.mark.timeout(120)
 def test_a_given_api_client_with_urllib3_retries_is_bounded_too(trickle: TrickleServer) -> None:
     """The caller's own ApiClient keeps urllib3's retries: a retry after the deadline fails at once."""
-    url = f"http://127.0.0.1:{trickle.port}"
+    url = trickle.url
     api_client = client.ApiClient(client.Configuration(host=url))
     try:
         with pytest.raises(EngineUnavailableError, match=f"at {url} did not answer list pods within 1s"):

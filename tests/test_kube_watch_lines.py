@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from plugbay.errors import DiscoveryUnavailableError
 from plugbay.network.kubernetes import EndpointSliceResolver
 from plugbay.runners.kubernetes.watch import PodWatch
 from plugbay.runners.kubernetes.watchlines import MAX_EVENT_BYTES
+from tests.loopback_http_util import ListThenWatch
 from tests.slice_api import EndpointSets
 from tests.test_kube_api_timeouts import given_client, kubeconfig_for
 from tests.thread_util import until
@@ -34,71 +34,30 @@ _CHUNK = 1 << 20
 SHAPES = ["chunks", "one chunk", "close-delimited"]
 
 
-class EndlessLine:
+class EndlessLine(ListThenWatch):
     """Lists answer an empty list; each watch gets TOTAL bytes of 'x' in ``shape``, and no newline."""
 
     LIST = json.dumps({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": []}).encode()
 
     def __init__(self, shape: str) -> None:
         self.shape = shape
-        self.watches = 0
         self.sent_whole = 0  # watches whose client read all TOTAL bytes
-        self.hung_up = 0  # watches whose client went away before
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._accepting = threading.Thread(target=self._accept, name="test-endless-line-accept")
-        self._accepting.start()
+        super().__init__("test-endless-line", conn_timeout=10, join_timeout=15)
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            t = threading.Thread(target=self._serve, args=(conn,), name="test-endless-line")
-            self._threads.append(t)
-            t.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(10)
-            request = b""
-            try:
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    request += chunk
-                if b"watch=true" not in request.split(b"\r\n", 1)[0]:
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                                 b"Connection: close\r\n\r\n%s" % (len(self.LIST), self.LIST))
-                    return
-                self.watches += 1
-                chunked = self.shape != "close-delimited"
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             + (b"Transfer-Encoding: chunked\r\n" if chunked else b"") + b"Connection: close\r\n\r\n")
-                if self.shape == "one chunk":
-                    conn.sendall(b"%x\r\n" % TOTAL)
-                piece = b"x" * _CHUNK
-                for _ in range(TOTAL // _CHUNK):
-                    if self._stop.is_set():
-                        return
-                    conn.sendall(b"%x\r\n%s\r\n" % (_CHUNK, piece) if self.shape == "chunks" else piece)
-                if chunked:
-                    conn.sendall(b"\r\n0\r\n\r\n" if self.shape == "one chunk" else b"0\r\n\r\n")
-                self.sent_whole += 1
-            except OSError:
-                self.hung_up += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._accepting.join(timeout=10)
-        for t in self._threads:
-            t.join(timeout=15)
-        self._listener.close()
+    def watch(self, conn: socket.socket) -> None:
+        chunked = self.shape != "close-delimited"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     + (b"Transfer-Encoding: chunked\r\n" if chunked else b"") + b"Connection: close\r\n\r\n")
+        if self.shape == "one chunk":
+            conn.sendall(b"%x\r\n" % TOTAL)
+        piece = b"x" * _CHUNK
+        for _ in range(TOTAL // _CHUNK):
+            if self.stopping.is_set():
+                return
+            conn.sendall(b"%x\r\n%s\r\n" % (_CHUNK, piece) if self.shape == "chunks" else piece)
+        if chunked:
+            conn.sendall(b"\r\n0\r\n\r\n" if self.shape == "one chunk" else b"0\r\n\r\n")
+        self.sent_whole += 1
 
 
 @pytest.fixture(params=SHAPES)

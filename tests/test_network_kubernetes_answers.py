@@ -21,6 +21,7 @@ import pytest
 from plugbay.errors import DiscoveryUnavailableError
 from plugbay.network import kubernetes as slice_watch
 from plugbay.network.kubernetes import EndpointSliceResolver
+from tests.loopback_http_util import ListThenWatch
 from tests.slice_api import EndpointSets, SliceAPI, api, slice_of  # noqa: F401  (api is a fixture)
 from tests.test_kube_api_timeouts import kubeconfig_for
 from tests.thread_util import until
@@ -96,60 +97,20 @@ def test_slices_of_another_service_are_ignored(api: SliceAPI, tmp_path: Path) ->
                for found in sets.sets for e in found)
 
 
-class HeadTrickle:
-    """Answers the endpointslices list at once, and trickles each watch's head a byte every 0.2 s."""
+class HeadTrickle(ListThenWatch):
+    """Answers the endpointslices list at once, and trickles each watch's head a byte every 0.2 s (``hung_up``:
+    the watches whose client went away before the head was whole)."""
 
     LIST = json.dumps({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1",
                        "metadata": {"resourceVersion": "1"}, "items": []}).encode()
 
     def __init__(self) -> None:
-        self.watches = 0
-        self.hung_up = 0  # watches whose client went away before the head was whole
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._accepting = threading.Thread(target=self._accept, name="test-head-trickle-accept")
-        self._accepting.start()
+        super().__init__("test-head-trickle", conn_timeout=5)
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            t = threading.Thread(target=self._serve, args=(conn,), name="test-head-trickle")
-            self._threads.append(t)
-            t.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            request = b""
-            try:
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    request += chunk
-                if b"watch=true" not in request.split(b"\r\n", 1)[0]:
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                                 b"Connection: close\r\n\r\n%s" % (len(self.LIST), self.LIST))
-                    return
-                self.watches += 1
-                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: ")
-                while not self._stop.wait(0.2):
-                    conn.sendall(b"a")
-            except OSError:
-                self.hung_up += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        self._accepting.join(timeout=10)
-        for t in self._threads:
-            t.join(timeout=10)
-        self._listener.close()
+    def watch(self, conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+        while not self.stopping.wait(0.2):
+            conn.sendall(b"a")
 
 
 @pytest.fixture()
