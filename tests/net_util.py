@@ -1,4 +1,5 @@
-"""Shared parts of the network-mode host tests: KV replicas served on TCP, and a test PKI."""
+"""Shared parts of the network-mode host tests: KV replicas served on TCP, a test PKI, and a plugin's health
+and Discovery answered in this process."""
 
 from __future__ import annotations
 
@@ -10,21 +11,26 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay._proto.plugbay import discovery_pb2_grpc
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS
 
 REPO = Path(__file__).resolve().parent.parent
 NET_KV = str(REPO / "tests" / "plugins" / "net_kv.py")
 SERVER_NAME = "kv.plugbay.test"
 
-__all__ = ["HANDSHAKE", "PLUGIN_NAME", "PLUGINS", "Replica", "make_pki", "SERVER_NAME"]
+__all__ = ["HANDSHAKE", "PLUGIN_NAME", "PLUGINS", "Replica", "make_pki", "SERVER_NAME", "serving_discovery"]
 
 
 class Replica:
@@ -119,3 +125,23 @@ def make_pki(folder: Path) -> dict[str, str]:
             out[f"{prefix}{leaf}"] = str(folder / f"{prefix}{leaf}.crt")
             out[f"{prefix}{leaf}_key"] = str(folder / f"{prefix}{leaf}.key")
     return out
+
+
+class _Healthy(health_pb2_grpc.HealthServicer):
+    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> object:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+@contextmanager
+def serving_discovery(discovery: discovery_pb2_grpc.DiscoveryServicer) -> Iterator[str]:
+    """A plaintext gRPC server on 127.0.0.1 (its address yielded) whose health checks say SERVING and whose
+    Discovery is ``discovery``: the plugin's side of a network client's start(), answered as a test sets."""
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    health_pb2_grpc.add_HealthServicer_to_server(_Healthy(), server)  # type: ignore[no-untyped-call]
+    discovery_pb2_grpc.add_DiscoveryServicer_to_server(discovery, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None).wait(10)

@@ -8,23 +8,16 @@ The plugin is a real grpcio server on 127.0.0.1 serving health and the Discovery
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent import futures
 
 import grpc
 import pytest
 
 from plugbay import RemoteClient, RemoteConfig
-from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from plugbay.errors import UnsupportedProtocolError, VersionMismatchError
-from tests.net_util import HANDSHAKE, PLUGINS
+from tests.net_util import HANDSHAKE, PLUGINS, serving_discovery
 
 MANY = 200_000
-
-
-class _Healthy(health_pb2_grpc.HealthServicer):
-    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> object:
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
 class _Answer(discovery_pb2_grpc.DiscoveryServicer):
@@ -37,16 +30,9 @@ class _Answer(discovery_pb2_grpc.DiscoveryServicer):
 
 @pytest.fixture()
 def plugin() -> Iterator[tuple[str, _Answer]]:
-    server = grpc.server(futures.ThreadPoolExecutor(4))
     answer = _Answer()
-    health_pb2_grpc.add_HealthServicer_to_server(_Healthy(), server)  # type: ignore[no-untyped-call]
-    discovery_pb2_grpc.add_DiscoveryServicer_to_server(answer, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", answer
-    finally:
-        server.stop(None).wait(10)
+    with serving_discovery(answer) as address:
+        yield address, answer
 
 
 def _start_error(address: str) -> BaseException:

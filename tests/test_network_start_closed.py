@@ -7,25 +7,18 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 
 import grpc
 import pytest
 
 from plugbay import AsyncRemoteClient, ClientStateError, PlugbayError, RemoteClient, RemoteConfig
-from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
-from tests.net_util import HANDSHAKE, PLUGINS
+from tests.net_util import HANDSHAKE, PLUGINS, serving_discovery
 from tests.test_network_remote import free_port, start_ended_by
 
 CONNECTING = "was closed (close() or kill()) while it was still connecting (discovering the target's endpoints" \
     " and asking the plugin's Discovery)"
 NOT_FOUND = "no endpoint of the plugin had been found or had answered yet"
-
-
-class _Healthy(health_pb2_grpc.HealthServicer):
-    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext) -> object:
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
 class _SlowDiscovery(discovery_pb2_grpc.DiscoveryServicer):
@@ -43,17 +36,12 @@ class _SlowDiscovery(discovery_pb2_grpc.DiscoveryServicer):
 
 @pytest.fixture()
 def slow_plugin() -> Iterator[tuple[str, _SlowDiscovery]]:
-    server = grpc.server(futures.ThreadPoolExecutor(4))
     discovery = _SlowDiscovery()
-    health_pb2_grpc.add_HealthServicer_to_server(_Healthy(), server)
-    discovery_pb2_grpc.add_DiscoveryServicer_to_server(discovery, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}", discovery
-    finally:
-        discovery.release.set()
-        server.stop(None).wait(10)
+    with serving_discovery(discovery) as address:
+        try:
+            yield address, discovery
+        finally:
+            discovery.release.set()  # a Describe still held ends, so the server's stop does not wait for it
 
 
 def _config(address: str) -> RemoteConfig:
