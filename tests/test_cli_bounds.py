@@ -109,6 +109,24 @@ def test_a_health_watch_ended_by_a_signal_exits_with_the_last_checks_code(stalle
     assert list(own_tmp.iterdir()) == []
 
 
+def _kv_plugin_on(sock: Path) -> subprocess.Popen[bytes]:
+    """The KV example, a real plugin, serving on the unix socket ``sock``."""
+    return subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=cli_env(BASIC_PLUGIN="hello", PLUGBAY_LISTEN=f"unix:{sock}"))
+
+
+def _ends_serving(watch: subprocess.Popen[str], seen: list[str]) -> None:
+    """A health watch that has printed ``seen`` goes on to print SERVING, and Ctrl-C then ends it with that
+    last check's code, 0."""
+    assert watch.stdout is not None
+    while seen[-1] != "SERVING":
+        line = watch.stdout.readline()
+        assert line, f"the watch ended before the plugin served: {seen}"
+        seen.append(json.loads(line)["status"])
+    code, _, err = _stop(watch, signal.SIGINT)
+    assert code == 0, err
+
+
 def test_a_health_watch_goes_on_until_the_plugin_comes_up_on_its_socket(own_tmp: Path) -> None:
     # a unix:// target without its socket yet printed one UNREACHABLE and ended the watch (exit 3): a watch
     # meant to see a plugin come up saw nothing; a static:// target's watch went on
@@ -121,16 +139,8 @@ def test_a_health_watch_goes_on_until_the_plugin_comes_up_on_its_socket(own_tmp:
         first = json.loads(watch.stdout.readline())
         assert first["status"] == "UNREACHABLE" and "no socket at" in first["detail"], first
         # the KV example, a real plugin, brought up on the very path the watch looks at
-        plugin = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  env=cli_env(BASIC_PLUGIN="hello", PLUGBAY_LISTEN=f"unix:{sock}"))
-        seen = [first["status"]]
-        while seen[-1] != "SERVING":
-            line = watch.stdout.readline()
-            assert line, f"the watch ended before the plugin served: {seen}"
-            seen.append(json.loads(line)["status"])
-        code, _, err = _stop(watch, signal.SIGINT)
-        assert code == 0, err  # the last check's: SERVING
+        plugin = _kv_plugin_on(sock)
+        _ends_serving(watch, [first["status"]])
     finally:
         end(watch)
         if plugin is not None:
@@ -154,16 +164,8 @@ def test_a_health_watch_on_a_refused_target_says_so_every_interval_and_sees_it_c
         assert all(r is not None and r["status"] == "UNREACHABLE" and "Connection refused" in r["detail"]
                    for r in refused), refused
         sock.unlink()  # and the KV example, a real plugin, comes up on that path
-        plugin = subprocess.Popen([sys.executable, str(KV_PLUGIN)], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  env=cli_env(BASIC_PLUGIN="hello", PLUGBAY_LISTEN=f"unix:{sock}"))
-        seen = [r["status"] for r in refused]
-        while seen[-1] != "SERVING":
-            line = watch.stdout.readline()
-            assert line, f"the watch ended before the plugin served: {seen}"
-            seen.append(json.loads(line)["status"])
-        code, _, err = _stop(watch, signal.SIGINT)
-        assert code == 0, err  # the last check's: SERVING
+        plugin = _kv_plugin_on(sock)
+        _ends_serving(watch, [r["status"] for r in refused])
     finally:
         bound.cancel()
         end(watch)
