@@ -18,6 +18,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,28 @@ def go_plugin(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _put_calling_back(counter: Any, held: object, errors: list[BaseException]) -> threading.Thread:
+    """counter.put() with the host callback ``held``, which the plugin calls mid-Put, on a thread of its own;
+    the error the call ends with (the plugin gone mid-call) is added to ``errors``."""
+    def put() -> None:
+        try:
+            counter.put("k", 1, held)
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=put)
+    caller.start()
+    return caller
+
+
+def _kill_aside(client: Client, bound: float) -> threading.Thread:
+    """client.kill() on a thread of its own, waited for ``bound`` seconds at most (still alive: it held)."""
+    killer = threading.Thread(target=client.kill, daemon=True)
+    killer.start()
+    killer.join(bound)
+    return killer
+
+
 def test_kill_does_not_wait_for_a_running_callback_handler(go_plugin: str) -> None:
     held = Stuck()  # a callback that does not return until released
     client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, cmd=[go_plugin]))
@@ -55,20 +78,10 @@ def test_kill_does_not_wait_for_a_running_callback_handler(go_plugin: str) -> No
         pid = client.runner.pid
         assert pid is not None
         errors: list[BaseException] = []
-
-        def put() -> None:
-            try:
-                counter.put("k", 1, held)
-            except BaseException as exc:  # the plugin is gone mid-call
-                errors.append(exc)
-
-        caller = threading.Thread(target=put)
-        caller.start()
+        caller = _put_calling_back(counter, held, errors)
         assert held.entered.wait(10), "the plugin never called the host's callback"
 
-        killer = threading.Thread(target=client.kill, daemon=True)
-        killer.start()
-        killer.join(BOUND)
+        killer = _kill_aside(client, BOUND)
         assert not killer.is_alive(), "Client.kill() waited for the callback handler still running"
         assert not os.path.exists(f"/proc/{pid}"), f"plugin process {pid} outlived Client.kill()"
         caller.join(BOUND)
@@ -120,19 +133,9 @@ def test_kill_gives_an_async_callback_that_blocks_its_loop_no_more_than_kill_gra
         folder = client._tmpdir
         assert pid is not None and folder is not None
         errors: list[BaseException] = []
-
-        def put() -> None:
-            try:
-                counter.put("k", 1, held)
-            except BaseException as exc:  # the plugin is gone mid-call
-                errors.append(exc)
-
-        caller = threading.Thread(target=put)
-        caller.start()
+        caller = _put_calling_back(counter, held, errors)
         assert held.entered.wait(10), "the plugin never called the host's callback"
-        killer = threading.Thread(target=client.kill, daemon=True)
-        killer.start()
-        killer.join(GUARD)
+        killer = _kill_aside(client, GUARD)
         assert not killer.is_alive(), "Client.kill() waited for the callback handler blocking its loop"
         assert not held.done.is_set()  # still blocked: kill() returned without it
         assert not os.path.exists(f"/proc/{pid}"), f"plugin process {pid} outlived Client.kill()"
