@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from typing import Self
 
 
 class LoopbackServer:
@@ -42,6 +43,12 @@ class LoopbackServer:
         for t in self.threads:
             t.join(timeout=self._join_timeout)
         self._listener.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_head(conn: socket.socket) -> bytes | None:

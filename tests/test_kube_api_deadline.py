@@ -79,11 +79,8 @@ class TrickleServer(LoopbackServer):
 
 @pytest.fixture(params=["body", "head"])
 def trickle(request: pytest.FixtureRequest) -> Iterator[TrickleServer]:
-    server = TrickleServer(request.param)
-    try:
+    with TrickleServer(request.param) as server:
         yield server
-    finally:
-        server.close()
 
 
 def ended_early(server: TrickleServer, *calls: str) -> None:

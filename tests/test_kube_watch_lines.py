@@ -62,11 +62,8 @@ class EndlessLine(ListThenWatch):
 
 @pytest.fixture(params=SHAPES)
 def endless(request: pytest.FixtureRequest) -> Iterator[EndlessLine]:
-    server = EndlessLine(request.param)
-    try:
+    with EndlessLine(request.param) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.mark.timeout(60)

@@ -115,11 +115,8 @@ class HeadTrickle(ListThenWatch):
 
 @pytest.fixture()
 def head_trickle() -> Iterator[HeadTrickle]:
-    server = HeadTrickle()
-    try:
+    with HeadTrickle() as server:
         yield server
-    finally:
-        server.close()
 
 
 def _watch_thread(resolver: EndpointSliceResolver) -> threading.Thread:
