@@ -23,6 +23,7 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.kubernetes import KubernetesRunner
 from tests.kube_standin.fixtures import need_docker, testapp  # noqa: F401
 from tests.kube_standin.server import StandIn
+from tests.loopback_http_util import LoopbackServer
 
 pytestmark = pytest.mark.kubernetes
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -260,30 +261,14 @@ def test_tls_to_an_api_server_with_an_unknown_ca_is_a_typed_error(tls_standin: S
         runner.detach()
 
 
-class ConnectProxy:
+class ConnectProxy(LoopbackServer):
     """An HTTP CONNECT proxy on 127.0.0.1 that tunnels to 127.0.0.1 ports only and records each request."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._threads: list[threading.Thread] = []
-        self._accept = threading.Thread(target=self._run, name="plugbay-test-proxy")
-        self._accept.start()
+        super().__init__("plugbay-test-proxy")
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            t = threading.Thread(target=self._tunnel, args=(conn,), name="plugbay-test-proxy-conn")
-            self._threads.append(t)
-            t.start()
-
-    def _tunnel(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         import select
 
         with conn:
@@ -301,20 +286,13 @@ class ConnectProxy:
                 conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 conn.settimeout(None)
                 up.settimeout(None)
-                while not self._stop.is_set():
+                while not self.stopping.is_set():
                     ready, _, _ = select.select([conn, up], [], [], 0.2)
                     for src in ready:
                         data = src.recv(65536)
                         if not data:
                             return
                         (up if src is conn else conn).sendall(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._accept.join(timeout=10)
-        for t in self._threads:
-            t.join(timeout=10)
-        self._listener.close()
 
 
 def test_port_forward_through_an_http_proxy(tls_standin: StandIn, tmp_path: Path, testapp: str) -> None:  # noqa: F811
