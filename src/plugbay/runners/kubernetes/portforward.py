@@ -72,7 +72,7 @@ class PortForwarder:
         self._remotes: set[Any] = set()  # each connection's WebSocket to the API server (plain or TLS)
         self._threads: list[threading.Thread] = []
         self._count = 0
-        self.last_error = ""  # the error channel's last text, as the API server sent it
+        self.last_error = ""  # the error channel's last text, escaped and clipped (wsupgrade.said)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(64)
