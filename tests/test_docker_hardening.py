@@ -22,10 +22,10 @@ from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
 from plugbay.runners.docker.hardening import ICC_OPTION, ISOLATED_NETWORK
+from tests.docker_util import BASE, start_on
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
-BASE = "plugbay-base:bookworm"
 REPO = Path(__file__).resolve().parent.parent
 # Reports what the process can write, then (tcp) listens so the runner can publish its port.
 REPORT = textwrap.dedent("""
@@ -117,25 +117,15 @@ def test_a_foreign_network_of_that_name_is_refused(plugbay_docker: Any) -> None:
         net.remove()
 
 
-def _start_on(name: str) -> DockerRunner:
-    runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "30"])
-    try:
-        runner.start(LaunchSpec(env={}))
-    except BaseException:
-        runner.kill()
-        raise
-    return runner
-
-
 def test_a_network_removed_since_it_was_verified_is_made_again(plugbay_docker: Any) -> None:
     # The network's id is verified once per process; a start after its removal must not fail on the stale id.
     name = f"plugbay-test-again-{os.getpid()}"
     try:
-        first = _start_on(name)
+        first = start_on(name, 30)
         first.kill()
         gone = plugbay_docker.networks.get(name)
         gone.remove()
-        second = _start_on(name)
+        second = start_on(name, 30)
         try:
             attrs = plugbay_docker.api.inspect_container(second.id)["NetworkSettings"]["Networks"]
             assert list(attrs) == [name] and attrs[name]["NetworkID"] != gone.id
@@ -151,11 +141,11 @@ def test_a_network_removed_since_it_was_verified_is_made_again(plugbay_docker: A
 def test_a_foreign_network_swapped_in_after_verification_is_refused(plugbay_docker: Any) -> None:
     name = f"plugbay-test-swap-{os.getpid()}"
     try:
-        _start_on(name).kill()
+        start_on(name, 30).kill()
         plugbay_docker.networks.get(name).remove()
         plugbay_docker.networks.create(name, driver="bridge")  # same name, icc on, no plugbay label
         with pytest.raises(RunnerError, match=rf"network '{name}' exists but was not created by plugbay"):
-            _start_on(name)
+            start_on(name, 30)
         assert not plugbay_docker.containers.list(all=True, filters={"network": name})
     finally:
         for net in plugbay_docker.networks.list(names=[name]):

@@ -29,13 +29,12 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep, sweep_networks
 from plugbay.runners.docker.hardening import ICC_OPTION
 from tests.cli_util import plugbay
+from tests.docker_util import BASE, start_on
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 from tests.procs import first_line_then_sigkill
 from tests.race_util import Starting
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
-
-BASE = "plugbay-base:bookworm"
 
 
 def _named(docker: Any, name: str) -> list[Any]:
@@ -64,16 +63,6 @@ def _made(docker: Any) -> Iterator[tuple[list[str], list[str]]]:
                     pass
 
 
-def _start_on(name: str) -> DockerRunner:
-    runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
-    try:
-        runner.start(LaunchSpec(env={}))
-    except BaseException:
-        runner.kill()
-        raise
-    return runner
-
-
 def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_is_on_it(plugbay_docker: Any) -> None:
     stem = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}"
     typo = f"{stem}-isolatd"
@@ -87,7 +76,7 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
         plugbay_docker.networks.create(copied, driver="bridge", options={ICC_OPTION: "false"},
                                        labels={"plugbay.managed": "true", "plugbay.network": typo})
         plugbay_docker.networks.create(plain, driver="bridge")
-        runner = _start_on(typo)
+        runner = start_on(typo)
         try:
             (made,) = _named(plugbay_docker, typo)
             assert made.attrs["Labels"] == {"plugbay.managed": "true", "plugbay.network": typo}
@@ -117,7 +106,7 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
         for kept in (joinable, copied, plain):
             assert _named(plugbay_docker, kept), f"the sweep removed {kept}, which plugbay did not make"
         # a start after the sweep makes the network again (the id this process verified is gone)
-        again = _start_on(typo)
+        again = start_on(typo)
         try:
             (remade,) = _named(plugbay_docker, typo)
             assert remade.id != made.id
@@ -160,6 +149,32 @@ def test_a_dry_run_lists_the_network_only_a_dead_hosts_container_is_on(plugbay_d
         assert net.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names, leaving=[facts["id"]])
 
 
+def _its_network_removed_while_held(relay: EngineRelay, docker: Any, suffix: str, held: tuple[str, str],
+                                    unreached: str) -> None:
+    """A start on a network of its own whose request ``held`` (method, path) the relay holds while the test
+    removes that network: the start succeeds, its container on the network it made again."""
+    name = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}-{suffix}"
+    with _made(docker) as (names, _):
+        names.append(name)
+        runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
+        relay.hold(*held)
+        starting = Starting(lambda: runner.start(LaunchSpec(env={})))
+        try:
+            try:
+                assert relay.holding.wait(30), unreached
+                (gone,) = _named(docker, name)
+                gone.remove()
+            finally:
+                relay.release()
+            assert starting.outcome(60) is None
+            (remade,) = _named(docker, name)
+            assert remade.id != gone.id
+            on = docker.api.inspect_container(runner.id)["NetworkSettings"]["Networks"]
+            assert list(on) == [name] and on[name]["NetworkID"] == remade.id, on
+        finally:
+            runner.kill()
+
+
 @pytest.mark.timeout(120)
 def test_a_start_whose_network_went_between_create_and_start_makes_it_again(relay: EngineRelay,
                                                                              plugbay_docker: Any) -> None:
@@ -167,26 +182,9 @@ def test_a_start_whose_network_went_between_create_and_start_makes_it_again(rela
     # created container whose start the engine refuses, naming the network by its name (not the verified id,
     # as a create after the removal does). The start failed ("the Docker engine refused to run ...: network
     # NAME not found"); it makes the network again, as it does when the removal came before the create.
-    name = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}-between"
-    with _made(plugbay_docker) as (names, _):
-        names.append(name)
-        runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
-        relay.hold("POST", "/containers/[0-9a-f]{64}/start")
-        starting = Starting(lambda: runner.start(LaunchSpec(env={})))
-        try:
-            try:
-                assert relay.holding.wait(30), "the start never reached the engine"
-                (gone,) = _named(plugbay_docker, name)
-                gone.remove()  # the engine lets a network go that only created containers name
-            finally:
-                relay.release()
-            assert starting.outcome(60) is None
-            (remade,) = _named(plugbay_docker, name)
-            assert remade.id != gone.id
-            on = plugbay_docker.api.inspect_container(runner.id)["NetworkSettings"]["Networks"]
-            assert list(on) == [name] and on[name]["NetworkID"] == remade.id, on
-        finally:
-            runner.kill()
+    # (The engine lets a network go that only created containers name.)
+    _its_network_removed_while_held(relay, plugbay_docker, "between", ("POST", "/containers/[0-9a-f]{64}/start"),
+                                    "the start never reached the engine")
 
 
 @pytest.mark.timeout(120)
@@ -195,26 +193,9 @@ def test_a_start_whose_network_went_between_its_create_and_the_look_at_it_makes_
     # client.networks.create() creates, then looks the network up by its id: a sweep between the two made the
     # look up's NotFound read as the engine refusing the network ("refused to create or look up the plugin
     # network ...: network <id> not found. Free what it names (out of address pools ...)"), and the start failed
-    name = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}-made"
-    with _made(plugbay_docker) as (names, _):
-        names.append(name)
-        runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
-        relay.hold("GET", "/networks/[0-9a-f]{64}")  # the look up by id, right after the create
-        starting = Starting(lambda: runner.start(LaunchSpec(env={})))
-        try:
-            try:
-                assert relay.holding.wait(30), "the start never looked up the network it made"
-                (gone,) = _named(plugbay_docker, name)
-                gone.remove()
-            finally:
-                relay.release()
-            assert starting.outcome(60) is None
-            (remade,) = _named(plugbay_docker, name)
-            assert remade.id != gone.id
-            on = plugbay_docker.api.inspect_container(runner.id)["NetworkSettings"]["Networks"]
-            assert list(on) == [name] and on[name]["NetworkID"] == remade.id, on
-        finally:
-            runner.kill()
+    # held: the look up by id, right after the create
+    _its_network_removed_while_held(relay, plugbay_docker, "made", ("GET", "/networks/[0-9a-f]{64}"),
+                                    "the start never looked up the network it made")
 
 
 @pytest.mark.timeout(300)
