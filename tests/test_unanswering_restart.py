@@ -132,21 +132,27 @@ def test_a_put_sent_to_a_wrapped_plugin_whose_server_stopped_answering_never_run
     assert not (tmp_path / "kv_b").exists()
 
 
+def _slowed_then_restarted_by_sigterm(tmp_path: Path, sup: Supervisor, kv: Any, old: Client, pid: int) -> None:
+    """Stalls the SLOW_HEALTH plugin's health service: restarted, it ends by SIGTERM after its own cleanup ran,
+    and the new one serves what the old one held."""
+    (tmp_path / "slow").write_text("1")  # its health checks go unanswered: restarted
+    try:
+        assert wait_until(lambda: gone(pid), 60), "the unanswering plugin was not restarted"
+    finally:
+        (tmp_path / "slow").unlink()
+    assert old.runner.wait(10) != -signal.SIGKILL
+    assert (tmp_path / "cleaned").exists(), "the plugin's own cleanup did not run (SIGKILLed?)"
+    assert sup.wait_running(30) and sup.restarts == 1
+    assert kv.get("a") == b"1"
+
+
 def test_a_slow_plugin_that_is_not_frozen_is_ended_with_sigterm_and_runs_its_cleanup(tmp_path: Path) -> None:
     """A plugin whose health checks time out while it runs (here its health service stalls, as under load)
     was SIGKILLed at once by the restart, as a frozen one is: its own cleanup (after serve() returns on
     SIGTERM) never ran. Now only a frozen plugin is killed outright; a running one gets SIGTERM and the grace."""
     with _supervised(tmp_path, cmd=[PY, SLOW_HEALTH], kill_grace=30.0) as sup:
         kv, old, pid = _first_plugin(sup)
-        (tmp_path / "slow").write_text("1")  # its health checks go unanswered: restarted
-        try:
-            assert wait_until(lambda: gone(pid), 60), "the unanswering plugin was not restarted"
-        finally:
-            (tmp_path / "slow").unlink()
-        assert old.runner.wait(10) != -signal.SIGKILL
-        assert (tmp_path / "cleaned").exists(), "the plugin's own cleanup did not run (SIGKILLed?)"
-        assert sup.wait_running(30) and sup.restarts == 1
-        assert kv.get("a") == b"1"
+        _slowed_then_restarted_by_sigterm(tmp_path, sup, kv, old, pid)
 
 
 # the slow plugin, started by a wrapper (no exec) that first starts a helper of its own and stops it
@@ -171,15 +177,7 @@ def test_a_slow_plugin_with_a_stopped_helper_is_not_frozen_and_is_ended_with_sig
             helper = kids[0]
             assert wait_until(lambda: stopped(helper), 10)
             assert not old.runner.frozen()  # it answers
-            (tmp_path / "slow").write_text("1")  # its health checks go unanswered: restarted
-            try:
-                assert wait_until(lambda: gone(pid), 60), "the unanswering plugin was not restarted"
-            finally:
-                (tmp_path / "slow").unlink()
-            assert old.runner.wait(10) != -signal.SIGKILL
-            assert (tmp_path / "cleaned").exists(), "the plugin's own cleanup did not run (SIGKILLed?)"
-            assert sup.wait_running(30) and sup.restarts == 1
-            assert kv.get("a") == b"1"
+            _slowed_then_restarted_by_sigterm(tmp_path, sup, kv, old, pid)
     finally:
         if helper and not gone(helper):  # the plugin's group is ended with it; this is for a failure before that
             for sig in (signal.SIGCONT, signal.SIGKILL):
