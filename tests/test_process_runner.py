@@ -130,6 +130,14 @@ def _serving(runner: ProcessRunner) -> str:
     return address
 
 
+def _sole_child(runner: ProcessRunner) -> int:
+    """The pid of the one live process the runner's plugin process started (the server under its wrapper)."""
+    assert runner.pid is not None
+    kids = children(runner.pid, zombies=False)
+    assert len(kids) == 1, kids
+    return kids[0]
+
+
 @pytest.mark.parametrize("how", ["started", "reattached"])
 def test_a_wrapped_plugin_whose_server_is_stopped_is_frozen(how: str) -> None:
     # launched through a wrapper that waits for it (no exec), the plugin is the wrapper's child: stopped,
@@ -140,10 +148,7 @@ def test_a_wrapped_plugin_whose_server_is_stopped_is_frozen(how: str) -> None:
     judge = None
     try:
         address = _serving(runner)
-        assert runner.pid is not None
-        kids = children(runner.pid, zombies=False)
-        assert len(kids) == 1, kids
-        server = kids[0]
+        server = _sole_child(runner)
         judge = runner if how == "started" else reattach_runner(runner.reattach_data())
         judge.plugin_to_host("tcp", address)
         assert not judge.frozen()
@@ -194,10 +199,7 @@ def test_a_plugin_served_under_strace_is_never_frozen() -> None:
     server = 0
     try:
         _serving(runner)
-        assert runner.pid is not None
-        kids = children(runner.pid, zombies=False)
-        assert len(kids) == 1, kids
-        server = kids[0]
+        server = _sole_child(runner)
         wait_for(lambda: _state(server) == "t", "the traced server's stop at a system call", timeout=10)
         said = [runner.frozen() for _ in range(200)]
         assert not any(said), f"frozen in {sum(said)} of {len(said)} reads of a plugin that runs"
@@ -217,10 +219,7 @@ def test_a_stopped_server_whose_forked_child_holds_its_listener_is_frozen(how: s
     judge = None
     try:
         address = _serving(runner)
-        assert runner.pid is not None
-        kids = children(runner.pid, zombies=False)
-        assert len(kids) == 1, kids
-        server = kids[0]
+        server = _sole_child(runner)
         wait_for(lambda: bool(children(server, zombies=False)), "the server's fork", timeout=10)
         forked = children(server, zombies=False)[0]
         judge = runner if how == "started" else reattach_runner(runner.reattach_data())
