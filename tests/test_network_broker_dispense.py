@@ -85,6 +85,16 @@ def test_close_from_another_thread_ends_a_dispense_waiting_for_the_session(tmp_p
         in str(failed[0])
 
 
+def _killed_and_marked_down(rep: CounterReplica, client: RemoteClient) -> None:
+    """Kills the replica and waits (20 s at most) for the client's health checks to mark it down."""
+    rep.proc.kill()
+    rep.stop()
+    deadline = time.monotonic() + 20
+    while client.metrics()["available"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.metrics()["available"] == 0, "the killed replica was never marked down"
+
+
 def test_close_from_another_thread_ends_a_dispense_waiting_for_an_endpoint(tmp_path: Path,
                                                                            certs: netcerts.CertSet) -> None:
     """With no endpoint available (the only replica killed and marked down), dispense() waits for one as a
@@ -95,12 +105,7 @@ def test_close_from_another_thread_ends_a_dispense_waiting_for_an_endpoint(tmp_p
     try:
         client.start()
         client.dispense(PLUGIN_NAME)
-        rep.proc.kill()
-        rep.stop()
-        deadline = time.monotonic() + 20
-        while client.metrics()["available"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert client.metrics()["available"] == 0, "the killed replica was never marked down"
+        _killed_and_marked_down(rep, client)
         waiter.start()
         time.sleep(1.0)  # well into the wait for an endpoint (call_timeout: 60 s)
         assert waiter.is_alive(), f"dispense() did not wait for an endpoint (it ended: {failed})"
@@ -126,12 +131,7 @@ def test_a_dispense_that_finds_no_endpoint_says_each_ones_state(tmp_path: Path, 
         client.start()
         client.dispense(PLUGIN_NAME)
         key = client.pool.any_key()
-        rep.proc.kill()
-        rep.stop()
-        deadline = time.monotonic() + 20
-        while client.metrics()["available"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert client.metrics()["available"] == 0, "the killed replica was never marked down"
+        _killed_and_marked_down(rep, client)
         with pytest.raises(NoEndpointsError, match=rf"pin a brokered stub to within 0.5s \({key} unhealthy \("):
             client.dispense(PLUGIN_NAME)
     finally:
