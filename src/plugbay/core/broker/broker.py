@@ -94,7 +94,6 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._served: list[Served] = []
         self._channels: list[BrokeredChannel] = []
         self._loop_release: Release | None = None  # the hold on plugbay's asyncio handler loop (_handler_loop)
-        self.close_within: float | None = None  # its owner's bound on close() (see there): a Client's kill_grace
         self._threads: list[Reader] = []
         self.call: Any = None  # the host's StartStream call, cancelled by close()
         self._opener: Callable[[float], Opening | None] | None = None  # opens the stream on first use (lazy host)
@@ -221,17 +220,17 @@ class GRPCBroker(StreamEnd, Multiplexed):
         # what the runner holds for this address (a Docker socket's handle) goes with the channel
         return self._channel_to(network, address, [lambda: translator.release_address(network, address)])
 
-    def close(self, *, wait: bool = True) -> None:
+    def close(self, *, wait: bool = True, within: float | None = None) -> None:
         """End the stream, stop every brokered server and channel, free sockets and threads.
 
         Calls still running on brokered servers get 1 s to answer, then are cancelled, their handlers not
-        waited for (stop_all_served). ``close_within`` (a Client's kill_grace) bounds that and the end of the
+        waited for (stop_all_served). ``within`` (a Client's kill_grace) bounds that and the end of the
         asyncio handlers' loop (handlerloop.release_within), else about 5 s under an async handler that
         ignores its cancel or blocks the loop. ``wait=False`` (a plugin process stopping): running calls are
         cancelled at once and their worker threads, like the stream's reader, are not joined: a handler that
         does not return kept the plugin process alive until its host killed it; a Go plugin exits when Serve
         returns, whatever its goroutines do."""
-        ends = None if self.close_within is None else time.monotonic() + max(self.close_within, 0.0)
+        ends = None if within is None else time.monotonic() + max(within, 0.0)
         with self._cond:
             if self._closed:
                 return

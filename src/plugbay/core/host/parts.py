@@ -207,8 +207,7 @@ class ClientParts:
             self._stdio.close()
         if self._broker is not None:
             try:  # host callbacks still running: cancelled within kill_grace (1 s at most), then not waited for
-                self._broker.close_within = self._kill_grace()
-                self._broker.close()
+                self._broker.close(within=self._kill_grace())
             except Exception as exc:
                 _log.debug("closing broker: %s", exc)
 

@@ -111,7 +111,7 @@ class FollowingBroker(GRPCBroker):
         # not sent again to a successor: the id was the old plugin's, and went with it
         return self._use(f"dial broker id {id}", lambda broker: broker.dial(id, timeout), resend=False)
 
-    def close(self, *, wait: bool = True) -> None:
+    def close(self, *, wait: bool = True, within: float | None = None) -> None:
         """Nothing to close here (see the class docstring)."""
 
     @property
