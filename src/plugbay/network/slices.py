@@ -52,13 +52,21 @@ def parse_port(port: int | str) -> int | str:
 
 def _slice_port(ports: Sequence[Mapping[str, Any]], want: int | str) -> int | None:
     for p in ports:
-        # JSON true is a Python int: a bool is no port (not port 1)
-        if (p.get("protocol") or "TCP") != "TCP" or isinstance(p.get("port"), bool) \
-                or not isinstance(p.get("port"), int):
+        number = _tcp_number(p)
+        if number is None:
             continue
-        if (p.get("name") or "") == want if isinstance(want, str) else p["port"] == want:
-            return int(p["port"]) if 0 < p["port"] < 65536 else None
+        if (p.get("name") or "") == want if isinstance(want, str) else number == want:
+            return number if 0 < number < 65536 else None
     return None
+
+
+def _tcp_number(port: Mapping[str, Any]) -> int | None:
+    """A slice port entry's number when it is a TCP port's integer (in range or not), else None."""
+    number = port.get("port")
+    # JSON true is a Python int: a bool is no port (not port 1)
+    if (port.get("protocol") or "TCP") != "TCP" or isinstance(number, bool) or not isinstance(number, int):
+        return None
+    return number
 
 
 def port_note(slices: Iterable[Mapping[str, Any]], service: str, port: int | str) -> str:
@@ -69,9 +77,8 @@ def port_note(slices: Iterable[Mapping[str, Any]], service: str, port: int | str
         if not slc.get("endpoints"):
             continue
         for p in slc.get("ports") or []:
-            number = p.get("port")
-            if (p.get("protocol") or "TCP") != "TCP" or isinstance(number, bool) or not isinstance(number, int) \
-                    or not 0 < number < 65536:
+            number = _tcp_number(p)
+            if number is None or not 0 < number < 65536:
                 continue
             name = p.get("name") or ""
             if (name if isinstance(port, str) else number) == port:
