@@ -192,12 +192,22 @@ class ForwardSession:
 
     def _relay(self, conns: dict[int, socket.socket], stop: threading.Event) -> None:
         reader = self._reader
-        by_sock = {c: i for i, c in conns.items()}
-        while not stop.is_set() and not self.dropped.is_set():
-            readable = _readable([self.sock, *by_sock], 0.2)
-            for s in readable:
-                if s is self.sock:
-                    data = self._recv()
+        sock = self.sock
+        tls = isinstance(sock, ssl.SSLSocket)
+        api = sock.fileno()
+        by_fd = {c.fileno(): (i, c) for i, c in conns.items()}
+        # one poll object for the session's life, as a Go relay keeps its goroutines: building and
+        # registering one per wake-up was the stand-in's largest cost per relayed frame
+        poller = select.poll()
+        for fd in (api, *by_fd):
+            poller.register(fd, select.POLLIN)
+        stopped, dropped = stop.is_set, self.dropped.is_set
+        while not stopped() and not dropped():
+            for fd, _ in poller.poll(200):
+                if fd == api:
+                    data = sock.recv(65536)
+                    while tls and sock.pending():  # what OpenSSL already decrypted: poll cannot see it
+                        data += sock.recv(sock.pending())
                     if not data:
                         return
                     out: dict[int, list[bytes]] = {}  # per port, this read's bytes: one sendall each
@@ -216,22 +226,22 @@ class ForwardSession:
                                 if chan % 2 == 0 and chan // 2 in conns:
                                     out.setdefault(chan // 2, []).append(payload[1:])
                     finally:
-                        if not self.dropped.is_set():
+                        if not dropped():
                             for i, parts in out.items():
-                                conns[i].sendall(b"".join(parts))
+                                conns[i].sendall(parts[0] if len(parts) == 1 else b"".join(parts))
+                    continue
+                i, conn = by_fd[fd]
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    return  # the pod side closed: end the stream like the kubelet does
+                n = len(data) + 1
+                if n < 126:  # one header build and one copy for the usual small answer
+                    sock.sendall(bytes((0x80 | OP_BINARY, n, 2 * i)) + data)
                 else:
-                    i = by_sock[s]
-                    try:
-                        data = s.recv(65536)
-                    except OSError:
-                        data = b""
-                    if not data:
-                        return  # the pod side closed: end the stream like the kubelet does
-                    n = len(data) + 1
-                    if n < 126:  # one header build and one copy for the usual small answer
-                        self.sock.sendall(bytes((0x80 | OP_BINARY, n, 2 * i)) + data)
-                    else:
-                        self._send(OP_BINARY, bytes([2 * i]) + data)
+                    self._send(OP_BINARY, bytes([2 * i]) + data)
 
 
 def _readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
