@@ -286,6 +286,7 @@ class StandIn:
             pod.evicted = True
             store.event(pod, "Evicted", message, "Warning")
         pod.box.stop(0)
+        store.poke(pod)
 
     def container_start_seconds(self) -> list[float]:
         return list(getattr(self.store, "start_durations", []))
