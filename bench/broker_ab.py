@@ -1,0 +1,121 @@
+"""Interleaved A/B of the broker rows (bench_broker's Python host -> Python plugin) between two checkouts.
+
+    python bench/broker_ab.py OLD NEW --multiplex --pairs 12 --calls 300 [--automtls]
+
+OLD and NEW are source trees (folders holding src/plugbay and examples) or git revisions of this
+checkout (exported to a temporary folder). Each round runs bench_broker's own row code
+(_python_host: a fresh host and counter plugin, ``--calls`` timed Puts with a brokered
+callback, as many Gets, a 128 MiB stream) in a new process whose plugbay and plugins
+(examples/counter, examples/streaming) are that tree's; the timing code is this checkout's. Rounds
+alternate, the order flipping every pair, so the drift of a shared machine's load hits
+both alike. Prints, per figure, each side's median, the median of the pairs' NEW/OLD
+ratios with their range, and in how many pairs NEW was lower. An A/A run (one tree
+twice) shows the spread to expect: trust only what clearly exceeds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+FIGURES = ("p50 us", "p99 us", "Get p50 us", "stream MB/s")
+
+
+def _round(tree: str, calls: int, multiplex: bool, automtls: bool) -> dict[str, float]:
+    """One round in this process, whose sys.path starts with ``tree``'s src (see main)."""
+    import plugbay  # the tree's, before bench/common.py puts this checkout's src on the path
+
+    assert Path(plugbay.__file__).resolve().is_relative_to(Path(tree).resolve()), plugbay.__file__
+    sys.path.insert(0, str(BENCH))
+    import bench_broker
+    from common import Context
+
+    # the plugins are the tree's own examples: an example puts its checkout's src first on its path
+    bench_broker.PY_COUNTER = [sys.executable, os.path.join(tree, "examples", "counter", "plugin.py")]
+    bench_broker.PY_STREAMER = [sys.executable, os.path.join(tree, "examples", "streaming", "plugin.py")]
+    ctx = Context(calls=calls, rounds=1, starts=1)
+    result = bench_broker._python_host(ctx, bench_broker.PY_COUNTER, automtls, multiplex)
+    get = re.search(r"plain Get p50 (\d+) us", result.note)
+    stream = re.search(r"stream (\d+) MB/s", result.note)
+    assert get is not None and stream is not None, result.note
+    return dict(zip(FIGURES, (result.p50_us, result.p99_us, float(get[1]), float(stream[1]))))
+
+
+def _tree(spec: str, scratch: str, side: str) -> str:
+    if (Path(spec) / "src" / "plugbay").is_dir() and (Path(spec) / "examples").is_dir():
+        return str(Path(spec).resolve())
+    out = os.path.join(scratch, side)  # a folder per side: an A/A run exports the revision twice
+    os.makedirs(out)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", spec, "src", "examples"],
+                             capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", out], input=archive.stdout, check=True)
+    return out
+
+
+def _run(tree: str, args: argparse.Namespace) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": os.path.join(tree, "src")}
+    cmd = [sys.executable, __file__, "--round", tree, "--calls", str(args.calls)]
+    cmd += ["--multiplex"] * args.multiplex + ["--automtls"] * args.automtls
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise SystemExit(f"a round of {tree} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("old", nargs="?")
+    parser.add_argument("new", nargs="?")
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--multiplex", action="store_true")
+    parser.add_argument("--automtls", action="store_true")
+    parser.add_argument("--round", help=argparse.SUPPRESS)  # internal: one round of this tree
+    args = parser.parse_args()
+    if not (1 <= args.calls <= 100_000 and 1 <= args.pairs <= 200):
+        parser.error("need 1 <= --calls <= 100000 and 1 <= --pairs <= 200")
+    if args.round:
+        print(json.dumps(_round(args.round, args.calls, args.multiplex, args.automtls)))
+        return 0
+    if not (args.old and args.new):
+        parser.error("give OLD and NEW")
+    scratch = tempfile.mkdtemp(prefix="plugbay-broker-ab-")
+    try:
+        trees = {side: _tree(spec, scratch, side) for side, spec in (("old", args.old), ("new", args.new))}
+        got: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+        for n in range(args.pairs):
+            for side in ("old", "new") if n % 2 == 0 else ("new", "old"):
+                got[side].append(_run(trees[side], args))
+            print(f"pair {n + 1}: " + "  ".join(f"{f} {got['old'][-1][f]:.0f}/{got['new'][-1][f]:.0f}"
+                                                for f in FIGURES), file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary = {}
+    for f in FIGURES:
+        ratios = sorted(new[f] / old[f] for old, new in zip(got["old"], got["new"]))
+        summary[f] = {"old": statistics.median(r[f] for r in got["old"]),
+                      "new": statistics.median(r[f] for r in got["new"]),
+                      "ratio": round(statistics.median(ratios), 3),
+                      "range": [round(ratios[0], 3), round(ratios[-1], 3)],
+                      "new_lower": sum(r < 1 for r in ratios)}
+        print(f"{f:12} old {summary[f]['old']:8.0f}  new {summary[f]['new']:8.0f}  new/old median"
+              f" {summary[f]['ratio']:.3f} [{ratios[0]:.3f}..{ratios[-1]:.3f}], new lower in"
+              f" {summary[f]['new_lower']}/{len(ratios)}")
+    print(json.dumps({"pairs": args.pairs, "calls": args.calls, "multiplex": args.multiplex,
+                      "automtls": args.automtls, "figures": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
