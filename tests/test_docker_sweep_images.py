@@ -13,7 +13,7 @@ import pytest
 from docker.errors import ImageNotFound
 
 from plugbay import images
-from plugbay.runners.docker import sweep, sweep_images
+from plugbay.runners.docker import sweep_images
 from tests.cli_util import plugbay
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -58,16 +58,24 @@ def test_an_image_a_rebuild_replaced_goes_with_the_sweep_once_its_last_container
         replaced = made[0]
         assert plugbay_docker.images.get(replaced).tags == []  # kept for its container: untagged now
         # while the container is there, neither a dry run nor a sweep counts it, and it stays
-        assert replaced not in sweep_images(client=plugbay_docker, dry_run=True)
-        assert replaced not in sweep_images(client=plugbay_docker)
+        assert replaced not in sweep_images(client=plugbay_docker, dry_run=True, grace=0)
+        assert replaced not in sweep_images(client=plugbay_docker, ids=[replaced], grace=0)
         assert _exists(plugbay_docker, replaced)
         user.remove(force=True)
         user = None
-        assert replaced in sweep_images(client=plugbay_docker, dry_run=True)
+        # built moments ago: a build's image is untagged until its tag is set, so one within the grace stays
+        assert replaced not in sweep_images(client=plugbay_docker, dry_run=True)
+        spared: dict[str, str] = {}
+        assert replaced not in sweep_images(client=plugbay_docker, ids=[replaced], spared=spared)
+        assert _exists(plugbay_docker, replaced) and "within the 60 s grace" in spared[replaced], spared
         listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json").stdout)  # the command says so
+        assert replaced not in listed["docker_images"] and "grace" in listed["left"][replaced], listed
+        assert replaced in sweep_images(client=plugbay_docker, dry_run=True, grace=0)
+        listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "0").stdout)
         assert replaced in listed["docker_images"] and listed["count"] >= 1, listed
         assert _exists(plugbay_docker, replaced)  # a dry run removes nothing
-        sweep()  # `plugbay sweep`'s: the containers of gone hosts, then such images
+        # `plugbay sweep`'s (after the containers of gone hosts), scoped to this test's image
+        assert sweep_images(client=plugbay_docker, ids=[replaced], grace=0) == [replaced]
         assert not _exists(plugbay_docker, replaced)
         assert plugbay_docker.images.get(TAG).id == made[1]  # the tagged one is untouched
     finally:
@@ -84,8 +92,8 @@ def test_an_untagged_image_plugbay_did_not_build_is_left_alone(plugbay_docker: A
     foreign = _untagged(plugbay_docker)
     try:
         assert plugbay_docker.images.get(foreign).tags == []
-        assert foreign not in sweep_images(client=plugbay_docker, dry_run=True)
-        assert foreign not in sweep_images(client=plugbay_docker)
+        assert foreign not in sweep_images(client=plugbay_docker, dry_run=True, grace=0)
+        assert foreign not in sweep_images(client=plugbay_docker, ids=[foreign], grace=0)
         assert _exists(plugbay_docker, foreign)
     finally:
         plugbay_docker.images.remove(foreign, force=True)
@@ -106,8 +114,8 @@ def test_an_untagged_image_built_from_a_plugbay_image_is_left_alone(plugbay_dock
                                                network_mode="none")
         made.insert(0, str(child.id))
         assert child.tags == [] and child.labels.get(images.HASH_LABEL)  # untagged, the label inherited
-        assert child.id not in sweep_images(client=plugbay_docker, dry_run=True)
-        assert child.id not in sweep_images(client=plugbay_docker)
+        assert child.id not in sweep_images(client=plugbay_docker, dry_run=True, grace=0)
+        assert child.id not in sweep_images(client=plugbay_docker, ids=[child.id], grace=0)
         assert _exists(plugbay_docker, child.id)
     finally:
         for image in (*made, TAG):

@@ -26,7 +26,7 @@ from docker.errors import NotFound
 
 from plugbay.errors import NetworkSweptError
 from plugbay.runners.base import LaunchSpec
-from plugbay.runners.docker import DockerRunner, sweep, sweep_networks
+from plugbay.runners.docker import DockerRunner, sweep_networks
 from plugbay.runners.docker.hardening import ICC_OPTION
 from tests.cli_util import plugbay
 from tests.docker_util import BASE, start_on
@@ -80,28 +80,27 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
         try:
             (made,) = _named(plugbay_docker, typo)
             assert made.attrs["Labels"] == {"plugbay.managed": "true", "plugbay.network": typo}
-            assert made.id not in sweep_networks(client=plugbay_docker, names=names)  # its container runs
+            assert made.id not in sweep_networks(client=plugbay_docker, names=names, grace=0)  # its container runs
         finally:
             runner.kill()
         # a container only created on it (not started) keeps it too
         containers.append(plugbay_docker.api.create_container(
             BASE, ["true"], networking_config=plugbay_docker.api.create_networking_config({typo: {}}),
             host_config=plugbay_docker.api.create_host_config(network_mode=typo))["Id"])
-        assert made.id not in sweep_networks(client=plugbay_docker, names=names)
+        assert made.id not in sweep_networks(client=plugbay_docker, names=names, grace=0)
         plugbay_docker.api.remove_container(containers.pop(), force=True)
-        # a host's sweep of its containers (gone hosts' only: live ones' are spared) leaves the engine's
-        # networks alone, which other hosts may be about to join; it swept every idle one of the engine
-        sweep(client=plugbay_docker, images=False)
-        assert _named(plugbay_docker, typo), "the library's sweep() removed a network it was not asked to"
+        # (a host's sweep() leaves the engine's networks alone unless asked: test_docker_sweep_grace looks at
+        # its defaults, as a real one here would sweep other users' containers too)
 
-        listed = plugbay("sweep", "--docker", "--dry-run", "--json")
+        # grace 0: it was made moments ago (test_docker_sweep_grace)
+        listed = plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "0")
         assert listed.returncode == 0, listed.stderr
         assert made.id in json.loads(listed.stdout)["docker_networks"], listed.stdout
-        assert made.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names)
+        assert made.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names, grace=0)
         assert _named(plugbay_docker, typo), "a dry run removed it"
 
         # names=: only this test's networks (the whole engine's are other tests' and users'); the CLI sweeps all
-        assert made.id in sweep_networks(client=plugbay_docker, names=names)
+        assert made.id in sweep_networks(client=plugbay_docker, names=names, grace=0)
         assert not _named(plugbay_docker, typo)
         for kept in (joinable, copied, plain):
             assert _named(plugbay_docker, kept), f"the sweep removed {kept}, which plugbay did not make"
@@ -138,15 +137,16 @@ def test_a_dry_run_lists_the_network_only_a_dead_hosts_container_is_on(plugbay_d
                                          str(Path(__file__).resolve().parent.parent / "src"), name])
         containers.append(facts["id"])
         (net,) = _named(plugbay_docker, name)
-        listed = plugbay("sweep", "--docker", "--dry-run", "--json")
+        listed = plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "0")  # made moments ago
         assert listed.returncode == 0, listed.stderr
         found = json.loads(listed.stdout)
         assert facts["id"] in found["docker"], listed.stdout
         assert net.id in found["docker_networks"], listed.stdout
         assert _named(plugbay_docker, name) and plugbay_docker.containers.get(facts["id"]), "a dry run removed"
         # the library's: only with the containers named as leaving
-        assert net.id not in sweep_networks(client=plugbay_docker, dry_run=True, names=names)
-        assert net.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names, leaving=[facts["id"]])
+        assert net.id not in sweep_networks(client=plugbay_docker, dry_run=True, names=names, grace=0)
+        assert net.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names, leaving=[facts["id"]],
+                                        grace=0)
 
 
 def _its_network_removed_while_held(relay: EngineRelay, docker: Any, suffix: str, held: tuple[str, str],
@@ -203,7 +203,8 @@ def test_starts_racing_a_sweep_loop_succeed_or_say_a_sweep_raced_them(plugbay_do
     # A sweep between a network's create and the look at it, or between that and its container's create, made
     # a start fail as the engine refusing the network (out of address pools, it said). Each start, on a
     # network name of its own, runs against sweeps of this test's networks one after another: it starts,
-    # or it says a sweep removed its network each time it made it (NetworkSweptError), nothing else.
+    # or it says a sweep removed its network each time it made it (NetworkSweptError), nothing else. Grace 0:
+    # sweeps that remove even the networks made moments ago (the default grace leaves those: test_docker_sweep_grace)
     stem = f"plugbay-test-netsweep-{os.getpid()}-{time.time_ns()}-race"
     starts = 8
     with _made(plugbay_docker) as (names, _):
@@ -214,7 +215,7 @@ def test_starts_racing_a_sweep_loop_succeed_or_say_a_sweep_raced_them(plugbay_do
         def sweeping() -> None:
             deadline = time.monotonic() + 240  # a bound, should the starts hang
             while not stop.is_set() and time.monotonic() < deadline:
-                swept.extend(sweep_networks(client=plugbay_docker, names=names))
+                swept.extend(sweep_networks(client=plugbay_docker, names=names, grace=0))
 
         sweeper = threading.Thread(target=sweeping, name="plugbay-test-sweep-loop")
         sweeper.start()

@@ -220,6 +220,7 @@ def diagnose(what: str, kubeconfig: str | None, api_timeout: float, as_json: boo
 @click.command(epilog="""\b
 Examples:
   plugbay sweep --dry-run
+  plugbay sweep --docker --grace 300
   plugbay sweep --temp --temp-dir /run/plugins
   plugbay sweep --kubernetes --namespace plugins --kubeconfig ~/.kube/config""")
 @click.option("--docker", "docker_", is_flag=True, help="Sweep Docker containers.")
@@ -229,20 +230,26 @@ Examples:
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="With --kubernetes.")
 @click.option("--temp-dir", "temp_dirs", multiple=True, type=click.Path(file_okay=False),
               help="With --temp: a folder to look in (repeatable; default: the temp dir and /var/tmp).")
+@click.option("--grace", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
+              help="With Docker: leave the images and networks plugbay made less than SECONDS ago (a start or"
+              " build may be about to use them; the engine's clock says), and those whose age the engine does"
+              " not tell; 0: no grace.")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], docker_images: [...], "
-              "docker_networks: [...], kubernetes: [...], temp: [...], count, dry_run}.")
+              "docker_networks: [...], kubernetes: [...], temp: [...], left: {id: why}, count, dry_run}.")
 def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfig: str | None,
-          temp_dirs: tuple[str, ...], dry_run: bool, as_json: bool) -> int:
+          temp_dirs: tuple[str, ...], grace: float, dry_run: bool, as_json: bool) -> int:
     """Remove (or list) what plugbay hosts that are gone left behind on this machine.
 
     Without --docker, --kubernetes or --temp: Docker containers (and the images plugbay built
-    that nothing names or uses any more, and the networks plugbay made that no container is on)
+    that nothing names or uses any more, and the networks plugbay made that no container is on,
+    once older than --grace: the lines "left ID: why" name those it left for their age)
     and temp folders.
     A temp folder goes only once the process that made it is gone and no
     socket in it answers (a plugin left running for a reattach keeps its folder).
     """
     found: dict[str, list[str]] = {}
+    left: dict[str, str] = {}  # what the Docker sweep left for its age (the grace), and why
     if docker_ or not (kubernetes or temp):
         from plugbay.runners.docker import sweep as docker_sweep, sweep_images, sweep_networks
 
@@ -250,9 +257,9 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
             found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False)
             # after the containers: their images free (a dry run counts the containers it listed as gone)
             leaving = found["docker"] if dry_run else []
-            found["docker_images"] = sweep_images(dry_run=dry_run, leaving=leaving)
+            found["docker_images"] = sweep_images(dry_run=dry_run, leaving=leaving, grace=grace, spared=left)
             # and their networks: the whole engine's, which the library's sweep() leaves unless asked
-            found["docker_networks"] = sweep_networks(dry_run=dry_run, leaving=leaving)
+            found["docker_networks"] = sweep_networks(dry_run=dry_run, leaving=leaving, grace=grace, spared=left)
         except EngineUnavailableError as exc:
             if docker_:
                 raise
@@ -269,12 +276,15 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
         found["temp"] = sweep_tempdirs(temp_dirs or None, dry_run=dry_run)
     count = sum(len(v) for v in found.values())
     if as_json:
-        output.emit_json({**found, "count": count, "dry_run": dry_run})
+        output.emit_json({**found, **({"left": left} if "docker" in found else {}), "count": count,
+                          "dry_run": dry_run})
         return output.OK
     verb = "would remove" if dry_run else "removed"
     for where, ids in found.items():
         for ident in ids:
             output.say(f"{where} {short_id(ident) if where.startswith('docker') else ident}")
+    for ident, why in left.items():
+        output.say(f"left {short_id(ident)}: {why}")
     output.say(f"{verb} {count}", style="bold")
     return output.OK
 

@@ -139,7 +139,8 @@ def network_swept(name: str) -> NetworkSweptError:
     return NetworkSweptError(
         f"the Docker network {name!r} plugbay made for the plugin was removed each of {NETWORK_TRIES} times"
         " before its container could join it: a sweep (`plugbay sweep --docker`, sweep() or sweep_networks())"
-        " raced the start. Sweep when no plugin is starting, or start again.")
+        " without a grace (0), or one shorter than this start's steps took, raced the start. Sweep with the"
+        " default grace (60 s) or when no plugin is starting, or start again.")
 
 
 def made_by_plugbay(attrs: Mapping[str, Any]) -> bool:

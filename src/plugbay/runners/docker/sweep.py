@@ -1,6 +1,6 @@
 """The sweep of plugbay's containers whose host session is gone (and of their socket folders), of the
 images plugbay built that nothing uses or names any more, and of the networks plugbay made that no
-container is on."""
+container is on (those two once made at least the grace ago: grace.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from plugbay.errors import EngineUnavailableError, RunnerError
 from plugbay.runners.docker.engine import (SOCKET_DIR, end_socket_dir, engine, engine_call, engine_failures,
                                            require_sdk)
+from plugbay.runners.docker.grace import GRACE, Grace, checked_grace
 from plugbay.runners.docker.hardening import MADE_NETWORK, made_by_plugbay
 from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
                                      owner_of, session_gone)
@@ -28,15 +29,15 @@ def _opened(client: Any) -> tuple[Any, bool]:
 
 
 def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False,
-          images: bool = True, networks: bool = False) -> list[str]:
+          images: bool = False, networks: bool = False, grace: float = GRACE) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
 
-    ``dry_run=True`` removes nothing and returns the ids it would remove. ``images``: then (not in a dry
-    run) remove the images plugbay built that nothing names or uses any more (:func:`sweep_images`);
-    ``networks=True``: and every network plugbay made that no container is on, on the whole engine
-    (:func:`sweep_networks`). Off by default: those are shared by name with other hosts and runs on the
-    engine, and a host sweeping its own containers would race their starts (``plugbay sweep --docker``,
-    the machine's operator, sweeps them).
+    ``dry_run=True`` removes nothing and returns the ids it would remove. ``images=True``: then (not in a
+    dry run) remove the images plugbay built that nothing names or uses any more (:func:`sweep_images`);
+    ``networks=True``: and every network plugbay made that no container is on (:func:`sweep_networks`),
+    each made at least ``grace`` seconds ago. Both off by default: they are the whole engine's, shared with
+    other hosts and builds, and a host sweeping its own containers would race their starts and builds
+    (``plugbay sweep --docker``, the machine's operator, sweeps them).
 
     Without ``live_sessions``, a session is gone when its host process no longer
     runs on this machine (containers started from other machines are left
@@ -45,6 +46,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     ``plugbay.session`` label) and the claimant's (its name): it goes only when
     both are gone. A container either names as this process is never removed.
     """
+    checked_grace(grace)  # before anything is removed
     client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
     from docker.errors import NotFound
 
@@ -99,9 +101,9 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                     _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
                                  container.short_id, unproven)
         if images and not dry_run:  # the containers removed above may have been the last users of an image
-            sweep_images(client=client)
+            sweep_images(client=client, grace=grace)
         if networks and not dry_run:  # or of a network
-            sweep_networks(client=client)
+            sweep_networks(client=client, grace=grace)
     except EngineUnavailableError:
         raise  # engine_call() said what to do
     except failed as exc:  # the list failed: a removal's failure was warned of above
@@ -113,21 +115,28 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     return removed
 
 
-def sweep_images(*, client: Any = None, dry_run: bool = False,
-                 leaving: Collection[str] = ()) -> list[str]:
-    """Remove the images plugbay built that no tag names and no container uses; return their ids (with
-    ``dry_run``, the ids it would remove; ``leaving``: the ids of containers a dry run of :func:`sweep`
-    listed, which count as gone, as a real sweep removes them first). A rebuild keeps the image it took the
-    tag from while a container (a stopped one too) uses it: it stayed behind as ``<none>`` once that
-    container was gone.
+def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collection[str] = (),
+                 grace: float = GRACE, ids: Collection[str] | None = None,
+                 spared: dict[str, str] | None = None) -> list[str]:
+    """Remove the images plugbay built that no tag names and no container uses, made at least ``grace``
+    seconds ago; return their ids (with ``dry_run``, the ids it would remove; ``leaving``: the ids of
+    containers a dry run of :func:`sweep` listed, which count as gone, as a real sweep removes them first).
+    A rebuild keeps the image it took the tag from while a container (a stopped one too) uses it: it
+    stayed behind as ``<none>`` once that container was gone.
 
     An image plugbay built is one whose newest step is plugbay's own ``LABEL plugbay.content-hash=...``:
     the label alone is not proof, since every image built FROM a plugbay image inherits it (a user's
     untagged build, and each step of a classic build under way, which a removal would break).
+    ``grace``: a build's image is untagged until its tag is set, just after its last step; an image whose
+    creation time the engine does not give as a timestamp stays too (see plugbay.runners.docker.grace).
+    ``ids``: only images of these ids (a caller sweeping its own). ``spared``: filled with the id of each
+    image left for its age, and why.
     Never forced: the engine refuses an image a container (or a child image) uses, and such an image
     is left as it is. Failures are logged, not raised: whatever else a sweep does still counts.
     """
+    checked_grace(grace)  # the caller's error, before any request
     client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
+    judge = Grace(client, grace)
     from docker.errors import NotFound
 
     failed = engine_failures()
@@ -136,14 +145,21 @@ def sweep_images(*, client: Any = None, dry_run: bool = False,
         found = engine_call(lambda: client.api.images(filters={"dangling": True, "label": BUILT}, quiet=True),
                             "list plugbay's untagged images")
         for image_id in found:
+            if ids is not None and image_id not in ids and image_id.removeprefix("sha256:") not in ids:
+                continue
             try:
-                if not _built_here(client, image_id):
+                attrs = _built_here(client, image_id)
+                if attrs is None or _users(engine_call(lambda: client.api.containers(
+                        all=True, quiet=True, filters={"ancestor": image_id}), "list the image's containers"), leaving):
+                    continue  # in use: a real sweep's removal is refused by the engine too
+                why = judge.withheld(attrs.get("Created"))
+                if why is not None:
+                    _log.info("sweep left image %s: %s", image_id[7:19], why)
+                    if spared is not None:
+                        spared[image_id] = f"image {image_id[7:19]}: {why}"
                     continue
                 if dry_run:
-                    if not _users(engine_call(lambda: client.api.containers(all=True, quiet=True,
-                                                                            filters={"ancestor": image_id}),
-                                              "list the image's containers"), leaving):
-                        removed.append(image_id)
+                    removed.append(image_id)
                     continue
                 engine_call(lambda: client.api.remove_image(image_id), "remove the image")
             except NotFound:
@@ -168,32 +184,40 @@ def _users(containers: list[dict[str, Any]], leaving: Collection[str]) -> list[s
     return [str(c.get("Id", "")) for c in containers if c.get("Id") not in leaving]
 
 
-def _built_here(client: Any, image_id: str) -> bool:
-    """Whether the image's newest step is plugbay's label step, with the value its label has."""
-    labels = (engine_call(lambda: client.api.inspect_image(image_id), "inspect the image").get("Config") or {}) \
-        .get("Labels") or {}
-    value = labels.get(BUILT)
+def _built_here(client: Any, image_id: str) -> dict[str, Any] | None:
+    """The image's inspect when its newest step is plugbay's label step, with the value its label has."""
+    attrs = engine_call(lambda: client.api.inspect_image(image_id), "inspect the image") or {}
+    value = ((attrs.get("Config") or {}).get("Labels") or {}).get(BUILT)
     history = engine_call(lambda: client.api.history(image_id), "read the image's history")
     newest = str((history[0] if history else {}).get("CreatedBy") or "")
-    return bool(value) and newest.rstrip().endswith(f"LABEL {BUILT}={value}")
+    return attrs if value and newest.rstrip().endswith(f"LABEL {BUILT}={value}") else None
 
 
 def sweep_networks(*, client: Any = None, dry_run: bool = False, names: Collection[str] | None = None,
-                   leaving: Collection[str] = ()) -> list[str]:
-    """Remove the networks plugbay made that no container is on; return their ids (with ``dry_run``, the
-    ids it would remove; ``leaving``: as for :func:`sweep_images`). DockerRunner(network=NAME) makes NAME
-    on first use (the tcp transport's isolated bridge) and keeps it for later starts, a misspelled NAME too.
+                   leaving: Collection[str] = (), grace: float = GRACE,
+                   spared: dict[str, str] | None = None) -> list[str]:
+    """Remove the networks plugbay made that no container is on, made at least ``grace`` seconds ago; return
+    their ids (with ``dry_run``, the ids it would remove; ``leaving``: as for :func:`sweep_images`).
+    DockerRunner(network=NAME) makes NAME on first use (the tcp transport's isolated bridge) and keeps it
+    for later starts, a misspelled NAME too.
 
     A network counts as plugbay's only when it has the labels, driver and options plugbay gives a network
     it creates (hardening.made_by_plugbay): a network someone else made stays, one labelled
     plugbay.managed=true for plugbay to join too, and so do those of releases before that label. A network
     any container is on, a stopped or a merely created one too, stays; one a container joined after the
-    look is refused by the engine (while that container runs) and stays. A DockerRunner that finds its
-    network gone, at a start or between its container's create and start, makes it anew.
+    look is refused by the engine (while that container runs) and stays. ``grace``: a runner makes its
+    network a moment before its container's create puts the first container on it, so a network made less
+    than that ago stays, and so does one whose creation time the engine does not give as a timestamp (see
+    plugbay.runners.docker.grace): sweeps one after another no longer remove the network each start makes
+    (a NetworkSweptError once they did so three times). A DockerRunner that finds its network gone, at a
+    start or between its container's create and start, makes it anew.
     ``names``: only networks of these names (a caller sweeping its own, beside other users of the engine).
+    ``spared``: filled with the id of each network left for its age, and why.
     Failures are logged, not raised: whatever else a sweep does still counts.
     """
+    checked_grace(grace)  # the caller's error, before any request
     client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
+    judge = Grace(client, grace)
     from docker.errors import NotFound
 
     failed = engine_failures()
@@ -211,6 +235,12 @@ def sweep_networks(*, client: Any = None, dry_run: bool = False, names: Collecti
                                                                         filters={"network": key}),
                                           "list the network's containers"), leaving)
                        for key in (net_id, name)):
+                    continue
+                why = judge.withheld(attrs.get("Created"))
+                if why is not None:
+                    _log.info("sweep left network %s (%s): %s", name, net_id[:12], why)
+                    if spared is not None:
+                        spared[net_id] = f"network {name}: {why}"
                     continue
                 if dry_run:
                     removed.append(net_id)
