@@ -50,6 +50,14 @@ def test_help_has_examples_and_exit_codes() -> None:
     assert "Example" in plugbay("images", "build", "--help").stdout
 
 
+def test_sweep_refuses_a_grace_it_cannot_use_before_it_sweeps(tmp_path: Path) -> None:
+    # click's FloatRange(min=0) lets nan through: the command swept, and refused it only at the images' sweep
+    for grace in ("nan", "-1"):
+        refused = plugbay("sweep", "--temp", "--temp-dir", str(tmp_path), "--grace", grace)
+        assert refused.returncode == 2 and "grace" in refused.stderr, (grace, refused.stdout, refused.stderr)
+        assert "removed" not in refused.stdout
+
+
 def test_run_prints_handshake_facts_and_sigint_leaves_nothing(tmp_path: Path) -> None:
     with running(["--cmd", KV_CMD, "--cookie", COOKIE, "--automtls"], tmp_path) as run:
         config = run.config()

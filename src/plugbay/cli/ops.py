@@ -248,6 +248,9 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
     A temp folder goes only once the process that made it is gone and no
     socket in it answers (a plugin left running for a reattach keeps its folder).
     """
+    from plugbay.runners.docker.grace import checked_grace
+
+    checked_grace(grace)  # before anything is removed (FloatRange lets nan through)
     found: dict[str, list[str]] = {}
     left: dict[str, str] = {}  # what the Docker sweep left for its age (the grace), and why
     if docker_ or not (kubernetes or temp):
