@@ -13,8 +13,11 @@ import pytest
 from docker.errors import ImageNotFound
 
 from plugbay import images
-from plugbay.runners.docker import sweep_images
+from plugbay.errors import ConfigError
+from plugbay.runners.docker import sweep, sweep_images
 from tests.cli_util import plugbay
+from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
+from tests.race_util import Starting
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -64,24 +67,74 @@ def test_an_image_a_rebuild_replaced_goes_with_the_sweep_once_its_last_container
         user.remove(force=True)
         user = None
         # built moments ago: a build's image is untagged until its tag is set, so one within the grace stays
-        assert replaced not in sweep_images(client=plugbay_docker, dry_run=True)
+        # (3600 s: far beyond this test's length)
+        assert replaced not in sweep_images(client=plugbay_docker, dry_run=True, grace=3600)
         spared: dict[str, str] = {}
-        assert replaced not in sweep_images(client=plugbay_docker, ids=[replaced], spared=spared)
-        assert _exists(plugbay_docker, replaced) and "within the 60 s grace" in spared[replaced], spared
-        listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json").stdout)  # the command says so
-        assert replaced not in listed["docker_images"] and "grace" in listed["left"][replaced], listed
+        assert replaced not in sweep_images(client=plugbay_docker, ids=[replaced], spared=spared, grace=3600)
+        assert _exists(plugbay_docker, replaced) and "within the 3600 s grace" in spared[replaced], spared
+        listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "3600").stdout)
+        assert replaced not in listed["docker_images"] and "grace" in listed["left"][replaced], listed  # it says so
         assert replaced in sweep_images(client=plugbay_docker, dry_run=True, grace=0)
+        # ids= narrows to those images: this one is sweepable, and goes only when named, by its full id
+        assert sweep_images(client=plugbay_docker, dry_run=True, ids=[], grace=0) == []
+        assert sweep_images(client=plugbay_docker, dry_run=True, ids=[replaced[7:]], grace=0) == [replaced]
+        with pytest.raises(ConfigError, match="full image ids"):  # the CLI's 12 digits would match nothing
+            sweep_images(client=plugbay_docker, dry_run=True, ids=[replaced[7:19]], grace=0)
         listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "0").stdout)
         assert replaced in listed["docker_images"] and listed["count"] >= 1, listed
         assert _exists(plugbay_docker, replaced)  # a dry run removes nothing
-        # `plugbay sweep`'s (after the containers of gone hosts), scoped to this test's image
-        assert sweep_images(client=plugbay_docker, ids=[replaced], grace=0) == [replaced]
+        # the library's sweep() passes its grace on to the images' sweep (after the containers of gone hosts)
+        sweep(client=plugbay_docker, images=True, grace=3600)
+        assert _exists(plugbay_docker, replaced), "sweep(grace=3600) removed an image made moments ago"
+        sweep(client=plugbay_docker, images=True, grace=0)  # `plugbay sweep`'s: gone hosts' containers, then images
         assert not _exists(plugbay_docker, replaced)
         assert plugbay_docker.images.get(TAG).id == made[1]  # the tagged one is untouched
     finally:
         if user is not None:
             user.remove(force=True)
         for image in (TAG, *made):
+            try:
+                plugbay_docker.images.remove(image, force=True)
+            except ImageNotFound:
+                pass
+
+
+@pytest.mark.timeout(300)
+def test_an_image_tagged_again_while_the_sweep_looks_at_it_stays(relay: EngineRelay, plugbay_docker: Any,
+                                                                tmp_path: Path) -> None:
+    # A rebuild that hits the builder's cache tags the old image again, whose Created stays old: the sweep had
+    # judged it untagged, and the engine removes an image of one tag by its id without asking (it untags it)
+    tag = TAG + "-again"
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    made: list[str] = []
+    user: Any = None
+    try:
+        for version in ("v1", "v2"):
+            (plugin / "main.py").write_text(f"print('{version}')\n")
+            made.append(images.build_plugin_image(tag, plugin, ["python", "/plugin/main.py"],
+                                                  progress=lambda _: None, client=plugbay_docker))
+            if user is None:  # holds the first image, which the second build then leaves untagged
+                user = plugbay_docker.containers.create(tag, network_mode="none")
+        user.remove(force=True)
+        user = None
+        old = made[0]
+        assert plugbay_docker.images.get(old).tags == []
+        relay.hold("GET", "/images/[^/ ]+/history")  # the sweep's look at it, after its first inspect
+        swept: list[str] = []
+        sweeping = Starting(lambda: swept.extend(sweep_images(ids=[old], grace=0)))  # through the relay
+        try:
+            assert relay.holding.wait(60), "the sweep never read the image's history"
+            plugbay_docker.images.get(old).tag(tag + "-cached")
+        finally:
+            relay.release()
+        assert sweeping.outcome(60) is None
+        assert swept == [] and _exists(plugbay_docker, old), "the sweep removed an image tagged again meanwhile"
+        assert plugbay_docker.images.get(old).tags == [tag + "-cached"]
+    finally:
+        if user is not None:
+            user.remove(force=True)
+        for image in (tag, tag + "-cached", *made):
             try:
                 plugbay_docker.images.remove(image, force=True)
             except ImageNotFound:

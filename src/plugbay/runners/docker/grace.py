@@ -3,9 +3,9 @@
 A network a DockerRunner just made has no container on it until the runner's create a moment later, and an
 image plugbay just built is untagged until its tag is set: to a sweep both look abandoned. Only what the
 engine says was made at least the grace ago (its ``Created`` field) goes. That field is untrusted input:
-one missing or not a timestamp proves no age, and the thing stays. The age is taken on the engine's own
-clock (``SystemTime`` in its info): a remote engine's clock may be off this machine's, and a clock behind
-would make a network made a moment ago look old.
+one missing or not a timestamp proves no age, and the thing stays (a grace of 0 reads no age). The age is
+taken on the engine's own clock (``SystemTime`` in its info): a remote engine's clock may be off this
+machine's, and a clock behind would make a network made a moment ago look old.
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ container is on (those two once made at least the grace ago: grace.py)."""
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from plugbay.errors import EngineUnavailableError, RunnerError
+from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError
 from plugbay.runners.docker.engine import (SOCKET_DIR, end_socket_dir, engine, engine_call, engine_failures,
                                            require_sdk)
 from plugbay.runners.docker.grace import GRACE, Grace, checked_grace
@@ -20,6 +21,7 @@ from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION,
 _log = logging.getLogger("plugbay.runners.docker")
 # plugbay.images labels every image it builds with the hash of what went into it
 BUILT = "plugbay.content-hash"
+_FULL_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 def _opened(client: Any) -> tuple[Any, bool]:
@@ -128,13 +130,15 @@ def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collecti
     the label alone is not proof, since every image built FROM a plugbay image inherits it (a user's
     untagged build, and each step of a classic build under way, which a removal would break).
     ``grace``: a build's image is untagged until its tag is set, just after its last step; an image whose
-    creation time the engine does not give as a timestamp stays too (see plugbay.runners.docker.grace).
-    ``ids``: only images of these ids (a caller sweeping its own). ``spared``: filled with the id of each
+    creation time the engine does not give as a timestamp stays too, unless ``grace=0`` (see grace.py).
+    ``ids``: only images of these full ids, with or without ``sha256:`` (a caller sweeping its own; not the
+    12-digit ids ``plugbay sweep`` prints: a ConfigError). ``spared``: filled with the id of each
     image left for its age, and why.
     Never forced: the engine refuses an image a container (or a child image) uses, and such an image
     is left as it is. Failures are logged, not raised: whatever else a sweep does still counts.
     """
     checked_grace(grace)  # the caller's error, before any request
+    wanted = None if ids is None else _full_ids(ids)
     client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
     judge = Grace(client, grace)
     from docker.errors import NotFound
@@ -145,7 +149,7 @@ def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collecti
         found = engine_call(lambda: client.api.images(filters={"dangling": True, "label": BUILT}, quiet=True),
                             "list plugbay's untagged images")
         for image_id in found:
-            if ids is not None and image_id not in ids and image_id.removeprefix("sha256:") not in ids:
+            if wanted is not None and image_id.removeprefix("sha256:") not in wanted:
                 continue
             try:
                 attrs = _built_here(client, image_id)
@@ -160,6 +164,11 @@ def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collecti
                     continue
                 if dry_run:
                     removed.append(image_id)
+                    continue
+                # a rebuild that hit the builder's cache tags this old image again (its Created stays old), and
+                # the engine removes an image of one tag by its id without asking: only one still untagged goes
+                if _tagged(engine_call(lambda: client.api.inspect_image(image_id), "inspect the image again")):
+                    _log.info("sweep left image %s: tagged again while the sweep ran", image_id[7:19])
                     continue
                 engine_call(lambda: client.api.remove_image(image_id), "remove the image")
             except NotFound:
@@ -179,9 +188,27 @@ def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collecti
     return removed
 
 
+def _full_ids(ids: Collection[str]) -> set[str]:
+    """``ids`` as the 64 hex digits the engine lists (a short id would silently match nothing)."""
+    if isinstance(ids, str):
+        raise ConfigError(f"ids must be a collection of image ids, not the string {ids[:80]!r}")
+    full = {str(i).removeprefix("sha256:") for i in ids}
+    short = [i for i in full if not _FULL_ID.fullmatch(i)]
+    if short:
+        raise ConfigError(f"ids takes full image ids (sha256: and 64 hex digits, as the sweep returns them), not"
+                          f" {short[0][:80]!r}")
+    return full
+
+
 def _users(containers: list[dict[str, Any]], leaving: Collection[str]) -> list[str]:
     """The ids of the listed containers (a quiet list's) but those a dry run counts as gone."""
     return [str(c.get("Id", "")) for c in containers if c.get("Id") not in leaving]
+
+
+def _tagged(attrs: dict[str, Any] | None) -> bool:
+    """Whether an image's inspect names a tag (an engine may list an untagged one as ``<none>:<none>``)."""
+    tags = (attrs or {}).get("RepoTags") or []
+    return not isinstance(tags, list) or any(tag != "<none>:<none>" for tag in tags)  # garbled: kept
 
 
 def _built_here(client: Any, image_id: str) -> dict[str, Any] | None:
@@ -207,10 +234,10 @@ def sweep_networks(*, client: Any = None, dry_run: bool = False, names: Collecti
     any container is on, a stopped or a merely created one too, stays; one a container joined after the
     look is refused by the engine (while that container runs) and stays. ``grace``: a runner makes its
     network a moment before its container's create puts the first container on it, so a network made less
-    than that ago stays, and so does one whose creation time the engine does not give as a timestamp (see
-    plugbay.runners.docker.grace): sweeps one after another no longer remove the network each start makes
-    (a NetworkSweptError once they did so three times). A DockerRunner that finds its network gone, at a
-    start or between its container's create and start, makes it anew.
+    than that ago stays, and so does one whose creation time the engine does not give as a timestamp, unless
+    ``grace=0`` (see plugbay.runners.docker.grace): sweeps one after another no longer remove the network
+    each start makes (a NetworkSweptError once they did so three times). A DockerRunner that finds its
+    network gone, at a start or between its container's create and start, makes it anew.
     ``names``: only networks of these names (a caller sweeping its own, beside other users of the engine).
     ``spared``: filled with the id of each network left for its age, and why.
     Failures are logged, not raised: whatever else a sweep does still counts.
