@@ -69,11 +69,12 @@ def test_a_network_made_moments_ago_stays_and_the_dry_run_says_why(plugbay_docke
         assert made.id not in sweep_networks(client=plugbay_docker, names=names, spared=spared)
         assert _named(plugbay_docker, name), "the sweep removed a network made within its grace"
         assert "within the 60 s grace" in spared[made.id] and name in spared[made.id], spared
-        # the command says what it left and why, by the id `docker network ls` shows
-        said = plugbay("sweep", "--docker", "--dry-run")
+        # the command says what it left and why, by the id `docker network ls` shows (3600 s: far beyond this
+        # test's length)
+        said = plugbay("sweep", "--docker", "--dry-run", "--grace", "3600")
         assert said.returncode == 0, said.stderr
         assert f"left {made.id[:12]}: network {name}: made " in said.stdout, said.stdout
-        listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json").stdout)
+        listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "3600").stdout)
         assert made.id not in listed["docker_networks"] and "grace" in listed["left"][made.id], listed
         everything = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "0").stdout)
         assert made.id in everything["docker_networks"] and made.id not in everything["left"], everything
@@ -100,7 +101,8 @@ def test_starts_racing_sweeps_one_after_another_all_start_on_the_network_they_ma
         def sweeping() -> None:
             deadline = time.monotonic() + 240  # a bound, should the starts hang
             while not stop.is_set() and time.monotonic() < deadline:
-                swept.extend(sweep_networks(client=plugbay_docker, names=names))
+                # 3600 s: far beyond the starts' length, whatever the machine's load
+                swept.extend(sweep_networks(client=plugbay_docker, names=names, grace=3600))
 
         sweeper = threading.Thread(target=sweeping, name="plugbay-test-sweep-loop")
         sweeper.start()

@@ -26,7 +26,7 @@ from docker.errors import NotFound
 
 from plugbay.errors import NetworkSweptError
 from plugbay.runners.base import LaunchSpec
-from plugbay.runners.docker import DockerRunner, sweep_networks
+from plugbay.runners.docker import DockerRunner, sweep, sweep_networks
 from plugbay.runners.docker.hardening import ICC_OPTION
 from tests.cli_util import plugbay
 from tests.docker_util import BASE, start_on
@@ -89,8 +89,11 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
             host_config=plugbay_docker.api.create_host_config(network_mode=typo))["Id"])
         assert made.id not in sweep_networks(client=plugbay_docker, names=names, grace=0)
         plugbay_docker.api.remove_container(containers.pop(), force=True)
-        # (a host's sweep() leaves the engine's networks alone unless asked: test_docker_sweep_grace looks at
-        # its defaults, as a real one here would sweep other users' containers too)
+        # a host's sweep of its containers (gone hosts' only: live ones' are spared) leaves the engine's
+        # networks alone, which other hosts may be about to join; it swept every idle one of the engine
+        # (grace 0: not left for its age)
+        sweep(client=plugbay_docker, images=False, grace=0)
+        assert _named(plugbay_docker, typo), "the library's sweep() removed a network it was not asked to"
 
         # grace 0: it was made moments ago (test_docker_sweep_grace)
         listed = plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "0")
@@ -147,6 +150,10 @@ def test_a_dry_run_lists_the_network_only_a_dead_hosts_container_is_on(plugbay_d
         assert net.id not in sweep_networks(client=plugbay_docker, dry_run=True, names=names, grace=0)
         assert net.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names, leaving=[facts["id"]],
                                         grace=0)
+        # a grace the sweep cannot use is refused before anything is removed: it swept the containers first
+        refused = plugbay("sweep", "--docker", "--grace", "nan")
+        assert refused.returncode == 2 and "grace" in refused.stderr, (refused.stdout, refused.stderr)
+        assert plugbay_docker.containers.get(facts["id"]) and _named(plugbay_docker, name)
 
 
 def _its_network_removed_while_held(relay: EngineRelay, docker: Any, suffix: str, held: tuple[str, str],
