@@ -152,3 +152,13 @@ def test_the_engines_timestamps_are_read_strictly() -> None:
         assert engine_time(garbled) is None, garbled
     later, earlier = engine_time("2026-12-06T12:00:01Z"), engine_time("2026-12-06T12:00:00.5Z")
     assert later is not None and earlier is not None and later - earlier == timedelta(seconds=0.5)
+
+
+def test_only_an_inspect_that_says_untagged_lets_an_image_go() -> None:
+    # the look just before removal: an image whose inspect is garbled might be tagged again, so it stays
+    from plugbay.runners.docker.sweep import _tagged
+    for untagged in ({}, {"RepoTags": None}, {"RepoTags": []}, {"RepoTags": ["<none>:<none>"]}):
+        assert not _tagged(untagged), untagged
+    for kept in (None, [], "x", {"RepoTags": ""}, {"RepoTags": 0}, {"RepoTags": {}}, {"RepoTags": False},
+                 {"RepoTags": "a:b"}, {"RepoTags": [None]}, {"RepoTags": ["plugbay-x:1"]}):
+        assert _tagged(kept), kept

@@ -14,7 +14,7 @@ from docker.errors import ImageNotFound
 
 from plugbay import images
 from plugbay.errors import ConfigError
-from plugbay.runners.docker import sweep, sweep_images
+from plugbay.runners.docker import sweep_images
 from tests.cli_util import plugbay
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 from tests.race_util import Starting
@@ -83,10 +83,8 @@ def test_an_image_a_rebuild_replaced_goes_with_the_sweep_once_its_last_container
         listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "0").stdout)
         assert replaced in listed["docker_images"] and listed["count"] >= 1, listed
         assert _exists(plugbay_docker, replaced)  # a dry run removes nothing
-        # the library's sweep() passes its grace on to the images' sweep (after the containers of gone hosts)
-        sweep(client=plugbay_docker, images=True, grace=3600)
-        assert _exists(plugbay_docker, replaced), "sweep(grace=3600) removed an image made moments ago"
-        sweep(client=plugbay_docker, images=True, grace=0)  # `plugbay sweep`'s: gone hosts' containers, then images
+        # `plugbay sweep`'s, scoped to this test's image (an unscoped one with grace 0 would take other builds' too)
+        assert sweep_images(client=plugbay_docker, ids=[replaced], grace=0) == [replaced]
         assert not _exists(plugbay_docker, replaced)
         assert plugbay_docker.images.get(TAG).id == made[1]  # the tagged one is untouched
     finally:

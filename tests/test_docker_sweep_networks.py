@@ -90,8 +90,8 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
         assert made.id not in sweep_networks(client=plugbay_docker, names=names, grace=0)
         plugbay_docker.api.remove_container(containers.pop(), force=True)
         # a host's sweep of its containers (gone hosts' only: live ones' are spared) leaves the engine's
-        # networks alone, which other hosts may be about to join; it swept every idle one of the engine
-        # (grace 0: not left for its age)
+        # networks alone unless asked (networks=True), which other hosts may be about to join; grace 0, so
+        # it is not its age that keeps this one
         sweep(client=plugbay_docker, images=False, grace=0)
         assert _named(plugbay_docker, typo), "the library's sweep() removed a network it was not asked to"
 

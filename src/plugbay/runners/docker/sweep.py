@@ -195,7 +195,8 @@ def _full_ids(ids: Collection[str]) -> set[str]:
     full = {str(i).removeprefix("sha256:") for i in ids}
     short = [i for i in full if not _FULL_ID.fullmatch(i)]
     if short:
-        raise ConfigError(f"ids takes full image ids (sha256: and 64 hex digits, as the sweep returns them), not"
+        raise ConfigError(f"ids takes full image ids (64 lowercase hex digits, with or without sha256:, as the sweep"
+                          f" returns them), not"
                           f" {short[0][:80]!r}")
     return full
 
@@ -205,10 +206,16 @@ def _users(containers: list[dict[str, Any]], leaving: Collection[str]) -> list[s
     return [str(c.get("Id", "")) for c in containers if c.get("Id") not in leaving]
 
 
-def _tagged(attrs: dict[str, Any] | None) -> bool:
-    """Whether an image's inspect names a tag (an engine may list an untagged one as ``<none>:<none>``)."""
-    tags = (attrs or {}).get("RepoTags") or []
-    return not isinstance(tags, list) or any(tag != "<none>:<none>" for tag in tags)  # garbled: kept
+def _tagged(attrs: Any) -> bool:
+    """Whether an image's inspect names a tag (an engine may list an untagged one as ``<none>:<none>``).
+    Only a dict whose RepoTags is missing, None or a list of ``<none>:<none>`` counts as untagged: any other
+    shape is garbled, and a garbled image is kept."""
+    if not isinstance(attrs, dict):
+        return True
+    tags = attrs.get("RepoTags")
+    if tags is None:
+        return False
+    return not isinstance(tags, list) or any(tag != "<none>:<none>" for tag in tags)
 
 
 def _built_here(client: Any, image_id: str) -> dict[str, Any] | None:
