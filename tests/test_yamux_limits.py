@@ -136,7 +136,7 @@ def test_answers_to_pings_a_peer_never_reads_stay_bounded() -> None:
 def test_a_peer_that_never_reads_what_its_frames_need_answered_ends_the_session(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("plugbay.core.transport.ywrite.LATE_MAX", 100)
-    monkeypatch.setattr("plugbay.core.transport.frames.LATE_MAX", 100)
+    monkeypatch.setattr("plugbay.core.transport.ylate.LATE_MAX", 100)
     peer = RawPeer(lambda s: s.reset(), drain=False)
     try:
         # each stream gets an ACK and a RST that cannot be sent: the socket is full of pongs first

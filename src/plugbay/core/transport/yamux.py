@@ -25,8 +25,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import FrameReader, LateControl, Piped, send_within
+from plugbay.core.transport.frames import FrameReader, Piped, send_within
 from plugbay.core.transport.sockets import shutdown_and_join
+from plugbay.core.transport.ylate import LateControl
 from plugbay.core.transport.yping import Pinging
 from plugbay.core.transport.yrefuse import refusal_reason
 from plugbay.core.transport.ysplice import Splicing

@@ -9,8 +9,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from plugbay.core.transport.frames import LateControl, send_within
+from plugbay.core.transport.frames import send_within
 from plugbay.core.transport.sockets import shutdown_and_join
+from plugbay.core.transport.ylate import LateControl
 from plugbay.core.transport.ystream import _HDR, PING, SYN
 
 

@@ -23,8 +23,9 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from plugbay.core.transport.frames import LATE_MAX, SLICES, LateControl, send_all
+from plugbay.core.transport.frames import SLICES, send_all
 from plugbay.core.transport.keepalive import WRITE_TIMEOUT
+from plugbay.core.transport.ylate import LATE_MAX, LateControl
 from plugbay.core.transport.ystream import _HDR, PING, RST, WINDOW_UPDATE, StreamClosed
 from plugbay.errors import ConfigError, ConnectionWriteTimeoutError
 
