@@ -109,7 +109,8 @@ def _orphans(known: set[int]) -> list[str]:
 
 def _claims() -> list[str]:
     """Reattach claims this process made (named PID-..., holding its host session) and did not release."""
-    from plugbay.runners.proctree import _claims_roots, host_session
+    from plugbay.runners.procclaims import _claims_roots
+    from plugbay.runners.proctree import host_session
 
     mine = host_session()
     found: list[str] = []

@@ -196,34 +196,34 @@ def test_sweep_spares_a_plugin_a_live_host_reattached_to(tmp_path: Path) -> None
         adopter.kill()
         shutil.rmtree(os.path.dirname(saved.handshake.address), ignore_errors=True)  # the crashed host's
     assert wait_until(lambda: not _running(pid), 10)
-    from plugbay.runners.proctree import _claims_roots
+    from plugbay.runners.procclaims import _claims_roots
     for root in _claims_roots():
         assert not (root / str(saved.runner["plugin_id"])).exists(), "the kill left its claim behind"
 
 
 def test_claims_are_read_one_by_one_and_those_of_ended_plugins_are_forgotten(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from plugbay.runners import proctree
+    from plugbay.runners import procclaims, proctree
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     plugin_id = "ab" * 16
-    name = proctree.claim(plugin_id)
+    name = procclaims.claim(plugin_id)
     assert name is not None
     # an entry that cannot be read as a claim (or a claim released between listing and reading)
     # must not hide the live one, or sweep() would kill an adopted plugin
-    roots = proctree._claims_roots(written=True)
+    roots = procclaims._claims_roots(written=True)
     assert roots[0] == tmp_path / f"plugbay-claims-{os.getuid()}" and len(roots) == 3  # and /tmp's, ~/.cache's
     (roots[0] / plugin_id / "0-odd").mkdir()
-    assert set(proctree._claimants(plugin_id).values()) == {proctree.host_session()}
+    assert set(procclaims._claimants(plugin_id).values()) == {proctree.host_session()}
     assert proctree._adopted(plugin_id, None, "another-session")
     ended = "cd" * 16
-    assert proctree.claim(ended) is not None
-    proctree._forget_claims_of_ended({plugin_id})  # no running process carries `ended` any more
+    assert procclaims.claim(ended) is not None
+    procclaims._forget_claims_of_ended({plugin_id})  # no running process carries `ended` any more
     for root in roots:
         assert not (root / ended).exists()
         assert (root / plugin_id / name).exists()
     (roots[0] / plugin_id / "0-odd").rmdir()
-    proctree.release(plugin_id, name)
+    procclaims.release(plugin_id, name)
     assert not roots[0].exists(), "the last release left the claims folder behind"
     assert not (roots[1] / plugin_id).exists() and not (roots[2] / plugin_id).exists()
 
@@ -232,12 +232,12 @@ def test_a_sweep_without_the_adopters_xdg_runtime_dir_still_finds_its_claim(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # cron or a system service sweeps with another XDG_RUNTIME_DIR (or none) than the login
     # session of the host that reattached: its claim must be found all the same
-    from plugbay.runners import proctree
+    from plugbay.runners import procclaims, proctree
 
     plugin_id = "ef" * 16
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "session"))
     (tmp_path / "session").mkdir(mode=0o700)
-    name = proctree.claim(plugin_id)
+    name = procclaims.claim(plugin_id)
     assert name is not None
     try:
         for env in ({"XDG_RUNTIME_DIR": str(tmp_path / "elsewhere")}, {}):
@@ -247,24 +247,24 @@ def test_a_sweep_without_the_adopters_xdg_runtime_dir_still_finds_its_claim(
             assert proctree._adopted(plugin_id, None, "another-session"), env
     finally:
         monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "session"))
-        proctree.release(plugin_id, name)
+        procclaims.release(plugin_id, name)
     assert not (tmp_path / "session" / f"plugbay-claims-{os.getuid()}").exists()
 
 
 _OTHER_USER = 4242  # no such user here: only these tests' processes run as it
 _ADOPTER = """
 import os, secrets, subprocess, sys, time
-from plugbay.runners import proctree
+from plugbay.runners import procclaims
 plugin_id = secrets.token_hex(16)
 env = {**os.environ, "PLUGBAY_PLUGIN_ID": plugin_id, "PLUGBAY_HOST_SESSION": "999999-deadbeef.12345"}  # host gone
 plugin = subprocess.Popen(["sleep", "60"], env=env)
-name = proctree.claim(plugin_id)  # this live process reattached to it
+name = procclaims.claim(plugin_id)  # this live process reattached to it
 print(plugin.pid, name, flush=True)
 sys.stdin.readline()  # the sweep runs now
 print(plugin.poll() is None, flush=True)
 plugin.kill()
 plugin.wait()
-proctree.release(plugin_id, name)
+procclaims.release(plugin_id, name)
 """
 _SWEEP = """
 import json, sys

@@ -27,8 +27,8 @@ from plugbay.runners.base import AttachedRunner, Cancellable, register_reattache
 from plugbay.runners.listeners import listens_on
 from plugbay.runners.pidsignal import HeldPid
 from plugbay.runners.procio import pidfd, watch_pid
-from plugbay.runners.proctree import (ENV_PLUGIN_ID, claim, environ, family, led_group_stands, release,
-                                      signal_all, signal_group)
+from plugbay.runners.procclaims import claim, release
+from plugbay.runners.proctree import ENV_PLUGIN_ID, environ, family, led_group_stands, signal_all, signal_group
 from plugbay.runners.procstopped import plugin_stopped
 from plugbay.runners.session import proc_stat, start_ticks
 
@@ -103,7 +103,7 @@ class AttachedProcess(AttachedRunner):
         self.plugin_id = plugin_id
         self.proven = False  # plugin_id was read back from the process itself (reattach proved it)
         self._leads_group = False  # the proven plugin led a process group (its pid is the group's id)
-        self._claim: str | None = None  # this runner's adoption record (proctree.claim), released on detach
+        self._claim: str | None = None  # this runner's adoption record (procclaims.claim), released on detach
         self._listening: dict[tuple[str, str], str] = {}  # addresses proven to be the plugin's -> what to dial
         self._recorded: dict[int, int] = {}  # descendants seen before a Shutdown (record_descendants)
         # the socket folder the proven plugin's host gave it (its environment): that host's to remove, but

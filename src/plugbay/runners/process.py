@@ -59,8 +59,9 @@ from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
 from plugbay.runners.procstop import ProcessStop
 from plugbay.runners.procstopped import plugin_stopped
-from plugbay.runners.proctree import ENV_HOST_SESSION, ENV_PLUGIN_ID, ended, ended_or_ending, host_session, stat_of
+from plugbay.runners.proctree import ENV_HOST_SESSION, ENV_PLUGIN_ID, ended, ended_or_ending, stat_of
 from plugbay.runners.proctree import sweep as sweep  # re-exported: tests and users import it here
+from plugbay.runners.session import host_session
 from plugbay.runners.stderrpipe import popen_naming_stderr
 
 _TAIL = 50

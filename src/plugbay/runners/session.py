@@ -72,6 +72,11 @@ def host_session_start() -> str:
     return _own_identity()[1]
 
 
+def host_session() -> str:
+    """This host's session marker: its session id plus its start ticks (a reused pid differs)."""
+    return f"{host_session_id()}.{host_session_start()}"
+
+
 def __getattr__(name: str) -> Any:
     if name == "HOST_SESSION_ID":  # the name earlier releases exported: always this process's id
         return host_session_id()
