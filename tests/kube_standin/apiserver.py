@@ -3,7 +3,7 @@
 Speaks the subset of the core/v1 API plugbay's pod runner uses, over plain HTTP
 (or HTTPS, when the stand-in wraps the socket) on 127.0.0.1 with bearer-token
 auth: pods create/get/list/watch/delete, pods/log (with follow), events list,
-and pods/portforward over WebSocket; and for network mode Services
+and pods/portforward over WebSocket (podstreams_api.py, with pods/log); and for network mode Services
 (create/get/list/delete) with the EndpointSlices (discovery.k8s.io/v1
 get/list/watch) kept for them (services_api.py), and minimal apps/v1
 Deployments (create/get/list/scale/delete, deployments.py). Pod logs honour
@@ -25,9 +25,8 @@ from urllib.parse import parse_qs, urlparse
 
 from .deployments import ROUTES as DEPLOYMENT_ROUTES
 from .deployments import DeploymentRoutes
-from .podlogs import log_lines, log_since
 from .pods import Watcher
-from .portforward import PROTOCOL, ForwardSession, accept_key
+from .podstreams_api import PodStreamRoutes
 from .services_api import ROUTES as SERVICE_ROUTES
 from .services_api import ServiceRoutes
 
@@ -89,7 +88,7 @@ class ApiServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
 
-class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
+class _Handler(PodStreamRoutes, ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ApiServer
 
@@ -324,42 +323,6 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
             timer.join(timeout=5)
             unwatch(w)
 
-    def _get_log(self, ns: str, name: str, q: dict[str, str]) -> None:
-        if not self._allowed("get", "pods/log", ns, name):
-            return
-        store = self.server.standin.store
-        pod = store.get(ns, name)
-        if pod is None:
-            self._status(404, "NotFound", f'pods "{name}" not found', kind="pods", name=name)
-            return
-        box = store.box(ns, name)
-        if box is None:
-            waiting = ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("waiting", {})
-            cname = pod["spec"]["containers"][0]["name"]
-            self._status(400, "BadRequest", f'container "{cname}" in pod "{name}" is waiting to start:'
-                         f' {waiting.get("reason", "ContainerCreating")}')
-            return
-        follow = q.get("follow") in ("true", "1")
-        tail = int(q["tailLines"]) if "tailLines" in q else None
-        since = log_since(q)
-        standin = self.server.standin
-        with standin.lock:
-            standin.log_conns.add(self.connection)
-        chunks = box.logs(follow, tail)
-        try:
-            self._start_stream("text/plain")
-            for chunk in log_lines(chunks, q.get("timestamps") in ("true", "1"), since):
-                if standin.stopping.is_set():
-                    break
-                self._chunk(chunk)
-            self._end_stream()
-        except OSError:
-            self.close_connection = True
-        finally:
-            chunks.close()  # a client gone mid-stream: the box's log stream is closed now, not by the collector
-            with standin.lock:
-                standin.log_conns.discard(self.connection)
-
     def _get_events(self, ns: str, q: dict[str, str]) -> None:
         if not self._allowed("list", "events", ns):
             return
@@ -370,45 +333,3 @@ class _Handler(ServiceRoutes, DeploymentRoutes, BaseHTTPRequestHandler):
             items = [e for e in store.events if e["metadata"]["namespace"] == ns
                      and fields_match(q.get("fieldSelector", ""), e)]
         self._json(200, {"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items})
-
-    def _get_portforward(self, ns: str, name: str, q: dict[str, str]) -> None:
-        if self.headers.get("Upgrade", "").lower() != "websocket":
-            self._status(400, "BadRequest", "port-forward needs a WebSocket upgrade (SPDY is not supported)")
-            return
-        # the API server authorizes the upgrade both as get and (since 1.30) as create
-        if not self._allowed("get", "pods/portforward", ns, name) \
-                or not self._allowed("create", "pods/portforward", ns, name):
-            return
-        standin = self.server.standin
-        pod = standin.store.get(ns, name)
-        box = standin.store.box(ns, name)
-        if pod is None or box is None or pod["status"].get("phase") != "Running":
-            self._status(404 if pod is None else 400, "NotFound" if pod is None else "BadRequest",
-                         f'pods "{name}" not found' if pod is None
-                         else f"unable to upgrade connection: pod {name} is not running")
-            return
-        offered = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        if PROTOCOL not in offered:
-            self._status(400, "BadRequest", f"port-forward needs subprotocol {PROTOCOL}")
-            return
-        ports = [int(p) for p in q.get("ports", "").split(",") if p]
-        self.send_response(101, "Switching Protocols")
-        self.send_header("Upgrade", "websocket")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept", accept_key(self.headers["Sec-WebSocket-Key"]))
-        self.send_header("Sec-WebSocket-Protocol", standin.portforward_protocol)
-        self.end_headers()
-        self.wfile.flush()
-        session = ForwardSession(self.connection, f"{ns}/{name}", ports, dict(box.published))
-        with standin.lock:
-            session.drop_on_data = standin.drop_next_data > 0
-            session.error_text = standin.portforward_error
-            if session.drop_on_data:
-                standin.drop_next_data -= 1
-            standin.sessions.append(session)
-        try:
-            session.run(standin.stopping)
-        finally:
-            with standin.lock:
-                standin.sessions.remove(session)
-            self.close_connection = True
