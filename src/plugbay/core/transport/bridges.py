@@ -8,9 +8,9 @@ import socket
 import threading
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import pipe_for_splicing
+from plugbay.core.transport.frames import Chunk, pipe_for_splicing
 from plugbay.core.transport.workers import Workers
-from plugbay.core.transport.ystream import _CHUNK, WINDOW, Chunk, Stream, StreamClosed
+from plugbay.core.transport.ystream import _CHUNK, WINDOW, Stream, StreamClosed
 
 _BULK = 64 * 1024  # a read this big: the local side sends in bulk, splice from now on
 # the up loop's first buffer: a stream that never carries bulk (most; and every one a peer opens

@@ -19,6 +19,8 @@ _SHARE = _READ // 4
 _BULK_SMALL = 8  # small payloads in a row after which a bulk peer is read ahead again
 _PIPE = 256 * 1024  # a splicing pipe's size: a bridge chunk, a window
 
+Chunk = bytes | bytearray | memoryview  # what a stream reads: large payloads as received, not copied
+
 
 class FrameReader:
     """Reads exactly n bytes off the session's socket (fewer only at its end).

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from plugbay.core.transport.frames import FrameReader, Piped, send_within
+from plugbay.core.transport.frames import Chunk, FrameReader, Piped, send_within
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ylate import LateControl
 from plugbay.core.transport.yping import Pinging
@@ -45,7 +45,6 @@ from plugbay.core.transport.ystream import (
     SYN,
     WINDOW,
     WINDOW_UPDATE,
-    Chunk,
     Stream,
     StreamClosed,
 )

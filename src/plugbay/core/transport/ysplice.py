@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from plugbay.core.transport.frames import Piped, keep_sending, pipe_for_splicing, send_all
+from plugbay.core.transport.frames import Chunk, Piped, keep_sending, pipe_for_splicing, send_all
 from plugbay.core.transport.sockets import shutdown_and_join
 from plugbay.core.transport.ylate import LateControl
-from plugbay.core.transport.ystream import _HDR, ACK, DATA, FIN, RST, SYN, Chunk, Stream, StreamClosed
+from plugbay.core.transport.ystream import _HDR, ACK, DATA, FIN, RST, SYN, Stream, StreamClosed
 from plugbay.core.transport.ywrite import WriteTimedOut, timed_out
 
 _SPLICE = hasattr(os, "splice")  # Linux

@@ -9,7 +9,6 @@ window itself: no thread hand-off per frame or per window update.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import threading
@@ -17,7 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from plugbay.core.transport.frames import Piped
+from plugbay.core.transport.frames import Chunk, Piped
+from plugbay.core.transport.ysink import Sinking
 
 _HDR = struct.Struct(">BBHII")
 DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
@@ -32,9 +32,6 @@ MAX_WINDOW = 4 * WINDOW
 # Payloads up to this size are queued copied together: one object per tiny frame would cost a peer's
 # window ~40 times over in memory (a 1-byte payload takes ~40 bytes as an object and a queue slot).
 _SMALL = 1024
-
-
-Chunk = bytes | bytearray | memoryview  # what a stream reads: large payloads as received, not copied
 
 
 class StreamClosed(Exception):
@@ -59,7 +56,7 @@ class Carrier(Protocol):
     def forget(self, stream: Stream) -> None: ...
 
 
-class Stream:
+class Stream(Sinking):
     """One yamux stream: blocking read/write with flow control."""
 
     def __init__(self, session: Carrier, sid: int) -> None:
@@ -175,42 +172,6 @@ class Stream:
         with self._cond:
             return self._recv_window
 
-    @property
-    def splices(self) -> bool:
-        """Whether the session reader may splice this stream's payloads (a hint: _data decides)."""
-        return self._splice_sink
-
-    def _from_pipe(self, payload: Piped) -> Chunk:
-        """Splice what the sink takes now straight from the pipe; the rest comes out to be queued."""
-        sink = self._free_sink() if self._splice_sink else None
-        if sink is not None:
-            try:
-                if not self._sink_unblocked:  # the fd only: the bridge's loops wait on it themselves
-                    os.set_blocking(sink.fileno(), False)
-                    self._sink_unblocked = True
-                sent = os.splice(payload.pipe, sink.fileno(), payload.n)
-            except BlockingIOError:
-                sent = 0  # the local side is not reading: the bridge sends it when it can
-            except OSError:
-                sent, self._sink = 0, None  # broken: the bridge finds out on its next send
-            self._direct += sent
-            payload.n -= sent
-        return payload.read(payload.n) if payload.n else b""
-
-    def _free_sink(self) -> socket.socket | None:
-        """The sink, if a payload may go straight to it now (nothing queued or being sent before it)."""
-        return None if self._buf or self._sending or self._reset else self._sink
-
-    def _send_direct(self, data: Chunk) -> int:
-        assert self._sink is not None
-        try:
-            return self._sink.send(data, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return 0  # the local side is not reading: the bridge sends it when it can
-        except OSError:
-            self._sink = None  # broken: the bridge finds out on its next send
-            return 0
-
     def _window(self, delta: int, flags: int) -> None:
         with self._cond:
             self._send_window += delta
@@ -254,29 +215,7 @@ class Stream:
                 return b""
             return self._pop(limit)
 
-    # a bridge's side: attach_sink(), then take() / sent() in a loop
-
-    def attach_sink(self, sink: socket.socket | None, wake: Callable[[], None] | None = None,
-                    splice: bool = False) -> None:
-        """Let the session reader send payloads straight to ``sink`` while none are queued (None: stop).
-
-        The bridge owning ``sink`` must then read with take(), call sent()
-        after sending what it got, and detach before closing ``sink``. Given
-        ``wake``, the session calls it once, at the first work for that loop
-        (bytes the sink did not take, the end of the stream, window to
-        return): a callback's stream needs no waiting thread until it ends.
-        With ``splice``, the reader may also splice payloads into ``sink``,
-        making its fd non-blocking for that: the bridge's own calls on it
-        must then wait for it themselves on BlockingIOError.
-        """
-        with self._cond:
-            self._sink = self._local = sink
-            self._splice_sink = splice and sink is not None
-            self._sink_unblocked = False
-            self._wake = wake if sink is not None else None
-            wake_now = self._drain_needed()
-        if wake_now is not None:
-            wake_now()
+    # a bridge's side: attach_sink() (Sinking), then take() / sent() in a loop
 
     def take(self, limit: int = _CHUNK) -> tuple[Chunk | None, int]:
         """(bytes the sink did not take, or None, or b"" at the end; window bytes to return)."""
@@ -292,11 +231,6 @@ class Stream:
             return (b"" if self._remote_fin or self._reset else None), direct
         self._sending = True
         return self._pop(limit), direct
-
-    def sent(self) -> None:
-        """What take() gave is sent: the reader may send straight to the sink again."""
-        with self._cond:
-            self._sending = False
 
     def _pop(self, limit: int) -> Chunk:
         """The next up to ``limit`` queued bytes (called with the lock held, data queued)."""
