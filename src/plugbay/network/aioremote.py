@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc.aio
 
+from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.aiochannel import AioManagedChannel
 from plugbay.core.host.aioclient import AsyncClient
 from plugbay.core.host.channel import ManagedChannel
@@ -31,14 +32,18 @@ from plugbay.network.remote import MainHook, RemoteClient, RemoteConfig
 
 
 class _PinnedAioChannel(MainHook, AioManagedChannel):
-    """A brokered stub's channel on the AsyncRemoteClient."""
+    """A brokered stub's channel on the AsyncRemoteClient. Its failures are judged by a sync pinned channel
+    (``judge``: the RemoteClient's pinned_channel()), so that its calls are told what a sync pinned stub's are:
+    the owner's words (a Supervisor restarting or stopping the client: dispense again, or stopped), not the
+    main channel's (a restart's "later calls go to the restarted plugin", which a pinned stub never reaches)."""
 
-    def __init__(self, main: Any, *args: Any) -> None:
-        super().__init__(main, *args)
-        # AioManagedChannel hands the main channel its bound close_soon: that kept every pinned
-        # channel ever dispensed alive until close; a weak hook lets a dropped stub's channel go
-        hooks = self._managed.on_close_current
-        hooks.remove(self.close_soon)
+    def __init__(self, main: Any, inner: grpc.aio.Channel, judge: ManagedChannel, managed: ManagedChannel,
+                 *args: Any) -> None:
+        super().__init__(main, inner, judge, *args)
+        judge.on_close_current.remove(self.close_soon)
+        # closed when the main connection closes; a weak hook there (a bound close_soon kept every pinned
+        # channel ever dispensed alive until close) lets a dropped stub's channel go
+        hooks = managed.on_close_current
         hook = _CloseSoon(self)
         hooks.append(hook)
         weakref.finalize(self, _forget, hooks, hook)
@@ -61,6 +66,11 @@ def _forget(hooks: list[Any], hook: _CloseSoon) -> None:
         hooks.remove(hook)
     except ValueError:
         pass
+
+
+def _pin(client: RemoteClient, name: str) -> tuple[Any, str, GRPCBroker, ManagedChannel]:
+    plugin, key, broker = client.pin(name)
+    return plugin, key, broker, client.pinned_channel(key)
 
 
 class AsyncRemoteClient(AsyncClient):
@@ -101,14 +111,14 @@ class AsyncRemoteClient(AsyncClient):
         client = self.remote_client
         if not client.multiplexed:
             return await super().dispense(name)
-        # the endpoint's broker may wait for its session to come up: not on the event loop
-        plugin, key, broker = await self._work_on(client.pin, name)
+        # the endpoint's broker may wait for its session to come up, the judge for the client's lock: not on the loop
+        plugin, key, broker, judge = await self._work_on(_pin, client, name)
         if self._endpoints is None or self._endpoints.closed:
             raise self._killed_refusal()
         managed = client.channel
         assert isinstance(managed, ManagedChannel)
-        pinned = _PinnedAioChannel(self.channel, AioPoolChannel(self._endpoints, pin=key, owner=False), managed,
-                                   asyncio.get_running_loop(), self._executor, type(self).__name__)
+        pinned = _PinnedAioChannel(self.channel, AioPoolChannel(self._endpoints, pin=key, owner=False), judge,
+                                   managed, asyncio.get_running_loop(), self._executor, type(self).__name__)
         self._more_channels.add(pinned)
         return plugin.grpc_client_async(broker, pinned)
 

@@ -57,7 +57,6 @@ from plugbay.errors import (
     DiscoveryError,
     HandshakeTimeoutError,
     NoEndpointsError,
-    ProtocolMismatchError,
     SessionRefusedError,
     UnknownPluginError,
 )
@@ -71,7 +70,7 @@ from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import no_endpoints
 from plugbay.network.resolver import Endpoint
 from plugbay.network.remote_end import RemoteEnd, closed_remote, closed_while_connecting, remote_call_closed
-from plugbay.network.remotecheck import check_remote
+from plugbay.network.remotecheck import check_remote, wants_broker
 from plugbay.network.poolhealth import reconnect_backoff
 from plugbay.network.remoteoptions import RemoteOptions, check_options
 from plugbay.network.targets import dns_server_for, make_resolver, parse_target
@@ -169,7 +168,7 @@ class RemoteClient(Client):
         refused: SessionRefusedError | None = None  # the plugin refused this host's sessions
         answer = self._describe(self._make_pool(None, deadline), deadline)
         self._accept(self._handshake_info(answer))
-        if self._wants_broker(answer):
+        if wants_broker(self.remote, answer, self.name, self.target.text):
             refused = self._multiplex(deadline)
         self._info = self._announced
         self._channel = ManagedChannel(self._pool, self.config.call_timeout, None, self.name)
@@ -267,22 +266,6 @@ class RemoteClient(Client):
                 pool.close()
         super().kill()
 
-    def _wants_broker(self, answer: discovery_pb2.DescribeResponse | None) -> bool:
-        offered = answer is not None and answer.multiplex
-        if not self.remote.brokered:
-            return False
-        if self.remote.multiplex and not offered:
-            raise ProtocolMismatchError(
-                f"RemoteConfig(multiplex=True) asks for brokered connections but remote plugin {self.name!r}"
-                f" at {self.target.text!r} does not multiplex them (Discovery says multiplex=false"
-                f"{' or is not served' if answer is None else ''}); serve it with plugbay's network mode over"
-                " TLS (NetworkServe(multiplex=True), the default), or drop multiplex=True")
-        if offered and self.remote.tls is None:
-            _log.warning("remote plugin %s offers brokered connections, but they need TLS; serving plain"
-                         " gRPC calls only (insecure=True)", self.name)
-            return False
-        return offered
-
     def _connect_mux(self, endpoint: Endpoint) -> grpc.Channel:
         tls = self.remote.tls
         assert tls is not None
@@ -299,6 +282,12 @@ class RemoteClient(Client):
             if not self.multiplexed:
                 return super().dispense(name)
         plugin, key, broker = self.pin(name)  # without the lock: a close() meanwhile ends its wait
+        return plugin.grpc_client(broker, self.pinned_channel(key))
+
+    def pinned_channel(self, key: str) -> PinnedChannel:
+        """A new stub's channel pinned to endpoint ``key``; closed with this client, its calls then told what
+        its owner says of pinned stubs (stopping_owner), else this client's words. An AsyncRemoteClient's
+        pinned stubs are judged by one too."""
         with self._lock:
             self.start()  # refuses a Client killed while pin() waited
             main = self._channel
@@ -306,7 +295,7 @@ class RemoteClient(Client):
             channel = PinnedChannel(main, self.pool.pinned(key), self.config.call_timeout, None, self.name)
             channel.killed_error = self._pinned_closed
             self._pinned.add(channel)
-            return plugin.grpc_client(broker, channel)
+            return channel
 
     def aio_channel(self) -> Any:
         """The pool on grpc.aio (plugbay.network.aiopool), on the loop that will use it: what an

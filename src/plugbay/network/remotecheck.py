@@ -4,6 +4,7 @@ runs, rather than as an AttributeError deep in start()."""
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.core.protocol.checks import check_grpc_options, check_logger
 from plugbay.core.transport import grpcping
 from plugbay.core.transport.keepalive import Keepalive
-from plugbay.errors import ConfigError
+from plugbay.errors import ConfigError, ProtocolMismatchError
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.figures import check_count, check_seconds, check_switch
 from plugbay.network.pool import POLICIES
@@ -96,3 +97,23 @@ def check_kubernetes(options: Any) -> None:
             check_count(value, f"RemoteConfig.kubernetes[{key!r}]", 1)
         if key == "allow_loopback":
             check_switch(value, "RemoteConfig.kubernetes['allow_loopback']")
+
+
+def wants_broker(config: Any, answer: Any, name: str, target: str) -> bool:
+    """Whether a RemoteClient (``name``, at ``target``) is to reach the endpoints through yamux sessions for
+    brokered connections, by ``config`` (a RemoteConfig) and Discovery's ``answer`` (None: not served)."""
+    offered = answer is not None and answer.multiplex
+    if not config.brokered:
+        return False
+    if config.multiplex and not offered:
+        raise ProtocolMismatchError(
+            f"RemoteConfig(multiplex=True) asks for brokered connections but remote plugin {name!r}"
+            f" at {target!r} does not multiplex them (Discovery says multiplex=false"
+            f"{' or is not served' if answer is None else ''}); serve it with plugbay's network mode over"
+            " TLS (NetworkServe(multiplex=True), the default), or drop multiplex=True")
+    if offered and config.tls is None:
+        logging.getLogger("plugbay.network").warning(
+            "remote plugin %s offers brokered connections, but they need TLS; serving plain gRPC calls only"
+            " (insecure=True)", name)
+        return False
+    return bool(offered)

@@ -71,15 +71,18 @@ class SupervisedChannel(ManagedChannel):
         self.detach()
 
 
-def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervisor") -> None:
+def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervisor",
+                    stopped: Callable[[], bool] = lambda: False) -> None:
     """Before a Supervisor kills ``client`` to restart its plugin: the calls that kill ends fail as calls
     to a plugin that died (PluginDiedError, resent when safe to repeat), not as a kill of the user's,
     whose advice (start a new Client) is wrong for stubs that outlive the restart. Stubs pinned by the
     client's own dispense() (a RemoteClient's brokered ones: stopping_owner) do not outlive it: they are
-    told to dispense again from the restarted client."""
+    told to dispense again from the restarted client, until the Supervisor is ``stopped()``: then that
+    it was stopped, as the stubs of the client it stopped are (no client is left to dispense from)."""
     pinned_too = getattr(client, "stopping_owner", None)
     if callable(pinned_too):
-        pinned_too(lambda original: pinned_restarted(name, kind, reason, original))
+        pinned_too(lambda original: stopped_closed(name, kind, original) if stopped()
+                   else pinned_restarted(name, kind, reason, original))
     channel = client.channel
     if not isinstance(channel, ManagedChannel):
         return
