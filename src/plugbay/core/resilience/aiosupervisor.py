@@ -35,6 +35,7 @@ from plugbay.core.host.aioclient import Dispensed, refuse_in_forked_child, to_en
 from plugbay.core.host.callerrors import ClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
+from plugbay.core.resilience.calldeadline import CallDeadline
 from plugbay.core.resilience.calls import AsyncCallLayer, chain_async, wait_timeout
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.readygate import ReadyGate, was_stopped
@@ -196,6 +197,11 @@ class AsyncSupervisor:
 
         await self._sup.until_async(ended, seconds)
         return running
+
+    def deadline(self, seconds: float | None = None) -> CallDeadline:
+        """``with sup.deadline(seconds):`` (a plain ``with``, in the coroutine) as Supervisor.deadline(): tasks
+        made inside and asyncio.to_thread() carry it."""
+        return self._sup.deadline(seconds)
 
     async def dispense(self, name: str) -> Any:
         """The plugin's async stub on :attr:`channel` (once per name): it survives restarts. Its broker is

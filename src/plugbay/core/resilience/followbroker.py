@@ -8,9 +8,10 @@ get a FollowingBroker, which hands each use to the broker of the Client current 
 that moment, as the Supervisor's channel does with calls.
 
 A use that finds the plugin restarting (or already dead) waits for its successor
-within the call timeout, as a unary call does. On an event loop's thread it does not
-wait, which would stall the loop (the asyncio counter stub asks for an id there): it
-raises BrokerClosedError saying the plugin is being restarted.
+within the call timeout, as a unary call does (inside a ``sup.deadline()``, within what
+is left of the one deadline the call's steps share: calldeadline). On an event loop's
+thread it does not wait, which would stall the loop (the asyncio counter stub asks for
+an id there): it raises BrokerClosedError saying the plugin is being restarted.
 
 A served id follows the plugin too: when the Supervisor adopts a new Client, each id
 served and not yet stopped is served again on its broker (a stub that served its
@@ -37,6 +38,7 @@ import grpc
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.host.client import Client
+from plugbay.core.resilience.calldeadline import CallDeadline, scope_of
 from plugbay.core.resilience.readygate import Restarter, plugin_gone, raise_if_ended
 from plugbay.errors import BrokerClosedError, BrokerTimeoutError, RestartBudgetExhaustedError
 
@@ -109,7 +111,8 @@ class FollowingBroker(GRPCBroker):
 
     def dial(self, id: int, timeout: float | None = None) -> grpc.Channel:
         # not sent again to a successor: the id was the old plugin's, and went with it
-        return self._use(f"dial broker id {id}", lambda broker: broker.dial(id, timeout), resend=False)
+        what = f"dial broker id {id}"
+        return self._use(what, lambda broker: self._dial_within(broker, id, timeout, what), resend=False)
 
     def close(self, *, wait: bool = True, within: float | None = None) -> None:
         """Nothing to close here (see the class docstring)."""
@@ -163,25 +166,51 @@ class FollowingBroker(GRPCBroker):
         if stopped:
             broker.stop_serving(id)
 
+    def _dial_within(self, broker: GRPCBroker, id: int, timeout: float | None, what: str) -> grpc.Channel:
+        """broker.dial(), its wait cut to what is left of a sup.deadline() in effect."""
+        scope = scope_of(self._sup)
+        left = None if scope is None else scope.left()
+        if scope is None or left is None or not isinstance(timeout, (int, float, type(None))):
+            return broker.dial(id, timeout)  # a bad timeout= is the broker's to refuse
+        began = time.monotonic()
+        if left <= 0:
+            raise BrokerTimeoutError(f"could not {what}: {scope.ran_out(what, began)}")
+        try:
+            return broker.dial(id, min(broker.dial_timeout if timeout is None else timeout, left))
+        except BrokerTimeoutError as exc:
+            remaining = scope.left()
+            if remaining is None or remaining > 0:
+                raise  # the dial's own timeout, shorter than the deadline
+            raise BrokerTimeoutError(f"could not {what}: {scope.ran_out(what, began)}") from exc
+
     def _use(self, what: str, op: Callable[[GRPCBroker], T], resend: bool) -> T:
         sup = self._sup
-        deadline = None if sup.call_timeout is None else time.monotonic() + sup.call_timeout
-        for _ in range(sup.max_restarts + 2):
-            client = self._current(what, deadline)
-            try:
-                return op(client.broker)
-            except BrokerClosedError as exc:
-                if sup.current_client is client and not plugin_gone(client):
-                    raise  # the plugin runs on and closed its broker: the broker's own word
-                if not resend or _on_event_loop():
-                    raise BrokerClosedError(
-                        f"plugin {sup.name!r} died or was restarted by its {sup.kind} while this host was"
-                        f" about to {what}; what the old plugin had brokered went with it. Call again: the"
-                        " stub uses the new plugin") from exc
-        raise BrokerTimeoutError(f"could not {what}: plugin {sup.name!r} was restarting on every try; check"
-                                 f" the {sup.kind}'s events for why it keeps failing")
+        began = time.monotonic()
+        scope = scope_of(sup)  # a sup.deadline() shared with the call's other steps, else call_timeout of its own
+        if scope is not None:
+            deadline = scope.deadline
+        else:
+            deadline = None if sup.call_timeout is None else began + sup.call_timeout
+        try:
+            for _ in range(sup.max_restarts + 2):
+                client = self._current(what, deadline, scope, began)
+                try:
+                    return op(client.broker)
+                except BrokerClosedError as exc:
+                    if sup.current_client is client and not plugin_gone(client):
+                        raise  # the plugin runs on and closed its broker: the broker's own word
+                    if not resend or _on_event_loop():
+                        raise BrokerClosedError(
+                            f"plugin {sup.name!r} died or was restarted by its {sup.kind} while this host was"
+                            f" about to {what}; what the old plugin had brokered went with it. Call again: the"
+                            " stub uses the new plugin") from exc
+            raise BrokerTimeoutError(f"could not {what}: plugin {sup.name!r} was restarting on every try; check"
+                                     f" the {sup.kind}'s events for why it keeps failing")
+        finally:
+            if scope is not None and scope.ran_out_in != what:
+                scope.took(what, began)
 
-    def _current(self, what: str, deadline: float | None) -> Client:
+    def _current(self, what: str, deadline: float | None, scope: CallDeadline | None, began: float) -> Client:
         """The running Client, waited for while the plugin restarts (not on an event loop's thread)."""
         sup = self._sup
         for _ in range(sup.max_restarts + 2):
@@ -201,6 +230,8 @@ class FollowingBroker(GRPCBroker):
                 return client  # the Supervisor has not seen the death yet: the broker says what it finds
             if not sup.wait_running(_left(deadline, 3600.0)):
                 raise_if_ended(sup)
+                if scope is not None:
+                    raise BrokerTimeoutError(f"could not {what}: {scope.ran_out(what, began)}")
                 raise BrokerTimeoutError(
                     f"could not {what}: waited for the {sup.kind} to restart plugin {sup.name!r} (restart"
                     f" {sup.restarts}, last failure: {sup.last_failure}). Raise the config's call_timeout"

@@ -23,6 +23,7 @@ from plugbay.core.host.callfuture import CancelToken, cancel_token
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.deadline import no_time_left
+from plugbay.core.resilience.calldeadline import SharedDeadline
 from plugbay.core.resilience.calls import AsyncAttempt, Attempt, wait_until
 
 
@@ -217,35 +218,46 @@ class ReadyGate:
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
         sup = self._sup
+        start = time.monotonic()
+        shared = SharedDeadline.of(sup, method, start, timeout)  # a sup.deadline() the call's steps share
         if timeout is None:
             timeout = sup.call_timeout  # the wait for a restart is bounded like a call
-        start = time.monotonic()
         deadline = None if timeout is None else start + timeout
+        if shared is not None:
+            deadline = shared.cut(deadline)
         token = cancel_token()  # a cancelled future() ends the waits below at once
-        for _ in range(sup.max_restarts + 2):
-            remaining = None if deadline is None else deadline - time.monotonic()
-            self._wait_running(method, remaining, start, token, timeout)
-            generation = sup.channel_generation()
-            client = sup.current_client
-            if client is not None and plugin_gone(client) and self._changed(generation, _within(deadline, 5.0),
-                                                                            token):
-                continue  # the plugin is already gone: this call waits for its successor
-            try:
-                return attempt(_left(deadline))
-            except (ClientStateError, PluginDiedError) as exc:
-                # Refused before anything was sent (the plugin's connection was already closed:
-                # ``sent`` False), so it is safe to send again once the plugin is back.
-                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not self._changed(
-                        generation, _within(deadline, 2.0), token):
+        try:
+            for _ in range(sup.max_restarts + 2):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                self._wait_running(method, remaining, start, token, timeout, shared)
+                generation = sup.channel_generation()
+                client = sup.current_client
+                if client is not None and plugin_gone(client) and self._changed(
+                        generation, _within(deadline, 5.0), token):
+                    continue  # the plugin is already gone: this call waits for its successor
+                try:
+                    return attempt(_left(deadline, shared))
+                except CallTimeout as exc:
+                    if shared is not None:
+                        shared.timed_out(exc)  # said as the shared deadline's end when that is what it was
                     raise
-        raise _restarting_on_every_try(sup, method)
+                except (ClientStateError, PluginDiedError) as exc:
+                    # Refused before anything was sent (the plugin's connection was already closed:
+                    # ``sent`` False), so it is safe to send again once the plugin is back.
+                    if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not self._changed(
+                            generation, _within(deadline, 2.0), token):
+                        raise
+            raise _restarting_on_every_try(sup, method)
+        finally:
+            if shared is not None:
+                shared.done()
 
     def _wait_running(self, method: str, remaining: float | None, start: float, token: CancelToken | None,
-                      timeout: float | None) -> None:
+                      timeout: float | None, shared: SharedDeadline | None) -> None:
         sup = self._sup
         limit = 3600.0 if remaining is None else max(remaining, 0.0)
         if not self._until(sup.wait_running, limit, token):
-            raise _not_running(sup, method, time.monotonic() - start, timeout)
+            raise _not_running(sup, method, time.monotonic() - start, timeout, shared)
 
     def _changed(self, generation: int, timeout: float, token: CancelToken | None) -> bool:
         return self._until(lambda seconds: self._sup.changed_since(generation, seconds), timeout, token)
@@ -264,26 +276,38 @@ class ReadyGate:
     async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
         """run() for an AsyncSupervisor's calls: the same rules; its waits poll, never block the loop."""
         sup = self._sup
+        start = time.monotonic()
+        shared = SharedDeadline.of(sup, method, start, timeout)
         if timeout is None:
             timeout = sup.call_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for _ in range(sup.max_restarts + 2):
-            limit = 3600.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
-            if not await polled(lambda: sup.wait_running(0) or sup.state == "stopped", limit) \
-                    or sup.state == "stopped":
-                raise _not_running(sup, method, timeout or limit, timeout)
-            generation = sup.channel_generation()
-            client = sup.current_client
-            if client is not None and plugin_gone(client) and await polled(
-                    lambda: sup.changed_since(generation, 0.0), _within(deadline, 5.0)):
-                continue
-            try:
-                return await attempt(_left(deadline))
-            except (ClientStateError, PluginDiedError) as exc:
-                if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not await polled(
-                        lambda: sup.changed_since(generation, 0.0), _within(deadline, 2.0)):
+        deadline = None if timeout is None else start + timeout
+        if shared is not None:
+            deadline = shared.cut(deadline)
+        try:
+            for _ in range(sup.max_restarts + 2):
+                limit = 3600.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+                if not await polled(lambda: sup.wait_running(0) or sup.state == "stopped", limit) \
+                        or sup.state == "stopped":
+                    raise _not_running(sup, method, timeout or limit, timeout, shared)
+                generation = sup.channel_generation()
+                client = sup.current_client
+                if client is not None and plugin_gone(client) and await polled(
+                        lambda: sup.changed_since(generation, 0.0), _within(deadline, 5.0)):
+                    continue
+                try:
+                    return await attempt(_left(deadline, shared))
+                except CallTimeout as exc:
+                    if shared is not None:
+                        shared.timed_out(exc)  # said as the shared deadline's end when that is what it was
                     raise
-        raise _restarting_on_every_try(sup, method)
+                except (ClientStateError, PluginDiedError) as exc:
+                    if getattr(exc, "sent", isinstance(exc, grpc.RpcError)) or not await polled(
+                            lambda: sup.changed_since(generation, 0.0), _within(deadline, 2.0)):
+                        raise
+            raise _restarting_on_every_try(sup, method)
+        finally:
+            if shared is not None:
+                shared.done()
 
 
 def _within(deadline: float | None, most: float) -> float:
@@ -291,11 +315,13 @@ def _within(deadline: float | None, most: float) -> float:
     return most if deadline is None else min(most, max(deadline - time.monotonic(), 0.0))
 
 
-def _left(deadline: float | None) -> float | None:
+def _left(deadline: float | None, shared: SharedDeadline | None = None) -> float | None:
     """The attempt's timeout, read after any wait: what is left of the deadline. None left: the call is
     not sent (grpcio would race the spent deadline against it, and the plugin might run it)."""
     left = None if deadline is None else deadline - time.monotonic()
     if left is not None and left <= 0:
+        if shared is not None and shared.binds():
+            raise shared.no_time_left()
         raise no_time_left("the call's deadline was spent waiting for the plugin to restart")
     return left
 
@@ -328,10 +354,13 @@ def was_stopped(name: str, kind: str = "Supervisor") -> ClientStateError:
     return ClientStateError(f"the {kind} of plugin {name!r} was stopped; make a new one")
 
 
-def _not_running(sup: Restarter, method: str, waited: float, deadline: float | None) -> BaseException:
+def _not_running(sup: Restarter, method: str, waited: float, deadline: float | None,
+                 shared: SharedDeadline | None = None) -> BaseException:
     """Why a call that waited for the plugin to run gave up (raised here when the Supervisor ended);
     ``deadline``: the seconds the call (a RetryPolicy's try) had."""
     raise_if_ended(sup)
+    if shared is not None and shared.binds():
+        return shared.no_time_left()
     what = (f"call {method} to plugin {sup.name!r} waited {waited:.1f}s for the {sup.kind} to restart the"
             f" plugin (restart {sup.restarts}, last failure: {sup.last_failure})")
     check = f"check the plugin's logs and the {sup.kind}'s events"

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Self
 
+from plugbay.core.resilience.calldeadline import CallDeadline
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.followbroker import FollowingBroker
 from plugbay.core.host.client import Client, ClientConfig
@@ -156,6 +157,12 @@ class Supervisor(SupervisorView):
         stub = plugin_named(self.client, name).grpc_client(self._broker, self.channel)
         self._dispensed[name] = stub
         return stub
+
+    def deadline(self, seconds: float | None = None) -> CallDeadline:
+        """``with sup.deadline(seconds):`` one deadline (None: the config's call_timeout) that every step of the
+        calls inside shares, a brokered call's broker uses and the call itself: see plugbay.core.resilience
+        .calldeadline. Without it each step that waits for a restart has call_timeout of its own."""
+        return CallDeadline(self, self.name, self.kind, seconds, self.call_timeout)
 
     def stop(self) -> None:
         """Stop watching and kill the plugin. Idempotent. On the shared loop thread (a plugin's log

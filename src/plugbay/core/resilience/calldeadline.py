@@ -1,0 +1,179 @@
+"""One deadline for a brokered call through a Supervisor, shared by every step of it.
+
+A brokered call is several steps through the Supervisor: its broker's next_id() and
+accept_and_serve() (a dial() too, for an id the plugin serves), then the call itself.
+A step that finds the plugin restarting waits for its successor, each within its own
+call_timeout, so a call whose plugin died before each step could take two or three
+times call_timeout in all. Entered around the call,
+
+    with sup.deadline(10) as scope:        # sup.deadline(): the config's call_timeout
+        counter.put("n", 1, adder)
+
+every step takes what is left of one deadline, and the step that runs out raises its
+usual timeout error (BrokerTimeoutError for a broker step, CallTimeoutError for the
+call) saying which step it was, what the steps before it took and what to do
+(``scope.ran_out_in`` names it too). Nothing guesses which steps belong together: only
+code inside the ``with`` shares the deadline, and outside one every step keeps its own
+call_timeout as before.
+
+The scope is a contextvars value, so it follows the code into asyncio tasks made inside
+the ``with`` and into asyncio.to_thread() (both copy the context). A thread of your own,
+or an executor's (loop.run_in_executor), starts without it: run the work there with
+``scope.run(func, *args)``. Only the Supervisor that made the scope reads it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Self, TypeVar
+
+import grpc
+
+from plugbay.core.host.callerrors import CallTimeout
+from plugbay.core.resilience.calls import wait_timeout
+from plugbay.errors import ClientStateError, ConfigError
+
+_T = TypeVar("_T")
+# innermost last; a tuple, so that a context copied into a task or thread never sees this one's later changes
+_ACTIVE: contextvars.ContextVar[tuple[CallDeadline, ...]] = contextvars.ContextVar("plugbay_call_deadline",
+                                                                                    default=())
+
+
+class CallDeadline:
+    """One deadline shared by the steps of a call through a Supervisor. See the module docstring."""
+
+    def __init__(self, owner: object, name: str, kind: str, seconds: Any, call_timeout: float | None) -> None:
+        what = f"{kind}.deadline()"
+        if seconds is None:
+            seconds = math.inf if call_timeout is None else call_timeout
+        seconds = wait_timeout(seconds, what)
+        if seconds <= 0:
+            raise ConfigError(f"{what}: seconds must be > 0 (None: the config's call_timeout; math.inf: no"
+                              f" deadline), got {seconds!r}")
+        self._owner = owner
+        self._name, self._kind = name, kind
+        self.seconds = seconds
+        self.deadline: float | None = None  # time.monotonic(); set when first entered (or run)
+        self.ran_out_in: str | None = None  # the step that found no time left
+        self._steps: list[tuple[str, float]] = []  # each step done: what, the seconds it took
+        self._lock = threading.Lock()
+        self._token: contextvars.Token[tuple[CallDeadline, ...]] | None = None
+
+    # --- the user's side ----------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        if self._token is not None:
+            raise ClientStateError(f"this {self._kind}.deadline() is entered already; to share it with a thread,"
+                                   " run the work there with scope.run(func, *args)")
+        self._token = _ACTIVE.set(self._joined())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        token, self._token = self._token, None
+        if token is not None:
+            _ACTIVE.reset(token)
+
+    def run(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """``func(*args, **kwargs)`` with this deadline in effect, on any thread (one of yours, an executor's)."""
+        token = _ACTIVE.set(self._joined())
+        try:
+            return func(*args, **kwargs)
+        finally:
+            _ACTIVE.reset(token)
+
+    @property
+    def steps(self) -> list[tuple[str, float]]:
+        """The steps done so far within this deadline: (what, seconds it took), oldest first."""
+        with self._lock:
+            return list(self._steps)
+
+    # --- the steps' side ----------------------------------------------------------
+
+    def left(self) -> float | None:
+        """Seconds left (0 or less: none); None: no deadline."""
+        deadline = self.deadline
+        return None if deadline is None else deadline - time.monotonic()
+
+    def took(self, what: str, since: float) -> None:
+        """Step ``what``, begun at ``since`` (time.monotonic()), is over."""
+        with self._lock:
+            self._steps.append((what, time.monotonic() - since))
+
+    def ran_out(self, what: str, since: float) -> str:
+        """The message of step ``what`` (begun at ``since``) finding no time left; marks it as the one."""
+        self.ran_out_in = what
+        done = "; ".join(f"{step} {seconds:.1f}s" for step, seconds in self.steps)
+        before = f" after the steps before it took their share ({done})" if done else ""
+        return (f"the deadline of {self.seconds:g}s shared by this call's steps ({self._kind}.deadline()) of plugin"
+                f" {self._name!r} ran out during the step '{what}', {time.monotonic() - since:.1f}s into it{before}."
+                f" Pass a larger {self._kind}.deadline(seconds), or check the plugin's logs and the {self._kind}'s"
+                " events for why the plugin keeps restarting")
+
+    def _joined(self) -> tuple[CallDeadline, ...]:
+        """The active scopes with this one innermost, its clock started; inside another of the same owner,
+        never later than that one's deadline."""
+        active = _ACTIVE.get()
+        with self._lock:
+            if self.deadline is None:
+                deadline = None if math.isinf(self.seconds) else time.monotonic() + self.seconds
+                outer = scope_of(self._owner)
+                if outer is not None and outer.deadline is not None:
+                    deadline = outer.deadline if deadline is None else min(deadline, outer.deadline)
+                self.deadline = deadline
+        return (*active, self)
+
+
+def scope_of(owner: object) -> CallDeadline | None:
+    """The innermost CallDeadline ``owner`` (a Supervisor) made that is in effect here; None: none."""
+    for scope in reversed(_ACTIVE.get()):
+        if scope._owner is owner:
+            return scope
+    return None
+
+
+class SharedDeadline:
+    """The ReadyGate's view of a CallDeadline for one call (``method``, begun at ``start``)."""
+
+    def __init__(self, scope: CallDeadline, step: str, start: float) -> None:
+        self._scope = scope
+        self._step = step
+        self._start = start
+        self._binding = False  # the scope's deadline is the call's nearest
+
+    @classmethod
+    def of(cls, owner: object, method: str, start: float, timeout: float | None) -> SharedDeadline | None:
+        scope = scope_of(owner)
+        return None if scope is None else cls(scope, f"call {method}", start)
+
+    def cut(self, deadline: float | None) -> float | None:
+        """The call's deadline (time.monotonic(); None: none), no later than the scope's."""
+        shared = self._scope.deadline
+        if shared is None:
+            return deadline
+        self._binding = deadline is None or shared <= deadline
+        return shared if self._binding else deadline
+
+    def binds(self) -> bool:
+        """Whether the call's time runs out with the scope's (else at the call's own timeout=, sooner)."""
+        return self._binding
+
+    def no_time_left(self) -> CallTimeout:
+        """The error of a call the scope's deadline left no time to send (it waited for a restart)."""
+        what = self._scope.ran_out(self._step, self._start)
+        # no what=: a RetryPolicy rewords a timeout that has one as its own, and the scope's words are the ones
+        return CallTimeout(f"{what}; the call was not sent", None, grpc.StatusCode.DEADLINE_EXCEEDED, sent=False,
+                           deadline=self._scope.seconds)
+
+    def timed_out(self, exc: CallTimeout) -> None:
+        """``exc``, the call's own timeout, said as the scope's deadline running out when that is what it was."""
+        if self._binding:
+            exc.reword(f"{self._scope.ran_out(self._step, self._start)} (the call: {exc.message})")
+            exc.what = ""  # as in no_time_left()
+
+    def done(self) -> None:
+        if self._scope.ran_out_in != self._step:
+            self._scope.took(self._step, self._start)

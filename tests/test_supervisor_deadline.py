@@ -1,0 +1,137 @@
+"""One deadline for a brokered call through a Supervisor (sup.deadline()): each step of the counter example's put
+(the broker's next_id and accept_and_serve, then the Put) waited for a restart within a call_timeout of its own,
+so a put whose plugin was killed before each step took two or three times call_timeout. Inside the scope every
+step takes what is left of one deadline, and the step that runs out says so (scope.ran_out_in, the message).
+
+The Python counter plugin, killed with SIGKILL; each restart is held by the Supervisor's factory until the test
+lets it go, so that a step waits for it as long as the test wants. What is asserted is which step ran out and what
+its error says; the one bound on time is a hang guard of twice call_timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugbay import (AsyncSupervisor, BrokerTimeoutError, CallTimeoutError, ClientConfig, ConfigError,
+                     RestartPolicy, Supervisor)
+from plugbay.core.resilience.calldeadline import CallDeadline
+from tests.test_supervisor_broker import (EXAMPLE, HANDSHAKE, PLUGIN_NAME, Adder, CounterPlugin, _helper_servicer,
+                                          counter_pb2, counter_pb2_grpc, kill_current)
+
+CALL_TIMEOUT = 10.0  # large beside a plugin's start (under 1 s, a few under load): scheduling cannot flip a step
+FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
+
+
+class _HeldRestarts:
+    """The Supervisor's factory: the first config at once, each restart's once the test lets it (let_go)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._allowed = [threading.Event() for _ in range(FAST.max_restarts + 1)]
+        self._timers: list[threading.Timer] = []
+
+    def __call__(self) -> ClientConfig:
+        n, self.calls = self.calls, self.calls + 1
+        if n:
+            self._allowed[n].wait(60)
+        return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, name="counter",
+                            cmd=[sys.executable, str(EXAMPLE / "plugin.py")], call_timeout=CALL_TIMEOUT)
+
+    def let_go(self, restart: int, after: float) -> None:
+        timer = threading.Timer(after, self._allowed[restart].set)
+        self._timers.append(timer)
+        timer.start()
+
+    def end(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        for allowed in self._allowed:
+            allowed.set()
+
+
+@pytest.fixture
+def held(in_tmp: Path) -> Iterator[_HeldRestarts]:
+    factory = _HeldRestarts()
+    yield factory
+    factory.end()
+
+
+def _register(server: object) -> None:
+    counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(Adder()), server)
+
+
+def test_a_brokered_calls_steps_share_one_deadline_and_the_one_that_runs_out_says_so(held: _HeldRestarts) -> None:
+    with Supervisor(held, restart=FAST, health_interval=None) as sup:
+        try:
+            began = time.monotonic()
+            with sup.deadline() as scope:  # the config's call_timeout, for all the steps
+                kill_current(sup)
+                held.let_go(1, CALL_TIMEOUT / 2)  # next_id waits for this restart: half the deadline and a start
+                sid = sup.broker.next_id()
+                kill_current(sup)  # accept_and_serve waits for the next restart, which is not let go
+                with pytest.raises(BrokerTimeoutError) as err:
+                    sup.broker.accept_and_serve(sid, _register)
+            took = time.monotonic() - began
+        finally:
+            held.end()  # before the stop, which waits for the restart under way
+    assert scope.ran_out_in == f"serve broker id {sid}", scope.ran_out_in
+    assert [step for step, _ in scope.steps] == ["hand out a broker id"], scope.steps
+    said = str(err.value)
+    assert f"the deadline of {CALL_TIMEOUT:g}s shared by this call's steps (Supervisor.deadline())" in said, said
+    assert f"ran out during the step 'serve broker id {sid}'" in said and "hand out a broker id" in said, said
+    assert "Pass a larger Supervisor.deadline(seconds)" in said, said
+    assert took < 2 * CALL_TIMEOUT, took  # a hang guard only
+
+
+def test_an_async_brokered_calls_steps_share_one_deadline_through_to_thread_and_the_call(
+        held: _HeldRestarts) -> None:
+    async def put(sup: AsyncSupervisor) -> tuple[CallDeadline, BaseException, int, float]:
+        counter = counter_pb2_grpc.CounterStub(sup.channel)
+        broker = sup.sync_supervisor.broker
+        began = time.monotonic()
+        with sup.deadline() as scope:  # a plain with, in the coroutine: to_thread carries it
+            sid = broker.next_id()  # on the loop: the plugin runs, nothing waits
+            await asyncio.to_thread(kill_current, sup.sync_supervisor)
+            held.let_go(1, CALL_TIMEOUT / 2)  # accept_and_serve (off the loop) waits for this restart
+            await asyncio.to_thread(broker.accept_and_serve, sid, _register)
+            await asyncio.to_thread(kill_current, sup.sync_supervisor)  # the Put waits for one not let go
+            try:
+                await counter.Put(counter_pb2.PutRequest(add_server=sid, key="n", value=1))
+            except BaseException as exc:  # noqa: BLE001 (what the call ended with is the point)
+                return scope, exc, sid, time.monotonic() - began
+        raise AssertionError("the Put ran with no plugin to run it")
+
+    async def main() -> tuple[CallDeadline, BaseException, int, float]:
+        async with AsyncSupervisor(held, restart=FAST, health_interval=None) as sup:
+            try:
+                return await put(sup)
+            finally:
+                held.end()  # before the stop, which waits for the restart under way
+
+    scope, error, sid, took = asyncio.run(main())
+    assert isinstance(error, CallTimeoutError) and getattr(error, "sent", None) is False, repr(error)
+    assert scope.ran_out_in == "call /proto.Counter/Put", scope.ran_out_in
+    assert [step for step, _ in scope.steps] == ["hand out a broker id", f"serve broker id {sid}"], scope.steps
+    said = str(error)
+    assert "shared by this call's steps (AsyncSupervisor.deadline())" in said, said
+    assert "ran out during the step 'call /proto.Counter/Put'" in said and "; the call was not sent" in said, said
+    assert took < 2 * CALL_TIMEOUT, took  # a hang guard only
+
+
+def test_outside_a_deadline_each_step_keeps_its_own_and_a_bad_one_is_refused(held: _HeldRestarts) -> None:
+    with Supervisor(held, restart=FAST, health_interval=None) as sup:
+        with pytest.raises(ConfigError, match=r"Supervisor.deadline\(\): seconds must be > 0"):
+            sup.deadline(0)
+        with pytest.raises(ConfigError, match="timeout must be a number of seconds"):
+            sup.deadline("10")  # type: ignore[arg-type]
+        with sup.deadline(CALL_TIMEOUT) as scope:
+            sid = sup.broker.next_id()
+        sup.broker.accept_and_serve(sid, _register)  # outside: not one of the scope's steps
+        sup.broker.stop_serving(sid)
+        assert [step for step, _ in scope.steps] == ["hand out a broker id"] and scope.ran_out_in is None
