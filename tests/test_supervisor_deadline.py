@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,8 @@ def test_an_async_brokered_calls_steps_share_one_deadline_through_to_thread_and_
     assert took < 2 * CALL_TIMEOUT, took  # a hang guard only
 
 
-def test_outside_a_deadline_each_step_keeps_its_own_and_a_bad_one_is_refused(held: _HeldRestarts) -> None:
+def test_outside_a_deadline_each_step_keeps_its_own_a_thread_gets_it_by_run_and_a_bad_one_is_refused(
+        held: _HeldRestarts) -> None:
     with Supervisor(held, restart=FAST, health_interval=None) as sup:
         with pytest.raises(ConfigError, match=r"Supervisor.deadline\(\): seconds must be > 0"):
             sup.deadline(0)
@@ -134,4 +136,7 @@ def test_outside_a_deadline_each_step_keeps_its_own_and_a_bad_one_is_refused(hel
             sid = sup.broker.next_id()
         sup.broker.accept_and_serve(sid, _register)  # outside: not one of the scope's steps
         sup.broker.stop_serving(sid)
-        assert [step for step, _ in scope.steps] == ["hand out a broker id"] and scope.ran_out_in is None
+        with ThreadPoolExecutor(1) as pool:  # an executor's thread starts without it; scope.run() carries it
+            pool.submit(sup.broker.next_id).result()
+            pool.submit(scope.run, sup.broker.next_id).result()
+        assert [step for step, _ in scope.steps] == ["hand out a broker id"] * 2 and scope.ran_out_in is None
