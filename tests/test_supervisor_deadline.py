@@ -32,7 +32,8 @@ FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backo
 class _HeldRestarts:
     """The Supervisor's factory: the first config at once, each restart's once the test lets it (let_go)."""
 
-    def __init__(self) -> None:
+    def __init__(self, call_timeout: float = CALL_TIMEOUT) -> None:
+        self.call_timeout = call_timeout
         self.calls = 0
         self._allowed = [threading.Event() for _ in range(FAST.max_restarts + 1)]
         self._timers: list[threading.Timer] = []
@@ -42,7 +43,7 @@ class _HeldRestarts:
         if n:
             self._allowed[n].wait(60)
         return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()}, name="counter",
-                            cmd=[sys.executable, str(EXAMPLE / "plugin.py")], call_timeout=CALL_TIMEOUT)
+                            cmd=[sys.executable, str(EXAMPLE / "plugin.py")], call_timeout=self.call_timeout)
 
     def let_go(self, restart: int, after: float) -> None:
         timer = threading.Timer(after, self._allowed[restart].set)
@@ -140,3 +141,54 @@ def test_outside_a_deadline_each_step_keeps_its_own_a_thread_gets_it_by_run_and_
             pool.submit(sup.broker.next_id).result()
             pool.submit(scope.run, sup.broker.next_id).result()
         assert [step for step, _ in scope.steps] == ["hand out a broker id"] * 2 and scope.ran_out_in is None
+
+
+SHORT = 2.0  # the call_timeout a deadline longer than it replaces; the restart is held past it
+
+
+@pytest.fixture
+def held_long(in_tmp: Path) -> Iterator[_HeldRestarts]:
+    factory = _HeldRestarts(SHORT)
+    yield factory
+    factory.end()
+
+
+def test_a_call_given_no_timeout_takes_a_longer_deadline_not_call_timeout(held_long: _HeldRestarts) -> None:
+    # The call waits for a restart held past call_timeout: the deadline's 60 s, not call_timeout, bounds it,
+    # as they bound the broker steps (a call of its own timeout= keeps that)
+    with Supervisor(held_long, restart=FAST, health_interval=None) as sup:
+        counter = sup.dispense(PLUGIN_NAME)
+        counter.put("n", 3, Adder())  # kept in a file of the working directory: the restarted plugin reads it
+        try:
+            with sup.deadline(60) as scope:
+                kill_current(sup)
+                held_long.let_go(1, 2.5 * SHORT)
+                with pytest.raises(CallTimeoutError) as own:  # its own timeout=, sooner than the deadline, holds
+                    counter_pb2_grpc.CounterStub(sup.channel).Get(counter_pb2.GetRequest(key="n"), timeout=SHORT)
+                got = counter.get("n")
+        finally:
+            held_long.end()
+    assert got == 3, got
+    assert "Pass a larger timeout=" in str(own.value) and "shared by this call's steps" not in str(own.value), own
+    assert [step for step, _ in scope.steps] == ["call /proto.Counter/Get"] * 2 and scope.ran_out_in is None, \
+        scope.steps
+
+
+def test_an_async_call_given_no_timeout_takes_a_longer_deadline_not_call_timeout(held_long: _HeldRestarts) -> None:
+    async def main() -> tuple[int, CallDeadline]:
+        async with AsyncSupervisor(held_long, restart=FAST, health_interval=None) as sup:
+            counter = await sup.dispense(PLUGIN_NAME)
+            await counter.put("n", 3, Adder())
+            try:
+                with sup.deadline(60) as scope:
+                    await asyncio.to_thread(kill_current, sup.sync_supervisor)
+                    held_long.let_go(1, 2.5 * SHORT)
+                    got = await counter.get("n")
+            finally:
+                held_long.end()
+        return got, scope
+
+    value, scope = asyncio.run(main())
+    assert value == 3, value
+    assert [step for step, _ in scope.steps] == ["call /proto.Counter/Get"] and scope.ran_out_in is None, scope.steps
+

@@ -9,7 +9,8 @@ times call_timeout in all. Entered around the call,
     with sup.deadline(10) as scope:        # sup.deadline(): the config's call_timeout
         counter.put("n", 1, adder)
 
-every step takes what is left of one deadline, and the step that runs out raises its
+every step takes what is left of one deadline in place of its call_timeout (a call's own
+timeout= holds when it ends sooner), and the step that runs out raises its
 usual timeout error (BrokerTimeoutError for a broker step, CallTimeoutError for the
 call) saying which step it was, what the steps before it took and what to do
 (``scope.ran_out_in`` names it too). Nothing guesses which steps belong together: only
@@ -138,20 +139,28 @@ def scope_of(owner: object) -> CallDeadline | None:
 class SharedDeadline:
     """The ReadyGate's view of a CallDeadline for one call (``method``, begun at ``start``)."""
 
-    def __init__(self, scope: CallDeadline, step: str, start: float) -> None:
+    def __init__(self, scope: CallDeadline, step: str, start: float, own: bool) -> None:
         self._scope = scope
         self._step = step
         self._start = start
+        self._own = own  # the caller gave a timeout= (a RetryPolicy's try too)
         self._binding = False  # the scope's deadline is the call's nearest
 
     @classmethod
     def of(cls, owner: object, method: str, start: float, timeout: float | None) -> SharedDeadline | None:
+        """The scope ``owner`` made in effect here for a call given ``timeout`` (None: none); None: no scope."""
         scope = scope_of(owner)
-        return None if scope is None else cls(scope, f"call {method}", start)
+        return None if scope is None else cls(scope, f"call {method}", start, timeout is not None)
 
     def cut(self, deadline: float | None) -> float | None:
-        """The call's deadline (time.monotonic(); None: none), no later than the scope's."""
+        """The call's deadline (time.monotonic(); None: none): the scope's, or the call's own timeout= when that
+        ends sooner. ``deadline`` comes from call_timeout when the caller gave no timeout=: the scope replaces
+        it, a longer one too, as it does the broker steps' call_timeout (else the call alone would run out at
+        call_timeout inside a longer deadline)."""
         shared = self._scope.deadline
+        if not self._own:
+            self._binding = shared is not None
+            return shared
         if shared is None:
             return deadline
         self._binding = deadline is None or shared <= deadline

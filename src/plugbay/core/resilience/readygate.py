@@ -224,7 +224,7 @@ class ReadyGate:
             timeout = sup.call_timeout  # the wait for a restart is bounded like a call
         deadline = None if timeout is None else start + timeout
         if shared is not None:
-            deadline = shared.cut(deadline)
+            deadline = shared.cut(deadline)  # the scope's in place of call_timeout, a longer one too
         token = cancel_token()  # a cancelled future() ends the waits below at once
         try:
             for _ in range(sup.max_restarts + 2):
