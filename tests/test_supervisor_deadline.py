@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from plugbay import (AsyncSupervisor, BrokerTimeoutError, CallTimeoutError, ClientConfig, ConfigError,
-                     RestartPolicy, Supervisor)
+from plugbay import (AsyncSupervisor, BrokerTimeoutError, CallTimeoutError, ClientConfig, ClientStateError,
+                     ConfigError, RestartPolicy, Supervisor)
 from plugbay.core.resilience.calldeadline import CallDeadline
 from tests.test_supervisor_broker import (EXAMPLE, HANDSHAKE, PLUGIN_NAME, Adder, CounterPlugin, _helper_servicer,
                                           counter_pb2, counter_pb2_grpc, kill_current)
@@ -192,3 +192,18 @@ def test_an_async_call_given_no_timeout_takes_a_longer_deadline_not_call_timeout
     assert value == 3, value
     assert [step for step, _ in scope.steps] == ["call /proto.Counter/Get"] and scope.ran_out_in is None, scope.steps
 
+
+def test_a_deadline_is_not_entered_again_and_run_refuses_a_coroutine(held: _HeldRestarts) -> None:
+    async def serve() -> int:
+        return 1
+
+    with Supervisor(held, restart=FAST, health_interval=None) as sup:
+        with sup.deadline(CALL_TIMEOUT) as scope:
+            sup.broker.next_id()
+        with pytest.raises(ClientStateError, match=r"make a new Supervisor.deadline\(\) for each with"):
+            with scope:
+                pass  # would start with the clock the first with ran
+        for func in (serve, lambda: serve()):  # its work would run after run() reset the scope
+            with pytest.raises(ConfigError, match="Create the task .* inside the `with` instead"):
+                scope.run(func)
+        assert scope.run(lambda: 2) == 2

@@ -20,12 +20,14 @@ call_timeout as before.
 The scope is a contextvars value, so it follows the code into asyncio tasks made inside
 the ``with`` and into asyncio.to_thread() (both copy the context). A thread of your own,
 or an executor's (loop.run_in_executor), starts without it: run the work there with
-``scope.run(func, *args)``. Only the Supervisor that made the scope reads it.
+``scope.run(func, *args)`` (a plain function: a coroutine's work would run after run()
+returned). Only the Supervisor that made the scope reads it, and a scope serves one ``with``.
 """
 
 from __future__ import annotations
 
 import contextvars
+import inspect
 import math
 import threading
 import time
@@ -63,6 +65,7 @@ class CallDeadline:
         self._steps: list[tuple[str, float]] = []  # each step done: what, the seconds it took
         self._lock = threading.Lock()
         self._token: contextvars.Token[tuple[CallDeadline, ...]] | None = None
+        self._exited = False  # its with ended: its clock ran on, so entering it again would start spent
 
     # --- the user's side ----------------------------------------------------------
 
@@ -70,21 +73,39 @@ class CallDeadline:
         if self._token is not None:
             raise ClientStateError(f"this {self._kind}.deadline() is entered already; to share it with a thread,"
                                    " run the work there with scope.run(func, *args)")
+        if self._exited:
+            raise ClientStateError(f"this {self._kind}.deadline() was used by a with that has ended, and its"
+                                   f" deadline ran on meanwhile: make a new {self._kind}.deadline() for each with")
         self._token = _ACTIVE.set(self._joined())
         return self
 
     def __exit__(self, *exc: object) -> None:
         token, self._token = self._token, None
+        self._exited = True
         if token is not None:
             _ACTIVE.reset(token)
 
     def run(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """``func(*args, **kwargs)`` with this deadline in effect, on any thread (one of yours, an executor's)."""
+        """``func(*args, **kwargs)`` with this deadline in effect, on any thread (one of yours, an executor's).
+        Not for a coroutine function: the deadline ends with run(), before the coroutine runs."""
+        if inspect.iscoroutinefunction(func):
+            raise self._not_async(func)
         token = _ACTIVE.set(self._joined())
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
         finally:
             _ACTIVE.reset(token)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited: no "was never awaited" warning for it
+            raise self._not_async(func)
+        return result
+
+    def _not_async(self, func: Callable[..., Any]) -> ConfigError:
+        return ConfigError(f"scope.run() of {self._kind}.deadline() got {getattr(func, '__name__', func)!r}, whose"
+                           " result is awaitable: its work would run after run() returned, outside the deadline."
+                           " Create the task (or await the coroutine) inside the `with` instead: asyncio tasks made"
+                           " there carry the deadline")
 
     @property
     def steps(self) -> list[tuple[str, float]]:
