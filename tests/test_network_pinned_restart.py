@@ -13,6 +13,7 @@ import asyncio
 import shutil
 import signal
 import socket
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,17 +52,41 @@ class _AsyncClients:
         return self.made[-1].remote_client
 
 
+class _HeldRestart:
+    """A Supervisor's config (a ClientMaker) that makes its first client at once and holds each restart's until
+    ``release`` is set; ``entered`` says one is held."""
+
+    def __init__(self) -> None:
+        self.source: Any = None
+        self.name: str | None = None
+        self.calls = 0
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def make_client(self) -> RemoteClient:
+        self.calls += 1
+        if self.calls > 1:
+            self.entered.set()
+            self.release.wait(60)
+        client: RemoteClient = self.source.make_client()
+        return client
+
+
 @contextmanager
-def _restarted(tmp_path: Path, on_loop: bool) -> Iterator[tuple[Supervisor, Callable[[str], Any]]]:
+def _restarted(tmp_path: Path, on_loop: bool,
+               held: _HeldRestart | None = None) -> Iterator[tuple[Supervisor, Callable[[str], Any]]]:
     """A Supervisor restarted after its replica was SIGKILLed and came back on the same address, with a stub
     pinned by the old client's dispense() (an asyncio one when ``on_loop``) and ``get(key)``: that stub's call,
-    made on the loop the asyncio stub was dispensed on."""
+    made on the loop the asyncio stub was dispensed on. With ``held``, the restart is under way instead: its
+    client is held by ``held`` (released when this ends), and the replica does not come back."""
     certs = netcerts.write_set(tmp_path / "tls")
     listen = f"127.0.0.1:{_free_port()}"
     reps = [CounterReplica(tmp_path / "r", certs, listen=listen)]
     config = counter_config(reps, host_tls(certs), call_timeout=5.0)
     maker = _AsyncClients(config)
-    sup = Supervisor(maker if on_loop else config, health_interval=0.3, unhealthy_grace=1.0,
+    source: Any = maker if on_loop else config
+    if held is not None:
+        held.source, held.name, source = source, config.name, held
+    sup = Supervisor(source, health_interval=0.3, unhealthy_grace=1.0,
                      restart=RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05))
     loop = asyncio.new_event_loop()
 
@@ -84,10 +109,13 @@ def _restarted(tmp_path: Path, on_loop: bool) -> Iterator[tuple[Supervisor, Call
         reps[0].proc.send_signal(signal.SIGKILL)
         # the Supervisor judges it gone (health) and restarts: its new client waits for an endpoint
         assert wait_until(lambda: sup.restarts >= 1, 30), list(sup.events)
-        reps.append(CounterReplica(tmp_path / "r", certs, listen=listen))  # the same address, the same files
-        assert sup.wait_running(30), list(sup.events)
+        if held is None:
+            reps.append(CounterReplica(tmp_path / "r", certs, listen=listen))  # the same address, the same files
+            assert sup.wait_running(30), list(sup.events)
         yield sup, (lambda key: run(kv.get(key))) if on_loop else kv.get
     finally:
+        if held is not None:
+            held.release.set()  # before the stop, which waits for the restart under way
         sup.stop()
         for client in maker.made:
             run(client.kill())
@@ -119,3 +147,28 @@ def test_once_the_supervisor_is_stopped_after_a_restart_an_old_pinned_stub_is_to
         assert err.value.sent is False and f"the Supervisor of plugin {sup.name!r} was stopped, which ended the" \
             " plugin; the call was not sent. Start a new Supervisor" in said, said
         assert "dispense it again" not in said and "restarted" not in said, said
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["sync", "asyncio"])
+def test_an_old_pinned_stub_is_told_the_supervisor_was_stopped_as_soon_as_stop_begins(
+        tmp_path: Path, on_loop: bool) -> None:
+    # stop() waits for the restart held here, long before it says STOPPED: its calls were told the restart's advice
+    # meanwhile, to dispense again from a current client that stop() is about to end
+    held = _HeldRestart()
+    with _restarted(tmp_path, on_loop, held) as (sup, get):
+        assert held.entered.wait(30), list(sup.events)
+        stopping = threading.Thread(target=sup.stop, name="test-stop")
+        stopping.start()
+        try:
+            assert wait_until(sup._stop.is_set, 10)
+            with pytest.raises(ClientClosed) as err:
+                get("n")
+            assert sup.state != "stopped"  # still within stop()
+        finally:
+            held.release.set()
+            stopping.join(60)
+        assert not stopping.is_alive() and sup.state == "stopped"
+    said = str(err.value)
+    assert err.value.sent is False and f"the Supervisor of plugin {sup.name!r} was stopped, which ended the" \
+        " plugin; the call was not sent" in said, said
+    assert "dispense it again" not in said, said

@@ -81,7 +81,8 @@ class Supervisor(SupervisorView):
         self._client: Client | None = None
         self._watcher: HealthWatcher | None = None
         self._channel: SupervisedChannel | None = None
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # halt() or stop(): no more watching and restarting
+        self._stopping = False  # stop() has begun: the plugin is ending too (STOPPED is said when it has)
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._budget = RestartBudget()
@@ -167,6 +168,7 @@ class Supervisor(SupervisorView):
     def stop(self) -> None:
         """Stop watching and kill the plugin. Idempotent. On the shared loop thread (a plugin's log
         handler) it returns at once and ``plugbay-stop-<name>`` does it, as Client.kill() does there."""
+        self._stopping = True
         self._stop.set()
         self._wake.set()
         if self._handoff.start(f"plugbay-stop-{self.name}", self.stop, self._state == STOPPED):
@@ -241,7 +243,7 @@ class Supervisor(SupervisorView):
             watcher.stop()
         if client is not None:
             if restarting is not None:
-                mark_restarting(client, self.name, restarting, self.kind, lambda: self._state == STOPPED)
+                mark_restarting(client, self.name, restarting, self.kind, lambda: self._stopping)
             elif stopping:
                 mark_stopping(client, self.name, self.kind)
             client.kill_unanswering() if unanswering else client.kill()
