@@ -351,7 +351,8 @@ class RemoteClient(Client):
 
     def _teardown(self, graceful: bool, unanswering: bool = False) -> None:  # it is never stopped
         # first: the calls it cuts are this close()'s doing (ClientClosed), also on pinned stubs (an asyncio one's
-        # judge is the main channel) and those whose callbacks ran on an endpoint's brokered server it stops
+        # judge is a PinnedChannel of its own, in _pinned) and those whose callbacks ran on an endpoint's brokered
+        # server it stops
         serving = any(mux.serving for mux in self._muxes)
         for channel in [self._channel, *self._pinned]:
             if channel is not None:
