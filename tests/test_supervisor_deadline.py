@@ -10,6 +10,7 @@ its error says; the one bound on time is a hang guard of twice call_timeout."""
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import threading
 import time
@@ -207,3 +208,28 @@ def test_a_deadline_is_not_entered_again_and_run_refuses_a_coroutine(held: _Held
             with pytest.raises(ConfigError, match="Create the task .* inside the `with` instead"):
                 scope.run(func)
         assert scope.run(lambda: 2) == 2
+
+
+class _SlowAdder(Adder):
+    """The host's AddHelper, which takes ``seconds`` (or kills the plugin calling it, ``kill``) before answering."""
+
+    def __init__(self, seconds: float, kill: Supervisor | None = None) -> None:
+        super().__init__()
+        self.seconds, self.kill = seconds, kill
+
+    def sum(self, a: int, b: int) -> int:
+        if self.kill is not None:
+            kill_current(self.kill)
+        time.sleep(self.seconds)
+        return super().sum(a, b)
+
+
+def test_under_a_deadline_of_none_a_call_given_no_timeout_has_none_not_call_timeout(in_tmp: Path) -> None:
+    factory = _HeldRestarts(call_timeout=1.0)
+    with Supervisor(factory, restart=FAST, health_interval=None) as sup:
+        counter = sup.dispense(PLUGIN_NAME)
+        adder = _SlowAdder(3.0)  # the Put waits for it past call_timeout
+        with sup.deadline(math.inf) as scope:
+            counter.put("n", 2, adder)
+        assert counter.get("n") == 2 and adder.calls == [(0, 2)]
+    assert scope.ran_out_in is None, scope.ran_out_in

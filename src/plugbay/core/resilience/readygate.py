@@ -22,7 +22,7 @@ from plugbay.core.host.callerrors import CallTimeout, ClientClosed, PluginRestar
 from plugbay.core.host.callfuture import CancelToken, cancel_token
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
-from plugbay.core.host.deadline import no_time_left
+from plugbay.core.host.deadline import NO_DEADLINE, no_time_left
 from plugbay.core.resilience.calldeadline import SharedDeadline
 from plugbay.core.resilience.calls import AsyncAttempt, Attempt, wait_until
 
@@ -318,8 +318,11 @@ def _within(deadline: float | None, most: float) -> float:
 def _left(deadline: float | None, shared: SharedDeadline | None = None) -> float | None:
     """The attempt's timeout, read after any wait: what is left of the deadline. None left: the call is
     not sent (grpcio would race the spent deadline against it, and the plugin might run it)."""
-    left = None if deadline is None else deadline - time.monotonic()
-    if left is not None and left <= 0:
+    if deadline is None:
+        # under a scope of no deadline (math.inf) the call has none either: None would get it call_timeout
+        return None if shared is None else NO_DEADLINE
+    left = deadline - time.monotonic()
+    if left <= 0:
         if shared is not None and shared.binds():
             raise shared.no_time_left()
         raise no_time_left("the call's deadline was spent waiting for the plugin to restart")
