@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from plugbay import (AsyncSupervisor, BrokerTimeoutError, CallTimeoutError, ClientConfig, ClientStateError,
-                     ConfigError, RestartPolicy, Supervisor)
+                     ConfigError, PluginDiedError, RestartPolicy, RetryPolicy, Supervisor)
 from plugbay.core.resilience.calldeadline import CallDeadline
 from tests.test_supervisor_broker import (EXAMPLE, HANDSHAKE, PLUGIN_NAME, Adder, CounterPlugin, _helper_servicer,
                                           counter_pb2, counter_pb2_grpc, kill_current)
@@ -233,3 +233,37 @@ def test_under_a_deadline_of_none_a_call_given_no_timeout_has_none_not_call_time
             counter.put("n", 2, adder)
         assert counter.get("n") == 2 and adder.calls == [(0, 2)]
     assert scope.ran_out_in is None, scope.ran_out_in
+
+
+RETRY = RetryPolicy(max_attempts=4, all_idempotent=True, initial_backoff=0.3, jitter=0)
+
+
+def test_a_retry_policy_does_not_retry_a_try_the_deadline_ended_and_says_the_first_was_sent(
+        held: _HeldRestarts) -> None:
+    with Supervisor(held, restart=FAST, retry=RETRY, health_interval=None) as sup:
+        counter = sup.dispense(PLUGIN_NAME)
+        adder = _SlowAdder(4.0)  # the Put hangs past the deadline
+        with sup.deadline(2) as scope:
+            with pytest.raises(CallTimeoutError) as err:
+                counter.put("n", 1, adder)
+    said = str(err.value)
+    assert getattr(err.value, "sent", None) is True, repr(err.value)
+    assert said.count("shared by this call's steps") == 1, said
+    assert "plugbay retry: gave up after 1 of 4 attempt(s)" in getattr(err.value, "__notes__", []), err.value
+    assert scope.ran_out_in == "call /proto.Counter/Put", scope.ran_out_in
+
+
+def test_a_retry_the_deadline_leaves_unsent_after_a_sent_try_says_sent(held: _HeldRestarts) -> None:
+    with Supervisor(held, restart=FAST, retry=RETRY, health_interval=None) as sup:
+        counter = sup.dispense(PLUGIN_NAME)
+        try:
+            with sup.deadline(3):  # try 1 meets the plugin's death; try 2 waits for a restart held past it
+                with pytest.raises(CallTimeoutError) as err:
+                    counter.put("n", 1, _SlowAdder(0.0, kill=sup))
+        finally:
+            held.end()
+    said = str(err.value)
+    assert getattr(err.value, "sent", None) is True, repr(err.value)
+    assert isinstance(err.value.__cause__, PluginDiedError), repr(err.value.__cause__)
+    assert "before try 2 of 4" in said and "an earlier one was sent" in said, said
+    assert said.count("shared by this call's steps") == 1, said

@@ -94,6 +94,9 @@ class CallTimeout(_TranslatedRpcError, CallTimeoutError):
         self.what = what
         self.check = check
         self.deadline = deadline
+        # a deadline shared beyond this try (a Supervisor's deadline()) ran out: its words; another try of
+        # the call would get no time, so a RetryPolicy gives up at once
+        self.shared_spent = ""
 
     def code(self) -> grpc.StatusCode:
         # DEADLINE_EXCEEDED even when a Go server's own deadline answered first (UNKNOWN "context

@@ -22,6 +22,11 @@ the ``with`` and into asyncio.to_thread() (both copy the context). A thread of y
 or an executor's (loop.run_in_executor), starts without it: run the work there with
 ``scope.run(func, *args)`` (a plain function: a coroutine's work would run after run()
 returned). Only the Supervisor that made the scope reads it, and a scope serves one ``with``.
+
+Under a RetryPolicy, a try this deadline ended is not retried (a retry would get no time): the
+call raises that try's error, or, when an earlier try was sent, one saying so (``sent`` True).
+A call given no timeout= under a RetryPolicy without per_attempt_timeout has all of the deadline
+for its first try, so a hung plugin spends it there: set per_attempt_timeout to leave time for retries.
 """
 
 from __future__ import annotations
@@ -195,14 +200,18 @@ class SharedDeadline:
         """The error of a call the scope's deadline left no time to send (it waited for a restart)."""
         what = self._scope.ran_out(self._step, self._start)
         # no what=: a RetryPolicy rewords a timeout that has one as its own, and the scope's words are the ones
-        return CallTimeout(f"{what}; the call was not sent", None, grpc.StatusCode.DEADLINE_EXCEEDED, sent=False,
-                           deadline=self._scope.seconds)
+        error = CallTimeout(f"{what}; the call was not sent", None, grpc.StatusCode.DEADLINE_EXCEEDED, sent=False,
+                            deadline=self._scope.seconds)
+        error.shared_spent = what
+        return error
 
     def timed_out(self, exc: CallTimeout) -> None:
         """``exc``, the call's own timeout, said as the scope's deadline running out when that is what it was."""
         if self._binding:
-            exc.reword(f"{self._scope.ran_out(self._step, self._start)} (the call: {exc.message})")
+            what = self._scope.ran_out(self._step, self._start)
+            exc.reword(f"{what} (the call: {exc.message})")
             exc.what = ""  # as in no_time_left()
+            exc.shared_spent = what
 
     def done(self) -> None:
         if self._scope.ran_out_in != self._step:

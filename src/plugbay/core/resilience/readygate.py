@@ -235,8 +235,9 @@ class ReadyGate:
                 if client is not None and plugin_gone(client) and self._changed(
                         generation, _within(deadline, 5.0), token):
                     continue  # the plugin is already gone: this call waits for its successor
+                left = _left(deadline, shared)  # outside: its refusal is no timeout of the call to reword
                 try:
-                    return attempt(_left(deadline, shared))
+                    return attempt(left)
                 except CallTimeout as exc:
                     if shared is not None:
                         shared.timed_out(exc)  # said as the shared deadline's end when that is what it was
@@ -294,8 +295,9 @@ class ReadyGate:
                 if client is not None and plugin_gone(client) and await polled(
                         lambda: sup.changed_since(generation, 0.0), _within(deadline, 5.0)):
                     continue
+                left = _left(deadline, shared)  # outside: its refusal is no timeout of the call to reword
                 try:
-                    return await attempt(_left(deadline, shared))
+                    return await attempt(left)
                 except CallTimeout as exc:
                     if shared is not None:
                         shared.timed_out(exc)  # said as the shared deadline's end when that is what it was

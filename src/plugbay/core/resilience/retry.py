@@ -162,6 +162,8 @@ class RetryPolicy:
             return False  # an open breaker ends the retries at once (it is also an UNAVAILABLE RpcError)
         if isinstance(exc, (RemoteTLSError, BrokerTLSError)):
             return False  # a certificate the peer or this host refused: each retry meets the same (UNAVAILABLE too)
+        if isinstance(exc, CallTimeout) and exc.shared_spent:
+            return False  # a Supervisor's deadline() the call's steps share ran out: a retry would get no time
         return status_of(exc) in self.retry_on
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
@@ -176,6 +178,7 @@ class RetryPolicy:
                 except Exception as exc:
                     sleep = self._after_failure(method, exc, n, call)
                     if sleep is None:
+                        call.raise_if_sent_before(exc, n)
                         raise
                     call.failed(exc)
                     time.sleep(sleep)
@@ -195,6 +198,7 @@ class RetryPolicy:
                 except Exception as exc:
                     sleep = self._after_failure(method, exc, n, call)
                     if sleep is None:
+                        call.raise_if_sent_before(exc, n)
                         raise
                     call.failed(exc)
                     await asyncio.sleep(sleep)
@@ -289,6 +293,15 @@ class _Call:
         """Try ``error`` failed and another follows."""
         self.last = error
         self.sent = self.sent or (getattr(error, "sent", True) is not False and not isinstance(error, NoEndpointsError))
+
+    def raise_if_sent_before(self, error: Exception, n: int) -> None:
+        """Try ``n`` failed unsent because a deadline shared beyond the call (a Supervisor's deadline()) ran
+        out while an earlier try was sent: say so, as next_try() does, raised from that try's error (a caller
+        resending on ``sent`` False would apply the call twice)."""
+        if isinstance(error, CallTimeout) and error.shared_spent and not error.sent and self.sent:
+            last, self.last = self.last, None
+            raise no_time_left(f"{error.shared_spent}, before try {n} of {self.tries}",
+                               sent_before=last) from last
 
     def next_try(self, per_attempt: float | None, n: int = 1) -> float | None:
         """Try ``n``'s deadline (None: the Client's default one), noting what set it. A backoff (or on_retry)
