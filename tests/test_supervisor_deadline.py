@@ -22,7 +22,7 @@ import pytest
 
 from plugbay import (AsyncSupervisor, BrokerTimeoutError, CallTimeoutError, ClientConfig, ClientStateError,
                      ConfigError, PluginDiedError, RestartPolicy, RetryPolicy, Supervisor)
-from plugbay.core.resilience.calldeadline import CallDeadline
+from plugbay.core.resilience.calldeadline import CallDeadline, scope_of
 from tests.test_supervisor_broker import (EXAMPLE, HANDSHAKE, PLUGIN_NAME, Adder, CounterPlugin, _helper_servicer,
                                           counter_pb2, counter_pb2_grpc, kill_current)
 
@@ -208,6 +208,14 @@ def test_a_deadline_is_not_entered_again_and_run_refuses_a_coroutine(held: _Held
             with pytest.raises(ConfigError, match="Create the task .* inside the `with` instead"):
                 scope.run(func)
         assert scope.run(lambda: 2) == 2
+
+        async def carried() -> bool:
+            return scope_of(sup) is scope
+
+        async def in_a_task() -> bool:  # a Task made by run() copied the context, the deadline with it
+            return await scope.run(asyncio.get_running_loop().create_task, carried())
+
+        assert asyncio.run(in_a_task()) is True
 
 
 class _SlowAdder(Adder):

@@ -20,8 +20,9 @@ call_timeout as before.
 The scope is a contextvars value, so it follows the code into asyncio tasks made inside
 the ``with`` and into asyncio.to_thread() (both copy the context). A thread of your own,
 or an executor's (loop.run_in_executor), starts without it: run the work there with
-``scope.run(func, *args)`` (a plain function: a coroutine's work would run after run()
-returned). Only the Supervisor that made the scope reads it, and a scope serves one ``with``.
+``scope.run(func, *args)`` (a plain function, or one returning an asyncio Task, which carries
+the deadline: a coroutine's work would run after run() returned). Only the Supervisor that
+made the scope reads it, and a scope serves one ``with``.
 
 Under a RetryPolicy, a try this deadline ended is not retried (a retry would get no time): the
 call raises that try's error, or, when an earlier try was sent, one saying so (``sent`` True).
@@ -31,6 +32,7 @@ for its first try, so a hung plugin spends it there: set per_attempt_timeout to 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import math
@@ -92,7 +94,9 @@ class CallDeadline:
 
     def run(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``func(*args, **kwargs)`` with this deadline in effect, on any thread (one of yours, an executor's).
-        Not for a coroutine function: the deadline ends with run(), before the coroutine runs."""
+        Not for a coroutine function, nor a function returning another awaitable than an asyncio Task: the
+        deadline ends with run(), before that work runs (a Future returned is cancelled). A Task made inside
+        (loop.create_task) copied the context, the deadline with it, and is returned."""
         if inspect.iscoroutinefunction(func):
             raise self._not_async(func)
         token = _ACTIVE.set(self._joined())
@@ -100,9 +104,13 @@ class CallDeadline:
             result = func(*args, **kwargs)
         finally:
             _ACTIVE.reset(token)
+        if isinstance(result, asyncio.Task):
+            return result  # made inside run(): it copied the context, the deadline with it
         if inspect.isawaitable(result):
             if inspect.iscoroutine(result):
                 result.close()  # never awaited: no "was never awaited" warning for it
+            elif isinstance(result, asyncio.Future):
+                result.cancel()  # run_in_executor's: its work does not carry the deadline
             raise self._not_async(func)
         return result
 
