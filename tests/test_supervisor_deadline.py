@@ -274,4 +274,6 @@ def test_a_retry_the_deadline_leaves_unsent_after_a_sent_try_says_sent(held: _He
     assert getattr(err.value, "sent", None) is True, repr(err.value)
     assert isinstance(err.value.__cause__, PluginDiedError), repr(err.value.__cause__)
     assert "before try 2 of 4" in said and "an earlier one was sent" in said, said
+    assert "larger deadline(seconds)" in said and "larger timeout=" not in said, said  # a timeout= only shortens it
+    assert any(n.startswith("plugbay retry: gave up after 2 of 4") for n in getattr(err.value, "__notes__", ())), said
     assert said.count("shared by this call's steps") == 1, said

@@ -46,18 +46,20 @@ def call_timeout(value: Any) -> float | None:
     return _refuse(value)
 
 
-def no_time_left(why: str, deadline: float = 0.0, *, sent_before: BaseException | None = None) -> CallTimeout:
+def no_time_left(why: str, deadline: float = 0.0, *, sent_before: BaseException | None = None,
+                 check: str | None = None) -> CallTimeout:
     """The error of a call whose deadline leaves no time to send it (``why``), raised instead of sending it:
     the error of a call that timed out (DEADLINE_EXCEEDED), with ``sent`` False. ``sent_before``: the last
     error of earlier tries, one of them sent (a retry's): then ``sent`` is True (the plugin may have run
-    the call) and the message names that error, which the caller raises this from."""
+    the call) and the message names that error, which the caller raises this from. ``check``: the advice, when
+    the caller knows better than the call's own timeout= (a deadline shared beyond the call)."""
     if sent_before is None:
         what = f"{why}: plugbay failed the call at once and did not send it"
-        check = "pass a positive timeout= (seconds), or None for the Client's call_timeout"
+        check = check or "pass a positive timeout= (seconds), or None for the Client's call_timeout"
     else:
         what = (f"{why}: plugbay did not send that try, but an earlier one was sent and may have run on the"
                 f" plugin; the last try failed {failure_of(sent_before)}")
-        check = "that failure is this error's __cause__; to give the call more time, pass a larger timeout="
+        check = check or "that failure is this error's __cause__; to give the call more time, pass a larger timeout="
     return CallTimeout(f"{what}; {check}", None, grpc.StatusCode.DEADLINE_EXCEEDED, sent=sent_before is not None,
                        what=what, check=check, deadline=deadline)
 

@@ -95,8 +95,9 @@ class CallDeadline:
     def run(self, func: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """``func(*args, **kwargs)`` with this deadline in effect, on any thread (one of yours, an executor's).
         Not for a coroutine function, nor a function returning another awaitable than an asyncio Task: the
-        deadline ends with run(), before that work runs (a Future returned is cancelled). A Task made inside
-        (loop.create_task) copied the context, the deadline with it, and is returned."""
+        deadline ends with run(), before that work runs (a Future returned is cancelled, but an executor's job
+        may already be running: its work is not undone). A Task made inside run() (loop.create_task) copied the
+        context, the deadline with it, and is returned; a Task made before run() carries no deadline."""
         if inspect.iscoroutinefunction(func):
             raise self._not_async(func)
         token = _ACTIVE.set(self._joined())
@@ -116,7 +117,8 @@ class CallDeadline:
 
     def _not_async(self, func: Callable[..., Any]) -> ConfigError:
         return ConfigError(f"scope.run() of {self._kind}.deadline() got {getattr(func, '__name__', func)!r}, whose"
-                           " result is awaitable: its work would run after run() returned, outside the deadline."
+                           " result is awaitable: its work runs after run() returned, outside the deadline (an"
+                           " executor's job may already be running: check before doing it again)."
                            " Create the task (or await the coroutine) inside the `with` instead: asyncio tasks made"
                            " there carry the deadline")
 

@@ -300,8 +300,13 @@ class _Call:
         resending on ``sent`` False would apply the call twice)."""
         if isinstance(error, CallTimeout) and error.shared_spent and not error.sent and self.sent:
             last, self.last = self.last, None
-            raise no_time_left(f"{error.shared_spent}, before try {n} of {self.tries}",
-                               sent_before=last) from last
+            # the call's own timeout= only ever shortens a shared deadline: the advice is the deadline's
+            spent = no_time_left(f"{error.shared_spent}, before try {n} of {self.tries}", sent_before=last,
+                                 check="that failure is this error's __cause__; to give the call more time, pass"
+                                       " a larger deadline(seconds) to the Supervisor")
+            for note in getattr(error, "__notes__", ()):
+                spent.add_note(note)  # the retry's "gave up after" note, on the error raised
+            raise spent from last
 
     def next_try(self, per_attempt: float | None, n: int = 1) -> float | None:
         """Try ``n``'s deadline (None: the Client's default one), noting what set it. A backoff (or on_retry)
