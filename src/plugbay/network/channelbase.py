@@ -16,6 +16,7 @@ from plugbay.core.transport.secure import Redial
 from plugbay.network.ejection import EjectionState
 from plugbay.network.poolcalls import PoolCallable
 from plugbay.network.resolver import Endpoint
+from plugbay.network.tlsprobe import Unreached
 
 
 class Member:
@@ -49,6 +50,7 @@ class Member:
         self.probed_at: float | None = None
         self.tls_proven = False  # a health check answered over TLS: it takes this host's certificate
         self.closing_since: float | None = None  # first probe that saw a close right after the handshake
+        self.unreached: Unreached | None = None  # the last probe's own dial was refused (tlsprobe.Unreached)
         self.closed = False  # set (under ``lock``) before its channel closes: see build() and retire()
         self.lock = threading.Lock()
         self.tls_set = tls_set  # the NetworkTLS files its channel presents (tlsfiles.ClientSet)

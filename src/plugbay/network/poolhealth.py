@@ -287,6 +287,7 @@ class PoolHealth(PoolTLS):
                     self._first_pass = time.monotonic()
                 member.healthy, member.health_detail, member.check_error = True, "", ""
                 member.tls_proven, member.closing_since = True, None  # it took this host's certificate
+                member.unreached = None
                 member.tls_warned = None  # a TLS failure after this is news again
             elif fails >= self.unhealthy_after or before is None:
                 member.healthy, member.check_error = False, detail

@@ -26,7 +26,7 @@ from plugbay.network.channelbase import Member
 from plugbay.network.ejection import ENDPOINT_FAILURES
 from plugbay.network.poolcalls import tls_error
 from plugbay.network.tls import CHECK_TLS, HOST_CERT_REFUSALS, NetworkTLS, cut_short_note
-from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, REFUSED_CERT, TOOK_IT, probe_taken
+from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, REFUSED_CERT, TOOK_IT, Unreached, probe_taken
 
 _log = logging.getLogger("plugbay.network")
 _PROBE_GAP = 1.0  # one TLS probe per endpoint per this many seconds: its verdict stands meanwhile
@@ -116,9 +116,11 @@ class PoolTLS:
             member.probed_at = now
         verify = self._connector is not None
         verdict = probe_taken(member.endpoint, self.tls, timeout, verify=verify)
+        unreached = verdict if isinstance(verdict, Unreached) else None  # no TLS verdict: why it closed
         took = verdict == TOOK_IT
-        verdict = None if took else verdict
+        verdict = None if took or unreached is not None else verdict
         with self._cond:
+            member.unreached = unreached
             if verdict == CLOSED_AFTER_HANDSHAKE:
                 verdict = self._weigh_close(member)
             else:
@@ -180,7 +182,9 @@ class PoolTLS:
         """Why a connection closed during setup, for an error: a close after each handshake names the
         likely refused certificate (a call still waits out its deadline while that is not definite)."""
         with self._cond:
-            closing = member.closing_since is not None
+            closing, unreached = member.closing_since is not None, member.unreached
+        if unreached is not None:  # the probe's own dial was refused: no TLS question at all
+            return unreached.advice(member.key)
         return CLOSED_AFTER_HANDSHAKE if closing else cut_short_note(self.tls is not None)
 
     def _failure_detail(self, member: Member, detail: str, suspect: bool) -> str:
@@ -191,7 +195,9 @@ class PoolTLS:
             return f"{detail} (perhaps a TLS failure: {member.tls_failure}; {CHECK_TLS})"
         if member.tls_failure is not None:
             return f"{detail} (TLS failure: {member.tls_failure}; {CHECK_TLS})"
-        if suspect:
+        if suspect and member.unreached is not None:  # what happened first, gRPC's words (its relay's close) after
+            detail = f"{member.unreached.advice(member.key)} (gRPC said: {detail})"
+        elif suspect:
             detail = f"{detail} ({self.cut_short_detail(member)})"
         if member.tls_learned is not None:  # down since, say: a NoEndpointsError still names it
             # flat (no brackets of its own): a NoEndpointsError puts this detail in brackets, the meaning has some

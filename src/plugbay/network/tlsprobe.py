@@ -43,6 +43,17 @@ TOOK_IT = "the plugin completed the TLS handshake and kept the connection"
 _PROMPT = 0.5
 
 
+class Unreached(str):
+    """The probe's own dial failed (the OS's words: "Connection refused"): no TLS verdict, but the reason a
+    connection closed during setup, where gRPC sees only its relay's close (a multiplexed endpoint)."""
+
+    def advice(self, key: str) -> str:
+        """What it means for endpoint ``key``, and what to do: a health detail's and a call error's words."""
+        return (f"the plugin at {key} cannot be reached: {self} (nothing listens there: the plugin or its gateway is"
+                " down or restarting); check that it runs and listens on that address, and that discovery (the"
+                " target) names it")
+
+
 def _context(tls: NetworkTLS | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # The plugin's certificate is gRPC's to judge (it says so plainly when it fails); the probe asks
@@ -62,12 +73,13 @@ def _alert(exc: ssl.SSLError) -> bool:
 
 def probe_taken(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float, verify: bool = False) -> str | None:
     """What a closed connection during setup meant, from one handshake of our own: a TLS failure, TOOK_IT
-    when the handshake was made and the plugin kept the connection, or None when nothing is definite.
+    when the handshake was made and the plugin kept the connection, an Unreached (a str, no TLS verdict) when
+    the probe could not connect at all, or None when nothing is definite.
 
     With ``tls``: a TLS alert is a refusal; a close within _PROMPT of a completed handshake is
     CLOSED_AFTER_HANDSHAKE, which the caller weighs; with ``verify`` (a multiplexed endpoint), a plugin
     certificate this host does not trust is named too. Without: a peer that answers a TLS handshake
-    wants TLS. A connection refused, reset or closed before the handshake finished proves nothing.
+    wants TLS. A connection reset or closed before the handshake finished proves nothing about TLS.
     """
     deadline = time.monotonic() + timeout
     verify = verify and tls is not None
@@ -78,6 +90,8 @@ def probe_taken(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float, veri
         return None
     try:
         sock = dial(endpoint.network, endpoint.address, timeout)
+    except (ConnectionRefusedError, FileNotFoundError) as exc:  # nothing listens (a timeout: a silent peer)
+        return Unreached(exc.strerror or type(exc).__name__)
     except (OSError, ValueError):
         return None
     try:
