@@ -4,7 +4,8 @@ A unary call that provably failed before it was sent (gRPC's picker found no con
 "failed to connect to all addresses" while the endpoint's channel is in TRANSIENT_FAILURE; the
 endpoint's channel closed under it; or the endpoint refused it UNAVAILABLE with the NOT_SENT trailer,
 as the gateway does while its plugin misses its health checks, the trailer's value echoing the token
-this pool sends with every unary call) goes to another endpoint within the same deadline; once every
+this pool sends with every unary call) goes to another endpoint within the same deadline (so does a
+server-streaming call whose first read failed so: plugbay.network.poolstream); once every
 endpoint was tried the call waits briefly and tries again, until its deadline. A RESOURCE_EXHAUSTED
 refusal with that trailer (a full handler gate, core/plugin/gate.py) goes to each endpoint not yet
 tried; once every endpoint refused (one as busy) it ends at once with that RESOURCE_EXHAUSTED:
@@ -135,30 +136,6 @@ def drain_cut(pool: EndpointPool, member: Any, exc: grpc.RpcError) -> grpc.RpcEr
     return exc
 
 
-class _PoolStream:
-    """A sync stream through the pool: iterating it raises drain_cut()'s error; the rest delegates."""
-
-    def __init__(self, call: Any, pool: EndpointPool, member: Any) -> None:
-        self._call = call
-        self._pool = pool
-        self._member = member
-
-    def __iter__(self) -> _PoolStream:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._call)
-        except grpc.RpcError as exc:
-            error = drain_cut(self._pool, self._member, exc)
-            if error is exc:
-                raise
-            raise error from exc
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
-
-
 class _Named(Protocol):
     """What tls_error() needs of a pool (an EndpointPool, or PoolTLS, a base of it): no import circle."""
 
@@ -254,28 +231,14 @@ class PoolCallable:
     def drain_cut(self, member: Member, exc: grpc.RpcError) -> grpc.RpcError:
         return drain_cut(self._pool, member, exc)
 
+    def stream_ended(self, member: Member, call: Any) -> None:
+        """A stream's done callback: its outcome counted for ``member`` (pool.done)."""
+        self._pool.done(member, _call_error(call), ok=ended_ok(_code(call)))
+
     def _stream(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
-        pick_until, deadline = self.deadline(timeout)
-        tried: set[str] = set()
-        while True:
-            try:
-                member = self._pool.pick(pick_until, tried, self._pin)
-            except NoEndpointsError as exc:
-                raise out_of_tries(self._pool, exc, tried, "") from None
-            left = self.remaining(deadline, member)
-            try:
-                call = self._on(member)(request, timeout=left, **kwargs)
-                break
-            except ValueError as exc:  # the endpoint's channel was closed under the call: not sent
-                self._pool.done(member, None)
-                if not closed_under_call(exc):
-                    raise
-                tried.add(member.key)
-            except BaseException as exc:
-                self._pool.done(member, exc)
-                raise
-        call.add_done_callback(lambda c: self._pool.done(member, _call_error(c), ok=ended_ok(_code(c))))
-        return _PoolStream(call, self._pool, member)
+        from plugbay.network.poolstream import open_stream  # only callers of streams load it
+
+        return open_stream(self, request, *self.deadline(timeout), kwargs)
 
     def _unary(self, with_call: bool, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         pool = self._pool

@@ -1,0 +1,122 @@
+"""A sync streaming call through the endpoint pool: opened on an endpoint the pool picks, and sent to
+another one when it provably never left the first.
+
+A server-streaming call (one request, a stream of answers) fails at its first read, not when it is made:
+gRPC opens it lazily. When that read fails as unsent (plugbay.network.unsent.not_sent: no connection
+to the endpoint, a replica just killed that its health checks have not caught yet), nothing reached
+the plugin and nothing came back, so the same request goes to another endpoint within the call's
+deadline, as a unary call's does. Once an answer came, a failure ends the stream: the plugin may have
+acted on the request. A client-streaming or bidi call is not sent again: gRPC may have taken messages
+from the caller's iterator that a second call would not see.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import grpc
+
+from plugbay.core.host.callerrors import closed_under_call
+from plugbay.errors import NoEndpointsError
+from plugbay.network.unsent import Tried, not_sent
+
+
+class Streams(Protocol):
+    """What a stream needs of its multicallable (plugbay.network.poolcalls.PoolCallable: a Protocol, so no
+    import circle)."""
+
+    _pool: Any
+    _kind: str
+    _pin: str | None
+
+    def _on(self, member: Any) -> Any: ...
+    def remaining(self, deadline: float | None, member: Any, last: str = "") -> float | None: ...
+    def made(self, member: Any, tried: Any) -> None: ...
+    def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException: ...
+    def drain_cut(self, member: Any, exc: grpc.RpcError) -> grpc.RpcError: ...
+    def stream_ended(self, member: Any, call: Any) -> None: ...
+
+
+def open_stream(owner: Streams, request: Any, pick_until: float, deadline: float | None,
+                kwargs: dict[str, Any]) -> PoolStream:
+    """The stream of ``owner``'s method, started on the first endpoint that takes it."""
+    stream = PoolStream(owner, request, pick_until, deadline, kwargs)
+    stream.start()
+    return stream
+
+
+class PoolStream:
+    """A sync stream through the pool: iterating it raises drain_cut()'s error; the rest delegates to the
+    call on the endpoint it is on now."""
+
+    def __init__(self, owner: Streams, request: Any, pick_until: float, deadline: float | None,
+                 kwargs: dict[str, Any]) -> None:
+        self._owner = owner
+        self._pool = owner._pool
+        self._request = request
+        self._pick_until, self._deadline = pick_until, deadline
+        self._kwargs = kwargs
+        self._tried = Tried()
+        self._answered = False  # an answer came: the call reached the plugin
+        self._call: Any = None
+        self._member: Any = None
+
+    def start(self) -> None:
+        """Open the call on an endpoint not tried yet (the pool waits, until pick_until, for one)."""
+        pool, tried = self._pool, self._tried
+        while True:
+            try:
+                member = pool.pick(self._pick_until, tried, self._owner._pin)
+            except NoEndpointsError as exc:
+                raise self._owner.out_of_tries(exc, tried, "") from None
+            left = self._owner.remaining(self._deadline, member)
+            try:
+                call = self._owner._on(member)(self._request, timeout=left, **self._kwargs)
+                break
+            except ValueError as exc:  # the endpoint's channel was closed under the call: not sent
+                pool.done(member, None)
+                if not closed_under_call(exc):
+                    raise
+                tried.add(member.key)
+            except BaseException as exc:
+                pool.done(member, exc)
+                raise
+        self._owner.made(member, tried)
+        call.add_done_callback(lambda c: self._owner.stream_ended(member, c))
+        self._call, self._member = call, member
+
+    def _resend(self, exc: grpc.RpcError) -> bool:
+        """Whether the failed first read ``exc`` is sent again elsewhere (then the stream is on its new call)."""
+        if self._answered or self._owner._kind != "unary_stream" or self._owner._pin is not None:
+            return False
+        if not not_sent(exc, self._member.channel, self._pool.token):
+            return False
+        self._tried.add(self._member.key)
+        self._tried.refused_by = self._member.key
+        if all(key in self._tried for key in self._pool.pickable_keys()):
+            return False  # no other endpoint to go to: the failure is the answer
+        try:
+            self.start()
+        except (NoEndpointsError, grpc.RpcError):
+            return False  # none took it in time: the first failure says what happened
+        return True
+
+    def __iter__(self) -> PoolStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            try:
+                answer = next(self._call)
+            except grpc.RpcError as exc:
+                if self._resend(exc):
+                    continue
+                error = self._owner.drain_cut(self._member, exc)
+                if error is exc:
+                    raise
+                raise error from exc
+            self._answered = True
+            return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)

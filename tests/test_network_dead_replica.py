@@ -1,0 +1,102 @@
+"""One of two replicas killed (kill -9), before the pool's health checks have caught up or while they say so.
+
+A multiplexed endpoint's gRPC dials its TLS relay, which closes the connection when its own dial is
+refused: the health detail read "Socket closed (the TLS handshake was cut short ...)", a TLS guess, and
+now says the plugin cannot be reached (connection refused) and what to check. A new server-streaming
+call with pick_first went to the killed replica (still first, still healthy to the pool) and failed
+UNAVAILABLE, where a unary call fails over: it now goes to the live replica too, as it never left.
+Real network-mode plugins (the counter and streaming examples) over mTLS on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugbay import RemoteClient, RemoteConfig
+from tests import netcerts
+from tests.replicas import replica_pair
+from tests.test_network_broker import COUNTER, REPO, CounterReplica, counter_config, host_tls
+
+STREAMING = REPO / "examples" / "streaming"
+sys.path.insert(0, str(STREAMING))
+from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE  # noqa: E402
+from streaming_plugin_def import PLUGIN_NAME as STREAMER, StreamerClient, StreamerPlugin  # noqa: E402
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> netcerts.CertSet:
+    return netcerts.write_set(tmp_path / "tls")
+
+
+def _pair(tmp_path: Path, certs: netcerts.CertSet, script: Path) -> Iterator[list[CounterReplica]]:
+    made: list[CounterReplica] = []
+
+    def make(folder: Path) -> CounterReplica:
+        made.append(CounterReplica(folder, certs, script=script))
+        return made[-1]
+
+    try:
+        with replica_pair(make, tmp_path) as reps:
+            yield reps
+    finally:
+        for rep in made:  # kill -9 leaves the replica's sockets
+            shutil.rmtree(rep.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def counters(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterReplica]]:
+    yield from _pair(tmp_path, certs, COUNTER / "plugin.py")
+
+
+@pytest.fixture
+def streamers(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterReplica]]:
+    yield from _pair(tmp_path, certs, STREAMING / "plugin.py")
+
+
+def _kill(replica: CounterReplica) -> None:
+    replica.proc.kill()
+    replica.proc.wait(10)
+
+
+def test_a_dead_multiplexed_replica_is_said_to_refuse_the_connection(counters: list[CounterReplica],
+                                                                     certs: netcerts.CertSet) -> None:
+    dead, _ = counters
+    cfg = counter_config(counters, host_tls(certs), multiplex=True, health_interval=0.2, health_timeout=1.0)
+    with RemoteClient(cfg) as client:
+        _kill(dead)
+        key = f"tcp:{dead.address}"
+        detail = ""
+        for _ in range(150):  # the health thread's checks and probe, every 0.2 s; bounded at about 30 s
+            detail = client.metrics()["endpoints"][key]["health_detail"]
+            if "Connection refused" in detail:
+                break
+            time.sleep(0.2)
+        assert "Connection refused" in detail, detail
+        assert f"the plugin at {key} cannot be reached" in detail and "check that it runs" in detail, detail
+        assert "TLS handshake was cut short" not in detail, detail
+
+
+@pytest.mark.parametrize("brokered", [False, True], ids=["plain", "multiplexed"])
+def test_a_new_stream_with_pick_first_fails_over_from_a_killed_replica(
+        streamers: list[CounterReplica], certs: netcerts.CertSet, brokered: bool) -> None:
+    dead, live = streamers
+    cfg = RemoteConfig(target=f"static:///{dead.address},{live.address}", handshake=STREAM_HANDSHAKE,
+                       plugins={STREAMER: StreamerPlugin()}, tls=host_tls(certs), name="streamer",
+                       policy="pick_first", brokered=brokered, health_interval=60, start_timeout=20)
+    with RemoteClient(cfg) as client:
+        # multiplexed, dispense() pins its stub to one endpoint (for its broker): the pool's own channel is not
+        streamer = StreamerClient(client.channel) if brokered else client.dispense(STREAMER)
+        assert [c.seq for c in streamer.generate(2, 8, timeout=10)] == [0, 1]  # on the first replica
+        _kill(dead)
+        # health checks 60 s apart: to the pool the killed replica is still healthy, and first
+        assert streamer.stats().produced >= 0  # a unary call: it failed over before, too
+        assert [c.seq for c in streamer.generate(3, 8, timeout=10)] == [0, 1, 2]
+        assert [c.seq for c in streamer.generate(3, 8, timeout=10)] == [0, 1, 2]
+        endpoints = client.metrics()["endpoints"]
+        assert endpoints[f"tcp:{live.address}"]["picks"] >= 3, endpoints
