@@ -6,6 +6,8 @@ import threading
 
 import grpc
 
+from plugbay.errors import TLSConfigError
+
 
 def connect_failure(channel: grpc.Channel) -> str:
     """"; the connection: <why it failed>" when ``channel``'s last connection attempt failed, else "".
@@ -40,3 +42,24 @@ def connect_failure(channel: grpc.Channel) -> str:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             return f"; the connection: {exc.details()}"
     return ""  # connected since
+
+
+# network mode's words (plugbay.network.tls) for its API's fields, as the command line's flags say them
+_FLAGS = (("(ca_file)", "(--ca)"), ("ca_file", "--ca"), ("cert_file", "--cert"), ("key_file", "--key"),
+          ("server_name", "the address dialed (a SAN of the certificate)"),
+          ("connect with insecure=True", "pass --insecure"), ("pass tls=NetworkTLS(...)", "pass --ca/--cert/--key"))
+
+
+def tls_refusal(detail: str, target: str, insecure: bool) -> TLSConfigError | None:
+    """The typed error of a probe whose connection failed on TLS (``detail``: gRPC's words, with the cause
+    connect_failure found), saying which flag to fix; None when they show no TLS failure."""
+    from plugbay.network.tls import tls_failure
+
+    meaning = tls_failure(detail, tls=not insecure)
+    if meaning is None:
+        return None
+    for api, flag in _FLAGS:
+        meaning = meaning.replace(api, flag)
+    fix = ("pass --ca with the CA that signed the plugin's certificate, and --cert/--key with a certificate"
+           " signed by a CA the plugin trusts" if not insecure else "pass --ca/--cert/--key for mTLS")
+    return TLSConfigError(f"TLS with {target} failed: {meaning}; {fix} (gRPC said: {detail.lstrip('; ')})")

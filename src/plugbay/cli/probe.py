@@ -12,7 +12,7 @@ import click
 import grpc
 
 from plugbay.cli import output
-from plugbay.cli.connectcause import connect_failure
+from plugbay.cli.connectcause import connect_failure, tls_refusal
 from plugbay.cli.targets import Reached, Tls, reach
 from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
 
@@ -76,6 +76,13 @@ def _cause(channel: grpc.Channel, code: grpc.StatusCode) -> str:
     return connect_failure(channel) if code == grpc.StatusCode.DEADLINE_EXCEEDED else ""
 
 
+def _tls_refused(result: dict[str, Any], reached: Reached, tls: Tls) -> Exception | None:
+    """The typed error of a check that failed on TLS (a --ca that did not sign the plugin's certificate), else None."""
+    if result["status"] != "UNREACHABLE" or reached.facts.get("tls") is not True or "network" not in reached.facts:
+        return None  # a reattach config's AutoMTLS is the plugin's own: no flag of this command sets it
+    return tls_refusal(result["detail"], reached.target, tls.insecure)
+
+
 def _health_code(status: str) -> int:
     return {"SERVING": output.OK, "UNREACHABLE": output.UNREACHABLE}.get(status, output.UNHEALTHY)
 
@@ -119,6 +126,11 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
                                               "detail": output.one_line(str(exc))}
                 else:
                     result = check_health(reached.channel, service, timeout, wait=not watch)
+                    refused = _tls_refused(result, reached, tls)
+                    if refused is not None and not watch:  # no check can pass with these files: say which to fix
+                        raise refused
+                    if refused is not None:
+                        result["detail"] = output.one_line(str(refused))
                 code, done = _health_code(result["status"]), done + 1  # before it shows: Ctrl-C may come then
                 _print_health(result, as_json)
                 if not watch or (count is not None and done >= count):
@@ -163,6 +175,9 @@ def info(protos: tuple[str, ...], proto_paths: tuple[str, ...], as_json: bool, *
     tls, timeout = _tls(kw), kw["timeout"]
     with reach(kw["target"], tls) as reached:
         health_result = check_health(reached.channel, "plugin", timeout)
+        refused = _tls_refused(health_result, reached, tls)
+        if refused is not None:
+            raise refused
         if health_result["status"] == "UNREACHABLE":
             raise TargetUnreachableError(f"the plugin does not answer ({health_result['detail']}); check"
                                          " that it still runs and the target is right")
@@ -218,7 +233,10 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
     services = descriptors.from_protos(protos, proto_paths) if protos else None
     with reach(kw["target"], tls) as reached:
         if services is None:
-            services = descriptors.from_reflection(reached.channel, timeout)
+            try:
+                services = descriptors.from_reflection(reached.channel, timeout)
+            except TargetUnreachableError as exc:
+                raise (_tls_refused({"status": "UNREACHABLE", "detail": str(exc)}, reached, tls) or exc) from None
             if services is None:
                 raise ConfigError("the plugin offers no server reflection; pass --proto FILE with the"
                                   " service's definition")
@@ -236,7 +254,9 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
         try:
             resp = stub(req, timeout=timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
-            raise _call_error(exc, method, _cause(reached.channel, exc.code())) from None
+            cause = _cause(reached.channel, exc.code())
+            refused = _tls_refused({"status": "UNREACHABLE", "detail": f"{exc.details()}{cause}"}, reached, tls)
+            raise (refused or _call_error(exc, method, cause)) from None
     output.say(json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None))
     return output.OK
 

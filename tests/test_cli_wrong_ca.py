@@ -1,0 +1,54 @@
+"""`plugbay health`, `info` and `call` given a --ca that did not sign the plugin's certificate: they printed
+gRPC's raw words (DEADLINE_EXCEEDED ... CERTIFICATE_VERIFY_FAILED) with the advice "check that the plugin
+runs", exit 3 (unreachable). Now a typed error (TLSConfigError) names the TLS failure and the flag to fix,
+exit 2 (a configuration error). The KV example served in network mode over mTLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests import netcerts
+from tests.cli_util import KV_PROTO, plugbay
+from tests.test_network_broker import REPO, CounterReplica, host_tls
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str], list[str]]]:
+    """The plugin's target, the flags of the right mTLS files, and the same with another CA's certificate."""
+    folder = tmp_path_factory.mktemp("wrongca")
+    certs = netcerts.write_set(folder / "tls")
+    rep = CounterReplica(folder / "kv", certs, script=REPO / "examples" / "kv" / "plugin.py")
+    try:
+        tls = host_tls(certs)
+        rogue = folder / "rogue-ca.crt"
+        rogue.write_bytes(netcerts.make_ca("rogue CA").cert_pem)
+        right = ["--cert", str(tls.cert_file), "--key", str(tls.key_file), "--ca", tls.ca_file]
+        yield f"static:///{rep.address}", right, [*right[:4], "--ca", str(rogue)]
+    finally:
+        rep.stop()
+        shutil.rmtree(rep.tmp, ignore_errors=True)  # the plugin's own TMPDIR
+
+
+COMMANDS = [["health"], ["info"], ["call", "/proto.KV/Get", '{"key": "a"}', "--proto", str(KV_PROTO)],
+            ["call", "/proto.KV/Get", '{"key": "a"}']]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=["health", "info", "call", "call-reflection"])
+def test_a_ca_that_did_not_sign_the_plugins_certificate_is_named(served: tuple[str, list[str], list[str]],
+                                                                 args: list[str]) -> None:
+    target, _, wrong = served
+    said = plugbay(args[0], target, *args[1:], *wrong, "--timeout", "1")
+    err = said.stdout + said.stderr
+    assert said.returncode == 2, said
+    assert "TLS with " in err and "not signed by the CA given (--ca)" in err, err
+    assert "pass --ca with the CA that signed the plugin's certificate" in err, err
+    assert "Traceback" not in err and "check that the plugin runs" not in err, err
+
+
+def test_the_right_ca_still_serves(served: tuple[str, list[str], list[str]]) -> None:
+    target, right, _ = served
+    said = plugbay("health", target, *right, "--timeout", "10")
+    assert said.returncode == 0 and said.stdout.startswith("SERVING"), said
