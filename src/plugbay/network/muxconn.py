@@ -33,7 +33,7 @@ from plugbay.core.transport.relay import DRAIN_TIMEOUT, ContextSource, TLSRelay
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.core.transport.sockets import open_listener
-from plugbay.errors import BrokerError, SessionRefusedError
+from plugbay.errors import BrokerClosedError, BrokerError, SessionRefusedError
 from plugbay.network.resolver import Endpoint
 from plugbay.core.transport.channels import DelegatingChannel
 from plugbay.core.transport.tempdirs import make_tempdir
@@ -212,6 +212,12 @@ class MuxEndpoint(DelegatingChannel):
             assert self._mux is not None
             self._broker = host_broker(self._channel, BrokerTransport(multiplex=True, mux=self._mux))
             return self._broker
+
+    def client_closed(self, error: Callable[[str], BrokerClosedError]) -> None:
+        """Its client is being closed: what its broker's use raises from now on (GRPCBroker.closed_error)."""
+        with self._lock:
+            if self._broker is not None:
+                self._broker.closed_error = error
 
     @property
     def serving(self) -> bool:

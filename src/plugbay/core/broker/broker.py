@@ -285,8 +285,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise BrokerClosedError("the broker is closed (its Client was killed or the plugin"
-                                    " shut down); start a new Client to broker connections")
+            raise self._closed_error("the broker is closed (its Client was killed or the plugin"
+                                     " shut down); start a new Client to broker connections")
 
     def _wait_for(self, table: dict[int, Any], id: int, timeout: float, what: str,
                   instead: Callable[[], Any] | None = None) -> Any:
@@ -300,8 +300,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
                 if instead is not None and (got := instead()) is not None:
                     return got
                 if self._closed:
-                    raise BrokerClosedError("the broker was closed while waiting for id"
-                                            f" {id}; nothing to dial any more")
+                    raise self._closed_error("the broker was closed while waiting for id"
+                                             f" {id}; nothing to dial any more")
                 if self._final_loss() is not None:
                     raise BrokerClosedError(f"while waiting for broker id {id}: " + self._lost_message())
                 left = deadline - time.monotonic()

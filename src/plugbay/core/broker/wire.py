@@ -73,6 +73,12 @@ class StreamEnd:
     _on_knock: Callable[[pb.ConnInfo], None]  # knock.Multiplexed's
     _told_oversized = False  # an oversized announcement was logged as a warning (later ones: debug)
     _take_route: Callable[[int], None]  # knock.Multiplexed's
+    # what a use after close() raises when its owner closed it and said so: a Client closed or killed by its user
+    # makes core.host.callerrors.BrokerClientClosed (also a ClientClosed, as that Client's calls then raise)
+    closed_error: Callable[[str], BrokerClosedError] | None = None
+
+    def _closed_error(self, message: str) -> BrokerClosedError:
+        return (self.closed_error or BrokerClosedError)(message)
 
     def open_stream_with(self, opener: Callable[[float], Opening | None]) -> None:
         """Open the stream by calling ``opener`` on first use, not now (host_broker(lazy=True)).
@@ -190,7 +196,7 @@ class StreamEnd:
     def _send(self, msg: pb.ConnInfo) -> None:
         with self._cond:
             if self._closed:
-                raise BrokerClosedError("the broker is closed; no more brokered connections can be made")
+                raise self._closed_error("the broker is closed; no more brokered connections can be made")
             if self._send_q is None:
                 # a knock's ack answers the stream the knock came on: no later host asked for it
                 if self._lost is not None and (self._final_loss() is not None or msg.knock.ack):

@@ -6,9 +6,12 @@ that catches gRPC errors keeps working.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
-from plugbay.errors import BrokerTLSError, CallTimeoutError, ClientStateError, PluginDiedError, PluginUnavailableError
+from plugbay.errors import (BrokerClosedError, BrokerTLSError, CallTimeoutError, ClientStateError, PluginDiedError,
+                            PluginUnavailableError)
 
 
 def caused(error: BaseException, original: BaseException) -> BaseException:
@@ -143,6 +146,19 @@ class ClientClosed(_TranslatedRpcError, ClientStateError):
         return cls(f"the connection to plugin {name!r} was closed (the Client was killed) while the call was in"
                    " flight; the plugin may have run the call; start a new Client to call it again", original,
                    grpc.StatusCode.CANCELLED)
+
+
+class BrokerClientClosed(ClientClosed, BrokerClosedError):
+    """The broker of a Client its user closed or killed, used after that (a brokered stub's callback served,
+    a broker id dialed): a ClientClosed, as that Client's calls then raise, and the BrokerClosedError a
+    broker's users catch."""
+
+    @classmethod
+    def of(cls, name: str, kind: str) -> Callable[[str], BrokerClientClosed]:
+        """The broker's closed_error (core.broker.wire) for the Client of plugin ``name``, a ``kind`` (its class)."""
+        return lambda said: cls(f"the {kind} of plugin {name!r} was closed (close() or kill()), and its broker with"
+                                f" it ({said}); nothing was sent; make a new {kind} to broker connections again",
+                                None, grpc.StatusCode.CANCELLED, sent=False)
 
 
 class PluginRestarted(PluginDied):

@@ -23,6 +23,7 @@ import grpc
 
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import GRPCPlugin
+from plugbay.core.host.callerrors import BrokerClientClosed
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
 from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError, printable
 from plugbay.core.protocol.handshake import HandshakeInfo
@@ -314,6 +315,8 @@ class Client(Connecting):
                 self._kill_called = what == "kill"  # under the lock: a close() that came first leaves it running
                 LIVE.discard(self)
                 try:
+                    if self._broker is not None:  # its use from now on is this end's doing, as a call's is
+                        self._broker.closed_error = BrokerClientClosed.of(self.name, self.user_class)
                     if self._channel is not None:  # may read the plugin's last stderr lines: theirs to make fail
                         self._channel.begin_close(self._broker is not None and self._broker.serving)
                     stop()

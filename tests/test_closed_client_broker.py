@@ -1,0 +1,73 @@
+"""A brokered stub used after its client was closed: docs/network-host.md says a closed client's calls raise
+ClientClosed, "brokered (pinned) ones ... included", but the counter stub's put(), which serves its helper
+on the broker first, raised the broker's BrokerClosedError. The error is now both (BrokerClientClosed):
+either except clause catches it, and it says the client was closed and what to make. A launched Client
+(the counter example as a process) and a RemoteClient of the counter served in network mode over mTLS.
+"""
+
+from __future__ import annotations
+
+import sys
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from plugbay import Client, ClientConfig, RemoteClient
+from plugbay.core.host.callerrors import ClientClosed
+from plugbay.errors import BrokerClosedError, ClientStateError
+from tests import netcerts
+from tests.test_network_broker import COUNTER, PLUGIN_NAME, Adder, CounterPlugin, CounterReplica, counter_config, \
+    host_tls
+from counter_plugin_def import HANDSHAKE  # noqa: E402,I001 (test_network_broker puts the example on sys.path)
+
+
+def _closed_put(stub: object, kind: str) -> None:
+    with pytest.raises(ClientClosed) as caught:
+        stub.put("n", 1, Adder())  # type: ignore[attr-defined]
+    error = caught.value
+    assert isinstance(error, BrokerClosedError) and isinstance(error, ClientStateError)
+    assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.CANCELLED and error.sent is False
+    assert f"the {kind} of plugin" in str(error) and "was closed" in str(error), error
+    assert f"make a new {kind}" in str(error), error
+
+
+def test_a_launched_clients_brokered_stub_after_its_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the counter plugin writes kv_<key> files where it runs
+    cfg = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                       cmd=[sys.executable, str(COUNTER / "plugin.py")])
+    client = Client(cfg)
+    try:
+        client.start()
+        counter = client.dispense(PLUGIN_NAME)
+        counter.put("n", 1, Adder())
+    finally:
+        client.kill()  # a launched Client's close() refuses to leave its plugin running: kill is its end
+    _closed_put(counter, "Client")
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> Iterator[tuple[CounterReplica, netcerts.CertSet]]:
+    certs = netcerts.write_set(tmp_path / "tls")
+    rep = CounterReplica(tmp_path / "a", certs)
+    try:
+        yield rep, certs
+    finally:
+        rep.stop()
+        shutil.rmtree(rep.tmp, ignore_errors=True)  # the plugin's own TMPDIR
+
+
+@pytest.mark.parametrize("how", ["kill", "close"])
+def test_a_remote_clients_pinned_brokered_stub_after_its_close(
+        replica: tuple[CounterReplica, netcerts.CertSet], how: str) -> None:
+    rep, certs = replica
+    client = RemoteClient(counter_config([rep], host_tls(certs), multiplex=True))
+    try:
+        client.start()
+        counter = client.dispense(PLUGIN_NAME)
+        counter.put("n", 1, Adder())
+    finally:
+        getattr(client, how)()
+    _closed_put(counter, "RemoteClient")
