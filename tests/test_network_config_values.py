@@ -223,3 +223,43 @@ def test_pool_and_remote_waits_take_real_numbers() -> None:
     from plugbay.network.remotecheck import check_remote
     check_remote(config)  # kubernetes=None: no options, as before these checks
     assert type(config.dns_refresh) is float
+
+
+def test_tls_and_insecure_together_are_refused_when_the_config_is_made(tmp_path: Path) -> None:
+    # refused only at start(), by the pool, the line that asked for both long passed
+    from tests import netcerts
+
+    certs = netcerts.write_set(tmp_path)
+    tls = NetworkTLS(str(certs.cert_file), str(certs.key_file), str(certs.client_ca_file))
+    with pytest.raises(ConfigError, match="not both: choose one"):
+        RemoteConfig(target="static:///127.0.0.1:7001", handshake=HANDSHAKE, plugins=PLUGINS, tls=tls, insecure=True)
+    cfg = RemoteConfig(target="static:///127.0.0.1:7001", handshake=HANDSHAKE, plugins=PLUGINS, tls=tls)
+    cfg.insecure = True  # set afterwards: RemoteClient() still says so, before anything runs
+    with pytest.raises(ConfigError, match="not both: choose one"):
+        RemoteClient(cfg)
+
+
+def test_metrics_before_start_names_the_class_held_and_how_to_start_it() -> None:
+    """It said "Client.pool is only available after start()", of a RemoteClient's metrics()."""
+    import asyncio
+
+    from plugbay import AsyncRemoteClient
+    from plugbay.errors import ClientStateError
+
+    cfg = RemoteConfig(target="static:///127.0.0.1:7001", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True)
+    with pytest.raises(ClientStateError) as sync_error:
+        RemoteClient(cfg).metrics()
+    assert str(sync_error.value) == ("RemoteClient.metrics() is only available after start(): call start() first,"
+                                     " or use it as `with RemoteClient(config) as client:`")
+
+    async def unstarted() -> None:
+        client = AsyncRemoteClient(cfg)
+        try:
+            client.metrics()
+        finally:
+            await client.close()
+
+    with pytest.raises(ClientStateError) as async_error:
+        asyncio.run(unstarted())
+    assert str(async_error.value).startswith("AsyncRemoteClient.metrics() is only available after start(): await"
+                                             " client.start() first, or use it as `async with AsyncRemoteClient(")

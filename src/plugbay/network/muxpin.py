@@ -16,14 +16,15 @@ beside a replica that is restarting must not end a wait the restart would win.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
-from typing import Protocol
+from collections.abc import Collection, Mapping
+from typing import Any, Protocol
 
 import grpc
 
 from plugbay.core.broker.broker import GRPCBroker
-from plugbay.errors import BrokerError
+from plugbay.errors import BrokerError, UnknownPluginError
 from plugbay.network.muxconn import MuxEndpoint
+from plugbay.network.poolcalls import no_endpoints
 
 
 class Pool(Protocol):
@@ -91,3 +92,48 @@ def pin_broker(pool: Pool, key: str, endpoint: MuxEndpoint, call_timeout: float 
             raise (BrokerError(f"{exc}; {remembered}") if (remembered := pool.tls_remembered()) else exc) from None
         if broker is not None:
             return key, broker
+
+
+class PinningClient(Protocol):
+    """What pin_stub() needs of its RemoteClient (plugbay.network.remote: a Protocol, so no import circle)."""
+
+    _lock: Any  # its RLock
+    _versions: dict[int, Mapping[str, Any]]
+    config: Any
+    remote: Any
+
+    @property
+    def negotiated_version(self) -> int: ...
+    @property
+    def pool(self) -> Any: ...
+    def start(self) -> None: ...
+
+
+def pin_stub(client: PinningClient, name: str) -> tuple[Any, str, GRPCBroker]:
+    """RemoteClient.pin(): plugin ``name``, the endpoint its next stub is pinned to and that endpoint's broker.
+    Waits, as a call does, for call_timeout (else start_timeout) in all: for an endpoint to take the stub (one
+    restarting comes back), then for its session (pin_broker); until the client closes."""
+    timeout = client.config.call_timeout if client.config.call_timeout is not None else client.remote.start_timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        with client._lock:
+            client.start()  # also refuses a Client closed while this waited
+            plugins = client._versions[client.negotiated_version]
+            if name not in plugins:
+                raise UnknownPluginError(name, list(plugins))
+            pool = client.pool
+            key = pool.next_key()
+            endpoint = pool.channel_of(key) if key is not None else None
+            if key is not None and isinstance(endpoint, MuxEndpoint):
+                break
+            broken = pool.tls_broken()  # a TLS refusal everywhere: say so at once
+            if broken is not None:
+                raise broken
+            if time.monotonic() >= deadline:
+                raise pool.tls_at_deadline(()) or no_endpoints(  # each endpoint's state, as a call's
+                    pool, f"nowhere to pin a brokered stub to within {timeout:g}s ({pool.why_none()})")
+        time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))  # outside the lock: close() needs it
+    # outside the lock: close() and kill() need it, and closing the pool ends this wait; the session's
+    # wait gets what is left of the dispense's
+    return plugins[name], *pin_broker(pool, key, endpoint, client.config.call_timeout, client.remote.start_timeout,
+                                      deadline)

@@ -45,6 +45,7 @@ import grpc
 from plugbay._proto.plugbay import discovery_pb2
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
+from plugbay.core.host.callerrors import BrokerClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
@@ -58,19 +59,17 @@ from plugbay.errors import (
     HandshakeTimeoutError,
     NoEndpointsError,
     SessionRefusedError,
-    UnknownPluginError,
 )
 from plugbay.network.describe import Asker, describe, handshake_info
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.muxconn import MuxEndpoint, RefusalWatch, Sessions
-from plugbay.network.muxpin import pin_broker
+from plugbay.network.muxpin import pin_stub
 from plugbay.network.pinhook import MainHook as MainHook, PinnedChannel  # MainHook: aioremote's too
 from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, NetworkBroker
 from plugbay.network.pool import EndpointPool
-from plugbay.network.poolcalls import no_endpoints
 from plugbay.network.resolver import Endpoint
 from plugbay.network.remote_end import RemoteEnd, closed_remote, closed_while_connecting, remote_call_closed
-from plugbay.network.remotecheck import check_remote, wants_broker
+from plugbay.network.remotecheck import check_remote, check_transport, wants_broker
 from plugbay.network.poolhealth import reconnect_backoff
 from plugbay.network.remoteoptions import RemoteOptions, check_options
 from plugbay.network.targets import dns_server_for, make_resolver, parse_target
@@ -116,6 +115,11 @@ class RemoteConfig:
     # cut-off endpoint then waits for good)
     grpc_keepalive: tuple[float, ...] | None = GRPC_KEEPALIVE
 
+    def __post_init__(self) -> None:
+        # refused as the config is made, not at start() (the pool's own check) nor at RemoteClient(): the
+        # line that asks for both is the one to fix
+        check_transport(self.tls, self.insecure)
+
     def client_config(self) -> ClientConfig:
         """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""
         return ClientConfig(handshake=self.handshake, plugins=self.plugins,
@@ -156,7 +160,7 @@ class RemoteClient(Client):
 
     def metrics(self) -> dict[str, Any]:
         """The endpoint pool's metrics snapshot (endpoints known/healthy/ejected, picks, ejections)."""
-        return self.pool.metrics()
+        return self._need(self._pool, "metrics()").metrics()
 
     @property
     def connection_mode(self) -> str:
@@ -309,29 +313,7 @@ class RemoteClient(Client):
         endpoint's broker (plugbay.network.muxpin: round robin, never a lost session while another is up).
         Waits, as a call does, for call_timeout (else start_timeout) in all: for an endpoint to take the stub
         (one restarting comes back), then for its session; until the client closes."""
-        timeout = self.config.call_timeout if self.config.call_timeout is not None else self.remote.start_timeout
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                self.start()  # also refuses a Client closed while this waited
-                plugins = self._versions[self.negotiated_version]
-                if name not in plugins:
-                    raise UnknownPluginError(name, list(plugins))
-                key = self.pool.next_key()
-                endpoint = self.pool.channel_of(key) if key is not None else None
-                if key is not None and isinstance(endpoint, MuxEndpoint):
-                    break
-                broken = self.pool.tls_broken()  # a TLS refusal everywhere: say so at once
-                if broken is not None:
-                    raise broken
-                if time.monotonic() >= deadline:
-                    raise self.pool.tls_at_deadline(()) or no_endpoints(  # each endpoint's state, as a call's
-                        self.pool, f"nowhere to pin a brokered stub to within {timeout:g}s ({self.pool.why_none()})")
-            time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))  # outside the lock: close() needs it
-        # outside the lock: close() and kill() need it, and closing the pool ends this wait; the session's
-        # wait gets what is left of the dispense's
-        return plugins[name], *pin_broker(self.pool, key, endpoint, self.config.call_timeout,
-                                          self.remote.start_timeout, deadline)
+        return pin_stub(self, name)
 
     def _describe(self, pool: EndpointPool, deadline: float,
                   answered: bool = False) -> discovery_pb2.DescribeResponse | None:
@@ -354,6 +336,9 @@ class RemoteClient(Client):
         # judge is a PinnedChannel of its own, in _pinned) and those whose callbacks ran on an endpoint's brokered
         # server it stops
         serving = any(mux.serving for mux in self._muxes)
+        closed = BrokerClientClosed.of(self.name, self.user_class)
+        for mux in self._muxes:  # a pinned stub's broker used from now on says its client was closed
+            mux.client_closed(closed)
         for channel in [self._channel, *self._pinned]:
             if channel is not None:
                 channel.begin_close(serving)

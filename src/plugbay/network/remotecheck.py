@@ -21,12 +21,22 @@ from plugbay.network.resolver import parse_dns_server
 from plugbay.network.tls import NetworkTLS
 
 
+def check_transport(tls: Any, insecure: Any) -> None:
+    """mTLS or plaintext, one of the two: a ConfigError saying to choose when both are asked for (RemoteConfig
+    as it is made, and again at RemoteClient(): the fields may have been set since)."""
+    if tls is not None and insecure is True:
+        raise ConfigError("RemoteConfig takes tls=NetworkTLS(...) (mutual TLS) or insecure=True (plaintext), not"
+                          " both: choose one (drop insecure=True to reach the plugin over mTLS with those files,"
+                          " or tls= for plaintext on a network you trust)")
+
+
 def check_remote(config: Any) -> None:
     """Raise a ConfigError saying what to pass instead when ``config``'s options cannot work."""
     _check_client_fields(config)
     if config.tls is not None and not isinstance(config.tls, NetworkTLS):
         raise ConfigError(f"RemoteConfig.tls must be a NetworkTLS or None, got {type(config.tls).__name__}; pass"
                           " tls=NetworkTLS(ca_file=..., cert_file=..., key_file=...)")
+    check_transport(config.tls, config.insecure)
     if config.outlier is not None and not isinstance(config.outlier, OutlierPolicy):
         raise ConfigError(f"RemoteConfig.outlier must be an OutlierPolicy or None, got"
                           f" {type(config.outlier).__name__}; pass outlier=OutlierPolicy(consecutive_failures=5)")

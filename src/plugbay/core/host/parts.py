@@ -104,8 +104,12 @@ class ClientParts:
             self._logs_drained = True
 
     def _need(self, value: _T | None, what: str) -> _T:
-        if value is None:
-            raise ClientStateError(f"Client.{what} is only available after start(); call start() first")
+        if value is None:  # named as the class the user holds (an AsyncRemoteClient's sync client says so)
+            kind = getattr(self, "user_class", "Client")
+            how = (f"await client.start() first, or use it as `async with {kind}(config) as client:`"
+                   if kind.startswith("Async") else
+                   f"call start() first, or use it as `with {kind}(config) as client:`")
+            raise ClientStateError(f"{kind}.{what} is only available after start(): {how}")
         return value
 
     def _own_runner(self) -> AttachedRunner | None:
