@@ -94,3 +94,19 @@ def _ipv6_sockets() -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.mark.parametrize("host", [".a", "a..b", "x" * 64])
+def test_a_host_name_the_idna_codec_refuses_is_a_config_error(host: str, tmp_path: Path) -> None:
+    """A raw UnicodeError ("label empty or too long") came out of the idna codec, from the plugin process and
+    from NetworkServe and the gateway alike."""
+    from plugbay.core.plugin.netconfig import NetworkServe
+
+    with pytest.raises(ConfigError, match="is no valid host name") as made:
+        NetworkServe(listen=f"{host}:7001", insecure=True)
+    assert "0.0.0.0:7001" in str(made.value)
+    with pytest.raises(ConfigError, match="is no valid host name"):
+        Gateway(GatewayConfig(cmd=[sys.executable, str(REPO / "examples" / "kv" / "plugin.py")],
+                              cookie=("BASIC_PLUGIN", "hello"), listen=f"{host}:0", insecure=True))
+    err = _serve(f"{host}:7001", write_set(tmp_path))
+    assert "is no valid host name" in err and "UnicodeError" not in err and "Traceback" not in err, err

@@ -193,7 +193,20 @@ def listen_target(listen: str) -> tuple[str, str]:
     if not sep or not host or not digits:
         raise ConfigError(f"network listen address {listen!r:.120} is not HOST:PORT; use for example"
                           " '0.0.0.0:7001', '127.0.0.1:0' (any free port), '[::]:7001' or 'unix:/path'")
+    _check_host(listen, host)
     return f"{host}:{int(significant or '0')}", "tcp"
+
+
+def _check_host(listen: str, host: str) -> None:
+    """A host the resolver can be asked about: Python's idna codec raises a bare UnicodeError (no OSError, so
+    no listen failure of ours) for a name with an empty label ('.a', 'a..b') or one over 63 characters."""
+    try:
+        host.strip("[]").encode("idna")
+    except UnicodeError:
+        raise ConfigError(f"network listen address {listen!r:.120}: {host!r:.80} is no valid host name (a part"
+                          " between dots is empty or longer than 63 characters); listen on an IP of this machine"
+                          " ('0.0.0.0' or '[::]' for all of them, '127.0.0.1' for this machine only) or a name it"
+                          " resolves, e.g. '0.0.0.0:7001'") from None
 
 
 def _unnameable(text: str, encode: Callable[[str], bytes]) -> bool:
