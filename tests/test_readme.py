@@ -148,7 +148,7 @@ def test_network_section_runs_as_written(tmp_path: Path) -> None:
     """Two gateways in front of the KV plugin, put/get through static:///, one stopped, get again."""
     if shutil.which("openssl") is None:
         pytest.skip("the section makes its certificates with openssl, which is not installed")
-    # it wrote ca.*, kv.*, host.*, gw700*.log and kv_hello into the checkout (the folder it runs from)
+    # it wrote ca.*, kv.*, host.*, gw*.log and kv_hello into the checkout (the folder it runs from)
     script = next(code for code in SHELL if "plugbay gateway" in code)
     scratch = _scratch(tmp_path / "checkout")
     (scratch / ".venv").symlink_to(ROOT / ".venv")  # the section runs .venv/bin/plugbay and python
@@ -161,6 +161,14 @@ def test_network_section_runs_as_written(tmp_path: Path) -> None:
         assert list(temp.iterdir()) == []  # its temp folder removed, and the gateways' own
     finally:
         shutil.rmtree(temp)
+
+
+def test_network_section_takes_free_ports() -> None:
+    """It listened on 7001 and 7002, which anything else on the machine (another checkout's run of it) may hold:
+    its gateways take port 0, any free one, and the hosts dial what each says it got."""
+    script = next(code for code in SHELL if "plugbay gateway" in code)
+    assert re.findall(r"--listen \S+", script) == ["--listen 127.0.0.1:0"], script
+    assert not re.findall(r"(?<![\w.])(?:127\.0\.0\.1)?:[1-9]\d{2,4}\b", script), script
 
 
 def _anchors(markdown: str) -> set[str]:
