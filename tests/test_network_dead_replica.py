@@ -100,3 +100,28 @@ def test_a_new_stream_with_pick_first_fails_over_from_a_killed_replica(
         assert [c.seq for c in streamer.generate(3, 8, timeout=10)] == [0, 1, 2]
         endpoints = client.metrics()["endpoints"]
         assert endpoints[f"tcp:{live.address}"]["picks"] >= 3, endpoints
+
+
+def test_a_new_asyncio_stream_with_pick_first_fails_over_from_a_killed_replica(
+        streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
+    import asyncio
+
+    from plugbay import AsyncRemoteClient
+
+    dead, live = streamers
+    cfg = RemoteConfig(target=f"static:///{dead.address},{live.address}", handshake=STREAM_HANDSHAKE,
+                       plugins={STREAMER: StreamerPlugin()}, tls=host_tls(certs), name="streamer",
+                       policy="pick_first", brokered=False, health_interval=60, start_timeout=20)
+
+    async def run() -> list[list[int]]:
+        async with AsyncRemoteClient(cfg) as client:
+            streamer = await client.dispense(STREAMER)
+            seqs = [[c.seq async for c in streamer.generate(2, 8, timeout=10)]]
+            _kill(dead)
+            await streamer.stats()  # a unary call: it failed over before, too
+            seqs.append([c.seq async for c in streamer.generate(3, 8, timeout=10)])
+            stream = streamer.generate(2, 8, timeout=10)  # read() rather than iterated
+            seqs.append([(await stream.read()).seq, (await stream.read()).seq])
+            return seqs
+
+    assert asyncio.run(run()) == [[0, 1], [0, 1, 2], [0, 1]]

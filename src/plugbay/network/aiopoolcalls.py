@@ -1,5 +1,6 @@
 """The call objects of the endpoint pool on grpc.aio (plugbay.network.aiopool): awaited, iterated,
-read and written like grpc.aio's, each failing over or waiting for an endpoint as poolcalls' rules say."""
+read and written like grpc.aio's, each failing over or waiting for an endpoint as poolcalls' rules say (a
+server-streaming call whose first read found its endpoint unreachable, as poolstream's)."""
 
 from __future__ import annotations
 
@@ -155,6 +156,11 @@ class StreamCall:
         self._asked = False  # cancel() was called: its CancelledError is no cut (_left)
         self._ready: asyncio.Future[None] | None = None
         pick_until, deadline = callable.rules.deadline(timeout)
+        # what a resend needs (a server-streaming call whose first read failed unsent: _resend)
+        self._again = (request, pick_until, deadline, kwargs)
+        self._tried = Tried()
+        self._member: Member | None = None
+        self._answered = False
         member: Member | None = None
         failed: BaseException | None = None
         try:
@@ -184,7 +190,29 @@ class StreamCall:
         except BaseException as exc:
             pool.done(member, exc)
             raise
+        self._member = member
         self._call.add_done_callback(lambda call: _report(pool, member, call))
+
+    async def _resend(self, exc: BaseException) -> bool:
+        """Whether a server-streaming call whose first read failed with ``exc``, which provably never left its
+        endpoint, is now on another one (plugbay.network.poolstream's rule, as the sync pool has it)."""
+        rules, channel, member = self._callable.rules, self._callable.channel, self._member
+        if (self._answered or not isinstance(exc, grpc.RpcError) or rules._kind != "unary_stream"
+                or channel.pin is not None or member is None
+                or not not_sent(exc, channel.endpoints.existing(member), channel.pool.token)):
+            return False
+        self._tried.add(member.key)
+        self._tried.refused_by = member.key
+        if all(key in self._tried for key in channel.pool.pickable_keys()):
+            return False  # no other endpoint to go to: the failure is the answer
+        request, pick_until, deadline, kwargs = self._again
+        try:
+            member = await self._callable.pick(pick_until, self._tried)
+            self._begin(member, request, deadline, kwargs)
+        except (NoEndpointsError, grpc.RpcError):
+            return False  # none took it in time: the first failure says what happened
+        rules.made(member, self._tried)
+        return True
 
     async def _started(self) -> Any:
         if self._ready is not None:
@@ -210,18 +238,32 @@ class StreamCall:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Any]:
-        call = await self._started()
-        try:
-            async for item in call:
-                yield item
-        except asyncio.CancelledError as exc:
-            if (left := _left(self._callable, self._channel, exc, self._asked)) is not None:
-                raise left from None
-            raise
+        while True:
+            call = await self._started()
+            try:
+                async for item in call:
+                    self._answered = True
+                    yield item
+                return
+            except grpc.RpcError as exc:
+                if not await self._resend(exc):
+                    raise
+            except asyncio.CancelledError as exc:
+                if (left := _left(self._callable, self._channel, exc, self._asked)) is not None:
+                    raise left from None
+                raise
 
     async def read(self) -> Any:
-        call = await self._started()
-        return await self._step(call.read())
+        while True:
+            call = await self._started()
+            try:
+                answer = await self._step(call.read())
+            except grpc.RpcError as exc:
+                if await self._resend(exc):
+                    continue
+                raise
+            self._answered = True
+            return answer
 
     async def write(self, request: Any) -> None:
         call = await self._started()
