@@ -78,7 +78,7 @@ def _cause(channel: grpc.Channel, code: grpc.StatusCode) -> str:
 
 def _tls_refused(result: dict[str, Any], reached: Reached, tls: Tls) -> Exception | None:
     """The typed error of a check that failed on TLS (a --ca that did not sign the plugin's certificate), else None."""
-    if result["status"] != "UNREACHABLE" or reached.facts.get("tls") is not True or "network" not in reached.facts:
+    if result["status"] != "UNREACHABLE" or reached.facts.get("tls") is not True or "endpoints" not in reached.facts:
         return None  # a reattach config's AutoMTLS is the plugin's own: no flag of this command sets it
     return tls_refusal(result["detail"], reached.target, tls.insecure)
 
