@@ -125,3 +125,92 @@ def test_a_new_asyncio_stream_with_pick_first_fails_over_from_a_killed_replica(
             return seqs
 
     assert asyncio.run(run()) == [[0, 1], [0, 1, 2], [0, 1]]
+
+
+def _ended(stream: object) -> None:
+    for _ in range(200):  # the killed replica refuses at once; bounded at about 10 s
+        if stream.done():  # type: ignore[attr-defined]
+            return
+        time.sleep(0.05)
+    raise AssertionError("the stream's call on the killed replica did not end")
+
+
+def _first_config(streamers: list[CounterReplica], certs: netcerts.CertSet) -> RemoteConfig:
+    dead, live = streamers
+    return RemoteConfig(target=f"static:///{dead.address},{live.address}", handshake=STREAM_HANDSHAKE,
+                        plugins={STREAMER: StreamerPlugin()}, tls=host_tls(certs), name="streamer",
+                        policy="pick_first", brokered=False, health_interval=60, start_timeout=20)
+
+
+def test_a_cancelled_stream_whose_call_failed_unsent_is_not_sent_again(
+        streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
+    import grpc
+
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        streamer = client.dispense(STREAMER)
+        _kill(streamers[0])
+        stream = streamer.generate(3, 8, timeout=10)
+        _ended(stream)  # failed on the killed replica, unread
+        stream.cancel()
+        with pytest.raises(grpc.RpcError) as cut:
+            next(stream)
+        assert cut.value.code() == grpc.StatusCode.CANCELLED, cut.value
+        assert client.metrics()["endpoints"][f"tcp:{streamers[1].address}"]["picks"] == 0
+
+
+def test_a_stream_read_after_its_endpoint_came_back_is_still_sent_again(
+        streamers: list[CounterReplica], certs: netcerts.CertSet, tmp_path: Path) -> None:
+    """Whether the call failed unsent is judged as it ended: by its first read the killed replica may be
+    back (here restarted on its port) and its channel READY again, which proves nothing of the call."""
+    import grpc
+
+    ready = grpc.ChannelConnectivity.READY.value[0]
+    dead = streamers[0]
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        streamer = client.dispense(STREAMER)
+        _kill(dead)
+        stream = streamer.generate(3, 8, timeout=30)
+        _ended(stream)
+        back = CounterReplica(tmp_path / "back", certs, listen=dead.address, script=STREAMING / "plugin.py")
+        try:
+            channel = stream._call._member.channel._channel  # grpc's own, under the pool's endpoint
+            for _ in range(400):  # past gRPC's reconnect backoff (about a second at first); at most about 20 s
+                if channel.check_connectivity_state(True) == ready:
+                    break
+                time.sleep(0.05)
+            assert channel.check_connectivity_state(False) == ready
+            assert [c.seq for c in stream] == [0, 1, 2]
+        finally:
+            back.stop()
+            shutil.rmtree(back.tmp, ignore_errors=True)
+
+
+def test_a_cancelled_asyncio_stream_whose_call_failed_unsent_is_not_sent_again(
+        streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
+    import asyncio
+
+    from plugbay import AsyncRemoteClient
+
+    live = f"tcp:{streamers[1].address}"
+
+    async def run() -> tuple[bool, int]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            await streamer.stats()  # the channel to the first replica is made
+            picks = client.metrics()["endpoints"][live]["picks"]
+            _kill(streamers[0])
+            stream = streamer.generate(3, 8, timeout=10)
+            for _ in range(200):  # bounded at about 10 s
+                if stream.done():
+                    break
+                await asyncio.sleep(0.05)
+            stream.cancel()
+            try:
+                await stream.read()
+            except asyncio.CancelledError:
+                cancelled = True
+            else:
+                cancelled = False
+            return cancelled, client.metrics()["endpoints"][live]["picks"] - picks
+
+    assert asyncio.run(run()) == (True, 0)

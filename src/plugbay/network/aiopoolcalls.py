@@ -1,6 +1,7 @@
 """The call objects of the endpoint pool on grpc.aio (plugbay.network.aiopool): awaited, iterated,
 read and written like grpc.aio's, each failing over or waiting for an endpoint as poolcalls' rules say (a
-server-streaming call whose first read found its endpoint unreachable, as poolstream's)."""
+server-streaming call whose first read found its endpoint unreachable, as poolstream's: not once its caller
+cancel()led it, and done callbacks stay with the call they were added to)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from plugbay.errors import NoEndpointsError, PlugbayError
 from plugbay.network.channelbase import Member
 from plugbay.network.poolcalls import (EndpointPool, PoolCallable, Tried, busy, cut_by_drain, ended_ok,
                                        no_endpoints, not_sent, out_of_tries)
+from plugbay.network.unsent import channel_failing
 
 WAIT = 0.05  # how often a call that waits for an endpoint asks the pool again
 
@@ -161,6 +163,7 @@ class StreamCall:
         self._tried = Tried()
         self._member: Member | None = None
         self._answered = False
+        self._failing: bool | None = None  # the call's channel was failing when the call ended
         member: Member | None = None
         failed: BaseException | None = None
         try:
@@ -190,8 +193,13 @@ class StreamCall:
         except BaseException as exc:
             pool.done(member, exc)
             raise
-        self._member = member
-        self._call.add_done_callback(lambda call: _report(pool, member, call))
+        self._member, self._failing = member, None
+        self._call.add_done_callback(lambda call: self._ended(pool, member, call))
+
+    def _ended(self, pool: EndpointPool, member: Member, call: Any) -> None:
+        if call is self._call:  # noted now: the first read, which judges a resend, may come much later
+            self._failing = channel_failing(self._callable.channel.endpoints.existing(member))
+        _report(pool, member, call)
 
     async def _resend(self, exc: BaseException) -> bool:
         """Whether a server-streaming call whose first read failed with ``exc``, which provably never left its
@@ -199,8 +207,10 @@ class StreamCall:
         rules, channel, member = self._callable.rules, self._callable.channel, self._member
         if (self._answered or not isinstance(exc, grpc.RpcError) or rules._kind != "unary_stream"
                 or channel.pin is not None or member is None
-                or not not_sent(exc, channel.endpoints.existing(member), channel.pool.token)):
+                or not not_sent(exc, channel.endpoints.existing(member), channel.pool.token, self._failing)):
             return False
+        if self._asked:  # the caller cancelled the stream: it ends as a cancelled grpc.aio call does
+            raise asyncio.CancelledError()
         self._tried.add(member.key)
         self._tried.refused_by = member.key
         if all(key in self._tried for key in channel.pool.pickable_keys()):

@@ -7,7 +7,13 @@ to the endpoint, a replica just killed that its health checks have not caught ye
 the plugin and nothing came back, so the same request goes to another endpoint within the call's
 deadline, as a unary call's does. Once an answer came, a failure ends the stream: the plugin may have
 acted on the request. A client-streaming or bidi call is not sent again: gRPC may have taken messages
-from the caller's iterator that a second call would not see.
+from the caller's iterator that a second call would not see. A stream its caller cancel()led is not sent
+again either: its next read raises CANCELLED (cancel() itself says False when the call had already ended,
+as gRPC's does). Whether the endpoint's channel was failing is noted as the call ends, not at the read.
+
+Done callbacks (add_done_callback) are the current call's: one added before the first read fires when
+that call ends, also when it failed unsent and the read then sends the request elsewhere; the new call
+does not carry it. Add them after the first answer to hear how the stream ended.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import grpc
 
 from plugbay.core.host.callerrors import closed_under_call
 from plugbay.errors import NoEndpointsError
-from plugbay.network.unsent import Tried, not_sent
+from plugbay.network.unsent import Tried, channel_failing, not_sent
 
 
 class Streams(Protocol):
@@ -45,6 +51,19 @@ def open_stream(owner: Streams, request: Any, pick_until: float, deadline: float
     return stream
 
 
+class StreamCancelled(grpc.RpcError):  # type: ignore[misc]
+    """A stream its caller cancelled, read after its call had failed unsent: gRPC's own words for a cancel."""
+
+    def __str__(self) -> str:
+        return "the stream was cancelled by its caller"
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "Locally cancelled by application!"
+
+
 class PoolStream:
     """A sync stream through the pool: iterating it raises drain_cut()'s error; the rest delegates to the
     call on the endpoint it is on now."""
@@ -60,6 +79,9 @@ class PoolStream:
         self._answered = False  # an answer came: the call reached the plugin
         self._call: Any = None
         self._member: Any = None
+        self._cancelled = False  # cancel() was called: no read sends the request again
+        self._failing: bool | None = None  # the call's channel was failing when the call ended
+
 
     def start(self) -> None:
         """Open the call on an endpoint not tried yet (the pool waits, until pick_until, for one)."""
@@ -82,15 +104,22 @@ class PoolStream:
                 pool.done(member, exc)
                 raise
         self._owner.made(member, tried)
-        call.add_done_callback(lambda c: self._owner.stream_ended(member, c))
-        self._call, self._member = call, member
+        self._call, self._member, self._failing = call, member, None
+        call.add_done_callback(lambda c: self._ended(member, c))
+
+    def _ended(self, member: Any, call: Any) -> None:
+        if call is self._call:
+            self._failing = channel_failing(member.channel)
+        self._owner.stream_ended(member, call)
 
     def _resend(self, exc: grpc.RpcError) -> bool:
         """Whether the failed first read ``exc`` is sent again elsewhere (then the stream is on its new call)."""
         if self._answered or self._owner._kind != "unary_stream" or self._owner._pin is not None:
             return False
-        if not not_sent(exc, self._member.channel, self._pool.token):
+        if not not_sent(exc, self._member.channel, self._pool.token, self._failing):
             return False
+        if self._cancelled:
+            raise StreamCancelled() from exc
         self._tried.add(self._member.key)
         self._tried.refused_by = self._member.key
         if all(key in self._tried for key in self._pool.pickable_keys()):
@@ -117,6 +146,10 @@ class PoolStream:
                 raise error from exc
             self._answered = True
             return answer
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        return bool(self._call.cancel())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)

@@ -17,7 +17,7 @@ _SETUP_FAILURES = ("failed to connect to all addresses", "connections to all bac
 _TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE.value[0]
 
 
-def _channel_failing(channel: Any) -> bool:
+def channel_failing(channel: Any) -> bool:
     """Whether the endpoint's gRPC channel is in TRANSIENT_FAILURE now (False when that cannot be told)."""
     for _ in range(4):  # grpc.Channel -> cygrpc.Channel, possibly behind a delegating channel (muxconn)
         check = getattr(channel, "check_connectivity_state", None)
@@ -32,10 +32,12 @@ def _channel_failing(channel: Any) -> bool:
     return False
 
 
-def not_sent(exc: grpc.RpcError, channel: Any, token: str) -> bool:
+def not_sent(exc: grpc.RpcError, channel: Any, token: str, failing: bool | None = None) -> bool:
     """True only when the call provably never reached the plugin: it failed while connecting, or a
     server refused it with the NOT_SENT trailer echoing ``token`` (the pool's own, see with_token):
-    UNAVAILABLE (a gateway whose plugin is down), or RESOURCE_EXHAUSTED (a full gate: busy())."""
+    UNAVAILABLE (a gateway whose plugin is down), or RESOURCE_EXHAUSTED (a full gate: busy()).
+    ``failing``: whether the channel was failing when the call ended (a stream's, noted by its done
+    callback: its first read may come much later); None asks the channel now."""
     code = exc.code()
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return echoed(exc, token)
@@ -44,7 +46,9 @@ def not_sent(exc: grpc.RpcError, channel: Any, token: str) -> bool:
     if echoed(exc, token):
         return True
     details = str(exc.details() or "").lower()
-    return details.startswith(_SETUP_FAILURES) and _channel_failing(channel)
+    if not details.startswith(_SETUP_FAILURES):
+        return False
+    return channel_failing(channel) if failing is None else failing
 
 
 def busy(exc: grpc.RpcError) -> bool:
