@@ -40,7 +40,7 @@ COMMANDS = [["health"], ["info"], ["call", "/proto.KV/Get", '{"key": "a"}', "--p
 def test_a_ca_that_did_not_sign_the_plugins_certificate_is_named(served: tuple[str, list[str], list[str]],
                                                                  args: list[str]) -> None:
     target, _, wrong = served
-    said = plugbay(args[0], target, *args[1:], *wrong, "--timeout", "1")
+    said = plugbay(args[0], target, *args[1:], *wrong, "--timeout", "5")  # a bound against a hang only
     err = said.stdout + said.stderr
     assert said.returncode == 2, said
     assert "TLS with " in err and "not signed by the CA given (--ca)" in err, err
@@ -52,3 +52,14 @@ def test_the_right_ca_still_serves(served: tuple[str, list[str], list[str]]) -> 
     target, right, _ = served
     said = plugbay("health", target, *right, "--timeout", "10")
     assert said.returncode == 0 and said.stdout.startswith("SERVING"), said
+
+
+def test_the_plugins_own_error_is_no_tls_failure(served: tuple[str, list[str], list[str]]) -> None:
+    """A status the plugin sent (NOT_FOUND, its message naming the key) is its answer, whatever its words."""
+    target, right, _ = served
+    said = plugbay("call", target, "/proto.KV/Get", '{"key": "certificate verify failed"}', *right,
+                   "--proto", str(KV_PROTO), "--timeout", "10")
+    err = said.stdout + said.stderr
+    assert "TLS with " not in err and "--ca" not in err, err
+    assert "NOT_FOUND" in err and "no value stored for key 'certificate verify failed'" in err, err
+    assert said.returncode not in (0, 2), said

@@ -255,7 +255,10 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
             resp = stub(req, timeout=timeout, wait_for_ready=True)
         except grpc.RpcError as exc:
             cause = _cause(reached.channel, exc.code())
-            refused = _tls_refused({"status": "UNREACHABLE", "detail": f"{exc.details()}{cause}"}, reached, tls)
+            # a TLS failure only when the connection failed (cause: the channel's own last attempt); a status
+            # the plugin sent is its answer, whatever its words (a key named "certificate verify failed")
+            refused = _tls_refused({"status": "UNREACHABLE", "detail": f"{exc.details()}{cause}"}, reached,
+                                   tls) if cause else None
             raise (refused or _call_error(exc, method, cause)) from None
     output.say(json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None))
     return output.OK
