@@ -7,6 +7,7 @@ either except clause catches it, and it says the client was closed and what to m
 
 from __future__ import annotations
 
+import pickle
 import sys
 import shutil
 from collections.abc import Iterator
@@ -32,6 +33,9 @@ def _closed_put(stub: object, kind: str) -> None:
     assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.CANCELLED and error.sent is False
     assert f"the {kind} of plugin" in str(error) and "was closed" in str(error), error
     assert f"make a new {kind}" in str(error), error
+    copy = pickle.loads(pickle.dumps(error))  # the family pickles (its __init__ takes more than ``args``)
+    assert type(copy) is type(error) and str(copy) == str(error) and copy.sent is False
+    assert copy.code() == grpc.StatusCode.CANCELLED and copy.details() == error.details()
 
 
 def test_a_launched_clients_brokered_stub_after_its_kill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

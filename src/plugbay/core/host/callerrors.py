@@ -7,6 +7,7 @@ that catches gRPC errors keeps working.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -50,11 +51,22 @@ class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
         self.message = message
         self.args = (message,)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled (a worker process's error sent back, a cached result): BaseException's default calls the class
+        # with ``args`` alone, which __init__ refuses. The original gRPC call is not kept (it holds its channel);
+        # its code and details are, so the copy answers code() and details() as this one does.
+        state = {key: value for key, value in self.__dict__.items() if key != "original"}
+        if self.original is not None:
+            state["_details"] = self.details()
+        return type(self), (self.message, None, self.code(), self.sent), state
+
     def code(self) -> grpc.StatusCode:
         return self.original.code() if self.original is not None else self._code
 
     def details(self) -> str:
-        return str(self.original.details()) if self.original is not None else self.message
+        if self.original is not None:
+            return str(self.original.details())
+        return str(self.__dict__.get("_details", self.message))
 
 
 # What a caller can do once the plugin died: a Client's own, start another Client. A Supervisor sets
@@ -149,16 +161,19 @@ class ClientClosed(_TranslatedRpcError, ClientStateError):
 
 
 class BrokerClientClosed(ClientClosed, BrokerClosedError):
-    """The broker of a Client its user closed or killed, used after that (a brokered stub's callback served,
-    a broker id dialed): a ClientClosed, as that Client's calls then raise, and the BrokerClosedError a
-    broker's users catch."""
+    """The broker of a Client closed or killed, used after that (a brokered stub's callback served, a broker
+    id dialed): a ClientClosed, as that Client's calls then raise, and the BrokerClosedError a broker's users
+    catch. The kill may be a Supervisor's (restarting or stopping its plugin), not its user's."""
 
     @classmethod
     def of(cls, name: str, kind: str) -> Callable[[str], BrokerClientClosed]:
         """The broker's closed_error (core.broker.wire) for the Client of plugin ``name``, a ``kind`` (its class)."""
-        return lambda said: cls(f"the {kind} of plugin {name!r} was closed (close() or kill()), and its broker with"
-                                f" it ({said}); nothing was sent; make a new {kind} to broker connections again",
-                                None, grpc.StatusCode.CANCELLED, sent=False)
+        # a Supervisor's restart or stop kills its Client too: the broker the Client handed out ends with it
+        # (the Supervisor's own broker, which its stubs use, follows the restarted Client)
+        return lambda said: cls(f"the {kind} of plugin {name!r} was closed (close() or kill(), its user's or a"
+                                f" Supervisor's restart or stop), and its broker with it ({said}); nothing was"
+                                f" sent; make a new {kind} (under a Supervisor: use its broker, which follows its"
+                                " restarts) to broker connections again", None, grpc.StatusCode.CANCELLED, sent=False)
 
 
 class PluginRestarted(PluginDied):
