@@ -40,12 +40,25 @@ def replicas(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterRe
             shutil.rmtree(rep.tmp, ignore_errors=True)
 
 
+def _both_healthy(client: object) -> None:
+    """Until the pool holds both replicas healthy: a first health check slow on a loaded machine marks one
+    unhealthy, and both dispense() calls then pin to the other (the next check is 60 s later)."""
+    endpoints: dict[str, dict[str, object]] = {}
+    for _ in range(1500):  # a hang guard only: about 150 s, past the next check
+        endpoints = client.metrics()["endpoints"]  # type: ignore[attr-defined]
+        if len(endpoints) == 2 and all(e["healthy"] for e in endpoints.values()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the replicas did not both become healthy: {endpoints}")
+
+
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_dispense_after_a_replica_went_away_pins_to_the_other_at_once(replicas: list[CounterReplica],
                                                                       certs: netcerts.CertSet, how: str) -> None:
     lost, serving = replicas
     # health checks far apart: only the lost connection can tell the client that the replica is gone
     with remote(replicas, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
+        _both_healthy(client)
         for stub in (client.dispense(PLUGIN_NAME), client.dispense(PLUGIN_NAME)):  # one on each replica
             stub.put("n", 1, Adder())
         assert lost.value("n") == serving.value("n") == '{"Value":1}'
