@@ -82,6 +82,22 @@ def test_a_dead_multiplexed_replica_is_said_to_refuse_the_connection(counters: l
         assert "TLS handshake was cut short" not in detail, detail
 
 
+def _connection_lost(client: RemoteClient, replica: CounterReplica) -> None:
+    """Until gRPC saw the killed replica's connection close: a unary call written on it before then may
+    have reached the plugin (UNAVAILABLE "Stream removed"), and is rightly not sent again."""
+    import grpc
+
+    channel = client.pool.member(f"tcp:{replica.address}").channel  # type: ignore[union-attr]
+    while not hasattr(channel, "check_connectivity_state"):  # gRPC's own, under the pool's (and the relay's)
+        channel = channel._channel
+    ready = grpc.ChannelConnectivity.READY.value[0]
+    for _ in range(200):  # a hang guard only: about 10 s
+        if channel.check_connectivity_state(False) != ready:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the killed replica's connection still looks READY")
+
+
 @pytest.mark.parametrize("brokered", [False, True], ids=["plain", "multiplexed"])
 def test_a_new_stream_with_pick_first_fails_over_from_a_killed_replica(
         streamers: list[CounterReplica], certs: netcerts.CertSet, brokered: bool) -> None:
@@ -94,6 +110,7 @@ def test_a_new_stream_with_pick_first_fails_over_from_a_killed_replica(
         streamer = StreamerClient(client.channel) if brokered else client.dispense(STREAMER)
         assert [c.seq for c in streamer.generate(2, 8, timeout=10)] == [0, 1]  # on the first replica
         _kill(dead)
+        _connection_lost(client, dead)
         # health checks 60 s apart: to the pool the killed replica is still healthy, and first
         assert streamer.stats().produced >= 0  # a unary call: it failed over before, too
         assert [c.seq for c in streamer.generate(3, 8, timeout=10)] == [0, 1, 2]
