@@ -75,3 +75,19 @@ def test_a_remote_clients_pinned_brokered_stub_after_its_close(
     finally:
         getattr(client, how)()
     _closed_put(counter, "RemoteClient")
+
+
+def test_errors_made_of_a_grpc_failure_keep_its_code_when_pickled() -> None:
+    """Their code() is the failed call's: a copy, which has no call, kept the stale default instead."""
+    from grpc.aio import AioRpcError
+
+    from plugbay.core.host.callerrors import BrokerTLSRefused, Unavailable
+
+    failure = AioRpcError(grpc.StatusCode.UNAVAILABLE, details="x509: certificate is valid for localhost, not unused")
+    errors = [Unavailable("the plugin is unavailable", failure), ClientClosed.by_kill("counter", failure),
+              BrokerTLSRefused.of("counter", str(failure.details()), failure)]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error), copy
+        assert copy.code() == error.code() == grpc.StatusCode.UNAVAILABLE, (type(error), copy.code())
+        assert copy.details() == error.details() == failure.details(), copy.details()

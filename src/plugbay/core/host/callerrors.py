@@ -56,8 +56,8 @@ class _TranslatedRpcError(grpc.RpcError):  # type: ignore[misc]
         # with ``args`` alone, which __init__ refuses. The original gRPC call is not kept (it holds its channel);
         # its code and details are, so the copy answers code() and details() as this one does.
         state = {key: value for key, value in self.__dict__.items() if key != "original"}
-        if self.original is not None:
-            state["_details"] = self.details()
+        if self.original is not None:  # the stale _code (a default, or by_kill's) would overwrite the original's
+            state["_code"], state["_details"] = self.code(), self.details()
         return type(self), (self.message, None, self.code(), self.sent), state
 
     def code(self) -> grpc.StatusCode:
