@@ -15,7 +15,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from plugbay import RemoteClient, RemoteConfig
@@ -172,6 +174,8 @@ def test_a_cancelled_stream_whose_call_failed_unsent_is_not_sent_again(
         with pytest.raises(grpc.RpcError) as cut:
             next(stream)
         assert cut.value.code() == grpc.StatusCode.CANCELLED, cut.value
+        assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()  # not its old call's UNAVAILABLE
+        assert stream.details() == cut.value.details(), stream.details()
         assert client.metrics()["endpoints"][f"tcp:{streamers[1].address}"]["picks"] == 0
 
 
@@ -231,3 +235,99 @@ def test_a_cancelled_asyncio_stream_whose_call_failed_unsent_is_not_sent_again(
             return cancelled, client.metrics()["endpoints"][live]["picks"] - picks
 
     assert asyncio.run(run()) == (True, 0)
+
+
+def _inner(call: object, kind: type) -> Any:
+    """The pool's own stream under the channel's wrappers."""
+    for _ in range(5):
+        if isinstance(call, kind):
+            return call
+        call = call._call  # type: ignore[attr-defined]
+    raise AssertionError(f"no {kind.__name__} under the stream")
+
+
+def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
+        streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
+    """cancel() while the read that sends the request again waits for the pool's pick: it reached the old,
+    ended call only, and the new call ran uncancelled."""
+    import threading
+
+    from plugbay.network.poolstream import PoolStream
+
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        streamer = client.dispense(STREAMER)
+        _kill(streamers[0])
+        stream = streamer.generate(3, 8, timeout=10)
+        _ended(stream)
+        pool = _inner(stream, PoolStream)._pool
+        real, picking, go_on = pool.pick, threading.Event(), threading.Event()
+
+        def held(deadline: float, exclude: set[str], pin: str | None = None) -> Any:
+            if exclude:  # the resend's pick: the first one excluded nothing
+                picking.set()
+                go_on.wait(10)  # a hang guard only
+            return real(deadline, exclude, pin)
+
+        pool.pick = held
+        read: list[Any] = []
+        reader = threading.Thread(target=lambda: read.append(_read_all(stream)))
+        reader.start()
+        try:
+            assert picking.wait(10), "the read did not send the request again"
+            stream.cancel()
+        finally:
+            go_on.set()
+            reader.join(20)
+            del pool.pick
+        assert not reader.is_alive()
+        assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read
+        assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
+
+
+def _read_all(stream: Any) -> Any:
+    try:
+        return [c.seq for c in stream]
+    except grpc.RpcError as exc:
+        return exc
+
+
+def test_an_asyncio_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
+        streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
+    import asyncio
+
+    from plugbay import AsyncRemoteClient
+    from plugbay.network.aiopoolcalls import StreamCall
+
+    async def run() -> object:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            await streamer.stats()  # the channel to the first replica is made
+            _kill(streamers[0])
+            stream = streamer.generate(3, 8, timeout=10)
+            for _ in range(200):  # bounded at about 10 s
+                if stream.done():
+                    break
+                await asyncio.sleep(0.05)
+            callable = _inner(stream, StreamCall)._callable
+            real, picking, go_on = callable.pick, asyncio.Event(), asyncio.Event()
+
+            async def held(pick_until: float, tried: set[str]) -> Any:
+                if tried:  # the resend's pick
+                    picking.set()
+                    await asyncio.wait_for(go_on.wait(), 10)  # a hang guard only
+                return await real(pick_until, tried)
+
+            callable.pick = held
+            try:
+                reading = asyncio.ensure_future(stream.read())
+                await asyncio.wait_for(picking.wait(), 10)
+                stream.cancel()
+                go_on.set()
+                try:
+                    return (await asyncio.wait_for(reading, 20)).seq
+                except asyncio.CancelledError:
+                    return "cancelled"
+            finally:
+                del callable.pick
+
+    assert asyncio.run(run()) == "cancelled"

@@ -222,6 +222,9 @@ class StreamCall:
         except (NoEndpointsError, grpc.RpcError):
             return False  # none took it in time: the first failure says what happened
         rules.made(member, self._tried)
+        if self._asked:  # cancel() came while the new endpoint was picked: it reached the old call only
+            self._call.cancel()
+            raise asyncio.CancelledError()
         return True
 
     async def _started(self) -> Any:

@@ -8,7 +8,8 @@ the plugin and nothing came back, so the same request goes to another endpoint w
 deadline, as a unary call's does. Once an answer came, a failure ends the stream: the plugin may have
 acted on the request. A client-streaming or bidi call is not sent again: gRPC may have taken messages
 from the caller's iterator that a second call would not see. A stream its caller cancel()led is not sent
-again either: its next read raises CANCELLED (cancel() itself says False when the call had already ended,
+again either, also when cancel() came while its read picked the next endpoint: its next read raises
+CANCELLED, and code() and details() say so (cancel() itself says False when the call had already ended,
 as gRPC's does). Whether the endpoint's channel was failing is noted as the call ends, not at the read.
 
 Done callbacks (add_done_callback) are the current call's: one added before the first read fires when
@@ -18,6 +19,7 @@ does not carry it. Add them after the first answer to hear how the stream ended.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol
 
 import grpc
@@ -81,7 +83,8 @@ class PoolStream:
         self._member: Any = None
         self._cancelled = False  # cancel() was called: no read sends the request again
         self._failing: bool | None = None  # the call's channel was failing when the call ended
-
+        # cancel() and a resend's new call: a cancel() while the resend picks its endpoint reaches the new call
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Open the call on an endpoint not tried yet (the pool waits, until pick_until, for one)."""
@@ -104,19 +107,26 @@ class PoolStream:
                 pool.done(member, exc)
                 raise
         self._owner.made(member, tried)
-        self._call, self._member, self._failing = call, member, None
+        with self._lock:
+            self._call, self._member, self._failing = call, member, None
         call.add_done_callback(lambda c: self._ended(member, c))
 
     def _ended(self, member: Any, call: Any) -> None:
-        if call is self._call:
-            self._failing = channel_failing(member.channel)
+        failing = channel_failing(member.channel)  # outside the lock: it may take a while
+        with self._lock:
+            if call is self._call:  # a resend's new call keeps its own None
+                self._failing = failing
         self._owner.stream_ended(member, call)
+
+    def _unsent(self, exc: grpc.RpcError) -> bool:
+        """Whether the failed first read ``exc`` provably never left its endpoint, and may go to another."""
+        if self._answered or self._owner._kind != "unary_stream" or self._owner._pin is not None:
+            return False
+        return not_sent(exc, self._member.channel, self._pool.token, self._failing)
 
     def _resend(self, exc: grpc.RpcError) -> bool:
         """Whether the failed first read ``exc`` is sent again elsewhere (then the stream is on its new call)."""
-        if self._answered or self._owner._kind != "unary_stream" or self._owner._pin is not None:
-            return False
-        if not not_sent(exc, self._member.channel, self._pool.token, self._failing):
+        if not self._unsent(exc):
             return False
         if self._cancelled:
             raise StreamCancelled() from exc
@@ -128,6 +138,11 @@ class PoolStream:
             self.start()
         except (NoEndpointsError, grpc.RpcError):
             return False  # none took it in time: the first failure says what happened
+        with self._lock:
+            cancelled = self._cancelled
+        if cancelled:  # cancel() came while the new endpoint was picked: it may have reached the old call only
+            self._call.cancel()
+            raise StreamCancelled() from exc
         return True
 
     def __iter__(self) -> PoolStream:
@@ -148,8 +163,22 @@ class PoolStream:
             return answer
 
     def cancel(self) -> bool:
-        self._cancelled = True
-        return bool(self._call.cancel())
+        with self._lock:
+            self._cancelled = True
+            call = self._call
+        return bool(call.cancel())
+
+    def _cut(self) -> bool:
+        """Cancelled by its caller, on a call that ended unsent: its read raises (or raised) CANCELLED."""
+        call = self._call
+        return (self._cancelled and call.done() and call.code() != grpc.StatusCode.OK
+                and call.code() != grpc.StatusCode.CANCELLED and self._unsent(call))
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED if self._cut() else self._call.code()
+
+    def details(self) -> str | None:
+        return StreamCancelled().details() if self._cut() else self._call.details()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
