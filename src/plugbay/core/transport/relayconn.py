@@ -5,7 +5,8 @@ so a relayed connection costs no thread and a slow or silent peer holds up
 nobody: a dial or handshake that would wait registers interest and returns.
 Bytes are moved both ways through two bounded buffers (``CAP`` each): a side
 is not read while the buffer towards the other side is full, so a peer that
-stops reading stops its sender (backpressure) and memory stays bounded.
+stops reading stops its sender (backpressure) and memory stays bounded (the
+pump: plugbay.core.transport.relaypump).
 
 A side's end of file is passed on once the bytes it sent were delivered
 (the connection then closes, as the thread-per-connection relay did). Bytes
@@ -20,26 +21,21 @@ only. Everything here runs on the loop thread.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import socket
 import ssl
-import struct
-import termios
 import threading
 from collections.abc import Callable
 from typing import Union
 
 from plugbay.core.transport.ioloop import READ, WRITE, IOLoop, Registration, Timer
 from plugbay.core.transport.relaydial import Dialing
-from plugbay.core.transport.sockets import hung_up
+from plugbay.core.transport.relaypump import CAP, CHUNK, Pumping
 from plugbay.core.transport.tlsresume import Resumption
 
 _log = logging.getLogger("plugbay.relay")
 
-CHUNK = 64 * 1024
-CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
-_OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on sockets
+__all__ = ["CAP", "CHUNK", "RelayConn", "Setup", "Target"]
 
 # a router sees the first bytes and the connection (its peer's address; on_close to free what it counts;
 # preamble to tell the target which connection this is)
@@ -67,10 +63,10 @@ class Setup:
         self.resumption = Resumption()  # originate: the peer's newest session, for the next dial
 
 
-class RelayConn(Dialing):
+class RelayConn(Pumping, Dialing):
     """An accepted connection until both of its sockets are closed."""
 
-    s: Setup  # the whole of it here: Dialing is typed with the part it uses (DialSetup)
+    s: Setup  # the whole of it here: Dialing and Pumping are typed with the parts they use
 
     def __init__(self, setup: Setup) -> None:
         self.s = setup
@@ -87,6 +83,9 @@ class RelayConn(Dialing):
         self._chunk = b""  # an SSL write to retry with the same bytes
         self._plain_eof = self._tls_eof = False
         self._read_wants_write = self._write_wants_read = False
+        # pumping with nothing queued, ended or waited for either way: a readable side's bytes go straight on
+        self._steady = False
+        self._held = False  # decrypted bytes left in OpenSSL when to_plain reached CAP (read them once there is room)
         self._accepted: socket.socket | None = None
         self._others: list[tuple[str, str]] = []  # a host name's further addresses
         self._ticket_wanted = False  # originate: keep the peer's session once its ticket arrived
@@ -131,6 +130,9 @@ class RelayConn(Dialing):
         assert self._treg is not None
         fired = self._treg.fired
         try:
+            if self._steady and fired == READ:
+                self._tls_readable()
+                return
             if self._stage == "pump":
                 self._pump(fired, 0)
             elif self._stage == "handshake":
@@ -147,6 +149,9 @@ class RelayConn(Dialing):
             return
         assert self._preg is not None
         try:
+            if self._steady and self._preg.fired == READ:
+                self._plain_readable()
+                return
             if self._stage == "pump":
                 self._pump(0, self._preg.fired)
             elif self._raw is not None:  # terminate: dialing the plaintext side
@@ -229,104 +234,6 @@ class RelayConn(Dialing):
             self._preg = self.s.loop.add(self.plain.fileno(), self._on_plain, events=READ)
         self._pump(READ if self.tls.pending() else 0, WRITE if self.to_plain else 0)
 
-    def _pump(self, tls_fired: int, plain_fired: int) -> None:
-        """Move what can move without waiting, then watch for what is still wanted.
-
-        A wake-up must be cheap (each unary gRPC call crosses twice): only the
-        side that is ready is read, TLS record by record while OpenSSL holds
-        decrypted bytes (``pending()``: epoll cannot see those), and each
-        buffer is written straight on.
-        """
-        tls, plain = self.tls, self.plain
-        assert tls is not None and plain is not None
-        to_tls, to_plain = self.to_tls, self.to_plain
-        if plain_fired & READ and not self._plain_eof and len(to_tls) < CAP:
-            try:
-                data = plain.recv(CHUNK)
-                if data:
-                    to_tls += data
-                else:
-                    self._plain_eof = True
-            except (BlockingIOError, InterruptedError):
-                pass
-        while True:
-            if not self._tls_eof and len(to_plain) < CAP and (
-                    tls_fired & READ or (self._read_wants_write and tls_fired & WRITE) or tls.pending()):
-                self._read_wants_write = False
-                tls_fired = 0
-                try:
-                    while len(to_plain) < CAP:
-                        data = tls.recv(CHUNK)
-                        if not data:
-                            self._tls_eof = True
-                            break
-                        to_plain += data
-                        if self._ticket_wanted:  # TLS 1.3: the peer's ticket came before its data
-                            self._ticket_wanted = False
-                            self.s.resumption.keep(tls)
-                        if not tls.pending():
-                            break  # the record is drained; epoll says when the next one arrives
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLWantWriteError:
-                    self._read_wants_write = True
-            if to_plain:
-                try:
-                    sent = plain.send(to_plain)
-                    del to_plain[:sent]
-                    self.delivered += sent
-                except (BlockingIOError, InterruptedError):
-                    pass
-            # decrypted bytes epoll cannot see, and room for them now: read on
-            if not (len(to_plain) < CAP and not self._tls_eof and tls.pending()):
-                break
-        if to_tls or self._chunk:
-            self._write_wants_read = False
-            try:
-                while to_tls or self._chunk:
-                    if not self._chunk:
-                        self._chunk = bytes(to_tls[:CHUNK])
-                        del to_tls[:CHUNK]
-                    sent = tls.send(self._chunk)
-                    self._chunk = self._chunk[sent:]
-                    self.delivered += sent
-            except ssl.SSLWantWriteError:
-                pass
-            except ssl.SSLWantReadError:
-                self._write_wants_read = True
-        if (self._plain_eof and not to_tls and not self._chunk and not to_plain) or (self._tls_eof and not to_plain):
-            self.close()
-            return
-        if self._timer is None and (to_tls or self._chunk or to_plain):
-            self._last = self._progress()
-            self._timer = self.s.loop.call_later(self.s.drain_timeout, lambda: self._guard(self._drain_check))
-        assert self._treg is not None and self._preg is not None
-        self._preg.want((READ if not self._plain_eof and len(to_tls) < CAP else 0) | (WRITE if to_plain else 0))
-        self._treg.want((READ if (not self._tls_eof and len(to_plain) < CAP) or self._write_wants_read else 0)
-                        | (WRITE if ((to_tls or self._chunk) and not self._write_wants_read)
-                           or self._read_wants_write else 0))
-
-    def _drain_check(self) -> None:
-        """Bytes were waiting ``drain_timeout`` ago: close if none moved since and a side has ended."""
-        self._timer = None
-        if not (self.to_tls or self._chunk or self.to_plain):
-            return  # the next pump with bytes waiting checks again
-        now, last = self._progress(), self._last
-        # moved: handed to a socket, or taken from a socket's send queue by its peer (a slow
-        # reader behind megabytes of socket buffers frees no room for a while, but takes bytes)
-        moved = now[0] > last[0] or now[1] < last[1] or now[2] < last[2]
-        if not moved and (self._plain_eof or self._tls_eof or hung_up(self.plain) or hung_up(self.tls)):
-            _log.debug("relay connection: a side has ended and no byte moved in %gs; closing it",
-                       self.s.drain_timeout)
-            self.close()
-            return
-        self._last = now
-        self._timer = self.s.loop.call_later(self.s.drain_timeout, lambda: self._guard(self._drain_check))
-
-    def _progress(self) -> tuple[int, int, int]:
-        """(bytes handed to the sockets, the TLS and the plain socket's unsent or unacknowledged bytes)."""
-        return self.delivered, _unsent(self.tls), _unsent(self.plain)
-
     # ------------------------------------------------------------ close
 
     def _timer_cancel(self) -> None:
@@ -339,6 +246,7 @@ class RelayConn(Dialing):
         if self.closed:
             return
         self.closed = True
+        self._steady = False
         self._timer_cancel()
         for reg in (self._treg, self._preg):
             if reg is not None:
@@ -358,12 +266,3 @@ class RelayConn(Dialing):
             except Exception:
                 _log.exception("a relay connection's close hook failed")
 
-
-def _unsent(sock: socket.socket | None) -> int:
-    """Bytes in the socket's send queue its peer has not acknowledged (Linux; 0 where unknown)."""
-    if sock is None or _OUTQ is None:
-        return 0
-    try:
-        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0])
-    except OSError:
-        return 0
