@@ -29,6 +29,11 @@ _log = logging.getLogger("plugbay.relay")
 
 CHUNK = 64 * 1024
 CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
+# TLS's largest record (plaintext bytes). A read returns at most the decrypted records OpenSSL holds;
+# one shorter than this (and than CHUNK) left none behind, so no pending() is asked after it (that call
+# releases and takes back the GIL). After a full one the next record is usually in the socket already
+# (a large message): it is read at once and the records go on in one plaintext write.
+RECORD = 16 * 1024
 _OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on sockets
 
 
@@ -84,7 +89,7 @@ class Pumping(Dialing):
         self._pump(0, 0)
 
     def _tls_readable(self) -> None:
-        """Steady, the TLS side readable: one record is decrypted and sent on at once (see _plain_readable)."""
+        """Steady, the TLS side readable: a short record is decrypted and sent on at once (see _plain_readable)."""
         tls, plain = self.tls, self.plain
         assert tls is not None and plain is not None
         try:
@@ -94,7 +99,7 @@ class Pumping(Dialing):
         except ssl.SSLWantWriteError:
             self._read_wants_write = True
             data = None
-        if data and not tls.pending():
+        if data and len(data) < RECORD:
             try:
                 sent = plain.send(data)
             except (BlockingIOError, InterruptedError):
@@ -104,7 +109,7 @@ class Pumping(Dialing):
                 return
             self.to_plain += memoryview(data)[sent:]
         elif data:
-            self.to_plain += data  # more records are decrypted: the pump gathers them into one write
+            self.to_plain += data  # a full record: the pump reads the next ones, for one write
             self._held = True
         elif data is not None:
             self._tls_eof = True
@@ -118,8 +123,9 @@ class Pumping(Dialing):
         loop holds the GIL the gRPC threads wait for): only the side that is
         ready is read, and what it gave goes straight to the other socket when
         nothing is queued before it (no copy through the buffers). TLS is read
-        record by record while OpenSSL holds decrypted bytes (``pending()``:
-        epoll cannot see those), the records coalesced into one plaintext write.
+        on after a full record (see RECORD: OpenSSL may hold decrypted bytes
+        epoll cannot see, or the next record is likely there), the records
+        coalesced into one plaintext write.
         """
         tls, plain = self.tls, self.plain
         assert tls is not None and plain is not None
@@ -194,11 +200,12 @@ class Pumping(Dialing):
                            or self._read_wants_write else 0))
 
     def _read_tls(self, tls: ssl.SSLSocket, plain: socket.socket, to_plain: bytearray) -> None:
-        """Read TLS records while OpenSSL holds decrypted bytes and there is room (raises its want-errors).
+        """Read TLS records after full ones while there is room (raises OpenSSL's want-errors).
 
-        One record with nothing queued before it (a unary call's usual message)
-        is sent on at once; more are gathered into ``to_plain`` for one write.
-        Decrypted bytes left when the buffer is full set ``_held``.
+        A short record with nothing queued before it (a unary call's usual
+        message) is sent on at once; full ones and what follows them are
+        gathered into ``to_plain`` for one write. Stopped by the buffer's cap
+        after a full record, ``_held`` says to read on once there is room.
         """
         while True:
             data = tls.recv(CHUNK)
@@ -208,7 +215,7 @@ class Pumping(Dialing):
             if self._ticket_wanted:  # TLS 1.3: the peer's ticket came before its data
                 self._ticket_wanted = False
                 self.s.resumption.keep(tls)
-            more = tls.pending()
+            more = len(data) >= RECORD
             if not more and not to_plain:
                 try:
                     sent = plain.send(data)
@@ -220,7 +227,7 @@ class Pumping(Dialing):
                 return
             to_plain += data
             if not more:
-                return  # the record is drained; epoll says when the next one arrives
+                return  # nothing left decrypted; epoll says when the next record arrives
             if len(to_plain) >= CAP:
                 self._held = True
                 return
