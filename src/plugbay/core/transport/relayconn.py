@@ -85,7 +85,7 @@ class RelayConn(Pumping, Dialing):
         self._read_wants_write = self._write_wants_read = False
         # pumping with nothing queued, ended or waited for either way: a readable side's bytes go straight on
         self._steady = False
-        self._held = False  # TLS bytes may be readable without a wake-up (relaypump.RECORD): read on when room
+        self._held = False  # a full TLS record was read last: read on when room, without waiting for a wake-up
         self._accepted: socket.socket | None = None
         self._others: list[tuple[str, str]] = []  # a host name's further addresses
         self._ticket_wanted = False  # originate: keep the peer's session once its ticket arrived

@@ -34,6 +34,10 @@ CAP = 1024 * 1024  # per-direction buffer; reads pause past it (backpressure)
 # releases and takes back the GIL). After a full one the next record is usually in the socket already
 # (a large message): it is read at once and the records go on in one plaintext write.
 RECORD = 16 * 1024
+# A read this long may have left decrypted bytes in OpenSSL, which epoll cannot see: read on after it.
+# With CHUNK >= RECORD (as set here) OpenSSL holds nothing after any read, and reading on only saves a
+# wake-up; were CHUNK smaller, a read of CHUNK bytes could leave the rest of its record behind.
+FULL_READ = min(RECORD, CHUNK)
 _OUTQ = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on sockets
 
 
@@ -99,7 +103,7 @@ class Pumping(Dialing):
         except ssl.SSLWantWriteError:
             self._read_wants_write = True
             data = None
-        if data and len(data) < RECORD:
+        if data and len(data) < FULL_READ:
             try:
                 sent = plain.send(data)
             except (BlockingIOError, InterruptedError):
@@ -123,9 +127,15 @@ class Pumping(Dialing):
         loop holds the GIL the gRPC threads wait for): only the side that is
         ready is read, and what it gave goes straight to the other socket when
         nothing is queued before it (no copy through the buffers). TLS is read
-        on after a full record (see RECORD: OpenSSL may hold decrypted bytes
-        epoll cannot see, or the next record is likely there), the records
-        coalesced into one plaintext write.
+        on after a full record (see RECORD: the next one is likely in the
+        socket already), the records coalesced into one plaintext write.
+
+        One pass per wake-up, at most about CAP bytes read: the shared loop
+        runs every relay, broker stream and timer, and a bulk transfer that
+        kept reading while the plain socket took bytes held it for tens of
+        milliseconds. Stopping is safe: the watching is level-triggered and
+        OpenSSL holds nothing decrypted (see FULL_READ), so what is left
+        wakes the loop again; ``_held`` makes the next wake-up read on.
         """
         tls, plain = self.tls, self.plain
         assert tls is not None and plain is not None
@@ -141,27 +151,22 @@ class Pumping(Dialing):
                     self._chunk = data  # at most CHUNK: written as it is below
             except (BlockingIOError, InterruptedError):
                 pass
-        while True:
-            if not self._tls_eof and len(to_plain) < CAP and (
-                    tls_fired & READ or self._held or (self._read_wants_write and tls_fired & WRITE)):
-                self._read_wants_write = self._held = False
-                tls_fired = 0
-                try:
-                    self._read_tls(tls, plain, to_plain)
-                except ssl.SSLWantReadError:
-                    pass
-                except ssl.SSLWantWriteError:
-                    self._read_wants_write = True
-            if to_plain:
-                try:
-                    sent = plain.send(to_plain)
-                    del to_plain[:sent]
-                    self.delivered += sent
-                except (BlockingIOError, InterruptedError):
-                    pass
-            # decrypted bytes epoll cannot see, and room for them now: read on
-            if not (self._held and len(to_plain) < CAP and not self._tls_eof):
-                break
+        if not self._tls_eof and len(to_plain) < CAP and (
+                tls_fired & READ or self._held or (self._read_wants_write and tls_fired & WRITE)):
+            self._read_wants_write = self._held = False
+            try:
+                self._read_tls(tls, plain, to_plain)
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLWantWriteError:
+                self._read_wants_write = True
+        if to_plain:
+            try:
+                sent = plain.send(to_plain)
+                del to_plain[:sent]
+                self.delivered += sent
+            except (BlockingIOError, InterruptedError):
+                pass
         if self._chunk or to_tls:
             self._write_wants_read = False
             try:
@@ -215,7 +220,7 @@ class Pumping(Dialing):
             if self._ticket_wanted:  # TLS 1.3: the peer's ticket came before its data
                 self._ticket_wanted = False
                 self.s.resumption.keep(tls)
-            more = len(data) >= RECORD
+            more = len(data) >= FULL_READ
             if not more and not to_plain:
                 try:
                     sent = plain.send(data)
