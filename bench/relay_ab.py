@@ -11,9 +11,12 @@ runs whichever file it had, and A/A runs (one file against itself) differed by
 2% to 11% at load 6 to 11: run both orders several times, next to an A/A run,
 and trust only what holds in all of them. Prints one JSON line.
 A file may import only what the tree's relayconn.py may (its own module name
-does not matter). The pump moved to relaypump.py: a relayconn.py of since then
-imports the running tree's, so two such files share one pump (an older file has
-its own inside). Every loop is bounded by --calls.
+does not matter). Only relayconn.py is loaded from each file: since the pump
+moved to relaypump.py, a relayconn.py that imports it gets the running tree's
+one, so two such files run the same pump and this compares only what is left in
+relayconn.py; pump changes need another method (e.g. relay_rows.py run in each
+checkout, interleaved). A relayconn.py from before the move has its own pump
+inside. Every loop is bounded by --calls.
 """
 
 from __future__ import annotations
