@@ -341,7 +341,7 @@ def test_a_slow_tls_peer_behind_full_socket_buffers_gets_every_byte_after_the_ha
     check = relayconn.RelayConn._drain_check
 
     def counting(conn: relayconn.RelayConn) -> None:
-        if conn._plain_eof or relayconn._hung_up(conn.plain):
+        if conn._plain_eof or sockets.hung_up(conn.plain):
             checks_after_the_end.append(len(conn.to_tls))
         check(conn)
 
