@@ -88,7 +88,7 @@ def test_a_brokered_calls_steps_share_one_deadline_and_the_one_that_runs_out_say
     said = str(err.value)
     assert f"the deadline of {CALL_TIMEOUT:g}s shared by this call's steps (Supervisor.deadline())" in said, said
     assert f"ran out during the step 'serve broker id {sid}'" in said and "hand out a broker id" in said, said
-    assert "Pass a larger Supervisor.deadline(seconds)" in said, said
+    assert "Pass a larger Supervisor.deadline(seconds)" in said and "why it was restarting" in said, said
     assert took < 2 * CALL_TIMEOUT, took  # a hang guard only
 
 
@@ -241,6 +241,24 @@ def test_under_a_deadline_of_none_a_call_given_no_timeout_has_none_not_call_time
             counter.put("n", 2, adder)
         assert counter.get("n") == 2 and adder.calls == [(0, 2)]
     assert scope.ran_out_in is None, scope.ran_out_in
+
+
+def test_a_call_the_deadline_ends_with_no_restart_blames_no_restart_nor_gives_the_calls_own_advice(
+        in_tmp: Path) -> None:
+    # inside the scope a timeout= only shortens the shared deadline and the scope replaces call_timeout: the
+    # call's own advice (a larger timeout=, call_timeout) would not help, nor did any restart hold it up
+    factory = _HeldRestarts()
+    with Supervisor(factory, restart=FAST, health_interval=None) as sup:
+        counter = sup.dispense(PLUGIN_NAME)
+        with sup.deadline(1.0) as scope:
+            with pytest.raises(CallTimeoutError) as err:
+                counter.put("n", 1, _SlowAdder(3.0))
+        restarts = sup.restarts
+    said = str(err.value)
+    assert restarts == 0 and scope.ran_out_in == "call /proto.Counter/Put", (restarts, scope.ran_out_in)
+    assert "shared by this call's steps" in said and "exceeded its deadline" in said, said  # the call's account
+    assert "Pass a larger Supervisor.deadline(seconds)" in said, said
+    assert "restart" not in said and "larger timeout=" not in said and "call_timeout" not in said, said
 
 
 RETRY = RetryPolicy(max_attempts=4, all_idempotent=True, initial_backoff=0.3, jitter=0)

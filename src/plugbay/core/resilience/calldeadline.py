@@ -73,6 +73,7 @@ class CallDeadline:
         self._lock = threading.Lock()
         self._token: contextvars.Token[tuple[CallDeadline, ...]] | None = None
         self._exited = False  # its with ended: its clock ran on, so entering it again would start spent
+        self._restart_waited = False  # a step waited for the plugin's restart (only then do restarts explain it)
 
     # --- the user's side ----------------------------------------------------------
 
@@ -140,15 +141,28 @@ class CallDeadline:
         with self._lock:
             self._steps.append((what, time.monotonic() - since))
 
+    def waited_for_restart(self) -> None:
+        """A step found the plugin not running and waited for its restart: the advice then names restarts."""
+        self._restart_waited = True
+
     def ran_out(self, what: str, since: float) -> str:
         """The message of step ``what`` (begun at ``since``) finding no time left; marks it as the one."""
+        said, advice = self._ran_out(what, since)
+        return f"{said}. {advice}"
+
+    def _ran_out(self, what: str, since: float) -> tuple[str, str]:
+        """ran_out()'s account and its advice, apart: a call's timeout puts its own account between them."""
         self.ran_out_in = what
         done = "; ".join(f"{step} {seconds:.1f}s" for step, seconds in self.steps)
         before = f" after the steps before it took their share ({done})" if done else ""
-        return (f"the deadline of {self.seconds:g}s shared by this call's steps ({self._kind}.deadline()) of plugin"
-                f" {self._name!r} ran out during the step '{what}', {time.monotonic() - since:.1f}s into it{before}."
-                f" Pass a larger {self._kind}.deadline(seconds), or check the plugin's logs and the {self._kind}'s"
-                " events for why the plugin keeps restarting")
+        said = (f"the deadline of {self.seconds:g}s shared by this call's steps ({self._kind}.deadline()) of plugin"
+                f" {self._name!r} ran out during the step '{what}', {time.monotonic() - since:.1f}s into it{before}")
+        if self._restart_waited:
+            check = (f"check the plugin's logs and the {self._kind}'s events for why it was restarting (a step"
+                     " waited for its restart)")
+        else:
+            check = "check the plugin's logs if it is stuck"
+        return said, f"Pass a larger {self._kind}.deadline(seconds), or {check}"
 
     def _joined(self) -> tuple[CallDeadline, ...]:
         """The active scopes with this one innermost, its clock started; inside another of the same owner,
@@ -216,12 +230,17 @@ class SharedDeadline:
         return error
 
     def timed_out(self, exc: CallTimeout) -> None:
-        """``exc``, the call's own timeout, said as the scope's deadline running out when that is what it was."""
+        """``exc``, the call's own timeout, said as the scope's deadline running out when that is what it was:
+        the call's account kept, its advice (a larger timeout=, call_timeout) replaced by the scope's, as
+        inside the scope timeout= only shortens the deadline and the scope stands in for call_timeout."""
         if self._binding:
-            what = self._scope.ran_out(self._step, self._start)
-            exc.reword(f"{what} (the call: {exc.message})")
+            said, advice = self._scope._ran_out(self._step, self._start)
+            exc.reword(f"{said} (the call: {exc.what or exc.message}). {advice}")
             exc.what = ""  # as in no_time_left()
-            exc.shared_spent = what
+            exc.shared_spent = f"{said}. {advice}"
+
+    def waited_for_restart(self) -> None:
+        self._scope.waited_for_restart()
 
     def done(self) -> None:
         if self._scope.ran_out_in != self._step:

@@ -220,6 +220,8 @@ class FollowingBroker(GRPCBroker):
             if client is not None and not plugin_gone(client):
                 return client
             raise_if_ended(sup)
+            if scope is not None:
+                scope.waited_for_restart()
             if _on_event_loop():
                 why = f" (last failure: {sup.last_failure})" if client is None and sup.last_failure else ""
                 raise BrokerClosedError(

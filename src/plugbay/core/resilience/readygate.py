@@ -234,6 +234,8 @@ class ReadyGate:
                 client = sup.current_client
                 if client is not None and plugin_gone(client) and self._changed(
                         generation, _within(deadline, 5.0), token):
+                    if shared is not None:
+                        shared.waited_for_restart()
                     continue  # the plugin is already gone: this call waits for its successor
                 left = _left(deadline, shared)  # outside: its refusal is no timeout of the call to reword
                 try:
@@ -257,6 +259,8 @@ class ReadyGate:
                       timeout: float | None, shared: SharedDeadline | None) -> None:
         sup = self._sup
         limit = 3600.0 if remaining is None else max(remaining, 0.0)
+        if shared is not None and not sup.wait_running(0):  # not running: the wait below is for a restart
+            shared.waited_for_restart()
         if not self._until(sup.wait_running, limit, token):
             raise _not_running(sup, method, time.monotonic() - start, timeout, shared)
 
@@ -287,6 +291,8 @@ class ReadyGate:
         try:
             for _ in range(sup.max_restarts + 2):
                 limit = 3600.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+                if shared is not None and not sup.wait_running(0):  # never blocks
+                    shared.waited_for_restart()
                 if not await polled(lambda: sup.wait_running(0) or sup.state == "stopped", limit) \
                         or sup.state == "stopped":
                     raise _not_running(sup, method, timeout or limit, timeout, shared)
@@ -294,6 +300,8 @@ class ReadyGate:
                 client = sup.current_client
                 if client is not None and plugin_gone(client) and await polled(
                         lambda: sup.changed_since(generation, 0.0), _within(deadline, 5.0)):
+                    if shared is not None:
+                        shared.waited_for_restart()
                     continue
                 left = _left(deadline, shared)  # outside: its refusal is no timeout of the call to reword
                 try:
