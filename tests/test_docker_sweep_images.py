@@ -74,6 +74,8 @@ def test_an_image_a_rebuild_replaced_goes_with_the_sweep_once_its_last_container
         assert _exists(plugbay_docker, replaced) and "within the 3600 s grace" in spared[replaced], spared
         listed = json.loads(plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "3600").stdout)
         assert replaced not in listed["docker_images"] and "grace" in listed["left"][replaced], listed  # it says so
+        said = plugbay("sweep", "--docker", "--dry-run", "--grace", "3600").stdout  # the id once, as `docker images`
+        assert f"left {replaced[7:19]}: image: made " in said and said.count(replaced[7:19]) == 1, said
         assert replaced in sweep_images(client=plugbay_docker, dry_run=True, grace=0)
         # ids= narrows to those images: this one is sweepable, and goes only when named, by its full id
         assert sweep_images(client=plugbay_docker, dry_run=True, ids=[], grace=0) == []

@@ -160,7 +160,7 @@ def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collecti
                 if why is not None:
                     _log.info("sweep left image %s: %s", image_id[7:19], why)
                     if spared is not None:
-                        spared[image_id] = f"image {image_id[7:19]}: {why}"
+                        spared[image_id] = f"image: {why}"  # keyed by its id, which `left` lines print
                     continue
                 if dry_run:
                     removed.append(image_id)
