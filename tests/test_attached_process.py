@@ -214,11 +214,11 @@ def test_claims_are_read_one_by_one_and_those_of_ended_plugins_are_forgotten(
     roots = procclaims._claims_roots(written=True)
     assert roots[0] == tmp_path / f"plugbay-claims-{os.getuid()}" and len(roots) == 3  # and /tmp's, ~/.cache's
     (roots[0] / plugin_id / "0-odd").mkdir()
-    assert set(procclaims._claimants(plugin_id).values()) == {proctree.host_session()}
+    assert set(procclaims.claimants(plugin_id).values()) == {proctree.host_session()}
     assert proctree._adopted(plugin_id, None, "another-session")
     ended = "cd" * 16
     assert procclaims.claim(ended) is not None
-    procclaims._forget_claims_of_ended({plugin_id})  # no running process carries `ended` any more
+    procclaims.forget_claims_of_ended({plugin_id})  # no running process carries `ended` any more
     for root in roots:
         assert not (root / ended).exists()
         assert (root / plugin_id / name).exists()
@@ -270,7 +270,7 @@ _SWEEP = """
 import json, sys
 from plugbay.runners import proctree
 proctree._pids = lambda: [int(sys.argv[1])]  # never any other process than the test's own plugin
-proctree._forget_claims_of_ended = lambda running: None
+proctree.forget_claims_of_ended = lambda running: None
 print(json.dumps(proctree.sweep()))
 """
 

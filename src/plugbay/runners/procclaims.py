@@ -104,10 +104,10 @@ def release(plugin_id: str, name: str | None) -> None:
     if not _CLAIM_NAME.fullmatch(plugin_id) or not name or "/" in name or name.startswith("."):
         return
     for root in _claims_roots(written=True):
-        _drop(root / plugin_id / name)
+        drop_claim(root / plugin_id / name)
 
 
-def _drop(claim_file: Path) -> None:
+def drop_claim(claim_file: Path) -> None:
     """Remove one claim file, and its plugin's folder and the claims folder once empty."""
     for path in (claim_file, claim_file.parent, claim_file.parent.parent):
         try:
@@ -116,7 +116,7 @@ def _drop(claim_file: Path) -> None:
             pass
 
 
-def _claimants(plugin_id: str) -> dict[Path, str]:
+def claimants(plugin_id: str) -> dict[Path, str]:
     """The claims on ``plugin_id``: file -> the session marker of the host that made it."""
     found: dict[Path, str] = {}
     if not _CLAIM_NAME.fullmatch(plugin_id):
@@ -138,7 +138,7 @@ def _claimants(plugin_id: str) -> dict[Path, str]:
     return found
 
 
-def _forget_claims_of_ended(running: set[str]) -> None:
+def forget_claims_of_ended(running: set[str]) -> None:
     """Remove the claims on plugins no running process carries any more (their adopters never
     released them: a crash), and claims left half-written."""
     folders: list[Path] = []

@@ -20,9 +20,7 @@ from typing import TypeGuard
 from plugbay.core.protocol.handshake import ENV_HOST_SESSION as ENV_HOST_SESSION  # re-exported: its runner side
 from plugbay.core.transport.tempdirs import own_proc, pid_namespace
 from plugbay.runners.pidsignal import HeldPid
-from plugbay.runners.procclaims import _claimants, _drop, _forget_claims_of_ended
-from plugbay.runners.procclaims import claim as claim  # re-exported: where runners and tests have imported it
-from plugbay.runners.procclaims import release as release  # re-exported: where runners and tests have imported it
+from plugbay.runners.procclaims import claimants, drop_claim, forget_claims_of_ended
 from plugbay.runners.session import host_session as host_session  # re-exported: where runners have imported it
 from plugbay.runners.session import proc_stat
 
@@ -194,11 +192,11 @@ def _in_own_namespace(pid: int) -> bool:
 def _adopted(plugin_id: str, live: set[str] | None, mine: str) -> bool:
     """Whether a running host claims ``plugin_id``; the claims of hosts gone are removed."""
     adopted = False
-    for path, session in _claimants(plugin_id).items():
+    for path, session in claimants(plugin_id).items():
         if session == mine or (session and not _gone(session, live)):
             adopted = True
         else:
-            _drop(path)
+            drop_claim(path)
     return adopted
 
 
@@ -217,7 +215,7 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
     its host no longer runs (same pid *and* start time, looked up in this pid
     namespace's /proc: a plugin of another namespace is left alone). With ``live_sessions``
     (``host_session_id()`` values), every session not listed counts as gone.
-    A plugin another host reattached to (its claim, see :func:`claim`) is spared
+    A plugin another host reattached to (its claim, see :func:`plugbay.runners.procclaims.claim`) is spared
     while that host's session is not gone.
     Only this user's processes are swept: another user's plugin may be claimed by a host of
     theirs in folders this process must not trust (as root it could read them, and be led to
@@ -246,5 +244,5 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
         if gone and facts is not None:
             doomed[pid] = facts[1]
     signal_all(doomed, signal.SIGKILL)
-    _forget_claims_of_ended(running)
+    forget_claims_of_ended(running)
     return sorted(doomed)
