@@ -235,8 +235,14 @@ def test_tls_and_insecure_together_are_refused_when_the_config_is_made(tmp_path:
         RemoteConfig(target="static:///127.0.0.1:7001", handshake=HANDSHAKE, plugins=PLUGINS, tls=tls, insecure=True)
     cfg = RemoteConfig(target="static:///127.0.0.1:7001", handshake=HANDSHAKE, plugins=PLUGINS, tls=tls)
     cfg.insecure = True  # set afterwards: RemoteClient() still says so, before anything runs
-    with pytest.raises(ConfigError, match="not both: choose one"):
+    with pytest.raises(ConfigError, match="not both: choose one") as late:
         RemoteClient(cfg)
+    # one wording for the rule, the pool's too: drop one of the two (not "tls= for plaintext", read as "pass")
+    with pytest.raises(ConfigError, match="not both: choose one") as pool:
+        EndpointPool(StaticResolver([Endpoint("tcp", "127.0.0.1:1")]), tls=tls, insecure=True)
+    for err, owner in ((late, "RemoteConfig"), (pool, "EndpointPool")):
+        said = str(err.value)
+        assert said.startswith(f"{owner} takes") and "or drop tls= for plaintext" in said, said
 
 
 def test_metrics_before_start_names_the_class_held_and_how_to_start_it() -> None:

@@ -32,6 +32,13 @@ def check_switch(value: Any, what: str) -> None:
                           " 'false' read from a file or the environment counts as true)")
 
 
+def both_transports(owner: str) -> ConfigError:
+    """The error of ``owner`` (RemoteConfig, EndpointPool) given both tls= and insecure=True."""
+    return ConfigError(f"{owner} takes tls=NetworkTLS(...) (mutual TLS) or insecure=True (plaintext), not both:"
+                       " choose one (drop insecure=True to reach the plugin over mTLS with those files, or drop"
+                       " tls= for plaintext on a network you trust)")
+
+
 def check_pool(policy: Any, policies: tuple[str, ...], tls: bool, insecure: Any, health_interval: Any,
                health_timeout: Any, unhealthy_after: Any) -> tuple[float, float, int]:
     """EndpointPool's own arguments (RemoteConfig's are checked by plugbay.network.remotecheck); returns
@@ -43,7 +50,7 @@ def check_pool(policy: Any, policies: tuple[str, ...], tls: bool, insecure: Any,
         raise ConfigError("a remote plugin is reached with mTLS (tls=NetworkTLS(cert_file, key_file,"
                           " ca_file)) or, deliberately, in plaintext (insecure=True); pass one")
     if tls and insecure:
-        raise ConfigError("pass tls=NetworkTLS(...) or insecure=True, not both")
+        raise both_transports("EndpointPool")
     return (check_seconds(health_interval, "EndpointPool.health_interval", 1.0),
             check_seconds(health_timeout, "EndpointPool.health_timeout", 1.0),
             check_count(unhealthy_after, "EndpointPool.unhealthy_after", 1))

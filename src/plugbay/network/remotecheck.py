@@ -15,7 +15,7 @@ from plugbay.core.transport import grpcping
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import ConfigError, ProtocolMismatchError
 from plugbay.network.ejection import OutlierPolicy
-from plugbay.network.figures import check_count, check_seconds, check_switch
+from plugbay.network.figures import both_transports, check_count, check_seconds, check_switch
 from plugbay.network.pool import POLICIES
 from plugbay.network.resolver import parse_dns_server
 from plugbay.network.tls import NetworkTLS
@@ -25,9 +25,7 @@ def check_transport(tls: Any, insecure: Any) -> None:
     """mTLS or plaintext, one of the two: a ConfigError saying to choose when both are asked for (RemoteConfig
     as it is made, and again at RemoteClient(): the fields may have been set since)."""
     if tls is not None and insecure is True:
-        raise ConfigError("RemoteConfig takes tls=NetworkTLS(...) (mutual TLS) or insecure=True (plaintext), not"
-                          " both: choose one (drop insecure=True to reach the plugin over mTLS with those files,"
-                          " or tls= for plaintext on a network you trust)")
+        raise both_transports("RemoteConfig")
 
 
 def check_remote(config: Any) -> None:
