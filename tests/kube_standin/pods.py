@@ -1,10 +1,9 @@
 """The stand-in's pods: objects, real containers behind them, status, events and watchers.
 
-A monitor thread polls each pod's real container (every 0.2 s; a pod running
-unchanged for SETTLE seconds only every STEADY_POLL, a kubelet's relist period)
-and derives the pod status a kubelet would report: phase, containerStatuses (running / waiting with
-ErrImagePull, ImagePullBackOff, CrashLoopBackOff, CreateContainerConfigError /
-terminated with exit code and OOMKilled), conditions and events. Every change
+A monitor thread polls each pod's real container (every 0.2 s; a pod running unchanged for a few seconds
+only every second, a kubelet's relist period: podpolls.py) and derives the pod status a kubelet would report:
+phase, containerStatuses (running / waiting with ErrImagePull, ImagePullBackOff, CrashLoopBackOff,
+CreateContainerConfigError / terminated with exit code and OOMKilled), conditions and events. Every change
 bumps the resourceVersion and is sent to matching watchers.
 """
 
@@ -20,6 +19,7 @@ from typing import Any
 
 from . import deletion
 from .apimachinery import fields_match, parse_cpu, parse_quantity, selector_matches
+from .podpolls import schedule
 from .runtime import Box, BoxState, ContainerConfigError, ContainerRequest, ImageMissing
 
 NODE_NAME = "standin-node"
@@ -29,11 +29,6 @@ NODE_LABELS = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
 # declared container port gets a hostPort (published by the engine on this
 # address), the way a pod with hostPort is reached on its node's IP.
 POD_IP = "127.0.0.1"
-# Each look at a Docker container is ~1 ms of this process's CPU (the docker SDK's request): at 5 a second
-# per pod it held the GIL under the port-forward relay often enough to show in its p99, which a
-# kube-apiserver (no GIL, the kubelet's relist in another process) never sees.
-STEADY_POLL = 1.0
-SETTLE = 3.0
 
 
 def now() -> str:
@@ -360,25 +355,7 @@ class PodStore:
                     self._refresh(pod)
                 except Exception:
                     pass  # the container may vanish between listing and polling
-                self._schedule(pod, rv)
-
-    def _schedule(self, pod: Pod, rv: Any) -> None:
-        """When the monitor next looks at ``pod``: each round until it has run unchanged for SETTLE seconds
-        (its refresh published nothing since resourceVersion ``rv``), then every STEADY_POLL seconds."""
-        t = time.monotonic()
-        with self.lock:
-            status = pod.obj["status"]
-            running = status.get("phase") == "Running" and all(
-                cs.get("ready") for cs in status.get("containerStatuses") or [{}])
-            if not running or pod.obj["metadata"].get("resourceVersion") != rv:
-                pod.quiet_since, pod.next_poll = t, 0.0
-            elif t - pod.quiet_since >= SETTLE:
-                pod.next_poll = t + STEADY_POLL
-
-    def poke(self, pod: Pod) -> None:
-        """Look at ``pod`` in the monitor's next round (something changed its container)."""
-        with self.lock:
-            pod.quiet_since, pod.next_poll = time.monotonic(), 0.0
+                schedule(pod, rv, self.lock)
 
     def close(self) -> None:
         self._stop.set()

@@ -193,7 +193,6 @@ class ForwardSession:
     def _relay(self, conns: dict[int, socket.socket], stop: threading.Event) -> None:
         reader = self._reader
         sock = self.sock
-        tls = isinstance(sock, ssl.SSLSocket)
         api = sock.fileno()
         by_fd = {c.fileno(): (i, c) for i, c in conns.items()}
         # one poll object for the session's life, as a Go relay keeps its goroutines: building and
@@ -205,9 +204,7 @@ class ForwardSession:
         while not stopped() and not dropped():
             for fd, _ in poller.poll(200):
                 if fd == api:
-                    data = sock.recv(65536)
-                    while tls and sock.pending():  # what OpenSSL already decrypted: poll cannot see it
-                        data += sock.recv(sock.pending())
+                    data = self._recv()  # with what OpenSSL already decrypted: poll cannot see it
                     if not data:
                         return
                     out: dict[int, list[bytes]] = {}  # per port, this read's bytes: one sendall each

@@ -28,6 +28,7 @@ from typing import Any
 
 from .apiserver import TOKEN, ApiServer, status_body
 from .deployments import DeploymentStore
+from .podpolls import poke
 from .pods import PodStore
 from .portforward import PROTOCOL, ForwardSession
 from .process_backend import ProcessBackend
@@ -286,7 +287,7 @@ class StandIn:
             pod.evicted = True
             store.event(pod, "Evicted", message, "Warning")
         pod.box.stop(0)
-        store.poke(pod)
+        poke(pod, store.lock)
 
     def container_start_seconds(self) -> list[float]:
         return list(getattr(self.store, "start_durations", []))
