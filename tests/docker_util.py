@@ -1,9 +1,14 @@
-"""A DockerRunner started on a named network, for the tests of plugbay's own networks (hardening, sweep)."""
+"""A DockerRunner started on a named network, for the tests of plugbay's own networks (hardening, sweep), and
+starts racing a loop of sweeps."""
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
 from plugbay.runners.base import LaunchSpec
-from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker import DockerRunner, sweep_networks
 
 BASE = "plugbay-base:bookworm"
 
@@ -17,3 +22,34 @@ def start_on(name: str, seconds: int = 60) -> DockerRunner:
         runner.kill()
         raise
     return runner
+
+
+def starts_racing_sweeps(client: Any, names: list[str], grace: float) -> tuple[list[BaseException | None], list[str]]:
+    """Start (and kill) a runner on each network name in turn while a thread sweeps those names' networks one
+    sweep after another with ``grace``: each start's error (None: it started) and the ids the sweeps removed."""
+    stop = threading.Event()
+    swept: list[str] = []
+
+    def sweeping() -> None:
+        deadline = time.monotonic() + 240  # a bound, should the starts hang
+        while not stop.is_set() and time.monotonic() < deadline:
+            swept.extend(sweep_networks(client=client, names=names, grace=grace))
+
+    sweeper = threading.Thread(target=sweeping, name="plugbay-test-sweep-loop")
+    sweeper.start()
+    outcomes: list[BaseException | None] = []
+    try:
+        for name in names:
+            runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
+            try:
+                runner.start(LaunchSpec(env={}))
+                outcomes.append(None)
+            except Exception as exc:  # noqa: BLE001  (the outcome the caller judges)
+                outcomes.append(exc)
+            finally:
+                runner.kill()
+    finally:
+        stop.set()
+        sweeper.join(60)
+    assert not sweeper.is_alive()
+    return outcomes, swept

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,11 +23,10 @@ import pytest
 from docker.errors import NotFound
 
 from plugbay.errors import ConfigError
-from plugbay.runners.base import LaunchSpec
-from plugbay.runners.docker import DockerRunner, sweep, sweep_networks
+from plugbay.runners.docker import sweep, sweep_networks
 from plugbay.runners.docker.grace import engine_time
 from tests.cli_util import plugbay
-from tests.docker_util import BASE, start_on
+from tests.docker_util import start_on, starts_racing_sweeps
 
 
 def _named(docker: Any, name: str) -> list[Any]:
@@ -95,33 +93,9 @@ def test_starts_racing_sweeps_one_after_another_all_start_on_the_network_they_ma
     stem = f"plugbay-test-grace-{os.getpid()}-{time.time_ns()}-race"
     with _networks(plugbay_docker) as names:
         names.extend(f"{stem}-{i}" for i in range(8))
-        stop = threading.Event()
-        swept: list[str] = []
-
-        def sweeping() -> None:
-            deadline = time.monotonic() + 240  # a bound, should the starts hang
-            while not stop.is_set() and time.monotonic() < deadline:
-                # 3600 s: far beyond the starts' length, whatever the machine's load
-                swept.extend(sweep_networks(client=plugbay_docker, names=names, grace=3600))
-
-        sweeper = threading.Thread(target=sweeping, name="plugbay-test-sweep-loop")
-        sweeper.start()
-        outcomes: list[str] = []
-        try:
-            for name in names:
-                runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
-                try:
-                    runner.start(LaunchSpec(env={}))
-                    outcomes.append("started")
-                except Exception as exc:  # noqa: BLE001  (the outcome to report)
-                    outcomes.append(f"{type(exc).__name__}: {exc}")
-                finally:
-                    runner.kill()
-        finally:
-            stop.set()
-            sweeper.join(60)
-        assert not sweeper.is_alive()
-        assert outcomes == ["started"] * len(names), outcomes
+        # 3600 s: far beyond the starts' length, whatever the machine's load
+        outcomes, swept = starts_racing_sweeps(plugbay_docker, names, grace=3600)
+        assert outcomes == [None] * len(names), outcomes
         assert swept == [], "the sweeps removed networks made moments ago"
         assert all(_named(plugbay_docker, name) for name in names)
 

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep, sweep_networks
 from plugbay.runners.docker.hardening import ICC_OPTION
 from tests.cli_util import plugbay
-from tests.docker_util import BASE, start_on
+from tests.docker_util import BASE, start_on, starts_racing_sweeps
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 from tests.procs import first_line_then_sigkill
 from tests.race_util import Starting
@@ -216,32 +215,11 @@ def test_starts_racing_a_sweep_loop_succeed_or_say_a_sweep_raced_them(plugbay_do
     starts = 8
     with _made(plugbay_docker) as (names, _):
         names.extend(f"{stem}-{i}" for i in range(starts))
-        stop = threading.Event()
-        swept: list[str] = []
-
-        def sweeping() -> None:
-            deadline = time.monotonic() + 240  # a bound, should the starts hang
-            while not stop.is_set() and time.monotonic() < deadline:
-                swept.extend(sweep_networks(client=plugbay_docker, names=names, grace=0))
-
-        sweeper = threading.Thread(target=sweeping, name="plugbay-test-sweep-loop")
-        sweeper.start()
+        errors, swept = starts_racing_sweeps(plugbay_docker, names, grace=0)
         outcomes: list[str] = []
-        try:
-            for name in names:
-                runner = DockerRunner(BASE, transport="tcp", network=name, entrypoint=["sleep", "60"])
-                try:
-                    runner.start(LaunchSpec(env={}))
-                    outcomes.append("started")
-                except NetworkSweptError as exc:
-                    assert "a sweep" in str(exc) and name in str(exc), exc
-                    outcomes.append("swept")
-                except Exception as exc:  # noqa: BLE001  (the outcome to report)
-                    outcomes.append(f"{type(exc).__name__}: {exc}")
-                finally:
-                    runner.kill()
-        finally:
-            stop.set()
-            sweeper.join(60)
-        assert not sweeper.is_alive()
+        for name, exc in zip(names, errors):
+            if isinstance(exc, NetworkSweptError):
+                assert "a sweep" in str(exc) and name in str(exc), exc
+            outcomes.append("started" if exc is None else "swept" if isinstance(exc, NetworkSweptError)
+                            else f"{type(exc).__name__}: {exc}")
         assert set(outcomes) <= {"started", "swept"}, outcomes

@@ -31,6 +31,7 @@ from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.protocol.handshake import parse_handshake_line
 from plugbay.errors import ConfigError, GatewayError, ProtocolMismatchError, RemoteTLSError
 from tests import netcerts, procs
+from tests.replicas import replica_pair
 
 REPO = Path(__file__).resolve().parent.parent
 COUNTER = REPO / "examples" / "counter"
@@ -115,6 +116,24 @@ def replicas(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterRe
         assert code == 0, err[-2000:]
         assert not list(rep.tmp.iterdir()), "the plugin left sockets or folders behind"
         rep.tmp.rmdir()
+
+
+def killable_pair(folder: Path, certs: netcerts.CertSet, script: Path = COUNTER / "plugin.py"
+                  ) -> Iterator[list[CounterReplica]]:
+    """Two replicas of ``script`` for a test that kills one with -9: both stopped after, their folders removed
+    (a killed replica leaves its sockets)."""
+    made: list[CounterReplica] = []
+
+    def make(sub: Path) -> CounterReplica:
+        made.append(CounterReplica(sub, certs, script=script))
+        return made[-1]
+
+    try:
+        with replica_pair(make, folder) as reps:
+            yield reps
+    finally:
+        for rep in made:
+            shutil.rmtree(rep.tmp, ignore_errors=True)
 
 
 def counter_config(reps: list[CounterReplica], tls: NetworkTLS, **kw: object) -> RemoteConfig:

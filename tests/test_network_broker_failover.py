@@ -5,7 +5,6 @@ chose the lost one until a health check said so). Real counter replicas over mTL
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests import netcerts
-from tests.replicas import replica_pair
-from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, host_tls, remote
+from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, host_tls, killable_pair, remote
 
 CALL_TIMEOUT = 20.0
 
@@ -26,18 +24,7 @@ def certs(tmp_path: Path) -> netcerts.CertSet:
 
 @pytest.fixture
 def replicas(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterReplica]]:
-    made: list[CounterReplica] = []
-
-    def make(folder: Path) -> CounterReplica:
-        made.append(CounterReplica(folder, certs))
-        return made[-1]
-
-    try:
-        with replica_pair(make, tmp_path) as reps:
-            yield reps
-    finally:
-        for rep in made:  # kill -9 leaves the replica's sockets
-            shutil.rmtree(rep.tmp, ignore_errors=True)
+    yield from killable_pair(tmp_path, certs)
 
 
 def _both_healthy(client: object) -> None:

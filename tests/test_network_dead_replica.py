@@ -22,8 +22,7 @@ import pytest
 
 from plugbay import RemoteClient, RemoteConfig
 from tests import netcerts
-from tests.replicas import replica_pair
-from tests.test_network_broker import COUNTER, REPO, CounterReplica, counter_config, host_tls
+from tests.test_network_broker import COUNTER, REPO, CounterReplica, counter_config, host_tls, killable_pair
 
 STREAMING = REPO / "examples" / "streaming"
 sys.path.insert(0, str(STREAMING))
@@ -36,29 +35,14 @@ def certs(tmp_path: Path) -> netcerts.CertSet:
     return netcerts.write_set(tmp_path / "tls")
 
 
-def _pair(tmp_path: Path, certs: netcerts.CertSet, script: Path) -> Iterator[list[CounterReplica]]:
-    made: list[CounterReplica] = []
-
-    def make(folder: Path) -> CounterReplica:
-        made.append(CounterReplica(folder, certs, script=script))
-        return made[-1]
-
-    try:
-        with replica_pair(make, tmp_path) as reps:
-            yield reps
-    finally:
-        for rep in made:  # kill -9 leaves the replica's sockets
-            shutil.rmtree(rep.tmp, ignore_errors=True)
-
-
 @pytest.fixture
 def counters(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterReplica]]:
-    yield from _pair(tmp_path, certs, COUNTER / "plugin.py")
+    yield from killable_pair(tmp_path, certs, COUNTER / "plugin.py")
 
 
 @pytest.fixture
 def streamers(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterReplica]]:
-    yield from _pair(tmp_path, certs, STREAMING / "plugin.py")
+    yield from killable_pair(tmp_path, certs, STREAMING / "plugin.py")
 
 
 def _kill(replica: CounterReplica) -> None:
