@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+from docker.errors import NotFound
+
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep_networks
 
@@ -53,3 +55,18 @@ def starts_racing_sweeps(client: Any, names: list[str], grace: float) -> tuple[l
         sweeper.join(60)
     assert not sweeper.is_alive()
     return outcomes, swept
+
+
+def named_networks(docker: Any, name: str) -> list[Any]:
+    """The engine's networks called exactly ``name`` (its name filter matches parts of names too)."""
+    return [net for net in docker.networks.list(names=[name]) if net.name == name]
+
+
+def remove_networks(docker: Any, names: list[str]) -> None:
+    """Remove the networks a test made, by name, those already gone too."""
+    for name in names:
+        for net in named_networks(docker, name):
+            try:
+                net.remove()
+            except NotFound:
+                pass

@@ -20,17 +20,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from docker.errors import NotFound
 
 from plugbay.errors import ConfigError
 from plugbay.runners.docker import sweep, sweep_networks
 from plugbay.runners.docker.grace import engine_time
 from tests.cli_util import plugbay
-from tests.docker_util import start_on, starts_racing_sweeps
-
-
-def _named(docker: Any, name: str) -> list[Any]:
-    return [net for net in docker.networks.list(names=[name]) if net.name == name]  # the filter matches parts too
+from tests.docker_util import named_networks, remove_networks, start_on, starts_racing_sweeps
 
 
 @contextmanager
@@ -40,12 +35,7 @@ def _networks(docker: Any) -> Iterator[list[str]]:
     try:
         yield names
     finally:
-        for name in names:
-            for net in _named(docker, name):
-                try:
-                    net.remove()
-                except NotFound:
-                    pass
+        remove_networks(docker, names)
 
 
 def _made_and_left(name: str) -> None:
@@ -59,13 +49,13 @@ def test_a_network_made_moments_ago_stays_and_the_dry_run_says_why(plugbay_docke
     with _networks(plugbay_docker) as names:
         names.append(name)
         _made_and_left(name)
-        (made,) = _named(plugbay_docker, name)
+        (made,) = named_networks(plugbay_docker, name)
         # no container is on it, and plugbay made it: the sweep listed and removed it, though a start may have
         # made it a moment ago for the container it is about to create
         assert made.id not in sweep_networks(client=plugbay_docker, dry_run=True, names=names)
         spared: dict[str, str] = {}
         assert made.id not in sweep_networks(client=plugbay_docker, names=names, spared=spared)
-        assert _named(plugbay_docker, name), "the sweep removed a network made within its grace"
+        assert named_networks(plugbay_docker, name), "the sweep removed a network made within its grace"
         assert "within the 60 s grace" in spared[made.id] and name in spared[made.id], spared
         # the command says what it left and why, by the id `docker network ls` shows (3600 s: far beyond this
         # test's length)
@@ -82,7 +72,7 @@ def test_a_network_made_moments_ago_stays_and_the_dry_run_says_why(plugbay_docke
             assert time.monotonic() < deadline, "a network made over a second ago was still within a 1 s grace"
             time.sleep(0.2)
         assert made.id in sweep_networks(client=plugbay_docker, names=names, grace=1)
-        assert not _named(plugbay_docker, name)
+        assert not named_networks(plugbay_docker, name)
 
 
 @pytest.mark.docker
@@ -97,7 +87,7 @@ def test_starts_racing_sweeps_one_after_another_all_start_on_the_network_they_ma
         outcomes, swept = starts_racing_sweeps(plugbay_docker, names, grace=3600)
         assert outcomes == [None] * len(names), outcomes
         assert swept == [], "the sweeps removed networks made moments ago"
-        assert all(_named(plugbay_docker, name) for name in names)
+        assert all(named_networks(plugbay_docker, name) for name in names)
 
 
 @pytest.mark.docker

@@ -28,17 +28,12 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep, sweep_networks
 from plugbay.runners.docker.hardening import ICC_OPTION
 from tests.cli_util import plugbay
-from tests.docker_util import BASE, start_on, starts_racing_sweeps
+from tests.docker_util import BASE, named_networks, remove_networks, start_on, starts_racing_sweeps
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 from tests.procs import first_line_then_sigkill
 from tests.race_util import Starting
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
-
-
-def _named(docker: Any, name: str) -> list[Any]:
-    # the engine's name filter matches parts of names too
-    return [net for net in docker.networks.list(names=[name]) if net.name == name]
 
 
 @contextmanager
@@ -54,12 +49,7 @@ def _made(docker: Any) -> Iterator[tuple[list[str], list[str]]]:
                 docker.api.remove_container(cid, force=True)
             except NotFound:
                 pass
-        for name in names:
-            for net in _named(docker, name):
-                try:
-                    net.remove()
-                except NotFound:
-                    pass
+        remove_networks(docker, names)
 
 
 def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_is_on_it(plugbay_docker: Any) -> None:
@@ -77,7 +67,7 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
         plugbay_docker.networks.create(plain, driver="bridge")
         runner = start_on(typo)
         try:
-            (made,) = _named(plugbay_docker, typo)
+            (made,) = named_networks(plugbay_docker, typo)
             assert made.attrs["Labels"] == {"plugbay.managed": "true", "plugbay.network": typo}
             assert made.id not in sweep_networks(client=plugbay_docker, names=names, grace=0)  # its container runs
         finally:
@@ -92,24 +82,24 @@ def test_a_network_a_misspelled_name_made_goes_with_the_sweep_once_no_container_
         # networks alone unless asked (networks=True), which other hosts may be about to join; grace 0, so
         # it is not its age that keeps this one
         sweep(client=plugbay_docker, images=False, grace=0)
-        assert _named(plugbay_docker, typo), "the library's sweep() removed a network it was not asked to"
+        assert named_networks(plugbay_docker, typo), "the library's sweep() removed a network it was not asked to"
 
         # grace 0: it was made moments ago (test_docker_sweep_grace)
         listed = plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "0")
         assert listed.returncode == 0, listed.stderr
         assert made.id in json.loads(listed.stdout)["docker_networks"], listed.stdout
         assert made.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names, grace=0)
-        assert _named(plugbay_docker, typo), "a dry run removed it"
+        assert named_networks(plugbay_docker, typo), "a dry run removed it"
 
         # names=: only this test's networks (the whole engine's are other tests' and users'); the CLI sweeps all
         assert made.id in sweep_networks(client=plugbay_docker, names=names, grace=0)
-        assert not _named(plugbay_docker, typo)
+        assert not named_networks(plugbay_docker, typo)
         for kept in (joinable, copied, plain):
-            assert _named(plugbay_docker, kept), f"the sweep removed {kept}, which plugbay did not make"
+            assert named_networks(plugbay_docker, kept), f"the sweep removed {kept}, which plugbay did not make"
         # a start after the sweep makes the network again (the id this process verified is gone)
         again = start_on(typo)
         try:
-            (remade,) = _named(plugbay_docker, typo)
+            (remade,) = named_networks(plugbay_docker, typo)
             assert remade.id != made.id
         finally:
             again.kill()
@@ -138,13 +128,13 @@ def test_a_dry_run_lists_the_network_only_a_dead_hosts_container_is_on(plugbay_d
         facts = first_line_then_sigkill([sys.executable, "-c", CRASHING_HOST,
                                          str(Path(__file__).resolve().parent.parent / "src"), name])
         containers.append(facts["id"])
-        (net,) = _named(plugbay_docker, name)
+        (net,) = named_networks(plugbay_docker, name)
         listed = plugbay("sweep", "--docker", "--dry-run", "--json", "--grace", "0")  # made moments ago
         assert listed.returncode == 0, listed.stderr
         found = json.loads(listed.stdout)
         assert facts["id"] in found["docker"], listed.stdout
         assert net.id in found["docker_networks"], listed.stdout
-        assert _named(plugbay_docker, name) and plugbay_docker.containers.get(facts["id"]), "a dry run removed"
+        assert named_networks(plugbay_docker, name) and plugbay_docker.containers.get(facts["id"]), "a dry run removed"
         # the library's: only with the containers named as leaving
         assert net.id not in sweep_networks(client=plugbay_docker, dry_run=True, names=names, grace=0)
         assert net.id in sweep_networks(client=plugbay_docker, dry_run=True, names=names, leaving=[facts["id"]],
@@ -152,7 +142,7 @@ def test_a_dry_run_lists_the_network_only_a_dead_hosts_container_is_on(plugbay_d
         # a grace the sweep cannot use is refused before anything is removed: it swept the containers first
         refused = plugbay("sweep", "--docker", "--grace", "nan")
         assert refused.returncode == 2 and "grace" in refused.stderr, (refused.stdout, refused.stderr)
-        assert plugbay_docker.containers.get(facts["id"]) and _named(plugbay_docker, name)
+        assert plugbay_docker.containers.get(facts["id"]) and named_networks(plugbay_docker, name)
 
 
 def _its_network_removed_while_held(relay: EngineRelay, docker: Any, suffix: str, held: tuple[str, str],
@@ -168,12 +158,12 @@ def _its_network_removed_while_held(relay: EngineRelay, docker: Any, suffix: str
         try:
             try:
                 assert relay.holding.wait(30), unreached
-                (gone,) = _named(docker, name)
+                (gone,) = named_networks(docker, name)
                 gone.remove()
             finally:
                 relay.release()
             assert starting.outcome(60) is None
-            (remade,) = _named(docker, name)
+            (remade,) = named_networks(docker, name)
             assert remade.id != gone.id
             on = docker.api.inspect_container(runner.id)["NetworkSettings"]["Networks"]
             assert list(on) == [name] and on[name]["NetworkID"] == remade.id, on
