@@ -203,12 +203,7 @@ def test_a_cancelled_asyncio_stream_whose_call_failed_unsent_is_not_sent_again(
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
             picks = client.metrics()["endpoints"][live]["picks"]
-            _kill(streamers[0])
-            stream = streamer.generate(3, 8, timeout=10)
-            for _ in range(200):  # bounded at about 10 s
-                if stream.done():
-                    break
-                await asyncio.sleep(0.05)
+            stream = await _stream_after_kill(streamer, streamers[0])
             stream.cancel()
             try:
                 await stream.read()
@@ -219,6 +214,19 @@ def test_a_cancelled_asyncio_stream_whose_call_failed_unsent_is_not_sent_again(
             return cancelled, client.metrics()["endpoints"][live]["picks"] - picks
 
     assert asyncio.run(run()) == (True, 0)
+
+
+async def _stream_after_kill(streamer: Any, replica: CounterReplica) -> Any:
+    """A stream made on ``replica``'s channel after a kill -9 of it, its call failed (unsent) before any read."""
+    import asyncio
+
+    _kill(replica)
+    stream = streamer.generate(3, 8, timeout=10)
+    for _ in range(200):  # bounded at about 10 s
+        if stream.done():
+            break
+        await asyncio.sleep(0.05)
+    return stream
 
 
 def _inner(call: object, kind: type) -> Any:
@@ -286,12 +294,7 @@ def test_an_asyncio_stream_cancelled_while_its_resend_picks_an_endpoint_is_cance
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
-            _kill(streamers[0])
-            stream = streamer.generate(3, 8, timeout=10)
-            for _ in range(200):  # bounded at about 10 s
-                if stream.done():
-                    break
-                await asyncio.sleep(0.05)
+            stream = await _stream_after_kill(streamer, streamers[0])
             callable = _inner(stream, StreamCall)._callable
             real, picking, go_on = callable.pick, asyncio.Event(), asyncio.Event()
 
