@@ -211,9 +211,7 @@ class StreamCall:
             return False
         if self._asked:  # the caller cancelled the stream: it ends as a cancelled grpc.aio call does
             raise asyncio.CancelledError()
-        self._tried.add(member.key)
-        self._tried.refused_by = member.key
-        if all(key in self._tried for key in channel.pool.pickable_keys()):
+        if not self._tried.refused_unsent(member.key, channel.pool.pickable_keys()):
             return False  # no other endpoint to go to: the failure is the answer
         request, pick_until, deadline, kwargs = self._again
         try:

@@ -23,6 +23,7 @@ keep working. A try whose deadline was spent picking is not sent: deadline.no_ti
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -201,6 +202,22 @@ class PoolCallable:
         if tried.refused_by not in (None, member.key):
             self._pool.count_resend()
         tried.refused_by = None
+
+    def open_on(self, member: Member, tried: Tried, opening: Callable[[], Any]) -> Any:
+        """``opening()``, a call that returns at once (a future, a stream), made on ``member``'s channel: the
+        call, or None when the channel was closed under it (not sent: ``member`` released and marked tried, the
+        next endpoint's turn); any other failure releases ``member`` and is raised."""
+        try:
+            return opening()
+        except ValueError as exc:
+            self._pool.done(member, None)
+            if not closed_under_call(exc):
+                raise
+            tried.add(member.key)
+            return None
+        except BaseException as exc:
+            self._pool.done(member, exc)
+            raise
 
     def marked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The kwargs a try is sent with: a unary call's carry the pool's token (see NOT_SENT)."""

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
 
-from plugbay.core.host.callerrors import closed_under_call
 from plugbay.core.host.callfuture import CallFuture
 from plugbay.errors import NoEndpointsError
 
@@ -37,6 +37,7 @@ class Tries(Protocol):
     def remaining(self, deadline: float | None, member: Any, last: str = "") -> float | None: ...
 
     def made(self, member: Any, tried: Any) -> None: ...
+    def open_on(self, member: Any, tried: Any, opening: Callable[[], Any]) -> Any: ...
 
     def refused(self, member: Any, exc: grpc.RpcError, tried: Any, pick_until: float,
                 pause: float) -> tuple[str, float]: ...
@@ -92,17 +93,10 @@ class FailoverFuture(CallFuture):
                 pool.done(member, None)
                 return
             left = owner.remaining(self._deadline, member, self._last)  # none: raises, member released
-            try:
-                inner = owner._on(member).future(self._request, timeout=left, **self._kwargs)
-            except ValueError as exc:  # the endpoint's channel closed under the call: not sent
-                pool.done(member, None)
-                if not closed_under_call(exc):
-                    raise
-                self._tried.add(member.key)
+            inner = owner.open_on(member, self._tried, lambda: owner._on(member).future(
+                self._request, timeout=left, **self._kwargs))
+            if inner is None:  # the endpoint's channel closed under the call: not sent
                 continue
-            except BaseException as exc:
-                pool.done(member, exc)
-                raise
             owner.made(member, self._tried)  # not before: a closed channel refuses the try (ValueError)
             self._set_inner(inner)  # cancelled with this future: its end still reports to the pool
             inner.add_done_callback(lambda f, m=member: self._tried_on(m, f))

@@ -20,11 +20,11 @@ does not carry it. Add them after the first answer to hear how the stream ended.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
 
-from plugbay.core.host.callerrors import closed_under_call
 from plugbay.errors import NoEndpointsError
 from plugbay.network.unsent import Tried, channel_failing, not_sent
 
@@ -40,6 +40,7 @@ class Streams(Protocol):
     def _on(self, member: Any) -> Any: ...
     def remaining(self, deadline: float | None, member: Any, last: str = "") -> float | None: ...
     def made(self, member: Any, tried: Any) -> None: ...
+    def open_on(self, member: Any, tried: Any, opening: Callable[[], Any]) -> Any: ...
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException: ...
     def drain_cut(self, member: Any, exc: grpc.RpcError) -> grpc.RpcError: ...
     def stream_ended(self, member: Any, call: Any) -> None: ...
@@ -95,17 +96,10 @@ class PoolStream:
             except NoEndpointsError as exc:
                 raise self._owner.out_of_tries(exc, tried, "") from None
             left = self._owner.remaining(self._deadline, member)
-            try:
-                call = self._owner._on(member)(self._request, timeout=left, **self._kwargs)
+            call = self._owner.open_on(member, tried, lambda: self._owner._on(member)(
+                self._request, timeout=left, **self._kwargs))
+            if call is not None:
                 break
-            except ValueError as exc:  # the endpoint's channel was closed under the call: not sent
-                pool.done(member, None)
-                if not closed_under_call(exc):
-                    raise
-                tried.add(member.key)
-            except BaseException as exc:
-                pool.done(member, exc)
-                raise
         self._owner.made(member, tried)
         with self._lock:
             self._call, self._member, self._failing = call, member, None
@@ -130,9 +124,7 @@ class PoolStream:
             return False
         if self._cancelled:
             raise StreamCancelled() from exc
-        self._tried.add(self._member.key)
-        self._tried.refused_by = self._member.key
-        if all(key in self._tried for key in self._pool.pickable_keys()):
+        if not self._tried.refused_unsent(self._member.key, self._pool.pickable_keys()):
             return False  # no other endpoint to go to: the failure is the answer
         try:
             self.start()

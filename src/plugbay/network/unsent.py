@@ -67,3 +67,10 @@ class Tried(set[str]):
     def clear(self) -> None:
         super().clear()
         self.busy_refusal = None
+
+    def refused_unsent(self, key: str, pickable: list[str]) -> bool:
+        """A stream's first read found endpoint ``key`` never took it: noted as this try's refusal; whether
+        another of the ``pickable`` endpoints is left to send it to."""
+        self.add(key)
+        self.refused_by = key
+        return not all(other in self for other in pickable)
