@@ -218,13 +218,7 @@ class ReadyGate:
 
     def run(self, method: str, attempt: Attempt, timeout: float | None) -> Any:
         sup = self._sup
-        start = time.monotonic()
-        shared = SharedDeadline.of(sup, method, start, timeout)  # a sup.deadline() the call's steps share
-        if timeout is None:
-            timeout = sup.call_timeout  # the wait for a restart is bounded like a call
-        deadline = None if timeout is None else start + timeout
-        if shared is not None:
-            deadline = shared.cut(deadline)  # the scope's in place of call_timeout, a longer one too
+        start, shared, timeout, deadline = _deadline(sup, method, timeout)
         token = cancel_token()  # a cancelled future() ends the waits below at once
         try:
             for _ in range(sup.max_restarts + 2):
@@ -281,13 +275,7 @@ class ReadyGate:
     async def run_async(self, method: str, attempt: AsyncAttempt, timeout: float | None) -> Any:
         """run() for an AsyncSupervisor's calls: the same rules; its waits poll, never block the loop."""
         sup = self._sup
-        start = time.monotonic()
-        shared = SharedDeadline.of(sup, method, start, timeout)
-        if timeout is None:
-            timeout = sup.call_timeout
-        deadline = None if timeout is None else start + timeout
-        if shared is not None:
-            deadline = shared.cut(deadline)
+        _, shared, timeout, deadline = _deadline(sup, method, timeout)
         try:
             for _ in range(sup.max_restarts + 2):
                 limit = 3600.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
@@ -318,6 +306,21 @@ class ReadyGate:
         finally:
             if shared is not None:
                 shared.done()
+
+
+def _deadline(sup: Any, method: str, timeout: float | None
+              ) -> tuple[float, SharedDeadline | None, float | None, float | None]:
+    """A gated call's start, the sup.deadline() its steps share (None outside one), its timeout (None: the
+    Supervisor's call_timeout, as the wait for a restart is bounded like a call) and its monotonic deadline
+    (the scope's in place of call_timeout, a longer one too)."""
+    start = time.monotonic()
+    shared = SharedDeadline.of(sup, method, start, timeout)
+    if timeout is None:
+        timeout = sup.call_timeout
+    deadline = None if timeout is None else start + timeout
+    if shared is not None:
+        deadline = shared.cut(deadline)
+    return start, shared, timeout, deadline
 
 
 def _within(deadline: float | None, most: float) -> float:
