@@ -195,9 +195,8 @@ def _full_ids(ids: Collection[str]) -> set[str]:
     full = {str(i).removeprefix("sha256:") for i in ids}
     short = [i for i in full if not _FULL_ID.fullmatch(i)]
     if short:
-        raise ConfigError(f"ids takes full image ids (64 lowercase hex digits, with or without sha256:, as the sweep"
-                          f" returns them), not"
-                          f" {short[0][:80]!r}")
+        raise ConfigError("ids takes full image ids (64 lowercase hex digits, with or without sha256:, as the sweep"
+                          f" returns them), not {short[0][:80]!r}")
     return full
 
 
