@@ -92,14 +92,27 @@ def test_waking_a_kubernetes_stream_reader_keeps_its_tls_layer() -> None:
         reader.start()
         sock = resp.connection.sock
         assert sock.version() is not None
+        # The woken reader closes the connection, which also drops the TLS object: whether it still had
+        # one when that close began is what tells a raw shutdown from the SSLSocket's own. Not version():
+        # it says None once the read has failed (OpenSSL leaves the finished state), TLS object or not.
+        tls_at_close: list[bool] = []
+        closes = sock.close
+
+        def close_seeing_tls() -> None:
+            tls_at_close.append(sock._sslobj is not None)
+            closes()
+
+        sock.close = close_seeing_tls
         for _ in range(200):  # the reader has the first chunk and waits for more
             if got:
                 break
             threading.Event().wait(0.05)
         shut_stream(resp)
-        assert sock.version() is not None, "the TLS layer was dropped under the reader"
+        tls_after_shut = sock._sslobj is not None
         reader.join(10)
         assert not reader.is_alive(), "shut_stream did not wake the reader"
+        assert False not in tls_at_close, "the TLS layer was dropped under the reader before it closed"
+        assert tls_after_shut or tls_at_close, "the TLS layer was dropped under the reader"
         assert b"".join(got).startswith(b"f")
     finally:
         pool.close()
