@@ -13,13 +13,13 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from dnslib import AAAA, SRV, A
+from dnslib import AAAA, SRV, TXT, A
 
 from tests.dns_util import ZONE, Zone, serving
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
 from tests.resilience_util import wait_until
 
-from plugbay import DiscoveryError, RemoteClient, RemoteConfig
+from plugbay import DiscoveryError, HandshakeTimeoutError, RemoteClient, RemoteConfig
 from plugbay.network.resolvers import DNSResolver
 
 @pytest.fixture()
@@ -154,6 +154,31 @@ def test_a_name_without_records_resolves_to_no_endpoints(dns: tuple[Zone, str]) 
     resolver.start(lambda eps: seen.append(len(eps)))
     resolver.close()
     assert seen == [0] and zone.queries >= 1
+
+
+def test_why_a_lookup_found_nothing_is_in_the_error_of_a_start_that_waited_for_an_endpoint(
+        dns: tuple[Zone, str]) -> None:
+    # a misspelt name (NXDOMAIN) and a name without address records wait the same way, for a record that
+    # may yet be published; the timeout then says which it was
+    zone, server = dns
+    zone.set(f"txt.{ZONE}", "TXT", [TXT("not an address")])
+    said = {}
+    for name in ("kv", "txt"):
+        cfg = RemoteConfig(target=f"dns:///{name}.plugbay.test:7001", handshake=HANDSHAKE, plugins=PLUGINS,
+                           insecure=True, dns_server=server, allow_loopback=True, start_timeout=1.0,
+                           name="kv-dns-missing")
+        client = RemoteClient(cfg)
+        with pytest.raises(HandshakeTimeoutError) as err:
+            client.start()
+        client.kill()
+        said[name] = str(err.value)
+    assert f"discovery reports no endpoints (DNS at {server}: kv.plugbay.test does not exist (NXDOMAIN))" \
+        in said["kv"]
+    assert f"(DNS at {server}: txt.plugbay.test has no A or AAAA record)" in said["txt"]
+    resolver = DNSResolver("txt.plugbay.test", 7001, dns_server=server, allow_loopback=True)
+    assert resolver.resolve() == [] and "has no A or AAAA record" in resolver.empty_note
+    zone.set(f"txt.{ZONE}", "A", [A("127.0.0.1")])
+    assert len(resolver.resolve()) == 1 and resolver.empty_note == ""
 
 
 def test_a_name_whose_record_appears_after_start_is_looked_up_again_while_calls_wait(

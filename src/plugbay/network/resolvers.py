@@ -9,7 +9,8 @@ resolv.conf by default, and does SRV. A :class:`DNSResolver` re-resolves every
 it when calls fail, and while calls wait on an empty set; such lookups are spaced
 0.2 s apart, and further, up to 2 s, while they find nothing new); a lookup
 that errs keeps the last set, while an empty answer (NXDOMAIN, no records)
-empties it. A lookup where some queries failed and others found records uses
+empties it (and ``empty_note`` says which, for the error of calls that wait on
+it). A lookup where some queries failed and others found records uses
 those records. close() ends a lookup under way after the query in flight, and a
 lookup in the background ends (as a failure) once its time budget is spent.
 """
@@ -94,6 +95,10 @@ class DNSResolver:
         self._capped_at: tuple[int, ...] | None = None  # the answer size last warned about
         self._skipped: set[str] = set()  # addresses a warning already named (no replica: see refusal)
         self._refused: list[str] = []  # the lookup's addresses that may not be replicas
+        # Why the last lookup found nothing, for the pool's "discovery reports no endpoints (...)": a
+        # misspelt name (NXDOMAIN) and a record not published yet look the same to a waiting call.
+        self.empty_note = ""
+        self._missing: dict[str, list[str]] = {}  # name -> "NXDOMAIN", or the kinds it has no records of
         self.lookups = 0
 
     def _server_text(self) -> str:
@@ -110,6 +115,7 @@ class DNSResolver:
         """
         self.lookups += 1
         self._refused = []
+        self._missing = {}
         out: list[Endpoint] = []
         failed: list[str] = []
         kinds = ("SRV",) if self.srv else ("A", "AAAA")
@@ -137,6 +143,7 @@ class DNSResolver:
         if failed:
             _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
                          self.host, self._server_text(), "; ".join(failed), len(out))
+        self.empty_note = "" if out else self._missing_text()
         if "SRV" in kinds:  # priority order is the meaning (pick_first): only duplicates go
             return self._capped(out, srv)
         return self._capped(sorted(set(out), key=lambda e: e.key))
@@ -147,12 +154,27 @@ class DNSResolver:
         lifetime = self._lifetime()  # start()'s deadline gone: the whole lookup ends here
         try:
             return list(self._resolver.resolve(name, kind, search=search, lifetime=lifetime))
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        except dns.resolver.NXDOMAIN as exc:
+            names = ", ".join(str(n).rstrip(".") for n in exc.qnames()) or name  # type: ignore[no-untyped-call]
+            self._missing.setdefault(names, ["NXDOMAIN"])
+            return []
+        except dns.resolver.NoAnswer:
+            kinds = self._missing.setdefault(name, [])
+            if "NXDOMAIN" not in kinds:
+                kinds.append(kind)
             return []
         except (dns.exception.DNSException, OSError) as exc:  # any answer but records or "none": YXDOMAIN too
             failed.append(f"{name} {kind}: {type(exc).__name__}: {exc}")
             self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
             return []
+
+    def _missing_text(self) -> str:
+        said = []
+        for name, kinds in list(self._missing.items())[:3]:
+            said.append(f"{name} does not exist (NXDOMAIN)" if kinds == ["NXDOMAIN"]
+                        else f"{name} has no {' or '.join(kinds)} record")
+        more = f" and {len(self._missing) - 3} more" if len(self._missing) > 3 else ""
+        return f"DNS at {self._server_text()}: {'; '.join(said)}{more}" if said else ""
 
     def _capped(self, found: list[Endpoint], srv: tuple[int, int] | None = None) -> list[Endpoint]:
         """At most max_endpoints; ``srv``: an SRV answer's (target count, targets not looked up)."""
