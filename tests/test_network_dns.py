@@ -13,8 +13,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from dnslib import AAAA, SRV, TXT, A
+from dnslib import AAAA, RCODE, SRV, TXT, A
 
+from tests.cli_util import plugbay
 from tests.dns_util import ZONE, Zone, serving
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
 from tests.resilience_util import wait_until
@@ -165,7 +166,7 @@ def test_why_a_lookup_found_nothing_is_in_the_error_of_a_start_that_waited_for_a
     said = {}
     for name in ("kv", "txt"):
         cfg = RemoteConfig(target=f"dns:///{name}.plugbay.test:7001", handshake=HANDSHAKE, plugins=PLUGINS,
-                           insecure=True, dns_server=server, allow_loopback=True, start_timeout=1.0,
+                           insecure=True, dns_server=server, allow_loopback=True, start_timeout=3.0,
                            name="kv-dns-missing")
         client = RemoteClient(cfg)
         with pytest.raises(HandshakeTimeoutError) as err:
@@ -179,6 +180,23 @@ def test_why_a_lookup_found_nothing_is_in_the_error_of_a_start_that_waited_for_a
     assert resolver.resolve() == [] and "has no A or AAAA record" in resolver.empty_note
     zone.set(f"txt.{ZONE}", "A", [A("127.0.0.1")])
     assert len(resolver.resolve()) == 1 and resolver.empty_note == ""
+    # a lookup that fails leaves the set as it was: when that is empty, the failure is why, not the
+    # answer before it
+    missing = DNSResolver("kv.plugbay.test", 7001, dns_server=server, allow_loopback=True, timeout=5.0)
+    assert missing.resolve() == [] and "NXDOMAIN" in missing.empty_note
+    zone.rcode = RCODE.SERVFAIL
+    with pytest.raises(DiscoveryError):
+        missing.resolve()
+    assert missing.empty_note.startswith("the last DNS lookup failed: ") and "SERVFAIL" in missing.empty_note
+    zone.rcode = None
+    # records that are there but name no replica are not "no record"
+    zone.set(f"meta.{ZONE}", "A", [A("169.254.169.254")])
+    meta = DNSResolver("meta.plugbay.test", 7001, dns_server=server, allow_loopback=True)
+    assert meta.resolve() == [] and "names only addresses that cannot be replicas (169.254.169.254)" \
+        in meta.empty_note
+    # the command line's "no ready endpoint" says it too
+    out = plugbay("health", f"dns://{server}/kv.plugbay.test:7001", "--insecure", "--allow-loopback")
+    assert out.returncode == 3 and "kv.plugbay.test does not exist (NXDOMAIN)" in out.stdout, out
 
 
 def test_a_name_whose_record_appears_after_start_is_looked_up_again_while_calls_wait(

@@ -143,7 +143,9 @@ def _network_target(target: str, tls: Tls, options: Sequence[tuple[str, Any]] = 
     resolver.close()
     ready = [e for e in found if e.ready and not e.terminating]
     if not ready:
-        raise TargetUnreachableError(f"{target!r} names no ready endpoint (discovery found {len(found)});"
+        note = getattr(resolver, "empty_note", "")  # why DNS or EndpointSlices found nothing, when known
+        raise TargetUnreachableError(f"{target!r} names no ready endpoint (discovery found {len(found)}"
+                                     f"{': ' + note if note and not found else ''});"
                                      " check that the plugin's replicas run and are ready")
     endpoint = ready[0]
     if endpoint.network == "unix" and not Path(endpoint.address).is_socket():

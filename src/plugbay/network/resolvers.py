@@ -98,13 +98,23 @@ class DNSResolver:
         # Why the last lookup found nothing, for the pool's "discovery reports no endpoints (...)": a
         # misspelt name (NXDOMAIN) and a record not published yet look the same to a waiting call.
         self.empty_note = ""
-        self._missing: dict[str, list[str]] = {}  # name -> "NXDOMAIN", or the kinds it has no records of
+        # name -> ["NXDOMAIN"], ["."] (an SRV answer of no service), or the kinds it has no records of
+        self._missing: dict[str, list[str]] = {}
         self.lookups = 0
 
     def _server_text(self) -> str:
         return self.dns_server or ",".join(str(s) for s in self._resolver.nameservers)
 
     def resolve(self) -> list[Endpoint]:
+        """One lookup; see _resolve. A failed one is empty_note too (the pool keeps its set: when that
+        is empty, the failure is why)."""
+        try:
+            return self._resolve()
+        except DiscoveryError as exc:
+            self.empty_note = f"the last DNS lookup failed: {exc}"
+            raise
+
+    def _resolve(self) -> list[Endpoint]:
         """One lookup. DiscoveryError when nothing came back but failures, or only addresses that may not
         be replicas (plugbay.network.resolver.refusal: loopback ones unless ``allow_loopback``); [] when
         the name has no records.
@@ -144,6 +154,9 @@ class DNSResolver:
             _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
                          self.host, self._server_text(), "; ".join(failed), len(out))
         self.empty_note = "" if out else self._missing_text()
+        if not out and self._refused:  # the answer's records were there, but none may be a replica
+            self.empty_note = (f"DNS at {self._server_text()} names only addresses that cannot be replicas"
+                               f" ({', '.join(self._refused[:3])}); see the warning logged for them")
         if "SRV" in kinds:  # priority order is the meaning (pick_first): only duplicates go
             return self._capped(out, srv)
         return self._capped(sorted(set(out), key=lambda e: e.key))
@@ -156,11 +169,14 @@ class DNSResolver:
             return list(self._resolver.resolve(name, kind, search=search, lifetime=lifetime))
         except dns.resolver.NXDOMAIN as exc:
             names = ", ".join(str(n).rstrip(".") for n in exc.qnames()) or name  # type: ignore[no-untyped-call]
-            self._missing.setdefault(names, ["NXDOMAIN"])
+            self._missing.setdefault(names.rstrip("."), ["NXDOMAIN"])
             return []
-        except dns.resolver.NoAnswer:
-            kinds = self._missing.setdefault(name, [])
-            if "NXDOMAIN" not in kinds:
+        except dns.resolver.NoAnswer as exc:
+            # under a search list, the name that exists (the one without records) is the response's
+            response = getattr(exc, "kwargs", {}).get("response")
+            asked = str(response.question[0].name) if response is not None and response.question else name
+            kinds = self._missing.setdefault(asked.rstrip("."), [])
+            if kinds[:1] != ["NXDOMAIN"] and kind not in kinds:
                 kinds.append(kind)
             return []
         except (dns.exception.DNSException, OSError) as exc:  # any answer but records or "none": YXDOMAIN too
@@ -171,8 +187,13 @@ class DNSResolver:
     def _missing_text(self) -> str:
         said = []
         for name, kinds in list(self._missing.items())[:3]:
-            said.append(f"{name} does not exist (NXDOMAIN)" if kinds == ["NXDOMAIN"]
-                        else f"{name} has no {' or '.join(kinds)} record")
+            if kinds == ["NXDOMAIN"]:
+                said.append(f"none of {name} exists (NXDOMAIN)" if ", " in name
+                            else f"{name} does not exist (NXDOMAIN)")
+            elif kinds == ["."]:
+                said.append(f"the SRV records of {name} say the service is not available (target '.')")
+            else:
+                said.append(f"{name} has no {' or '.join(kinds)} record")
         more = f" and {len(self._missing) - 3} more" if len(self._missing) > 3 else ""
         return f"DNS at {self._server_text()}: {'; '.join(said)}{more}" if said else ""
 
@@ -216,7 +237,9 @@ class DNSResolver:
             target = str(getattr(rr, "target")).rstrip(".")
             port, priority = int(getattr(rr, "port")), int(getattr(rr, "priority"))
             if not target or not 0 < port < 65536:
-                if target:
+                if not target:
+                    self._missing.setdefault(self.host.rstrip("."), ["."])
+                else:
                     _log.warning("DNS SRV record of %r names %s with port %d; skipping it (no such port)",
                                  self.host, target, port)
                 continue
