@@ -194,6 +194,13 @@ def test_why_a_lookup_found_nothing_is_in_the_error_of_a_start_that_waited_for_a
     meta = DNSResolver("meta.plugbay.test", 7001, dns_server=server, allow_loopback=True)
     assert meta.resolve() == [] and "names only addresses that cannot be replicas (169.254.169.254)" \
         in meta.empty_note
+    # an SRV answer of "." says the service is not available; an absolute name is spelt as written
+    zone.set(f"_off._tcp.{ZONE}", "SRV", [SRV(0, 0, 0, ".")])
+    off = DNSResolver("_off._tcp.plugbay.test", srv=True, dns_server=server, allow_loopback=True)
+    assert off.resolve() == [] and "the SRV records of _off._tcp.plugbay.test say the service is not available" \
+        in off.empty_note
+    absolute = DNSResolver("kv.plugbay.test.", 7001, dns_server=server, allow_loopback=True)
+    assert absolute.resolve() == [] and absolute.empty_note.endswith(": kv.plugbay.test does not exist (NXDOMAIN)")
     # the command line's "no ready endpoint" says it too
     out = plugbay("health", f"dns://{server}/kv.plugbay.test:7001", "--insecure", "--allow-loopback")
     assert out.returncode == 3 and "kv.plugbay.test does not exist (NXDOMAIN)" in out.stdout, out

@@ -111,7 +111,8 @@ class DNSResolver:
         try:
             return self._resolve()
         except DiscoveryError as exc:
-            self.empty_note = f"the last DNS lookup failed: {exc}"
+            if not self._stop.is_set():  # a close() under way is no news for a waiting call
+                self.empty_note = f"the last DNS lookup failed: {exc}"
             raise
 
     def _resolve(self) -> list[Endpoint]:
