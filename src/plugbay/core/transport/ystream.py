@@ -32,6 +32,10 @@ MAX_WINDOW = 4 * WINDOW
 # Payloads up to this size are queued copied together: one object per tiny frame would cost a peer's
 # window ~40 times over in memory (a 1-byte payload takes ~40 bytes as an object and a queue slot).
 _SMALL = 1024
+# Queued payloads are joined into one read only while they are smaller than this: joining copies,
+# and a payload this big already pays for the read that hands it out alone (a copy of 64 KiB cost
+# more than a read; a bulk peer's frames would be copied once more each)
+_JOIN = 16 * 1024
 
 
 class StreamClosed(Exception):
@@ -239,9 +243,9 @@ class Stream(Sinking):
             view = memoryview(data)
             self._buf.appendleft(view[limit:])
             data = view[:limit]
-        elif self._buf and len(data) + len(self._buf[0]) <= limit:  # small frames: join them
+        elif len(data) < _JOIN and self._buf and len(data) + len(self._buf[0]) <= limit:  # small frames: join them
             parts, size = [data], len(data)
-            while self._buf and size + len(self._buf[0]) <= limit:
+            while self._buf and len(self._buf[0]) < _JOIN and size + len(self._buf[0]) <= limit:
                 parts.append(self._buf.popleft())
                 size += len(parts[-1])
             data = b"".join(parts)
