@@ -10,6 +10,7 @@ import pytest
 
 from tests.resilience_util import wait_until
 
+from plugbay.core.transport.frames import FrameReader
 from plugbay.core.transport.yamux import DATA, SYN, WINDOW, WINDOW_UPDATE, Session, Stream
 
 _HDR = struct.Struct(">BBHII")
@@ -40,3 +41,26 @@ def test_large_payloads_queued_together_are_read_one_by_one_not_joined(
     assert bytes(stream.read()) == first
     assert bytes(stream.read()) == second
 
+
+def test_refill_buffers_are_reused_once_their_payloads_are_gone() -> None:
+    # the buffer of each refill was new (zero-filled, page faults) while a payload of the last one
+    # was still held: a stream's reader holds one while the next frames arrive
+    ours, theirs = socket.socketpair()
+    try:
+        reader = FrameReader(theirs, b"")
+        held: list[memoryview] = []
+        buffers = []
+        for i in range(1, 17):
+            payload = bytes([i]) * _BIG
+            ours.sendall(b"h" + payload)  # a header's byte first: the payload comes in a refill
+            assert reader.read(1) == b"h"
+            got = reader.read(_BIG)
+            assert isinstance(got, memoryview) and got == payload
+            buffers.append(got.obj)
+            held.append(got)
+            if len(held) > 2:  # the stream's reader has handed the older ones on
+                held.pop(0)
+        assert len({id(b) for b in buffers}) <= 4, "a fresh refill buffer while an earlier one was free"
+    finally:
+        ours.close()
+        theirs.close()

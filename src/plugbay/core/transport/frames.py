@@ -18,6 +18,10 @@ _DIRECT = 64 * 1024  # payloads this big are received straight into their own bu
 _SHARE = _READ // 4
 _BULK_SMALL = 8  # small payloads in a row after which a bulk peer is read ahead again
 _PIPE = 256 * 1024  # a splicing pipe's size: a bridge chunk, a window
+# Refill buffers a reader keeps: its stream's reader still holds payload views of the last few
+# while the next refill comes, and a fresh buffer per refill (zero-filled, page faults: about as
+# much as the receive itself) was most of a bulk reader's time; four of _READ: a stream's window
+_KEPT = 4
 
 Chunk = bytes | bytearray | memoryview  # what a stream reads: large payloads as received, not copied
 
@@ -36,7 +40,7 @@ class FrameReader:
     def __init__(self, sock: socket.socket, first: bytes) -> None:
         self._sock = sock
         self._buf = memoryview(bytearray(first))  # the current refill; bytes from _pos on are unread
-        self._raw: bytearray | None = None  # the refill buffer _buf views (reused once no payload view is alive)
+        self._raws: list[bytearray] = []  # refill buffers, the last used first (reused once no payload view is alive)
         self._pos = 0
         self._size = _SMALL  # the next refill's buffer: grows while recv fills it, shrinks when not
         # _read_direct's buffer, reused while its payloads leave at once (recycle()): a large
@@ -107,10 +111,7 @@ class FrameReader:
         """Move the unread bytes into a buffer no payload refers to and receive until it holds ``n``."""
         rest = bytes(self._buf[self._pos:])  # short: a partial header or small frame (split() takes more)
         self._buf = memoryview(b"")  # our own view: gone, so _reusable sees only the payloads'
-        size = max(self._size, n)
-        buf = self._raw
-        if buf is None or len(buf) < size or not _reusable(buf):
-            buf = self._raw = bytearray(size)  # fresh (zero-filled, page faults) only when it must be
+        buf = self._free_buffer(max(self._size, n))
         have = len(rest)
         buf[:have] = rest
         self._buf, self._pos = memoryview(buf), 0
@@ -124,6 +125,18 @@ class FrameReader:
             self._size = _READ if got == space else max(_SMALL, min(_READ, 2 * got))
         self._buf = self._buf[:have]
         return True
+
+    def _free_buffer(self, size: int) -> bytearray:
+        """A kept refill buffer of at least ``size`` bytes that no payload refers to, or a new one:
+        fresh (zero-filled, page faults) only when it must be."""
+        for i, buf in enumerate(self._raws):
+            if len(buf) >= size and _reusable(buf):
+                if i:
+                    self._raws.insert(0, self._raws.pop(i))
+                return buf
+        buf = bytearray(size)
+        self._raws = [buf, *self._raws[:_KEPT - 1]]
+        return buf
 
     def _read_direct(self, n: int) -> bytearray | memoryview:
         out = self._spare if self._spare is not None and len(self._spare) >= n else bytearray(n)
