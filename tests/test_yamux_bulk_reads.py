@@ -46,6 +46,8 @@ def test_refill_buffers_are_reused_once_their_payloads_are_gone() -> None:
     # the buffer of each refill was new (zero-filled, page faults) while a payload of the last one
     # was still held: a stream's reader holds one while the next frames arrive
     ours, theirs = socket.socketpair()
+    ours.settimeout(10)  # a send that finds no room fails, never hangs (each step's bytes are read before the next)
+    theirs.settimeout(10)
     try:
         reader = FrameReader(theirs, b"")
         held: list[memoryview] = []
