@@ -62,6 +62,10 @@ def test_refill_buffers_are_reused_once_their_payloads_are_gone() -> None:
             held.append(got)
             if len(held) > 2:  # the stream's reader has handed the older ones on
                 held.pop(0)
+            # a buffer reused too soon would overwrite what the reader still holds
+            assert all(view == bytes([i - k]) * _BIG for k, view in enumerate(reversed(held))), \
+                "a held payload was overwritten by a later refill"
+        # at most frames._KEPT (4) buffers: on a socketpair each refill takes the whole step
         assert len({id(b) for b in buffers}) <= 4, "a fresh refill buffer while an earlier one was free"
     finally:
         ours.close()

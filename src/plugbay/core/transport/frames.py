@@ -20,7 +20,10 @@ _BULK_SMALL = 8  # small payloads in a row after which a bulk peer is read ahead
 _PIPE = 256 * 1024  # a splicing pipe's size: a bridge chunk, a window
 # Refill buffers a reader keeps: its stream's reader still holds payload views of the last few
 # while the next refill comes, and a fresh buffer per refill (zero-filled, page faults: about as
-# much as the receive itself) was most of a bulk reader's time; four of _READ: a stream's window
+# much as the receive itself) was most of a bulk reader's time; four of _READ: a stream's window.
+# So a session's reader keeps up to 4 x 256 KiB once bulk data has flowed, for the session's life
+# (trimming them when traffic turns small would put the fresh buffers back into bulk reads, whose
+# reads come in all sizes).
 _KEPT = 4
 
 Chunk = bytes | bytearray | memoryview  # what a stream reads: large payloads as received, not copied
