@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -30,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 NET_KV = str(REPO / "tests" / "plugins" / "net_kv.py")
 SERVER_NAME = "kv.plugbay.test"
 
-__all__ = ["HANDSHAKE", "PLUGIN_NAME", "PLUGINS", "Replica", "make_pki", "SERVER_NAME", "serving_discovery"]
+__all__ = ["HANDSHAKE", "PLUGIN_NAME", "PLUGINS", "Replica", "make_pki", "SERVER_NAME", "serving_discovery",
+           "connection_lost", "aio_connection_lost"]
 
 
 class Replica:
@@ -82,6 +84,41 @@ class Replica:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def _ready(channel: Any) -> bool:
+    """Whether gRPC holds ``channel``'s connection READY (its own channel, under the pool's and the relay's
+    wrappers; a grpc.aio channel's too)."""
+    while not hasattr(channel, "check_connectivity_state"):
+        channel = channel._channel
+    return bool(channel.check_connectivity_state(False) == grpc.ChannelConnectivity.READY.value[0])
+
+
+def connection_lost(client: Any, key: str) -> None:
+    """Until a RemoteClient's connection to the endpoint ``key`` (a replica just killed) is seen closed.
+
+    The kill closes the socket at once, but gRPC notices on its own thread: a call made before that is
+    written on the old connection and breaks in flight ("Stream removed"), which may have reached the
+    plugin and is rightly not sent again. A test that wants the refused, never-sent call waits here."""
+    channel = client.pool.member(key).channel
+    for _ in range(200):  # a hang guard only: about 10 s
+        if not _ready(channel):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the connection to the killed {key} still looks READY")
+
+
+async def aio_connection_lost(client: Any, key: str) -> None:
+    """connection_lost() of an AsyncRemoteClient, whose grpc.aio channels hold connections of their own
+    (none yet to ``key``: nothing to wait for)."""
+    import asyncio
+
+    held = client._endpoints._channels.get(key)
+    for _ in range(200):  # a hang guard only: about 10 s
+        if held is None or not _ready(held[1]):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the grpc.aio connection to the killed {key} still looks READY")
 
 
 def _name(cn: str) -> x509.Name:

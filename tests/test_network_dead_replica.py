@@ -22,6 +22,7 @@ import pytest
 
 from plugbay import RemoteClient, RemoteConfig
 from tests import netcerts
+from tests.net_util import aio_connection_lost, connection_lost
 from tests.test_network_broker import COUNTER, REPO, CounterReplica, counter_config, host_tls, killable_pair
 
 STREAMING = REPO / "examples" / "streaming"
@@ -68,20 +69,10 @@ def test_a_dead_multiplexed_replica_is_said_to_refuse_the_connection(counters: l
         assert "TLS handshake was cut short" not in detail, detail
 
 
-def _connection_lost(client: RemoteClient, replica: CounterReplica) -> None:
-    """Until gRPC saw the killed replica's connection close: a unary call written on it before then may
-    have reached the plugin (UNAVAILABLE "Stream removed"), and is rightly not sent again."""
-    import grpc
-
-    channel = client.pool.member(f"tcp:{replica.address}").channel  # type: ignore[union-attr]
-    while not hasattr(channel, "check_connectivity_state"):  # gRPC's own, under the pool's (and the relay's)
-        channel = channel._channel
-    ready = grpc.ChannelConnectivity.READY.value[0]
-    for _ in range(200):  # a hang guard only: about 10 s
-        if channel.check_connectivity_state(False) != ready:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the killed replica's connection still looks READY")
+def _killed(client: RemoteClient, replica: CounterReplica) -> None:
+    """kill -9 of ``replica``, seen by the connection to it: a call made next fails unsent there."""
+    _kill(replica)
+    connection_lost(client, f"tcp:{replica.address}")
 
 
 @pytest.mark.parametrize("brokered", [False, True], ids=["plain", "multiplexed"])
@@ -95,8 +86,7 @@ def test_a_new_stream_with_pick_first_fails_over_from_a_killed_replica(
         # multiplexed, dispense() pins its stub to one endpoint (for its broker): the pool's own channel is not
         streamer = StreamerClient(client.channel) if brokered else client.dispense(STREAMER)
         assert [c.seq for c in streamer.generate(2, 8, timeout=10)] == [0, 1]  # on the first replica
-        _kill(dead)
-        _connection_lost(client, dead)
+        _killed(client, dead)
         # health checks 60 s apart: to the pool the killed replica is still healthy, and first
         assert streamer.stats().produced >= 0  # a unary call: it failed over before, too
         assert [c.seq for c in streamer.generate(3, 8, timeout=10)] == [0, 1, 2]
@@ -121,6 +111,7 @@ def test_a_new_asyncio_stream_with_pick_first_fails_over_from_a_killed_replica(
             streamer = await client.dispense(STREAMER)
             seqs = [[c.seq async for c in streamer.generate(2, 8, timeout=10)]]
             _kill(dead)
+            await aio_connection_lost(client, f"tcp:{dead.address}")
             await streamer.stats()  # a unary call: it failed over before, too
             seqs.append([c.seq async for c in streamer.generate(3, 8, timeout=10)])
             stream = streamer.generate(2, 8, timeout=10)  # read() rather than iterated
@@ -151,7 +142,7 @@ def test_a_cancelled_stream_whose_call_failed_unsent_is_not_sent_again(
 
     with RemoteClient(_first_config(streamers, certs)) as client:
         streamer = client.dispense(STREAMER)
-        _kill(streamers[0])
+        _killed(client, streamers[0])
         stream = streamer.generate(3, 8, timeout=10)
         _ended(stream)  # failed on the killed replica, unread
         stream.cancel()
@@ -173,7 +164,7 @@ def test_a_stream_read_after_its_endpoint_came_back_is_still_sent_again(
     dead = streamers[0]
     with RemoteClient(_first_config(streamers, certs)) as client:
         streamer = client.dispense(STREAMER)
-        _kill(dead)
+        _killed(client, dead)
         stream = streamer.generate(3, 8, timeout=30)
         _ended(stream)
         back = CounterReplica(tmp_path / "back", certs, listen=dead.address, script=STREAMING / "plugin.py")
@@ -203,7 +194,7 @@ def test_a_cancelled_asyncio_stream_whose_call_failed_unsent_is_not_sent_again(
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
             picks = client.metrics()["endpoints"][live]["picks"]
-            stream = await _stream_after_kill(streamer, streamers[0])
+            stream = await _stream_after_kill(client, streamer, streamers[0])
             stream.cancel()
             try:
                 await stream.read()
@@ -216,11 +207,12 @@ def test_a_cancelled_asyncio_stream_whose_call_failed_unsent_is_not_sent_again(
     assert asyncio.run(run()) == (True, 0)
 
 
-async def _stream_after_kill(streamer: Any, replica: CounterReplica) -> Any:
+async def _stream_after_kill(client: Any, streamer: Any, replica: CounterReplica) -> Any:
     """A stream made on ``replica``'s channel after a kill -9 of it, its call failed (unsent) before any read."""
     import asyncio
 
     _kill(replica)
+    await aio_connection_lost(client, f"tcp:{replica.address}")
     stream = streamer.generate(3, 8, timeout=10)
     for _ in range(200):  # bounded at about 10 s
         if stream.done():
@@ -248,7 +240,7 @@ def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
 
     with RemoteClient(_first_config(streamers, certs)) as client:
         streamer = client.dispense(STREAMER)
-        _kill(streamers[0])
+        _killed(client, streamers[0])
         stream = streamer.generate(3, 8, timeout=10)
         _ended(stream)
         pool = _inner(stream, PoolStream)._pool
@@ -294,7 +286,7 @@ def test_an_asyncio_stream_cancelled_while_its_resend_picks_an_endpoint_is_cance
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
-            stream = await _stream_after_kill(streamer, streamers[0])
+            stream = await _stream_after_kill(client, streamer, streamers[0])
             callable = _inner(stream, StreamCall)._callable
             real, picking, go_on = callable.pick, asyncio.Event(), asyncio.Event()
 
