@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from tests import netcerts
-from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica, aio_connection_lost
 from tests.resilience_util import wait_until
 from tests.test_network_pool import FAST_RECONNECT, SLACK, replicas  # noqa: F401 (replicas: a fixture)
 
@@ -82,6 +82,7 @@ def test_a_call_waits_for_an_endpoint_within_its_deadline_then_fails_typed_and_t
             kv = await client.dispense(PLUGIN_NAME)
             await kv.put("k", b"v")
             port_holder.kill9()
+            await aio_connection_lost(client, f"tcp:{address}")  # else the call may break in flight
             ticks = 0
 
             async def tick() -> None:  # the loop must keep running while the call waits

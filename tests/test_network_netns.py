@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica, connection_lost
 from tests.resilience_util import NetNS, wait_until
 
 from plugbay import CallTimeoutError, NoEndpointsError, OutlierPolicy, RemoteClient, RemoteConfig
@@ -100,6 +100,7 @@ def test_kill_partition_and_heal_across_namespaces(sites: list[Site]) -> None:
         assert set(calls(kv, 30)) == {a.pid, b.pid, c.pid}
 
         a.replica.kill9()  # refused connections: every call is resent to a live replica
+        connection_lost(client, a.key)  # (once seen: a call before that may break in flight, possibly received)
         after_kill = calls(kv, 20)
         assert all(r in (b.pid, c.pid) for r in after_kill), after_kill
         assert wait_until(lambda: client.metrics()["endpoints"][a.key]["healthy"] is False, 10)

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica, connection_lost
 from tests.resilience_util import wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
@@ -143,6 +143,7 @@ def test_calls_wait_for_an_endpoint_within_their_deadline_then_fail_typed(
         kv = client.dispense(PLUGIN_NAME)
         kv.put("k", b"v")
         a.kill9()
+        connection_lost(client, f"tcp:{a.address}")  # else the call may break in flight, possibly received
         started = time.monotonic()
         with pytest.raises(NoEndpointsError) as err:
             kv.get("k")
