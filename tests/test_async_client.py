@@ -169,7 +169,7 @@ def test_a_plugin_killed_from_outside_fails_the_next_call_typed() -> None:
             runner = client.sync_client.runner
             assert isinstance(runner, ProcessRunner) and runner.pid is not None
             os.kill(runner.pid, signal.SIGKILL)
-            for _ in range(200):  # the exit watch closes the channels; bounded
+            for _ in range(500):  # the exit watch closes the channels; bounded at about 10 s
                 if client.exited:
                     break
                 await asyncio.sleep(0.02)
@@ -281,7 +281,7 @@ def test_cancelling_start_stops_the_plugin_it_launched() -> None:
         assert pid_gone(runner.pid)
         with pytest.raises(ClientStateError):
             await client.start()
-        for _ in range(100):  # the client's own threads end with the failed start (bounded wait)
+        for _ in range(500):  # the client's own threads end with the failed start (bounded: about 10 s)
             if not any(t.name.startswith(f"plugbay-async-{client.name}") for t in threading.enumerate()):
                 break
             await asyncio.sleep(0.02)
@@ -498,7 +498,7 @@ def test_judging_a_dead_plugins_call_never_stalls_the_event_loop(monkeypatch: py
             runner = client.sync_client.runner
             assert isinstance(runner, ProcessRunner) and runner.pid is not None
             os.kill(runner.pid, signal.SIGKILL)
-            for _ in range(200):
+            for _ in range(500):  # bounded at about 10 s
                 if client.exited:
                     break
                 await asyncio.sleep(0.02)
@@ -713,7 +713,7 @@ def _async_threads(client: AsyncClient) -> list[str]:
 
 
 async def _until_no_threads(client: AsyncClient) -> list[str]:
-    for _ in range(100):  # idle executor threads end moments after their shutdown (bounded wait)
+    for _ in range(500):  # idle executor threads end moments after their shutdown (bounded: about 10 s)
         if not _async_threads(client):
             break
         await asyncio.sleep(0.02)

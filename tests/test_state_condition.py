@@ -42,7 +42,7 @@ def test_a_notify_wakes_waiters_on_every_loop(loops: list[LoopThread]) -> None:
     cond = StateCondition()
     flag = threading.Event()
     futures = [asyncio.run_coroutine_threadsafe(cond.until(flag.is_set, 60), lt.loop) for lt in loops]
-    for _ in range(100):  # both waiting (registered) before the change
+    for _ in range(500):  # both waiting (registered) before the change; bounded at about 10 s
         if len(cond._aio_waiters) == 2:
             break
         threading.Event().wait(0.02)
@@ -73,7 +73,7 @@ def test_a_waiter_whose_loop_was_closed_under_it_is_dropped_at_the_next_notify(l
 
     lt.loop.call_soon_threadsafe(begin)
     assert started.wait(10)
-    for _ in range(100):
+    for _ in range(500):  # bounded at about 10 s
         if cond._aio_waiters:
             break
         threading.Event().wait(0.02)
@@ -87,7 +87,7 @@ def test_a_waiter_whose_loop_was_closed_under_it_is_dropped_at_the_next_notify(l
     # the other loop's waiters are still woken as ever
     flag = threading.Event()
     other = asyncio.run_coroutine_threadsafe(cond.until(flag.is_set, 60), loops[1].loop)
-    for _ in range(100):
+    for _ in range(500):  # bounded at about 10 s
         if cond._aio_waiters:
             break
         threading.Event().wait(0.02)
