@@ -1,7 +1,8 @@
 """The call objects of the endpoint pool on grpc.aio (plugbay.network.aiopool): awaited, iterated,
 read and written like grpc.aio's, each failing over or waiting for an endpoint as poolcalls' rules say (a
 server-streaming call whose first read found its endpoint unreachable, as poolstream's: not once its caller
-cancel()led it, and done callbacks stay with the call they were added to)."""
+cancel()led it, a cancel() also ends the pick of the next endpoint, and done callbacks stay with the call they
+were added to)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from plugbay.network.poolcalls import (EndpointPool, PoolCallable, Tried, busy, 
 from plugbay.network.unsent import channel_failing
 
 WAIT = 0.05  # how often a call that waits for an endpoint asks the pool again
+_CANCELLED = "Locally cancelled by application!"  # grpc.aio's details of a call its caller cancelled
 
 
 class AioPoolCallable(Protocol):
@@ -163,6 +165,7 @@ class StreamCall:
         self._tried = Tried()
         self._member: Member | None = None
         self._answered = False
+        self._picking: asyncio.Future[Member] | None = None  # a resend's pick under way (cancel() ends it)
         self._failing: bool | None = None  # the call's channel was failing when the call ended
         member: Member | None = None
         failed: BaseException | None = None
@@ -201,29 +204,61 @@ class StreamCall:
             self._failing = channel_failing(self._callable.channel.endpoints.existing(member))
         _report(pool, member, call)
 
+    def _unsent(self, exc: BaseException) -> bool:
+        """Whether the failed first read ``exc`` provably never left its endpoint, and may go to another."""
+        rules, channel, member = self._callable.rules, self._callable.channel, self._member
+        return (not self._answered and isinstance(exc, grpc.RpcError) and rules._kind == "unary_stream"
+                and channel.pin is None and member is not None
+                and not_sent(exc, channel.endpoints.existing(member), channel.pool.token, self._failing))
+
     async def _resend(self, exc: BaseException) -> bool:
         """Whether a server-streaming call whose first read failed with ``exc``, which provably never left its
         endpoint, is now on another one (plugbay.network.poolstream's rule, as the sync pool has it)."""
-        rules, channel, member = self._callable.rules, self._callable.channel, self._member
-        if (self._answered or not isinstance(exc, grpc.RpcError) or rules._kind != "unary_stream"
-                or channel.pin is not None or member is None
-                or not not_sent(exc, channel.endpoints.existing(member), channel.pool.token, self._failing)):
+        if not self._unsent(exc):
             return False
         if self._asked:  # the caller cancelled the stream: it ends as a cancelled grpc.aio call does
             raise asyncio.CancelledError()
+        rules, channel, member = self._callable.rules, self._callable.channel, self._member
+        assert member is not None  # _unsent() says so
         if not self._tried.refused_unsent(member.key, channel.pool.pickable_keys()):
             return False  # no other endpoint to go to: the failure is the answer
         request, pick_until, deadline, kwargs = self._again
         try:
-            member = await self._callable.pick(pick_until, self._tried)
+            member = await self._pick(pick_until)
             self._begin(member, request, deadline, kwargs)
         except (NoEndpointsError, grpc.RpcError):
+            if self._asked:  # cancel() came while none took it: the cancel is how the stream ended
+                raise asyncio.CancelledError() from None
             return False  # none took it in time: the first failure says what happened
         rules.made(member, self._tried)
         if self._asked:  # cancel() came while the new endpoint was picked: it reached the old call only
             self._call.cancel()
             raise asyncio.CancelledError()
         return True
+
+    async def _pick(self, pick_until: float) -> Member:
+        """The resend's endpoint, waited for as a task a cancel() ends (as it ends a grpc.aio call's read)."""
+        self._picking = picking = asyncio.ensure_future(self._callable.pick(pick_until, self._tried))
+        try:
+            return await picking
+        except asyncio.CancelledError:
+            if picking.done() and not picking.cancelled() and picking.exception() is None:
+                self._callable.channel.pool.release(picking.result())  # picked as the caller's task was cancelled
+            raise
+        finally:
+            self._picking = None
+
+    async def _cut(self) -> bool:
+        """Cancelled by its caller, on a call that ended unsent: no resend, its read raises CancelledError."""
+        call = self._call
+        if not self._asked or not call.done():
+            return False
+        code = await call.code()
+        if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+            return False
+        ended = grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
+                                     details=await call.details())
+        return self._unsent(ended)
 
     async def _started(self) -> Any:
         if self._ready is not None:
@@ -286,6 +321,8 @@ class StreamCall:
 
     def cancel(self) -> bool:
         self._asked = True
+        if self._picking is not None:
+            self._picking.cancel()
         if self._call is not None:
             return bool(self._call.cancel())
         return self._ready is not None and self._ready.cancel()
@@ -293,12 +330,13 @@ class StreamCall:
     def cancelled(self) -> bool:
         if self._call is not None:
             return bool(self._call.cancelled())
-        return self._ready is not None and self._ready.cancelled()
+        # a wait for an endpoint that cancel() cancelled ends at the loop's next step; grpc.aio's call at once
+        return self._ready is not None and (self._ready.cancelled() or (self._asked and not self._ready.done()))
 
     def done(self) -> bool:
         if self._call is not None:
             return bool(self._call.done())
-        return self._ready is None or self._ready.done()
+        return self._ready is None or self._ready.done() or self._asked
 
     def add_done_callback(self, callback: Any) -> None:
         if self._call is not None:
@@ -328,14 +366,14 @@ class StreamCall:
     async def code(self) -> grpc.StatusCode:
         error = await self._failed()
         if error is None:
-            return await self._call.code()
+            return grpc.StatusCode.CANCELLED if await self._cut() else await self._call.code()
         return error.code() if isinstance(error, grpc.RpcError) else grpc.StatusCode.CANCELLED
 
     async def details(self) -> str:
         error = await self._failed()
         if error is None:
-            return str(await self._call.details())
-        return str(error.details()) if isinstance(error, grpc.RpcError) else ""
+            return _CANCELLED if await self._cut() else str(await self._call.details())
+        return str(error.details()) if isinstance(error, grpc.RpcError) else _CANCELLED
 
     async def initial_metadata(self) -> Any:
         return await self._call.initial_metadata() if await self._failed() is None else grpc.aio.Metadata()

@@ -1,0 +1,179 @@
+"""cancel() of an asyncio server-streaming call through the pool, as grpc.aio's UnaryStreamCall and the sync
+pool stream (plugbay.network.poolstream) have it: before its first answer, before any endpoint took it, once
+its call on a killed replica failed unsent (unread), while the read that sends it again picks the next
+replica, and after that resend answered. Its read raises asyncio.CancelledError, code() says CANCELLED,
+nothing is sent again, and no call, task or endpoint's in-flight count is left behind.
+Real network-mode streaming plugins over mTLS on 127.0.0.1, one of them killed (kill -9) where it says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from plugbay import AsyncRemoteClient, RemoteConfig
+from plugbay.network.aiopoolcalls import StreamCall
+from tests.test_network_dead_replica import (STREAM_HANDSHAKE, STREAMER, StreamerPlugin, _first_config, _inner,
+                                             _kill, _stream_after_kill, certs, host_tls, streamers)
+
+__all__ = ["certs", "streamers"]  # the fixtures this module's tests take
+
+LOCAL = "Locally cancelled by application!"  # grpc.aio's details of a call its caller cancelled
+
+
+async def _seen(stream: Any) -> dict[str, Any]:
+    """What the stream says of itself, and what reading it raises."""
+    seen: dict[str, Any] = {"done": stream.done(), "cancelled": stream.cancelled()}
+    try:
+        seen["read"] = [c.seq async for c in stream]
+    except asyncio.CancelledError:
+        seen["read"] = "CancelledError"
+    seen["code"], seen["details"] = await stream.code(), await stream.details()
+    return seen
+
+
+async def _nothing_left(client: Any, stream: Any) -> None:
+    """No call of the stream's in flight, on its endpoints or the pool; no task of its own running."""
+    endpoints = _inner(stream, StreamCall)._callable.channel.endpoints
+    for _ in range(5):  # the cancelled calls' done callbacks run on the loop
+        await asyncio.sleep(0)
+    assert not endpoints._calls, endpoints._calls
+    inflight = {k: e["inflight"] for k, e in client.metrics()["endpoints"].items()}
+    assert set(inflight.values()) == {0}, inflight
+    mine = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not mine and "_watch_pool" not in repr(t.get_coro())]
+    assert not tasks, tasks
+
+
+CANCELLED = {"read": "CancelledError", "code": grpc.StatusCode.CANCELLED, "details": LOCAL}
+
+
+def test_a_stream_cancelled_before_its_first_answer_is_cancelled(streamers: list[Any], certs: Any) -> None:
+    async def run() -> tuple[bool, dict[str, Any]]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            stream = streamer.generate(3, 8, timeout=10)
+            asked = stream.cancel()
+            seen = await _seen(stream)
+            await _nothing_left(client, stream)
+            return asked, seen
+
+    assert asyncio.run(run()) == (True, {"done": True, "cancelled": True, **CANCELLED})
+
+
+def test_a_stream_cancelled_while_it_waits_for_an_endpoint_is_cancelled_at_once(
+        streamers: list[Any], certs: Any) -> None:
+    """No replica is up when the stream is made: it waits for one (a task), which cancel() ends. done() and
+    cancelled() say so from cancel() on, and details() are grpc.aio's for a cancel."""
+    target = ",".join(r.address for r in streamers)
+    cfg = RemoteConfig(target=f"static:///{target}", handshake=STREAM_HANDSHAKE, plugins={STREAMER: StreamerPlugin()},
+                       tls=host_tls(certs), name="streamer", health_interval=0.2, health_timeout=1.0, start_timeout=20)
+
+    async def run() -> tuple[bool, dict[str, Any]]:
+        async with AsyncRemoteClient(cfg) as client:
+            streamer = await client.dispense(STREAMER)
+            for replica in streamers:
+                _kill(replica)
+            for _ in range(300):  # the health checks, every 0.2 s, see both gone; bounded at about 30 s
+                if client.metrics()["available"] == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert client.metrics()["available"] == 0, client.metrics()
+            stream = streamer.generate(3, 8, timeout=10)
+            assert not stream.done()
+            asked = stream.cancel()
+            seen = await _seen(stream)
+            await _nothing_left(client, stream)
+            return asked, seen
+
+    assert asyncio.run(run()) == (True, {"done": True, "cancelled": True, **CANCELLED})
+
+
+def test_a_stream_cancelled_after_its_call_failed_unsent_says_cancelled(streamers: list[Any], certs: Any) -> None:
+    """As the sync stream: cancel() comes after the call ended (False, and that call was not cancelled), but
+    it keeps the stream from being sent again, so the stream ends cancelled: its read and code() say so."""
+    live = f"tcp:{streamers[1].address}"
+
+    async def run() -> tuple[bool, dict[str, Any], int]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            await streamer.stats()  # the channel to the first replica is made
+            picks = client.metrics()["endpoints"][live]["picks"]
+            stream = await _stream_after_kill(streamer, streamers[0])
+            asked = stream.cancel()
+            seen = await _seen(stream)
+            await _nothing_left(client, stream)
+            return asked, seen, client.metrics()["endpoints"][live]["picks"] - picks
+
+    assert asyncio.run(run()) == (False, {"done": True, "cancelled": False, **CANCELLED}, 0)
+
+
+def test_a_cancel_while_the_resend_picks_ends_the_read_and_the_pick(streamers: list[Any], certs: Any) -> None:
+    """The resend's pick is held (as the pool holds it while no endpoint can take the call): cancel() ends the
+    read at once, as grpc.aio's cancel() ends a read, and the pick with it; nothing is sent again."""
+    live = f"tcp:{streamers[1].address}"
+
+    async def run() -> tuple[bool, dict[str, Any], dict[str, Any], bool, int]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            await streamer.stats()  # the channel to the first replica is made
+            picks = client.metrics()["endpoints"][live]["picks"]
+            stream = await _stream_after_kill(streamer, streamers[0])
+            callable = _inner(stream, StreamCall)._callable
+            real, picking, go_on, ended = callable.pick, asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+            async def held(pick_until: float, tried: set[str]) -> Any:
+                if tried:  # the resend's pick
+                    picking.set()
+                    try:
+                        await asyncio.wait_for(go_on.wait(), 10)  # a hang guard only
+                    except asyncio.CancelledError:
+                        ended.set()
+                        raise
+                return await real(pick_until, tried)
+
+            callable.pick = held
+            try:
+                reading = asyncio.ensure_future(stream.read())
+                await asyncio.wait_for(picking.wait(), 10)
+                asked = stream.cancel()
+                during = {"done": stream.done(), "code": await stream.code(), "details": await stream.details()}
+                try:
+                    read: Any = (await asyncio.wait_for(reading, 20)).seq
+                except asyncio.CancelledError:
+                    read = "CancelledError"
+                held_open = not go_on.is_set()  # the read ended with the pick still held
+            finally:
+                go_on.set()
+                del callable.pick
+            seen = await _seen(stream)
+            await _nothing_left(client, stream)
+            return (asked, during, {**seen, "first read": read}, ended.is_set() and held_open,
+                    client.metrics()["endpoints"][live]["picks"] - picks)
+
+    asked, during, seen, pick_ended, resent = asyncio.run(run())
+    assert during == {"done": True, "code": grpc.StatusCode.CANCELLED, "details": LOCAL}, during
+    assert seen == {"done": True, "cancelled": False, "first read": "CancelledError", **CANCELLED}, seen
+    assert (asked, pick_ended, resent) == (False, True, 0)
+
+
+def test_a_stream_cancelled_after_its_resend_answered_is_cancelled(streamers: list[Any], certs: Any) -> None:
+    async def run() -> tuple[int, bool, dict[str, Any]]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            await streamer.stats()  # the channel to the first replica is made
+            stream = await _stream_after_kill(streamer, streamers[0])
+            first = (await stream.read()).seq  # from the live replica
+            asked = stream.cancel()
+            seen: dict[str, Any] = {"done": stream.done(), "cancelled": stream.cancelled()}
+            try:
+                seen["read"] = (await stream.read()).seq
+            except asyncio.CancelledError:
+                seen["read"] = "CancelledError"
+            seen["code"], seen["details"] = await stream.code(), await stream.details()
+            await _nothing_left(client, stream)
+            return first, asked, seen
+
+    assert asyncio.run(run()) == (0, True, {"done": True, "cancelled": True, **CANCELLED})
