@@ -310,3 +310,45 @@ def test_an_asyncio_stream_cancelled_while_its_resend_picks_an_endpoint_is_cance
                 del callable.pick
 
     assert asyncio.run(run()) == "cancelled"
+
+
+def test_a_stream_cancelled_while_its_resend_finds_no_time_left_is_cancelled(
+        streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
+    """cancel() while the resend's pick is held, which then finds the stream's deadline spent (no try is sent):
+    the read raises CANCELLED, as code() says, not the first call's UNAVAILABLE."""
+    import threading
+
+    from plugbay.network.poolstream import PoolStream
+
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        streamer = client.dispense(STREAMER)
+        _kill(streamers[0])
+        stream = streamer.generate(3, 8, timeout=3)
+        _ended(stream)
+        inner = _inner(stream, PoolStream)
+        pool = inner._pool
+        real, picking, go_on = pool.pick, threading.Event(), threading.Event()
+
+        def held(deadline: float, exclude: set[str], pin: str | None = None) -> Any:
+            if exclude:  # the resend's pick
+                picking.set()
+                go_on.wait(10)  # a hang guard only
+                while time.monotonic() <= inner._deadline:  # past the stream's 3 s: bounded by them
+                    time.sleep(0.05)
+            return real(deadline, exclude, pin)
+
+        pool.pick = held
+        read: list[Any] = []
+        reader = threading.Thread(target=lambda: read.append(_read_all(stream)))
+        reader.start()
+        try:
+            assert picking.wait(10), "the read did not send the request again"
+            stream.cancel()
+        finally:
+            go_on.set()
+            reader.join(20)
+            del pool.pick
+        assert not reader.is_alive()
+        assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read
+        assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
+        assert client.metrics()["endpoints"][f"tcp:{streamers[1].address}"]["inflight"] == 0

@@ -129,6 +129,8 @@ class PoolStream:
         try:
             self.start()
         except (NoEndpointsError, grpc.RpcError):
+            if self._cancelled:  # cancel() came while none took it: the cancel is how the stream ended (code())
+                raise StreamCancelled() from exc
             return False  # none took it in time: the first failure says what happened
         with self._lock:
             cancelled = self._cancelled
