@@ -112,7 +112,8 @@ def test_a_stream_cancelled_after_its_call_failed_unsent_says_cancelled(streamer
 
 def test_a_cancel_while_the_resend_picks_ends_the_read_and_the_pick(streamers: list[Any], certs: Any) -> None:
     """The resend's pick is held (as the pool holds it while no endpoint can take the call): cancel() ends the
-    read at once, as grpc.aio's cancel() ends a read, and the pick with it; nothing is sent again."""
+    read at once, as grpc.aio's cancel() ends a read, and the pick with it; nothing is sent again. The stream
+    was under way (being sent again), so cancel() says True and cancelled() too, as grpc.aio's call would."""
     live = f"tcp:{streamers[1].address}"
 
     async def run() -> tuple[bool, dict[str, Any], dict[str, Any], bool, int]:
@@ -155,8 +156,8 @@ def test_a_cancel_while_the_resend_picks_ends_the_read_and_the_pick(streamers: l
 
     asked, during, seen, pick_ended, resent = asyncio.run(run())
     assert during == {"done": True, "code": grpc.StatusCode.CANCELLED, "details": LOCAL}, during
-    assert seen == {"done": True, "cancelled": False, "first read": "CancelledError", **CANCELLED}, seen
-    assert (asked, pick_ended, resent) == (False, True, 0)
+    assert seen == {"done": True, "cancelled": True, "first read": "CancelledError", **CANCELLED}, seen
+    assert (asked, pick_ended, resent) == (True, True, 0)  # it cancelled the stream, under way again
 
 
 def test_a_stream_cancelled_after_its_resend_answered_is_cancelled(streamers: list[Any], certs: Any) -> None:

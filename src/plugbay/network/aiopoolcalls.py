@@ -1,8 +1,8 @@
 """The call objects of the endpoint pool on grpc.aio (plugbay.network.aiopool): awaited, iterated,
 read and written like grpc.aio's, each failing over or waiting for an endpoint as poolcalls' rules say (a
 server-streaming call whose first read found its endpoint unreachable, as poolstream's: not once its caller
-cancel()led it, a cancel() also ends the pick of the next endpoint, and done callbacks stay with the call they
-were added to)."""
+cancel()led it, whose code() then says CANCELLED; a cancel() ends the pick of the next endpoint too, and says
+True, the stream being under way; done callbacks stay with the call they were added to)."""
 
 from __future__ import annotations
 
@@ -166,6 +166,7 @@ class StreamCall:
         self._member: Member | None = None
         self._answered = False
         self._picking: asyncio.Future[Member] | None = None  # a resend's pick under way (cancel() ends it)
+        self._stopped = False  # cancel() ended a resend's pick: the stream was cancelled, not its ended call
         self._failing: bool | None = None  # the call's channel was failing when the call ended
         member: Member | None = None
         failed: BaseException | None = None
@@ -250,11 +251,8 @@ class StreamCall:
 
     async def _cut(self) -> bool:
         """Cancelled by its caller, on a call that ended unsent: no resend, its read raises CancelledError."""
-        call = self._call
-        if not self._asked or not call.done():
-            return False
-        code = await call.code()
-        if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+        call, over = self._call, (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)  # no failure to judge
+        if not self._asked or not call.done() or (code := await call.code()) in over:
             return False
         ended = grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
                                      details=await call.details())
@@ -321,13 +319,16 @@ class StreamCall:
 
     def cancel(self) -> bool:
         self._asked = True
-        if self._picking is not None:
-            self._picking.cancel()
+        if self._picking is not None and self._picking.cancel():
+            self._stopped = True
+            return True
         if self._call is not None:
             return bool(self._call.cancel())
         return self._ready is not None and self._ready.cancel()
 
     def cancelled(self) -> bool:
+        if self._stopped:
+            return True
         if self._call is not None:
             return bool(self._call.cancelled())
         # a wait for an endpoint that cancel() cancelled ends at the loop's next step; grpc.aio's call at once
