@@ -182,3 +182,27 @@ def test_a_stream_cancelled_after_its_resend_answered_is_cancelled(streamers: li
             return first, asked, seen
 
     assert asyncio.run(run()) == (0, True, {"done": True, "cancelled": True, **CANCELLED})
+
+
+def test_a_cancel_after_a_read_raised_the_failure_leaves_the_status(streamers: list[Any], certs: Any) -> None:
+    """Both replicas killed: the read (sent again to the second) raises UNAVAILABLE, as code() says; a cancel()
+    after that finds the call ended (False) and changes nothing, as a finished grpc.aio call's status stands."""
+    async def run() -> tuple[Any, Any, bool, Any]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            await streamer.stats()  # the channel to the first replica is made
+            _kill(streamers[1])
+            stream = await _stream_after_kill(streamer, streamers[0])
+            try:
+                read: Any = (await stream.read()).seq
+            except grpc.RpcError as exc:
+                read = exc.code()
+            status = (await stream.code(), await stream.details())
+            asked = stream.cancel()
+            after = (stream.cancelled(), await stream.code(), await stream.details())
+            await _nothing_left(client, stream)
+            return read, status, asked, after
+
+    read, status, asked, after = asyncio.run(run())
+    assert read == status[0] == grpc.StatusCode.UNAVAILABLE, (read, status)
+    assert (asked, after) == (False, (False, *status)), (asked, after)

@@ -352,3 +352,20 @@ def test_a_stream_cancelled_while_its_resend_finds_no_time_left_is_cancelled(
         assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
         assert client.metrics()["endpoints"][f"tcp:{streamers[1].address}"]["inflight"] == 0
+
+
+def test_a_cancel_after_a_read_raised_the_failure_leaves_the_status(
+        streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
+    """Both replicas killed: the read (sent again to the second) raises UNAVAILABLE, as code() says; a cancel()
+    after that finds the call ended (False) and changes nothing, as a finished gRPC call's status stands."""
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        streamer = client.dispense(STREAMER)
+        for replica in streamers:
+            _kill(replica)
+        stream = streamer.generate(3, 8, timeout=10)
+        read = _read_all(stream)
+        assert isinstance(read, grpc.RpcError) and read.code() == grpc.StatusCode.UNAVAILABLE, read
+        status = (stream.code(), stream.details())
+        assert status[0] == grpc.StatusCode.UNAVAILABLE, status
+        assert stream.cancel() is False
+        assert (stream.code(), stream.details()) == status, stream.code()

@@ -168,6 +168,7 @@ class StreamCall:
         self._picking: asyncio.Future[Member] | None = None  # a resend's pick under way (cancel() ends it)
         self._stopped = False  # cancel() ended a resend's pick: the stream was cancelled, not its ended call
         self._failing: bool | None = None  # the call's channel was failing when the call ended
+        self._raised = False  # a read raised the call's failure: its status stands (as a grpc.aio call's)
         member: Member | None = None
         failed: BaseException | None = None
         try:
@@ -250,9 +251,10 @@ class StreamCall:
             self._picking = None
 
     async def _cut(self) -> bool:
-        """Cancelled by its caller, on a call that ended unsent: no resend, its read raises CancelledError."""
+        """Cancelled by its caller, on a call that ended unsent, before a read raised its failure: no resend,
+        its read raises CancelledError."""
         call, over = self._call, (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)  # no failure to judge
-        if not self._asked or not call.done() or (code := await call.code()) in over:
+        if self._raised or not self._asked or not call.done() or (code := await call.code()) in over:
             return False
         ended = grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
                                      details=await call.details())
@@ -291,6 +293,7 @@ class StreamCall:
                 return
             except grpc.RpcError as exc:
                 if not await self._resend(exc):
+                    self._raised = True
                     raise
             except asyncio.CancelledError as exc:
                 if (left := _left(self._callable, self._channel, exc, self._asked)) is not None:
@@ -305,6 +308,7 @@ class StreamCall:
             except grpc.RpcError as exc:
                 if await self._resend(exc):
                     continue
+                self._raised = True
                 raise
             self._answered = True
             return answer

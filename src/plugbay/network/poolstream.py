@@ -84,6 +84,7 @@ class PoolStream:
         self._member: Any = None
         self._cancelled = False  # cancel() was called: no read sends the request again
         self._failing: bool | None = None  # the call's channel was failing when the call ended
+        self._raised = False  # a read raised the call's failure: its status stands (as a gRPC call's)
         # cancel() and a resend's new call: a cancel() while the resend picks its endpoint reaches the new call
         self._lock = threading.Lock()
 
@@ -149,6 +150,7 @@ class PoolStream:
             except grpc.RpcError as exc:
                 if self._resend(exc):
                     continue
+                self._raised = True
                 error = self._owner.drain_cut(self._member, exc)
                 if error is exc:
                     raise
@@ -163,9 +165,10 @@ class PoolStream:
         return bool(call.cancel())
 
     def _cut(self) -> bool:
-        """Cancelled by its caller, on a call that ended unsent: its read raises (or raised) CANCELLED."""
+        """Cancelled by its caller, on a call that ended unsent, before a read raised its failure: its read
+        raises (or raised) CANCELLED."""
         call = self._call
-        return (self._cancelled and call.done() and call.code() != grpc.StatusCode.OK
+        return (not self._raised and self._cancelled and call.done() and call.code() != grpc.StatusCode.OK
                 and call.code() != grpc.StatusCode.CANCELLED and self._unsent(call))
 
     def code(self) -> grpc.StatusCode:
