@@ -206,3 +206,83 @@ def test_a_cancel_after_a_read_raised_the_failure_leaves_the_status(streamers: l
     read, status, asked, after = asyncio.run(run())
     assert read == status[0] == grpc.StatusCode.UNAVAILABLE, (read, status)
     assert (asked, after) == (False, (False, *status)), (asked, after)
+
+
+def test_a_cancel_as_the_resends_pick_ends_sends_nothing_again(streamers: list[Any], certs: Any) -> None:
+    """cancel() once the resend's pick found an endpoint, before the read went on with it: the stream was under
+    way, so cancel() says True (and cancelled() too); nothing is sent to that endpoint, which is given back."""
+    async def run() -> tuple[list[bool], Any, list[str], dict[str, Any]]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            await streamer.stats()  # the channel to the first replica is made
+            stream = await _stream_after_kill(streamer, streamers[0])
+            callable = _inner(stream, StreamCall)._callable
+            real_pick, real_start = callable.pick, callable.start
+            said: list[bool] = []
+            started: list[str] = []
+
+            async def pick(pick_until: float, tried: set[str]) -> Any:
+                member = await real_pick(pick_until, tried)
+                if tried:  # the resend's: cancel() runs as this pick's task ends, before the read goes on
+                    asyncio.get_running_loop().call_soon(lambda: said.append(stream.cancel()))
+                return member
+
+            def start(member: Any, *args: Any) -> Any:
+                started.append(member.key)
+                return real_start(member, *args)
+
+            callable.pick, callable.start = pick, start
+            try:
+                read: Any = (await asyncio.wait_for(stream.read(), 20)).seq
+            except asyncio.CancelledError:
+                read = "CancelledError"
+            finally:
+                del callable.pick, callable.start
+            seen = await _seen(stream)
+            await _nothing_left(client, stream)
+            return said, read, started, seen
+
+    said, read, started, seen = asyncio.run(run())
+    assert (said, read, started) == ([True], "CancelledError", []), (said, read, started)
+    assert seen == {"done": True, "cancelled": True, **CANCELLED}, seen
+
+
+def test_a_read_whose_task_is_cancelled_during_the_resends_pick_cancels_the_stream(
+        streamers: list[Any], certs: Any) -> None:
+    """The caller's task is cancelled while its read picks the endpoint to send the stream to again: the stream
+    is cancelled, as grpc.aio cancels a call whose read's task is, and no later read sends it again."""
+    live = f"tcp:{streamers[1].address}"
+
+    async def run() -> tuple[dict[str, Any], int]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            await streamer.stats()  # the channel to the first replica is made
+            picks = client.metrics()["endpoints"][live]["picks"]
+            stream = await _stream_after_kill(streamer, streamers[0])
+            callable = _inner(stream, StreamCall)._callable
+            real, picking, go_on = callable.pick, asyncio.Event(), asyncio.Event()
+
+            async def held(pick_until: float, tried: set[str]) -> Any:
+                if tried:  # the resend's pick
+                    picking.set()
+                    await asyncio.wait_for(go_on.wait(), 10)  # a hang guard only
+                return await real(pick_until, tried)
+
+            callable.pick = held
+            try:
+                reading = asyncio.ensure_future(stream.read())
+                await asyncio.wait_for(picking.wait(), 10)
+                reading.cancel()
+                try:
+                    await reading
+                except asyncio.CancelledError:
+                    pass
+                go_on.set()  # a later read's resend would pick at once
+                seen = await _seen(stream)
+            finally:
+                go_on.set()
+                del callable.pick
+            await _nothing_left(client, stream)
+            return seen, client.metrics()["endpoints"][live]["picks"] - picks
+
+    assert asyncio.run(run()) == ({"done": True, "cancelled": True, **CANCELLED}, 0)

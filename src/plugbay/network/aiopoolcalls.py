@@ -227,15 +227,15 @@ class StreamCall:
         request, pick_until, deadline, kwargs = self._again
         try:
             member = await self._pick(pick_until)
+            if self._asked:  # cancel() came as the pick ended, before this read went on: nothing is sent again
+                channel.pool.release(member)
+                raise asyncio.CancelledError()
             self._begin(member, request, deadline, kwargs)
         except (NoEndpointsError, grpc.RpcError):
             if self._asked:  # cancel() came while none took it: the cancel is how the stream ended
                 raise asyncio.CancelledError() from None
             return False  # none took it in time: the first failure says what happened
         rules.made(member, self._tried)
-        if self._asked:  # cancel() came while the new endpoint was picked: it reached the old call only
-            self._call.cancel()
-            raise asyncio.CancelledError()
         return True
 
     async def _pick(self, pick_until: float) -> Member:
@@ -246,6 +246,8 @@ class StreamCall:
         except asyncio.CancelledError:
             if picking.done() and not picking.cancelled() and picking.exception() is None:
                 self._callable.channel.pool.release(picking.result())  # picked as the caller's task was cancelled
+            # the caller's task cancelled (or cancel()): the stream is, as grpc.aio cancels a call whose read is
+            self._asked = self._stopped = True
             raise
         finally:
             self._picking = None
@@ -323,7 +325,8 @@ class StreamCall:
 
     def cancel(self) -> bool:
         self._asked = True
-        if self._picking is not None and self._picking.cancel():
+        if self._picking is not None:  # a resend's pick, also one that just ended: the stream is under way
+            self._picking.cancel()
             self._stopped = True
             return True
         if self._call is not None:
