@@ -232,8 +232,8 @@ def _inner(call: object, kind: type) -> Any:
 
 def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
         streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
-    """cancel() while the read that sends the request again waits for the pool's pick: it reached the old,
-    ended call only, and the new call ran uncancelled."""
+    """cancel() while the read that sends the request again waits for the pool's pick: the read raises
+    CANCELLED, and no call is opened on the endpoint then picked (it is given back)."""
     import threading
 
     from plugbay.network.poolstream import PoolStream
@@ -243,8 +243,10 @@ def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
         _killed(client, streamers[0])
         stream = streamer.generate(3, 8, timeout=10)
         _ended(stream)
-        pool = _inner(stream, PoolStream)._pool
-        real, picking, go_on = pool.pick, threading.Event(), threading.Event()
+        inner = _inner(stream, PoolStream)
+        pool, owner = inner._pool, inner._owner
+        real, real_open, picking, go_on = pool.pick, owner.open_on, threading.Event(), threading.Event()
+        opened: list[str] = []
 
         def held(deadline: float, exclude: set[str], pin: str | None = None) -> Any:
             if exclude:  # the resend's pick: the first one excluded nothing
@@ -252,7 +254,11 @@ def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
                 go_on.wait(10)  # a hang guard only
             return real(deadline, exclude, pin)
 
-        pool.pick = held
+        def open_on(member: Any, tried: Any, opening: Any) -> Any:
+            opened.append(member.key)
+            return real_open(member, tried, opening)
+
+        pool.pick, owner.open_on = held, open_on
         read: list[Any] = []
         reader = threading.Thread(target=lambda: read.append(_read_all(stream)))
         reader.start()
@@ -262,10 +268,12 @@ def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
         finally:
             go_on.set()
             reader.join(20)
-            del pool.pick
+            del pool.pick, owner.open_on
         assert not reader.is_alive()
         assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
+        assert opened == [], opened
+        assert client.metrics()["endpoints"][f"tcp:{streamers[1].address}"]["inflight"] == 0
 
 
 def _read_all(stream: Any) -> Any:

@@ -96,6 +96,10 @@ class PoolStream:
                 member = pool.pick(self._pick_until, tried, self._owner._pin)
             except NoEndpointsError as exc:
                 raise self._owner.out_of_tries(exc, tried, "") from None
+            with self._lock:
+                if self._cancelled:  # cancel() came during a resend's pick: nothing is sent again
+                    pool.release(member)
+                    raise StreamCancelled()
             left = self._owner.remaining(self._deadline, member)
             call = self._owner.open_on(member, tried, lambda: self._owner._on(member)(
                 self._request, timeout=left, **self._kwargs))
