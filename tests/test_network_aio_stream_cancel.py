@@ -55,6 +55,7 @@ CANCELLED = {"read": "CancelledError", "code": grpc.StatusCode.CANCELLED, "detai
 
 
 def test_a_stream_cancelled_before_its_first_answer_is_cancelled(streamers: list[Any], certs: Any) -> None:
+    """A regression guard: this behaviour was already right before the pool stream's cancel() was mended."""
     async def run() -> tuple[bool, dict[str, Any]]:
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
             streamer = await client.dispense(STREAMER)
@@ -165,6 +166,7 @@ def test_a_cancel_while_the_resend_picks_ends_the_read_and_the_pick(streamers: l
 
 
 def test_a_stream_cancelled_after_its_resend_answered_is_cancelled(streamers: list[Any], certs: Any) -> None:
+    """A regression guard: this behaviour was already right before the pool stream's cancel() was mended."""
     async def run() -> tuple[int, bool, dict[str, Any]]:
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
             streamer = await client.dispense(STREAMER)

@@ -10,7 +10,8 @@ acted on the request. A client-streaming or bidi call is not sent again: gRPC ma
 from the caller's iterator that a second call would not see. A stream its caller cancel()led is not sent
 again either, also when cancel() came while its read picked the next endpoint: its next read raises
 CANCELLED, and code() and details() say so (cancel() itself says False when the call had already ended,
-as gRPC's does). Whether the endpoint's channel was failing is noted as the call ends, not at the read.
+as gRPC's does; once a read raised the call's failure, a cancel() leaves code() as it was). Whether the
+endpoint's channel was failing is noted as the call ends, not at the read.
 
 Done callbacks (add_done_callback) are the current call's: one added before the first read fires when
 that call ends, also when it failed unsent and the read then sends the request elsewhere; the new call
