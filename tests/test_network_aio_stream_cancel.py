@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from plugbay import AsyncRemoteClient, RemoteConfig
-from plugbay.network.aiopoolcalls import StreamCall
+from plugbay.network.aiopoolstream import StreamCall
 from tests.test_network_dead_replica import (STREAM_HANDSHAKE, STREAMER, StreamerPlugin, _first_config, _inner,
                                              _kill, _stream_after_kill, certs, host_tls, streamers)
 

@@ -288,7 +288,7 @@ def test_an_asyncio_stream_cancelled_while_its_resend_picks_an_endpoint_is_cance
     import asyncio
 
     from plugbay import AsyncRemoteClient
-    from plugbay.network.aiopoolcalls import StreamCall
+    from plugbay.network.aiopoolstream import StreamCall
 
     async def run() -> object:
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:

@@ -2,7 +2,7 @@
 
 Imports: every core layer (host, plugin, resilience) and plugbay.runners; nothing imports it back.
 The host side: :func:`connect` / :class:`RemoteClient` (remote.py; AsyncRemoteClient for asyncio,
-aioremote.py, aiopool.py and aiopoolcalls.py), the target syntax (targets.py),
+aioremote.py, aiopool.py, aiopoolcalls.py and aiopoolstream.py), the target syntax (targets.py),
 resolvers (static.py, resolvers.py for DNS), the endpoint pool (pool.py, channelbase.py, poolcalls.py,
 ejection.py) and NetworkTLS (tls.py). The serving side is plugbay.core.plugin.network and gateway/.
 """

@@ -31,7 +31,8 @@ from plugbay.core.host.aiochannel import refused_now
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import ConfigError
-from plugbay.network.aiopoolcalls import WAIT, StreamCall, UnaryCall
+from plugbay.network.aiopoolcalls import WAIT, UnaryCall
+from plugbay.network.aiopoolstream import StreamCall
 from plugbay.network.channelbase import Member
 from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import PoolCallable
