@@ -365,7 +365,8 @@ def test_a_stream_cancelled_while_its_resend_finds_no_time_left_is_cancelled(
 def test_a_cancel_after_a_read_raised_the_failure_leaves_the_status(
         streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
     """Both replicas killed: the read (sent again to the second) raises UNAVAILABLE, as code() says; a cancel()
-    after that finds the call ended (False) and changes nothing, as a finished gRPC call's status stands."""
+    after that finds the call ended (False) and changes nothing, as a finished gRPC call's status stands: a
+    next read raises the same failure."""
     with RemoteClient(_first_config(streamers, certs)) as client:
         streamer = client.dispense(STREAMER)
         for replica in streamers:
@@ -376,4 +377,6 @@ def test_a_cancel_after_a_read_raised_the_failure_leaves_the_status(
         status = (stream.code(), stream.details())
         assert status[0] == grpc.StatusCode.UNAVAILABLE, status
         assert stream.cancel() is False
+        again = _read_all(stream)  # the same failure, as a finished gRPC call's read raises it
+        assert isinstance(again, grpc.RpcError) and again.code() == grpc.StatusCode.UNAVAILABLE, again
         assert (stream.code(), stream.details()) == status, stream.code()

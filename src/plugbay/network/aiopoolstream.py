@@ -84,9 +84,11 @@ class StreamCall:
         _report(pool, member, call)
 
     def _unsent(self, exc: BaseException) -> bool:
-        """Whether the failed first read ``exc`` provably never left its endpoint, and may go to another."""
+        """Whether the failed first read ``exc`` provably never left its endpoint, and may go to another (not
+        once a read raised the failure: a next read raises it again, as grpc.aio's does)."""
         rules, channel, member = self._callable.rules, self._callable.channel, self._member
-        return (not self._answered and isinstance(exc, grpc.RpcError) and rules._kind == "unary_stream"
+        return (not self._answered and not self._raised and isinstance(exc, grpc.RpcError)
+                and rules._kind == "unary_stream"
                 and channel.pin is None and member is not None
                 and not_sent(exc, channel.endpoints.existing(member), channel.pool.token, self._failing))
 

@@ -119,8 +119,9 @@ class PoolStream:
         self._owner.stream_ended(member, call)
 
     def _unsent(self, exc: grpc.RpcError) -> bool:
-        """Whether the failed first read ``exc`` provably never left its endpoint, and may go to another."""
-        if self._answered or self._owner._kind != "unary_stream" or self._owner._pin is not None:
+        """Whether the failed first read ``exc`` provably never left its endpoint, and may go to another (not
+        once a read raised the failure: a next read raises it again, as gRPC's does)."""
+        if self._answered or self._raised or self._owner._kind != "unary_stream" or self._owner._pin is not None:
             return False
         return not_sent(exc, self._member.channel, self._pool.token, self._failing)
 
