@@ -106,7 +106,7 @@ def test_a_stream_cancelled_after_its_call_failed_unsent_says_cancelled(streamer
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
             picks = client.metrics()["endpoints"][live]["picks"]
-            stream = await _stream_after_kill(streamer, streamers[0])
+            stream = await _stream_after_kill(client, streamer, streamers[0])
             asked = stream.cancel()
             seen = await _seen(stream)
             await _nothing_left(client, stream)
@@ -126,7 +126,7 @@ def test_a_cancel_while_the_resend_picks_ends_the_read_and_the_pick(streamers: l
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
             picks = client.metrics()["endpoints"][live]["picks"]
-            stream = await _stream_after_kill(streamer, streamers[0])
+            stream = await _stream_after_kill(client, streamer, streamers[0])
             callable = _inner(stream, StreamCall)._callable
             real, picking, go_on, ended = callable.pick, asyncio.Event(), asyncio.Event(), asyncio.Event()
 
@@ -171,7 +171,7 @@ def test_a_stream_cancelled_after_its_resend_answered_is_cancelled(streamers: li
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
-            stream = await _stream_after_kill(streamer, streamers[0])
+            stream = await _stream_after_kill(client, streamer, streamers[0])
             first = (await stream.read()).seq  # from the live replica
             asked = stream.cancel()
             seen: dict[str, Any] = {"done": stream.done(), "cancelled": stream.cancelled()}
@@ -195,7 +195,7 @@ def test_a_cancel_after_a_read_raised_the_failure_leaves_the_status(streamers: l
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
             _kill(streamers[1])
-            stream = await _stream_after_kill(streamer, streamers[0])
+            stream = await _stream_after_kill(client, streamer, streamers[0])
             try:
                 read: Any = (await stream.read()).seq
             except grpc.RpcError as exc:
@@ -222,7 +222,7 @@ def test_a_cancel_as_the_resends_pick_ends_sends_nothing_again(streamers: list[A
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
-            stream = await _stream_after_kill(streamer, streamers[0])
+            stream = await _stream_after_kill(client, streamer, streamers[0])
             callable = _inner(stream, StreamCall)._callable
             real_pick, real_start = callable.pick, callable.start
             said: list[bool] = []
@@ -265,7 +265,7 @@ def test_a_read_whose_task_is_cancelled_during_the_resends_pick_cancels_the_stre
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
             picks = client.metrics()["endpoints"][live]["picks"]
-            stream = await _stream_after_kill(streamer, streamers[0])
+            stream = await _stream_after_kill(client, streamer, streamers[0])
             callable = _inner(stream, StreamCall)._callable
             real, picking, go_on = callable.pick, asyncio.Event(), asyncio.Event()
 

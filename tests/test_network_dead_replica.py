@@ -320,17 +320,17 @@ def test_an_asyncio_stream_cancelled_while_its_resend_picks_an_endpoint_is_cance
     assert asyncio.run(run()) == "cancelled"
 
 
-def test_a_stream_cancelled_while_its_resend_finds_no_time_left_is_cancelled(
+def test_a_stream_cancelled_while_its_resend_picks_past_its_deadline_is_cancelled(
         streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
-    """cancel() while the resend's pick is held, which then finds the stream's deadline spent (no try is sent):
-    the read raises CANCELLED, as code() says, not the first call's UNAVAILABLE."""
+    """cancel() while the resend's pick is held until the stream's deadline is spent (no try is sent): the
+    read raises CANCELLED, as code() says, not the first call's UNAVAILABLE."""
     import threading
 
     from plugbay.network.poolstream import PoolStream
 
     with RemoteClient(_first_config(streamers, certs)) as client:
         streamer = client.dispense(STREAMER)
-        _kill(streamers[0])
+        _killed(client, streamers[0])
         stream = streamer.generate(3, 8, timeout=3)
         _ended(stream)
         inner = _inner(stream, PoolStream)
