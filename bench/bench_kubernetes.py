@@ -131,7 +131,9 @@ def _paired_rounds(ctx: Context) -> tuple[Result, Result] | str:
                 rounds[mode].append(result)
             started += order
     engine = standin.container_start_seconds()
-    own = {mode: [s for m, s in zip(started, engine) if m == mode] or engine for mode in rounds}
+    # one container start per pod, in start order; a pod the stand-in restarted would shift them: all then
+    own = {mode: ([s for m, s in zip(started, engine) if m == mode] if len(engine) == len(started) else [])
+           or engine for mode in rounds}
     forward, pod_ip = rounds[FORWARD], rounds[POD_IP]
     row = _split(combine(forward, floor_starts=[r.start_to_first_call_ms for r in pod_ip], floor_rounds=pod_ip),
                  own[FORWARD])
