@@ -16,7 +16,7 @@ import grpc
 from plugbay import AsyncRemoteClient, RemoteConfig
 from plugbay.network.aiopoolstream import StreamCall
 from tests.test_network_dead_replica import (STREAM_HANDSHAKE, STREAMER, StreamerPlugin, _first_config, _inner,
-                                             _kill, _stream_after_kill, certs, host_tls, streamers)
+                                             _kill, _stream_after_kill, certs, held_resend_pick, host_tls, streamers)
 
 __all__ = ["certs", "streamers"]  # the fixtures this module's tests take
 
@@ -127,21 +127,7 @@ def test_a_cancel_while_the_resend_picks_ends_the_read_and_the_pick(streamers: l
             await streamer.stats()  # the channel to the first replica is made
             picks = client.metrics()["endpoints"][live]["picks"]
             stream = await _stream_after_kill(client, streamer, streamers[0])
-            callable = _inner(stream, StreamCall)._callable
-            real, picking, go_on, ended = callable.pick, asyncio.Event(), asyncio.Event(), asyncio.Event()
-
-            async def held(pick_until: float, tried: set[str]) -> Any:
-                if tried:  # the resend's pick
-                    picking.set()
-                    try:
-                        await asyncio.wait_for(go_on.wait(), 10)  # a hang guard only
-                    except asyncio.CancelledError:
-                        ended.set()
-                        raise
-                return await real(pick_until, tried)
-
-            callable.pick = held
-            try:
+            with held_resend_pick(stream) as (picking, go_on, ended):
                 reading = asyncio.ensure_future(stream.read())
                 await asyncio.wait_for(picking.wait(), 10)
                 asked = stream.cancel()
@@ -151,9 +137,6 @@ def test_a_cancel_while_the_resend_picks_ends_the_read_and_the_pick(streamers: l
                 except asyncio.CancelledError:
                     read = "CancelledError"
                 held_open = not go_on.is_set()  # the read ended with the pick still held
-            finally:
-                go_on.set()
-                del callable.pick
             seen = await _seen(stream)
             await _nothing_left(client, stream)
             return (asked, during, {**seen, "first read": read}, ended.is_set() and held_open,
@@ -266,17 +249,7 @@ def test_a_read_whose_task_is_cancelled_during_the_resends_pick_cancels_the_stre
             await streamer.stats()  # the channel to the first replica is made
             picks = client.metrics()["endpoints"][live]["picks"]
             stream = await _stream_after_kill(client, streamer, streamers[0])
-            callable = _inner(stream, StreamCall)._callable
-            real, picking, go_on = callable.pick, asyncio.Event(), asyncio.Event()
-
-            async def held(pick_until: float, tried: set[str]) -> Any:
-                if tried:  # the resend's pick
-                    picking.set()
-                    await asyncio.wait_for(go_on.wait(), 10)  # a hang guard only
-                return await real(pick_until, tried)
-
-            callable.pick = held
-            try:
+            with held_resend_pick(stream) as (picking, go_on, _):
                 reading = asyncio.ensure_future(stream.read())
                 await asyncio.wait_for(picking.wait(), 10)
                 reading.cancel()
@@ -286,9 +259,6 @@ def test_a_read_whose_task_is_cancelled_during_the_resends_pick_cancels_the_stre
                     pass
                 go_on.set()  # a later read's resend would pick at once
                 seen = await _seen(stream)
-            finally:
-                go_on.set()
-                del callable.pick
             await _nothing_left(client, stream)
             return seen, client.metrics()["endpoints"][live]["picks"] - picks
 

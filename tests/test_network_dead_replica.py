@@ -10,6 +10,7 @@ Real network-mode plugins (the counter and streaming examples) over mTLS on 127.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -278,21 +279,62 @@ def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
             return real_open(member, tried, opening)
 
         pool.pick, owner.open_on = held, open_on
-        read: list[Any] = []
-        reader = threading.Thread(target=lambda: read.append(_read_all(stream)))
-        reader.start()
         try:
-            assert picking.wait(10), "the read did not send the request again"
-            stream.cancel()
+            read = _read_cancelled_while_picking(stream, picking, go_on)
         finally:
-            go_on.set()
-            reader.join(20)
             del pool.pick, owner.open_on
-        assert not reader.is_alive()
-        assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read
+        assert isinstance(read, grpc.RpcError) and read.code() == grpc.StatusCode.CANCELLED, read
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
         assert opened == [], opened
         assert client.metrics()["endpoints"][f"tcp:{streamers[1].address}"]["inflight"] == 0
+
+
+@contextlib.contextmanager
+def held_resend_pick(stream: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """Holds an asyncio stream's resend's pick (the one that excludes the endpoint tried) until ``go_on`` is
+    set: yields (picking, go_on, ended), asyncio Events: set once the pick is held, to let it go on, and when
+    the held pick was cancelled."""
+    import asyncio
+
+    from plugbay.network.aiopoolstream import StreamCall
+
+    callable = _inner(stream, StreamCall)._callable
+    real, picking, go_on, ended = callable.pick, asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held(pick_until: float, tried: set[str]) -> Any:
+        if tried:  # the resend's pick
+            picking.set()
+            try:
+                await asyncio.wait_for(go_on.wait(), 10)  # a hang guard only
+            except asyncio.CancelledError:
+                ended.set()
+                raise
+        return await real(pick_until, tried)
+
+    callable.pick = held
+    try:
+        yield picking, go_on, ended
+    finally:
+        go_on.set()
+        del callable.pick
+
+
+def _read_cancelled_while_picking(stream: Any, picking: Any, go_on: Any) -> Any:
+    """Reads a sync ``stream`` on a thread, cancel()s it once its resend's pick is held (``picking``), then
+    lets the pick go on (``go_on``): what the read returned or raised."""
+    import threading
+
+    read: list[Any] = []
+    reader = threading.Thread(target=lambda: read.append(_read_all(stream)))
+    reader.start()
+    try:
+        assert picking.wait(10), "the read did not send the request again"
+        stream.cancel()
+    finally:
+        go_on.set()
+        reader.join(20)
+    assert not reader.is_alive()
+    return read[0]
 
 
 def _read_all(stream: Any) -> Any:
@@ -307,24 +349,13 @@ def test_an_asyncio_stream_cancelled_while_its_resend_picks_an_endpoint_is_cance
     import asyncio
 
     from plugbay import AsyncRemoteClient
-    from plugbay.network.aiopoolstream import StreamCall
 
     async def run() -> object:
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
             streamer = await client.dispense(STREAMER)
             await streamer.stats()  # the channel to the first replica is made
             stream = await _stream_after_kill(client, streamer, streamers[0])
-            callable = _inner(stream, StreamCall)._callable
-            real, picking, go_on = callable.pick, asyncio.Event(), asyncio.Event()
-
-            async def held(pick_until: float, tried: set[str]) -> Any:
-                if tried:  # the resend's pick
-                    picking.set()
-                    await asyncio.wait_for(go_on.wait(), 10)  # a hang guard only
-                return await real(pick_until, tried)
-
-            callable.pick = held
-            try:
+            with held_resend_pick(stream) as (picking, go_on, _):
                 reading = asyncio.ensure_future(stream.read())
                 await asyncio.wait_for(picking.wait(), 10)
                 stream.cancel()
@@ -333,8 +364,6 @@ def test_an_asyncio_stream_cancelled_while_its_resend_picks_an_endpoint_is_cance
                     return (await asyncio.wait_for(reading, 20)).seq
                 except asyncio.CancelledError:
                     return "cancelled"
-            finally:
-                del callable.pick
 
     assert asyncio.run(run()) == "cancelled"
 
@@ -365,18 +394,11 @@ def test_a_stream_cancelled_while_its_resend_picks_past_its_deadline_is_cancelle
             return real(deadline, exclude, pin)
 
         pool.pick = held
-        read: list[Any] = []
-        reader = threading.Thread(target=lambda: read.append(_read_all(stream)))
-        reader.start()
         try:
-            assert picking.wait(10), "the read did not send the request again"
-            stream.cancel()
+            read = _read_cancelled_while_picking(stream, picking, go_on)
         finally:
-            go_on.set()
-            reader.join(20)
             del pool.pick
-        assert not reader.is_alive()
-        assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read
+        assert isinstance(read, grpc.RpcError) and read.code() == grpc.StatusCode.CANCELLED, read
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
         assert client.metrics()["endpoints"][f"tcp:{streamers[1].address}"]["inflight"] == 0
 
