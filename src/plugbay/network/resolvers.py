@@ -154,10 +154,7 @@ class DNSResolver:
         if failed:
             _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
                          self.host, self._server_text(), "; ".join(failed), len(out))
-        self.empty_note = "" if out else self._missing_text()
-        if not out and self._refused:  # the answer's records were there, but none may be a replica
-            self.empty_note = (f"DNS at {self._server_text()} names only addresses that cannot be replicas"
-                               f" ({', '.join(self._refused[:3])}); see the warning logged for them")
+        self.empty_note = "" if out else self._empty_text()
         if "SRV" in kinds:  # priority order is the meaning (pick_first): only duplicates go
             return self._capped(out, srv)
         return self._capped(sorted(set(out), key=lambda e: e.key))
@@ -185,7 +182,11 @@ class DNSResolver:
             self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
             return []
 
-    def _missing_text(self) -> str:
+    def _empty_text(self) -> str:
+        """Why this lookup found no endpoint: records that name no replica, else the names without records."""
+        if self._refused:  # the answer's records were there, but none may be a replica
+            return (f"DNS at {self._server_text()} names only addresses that cannot be replicas"
+                    f" ({', '.join(self._refused[:3])}); see the warning logged for them")
         said = []
         for name, kinds in list(self._missing.items())[:3]:
             if kinds == ["NXDOMAIN"]:
