@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay._proto.plugbay import discovery_pb2_grpc
-from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS
+from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 NET_KV = str(REPO / "tests" / "plugins" / "net_kv.py")
@@ -101,11 +101,8 @@ def connection_lost(client: Any, key: str) -> None:
     written on the old connection and breaks in flight ("Stream removed"), which may have reached the
     plugin and is rightly not sent again. A test that wants the refused, never-sent call waits here."""
     channel = client.pool.member(key).channel
-    for _ in range(200):  # a hang guard only: about 10 s
-        if not _ready(channel):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the connection to the killed {key} still looks READY")
+    if not wait_until(lambda: not _ready(channel), 10.0):  # a hang guard only
+        raise AssertionError(f"the connection to the killed {key} still looks READY")
 
 
 async def aio_connection_lost(client: Any, key: str) -> None:

@@ -24,6 +24,7 @@ import pytest
 from plugbay import RemoteClient, RemoteConfig
 from tests import netcerts
 from tests.net_util import aio_connection_lost, connection_lost
+from tests.resilience_util import wait_until
 from tests.test_network_broker import COUNTER, REPO, CounterReplica, counter_config, host_tls, killable_pair
 
 STREAMING = REPO / "examples" / "streaming"
@@ -76,11 +77,8 @@ def _checked(client: Any, replica: CounterReplica) -> None:
     where a stream left unread never ends (gRPC gives its status once its answers are read) and lasts
     to its deadline. Checks are 60 s apart here: to the pool the replica stays healthy after the kill."""
     key = f"tcp:{replica.address}"
-    for _ in range(200):  # a hang guard only: about 10 s
-        if client.metrics()["endpoints"][key]["healthy"]:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{key} never passed its first health check")
+    if not wait_until(lambda: client.metrics()["endpoints"][key]["healthy"], 10.0):  # a hang guard only
+        raise AssertionError(f"{key} never passed its first health check")
 
 
 def _killed(client: RemoteClient, replica: CounterReplica) -> None:
