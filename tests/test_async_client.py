@@ -185,6 +185,7 @@ def test_calls_dispense_and_start_after_kill_are_refused() -> None:
         client = AsyncClient(kv_config(KV_PLUGIN))
         await client.start()
         kv = await client.dispense(PLUGIN_NAME)
+        channel = client.channel
         pid = client.sync_client.runner.reattach_data()["pid"]
         await client.kill()
         await client.kill()  # idempotent
@@ -196,6 +197,13 @@ def test_calls_dispense_and_start_after_kill_are_refused() -> None:
             await client.dispense(PLUGIN_NAME)
         with pytest.raises(ClientStateError):
             await client.start()
+        # a stub made on the killed Client's channel: grpc.aio would register its method on the destroyed C
+        # channel (a use-after-free that aborted a host once); unregistered, its call is refused typed
+        from kvproto import kv_pb2, kv_pb2_grpc
+        late = kv_pb2_grpc.KVStub(channel)
+        assert late.Get._target._registered_call_handle == 0
+        with pytest.raises(ClientStateError):
+            await late.Get(kv_pb2.GetRequest(key="a"))
 
     run(main())
 
@@ -709,7 +717,7 @@ def test_brokered_callbacks_from_an_async_host(plugin: str, multiplex: bool, aut
 
 
 def _async_threads(client: AsyncClient) -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith(f"plugbay-async-") and client.name in t.name]
+    return [t.name for t in threading.enumerate() if t.name.startswith("plugbay-async-") and client.name in t.name]
 
 
 async def _until_no_threads(client: AsyncClient) -> list[str]:

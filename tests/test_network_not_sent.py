@@ -154,9 +154,13 @@ def test_an_async_resend_is_counted_only_once_its_try_was_made() -> None:
         try:
             second = pool.member(list(pool.metrics()["endpoints"])[1])  # discovery's order: s1
             assert second is not None
-            await endpoints.channel(second).close()  # still its channel, closed: a try there is never sent
+            closed = endpoints.channel(second)
+            await closed.close()  # still its channel, closed: a try there is never sent
+            built: list[str] = []  # grpc.aio would register the method on the destroyed C channel: it aborted once
+            setattr(closed, "unary_unary", lambda method, *args, **kwargs: built.append(method))
             with pytest.raises(grpc.RpcError):
                 await channel.unary_unary(METHOD)(b"", timeout=1)
+            assert built == [], "a call object was built on a closed grpc.aio channel"
         finally:
             await channel.close()
 

@@ -27,7 +27,7 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiochannel import refused_now
+from plugbay.core.host.aiochannel import aio_closed, refused_now
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import ConfigError
@@ -246,6 +246,8 @@ class AioPoolCallable:
               kwargs: dict[str, Any]) -> tuple[Any, grpc.aio.Channel]:
         """The call itself, on ``member``'s grpc.aio channel (and that channel)."""
         channel = self.channel.endpoints.channel(member)
+        if aio_closed(channel):  # refused as grpc.aio's own call() refuses it, before grpcio's C side sees it
+            raise grpc.aio.UsageError("Channel is closed.")
         target = getattr(channel, self.kind)(self._method, request_serializer=self._ser,
                                              response_deserializer=self._de, _registered_method=True)
         call = target(request, timeout=timeout, **kwargs)

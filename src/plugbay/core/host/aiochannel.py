@@ -186,13 +186,22 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return None
 
 
+def aio_closed(channel: grpc.aio.Channel) -> bool:
+    """Whether ``channel`` is closing or closed. grpc.aio registers a method on its C channel as a
+    registered multicallable is built, without looking whether that channel was destroyed: on a closed one
+    that is a use-after-free, which aborted a host process once (grpcio 1.85)."""
+    inner = getattr(channel, "_channel", None)
+    return inner is not None and bool(inner.closed())
+
+
 class _AioCallable:
     """One method: each call gets the default deadline, and its failures are translated."""
 
     def __init__(self, owner: AioManagedChannel, factory: Any, method: str, ser: Any, de: Any) -> None:
         self._owner = owner
+        # a stub made after the Client was killed: not registered, so its calls are refused (a typed error)
         self._target = factory(method, request_serializer=ser, response_deserializer=de,
-                               _registered_method=True)
+                               _registered_method=not aio_closed(owner._inner))
 
     def _call(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         owner = self._owner
