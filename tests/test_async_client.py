@@ -198,12 +198,15 @@ def test_calls_dispense_and_start_after_kill_are_refused() -> None:
         with pytest.raises(ClientStateError):
             await client.start()
         # a stub made on the killed Client's channel: grpc.aio would register its method on the destroyed C
-        # channel (a use-after-free that aborted a host once); unregistered, its call is refused typed
+        # channel (a use-after-free that aborted a host once); nothing is built, its call is refused typed
         from kvproto import kv_pb2, kv_pb2_grpc
         late = kv_pb2_grpc.KVStub(channel)
-        assert late.Get._target._registered_call_handle == 0
+        assert late.Get._target is None  # made on any thread, a stub builds nothing until called on the loop
         with pytest.raises(ClientStateError):
             await late.Get(kv_pb2.GetRequest(key="a"))
+        assert late.Get._target is None
+        with pytest.raises(ClientStateError):
+            await channel.wait_for_state_change(grpc.ChannelConnectivity.SHUTDOWN)  # grpc.aio's UsageError
 
     run(main())
 

@@ -27,7 +27,7 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiochannel import aio_closed, refused_now
+from plugbay.core.host.aiochannel import refused_now
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import call_timeout
 from plugbay.errors import ConfigError
@@ -38,6 +38,14 @@ from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import PoolCallable
 
 _PRUNE_EVERY = 0.5  # how often the connections follow discovery's changes when no call comes
+
+
+def _closed(channel: grpc.aio.Channel) -> bool:
+    """Whether ``channel`` is closing or closed. grpc.aio registers a method on its C channel as a
+    registered multicallable is built, without looking whether that channel was destroyed: on a closed one
+    that is a use-after-free, which aborted a host process once (grpcio 1.85)."""
+    closed = getattr(getattr(channel, "_channel", None), "closed", None)
+    return closed is not None and bool(closed())
 
 
 class AioEndpoints:
@@ -246,7 +254,7 @@ class AioPoolCallable:
               kwargs: dict[str, Any]) -> tuple[Any, grpc.aio.Channel]:
         """The call itself, on ``member``'s grpc.aio channel (and that channel)."""
         channel = self.channel.endpoints.channel(member)
-        if aio_closed(channel):  # refused as grpc.aio's own call() refuses it, before grpcio's C side sees it
+        if _closed(channel):  # refused as grpc.aio's own call() refuses it, before grpcio's C side sees it
             raise grpc.aio.UsageError("Channel is closed.")
         target = getattr(channel, self.kind)(self._method, request_serializer=self._ser,
                                              response_deserializer=self._de, _registered_method=True)

@@ -165,7 +165,13 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return self._inner.get_state(try_to_connect)
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        await self._inner.wait_for_state_change(last_observed_state)
+        self.check_loop()
+        if self.is_refusing():
+            raise await self.closed_error()
+        try:
+            await self._inner.wait_for_state_change(last_observed_state)
+        except grpc.aio.UsageError:  # closed meanwhile
+            raise await self.closed_error() from None
 
     async def channel_ready(self) -> None:
         self.check_loop()
@@ -186,22 +192,23 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return None
 
 
-def aio_closed(channel: grpc.aio.Channel) -> bool:
-    """Whether ``channel`` is closing or closed. grpc.aio registers a method on its C channel as a
-    registered multicallable is built, without looking whether that channel was destroyed: on a closed one
-    that is a use-after-free, which aborted a host process once (grpcio 1.85)."""
-    inner = getattr(channel, "_channel", None)
-    return inner is not None and bool(inner.closed())
-
-
 class _AioCallable:
     """One method: each call gets the default deadline, and its failures are translated."""
 
     def __init__(self, owner: AioManagedChannel, factory: Any, method: str, ser: Any, de: Any) -> None:
         self._owner = owner
-        # a stub made after the Client was killed: not registered, so its calls are refused (a typed error)
-        self._target = factory(method, request_serializer=ser, response_deserializer=de,
-                               _registered_method=not aio_closed(owner._inner))
+        self._factory = (factory, method, ser, de)
+        self._target: Any = None  # grpc.aio's multicallable, built by the first call (see _built)
+
+    def _built(self) -> Any:
+        # Built on the channel's loop once no close has begun (a stub may be made on any thread, at any
+        # time): grpc.aio registers the method on its C channel as it builds, without looking whether that
+        # channel was destroyed, a use-after-free that aborted a host process once (grpcio 1.85).
+        if self._target is None:
+            factory, method, ser, de = self._factory
+            self._target = factory(method, request_serializer=ser, response_deserializer=de,
+                                   _registered_method=True)
+        return self._target
 
     def _call(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
         owner = self._owner
@@ -215,7 +222,7 @@ class _AioCallable:
         if timeout is None:
             timeout = owner._managed.call_timeout
         try:
-            call = self._target(request, timeout=timeout, **kwargs)
+            call = self._built()(request, timeout=timeout, **kwargs)
         except grpc.aio.UsageError:  # closed under us between the check and the call
             return RefusedCall(owner.closed_error)
         return _AioCall(call, owner, timeout)
