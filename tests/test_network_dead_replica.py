@@ -250,8 +250,9 @@ def _inner(call: object, kind: type) -> Any:
 
 def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
         streamers: list[CounterReplica], certs: netcerts.CertSet) -> None:
-    """cancel() while the read that sends the request again waits for the pool's pick: the read raises
-    CANCELLED, and no call is opened on the endpoint then picked (it is given back)."""
+    """cancel() as the pool's pick for the read that sends the request again ended: the read raises CANCELLED,
+    and no call is opened on the endpoint picked (it is given back). A cancel() during the pick's wait for an
+    endpoint: test_network_stream_cancel."""
     import threading
 
     from plugbay.network.poolstream import PoolStream
@@ -263,24 +264,25 @@ def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
         _ended(stream)
         inner = _inner(stream, PoolStream)
         pool, owner = inner._pool, inner._owner
-        real, real_open, picking, go_on = pool.pick, owner.open_on, threading.Event(), threading.Event()
+        real, real_open, picking, go_on = pool.pick_unless, owner.open_on, threading.Event(), threading.Event()
         opened: list[str] = []
 
-        def held(deadline: float, exclude: set[str], pin: str | None = None) -> Any:
-            if exclude:  # the resend's pick: the first one excluded nothing
+        def held(stopped: Any, deadline: float, exclude: set[str], pin: str | None = None) -> Any:
+            member = real(stopped, deadline, exclude, pin)
+            if exclude:  # the resend's pick (the first one excluded nothing): held once it picked
                 picking.set()
                 go_on.wait(10)  # a hang guard only
-            return real(deadline, exclude, pin)
+            return member
 
         def open_on(member: Any, tried: Any, opening: Any) -> Any:
             opened.append(member.key)
             return real_open(member, tried, opening)
 
-        pool.pick, owner.open_on = held, open_on
+        pool.pick_unless, owner.open_on = held, open_on
         try:
             read = _read_cancelled_while_picking(stream, picking, go_on)
         finally:
-            del pool.pick, owner.open_on
+            del pool.pick_unless, owner.open_on
         assert isinstance(read, grpc.RpcError) and read.code() == grpc.StatusCode.CANCELLED, read
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
         assert opened == [], opened
@@ -381,21 +383,21 @@ def test_a_stream_cancelled_while_its_resend_picks_past_its_deadline_is_cancelle
         _ended(stream)
         inner = _inner(stream, PoolStream)
         pool = inner._pool
-        real, picking, go_on = pool.pick, threading.Event(), threading.Event()
+        real, picking, go_on = pool.pick_unless, threading.Event(), threading.Event()
 
-        def held(deadline: float, exclude: set[str], pin: str | None = None) -> Any:
+        def held(stopped: Any, deadline: float, exclude: set[str], pin: str | None = None) -> Any:
             if exclude:  # the resend's pick
                 picking.set()
                 go_on.wait(10)  # a hang guard only
                 while time.monotonic() <= inner._deadline:  # past the stream's 3 s: bounded by them
                     time.sleep(0.05)
-            return real(deadline, exclude, pin)
+            return real(stopped, deadline, exclude, pin)
 
-        pool.pick = held
+        pool.pick_unless = held
         try:
             read = _read_cancelled_while_picking(stream, picking, go_on)
         finally:
-            del pool.pick
+            del pool.pick_unless
         assert isinstance(read, grpc.RpcError) and read.code() == grpc.StatusCode.CANCELLED, read
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
         assert client.metrics()["endpoints"][f"tcp:{streamers[1].address}"]["inflight"] == 0

@@ -40,6 +40,7 @@ from plugbay.network.figures import check_pool
 from plugbay.network.poolcalls import PoolCallable, no_endpoints
 from plugbay.network.resolver import Endpoint, Resolver
 from plugbay.network.poolhealth import PoolHealth, reconnect_backoff
+from plugbay.network.poolpick import PoolPick
 from plugbay.network.pooltls import status_from_server
 from plugbay.network.tls import NetworkTLS
 
@@ -47,8 +48,9 @@ _log = logging.getLogger("plugbay.network")
 POLICIES = ("round_robin", "pick_first")
 
 
-class EndpointPool(PoolHealth, CallChannel):
-    """See the module docstring. Its health checks and housekeeping: poolhealth.PoolHealth."""
+class EndpointPool(PoolHealth, PoolPick, CallChannel):
+    """See the module docstring. Its health checks and housekeeping: poolhealth.PoolHealth; its waits for an
+    endpoint: poolpick.PoolPick."""
 
     def __init__(self, resolver: Resolver, *, tls: NetworkTLS | None = None, insecure: bool = False,
                  policy: str = "round_robin", outlier: OutlierPolicy | None = None,
@@ -195,16 +197,7 @@ class EndpointPool(PoolHealth, CallChannel):
         self.generation += 1
         self._cond.notify_all()
 
-    # --- picking (used by poolcalls) ------------------------------------------------------
-
-    def pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Member:
-        """An endpoint for one call; waits until ``deadline`` for one, else NoEndpointsError."""
-        with self._cond:
-            while True:
-                member = self.try_pick(deadline, exclude, pin)
-                if member is not None:
-                    return member
-                self._cond.wait(min(deadline - time.monotonic(), 0.1))
+    # --- picking (used by poolcalls; the waits: poolpick) ----------------------------------
 
     def try_pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Member | None:
         """An endpoint for one call now, or None to wait and ask again; raises what the wait cannot

@@ -2,16 +2,17 @@
 another one when it provably never left the first.
 
 A server-streaming call (one request, a stream of answers) fails at its first read, not when it is made:
-gRPC opens it lazily. When that read fails as unsent (plugbay.network.unsent.not_sent: no connection
-to the endpoint, a replica just killed that its health checks have not caught yet), nothing reached
-the plugin and nothing came back, so the same request goes to another endpoint within the call's
-deadline, as a unary call's does. Once an answer came, a failure ends the stream: the plugin may have
-acted on the request. A client-streaming or bidi call is not sent again: gRPC may have taken messages
-from the caller's iterator that a second call would not see. A stream its caller cancel()led is not sent
-again either, also when cancel() came while its read picked the next endpoint: its next read raises
-CANCELLED, and code() and details() say so (cancel() itself says False when the call had already ended,
-as gRPC's does; once a read raised the call's failure, a cancel() leaves code() as it was). Whether the
-endpoint's channel was failing is noted as the call ends, not at the read.
+gRPC opens it lazily. When that read fails as unsent (plugbay.network.unsent.not_sent: no connection to the
+endpoint, a replica just killed that its health checks have not caught yet), nothing reached the plugin and
+nothing came back, so the same request goes to another endpoint within the call's deadline, as a unary
+call's does. Once an answer came, a failure ends the stream: the plugin may have acted on the request. A
+client-streaming or bidi call is not sent again: gRPC may have taken messages from the caller's iterator
+that a second call would not see. A stream its caller cancel()led is not sent again either, also when
+cancel() came while its read picked the next endpoint (a cancel() ends that pick at once, and no call is
+opened after it): its next read raises CANCELLED, and code() and details() say so (cancel() itself
+says False when the call had already ended, as gRPC's does; once a read raised the call's failure, a
+cancel() leaves code() as it was). Whether the endpoint's channel was failing is noted as the call ends, not
+at the read.
 
 Done callbacks (add_done_callback) are the current call's: one added before the first read fires when
 that call ends, also when it failed unsent and the read then sends the request elsewhere; the new call
@@ -86,29 +87,34 @@ class PoolStream:
         self._cancelled = False  # cancel() was called: no read sends the request again
         self._failing: bool | None = None  # the call's channel was failing when the call ended
         self._raised = False  # a read raised the call's failure: its status stands (as a gRPC call's)
-        # cancel() and a resend's new call: a cancel() while the resend picks its endpoint reaches the new call
+        # cancel() and a resend's check and open of its new call (start): the cancel() reaches the new call or none
+        # is opened
         self._lock = threading.Lock()
 
     def start(self) -> None:
         """Open the call on an endpoint not tried yet (the pool waits, until pick_until, for one)."""
         pool, tried = self._pool, self._tried
         while True:
-            try:
-                member = pool.pick(self._pick_until, tried, self._owner._pin)
+            try:  # a cancel() ends the wait at once (it wakes the pool's picks): nothing is sent again
+                member = pool.pick_unless(lambda: self._cancelled, self._pick_until, tried, self._owner._pin)
             except NoEndpointsError as exc:
                 raise self._owner.out_of_tries(exc, tried, "") from None
+            if member is None:
+                raise StreamCancelled()
+            # the check and the open are one step under cancel()'s lock: a cancel() before it opens no call, one
+            # after it cancels the call opened (never one opened after cancel() returned)
             with self._lock:
-                if self._cancelled:  # cancel() came during a resend's pick: nothing is sent again
+                if self._cancelled:  # cancel() came as the pick ended: the endpoint goes back unused
                     pool.release(member)
                     raise StreamCancelled()
-            left = self._owner.remaining(self._deadline, member)
-            call = self._owner.open_on(member, tried, lambda: self._owner._on(member)(
-                self._request, timeout=left, **self._kwargs))
+                left = self._owner.remaining(self._deadline, member)
+                call = self._owner.open_on(member, tried, lambda: self._owner._on(member)(
+                    self._request, timeout=left, **self._kwargs))
+                if call is not None:
+                    self._call, self._member, self._failing = call, member, None
             if call is not None:
                 break
         self._owner.made(member, tried)
-        with self._lock:
-            self._call, self._member, self._failing = call, member, None
         call.add_done_callback(lambda c: self._ended(member, c))
 
     def _ended(self, member: Any, call: Any) -> None:
@@ -139,10 +145,8 @@ class PoolStream:
             if self._cancelled:  # cancel() came while none took it: the cancel is how the stream ended (code())
                 raise StreamCancelled() from exc
             return False  # none took it in time: the first failure says what happened
-        with self._lock:
-            cancelled = self._cancelled
-        if cancelled:  # cancel() came while the new endpoint was picked: it may have reached the old call only
-            self._call.cancel()
+        if self._cancelled:  # cancel() came once the new call was opened (start's lock): that call is cancelled
+            self._call.cancel()  # here too: by the time the read raises, not when cancel() gets to it
             raise StreamCancelled() from exc
         return True
 
@@ -168,6 +172,7 @@ class PoolStream:
         with self._lock:
             self._cancelled = True
             call = self._call
+        self._pool.wake()  # a resend's pick waiting for an endpoint sees the cancel now, not at its deadline
         return bool(call.cancel())
 
     def _cut(self) -> bool:

@@ -1,0 +1,107 @@
+"""cancel() of a sync server-streaming call through the pool (plugbay.network.poolstream) while the read that
+sends it again, its call on a killed replica having failed unsent, waits for the pool to have an endpoint
+ready: the cancel() ends that wait at once, as a grpc.aio stream's does (test_network_aio_stream_cancel), not
+when the pick returns. The read raises CANCELLED, code() says so, and no call is opened on any endpoint.
+Real network-mode streaming plugins over mTLS on 127.0.0.1, the first killed (kill -9).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from plugbay import RemoteClient
+from plugbay.network.poolstream import PoolStream
+from tests.test_network_dead_replica import (STREAMER, _ended, _first_config, _inner, _killed, _read_all, certs,
+                                             streamers)
+
+__all__ = ["certs", "streamers"]  # the fixtures this module's tests take
+
+
+class _ResendPicks:
+    """Watches the pool's tries of a resend's pick (those excluding the endpoint tried) without changing what
+    they answer: ``waiting`` is set once one found no endpoint (the pick then waits), ``outcomes`` says how each
+    ended (None: no endpoint yet; else the endpoint picked, or the error raised at the pick's deadline)."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool, self._real = pool, pool.try_pick
+        self.waiting = threading.Event()
+        self.outcomes: list[object] = []
+
+    def __call__(self, deadline: float, exclude: set[str], pin: str | None = None) -> Any:
+        if not exclude:  # not the resend's
+            return self._real(deadline, exclude, pin)
+        try:
+            member = self._real(deadline, exclude, pin)
+        except Exception as exc:
+            self.outcomes.append(exc)
+            raise
+        self.outcomes.append(member and member.key)
+        if member is None:
+            self.waiting.set()
+        return member
+
+
+@pytest.fixture
+def awaiting_check() -> Iterator[list[Any]]:
+    """Endpoints put back as awaiting their first health check (as a replica that just joined is, see
+    PoolHealth.welcome): a pick waits for them; restored afterwards."""
+    held: list[Any] = []
+    yield held
+    for member, state in held:
+        member.healthy, member.first_check_by = state
+
+
+def test_a_cancel_ends_the_resends_wait_for_an_endpoint_at_once(
+        streamers: list[Any], certs: Any, awaiting_check: list[Any]) -> None:
+    """The live replica awaits its first health check (one joining now would): the resend's pick waits for
+    it, up to the stream's 10 s. A cancel() from another thread ends that wait: the read ends while the pick
+    had neither an endpoint nor its deadline, raising CANCELLED; no call was opened."""
+    live = f"tcp:{streamers[1].address}"
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        streamer = client.dispense(STREAMER)
+        _killed(client, streamers[0])
+        stream = streamer.generate(3, 8, timeout=10)
+        _ended(stream)  # failed unsent on the killed replica, unread
+        inner = _inner(stream, PoolStream)
+        pool, owner = inner._pool, inner._owner
+        member = pool.member(live)
+        awaiting_check.append((member, (member.healthy, member.first_check_by)))
+        with pool._cond:  # as PoolHealth.welcome sets a joining endpoint: calls wait for its first check
+            member.healthy, member.first_check_by = None, time.monotonic() + 60
+        picks, real_open = _ResendPicks(pool), owner.open_on
+        opened: list[str] = []
+
+        def open_on(member: Any, tried: Any, opening: Any) -> Any:
+            opened.append(member.key)
+            return real_open(member, tried, opening)
+
+        pool.try_pick, owner.open_on = picks, open_on
+        read: list[Any] = []
+        seen_at_end: list[list[object]] = []
+
+        def reading() -> None:
+            read.append(_read_all(stream))
+            seen_at_end.append(list(picks.outcomes))  # what the pick had found when the read ended
+
+        reader = threading.Thread(target=reading)
+        try:
+            reader.start()
+            assert picks.waiting.wait(10), f"the read's resend did not wait for an endpoint: {picks.outcomes}"
+            stream.cancel()
+            reader.join(30)  # a hang guard only: the pick itself waits at most the stream's 10 s
+            assert not reader.is_alive()
+        finally:
+            del pool.try_pick, owner.open_on
+        ended = [outcome for outcome in seen_at_end[0] if outcome is not None]  # an endpoint, or its deadline
+        assert not ended, f"the read ended only as the pick did: {ended}"  # it was still waiting when the read ended
+        assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read[0]
+        assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
+        assert opened == [], opened
+        assert client.metrics()["endpoints"][live]["inflight"] == 0
+
