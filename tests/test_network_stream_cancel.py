@@ -1,7 +1,9 @@
 """cancel() of a sync server-streaming call through the pool (plugbay.network.poolstream) while the read that
 sends it again, its call on a killed replica having failed unsent, waits for the pool to have an endpoint
 ready: the cancel() ends that wait at once, as a grpc.aio stream's does (test_network_aio_stream_cancel), not
-when the pick returns. The read raises CANCELLED, code() says so, and no call is opened on any endpoint.
+when the pick returns. The read raises CANCELLED, code() says so, and no call is opened on any endpoint. A
+cancel() as the resend opens its call (the cancel not seen yet) waits for that open and cancels the call: none is
+opened after cancel() returned.
 Real network-mode streaming plugins over mTLS on 127.0.0.1, the first killed (kill -9).
 """
 
@@ -17,6 +19,7 @@ import pytest
 
 from plugbay import RemoteClient
 from plugbay.network.poolstream import PoolStream
+from tests.resilience_util import wait_until
 from tests.test_network_dead_replica import (STREAMER, _ended, _first_config, _inner, _killed, _read_all, certs,
                                              streamers)
 
@@ -105,3 +108,62 @@ def test_a_cancel_ends_the_resends_wait_for_an_endpoint_at_once(
         assert opened == [], opened
         assert client.metrics()["endpoints"][live]["inflight"] == 0
 
+
+
+class _WatchedLock:
+    """A stream's lock, unchanged but for ``waited``: set when the thread ``waiter`` finds it held."""
+
+    def __init__(self, lock: Any, waiter: str) -> None:
+        self._lock, self._waiter = lock, waiter
+        self.waited = threading.Event()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            if threading.current_thread().name == self._waiter:
+                self.waited.set()
+            self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_no_call_is_opened_after_a_cancel_returned(streamers: list[Any], certs: Any) -> None:
+    """cancel() from another thread as the resend, its endpoint picked and the cancel not seen, goes on to open
+    the new call: the cancel() waits for that open and cancels the call opened, so none is opened after
+    cancel() returned (none is left running either). The read raises CANCELLED."""
+    live = f"tcp:{streamers[1].address}"
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        streamer = client.dispense(STREAMER)
+        _killed(client, streamers[0])
+        stream = streamer.generate(3, 8, timeout=10)
+        _ended(stream)  # failed unsent on the killed replica, unread
+        inner = _inner(stream, PoolStream)
+        owner, real_remaining, real_open = inner._owner, inner._owner.remaining, inner._owner.open_on
+        inner._lock = lock = _WatchedLock(inner._lock, "canceller")
+        returned = threading.Event()
+        canceller = threading.Thread(target=lambda: (stream.cancel(), returned.set()), name="canceller")
+        opened: list[tuple[str, bool]] = []
+
+        def remaining(deadline: float | None, member: Any, last: str = "") -> Any:
+            canceller.start()  # the resend's (the first call was made before): the cancel was checked, no call yet
+            for _ in range(200):  # until cancel() returned or waits for the stream; a hang guard of about 10 s
+                if returned.wait(0.05) or lock.waited.is_set():
+                    break
+            return real_remaining(deadline, member, last)
+
+        def open_on(member: Any, tried: Any, opening: Any) -> Any:
+            opened.append((member.key, returned.is_set()))
+            return real_open(member, tried, opening)
+
+        owner.remaining, owner.open_on = remaining, open_on
+        try:
+            read = _read_all(stream)
+            canceller.join(10)
+            assert not canceller.is_alive()
+        finally:
+            del owner.remaining, owner.open_on
+        assert opened == [(live, False)], opened  # opened before cancel() returned, never after
+        assert isinstance(read, grpc.RpcError) and read.code() == grpc.StatusCode.CANCELLED, read
+        assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
+        assert inner._call.cancelled(), inner._call.code()  # the call opened was cancelled
+        assert wait_until(lambda: client.metrics()["endpoints"][live]["inflight"] == 0, 10.0)  # a hang guard only
