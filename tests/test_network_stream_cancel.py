@@ -96,7 +96,7 @@ def test_a_cancel_ends_the_resends_wait_for_an_endpoint_at_once(
         try:
             reader.start()
             assert picks.waiting.wait(10), f"the read's resend did not wait for an endpoint: {picks.outcomes}"
-            stream.cancel()
+            asked = stream.cancel()
             reader.join(30)  # a hang guard only: the pick itself waits at most the stream's 10 s
             assert not reader.is_alive()
         finally:
@@ -105,6 +105,8 @@ def test_a_cancel_ends_the_resends_wait_for_an_endpoint_at_once(
         assert not ended, f"the read ended only as the pick did: {ended}"  # it was still waiting when the read ended
         assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read[0]
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
+        # under way again (being sent again): cancelled by it, as grpc.aio's stream says in the same place
+        assert asked and stream.cancelled(), (asked, stream.cancelled())
         assert opened == [], opened
         assert client.metrics()["endpoints"][live]["inflight"] == 0
 

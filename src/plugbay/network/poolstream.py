@@ -10,7 +10,8 @@ client-streaming or bidi call is not sent again: gRPC may have taken messages fr
 that a second call would not see. A stream its caller cancel()led is not sent again either, also when
 cancel() came while its read picked the next endpoint (a cancel() ends that pick at once, and no call is
 opened after it): its next read raises CANCELLED, and code() and details() say so (cancel() itself
-says False when the call had already ended, as gRPC's does; once a read raised the call's failure, a
+says False when the call had already ended, as gRPC's does, and True during a resend, when the stream is under
+way again, as cancelled() then says too; once a read raised the call's failure, a
 cancel() leaves code() as it was). Whether the endpoint's channel was failing is noted as the call ends, not
 at the read.
 
@@ -87,6 +88,8 @@ class PoolStream:
         self._cancelled = False  # cancel() was called: no read sends the request again
         self._failing: bool | None = None  # the call's channel was failing when the call ended
         self._raised = False  # a read raised the call's failure: its status stands (as a gRPC call's)
+        self._resending = False  # a read is sending the request again (picking, opening): the stream is under way
+        self._cut_under_way = False  # cancel() came then: it cancelled the stream, as gRPC's would a live call
         # cancel() and a resend's check and open of its new call (start): the cancel() reaches the new call or none
         # is opened
         self._lock = threading.Lock()
@@ -139,12 +142,17 @@ class PoolStream:
             raise StreamCancelled() from exc
         if not self._tried.refused_unsent(self._member.key, self._pool.pickable_keys()):
             return False  # no other endpoint to go to: the failure is the answer
+        with self._lock:
+            self._resending = True
         try:
             self.start()
         except (NoEndpointsError, grpc.RpcError):
             if self._cancelled:  # cancel() came while none took it: the cancel is how the stream ended (code())
                 raise StreamCancelled() from exc
             return False  # none took it in time: the first failure says what happened
+        finally:
+            with self._lock:
+                self._resending = False
         if self._cancelled:  # cancel() came once the new call was opened (start's lock): that call is cancelled
             self._call.cancel()  # here too: by the time the read raises, not when cancel() gets to it
             raise StreamCancelled() from exc
@@ -172,8 +180,12 @@ class PoolStream:
         with self._lock:
             self._cancelled = True
             call = self._call
+            self._cut_under_way = self._cut_under_way or self._resending
         self._pool.wake()  # a resend's pick waiting for an endpoint sees the cancel now, not at its deadline
-        return bool(call.cancel())
+        return bool(call.cancel()) or self._cut_under_way
+
+    def cancelled(self) -> bool:
+        return self._cut_under_way or bool(self._call.cancelled())
 
     def _cut(self) -> bool:
         """Cancelled by its caller, on a call that ended unsent, before a read raised its failure: its read
