@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.leakcheck", "tests.hangwatch"]
+pytest_plugins = ["tests.leakcheck", "tests.hangwatch", "tests.closeduse"]
 
 
 @pytest.fixture
