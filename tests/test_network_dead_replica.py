@@ -391,6 +391,7 @@ def test_a_stream_cancelled_while_its_resend_picks_past_its_deadline_is_cancelle
                 go_on.wait(10)  # a hang guard only
                 while time.monotonic() <= inner._deadline:  # past the stream's 3 s: bounded by them
                     time.sleep(0.05)
+                return real(lambda: False, deadline, exclude, pin)  # the pick itself runs past its deadline
             return real(stopped, deadline, exclude, pin)
 
         pool.pick_unless = held

@@ -241,14 +241,14 @@ for kind in ("unary", "future", "stream"):
     pool.start()
     kv = kv_pb2_grpc.KVStub(pool)
     kv.Get(kv_pb2.GetRequest(key="__pid__"), timeout=10)
-    picked = pool.pick
+    picked = pool.pick_unless  # every call's pick (a stream's own, and pool.pick's)
 
     def pick_then_close(*args, picked=picked, pool=pool):
         member = picked(*args)
         pool.close()
         return member
 
-    pool.pick = pick_then_close
+    pool.pick_unless = pick_then_close
     try:
         if kind == "unary":
             kv.Get(kv_pb2.GetRequest(key="k"), timeout=5)

@@ -169,3 +169,42 @@ def test_no_call_is_opened_after_a_cancel_returned(streamers: list[Any], certs: 
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
         assert inner._call.cancelled(), inner._call.code()  # the call opened was cancelled
         assert wait_until(lambda: client.metrics()["endpoints"][live]["inflight"] == 0, 10.0)  # a hang guard only
+
+
+def test_a_pool_subscriber_cancelling_the_stream_as_its_resend_fails_to_open_ends_the_read(
+        streamers: list[Any], certs: Any) -> None:
+    """The resend's open fails (its endpoint's channel closed under it), and the pool's bookkeeping of that
+    failure tells the pool's subscribers, on the reading thread, with the stream's lock held: a subscriber that
+    cancels the stream there got that lock again (it waited for itself, for ever). The read raises CANCELLED."""
+    live = f"tcp:{streamers[1].address}"
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        streamer = client.dispense(STREAMER)
+        _killed(client, streamers[0])
+        stream = streamer.generate(3, 8, timeout=10)
+        _ended(stream)  # failed unsent on the killed replica, unread
+        inner = _inner(stream, PoolStream)
+        pool, reader_name = inner._pool, "stream-reader"
+        cancelled_on: list[str] = []
+
+        def on_change(*_: object) -> None:
+            if not cancelled_on:
+                cancelled_on.append(threading.current_thread().name)
+                stream.cancel()
+
+        member = pool.member(live)
+        assert member is not None
+        member.retire()  # still in the pool, its channel closed: the resend's open fails (not sent)
+        pool.subscribe(on_change)
+        read: list[Any] = []
+        reader = threading.Thread(target=lambda: read.append(_read_all(stream)), name=reader_name)
+        try:
+            reader.start()
+            reader.join(15)  # a hang guard only
+            if reader.is_alive():  # the old lock: free the reader, so the test fails instead of hanging
+                inner._lock.release()
+                reader.join(15)
+                pytest.fail("the read hung: the subscriber's cancel() waited for the lock its own thread held")
+        finally:
+            pool.unsubscribe(on_change)
+        assert cancelled_on == [reader_name], cancelled_on  # on the reading thread, under the stream's lock
+        assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read[0]

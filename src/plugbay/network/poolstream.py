@@ -92,7 +92,8 @@ class PoolStream:
         self._cut_under_way = False  # cancel() came then: it cancelled the stream, as gRPC's would a live call
         # cancel() and a resend's check and open of its new call (start): the cancel() reaches the new call or none
         # is opened
-        self._lock = threading.Lock()
+        # (re-entrant: a failed open's pool bookkeeping runs the pool's subscribers, which may cancel())
+        self._lock = threading.RLock()
 
     def start(self) -> None:
         """Open the call on an endpoint not tried yet (the pool waits, until pick_until, for one)."""
@@ -147,7 +148,9 @@ class PoolStream:
         try:
             self.start()
         except (NoEndpointsError, grpc.RpcError):
-            if self._cancelled:  # cancel() came while none took it: the cancel is how the stream ended (code())
+            with self._lock:  # one step: a cancel() after it finds the stream ended (False), not under way
+                cancelled, self._resending = self._cancelled, False
+            if cancelled:  # cancel() came while none took it: the cancel is how the stream ended (code())
                 raise StreamCancelled() from exc
             return False  # none took it in time: the first failure says what happened
         finally:
@@ -180,8 +183,10 @@ class PoolStream:
         with self._lock:
             self._cancelled = True
             call = self._call
-            self._cut_under_way = self._cut_under_way or self._resending
-        self._pool.wake()  # a resend's pick waiting for an endpoint sees the cancel now, not at its deadline
+            resending = self._resending
+            self._cut_under_way = self._cut_under_way or resending
+        if resending:  # its pick, waiting for an endpoint, sees the cancel now, not at its deadline (one not
+            self._pool.wake()  # begun yet sees the flag before its first try)
         return bool(call.cancel()) or self._cut_under_way
 
     def cancelled(self) -> bool:
