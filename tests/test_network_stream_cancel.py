@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -50,6 +51,18 @@ class _ResendPicks:
         return member
 
 
+@contextmanager
+def _failed_unread(streamers: list[Any], certs: Any) -> Iterator[tuple[RemoteClient, Any, PoolStream]]:
+    """A client, and its stream that failed unsent on the first replica (killed), not read yet: its first
+    read sends it again (its PoolStream too)."""
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        streamer = client.dispense(STREAMER)
+        _killed(client, streamers[0])
+        stream = streamer.generate(3, 8, timeout=10)
+        _ended(stream)
+        yield client, stream, _inner(stream, PoolStream)
+
+
 @pytest.fixture
 def awaiting_check() -> Iterator[list[Any]]:
     """Endpoints put back as awaiting their first health check (as a replica that just joined is, see
@@ -66,12 +79,7 @@ def test_a_cancel_ends_the_resends_wait_for_an_endpoint_at_once(
     it, up to the stream's 10 s. A cancel() from another thread ends that wait: the read ends while the pick
     had neither an endpoint nor its deadline, raising CANCELLED; no call was opened."""
     live = f"tcp:{streamers[1].address}"
-    with RemoteClient(_first_config(streamers, certs)) as client:
-        streamer = client.dispense(STREAMER)
-        _killed(client, streamers[0])
-        stream = streamer.generate(3, 8, timeout=10)
-        _ended(stream)  # failed unsent on the killed replica, unread
-        inner = _inner(stream, PoolStream)
+    with _failed_unread(streamers, certs) as (client, stream, inner):
         pool, owner = inner._pool, inner._owner
         member = pool.member(live)
         awaiting_check.append((member, (member.healthy, member.first_check_by)))
@@ -134,12 +142,7 @@ def test_no_call_is_opened_after_a_cancel_returned(streamers: list[Any], certs: 
     the new call: the cancel() waits for that open and cancels the call opened, so none is opened after
     cancel() returned (none is left running either). The read raises CANCELLED."""
     live = f"tcp:{streamers[1].address}"
-    with RemoteClient(_first_config(streamers, certs)) as client:
-        streamer = client.dispense(STREAMER)
-        _killed(client, streamers[0])
-        stream = streamer.generate(3, 8, timeout=10)
-        _ended(stream)  # failed unsent on the killed replica, unread
-        inner = _inner(stream, PoolStream)
+    with _failed_unread(streamers, certs) as (client, stream, inner):
         owner, real_remaining, real_open = inner._owner, inner._owner.remaining, inner._owner.open_on
         inner._lock = lock = _WatchedLock(inner._lock, "canceller")
         returned = threading.Event()
@@ -177,12 +180,7 @@ def test_a_pool_subscriber_cancelling_the_stream_as_its_resend_fails_to_open_end
     failure tells the pool's subscribers, on the reading thread, with the stream's lock held: a subscriber that
     cancels the stream there got that lock again (it waited for itself, for ever). The read raises CANCELLED."""
     live = f"tcp:{streamers[1].address}"
-    with RemoteClient(_first_config(streamers, certs)) as client:
-        streamer = client.dispense(STREAMER)
-        _killed(client, streamers[0])
-        stream = streamer.generate(3, 8, timeout=10)
-        _ended(stream)  # failed unsent on the killed replica, unread
-        inner = _inner(stream, PoolStream)
+    with _failed_unread(streamers, certs) as (client, stream, inner):
         pool, reader_name = inner._pool, "stream-reader"
         cancelled_on: list[str] = []
 
