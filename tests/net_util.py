@@ -32,7 +32,7 @@ NET_KV = str(REPO / "tests" / "plugins" / "net_kv.py")
 SERVER_NAME = "kv.plugbay.test"
 
 __all__ = ["HANDSHAKE", "PLUGIN_NAME", "PLUGINS", "Replica", "make_pki", "SERVER_NAME", "serving_discovery",
-           "connection_lost", "aio_connection_lost"]
+           "connection_lost", "aio_connection_lost", "first_check_passed"]
 
 
 class Replica:
@@ -92,6 +92,21 @@ def _ready(channel: Any) -> bool:
     while not hasattr(channel, "check_connectivity_state"):
         channel = channel._channel
     return bool(channel.check_connectivity_state(False) == grpc.ChannelConnectivity.READY.value[0])
+
+
+def first_check_passed(client: Any, *keys: str) -> None:
+    """Until the pool's first health check of each endpoint ``keys`` passed (``client``: anything with the
+    pool's metrics(): a RemoteClient, an AsyncRemoteClient, an EndpointPool).
+
+    The start waits for one endpoint's check only, and calls then go to those that passed: a test that
+    spreads calls over every replica, or kills one and expects the next call to meet it, waits here first
+    (else its calls may all go to another, or the kill come before that replica ever took a call)."""
+    def passed() -> bool:
+        endpoints = client.metrics()["endpoints"]
+        return all(endpoints.get(key, {}).get("healthy") for key in keys)
+
+    if not wait_until(passed, 10.0):  # a hang guard only
+        raise AssertionError(f"not all of {keys} passed a first health check: {client.metrics()['endpoints']}")
 
 
 def connection_lost(client: Any, key: str) -> None:

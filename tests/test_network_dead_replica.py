@@ -23,8 +23,7 @@ import pytest
 
 from plugbay import RemoteClient, RemoteConfig
 from tests import netcerts
-from tests.net_util import aio_connection_lost, connection_lost
-from tests.resilience_util import wait_until
+from tests.net_util import aio_connection_lost, connection_lost, first_check_passed
 from tests.test_network_broker import COUNTER, REPO, CounterReplica, counter_config, host_tls, killable_pair
 
 STREAMING = REPO / "examples" / "streaming"
@@ -72,13 +71,10 @@ def test_a_dead_multiplexed_replica_is_said_to_refuse_the_connection(counters: l
 
 
 def _checked(client: Any, replica: CounterReplica) -> None:
-    """Until the pool's first health check of ``replica`` passed. The start waits for one endpoint's only:
-    till then calls go to those that passed, so pick_first's next call could go to the live replica,
-    where a stream left unread never ends (gRPC gives its status once its answers are read) and lasts
-    to its deadline. Checks are 60 s apart here: to the pool the replica stays healthy after the kill."""
-    key = f"tcp:{replica.address}"
-    if not wait_until(lambda: client.metrics()["endpoints"][key]["healthy"], 10.0):  # a hang guard only
-        raise AssertionError(f"{key} never passed its first health check")
+    """net_util.first_check_passed() of ``replica``: till then pick_first's next call could go to the live
+    replica, where a stream left unread never ends (gRPC gives its status once its answers are read) and
+    lasts to its deadline. Checks are 60 s apart here: to the pool the replica stays healthy after the kill."""
+    first_check_passed(client, f"tcp:{replica.address}")
 
 
 def _killed(client: RemoteClient, replica: CounterReplica) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, Replica, connection_lost, make_pki
+from tests.net_util import (HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, Replica, connection_lost, first_check_passed,
+                             make_pki)
 from tests.resilience_util import wait_until
 
 from plugbay import (
@@ -269,6 +270,7 @@ def test_supervisor_does_not_reconnect_when_one_of_several_replicas_dies() -> No
         with Supervisor(cfg, health_interval=0.5, unhealthy_grace=3.0,
                         retry=RetryPolicy(methods=["Get"], initial_backoff=0.01)) as sup:
             kv = sup.dispense(PLUGIN_NAME)
+            first_check_passed(sup.current_client, f"tcp:{a.address}", f"tcp:{b.address}")  # else all to one
             assert {kv.get("__pid__") for _ in range(6)} == {str(a.proc.pid).encode(), str(b.proc.pid).encode()}
             a.kill9()
             deadline = time.monotonic() + 4.0  # longer than unhealthy_grace: a reconnect would show

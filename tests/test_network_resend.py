@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica, connection_lost
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica, connection_lost, first_check_passed
 from tests.resilience_util import wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
@@ -131,6 +131,7 @@ def test_a_client_streaming_future_is_not_resent_with_its_stream_partly_read(
     with RemoteClient(config) as client:
         count = client.channel.stream_unary("/plugbay.test.Stream/Count", request_serializer=lambda m: m,
                                             response_deserializer=lambda m: m)
+        first_check_passed(client, f"tcp:{a.address}", f"tcp:{b.address}")  # else all four may go to one
         assert {count(iter([b"x"]), timeout=3.0).split(b":")[0] for _ in range(4)} == {
             str(a.proc.pid).encode(), str(b.proc.pid).encode()}  # both endpoints connected
         a.kill9()
