@@ -17,7 +17,7 @@ from dnslib import AAAA, RCODE, SRV, TXT, A
 
 from tests.cli_util import plugbay
 from tests.dns_util import ZONE, Zone, serving
-from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica, connection_lost
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica, connection_lost, first_check_passed
 from tests.resilience_util import wait_until
 
 from plugbay import DiscoveryError, HandshakeTimeoutError, RemoteClient, RemoteConfig
@@ -94,6 +94,7 @@ def test_failing_calls_make_discovery_look_again_before_its_interval(dns: tuple[
     with _v4_and_v6_replicas(zone, server, "kv-dns") as (client, v4, v6):
         kv = client.dispense(PLUGIN_NAME)
         assert client.metrics()["known"] == 2
+        first_check_passed(client, f"tcp:{v4.address}")  # else no call may go there, to fail and ask DNS
         zone.set(f"kv.{ZONE}", "A", [])
         v4.kill9()
         connection_lost(client, f"tcp:{v4.address}")  # else a call may break in flight, possibly received
@@ -128,6 +129,7 @@ def test_srv_records_carry_hosts_and_ports(dns: tuple[Zone, str]) -> None:
         with RemoteClient(cfg) as client:
             kv = client.dispense(PLUGIN_NAME)
             assert set(client.metrics()["endpoints"]) == {f"tcp:127.0.0.1:{a.port}", f"tcp:127.0.0.1:{b.port}"}
+            first_check_passed(client, *client.metrics()["endpoints"])  # else all four may go to one
             assert {kv.get("__pid__") for _ in range(4)} == {str(a.proc.pid).encode(), str(b.proc.pid).encode()}
             zone.set(f"_kv._tcp.{ZONE}", "SRV", [SRV(10, 5, b.port, f"kv-host.{ZONE}")])
             assert wait_until(lambda: client.metrics()["known"] == 1, 10), client.metrics()
