@@ -414,6 +414,7 @@ def test_an_async_supervisor_takes_a_remote_config(replicas: Callable[..., Repli
     async def main() -> None:
         async with AsyncSupervisor(remote(f"static:///{a.address},{b.address}"), health_interval=None) as sup:
             kv = await sup.dispense(PLUGIN_NAME)
+            first_check_passed(sup.current_client, f"tcp:{a.address}", f"tcp:{b.address}")  # else all to one
             assert {await kv.get("__pid__") for _ in range(6)} == {str(r.proc.pid).encode() for r in (a, b)}
 
     asyncio.run(main())

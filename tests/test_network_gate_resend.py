@@ -33,6 +33,7 @@ from plugbay.network.poolcalls import NOT_SENT
 from tests import netcerts
 from tests.h2peer import StallingPeer
 from tests.replicas import replica_pair
+from tests.net_util import first_check_passed
 from tests.resilience_util import wait_until
 from tests.test_network_broker import host_tls
 from tests.test_network_serve import REPO, NetPlugin, kv_pb2, kv_pb2_grpc, secure, tls_env
@@ -105,12 +106,15 @@ def _config(reps: list[Replica], certs: netcerts.CertSet) -> RemoteConfig:
 @contextmanager
 def _calls(reps: list[Replica], certs: netcerts.CertSet, how: str) -> Iterator[tuple[Callable[[str], bytes],
                                                                                   Callable[[], dict[str, Any]]]]:
-    """(get(key) through the pool ``how``, the pool's metrics)."""
+    """(get(key) through the pool ``how``, the pool's metrics), once each replica passed its first health check
+    (till then calls go to those that passed: the tests' rounds over both would meet one only)."""
+    keys = [f"tcp:{r.address}" for r in reps]
     if how == "aio":
         loop = asyncio.new_event_loop()
         client = AsyncRemoteClient(_config(reps, certs))
         try:
             loop.run_until_complete(client.start())
+            first_check_passed(client, *keys)
             stub = loop.run_until_complete(client.dispense(PLUGIN_NAME))
             yield (lambda key: loop.run_until_complete(asyncio.wait_for(stub.get(key), TIMEOUT * 2))), client.metrics
         finally:
@@ -118,6 +122,7 @@ def _calls(reps: list[Replica], certs: netcerts.CertSet, how: str) -> Iterator[t
             loop.close()
         return
     with RemoteClient(_config(reps, certs)) as sync:
+        first_check_passed(sync, *keys)
         if how == "call":
             kv = sync.dispense(PLUGIN_NAME)
             yield kv.get, sync.metrics
