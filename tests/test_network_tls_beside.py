@@ -23,6 +23,7 @@ import pytest
 
 from plugbay import NoEndpointsError, RemoteClient, RemoteTLSError
 from tests import netcerts
+from tests.net_util import connection_lost
 from tests.test_network_broker import PLUGIN_NAME, CounterReplica, counter_config, host_tls, wait_until
 from tests.test_network_mux_tls import _free_port, _refusing_set
 
@@ -104,6 +105,7 @@ def test_calls_wait_out_the_good_replicas_restart(tmp_path: Path, multiplexed: b
                                              brokered=multiplexed, call_timeout=10.0)) as client:
                 _answered(client)
                 good.stop()
+                connection_lost(client, f"tcp:{good.address}")  # else the call may break in flight (not sent again)
                 if marked_down:  # the dispense() below starts while the good one is marked down
                     assert wait_until(lambda: client.metrics()["available"] == 0, 10)
                 back = _Later(tmp_path / "back", certs, listen, 1.5)
