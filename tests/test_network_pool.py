@@ -294,6 +294,7 @@ def test_a_refusing_endpoint_is_tried_again_while_another_is_merely_unhealthy(
         assert kv.get("__pid__") == str(a.proc.pid).encode()
         assert wait_until(lambda: client.metrics()["endpoints"][f"tcp:127.0.0.1:{nobody}"]["healthy"] is False, 10)
         a.stop()  # restarts on its port: refuses now, is back in a moment
+        connection_lost(client, f"tcp:{a.address}")  # else the call may break in flight, not sent again
         back: list[Replica] = []
         restart = threading.Thread(target=lambda: back.append(replicas(f"127.0.0.1:{port}")),
                                    name="plugbay-test-restart")
