@@ -31,6 +31,7 @@ from plugbay.core.plugin.netconfig import NetworkServe
 from plugbay.core.protocol.handshake import parse_handshake_line
 from plugbay.errors import ConfigError, GatewayError, ProtocolMismatchError, RemoteTLSError
 from tests import netcerts, procs
+from tests.net_util import first_check_passed
 from tests.replicas import replica_pair
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,6 +159,7 @@ def wait_until(check: object, timeout: float = 10.0) -> bool:
 def test_brokered_put_works_on_both_replicas(replicas: list[CounterReplica], certs: netcerts.CertSet) -> None:
     with remote(replicas, host_tls(certs)) as client:
         assert client.multiplexed and client.handshake.multiplex
+        first_check_passed(client, *(f"tcp:{r.address}" for r in replicas))  # else both may pin to one
         adder = Adder()
         first, second = client.dispense(PLUGIN_NAME), client.dispense(PLUGIN_NAME)  # pinned round robin
         first.put("n", 5, adder)
