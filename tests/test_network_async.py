@@ -198,6 +198,7 @@ def test_brokered_put_with_an_async_helper_on_each_replica(tmp_path: Path) -> No
     async def main() -> None:
         async with AsyncRemoteClient(counter_config(reps, host_tls(certs))) as client:
             assert client.multiplexed is True and client.remote_client.multiplexed  # the async client says so too
+            first_check_passed(client, *(f"tcp:{r.address}" for r in reps))  # else both may pin to one
             first, second = await client.dispense(COUNTER), await client.dispense(COUNTER)  # round robin
             await first.put("n", 5, AsyncAdder())
             await second.put("n", 7, AsyncAdder())
@@ -273,6 +274,7 @@ def test_an_endpoint_that_leaves_discovery_has_its_grpc_aio_connection_closed(
     async def main() -> None:
         async with AsyncRemoteClient(remote(f"static:///{a.address},{b.address}")) as client:
             kv = await client.dispense(PLUGIN_NAME)
+            first_check_passed(client, f"tcp:{a.address}", f"tcp:{b.address}")  # else the calls may meet one
             for _ in range(4):
                 await kv.get("__pid__")
             endpoints = client._endpoints

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import gobuild
-from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, make_pki
+from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, first_check_passed, make_pki
 from tests.resilience_util import wait_until
 
 from plugbay import Gateway, GatewayConfig, NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
@@ -95,6 +95,7 @@ def test_go_plugin_behind_the_gateway_and_a_python_replica_share_one_target(
                            tls=tls(pki), name="kv-mixed")
         with RemoteClient(cfg) as client:
             kv = client.dispense(PLUGIN_NAME)
+            first_check_passed(client, f"tcp:{gw.address}", f"tcp:{served_kv}")  # else the puts may skip one
             for i in range(6):  # both replicas write kv_<key> files into tmp_path
                 kv.put(f"k{i}", b"v")
             picks = {key: e["picks"] for key, e in client.metrics()["endpoints"].items()}
