@@ -21,6 +21,7 @@ import pytest
 
 from plugbay import RemoteClient, RemoteTLSError
 from tests import netcerts
+from tests.net_util import connection_lost
 from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, counter_config, host_tls, wait_until
 
 
@@ -166,6 +167,7 @@ def test_once_the_good_replica_is_gone_calls_end_with_the_tls_failure(tmp_path: 
     which says why the good one could not take the call."""
     with _beside_a_good_one(tmp_path, case, multiplexed, call_timeout=3.0) as (client, bad, good):
         good.stop()
+        connection_lost(client, f"tcp:{good.address}")  # else the call may break in flight (not sent again)
         with pytest.raises(RemoteTLSError) as err:
             client.dispense(PLUGIN_NAME).get("n")
         assert f"TLS with remote plugin 'counter' at tcp:{bad.address} failed" in str(err.value)
