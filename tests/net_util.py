@@ -118,9 +118,12 @@ def connection_lost(client: Any, key: str) -> None:
     multiplexed endpoint's yamux session reads the end on a thread of its own too: till then dispense()
     pins stubs to it, its session still up to the pool."""
     channel = client.pool.member(key).channel
-    if not wait_until(lambda: not _ready(channel) and not getattr(channel, "session_up", False),
-                      10.0):  # a hang guard only
-        raise AssertionError(f"the connection to the killed {key} still looks READY")
+
+    def seen() -> bool:
+        return not _ready(channel) and not getattr(channel, "session_up", False)
+
+    if not wait_until(seen, 10.0):  # a hang guard only
+        raise AssertionError(f"the connection (or yamux session) to the killed {key} still looks up")
 
 
 async def aio_connection_lost(client: Any, key: str) -> None:
