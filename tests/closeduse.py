@@ -77,8 +77,10 @@ def _watch_sync_channels(channel_class: Any) -> None:
 def _watch_aio_channels(channel_class: Any, usage_error: type[Exception]) -> None:
     def close(original: Any) -> Any:
         async def _close(self: Any, grace: float | None) -> None:
+            closing_here = not self._channel.closed()  # a close during another's grace returns at once
             await original(self, grace)
-            self._closeduse_closed = True  # its C channel is destroyed by now (while closing, it was not)
+            if closing_here:
+                self._closeduse_closed = True  # its C channel is destroyed by now (while closing, it was not)
         return _close
 
     def register(original: Any) -> Any:

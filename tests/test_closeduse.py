@@ -54,17 +54,17 @@ def test_a_port_added_to_a_stopped_server():
         server = grpc.server(pool)
         server.add_insecure_port("127.0.0.1:0")
         server.start()
-        server.stop(None).wait(10)
+        assert server.stop(None).wait(60)
         server.add_insecure_port("127.0.0.1:0")
 
 
 def test_a_port_added_to_a_server_never_started():
     with futures.ThreadPoolExecutor(1) as pool:
         server = grpc.server(pool)
-        server.stop(None).wait(10)  # nothing to free: grpcio keeps it as it was
+        assert server.stop(None).wait(60)  # nothing to free: grpcio keeps it as it was
         assert server.add_insecure_port("127.0.0.1:0") > 0
         server.start()
-        server.stop(None).wait(10)
+        assert server.stop(None).wait(60)
 '''
 
 

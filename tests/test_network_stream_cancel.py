@@ -115,6 +115,7 @@ def test_a_cancel_ends_the_resends_wait_for_an_endpoint_at_once(
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
         # under way again (being sent again): cancelled by it, as grpc.aio's stream says in the same place
         assert asked and stream.cancelled(), (asked, stream.cancelled())
+        assert stream.cancel() is False  # a second cancel() cancels nothing, as gRPC's says
         assert opened == [], opened
         assert client.metrics()["endpoints"][live]["inflight"] == 0
 
@@ -143,30 +144,31 @@ def test_no_call_is_opened_after_a_cancel_returned(streamers: list[Any], certs: 
     cancel() returned (none is left running either). The read raises CANCELLED."""
     live = f"tcp:{streamers[1].address}"
     with _failed_unread(streamers, certs) as (client, stream, inner):
-        owner, real_remaining, real_open = inner._owner, inner._owner.remaining, inner._owner.open_on
+        owner, real_on = inner._owner, inner._owner._on
         inner._lock = lock = _WatchedLock(inner._lock, "canceller")
         returned = threading.Event()
         canceller = threading.Thread(target=lambda: (stream.cancel(), returned.set()), name="canceller")
         opened: list[tuple[str, bool]] = []
 
-        def remaining(deadline: float | None, member: Any, last: str = "") -> Any:
-            canceller.start()  # the resend's (the first call was made before): the cancel was checked, no call yet
-            for _ in range(200):  # until cancel() returned or waits for the stream; a hang guard of about 10 s
-                if returned.wait(0.05) or lock.waited.is_set():
-                    break
-            return real_remaining(deadline, member, last)
+        def on(member: Any) -> Any:
+            target = real_on(member)
 
-        def open_on(member: Any, tried: Any, opening: Any) -> Any:
-            opened.append((member.key, returned.is_set()))
-            return real_open(member, tried, opening)
+            def opening(*args: Any, **kwargs: Any) -> Any:  # the resend's open: the cancel was checked
+                canceller.start()
+                for _ in range(200):  # until cancel() returned or waits for the stream; a hang guard of about 10 s
+                    if returned.wait(0.05) or lock.waited.is_set():
+                        break
+                opened.append((member.key, returned.is_set()))
+                return target(*args, **kwargs)
+            return opening
 
-        owner.remaining, owner.open_on = remaining, open_on
+        owner._on = on
         try:
             read = _read_all(stream)
             canceller.join(10)
             assert not canceller.is_alive()
         finally:
-            del owner.remaining, owner.open_on
+            del owner._on
         assert opened == [(live, False)], opened  # opened before cancel() returned, never after
         assert isinstance(read, grpc.RpcError) and read.code() == grpc.StatusCode.CANCELLED, read
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
@@ -177,17 +179,22 @@ def test_no_call_is_opened_after_a_cancel_returned(streamers: list[Any], certs: 
 def test_a_pool_subscriber_cancelling_the_stream_as_its_resend_fails_to_open_ends_the_read(
         streamers: list[Any], certs: Any) -> None:
     """The resend's open fails (its endpoint's channel closed under it), and the pool's bookkeeping of that
-    failure tells the pool's subscribers, on the reading thread, with the stream's lock held: a subscriber that
-    cancels the stream there got that lock again (it waited for itself, for ever). The read raises CANCELLED."""
+    failure tells the pool's subscribers, on the reading thread: a subscriber that has the stream cancelled
+    (here by a thread it waits for) waited for the stream's lock, which that reading thread held. The
+    cancel() returns, and the read raises CANCELLED."""
     live = f"tcp:{streamers[1].address}"
     with _failed_unread(streamers, certs) as (client, stream, inner):
         pool, reader_name = inner._pool, "stream-reader"
         cancelled_on: list[str] = []
+        returned: list[bool] = []
 
         def on_change(*_: object) -> None:
             if not cancelled_on:
                 cancelled_on.append(threading.current_thread().name)
-                stream.cancel()
+                canceller = threading.Thread(target=stream.cancel, name="canceller")
+                canceller.start()
+                canceller.join(10)  # a hang guard only: the cancel() waits for the stream's lock
+                returned.append(not canceller.is_alive())
 
         member = pool.member(live)
         assert member is not None
@@ -197,12 +204,10 @@ def test_a_pool_subscriber_cancelling_the_stream_as_its_resend_fails_to_open_end
         reader = threading.Thread(target=lambda: read.append(_read_all(stream)), name=reader_name)
         try:
             reader.start()
-            reader.join(15)  # a hang guard only
-            if reader.is_alive():  # the old lock: free the reader, so the test fails instead of hanging
-                inner._lock.release()
-                reader.join(15)
-                pytest.fail("the read hung: the subscriber's cancel() waited for the lock its own thread held")
+            reader.join(30)  # a hang guard only
+            assert not reader.is_alive()
         finally:
             pool.unsubscribe(on_change)
-        assert cancelled_on == [reader_name], cancelled_on  # on the reading thread, under the stream's lock
+        assert cancelled_on == [reader_name], cancelled_on  # told on the reading thread, during the resend
+        assert returned == [True], "the subscriber's cancel() waited for the lock the reading thread held"
         assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read[0]

@@ -92,8 +92,7 @@ class PoolStream:
         self._cut_under_way = False  # cancel() came then: it cancelled the stream, as gRPC's would a live call
         # cancel() and a resend's check and open of its new call (start): the cancel() reaches the new call or none
         # is opened
-        # (re-entrant: a failed open's pool bookkeeping runs the pool's subscribers, which may cancel())
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Open the call on an endpoint not tried yet (the pool waits, until pick_until, for one)."""
@@ -105,17 +104,24 @@ class PoolStream:
                 raise self._owner.out_of_tries(exc, tried, "") from None
             if member is None:
                 raise StreamCancelled()
+            left = self._owner.remaining(self._deadline, member)  # none: raises unsent, member released
             # the check and the open are one step under cancel()'s lock: a cancel() before it opens no call, one
-            # after it cancels the call opened (never one opened after cancel() returned)
+            # after it cancels the call opened (never one opened after cancel() returned); a failed open's
+            # bookkeeping runs after it, since it tells the pool's subscribers (user code, that may cancel())
+            opened, failed, cancelled = None, None, False
             with self._lock:
-                if self._cancelled:  # cancel() came as the pick ended: the endpoint goes back unused
-                    pool.release(member)
-                    raise StreamCancelled()
-                left = self._owner.remaining(self._deadline, member)
-                call = self._owner.open_on(member, tried, lambda: self._owner._on(member)(
-                    self._request, timeout=left, **self._kwargs))
-                if call is not None:
-                    self._call, self._member, self._failing = call, member, None
+                cancelled = self._cancelled
+                if not cancelled:
+                    try:
+                        opened = self._owner._on(member)(self._request, timeout=left, **self._kwargs)
+                    except BaseException as exc:  # noqa: BLE001 (open_on's to judge, below)
+                        failed = exc
+                    else:
+                        self._call, self._member, self._failing = opened, member, None
+            if cancelled:  # cancel() came as the pick ended: the endpoint goes back unused
+                pool.release(member)
+                raise StreamCancelled()
+            call = opened if failed is None else self._owner.open_on(member, tried, _raising(failed))
             if call is not None:
                 break
         self._owner.made(member, tried)
@@ -183,11 +189,12 @@ class PoolStream:
         with self._lock:
             self._cancelled = True
             call = self._call
+            first = self._resending and not self._cut_under_way  # a second cancel() says False, as gRPC's
+            self._cut_under_way = self._cut_under_way or self._resending
             resending = self._resending
-            self._cut_under_way = self._cut_under_way or resending
         if resending:  # its pick, waiting for an endpoint, sees the cancel now, not at its deadline (one not
             self._pool.wake()  # begun yet sees the flag before its first try)
-        return bool(call.cancel()) or self._cut_under_way
+        return bool(call.cancel()) or first
 
     def cancelled(self) -> bool:
         return self._cut_under_way or bool(self._call.cancelled())
@@ -207,3 +214,10 @@ class PoolStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
+
+
+def _raising(exc: BaseException) -> Callable[[], Any]:
+    """An opening that fails as the open did (open_on judges and notes it)."""
+    def opening() -> Any:
+        raise exc
+    return opening
