@@ -131,6 +131,7 @@ def test_a_cancel_while_the_resend_picks_ends_the_read_and_the_pick(streamers: l
                 reading = asyncio.ensure_future(stream.read())
                 await asyncio.wait_for(picking.wait(), 10)
                 asked = stream.cancel()
+                assert stream.cancel() is False  # a second cancel() cancels nothing, as gRPC's says
                 during = {"done": stream.done(), "code": await stream.code(), "details": await stream.details()}
                 try:
                     read: Any = (await asyncio.wait_for(reading, 20)).seq

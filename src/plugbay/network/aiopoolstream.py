@@ -206,8 +206,8 @@ class StreamCall:
         self._asked = True
         if self._picking is not None:  # a resend's pick, also one that just ended: the stream is under way
             self._picking.cancel()
-            self._stopped = True
-            return True
+            first, self._stopped = not self._stopped, True
+            return first  # a second cancel() cancels nothing, as gRPC's says
         if self._call is not None:
             return bool(self._call.cancel())
         return self._ready is not None and self._ready.cancel()

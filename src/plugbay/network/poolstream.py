@@ -10,8 +10,8 @@ client-streaming or bidi call is not sent again: gRPC may have taken messages fr
 that a second call would not see. A stream its caller cancel()led is not sent again either, also when
 cancel() came while its read picked the next endpoint (a cancel() ends that pick at once, and no call is
 opened after it): its next read raises CANCELLED, and code() and details() say so (cancel() itself
-says False when the call had already ended, as gRPC's does, and True during a resend, when the stream is under
-way again, as cancelled() then says too; once a read raised the call's failure, a
+says False when the call had already ended, as gRPC's does, and the first one during a resend True, when the
+stream is under way again, as cancelled() then says too; once a read raised the call's failure, a
 cancel() leaves code() as it was). Whether the endpoint's channel was failing is noted as the call ends, not
 at the read.
 
