@@ -260,8 +260,7 @@ def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
         _ended(stream)
         inner = _inner(stream, PoolStream)
         pool, owner = inner._pool, inner._owner
-        real, real_open, picking, go_on = pool.pick_unless, owner.open_on, threading.Event(), threading.Event()
-        opened: list[str] = []
+        real, picking, go_on = pool.pick_unless, threading.Event(), threading.Event()
 
         def held(stopped: Any, deadline: float, exclude: set[str], pin: str | None = None) -> Any:
             member = real(stopped, deadline, exclude, pin)
@@ -270,19 +269,37 @@ def test_a_stream_cancelled_while_its_resend_picks_an_endpoint_is_cancelled(
                 go_on.wait(10)  # a hang guard only
             return member
 
-        def open_on(member: Any, tried: Any, opening: Any) -> Any:
-            opened.append(member.key)
-            return real_open(member, tried, opening)
-
-        pool.pick_unless, owner.open_on = held, open_on
+        pool.pick_unless = held
         try:
-            read = _read_cancelled_while_picking(stream, picking, go_on)
+            with opens_watched(owner) as opened:
+                read = _read_cancelled_while_picking(stream, picking, go_on)
         finally:
-            del pool.pick_unless, owner.open_on
+            del pool.pick_unless
         assert isinstance(read, grpc.RpcError) and read.code() == grpc.StatusCode.CANCELLED, read
         assert stream.code() == grpc.StatusCode.CANCELLED, stream.code()
         assert opened == [], opened
         assert client.metrics()["endpoints"][f"tcp:{streamers[1].address}"]["inflight"] == 0
+
+
+@contextlib.contextmanager
+def opens_watched(owner: Any) -> Iterator[list[str]]:
+    """The endpoints a pool stream's calls are opened on (``owner``: its PoolCallable), while held: each open,
+    done or failed, of a call on an endpoint's channel."""
+    real_on, opened = owner._on, []
+
+    def on(member: Any) -> Any:
+        target = real_on(member)
+
+        def opening(*args: Any, **kwargs: Any) -> Any:
+            opened.append(member.key)
+            return target(*args, **kwargs)
+        return opening
+
+    owner._on = on
+    try:
+        yield opened
+    finally:
+        del owner._on
 
 
 @contextlib.contextmanager

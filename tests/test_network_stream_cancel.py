@@ -22,7 +22,7 @@ from plugbay import RemoteClient
 from plugbay.network.poolstream import PoolStream
 from tests.resilience_util import wait_until
 from tests.test_network_dead_replica import (STREAMER, _ended, _first_config, _inner, _killed, _read_all, certs,
-                                             streamers)
+                                             opens_watched, streamers)
 
 __all__ = ["certs", "streamers"]  # the fixtures this module's tests take
 
@@ -85,14 +85,8 @@ def test_a_cancel_ends_the_resends_wait_for_an_endpoint_at_once(
         awaiting_check.append((member, (member.healthy, member.first_check_by)))
         with pool._cond:  # as PoolHealth.welcome sets a joining endpoint: calls wait for its first check
             member.healthy, member.first_check_by = None, time.monotonic() + 60
-        picks, real_open = _ResendPicks(pool), owner.open_on
-        opened: list[str] = []
-
-        def open_on(member: Any, tried: Any, opening: Any) -> Any:
-            opened.append(member.key)
-            return real_open(member, tried, opening)
-
-        pool.try_pick, owner.open_on = picks, open_on
+        picks = _ResendPicks(pool)
+        pool.try_pick = picks
         read: list[Any] = []
         seen_at_end: list[list[object]] = []
 
@@ -102,13 +96,14 @@ def test_a_cancel_ends_the_resends_wait_for_an_endpoint_at_once(
 
         reader = threading.Thread(target=reading)
         try:
-            reader.start()
-            assert picks.waiting.wait(10), f"the read's resend did not wait for an endpoint: {picks.outcomes}"
-            asked = stream.cancel()
-            reader.join(30)  # a hang guard only: the pick itself waits at most the stream's 10 s
-            assert not reader.is_alive()
+            with opens_watched(owner) as opened:
+                reader.start()
+                assert picks.waiting.wait(10), f"the read's resend did not wait for an endpoint: {picks.outcomes}"
+                asked = stream.cancel()
+                reader.join(30)  # a hang guard only: the pick itself waits at most the stream's 10 s
+                assert not reader.is_alive()
         finally:
-            del pool.try_pick, owner.open_on
+            del pool.try_pick
         ended = [outcome for outcome in seen_at_end[0] if outcome is not None]  # an endpoint, or its deadline
         assert not ended, f"the read ended only as the pick did: {ended}"  # it was still waiting when the read ended
         assert isinstance(read[0], grpc.RpcError) and read[0].code() == grpc.StatusCode.CANCELLED, read[0]

@@ -209,15 +209,20 @@ class PoolCallable:
         next endpoint's turn); any other failure releases ``member`` and is raised."""
         try:
             return opening()
-        except ValueError as exc:
-            self._pool.done(member, None)
-            if not closed_under_call(exc):
-                raise
-            tried.add(member.key)
-            return None
         except BaseException as exc:
+            return self.open_failed(member, tried, exc)
+
+    def open_failed(self, member: Member, tried: Tried, exc: BaseException) -> None:
+        """After an open on ``member`` raised ``exc``: None when the channel was closed under it (not sent:
+        ``member`` released and marked tried), else ``member`` released and ``exc`` raised."""
+        if isinstance(exc, ValueError):
+            self._pool.done(member, None)
+            if closed_under_call(exc):
+                tried.add(member.key)
+                return None
+        else:
             self._pool.done(member, exc)
-            raise
+        raise exc
 
     def marked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The kwargs a try is sent with: a unary call's carry the pool's token (see NOT_SENT)."""

@@ -23,7 +23,6 @@ does not carry it. Add them after the first answer to hear how the stream ended.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -43,7 +42,7 @@ class Streams(Protocol):
     def _on(self, member: Any) -> Any: ...
     def remaining(self, deadline: float | None, member: Any, last: str = "") -> float | None: ...
     def made(self, member: Any, tried: Any) -> None: ...
-    def open_on(self, member: Any, tried: Any, opening: Callable[[], Any]) -> Any: ...
+    def open_failed(self, member: Any, tried: Any, exc: BaseException) -> None: ...
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException: ...
     def drain_cut(self, member: Any, exc: grpc.RpcError) -> grpc.RpcError: ...
     def stream_ended(self, member: Any, call: Any) -> None: ...
@@ -108,24 +107,25 @@ class PoolStream:
             # the check and the open are one step under cancel()'s lock: a cancel() before it opens no call, one
             # after it cancels the call opened (never one opened after cancel() returned); a failed open's
             # bookkeeping runs after it, since it tells the pool's subscribers (user code, that may cancel())
-            opened, failed, cancelled = None, None, False
+            opened: Any = None
+            failed: BaseException | None = None
             with self._lock:
                 cancelled = self._cancelled
                 if not cancelled:
                     try:
                         opened = self._owner._on(member)(self._request, timeout=left, **self._kwargs)
-                    except BaseException as exc:  # noqa: BLE001 (open_on's to judge, below)
+                    except BaseException as exc:  # noqa: BLE001 (open_failed's to judge, below)
                         failed = exc
                     else:
                         self._call, self._member, self._failing = opened, member, None
             if cancelled:  # cancel() came as the pick ended: the endpoint goes back unused
                 pool.release(member)
                 raise StreamCancelled()
-            call = opened if failed is None else self._owner.open_on(member, tried, _raising(failed))
-            if call is not None:
+            if failed is None:
                 break
+            self._owner.open_failed(member, tried, failed)  # closed under it (else raised): the next endpoint
         self._owner.made(member, tried)
-        call.add_done_callback(lambda c: self._ended(member, c))
+        opened.add_done_callback(lambda c: self._ended(member, c))
 
     def _ended(self, member: Any, call: Any) -> None:
         failing = channel_failing(member.channel)  # outside the lock: it may take a while
@@ -189,9 +189,9 @@ class PoolStream:
         with self._lock:
             self._cancelled = True
             call = self._call
-            first = self._resending and not self._cut_under_way  # a second cancel() says False, as gRPC's
-            self._cut_under_way = self._cut_under_way or self._resending
             resending = self._resending
+            first = resending and not self._cut_under_way  # a second cancel() says False, as gRPC's
+            self._cut_under_way = self._cut_under_way or resending
         if resending:  # its pick, waiting for an endpoint, sees the cancel now, not at its deadline (one not
             self._pool.wake()  # begun yet sees the flag before its first try)
         return bool(call.cancel()) or first
@@ -215,9 +215,3 @@ class PoolStream:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
 
-
-def _raising(exc: BaseException) -> Callable[[], Any]:
-    """An opening that fails as the open did (open_on judges and notes it)."""
-    def opening() -> Any:
-        raise exc
-    return opening
