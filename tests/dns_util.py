@@ -38,9 +38,14 @@ class Zone(BaseResolver):  # type: ignore[misc]
             if self.rcode is not None:
                 reply.header.rcode = self.rcode
                 return reply
+            chain: list[RR] = []  # an alias is followed, as an authoritative server does within its zone
+            while kind != "CNAME" and (name, kind) not in self.records and self.records.get((name, "CNAME")) \
+                    and len(chain) < 8:
+                chain.append(self.records[(name, "CNAME")][0])
+                name = str(chain[-1].rdata.label)
             rrs = list(self.records.get((name, kind), []))
             known = any(n == name for n, _ in self.records)
-        for rr in rrs:
+        for rr in chain + rrs:
             reply.add_answer(rr)
         if not rrs and not known:
             reply.header.rcode = RCODE.NXDOMAIN

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from dnslib import AAAA, RCODE, SRV, TXT, A
+from dnslib import AAAA, CNAME, RCODE, SRV, TXT, A
 
 from tests.cli_util import plugbay
 from tests.dns_util import ZONE, Zone, serving
@@ -207,6 +207,23 @@ def test_why_a_lookup_found_nothing_is_in_the_error_of_a_start_that_waited_for_a
     # the command line's "no ready endpoint" says it too
     out = plugbay("health", f"dns://{server}/kv.plugbay.test:7001", "--insecure", "--allow-loopback")
     assert out.returncode == 3 and "kv.plugbay.test does not exist (NXDOMAIN)" in out.stdout, out
+
+
+def test_an_alias_whose_target_has_no_records_is_named_with_its_target(dns: tuple[Zone, str]) -> None:
+    # the name to publish or fix is the alias's target: "kv does not exist" would send the user to a
+    # record that is there
+    zone, server = dns
+    zone.set(f"kv.{ZONE}", "CNAME", [CNAME(f"gone.{ZONE}")])
+    resolver = DNSResolver("kv.plugbay.test", 7001, dns_server=server, allow_loopback=True)
+    assert resolver.resolve() == []
+    assert resolver.empty_note == (f"DNS at {server}: gone.plugbay.test (the target of the alias kv.plugbay.test)"
+                                   " does not exist (NXDOMAIN)")
+    zone.set(f"gone.{ZONE}", "TXT", [TXT("not an address")])
+    assert resolver.resolve() == []
+    assert resolver.empty_note == (f"DNS at {server}: gone.plugbay.test (the target of the alias kv.plugbay.test)"
+                                   " has no A or AAAA record")
+    zone.set(f"gone.{ZONE}", "A", [A("127.0.0.1")])
+    assert [e.address for e in resolver.resolve()] == ["127.0.0.1:7001"] and resolver.empty_note == ""
 
 
 def test_a_name_whose_record_appears_after_start_is_looked_up_again_while_calls_wait(

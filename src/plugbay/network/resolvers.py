@@ -47,6 +47,17 @@ _LOOKUP_QUERIES = 5
 _RESOLV_CONF = "/etc/resolv.conf"
 
 
+def _aliased(asked: Any, response: Any) -> str:
+    """``asked`` as the note names it: an alias (CNAME) whose target has no records is named with that
+    target, since the target is the name to publish or fix, not the alias the host was given."""
+    text = str(asked).rstrip(".")
+    try:
+        target = response.canonical_name() if response is not None else asked
+    except dns.exception.DNSException:  # a CNAME loop: the name asked is all there is to say
+        return text
+    return text if target == asked else f"{str(target).rstrip('.')} (the target of the alias {text})"
+
+
 def _refusal(host: str, *, allow_loopback: bool) -> str | None:
     try:
         return refusal(ipaddress.ip_address(host), allow_loopback=allow_loopback)
@@ -166,13 +177,16 @@ class DNSResolver:
         try:
             return list(self._resolver.resolve(name, kind, search=search, lifetime=lifetime))
         except dns.resolver.NXDOMAIN as exc:
-            names = ", ".join(str(n).rstrip(".") for n in exc.qnames()) or name  # type: ignore[no-untyped-call]
+            responses = exc.responses()  # type: ignore[no-untyped-call]
+            qnames = exc.qnames()  # type: ignore[no-untyped-call]
+            names = ", ".join(_aliased(n, responses.get(n)) for n in qnames) or name
             self._missing.setdefault(names.rstrip("."), ["NXDOMAIN"])
             return []
         except dns.resolver.NoAnswer as exc:
             # under a search list, the name that exists (the one without records) is the response's
             response = getattr(exc, "kwargs", {}).get("response")
-            asked = str(response.question[0].name) if response is not None and response.question else name
+            asked = _aliased(response.question[0].name, response) if response is not None and response.question \
+                else name
             kinds = self._missing.setdefault(asked.rstrip("."), [])
             if kinds[:1] != ["NXDOMAIN"] and kind not in kinds:
                 kinds.append(kind)
