@@ -63,6 +63,7 @@ class FailoverFuture(CallFuture):
         self._tried = owner.tries()
         self._last = ""
         self._pause = 0.05
+        self._picking = False  # _pick() is waiting for an endpoint: cancel() wakes it
 
     # --- the tries ----------------------------------------------------------------------
 
@@ -103,15 +104,25 @@ class FailoverFuture(CallFuture):
             return
 
     def _pick(self) -> Any:
-        """An endpoint for the next try, waiting for one as pool.pick() does, but not past a cancel()."""
-        pool = self._owner._pool
-        while True:
-            member = pool.try_pick(self._pick_until, self._tried, self._owner._pin)
-            if member is not None:
-                return member
-            with self._cond:  # cancel() wakes it (see _finish)
-                if self._cond.wait_for(lambda: self._cancelled, 0.05):
-                    return None
+        """An endpoint for the next try, waiting on the pool's condition for one as pool.pick() does, but not past
+        a cancel(): None then (cancel() wakes the wait, see _stop_layers)."""
+        with self._cond:
+            self._picking = True
+        try:
+            return self._owner._pool.pick_unless(lambda: self._cancelled, self._pick_until, self._tried,
+                                                 self._owner._pin)
+        finally:
+            with self._cond:
+                self._picking = False
+
+    def _stop_layers(self) -> None:
+        # called by cancel() with no lock held: the pick holds the pool's condition while it asks for the cancel,
+        # so cancel() must not take that condition under the future's own. Only a pick under way is woken (one
+        # begun after the cancel sees the flag before its first try).
+        with self._cond:
+            picking = self._picking
+        if picking:
+            self._owner._pool.wake()
 
     def _tried_on(self, member: Any, inner: Any) -> None:
         pool = self._owner._pool

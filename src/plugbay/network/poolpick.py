@@ -1,6 +1,7 @@
 """The endpoint pool's wait for an endpoint (EndpointPool.pick), kept apart from plugbay.network.pool, and a
-wait its caller may end at once: a sync stream's cancel() ends the pick of its resend (plugbay.network.poolstream)
-as a grpc.aio stream's cancel() ends its (plugbay.network.aiopoolstream)."""
+wait its caller may end at once: a sync stream's cancel() ends the pick of its resend (plugbay.network.poolstream),
+and a sync future's cancel() its pick (plugbay.network.poolfuture), as a grpc.aio stream's cancel() ends its
+(plugbay.network.aiopoolstream)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,103 @@
+"""A future()'s wait for an endpoint (plugbay.network.poolfuture): it waits on the pool's condition, which every
+change that may give it an endpoint notifies (as a blocking call's pick and a sync stream's resend do), and its
+cancel() notifies that condition too, only while the future is picking; it does not ask the pool again and
+again on a timer of its own. Cancelled there, it ends cancelled and nothing is sent.
+A pool on 127.0.0.1 whose lone endpoint refuses every connection (no endpoint can take a call).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from typing import Any
+
+from plugbay.network.pool import EndpointPool
+from plugbay.network.resolver import Endpoint
+from tests.race_util import Starting
+from tests.resilience_util import wait_until
+from tests.test_network_drain import PushResolver
+
+FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
+                  ("grpc.min_reconnect_backoff_ms", 100))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _WatchedCondition:
+    """The pool's condition, unchanged but watched: how often each thread waited on it, and which threads
+    notified it (in order)."""
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+        self.waits: Counter[str] = Counter()
+        self.notifiers: list[str] = []
+
+    def __enter__(self) -> bool:
+        return self._cond.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._cond.__exit__(*exc)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits[threading.current_thread().name] += 1
+        return self._cond.wait(timeout)
+
+    def notify_all(self) -> None:
+        self.notifiers.append(threading.current_thread().name)
+        self._cond.notify_all()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cond, name)
+
+
+def test_a_future_waits_for_an_endpoint_on_the_pools_condition_and_its_cancel_wakes_that_wait() -> None:
+    """The future's first try (on a thread of its own, as a hooked future's is) finds no endpoint round after
+    round: each such round waits on the pool's condition (it polled every 0.05 s before, never waiting there,
+    so the pool's changes did not wake it and it asked the pool twenty times a second). cancel() notifies that
+    condition while the pick is under way (a future not picking does not): the future ends cancelled, no try
+    was picked after it, none is in flight."""
+    nobody = free_port()  # refuses every connection: its health checks fail, calls wait for an endpoint
+    key = f"tcp:127.0.0.1:{nobody}"
+    pool = EndpointPool(PushResolver([Endpoint("tcp", f"127.0.0.1:{nobody}")]), insecure=True,
+                        health_interval=0.2, options=FAST_RECONNECT, name="kv-future-pick")
+    watched = _WatchedCondition(pool._cond)
+    pool._cond = watched  # type: ignore[assignment]
+    rounds: Counter[str] = Counter()  # per thread: the pool's answers "no endpoint now"
+    real = pool.try_pick
+
+    def counted(deadline: float, exclude: set[str], pin: str | None = None) -> Any:
+        member = real(deadline, exclude, pin)
+        if member is None:
+            rounds[threading.current_thread().name] += 1
+        return member
+
+    pool.try_pick = counted  # type: ignore[method-assign]
+    me = threading.current_thread().name
+    try:
+        pool.start()
+        assert wait_until(lambda: pool.metrics()["endpoints"][key]["healthy"] is False, 10)
+        idle = pool.unary_unary("/proto.KV/Get").unstarted_future(b"", timeout=30)
+        before = len(watched.notifiers)
+        assert idle.cancel() and idle.cancelled()
+        assert me not in watched.notifiers[before:], "a cancel() with no pick under way woke the pool's picks"
+
+        future = pool.unary_unary("/proto.KV/Get").unstarted_future(b"", timeout=30)
+        starting = Starting(lambda: future.start(cancellable=True))  # its pick waits up to the future's 30 s
+        assert wait_until(lambda: rounds["plugbay-test-start"] >= 3, 10), rounds
+        picks = sum(e["picks"] for e in pool.metrics()["endpoints"].values())
+        before = len(watched.notifiers)
+        assert future.cancel() and future.cancelled()
+        assert me in watched.notifiers[before:], "cancel() did not wake the pick under way"
+        assert starting.outcome() is None  # (30 s: a hang guard only)
+        # every round that found no endpoint then waited on the pool's condition: none on a timer of its own
+        assert watched.waits["plugbay-test-start"] == rounds["plugbay-test-start"], (watched.waits, rounds)
+        assert sum(e["picks"] for e in pool.metrics()["endpoints"].values()) == picks  # nothing picked after
+        assert pool.metrics()["endpoints"][key]["inflight"] == 0
+    finally:
+        del pool.try_pick
+        pool.close()
