@@ -309,7 +309,9 @@ def test_reading_a_stream_that_never_ends_to_its_end_stops_at_the_bound(
 
 def test_finishing_a_stream_whose_sink_is_stuck_keeps_to_its_one_bound(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """kill() took the bound, then close()'s own 5 s more, when a sink did not return."""
+    """kill() took the bound, then close()'s own 5 s more, when a sink did not return: finish() waits for the
+    reader thread (stuck in the sink) no longer than its bound in all, close()'s wait included, and leaves
+    it cancelled, still in the sink, to end once the sink returns."""
     from plugbay.core.host.stdio import StdioReader
 
     monkeypatch.chdir(tmp_path)
@@ -320,18 +322,38 @@ def test_finishing_a_stream_whose_sink_is_stuck_keeps_to_its_one_bound(
         release.wait(30)
 
     c = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=LASTING, stdout_sink=stuck))
+    joins: list[float | None] = []  # the timeout of each wait of finish() for the reader thread
+    thread: threading.Thread | None = None
     try:
         c.start()
         assert entered.wait(20), "the sink was never called"
         reader = c._stdio  # white box: finish() is what kill() runs once the plugin stopped
         assert isinstance(reader, StdioReader)
-        began = time.monotonic()
-        reader.finish(0.3, 0.1)
-        took = time.monotonic() - began
+        thread = reader._thread
+        real_join = thread.join
+
+        def join(timeout: float | None = None) -> None:
+            joins.append(timeout)
+            real_join(timeout)
+
+        thread.join = join  # type: ignore[method-assign]  # the thread's own join, each wait noted
+        try:
+            reader.finish(0.3, 0.1)
+        finally:
+            del thread.join
+        still_in_sink = thread.is_alive() and not release.is_set()
+        cancelled = reader._closed
     finally:
         release.set()
         c.kill()
-    assert took < 3.0, f"finish() took {took:.1f}s for a 0.3 s bound"
+    waits = [j for j in joins if j is not None]
+    assert waits and len(waits) == len(joins), joins  # every wait bounded
+    # in all the bound, and close()'s floor of 0.1 s once that is spent (the old close() waited its own 5 s);
+    # 0.01: the clock's grain
+    assert sum(waits) <= 0.3 + 0.1 + 0.01, joins
+    assert still_in_sink and cancelled, (still_in_sink, cancelled)  # the bound ended the wait, not the sink
+    thread.join(30)  # a hang guard only: the sink returned, the reader thread ends
+    assert not thread.is_alive()
 
 
 def test_the_plugins_exit_ends_a_sinkless_stream_whose_connection_outlives_it(
