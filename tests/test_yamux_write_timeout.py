@@ -136,11 +136,11 @@ def test_a_spliced_frame_the_peer_does_not_take_times_out(stalled: tuple[Session
     stream = session.open()
     peer.sendall(_HDR.pack(0, WINDOW_UPDATE, ACK, stream.id, _BIG))
     assert wait_until(lambda: stream._send_window > _BIG, 5)
-    alive, wrote, took, reason = spliced_write_stuck(session, stream, 4)
+    alive, wrote, took, reason = spliced_write_stuck(session, stream, 30)  # 30 s: a hang guard only
     assert not alive, "a spliced frame stayed stuck on a peer that stopped reading"
     assert isinstance(wrote[0], ConnectionWriteTimeoutError), wrote
-    assert took < 3.5
-    assert "write timeout" in reason
+    assert _TIMEOUT <= took, took  # cut off by the write timeout, once the peer took nothing for that long
+    assert f"connection write timeout: the peer took no byte for {_TIMEOUT:g} s" in reason, reason
 
 
 def spliced_write_stuck(session: Session, stream: Any, wait: float) -> tuple[bool, list[Any], float, str]:
