@@ -243,5 +243,4 @@ def test_start_timeout_covers_discovery() -> None:
     assert "did not finish within start_timeout (1.0s)" in str(err.value)
     # the queries go one after another, each answered 0.4 s later: within the 1 s only the first few were
     # asked, and start() did not go on with the rest (the last target's, run to the end, would be there)
-    assert asked and asked[0] == (f"_kv._tcp.{ZONE}", "SRV"), asked
     assert (f"kv-7.{ZONE}", "A") not in asked and len(asked) < 17, asked

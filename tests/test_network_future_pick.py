@@ -12,11 +12,16 @@ import threading
 from collections import Counter
 from typing import Any
 
+from plugbay import RemoteClient
 from plugbay.network.pool import EndpointPool
 from plugbay.network.resolver import Endpoint
+from tests.net_util import PLUGIN_NAME, Replica, first_check_passed
 from tests.race_util import Starting
 from tests.resilience_util import wait_until
 from tests.test_network_drain import PushResolver
+from tests.test_network_pool import remote
+
+from kvproto import kv_pb2  # noqa: E402, I001
 
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
                   ("grpc.min_reconnect_backoff_ms", 100))
@@ -101,3 +106,42 @@ def test_a_future_waits_for_an_endpoint_on_the_pools_condition_and_its_cancel_wa
     finally:
         del pool.try_pick
         pool.close()
+
+
+def test_a_cancel_that_comes_as_the_try_is_opened_sends_nothing() -> None:
+    """cancel() as the future's try is about to be opened (its endpoint picked, its deadline worked out): the
+    check for a cancel and the open are one step, so the try is either not opened or opened and then cancelled
+    by that cancel(), never opened after cancel() returned True. Here the cancel() comes first, held in that
+    gap: the replica never stores the Put (it did, 4 times in 5, when the open came after the check)."""
+    replica = Replica("127.0.0.1:0")
+    try:
+        with RemoteClient(remote(f"static:///{replica.address}")) as client:
+            kv = client.dispense(PLUGIN_NAME)
+            first_check_passed(client, f"tcp:{replica.address}")
+            put = client.pool.unary_unary("/proto.KV/Put", request_serializer=kv_pb2.PutRequest.SerializeToString,
+                                          response_deserializer=kv_pb2.Empty.FromString)
+            real, in_gap, go_on = put.remaining, threading.Event(), threading.Event()
+
+            def remaining(*args: Any, **kwargs: Any) -> Any:
+                left = real(*args, **kwargs)  # the endpoint is picked, the deadline worked out: the open is next
+                in_gap.set()
+                go_on.wait(30)
+                return left
+
+            put.remaining = remaining
+            future = put.unstarted_future(kv_pb2.PutRequest(key="gap", value=b"sent"), timeout=10)
+            starting = Starting(lambda: future.start(cancellable=True))
+            assert in_gap.wait(30)
+            assert future.cancel() and future.cancelled()
+            go_on.set()
+            starting.outcome()  # (30 s: a hang guard only)
+            assert client.pool.metrics()["endpoints"][f"tcp:{replica.address}"]["inflight"] == 0
+            kv.put("after", b"1")  # a call made after it is served: the replica took calls all along
+            assert kv.get("after") == b"1"
+            try:
+                got: bytes | None = kv.get("gap")
+            except Exception:  # net_kv's Get of a key it never stored fails
+                got = None
+            assert got is None, "the cancelled future's Put reached the replica"
+    finally:
+        replica.stop()

@@ -23,7 +23,6 @@ keep working. A try whose deadline was spent picking is not sent: deadline.no_ti
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -203,18 +202,10 @@ class PoolCallable:
             self._pool.count_resend()
         tried.refused_by = None
 
-    def open_on(self, member: Member, tried: Tried, opening: Callable[[], Any]) -> Any:
-        """``opening()``, a call that returns at once (a future, a stream), made on ``member``'s channel: the
-        call, or None when the channel was closed under it (not sent: ``member`` released and marked tried, the
-        next endpoint's turn); any other failure releases ``member`` and is raised."""
-        try:
-            return opening()
-        except BaseException as exc:
-            return self.open_failed(member, tried, exc)
-
     def open_failed(self, member: Member, tried: Tried, exc: BaseException) -> None:
-        """After an open on ``member`` raised ``exc``: None when the channel was closed under it (not sent:
-        ``member`` released and marked tried), else ``member`` released and ``exc`` raised."""
+        """After an open on ``member`` (a call that returns at once: a future, a stream) raised ``exc``: None
+        when the channel was closed under it (not sent: ``member`` released and marked tried), else ``member``
+        released and ``exc`` raised."""
         if isinstance(exc, ValueError):
             self._pool.done(member, None)
             if closed_under_call(exc):

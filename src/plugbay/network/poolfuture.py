@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -37,7 +36,7 @@ class Tries(Protocol):
     def remaining(self, deadline: float | None, member: Any, last: str = "") -> float | None: ...
 
     def made(self, member: Any, tried: Any) -> None: ...
-    def open_on(self, member: Any, tried: Any, opening: Callable[[], Any]) -> Any: ...
+    def open_failed(self, member: Any, tried: Any, exc: BaseException) -> None: ...
 
     def refused(self, member: Any, exc: grpc.RpcError, tried: Any, pick_until: float,
                 pause: float) -> tuple[str, float]: ...
@@ -90,16 +89,28 @@ class FailoverFuture(CallFuture):
                 return
             if member is None:  # cancelled while it waited for an endpoint
                 return
-            if self._cancelled:  # cancelled as it got one: never sent
-                pool.done(member, None)
-                return
             left = owner.remaining(self._deadline, member, self._last)  # none: raises, member released
-            inner = owner.open_on(member, self._tried, lambda: owner._on(member).future(
-                self._request, timeout=left, **self._kwargs))
-            if inner is None:  # the endpoint's channel closed under the call: not sent
+            # the check and the open are one step under cancel()'s lock (as a stream's, poolstream): a cancel()
+            # before it sends nothing, one after it cancels the try opened (never one opened after cancel()
+            # returned True); a failed open's bookkeeping runs after it, as it tells the pool's subscribers
+            inner: Any = None
+            failed: BaseException | None = None
+            with self._cond:
+                cancelled = self._cancelled
+                if not cancelled:
+                    try:
+                        inner = owner._on(member).future(self._request, timeout=left, **self._kwargs)
+                    except BaseException as exc:  # noqa: BLE001 (open_failed's to judge, below)
+                        failed = exc
+                    else:
+                        self._inner = inner  # cancel() from now on cancels it: its end still reports to the pool
+            if cancelled:  # cancelled as it got an endpoint: never sent, the endpoint goes back unused
+                pool.release(member)
+                return
+            if failed is not None:
+                owner.open_failed(member, self._tried, failed)  # closed under it (else raised): not sent
                 continue
             owner.made(member, self._tried)  # not before: a closed channel refuses the try (ValueError)
-            self._set_inner(inner)  # cancelled with this future: its end still reports to the pool
             inner.add_done_callback(lambda f, m=member: self._tried_on(m, f))
             return
 
