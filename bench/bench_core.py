@@ -13,6 +13,8 @@ their ratio to them.
 The two "canned handshake" rows time the Go host alone (no plugin process: a
 shell prints a handshake line): with AutoMTLS that is the host's own P-521
 work, part of every AutoMTLS row's start that no plugin can remove.
+The two "vs Go host" rows are plugbay's host start against go-plugin's own host
+(issue 13's "Python host start / Go host start"), their starts alternating.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from common import REPO, Case, Context, Result, go_program, interleaved, python_host_round
+from common import REPO, Case, Context, Result, go_program, interleaved, paired_starts, python_host_round
 
 PY_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
 FLOOR_PLUGIN = [sys.executable, str(REPO / "bench" / "floor_kv_plugin.py")]
@@ -156,6 +158,29 @@ def _floor_round(c: Context, kind: str) -> Callable[[str, int], Result] | None:
     return lambda cwd, calls: _go_host_round(host, FLOOR_PLUGIN, tls, calls, cwd, "")
 
 
+def _vs_go_host(automtls: bool, c: Context) -> Result:
+    """plugbay's host start against go-plugin's own Go host, on the same Go plugin: their starts alternate.
+
+    The two hosts' rows run apart (the Go host's minutes after), so the ratio of their medians mostly
+    measured the machine's drift between them: here each plugbay start follows a Go host start
+    (start-only rounds: the first Put; the Go host also times one Get, after its start).
+    """
+    plugin, host = go_program(c, "kv_plugin"), go_program(c, "kv_host")
+    if plugin is None or host is None:
+        return Result(skipped=f"Go: {c.cache.get('go:reason')}")
+    mine: list[float] = []
+    theirs: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        for _ in range(max(c.starts, c.pairs)):
+            theirs.append(_go_host_round(host, [plugin], automtls, 1, cwd, "").start_to_first_call_ms)
+            mine.append(_python_round([plugin], automtls, cwd, c, 0).start_to_first_call_ms)
+    result = Result(start_to_first_call_ms=statistics.median(mine), floor_start_ms=statistics.median(theirs),
+                    pairs=len(mine), note="start only; ratio column: against go-plugin's Go host (Go host -> Go"
+                                          " plugin), its starts alternating with these")
+    paired_starts(result, mine, theirs)
+    return result
+
+
 def floor_cases() -> list[Case]:
     """The reference rows: bare grpcio on the Python side, the same Go peer and the same work."""
 
@@ -234,8 +259,11 @@ def cases(ctx: Context) -> list[Case]:
 
         out += [Case("Python", "Go", automtls, py_go, floor="floor-host-tls" if automtls else "floor-host"),
                 Case("Go", "Python", automtls, go_py, floor="floor-plugin-tls" if automtls else "floor-plugin"),
-                Case("Python", "Python", automtls, py_py), Case("Go", "Go", automtls, go_go)]
+                Case("Python", "Python", automtls, py_py),
+                Case("Go", "Go", automtls, go_go, key="go-host-tls" if automtls else "go-host")]
     ordered = sorted(out, key=lambda c: (c.automtls, ["Python/Go", "Go/Python", "Python/Python",
                                                        "Go/Go"].index(f"{c.host}/{c.plugin}")))
     tail = Case("Python", "Go", True, _relay_tail, transport="process, unix, vs plaintext", floor="floor-host")
-    return floor_cases() + ordered + [tail] + host_alone_cases()
+    vs_go = [Case("Python", "Go", m, lambda c, m=m: _vs_go_host(m, c), transport="process, unix, vs Go host",
+                  floor="go-host-tls" if m else "go-host") for m in (False, True)]
+    return floor_cases() + ordered + [tail] + vs_go + host_alone_cases()

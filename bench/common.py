@@ -61,6 +61,9 @@ class Result:
     # before it), and how many pairs; the ratio column shows these where present
     pair_ratios: dict[str, float] = field(default_factory=dict)
     pairs: int = 0
+    # the median of the pairs' start differences (row start - the floor start just before it), where
+    # every start was paired (its ratio: pair_ratios["start"]); None: not paired
+    pair_start_ms: float | None = None
 
 
 @dataclass
@@ -168,7 +171,21 @@ def interleaved(ctx: Context, start: Callable[[int], Result],
     if floor_rounds:
         result.pair_ratios = pair_ratios(rounds, floor_rounds)
         result.pairs = len(floor_rounds)
+    if floor_starts:  # every start had its floor's just before it: the figures are the pairs', as the p50's
+        paired_starts(result, [r.start_to_first_call_ms for r in rounds] + starts, floor_starts)
     return result
+
+
+def paired_starts(result: Result, starts: Sequence[float], floor_starts: Sequence[float]) -> None:
+    """Note in ``result`` the medians of each start's ratio to (and difference from) its paired floor start.
+
+    Steadier than the two medians' ratio: a load that drifts over the row moves both starts
+    of a pair alike, and the pair's own figure keeps what they share out.
+    """
+    pairs = [(mine, floor) for mine, floor in zip(starts, floor_starts) if floor > 0]
+    if pairs:
+        result.pair_ratios["start"] = statistics.median(mine / floor for mine, floor in pairs)
+        result.pair_start_ms = statistics.median(mine - floor for mine, floor in pairs)
 
 
 def pair_ratios(rounds: Sequence[Result], floor_rounds: Sequence[Result]) -> dict[str, float]:

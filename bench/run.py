@@ -81,8 +81,10 @@ def ratios(case: Case, result: Result, rows: list[tuple[Case, Result]]) -> str:
     # the floor's starts taken between this row's (if it took them), else the floor row's own
     floor_start = result.floor_start_ms or floor.start_to_first_call_ms
     if result.start_to_first_call_ms and floor_start:
-        out.append(f"start {result.start_to_first_call_ms - floor_start:+.0f}ms"
-                   f" {result.start_to_first_call_ms / floor_start:.2f}x")
+        # where each start had its floor's just before it, the medians of the pairs' own figures
+        start_x = result.pair_ratios.get("start") or result.start_to_first_call_ms / floor_start
+        diff = result.start_to_first_call_ms - floor_start if result.pair_start_ms is None else result.pair_start_ms
+        out.append(f"start {diff:+.{0 if abs(diff) >= 10 else 1}f}ms {start_x:.2f}x")
     # the floor's rounds taken between this row's (if it took them), else the floor row's own
     pairs = [("p50", result.p50_us, result.floor_p50_us or floor.p50_us),
              ("p99", result.p99_us, result.floor_p99_us or floor.p99_us),
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
               " relay-tls = OpenSSL relay for a Go peer's P-521 cert; plugbay / floor: this row's figures over"
               " its bare-grpcio reference row's (same run; where the row took its floor's rounds between its"
               f" own, max({args.rounds}, {args.pairs}) pairs of a floor round and a row round, its p50, p99"
-              " and calls/s ratios are the medians of the pairs' own ratios).")
+              " and calls/s ratios are the medians of the pairs' own ratios, as is its start ratio where each"
+              " start had its floor's just before it, and its start difference in ms).")
         for text in extras:
             print("\n" + text)
     return 1 if failed_extra or any((r.skipped or "").startswith("FAILED") for _, r in rows) else 0
