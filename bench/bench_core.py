@@ -35,6 +35,9 @@ from common import REPO, Case, Context, Result, go_program, interleaved, paired_
 
 PY_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
 FLOOR_PLUGIN = [sys.executable, str(REPO / "bench" / "floor_kv_plugin.py")]
+# the "vs Go host" rows' start-only pairs per --starts (or --pairs): cheap (no timed calls), and under
+# load bursts the median of 9 pairs' ratios still ranged 1.0-1.9x between runs
+VS_GO_PAIRS = 3
 
 
 def _python_host(plugin_cmd: list[str] | None, automtls: bool, ctx: Context,
@@ -163,7 +166,8 @@ def _vs_go_host(automtls: bool, c: Context) -> Result:
 
     The two hosts' rows run apart (the Go host's minutes after), so the ratio of their medians mostly
     measured the machine's drift between them: here each plugbay start follows a Go host start
-    (start-only rounds: the first Put; the Go host also times one Get, after its start).
+    (start-only rounds: the first Put; the Go host also times one Get, after its start), VS_GO_PAIRS times
+    max(--starts, --pairs) pairs.
     """
     plugin, host = go_program(c, "kv_plugin"), go_program(c, "kv_host")
     if plugin is None or host is None:
@@ -171,7 +175,7 @@ def _vs_go_host(automtls: bool, c: Context) -> Result:
     mine: list[float] = []
     theirs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
-        for _ in range(max(c.starts, c.pairs)):
+        for _ in range(max(c.starts, c.pairs) * VS_GO_PAIRS):
             theirs.append(_go_host_round(host, [plugin], automtls, 1, cwd, "").start_to_first_call_ms)
             mine.append(_python_round([plugin], automtls, cwd, c, 0).start_to_first_call_ms)
     result = Result(start_to_first_call_ms=statistics.median(mine), floor_start_ms=statistics.median(theirs),

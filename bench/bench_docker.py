@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Case, Context, Result, interleaved, python_host_round
+from common import Case, Context, Result, interleaved, paired_starts, python_host_round
 
 
 def _engine_reason() -> str | None:
@@ -132,8 +132,10 @@ def _docker_network_start(ctx: Context) -> Result:
     for _ in range(max(ctx.rounds, ctx.starts)):
         floor_starts.append(_run_started(image, ("--network", "none")))
         times.append(_run_started(image, ("--network", network, "--publish", "127.0.0.1::4000")))
-    return Result(start_to_first_call_ms=statistics.median(times), floor_start_ms=statistics.median(floor_starts),
-                  note="docker run -d: isolated network + port vs --network none (engine only)")
+    result = Result(start_to_first_call_ms=statistics.median(times), floor_start_ms=statistics.median(floor_starts),
+                    note="docker run -d: isolated network + port vs --network none (engine only)")
+    paired_starts(result, times, floor_starts)
+    return result
 
 
 def _docker_round(ctx: Context, image: str, transport: str, automtls: bool, calls: int) -> Result:
