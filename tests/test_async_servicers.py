@@ -251,7 +251,8 @@ def test_a_generic_only_registration_is_checked_when_it_is_registered() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from plugbay import ConfigError
-    from plugbay.core.plugin.gate import GatedServer, HandlerGate
+    from plugbay.core.plugin.gate import HandlerGate
+    from plugbay.core.plugin.gatedserver import GatedServer
 
     async def written_with_context_write(request: bytes, context: object) -> None:
         pass

@@ -31,7 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 sys.path[:0] = [{src!r}, {counter!r}]
 import grpc
 from counterproto import counter_pb2, counter_pb2_grpc
-from plugbay.core.plugin.gate import GatedServer, HandlerGate
+from plugbay.core.plugin.gate import HandlerGate
+from plugbay.core.plugin.gatedserver import GatedServer
 
 
 class Adder(counter_pb2_grpc.AddHelperServicer):

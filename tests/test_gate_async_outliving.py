@@ -17,7 +17,8 @@ from typing import Any
 import grpc
 import pytest
 
-from plugbay.core.plugin.gate import RESERVED, GatedServer, HandlerGate
+from plugbay.core.plugin.gate import RESERVED, HandlerGate
+from plugbay.core.plugin.gatedserver import GatedServer
 from tests.resilience_util import wait_until
 
 MAX_WORKERS = 2

@@ -89,7 +89,8 @@ def test_the_handler_gate_wraps_what_a_plugin_registers_and_lets_health_pass() -
     from kvproto import kv_pb2, kv_pb2_grpc
 
     from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-    from plugbay.core.plugin.gate import GatedServer, HandlerGate
+    from plugbay.core.plugin.gate import HandlerGate
+    from plugbay.core.plugin.gatedserver import GatedServer
     from plugbay.core.plugin.health import HealthServicer
     from plugbay.core.plugin.health import add_to_server as add_health
 

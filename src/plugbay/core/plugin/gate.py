@@ -46,7 +46,7 @@ from plugbay.core.plugin.handlerfail import answer_failure
 from plugbay.core.plugin.slotwait import GONE, SLOT_WAIT, STOPPING, WAITED, Slots
 from plugbay.core.plugin.peershare import PeerShares, peer_address, share_of
 from plugbay.core.protocol.notsent import echo_not_sent
-from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
+from plugbay.core.transport.handlerkind import is_async
 
 if TYPE_CHECKING:
     from plugbay.core.transport.aiohandlers import Outlived
@@ -336,47 +336,6 @@ def _one_request(method: str, behavior: Callable[[Any, grpc.ServicerContext], An
     return run
 
 
-class GatedServer(grpc.Server):  # type: ignore[misc]
-    """The server a plugin's grpc_server() registers on: each handler is gated as it is added.
-
-    Not a server interceptor: with one, grpcio runs its interceptor pipeline on every call (the
-    health checks and plugbay's streams too), about 30 us of a 0.8 ms KV Get on a loaded 2-core
-    machine. Everything else goes to the real server.
-    """
-
-    def __init__(self, server: grpc.Server, gate: HandlerGate) -> None:
-        self._server = server
-        self._gate = gate
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
-        handlers = tuple(generic_rpc_handlers)
-        for handler in handlers:  # an async handler that cannot run is refused now, not at its first call
-            service = method_table(handler)
-            for path, one in (service[1] if service else {}).items():
-                if is_async(one):
-                    self._gate.gated(path, one)
-        self._server.add_generic_rpc_handlers(tuple(Transformed(h, self._gate.gated) for h in handlers))
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
-        self._server.add_registered_method_handlers(
-            service_name, {m: self._gate.gated(f"/{service_name}/{m}", h) for m, h in method_handlers.items()})
-
-    def add_insecure_port(self, address: str) -> int:
-        return int(self._server.add_insecure_port(address))
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        return int(self._server.add_secure_port(address, server_credentials))
-
-    def start(self) -> None:
-        self._server.start()
-
-    def stop(self, grace: float | None) -> Any:
-        return self._server.stop(grace)
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return bool(self._server.wait_for_termination(timeout))
-
-
 def serve_gates(max_workers: int, network: bool) -> tuple[HandlerGate, HandlerGate | None, int]:
     """serve()'s gates: the plugin's handlers', plugbay's own services' (network mode only; see the
     module's doc), and how many threads its server's pool has."""
@@ -398,3 +357,4 @@ def own_gate(who: str, *, per_peer: bool = False) -> HandlerGate:
         peer_refusal=("{peer} has {held} calls to plugbay's own services open or waiting for their request,"
                       " the most one peer address may. Retry later"),
         peer_watches=share_of(NETWORK_WATCHES) if per_peer else None)
+

@@ -56,6 +56,7 @@ from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import plugin_broker
 from plugbay.core.plugin.gate import RESERVED, HandlerGate
+from plugbay.core.plugin.gatedserver import AddGuard
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
 from plugbay.core.plugin.netconfig import listen_target as _target
@@ -81,7 +82,7 @@ if TYPE_CHECKING:  # imported where used: a plugin the host launches never loads
     from plugbay.core.transport.muxsession import MuxSession
 
 # serve()'s registration of its services on a server: (server, broker, the plugins' gate, own services' server)
-Register = Callable[[grpc.Server, GRPCBroker, HandlerGate, grpc.Server], None]
+Register = Callable[[grpc.Server, GRPCBroker, HandlerGate, grpc.Server, AddGuard], None]
 
 BROKER_REFUSAL = (
     "this plain gRPC connection to a network plugin has no broker: brokered connections (callbacks such as"
@@ -260,20 +261,23 @@ def session_instance(config: ServeConfig, versions: Sequence[tuple[int, Sequence
     server = grpc.server(executor, options=options)
     broker = plugin_broker(server, BrokerTransport(multiplex=True, mux=mux))
     gate = HandlerGate(config.handler_limit())
+    # the session's plugins' code may keep its server past the session (gatedserver.py)
+    adds = AddGuard("the network host session's gRPC server")
     try:
-        register(server, broker, gate, server)
+        register(server, broker, gate, server, adds)
         add_discovery(DiscoveryServicer(versions, multiplex=True), server)
         server.add_insecure_port(unix_target(path))
         server.start()
     except BaseException:
         ready_to_stop(server)  # a server never started is never freed (core/transport/unstarted.py)
-        _stop_instance(server, broker, executor, gate, path)
+        _stop_instance(server, broker, executor, gate, adds, path)
         raise
-    return Instance(("unix", path), lambda: _stop_instance(server, broker, executor, gate, path))
+    return Instance(("unix", path), lambda: _stop_instance(server, broker, executor, gate, adds, path))
 
 
 def _stop_instance(server: grpc.Server, broker: GRPCBroker, executor: DaemonPool, gate: HandlerGate,
-                   path: str) -> None:
+                   adds: AddGuard, path: str) -> None:
+    adds.close()
     # ends the broker stream first (a graceful stop waits for open streams); not waited for, as below
     broker.close(wait=False)
     server.stop(0.5).wait(5)

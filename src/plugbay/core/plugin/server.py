@@ -52,8 +52,8 @@ from plugbay.core.protocol.handshake import (
 )
 from plugbay.core.plugin.controller import add_to_server as add_controller
 from plugbay.core.plugin.fdlimit import raise_fd_limit
-from plugbay.core.plugin.gate import (MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_WATCHES, GatedServer,
-                                     HandlerGate, serve_gates)
+from plugbay.core.plugin.gate import MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_WATCHES, HandlerGate, serve_gates
+from plugbay.core.plugin.gatedserver import AddGuard, GatedServer
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -170,6 +170,7 @@ class _PluginServer:
         # leave when idle, but for the few an idle plugin uses (the stdio and broker streams, a health check)
         self.executor = DaemonPool(threads, "plugbay-grpc", keep=POOL_KEEP if config.network is None else None)
         self.grpc: grpc.Server | None = None
+        self.adds = AddGuard()  # closed before the server stops: the plugin's code may keep it (gatedserver.py)
         self.broker: GRPCBroker | None = None
         self.listening: Listening | None = None
         self.tls: ServerTLS | None = None
@@ -234,7 +235,7 @@ class _PluginServer:
                                         multiplex=self.listening.multiplex, mux=self.listening.mux)
             broker = plugin_broker(self.grpc, transport)
         self.broker = broker
-        self._register(self.grpc, broker, self.gate, own_services)
+        self._register(self.grpc, broker, self.gate, own_services, self.adds)
         self.grpc.start()
         if tls is not None:
             tls.ready()  # the relay's context, set up on a thread meanwhile
@@ -266,8 +267,10 @@ class _PluginServer:
         for note in grace_notes:
             self.log.warning(note)
 
-    def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate, own: grpc.Server) -> None:
-        """Health, controller, stdio (on ``own``) and the plugins' own services (behind ``gate``) on ``server``."""
+    def _register(self, server: grpc.Server, broker: GRPCBroker, gate: HandlerGate, own: grpc.Server,
+                  adds: AddGuard) -> None:
+        """Health, controller, stdio (on ``own``) and the plugins' own services (behind ``gate``) on ``server``;
+        the plugins' code may add to it until ``adds`` is closed."""
         # a server's threads answer Check and Shutdown; a shared one's hosts may each hold a Watch
         add_health(self.health, own, watches=MAX_WATCHES if self.config.network is None else NETWORK_WATCHES)
         add_controller(own, self._shutdown_asked)
@@ -275,7 +278,7 @@ class _PluginServer:
         check_plugin_set(self._plugin_set, "ServeConfig.plugins")  # again: a config's fields may change
         for name, plugin in self._plugin_set.items():
             try:
-                plugin.grpc_server(broker, GatedServer(server, gate))
+                plugin.grpc_server(broker, GatedServer(server, gate, adds))
             except PlugbayError:
                 raise
             except Exception as exc:
@@ -339,6 +342,10 @@ class _PluginServer:
                 break
         self.log.debug("plugin server stopping")
 
+    def _stop_grpc(self, server: grpc.Server) -> None:
+        self.adds.close()  # first: from its stop on, grpcio frees what an addition would use (gatedserver.py)
+        stop_server(server, STOP_GRACE)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -364,7 +371,7 @@ class _PluginServer:
             steps.append(("broker", lambda: broker.close(wait=False)))
         if grpc_server is not None:
             # unstarted after a failed set-up (a port taken): grpcio frees it only if started (unstarted.py)
-            steps.append(("grpc server", lambda: stop_server(grpc_server, STOP_GRACE)))
+            steps.append(("grpc server", lambda: self._stop_grpc(grpc_server)))
         if listening is not None:
             steps.append(("listener", listening.close))
         steps.append(("executor", lambda: self.executor.shutdown(wait=False, cancel_futures=True)))

@@ -55,7 +55,8 @@ from plugbay._proto.plugin import (
 )
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.live import LoopHandoff
-from plugbay.core.plugin.gate import NETWORK_MAX_STREAMS, NETWORK_WATCHES, GatedServer, HandlerGate, own_gate
+from plugbay.core.plugin.gate import NETWORK_MAX_STREAMS, NETWORK_WATCHES, HandlerGate, own_gate
+from plugbay.core.plugin.gatedserver import GatedServer
 from plugbay.core.plugin.health import NOT_SERVING, SERVING, HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.network import (
