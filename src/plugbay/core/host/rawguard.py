@@ -1,0 +1,55 @@
+"""A Client's own grpcio channel (``Client.channel.current``) refuses stubs once closed, instead of crashing.
+
+grpcio (1.85) registers a registered method (every generated stub's, ``_registered_method=True``)
+on its C channel as the stub is built, without looking whether that channel was closed: a sync
+channel's is NULL then, and the process dies (SIGSEGV). ManagedChannel never builds one on a closed
+connection, but code may build stubs on the grpcio channel itself, which ``current`` hands out as it
+is (its type, and that it is the very channel the Client dialed, stay what they were): held since
+before the plugin died or its Client was killed, or read afterwards (a dead plugin's channel stays
+current, closed).
+
+So the channel's own two steps that matter get an instance attribute each: its close marks it
+closed, and a registration after that raises the owner's typed error; one of a method registered
+while it was open is only looked up (grpcio keeps it) and goes on as before (its calls then raise
+grpcio's ValueError, which ManagedChannel translates). A lock makes the two exclusive (grpcio's own
+registration is not thread-safe either). Nothing runs per call: a stub's multicallables hold their
+registration already. A grpcio whose channel lacks either step is left as it is.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+_REGISTER = "_get_registered_call_handle"
+_CLOSE = "_close"  # close() and the with-block's exit both end in it
+
+
+def refuse_stubs_once_closed(channel: Any, refusal: Callable[[str], Exception]) -> None:
+    """From its close on, building a registered method on ``channel`` raises ``refusal(method)``."""
+    kind = type(channel)
+    register, close = getattr(kind, _REGISTER, None), getattr(kind, _CLOSE, None)
+    if not callable(register) or not callable(close) or _CLOSE in getattr(channel, "__dict__", {_CLOSE: 0}):
+        return  # not grpcio's channel as this grpcio has it, or guarded already
+    lock = threading.Lock()
+    closed = [False]
+    registered: set[str] = set()
+    own = weakref.ref(channel)  # the attributes must not keep the channel alive (a cycle waits for the gc)
+
+    def _get_registered_call_handle(method: str) -> int:
+        with lock:
+            if closed[0] and method not in registered:
+                raise refusal(method)
+            handle = int(register(own(), method))
+            registered.add(method)
+            return handle
+
+    def _close() -> None:
+        with lock:
+            closed[0] = True
+            close(own())
+
+    setattr(channel, _REGISTER, _get_registered_call_handle)
+    setattr(channel, _CLOSE, _close)
