@@ -10,6 +10,7 @@ handlers and never served them; it is refused as well, so the mistake shows.)
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,3 +77,27 @@ def test_a_port_added_after_the_holder_stopped_the_server_is_refused_typed() -> 
     assert run.returncode == 0, f"ended with {run.returncode} (a signal: < 0)\n{run.stderr}"
     assert run.stdout.startswith("refused: add_insecure_port() on the plugin's gRPC server after it stopped"), \
         run.stdout
+
+
+def test_a_port_added_to_an_ended_network_host_sessions_server_is_refused_typed(tmp_path: Path) -> None:
+    from plugbay import RemoteClient
+    from tests import netcerts
+    from tests.test_network_broker import PLUGIN_NAME, CounterReplica, counter_config, host_tls, wait_until
+
+    certs = netcerts.write_set(tmp_path / "tls")
+    replica = CounterReplica(tmp_path / "replica", certs, script=REPO / "tests" / "plugins" / "late_adds_net.py")
+    try:
+        with RemoteClient(counter_config([replica], host_tls(certs))) as client:
+            assert client.multiplexed
+            client.dispense(PLUGIN_NAME)  # pinned to the replica's session
+            assert wait_until(lambda: len(replica.session_sockets()) == 1, 30)  # the session's own server
+        assert wait_until(lambda: not replica.session_sockets(), 30)  # its server stopped, its socket removed
+        (replica.folder / "add_now").touch()
+        assert wait_until(lambda: (replica.folder / "late_add").exists() or replica.proc.poll() is not None, 30)
+    finally:
+        code, err = replica.stop()
+        shutil.rmtree(replica.tmp, ignore_errors=True)
+    assert code == 0, f"the plugin process ended with {code} (a signal: < 0)\n{err[-3000:]}"
+    outcome = (replica.folder / "late_add").read_text()
+    assert outcome.startswith("ClientStateError: add_insecure_port() on the network host session's gRPC server"
+                              " after it stopped"), outcome
