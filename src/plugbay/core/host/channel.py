@@ -40,7 +40,6 @@ from plugbay.core.host.callerrors import (  # re-exported: the channel's typed e
 from plugbay.core.host.deadline import call_timeout
 from plugbay.core.host.judging import ExitProbe, FailureJudge
 from plugbay.core.host.rawguard import refuse_stubs_once_closed
-from plugbay.errors import ClientStateError
 
 
 # A hook around each unary-unary call (plugbay.core.resilience.retry / circuit / supervisor
@@ -54,7 +53,7 @@ class ManagedChannel(FailureJudge, grpc.Channel):  # type: ignore[misc]
     def __init__(self, channel: grpc.Channel, call_timeout: float | None,
                  exit_probe: ExitProbe | None = None, name: str = "plugin") -> None:
         super().__init__(exit_probe, name)
-        refuse_stubs_once_closed(channel, self._closed_channel_refusal)  # user code may build on current
+        refuse_stubs_once_closed(channel, name)  # code may build stubs on current: see rawguard.py
         self._channel: grpc.Channel | None = channel
         self._closed = False  # the current channel was closed under us (close_current)
         self._generation = 0
@@ -78,20 +77,13 @@ class ManagedChannel(FailureJudge, grpc.Channel):  # type: ignore[misc]
                                " again", None, grpc.StatusCode.CANCELLED, sent=False)
         return channel
 
-    def _closed_channel_refusal(self, method: str) -> ClientStateError:
-        return ClientStateError(
-            f"cannot build {method} on the gRPC channel of plugin {self._name!r} (Client.channel.current): it"
-            " was closed (the plugin ended, or its Client was killed or closed), and gRPC would crash the process."
-            " Build stubs on Client.channel or use dispense(): their calls say why they fail; to call the plugin"
-            " again, start a new Client")
-
     @property
     def generation(self) -> int:
         return self._generation
 
     def replace(self, channel: grpc.Channel) -> grpc.Channel | None:
         """Point every stub at ``channel``; returns the old one for the caller to close."""
-        refuse_stubs_once_closed(channel, self._closed_channel_refusal)
+        refuse_stubs_once_closed(channel, self._name)
         with self._lock:
             old, self._channel = self._channel, channel
             self._closed = False

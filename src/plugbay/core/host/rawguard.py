@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Any
+
+from plugbay.errors import ClientStateError
 
 _REGISTER = "_get_registered_call_handle"
 _CLOSE = "_close"  # close() and the with-block's exit both end in it
 
 
-def refuse_stubs_once_closed(channel: Any, refusal: Callable[[str], Exception]) -> None:
-    """From its close on, building a registered method on ``channel`` raises ``refusal(method)``."""
+def refuse_stubs_once_closed(channel: Any, name: str) -> None:
+    """From its close on, building a method not registered before on ``channel``, plugin ``name``'s, raises
+    ClientStateError. Given the name, not its ManagedChannel: the channel must not keep that alive."""
     kind = type(channel)
     register, close = getattr(kind, _REGISTER, None), getattr(kind, _CLOSE, None)
     if not callable(register) or not callable(close) or _CLOSE in getattr(channel, "__dict__", {_CLOSE: 0}):
@@ -41,7 +43,7 @@ def refuse_stubs_once_closed(channel: Any, refusal: Callable[[str], Exception]) 
     def _get_registered_call_handle(method: str) -> int:
         with lock:
             if closed[0] and method not in registered:
-                raise refusal(method)
+                raise _refusal(method, name)
             handle = int(register(own(), method))
             registered.add(method)
             return handle
@@ -53,3 +55,11 @@ def refuse_stubs_once_closed(channel: Any, refusal: Callable[[str], Exception]) 
 
     setattr(channel, _REGISTER, _get_registered_call_handle)
     setattr(channel, _CLOSE, _close)
+
+
+def _refusal(method: str, name: str) -> ClientStateError:
+    return ClientStateError(
+        f"cannot build {method} on the gRPC channel of plugin {name!r} (Client.channel.current): it was closed"
+        " (the plugin ended, or its Client was killed or closed), and gRPC would crash the process. Build stubs"
+        " on Client.channel or use dispense(): their calls say why they fail; to call the plugin again, start a"
+        " new Client")
