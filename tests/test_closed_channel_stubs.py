@@ -66,3 +66,66 @@ def test_a_stub_on_the_closed_current_channel_is_refused_typed(case: str, tmp_pa
     assert run.stdout.startswith("refused: cannot build /proto.KV/Get on the gRPC channel of plugin 'plugin'"
                                  " (Client.channel.current): it was closed"), run.stdout
 
+
+
+
+CLOSED_UNDER_CALLBACKS = textwrap.dedent("""
+    import os
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    from plugbay.core.host.rawguard import refuse_stubs_once_closed
+    from plugbay.errors import ClientStateError
+
+    release = threading.Event()
+
+    def hold(request, context):
+        yield b"open"
+        release.wait(60)
+
+    def slow(request, context):
+        release.wait(60)
+        return b""
+
+    handlers = grpc.method_handlers_generic_handler("x.Held", {
+        "Stream": grpc.unary_stream_rpc_method_handler(hold), "Unary": grpc.unary_unary_rpc_method_handler(slow)})
+    with futures.ThreadPoolExecutor(4) as pool:
+        server = grpc.server(pool)
+        server.add_generic_rpc_handlers((handlers,))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")  # as a Client's own (ManagedChannel guards it)
+        refuse_stubs_once_closed(channel, "plugin")
+        outcomes = []
+
+        def build_a_stub(_call):  # grpcio's channel thread runs it as the close cancels the call
+            try:
+                channel.unary_unary("/x.Held/Late", _registered_method=True)
+                outcomes.append("built")
+            except ClientStateError:
+                outcomes.append("refused")
+
+        stream = channel.unary_stream("/x.Held/Stream", _registered_method=True)(b"")
+        next(stream)  # open: its first answer came (a health Watch's, say)
+        stream.add_done_callback(build_a_stub)
+        channel.unary_unary("/x.Held/Unary", _registered_method=True).future(b"").add_done_callback(build_a_stub)
+        closing = threading.Thread(target=channel.close, daemon=True)
+        closing.start()
+        closing.join(60)
+        if closing.is_alive():  # the callback waits for the guard, which the close holds
+            print("close() hung", flush=True)
+            os._exit(3)  # the held threads die with the process (the server's and the channel's)
+        release.set()
+        server.stop(None).wait(60)
+    print("closed:", outcomes)
+""")
+
+
+def test_a_close_ends_while_done_callbacks_build_stubs_on_the_closing_channel() -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONDONTWRITEBYTECODE="1")
+    run = subprocess.run([sys.executable, "-c", CLOSED_UNDER_CALLBACKS], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, f"ended with {run.returncode}: {run.stdout}\n{run.stderr[-3000:]}"
+    assert run.stdout.strip() == "closed: ['refused', 'refused']", run.stdout

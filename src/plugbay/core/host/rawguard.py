@@ -11,9 +11,10 @@ current, closed).
 So the channel's own two steps that matter get an instance attribute each: its close marks it
 closed, and a registration after that raises the owner's typed error; one of a method registered
 while it was open is only looked up (grpcio keeps it) and goes on as before (its calls then raise
-grpcio's ValueError, which ManagedChannel translates). A lock makes the two exclusive (grpcio's own
-registration is not thread-safe either). Nothing runs per call: a stub's multicallables hold their
-registration already. A grpcio whose channel lacks either step is left as it is.
+grpcio's ValueError, which ManagedChannel translates). A lock makes a registration and the marking
+exclusive (grpcio's own registration is not thread-safe either); grpcio's close itself runs after it is
+released, as it waits for callbacks that may build stubs. Nothing runs per call: a stub's
+multicallables hold their registration already. A grpcio whose channel lacks either step is left as it is.
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ def refuse_stubs_once_closed(channel: Any, name: str) -> None:
             return handle
 
     def _close() -> None:
-        with lock:
+        with lock:  # waits for a registration under way; any after it is refused
             closed[0] = True
-            close(own())
+        # not under the lock: grpcio's close waits for its channel thread, which runs the done-callbacks of
+        # the calls it cancels, and one building a stub here would wait for the lock (a kill() that hangs)
+        close(own())
 
     setattr(channel, _REGISTER, _get_registered_call_handle)
     setattr(channel, _CLOSE, _close)
