@@ -1,4 +1,4 @@
-"""Additions to a plugin's gRPC server once it stopped raise ClientStateError instead of crashing the process.
+"""Additions to a plugin's gRPC server once it stopped raise ServerStoppedError instead of crashing the process.
 
 grpcio (1.85) frees a stopped server's C side, and add_insecure_port(), add_secure_port() and
 add_registered_method_handlers() on it then end the process (SIGSEGV). A plugin's code may keep the
@@ -44,7 +44,7 @@ def test_an_addition_after_serve_returned_is_refused_typed(addition: str, tmp_pa
             plugin.communicate()
     assert plugin.returncode == 0, f"the plugin process ended with {plugin.returncode} (a signal: < 0)\n{err}"
     outcome = (tmp_path / "late_add").read_text()
-    assert outcome.startswith("ClientStateError: "), outcome
+    assert outcome.startswith("ServerStoppedError: "), outcome
     first = "add_generic_rpc_handlers" if addition == "add_CounterServicer_to_server" else addition  # generated code's
     assert f"{first}() on the plugin's gRPC server after it stopped" in outcome, outcome
 
@@ -56,7 +56,7 @@ STOPPED_BY_ITS_HOLDER = textwrap.dedent("""
 
     from plugbay.core.plugin.gate import HandlerGate
     from plugbay.core.plugin.gatedserver import GatedServer
-    from plugbay.errors import ClientStateError
+    from plugbay.errors import ServerStoppedError
 
     with futures.ThreadPoolExecutor(2) as pool:
         server = GatedServer(grpc.server(pool), HandlerGate(1))
@@ -65,7 +65,7 @@ STOPPED_BY_ITS_HOLDER = textwrap.dedent("""
         assert server.stop(None).wait(60)
         try:
             server.add_insecure_port("127.0.0.1:0")
-        except ClientStateError as exc:
+        except ServerStoppedError as exc:
             print("refused:", exc)
 """)
 
@@ -99,5 +99,5 @@ def test_a_port_added_to_an_ended_network_host_sessions_server_is_refused_typed(
         shutil.rmtree(replica.tmp, ignore_errors=True)
     assert code == 0, f"the plugin process ended with {code} (a signal: < 0)\n{err[-3000:]}"
     outcome = (replica.folder / "late_add").read_text()
-    assert outcome.startswith("ClientStateError: add_insecure_port() on the network host session's gRPC server"
+    assert outcome.startswith("ServerStoppedError: add_insecure_port() on the network host session's gRPC server"
                               " after it stopped"), outcome

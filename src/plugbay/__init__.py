@@ -77,6 +77,7 @@ if TYPE_CHECKING:
         ReattachError as ReattachError,
         RestartBudgetExhaustedError as RestartBudgetExhaustedError,
         RunnerError as RunnerError,
+        ServerStoppedError as ServerStoppedError,
         SessionRefusedError as SessionRefusedError,
         StaleReattachError as StaleReattachError,
         TLSConfigError as TLSConfigError,

@@ -178,6 +178,10 @@ class ClientStateError(PlugbayError):
     """An operation was called in a state where it cannot work (e.g. after kill())."""
 
 
+class ServerStoppedError(PlugbayError, RuntimeError):
+    """The plugin's gRPC server stopped: add services inside grpc_server()."""
+
+
 class PluginDiedError(PlugbayError):
     """The plugin process, container or pod ended while the host was using it."""
 

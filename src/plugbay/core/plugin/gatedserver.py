@@ -6,7 +6,7 @@ dies (SIGSEGV, or an abort during the stop's grace). A plugin's code may keep th
 gave it and add to it later, from a thread of its own: after serve() returned, or after the network
 host session that server was made for ended while serve() goes on. Its owner tells the AddGuard before
 it stops the server, and from then on each addition (add_generic_rpc_handlers() too, which grpcio
-takes and never serves) raises a ClientStateError saying so, instead of ending the process.
+takes and never serves) raises a ServerStoppedError saying so, instead of ending the process.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
-from plugbay.errors import ClientStateError
+from plugbay.errors import ServerStoppedError
 
 if TYPE_CHECKING:
     from plugbay.core.plugin.gate import HandlerGate
@@ -38,8 +38,8 @@ class AddGuard:
         with self.lock:
             self.closed = True
 
-    def refused(self, method: str) -> ClientStateError:
-        return ClientStateError(
+    def refused(self, method: str) -> ServerStoppedError:
+        return ServerStoppedError(
             f"{method}() on {self.what} after it stopped (serve() returned, the network host session it served"
             " ended, or its stop() was called): gRPC frees a stopped server, and this would crash the process."
             " Add services inside grpc_server() while serve() runs; a server of your own needs a grpc.server()"
