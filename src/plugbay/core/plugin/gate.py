@@ -357,4 +357,3 @@ def own_gate(who: str, *, per_peer: bool = False) -> HandlerGate:
         peer_refusal=("{peer} has {held} calls to plugbay's own services open or waiting for their request,"
                       " the most one peer address may. Retry later"),
         peer_watches=share_of(NETWORK_WATCHES) if per_peer else None)
-

@@ -12,6 +12,8 @@ takes and never serves) raises a ServerStoppedError saying so, instead of ending
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -60,39 +62,36 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
         self._gate = gate
         self._guard = guard if guard is not None else AddGuard()
 
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
-        handlers = tuple(generic_rpc_handlers)
-        for handler in handlers:  # an async handler that cannot run is refused now, not at its first call
-            service = method_table(handler)
-            for path, one in (service[1] if service else {}).items():
-                if is_async(one):
-                    self._gate.gated(path, one)
+    @contextmanager
+    def _adding(self, method: str) -> Iterator[None]:
+        """Held while ``method`` adds to the server: refused first (before any handler is gated) once stopped."""
         guard = self._guard
         with guard.lock:
             if guard.closed:
-                raise guard.refused("add_generic_rpc_handlers")
+                raise guard.refused(method)
+            yield
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        with self._adding("add_generic_rpc_handlers"):
+            handlers = tuple(generic_rpc_handlers)
+            for handler in handlers:  # an async handler that cannot run is refused now, not at its first call
+                service = method_table(handler)
+                for path, one in (service[1] if service else {}).items():
+                    if is_async(one):
+                        self._gate.gated(path, one)
             self._server.add_generic_rpc_handlers(tuple(Transformed(h, self._gate.gated) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
-        gated = {m: self._gate.gated(f"/{service_name}/{m}", h) for m, h in method_handlers.items()}
-        guard = self._guard
-        with guard.lock:
-            if guard.closed:
-                raise guard.refused("add_registered_method_handlers")
-            self._server.add_registered_method_handlers(service_name, gated)
+        with self._adding("add_registered_method_handlers"):
+            self._server.add_registered_method_handlers(
+                service_name, {m: self._gate.gated(f"/{service_name}/{m}", h) for m, h in method_handlers.items()})
 
     def add_insecure_port(self, address: str) -> int:
-        guard = self._guard
-        with guard.lock:
-            if guard.closed:
-                raise guard.refused("add_insecure_port")
+        with self._adding("add_insecure_port"):
             return int(self._server.add_insecure_port(address))
 
     def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        guard = self._guard
-        with guard.lock:
-            if guard.closed:
-                raise guard.refused("add_secure_port")
+        with self._adding("add_secure_port"):
             return int(self._server.add_secure_port(address, server_credentials))
 
     def start(self) -> None:
