@@ -9,6 +9,7 @@ process by a signal.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -44,7 +45,8 @@ def add_when_asked() -> None:
         outcome = "returned"
     except Exception as exc:
         outcome = f"{type(exc).__name__}: {exc}"
-    Path("late_add").write_text(outcome)
+    Path("late_add.part").write_text(outcome)
+    os.replace("late_add.part", "late_add")  # whole when it appears: the test reads it as soon as it exists
 
 
 if __name__ == "__main__":
