@@ -14,6 +14,11 @@ where. Here grpcio refuses them before its C side is reached (a sync channel's V
 UsageError, RuntimeError for a server: what each raises for other uses once closed), and the test during
 which one came fails with the stack that made it, even when the code under test swallowed the refusal.
 Through grpcio's Python layer only: where that changed shape, nothing is watched (and nothing breaks).
+
+plugbay refuses two of them itself, before grpcio is reached: a stub built on a Client's closed grpcio
+channel (core/host/rawguard.py, ClientStateError) and an addition to a plugin's stopped server
+(core/plugin/gatedserver.py, ServerStoppedError). Each of those refusals fails its test the same way,
+so plugbay code that makes one and swallows it shows here as grpcio's would have.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ _seen: list[str] = []  # what was refused since the last report, with its stack
 _undo: list[Callable[[], None]] = []
 
 
-def _refused(what: str) -> str:
+def _refused(what: str, by: str = "tests/closeduse.py") -> str:
     stack = "".join(traceback.format_stack(limit=16)[:-2])
     text = (f"{what}: grpcio would have used its freed C object (the process crashes, or a use-after-free);"
-            f" refused by tests/closeduse.py\n{stack}")
+            f" refused by {by}\n{stack}")
     with _lock:
         _seen.append(text)
     return what + " (tests/closeduse.py refused it: grpcio would crash)"
@@ -122,6 +127,26 @@ def _watch_servers(server_module: Any) -> None:
         _patch(server_module._Server, name, refuse_once_freed(name))
 
 
+def _watch_plugbay_refusals(rawguard: Any, gatedserver: Any) -> None:
+    def channel_refusal(original: Any) -> Any:
+        def _refusal(method: str, name: str) -> Exception:
+            _refused(f"registered method {method} built on the closed grpc.Channel of plugin {name!r}",
+                     "plugbay (core/host/rawguard.py)")
+            error: Exception = original(method, name)
+            return error
+        return _refusal
+
+    def server_refusal(original: Any) -> Any:
+        def refused(self: Any, method: str) -> Exception:
+            _refused(f"{method}() on {self.what} after it stopped", "plugbay (core/plugin/gatedserver.py)")
+            error: Exception = original(self, method)
+            return error
+        return refused
+
+    _patch(rawguard, "_refusal", channel_refusal)
+    _patch(gatedserver.AddGuard, "refused", server_refusal)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     try:
         import grpc.aio
@@ -133,6 +158,14 @@ def pytest_configure(config: pytest.Config) -> None:
         _watch_servers(_server)
     except (ImportError, AttributeError, KeyError):  # another grpcio layout: nothing watched
         pytest_unconfigure(config)
+        return
+    try:
+        from plugbay.core.host import rawguard
+        from plugbay.core.plugin import gatedserver
+
+        _watch_plugbay_refusals(rawguard, gatedserver)
+    except (ImportError, AttributeError, KeyError):  # a plugbay without these guards: grpcio's are watched
+        pass
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

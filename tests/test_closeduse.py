@@ -58,6 +58,35 @@ def test_a_port_added_to_a_stopped_server():
         server.add_insecure_port("127.0.0.1:0")
 
 
+def test_a_swallowed_refusal_of_a_stub_on_a_clients_closed_channel():
+    from plugbay.core.host.rawguard import refuse_stubs_once_closed
+    from plugbay.errors import ClientStateError
+
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    refuse_stubs_once_closed(channel, "kv")  # as a Client's ManagedChannel guards its own
+    channel.close()
+    try:  # swallowed: plugbay's guard answered before grpcio's watch could
+        channel.unary_unary("/x.Y/Guarded", _registered_method=True)
+    except ClientStateError:
+        pass
+
+
+def test_a_swallowed_refusal_of_a_port_on_a_stopped_plugin_server():
+    from plugbay.core.plugin.gate import HandlerGate
+    from plugbay.core.plugin.gatedserver import GatedServer
+    from plugbay.errors import ServerStoppedError
+
+    with futures.ThreadPoolExecutor(1) as pool:
+        server = GatedServer(grpc.server(pool), HandlerGate(1))
+        server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        assert server.stop(None).wait(60)
+        try:
+            server.add_insecure_port("127.0.0.1:0")
+        except ServerStoppedError:
+            pass
+
+
 def test_a_port_added_to_a_server_never_started():
     with futures.ThreadPoolExecutor(1) as pool:
         server = grpc.server(pool)
@@ -71,17 +100,22 @@ def test_a_port_added_to_a_server_never_started():
 def test_each_use_of_a_freed_grpc_object_fails_its_test_and_the_run_goes_on(tmp_path: Path) -> None:
     test = tmp_path / "test_misuses.py"
     test.write_text(MISUSES)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(ROOT / "src"), str(ROOT))), PYTHONDONTWRITEBYTECODE="1")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.closeduse",
                           "--rootdir", str(tmp_path), "-rf", str(test)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     out = run.stdout
     assert run.returncode == 1, (run.returncode, out, run.stderr)  # failed tests, not a signal
-    assert "3 failed, 2 passed" in out, out
+    assert "5 failed, 2 passed" in out, out
     for name, what in (("test_a_stub_made_on_a_closed_channel", "/x.Y/Late built on a closed grpc.Channel"),
                        ("test_an_aio_stub_made_on_a_closed_channel", "/x.Y/Late built on a closed grpc.aio.Channel"),
                        ("test_a_port_added_to_a_stopped_server", "add_insecure_port() on a grpc server that was"
-                                                                  " stopped")):
+                                                                  " stopped"),
+                       ("test_a_swallowed_refusal_of_a_stub_on_a_clients_closed_channel",
+                        "/x.Y/Guarded built on the closed grpc.Channel of plugin 'kv'"),
+                       ("test_a_swallowed_refusal_of_a_port_on_a_stopped_plugin_server",
+                        "add_insecure_port() on the plugin's gRPC server after it stopped")):
         assert f"FAILED test_misuses.py::{name}" in out, out
         assert what in out, out
     assert "in test_a_stub_made_on_a_closed_channel" in out, "no stack of where it was made"
+    assert "in test_a_swallowed_refusal_of_a_stub_on_a_clients_closed_channel" in out, "no stack of plugbay's refusal"
