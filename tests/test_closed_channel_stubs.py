@@ -4,7 +4,9 @@ ClientStateError instead of crashing the process.
 grpcio (1.85) registers a generated stub's methods on its C channel, NULL once the channel closed
 (SIGSEGV). The channel closes when the plugin dies (and stays current) or the Client is killed (code may
 still hold it). Each case runs in a host process of its own, where the crash is seen as that process
-dying by a signal.
+dying by a signal. grpcio's close waits for the done-callbacks of the calls it cancels: one that builds
+a stub, or calls through the Client's channel, while that close runs must not wait for a lock the close
+holds (a hang, seen as the close not ending).
 """
 
 from __future__ import annotations
@@ -71,11 +73,13 @@ def test_a_stub_on_the_closed_current_channel_is_refused_typed(case: str, tmp_pa
 
 CLOSED_UNDER_CALLBACKS = textwrap.dedent("""
     import os
+    import sys
     import threading
     from concurrent import futures
 
     import grpc
 
+    from plugbay.core.host.channel import ManagedChannel
     from plugbay.core.host.rawguard import refuse_stubs_once_closed
     from plugbay.errors import ClientStateError
 
@@ -97,25 +101,37 @@ CLOSED_UNDER_CALLBACKS = textwrap.dedent("""
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")  # as a Client's own (ManagedChannel guards it)
-        refuse_stubs_once_closed(channel, "plugin")
         outcomes = []
+        if sys.argv[1] == "raw":  # a stub built on a Client's own grpcio channel (client.channel.current)
+            refuse_stubs_once_closed(channel, "plugin")
+            close = channel.close
 
-        def build_a_stub(_call):  # grpcio's channel thread runs it as the close cancels the call
-            try:
-                channel.unary_unary("/x.Held/Late", _registered_method=True)
-                outcomes.append("built")
-            except ClientStateError:
-                outcomes.append("refused")
+            def build_a_stub(_call):  # grpcio's channel thread runs it as the close cancels the call
+                try:
+                    channel.unary_unary("/x.Held/Late", _registered_method=True)
+                    outcomes.append("built")
+                except ClientStateError:
+                    outcomes.append("refused")
+        else:  # a call through client.channel as the plugin's death closes its connection
+            managed = ManagedChannel(channel, None, name="plugin")
+            close = managed.close_current
+
+            def build_a_stub(_call):
+                try:
+                    managed.unary_unary("/x.Held/Unary", _registered_method=True)(b"")
+                    outcomes.append("called")
+                except grpc.RpcError as exc:
+                    outcomes.append(type(exc).__name__)
 
         stream = channel.unary_stream("/x.Held/Stream", _registered_method=True)(b"")
         next(stream)  # open: its first answer came (a health Watch's, say)
         stream.add_done_callback(build_a_stub)
         channel.unary_unary("/x.Held/Unary", _registered_method=True).future(b"").add_done_callback(build_a_stub)
-        closing = threading.Thread(target=channel.close, daemon=True)
+        closing = threading.Thread(target=close, daemon=True)
         closing.start()
         closing.join(60)
-        if closing.is_alive():  # the callback waits for the guard, which the close holds
-            print("close() hung", flush=True)
+        if closing.is_alive():  # a callback waits for a lock the close holds
+            print("the close hung", flush=True)
             os._exit(3)  # the held threads die with the process (the server's and the channel's)
         release.set()
         server.stop(None).wait(60)
@@ -123,9 +139,10 @@ CLOSED_UNDER_CALLBACKS = textwrap.dedent("""
 """)
 
 
-def test_a_close_ends_while_done_callbacks_build_stubs_on_the_closing_channel() -> None:
+@pytest.mark.parametrize(("closed", "outcome"), [("raw", "refused"), ("managed", "ClientClosed")])
+def test_a_close_ends_while_done_callbacks_use_the_closing_channel(closed: str, outcome: str) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONDONTWRITEBYTECODE="1")
-    run = subprocess.run([sys.executable, "-c", CLOSED_UNDER_CALLBACKS], env=env, capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run([sys.executable, "-c", CLOSED_UNDER_CALLBACKS, closed], env=env, capture_output=True,
+                         text=True, timeout=120)
     assert run.returncode == 0, f"ended with {run.returncode}: {run.stdout}\n{run.stderr[-3000:]}"
-    assert run.stdout.strip() == "closed: ['refused', 'refused']", run.stdout
+    assert run.stdout.strip() == f"closed: {[outcome, outcome]}", run.stdout

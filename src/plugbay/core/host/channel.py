@@ -14,8 +14,9 @@ it sets none. Failures are translated:
 
 No call on a closed connection reaches grpcio: building a registered method's
 call object on a closed ``grpc.Channel`` crashes the process (SIGSEGV in
-grpcio 1.85), so call objects are built under the lock that closing takes, and
-never once the connection is closed.
+grpcio 1.85), so call objects are built under the lock that closing takes to
+mark the connection closed, and never once it is marked (grpcio's close runs
+after that, off the lock).
 
 The translated errors are also ``grpc.RpcError`` with ``code()``/``details()``,
 so code that catches gRPC errors keeps working.
@@ -112,12 +113,14 @@ class ManagedChannel(FailureJudge, grpc.Channel):  # type: ignore[misc]
 
     def close_current(self) -> None:
         """Close the underlying channel (the plugin died); later calls fail typed, off grpcio."""
-        with self._lock:
+        with self._lock:  # waits for a call object being built; new_call() refuses any from here on
             self._closed = True
             self._generation += 1
             channel = self._channel
-            if channel is not None:
-                channel.close()
+        # not under the lock: grpcio's close waits for its channel thread, which runs the done-callbacks of
+        # the calls it cancels, and one calling through this channel would wait for the lock (a hang)
+        if channel is not None:
+            channel.close()
         for func in list(self.on_close_current):
             func()
 
