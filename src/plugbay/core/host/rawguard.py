@@ -11,10 +11,11 @@ current, closed).
 So the channel's own two steps that matter get an instance attribute each: its close marks it
 closed, and a registration after that raises the owner's typed error; one of a method registered
 while it was open is only looked up (grpcio keeps it) and goes on as before (its calls then raise
-grpcio's ValueError, typed only for calls through the ManagedChannel, which translates it). A lock makes a registration and the marking
-exclusive (grpcio's own registration is not thread-safe either); grpcio's close itself runs after it is
-released, as it waits for callbacks that may build stubs. Nothing runs per call: a stub's
-multicallables hold their registration already. A grpcio whose channel lacks either step is left as it is.
+grpcio's ValueError, typed only for calls through the ManagedChannel, which translates it). A lock
+makes a registration and the marking exclusive (grpcio's own registration is not thread-safe
+either); grpcio's close itself runs after it is released, as it waits for callbacks that may build
+stubs. Nothing runs per call: a stub's multicallables hold their registration already.
+A grpcio whose channel lacks either step is left as it is.
 """
 
 from __future__ import annotations
