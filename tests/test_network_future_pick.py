@@ -129,12 +129,25 @@ def test_a_cancel_that_comes_as_the_try_is_opened_sends_nothing() -> None:
                 return left
 
             put.remaining = remaining
+            real_on, cancel_returned, opened_after = put._on, threading.Event(), []
+
+            class Watched:  # a try opened on the endpoint: never once cancel() said True
+                def __init__(self, target: Any) -> None:
+                    self.target = target
+
+                def future(self, *args: Any, **kwargs: Any) -> Any:
+                    opened_after.append(cancel_returned.is_set())
+                    return self.target.future(*args, **kwargs)
+
+            put._on = lambda member: Watched(real_on(member))
             future = put.unstarted_future(kv_pb2.PutRequest(key="gap", value=b"sent"), timeout=10)
             starting = Starting(lambda: future.start(cancellable=True))
             assert in_gap.wait(30)
             assert future.cancel() and future.cancelled()
+            cancel_returned.set()
             go_on.set()
             starting.outcome()  # (30 s: a hang guard only)
+            assert True not in opened_after, "a try was opened after cancel() returned True"
             assert client.pool.metrics()["endpoints"][f"tcp:{replica.address}"]["inflight"] == 0
             kv.put("after", b"1")  # a call made after it is served: the replica took calls all along
             assert kv.get("after") == b"1"

@@ -64,6 +64,6 @@ def refuse_stubs_once_closed(channel: Any, name: str) -> None:
 def _refusal(method: str, name: str) -> ClientStateError:
     return ClientStateError(
         f"cannot build {method} on the gRPC channel of plugin {name!r} (Client.channel.current): it was closed"
-        " (the plugin ended, or its Client was killed or closed), and gRPC would crash the process. Build stubs"
-        " on Client.channel or use dispense(): their calls say why they fail; to call the plugin again, start a"
-        " new Client")
+        " (the plugin ended, its Client was killed or closed, or your code closed it), and gRPC would crash the"
+        " process. Build stubs on Client.channel or use dispense(): their calls say why they fail; to call the"
+        " plugin again, start a new Client")
