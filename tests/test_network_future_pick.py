@@ -7,7 +7,6 @@ A pool on 127.0.0.1 whose lone endpoint refuses every connection (no endpoint ca
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections import Counter
 from typing import Any
@@ -19,19 +18,9 @@ from tests.net_util import PLUGIN_NAME, Replica, first_check_passed
 from tests.race_util import Starting
 from tests.resilience_util import wait_until
 from tests.test_network_drain import PushResolver
-from tests.test_network_pool import remote
+from tests.test_network_pool import FAST_RECONNECT, free_port, remote
 
 from kvproto import kv_pb2  # noqa: E402, I001
-
-FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
-                  ("grpc.min_reconnect_backoff_ms", 100))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 class _WatchedCondition:
     """The pool's condition, unchanged but watched: how often each thread waited on it, and which threads
