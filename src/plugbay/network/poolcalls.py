@@ -23,6 +23,7 @@ keep working. A try whose deadline was spent picking is not sent: deadline.no_ti
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -33,7 +34,7 @@ from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT, with_token
 from plugbay.errors import NoEndpointsError, RemoteTLSError
 from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short, tls_failure
-from plugbay.network.unsent import Tried, busy, not_sent
+from plugbay.network.unsent import STOPPED, Tried, busy, not_sent
 
 
 class Member(Protocol):
@@ -202,18 +203,37 @@ class PoolCallable:
             self._pool.count_resend()
         tried.refused_by = None
 
-    def open_failed(self, member: Member, tried: Tried, exc: BaseException) -> None:
-        """After an open on ``member`` (a call that returns at once: a future, a stream) raised ``exc``: None
-        when the channel was closed under it (not sent: ``member`` released and marked tried), else ``member``
-        released and ``exc`` raised."""
-        if isinstance(exc, ValueError):
-            self._pool.done(member, None)
-            if closed_under_call(exc):
-                tried.add(member.key)
-                return None
-        else:
-            self._pool.done(member, exc)
-        raise exc
+    def open_unless(self, lock: Any, stopped: Callable[[], bool], member: Member, tried: Tried,
+                    opening: Callable[[], Any], took: Callable[[Any], None]) -> Any:
+        """``opening()``, a call that returns at once (a future, a stream), made on ``member``'s channel unless
+        ``stopped()``: the check, the open and ``took(call)`` are one step under ``lock`` (the caller's cancel()
+        takes it), so a cancel() before it opens no call and one after it finds the call to cancel, never one
+        opened after cancel() returned. The call; STOPPED when ``stopped()`` (``member`` released unused); None
+        when the channel was closed under it (not sent: ``member`` released and marked tried, the next
+        endpoint's turn); any other failure releases ``member`` and is raised. A failure's bookkeeping runs after
+        ``lock`` is released: it tells the pool's subscribers, user code that may cancel()."""
+        opened: Any = None
+        failed: BaseException | None = None
+        with lock:
+            if stopped():
+                opened = STOPPED
+            else:
+                try:
+                    opened = opening()
+                except BaseException as exc:  # noqa: BLE001 (judged below, off the lock)
+                    failed = exc
+                else:
+                    took(opened)
+        if opened is STOPPED:
+            self._pool.release(member)
+            return STOPPED
+        if failed is None:
+            return opened
+        self._pool.done(member, None if isinstance(failed, ValueError) else failed)
+        if isinstance(failed, ValueError) and closed_under_call(failed):
+            tried.add(member.key)
+            return None
+        raise failed
 
     def marked(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The kwargs a try is sent with: a unary call's carry the pool's token (see NOT_SENT)."""

@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
 
 from plugbay.core.host.callfuture import CallFuture
 from plugbay.errors import NoEndpointsError
+from plugbay.network.unsent import STOPPED
 
 _log = logging.getLogger("plugbay.network")
 
@@ -36,7 +38,8 @@ class Tries(Protocol):
     def remaining(self, deadline: float | None, member: Any, last: str = "") -> float | None: ...
 
     def made(self, member: Any, tried: Any) -> None: ...
-    def open_failed(self, member: Any, tried: Any, exc: BaseException) -> None: ...
+    def open_unless(self, lock: Any, stopped: Callable[[], bool], member: Any, tried: Any,
+                    opening: Callable[[], Any], took: Callable[[Any], None]) -> Any: ...
 
     def refused(self, member: Any, exc: grpc.RpcError, tried: Any, pick_until: float,
                 pause: float) -> tuple[str, float]: ...
@@ -90,29 +93,19 @@ class FailoverFuture(CallFuture):
             if member is None:  # cancelled while it waited for an endpoint
                 return
             left = owner.remaining(self._deadline, member, self._last)  # none: raises, member released
-            # the check and the open are one step under cancel()'s lock (as a stream's, poolstream): a cancel()
-            # before it sends nothing, one after it cancels the try opened (never one opened after cancel()
-            # returned True); a failed open's bookkeeping runs after it, as it tells the pool's subscribers
-            inner: Any = None
-            failed: BaseException | None = None
-            with self._cond:
-                cancelled = self._cancelled
-                if not cancelled:
-                    try:
-                        inner = owner._on(member).future(self._request, timeout=left, **self._kwargs)
-                    except BaseException as exc:  # noqa: BLE001 (open_failed's to judge, below)
-                        failed = exc
-                    else:
-                        self._inner = inner  # cancel() from now on cancels it: its end still reports to the pool
-            if cancelled:  # cancelled as it got an endpoint: never sent, the endpoint goes back unused
-                pool.release(member)
+            inner = owner.open_unless(self._cond, lambda: self._cancelled, member, self._tried,
+                                      lambda: owner._on(member).future(self._request, timeout=left, **self._kwargs),
+                                      self._took)
+            if inner is STOPPED:  # cancelled as it got an endpoint: never sent
                 return
-            if failed is not None:
-                owner.open_failed(member, self._tried, failed)  # closed under it (else raised): not sent
+            if inner is None:  # the endpoint's channel closed under the call: not sent
                 continue
             owner.made(member, self._tried)  # not before: a closed channel refuses the try (ValueError)
             inner.add_done_callback(lambda f, m=member: self._tried_on(m, f))
             return
+
+    def _took(self, inner: Any) -> None:
+        self._inner = inner  # under cancel()'s lock: a cancel() from now on cancels it (its end reports to the pool)
 
     def _pick(self) -> Any:
         """An endpoint for the next try, waiting on the pool's condition for one as pool.pick() does, but not past

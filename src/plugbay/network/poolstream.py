@@ -23,12 +23,13 @@ does not carry it. Add them after the first answer to hear how the stream ended.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
 
 from plugbay.errors import NoEndpointsError
-from plugbay.network.unsent import Tried, channel_failing, not_sent
+from plugbay.network.unsent import STOPPED, Tried, channel_failing, not_sent
 
 
 class Streams(Protocol):
@@ -42,7 +43,8 @@ class Streams(Protocol):
     def _on(self, member: Any) -> Any: ...
     def remaining(self, deadline: float | None, member: Any, last: str = "") -> float | None: ...
     def made(self, member: Any, tried: Any) -> None: ...
-    def open_failed(self, member: Any, tried: Any, exc: BaseException) -> None: ...
+    def open_unless(self, lock: Any, stopped: Callable[[], bool], member: Any, tried: Any,
+                    opening: Callable[[], Any], took: Callable[[Any], None]) -> Any: ...
     def out_of_tries(self, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException: ...
     def drain_cut(self, member: Any, exc: grpc.RpcError) -> grpc.RpcError: ...
     def stream_ended(self, member: Any, call: Any) -> None: ...
@@ -104,28 +106,19 @@ class PoolStream:
             if member is None:
                 raise StreamCancelled()
             left = self._owner.remaining(self._deadline, member)  # none: raises unsent, member released
-            # the check and the open are one step under cancel()'s lock: a cancel() before it opens no call, one
-            # after it cancels the call opened (never one opened after cancel() returned); a failed open's
-            # bookkeeping runs after it, since it tells the pool's subscribers (user code, that may cancel())
-            opened: Any = None
-            failed: BaseException | None = None
-            with self._lock:
-                cancelled = self._cancelled
-                if not cancelled:
-                    try:
-                        opened = self._owner._on(member)(self._request, timeout=left, **self._kwargs)
-                    except BaseException as exc:  # noqa: BLE001 (open_failed's to judge, below)
-                        failed = exc
-                    else:
-                        self._call, self._member, self._failing = opened, member, None
-            if cancelled:  # cancel() came as the pick ended: the endpoint goes back unused
-                pool.release(member)
+            opened = self._owner.open_unless(self._lock, lambda: self._cancelled, member, tried,
+                                             lambda: self._owner._on(member)(self._request, timeout=left,
+                                                                             **self._kwargs),
+                                             lambda call: self._took(call, member))
+            if opened is STOPPED:  # cancel() came as the pick ended: the endpoint went back unused
                 raise StreamCancelled()
-            if failed is None:
+            if opened is not None:  # None: closed under it, the next endpoint's turn
                 break
-            self._owner.open_failed(member, tried, failed)  # closed under it (else raised): the next endpoint
         self._owner.made(member, tried)
         opened.add_done_callback(lambda c: self._ended(member, c))
+
+    def _took(self, call: Any, member: Any) -> None:
+        self._call, self._member, self._failing = call, member, None  # under _lock: cancel() reaches it
 
     def _ended(self, member: Any, call: Any) -> None:
         failing = channel_failing(member.channel)  # outside the lock: it may take a while
@@ -214,4 +207,3 @@ class PoolStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
-

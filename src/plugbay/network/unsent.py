@@ -16,6 +16,8 @@ _SETUP_FAILURES = ("failed to connect to all addresses", "connections to all bac
                    "dns resolution failed", "empty address list")
 _TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE.value[0]
 
+STOPPED = object()  # PoolCallable.open_unless(): the caller's cancel() came first, so nothing was opened
+
 
 def channel_failing(channel: Any) -> bool:
     """Whether the endpoint's gRPC channel is in TRANSIENT_FAILURE now (False when that cannot be told)."""
