@@ -112,3 +112,17 @@ def test_a_name_taken_from_a_file_name_is_escaped(tmp_path: Path) -> None:
     name (in log lines, and in its reattach JSON, which must read back) is escaped."""
     client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[str(tmp_path / "kv\nplugin\u202e")]))
     assert client.name == "kv\\x0aplugin\\u202e"
+
+
+@pytest.mark.parametrize("client_cert", ["removed", None], ids=["removed", "null"])
+def test_an_automtls_reattach_json_without_its_client_cert_is_refused_when_read(owner: Any, client_cert: Any) -> None:
+    """The plugin announced a certificate, so it takes only the host key it was started with: without it the
+    dial went out in plaintext and the Client waited its whole start_timeout for a health check."""
+    client, data = owner
+    data = {k: v for k, v in data.items() if k != "client_cert"}
+    if client_cert is None:
+        data["client_cert"] = None
+    with pytest.raises(ConfigError, match=r"holds the plugin's AutoMTLS certificate but no client_cert.*"
+                                          r"Client.reattach_config\(\).to_json\(\) produced, unedited"):
+        ReattachConfig.from_json(json.dumps(data))
+    assert client.runner.wait(0) is None

@@ -136,6 +136,14 @@ class ReattachConfig:
                               " Client.reattach_config().to_json() produced, unedited")
         if client_cert is not None:
             _check_cert_key(client_cert)
+        elif info.server_cert is not None:
+            # a plugin announces a certificate only when its host gave it one to trust (AutoMTLS), and then it
+            # takes no connection without that host's key: the dial would go out in plaintext and wait out
+            # the whole start_timeout as a "health service did not report SERVING"
+            raise ConfigError(
+                "the reattach config's handshake holds the plugin's AutoMTLS certificate but no client_cert: the"
+                " plugin accepts only the host certificate and key it was started with, which that JSON's"
+                " 'client_cert' holds; pass the JSON that Client.reattach_config().to_json() produced, unedited")
         return cls(handshake=info, runner=runner, client_cert=client_cert, name=name, attach=attach)
 
     @classmethod
