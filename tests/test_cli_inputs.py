@@ -53,3 +53,14 @@ def test_nan_is_an_invalid_value_for_every_float_option(args: list[str]) -> None
     option = args[-2]
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert f"Invalid value for '{option}'" in done.stderr and "is not a finite number" in done.stderr
+
+
+def test_a_temp_dir_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    """A misspelt --temp-dir was looked in as an empty folder: the sweep said "would remove 0" and exited 0."""
+    missing = tmp_path / "no-such-folder"
+    done = _plugbay_capped("sweep", "--temp", "--dry-run", "--temp-dir", str(missing))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"'{missing}' does not exist" in done.stderr and "would remove" not in done.stdout
+    assert not missing.exists()
+    done = _plugbay_capped("sweep", "--temp", "--dry-run", "--temp-dir", str(tmp_path))
+    assert done.returncode == 0 and "would remove 0" in done.stdout, (done.stdout, done.stderr)

@@ -228,8 +228,10 @@ Examples:
 @click.option("--temp", is_flag=True, help="Sweep plugbay's temp folders (and the sockets in them).")
 @click.option("--namespace", default="default", show_default=True, help="With --kubernetes.")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="With --kubernetes.")
-@click.option("--temp-dir", "temp_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="With --temp: a folder to look in (repeatable; default: the temp dir and /var/tmp).")
+# exists=True: a misspelt folder was looked in as an empty one, and the sweep said "removed 0"
+@click.option("--temp-dir", "temp_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="With --temp: a folder to look in, which must exist (repeatable; default: the temp dir and"
+              " /var/tmp).")
 @click.option("--grace", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
               help="With Docker: leave the images and networks plugbay made less than SECONDS ago (a start or"
               " build may be about to use them; the engine's clock says), and those whose age the engine does"
