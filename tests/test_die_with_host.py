@@ -291,3 +291,26 @@ def test_a_file_the_kernel_would_not_run_is_refused_as_a_plain_start_refuses_it(
         for die in (False, True):
             with pytest.raises(RunnerError, match=f"cannot start plugin .*{said}"):
                 ProcessRunner([str(plugin)], die_with_host=die).start(LaunchSpec(env={}))
+
+
+def test_a_start_says_what_the_execs_errno_hides_with_or_without_die_with_host(tmp_path: Path) -> None:
+    # a plain start said only "No such file or directory: 'plugin.sh'" for a script that is there (its #!
+    # interpreter is missing, or ends in the \r of a CRLF line end) and for a missing working folder; both
+    # starts called a folder given as the command a missing file or a bare "Permission denied"
+    from plugbay.errors import RunnerError
+    from plugbay.runners.base import LaunchSpec
+
+    missing = tmp_path / "bad-shebang.sh"
+    missing.write_bytes(b"#!/nonexistent/interpreter\necho hi\n")
+    crlf = tmp_path / "crlf.sh"
+    crlf.write_bytes(b"#!/bin/sh\r\necho hi\r\n")
+    for script in (missing, crlf):
+        script.chmod(0o755)
+    cases = [([str(missing)], {}, r"No such file or directory \(its #! interpreter '/nonexistent/interpreter'\)"),
+             ([str(crlf)], {}, r"No such file or directory \(its #! interpreter '/bin/sh\\r'\)"),
+             ([str(tmp_path)], {}, r"Permission denied \(a folder, not a file\)"),
+             (["sh", "-c", "true"], {"cwd": str(tmp_path / "gone")}, r"No such file or directory \(the working folder")]
+    for cmd, options, said in cases:
+        for die in (False, True):
+            with pytest.raises(RunnerError, match=f"cannot start plugin .*{said}"):
+                ProcessRunner(cmd, die_with_host=die, **options).start(LaunchSpec(env={}))

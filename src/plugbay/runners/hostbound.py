@@ -97,8 +97,9 @@ def check_runnable(path: str) -> None:
     with open(path, "rb") as f:
         head = f.read(256)
     if head.startswith(b"#!"):
-        line = head[2:].split(b"\n", 1)[0].strip()
-        interpreter = os.fsdecode(line.split()[0]) if line else ""
+        # the kernel ends the interpreter's name at a space, tab, NUL or newline only: a CRLF script's is "/bin/sh\r"
+        line = head[2:].split(b"\n", 1)[0].lstrip(b" \t")
+        interpreter = os.fsdecode(line.replace(b"\t", b" ").replace(b"\0", b" ").split(b" ", 1)[0])
         if not interpreter or not os.path.isfile(interpreter):
             raise FileNotFoundError(errno.ENOENT, f"{os.strerror(errno.ENOENT)} (its #! interpreter"
                                                   f" {interpreter!r})", path)

@@ -229,7 +229,8 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
             hint = ("Remove NUL bytes from the command, folder and environment, and '=' from environment"
                     " names." if isinstance(exc, ValueError) else
                     "Check the path, the executable bit and the working directory.")
-            raise RunnerError(f"cannot start plugin {self.cmd!r}: {exc}. {hint}") from exc
+            said = exc if isinstance(exc, ValueError) else self._explained(exc, spec.env)
+            raise RunnerError(f"cannot start plugin {self.cmd!r}: {said}. {hint}") from exc
         except BaseException:
             with self._lock:
                 self._ended = self._ended or "used for a start that was interrupted"

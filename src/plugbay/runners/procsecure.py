@@ -76,11 +76,28 @@ class SecureCopies:
         except ConfigError:
             raise FileNotFoundError(errno.ENOENT, "No such file or directory (on the plugin's PATH)",
                                     self.cmd[0]) from None
+        if os.path.isdir(target):  # what the kernel's exec answers (EACCES), saying why
+            raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} (a folder, not a file)", target)
         if not os.path.isfile(target):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), target)
         if not os.access(target, os.X_OK):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), target)
         return target
+
+    def _explained(self, exc: OSError, spec_env: Mapping[str, str]) -> OSError:
+        """A plain start's exec error made to say what its errno hides: ENOENT names the script whose #!
+        interpreter is missing (a CRLF line end too) or the missing working folder, EACCES a folder; the
+        checks the die_with_host start makes first. ``exc`` when they find nothing (a race)."""
+        from plugbay.runners.hostbound import check_runnable
+
+        if self.cwd is not None and not os.path.isdir(self.cwd):
+            return FileNotFoundError(errno.ENOENT, f"{os.strerror(errno.ENOENT)} (the working folder, cwd=)",
+                                     self.cwd)
+        try:
+            check_runnable(self._exec_target(spec_env))
+        except OSError as found:
+            return found
+        return exc
 
     def _cmd_index(self, path: str | None, cwd: str) -> int:
         if path is None:
