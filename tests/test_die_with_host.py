@@ -314,3 +314,30 @@ def test_a_start_says_what_the_execs_errno_hides_with_or_without_die_with_host(t
         for die in (False, True):
             with pytest.raises(RunnerError, match=f"cannot start plugin .*{said}"):
                 ProcessRunner(cmd, die_with_host=die, **options).start(LaunchSpec(env={}))
+
+
+def test_a_start_keeps_the_execs_errno_and_says_what_it_means(tmp_path: Path) -> None:
+    # an explanation replaces the exec's error only with the same errno: a file on PATH that may not be run
+    # was "No such file" (EACCES is what the exec says), a cwd that is a file "No such file" (ENOTDIR); the
+    # working folder is checked first with die_with_host too (the child's chdir comes before its exec); an
+    # empty #! line is the kernel's ENOEXEC, not a missing interpreter
+    from plugbay.errors import RunnerError
+    from plugbay.runners.base import LaunchSpec
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "myplugin").write_text("#!/bin/sh\necho hi\n")  # mode 644: there, not executable
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    empty = tmp_path / "empty-shebang.sh"
+    empty.write_bytes(b"#!\necho hi\n")
+    empty.chmod(0o755)
+    cases = [(["myplugin"], {"env": {"PATH": str(folder)}},
+              r"Permission denied \(on the plugin's PATH, not executable"),
+             (["sh", "-c", "true"], {"cwd": str(afile)}, r"Not a directory \(the working folder"),
+             (["./plugin"], {"cwd": str(tmp_path / "gone")}, r"No such file or directory \(the working folder"),
+             ([str(empty)], {}, r"Exec format error \(its #! line names no interpreter\)")]
+    for cmd, options, said in cases:
+        for die in (False, True):
+            with pytest.raises(RunnerError, match=f"cannot start plugin .*{said}"):
+                ProcessRunner(cmd, die_with_host=die, **options).start(LaunchSpec(env={}))

@@ -100,7 +100,9 @@ def check_runnable(path: str) -> None:
         # the kernel ends the interpreter's name at a space, tab, NUL or newline only: a CRLF script's is "/bin/sh\r"
         line = head[2:].split(b"\n", 1)[0].lstrip(b" \t")
         interpreter = os.fsdecode(line.replace(b"\t", b" ").replace(b"\0", b" ").split(b" ", 1)[0])
-        if not interpreter or not os.path.isfile(interpreter):
+        if not interpreter:  # the kernel finds no interpreter's name: ENOEXEC (and execvp would run it by sh)
+            raise OSError(errno.ENOEXEC, f"{os.strerror(errno.ENOEXEC)} (its #! line names no interpreter)", path)
+        if not os.path.isfile(interpreter):
             raise FileNotFoundError(errno.ENOENT, f"{os.strerror(errno.ENOENT)} (its #! interpreter"
                                                   f" {interpreter!r})", path)
         if not os.access(interpreter, os.X_OK):

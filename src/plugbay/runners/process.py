@@ -180,6 +180,9 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
                 args[index] = f"/proc/self/fd/{fd}"
         if self.die_with_host:  # setpriv execs the plugin's file: found here, as the exec would find it
             try:
+                cwd_error = self._cwd_error()  # the child's chdir comes before its exec
+                if cwd_error is not None:
+                    raise cwd_error
                 target = executable or self._exec_target(spec.env)
                 check_runnable(target)
                 args, executable = bound_command(target, args, keep_argv0=executable is not None), None

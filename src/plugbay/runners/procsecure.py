@@ -65,8 +65,12 @@ class SecureCopies:
     def _executable(self, spec_env: Mapping[str, str]) -> str:
         """cmd[0] as the exec in the child finds it: in its folder, on the PATH its environment holds
         (start() builds that environment: the host's unless skip_host_env, then env=, then the spec's)."""
-        path = spec_env.get("PATH", self.env.get("PATH", None if self.skip_host_env else os.environ.get("PATH")))
+        path = self._child_path(spec_env)
         return resolve_executable(self.cmd[0], {} if path is None else {"PATH": path}, self.cwd)
+
+    def _child_path(self, spec_env: Mapping[str, str]) -> str | None:
+        """The PATH the child's environment holds (None: none, the exec then uses os.defpath)."""
+        return spec_env.get("PATH", self.env.get("PATH", None if self.skip_host_env else os.environ.get("PATH")))
 
     def _exec_target(self, spec_env: Mapping[str, str]) -> str:
         """cmd[0]'s file as the exec in the child would find it (ProcessRunner(die_with_host=True) hands it
@@ -74,6 +78,9 @@ class SecureCopies:
         try:
             target = self._executable(spec_env)
         except ConfigError:
+            if self._on_path_unrunnable(spec_env):  # the exec's EACCES: a file by that name it may not run
+                raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} (on the plugin's PATH, not"
+                                      " executable or on a noexec mount)", self.cmd[0]) from None
             raise FileNotFoundError(errno.ENOENT, "No such file or directory (on the plugin's PATH)",
                                     self.cmd[0]) from None
         if os.path.isdir(target):  # what the kernel's exec answers (EACCES), saying why
@@ -84,20 +91,36 @@ class SecureCopies:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), target)
         return target
 
+    def _on_path_unrunnable(self, spec_env: Mapping[str, str]) -> bool:
+        """Whether a bare cmd[0] names a file on the child's PATH that its exec may not run."""
+        if os.sep in self.cmd[0]:
+            return False
+        path = self._child_path(spec_env)
+        folder = os.path.join(os.getcwd(), self.cwd or "")
+        return any(os.path.isfile(os.path.join(folder, entry, self.cmd[0]))
+                   for entry in (os.defpath if path is None else path).split(os.pathsep))
+
+    def _cwd_error(self) -> OSError | None:
+        """The child's chdir error for a cwd that is missing or not a folder, saying it is the working folder."""
+        if self.cwd is None or os.path.isdir(self.cwd):
+            return None
+        code = errno.ENOTDIR if os.path.exists(self.cwd) else errno.ENOENT
+        return OSError(code, f"{os.strerror(code)} (the working folder, cwd=)", self.cwd)
+
     def _explained(self, exc: OSError, spec_env: Mapping[str, str]) -> OSError:
-        """A plain start's exec error made to say what its errno hides: ENOENT names the script whose #!
-        interpreter is missing (a CRLF line end too) or the missing working folder, EACCES a folder; the
-        checks the die_with_host start makes first. ``exc`` when they find nothing (a race)."""
+        """A plain start's exec error made to say what its errno hides (the checks the die_with_host start
+        makes first): ENOENT names the script whose #! interpreter is missing (a CRLF line end too) or the
+        missing working folder, EACCES a folder. Only an explanation with the exec's own errno replaces it;
+        ``exc`` when the checks find nothing of that errno (a race, or a cause they cannot see)."""
         from plugbay.runners.hostbound import check_runnable
 
-        if self.cwd is not None and not os.path.isdir(self.cwd):
-            return FileNotFoundError(errno.ENOENT, f"{os.strerror(errno.ENOENT)} (the working folder, cwd=)",
-                                     self.cwd)
-        try:
-            check_runnable(self._exec_target(spec_env))
-        except OSError as found:
-            return found
-        return exc
+        found = self._cwd_error()
+        if found is None:
+            try:
+                check_runnable(self._exec_target(spec_env))
+            except OSError as error:
+                found = error
+        return found if found is not None and found.errno == exc.errno else exc
 
     def _cmd_index(self, path: str | None, cwd: str) -> int:
         if path is None:
