@@ -1,4 +1,4 @@
-"""A plugin command: its checks (a non-empty list of strings, an environment the OS can take) and its
+"""A plugin command: its checks (a non-empty list of strings or paths, an environment the OS can take) and its
 executable as the OS will run it."""
 
 from __future__ import annotations
@@ -58,13 +58,36 @@ def _exec_allowed(path: str) -> bool:
 
 
 def check_cmd(cmd: Any, where: str) -> None:
-    """A plugin command is a non-empty list of strings: ConfigError naming ``where`` otherwise."""
-    if isinstance(cmd, (str, bytes)) or not isinstance(cmd, Sequence) or not cmd or not all(
-            isinstance(part, str) for part in cmd):
-        raise ConfigError(f"{where} must be a non-empty list of strings such as [sys.executable, 'plugin.py']"
-                          f" (not one command line), got {cmd!r}")
-    if any("\0" in part for part in cmd):
+    """A plugin command is a non-empty list of str or os.PathLike items: ConfigError naming ``where`` otherwise."""
+    command_strings(cmd, where)
+
+
+def command_strings(cmd: Any, where: str) -> list[str]:
+    """``cmd`` as the list of str the exec gets: an os.PathLike item (pathlib.Path) os.fspath'ed, as cwd= takes
+    one; ConfigError naming ``where`` for anything else. A bytes item (or a path naming itself in bytes) is
+    refused rather than decoded: cmd is shown and compared as text, and os.fsdecode() is the caller's choice."""
+    parts = None if isinstance(cmd, (str, bytes)) or not isinstance(cmd, Sequence) or not cmd else [
+        _text(part) for part in cmd]
+    if parts is None or None in parts:
+        wrong = [] if parts is None else [part for part, text in zip(cmd, parts) if text is None]
+        hint = "; decode a bytes path with os.fsdecode()" if any(
+            isinstance(part, (bytes, os.PathLike)) for part in wrong) else ""
+        raise ConfigError(f"{where} must be a non-empty list of strings (or os.PathLike paths such as pathlib.Path)"
+                          f" such as [sys.executable, 'plugin.py'] (not one command line), got {cmd!r}{hint}")
+    texts = [part for part in parts if part is not None]
+    if any("\0" in part for part in texts):
         raise ConfigError(f"{where} holds a NUL byte, which no command line can carry: {cmd!r}; remove it")
+    return texts
+
+
+def _text(part: Any) -> str | None:
+    """A command item as str, or None when it is no str path (bytes, a number, a PathLike giving bytes)."""
+    if isinstance(part, os.PathLike):
+        try:
+            part = os.fspath(part)
+        except TypeError:  # a __fspath__ that returns neither str nor bytes
+            return None
+    return part if isinstance(part, str) else None
 
 
 def check_env(env: Any, where: str) -> None:

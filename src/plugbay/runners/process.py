@@ -49,6 +49,7 @@ from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # r
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
 from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, killed_while_starting, reuse_refused
 from plugbay.runners.command import check_cmd as check_cmd  # re-exported: configcheck and users import it here
+from plugbay.runners.command import command_strings as command_strings  # re-exported for ClientConfig
 from plugbay.runners.command import check_env as check_env  # re-exported: configcheck imports it here
 from plugbay.runners.command import check_cwd, check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
@@ -70,7 +71,7 @@ _TAIL = 50
 class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Runner):
     """Runs ``cmd`` as a local child process. One instance runs the plugin once."""
 
-    def __init__(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
+    def __init__(self, cmd: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike[str] | None = None, skip_host_env: bool = False,
                  die_with_host: bool = False, trusted_networks: Sequence[str] = (),
                  outlive_grace: float | None = OUTLIVE_GRACE) -> None:
@@ -80,7 +81,7 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
         ``outlive_grace``: without die_with_host the plugin outlives this host's death (a kill -9, no kill())
         for a later host to reattach, until no host has been connected for that many seconds in a row; then it
         stops (None: serves on)."""
-        check_cmd(cmd, "ProcessRunner cmd")
+        self.cmd = command_strings(cmd, "ProcessRunner cmd")
         if not isinstance(die_with_host, bool):
             raise ConfigError(f"ProcessRunner die_with_host must be True or False, got {die_with_host!r}")
         if die_with_host:
@@ -88,7 +89,6 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Run
         self.die_with_host = die_with_host
         self.outlive_grace = check_grace(outlive_grace, "ProcessRunner outlive_grace")
         check_env(env or {}, "ProcessRunner env")
-        self.cmd = list(cmd)
         self.env = dict(env or {})
         self.cwd = check_cwd(cwd)
         self.skip_host_env = skip_host_env

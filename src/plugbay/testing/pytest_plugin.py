@@ -4,8 +4,8 @@ Fixtures:
 
 ``plugin_process(cmd, handshake, plugins, **config)``
     starts ``cmd`` as a local plugin process and returns the started Client;
-    ``cmd`` is a list of strings, as ClientConfig.cmd (one command-line string
-    is ClientConfig's ConfigError).
+    ``cmd`` is a list of strings or os.PathLike paths, as ClientConfig.cmd (one
+    command-line string is ClientConfig's ConfigError).
 ``plugin_container(image, handshake, plugins, runner=dict(...), **config)``
     starts ``image`` through DockerRunner (``runner`` holds its options) and
     returns the started Client. Skips the test when no Docker engine answers.
@@ -21,6 +21,7 @@ failed or raised, so no process, container, socket or thread outlives it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,7 @@ def plugin_process() -> Iterator[Callable[..., Client]]:
     """Start a plugin command as a local process; returns the started Client, killed at teardown."""
     started = _Started()
 
-    def start(cmd: Sequence[str], handshake: HandshakeConfig, plugins: PluginSet | None = None,
+    def start(cmd: Sequence[str | os.PathLike[str]], handshake: HandshakeConfig, plugins: PluginSet | None = None,
               **config: Any) -> Client:
         from plugbay.core.host.client import ClientConfig
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ class ClientConfig:
     plugins: PluginSet | None = None
     versioned_plugins: VersionedPlugins | None = None
     runner: Runner | None = None
-    cmd: Sequence[str] | None = None
+    cmd: Sequence[str | os.PathLike[str]] | None = None  # check() makes it a list of str
     reattach: ReattachConfig | None = None
     # AutoMTLS; None: on when the runner's transport is not private (Docker tcp, pods)
     auto_mtls: bool | None = None
@@ -63,7 +64,10 @@ class ClientConfig:
     def check(self) -> None:
         """ConfigError naming the first field that cannot work (Client() checks again: fields may change)."""
         from plugbay.core.host.configcheck import check_client_config
+        from plugbay.runners.process import command_strings
 
+        if self.cmd is not None:  # as text, so repr, == and the runner see what the exec gets
+            self.cmd = command_strings(self.cmd, "ClientConfig.cmd")
         check_client_config(self)
 
     def tls_policy(self, runner: AttachedRunner, has_cert: bool | None = None) -> tuple[bool, bool]:

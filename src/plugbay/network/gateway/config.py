@@ -14,7 +14,7 @@ from plugbay.errors import ConfigError
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.network.figures import check_seconds, check_switch
 from plugbay.network.gateway.starts import DEFAULT_MAX_CHILD_STARTS
-from plugbay.runners.command import check_cmd, check_env
+from plugbay.runners.command import check_env, command_strings
 
 # Forwarded calls at once (the gateway's own services have threads of their own).
 DEFAULT_MAX_CALLS = 48
@@ -29,7 +29,7 @@ MAX_MAX_MESSAGE = 2**31 - 1
 class GatewayConfig:
     """What the gateway runs and where it listens. TLS: all three files, or ``insecure=True``."""
 
-    cmd: Sequence[str]
+    cmd: Sequence[str]  # check() makes it a list of str (os.PathLike items os.fspath'ed)
     cookie: tuple[str, str]
     listen: str = "0.0.0.0:7001"
     cert_file: str | None = None
@@ -75,7 +75,7 @@ class GatewayConfig:
                 not self.cmd or self.cmd[0] == ""):
             raise ConfigError("the gateway needs the plugin's command; pass it after '--' (for example"
                               " `-- ./kv-plugin`) or as GatewayConfig(cmd=[...])")
-        check_cmd(self.cmd, "GatewayConfig.cmd")
+        self.cmd = command_strings(self.cmd, "GatewayConfig.cmd")
         cookie = self.cookie
         if (isinstance(cookie, str) or not isinstance(cookie, Sequence) or len(cookie) != 2
                 or not all(isinstance(part, str) for part in cookie)):
