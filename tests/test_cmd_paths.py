@@ -70,3 +70,16 @@ def test_a_cmd_item_that_is_no_str_path_is_a_config_error(part: Any, says: str) 
         ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[sys.executable, part])
     assert says in str(err.value)
     assert "ClientConfig.cmd" in str(err.value)
+
+
+def test_a_cmd_of_strings_stays_the_callers_own_list() -> None:
+    # only a cmd holding paths is replaced by its text: a list of str stays the one the caller passed (and
+    # later edits of it count, as before paths were taken), and a gateway's argv follows a cmd set after check()
+    cmd = [sys.executable, str(SCRIPT)]
+    config = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=cmd)
+    config.check()
+    assert config.cmd is cmd
+    gateway = GatewayConfig(cmd=[SCRIPT], cookie=("BASIC_PLUGIN", "hello"), insecure=True)
+    gateway.check()
+    gateway.cmd = [Path(sys.executable), SCRIPT]
+    assert gateway.argv == [sys.executable, str(SCRIPT)]

@@ -29,7 +29,7 @@ MAX_MAX_MESSAGE = 2**31 - 1
 class GatewayConfig:
     """What the gateway runs and where it listens. TLS: all three files, or ``insecure=True``."""
 
-    cmd: Sequence[str]  # check() makes it a list of str (os.PathLike items os.fspath'ed)
+    cmd: Sequence[str | os.PathLike[str]]  # check() makes it a list of str (os.PathLike items os.fspath'ed)
     cookie: tuple[str, str]
     listen: str = "0.0.0.0:7001"
     cert_file: str | None = None
@@ -69,6 +69,11 @@ class GatewayConfig:
     # with multiplex=True: sessions' children starting at once; a free turn goes to the next peer address
     # waiting (round robin), so one host opening sessions in a loop delays its own, not others' (gateway/starts.py)
     max_child_starts: int = DEFAULT_MAX_CHILD_STARTS
+
+    @property
+    def argv(self) -> list[str]:
+        """The command as the exec gets it (check() has made ``cmd`` that already; a field set since, too)."""
+        return [os.fspath(part) for part in self.cmd]
 
     def check(self) -> None:
         if not isinstance(self.cmd, (str, bytes)) and isinstance(self.cmd, Sequence) and (

@@ -151,7 +151,7 @@ class Gateway:
 
     def _session(self, conn: socket.socket, path: str, peer: str) -> ChildSession:
         cfg = self.config
-        return ChildSession(conn, cfg.cmd, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
+        return ChildSession(conn, cfg.argv, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
                             start_timeout=cfg.start_timeout, logger=cfg.logger, peer=peer,
                             keepalive=cfg.keepalive, refused=self._sessions_refused,
                             on_no_multiplex=self._no_multiplex, starts=self._starts)
@@ -175,7 +175,7 @@ class Gateway:
         versions = sorted({int(v) for v in cfg.protocol_versions})
         return ClientConfig(handshake=HandshakeConfig(versions[-1], cfg.cookie[0], cfg.cookie[1]),
                             versioned_plugins={v: {} for v in versions}, auto_mtls=cfg.child_mtls,
-                            runner=child_runner(cfg.cmd, cfg.cwd),
+                            runner=child_runner(cfg.argv, cfg.cwd),
                             start_timeout=cfg.start_timeout, call_timeout=None, env=dict(cfg.env),
                             name="gateway-child", logger=cfg.logger)
 
@@ -288,7 +288,7 @@ class Gateway:
         # a plugin that cannot multiplex would fail every host that takes Discovery's offer: each such
         # host waited out its start_timeout on sessions the gateway closed, and was told only "Socket closed"
         cfg = self.config
-        check = MultiplexCheck(cfg.cmd, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
+        check = MultiplexCheck(cfg.argv, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
                                start_timeout=cfg.start_timeout, logger=cfg.logger)
         self._check = check
         try:
