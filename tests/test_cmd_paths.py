@@ -83,3 +83,10 @@ def test_a_cmd_of_strings_stays_the_callers_own_list() -> None:
     gateway.check()
     gateway.cmd = [Path(sys.executable), SCRIPT]
     assert gateway.argv == [sys.executable, str(SCRIPT)]
+
+
+def test_a_bad_cmd_is_named_after_an_earlier_bad_field() -> None:
+    # the config's check names the first field that cannot work: cmd's text is made after it
+    with pytest.raises(ConfigError) as err:
+        ClientConfig(handshake=None, plugins=PLUGINS, cmd=[3])  # type: ignore[list-item]
+    assert "handshake" in str(err.value)

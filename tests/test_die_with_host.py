@@ -329,12 +329,17 @@ def test_a_start_keeps_the_execs_errno_and_says_what_it_means(tmp_path: Path) ->
     (folder / "myplugin").write_text("#!/bin/sh\necho hi\n")  # mode 644: there, not executable
     afile = tmp_path / "afile"
     afile.write_text("")
+    (folder / "afolder").mkdir()
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
     empty = tmp_path / "empty-shebang.sh"
     empty.write_bytes(b"#!\necho hi\n")
     empty.chmod(0o755)
     cases = [(["myplugin"], {"env": {"PATH": str(folder)}},
               r"Permission denied \(on the plugin's PATH, not executable"),
+             (["afolder"], {"env": {"PATH": str(folder)}}, r"Permission denied \(on the plugin's PATH, a folder\)"),
              (["sh", "-c", "true"], {"cwd": str(afile)}, r"Not a directory \(the working folder"),
+             (["sh", "-c", "true"], {"cwd": str(loop)}, r"Too many levels of symbolic links \(the working folder"),
              (["./plugin"], {"cwd": str(tmp_path / "gone")}, r"No such file or directory \(the working folder"),
              ([str(empty)], {}, r"Exec format error \(its #! line names no interpreter\)")]
     for cmd, options, said in cases:

@@ -78,9 +78,10 @@ class SecureCopies:
         try:
             target = self._executable(spec_env)
         except ConfigError:
-            if self._on_path_unrunnable(spec_env):  # the exec's EACCES: a file by that name it may not run
-                raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} (on the plugin's PATH, not"
-                                      " executable or on a noexec mount)", self.cmd[0]) from None
+            unrunnable = self._on_path_unrunnable(spec_env)
+            if unrunnable is not None:  # the exec's EACCES: something by that name it may not run
+                raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} (on the plugin's PATH,"
+                                      f" {unrunnable})", self.cmd[0]) from None
             raise FileNotFoundError(errno.ENOENT, "No such file or directory (on the plugin's PATH)",
                                     self.cmd[0]) from None
         if os.path.isdir(target):  # what the kernel's exec answers (EACCES), saying why
@@ -91,20 +92,30 @@ class SecureCopies:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), target)
         return target
 
-    def _on_path_unrunnable(self, spec_env: Mapping[str, str]) -> bool:
-        """Whether a bare cmd[0] names a file on the child's PATH that its exec may not run."""
+    def _on_path_unrunnable(self, spec_env: Mapping[str, str]) -> str | None:
+        """What a bare cmd[0] names on the child's PATH that its exec may not run (None: nothing there)."""
         if os.sep in self.cmd[0]:
-            return False
+            return None
         path = self._child_path(spec_env)
         folder = os.path.join(os.getcwd(), self.cwd or "")
-        return any(os.path.isfile(os.path.join(folder, entry, self.cmd[0]))
-                   for entry in (os.defpath if path is None else path).split(os.pathsep))
+        for entry in (os.defpath if path is None else path).split(os.pathsep):
+            candidate = os.path.join(folder, entry, self.cmd[0])
+            if os.path.isdir(candidate):
+                return "a folder"
+            if os.path.exists(candidate):
+                return "not executable or on a noexec mount"
+        return None
 
     def _cwd_error(self) -> OSError | None:
-        """The child's chdir error for a cwd that is missing or not a folder, saying it is the working folder."""
+        """The child's chdir error for a cwd it cannot enter (missing, not a folder, a loop), saying it is
+        the working folder."""
         if self.cwd is None or os.path.isdir(self.cwd):
             return None
-        code = errno.ENOTDIR if os.path.exists(self.cwd) else errno.ENOENT
+        try:
+            os.stat(self.cwd)
+            code = errno.ENOTDIR
+        except OSError as exc:
+            code = exc.errno or errno.ENOENT
         return OSError(code, f"{os.strerror(code)} (the working folder, cwd=)", self.cwd)
 
     def _explained(self, exc: OSError, spec_env: Mapping[str, str]) -> OSError:
