@@ -131,6 +131,11 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers,
         finally:
             finish()
 
+    def ended() -> None:  # the down loop's end, when that is all there is for it (see Stream.attach_sink)
+        # on the session reader (or whoever ended the stream): a shutdown never blocks
+        _shut(conn, socket.SHUT_WR if stream._remote_fin or not stream._reset else socket.SHUT_RDWR)
+        finish()
+
     def wake() -> None:  # the down loop starts once there is work (see Stream.attach_sink)
         try:
             workers.run(down)
@@ -145,7 +150,7 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers,
         conn.close()
         done()
         raise
-    stream.attach_sink(conn, wake, splice=plain)
+    stream.attach_sink(conn, wake, splice=plain, end=ended)
 
 
 def splice(a: Stream, b: Stream, threads: set[threading.Thread], lock: threading.Lock,

@@ -29,6 +29,7 @@ class Sinking:
     _sending: bool
     _direct: int
     _wake: Callable[[], None] | None
+    _end: Callable[[], None] | None
 
     if TYPE_CHECKING:
         def _drain_needed(self) -> Callable[[], None] | None: ...
@@ -70,7 +71,7 @@ class Sinking:
             return 0
 
     def attach_sink(self, sink: socket.socket | None, wake: Callable[[], None] | None = None,
-                    splice: bool = False) -> None:
+                    splice: bool = False, end: Callable[[], None] | None = None) -> None:
         """Let the session reader send payloads straight to ``sink`` while none are queued (None: stop).
 
         The bridge owning ``sink`` must then read with take(), call sent()
@@ -78,6 +79,9 @@ class Sinking:
         ``wake``, the session calls it once, at the first work for that loop
         (bytes the sink did not take, the end of the stream, window to
         return): a callback's stream needs no waiting thread until it ends.
+        Given ``end`` too, it is called instead when the stream's end (FIN or
+        reset) is that first work and nothing is queued: a callback's stream
+        then never wakes a thread for its sink (``end`` must not block).
         With ``splice``, the reader may also splice payloads into ``sink``,
         making its fd non-blocking for that: the bridge's own calls on it
         must then wait for it themselves on BlockingIOError.
@@ -87,6 +91,7 @@ class Sinking:
             self._splice_sink = splice and sink is not None
             self._sink_unblocked = False
             self._wake = wake if sink is not None else None
+            self._end = end if sink is not None else None
             wake_now = self._drain_needed()
         if wake_now is not None:
             wake_now()

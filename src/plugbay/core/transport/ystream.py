@@ -89,6 +89,7 @@ class Stream(Sinking):
         self._sending = False  # the bridge is sending queued bytes: new ones queue behind them
         self._direct = 0  # bytes sent straight to the sink, window not yet returned
         self._wake: Callable[[], None] | None = None  # starts the bridge's drain (see attach_sink)
+        self._end: Callable[[], None] | None = None  # ends it instead, when the end is its only work
         self._draining = False  # the drain was started: never a second one
         self._got_data = False  # a DATA payload arrived (see on_first_data)
         self._on_data: Callable[[], None] | None = None
@@ -154,6 +155,10 @@ class Stream(Sinking):
             return None
         if self._buf or self._remote_fin or self._reset or self._direct >= self._window_max // 2:
             self._draining = True
+            if self._end is not None and not self._buf and (self._remote_fin or self._reset):
+                # nothing left to send to the sink: no window is owed past the end (consumed()),
+                # so the end needs no thread of its own, only a shutdown of the sink
+                return self._end
             return self._wake
         return None
 
