@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from plugbay.core.transport.frames import Chunk, pipe_for_splicing
 from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.ystream import _CHUNK, WINDOW, Stream, StreamClosed
+
+_log = logging.getLogger("plugbay.yamux")
 
 _BULK = 64 * 1024  # a read this big: the local side sends in bulk, splice from now on
 # the up loop's first buffer: a stream that never carries bulk (most; and every one a peer opens
@@ -134,7 +137,10 @@ def bridge(stream: Stream, conn: socket.socket, workers: Workers,
     def ended() -> None:  # the down loop's end, when that is all there is for it (see Stream.attach_sink)
         # on the session reader (or whoever ended the stream): a shutdown never blocks
         _shut(conn, socket.SHUT_WR if stream._remote_fin or not stream._reset else socket.SHUT_RDWR)
-        finish()
+        try:
+            finish()
+        except Exception:  # one bridge's end must not end the reader, and with it every stream of the session
+            _log.exception("ending a bridged yamux stream failed")
 
     def wake() -> None:  # the down loop starts once there is work (see Stream.attach_sink)
         try:
