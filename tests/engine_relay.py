@@ -40,6 +40,8 @@ class EngineRelay:
         self._hold_lock = threading.Lock()
         self.holding = threading.Event()
         self.held_line = ""
+        self.answered = threading.Event()  # set once the engine answered the held request (its caller gone or not)
+        self.answer_line = ""  # that answer's status line
         self._released = threading.Event()
         self._cut = False
         self._acceptor = threading.Thread(target=self._accept, name="plugbay-test-engine-relay")
@@ -50,6 +52,7 @@ class EngineRelay:
         (``answer``: pass it on and hold the engine's answer to it)."""
         self._released.clear()
         self.holding.clear()
+        self.answered.clear()
         self._hold_answer = answer
         self._held = re.compile(rf"{method} /v[0-9.]+{path_pattern}[? ]".encode())
 
@@ -98,13 +101,19 @@ class EngineRelay:
     def _pipe(self, conn: socket.socket, upstream: socket.socket) -> None:
         peers = {conn: upstream, upstream: conn}
         answer_held = False  # this connection's next answer is the one to hold
+        held_here = False  # this connection's request was the held one: its answer sets answered
         try:
             while not self._stop.is_set():
                 for s in select.select(list(peers), [], [], 0.1)[0]:
                     data = s.recv(65536)
                     if not data:
+                        if s is conn and held_here and not self.answered.is_set():
+                            self._await_answer(upstream)  # the caller gave up: the engine still answers
                         return
+                    if s is upstream and held_here and not self.answered.is_set():
+                        self._answered(data)
                     if s is conn and self._must_hold(data):
+                        held_here = True
                         if self._hold_answer:
                             answer_held = True
                         else:
@@ -118,6 +127,21 @@ class EngineRelay:
                     peers[s].sendall(data)
         except OSError:  # the runner closed its side (kill) while a request was held
             return
+
+    def _answered(self, data: bytes) -> None:
+        self.answer_line = data.split(b"\r\n", 1)[0].decode("latin-1")
+        self.answered.set()
+
+    def _await_answer(self, upstream: socket.socket) -> None:
+        """The engine's answer to the held request whose caller closed its connection (bounded)."""
+        for _ in range(int(_HOLD_BOUND / 0.1)):
+            if self._stop.is_set():
+                return
+            if select.select([upstream], [], [], 0.1)[0]:
+                data = upstream.recv(65536)
+                if data:
+                    self._answered(data)
+                return
 
     def _wait_release(self) -> None:
         self.holding.set()

@@ -15,6 +15,7 @@ from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKE
                                             end_socket_dir, engine, give_back_socket_dir)
 from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.sockethandles import SocketHandles
+from plugbay.runners.docker.unanswered import wait_late_creates
 from plugbay.runners.docker.waiter import ExitWaiter
 
 _log = logging.getLogger("plugbay.runners.docker")
@@ -28,6 +29,7 @@ class ContainerTeardown:
     _attached: bool
     _client: Any
     _container_id: str
+    container_name: str
     _host_socket_dir: str | None
     _socket_handles: SocketHandles
     _owns_socket_dir: bool
@@ -98,6 +100,9 @@ class ContainerTeardown:
         stop_timeout, else 2) and remove it. Idempotent."""
         if grace is None:
             grace = 2.0 if self.stop_timeout is None else self.stop_timeout
+        # a create a failed start gave up on (start_timeout, Ctrl-C) may make its container late: that start
+        # ended killed, so here, once the container is gone or engine_timeout has passed (unanswered.py)
+        wait_late_creates(self.container_name)
         with self._lock:
             if self._killed:
                 return

@@ -5,22 +5,36 @@ clean-up removes nothing. The container is looked up by the name the create gave
 removed only when it carries every label that create sent: this process's session and
 start (plugbay.session, plugbay.session-start) and the create's own random token, so a
 container someone else made under that name (the engine's "name in use") is never touched.
+
+A slow engine may make it only after that look-up (the create was cut by start_timeout while
+the engine still worked on it): the name is then watched on a thread of its own for the
+engine's timeout, and the container removed once it shows up. The runner's kill() waits for
+that watch (wait_late_creates), and the thread is not a daemon, so the interpreter waits for it
+too at exit: after a Client's start failed and its kill (or its ``with`` block) ended, and
+certainly once the process ended, no container of that start is left, as long as the engine
+made it within engine_timeout of the failure.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from plugbay.runners.docker.engine import engine_failures
+from plugbay.runners.docker.engine import ENGINE_TIMEOUT, engine, engine_failures
 from plugbay.runners.session import SESSION, SESSION_START, host_session_id, host_session_start
 
 _log = logging.getLogger("plugbay.runners.docker")
 
 CREATE_TOKEN = "plugbay.create-token"  # random per create: tells two same-named creates of one process apart
+_POLL = 0.25  # seconds between two look-ups of a late create's name
 T = TypeVar("T")
+
+_watches_lock = threading.Lock()
+_watches: dict[str, list[threading.Thread]] = {}  # container name -> the watches of its unanswered creates
 
 
 def create_token() -> dict[str, str]:
@@ -44,26 +58,94 @@ def create_or_clean(create: Callable[[], T], api: Any, name: str | None, labels:
         raise
 
 
+def _remove_if_ours(api: Any, name: str, labels: Mapping[str, str]) -> bool:
+    """True once the container named ``name`` is settled: removed as ours, or found to be another's.
+    False while the engine has none under that name. Raises the engine's failures."""
+    from docker.errors import NotFound
+
+    try:
+        found = api.inspect_container(name)
+        have = (found.get("Config") or {}).get("Labels") or {}
+        if any(have.get(key) != value for key, value in labels.items()):
+            return True  # another's container under that name: the engine refused ours
+        api.remove_container(found["Id"], force=True, v=True)
+        return True
+    except NotFound:
+        return False  # not made (yet), or gone already
+
+
+def _warn(name: str, labels: Mapping[str, str], exc: BaseException) -> None:
+    _log.warning("the engine may have made container %s before its create failed, and it could not be"
+                 " checked or removed: %s; if `docker ps -a --filter label=%s=%s` lists it, remove it with"
+                 " `docker rm -f %s`", name, exc, CREATE_TOKEN, labels[CREATE_TOKEN], name)
+
+
 def remove_unanswered(api: Any, name: str | None, labels: Mapping[str, str]) -> None:
     """Remove the container named ``name`` if the create that sent ``labels`` made it; else leave all alone.
 
-    ``api`` is a docker APIClient. A failing engine gets a warning saying how to remove it by hand.
+    ``api`` is a docker APIClient. Not there yet (or the engine failing): the name is watched for its
+    timeout (the engine's own answer would have come by then) on a thread, see wait_late_creates. A
+    failing engine gets a warning saying how to remove it by hand.
     """
-    from docker.errors import NotFound
-
     own = labels.get(SESSION) == host_session_id() and labels.get(SESSION_START) == host_session_start()
     if not name or not own or not labels.get(CREATE_TOKEN):
         return  # nothing proves a container under that name is this create's
     failed = engine_failures()
     try:
-        found = api.inspect_container(name)
-        have = (found.get("Config") or {}).get("Labels") or {}
-        if any(have.get(key) != value for key, value in labels.items()):
-            return  # another's container under that name: the engine refused ours
-        api.remove_container(found["Id"], force=True, v=True)
-    except NotFound:
-        return  # the create never made it (or it is gone already)
-    except failed as exc:
-        _log.warning("the engine may have made container %s before its create failed, and it could not be"
-                     " checked or removed: %s; if `docker ps -a --filter label=%s=%s` lists it, remove it with"
-                     " `docker rm -f %s`", name, exc, CREATE_TOKEN, labels[CREATE_TOKEN], name)
+        if _remove_if_ours(api, name, labels):
+            return
+    except failed:
+        pass  # the watch asks again, and warns if the engine never answers
+    timeout = api.timeout if isinstance(api.timeout, (int, float)) and api.timeout > 0 else ENGINE_TIMEOUT
+    watch = threading.Thread(target=_watch, args=(name, dict(labels), float(timeout)),
+                             name=f"plugbay-late-create-{name}")  # not a daemon: the interpreter's exit waits
+    with _watches_lock:
+        _watches.setdefault(name, []).append(watch)
+    watch.start()
+
+
+def _watch(name: str, labels: Mapping[str, str], timeout: float) -> None:
+    """Look ``name`` up every _POLL seconds for ``timeout`` seconds; remove the container if it is ours."""
+    failed = engine_failures()
+    until = time.monotonic() + timeout
+    last: BaseException | None = None
+    client = None
+    try:
+        client = engine(timeout)  # its own: the runner's client is closed by the kill that waits for this
+        while True:
+            try:
+                if _remove_if_ours(client.api, name, labels):
+                    return
+                last = None
+            except failed as exc:
+                last = exc
+            if time.monotonic() >= until:
+                break
+            time.sleep(min(_POLL, max(until - time.monotonic(), 0.0)))
+        if last is not None:
+            _warn(name, labels, last)
+        else:
+            _log.debug("container %s: its create went unanswered and the engine made none within %g s",
+                       name, timeout)
+    except Exception as exc:  # the engine unreachable for a client: nothing left to ask
+        _warn(name, labels, exc)
+    finally:
+        if client is not None:
+            client.close()
+        with _watches_lock:
+            mine = _watches.get(name, [])
+            if threading.current_thread() in mine:
+                mine.remove(threading.current_thread())
+            if not mine:
+                _watches.pop(name, None)
+
+
+def wait_late_creates(name: str | None) -> None:
+    """Wait for the watches of ``name``'s unanswered creates (each bounded by its timeout, a request
+    and a removal): the container such a create made late is gone when this returns."""
+    if not name:
+        return
+    with _watches_lock:
+        watches = list(_watches.get(name, ()))
+    for watch in watches:
+        watch.join()
