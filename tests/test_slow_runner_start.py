@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import uuid
@@ -59,6 +60,42 @@ def test_a_slow_container_create_is_named_in_the_timeout(relay: EngineRelay, plu
         releaser.cancel()
         relay.release()
         client.kill()
+
+
+_GIVES_UP_AND_EXITS = """
+import sys, time
+from plugbay.errors import HandshakeTimeoutError
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner
+
+runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "60"], transport="tcp",
+                      labels={"test.plugbay-slow": sys.argv[1]})
+try:
+    runner.start(LaunchSpec(env={}, deadline=time.monotonic() + 3))
+except HandshakeTimeoutError:
+    print("gave up", flush=True)  # and exits, without a kill()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_late_container_of_a_process_that_exits_is_removed(relay: EngineRelay, plugbay_docker: Any) -> None:  # noqa: F811
+    # a script whose start ran out of time and that exits at once: the engine made the container after the
+    # process gave up on it, and it stayed behind (no kill() to wait for it: the interpreter's exit does)
+    tag = uuid.uuid4().hex
+    relay.hold("POST", "/containers/create")
+    script = subprocess.Popen([sys.executable, "-c", _GIVES_UP_AND_EXITS, tag], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        assert script.stdout is not None and script.stdout.readline() == "gave up\n"
+        relay.release()
+        assert relay.answered.wait(30) and " 201 " in relay.answer_line, relay.answer_line
+        assert script.wait(60) == 0, script.communicate()[1]
+        assert _left(plugbay_docker, tag) == []
+    finally:
+        relay.release()
+        if script.poll() is None:
+            script.kill()
+        script.communicate()
 
 
 def _interrupt_when_held(relay: EngineRelay) -> threading.Thread:

@@ -27,7 +27,7 @@ class StartBudget(_Budget):
     """The bounds of one start()'s engine requests. ``deadline``: a time.monotonic() time, or None
     (a start() made by hand): then every request has engine_timeout, as before there was a deadline."""
 
-    FATE = "the container it made, if any, is removed"
+    FATE = "the container it made, if any, is removed (one the engine makes late too, within engine_timeout)"
     ADVICE = ("The engine answers too slowly for start_timeout: check that `docker info` answers promptly"
               " (the daemon's log: `journalctl -u docker`)")
 
