@@ -34,7 +34,8 @@ _POLL = 0.25  # seconds between two look-ups of a late create's name
 T = TypeVar("T")
 
 _watches_lock = threading.Lock()
-_watches: dict[str, list[threading.Thread]] = {}  # container name -> the watches of its unanswered creates
+# container name -> the watches of its unanswered creates, each with the time it takes at most
+_watches: dict[str, list[tuple[threading.Thread, float]]] = {}
 
 
 def create_token() -> dict[str, str]:
@@ -99,8 +100,10 @@ def remove_unanswered(api: Any, name: str | None, labels: Mapping[str, str]) -> 
     timeout = api.timeout if isinstance(api.timeout, (int, float)) and api.timeout > 0 else ENGINE_TIMEOUT
     watch = threading.Thread(target=_watch, args=(name, dict(labels), float(timeout)),
                              name=f"plugbay-late-create-{name}")  # not a daemon: the interpreter's exit waits
+    # its look-ups for ``timeout``, then one more, a removal, and the client's version request: each ``timeout``
+    entry = (watch, 4 * float(timeout) + 1.0)
     with _watches_lock:
-        _watches.setdefault(name, []).append(watch)
+        _watches.setdefault(name, []).append(entry)
     watch.start()
 
 
@@ -112,7 +115,8 @@ def _watch(name: str, labels: Mapping[str, str], timeout: float) -> None:
     client = None
     try:
         client = engine(timeout)  # its own: the runner's client is closed by the kill that waits for this
-        while True:
+        for _ in range(int(timeout / _POLL) + 2):  # and no longer than timeout
+            time.sleep(min(_POLL, max(until - time.monotonic(), 0.0)))
             try:
                 if _remove_if_ours(client.api, name, labels):
                     return
@@ -121,7 +125,6 @@ def _watch(name: str, labels: Mapping[str, str], timeout: float) -> None:
                 last = exc
             if time.monotonic() >= until:
                 break
-            time.sleep(min(_POLL, max(until - time.monotonic(), 0.0)))
         if last is not None:
             _warn(name, labels, last)
         else:
@@ -133,10 +136,10 @@ def _watch(name: str, labels: Mapping[str, str], timeout: float) -> None:
         if client is not None:
             client.close()
         with _watches_lock:
-            mine = _watches.get(name, [])
-            if threading.current_thread() in mine:
-                mine.remove(threading.current_thread())
-            if not mine:
+            mine = [entry for entry in _watches.get(name, []) if entry[0] is not threading.current_thread()]
+            if mine:
+                _watches[name] = mine
+            else:
                 _watches.pop(name, None)
 
 
@@ -147,5 +150,5 @@ def wait_late_creates(name: str | None) -> None:
         return
     with _watches_lock:
         watches = list(_watches.get(name, ()))
-    for watch in watches:
-        watch.join()
+    for watch, bound in watches:
+        watch.join(bound)
