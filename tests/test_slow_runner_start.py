@@ -60,6 +60,8 @@ def test_a_slow_container_create_is_named_in_the_timeout(relay: EngineRelay, plu
         releaser.cancel()
         relay.release()
         client.kill()
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-slow={tag}"}):
+            found.remove(force=True, v=True)  # only when the test failed: the product removes it
 
 
 _GIVES_UP_AND_EXITS = """
@@ -96,6 +98,8 @@ def test_a_late_container_of_a_process_that_exits_is_removed(relay: EngineRelay,
         if script.poll() is None:
             script.kill()
         script.communicate()
+        for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-slow={tag}"}):
+            found.remove(force=True, v=True)  # only when the test failed: the product removes it
 
 
 def _interrupt_when_held(relay: EngineRelay) -> threading.Thread:

@@ -50,25 +50,26 @@ def create_or_clean(create: Callable[[], T], api: Any, name: str | None, labels:
 
     from plugbay.errors import ConfigError
 
+    sent = time.monotonic()
     try:
         return create()
     except (APIError, ConfigError):
         raise  # the engine's answer, or no request made: nothing was created
     except BaseException:
-        remove_unanswered(api, name, labels)
+        remove_unanswered(api, name, labels, sent)
         raise
 
 
 def _remove_if_ours(api: Any, name: str, labels: Mapping[str, str]) -> bool:
-    """True once the container named ``name`` is settled: removed as ours, or found to be another's.
-    False while the engine has none under that name. Raises the engine's failures."""
+    """True once the container named ``name`` is removed as ours; False while the engine has none of ours
+    under that name (another's holds it: it may go, and ours come after). Raises the engine's failures."""
     from docker.errors import NotFound
 
     try:
         found = api.inspect_container(name)
         have = (found.get("Config") or {}).get("Labels") or {}
         if any(have.get(key) != value for key, value in labels.items()):
-            return True  # another's container under that name: the engine refused ours
+            return False  # another's container under that name: the engine refused ours, or ours is to come
         api.remove_container(found["Id"], force=True, v=True)
         return True
     except NotFound:
@@ -81,12 +82,13 @@ def _warn(name: str, labels: Mapping[str, str], exc: BaseException) -> None:
                  " `docker rm -f %s`", name, exc, CREATE_TOKEN, labels[CREATE_TOKEN], name)
 
 
-def remove_unanswered(api: Any, name: str | None, labels: Mapping[str, str]) -> None:
+def remove_unanswered(api: Any, name: str | None, labels: Mapping[str, str], sent: float | None = None) -> None:
     """Remove the container named ``name`` if the create that sent ``labels`` made it; else leave all alone.
 
-    ``api`` is a docker APIClient. Not there yet (or the engine failing): the name is watched for its
-    timeout (the engine's own answer would have come by then) on a thread, see wait_late_creates. A
-    failing engine gets a warning saying how to remove it by hand.
+    ``api`` is a docker APIClient. Not there yet (or the engine failing): the name is watched on a thread
+    until ``api``'s timeout after ``sent`` (the create's time.monotonic(); None: now), when the engine's own
+    answer would have come, see wait_late_creates. A failing engine gets a warning saying how to remove it
+    by hand.
     """
     own = labels.get(SESSION) == host_session_id() and labels.get(SESSION_START) == host_session_start()
     if not name or not own or not labels.get(CREATE_TOKEN):
@@ -97,25 +99,31 @@ def remove_unanswered(api: Any, name: str | None, labels: Mapping[str, str]) -> 
             return
     except failed:
         pass  # the watch asks again, and warns if the engine never answers
-    timeout = api.timeout if isinstance(api.timeout, (int, float)) and api.timeout > 0 else ENGINE_TIMEOUT
-    watch = threading.Thread(target=_watch, args=(name, dict(labels), float(timeout)),
+    timeout = float(api.timeout if isinstance(api.timeout, (int, float)) and api.timeout > 0 else ENGINE_TIMEOUT)
+    until = (time.monotonic() if sent is None else sent) + timeout
+    watch = threading.Thread(target=_watch, args=(name, dict(labels), until, timeout),
                              name=f"plugbay-late-create-{name}")  # not a daemon: the interpreter's exit waits
-    # its look-ups for ``timeout``, then one more, a removal, and the client's version request: each ``timeout``
-    entry = (watch, 4 * float(timeout) + 1.0)
-    with _watches_lock:
-        _watches.setdefault(name, []).append(entry)
-    watch.start()
+    _log.info("the engine did not answer the create of container %s: watching for it for up to %.1f s, to"
+              " remove it if the engine makes it late", name, max(until - time.monotonic(), 0.0))
+    # its look-ups until ``until``, then one more, a removal, and the client's version request: each ``timeout``
+    with _watches_lock:  # registered once started: a kill() joins no thread that never ran
+        try:
+            watch.start()
+        except RuntimeError as exc:  # no thread can start (the interpreter is exiting)
+            _warn(name, labels, exc)
+            return
+        _watches.setdefault(name, []).append((watch, 4 * timeout + 1.0))
 
 
-def _watch(name: str, labels: Mapping[str, str], timeout: float) -> None:
-    """Look ``name`` up every _POLL seconds for ``timeout`` seconds; remove the container if it is ours."""
+def _watch(name: str, labels: Mapping[str, str], until: float, timeout: float) -> None:
+    """Look ``name`` up every _POLL seconds until ``until`` (time.monotonic()); remove the container if it is
+    ours. ``timeout``: each engine request's bound."""
     failed = engine_failures()
-    until = time.monotonic() + timeout
     last: BaseException | None = None
     client = None
     try:
         client = engine(timeout)  # its own: the runner's client is closed by the kill that waits for this
-        for _ in range(int(timeout / _POLL) + 2):  # and no longer than timeout
+        for _ in range(int(max(until - time.monotonic(), 0.0) / _POLL) + 2):  # and no later than until
             time.sleep(min(_POLL, max(until - time.monotonic(), 0.0)))
             try:
                 if _remove_if_ours(client.api, name, labels):
@@ -128,8 +136,8 @@ def _watch(name: str, labels: Mapping[str, str], timeout: float) -> None:
         if last is not None:
             _warn(name, labels, last)
         else:
-            _log.debug("container %s: its create went unanswered and the engine made none within %g s",
-                       name, timeout)
+            _log.debug("container %s: its create went unanswered and the engine made none by the time its"
+                       " answer was due", name)
     except Exception as exc:  # the engine unreachable for a client: nothing left to ask
         _warn(name, labels, exc)
     finally:
