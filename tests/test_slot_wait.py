@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -202,23 +203,24 @@ def test_a_slot_handed_to_a_waiter_whose_caller_left_goes_to_the_next() -> None:
         call.tell()
 
 
-class _PausingSemaphore(threading.BoundedSemaphore):
-    """Its release() on the thread named ``releaser`` pauses: the thread swapped out between a release()'s
-    look at the queue and the slot's return, a gap of a few bytecodes made wide enough to meet."""
+class _PausingTokens(deque[None]):
+    """Free slots whose return (append) on the thread named ``releaser`` pauses: the thread swapped out
+    between a release()'s look at the queue and the slot's return, a gap of a few bytecodes made wide
+    enough to meet."""
 
     pause = False
 
-    def release(self, n: int = 1) -> None:
+    def append(self, token: None) -> None:
         if self.pause and threading.current_thread().name == "releaser":
             time.sleep(0.3)
-        super().release(n)
+        super().append(token)
 
 
 def test_a_call_queueing_while_a_slot_is_returned_gets_it() -> None:
     """A release() sees a waiter, which then leaves (its caller gone); a new call queues while that slot is
     on its way back to the semaphore: it must get the slot, not wait out its wait beside it."""
     slots = Slots(1, 2.0)
-    slots._free = _PausingSemaphore(1)
+    slots._free = _PausingTokens([None])
     assert slots.take(_Call()) is None  # the only slot, held
     leaving = _Call()
     checking = threading.Event()

@@ -189,13 +189,8 @@ class HandlerGate:
     def _enter(self, context: grpc.ServicerContext) -> str | None:
         """Take a slot (and the caller's peer's, returned), or abort the call."""
         why = self._slots.take(context)
-        if why == STOPPING:
-            refuse_unsent(context, "the plugin is stopping; the call waited for a slot and never ran",
-                          grpc.StatusCode.UNAVAILABLE)
-        if why == GONE:  # its caller cancelled while it waited: nobody reads this
-            context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled while it waited for a slot")
-        if why is not None:  # all taken: that is the reason, whoever holds them
-            refuse_unsent(context, self._waited if why == WAITED else self._refusal)
+        if why is not None:
+            self._refuse(context, why)
         if self._peers is None:
             return None
         peer = peer_address(str(context.peer()))
@@ -204,6 +199,17 @@ class HandlerGate:
             self._slots.release()
             refuse_unsent(context, self._peer_refusal.format(peer=peer, held=held))
         return peer
+
+    def _refuse(self, context: grpc.ServicerContext, why: str) -> NoReturn:
+        """Abort a call that got no slot, ``why`` (slotwait's reasons)."""
+        if why == STOPPING:
+            refuse_unsent(context, "the plugin is stopping; the call waited for a slot and never ran",
+                          grpc.StatusCode.UNAVAILABLE)
+        if why == GONE:  # its caller cancelled while it waited: nobody reads this
+            context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled while it waited for a slot")
+            raise AssertionError("abort() raises")
+        # all taken: that is the reason, whoever holds them
+        refuse_unsent(context, self._waited if why == WAITED else self._refusal)
 
     def _leave(self, peer: str | None) -> None:
         self._slots.release()
