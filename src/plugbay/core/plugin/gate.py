@@ -36,8 +36,10 @@ A handler's failures grpcio answers badly are answered as a Go plugin's (core/pl
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
@@ -278,11 +280,13 @@ class _Reading:
 
     def __init__(self, limit: int, peer_limit: int | None = None) -> None:
         self.limit = limit
-        self._tokens = threading.BoundedSemaphore(limit)
+        self._tokens: deque[None] = deque(repeat(None, limit))  # taken and given without a lock (slotwait.py)
         self._peers = PeerShares(peer_limit) if peer_limit is not None else None
 
     def read(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes | None:
-        if not self._tokens.acquire(blocking=False):
+        try:
+            self._tokens.pop()
+        except IndexError:
             refuse_unsent(context, (
                 f"the plugin has {self.limit} calls waiting for their request message, the most it may at once"
                 " (their callers have not sent it). Retry later"))
@@ -291,14 +295,14 @@ class _Reading:
             peer = peer_address(str(context.peer()))
             held = self._peers.take(peer)
             if held is not None:
-                self._tokens.release()
+                self._tokens.append(None)
                 refuse_unsent(context, (
                     f"{peer} has {held} calls to the plugin waiting for their request message, the most one"
                     " peer address may at once (its callers have not sent it). Retry later"))
         try:
             return next(requests, None)  # a cancelled call raises here, an error grpcio keeps quiet
         finally:
-            self._tokens.release()
+            self._tokens.append(None)
             if self._peers is not None:
                 self._peers.give(peer)
 
