@@ -218,7 +218,7 @@ class _PausingTokens(deque[None]):
 
 def test_a_call_queueing_while_a_slot_is_returned_gets_it() -> None:
     """A release() sees a waiter, which then leaves (its caller gone); a new call queues while that slot is
-    on its way back to the semaphore: it must get the slot, not wait out its wait beside it."""
+    on its way back to the free slots: it must get the slot, not wait out its wait beside it."""
     slots = Slots(1, 2.0)
     slots._free = _PausingTokens([None])
     assert slots.take(_Call()) is None  # the only slot, held
@@ -288,3 +288,12 @@ def test_a_waiter_whose_cancel_is_never_told_still_leaves(monkeypatch: pytest.Mo
     finally:
         slots.stop_waiting()  # a waiter still there (the failure) is refused, not left for the hour
         waiter.join(30)
+
+
+def test_a_slot_released_more_often_than_taken_is_refused() -> None:
+    # the free slots are a deque of tokens now: an extra release would raise the cap silently, where the
+    # BoundedSemaphore they replaced raised
+    slots = Slots(1)
+    with pytest.raises(ValueError, match="released more often than taken"):
+        slots.release()
+    assert len(slots._free) == 1

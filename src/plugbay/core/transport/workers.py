@@ -90,9 +90,9 @@ class DaemonPool(Executor):
     ``keep``: threads past that many leave once idle for POOL_IDLE seconds (None: all stay). A burst
     of calls that wait for a handler slot (core/plugin/gate.py) starts hundreds; they would stay for good.
 
-    The idle workers are counted by tokens in a deque, taken and given without a lock (its pop() and
-    append() are atomic): a threading.Semaphore's acquire and release take a Condition's lock in Python
-    code, about 12k instructions per call, 3% of a plugin's unary call.
+    The idle workers are counted by tokens in a deque (its pop() and append() are atomic), given back
+    under the pool's plain lock: a threading.Semaphore's acquire and release take a Condition's lock in
+    Python code, about 12k instructions per call, 3% of a plugin's unary call.
     """
 
     def __init__(self, max_workers: int, thread_name_prefix: str, keep: int | None = None) -> None:
@@ -104,6 +104,10 @@ class DaemonPool(Executor):
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...],
                                              dict[str, Any]] | None] = queue.SimpleQueue()
         self._idle: deque[None] = deque()  # one token per worker waiting for work
+        # calls queued at the cap with no idle worker counted for them: the next worker to finish takes one
+        # instead of counting itself idle (it counted itself idle, the token outlived it, and a later call
+        # took that token, started no thread and waited behind busy ones while the pool had room)
+        self._owed = 0
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._shutdown = False
@@ -114,11 +118,15 @@ class DaemonPool(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: Future[Any] = Future()
             self._queue.put((future, fn, args, kwargs))
-            if not self._took_idle() and len(self._threads) < self._max:
+            if self._took_idle():
+                pass
+            elif len(self._threads) < self._max:
                 thread = threading.Thread(target=self._work, name=f"{self._prefix}_{self._started}", daemon=True)
                 self._started += 1
                 thread.start()
                 self._threads.add(thread)
+            else:
+                self._owed += 1
             return future
 
     def _work(self) -> None:
@@ -145,7 +153,11 @@ class DaemonPool(Executor):
                     future.set_result(result)
                     del result
             del future, fn, args, kwargs
-            self._idle.append(None)
+            with self._lock:  # with submit()'s look at the tokens: a call it owed is ours, or we count as idle
+                if self._owed:
+                    self._owed -= 1
+                else:
+                    self._idle.append(None)
 
     def _took_idle(self) -> bool:
         """One idle worker's token taken, if there is one."""
