@@ -79,8 +79,10 @@ def test_a_cmd_of_strings_stays_the_callers_own_list() -> None:
     config = ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=cmd)
     config.check()
     assert config.cmd is cmd
-    gateway = GatewayConfig(cmd=[SCRIPT], cookie=("BASIC_PLUGIN", "hello"), insecure=True)
+    texts = [sys.executable, str(SCRIPT)]
+    gateway = GatewayConfig(cmd=texts, cookie=("BASIC_PLUGIN", "hello"), insecure=True)
     gateway.check()
+    assert gateway.cmd is texts
     gateway.cmd = [Path(sys.executable), SCRIPT]
     assert gateway.argv == [sys.executable, str(SCRIPT)]
 

@@ -80,7 +80,9 @@ class GatewayConfig:
                 not self.cmd or self.cmd[0] == ""):
             raise ConfigError("the gateway needs the plugin's command; pass it after '--' (for example"
                               " `-- ./kv-plugin`) or as GatewayConfig(cmd=[...])")
-        self.cmd = command_strings(self.cmd, "GatewayConfig.cmd")
+        texts = command_strings(self.cmd, "GatewayConfig.cmd")
+        if any(not isinstance(part, str) for part in self.cmd):  # a list of str stays the caller's, as ClientConfig's
+            self.cmd = texts
         cookie = self.cookie
         if (isinstance(cookie, str) or not isinstance(cookie, Sequence) or len(cookie) != 2
                 or not all(isinstance(part, str) for part in cookie)):

@@ -120,7 +120,7 @@ class Gateway:
         self.health.set_status("", NOT_SERVING)
         self.health.set_status("plugin", NOT_SERVING)
         self.discovery = DiscoveryServicer([], multiplex=config.multiplex, server=(
-            f"plugbay-gateway/{package_version()} (go-plugin plugin {config.cmd[0]})"))
+            f"plugbay-gateway/{package_version()} (go-plugin plugin {config.argv[0]})"))
         self.keeper = ChildKeeper(self._client_config, config.restart, self._child_up, self._child_down,
                                   keepalive=config.keepalive)  # its health checks' figures
         self._closed = threading.Event()
@@ -278,10 +278,10 @@ class Gateway:
         try:
             self.keeper.start()
         except PlugbayError as exc:
-            raise GatewayError(f"the gateway could not start its plugin {list(self.config.cmd)}: {exc}") from exc
+            raise GatewayError(f"the gateway could not start its plugin {self.config.argv}: {exc}") from exc
         server.start()
         self._serving = True
-        log.info("gateway: serving plugin %s on %s (%s)", self.config.cmd[0], self._address,
+        log.info("gateway: serving plugin %s on %s (%s)", self.config.argv[0], self._address,
                  "PLAINTEXT" if self.config.insecure else "mutual TLS")
 
     def _check_multiplexing(self) -> None:

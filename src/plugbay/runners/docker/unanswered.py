@@ -7,12 +7,13 @@ start (plugbay.session, plugbay.session-start) and the create's own random token
 container someone else made under that name (the engine's "name in use") is never touched.
 
 A slow engine may make it only after that look-up (the create was cut by start_timeout while
-the engine still worked on it): the name is then watched on a thread of its own for the
-engine's timeout, and the container removed once it shows up. The runner's kill() waits for
+the engine still worked on it): the name is then watched on a thread of its own until the
+engine's answer to the create was due (its timeout after the create was sent), and the container
+removed once it shows up. The runner's kill() waits for
 that watch (wait_late_creates), and the thread is not a daemon, so the interpreter waits for it
 too at exit: after a Client's start failed and its kill (or its ``with`` block) ended, and
 certainly once the process ended, no container of that start is left, as long as the engine
-made it within engine_timeout of the failure.
+made it within engine_timeout of the create's sending.
 """
 
 from __future__ import annotations
@@ -60,13 +61,20 @@ def create_or_clean(create: Callable[[], T], api: Any, name: str | None, labels:
         raise
 
 
-def _remove_if_ours(api: Any, name: str, labels: Mapping[str, str]) -> bool:
+def _remove_if_ours(api: Any, name: str, labels: Mapping[str, str], look: float | None = None) -> bool:
     """True once the container named ``name`` is removed as ours; False while the engine has none of ours
-    under that name (another's holds it: it may go, and ours come after). Raises the engine's failures."""
+    under that name (another's holds it: it may go, and ours come after). Raises the engine's failures.
+    ``look``: the look-up's own bound (``api`` is then the caller's alone); a removal has the client's."""
     from docker.errors import NotFound
 
     try:
-        found = api.inspect_container(name)
+        full = api.timeout
+        if look is not None:
+            api.timeout = look
+        try:
+            found = api.inspect_container(name)
+        finally:
+            api.timeout = full
         have = (found.get("Config") or {}).get("Labels") or {}
         if any(have.get(key) != value for key, value in labels.items()):
             return False  # another's container under that name: the engine refused ours, or ours is to come
@@ -94,13 +102,18 @@ def remove_unanswered(api: Any, name: str | None, labels: Mapping[str, str], sen
     if not name or not own or not labels.get(CREATE_TOKEN):
         return  # nothing proves a container under that name is this create's
     failed = engine_failures()
+    failure: BaseException | None = None
     try:
         if _remove_if_ours(api, name, labels):
             return
-    except failed:
-        pass  # the watch asks again, and warns if the engine never answers
+    except failed as exc:
+        failure = exc  # the watch asks again, and warns if the engine never answers
     timeout = float(api.timeout if isinstance(api.timeout, (int, float)) and api.timeout > 0 else ENGINE_TIMEOUT)
     until = (time.monotonic() if sent is None else sent) + timeout
+    if time.monotonic() >= until:  # the create's answer was due already (a hung engine took the look-up's time)
+        if failure is not None:
+            _warn(name, labels, failure)
+        return
     watch = threading.Thread(target=_watch, args=(name, dict(labels), until, timeout),
                              name=f"plugbay-late-create-{name}")  # not a daemon: the interpreter's exit waits
     _log.info("the engine did not answer the create of container %s: watching for it for up to %.1f s, to"
@@ -122,11 +135,15 @@ def _watch(name: str, labels: Mapping[str, str], until: float, timeout: float) -
     last: BaseException | None = None
     client = None
     try:
-        client = engine(timeout)  # its own: the runner's client is closed by the kill that waits for this
+        # its own (the runner's client is closed by the kill that waits for this); its version asked for
+        # within the time left, its removals with the whole timeout
+        client = engine(min(timeout, max(until - time.monotonic(), 0.05)))
+        client.api.timeout = timeout
         for _ in range(int(max(until - time.monotonic(), 0.0) / _POLL) + 2):  # and no later than until
             time.sleep(min(_POLL, max(until - time.monotonic(), 0.0)))
             try:
-                if _remove_if_ours(client.api, name, labels):
+                left = until - time.monotonic()
+                if _remove_if_ours(client.api, name, labels, look=min(timeout, max(left, 0.05))):
                     return
                 last = None
             except failed as exc:
