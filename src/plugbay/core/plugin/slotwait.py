@@ -24,6 +24,8 @@ from itertools import repeat
 
 import grpc
 
+from plugbay.core.transport.workers import take_token
+
 DEFAULT_MAX_WORKERS = 128  # threads start only as calls come: a plugin at idle has the same few
 NETWORK_MAX_WORKERS = 32  # on the network: per server and per brokering session (their pools add up)
 SLOT_WAIT = 5.0  # how long a local plugin's call waits for a slot (its deadline too) when all are taken
@@ -76,7 +78,7 @@ class Slots:
             # queued before it tries the free slots, and waits holding the lock from that try on: a
             # release that missed the queue sees it once its slot is among the free ones (release())
             self._queue.append(waiter)
-            if self._grab():
+            if take_token(self._free):
                 self._queue.remove(waiter)
                 return None
             try:
@@ -111,14 +113,6 @@ class Slots:
         elif not self._hand_on():
             self._free.append(None)
 
-    def _grab(self) -> bool:
-        """A free slot taken, if there is one."""
-        try:
-            self._free.pop()
-        except IndexError:
-            return False
-        return True
-
     def release(self) -> None:
         if self._queue:
             # the slot goes back under the lock: a call queueing meanwhile tries the free slots under it
@@ -135,7 +129,7 @@ class Slots:
         # free slots or waits now, and is handed it here.
         if self._queue:
             with self._lock:
-                if self._queue and self._grab() and not self._hand_on():
+                if self._queue and take_token(self._free) and not self._hand_on():
                     self._free.append(None)
 
     def _hand_on(self) -> bool:

@@ -79,6 +79,16 @@ class Workers:
             t.join(_JOIN)
 
 
+def take_token(tokens: deque[None]) -> bool:
+    """One token taken from ``tokens``, if there is one: a count taken and given without a lock (a deque's
+    pop() and append() are atomic), where a threading.Semaphore's acquire runs in Python under a lock."""
+    try:
+        tokens.pop()
+    except IndexError:
+        return False
+    return True
+
+
 class DaemonPool(Executor):
     """concurrent.futures.ThreadPoolExecutor's work (the same growth and idle reuse) on daemon threads.
 
@@ -118,7 +128,7 @@ class DaemonPool(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: Future[Any] = Future()
             self._queue.put((future, fn, args, kwargs))
-            if self._took_idle():
+            if take_token(self._idle):
                 pass
             elif len(self._threads) < self._max:
                 thread = threading.Thread(target=self._work, name=f"{self._prefix}_{self._started}", daemon=True)
@@ -135,7 +145,7 @@ class DaemonPool(Executor):
                 item = self._queue.get(timeout=None if self._keep is None else self._idle_for)
             except queue.Empty:
                 with self._lock:  # an idle count of ours (or one submit() did not take) leaves with us
-                    if len(self._threads) > (self._keep or 0) and self._took_idle():
+                    if len(self._threads) > (self._keep or 0) and take_token(self._idle):
                         self._threads.discard(threading.current_thread())
                         return
                 continue
@@ -158,14 +168,6 @@ class DaemonPool(Executor):
                     self._owed -= 1
                 else:
                     self._idle.append(None)
-
-    def _took_idle(self) -> bool:
-        """One idle worker's token taken, if there is one."""
-        try:
-            self._idle.pop()
-        except IndexError:
-            return False
-        return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
