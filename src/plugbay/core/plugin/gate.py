@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 
 from plugbay.core.plugin.handlerfail import answer_failure
-from plugbay.core.plugin.slotwait import GONE, SLOT_WAIT, STOPPING, WAITED, Slots
+from plugbay.core.plugin.slotwait import GONE, SLOT_WAIT, STOPPING, WAITED, Slots, take_token
 from plugbay.core.plugin.peershare import PeerShares, peer_address, share_of
 from plugbay.core.protocol.notsent import echo_not_sent
 from plugbay.core.transport.handlerkind import is_async
@@ -284,9 +284,7 @@ class _Reading:
         self._peers = PeerShares(peer_limit) if peer_limit is not None else None
 
     def read(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes | None:
-        try:
-            self._tokens.pop()
-        except IndexError:
+        if not take_token(self._tokens):
             refuse_unsent(context, (
                 f"the plugin has {self.limit} calls waiting for their request message, the most it may at once"
                 " (their callers have not sent it). Retry later"))

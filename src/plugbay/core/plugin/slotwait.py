@@ -24,8 +24,6 @@ from itertools import repeat
 
 import grpc
 
-from plugbay.core.transport.workers import take_token
-
 DEFAULT_MAX_WORKERS = 128  # threads start only as calls come: a plugin at idle has the same few
 NETWORK_MAX_WORKERS = 32  # on the network: per server and per brokering session (their pools add up)
 SLOT_WAIT = 5.0  # how long a local plugin's call waits for a slot (its deadline too) when all are taken
@@ -47,6 +45,16 @@ class _Waiter:
         self.handed = False  # a slot was handed to it (it is out of the queue then)
 
 
+def take_token(tokens: deque[None]) -> bool:
+    """One token taken from ``tokens``, if there is one: a count taken and given without a lock (a deque's
+    pop() and append() are atomic), where a threading.Semaphore's acquire runs in Python under a lock."""
+    try:
+        tokens.pop()
+    except IndexError:
+        return False
+    return True
+
+
 class Slots:
     """``limit`` slots; ``wait`` seconds at most ``limit`` calls wait for one (0: none wait)."""
 
@@ -60,11 +68,8 @@ class Slots:
 
     def take(self, context: grpc.ServicerContext) -> str | None:
         """None with a slot taken, else why not (FULL, WAITED, GONE, STOPPING)."""
-        try:
-            self._free.pop()
+        if take_token(self._free):
             return None
-        except IndexError:  # all taken
-            pass
         if self.wait <= 0:
             return FULL
         left = context.time_remaining()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any
@@ -79,16 +78,6 @@ class Workers:
             t.join(_JOIN)
 
 
-def take_token(tokens: deque[None]) -> bool:
-    """One token taken from ``tokens``, if there is one: a count taken and given without a lock (a deque's
-    pop() and append() are atomic), where a threading.Semaphore's acquire runs in Python under a lock."""
-    try:
-        tokens.pop()
-    except IndexError:
-        return False
-    return True
-
-
 class DaemonPool(Executor):
     """concurrent.futures.ThreadPoolExecutor's work (the same growth and idle reuse) on daemon threads.
 
@@ -100,9 +89,9 @@ class DaemonPool(Executor):
     ``keep``: threads past that many leave once idle for POOL_IDLE seconds (None: all stay). A burst
     of calls that wait for a handler slot (core/plugin/gate.py) starts hundreds; they would stay for good.
 
-    The idle workers are counted by tokens in a deque (its pop() and append() are atomic), given back
-    under the pool's plain lock: a threading.Semaphore's acquire and release take a Condition's lock in
-    Python code, about 12k instructions per call, 3% of a plugin's unary call.
+    The idle workers are a plain count under the pool's lock, which submit() and a finishing worker take
+    anyway: a threading.Semaphore's acquire and release take a Condition's lock in Python code, about 12k
+    instructions per call, 3% of a plugin's unary call.
     """
 
     def __init__(self, max_workers: int, thread_name_prefix: str, keep: int | None = None) -> None:
@@ -113,7 +102,7 @@ class DaemonPool(Executor):
         self._started = 0
         self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...],
                                              dict[str, Any]] | None] = queue.SimpleQueue()
-        self._idle: deque[None] = deque()  # one token per worker waiting for work
+        self._idle = 0  # workers waiting for work (under _lock)
         # calls queued at the cap with no idle worker counted for them: the next worker to finish takes one
         # instead of counting itself idle (it counted itself idle, the token outlived it, and a later call
         # took that token, started no thread and waited behind busy ones while the pool had room)
@@ -128,8 +117,8 @@ class DaemonPool(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             future: Future[Any] = Future()
             self._queue.put((future, fn, args, kwargs))
-            if take_token(self._idle):
-                pass
+            if self._idle:
+                self._idle -= 1
             elif len(self._threads) < self._max:
                 thread = threading.Thread(target=self._work, name=f"{self._prefix}_{self._started}", daemon=True)
                 self._started += 1
@@ -145,7 +134,8 @@ class DaemonPool(Executor):
                 item = self._queue.get(timeout=None if self._keep is None else self._idle_for)
             except queue.Empty:
                 with self._lock:  # an idle count of ours (or one submit() did not take) leaves with us
-                    if len(self._threads) > (self._keep or 0) and take_token(self._idle):
+                    if len(self._threads) > (self._keep or 0) and self._idle:
+                        self._idle -= 1
                         self._threads.discard(threading.current_thread())
                         return
                 continue
@@ -163,11 +153,11 @@ class DaemonPool(Executor):
                     future.set_result(result)
                     del result
             del future, fn, args, kwargs
-            with self._lock:  # with submit()'s look at the tokens: a call it owed is ours, or we count as idle
+            with self._lock:  # with submit()'s look at the count: a call it owed is ours, or we count as idle
                 if self._owed:
                     self._owed -= 1
                 else:
-                    self._idle.append(None)
+                    self._idle += 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
