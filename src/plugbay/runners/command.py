@@ -4,7 +4,7 @@ executable as the OS will run it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.protocol.handshake import env_problem
@@ -33,15 +33,21 @@ def resolve_executable(cmd0: str, env: Mapping[str, str] | None = None, cwd: str
     name is the first executable file on env's PATH (os.defpath when it has none), a relative PATH
     entry (an empty one: the folder itself) taken from ``cwd`` -- what subprocess's exec does.
     """
-    folder = os.path.join(os.getcwd(), cwd or "")
     if os.sep in cmd0:
-        return _absolute(os.path.join(folder, cmd0))
+        return _absolute(os.path.join(os.getcwd(), cwd or "", cmd0))
     path = (os.environ if env is None else env).get("PATH", os.defpath)
-    for entry in path.split(os.pathsep):
-        candidate = os.path.join(folder, entry, cmd0)
+    for candidate in path_candidates(cmd0, path, cwd):
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK) and _exec_allowed(candidate):
             return _absolute(candidate)
     raise ConfigError(f"plugin command {cmd0!r} is not on PATH ({path}); give its full path")
+
+
+def path_candidates(cmd0: str, path: str, cwd: str | None = None) -> Iterator[str]:
+    """Where the exec looks for a bare ``cmd0``, in order: each entry of ``path`` (a relative one, an empty
+    one too, taken from ``cwd``, None: this process's folder)."""
+    folder = os.path.join(os.getcwd(), cwd or "")
+    for entry in path.split(os.pathsep):
+        yield os.path.join(folder, entry, cmd0)
 
 
 def _absolute(path: str) -> str:
@@ -60,6 +66,13 @@ def _exec_allowed(path: str) -> bool:
 def check_cmd(cmd: Any, where: str) -> None:
     """A plugin command is a non-empty list of str or os.PathLike items: ConfigError naming ``where`` otherwise."""
     command_strings(cmd, where)
+
+
+def command_kept(cmd: Any, where: str) -> Sequence[str]:
+    """``cmd`` itself when every item is a str (the caller's own list stays theirs), else its text
+    (command_strings); ConfigError naming ``where`` as command_strings gives."""
+    texts = command_strings(cmd, where)
+    return cmd if all(isinstance(part, str) for part in cmd) else texts
 
 
 def command_strings(cmd: Any, where: str) -> list[str]:

@@ -49,7 +49,8 @@ from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # r
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
 from plugbay.runners.base import Cancellable, Joinable, LaunchSpec, Runner, killed_while_starting, reuse_refused
 from plugbay.runners.command import check_cmd as check_cmd  # re-exported: configcheck and users import it here
-from plugbay.runners.command import command_strings as command_strings  # re-exported for ClientConfig
+from plugbay.runners.command import command_kept as command_kept  # re-exported for ClientConfig
+from plugbay.runners.command import command_strings
 from plugbay.runners.command import check_env as check_env  # re-exported: configcheck imports it here
 from plugbay.runners.command import check_cwd, check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported

@@ -11,7 +11,7 @@ from typing import Any
 
 from plugbay.errors import ConfigError
 from plugbay.runners.base import reuse_refused
-from plugbay.runners.command import resolve_executable
+from plugbay.runners.command import path_candidates, resolve_executable
 
 
 class SecureCopies:
@@ -97,9 +97,7 @@ class SecureCopies:
         if os.sep in self.cmd[0]:
             return None
         path = self._child_path(spec_env)
-        folder = os.path.join(os.getcwd(), self.cwd or "")
-        for entry in (os.defpath if path is None else path).split(os.pathsep):
-            candidate = os.path.join(folder, entry, self.cmd[0])
+        for candidate in path_candidates(self.cmd[0], os.defpath if path is None else path, self.cwd):
             if os.path.isdir(candidate):
                 return "a folder"
             if os.path.exists(candidate):

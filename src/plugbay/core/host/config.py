@@ -64,12 +64,11 @@ class ClientConfig:
     def check(self) -> None:
         """ConfigError naming the first field that cannot work (Client() checks again: fields may change)."""
         from plugbay.core.host.configcheck import check_client_config
-        from plugbay.runners.process import command_strings
+        from plugbay.runners.process import command_kept
 
         check_client_config(self)  # first: it names the first field that cannot work (cmd's check among them)
-        if self.cmd is not None and any(not isinstance(part, str) for part in self.cmd):
-            # as text, so repr, == and the runner see what the exec gets; a list of str stays the caller's own
-            self.cmd = command_strings(self.cmd, "ClientConfig.cmd")
+        if self.cmd is not None:  # as text, so repr, == and the runner see what the exec gets
+            self.cmd = command_kept(self.cmd, "ClientConfig.cmd")
 
     def tls_policy(self, runner: AttachedRunner, has_cert: bool | None = None) -> tuple[bool, bool]:
         """(use AutoMTLS, require TLS) for ``runner``; ``has_cert``: a reattach's stored cert."""

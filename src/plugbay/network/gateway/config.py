@@ -14,7 +14,7 @@ from plugbay.errors import ConfigError
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.network.figures import check_seconds, check_switch
 from plugbay.network.gateway.starts import DEFAULT_MAX_CHILD_STARTS
-from plugbay.runners.command import check_env, command_strings
+from plugbay.runners.command import check_env, command_kept
 
 # Forwarded calls at once (the gateway's own services have threads of their own).
 DEFAULT_MAX_CALLS = 48
@@ -80,9 +80,7 @@ class GatewayConfig:
                 not self.cmd or self.cmd[0] == ""):
             raise ConfigError("the gateway needs the plugin's command; pass it after '--' (for example"
                               " `-- ./kv-plugin`) or as GatewayConfig(cmd=[...])")
-        texts = command_strings(self.cmd, "GatewayConfig.cmd")
-        if any(not isinstance(part, str) for part in self.cmd):  # a list of str stays the caller's, as ClientConfig's
-            self.cmd = texts
+        self.cmd = command_kept(self.cmd, "GatewayConfig.cmd")  # as text; a list of str stays the caller's
         cookie = self.cookie
         if (isinstance(cookie, str) or not isinstance(cookie, Sequence) or len(cookie) != 2
                 or not all(isinstance(part, str) for part in cookie)):
