@@ -8,8 +8,14 @@ count, started no thread and waited behind a busy one although the pool had room
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
 
 from plugbay.core.transport.workers import DaemonPool
 
@@ -40,5 +46,38 @@ def test_a_call_queued_at_the_cap_leaves_no_phantom_idle_worker() -> None:
         finally:
             held.set()
             long.result(HANG_GUARD)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _stop_thread(exc: type[BaseException]) -> Callable[[Future[Any]], None]:
+    def callback(future: Future[Any]) -> None:
+        raise exc("raised by a done callback")
+    return callback
+
+
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt])
+def test_a_done_callback_ending_its_worker_leaves_the_pool_its_place(
+        exc: type[BaseException], caplog: pytest.LogCaptureFixture) -> None:
+    """concurrent.futures logs an Exception out of a done callback and lets a BaseException through
+    set_result(): the worker ends there. It stayed counted, so a pool at max_workers=1 started no thread
+    for any later call, and a call queued for it then never ran."""
+    pool = DaemonPool(1, "plugbay-test-lost")
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="plugbay.workers"):
+            gate = threading.Event()
+            first = pool.submit(gate.wait, HANG_GUARD)
+            first.add_done_callback(_stop_thread(exc))
+            owed = pool.submit(lambda: "owed")  # at the cap: for the worker that finishes first
+            gate.set()
+            assert owed.result(HANG_GUARD) == "owed"
+            assert first.result(0) is True
+            for lost in [t for t in threading.enumerate() if t.name == "plugbay-test-lost_0"]:
+                lost.join(HANG_GUARD)  # ended, whatever it did after the callback
+            assert pool.submit(lambda: "later").result(HANG_GUARD) == "later"
+        assert len(pool._threads) == 1, pool._threads  # the one that ran the owed call, not the lost one
+        # not swallowed: said as ThreadPoolExecutor says it (critical, with the traceback)
+        said = [r for r in caplog.records if r.name == "plugbay.workers"]
+        assert [(r.getMessage(), r.exc_info and r.exc_info[0]) for r in said] == [("Exception in worker", exc)]
     finally:
         pool.shutdown(wait=True)

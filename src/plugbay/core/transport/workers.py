@@ -11,6 +11,7 @@ and all of them once ``close()`` is called (which joins them).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 _IDLE = 30.0
 POOL_IDLE = 30.0  # DaemonPool: how long a thread past ``keep`` stays idle before it leaves
 _JOIN = 5.0
+_log = logging.getLogger("plugbay.workers")
 
 
 class Workers:
@@ -120,13 +122,17 @@ class DaemonPool(Executor):
             if self._idle:
                 self._idle -= 1
             elif len(self._threads) < self._max:
-                thread = threading.Thread(target=self._work, name=f"{self._prefix}_{self._started}", daemon=True)
-                self._started += 1
-                thread.start()
-                self._threads.add(thread)
+                self._start()
             else:
                 self._owed += 1
             return future
+
+    def _start(self) -> None:
+        """Under the lock: one more worker."""
+        thread = threading.Thread(target=self._work, name=f"{self._prefix}_{self._started}", daemon=True)
+        self._started += 1
+        thread.start()
+        self._threads.add(thread)
 
     def _work(self) -> None:
         while True:
@@ -145,19 +151,36 @@ class DaemonPool(Executor):
             del item
             if future.set_running_or_notify_cancel():
                 try:
-                    result = fn(*args, **kwargs)
-                except BaseException as exc:
-                    future.set_exception(exc)
-                    del exc
-                else:
-                    future.set_result(result)
-                    del result
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                        del exc
+                    else:
+                        future.set_result(result)
+                        del result
+                except BaseException:
+                    # a done callback raised what concurrent.futures lets through (it logs an Exception
+                    # only: KeyboardInterrupt, SystemExit): as in ThreadPoolExecutor, logged and this
+                    # thread ends; the thread count lets go of it, and a call owed a worker gets one
+                    _log.critical("Exception in worker", exc_info=True)
+                    self._lost()
+                    return
             del future, fn, args, kwargs
             with self._lock:  # with submit()'s look at the count: a call it owed is ours, or we count as idle
                 if self._owed:
                     self._owed -= 1
                 else:
                     self._idle += 1
+
+    def _lost(self) -> None:
+        """This worker ends mid-loop: it counts no more, and a call queued for the next worker to finish
+        (owed) gets a thread of its own, or it would wait for another call's end, for good at max_workers=1."""
+        with self._lock:
+            self._threads.discard(threading.current_thread())
+            if self._owed:
+                self._owed -= 1
+                self._start()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
