@@ -297,3 +297,56 @@ def test_a_slot_released_more_often_than_taken_is_refused() -> None:
     with pytest.raises(ValueError, match="released more often than taken"):
         slots.release()
     assert len(slots._free) == 1
+
+
+class _SeenLate(deque[Any]):
+    """A queue of waiters whose look (truth) by the thread named ``releaser`` is told only once ``go`` is
+    set: that release() swapped out between its look at the queue and its lock, for as long as the test
+    needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+        self.go = threading.Event()
+
+    def __bool__(self) -> bool:
+        saw = len(self) > 0
+        if threading.current_thread().name == "releaser" and not self.go.is_set():
+            self.seen.set()
+            self.go.wait(30)
+        return saw
+
+
+def test_a_slot_released_more_often_than_taken_is_refused_while_a_call_waits() -> None:
+    """An extra release() that saw a call waiting went on under the lock without the cap's check: that
+    waiter had its slot from the holder's own release meanwhile and gave it back, every slot was free,
+    and the extra one went among them too, a second slot of a gate of one."""
+    slots = Slots(1, WAIT)
+    slots._queue = _SeenLate()
+    assert slots.take(_Call()) is None  # the only slot, held
+    waiting = _Call()
+    ends: dict[str, str | None] = {}
+    waiter = threading.Thread(target=lambda: ends.setdefault("waiter", slots.take(waiting)))
+    waiter.start()
+    assert wait_until(lambda: waiting.checks >= 1, 30), "the call did not queue"
+    refused: list[ValueError] = []
+
+    def extra() -> None:
+        try:
+            slots.release()
+        except ValueError as exc:
+            refused.append(exc)
+
+    releaser = threading.Thread(target=extra, name="releaser")
+    releaser.start()
+    try:
+        assert slots._queue.seen.wait(30), "the extra release did not look at the queue"
+        slots.release()  # the holder's: the waiter gets the slot
+        waiter.join(30)
+        assert ends == {"waiter": None}, ends
+        slots.release()  # the waiter's: every slot is free
+    finally:
+        slots._queue.go.set()
+        releaser.join(30)
+    assert [str(exc) for exc in refused] == ["a handler slot was released more often than taken"]
+    assert len(slots._free) == 1

@@ -55,6 +55,10 @@ def take_token(tokens: deque[None]) -> bool:
     return True
 
 
+def _over_released() -> ValueError:
+    return ValueError("a handler slot was released more often than taken")
+
+
 class Slots:
     """``limit`` slots; ``wait`` seconds at most ``limit`` calls wait for one (0: none wait)."""
 
@@ -123,11 +127,17 @@ class Slots:
             # the slot goes back under the lock: a call queueing meanwhile tries the free slots under it
             # too, so it either takes this slot or is handed it, never waits beside a free one
             with self._lock:
+                # the check below, here too (only here, off the fast path): the waiter seen may have left
+                # since, or been handed a slot another release freed, or the plugin is stopping and its
+                # waiters not gone yet, and every slot be free: the slot would go to a waiter, or back to
+                # the free slots, past the cap
+                if len(self._free) >= self.limit:
+                    raise _over_released()
                 if not self._hand_on():
                     self._free.append(None)
             return
         if len(self._free) >= self.limit:  # a BoundedSemaphore's check: the cap would grow
-            raise ValueError("a handler slot was released more often than taken")
+            raise _over_released()
         self._free.append(None)
         # A waiter queues itself (under the lock) before it tries the free slots, and waits holding the
         # lock from that try on: one queued after the look above either got this slot from the
