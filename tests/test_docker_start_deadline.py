@@ -9,7 +9,9 @@ refuses nothing for a deadline it meets.
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from plugbay import SecureConfig
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import EngineUnavailableError, HandshakeTimeoutError
 from plugbay.runners.base import LaunchSpec, starting_until
-from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker import DockerRunner, unanswered
 from tests.docker_standin import SILENT, Answer, Reply, StandinEngine, standin  # noqa: F401
 from tests.leakcheck import _pipes_and_sockets
 from tests.thread_util import until
@@ -116,6 +118,40 @@ def test_a_start_without_a_deadline_keeps_engine_timeout(standin: Standin) -> No
     with pytest.raises(EngineUnavailableError, match="did not answer within 0.5 s when asked to create the container"):
         runner.start(LaunchSpec(env={}))
     assert ("POST", "/containers/create") in engine_.requests
+
+
+def _late_create_watches() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("plugbay-late-create-")]
+
+
+def test_a_cut_create_whose_look_up_a_hung_engine_never_answers_starts_no_watch(
+        standin: Standin, caplog: pytest.LogCaptureFixture) -> None:
+    """The create cut at start_timeout, the engine (hung) answers neither it nor the look-up by name that
+    follows: that look-up took engine_timeout, so the create's answer was due when it gave up. No watch
+    thread starts then (it would ask a hung engine once more, and a kill() would wait for it); the failure
+    is warned of by the time start() has failed."""
+    lookup = 2.0  # engine_timeout: the look-up's bound, longer than START (the create is cut before it)
+
+    def answer(method: str, path: str) -> Reply:
+        if method == "GET" and path.startswith("/containers/plugbay-"):
+            return SILENT  # the look-up by name
+        return _stalling("create")(method, path)
+
+    engine_ = standin(answer)
+    client = Client(_config(DockerRunner("plugbay-kv:latest", engine_timeout=lookup), start_timeout=START))
+    try:
+        with caplog.at_level(logging.WARNING, logger="plugbay.runners.docker"), \
+                pytest.raises(HandshakeTimeoutError, match="start_timeout ran out while it asked .* to create"):
+            client.start()
+        looked = [path for method, path in engine_.requests if method == "GET" and path.startswith("/containers/p")]
+        assert len(looked) == 1, engine_.requests  # the look-up was asked, once
+        assert _late_create_watches() == [] and unanswered._watches == {}
+        said = [r.getMessage() for r in caplog.records if "could not be checked or removed" in r.getMessage()]
+        assert len(said) == 1 and "docker rm -f plugbay-" in said[0], said
+    finally:
+        client.kill()
+    assert not engine_._closing.is_set()  # the runner gave up, not the stand-in (its silence lasts 60 s)
+    assert ("DELETE", f"/containers/{CID}") not in engine_.requests
 
 
 # --- the real engine ----------------------------------------------------------------------------
