@@ -8,6 +8,8 @@ container is made.
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,5 +138,43 @@ def test_the_unix_transport_takes_a_network_mode_that_asks_for_none(
         with pytest.raises(Exception, match="refusing to start"):
             container.start()
         assert creates(engine)[0]["HostConfig"]["NetworkMode"] == "none"
+    finally:
+        engine.close()
+
+
+def test_stop_waits_for_the_container_a_cut_create_made_late(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine drops the create's connection and makes the container all the same, a moment later than
+    the look-up by name that follows: the late-create watch removes it. start() stops the container it
+    failed to start; that stop() returned before the watch removed it (the watch lasts up to the client's
+    timeout, 60 s by default), as DockerRunner's kill() waits for it."""
+    from tests.docker_standin import DROP, Reply
+    from tests.plugincontainer_answers import container_answers
+
+    late, made_id = 1.0, "e" * 64  # the container shows up this long after the create
+    usual = container_answers(["plugbay-kv:latest"])
+    created: list[float] = []
+    engine: StandinEngine | None = None
+
+    def answer(method: str, path: str) -> Reply:
+        assert engine is not None
+        if method == "POST" and path == "/containers/create":
+            created.append(time.monotonic())
+            return DROP
+        if method == "GET" and path.startswith("/containers/plugbay-tc-"):
+            if time.monotonic() - created[0] < late:
+                return 404, {"message": "No such container"}
+            labels = creates(engine)[0]["Labels"]
+            return 200, {"Id": made_id, "Name": path.split("/")[2], "Config": {"Labels": labels}}
+        return usual(method, path)
+
+    engine = StandinEngine(tmp_path / "engine.sock", answer)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{engine.path}")
+    try:
+        container = PluginContainer("plugbay-kv:latest", HANDSHAKE, transport="unix",
+                                    docker_client_kw={"version": "auto", "timeout": 10})
+        with pytest.raises(RunnerError, match="Docker engine"):
+            container.start()
+        assert ("DELETE", f"/containers/{made_id}") in engine.requests, engine.requests
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("plugbay-late-create-")]
     finally:
         engine.close()

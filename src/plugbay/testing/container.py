@@ -48,7 +48,7 @@ from plugbay.runners.docker.createargs import checked_labels
 from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             engine_failures, mark_socket_dir, prepare_socket_dir, transport_settings)
-from plugbay.runners.docker.unanswered import create_or_clean, create_token
+from plugbay.runners.docker.unanswered import create_or_clean, create_token, wait_late_creates
 from plugbay.runners.options import required_str, seconds
 from plugbay.runners.reattachkey import SECRET, new_secret
 from plugbay.runners.session import managed_labels
@@ -379,7 +379,13 @@ class PluginContainer(DockerContainer):
                     _log.warning("container %s could not be removed: %s; remove it with `docker rm -f %s` or"
                                  " plugbay.runners.docker.sweep() once the engine answers", ref, str(exc), ref)
         finally:
-            self._unmount()
+            try:
+                # a create cut short (Ctrl-C, a dropped connection) the engine may make late is watched until
+                # its answer was due (unanswered.py): as DockerRunner's kill(), stop() returns once such a
+                # container is gone (the interpreter's exit waits for the watch anyway)
+                wait_late_creates(self._name)
+            finally:
+                self._unmount()
 
     def _unmount(self) -> None:
         """Forget this start's socket folder: its volume mapping (the next start maps its own folder at
