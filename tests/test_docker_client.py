@@ -19,7 +19,7 @@ import pytest
 from plugbay import images
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import (CallTimeoutError, ChecksumMismatchError, HandshakeTimeoutError, MalformedHandshakeError,
-                            PluginDiedError, PluginExitedError)
+                            PluginDiedError, PluginExitedError, RunnerError)
 from plugbay.core.host.secure import SecureConfig
 from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.docker import DockerRunner
@@ -164,6 +164,21 @@ def test_a_kill_while_the_start_waits_for_the_handshake_gives_no_grace(plugbay_i
         client.kill()
         starting.join(60)
     assert not starting.is_alive() and len(failed) == 1
+    assert runner.__dict__["graces"][0] == 0
+    assert plugbay_docker.containers.list(all=True, filters={"id": runner.id}) == []
+
+
+@pytest.mark.parametrize("line", ["1|1|unix|/etc/passwd|grpc", "1|1|tcp|10.1.2.3:4000|grpc"],
+                         ids=["out-of-the-socket-folder", "tcp-on-unix"])
+def test_a_refused_address_ends_its_container_without_a_grace(plugbay_image: Any, plugbay_docker: Any,
+                                                              line: str) -> None:
+    # The line parses, but what it announces is refused (a path out of the mounted folder, an address the
+    # unix transport cannot reach): the host never dialed it, yet its teardown stopped the container with
+    # kill_grace, which sh as PID 1 (ignoring SIGTERM) waited out in full
+    runner = _Graces(plugbay_image("kv"), entrypoint=["sh", "-c", f"echo '{line}'; sleep 60"])
+    with pytest.raises((MalformedHandshakeError, RunnerError), match=line.split("|")[3]):
+        with Client(_config(runner, kill_grace=5.0)):
+            pass
     assert runner.__dict__["graces"][0] == 0
     assert plugbay_docker.containers.list(all=True, filters={"id": runner.id}) == []
 

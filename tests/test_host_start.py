@@ -247,3 +247,17 @@ def test_a_short_first_line_ending_in_the_cut_marker_is_not_taken_for_a_cut_one(
             pass
     said = str(info.value)
     assert "expected at least 4 '|'-separated fields" in said and "before its first newline" not in said, said
+
+
+@pytest.mark.parametrize("line", ["1|1|tcp|10.1.2.3:4000|grpc", "1|1|unix|/etc/passwd|grpc"],
+                         ids=["another-host", "not-a-socket"])
+def test_a_refused_address_kills_the_plugin_without_asking_it_to_stop(tmp_path: Path, line: str) -> None:
+    # a line the host refuses for what it announces (an address off this machine, a path that is no socket)
+    # is refused as a malformed one is: the host never connected, so there is nothing to finish, yet its
+    # teardown sent SIGTERM and gave the plugin kill_grace (a container's PID 1, ignoring it, held it all of that)
+    misbehave = str(Path(TRAP[1]).parent / "misbehave.py")
+    marker = tmp_path / "sigterm"
+    with pytest.raises(MalformedHandshakeError, match=line.split("|")[3]):
+        with Client(config([PY, misbehave, "line-trap", line, str(marker)], start_timeout=30, kill_grace=5.0)):
+            pass
+    assert not marker.exists()  # SIGKILL at once: its SIGTERM handler never ran

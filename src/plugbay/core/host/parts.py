@@ -194,8 +194,10 @@ class ClientParts:
     def _kill_grace(self) -> float:
         """The grace a kill gives the plugin: none before its handshake was accepted (a failed or cut-short
         start has nothing to finish, and a container's PID 1 ignores SIGTERM: it held each for all of
-        kill_grace), else ClientConfig.kill_grace."""
-        return 0 if self._announced is None else self.config.kill_grace
+        kill_grace), else ClientConfig.kill_grace. Accepted means dialed: a line whose address or certificate
+        the host refuses (another host's address, a path out of the socket folder, no AutoMTLS certificate)
+        is refused as a malformed line is, and the host never connected to what it announced."""
+        return 0 if self._info is None else self.config.kill_grace
 
     def _frozen(self, runner: AttachedRunner | None) -> bool:
         try:
