@@ -218,3 +218,17 @@ def test_a_request_nested_too_deeply_and_a_pid_in_other_digits_are_refused(tmp_p
     refused(deep, "not valid JSON for google.protobuf.ListValue", "recursion")
     for ident in ("\u00b2", "\u0661\u0662\u0663"):  # digits to str.isdigit(), not to int() / not ASCII
         refused(plugbay("diagnose", f"pid:{ident}"), "names no plugin")
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--namespace", "plugins"], "--namespace needs --kubernetes"),
+    (["--docker", "--namespace", "plugins"], "--namespace needs --kubernetes"),
+    (["--temp", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig needs --kubernetes"),
+    (["--kubernetes", "--temp-dir", "."], "--temp-dir needs --temp"),
+])
+def test_sweep_refuses_options_of_a_sweep_not_asked_for(tmp_path: Path, args: list[str], named: str) -> None:
+    # `sweep --namespace plugins` (the --kubernetes forgotten) swept Docker and the temp folders, not a pod,
+    # and said "removed N"; a dry run here, against no engine, so the old code removes nothing either
+    env = cli_env(DOCKER_HOST="unix:///nonexistent/docker.sock", KUBECONFIG="/nonexistent/kubeconfig")
+    out = plugbay("sweep", *args, "--dry-run", env=env, cwd=tmp_path)
+    refused(out, named)

@@ -226,7 +226,7 @@ Examples:
 @click.option("--docker", "docker_", is_flag=True, help="Sweep Docker containers.")
 @click.option("--kubernetes", is_flag=True, help="Sweep Kubernetes pods.")
 @click.option("--temp", is_flag=True, help="Sweep plugbay's temp folders (and the sockets in them).")
-@click.option("--namespace", default="default", show_default=True, help="With --kubernetes.")
+@click.option("--namespace", help="With --kubernetes (default: default).")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="With --kubernetes.")
 # exists=True: a misspelt folder was looked in as an empty one, and the sweep said "removed 0"
 @click.option("--temp-dir", "temp_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
@@ -253,6 +253,7 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
     from plugbay.runners.docker.grace import checked_grace
 
     checked_grace(grace)  # before anything is removed (FloatRange lets nan through)
+    _refuse_unused_flags(docker_, kubernetes, temp, namespace, kubeconfig, temp_dirs)
     found: dict[str, list[str]] = {}
     left: dict[str, str] = {}  # what the Docker sweep left for its age (the grace), and why
     if docker_ or not (kubernetes or temp):
@@ -274,7 +275,7 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
         from plugbay.runners.kubernetes import sweep as kube_sweep
 
         with output.kubernetes_flags("--kubeconfig"):
-            found["kubernetes"] = kube_sweep(namespace, kubeconfig=kubeconfig, dry_run=dry_run)
+            found["kubernetes"] = kube_sweep(namespace or "default", kubeconfig=kubeconfig, dry_run=dry_run)
     if temp or not (docker_ or kubernetes):  # after the runners': a container's socket folder goes with it
         from plugbay.core.transport.tempdirs import sweep_tempdirs
 
@@ -292,6 +293,19 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
         output.say(f"left {short_id(ident)}: {why}")
     output.say(f"{verb} {count}", style="bold")
     return output.OK
+
+
+def _refuse_unused_flags(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None,
+                        kubeconfig: str | None, temp_dirs: tuple[str, ...]) -> None:
+    """An option of a sweep not asked for would be ignored, as run's options of another runner are refused:
+    `sweep --namespace plugins` (no --kubernetes) swept Docker and the temp folders, and no pod."""
+    for flag, value in (("--namespace", namespace), ("--kubeconfig", kubeconfig)):
+        if value is not None and not kubernetes:
+            raise ConfigError(f"{flag} needs --kubernetes: it only applies to the sweep of pods (without it, pods"
+                              " are not swept and Docker and the temp folders are)")
+    if temp_dirs and (docker_ or kubernetes) and not temp:
+        raise ConfigError("--temp-dir needs --temp when --docker or --kubernetes is given: only the sweep of temp"
+                          " folders looks in it")
 
 
 def short_id(ident: str) -> str:
