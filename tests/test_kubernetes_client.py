@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
-from plugbay import CallTimeoutError, Client, ClientConfig, PluginExitedError  # noqa: E402
+from plugbay import CallTimeoutError, Client, ClientConfig, PluginDiedError, PluginExitedError  # noqa: E402
 from plugbay.errors import PermissionDeniedError, PodCrashLoopError  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin, testapp  # noqa: E402,F401
@@ -253,6 +253,22 @@ def test_pod_deleted_under_the_host(standin: StandIn, kubeconfig: str, kvtrap: s
         while "(deleted)" not in runner.diagnose() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "(deleted)" in runner.diagnose()
+
+
+def test_a_force_deleted_pod_is_said_to_be_deleted(standin: StandIn, kubeconfig: str, kvtrap: str) -> None:  # noqa: F811
+    # A force delete takes the pod object at once, with no exit code recorded: wait() says -1, which the
+    # call's error worded as a local process's ("a child process killed by SIGHUP reports -1 too")
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, writable_dirs=WRITABLE)
+    with kv_client(runner, call_timeout=60) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("a", b"1")
+        assert standin.delete_pod("default", runner.pod_name, 0)
+        assert runner.wait(30) == -1
+        with pytest.raises(PluginDiedError) as info:
+            kv.get("a")
+    text = str(info.value)
+    assert f"its pod {runner.id} was deleted" in text and "kubectl get events -n default" in text
+    assert "SIGHUP" not in text
 
 
 def test_port_forward_dropped_mid_call(standin: StandIn, kubeconfig: str, kvtrap: str) -> None:  # noqa: F811

@@ -310,6 +310,16 @@ class KubernetesRunner(PodTeardown, Runner):
         self._start_watcher()
         return self._podwatch.wait_exit(timeout)
 
+    def exit_words(self, code: int) -> str:
+        # -1 is wait()'s word for a pod that ended with no exit code; the base's words (a child process killed
+        # by SIGHUP) are a local process's and send a pod's owner looking in the wrong place
+        if code != -1:
+            return super().exit_words(code)
+        what = "was deleted" if self._podwatch.gone else "failed"
+        return (f"ended with no exit code: its pod {self.id} {what} before its container's end was recorded"
+                " (deleted by someone other than this host, evicted, or on a node that was drained or lost;"
+                f" `kubectl get events -n {self.namespace}` says which)")
+
     def diagnose(self) -> str:
         return self._diagnose(None)
 
