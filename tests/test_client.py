@@ -749,6 +749,25 @@ def test_close_is_for_reattached_clients_only() -> None:
         assert client.dispense(PLUGIN_NAME).get("__env__")  # the plugin still runs
 
 
+def test_a_closed_reattached_client_says_it_was_closed_and_the_plugin_runs_on() -> None:
+    # its refusals said "was killed; make a new Client" / "(the Client was killed)": the plugin runs on, and a
+    # new Client would start a second one; what the user wants is another reattach
+    with Client(config()) as client:
+        reattached = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS,
+                                         reattach=client.reattach_config()))
+        kv = reattached.dispense(PLUGIN_NAME)
+        reattached.close()
+        with pytest.raises(ClientStateError) as refused:
+            reattached.dispense(PLUGIN_NAME)
+        with pytest.raises(ClientStateError) as failed:
+            kv.get("__env__")
+        for error in (refused.value, failed.value):
+            assert "killed" not in str(error) and "was closed" in str(error), str(error)
+            assert "the plugin runs on" in str(error) and "reattach a new Client" in str(error), str(error)
+        assert isinstance(failed.value, grpc.RpcError) and failed.value.code() == grpc.StatusCode.CANCELLED
+        assert client.dispense(PLUGIN_NAME).get("__env__")  # it does run on
+
+
 def test_kill_tears_down_even_when_saying_why_the_plugin_ended_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     # kill() first reads why the plugin ended (its last stderr lines: the plugin's to write); a
     # failure there must not skip the teardown, or the plugin and its folder outlive the Client

@@ -160,6 +160,17 @@ class ClientClosed(_TranslatedRpcError, ClientStateError):
                    grpc.StatusCode.CANCELLED)
 
 
+def closed_by_close(name: str, kind: str) -> Callable[[grpc.RpcError | None], ClientClosed]:
+    """The calls a reattached Client's close() ended or refused (a channel's killed_error): the plugin runs on,
+    so the advice is another reattach, not a new Client (which would start a second plugin)."""
+    def error(original: grpc.RpcError | None) -> ClientClosed:
+        when = "the call was not sent" if original is None else "the call was in flight; the plugin may have run it"
+        return ClientClosed(f"the connection to plugin {name!r} was closed (close() of this reattached {kind}; the"
+                            f" plugin runs on); {when}; reattach a new {kind} (ReattachConfig) to call it again",
+                            original, grpc.StatusCode.CANCELLED, sent=original is not None)
+    return error
+
+
 class BrokerClientClosed(ClientClosed, BrokerClosedError):
     """The broker of a Client closed or killed, used after that (a brokered stub's callback served, a broker
     id dialed): a ClientClosed, as that Client's calls then raise, and the BrokerClosedError a broker's users
