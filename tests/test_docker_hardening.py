@@ -172,6 +172,16 @@ def test_a_missing_network_of_extra_create_args_is_refused_not_swapped(plugbay_d
     assert not made
 
 
+def test_a_network_of_the_unix_transport_is_refused_not_dropped() -> None:
+    # network= is the tcp transport's; with unix it was dropped without a word and the plugin ran with no
+    # network (PluginContainer refuses the same). The default and None stay accepted for either transport.
+    with pytest.raises(ConfigError, match=r"network='my-plugins' is the tcp transport's.*transport='tcp'"):
+        DockerRunner(BASE, network="my-plugins")
+    assert DockerRunner(BASE, transport="tcp", network="my-plugins").network == "my-plugins"
+    for network in (ISOLATED_NETWORK, None):
+        assert DockerRunner(BASE, network=network).network == network
+
+
 def test_bad_limit_options_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="give cpus= or nano_cpus=, not both"):
         DockerRunner(BASE, cpus=1, nano_cpus=10)

@@ -15,6 +15,7 @@ from plugbay.core.protocol.handshake import is_tcp_port
 from plugbay.errors import ConfigError
 from plugbay.runners.command import check_env, check_text_env
 from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR
+from plugbay.runners.docker.hardening import ISOLATED_NETWORK
 from plugbay.runners.options import flag, optional_int, optional_mapping, optional_str, optional_str_list, str_list
 
 TRANSPORTS = ("unix", "tcp")
@@ -84,7 +85,11 @@ def _memory_bytes(size: str) -> int:
 def _check_limits(opts: Mapping[str, Any]) -> dict[str, Any]:
     where = "DockerRunner "
     optional_str(opts["runtime"], where + "runtime", "runsc")
-    optional_str(opts["network"], where + "network", "plugbay-isolated", empty=True)
+    network = optional_str(opts["network"], where + "network", "plugbay-isolated", empty=True)
+    if network and network != ISOLATED_NETWORK and opts["transport"] == "unix":  # it was dropped without a word
+        raise ConfigError(f"DockerRunner network={network!r} is the tcp transport's bridge network, but transport"
+                          " 'unix' runs the container with no network; use transport='tcp' to join it, or"
+                          f" extra_create_args={{'network': {network!r}}} for a unix-transport plugin that needs it")
     mem = opts["mem_limit"]
     if mem is not None and not (isinstance(mem, str) and _memory_bytes(mem) > 0) and (
             isinstance(mem, bool) or not isinstance(mem, numbers.Integral) or not 0 < int(mem) <= INT64_MAX):
