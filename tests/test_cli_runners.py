@@ -127,6 +127,20 @@ def test_docker_run_health_call_and_sigint(tmp_path: Path, kv_image: str, transp
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize(("flags", "tls"), [([], True), (["--no-automtls"], False)], ids=["default", "opted-out"])
+def test_docker_tcp_run_uses_automtls_unless_told_not_to(tmp_path: Path, kv_image: str, flags: list[str],
+                                                         tls: bool) -> None:
+    # A port published on 127.0.0.1 is open to every local process: ClientConfig's default (auto_mtls=None)
+    # turns AutoMTLS on for it, but `run` passed its flag's False and served the plugin in plaintext
+    with running(["--image", kv_image, "--transport", "tcp", "--writable", "/data", "--cookie", COOKIE, *flags],
+                 tmp_path) as run:
+        assert (run.config().get("client_cert") is not None) is tls
+        assert plugbay("health", run.target).returncode == 0  # its reattach file reaches it either way
+        assert run.interrupt() == 0
+    assert f"tls: {tls}" in run.stdout, run.stdout
+
+
+@pytest.mark.docker
 def test_diagnose_a_container_whose_logs_the_engine_cannot_read(kv_image: str) -> None:
     # a log driver that keeps nothing (the engine answers 501) was "unexpected APIError ... report it"
     client = docker_client()

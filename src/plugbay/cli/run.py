@@ -197,7 +197,10 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="With --pod: the kubeconfig file.")
 @click.option("--cookie", help="The magic cookie KEY=VALUE the plugin expects (required).")
 @click.option("--protocol-versions", default="1", show_default=True, help="App protocol versions, e.g. 1,2.")
-@click.option("--automtls", is_flag=True, help="AutoMTLS: a fresh client certificate, TLS to the plugin.")
+@click.option("--automtls/--no-automtls", default=None,
+              help="AutoMTLS: a fresh client certificate, TLS to the plugin. Default: the library's, on for"
+              " --image with --transport tcp and for --pod (a published port or a pod any local process could"
+              " reach), off for --cmd and the unix transport.")
 @click.option("--multiplex", is_flag=True, help="The multiplexed gRPC broker (one connection).")
 @click.option("--reattach-out", type=click.Path(dir_okay=False), help="Write the reattach config JSON here "
               "(mode 0600; removed when the run ends).")
@@ -207,7 +210,7 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach').")
 def run(cmd: str | None, trusted: tuple[str, ...], image: str | None, transport: str | None, writable: tuple[str, ...],
         pod: str | None, namespace: str | None, kubeconfig: str | None, cookie: str | None, protocol_versions: str,
-        automtls: bool, multiplex: bool, reattach_out: str | None, start_timeout: float, kill_grace: float,
+        automtls: bool | None, multiplex: bool, reattach_out: str | None, start_timeout: float, kill_grace: float,
         as_json: bool) -> int:
     """Start a plugin and keep it up until Ctrl-C, printing its handshake facts.
 
