@@ -1,6 +1,6 @@
 """Interleaved A/B of the broker rows (bench_broker's Python host -> Python plugin) between two checkouts.
 
-    python bench/broker_ab.py OLD NEW --multiplex --pairs 12 --calls 300 [--automtls]
+    python bench/broker_ab.py OLD NEW --multiplex --pairs 12 --calls 300 [--automtls] [--go]
 
 OLD and NEW are source trees (folders holding src/plugbay and examples) or git revisions of this
 checkout (exported to a temporary folder). Each round runs bench_broker's own row code
@@ -10,7 +10,9 @@ callback, as many Gets, a 128 MiB stream) in a new process whose plugbay and plu
 alternate, the order flipping every pair, so the drift of a shared machine's load hits
 both alike. Prints, per figure, each side's median, the median of the pairs' NEW/OLD
 ratios with their range, and in how many pairs NEW was lower. An A/A run (one tree
-twice) shows the spread to expect: trust only what clearly exceeds it.
+twice) shows the spread to expect: trust only what clearly exceeds it. ``--go``: the plugin is
+go-plugin's Go counter (tests/go/counter_plugin, built once by this checkout's tests.gobuild; per-connection,
+no stream figure).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ REPO = BENCH.parent
 FIGURES = ("p50 us", "p99 us", "Get p50 us", "stream MB/s")
 
 
-def _round(tree: str, calls: int, multiplex: bool, automtls: bool) -> dict[str, float]:
+def _round(tree: str, calls: int, multiplex: bool, automtls: bool, go: str = "") -> dict[str, float]:
     """One round in this process, whose sys.path starts with ``tree``'s src (see main)."""
     import plugbay  # the tree's, before bench/common.py puts this checkout's src on the path
 
@@ -44,11 +46,11 @@ def _round(tree: str, calls: int, multiplex: bool, automtls: bool) -> dict[str, 
     bench_broker.PY_COUNTER = [sys.executable, os.path.join(tree, "examples", "counter", "plugin.py")]
     bench_broker.PY_STREAMER = [sys.executable, os.path.join(tree, "examples", "streaming", "plugin.py")]
     ctx = Context(calls=calls, rounds=1, starts=1)
-    result = bench_broker._python_host(ctx, bench_broker.PY_COUNTER, automtls, multiplex)
+    result = bench_broker._python_host(ctx, [go] if go else bench_broker.PY_COUNTER, automtls, multiplex)
     get = re.search(r"plain Get p50 (\d+) us", result.note)
     stream = re.search(r"stream (\d+) MB/s", result.note)
-    assert get is not None and stream is not None, result.note
-    return dict(zip(FIGURES, (result.p50_us, result.p99_us, float(get[1]), float(stream[1]))))
+    assert get is not None and (go or stream is not None), result.note
+    return dict(zip(FIGURES, (result.p50_us, result.p99_us, float(get[1]), float(stream[1]) if stream else 1.0)))
 
 
 def _tree(spec: str, scratch: str, side: str) -> str:
@@ -66,6 +68,7 @@ def _run(tree: str, args: argparse.Namespace) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": os.path.join(tree, "src")}
     cmd = [sys.executable, __file__, "--round", tree, "--calls", str(args.calls)]
     cmd += ["--multiplex"] * args.multiplex + ["--automtls"] * args.automtls
+    cmd += ["--go-plugin", args.go_plugin] if args.go_plugin else []
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if out.returncode != 0:
         raise SystemExit(f"a round of {tree} failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -81,15 +84,27 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--multiplex", action="store_true")
     parser.add_argument("--automtls", action="store_true")
+    parser.add_argument("--go", action="store_true", help="go-plugin's Go counter plugin (per-connection)")
+    parser.add_argument("--go-plugin", help=argparse.SUPPRESS)  # internal: the built Go plugin
     parser.add_argument("--round", help=argparse.SUPPRESS)  # internal: one round of this tree
     args = parser.parse_args()
     if not (1 <= args.calls <= 100_000 and 1 <= args.pairs <= 200):
         parser.error("need 1 <= --calls <= 100000 and 1 <= --pairs <= 200")
     if args.round:
-        print(json.dumps(_round(args.round, args.calls, args.multiplex, args.automtls)))
+        print(json.dumps(_round(args.round, args.calls, args.multiplex, args.automtls, args.go_plugin or "")))
         return 0
     if not (args.old and args.new):
         parser.error("give OLD and NEW")
+    if args.go:
+        if args.multiplex:
+            parser.error("go-plugin 1.0.1's counter plugin brokers per-connection only: drop --multiplex")
+        sys.path.insert(0, str(REPO))
+        from tests import gobuild
+
+        reason = gobuild.go_missing_reason()
+        if reason:
+            raise SystemExit(f"--go: {reason}")
+        args.go_plugin = str(gobuild.build_go("counter_plugin"))
     scratch = tempfile.mkdtemp(prefix="plugbay-broker-ab-")
     try:
         trees = {side: _tree(spec, scratch, side) for side, spec in (("old", args.old), ("new", args.new))}
@@ -112,7 +127,7 @@ def main() -> int:
         print(f"{f:12} old {summary[f]['old']:8.0f}  new {summary[f]['new']:8.0f}  new/old median"
               f" {summary[f]['ratio']:.3f} [{ratios[0]:.3f}..{ratios[-1]:.3f}], new lower in"
               f" {summary[f]['new_lower']}/{len(ratios)}")
-    print(json.dumps({"pairs": args.pairs, "calls": args.calls, "multiplex": args.multiplex,
+    print(json.dumps({"pairs": args.pairs, "calls": args.calls, "multiplex": args.multiplex, "go": args.go,
                       "automtls": args.automtls, "figures": summary}))
     return 0
 
