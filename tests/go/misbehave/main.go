@@ -3,7 +3,9 @@
 //
 //	kv (default)           a working KV plugin (kv_grpc, proto.KV, files kv_<key>) with trap keys for Get/Put:
 //	                         __die__    the process exits with MISBEHAVE_EXIT_CODE (default 7) mid-call
-//	                         __hang__   the call blocks until the caller gives up (or MISBEHAVE_MAX_SECONDS)
+//	                         __hang__   the call blocks until the caller gives up (or MISBEHAVE_MAX_SECONDS);
+//	                                    it logs the deadline it got (deadline_in, seconds or "none") and,
+//	                                    when the caller's side ends it, "hang ended by its caller" (reason)
 //	                         __log__    logs one hclog JSON line per level (trace..error) and one raw
 //	                                    non-JSON stderr line, then Get returns "logged"
 //	                         __env__    Get returns JSON of the plugin's PLUGIN_* and BASIC_PLUGIN env vars
@@ -74,9 +76,16 @@ func trap(ctx context.Context, key string) (value []byte, handled bool, err erro
 		logger.Error("dying during a call", "exit_code", code)
 		os.Exit(code)
 	case "__hang__":
-		logger.Warn("hanging during a call")
+		// what is left of the call's deadline as this process got it ("none": the call has none), and
+		// a line when the caller's side ends the hang: a proxy's test sees both reach the plugin
+		deadline := "none"
+		if at, ok := ctx.Deadline(); ok {
+			deadline = strconv.FormatFloat(time.Until(at).Seconds(), 'f', 3, 64)
+		}
+		logger.Warn("hanging during a call", "deadline_in", deadline)
 		select {
 		case <-ctx.Done():
+			logger.Warn("hang ended by its caller", "reason", ctx.Err().Error())
 			return nil, true, ctx.Err()
 		case <-time.After(time.Duration(envInt("MISBEHAVE_MAX_SECONDS", 120)) * time.Second):
 			return nil, true, fmt.Errorf("hang ended after MISBEHAVE_MAX_SECONDS")
