@@ -173,14 +173,14 @@ def test_child_killed_calls_fail_fast_then_work_after_restart(gateway: Gateway, 
         codes: list[grpc.StatusCode] = []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            started = time.monotonic()
             try:
+                # the 3 s timeout is a hang guard only. "Fail fast" is the codes below: every call the
+                # dead child could not take was refused UNAVAILABLE (no child, NOT_SENT), none waited
+                # out its deadline (DEADLINE_EXCEEDED); a wall-clock bound per call added nothing, as grpc
+                # ends each call at its 3 s whatever the gateway does
                 value = kv.Get(kv_pb2.GetRequest(key="k"), timeout=3).value
                 break
             except grpc.RpcError as exc:
-                # ended by its 3 s deadline at the latest, never a hang (room for a loaded machine: 3.5 s
-                # left half a second for the deadline's own lateness)
-                assert time.monotonic() - started < 15
                 codes.append(exc.code())
                 time.sleep(0.05)
         else:
