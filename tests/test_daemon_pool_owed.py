@@ -81,3 +81,42 @@ def test_a_done_callback_ending_its_worker_leaves_the_pool_its_place(
         assert [(r.getMessage(), r.exc_info and r.exc_info[0]) for r in said] == [("Exception in worker", exc)]
     finally:
         pool.shutdown(wait=True)
+
+
+def test_shutdown_waits_for_the_call_a_lost_worker_left_owed(caplog: pytest.LogCaptureFixture) -> None:
+    """shutdown(wait=True) joined the threads it saw when called. A worker lost after that (its done
+    callback raised SystemExit) started a thread for the call queued behind it, which shutdown() did not
+    join: it returned with that call still running, where Executor.shutdown(wait=True) runs every
+    submitted call first."""
+    pool = DaemonPool(1, "plugbay-test-lost-shutdown")
+    gate, in_callback, raise_now = threading.Event(), threading.Event(), threading.Event()
+    lost: list[threading.Thread] = []
+
+    def stop_thread_later(future: Future[Any]) -> None:
+        lost.append(threading.current_thread())
+        in_callback.set()
+        raise_now.wait(HANG_GUARD)
+        raise SystemExit("raised by a done callback")
+
+    def owed_call() -> str:
+        lost[0].join(HANG_GUARD)  # it ends after the lost worker, the one thread shutdown() knew of
+        time.sleep(0.2)  # room for a shutdown() that waits for no more to return first; nothing here is timed
+        return "owed"
+
+    shutting = threading.Thread(target=pool.shutdown, kwargs={"wait": True}, name="test-shutdown")
+    with caplog.at_level(logging.CRITICAL, logger="plugbay.workers"):
+        first = pool.submit(gate.wait, HANG_GUARD)
+        first.add_done_callback(stop_thread_later)
+        owed = pool.submit(owed_call)  # at the cap: for the worker that finishes first
+        gate.set()
+        assert in_callback.wait(HANG_GUARD)
+        shutting.start()
+        deadline = time.monotonic() + HANG_GUARD
+        while not pool._shutdown and time.monotonic() < deadline:  # shutdown() has its list of threads
+            time.sleep(0.01)
+        raise_now.set()  # the worker is lost now: a thread it did not list runs the owed call
+        shutting.join(HANG_GUARD)
+        assert not shutting.is_alive(), "shutdown(wait=True) did not return"
+        assert owed.done(), "shutdown(wait=True) returned before a call submitted before it had run"
+        assert owed.result(0) == "owed"
+    assert [r.getMessage() for r in caplog.records if r.name == "plugbay.workers"] == ["Exception in worker"]

@@ -197,5 +197,13 @@ class DaemonPool(Executor):
         for _ in threads:
             self._queue.put(None)
         if wait:
-            for thread in threads:
-                thread.join()
+            # the set is read again until it holds no thread not yet joined: a worker lost after the list
+            # above was taken (_lost) starts one for the call owed it, which must have run on return (as
+            # Executor.shutdown(wait=True) promises). It takes the end-of-work mark put for the lost one
+            joined: set[threading.Thread] = set()
+            while threads:
+                for thread in threads:
+                    thread.join()
+                joined.update(threads)
+                with self._lock:
+                    threads = [t for t in self._threads if t not in joined]
