@@ -63,3 +63,30 @@ def test_the_plugins_own_error_is_no_tls_failure(served: tuple[str, list[str], l
     assert "TLS with " not in err and "--ca" not in err, err
     assert "NOT_FOUND" in err and "no value stored for key 'certificate verify failed'" in err, err
     assert said.returncode not in (0, 2), said
+
+
+@pytest.fixture(scope="module")
+def stranger_flags(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """--cert/--key of a certificate another CA signed (the plugin refuses it)."""
+    folder = tmp_path_factory.mktemp("stranger")
+    who = netcerts.issue(netcerts.make_ca("stranger CA"), "stranger", server=False)
+    (folder / "s.crt").write_bytes(who.cert_pem)
+    (folder / "s.key").write_bytes(who.key_pem)
+    return ["--cert", str(folder / "s.crt"), "--key", str(folder / "s.key")]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=["health", "info", "call", "call-reflection"])
+@pytest.mark.parametrize("fault", ["wrong-ca", "refused-cert"])
+def test_a_definite_tls_failure_ends_the_command_without_waiting_out_its_timeout(
+        served: tuple[str, list[str], list[str]], stranger_flags: list[str], args: list[str], fault: str) -> None:
+    """A wait for a target coming up (the probes' wait_for_ready) cannot help files the TLS handshake refuses:
+    the command said so only when --timeout ran out ("gRPC said: DEADLINE_EXCEEDED ..."), where the library's
+    pool fails such a call at once. Now the connection's own failure ends it, whatever --timeout is."""
+    target, right, wrong = served
+    flags = wrong if fault == "wrong-ca" else [*stranger_flags, *right[4:]]
+    said = plugbay(args[0], target, *args[1:], *flags, "--timeout", "60", timeout=200)
+    err = said.stdout + said.stderr
+    assert said.returncode == 2, said
+    assert "TLS with " in err and ("not signed by the CA given (--ca)" in err if fault == "wrong-ca"
+                                   else "the plugin refused the host's certificate" in err), err
+    assert "DEADLINE_EXCEEDED" not in err and "UNAVAILABLE: failed to connect" in err, err

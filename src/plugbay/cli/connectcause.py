@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 
@@ -42,6 +43,61 @@ def connect_failure(channel: grpc.Channel) -> str:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             return f"; the connection: {exc.details()}"
     return ""  # connected since
+
+
+def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer: grpc.Future,
+                     timeout: float) -> TLSConfigError | None:
+    """The typed error of a definite TLS failure of ``channel``'s connection, found while ``answer`` (a call,
+    or a wait for the connection, that waits for a target coming up) is pending, for at most ``timeout`` (a
+    wait for the connection has no deadline of its own); None once it ended or the channel connected, at
+    the timeout, and for any other failure. ``answer`` is cancelled when the error is returned.
+
+    No wait helps a certificate the other side refused or a CA that did not sign its certificate: the
+    library's pool fails such a call at once, and so does the command line rather than at --timeout. A
+    failure that is no definite TLS one (refused, cut short, a silent peer) is left to the call's own wait.
+    """
+    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+
+    changed = threading.Condition()
+    states: list[grpc.ChannelConnectivity] = []
+
+    def note(state: grpc.ChannelConnectivity) -> None:
+        with changed:
+            states.append(state)
+            changed.notify_all()
+
+    def ended(_: object) -> None:
+        with changed:
+            changed.notify_all()
+
+    stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+    seen, deadline = 0, time.monotonic() + timeout
+    answer.add_done_callback(ended)
+    channel.subscribe(note, try_to_connect=True)  # called on grpc's own thread, with each state
+    try:
+        while True:
+            with changed:
+                news = changed.wait_for(lambda: len(states) > seen or answer.done(),
+                                        max(deadline - time.monotonic(), 0))
+                if answer.done() or not news:
+                    return None
+                seen, state = len(states), states[-1]
+            if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.SHUTDOWN):
+                return None
+            if state != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                continue
+            try:  # a call that does not wait fails at once with the attempt's cause
+                stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
+            except grpc.RpcError as exc:
+                refused = tls_refusal(f"UNAVAILABLE: {exc.details()}", target, insecure) \
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                if refused is not None:
+                    answer.cancel()
+                    return refused
+            else:
+                return None  # connected since
+    finally:
+        channel.unsubscribe(note)
 
 
 # network mode's words (plugbay.network.tls) for its API's fields, as the command line's flags say them

@@ -62,8 +62,10 @@ def from_protos(files: Sequence[str], include: Sequence[str] = ()) -> Services:
     return Services(pool, sorted(names), "proto")
 
 
-def from_reflection(channel: grpc.Channel, timeout: float) -> Services | None:
-    """The plugin's services via server reflection; None when it does not offer reflection."""
+def from_reflection(channel: grpc.Channel, timeout: float,
+                    early: Callable[[grpc.Future], None] | None = None) -> Services | None:
+    """The plugin's services via server reflection; None when it does not offer reflection. ``early``: called
+    with the wait for the connection, to raise a failure known before it ends (a definite TLS failure)."""
     try:
         from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
             ProtoReflectionDescriptorDatabase,
@@ -73,7 +75,10 @@ def from_reflection(channel: grpc.Channel, timeout: float) -> Services | None:
     from google.protobuf import descriptor_pool
 
     try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
+        ready, started = grpc.channel_ready_future(channel), time.monotonic()
+        if early is not None:
+            early(ready)
+        ready.result(timeout=max(timeout - (time.monotonic() - started), 0))
     except grpc.FutureTimeoutError:
         raise TargetUnreachableError(f"the plugin did not accept a connection within {timeout:g}s"
                                      f"{connect_failure(channel)}; check that it still runs (plugbay health)"

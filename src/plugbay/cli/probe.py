@@ -12,7 +12,7 @@ import click
 import grpc
 
 from plugbay.cli import output
-from plugbay.cli.connectcause import connect_failure, tls_refusal
+from plugbay.cli.connectcause import connect_failure, tls_failed_early, tls_refusal
 from plugbay.cli.targets import Reached, Tls, reach
 from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
 
@@ -44,20 +44,25 @@ def _tls(kw: dict[str, Any]) -> Tls:
 # --- health --------------------------------------------------------------------------------
 
 
-def check_health(channel: grpc.Channel, service: str, timeout: float, *, wait: bool = True) -> dict[str, Any]:
+def check_health(channel: grpc.Channel, service: str, timeout: float, *, wait: bool = True,
+                 early: Callable[[grpc.Future], None] | None = None) -> dict[str, Any]:
     """One health check: status SERVING / NOT_SERVING / UNREACHABLE with its round trip in ms.
 
     ``wait``: up to ``timeout`` for a target that is not connected yet (coming up). Without it, a target
     that refuses the connection is UNREACHABLE at once; ``timeout`` still bounds a connected one's answer,
     and a connection attempt left unanswered (a full backlog, dropped packets: gRPC gives it 20 s).
+    ``early``: called with the pending check, to raise a failure known before its answer (_refused_at_once).
     """
     from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 
     stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
     started = time.monotonic()
     try:
-        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
-                          wait_for_ready=wait)
+        pending = stub.Check.future(health_pb2.HealthCheckRequest(service=service), timeout=timeout,
+                                    wait_for_ready=wait)
+        if early is not None:
+            early(pending)
+        resp = pending.result()
     except grpc.RpcError as exc:
         ms = (time.monotonic() - started) * 1000
         code = exc.code()
@@ -81,6 +86,19 @@ def _tls_refused(result: dict[str, Any], reached: Reached, tls: Tls) -> Exceptio
     if result["status"] != "UNREACHABLE" or reached.facts.get("tls") is not True or "endpoints" not in reached.facts:
         return None  # a reattach config's AutoMTLS is the plugin's own: no flag of this command sets it
     return tls_refusal(result["detail"], reached.target, tls.insecure)
+
+
+def _refused_at_once(reached: Reached, tls: Tls, timeout: float) -> Callable[[grpc.Future], None]:
+    """What raises the typed error of a definite TLS failure of a network target's connection as soon as it
+    shows, while a call (or a wait for the connection) is pending for a target coming up (none can pass with
+    these files), not at its --timeout. Nothing else is judged here."""
+    def early(answer: grpc.Future) -> None:
+        if reached.facts.get("tls") is not True or "endpoints" not in reached.facts:
+            return  # a reattach config's AutoMTLS is the plugin's own: no flag of this command sets it
+        refused = tls_failed_early(reached.channel, reached.target, tls.insecure, answer, timeout)
+        if refused is not None:
+            raise refused
+    return early
 
 
 def _health_code(status: str) -> int:
@@ -125,7 +143,8 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
                     result: dict[str, Any] = {"status": "UNREACHABLE", "ms": 0.0,
                                               "detail": output.one_line(str(exc))}
                 else:
-                    result = check_health(reached.channel, service, timeout, wait=not watch)
+                    result = check_health(reached.channel, service, timeout, wait=not watch,
+                                          early=None if watch else _refused_at_once(reached, tls, timeout))
                     refused = _tls_refused(result, reached, tls)
                     if refused is not None and not watch:  # no check can pass with these files: say which to fix
                         raise refused
@@ -174,7 +193,8 @@ def info(protos: tuple[str, ...], proto_paths: tuple[str, ...], as_json: bool, *
 
     tls, timeout = _tls(kw), kw["timeout"]
     with reach(kw["target"], tls) as reached:
-        health_result = check_health(reached.channel, "plugin", timeout)
+        health_result = check_health(reached.channel, "plugin", timeout,
+                                     early=_refused_at_once(reached, tls, timeout))
         refused = _tls_refused(health_result, reached, tls)
         if refused is not None:
             raise refused
@@ -234,7 +254,8 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
     with reach(kw["target"], tls) as reached:
         if services is None:
             try:
-                services = descriptors.from_reflection(reached.channel, timeout)
+                services = descriptors.from_reflection(reached.channel, timeout,
+                                                       early=_refused_at_once(reached, tls, timeout))
             except TargetUnreachableError as exc:
                 raise (_tls_refused({"status": "UNREACHABLE", "detail": str(exc)}, reached, tls) or exc) from None
             if services is None:
@@ -252,7 +273,9 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
         stub = reached.channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString(),
                                            response_deserializer=resp_cls.FromString)
         try:
-            resp = stub(req, timeout=timeout, wait_for_ready=True)
+            pending = stub.future(req, timeout=timeout, wait_for_ready=True)
+            _refused_at_once(reached, tls, timeout)(pending)
+            resp = pending.result()
         except grpc.RpcError as exc:
             cause = _cause(reached.channel, exc.code())
             # a TLS failure only when the connection failed (cause: the channel's own last attempt); a status
