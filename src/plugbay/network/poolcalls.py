@@ -33,7 +33,7 @@ from plugbay.core.host.deadline import call_timeout, no_time_left
 from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT, with_token
 from plugbay.errors import NoEndpointsError, RemoteTLSError
-from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short, tls_failure
+from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short, tls_failure, with_lapsed_cert
 from plugbay.network.unsent import STOPPED, Tried, busy, not_sent
 
 
@@ -141,6 +141,7 @@ class _Named(Protocol):
     """What tls_error() needs of a pool (an EndpointPool, or PoolTLS, a base of it): no import circle."""
 
     name: str
+    tls: NetworkTLS | None
 
 
 def tls_error(pool: _Named, member: Member, meaning: str, details: str,
@@ -149,6 +150,7 @@ def tls_error(pool: _Named, member: Member, meaning: str, details: str,
     that failed TLS too and why the rest could not take the call; empty where the failure ends a wait at once
     (PoolTLS.tls_broken: the pinned endpoint, or every one, failed TLS) or a call's last try (refused)."""
     rest = f". No other endpoint could take it: {others}" if others else ""
+    meaning = with_lapsed_cert(meaning, pool.tls)
     return RemoteTLSFailure(
         f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details}){rest}."
         f" {CHECK_TLS[0].upper()}{CHECK_TLS[1:]}", grpc.StatusCode.UNAVAILABLE, details)

@@ -113,6 +113,20 @@ class NetworkTLS:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
+def with_lapsed_cert(meaning: str, tls: NetworkTLS | None) -> str:
+    """``meaning`` of a refusal of this host's certificate, with why when the certificate is out of its dates
+    (expired, not valid yet): the plugin's refusal names no reason (TLS 1.3's alert reaches gRPC as a bare
+    decryption failure, gRPC's own TLS just closes), and "signed by a CA it does not trust" sent the user
+    to the wrong file."""
+    if tls is None or "host's certificate" not in meaning:
+        return meaning
+    try:
+        lapsed = tls.files().lapsed()
+    except ConfigError:
+        return meaning
+    return f"{meaning}; {lapsed}" if lapsed else meaning
+
+
 def tls_failure(details: str, *, tls: bool) -> str | None:
     """What went wrong with TLS, judging by a failed call's details; None when they show no definite sign.
 

@@ -18,6 +18,7 @@ own files: plugbay.core.transport.certfiles.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import ssl
@@ -44,12 +45,30 @@ class ClientSet:
     """One good set of the host's files, as bytes, and what is built from them (once per set)."""
 
     def __init__(self, ca_pem: bytes, cert_pem: bytes | None, key_pem: bytes | None,
-                 paths: tuple[str, str] | None = None) -> None:
+                 paths: tuple[str, str] | None = None,
+                 valid: tuple[datetime.datetime, datetime.datetime] | None = None) -> None:
         self.ca_pem, self.cert_pem, self.key_pem = ca_pem, cert_pem, key_pem
         self._paths = paths  # cert_file and key_file, where these bytes were read
+        self._valid = valid  # the certificate's notBefore and notAfter (UTC)
         self._lock = threading.Lock()
         self._credentials: grpc.ChannelCredentials | None = None
         self._context: ssl.SSLContext | None = None
+
+    def lapsed(self) -> str:
+        """Why this set's certificate cannot be taken now by its dates ("": it can, or there is none): what
+        the plugin's refusal means when it came for that, which its alert does not say (TLS 1.3's refusal
+        reaches gRPC as a bare decryption failure), checked with this host's own clock."""
+        if self._valid is None or self._paths is None:
+            return ""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        before, after = self._valid
+        if now > after:
+            return (f"this host's certificate (cert_file {self._paths[0]!r}) expired at {after:%Y-%m-%d %H:%M:%S}"
+                    " UTC: renew it, and check that this host's clock is right")
+        if now < before:
+            return (f"this host's certificate (cert_file {self._paths[0]!r}) is not valid until"
+                    f" {before:%Y-%m-%d %H:%M:%S} UTC: check this host's clock and the certificate's notBefore")
+        return ""
 
     def credentials(self) -> grpc.ChannelCredentials:
         with self._lock:
@@ -164,7 +183,8 @@ def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet
         raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} and key_file {key_file!r} cannot be used"
                              " together (the key does not belong to the certificate); pass a certificate and"
                              " its own key (renew both files together)")
-    return ClientSet(ca, cert, key, (cert_file, key_file))
+    dates = (chain[0].not_valid_before_utc, chain[0].not_valid_after_utc)
+    return ClientSet(ca, cert, key, (cert_file, key_file), dates)
 
 
 def _load_typed(paths: tuple[str | None, str | None, str]) -> ClientSet:

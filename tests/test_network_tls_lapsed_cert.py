@@ -1,0 +1,113 @@
+"""A host whose own client certificate is out of its dates (expired, not valid yet) is told so.
+
+The plugin refuses such a certificate without saying why (TLS 1.3's alert reaches gRPC as a bare
+decryption failure; grpcio's own TLS just closes), and the RemoteTLSError said only "signed by a CA it
+does not trust, or no certificate given", sending the user to the CA files. The host holds the
+certificate and a clock: the error now names the file and the date. Real KV replicas on 127.0.0.1: one
+whose TLS is grpcio's (tests/plugins/net_kv.py), and the examples' plugin behind serve()'s OpenSSL front.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests import netcerts
+from tests.net_util import HANDSHAKE, PLUGINS, SERVER_NAME, Replica, make_pki
+from tests.test_network_broker import REPO, CounterReplica
+
+from plugbay import NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
+
+
+@dataclass
+class Served:
+    address: str
+    client_ca: x509.Certificate  # what signs the clients the plugin trusts
+    client_ca_key: Any
+    server_ca_file: str  # what signed the plugin's certificate
+    server_name: str
+    stranger: tuple[str, str]  # a current client certificate and key of another CA
+
+
+@pytest.fixture(scope="module", params=["grpcio-tls", "openssl-front"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp(request.param)
+    if request.param == "grpcio-tls":
+        pki = make_pki(folder)
+        replica = Replica("127.0.0.1:0", env={"NET_KV_CERT": pki["server"], "NET_KV_KEY": pki["server_key"],
+                                              "NET_KV_CA": pki["ca"]})
+        try:
+            yield Served(replica.address, x509.load_pem_x509_certificate(Path(pki["ca"]).read_bytes()),
+                         serialization.load_pem_private_key(Path(pki["ca"]).with_suffix(".key").read_bytes(), None),
+                         pki["ca"], SERVER_NAME, (pki["rogue_client"], pki["rogue_client_key"]))
+        finally:
+            replica.stop()
+        return
+    certs = netcerts.write_set(folder / "tls")
+    (folder / "server-ca.crt").write_bytes(certs.server_ca.cert_pem)
+    stranger = netcerts.issue(netcerts.make_ca("stranger CA"), "stranger", server=False)
+    (folder / "stranger.crt").write_bytes(stranger.cert_pem)
+    (folder / "stranger.key").write_bytes(stranger.key_pem)
+    front = CounterReplica(folder / "kv", certs, script=REPO / "examples" / "kv" / "plugin.py")
+    try:
+        yield Served(front.address, certs.client_ca.cert, certs.client_ca.key, str(folder / "server-ca.crt"),
+                     "localhost", (str(folder / "stranger.crt"), str(folder / "stranger.key")))
+    finally:
+        front.stop()
+        shutil.rmtree(front.tmp, ignore_errors=True)  # the plugin's own TMPDIR
+
+
+def client_cert(served: Served, folder: Path, days: tuple[int, int]) -> tuple[str, str]:
+    """A client certificate the plugin's client CA signed, valid from ``days[0]`` to ``days[1]`` days from now."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "host")]))
+            .issuer_name(served.client_ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now + datetime.timedelta(days=days[0]))
+            .not_valid_after(now + datetime.timedelta(days=days[1]))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(served.client_ca_key, hashes.SHA256()))
+    (folder / "host.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "host.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    return str(folder / "host.crt"), str(folder / "host.key")
+
+
+def refusal(served: Served, cert: str, key: str, brokered: bool = True) -> str:
+    tls = NetworkTLS(cert, key, served.server_ca_file, server_name=served.server_name)
+    config = RemoteConfig(target=f"static:///{served.address}", handshake=HANDSHAKE, plugins=PLUGINS,
+                          tls=tls, brokered=brokered, start_timeout=30.0)
+    with pytest.raises(RemoteTLSError) as err:
+        with RemoteClient(config):
+            pass
+    text = str(err.value)
+    assert "the plugin refused the host's certificate" in text or "having seen the host's certificate" in text, text
+    return text
+
+
+@pytest.mark.parametrize("brokered", [True, False], ids=["brokered", "plain"])
+@pytest.mark.parametrize("dates, said", [((-30, -1), "expired at"), ((1, 30), "is not valid until")],
+                         ids=["expired", "not-yet-valid"])
+def test_a_host_certificate_out_of_its_dates_is_named(served: Served, tmp_path: Path, dates: tuple[int, int],
+                                                      said: str, brokered: bool) -> None:
+    cert, key = client_cert(served, tmp_path, dates)
+    text = refusal(served, cert, key, brokered)
+    assert f"this host's certificate (cert_file {cert!r}) {said}" in text, text
+
+
+def test_a_certificate_in_its_dates_gets_no_such_note(served: Served) -> None:
+    """A refusal of a current certificate (another CA's) says nothing of dates."""
+    text = refusal(served, *served.stranger)
+    assert "this host's certificate (cert_file" not in text, text
