@@ -139,12 +139,19 @@ def tls_failure(details: str, *, tls: bool) -> str | None:
             return meaning
     if not tls and ("Received http2 header with status" in details or "protocol error" in details.lower()):
         return WANTS_TLS
+    if not tls and "Failed parsing HTTP/2" in details:
+        return NOT_HTTP2
     return None
 
 
 # what to do about any TLS failure (an error's, an endpoint's health detail)
 CHECK_TLS = "check NetworkTLS(cert_file, key_file, ca_file, server_name) against the plugin's TLS setup"
 WANTS_TLS = "the connection was closed during setup; the plugin may want TLS (pass tls=NetworkTLS(...))"
+# A plaintext peer whose first bytes are no HTTP/2 frame (an HTTP/1 server, a TLS server's alert, any other
+# service): no plugin answers so, and waiting for it cannot help (the connection was refused instead when
+# the plugin was not up yet)
+NOT_HTTP2 = ("the endpoint answered with something other than HTTP/2 (gRPC): it is no plaintext plugin; it may"
+             " want TLS (pass tls=NetworkTLS(...)), or the target names another service")
 # How gRPC words a connection closed or reset under its setup (TLS handshake or HTTP/2 preface)
 _CUT_SHORT = ("Socket closed", "Connection reset", "Handshake read failed", "Handshake write failed",
               "Broken pipe")

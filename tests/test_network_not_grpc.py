@@ -1,0 +1,76 @@
+"""A plaintext target where something that is not a plugin answers (an HTTP/1 server, a service that
+sends other bytes) ends the start at once with a RemoteTLSError saying so.
+
+gRPC reports such a peer as "Failed parsing HTTP/2 (Expected SETTINGS frame ...)"; the pool took it for a
+plugin not up yet and RemoteClient(insecure=True) waited out start_timeout (30 s by default) for a plugin
+that could never answer there, while the same endpoint over TLS was named at once ("the plugin speaks
+plaintext"). Real servers on 127.0.0.1: http.server's, and a socket server that answers with text.
+"""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.loopback_http_util import LoopbackServer
+from tests.net_util import HANDSHAKE, PLUGINS
+
+from plugbay import AsyncRemoteClient, RemoteClient, RemoteConfig, RemoteTLSError
+
+
+class Chatter(LoopbackServer):
+    """Answers every connection with a line of text and hangs up (a service of another kind)."""
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(b"220 mail.example ESMTP ready\r\n")
+
+
+@pytest.fixture(params=["http", "text"])
+def not_a_plugin(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "text":
+        chatter = Chatter("chatter")
+        try:
+            yield f"127.0.0.1:{chatter.port}"
+        finally:
+            chatter.close()
+        return
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="plain-http")
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def config(address: str, brokered: bool = True) -> RemoteConfig:
+    # a start_timeout the old wait ran out (the error was then a HandshakeTimeoutError), far above the answer
+    return RemoteConfig(target=f"static:///{address}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                        brokered=brokered, start_timeout=60.0)
+
+
+def test_a_plaintext_target_that_is_no_plugin_is_named(not_a_plugin: str) -> None:
+    with pytest.raises(RemoteTLSError) as err:
+        with RemoteClient(config(not_a_plugin)):
+            pass
+    assert "answered with something other than HTTP/2 (gRPC)" in str(err.value), err.value
+    assert "pass tls=NetworkTLS(...)" in str(err.value), err.value
+
+
+def test_the_asyncio_client_names_it_too(not_a_plugin: str) -> None:
+    import asyncio
+
+    async def start() -> None:
+        async with AsyncRemoteClient(config(not_a_plugin, brokered=False)):
+            pass
+
+    with pytest.raises(RemoteTLSError) as err:
+        asyncio.run(start())
+    assert "answered with something other than HTTP/2 (gRPC)" in str(err.value), err.value
