@@ -130,7 +130,25 @@ def load(files: TLSFiles) -> LoadedTLS:
     # the CAs as parsed, not the file: text around its PEM blocks (comments, another encoding's bytes)
     # is nothing either TLS stack should be handed (the stdlib's takes the PEM as str)
     ca_clean = b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in cas)
+    _warn_if_lapsed(chain[0], files.cert_file)
     return LoadedTLS(cert_pem, key_pem, ca_clean)
+
+
+def _warn_if_lapsed(cert: Any, path: str) -> None:
+    """A certificate out of its dates still serves (a renewal may be on its way, and is taken when the files
+    change), but every host refuses it and says so only on its own side: the operator reading this plugin's
+    log learned nothing. Said once per set read (at the start, and each change)."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if now > cert.not_valid_after_utc:
+        log.warning("the certificate in %r expired at %s UTC: every host will refuse it; renew it (cert-manager,"
+                    " or whoever issues it), and check this machine's clock", path,
+                    f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}")
+    elif now < cert.not_valid_before_utc:
+        log.warning("the certificate in %r is not valid until %s UTC: hosts will refuse it until then; check"
+                    " this machine's clock and the certificate's notBefore", path,
+                    f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}")
 
 
 def whole_pem(data: bytes, certificates: int) -> bool:
