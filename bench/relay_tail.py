@@ -9,9 +9,9 @@ when it ends; each round prints the p99 of
 
 * ``all``: every Get (what the bench row takes);
 * ``late``: without the first --early Gets (the Client's second connection,
-  for the broker stream and stdio, took a full P-521 TLS handshake through the
-  relay, on the loop thread and in the plugin, when the first call returned;
-  it is made during the start since the session that measured this);
+  for the broker stream and stdio, starts when the first call returns; through
+  the relay it takes a full P-521 TLS handshake on the loop thread and in the
+  plugin);
 * ``quiet``: ``late`` without the Gets under way in the --gc-window ms before
   a GC line arrived (the GC, ~1-3 ms, and its line's trip through the stderr
   pipe, which may rest 5 ms between reads: plugbay.runners.procio).

@@ -29,10 +29,6 @@ _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
 # would drop an unused one after 30 idle minutes; keep it, as go-plugin's host does (grpc_options win: with_defaults).
 _KEEP_CONNECTED = ("grpc.client_idle_timeout_ms", 2**31 - 1)
-# start() waits this long at most, after the health check, for the streams' second connection dialed beside
-# the first (streams.EarlyConnection; a full P-521 handshake takes a few ms), looking this often for an end
-_EARLY_WAIT = 2.0
-_EARLY_LOOK = 0.05
 
 
 class Connecting(ExitNotice):
@@ -101,7 +97,6 @@ class Connecting(ExitNotice):
         streams = open_streams(self._conn, info, self._cert, runner.broker_socket_dir or self._tmpdir, runner,
                                self._mux, self.config, self.name)
         self._broker = streams.broker
-        early = streams.early if streams.early is not None and self._kick.keep_early(streams.early) else None
         remaining = max(deadline - time.monotonic(), 1.0)
         self._broker_queues = wait_healthy(self._conn.channel, remaining, name=self.name,
                                            exited=lambda: self._abandoned or self._kill_asked
@@ -113,16 +108,6 @@ class Connecting(ExitNotice):
         self._raise_if_exited(runner.wait(0))
         if self._kill_asked:  # a reattached plugin kill() could not reach yet: start() ends it
             raise ClientStateError(f"kill() was asked while plugin {self.name!r} was connecting")
-        if early is not None and self._broker_queues:
-            early.release()  # a plugbay plugin: its streams may never need that connection
-        elif early is not None:
-            # the first calls would wait behind its handshake otherwise. Bounded, and a kill(), an abandon
-            # or the exit ends the wait: not waited out, it is only made later, as before
-            until = min(deadline, time.monotonic() + _EARLY_WAIT)
-            while not early.wait(min(_EARLY_LOOK, max(until - time.monotonic(), 0.0))):
-                if (time.monotonic() >= until or self._abandoned or self._kill_asked
-                        or runner.wait(0) is not None):
-                    break
         self._stdio = streams.stdio_for(self._broker_queues)
         self._kick.set_stdio(self._stdio, self._broker_queues)
         self._channel.after_call = self._kick.now

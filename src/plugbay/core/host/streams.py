@@ -6,12 +6,8 @@ Python work would compete with that call for the GIL (StreamKick begins them).
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import threading
-
-import grpc
 
 from plugbay.core.broker.aiofork import grpc_aio_usable
 from plugbay.core.broker.broker import GRPCBroker
@@ -21,7 +17,6 @@ from plugbay.core.host.config import ClientConfig
 from plugbay.core.host.stdio import AioStdio, StdioReader
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey, der_to_pem
-from plugbay.core.transport import aioloop
 from plugbay.core.transport.aioloop import Deferred
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.core.transport.secure import AioChannelShare, SecureChannel
@@ -33,24 +28,18 @@ from plugbay.runners.base import AttachedRunner
 DEFER = 0.05
 # A stream that begins only when StreamKick (or, for the broker, a use of it) says so.
 HELD = math.inf
-_log = logging.getLogger("plugbay.client")
-_SETTLED = (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-            grpc.ChannelConnectivity.SHUTDOWN)
 
 
 Stdio = StdioReader | AioStdio
 
 
 class Streams:
-    """What open_streams() made: the broker, the two ways to read GRPCStdio (see stdio_for) and the
-    streams' second connection when it is dialed during the start (``early``: see EarlyConnection)."""
+    """What open_streams() made: the broker and the two ways to read GRPCStdio (see stdio_for)."""
 
-    def __init__(self, broker: GRPCBroker, reader: StdioReader, aio: AioStdio | None,
-                 early: EarlyConnection | None = None) -> None:
+    def __init__(self, broker: GRPCBroker, reader: StdioReader, aio: AioStdio | None) -> None:
         self.broker = broker
         self._reader = reader
         self._aio = aio
-        self.early = early
 
     def stdio_for(self, queues: bool) -> Stdio:
         """The reader to hold for a plugin that ``queues`` (a plugbay plugin) or not (a go-plugin one).
@@ -77,88 +66,7 @@ def open_streams(conn: SecureChannel, info: HandshakeInfo, cert: CertKey | None,
         translator=runner, multiplex=mux is not None, mux=mux), lazy=True, redial=share)
     reader = StdioReader(conn.channel, config.stdout_sink, config.stderr_sink, name, delay=HELD)
     sinkless = config.stdout_sink is None and config.stderr_sink is None
-    # Through the OpenSSL relay (a Go plugin's P-521 certificate) the second connection costs a full
-    # handshake on the shared loop and in the plugin: dialed now, beside the first, it is made during
-    # the start instead of under the user's first calls.
-    early = EarlyConnection(share) if share is not None and conn.mode == "relay-tls" else None
-    return Streams(broker, reader, AioStdio(share) if share is not None and sinkless else None, early)
-
-
-class EarlyConnection:
-    """A hold on an AioChannelShare that dials its connection now, for streams that begin later.
-
-    The streams take holds of their own when they begin; this one is given back after
-    that (StreamKick), or at close/kill, so the connection stays up in between.
-    """
-
-    def __init__(self, share: AioChannelShare) -> None:
-        self._share = share
-        self._ready = threading.Event()
-        self._lock = threading.Lock()
-        self._released = False
-        self._holding = False  # loop thread only, as _task
-        self._task: asyncio.Task[None] | None = None
-        self._lease = aioloop.shared().acquire()
-        if not self._lease.call_soon(self._begin):
-            self._released = True
-            self._ready.set()
-            self._lease.release()
-
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the connection to be ready (or the attempt given up); True if so."""
-        return self._ready.wait(timeout)
-
-    def release(self) -> None:
-        """Give the hold back (idempotent, any thread): the last holder's release closes the channel."""
-        with self._lock:
-            if self._released:
-                return
-            self._released = True
-        if not self._lease.call_soon(self._end):
-            self._ready.set()
-            self._lease.release()
-
-    # ------------------------------------------------------------- loop thread
-
-    def _begin(self) -> None:
-        if self._released:  # given back before it began: _end (queued after this) frees the lease
-            return
-        channel = self._share.acquire()
-        self._holding = True
-        self._task = asyncio.get_running_loop().create_task(self._connect(channel))
-
-    async def _connect(self, channel: grpc.aio.Channel) -> None:
-        try:
-            # up, or given up at its first failure (grpcio would retry it for ever): the streams redial
-            state = channel.get_state(try_to_connect=True)
-            while state not in _SETTLED:
-                await channel.wait_for_state_change(state)
-                state = channel.get_state(try_to_connect=True)
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:  # the streams dial it again when they begin
-            _log.debug("dialing the streams' connection early failed: %r", exc)
-        finally:
-            self._ready.set()
-
-    def _end(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        if self._holding:
-            self._holding = False
-            asyncio.get_running_loop().create_task(self._give_back())
-        else:
-            self._ready.set()
-            self._lease.release()
-
-    async def _give_back(self) -> None:
-        try:
-            await self._share.release()
-        except Exception as exc:
-            _log.debug("closing the streams' early connection: %r", exc)
-        finally:
-            self._ready.set()
-            self._lease.release()
+    return Streams(broker, reader, AioStdio(share) if share is not None and sinkless else None)
 
 
 class StreamKick:
@@ -171,24 +79,12 @@ class StreamKick:
     (a slow handshake, a late dispense) begins at once.
     """
 
-    def __init__(self, delay: float | None = None) -> None:
+    def __init__(self, delay: float = DEFER) -> None:
         self._lock = threading.Lock()
         self._fired = False
         self._stdio: Stdio | None = None
         self._broker: GRPCBroker | None = None
-        self._early: EarlyConnection | None = None
-        self._deferred = Deferred(self._fire, DEFER if delay is None else delay)
-
-    def keep_early(self, early: EarlyConnection) -> bool:
-        """Hold ``early`` until the streams begin (or cancel()); False, and given back now, if they
-        began already."""
-        with self._lock:
-            fired = self._fired
-            if not fired:
-                self._early = early
-        if fired:
-            early.release()
-        return not fired
+        self._deferred = Deferred(self._fire, delay)
 
     def set_stdio(self, stdio: Stdio, queues: bool) -> None:
         """The reader (made with delay=HELD) to start: at the kick, or now for a plugin that ``queues``.
@@ -216,19 +112,12 @@ class StreamKick:
     def cancel(self) -> None:
         """Never kick (close and kill); waits for a kick running now to end."""
         self._deferred.cancel()
-        with self._lock:
-            early, self._early = self._early, None
-        if early is not None:
-            early.release()
 
     def _fire(self) -> None:
         with self._lock:
             self._fired = True
-            stdio, broker, early = self._stdio, self._broker, self._early
-            self._early = None
+            stdio, broker = self._stdio, self._broker
         if stdio is not None:
             stdio.start()
         if broker is not None:
             broker.hurry_stream()
-        if early is not None:  # after the streams took their holds (queued before this on the loop)
-            early.release()
