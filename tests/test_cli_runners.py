@@ -141,6 +141,30 @@ def test_docker_tcp_run_uses_automtls_unless_told_not_to(tmp_path: Path, kv_imag
 
 
 @pytest.mark.docker
+def test_docker_tcp_run_of_a_plugin_without_automtls_advises_no_automtls() -> None:
+    # AutoMTLS is on by default for a tcp container, so a plugin without it is refused; the advice was the
+    # library's "pass ClientConfig(require_tls=False)", which a shell user cannot pass
+    import subprocess
+
+    tag = f"plugbay-test-notls:{os.getpid()}"
+    dockerfile = ('FROM plugbay-base:bookworm\nENTRYPOINT ["sh", "-c",'
+                  ' "echo \'1|1|tcp|127.0.0.1:4000|grpc\'; exec sleep 600"]\n')
+    with tempfile.TemporaryDirectory() as context:
+        (Path(context) / "Dockerfile").write_text(dockerfile)
+        built = subprocess.run(["docker", "build", "-q", "-t", tag, context], capture_output=True, timeout=300)
+    try:
+        if built.returncode != 0:
+            pytest.skip(f"no image could be built: {built.stderr.decode()[-300:]}")
+        refused = plugbay("run", "--image", tag, "--transport", "tcp", "--cookie", COOKIE, "--kill-grace", "0")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "announced no AutoMTLS certificate" in refused.stderr, refused.stderr
+        assert "run again with --no-automtls to accept plaintext" in refused.stderr, refused.stderr
+        assert "ClientConfig" not in refused.stderr, refused.stderr
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=120)
+
+
+@pytest.mark.docker
 def test_diagnose_a_container_whose_logs_the_engine_cannot_read(kv_image: str) -> None:
     # a log driver that keeps nothing (the engine answers 501) was "unexpected APIError ... report it"
     client = docker_client()

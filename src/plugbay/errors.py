@@ -113,13 +113,15 @@ def clip(text: str, keep: int = 300) -> str:
 class TLSRequiredError(HandshakeError):
     """AutoMTLS is required but the plugin announced no certificate (it would run in plaintext)."""
 
-    def __init__(self, name: str, why: str) -> None:
+    def __init__(self, name: str, why: str, opt_out: str = "pass ClientConfig(require_tls=False)") -> None:
+        """``opt_out``: how the caller accepts plaintext (a command says its own flag)."""
         self.name = name
+        self.why = why
         super().__init__(
             f"plugin {name!r} announced no AutoMTLS certificate, so the connection would be plaintext,"
             f" but TLS is required ({why}). Upgrade the plugin to a go-plugin/plugbay version with"
             " AutoMTLS (go-plugin >= 1.0 serving with PLUGIN_CLIENT_CERT), or, if the path to it is"
-            " private, pass ClientConfig(require_tls=False) to accept plaintext."
+            f" private, {opt_out} to accept plaintext."
         )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from plugbay.errors import printable
+from plugbay.errors import TLSRequiredError, printable
 
 
 class Terminated(KeyboardInterrupt):
@@ -62,6 +62,16 @@ def kubernetes_flags(kubeconfig_flag: str | None) -> Iterator[None]:
 
     with spelled(command_line(kubeconfig_flag)):
         yield
+
+
+@contextmanager
+def automtls_flag() -> Iterator[None]:
+    """A plugin refused inside for announcing no AutoMTLS certificate is advised the command's --no-automtls
+    rather than the Python API's ClientConfig(require_tls=False), which a shell user cannot pass."""
+    try:
+        yield
+    except TLSRequiredError as exc:
+        raise TLSRequiredError(exc.name, exc.why, opt_out="run again with --no-automtls") from None
 
 
 def color_enabled(stream: Any = None) -> bool:

@@ -239,7 +239,8 @@ def run(cmd: str | None, trusted: tuple[str, ...], image: str | None, transport:
         interrupts.runner = runner
         started = time.monotonic()
         try:
-            client.start()
+            with output.automtls_flag():
+                client.start()
             interrupts.started = True
             reattach = client.reattach_config()
             if out is not None:
