@@ -768,6 +768,30 @@ def test_a_closed_reattached_client_says_it_was_closed_and_the_plugin_runs_on() 
         assert client.dispense(PLUGIN_NAME).get("__env__")  # it does run on
 
 
+def test_a_closed_reattached_client_whose_plugin_exited_does_not_say_it_runs_on() -> None:
+    # the original Client kills the plugin, the reattached one learns of the exit, then is closed: its
+    # dispense() said "the plugin runs on; reattach a new Client", and there is nothing left to reattach to
+    client = Client(config())
+    try:
+        client.start()
+        reattached = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=client.reattach_config()))
+        reattached.dispense(PLUGIN_NAME)
+    finally:
+        client.kill()
+    assert reattached.runner.wait(30) is not None  # the exit watch tells the Client as it tells the runner
+    for _ in range(300):
+        if reattached.exit_code is not None:
+            break
+        time.sleep(0.1)
+    assert reattached.exit_code is not None
+    reattached.close()
+    with pytest.raises(ClientStateError) as refused:
+        reattached.dispense(PLUGIN_NAME)
+    said = str(refused.value)
+    assert "runs on" not in said and "reattach a new" not in said, said
+    assert "was closed, and the plugin has" in said and "make a new Client to run it again" in said, said
+
+
 def test_kill_tears_down_even_when_saying_why_the_plugin_ended_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     # kill() first reads why the plugin ended (its last stderr lines: the plugin's to write); a
     # failure there must not skip the teardown, or the plugin and its folder outlive the Client

@@ -253,9 +253,13 @@ class Client(Connecting):
 
     def killed_refusal(self) -> ClientStateError:
         """What start() and dispense() of a killed (or closed) Client raise."""
-        if self.config.reattach is not None and self._started and not self._kill_called:
-            return ClientStateError(f"the client of plugin {self.name!r} was closed (close(): the plugin runs on);"
-                                    f" reattach a new {self.user_class} (ReattachConfig) to use it again")
+        if self.config.reattach is not None and self._started and not self._kill_called:  # closed, not killed
+            if self._exit_code is None:  # as far as this Client knows, the plugin runs on
+                return ClientStateError(f"the client of plugin {self.name!r} was closed (close(): the plugin runs on);"
+                                        f" reattach a new {self.user_class} (ReattachConfig) to use it again")
+            return ClientStateError(f"the {self.user_class} of plugin {self.name!r} was closed, and the plugin has"
+                                    f" {self._exit_words(self._exit_code)}: nothing is left to reattach to;"
+                                    f" make a new {self.user_class} to run it again")
         return ClientStateError(f"the client of plugin {self.name!r} was killed; make a new {self.user_class}")
 
     def killed_starting_error(self) -> ClientStateError:
