@@ -52,6 +52,30 @@ def test_a_launched_clients_brokered_stub_after_its_kill(tmp_path: Path, monkeyp
     _closed_put(counter, "Client")
 
 
+def test_a_reattached_clients_brokered_stub_after_its_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # close() of a reattached Client leaves the plugin running: its broker said "make a new Client", which
+    # starts a second plugin; it says, as its calls do, that the plugin runs on and to reattach a new Client
+    monkeypatch.chdir(tmp_path)
+    cfg = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                       cmd=[sys.executable, str(COUNTER / "plugin.py")])
+    client = Client(cfg)
+    try:
+        client.start()
+        reattached = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                                         reattach=client.reattach_config()))
+        counter = reattached.dispense(PLUGIN_NAME)
+        counter.put("n", 1, Adder())
+        reattached.close()
+        with pytest.raises(ClientClosed) as caught:
+            counter.put("n", 1, Adder())
+        error = caught.value
+        assert isinstance(error, BrokerClosedError) and error.sent is False
+        assert "the plugin runs on" in str(error) and "reattach a new Client" in str(error), error
+        assert "make a new" not in str(error) and "kill()" not in str(error), error
+    finally:
+        client.kill()
+
+
 @pytest.fixture
 def replica(tmp_path: Path) -> Iterator[tuple[CounterReplica, netcerts.CertSet]]:
     certs = netcerts.write_set(tmp_path / "tls")

@@ -159,16 +159,23 @@ class ClientClosed(_TranslatedRpcError, ClientStateError):
                    " flight; the plugin may have run the call; start a new Client to call it again", original,
                    grpc.StatusCode.CANCELLED)
 
+    @classmethod
+    def by_close(cls, name: str, kind: str) -> Callable[[grpc.RpcError | None], ClientClosed]:
+        """The calls a reattached ``kind``'s close() ended or refused (a channel's killed_error)."""
+        def error(original: grpc.RpcError | None) -> ClientClosed:
+            fate = "the call was not sent" if original is None else "the call was in flight; the plugin may have run it"
+            return cls(after_close(name, kind, fate, "call it again"), original, grpc.StatusCode.CANCELLED,
+                       sent=original is not None)
+        return error
 
-def closed_by_close(name: str, kind: str) -> Callable[[grpc.RpcError | None], ClientClosed]:
-    """The calls a reattached Client's close() ended or refused (a channel's killed_error): the plugin runs on,
-    so the advice is another reattach, not a new Client (which would start a second plugin)."""
-    def error(original: grpc.RpcError | None) -> ClientClosed:
-        when = "the call was not sent" if original is None else "the call was in flight; the plugin may have run it"
-        return ClientClosed(f"the connection to plugin {name!r} was closed (close() of this reattached {kind}; the"
-                            f" plugin runs on); {when}; reattach a new {kind} (ReattachConfig) to call it again",
-                            original, grpc.StatusCode.CANCELLED, sent=original is not None)
-    return error
+
+def after_close(name: str, kind: str, fate: str | None, again: str) -> str:
+    """What a use of a reattached ``kind`` after its close() is told, while the plugin runs on (its calls, its
+    broker, dispense()), said in this one place: the advice is another reattach, not a new Client (which would
+    start a second plugin). ``fate``: what became of the use; ``again``: what the new reattach is for."""
+    return (f"the {kind} of plugin {name!r} was closed (close() of a reattached {kind}; the plugin runs on)"
+            + (f"; {fate}" if fate else "") + f"; reattach a new {kind} (ReattachConfig) to {again}")
+
 
 
 class BrokerClientClosed(ClientClosed, BrokerClosedError):
@@ -177,8 +184,13 @@ class BrokerClientClosed(ClientClosed, BrokerClosedError):
     catch. The kill may be a Supervisor's (restarting or stopping its plugin), not its user's."""
 
     @classmethod
-    def of(cls, name: str, kind: str) -> Callable[[str], BrokerClientClosed]:
-        """The broker's closed_error (core.broker.wire) for the Client of plugin ``name``, a ``kind`` (its class)."""
+    def of(cls, name: str, kind: str, runs_on: bool = False) -> Callable[[str], BrokerClientClosed]:
+        """The broker's closed_error (core.broker.wire) for the Client of plugin ``name``, a ``kind`` (its class);
+        ``runs_on``: a reattached Client's close() ended it, and the plugin runs on (another reattach brokers)."""
+        if runs_on:
+            return lambda said: cls(after_close(name, kind, f"its broker closed with it ({said}); nothing was sent",
+                                                "broker connections again"), None, grpc.StatusCode.CANCELLED,
+                                    sent=False)
         # a Supervisor's restart or stop kills its Client too: the broker the Client handed out ends with it
         # (the Supervisor's own broker, which its stubs use, follows the restarted Client)
         return lambda said: cls(f"the {kind} of plugin {name!r} was closed (close() or kill(), its user's or a"

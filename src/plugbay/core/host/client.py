@@ -23,7 +23,7 @@ import grpc
 
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import GRPCPlugin
-from plugbay.core.host.callerrors import BrokerClientClosed, closed_by_close
+from plugbay.core.host.callerrors import BrokerClientClosed, ClientClosed, after_close
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
 from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError, printable
 from plugbay.core.protocol.handshake import HandshakeInfo
@@ -255,8 +255,7 @@ class Client(Connecting):
         """What start() and dispense() of a killed (or closed) Client raise."""
         if self.config.reattach is not None and self._started and not self._kill_called:  # closed, not killed
             if self._exit_code is None:  # as far as this Client knows, the plugin runs on
-                return ClientStateError(f"the client of plugin {self.name!r} was closed (close(): the plugin runs on);"
-                                        f" reattach a new {self.user_class} (ReattachConfig) to use it again")
+                return ClientStateError(after_close(self.name, self.user_class, None, "use it again"))
             return ClientStateError(f"the {self.user_class} of plugin {self.name!r} was closed, and the plugin has"
                                     f" {self._exit_words(self._exit_code)}: nothing is left to reattach to;"
                                     f" make a new {self.user_class} to run it again")
@@ -323,10 +322,11 @@ class Client(Connecting):
                 LIVE.discard(self)
                 try:
                     if self._broker is not None:  # its use from now on is this end's doing, as a call's is
-                        self._broker.closed_error = BrokerClientClosed.of(self.name, self.user_class)
+                        self._broker.closed_error = BrokerClientClosed.of(
+                            self.name, self.user_class, runs_on=what == "close" and self._exit_code is None)
                     if self._channel is not None:  # may read the plugin's last stderr lines: theirs to make fail
                         if what == "close" and self._channel.killed_error is None:  # a Supervisor's words stay
-                            self._channel.killed_error = closed_by_close(self.name, self.user_class)
+                            self._channel.killed_error = ClientClosed.by_close(self.name, self.user_class)
                         self._channel.begin_close(self._broker is not None and self._broker.serving)
                     stop()
                 except BaseException:
