@@ -87,9 +87,9 @@ def _check_limits(opts: Mapping[str, Any]) -> dict[str, Any]:
     optional_str(opts["runtime"], where + "runtime", "runsc")
     network = optional_str(opts["network"], where + "network", "plugbay-isolated", empty=True)
     if network and network != ISOLATED_NETWORK and opts["transport"] == "unix":  # it was dropped without a word
-        raise ConfigError(f"DockerRunner network={network!r} is the tcp transport's bridge network, but transport"
-                          " 'unix' runs the container with no network; use transport='tcp' to join it, or"
-                          f" extra_create_args={{'network': {network!r}}} for a unix-transport plugin that needs it")
+        # PluginContainer(transport='unix') refuses a network in the same words: one advice for both
+        raise ConfigError(f"DockerRunner(transport='unix') runs the plugin with no network, but network={network!r}"
+                          " asks for one; use transport='tcp' for a plugin that needs a network")
     mem = opts["mem_limit"]
     if mem is not None and not (isinstance(mem, str) and _memory_bytes(mem) > 0) and (
             isinstance(mem, bool) or not isinstance(mem, numbers.Integral) or not 0 < int(mem) <= INT64_MAX):
