@@ -220,15 +220,23 @@ def test_a_request_nested_too_deeply_and_a_pid_in_other_digits_are_refused(tmp_p
         refused(plugbay("diagnose", f"pid:{ident}"), "names no plugin")
 
 
-@pytest.mark.parametrize("args, named", [
-    (["--namespace", "plugins"], "--namespace needs --kubernetes"),
-    (["--docker", "--namespace", "plugins"], "--namespace needs --kubernetes"),
-    (["--temp", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig needs --kubernetes"),
-    (["--kubernetes", "--temp-dir", "."], "--temp-dir needs --temp"),
+@pytest.mark.parametrize("args, named, sweeps", [
+    (["--namespace", "plugins"], "--namespace needs --kubernetes", "this one sweeps Docker and the temp folders\n"),
+    # the words are of what was asked: they said "Docker and the temp folders are" swept where one was
+    (["--docker", "--namespace", "plugins"], "--namespace needs --kubernetes", "this one sweeps Docker\n"),
+    (["--temp", "--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig needs --kubernetes",
+     "this one sweeps the temp folders\n"),
+    (["--kubernetes", "--temp-dir", "."], "--temp-dir needs --temp", "this one sweeps pods\n"),
+    # --grace is Docker's: without a Docker sweep it was ignored
+    (["--temp", "--grace", "5"], "--grace needs --docker", "this one sweeps the temp folders\n"),
+    (["--kubernetes", "--grace", "0"], "--grace needs --docker", "this one sweeps pods\n"),
+    # an empty namespace was swept as "default"; refused as run's runner refuses it
+    (["--kubernetes", "--namespace", ""], "--namespace must be a Kubernetes namespace name", "got ''"),
 ])
-def test_sweep_refuses_options_of_a_sweep_not_asked_for(tmp_path: Path, args: list[str], named: str) -> None:
+def test_sweep_refuses_options_of_a_sweep_not_asked_for(tmp_path: Path, args: list[str], named: str,
+                                                        sweeps: str) -> None:
     # `sweep --namespace plugins` (the --kubernetes forgotten) swept Docker and the temp folders, not a pod,
     # and said "removed N"; a dry run here, against no engine, so the old code removes nothing either
     env = cli_env(DOCKER_HOST="unix:///nonexistent/docker.sock", KUBECONFIG="/nonexistent/kubeconfig")
     out = plugbay("sweep", *args, "--dry-run", env=env, cwd=tmp_path)
-    refused(out, named)
+    refused(out, named, sweeps)

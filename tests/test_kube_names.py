@@ -28,6 +28,15 @@ def test_a_namespace_kubernetes_would_refuse(namespace: str) -> None:
         _runner(namespace=namespace)
 
 
+@pytest.mark.parametrize("namespace", ["", "Bad_NS", 3])
+def test_sweep_refuses_a_namespace_as_the_runner_does(namespace: Any) -> None:
+    # sweep("") asked the API for no namespace's pods; the check comes before any client is loaded
+    from plugbay.runners.kubernetes import sweep
+
+    with pytest.raises(ConfigError, match=r"^sweep\(\) namespace must be a"):
+        sweep(namespace, kubeconfig="/nonexistent/kubeconfig")
+
+
 @pytest.mark.parametrize("account", ["Plugbay", "plugbay_plugin", "-a", "a..b", "a/b", "a" * 254])
 def test_a_service_account_kubernetes_would_refuse(account: str) -> None:
     with pytest.raises(ConfigError, match=r"KubernetesRunner service_account must be a Kubernetes ServiceAccount"

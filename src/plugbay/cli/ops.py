@@ -14,6 +14,7 @@ from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, pri
 _LOG_LINES = 20
 # plugbay.runners.kubernetes.api.DEFAULT_API_TIMEOUT (not imported here: that package loads the whole runner)
 API_TIMEOUT = 30.0
+SWEEP_GRACE = 60.0  # sweep --grace unless given
 
 
 def _signal_name(code: int | None) -> str | None:
@@ -232,15 +233,15 @@ Examples:
 @click.option("--temp-dir", "temp_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="With --temp: a folder to look in, which must exist (repeatable; default: the temp dir and"
               " /var/tmp).")
-@click.option("--grace", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="SECONDS",
+@click.option("--grace", type=click.FloatRange(min=0), metavar="SECONDS",
               help="With Docker: leave the images and networks plugbay made less than SECONDS ago (a start or"
               " build may be about to use them; the engine's clock says), and those whose age the engine does"
-              " not tell; 0: no grace.")
+              f" not tell; 0: no grace (default: {SWEEP_GRACE:g}).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], docker_images: [...], "
               "docker_networks: [...], kubernetes: [...], temp: [...], left: {id: why}, count, dry_run}.")
-def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfig: str | None,
-          temp_dirs: tuple[str, ...], grace: float, dry_run: bool, as_json: bool) -> int:
+def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None, kubeconfig: str | None,
+          temp_dirs: tuple[str, ...], grace: float | None, dry_run: bool, as_json: bool) -> int:
     """Remove (or list) what plugbay hosts that are gone left behind on this machine.
 
     Without --docker, --kubernetes or --temp: Docker containers (and the images plugbay built
@@ -252,8 +253,16 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
     """
     from plugbay.runners.docker.grace import checked_grace
 
-    checked_grace(grace)  # before anything is removed (FloatRange lets nan through)
-    _refuse_unused_flags(docker_, kubernetes, temp, namespace, kubeconfig, temp_dirs)
+    # all checked before anything is removed
+    seconds = checked_grace(SWEEP_GRACE if grace is None else grace)  # FloatRange lets nan through
+    _refuse_unused_flags(docker_, kubernetes, temp, {"--docker": (("--grace", grace),),
+                                                     "--kubernetes": (("--namespace", namespace),
+                                                                      ("--kubeconfig", kubeconfig)),
+                                                     "--temp": (("--temp-dir", temp_dirs),)})
+    if namespace is not None:  # "" was swept as "default"
+        from plugbay.runners.kubernetes.options import valid_namespace
+
+        valid_namespace(namespace, "--namespace", "--namespace plugins")
     found: dict[str, list[str]] = {}
     left: dict[str, str] = {}  # what the Docker sweep left for its age (the grace), and why
     if docker_ or not (kubernetes or temp):
@@ -263,9 +272,9 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
             found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False)
             # after the containers: their images free (a dry run counts the containers it listed as gone)
             leaving = found["docker"] if dry_run else []
-            found["docker_images"] = sweep_images(dry_run=dry_run, leaving=leaving, grace=grace, spared=left)
+            found["docker_images"] = sweep_images(dry_run=dry_run, leaving=leaving, grace=seconds, spared=left)
             # and their networks: the whole engine's, which the library's sweep() leaves unless asked
-            found["docker_networks"] = sweep_networks(dry_run=dry_run, leaving=leaving, grace=grace, spared=left)
+            found["docker_networks"] = sweep_networks(dry_run=dry_run, leaving=leaving, grace=seconds, spared=left)
         except EngineUnavailableError as exc:
             if docker_:
                 raise
@@ -295,17 +304,17 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str, kubeconfi
     return output.OK
 
 
-def _refuse_unused_flags(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None,
-                        kubeconfig: str | None, temp_dirs: tuple[str, ...]) -> None:
-    """An option of a sweep not asked for would be ignored, as run's options of another runner are refused:
-    `sweep --namespace plugins` (no --kubernetes) swept Docker and the temp folders, and no pod."""
-    for flag, value in (("--namespace", namespace), ("--kubeconfig", kubeconfig)):
-        if value is not None and not kubernetes:
-            raise ConfigError(f"{flag} needs --kubernetes: it only applies to the sweep of pods (without it, pods"
-                              " are not swept and Docker and the temp folders are)")
-    if temp_dirs and (docker_ or kubernetes) and not temp:
-        raise ConfigError("--temp-dir needs --temp when --docker or --kubernetes is given: only the sweep of temp"
-                          " folders looks in it")
+def _refuse_unused_flags(docker_: bool, kubernetes: bool, temp: bool,
+                        options: dict[str, tuple[tuple[str, object], ...]]) -> None:
+    """The options of a sweep (``options``: by the flag that asks for it) are refused when that sweep is not
+    done, as run's options of another runner are: `sweep --namespace plugins` (no --kubernetes) swept Docker
+    and the temp folders, and no pod."""
+    swept = {"--docker": (docker_ or not (kubernetes or temp), "Docker"), "--kubernetes": (kubernetes, "pods"),
+             "--temp": (temp or not (docker_ or kubernetes), "the temp folders")}
+    doing = " and ".join(what for on, what in swept.values() if on)
+    for flag, given in options.items():
+        on, what = swept[flag]
+        output.refuse_unused(given, on, flag, f"it only applies to the sweep of {what}, and this one sweeps {doing}")
 
 
 def short_id(ident: str) -> str:

@@ -64,6 +64,16 @@ def kubernetes_flags(kubeconfig_flag: str | None) -> Iterator[None]:
         yield
 
 
+def refuse_unused(options: tuple[tuple[str, object], ...], used: bool, needs: str, why: str) -> None:
+    """Options given (not None, not empty) to a part of the command that will not run are refused, not ignored:
+    the command would do otherwise than asked (`run --cmd X --namespace N`, `sweep --namespace N`)."""
+    from plugbay.errors import ConfigError
+
+    for flag, value in options:
+        if value is not None and value != () and not used:
+            raise ConfigError(f"{flag} needs {needs}: {why}")
+
+
 @contextmanager
 def automtls_flag() -> Iterator[None]:
     """A plugin refused inside for announcing no AutoMTLS certificate is advised the command's --no-automtls

@@ -105,9 +105,8 @@ def _runner(cmd: str | None, image: str | None, transport: str | None, pod: str 
     if trusted and not cmd:
         raise ConfigError("--trusted-network needs --cmd: only a local process's announced address is checked"
                           " against this machine's")
-    for flag, value in (("--namespace", namespace), ("--kubeconfig", kubeconfig)):
-        if value is not None and not pod:
-            raise ConfigError(f"{flag} needs --pod IMAGE: it only applies to a Kubernetes pod")
+    output.refuse_unused((("--namespace", namespace), ("--kubeconfig", kubeconfig)), bool(pod), "--pod IMAGE",
+                         "it only applies to a Kubernetes pod")
     if cmd:
         from plugbay.runners.announced import read_networks
         from plugbay.runners.process import ProcessRunner

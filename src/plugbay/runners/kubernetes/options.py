@@ -44,13 +44,9 @@ def check_settings(opts: Mapping[str, Any]) -> Kept:
         raise ConfigError(f"container_port must be a TCP port, an int from 1 to 65535, not {opts['container_port']!r}")
     where = "KubernetesRunner "
     required_str(opts["image"], where + "image", "plugbay-kv:latest")
-    for option, example in (("namespace", "plugins"), ("service_account", "plugbay-plugin"),
-                            ("context", "kind-plugbay")):
+    for option, example in (("service_account", "plugbay-plugin"), ("context", "kind-plugbay")):
         optional_str(opts[option], where + option, example)
-    # named as the API server names them, so a wrong one fails here and not at the pod's create
-    if opts["namespace"] is not None and not dns_label(opts["namespace"]):
-        raise ConfigError(f"{where}namespace must be a Kubernetes namespace name: {_LABEL_RULE}, got"
-                          f" {opts['namespace']!r:.80}; pass e.g. namespace='plugins'")
+    valid_namespace(opts["namespace"], where + "namespace")
     if opts["service_account"] is not None and not dns_subdomain(opts["service_account"]):
         raise ConfigError(f"{where}service_account must be a Kubernetes ServiceAccount name: {_SUBDOMAIN_RULE}, got"
                           f" {opts['service_account']!r:.80}; pass e.g. service_account='plugbay-plugin'")
@@ -119,6 +115,19 @@ def check_template(template: Mapping[str, Any] | None) -> None:
                           " pod must not restart (restartPolicy: Never): the host ran the plugin it started, and a"
                           " restarted one would be a new process it never shook hands with. Drop restartPolicy from"
                           " the template; restarting is the host's choice (plugbay's Supervisor starts a new pod)")
+
+
+def valid_namespace(namespace: Any, where: str, example: str = "namespace='plugins'") -> str | None:
+    """``namespace`` (None: the caller's default) named as the API server names namespaces, so a wrong one fails
+    here and not at the API; "" names none (a sweep read it as "default")."""
+    if namespace is None:
+        return None
+    if not isinstance(namespace, str):
+        optional_str(namespace, where, "plugins")  # raises: not a str
+    if not dns_label(namespace):
+        raise ConfigError(f"{where} must be a Kubernetes namespace name: {_LABEL_RULE}, got {namespace!r:.80};"
+                          f" pass e.g. {example}")
+    return str(namespace)
 
 
 def check_namespace(template: Mapping[str, Any] | None, namespace: str) -> None:

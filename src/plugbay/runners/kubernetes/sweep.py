@@ -11,7 +11,7 @@ from plugbay.runners.session import (HOST_PIDS, MACHINE, MANAGED, SESSION, SESSI
                                      session_gone, session_may_run)
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, call, check_api_timeout, close_client, load_api_client,
                                             not_found, request_timeout, require_client)
-from plugbay.runners.kubernetes.options import check_api_client
+from plugbay.runners.kubernetes.options import check_api_client, valid_namespace
 from plugbay.runners.kubernetes.owner import HOST_ID, host_identity
 
 
@@ -38,6 +38,7 @@ def sweep(namespace: str = "default", live_sessions: Sequence[str] | None = None
     Each API call waits at most ``api_timeout`` seconds to connect and again for
     its answer; an API server that does not answer is an EngineUnavailableError.
     """
+    valid_namespace(namespace, "sweep() namespace")  # "" would list no namespace's pods, or all of them
     require_client()
     from kubernetes import client
 
