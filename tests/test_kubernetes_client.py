@@ -18,6 +18,7 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay import CallTimeoutError, Client, ClientConfig, PluginDiedError, PluginExitedError  # noqa: E402
 from plugbay.errors import PermissionDeniedError, PodCrashLoopError  # noqa: E402
+from plugbay.runners.attached import UNKNOWN_EXIT_CODE  # noqa: E402
 from plugbay.runners.kubernetes import KubernetesRunner  # noqa: E402
 from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin, testapp  # noqa: E402,F401
 from tests.kube_standin.server import StandIn  # noqa: E402
@@ -263,7 +264,7 @@ def test_a_force_deleted_pod_is_said_to_be_deleted(standin: StandIn, kubeconfig:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("a", b"1")
         assert standin.delete_pod("default", runner.pod_name, 0)
-        assert runner.wait(30) == -1
+        assert runner.wait(30) == UNKNOWN_EXIT_CODE
         with pytest.raises(PluginDiedError) as info:
             kv.get("a")
     text = str(info.value)

@@ -22,6 +22,7 @@ from plugbay.runners.kubernetes import owner, pods
 from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_time_left, killed_while_starting,
                                   register_reattacher, reuse_refused, start_deadline)
+from plugbay.runners.attached import UNKNOWN_EXIT_CODE
 from plugbay.runners.session import managed_labels
 from plugbay.runners.kubernetes.api import (DEFAULT_API_TIMEOUT, api_host, check_api_timeout, default_namespace,
                                             in_cluster, load_api_client, reattach_kubeconfig)
@@ -311,14 +312,8 @@ class KubernetesRunner(PodTeardown, Runner):
         return self._podwatch.wait_exit(timeout)
 
     def exit_words(self, code: int) -> str:
-        # -1 is wait()'s word for a pod that ended with no exit code; the base's words (a child process killed
-        # by SIGHUP) are a local process's and send a pod's owner looking in the wrong place
-        if code != -1:
-            return super().exit_words(code)
-        what = "was deleted" if self._podwatch.gone else "failed"
-        return (f"ended with no exit code: its pod {self.id} {what} before its container's end was recorded"
-                " (deleted by someone other than this host, evicted, or on a node that was drained or lost;"
-                f" `kubectl get events -n {self.namespace}` says which)")
+        # UNKNOWN_EXIT_CODE is wait()'s word for a pod that ended with none: told as a pod's end, not the base's
+        return self._podwatch.unrecorded_end(self.id) if code == UNKNOWN_EXIT_CODE else super().exit_words(code)
 
     def diagnose(self) -> str:
         return self._diagnose(None)

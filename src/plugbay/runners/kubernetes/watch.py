@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from plugbay.errors import PermissionDeniedError
+from plugbay.runners.attached import UNKNOWN_EXIT_CODE
 from plugbay.runners.kubernetes import pods
 from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, api_message, ended_early, no_change, request_timeout,
                                             watch_cut_short, within_deadline)
@@ -257,7 +258,8 @@ class PodWatch:
         return changed
 
     def wait_exit(self, timeout: float | None) -> int | None:
-        """The plugin container's exit code (-1: deleted without one); None while it runs past ``timeout``."""
+        """The plugin container's exit code (UNKNOWN_EXIT_CODE: ended without one, see unrecorded_end()); None while
+        it runs past ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.cond:
             while True:
@@ -265,18 +267,26 @@ class PodWatch:
                 if code is not None:
                     return code
                 if self.gone:
-                    return -1  # deleted without a reported exit code
+                    return UNKNOWN_EXIT_CODE  # deleted without a reported exit code
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
                 if self._thread is None or not self._thread.is_alive():
-                    return None if timeout is not None else -1
+                    return None if timeout is not None else UNKNOWN_EXIT_CODE
                 self.cond.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
 
     def watching(self) -> bool:
         """Whether the watch thread runs and its last watch worked (not closed, failing, or ended by a 403)."""
         return (self._thread is not None and self._thread.is_alive() and not self.stop.is_set()
                 and self.failures == 0 and not self.polling)
+
+    def unrecorded_end(self, pod_id: str) -> str:
+        """How the plugin ended when wait_exit() said UNKNOWN_EXIT_CODE, for the runner's exit_words(): a pod's
+        words; a local process's (a child killed by SIGHUP reports -1 too) send a pod's owner looking at signals."""
+        what = "was deleted" if self.gone else "failed"
+        return (f"ended with no exit code: its pod {pod_id} {what} before its container's end was recorded"
+                " (deleted by someone other than this host, evicted, or on a node that was drained or lost;"
+                f" `kubectl get events -n {self.namespace}` says which)")
 
     def wait_gone(self, timeout: float) -> bool:
         with self.cond:
