@@ -7,6 +7,12 @@ gave it and add to it later, from a thread of its own: after serve() returned, o
 host session that server was made for ended while serve() goes on. Its owner tells the AddGuard before
 it stops the server, and from then on each addition (add_generic_rpc_handlers() too, which grpcio
 takes and never serves) raises a ServerStoppedError saying so, instead of ending the process.
+
+grpcio also takes a second registration of a service name without a word: its registered methods'
+table keeps the last one, its generic handlers answer with the first. Two plugins in one process
+that both register proto.KV (or a plugin that registers grpc.health.v1.Health, plugbay's own) then
+answer each other's calls. grpc-go ends a Go plugin at such a registration ("found duplicate service
+registration"); ServiceNames refuses it with a ConfigError, which serve() reports as a setup error.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from plugbay.core.plugin.gate import PLUGBAY_SERVICES
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
-from plugbay.errors import ServerStoppedError
+from plugbay.errors import ConfigError, ServerStoppedError
 
 if TYPE_CHECKING:
     from plugbay.core.plugin.gate import HandlerGate
@@ -48,6 +55,33 @@ class AddGuard:
             " of its own")
 
 
+class ServiceNames:
+    """The gRPC service names registered on one server so far, and by whom.
+
+    Generated code registers each service twice, once as a generic handler and once as registered
+    methods, so each way keeps its own table: only a second registration of a name the same way is
+    a duplicate."""
+
+    def __init__(self, reserve_own: bool = False) -> None:
+        """``reserve_own``: plugbay's own services (health, controller, stdio, broker) count as taken."""
+        self._lock = threading.Lock()
+        own = [path.strip("/") for path in PLUGBAY_SERVICES] if reserve_own else []
+        self._owners = {(way, name): "plugbay itself (a service of the go-plugin protocol)"
+                        for name in own for way in ("generic", "registered")}
+
+    def claim(self, service: str, way: str, owner: str) -> None:
+        """Notes ``owner``'s registration of ``service`` (``way``: generic or registered); a ConfigError if taken."""
+        with self._lock:
+            earlier = self._owners.get((way, service))
+            if earlier is None:
+                self._owners[(way, service)] = owner
+                return
+        raise ConfigError(
+            f"gRPC service {service!r} is registered twice on the plugin's server: by {earlier} and again by {owner}."
+            " gRPC would send every call for it to one of them (grpc-go refuses this too); register each service"
+            " once: plugins that share a service need one servicer between them, or a service each")
+
+
 class GatedServer(grpc.Server):  # type: ignore[misc]
     """The server a plugin's grpc_server() registers on: each handler is gated as it is added.
 
@@ -57,10 +91,13 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
     (the module's doc), or this server's stop().
     """
 
-    def __init__(self, server: grpc.Server, gate: HandlerGate, guard: AddGuard | None = None) -> None:
+    def __init__(self, server: grpc.Server, gate: HandlerGate, guard: AddGuard | None = None,
+                 names: ServiceNames | None = None, owner: str = "the plugin's code") -> None:
         self._server = server
         self._gate = gate
         self._guard = guard if guard is not None else AddGuard()
+        self._names = names if names is not None else ServiceNames()
+        self._owner = owner
 
     @contextmanager
     def _adding(self, method: str) -> Iterator[None]:
@@ -76,6 +113,8 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
             handlers = tuple(generic_rpc_handlers)
             for handler in handlers:  # an async handler that cannot run is refused now, not at its first call
                 service = method_table(handler)
+                if service is not None:
+                    self._names.claim(service[0], "generic", self._owner)
                 for path, one in (service[1] if service else {}).items():
                     if is_async(one):
                         self._gate.gated(path, one)
@@ -83,6 +122,7 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         with self._adding("add_registered_method_handlers"):
+            self._names.claim(service_name, "registered", self._owner)
             self._server.add_registered_method_handlers(
                 service_name, {m: self._gate.gated(f"/{service_name}/{m}", h) for m, h in method_handlers.items()})
 

@@ -1,0 +1,116 @@
+"""A gRPC service registered twice on a plugin's server fails the plugin's setup, naming both registrants.
+
+grpcio takes the second registration silently (its registered methods keep the last, its generic handlers
+answer with the first), so two plugins in one process that both serve proto.KV answered each other's calls:
+the host dispensed "kv_a" and reached kv_b's store. grpc-go ends a Go plugin at such a registration.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugbay import Client, ClientConfig, PluginExitedError
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+
+from kv_plugin_def import HANDSHAKE, KVPlugin  # noqa: E402
+
+PROGRAM = """
+import sys
+sys.path[:0] = [{kv!r}, {src!r}]
+from kv_plugin_def import HANDSHAKE, KVPlugin, _KVServicer
+from kvproto import kv_pb2_grpc
+from plugbay import GRPCPlugin, ServeConfig, serve
+from plugbay._proto.grpc.health.v1 import health_pb2_grpc
+
+
+class Fixed:
+    def __init__(self, value):
+        self.value = value
+
+    def get(self, key):
+        return self.value
+
+    def put(self, key, value):
+        pass
+
+
+class NoOwnService(GRPCPlugin):  # shares the service kv_a registered
+    def grpc_server(self, broker, server):
+        pass
+
+    def grpc_client(self, broker, channel):
+        return None
+
+
+class OwnHealth(GRPCPlugin):  # plugbay's own health service, which the host's checks reach
+    def grpc_server(self, broker, server):
+        health_pb2_grpc.add_HealthServicer_to_server(health_pb2_grpc.HealthServicer(), server)
+
+    def grpc_client(self, broker, channel):
+        return None
+
+
+class KVTwice(KVPlugin):
+    def grpc_server(self, broker, server):
+        super().grpc_server(broker, server)
+        kv_pb2_grpc.add_KVServicer_to_server(_KVServicer(self.impl), server)
+
+
+second = {{"two": KVPlugin(Fixed(b"B")), "shared": NoOwnService(), "health": OwnHealth(),
+           "twice": KVTwice(Fixed(b"A"))}}[sys.argv[1]]
+plugins = {{"kv_a": KVPlugin(Fixed(b"A"))}} if sys.argv[1] != "twice" else {{}}
+serve(ServeConfig(handshake=HANDSHAKE, plugins={{**plugins, "kv_b": second}}))
+"""
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> Path:
+    path = tmp_path / "twoplugins.py"
+    path.write_text(PROGRAM.format(kv=str(REPO / "examples" / "kv"), src=str(REPO / "src")))
+    return path
+
+
+def client(program: Path, case: str) -> Client:
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={"kv_a": KVPlugin(), "kv_b": KVPlugin()},
+                               cmd=[sys.executable, str(program), case], start_timeout=60))
+
+
+@pytest.mark.parametrize("case, first", [
+    ("two", "plugin 'kv_a'"),
+    ("twice", "plugin 'kv_b'"),
+    ("health", "plugbay itself"),
+])
+def test_a_service_registered_twice_fails_the_setup_naming_both(program: Path, case: str, first: str) -> None:
+    host = client(program, case)
+    try:
+        with pytest.raises(PluginExitedError) as failed:
+            host.dispense("kv_a")
+    finally:
+        host.kill()
+    service = "grpc.health.v1.Health" if case == "health" else "proto.KV"
+    assert f"gRPC service '{service}' is registered twice on the plugin's server: by {first}" in str(failed.value)
+    assert "again by plugin 'kv_b'" in str(failed.value)
+
+
+def test_the_setup_error_reaches_a_terminal_and_exits_1(program: Path) -> None:
+    env = {**os.environ, HANDSHAKE.magic_cookie_key: HANDSHAKE.magic_cookie_value, "PLUGIN_PROTOCOL_VERSIONS": "1"}
+    done = subprocess.run([sys.executable, str(program), "two"], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (1, "")  # no handshake line: a host reports the exit
+    assert "register each service once" in done.stderr.splitlines()[0]
+
+
+def test_plugins_that_share_one_registration_serve(program: Path) -> None:
+    host = client(program, "shared")
+    try:
+        assert host.dispense("kv_a").get("k") == b"A"
+        assert host.dispense("kv_b").get("k") == b"A"
+    finally:
+        host.kill()
