@@ -40,7 +40,8 @@ def _get(tmp_path: Path, sockets: Path, key: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize(("key", "raised"), [("__exit__", "SystemExit(3)"),
-                                             ("__interrupt__", "KeyboardInterrupt()")])
+                                             ("__interrupt__", "KeyboardInterrupt()"),
+                                             ("__genexit__", "GeneratorExit('a helper generator was closed')")])
 def test_base_exception_in_a_handler_fails_the_call_with_unknown(tmp_path: Path, sockets: Path, key: str,
                                                                  raised: str) -> None:
     code, out, err = _get(tmp_path, sockets, key)

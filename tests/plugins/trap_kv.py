@@ -8,7 +8,7 @@ Get/Put behave like examples/kv except for these keys on Get:
   __print__  print "to-stdout" on stdout and "to-stderr" on stderr, then return "printed"
   __env__    return the PLUGIN_* and BASIC_PLUGIN environment variables as JSON
   __log__    log one record per level through Python logging, then return "logged"
-  __exit__   sys.exit(3) in the handler; __interrupt__: raise KeyboardInterrupt
+  __exit__   sys.exit(3) in the handler; __interrupt__: raise KeyboardInterrupt; __genexit__: raise GeneratorExit
   __nested__ call a gRPC server that is not there (a nested call failing with UNAVAILABLE), letting
              its grpc.RpcError propagate; __nested_deadline__: one that waits for it (DEADLINE_EXCEEDED)
   __nap__    sleep 0.3 s, then return "rested"
@@ -81,6 +81,8 @@ class TrapKV:
             sys.exit(3)
         if key == "__interrupt__":
             raise KeyboardInterrupt
+        if key == "__genexit__":  # e.g. a generator's close() that went through the handler's own code
+            raise GeneratorExit("a helper generator was closed")
         if key in ("__nested__", "__nested_deadline__"):
             waits = key == "__nested_deadline__"
             with grpc.insecure_channel(f"unix:{Path.cwd() / 'no-such-helper.sock'}") as channel:
