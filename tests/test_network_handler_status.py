@@ -1,7 +1,7 @@
 """A status a network plugin's handler passed through from a call of its own does not eject its replica.
 
 tests/plugins/nested_net.py (plugbay.serve in network mode, one replica over mTLS) answers UNAVAILABLE
-because its own backend is down, marked plugbay-handler-status (core/plugin/handlerfail.py): the replica
+because its own backend is down, marked plugbay-handler-status (core/transport/handlerfail.py): the replica
 answered, so the pool counts the call as an answer, more of them in a row than
 OutlierPolicy.consecutive_failures. The same UNAVAILABLE unmarked (the replica's own failure: the
 handler aborts) ejects it. A stream's failure reached the pool without its trailers (a status rebuilt

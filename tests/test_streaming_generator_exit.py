@@ -75,7 +75,7 @@ def test_a_handlers_own_generator_exit_fails_a_unary_call(streamer: Any) -> None
 
 
 def test_closing_the_wrapper_closes_the_handlers_generator_and_answers_nothing() -> None:
-    from plugbay.core.plugin.handlerfail import responses
+    from plugbay.core.transport.handlerfail import responses
 
     ran: list[str] = []
 

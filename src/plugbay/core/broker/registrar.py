@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from plugbay.core.transport.handlerfail import answered
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
 from plugbay.errors import BrokerError
 
@@ -50,23 +51,22 @@ class Registrar(grpc.Server):  # type: ignore[misc]
         self._server.add_generic_rpc_handlers(handlers)
 
     def _runnable(self, handler: Any) -> Any:
-        """``handler``, with a table of methods (generated code's) holding async ones adapted to the
-        sync server; any other generic handler adapts what it answers, call by call."""
+        """``handler``, with a table of methods (generated code's) rebuilt of adapted ones (async ones run
+        on the sync server, failures answered); any other generic handler adapts what it answers, call by call."""
         service = method_table(handler)
         if service is None:
             return Transformed(handler, self._adapted)
         name, table = service
-        if not any(is_async(one) for one in table.values()):
-            return handler
         return grpc.method_handlers_generic_handler(
             name, {path.rsplit("/", 1)[1]: self._adapted(path, one) for path, one in table.items()})
 
     def _adapted(self, method: str, handler: Any) -> Any:
+        """``handler`` with its failures answered (a sys.exit() in it too), on the loop when ``async def``."""
         if not is_async(handler):
-            return handler
+            return answered(handler)
         from plugbay.core.transport.aiohandlers import sync_handler
 
-        return sync_handler(method, handler, self._handler_loop())
+        return answered(sync_handler(method, handler, self._handler_loop()))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         if service_name in self._services:

@@ -30,7 +30,7 @@ of each budget, the reads', the own calls' and the health Watches' (core/plugin/
 another address is still read and answered (a runaway host is bounded, not one holding many addresses).
 A host launched locally keeps grpcio's unary path (its unary latency is a benchmarked target).
 
-A handler's failures grpcio answers badly are answered as a Go plugin's (core/plugin/handlerfail.py).
+A handler's failures grpcio answers badly are answered as a Go plugin's (core/transport/handlerfail.py).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from plugbay.core.plugin.handlerfail import answer_failure, responses
+from plugbay.core.transport.handlerfail import answer_failure, responses
 from plugbay.core.plugin.slotwait import GONE, SLOT_WAIT, STOPPING, WAITED, Slots, take_token
 from plugbay.core.plugin.peershare import PeerShares, peer_address, share_of
 from plugbay.core.protocol.notsent import echo_not_sent

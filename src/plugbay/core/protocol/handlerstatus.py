@@ -1,4 +1,4 @@
-"""The mark of a status a plugin's handler passed through from a call of its own (core/plugin/handlerfail.py).
+"""The mark of a status a plugin's handler passed through from a call of its own (core/transport/handlerfail.py).
 
 grpc-go passes a handler's status error through, and so does plugbay's plugin: a handler whose nested call
 failed DEADLINE_EXCEEDED or UNAVAILABLE answers that code. Read as the host's own call's failure, it misled:

@@ -1,4 +1,5 @@
-"""A plugin handler's failures that grpcio answers badly, answered as a Go plugin's would be (gate.py)."""
+"""A handler's failures that grpcio answers badly, answered as a Go plugin's would be: the plugin's own
+(core/plugin/gate.py) and a brokered server's, on either side (core/broker/registrar.py)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,37 @@ def responses(handler_responses: Iterable[Any], context: grpc.ServicerContext) -
             if close is not None:
                 close()
             raise
+
+
+def answered(handler: Any) -> Any:
+    """``handler`` (a grpc.RpcMethodHandler) with its failures answered as a plugin's gated handlers'
+    are: for a brokered server's, which no gate wraps (a callback raising SystemExit left the other
+    side's nested call waiting for its deadline, or for ever)."""
+    def unary(behavior: Any) -> Any:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return behavior(request, context)
+            except BaseException as exc:
+                answer_failure(context, exc)
+                raise
+        return run
+
+    def streaming(behavior: Any) -> Any:
+        def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from responses(behavior(request, context), context)
+            except BaseException as exc:
+                answer_failure(context, exc, closed=True)
+                raise
+        return run
+
+    wire = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), *wire)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), *wire)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), *wire)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), *wire)
+    return handler

@@ -1,0 +1,55 @@
+"""A brokered server's handler that raises SystemExit, KeyboardInterrupt or GeneratorExit answers UNKNOWN.
+
+The plugin's own handlers answered them (grpcio leaves any non-Exception unanswered), but a brokered server
+has no gate: a host's AddHelper callback that called sys.exit() left the counter plugin's nested Sum call
+waiting for its 30 s deadline, and the host's Put failed as a call timeout that blamed the plugin (a Go
+plugin's nested call, with no deadline, would have waited for ever).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from plugbay import Client, ClientConfig
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "counter"))
+
+from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
+
+
+class Raising:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def sum(self, a: int, b: int) -> int:
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [SystemExit(4), KeyboardInterrupt(), GeneratorExit("closed")], ids=repr)
+def test_a_callback_raising_a_base_exception_answers_the_plugins_nested_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    monkeypatch.chdir(tmp_path)  # the counter plugin keeps its values in files there
+    host = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                               cmd=[sys.executable, str(REPO / "examples" / "counter" / "plugin.py")],
+                               start_timeout=60, call_timeout=20))
+    try:
+        counter = host.dispense(PLUGIN_NAME)
+        with pytest.raises(grpc.RpcError) as failed:
+            counter.put("k", 1, Raising(exc))
+        # the plugin passes its nested call's status through (as a Go plugin does): the callback's answer
+        assert failed.value.code() is grpc.StatusCode.UNKNOWN, failed.value
+        assert failed.value.details() == f"the handler raised {exc!r}"
+        counter.put("k", 2, _Adder())  # the broker serves on
+        assert counter.get("k") == 2
+    finally:
+        host.kill()
+
+
+class _Adder:
+    def sum(self, a: int, b: int) -> int:
+        return a + b
