@@ -47,6 +47,10 @@ class Registrar(grpc.Server):  # type: ignore[misc]
         for handler in handlers:
             name = getattr(handler, "service_name", None)
             if callable(name):
+                if str(name()) in self._services:  # grpcio would answer with the first, silently
+                    raise BrokerError(
+                        f"gRPC service {str(name())!r} is registered twice on a brokered server: its register"
+                        " callback adds each service once (one add_*Servicer_to_server call per service)")
                 self._services.add(str(name()))
         self._server.add_generic_rpc_handlers(handlers)
 

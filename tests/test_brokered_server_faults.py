@@ -1,4 +1,5 @@
-"""A brokered server's handler that raises SystemExit, KeyboardInterrupt or GeneratorExit answers UNKNOWN.
+"""A brokered server's faults: a handler raising SystemExit, KeyboardInterrupt or GeneratorExit answers UNKNOWN; a service
+registered twice on one is refused.
 
 The plugin's own handlers answered them (grpcio leaves any non-Exception unanswered), but a brokered server
 has no gate: a host's AddHelper callback that called sys.exit() left the counter plugin's nested Sum call
@@ -53,3 +54,32 @@ def test_a_callback_raising_a_base_exception_answers_the_plugins_nested_call(
 class _Adder:
     def sum(self, a: int, b: int) -> int:
         return a + b
+
+
+def test_a_service_registered_twice_on_a_brokered_server_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # grpcio answers a twice-added generic service with the first servicer, silently: a callback that
+    # meant to replace one (or two helpers of one service) got the other's answers
+    from counterproto import counter_pb2_grpc
+
+    from counter_plugin_def import _helper_servicer
+    from plugbay import BrokerError
+
+    monkeypatch.chdir(tmp_path)
+    host = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                               cmd=[sys.executable, str(REPO / "examples" / "counter" / "plugin.py")],
+                               start_timeout=60, call_timeout=20))
+    try:
+        counter = host.dispense(PLUGIN_NAME)
+        broker = counter._broker
+
+        def twice(server: grpc.Server) -> None:
+            counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(_Adder()), server)
+            counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(Raising(SystemExit(1))), server)
+
+        with pytest.raises(BrokerError, match="'proto.AddHelper' is registered twice on a brokered server"):
+            broker.accept_and_serve(broker.next_id(), twice)
+        counter.put("k", 3, _Adder())  # the broker serves on
+        assert counter.get("k") == 3
+    finally:
+        host.kill()
