@@ -1,5 +1,5 @@
-"""A brokered server's faults: a handler raising SystemExit, KeyboardInterrupt or GeneratorExit answers UNKNOWN; a service
-registered twice on one is refused.
+"""A brokered server's faults: a handler raising SystemExit, KeyboardInterrupt or GeneratorExit answers
+UNKNOWN; a service registered twice on one is refused.
 
 The plugin's own handlers answered them (grpcio leaves any non-Exception unanswered), but a brokered server
 has no gate: a host's AddHelper callback that called sys.exit() left the counter plugin's nested Sum call
