@@ -69,7 +69,7 @@ from plugbay.core.plugin.reattachwait import watch_host
 from plugbay.core.plugin.setupfail import fail_setup
 from plugbay.core.plugin.serveconfig import ServeConfig as ServeConfig  # re-exported: its public home
 from plugbay.core.plugin.serveconfig import protocol_version as protocol_version  # re-exported
-from plugbay.core.plugin.stdio import StdioCapture
+from plugbay.core.plugin.stdio import StdioCapture, closed_std_fd
 from plugbay.core.plugin.stdioservice import StdioServicer
 from plugbay.core.plugin.stdioservice import add_to_server as add_stdio
 
@@ -125,6 +125,8 @@ def serve(config: ServeConfig) -> None:
     # a go-plugin host shows only hclog JSON lines above DEBUG; a plugbay host (or none, on the network) reads
     # the plain line, and the same error twice would show twice
     go_host = config.network is None and not env.get(ENV_HOST_SESSION)
+    if config.network is None and (closed := closed_std_fd()) is not None:  # before serve() opens fds
+        fail_setup(closed, hclog=go_host)
     try:
         config.check()  # again: a field may have changed since ServeConfig() checked it
     except ConfigError as exc:  # one line for the host, not a traceback from grpcio or logging

@@ -98,7 +98,7 @@ class StdioCapture:
         err = self._saved[1]
         host_err = os.dup(err) if self._host_gone is not None and stat.S_ISFIFO(os.fstat(err).st_mode) else None
         # A pipe makes sys.stdout block-buffered; line buffering keeps print()s timely.
-        if hasattr(sys.stdout, "reconfigure"):
+        if hasattr(sys.stdout, "reconfigure") and not getattr(sys.stdout, "closed", False):
             sys.stdout.reconfigure(line_buffering=True)
         self._pump = threading.Thread(target=self._pump_loop, args=(host_err,), name="plugbay-stdio-pump",
                                       daemon=True)
@@ -337,6 +337,21 @@ def _drain(fd: int, max_reads: int = 64) -> None:
                 return
     except OSError:  # BlockingIOError: empty now
         pass
+
+
+def closed_std_fd() -> str | None:
+    """Why the handshake cannot reach the host when the program closed fd 1 or 2 before serve(), else None.
+
+    The next descriptor serve() opens (a socket, a pipe) would take the number, and the handshake line
+    would go there: the host waits for it until its start timeout, the plugin serving unseen."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError as exc:
+            return (f"plugin setup failed: the plugin's {name} (file descriptor {fd}) was closed before serve()"
+                    f" ({exc.strerror}); a go-plugin host reads the handshake line from stdout and logs from"
+                    " stderr: leave both open (write to a log or a file of your own instead)\n")
+    return None
 
 
 def _flush_std() -> None:

@@ -1,0 +1,67 @@
+"""A plugin program that closed its stdout before serve(): told at once, not a handshake lost or a traceback.
+
+With fd 1 closed, the next descriptor serve() opened took its number and the handshake line went there:
+the host waited for its start timeout while the plugin served unseen. With only sys.stdout closed (fd 1
+still open), serve()'s capture stopped at sys.stdout.reconfigure() with a ValueError traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugbay import Client, ClientConfig, PluginExitedError
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+PROGRAM = """
+import os, sys
+sys.path[:0] = [{kv!r}, {src!r}]
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugbay import ServeConfig, serve
+
+
+class Fixed:
+    def get(self, key):
+        return b"served"
+
+    def put(self, key, value):
+        pass
+
+
+if sys.argv[1] == "fd":
+    os.close(1)
+else:
+    sys.stdout.close()  # the object only: Python leaves fd 1 open
+serve(ServeConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin(Fixed())}}))
+"""
+
+
+def client(tmp_path: Path, how: str) -> Client:
+    program = tmp_path / "closer.py"
+    program.write_text(PROGRAM.format(kv=str(REPO / "examples" / "kv"), src=str(REPO / "src")))
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                               cmd=[sys.executable, str(program), how], start_timeout=20))
+
+
+def test_a_closed_stdout_descriptor_fails_the_setup_saying_so(tmp_path: Path) -> None:
+    host = client(tmp_path, "fd")
+    try:
+        with pytest.raises(PluginExitedError) as failed:  # not the start timeout
+            host.dispense(PLUGIN_NAME)
+    finally:
+        host.kill()
+    assert "the plugin's stdout (file descriptor 1) was closed before serve()" in str(failed.value)
+
+
+def test_a_closed_sys_stdout_object_still_serves(tmp_path: Path) -> None:
+    host = client(tmp_path, "object")
+    try:
+        assert host.dispense(PLUGIN_NAME).get("k") == b"served"
+    finally:
+        host.kill()
