@@ -22,6 +22,7 @@ from plugbay.errors import (
     NoEndpointsError,
     ProtocolMismatchError,
     RemoteTLSError,
+    UnknownPluginError,
     UnsupportedProtocolError,
     clip,
 )
@@ -29,6 +30,9 @@ from plugbay.network.muxconn import Sessions, refusal_of
 from plugbay.network.pool import EndpointPool
 
 _log = logging.getLogger("plugbay.network")
+
+# how the gateway's Discovery names itself: its plugin names are its operator's --plugins, not the child's own word
+GATEWAY_SERVER = "plugbay-gateway/"
 
 
 class Asker(NamedTuple):
@@ -101,3 +105,23 @@ def handshake_info(answer: discovery_pb2.DescribeResponse | None, address: str, 
     version = negotiate_version(versions, [v.version for v in answer.versions])
     return HandshakeInfo(answer.core_protocol, version, network, addr, PROTOCOL_GRPC,
                          multiplex=answer.multiplex, extra={"server": answer.server})
+
+
+def check_listed(answer: discovery_pb2.DescribeResponse | None, version: int, name: str, served_by: str,
+                 warned: set[str]) -> None:
+    """Refuse plugin ``name`` (UnknownPluginError) when the Discovery ``answer`` lists the plugins of app protocol
+    ``version`` and not that one: its first call would fail UNIMPLEMENTED. No answer or no names listed: not known,
+    allowed. A gateway's list is what its --plugins said, not what its child serves: a warning (once per name in
+    ``warned``), and the name is allowed."""
+    if answer is None:
+        return
+    listed = next((list(v.plugins) for v in answer.versions if v.version == version), [])
+    if not listed or name in listed:
+        return
+    if not answer.server.startswith(GATEWAY_SERVER):
+        raise UnknownPluginError(name, listed, served_by=f"{served_by} (app protocol version {version})")
+    if name not in warned:
+        warned.add(name)
+        _log.warning("%s lists plugins %s, not %r (its --plugins flag); dispensing it anyway, as its child may serve"
+                     " it: add %r to the gateway's --plugins if it does", served_by, clip(repr(sorted(listed))),
+                     name, name)
