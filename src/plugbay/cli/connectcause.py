@@ -5,9 +5,14 @@ from __future__ import annotations
 import threading
 import time
 
+from typing import TYPE_CHECKING
+
 import grpc
 
 from plugbay.errors import TLSConfigError
+
+if TYPE_CHECKING:
+    from plugbay.network.resolver import Endpoint
 
 
 def connect_failure(channel: grpc.Channel) -> str:
@@ -46,7 +51,7 @@ def connect_failure(channel: grpc.Channel) -> str:
 
 
 def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer: grpc.Future,
-                     timeout: float) -> TLSConfigError | None:
+                     timeout: float, endpoint: Endpoint | None = None) -> TLSConfigError | None:
     """The typed error of a definite TLS failure of ``channel``'s connection, found while ``answer`` (a call,
     or a wait for the connection, that waits for a target coming up) is pending, for at most ``timeout`` (a
     wait for the connection has no deadline of its own); None once it ended or the channel connected, at
@@ -55,8 +60,13 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
     No wait helps a certificate the other side refused or a CA that did not sign its certificate: the
     library's pool fails such a call at once, and so does the command line rather than at --timeout. A
     failure that is no definite TLS one (refused, cut short, a silent peer) is left to the call's own wait.
+
+    Plaintext (``insecure``) to a TLS server reads as a connection cut short during setup, as a plugin
+    restarting does: the library's TLS probe of ``endpoint`` (plugbay.network.tlsprobe, the pool's own
+    judgement) tells them apart, and a peer that answers a TLS handshake is said at once too.
     """
     from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+    from plugbay.network.tls import cut_short
 
     changed = threading.Condition()
     states: list[grpc.ChannelConnectivity] = []
@@ -89,8 +99,11 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
             try:  # a call that does not wait fails at once with the attempt's cause
                 stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
             except grpc.RpcError as exc:
-                refused = tls_refusal(f"UNAVAILABLE: {exc.details()}", target, insecure) \
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                detail = f"UNAVAILABLE: {exc.details()}"
+                refused = tls_refusal(detail, target, insecure) if exc.code() == grpc.StatusCode.UNAVAILABLE \
+                    else None
+                if refused is None and insecure and endpoint is not None and cut_short(detail):
+                    refused = _wants_tls(endpoint, detail, target, max(deadline - time.monotonic(), 0.1))
                 if refused is not None:
                     answer.cancel()
                     return refused
@@ -106,14 +119,27 @@ _FLAGS = (("(ca_file)", "(--ca)"), ("ca_file", "--ca"), ("cert_file", "--cert"),
           ("connect with insecure=True", "pass --insecure"), ("pass tls=NetworkTLS(...)", "pass --ca/--cert/--key"))
 
 
+def _wants_tls(endpoint: Endpoint, detail: str, target: str, timeout: float) -> TLSConfigError | None:
+    """The typed error when the plaintext connection's peer, cut short during setup, answers a TLS handshake
+    of the library's probe; None for anything else (nothing listens, a reset before any handshake)."""
+    from plugbay.network.tls import WANTS_TLS
+    from plugbay.network.tlsprobe import probe_taken
+
+    if probe_taken(endpoint, None, min(timeout, 2.0)) != WANTS_TLS:
+        return None
+    return _refusal(WANTS_TLS, detail, target, insecure=True)
+
+
 def tls_refusal(detail: str, target: str, insecure: bool) -> TLSConfigError | None:
     """The typed error of a probe whose connection failed on TLS (``detail``: gRPC's words, with the cause
     connect_failure found), saying which flag to fix; None when they show no TLS failure."""
     from plugbay.network.tls import tls_failure
 
     meaning = tls_failure(detail, tls=not insecure)
-    if meaning is None:
-        return None
+    return None if meaning is None else _refusal(meaning, detail, target, insecure)
+
+
+def _refusal(meaning: str, detail: str, target: str, insecure: bool) -> TLSConfigError:
     for api, flag in _FLAGS:
         meaning = meaning.replace(api, flag)
     fix = ("pass --ca with the CA that signed the plugin's certificate, and --cert/--key with a certificate"

@@ -91,11 +91,15 @@ def _tls_refused(result: dict[str, Any], reached: Reached, tls: Tls) -> Exceptio
 def _refused_at_once(reached: Reached, tls: Tls, timeout: float) -> Callable[[grpc.Future], None]:
     """What raises the typed error of a definite TLS failure of a network target's connection as soon as it
     shows, while a call (or a wait for the connection) is pending for a target coming up (none can pass with
-    these files), not at its --timeout. Nothing else is judged here."""
+    these files; nor can --insecure with a TLS server or one that is no HTTP/2), not at its --timeout.
+    Nothing else is judged here."""
     def early(answer: grpc.Future) -> None:
-        if reached.facts.get("tls") is not True or "endpoints" not in reached.facts:
+        if "endpoints" not in reached.facts:
             return  # a reattach config's AutoMTLS is the plugin's own: no flag of this command sets it
-        refused = tls_failed_early(reached.channel, reached.target, tls.insecure, answer, timeout)
+        from plugbay.network.resolver import Endpoint
+
+        endpoint = Endpoint(reached.facts["network"], reached.facts["address"])  # the one dialed (for a probe)
+        refused = tls_failed_early(reached.channel, reached.target, tls.insecure, answer, timeout, endpoint)
         if refused is not None:
             raise refused
     return early

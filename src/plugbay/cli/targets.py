@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -173,7 +174,7 @@ def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> 
         try:
             yield reached
         finally:
-            reached.channel.close()
+            _close_polled(reached.channel)
         return
     if config.handshake.multiplex:
         # its multiplexed connection takes no second client: a dial would wait out the whole --timeout
@@ -204,6 +205,17 @@ def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> 
         conn.close()
         shutil.rmtree(relay_dir, ignore_errors=True)
         runner.detach()  # the plugin keeps running
+
+
+def _close_polled(channel: grpc.Channel, wait: float = 1.0) -> None:
+    """Close ``channel`` once gRPC's thread that polled its state for a subscriber (a wait for the connection,
+    the early TLS check) has seen it go: it keeps polling up to 0.2 s after the last unsubscribe, and one
+    caught by the close, or by the interpreter's exit, prints a thread traceback above the command's error."""
+    state = getattr(channel, "_connectivity_state", None)  # grpc's own; absent in another gRPC: close at once
+    deadline = time.monotonic() + wait
+    while state is not None and getattr(state, "polling", False) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    channel.close()
 
 
 def describe_target(target: str) -> str:
