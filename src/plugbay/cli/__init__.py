@@ -18,6 +18,7 @@ Errors print one line saying what to do; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         debug = "--debug" in args[:first]
         return run_gateway(args[first + 1:], logging.DEBUG if debug else logging.INFO)  # verbatim, `--` included
+    _quiet_grpc("--debug" in args[:first])
     # without it SIGTERM ended info/call/health/diagnose with no cleanup: their temp folder and claim stayed.
     # Only over the default action: an ignored SIGTERM (the parent's choice) or a C handler stays as it is
     ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -91,6 +93,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if ours:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _quiet_grpc(debug: bool) -> None:
+    """Import grpc with its C core's own log lines off (``E1207 ... ssl_transport_security_utils.cc ...``,
+    ``I1207 ... Handshake failed``, printed above plugbay's error on every TLS failure) unless ``--debug`` or
+    the user's own GRPC_VERBOSITY. gRPC reads it once, at import: the environment is restored after, so the
+    plugins ``plugbay run`` starts get the user's own, and the library's users are untouched."""
+    if debug or "GRPC_VERBOSITY" in os.environ or "grpc" in sys.modules:
+        return
+    os.environ["GRPC_VERBOSITY"] = "NONE"
+    try:
+        import grpc  # noqa: F401
+    except ImportError:  # said where it is needed
+        pass
+    finally:
+        del os.environ["GRPC_VERBOSITY"]
 
 
 def _run(args: list[str]) -> int:
