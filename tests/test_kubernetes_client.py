@@ -111,6 +111,39 @@ def test_reattach_with_a_kubeconfig_of_the_hosts_choosing(kubeconfig: str, kvtra
         first.kill()
 
 
+def test_a_reattach_refused_for_a_loopback_pod_ip_advises_attachs_own_opt_in(kubeconfig: str,  # noqa: F811
+                                                                           kvtrap: str) -> None:
+    # A reattach's runner is made by ReattachConfig's attach (KubernetesRunner.attach), not by the host: the
+    # refusal advised KubernetesRunner(allow_loopback=True), which a reattaching host has nowhere to pass.
+    import functools
+
+    from plugbay import PlugbayError, ReattachConfig
+
+    runner = KubernetesRunner(kvtrap, kubeconfig=kubeconfig, address_mode="in-cluster", writable_dirs=WRITABLE,
+                              allow_loopback=True)  # the stand-in's pod IP is 127.0.0.1
+    first = kv_client(runner)
+    try:
+        first.dispense(PLUGIN_NAME).put("k", b"v")
+        saved = first.reattach_config().to_json()
+        refused = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                      reattach=ReattachConfig.from_json(saved), start_timeout=20))
+        with pytest.raises(PlugbayError) as caught:
+            refused.start()
+        refused.close()
+        said = str(caught.value)
+        assert "is a loopback address" in said, said
+        assert ("pass ReattachConfig.from_json(text, attach=functools.partial(KubernetesRunner.attach,"
+                " allow_loopback=True)) only for an API stand-in") in said, said
+        assert "KubernetesRunner(allow_loopback=True)" not in said, said
+        attach = functools.partial(KubernetesRunner.attach, allow_loopback=True)  # the advice, taken
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                                     reattach=ReattachConfig.from_json(saved, attach=attach)))
+        with second:
+            assert second.dispense(PLUGIN_NAME).get("k") == b"v"
+    finally:
+        first.kill()
+
+
 def test_an_attach_that_returns_no_runner_is_a_config_error() -> None:
     from plugbay import ConfigError, ReattachConfig
     from plugbay.core.protocol.handshake import HandshakeInfo

@@ -70,6 +70,7 @@ class KubernetesRunner(PodTeardown, Runner):
         self.host_id = owner.host_identity(host_id)
         self.owner_reference = owner_reference
         self.allow_loopback = allow_loopback  # in-cluster: may the pod's IP be loopback (see pods.pod_address)
+        self._reattached = False  # made by attach(): a refusal's advice names attach's allow_loopback
         self._kubeconfig, self._context = kubeconfig, context
         self._owns_client = api_client is None
         self.namespace = namespace or default_namespace(kubeconfig, context)
@@ -293,7 +294,7 @@ class KubernetesRunner(PodTeardown, Runner):
         if self._podwatch.gone:  # its last IP may be another pod's by now
             raise RunnerError(f"pod {self.id} is gone (deleted, or its name is another pod's): it cannot be dialled")
         return pods.pod_address(self._podwatch.pod or self._read_pod() or {}, port, self.id,
-                                allow_loopback=self.allow_loopback)
+                                allow_loopback=self.allow_loopback, reattached=self._reattached)
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         # A per-connection broker listens on the host's unix sockets, which no pod can
@@ -363,6 +364,7 @@ class KubernetesRunner(PodTeardown, Runner):
                      context=context, start_timeout=start_timeout, api_timeout=api_timeout,
                      allow_loopback=allow_loopback)
         runner.pod_name = fields["pod"]
+        runner._reattached = True
         if left is not None:
             runner._after_start, runner.start_timeout = runner.start_timeout, min(max(left, 0.1), start_timeout)
         # the Client's start bounds this read also when the host chose a longer api_timeout
