@@ -34,7 +34,7 @@ from testcontainers.core.docker_client import DockerClient, get_docker_host
 from testcontainers.core.labels import create_labels
 
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import ClientStateError, ConfigError, ImageNotFoundError, RunnerError, TLSRequiredError
+from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError
 from plugbay.core.protocol.handshake import (ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo,
                                              is_tcp_port)
 from plugbay.core.protocol.tls import CertKey, generate_cert
@@ -52,7 +52,9 @@ from plugbay.runners.docker.unanswered import create_or_clean, create_token, wai
 from plugbay.runners.options import required_str, seconds
 from plugbay.runners.reattachkey import SECRET, new_secret
 from plugbay.runners.session import managed_labels
+from plugbay.testing.announced import check_announced
 from plugbay.testing.handshake_log import read_handshake
+from plugbay.testing.reaper import reaper_failure
 
 _log = logging.getLogger("plugbay.testing")
 
@@ -134,33 +136,6 @@ def _refused(image: str, exc: Any) -> RunnerError:
     """An engine's refusal to create or start the container, as DockerRunner words it."""
     return RunnerError(f"the Docker engine refused to run {image!r}: {exc.explanation or exc}. Check the image's"
                        " entrypoint/command and the container's arguments (volumes, user, labels, kwargs).")
-
-
-def _reaper_failure(engine: DockerClient, image: str, exc: BaseException) -> ImageNotFoundError | None:
-    """The error to raise when ``exc`` (out of testcontainers' start) is its Ryuk reaper's image failing to pull.
-
-    testcontainers starts Ryuk before the first container of a run and pulls its image when the engine
-    lacks it; offline (no registry) the user got docker's bare APIError, a 500 naming registry-1.docker.io.
-    The reaper and its pull are the user's choice (its env, testcontainers' global config): a registry that
-    can be reached still serves it, so only a pull that failed is said, with both ways out."""
-    from docker.errors import APIError
-    from testcontainers.core.config import testcontainers_config as config
-    from testcontainers.core.container import Reaper
-
-    if not isinstance(exc, APIError) or config.ryuk_disabled or Reaper._instance is not None:
-        return None
-    if image == config.ryuk_image:
-        return None
-    try:
-        find_image(engine.client, config.ryuk_image)
-        return None  # the reaper's image is there: the failure is another one
-    except (ImageNotFoundError, ConfigError):
-        pass
-    return ImageNotFoundError(
-        f"testcontainers starts its Ryuk reaper (image {config.ryuk_image!r}) before the plugin's container, and"
-        f" could not pull that image ({exc}). Set TESTCONTAINERS_RYUK_DISABLED=true (PluginContainer removes its"
-        " own container at stop(), and plugbay.runners.docker.sweep() removes any a killed run left), or"
-        " `docker load` the image (or name a local copy in RYUK_CONTAINER_IMAGE)")
 
 
 def _check_args(image: Any, plugins: Any, versioned: Any, port: Any, start_timeout: Any, call_timeout: Any) -> None:
@@ -303,7 +278,7 @@ class PluginContainer(DockerContainer):
             try:
                 super().start()
             except Exception as exc:
-                failure = _reaper_failure(self.get_docker_client(), self.image, exc)
+                failure = reaper_failure(self.get_docker_client(), self.image, exc)
                 if failure is None:
                     raise
                 raise failure from exc
@@ -315,6 +290,7 @@ class PluginContainer(DockerContainer):
                                        " 127.0.0.1 port any local process can reach; for a plugin without"
                                        " AutoMTLS pass PluginContainer(auto_mtls=False) to accept plaintext")
             self.handshake = handshake
+            check_announced(self.reattach_config())  # refused now, as the first get_client() would
         except BaseException:
             self.stop()
             raise

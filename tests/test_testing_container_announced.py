@@ -1,0 +1,63 @@
+"""PluginContainer(transport="unix") whose plugin announces an address plugbay refuses to dial (a socket
+path outside the mounted folder, /etc/passwd; a TCP address, which the unix transport publishes no port
+for): start() succeeded, and the typed error came only at the first dispense()/get_client(), then at each
+one after, with the container left running. Now start() refuses it with that same typed error and removes
+the container, as any failed start does. Real containers of plugbay-base on the real engine; the
+entrypoint prints the handshake line a test sets."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.errors import MalformedHandshakeError, RunnerError
+
+pytestmark = [pytest.mark.docker]
+pytest.importorskip("testcontainers")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
+
+from plugbay.testing import PluginContainer  # noqa: E402
+
+PLUGINS = {PLUGIN_NAME: KVPlugin(None)}  # type: ignore[arg-type]
+IMAGE = "plugbay-base:bookworm"
+
+
+def _labelled(docker: Any, tag: str) -> list[Any]:
+    found: list[Any] = docker.containers.list(all=True, filters={"label": f"test.plugbay-announced={tag}"})
+    return found
+
+
+@pytest.mark.parametrize(("announced", "error", "says"), [
+    ("unix|/etc/passwd", MalformedHandshakeError, "announced socket path '/etc/passwd', but it is not a file"
+                                                   " directly in the mapped socket folder"),
+    ("tcp|127.0.0.1:1", RunnerError, "announced tcp:127.0.0.1:1, which the host cannot reach: with the unix"
+                                     " transport it must put its socket in"),
+], ids=["outside-the-folder", "tcp-in-unix"])
+def test_start_refuses_an_address_the_host_would_not_dial_and_removes_the_container(
+        plugbay_docker: Any, announced: str, error: type[Exception], says: str) -> None:
+    import docker
+
+    tag = uuid.uuid4().hex
+    line = f"1|{HANDSHAKE.protocol_version}|{announced}|grpc"
+    plugin = PluginContainer(IMAGE, HANDSHAKE, PLUGINS, transport="unix", start_timeout=30,
+                             labels={"test.plugbay-announced": tag},
+                             entrypoint=["sh", "-c", f"echo '{line}'; sleep 120"])
+    engine = docker.from_env()
+    try:
+        with pytest.raises(error) as caught:
+            plugin.start()
+        assert says in str(caught.value), caught.value
+        assert _labelled(engine, tag) == []  # removed, as a failed start's container is
+        assert plugin._socket_dir is None  # its socket folder too
+    finally:
+        plugin.stop()
+        for left in _labelled(engine, tag):
+            left.remove(force=True)
+        engine.close()
