@@ -1,9 +1,12 @@
-"""PluginContainer(transport="unix") whose plugin announces an address plugbay refuses to dial (a socket
-path outside the mounted folder, /etc/passwd; a TCP address, which the unix transport publishes no port
-for): start() succeeded, and the typed error came only at the first dispense()/get_client(), then at each
-one after, with the container left running. Now start() refuses it with that same typed error and removes
-the container, as any failed start does. Real containers of plugbay-base on the real engine; the
-entrypoint prints the handshake line a test sets."""
+"""PluginContainer and what its plugin says.
+
+A PluginContainer(transport="unix") whose plugin announces an address plugbay refuses to dial (a socket path
+outside the mounted folder, /etc/passwd; a TCP address, which the unix transport publishes no port for):
+start() succeeded, and the typed error came only at the first dispense()/get_client(), then at each one
+after, with the container left running. Now start() refuses it with that same typed error and removes the
+container, as any failed start does. And a call that met the container's death advised "start a new Client",
+which cannot bring the container back: it names the PluginContainer now. Real containers on the real engine
+(plugbay-base, its entrypoint printing the handshake line a test sets; the kv image)."""
 
 from __future__ import annotations
 
@@ -61,3 +64,19 @@ def test_start_refuses_an_address_the_host_would_not_dial_and_removes_the_contai
         for left in _labelled(engine, tag):
             left.remove(force=True)
         engine.close()
+
+
+def test_a_call_after_the_container_died_advises_restarting_the_plugin_container(plugbay_image: Any,
+                                                                                  plugbay_docker: Any) -> None:
+    # the Client's own advice, "start a new Client", cannot bring back a container PluginContainer runs
+    from plugbay.errors import PluginDiedError
+
+    with PluginContainer(plugbay_image("kv"), HANDSHAKE, PLUGINS, transport="unix") as plugin:
+        kv = plugin.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        plugbay_docker.containers.get(plugin.get_container_id()).kill()
+        with pytest.raises(PluginDiedError) as caught:
+            kv.get("k")
+        said = str(caught.value)
+        assert "restart the PluginContainer (stop(), then start()) or make a new one" in said, said
+        assert "start a new Client" not in said, said

@@ -33,6 +33,7 @@ from testcontainers.core.container import DockerContainer
 from testcontainers.core.docker_client import DockerClient, get_docker_host
 from testcontainers.core.labels import create_labels
 
+from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError
 from plugbay.core.protocol.handshake import (ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo,
@@ -75,6 +76,11 @@ _NO_MULTIPLEX = ("PluginContainer's Client reaches the container by reattaching,
                  " broker takes one host connection (a go-plugin one: one ever), which a reattach cannot know is"
                  " free, so plugbay (as go-plugin) does not reattach to one; for brokered callbacks use"
                  " PluginContainer(transport='unix'), where they go through the mounted socket folder")
+
+# what a call that met the container's death advises (a Supervisor's own advice is its restart; this one's: the
+# container's)
+_RESTART = ("restart the PluginContainer (stop(), then start()) or make a new one, then dispense() or get_client()"
+            " again")
 
 
 def _caller_labels(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -317,6 +323,9 @@ class PluginContainer(DockerContainer):
                                          start_timeout=self.start_timeout, call_timeout=self.call_timeout,
                                          **self.client_options))
             client.start()
+            if isinstance(client.channel, ManagedChannel):
+                # a Client's own advice once its plugin died ("start a new Client") cannot start this container
+                client.channel.died_advice = lambda: _RESTART
             self._client = client
         return self._client
 
