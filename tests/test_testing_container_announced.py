@@ -80,3 +80,15 @@ def test_a_call_after_the_container_died_advises_restarting_the_plugin_container
         said = str(caught.value)
         assert "restart the PluginContainer (stop(), then start()) or make a new one" in said, said
         assert "start a new Client" not in said, said
+
+
+def test_a_socket_in_the_folder_not_made_yet_is_left_to_get_client(plugbay_docker: Any) -> None:
+    # a plugin that prints its line before it listens: no address plugbay refuses, so start() goes on (as before)
+    plugin = PluginContainer(IMAGE, HANDSHAKE, PLUGINS, transport="unix", start_timeout=30,
+                             entrypoint=["sh", "-c", "echo '1|1|unix|/plugbay/sock/later.sock|grpc'; exec sleep 60"])
+    try:
+        plugin.start()
+        with pytest.raises(MalformedHandshakeError, match="'/plugbay/sock/later.sock', but it does not exist"):
+            plugin.get_client()
+    finally:
+        plugin.stop()
