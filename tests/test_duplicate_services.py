@@ -18,6 +18,7 @@ from plugbay import Client, ClientConfig, PluginExitedError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "kv"))
+sys.path.insert(0, str(REPO / "examples" / "streaming"))
 
 from kv_plugin_def import HANDSHAKE, KVPlugin  # noqa: E402
 
@@ -114,3 +115,61 @@ def test_plugins_that_share_one_registration_serve(program: Path) -> None:
         assert host.dispense("kv_b").get("k") == b"A"
     finally:
         host.kill()
+
+
+REFLECTING = """
+import sys
+sys.path[:0] = [{kv!r}, {streaming!r}, {src!r}]
+from grpc_reflection.v1alpha import reflection
+from kv_plugin_def import HANDSHAKE, KVPlugin
+from kvproto import kv_pb2
+from streaming_plugin_def import StreamerPlugin
+from streamingproto import streaming_pb2
+from plugbay import ServeConfig, serve
+
+
+class Fixed:
+    def get(self, key):
+        return b"A"
+
+    def put(self, key, value):
+        pass
+
+
+class ReflectingKV(KVPlugin):  # each opts into reflection in its grpc_server(), as docs/cli.md says
+    def grpc_server(self, broker, server):
+        super().grpc_server(broker, server)
+        reflection.enable_server_reflection(["proto.KV", reflection.SERVICE_NAME], server,
+                                            pool=kv_pb2.DESCRIPTOR.pool)
+
+
+class ReflectingStreamer(StreamerPlugin):
+    def grpc_server(self, broker, server):
+        super().grpc_server(broker, server)
+        reflection.enable_server_reflection(["streaming.Streamer", reflection.SERVICE_NAME], server,
+                                            pool=streaming_pb2.DESCRIPTOR.pool)
+
+
+serve(ServeConfig(handshake=HANDSHAKE, plugins={{"kv_a": ReflectingKV(Fixed()), "streamer": ReflectingStreamer()}}))
+"""
+
+
+def test_two_plugins_that_each_register_reflection_serve_and_reflection_answers(tmp_path: Path) -> None:
+    from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+    from streaming_plugin_def import StreamerPlugin
+
+    program = tmp_path / "reflecting.py"
+    program.write_text(REFLECTING.format(kv=str(REPO / "examples" / "kv"),
+                                         streaming=str(REPO / "examples" / "streaming"), src=str(REPO / "src")))
+    host = Client(ClientConfig(handshake=HANDSHAKE, plugins={"kv_a": KVPlugin(), "streamer": StreamerPlugin()},
+                               cmd=[sys.executable, str(program)], start_timeout=60))
+    try:
+        assert host.dispense("kv_a").get("k") == b"A"  # not a setup error naming reflection twice
+        host.dispense("streamer").stats()
+        stub = reflection_pb2_grpc.ServerReflectionStub(host.channel)
+        answers = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                                 timeout=20))
+    finally:
+        host.kill()
+    listed = {service.name for service in answers[0].list_services_response.service}
+    assert listed == {"proto.KV", reflection.SERVICE_NAME}  # the first registration's, as gRPC served it before

@@ -12,7 +12,8 @@ grpcio also takes a second registration of a service name without a word: its re
 table keeps the last one, its generic handlers answer with the first. Two plugins in one process
 that both register proto.KV (or a plugin that registers grpc.health.v1.Health, plugbay's own) then
 answer each other's calls. grpc-go ends a Go plugin at such a registration ("found duplicate service
-registration"); ServiceNames refuses it with a ConfigError, which serve() reports as a setup error.
+registration"); ServiceNames refuses it with a ConfigError, which serve() reports as a setup error. Server
+reflection is the exception: each plugin that opts into it registers it, and the first one answers.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from plugbay.errors import ConfigError, ServerStoppedError
 
 if TYPE_CHECKING:
     from plugbay.core.plugin.gate import HandlerGate
+
+# gRPC server reflection (grpcio-reflection registers v1alpha, newer releases v1 too): exempt from the refusal
+REFLECTION_SERVICES = frozenset({"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"})
 
 
 class AddGuard:
@@ -69,13 +73,19 @@ class ServiceNames:
         self._owners = {(way, name): "plugbay itself (a service of the go-plugin protocol)"
                         for name in own for way in ("generic", "registered")}
 
-    def claim(self, service: str, way: str, owner: str) -> None:
-        """Notes ``owner``'s registration of ``service`` (``way``: generic or registered); a ConfigError if taken."""
+    def claim(self, service: str, way: str, owner: str) -> bool:
+        """Notes ``owner``'s registration of ``service`` (``way``: generic or registered); a ConfigError if taken.
+
+        False (nothing noted) for a second registration of server reflection, which its caller drops: each
+        plugin that opts into reflection registers it (docs/cli.md), and one reflection service per server
+        is all gRPC can serve; the first one answers, listing the services its plugin named."""
         with self._lock:
             earlier = self._owners.get((way, service))
             if earlier is None:
                 self._owners[(way, service)] = owner
-                return
+                return True
+        if service in REFLECTION_SERVICES:
+            return False
         raise ConfigError(
             f"gRPC service {service!r} is registered twice on the plugin's server: by {earlier} and again by {owner}."
             " gRPC would send every call for it to one of them (grpc-go refuses this too); register each service"
@@ -110,11 +120,12 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
         with self._adding("add_generic_rpc_handlers"):
-            handlers = tuple(generic_rpc_handlers)
-            for handler in handlers:  # an async handler that cannot run is refused now, not at its first call
+            handlers = []
+            for handler in generic_rpc_handlers:  # an async handler that cannot run is refused now, not at its 1st call
                 service = method_table(handler)
-                if service is not None:
-                    self._names.claim(service[0], "generic", self._owner)
+                if service is not None and not self._names.claim(service[0], "generic", self._owner):
+                    continue  # a second reflection service: the first answers
+                handlers.append(handler)
                 for path, one in (service[1] if service else {}).items():
                     if is_async(one):
                         self._gate.gated(path, one)
@@ -122,7 +133,8 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         with self._adding("add_registered_method_handlers"):
-            self._names.claim(service_name, "registered", self._owner)
+            if not self._names.claim(service_name, "registered", self._owner):
+                return  # a second reflection service: the first answers
             self._server.add_registered_method_handlers(
                 service_name, {m: self._gate.gated(f"/{service_name}/{m}", h) for m, h in method_handlers.items()})
 
