@@ -26,7 +26,8 @@ PROGRAM = """
 import sys
 sys.path[:0] = [{kv!r}, {src!r}]
 from kv_plugin_def import HANDSHAKE, KVPlugin, _KVServicer
-from kvproto import kv_pb2_grpc
+import grpc
+from kvproto import kv_pb2, kv_pb2_grpc
 from plugbay import GRPCPlugin, ServeConfig, serve
 from plugbay._proto.grpc.health.v1 import health_pb2_grpc
 
@@ -50,6 +51,17 @@ class NoOwnService(GRPCPlugin):  # shares the service kv_a registered
         return None
 
 
+class PutOnly(GRPCPlugin):  # proto.KV split by method: kv_a's Get (and Put), this one's Put
+    def grpc_server(self, broker, server):
+        put = grpc.unary_unary_rpc_method_handler(lambda request, context: kv_pb2.Empty(),
+                                                  request_deserializer=kv_pb2.PutRequest.FromString,
+                                                  response_serializer=kv_pb2.Empty.SerializeToString)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("proto.KV", {{"Put": put}}),))
+
+    def grpc_client(self, broker, channel):
+        return None
+
+
 class OwnHealth(GRPCPlugin):  # plugbay's own health service, which the host's checks reach
     def grpc_server(self, broker, server):
         health_pb2_grpc.add_HealthServicer_to_server(health_pb2_grpc.HealthServicer(), server)
@@ -65,7 +77,7 @@ class KVTwice(KVPlugin):
 
 
 second = {{"two": KVPlugin(Fixed(b"B")), "shared": NoOwnService(), "health": OwnHealth(),
-           "twice": KVTwice(Fixed(b"A"))}}[sys.argv[1]]
+           "twice": KVTwice(Fixed(b"A")), "split": PutOnly()}}[sys.argv[1]]
 plugins = {{"kv_a": KVPlugin(Fixed(b"A"))}} if sys.argv[1] != "twice" else {{}}
 serve(ServeConfig(handshake=HANDSHAKE, plugins={{**plugins, "kv_b": second}}))
 """
@@ -87,6 +99,7 @@ def client(program: Path, case: str) -> Client:
     ("two", "plugin 'kv_a'"),
     ("twice", "plugin 'kv_b'"),
     ("health", "plugbay itself"),
+    ("split", "plugin 'kv_a'"),
 ])
 def test_a_service_registered_twice_fails_the_setup_naming_both(program: Path, case: str, first: str) -> None:
     host = client(program, case)
@@ -98,6 +111,7 @@ def test_a_service_registered_twice_fails_the_setup_naming_both(program: Path, c
     service = "grpc.health.v1.Health" if case == "health" else "proto.KV"
     assert f"gRPC service '{service}' is registered twice on the plugin's server: by {first}" in str(failed.value)
     assert "again by plugin 'kv_b'" in str(failed.value)
+    assert "even when each registers other methods of it" in str(failed.value)  # true of "split" too
 
 
 def test_the_setup_error_reaches_a_terminal_and_exits_1(program: Path) -> None:
@@ -105,7 +119,7 @@ def test_the_setup_error_reaches_a_terminal_and_exits_1(program: Path) -> None:
     done = subprocess.run([sys.executable, str(program), "two"], env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (1, "")  # no handshake line: a host reports the exit
-    assert "register each service once" in done.stderr.splitlines()[0]
+    assert "Register each service once" in done.stderr.splitlines()[0]
 
 
 def test_plugins_that_share_one_registration_serve(program: Path) -> None:

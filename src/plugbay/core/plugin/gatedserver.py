@@ -88,8 +88,9 @@ class ServiceNames:
             return False
         raise ConfigError(
             f"gRPC service {service!r} is registered twice on the plugin's server: by {earlier} and again by {owner}."
-            " gRPC would send every call for it to one of them (grpc-go refuses this too); register each service"
-            " once: plugins that share a service need one servicer between them, or a service each")
+            " A service name is one registration's: gRPC cannot route its calls by plugin, and grpc-go refuses a"
+            " second one too, even when each registers other methods of it. Register each service once: plugins"
+            " that share a service need one servicer between them, or a service each")
 
 
 class GatedServer(grpc.Server):  # type: ignore[misc]
