@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -83,3 +84,22 @@ def test_a_service_registered_twice_on_a_brokered_server_is_refused(
         assert counter.get("k") == 3
     finally:
         host.kill()
+
+
+def test_a_refused_batch_on_a_brokered_server_leaves_none_of_its_names_taken() -> None:
+    from concurrent import futures
+
+    from plugbay import BrokerError
+    from plugbay.core.broker.registrar import Registrar
+
+    def service(name: str) -> Any:
+        return grpc.method_handlers_generic_handler(name, {"M": grpc.unary_unary_rpc_method_handler(lambda r, c: b"")})
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        server = grpc.server(pool)
+        registrar = Registrar(server, lambda: None)  # sync handlers only: no loop asked for
+        registrar.add_generic_rpc_handlers((service("s.Taken"),))
+        with pytest.raises(BrokerError, match="'s.Taken' is registered twice"):
+            registrar.add_generic_rpc_handlers((service("s.Free"), service("s.Taken")))
+        registrar.add_generic_rpc_handlers((service("s.Free"),))  # never added: still free
+        server.stop(None)

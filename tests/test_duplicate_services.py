@@ -10,11 +10,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
-from plugbay import Client, ClientConfig, PluginExitedError
+from plugbay import Client, ClientConfig, ConfigError, PluginExitedError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -187,3 +190,25 @@ def test_two_plugins_that_each_register_reflection_serve_and_reflection_answers(
         host.kill()
     listed = {service.name for service in answers[0].list_services_response.service}
     assert listed == {"proto.KV", reflection.SERVICE_NAME}  # the first registration's, as gRPC served it before
+
+
+def one_method_service(name: str) -> Any:
+    return grpc.method_handlers_generic_handler(name, {"M": grpc.unary_unary_rpc_method_handler(lambda r, c: b"")})
+
+
+def test_a_refused_batch_leaves_none_of_its_names_taken() -> None:
+    from plugbay.core.plugin.gate import HandlerGate
+    from plugbay.core.plugin.gatedserver import GatedServer, ServiceNames
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        server = grpc.server(pool)
+        names = ServiceNames()
+        GatedServer(server, HandlerGate(1), names=names, owner="plugin 'a'").add_generic_rpc_handlers(
+            (one_method_service("s.Taken"),))
+        second = GatedServer(server, HandlerGate(1), names=names, owner="plugin 'b'")
+        with pytest.raises(ConfigError, match="'s.Taken' is registered twice"):
+            second.add_generic_rpc_handlers((one_method_service("s.Free"), one_method_service("s.Taken")))
+        second.add_generic_rpc_handlers((one_method_service("s.Free"),))  # never added: still free
+        with pytest.raises(ConfigError, match="'s.Free' is registered twice"):  # and now taken
+            second.add_generic_rpc_handlers((one_method_service("s.Free"),))
+        server.stop(None)

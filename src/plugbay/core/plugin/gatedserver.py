@@ -19,7 +19,7 @@ reflection is the exception: each plugin that opts into it registers it, and the
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -73,19 +73,27 @@ class ServiceNames:
         self._owners = {(way, name): "plugbay itself (a service of the go-plugin protocol)"
                         for name in own for way in ("generic", "registered")}
 
-    def claim(self, service: str, way: str, owner: str) -> bool:
-        """Notes ``owner``'s registration of ``service`` (``way``: generic or registered); a ConfigError if taken.
+    def claim(self, services: Sequence[str], way: str, owner: str) -> set[str]:
+        """Notes ``owner``'s registration of ``services`` (``way``: generic or registered), all or none: a
+        ConfigError, and nothing noted, if one is taken, so a refused batch leaves none of its names claimed.
 
-        False (nothing noted) for a second registration of server reflection, which its caller drops: each
-        plugin that opts into reflection registers it (docs/cli.md), and one reflection service per server
-        is all gRPC can serve; the first one answers, listing the services its plugin named."""
+        Returns the second registrations of server reflection, which its caller drops: each plugin that
+        opts into reflection registers it (docs/cli.md), and one reflection service per server is all gRPC
+        can serve; the first one answers, listing the services its plugin named."""
         with self._lock:
-            earlier = self._owners.get((way, service))
-            if earlier is None:
-                self._owners[(way, service)] = owner
-                return True
-        if service in REFLECTION_SERVICES:
-            return False
+            dropped: set[str] = set()
+            new: set[str] = set()
+            for service in services:
+                earlier = self._owners.get((way, service)) or (owner if service in new else None)
+                if earlier is None:
+                    new.add(service)
+                elif service in REFLECTION_SERVICES and service not in new:
+                    dropped.add(service)
+                else:
+                    break
+            else:
+                self._owners.update({(way, service): owner for service in new})
+                return dropped
         raise ConfigError(
             f"gRPC service {service!r} is registered twice on the plugin's server: by {earlier} and again by {owner}."
             " A service name is one registration's: gRPC cannot route its calls by plugin, and grpc-go refuses a"
@@ -121,20 +129,20 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
         with self._adding("add_generic_rpc_handlers"):
-            handlers = []
-            for handler in generic_rpc_handlers:  # an async handler that cannot run is refused now, not at its 1st call
-                service = method_table(handler)
-                if service is not None and not self._names.claim(service[0], "generic", self._owner):
-                    continue  # a second reflection service: the first answers
-                handlers.append(handler)
-                for path, one in (service[1] if service else {}).items():
+            handlers = tuple(generic_rpc_handlers)
+            tables = [method_table(handler) for handler in handlers]
+            for table in tables:  # an async handler that cannot run is refused now, not at its first call
+                for path, one in (table[1] if table else {}).items():
                     if is_async(one):
                         self._gate.gated(path, one)
+            dropped = self._names.claim([table[0] for table in tables if table is not None], "generic", self._owner)
+            handlers = tuple(handler for handler, table in zip(handlers, tables)  # a second reflection service:
+                             if table is None or table[0] not in dropped)  # the first one answers
             self._server.add_generic_rpc_handlers(tuple(Transformed(h, self._gate.gated) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         with self._adding("add_registered_method_handlers"):
-            if not self._names.claim(service_name, "registered", self._owner):
+            if self._names.claim([service_name], "registered", self._owner):
                 return  # a second reflection service: the first answers
             self._server.add_registered_method_handlers(
                 service_name, {m: self._gate.gated(f"/{service_name}/{m}", h) for m, h in method_handlers.items()})
