@@ -2,7 +2,8 @@
 
 With fd 1 closed, the next descriptor serve() opened took its number and the handshake line went there:
 the host waited for its start timeout while the plugin served unseen. With only sys.stdout closed (fd 1
-still open), serve()'s capture stopped at sys.stdout.reconfigure() with a ValueError traceback.
+still open), serve()'s capture stopped at sys.stdout.reconfigure() with a ValueError traceback, and in network
+mode (no capture) its flush of sys.stdout before the handshake line did.
 """
 
 from __future__ import annotations
@@ -65,3 +66,23 @@ def test_a_closed_sys_stdout_object_still_serves(tmp_path: Path) -> None:
         assert host.dispense(PLUGIN_NAME).get("k") == b"served"
     finally:
         host.kill()
+
+
+def test_a_closed_sys_stdout_object_still_serves_on_the_network(tmp_path: Path) -> None:
+    # serve() flushed sys.stdout before the handshake line: a ValueError out of the server's start, exit 1
+    import grpc
+    from kvproto import kv_pb2, kv_pb2_grpc
+
+    from tests.test_network_serve import NetPlugin
+
+    program = tmp_path / "closer.py"
+    program.write_text(PROGRAM.format(kv=str(REPO / "examples" / "kv"), src=str(REPO / "src")))
+    plugin = NetPlugin(tmp_path, {"PLUGBAY_NETWORK_LISTEN": "127.0.0.1:0", "PLUGBAY_NETWORK_INSECURE": "1"},
+                       argv=[sys.executable, str(program), "object"])  # raises if the plugin exits instead
+    try:
+        with grpc.insecure_channel(plugin.address) as channel:
+            got = kv_pb2_grpc.KVStub(channel).Get(kv_pb2.GetRequest(key="k"), timeout=20)
+    finally:
+        code, err = plugin.stop()
+    assert got.value == b"served"
+    assert code == 0, err

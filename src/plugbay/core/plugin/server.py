@@ -27,7 +27,6 @@ import copy
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -69,7 +68,7 @@ from plugbay.core.plugin.reattachwait import watch_host
 from plugbay.core.plugin.setupfail import fail_setup
 from plugbay.core.plugin.serveconfig import ServeConfig as ServeConfig  # re-exported: its public home
 from plugbay.core.plugin.serveconfig import protocol_version as protocol_version  # re-exported
-from plugbay.core.plugin.stdio import StdioCapture, closed_std_fd
+from plugbay.core.plugin.stdio import StdioCapture, closed_std_fd, flush_std
 from plugbay.core.plugin.stdioservice import StdioServicer
 from plugbay.core.plugin.stdioservice import add_to_server as add_stdio
 
@@ -255,8 +254,8 @@ class _PluginServer:
                                          self.stop)
             self.capture.start()
             self._logging.keep_stderr_writers()  # the program's own log handlers still reach the host's log
-        elif sys.stdout is not None:
-            sys.stdout.flush()
+        else:
+            flush_std()  # a closed sys.stdout object too (fd 1 may be open): the line goes to fd 1
         try:
             os.write(self.capture.original_stdout, (info.to_line() + "\n").encode())
         except OSError as exc:  # not a folder or port limit: serve()'s hint for OSError would mislead

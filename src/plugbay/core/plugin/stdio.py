@@ -83,7 +83,7 @@ class StdioCapture:
 
     def start(self) -> None:
         """Point fds 1 and 2 at pipes; everything written from now on is captured."""
-        _flush_std()
+        flush_std()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         self._saved = (os.dup(1), os.dup(2))
@@ -113,7 +113,7 @@ class StdioCapture:
         """Give fds 1 and 2 back, read what is left in the pipes, end the streams."""
         if self._saved is None:
             return
-        _flush_std()
+        flush_std()
         out_fd, err_fd = self._saved
         self._saved = None
         self._stopping.set()
@@ -266,7 +266,7 @@ class StdioCapture:
         Before Shutdown is answered: go-plugin's host closes the connection as soon as the answer
         comes, and what was still here or in grpcio's hands then never reached it."""
         deadline = time.monotonic() + timeout
-        _flush_std()  # what Python still buffers (a print() without a newline)
+        flush_std()  # what Python still buffers (a print() without a newline)
         while True:
             with self._read_lock:  # the pump reads only under it: a pipe seen empty here was read through
                 piped = _readable(self._readers)
@@ -354,7 +354,8 @@ def closed_std_fd() -> str | None:
     return None
 
 
-def _flush_std() -> None:
+def flush_std() -> None:
+    """Flushes sys.stdout and sys.stderr, each unless it is None, closed (a ValueError) or its fd is (OSError)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
