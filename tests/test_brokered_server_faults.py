@@ -34,7 +34,8 @@ class Raising:
 
 @pytest.mark.parametrize("exc", [SystemExit(4), KeyboardInterrupt(), GeneratorExit("closed")], ids=repr)
 def test_a_callback_raising_a_base_exception_answers_the_plugins_nested_call(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        exc: BaseException) -> None:
     monkeypatch.chdir(tmp_path)  # the counter plugin keeps its values in files there
     host = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
                                cmd=[sys.executable, str(REPO / "examples" / "counter" / "plugin.py")],
@@ -50,6 +51,9 @@ def test_a_callback_raising_a_base_exception_answers_the_plugins_nested_call(
         assert counter.get("k") == 2
     finally:
         host.kill()
+    # the host's callback failed on the host's brokered server: its record is the broker's, not "plugbay.server"
+    failures = [r.name for r in caplog.records if r.getMessage().startswith(f"a handler raised {exc!r}")]
+    assert failures == ["plugbay.broker"]
 
 
 class _Adder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from plugbay.errors import BrokerError
 
 if TYPE_CHECKING:
     from plugbay.core.transport.aiohandlers import LoopSource
+
+log = logging.getLogger("plugbay.broker")  # a brokered server's, on the host's side or the plugin's
 
 
 class Registrar(grpc.Server):  # type: ignore[misc]
@@ -66,10 +69,10 @@ class Registrar(grpc.Server):  # type: ignore[misc]
     def _adapted(self, method: str, handler: Any) -> Any:
         """``handler`` with its failures answered (a sys.exit() in it too), on the loop when ``async def``."""
         if not is_async(handler):
-            return answered(handler)
+            return answered(handler, log)
         from plugbay.core.transport.aiohandlers import sync_handler
 
-        return answered(sync_handler(method, handler, self._handler_loop()))
+        return answered(sync_handler(method, handler, self._handler_loop()), log)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         if service_name in self._services:

@@ -12,14 +12,18 @@ import grpc
 from plugbay.core.protocol.handlerstatus import mark_handler_status
 
 
-def answer_failure(context: grpc.ServicerContext, exc: BaseException, closed: bool = False) -> None:
+SERVER_LOG = logging.getLogger("plugbay.server")  # the plugin's own handlers' (core/plugin/gate.py)
+
+
+def answer_failure(context: grpc.ServicerContext, exc: BaseException, closed: bool = False,
+                   log: logging.Logger = SERVER_LOG) -> None:
     """Answer a handler's failure that grpcio would answer badly, or return (the caller re-raises ``exc``
     for grpcio: an Exception, or with ``closed`` the GeneratorExit of the caller's own generator's close,
     which is no failure: a handler's own GeneratorExit is a BaseException like the others). grpcio
     answers an Exception with UNKNOWN "Exception calling application: <repr>" (a failed nested call's
     status lost in a multi-line repr, where grpc-go passes a status error through) and lets any other
     BaseException (sys.exit(), KeyboardInterrupt, GeneratorExit) end its pool thread with the call never
-    answered: the host waited forever."""
+    answered: the host waited forever. ``log`` gets the record of a failure answered here."""
     if isinstance(exc, grpc.RpcError):
         code, details = getattr(exc, "code", None), getattr(exc, "details", None)
         if callable(code) and callable(details):
@@ -30,12 +34,12 @@ def answer_failure(context: grpc.ServicerContext, exc: BaseException, closed: bo
         return
     if isinstance(exc, Exception) or (closed and isinstance(exc, GeneratorExit)):
         return
-    logging.getLogger("plugbay.server").error("a handler raised %r; its call fails with UNKNOWN", exc,
-                                              exc_info=exc)
+    log.error("a handler raised %r; its call fails with UNKNOWN", exc, exc_info=exc)
     context.abort(grpc.StatusCode.UNKNOWN, f"the handler raised {exc!r}")
 
 
-def responses(handler_responses: Iterable[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+def responses(handler_responses: Iterable[Any], context: grpc.ServicerContext,
+              log: logging.Logger = SERVER_LOG) -> Iterator[Any]:
     """``yield from`` a streaming handler's responses, but a GeneratorExit its code raises while asked for
     the next one fails the call (UNKNOWN) as any BaseException does: grpcio would leave it unanswered, and
     ``yield from`` cannot tell it from a close() of the generator (its collection: grpcio never closes one),
@@ -47,7 +51,7 @@ def responses(handler_responses: Iterable[Any], context: grpc.ServicerContext) -
         except StopIteration:
             return
         except GeneratorExit as exc:  # the handler's own: no close() of this generator is under way
-            answer_failure(context, exc)
+            answer_failure(context, exc, log=log)
             raise
         try:
             yield answer
@@ -58,25 +62,26 @@ def responses(handler_responses: Iterable[Any], context: grpc.ServicerContext) -
             raise
 
 
-def answered(handler: Any) -> Any:
+def answered(handler: Any, log: logging.Logger) -> Any:
     """``handler`` (a grpc.RpcMethodHandler) with its failures answered as a plugin's gated handlers'
     are: for a brokered server's, which no gate wraps (a callback raising SystemExit left the other
-    side's nested call waiting for its deadline, or for ever)."""
+    side's nested call waiting for its deadline, or for ever). ``log``: the caller's (a brokered server
+    runs on either side)."""
     def unary(behavior: Any) -> Any:
         def run(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 return behavior(request, context)
             except BaseException as exc:
-                answer_failure(context, exc)
+                answer_failure(context, exc, log=log)
                 raise
         return run
 
     def streaming(behavior: Any) -> Any:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
-                yield from responses(behavior(request, context), context)
+                yield from responses(behavior(request, context), context, log)
             except BaseException as exc:
-                answer_failure(context, exc, closed=True)
+                answer_failure(context, exc, closed=True, log=log)
                 raise
         return run
 
