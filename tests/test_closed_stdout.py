@@ -86,3 +86,30 @@ def test_a_closed_sys_stdout_object_still_serves_on_the_network(tmp_path: Path) 
         code, err = plugin.stop()
     assert got.value == b"served"
     assert code == 0, err
+
+
+CLOSED_STDERR = """
+import os, sys
+sys.path[:0] = [{kv!r}, {src!r}]
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin
+from plugbay import ServeConfig, serve
+
+os.close(2)
+try:
+    serve(ServeConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: KVPlugin()}}))
+except BaseException as exc:
+    print(type(exc).__name__, getattr(exc, "code", None), flush=True)
+"""
+
+
+def test_a_closed_stderr_descriptor_still_ends_the_setup_with_exit_1(tmp_path: Path) -> None:
+    # the setup error's flush to the closed fd 2 raised OSError out of serve() instead of its SystemExit(1)
+    import os
+    import subprocess
+
+    program = tmp_path / "closes_stderr.py"
+    program.write_text(CLOSED_STDERR.format(kv=str(REPO / "examples" / "kv"), src=str(REPO / "src")))
+    env = {**os.environ, HANDSHAKE.magic_cookie_key: HANDSHAKE.magic_cookie_value, "PLUGIN_PROTOCOL_VERSIONS": "1"}
+    done = subprocess.run([sys.executable, str(program)], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout == "SystemExit 1\n"

@@ -22,8 +22,11 @@ def fail_setup(message: str, hclog: bool = False) -> None:
     if hclog:
         record = logging.LogRecord("plugbay.server", logging.ERROR, __file__, 0, message.strip(), None, None)
         message += HclogFormatter().format(record).replace("\n", "\\n") + "\n"
-    sys.stderr.write(message)
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(message)
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):  # None, closed, or its fd 2 closed: the exit code still tells
+        pass
     raise SystemExit(1)
 
 
