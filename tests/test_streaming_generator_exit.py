@@ -39,6 +39,9 @@ class Closing(streaming_pb2_grpc.StreamerServicer):
     def GetStats(self, request, context):
         raise GeneratorExit("a helper generator was closed")
 
+    def Echo(self, request_iterator, context):  # a plain function: raises when called, no generator made
+        raise GeneratorExit("a helper generator was closed")
+
 
 serve(ServeConfig(handshake=HANDSHAKE, plugins={{PLUGIN_NAME: StreamerPlugin(Closing())}}))
 """
@@ -62,6 +65,13 @@ def test_a_handlers_own_generator_exit_fails_a_server_stream(streamer: Any) -> N
         for chunk in streamer.stub.Generate(streaming_pb2.GenerateRequest(count=1, size=1), timeout=20):
             got.append(chunk.seq)
     assert got == [1]
+    assert failed.value.code() is grpc.StatusCode.UNKNOWN  # answered, not the 20 s deadline
+    assert failed.value.details() == "the handler raised GeneratorExit('a helper generator was closed')"
+
+
+def test_a_plain_streaming_handlers_own_generator_exit_fails_its_call(streamer: Any) -> None:
+    with pytest.raises(grpc.RpcError) as failed:
+        list(streamer.stub.Echo(iter([streaming_pb2.Chunk(seq=1)]), timeout=20))
     assert failed.value.code() is grpc.StatusCode.UNKNOWN  # answered, not the 20 s deadline
     assert failed.value.details() == "the handler raised GeneratorExit('a helper generator was closed')"
 

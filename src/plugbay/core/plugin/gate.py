@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from plugbay.core.transport.handlerfail import answer_failure, responses
+from plugbay.core.transport.handlerfail import answer_failure, called, responses
 from plugbay.core.plugin.slotwait import GONE, SLOT_WAIT, STOPPING, WAITED, Slots, take_token
 from plugbay.core.plugin.peershare import PeerShares, peer_address, share_of
 from plugbay.core.protocol.notsent import echo_not_sent
@@ -247,7 +247,7 @@ class HandlerGate:
             peer = self._enter(context)
             if track is None:
                 try:
-                    yield from responses(behavior(request, context), context)
+                    yield from responses(called(behavior, request, context), context)
                 except BaseException as exc:
                     answer_failure(context, exc, closed=True)
                     raise
@@ -256,7 +256,7 @@ class HandlerGate:
                 return
             with track(context) as outlived:
                 try:
-                    yield from responses(behavior(request, context), context)
+                    yield from responses(called(behavior, request, context), context)
                 except BaseException as exc:
                     answer_failure(context, exc, closed=True)
                     raise

@@ -38,6 +38,17 @@ def answer_failure(context: grpc.ServicerContext, exc: BaseException, closed: bo
     context.abort(grpc.StatusCode.UNKNOWN, f"the handler raised {exc!r}")
 
 
+def called(behavior: Any, request: Any, context: grpc.ServicerContext, log: logging.Logger = SERVER_LOG) -> Any:
+    """``behavior(request, context)`` for a streaming handler's wrapper generator: a GeneratorExit it raises
+    (a plain function's, not a generator's) is its own, answered (UNKNOWN) as any BaseException: no close()
+    of the wrapper can be under way while the wrapper runs it, and the wrapper's handler would let it pass."""
+    try:
+        return behavior(request, context)
+    except GeneratorExit as exc:
+        answer_failure(context, exc, log=log)
+        raise
+
+
 def responses(handler_responses: Iterable[Any], context: grpc.ServicerContext,
               log: logging.Logger = SERVER_LOG) -> Iterator[Any]:
     """``yield from`` a streaming handler's responses, but a GeneratorExit its code raises while asked for
@@ -79,7 +90,7 @@ def answered(handler: Any, log: logging.Logger) -> Any:
     def streaming(behavior: Any) -> Any:
         def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
-                yield from responses(behavior(request, context), context, log)
+                yield from responses(called(behavior, request, context, log), context, log)
             except BaseException as exc:
                 answer_failure(context, exc, closed=True, log=log)
                 raise
