@@ -59,14 +59,16 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
 
     No wait helps a certificate the other side refused or a CA that did not sign its certificate: the
     library's pool fails such a call at once, and so does the command line rather than at --timeout. A
-    failure that is no definite TLS one (refused, cut short, a silent peer) is left to the call's own wait.
+    failure that is no definite TLS one (refused, cut short, a silent peer) is left to the call's own wait,
+    and so is the plugin's certificate out of its dates by this host's clock: a plugin mid-renewal, a few
+    seconds of clock skew, is reached once the date passes (the call names the cause at its end).
 
     Plaintext (``insecure``) to a TLS server reads as a connection cut short during setup, as a plugin
     restarting does: the library's TLS probe of ``endpoint`` (plugbay.network.tlsprobe, the pool's own
     judgement) tells them apart, and a peer that answers a TLS handshake is said at once too.
     """
     from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-    from plugbay.network.tls import cut_short
+    from plugbay.network.tls import PEER_CERT_DATES, cut_short, tls_failure
 
     changed = threading.Condition()
     states: list[grpc.ChannelConnectivity] = []
@@ -100,6 +102,9 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
                 stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
             except grpc.RpcError as exc:
                 detail = f"UNAVAILABLE: {exc.details()}"
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and tls_failure(detail, tls=not insecure) \
+                        in PEER_CERT_DATES:
+                    continue  # the plugin's certificate's date may yet pass: --timeout's wait names it at its end
                 refused = tls_refusal(detail, target, insecure) if exc.code() == grpc.StatusCode.UNAVAILABLE \
                     else None
                 if refused is None and insecure and endpoint is not None and cut_short(detail):

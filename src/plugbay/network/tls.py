@@ -26,13 +26,17 @@ _NO_NAME = ("the plugin's certificate does not name server_name: pass the name i
 # One wording, however the refusal reached this host (an alert over gRPC or the TLS probe, or the close after it)
 _DISTRUSTED = ("the plugin refused the host's certificate (cert_file signed by a CA it does not trust, or no"
                " certificate given)")
+_PEER_EXPIRED = ("the plugin's certificate has expired: renew it (cert-manager or the plugin's operator), and"
+                 " check that this host's clock is right")
+_PEER_NOT_YET = "the plugin's certificate is not valid yet: check this host's clock and the certificate's notBefore"
+# The plugin's certificate out of its dates by this host's clock: definite for this handshake, yet a date
+# passes (a renewal served a few seconds early, a little clock skew), so a wait for a target coming up
+# (the command line's --timeout) may still see it pass
+PEER_CERT_DATES = frozenset({_PEER_EXPIRED, _PEER_NOT_YET})
 # What gRPC says when TLS fails, and what plugbay tells the user about it.
 _TLS_SIGNS = (
     # OpenSSL's verify reasons first: they come after CERTIFICATE_VERIFY_FAILED in the same details
-    ("certificate has expired", "the plugin's certificate has expired: renew it (cert-manager or the plugin's"
-                                " operator), and check that this host's clock is right"),
-    ("certificate is not yet valid", "the plugin's certificate is not valid yet: check this host's clock and"
-                                     " the certificate's notBefore"),
+    ("certificate has expired", _PEER_EXPIRED), ("certificate is not yet valid", _PEER_NOT_YET),
     ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "the plugin refused the host's certificate (cert_file) as expired:"
                                         " renew it"),
     # Python's ssl (a multiplexed endpoint's TLS probe, plugbay.network.tlsprobe) on the plugin's name

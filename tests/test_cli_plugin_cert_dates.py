@@ -1,0 +1,53 @@
+"""`plugbay health` against a plugin whose certificate is out of its dates by this host's clock.
+
+The command line ended at once (exit 2) on the plugin's certificate "not valid yet", where a plugin
+mid-renewal served a few seconds early (or a little clock skew) is reached once the date passes, which the
+command did before within its --timeout. Such a date failure now waits like any target coming up, and is
+named (exit 2) only when --timeout ran out. The KV example served in network mode over mTLS on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+
+from tests import netcerts
+from tests.cli_util import plugbay
+from tests.test_network_broker import CounterReplica, host_tls
+from tests.test_network_serve_lapsed_cert import KV_PLUGIN, dated_server_set
+
+_SOON = 8.0  # seconds from the certificate's making to its notBefore
+
+
+def _flags(certs: netcerts.CertSet) -> list[str]:
+    tls = host_tls(certs)
+    return ["--cert", str(tls.cert_file), "--key", str(tls.key_file), "--ca", tls.ca_file]
+
+
+def test_a_plugin_certificate_valid_in_a_few_seconds_is_reached_within_the_timeout(tmp_path: Path) -> None:
+    certs = dated_server_set(tmp_path / "tls", (_SOON / 86400, 30))
+    valid_from = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=_SOON)
+    replica = CounterReplica(tmp_path / "kv", certs, script=KV_PLUGIN)
+    try:
+        asked = datetime.datetime.now(datetime.timezone.utc)
+        said = plugbay("health", f"static:///{replica.address}", *_flags(certs), "--timeout", "60", timeout=200)
+    finally:
+        replica.stop()
+        shutil.rmtree(replica.tmp, ignore_errors=True)
+    assert asked < valid_from, "the plugin took its whole notBefore margin to start: nothing was tested"
+    assert said.returncode == 0 and said.stdout.startswith("SERVING"), said
+
+
+def test_a_plugin_certificate_out_of_its_dates_is_named_at_the_timeout(tmp_path: Path) -> None:
+    certs = dated_server_set(tmp_path / "tls", (-30, -1))
+    replica = CounterReplica(tmp_path / "kv", certs, script=KV_PLUGIN)
+    try:
+        said = plugbay("health", f"static:///{replica.address}", *_flags(certs), "--timeout", "2")
+    finally:
+        replica.stop()
+        shutil.rmtree(replica.tmp, ignore_errors=True)
+    err = said.stdout + said.stderr
+    assert said.returncode == 2, said
+    assert "TLS with " in err and "the plugin's certificate has expired" in err, err
+    assert "Traceback" not in err, err
