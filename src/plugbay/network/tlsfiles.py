@@ -26,7 +26,7 @@ import threading
 
 import grpc
 
-from plugbay.core.transport.certfiles import key_fits, load_chain_pem, whole_pem
+from plugbay.core.transport.certfiles import key_fits, load_chain_pem, validity, whole_pem
 from plugbay.errors import TLSConfigError
 
 log = logging.getLogger("plugbay.network.tls")
@@ -183,8 +183,7 @@ def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet
         raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} and key_file {key_file!r} cannot be used"
                              " together (the key does not belong to the certificate); pass a certificate and"
                              " its own key (renew both files together)")
-    dates = (chain[0].not_valid_before_utc, chain[0].not_valid_after_utc)
-    return ClientSet(ca, cert, key, (cert_file, key_file), dates)
+    return ClientSet(ca, cert, key, (cert_file, key_file), validity(chain[0]))
 
 
 def _load_typed(paths: tuple[str | None, str | None, str]) -> ClientSet:

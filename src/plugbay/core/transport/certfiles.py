@@ -23,6 +23,7 @@ keys, so such files are refused with a TLSConfigError up front either way.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import re
@@ -134,21 +135,30 @@ def load(files: TLSFiles) -> LoadedTLS:
     return LoadedTLS(cert_pem, key_pem, ca_clean)
 
 
+def validity(cert: Any) -> tuple[datetime.datetime, datetime.datetime] | None:
+    """``cert``'s notBefore and notAfter; None when they cannot be read as dates (cryptography loads a
+    GeneralizedTime of year 0000 but cannot make it a datetime): no date note then, the TLS stacks judge."""
+    try:
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    except (ValueError, OverflowError):
+        return None
+
+
 def _warn_if_lapsed(cert: Any, path: str) -> None:
     """A certificate out of its dates still serves (a renewal may be on its way, and is taken when the files
     change), but every host refuses it and says so only on its own side: the operator reading this plugin's
     log learned nothing. Said once per set read (at the start, and each change)."""
-    import datetime
-
+    valid = validity(cert)
+    if valid is None:
+        return
     now = datetime.datetime.now(datetime.timezone.utc)
-    if now > cert.not_valid_after_utc:
+    before, after = valid
+    if now > after:
         log.warning("the certificate in %r expired at %s UTC: every host will refuse it; renew it (cert-manager,"
-                    " or whoever issues it), and check this machine's clock", path,
-                    f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}")
-    elif now < cert.not_valid_before_utc:
+                    " or whoever issues it), and check this machine's clock", path, f"{after:%Y-%m-%d %H:%M:%S}")
+    elif now < before:
         log.warning("the certificate in %r is not valid until %s UTC: hosts will refuse it until then; check"
-                    " this machine's clock and the certificate's notBefore", path,
-                    f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}")
+                    " this machine's clock and the certificate's notBefore", path, f"{before:%Y-%m-%d %H:%M:%S}")
 
 
 def whole_pem(data: bytes, certificates: int) -> bool:

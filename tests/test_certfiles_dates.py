@@ -1,0 +1,93 @@
+"""A served certificate's dates, as the serving side (CertFiles) and the host side (NetworkTLS) read them.
+
+- A certificate whose date cryptography loads but cannot make a datetime of (GeneralizedTime year 0000)
+  crashed serve() at its start (ValueError), and the host's NetworkTLS refused files it took before.
+Real files, real TLS connections through a TLSRelay; a KV plugin served on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from plugbay.core.transport.relay import TLSRelay
+from plugbay.network.tls import NetworkTLS
+from tests import netcerts
+from tests.test_network_broker import CounterReplica
+from tests.test_network_serve_lapsed_cert import KV_PLUGIN
+from tests.test_tlsrelay import echo_server  # noqa: F401  (the fixture)
+
+_FAR = datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc)  # GeneralizedTime in DER: its year is edited
+
+
+def _dated(ca: netcerts.Issued, not_before: datetime.datetime, not_after: datetime.datetime, *,
+           server: bool = True, year_zero: bool = False) -> tuple[bytes, bytes]:
+    """A certificate (PEM) for localhost/127.0.0.1 and its key; ``year_zero``: its notAfter (``_FAR``) made year
+    0000 in the DER (the signature no longer matches: cryptography loads without verifying)."""
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+               .issuer_name(ca.cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                           x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                              critical=False)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
+                                                     else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    der = builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    if year_zero:
+        assert der.count(b"21000101000000Z") == 1
+        der = der.replace(b"21000101000000Z", b"00000101000000Z")
+    pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+    return pem, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+
+
+def _write(certs: netcerts.CertSet, cert_key: tuple[bytes, bytes]) -> None:
+    certs.cert_file.write_bytes(cert_key[0] + certs.server_ca.cert_pem)
+    certs.key_file.write_bytes(cert_key[1])
+
+
+def _dates_warned(caplog: pytest.LogCaptureFixture, certs: netcerts.CertSet) -> list[str]:
+    return [r.getMessage() for r in caplog.records if f"the certificate in {str(certs.cert_file)!r}" in r.getMessage()]
+
+
+def _connect(relay: TLSRelay) -> None:
+    """One connection accepted by the relay: its provider (CertFiles.ssl_context) runs for its handshake."""
+    host, _, port = relay.address[1].rpartition(":")
+    socket.create_connection((host, int(port)), timeout=10).close()
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def test_serve_starts_with_a_certificate_dated_year_zero(tmp_path: Path) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    _write(certs, _dated(certs.server_ca, _now() - datetime.timedelta(minutes=5), _FAR, year_zero=True))
+    replica = CounterReplica(tmp_path / "kv", certs, script=KV_PLUGIN)  # raised "counter plugin exited"
+    try:
+        code, err = replica.stop()
+    finally:
+        shutil.rmtree(replica.tmp, ignore_errors=True)
+    assert code == 0 and "Traceback" not in err and "the certificate in" not in err, err
+
+
+def test_the_host_takes_a_certificate_dated_year_zero(tmp_path: Path) -> None:
+    ca = netcerts.make_ca("client CA")
+    cert, key = _dated(ca, _now() - datetime.timedelta(minutes=5), _FAR, server=False, year_zero=True)
+    (tmp_path / "host.crt").write_bytes(cert)
+    (tmp_path / "host.key").write_bytes(key)
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    taken = NetworkTLS(str(tmp_path / "host.crt"), str(tmp_path / "host.key"), str(tmp_path / "ca.crt")).files()
+    assert taken.cert_pem == cert and taken.lapsed() == ""
