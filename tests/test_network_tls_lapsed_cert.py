@@ -27,6 +27,7 @@ from tests.net_util import HANDSHAKE, PLUGINS, SERVER_NAME, Replica, make_pki
 from tests.test_network_broker import REPO, CounterReplica
 
 from plugbay import NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
+from plugbay.network.tls import tls_failure, with_lapsed_cert
 
 
 @dataclass
@@ -105,9 +106,26 @@ def test_a_host_certificate_out_of_its_dates_is_named(served: Served, tmp_path: 
     cert, key = client_cert(served, tmp_path, dates)
     text = refusal(served, cert, key, brokered)
     assert f"this host's certificate (cert_file {cert!r}) {said}" in text, text
+    words = text.replace(cert, "")  # its folder may name the test
+    assert words.count("renew it") <= 1 and words.count("expired") <= 1, text  # the date and advice said once
 
 
 def test_a_certificate_in_its_dates_gets_no_such_note(served: Served) -> None:
     """A refusal of a current certificate (another CA's) says nothing of dates."""
     text = refusal(served, *served.stranger)
     assert "this host's certificate (cert_file" not in text, text
+
+
+def test_the_expired_alert_names_the_date_and_what_to_do_once(served: Served, tmp_path: Path) -> None:
+    """A plugin whose TLS sends the "certificate expired" alert (TLS 1.2) named it twice: "as expired: renew
+    it; ... expired at ...: renew it"."""
+    cert, key = client_cert(served, tmp_path, (-30, -1))
+    tls = NetworkTLS(cert, key, served.server_ca_file, server_name=served.server_name)
+    tls.files()  # the set a connection is made with
+    meaning = tls_failure("failed to connect: SSLV3_ALERT_CERTIFICATE_EXPIRED", tls=True)
+    assert meaning is not None
+    text = with_lapsed_cert(meaning, tls)
+    assert text.startswith("the plugin refused the host's certificate"), text
+    assert f"this host's certificate (cert_file {cert!r}) expired at" in text, text
+    words = text.replace(cert, "")  # its folder names the test
+    assert words.count("expired") == 1 and words.count("renew it") == 1, text

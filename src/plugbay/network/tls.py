@@ -33,12 +33,13 @@ _PEER_NOT_YET = "the plugin's certificate is not valid yet: check this host's cl
 # passes (a renewal served a few seconds early, a little clock skew), so a wait for a target coming up
 # (the command line's --timeout) may still see it pass
 PEER_CERT_DATES = frozenset({_PEER_EXPIRED, _PEER_NOT_YET})
+_REFUSED = "the plugin refused the host's certificate (cert_file)"
+_REFUSED_EXPIRED = f"{_REFUSED} as expired: renew it"
 # What gRPC says when TLS fails, and what plugbay tells the user about it.
 _TLS_SIGNS = (
     # OpenSSL's verify reasons first: they come after CERTIFICATE_VERIFY_FAILED in the same details
     ("certificate has expired", _PEER_EXPIRED), ("certificate is not yet valid", _PEER_NOT_YET),
-    ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "the plugin refused the host's certificate (cert_file) as expired:"
-                                        " renew it"),
+    ("SSLV3_ALERT_CERTIFICATE_EXPIRED", _REFUSED_EXPIRED),
     # Python's ssl (a multiplexed endpoint's TLS probe, plugbay.network.tlsprobe) on the plugin's name
     ("Hostname mismatch", _NO_NAME), ("IP address mismatch", _NO_NAME),
     ("CERTIFICATE_VERIFY_FAILED", "the plugin's certificate is not signed by the CA given (ca_file),"
@@ -49,7 +50,7 @@ _TLS_SIGNS = (
     ("WRONG_VERSION_NUMBER", "the plugin speaks plaintext: connect with insecure=True, or serve it with TLS"),
     ("CERTIFICATE_REQUIRED", "the plugin wants a client certificate: pass cert_file and key_file"),
     ("TLSV1_ALERT_UNKNOWN_CA", _DISTRUSTED),
-    ("SSLV3_ALERT_BAD_CERTIFICATE", "the plugin refused the host's certificate (cert_file)"),
+    ("SSLV3_ALERT_BAD_CERTIFICATE", _REFUSED),
     # TLS 1.3: an OpenSSL server (serve()'s brokering front) refuses the client certificate just after the
     # handshake; grpcio then fails to decrypt that alert
     ("Unwrap failed (TSI_DATA_CORRUPTED)", _DISTRUSTED),
@@ -121,14 +122,15 @@ def with_lapsed_cert(meaning: str, tls: NetworkTLS | None) -> str:
     """``meaning`` of a refusal of this host's certificate, with why when the certificate is out of its dates
     (expired, not valid yet): the plugin's refusal names no reason (TLS 1.3's alert reaches gRPC as a bare
     decryption failure, gRPC's own TLS just closes), and "signed by a CA it does not trust" sent the user
-    to the wrong file."""
+    to the wrong file. Runs under the pool's lock: the set held is judged, no file is read."""
     if tls is None or "host's certificate" not in meaning:
         return meaning
-    try:
-        lapsed = tls.files().lapsed()
-    except ConfigError:
+    held = tls._files.held()  # the set the connections were made with; files() may read them, under a lock
+    lapsed = held.lapsed() if held is not None else ""
+    if not lapsed:
         return meaning
-    return f"{meaning}; {lapsed}" if lapsed else meaning
+    # the date and what to do follow: the expired alert's own "as expired: renew it" would say it twice
+    return f"{_REFUSED if meaning == _REFUSED_EXPIRED else meaning}; {lapsed}"
 
 
 def tls_failure(details: str, *, tls: bool) -> str | None:

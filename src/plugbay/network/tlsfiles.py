@@ -18,7 +18,6 @@ own files: plugbay.core.transport.certfiles.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import ssl
@@ -26,7 +25,7 @@ import threading
 
 import grpc
 
-from plugbay.core.transport.certfiles import key_fits, load_chain_pem, validity, whole_pem
+from plugbay.core.transport.certfiles import Validity, key_fits, load_chain_pem, out_of_dates, validity, whole_pem
 from plugbay.errors import TLSConfigError
 
 log = logging.getLogger("plugbay.network.tls")
@@ -46,7 +45,7 @@ class ClientSet:
 
     def __init__(self, ca_pem: bytes, cert_pem: bytes | None, key_pem: bytes | None,
                  paths: tuple[str, str] | None = None,
-                 valid: tuple[datetime.datetime, datetime.datetime] | None = None) -> None:
+                 valid: Validity | None = None) -> None:
         self.ca_pem, self.cert_pem, self.key_pem = ca_pem, cert_pem, key_pem
         self._paths = paths  # cert_file and key_file, where these bytes were read
         self._valid = valid  # the certificate's notBefore and notAfter (UTC)
@@ -58,17 +57,9 @@ class ClientSet:
         """Why this set's certificate cannot be taken now by its dates ("": it can, or there is none): what
         the plugin's refusal means when it came for that, which its alert does not say (TLS 1.3's refusal
         reaches gRPC as a bare decryption failure), checked with this host's own clock."""
-        if self._valid is None or self._paths is None:
+        if self._paths is None:
             return ""
-        now = datetime.datetime.now(datetime.timezone.utc)
-        before, after = self._valid
-        if now > after:
-            return (f"this host's certificate (cert_file {self._paths[0]!r}) expired at {after:%Y-%m-%d %H:%M:%S}"
-                    " UTC: renew it, and check that this host's clock is right")
-        if now < before:
-            return (f"this host's certificate (cert_file {self._paths[0]!r}) is not valid until"
-                    f" {before:%Y-%m-%d %H:%M:%S} UTC: check this host's clock and the certificate's notBefore")
-        return ""
+        return out_of_dates(self._valid, f"this host's certificate (cert_file {self._paths[0]!r})")
 
     def credentials(self) -> grpc.ChannelCredentials:
         with self._lock:
@@ -224,6 +215,11 @@ class ClientFiles:
             return tuple(_stamp(p) for p in self._paths)
         except OSError:
             return None  # a file missing: mid-swap, or gone (then read below, for its error)
+
+    def held(self) -> ClientSet | None:
+        """The set last taken, as it is (None: none yet): no stat, no read, no lock, for a caller holding its
+        own (a pool's, building an error that names the presented certificate's dates)."""
+        return self._good
 
     def current(self) -> ClientSet:
         """The set to make a new connection with: re-read when the files changed since the last one."""

@@ -53,6 +53,9 @@ class TLSFiles:
     client_ca_file: str
 
 
+Validity = tuple[datetime.datetime, datetime.datetime]  # a certificate's notBefore and notAfter, UTC
+
+
 @dataclass(frozen=True)
 class LoadedTLS:
     cert_pem: bytes
@@ -135,7 +138,7 @@ def load(files: TLSFiles) -> LoadedTLS:
     return LoadedTLS(cert_pem, key_pem, ca_clean)
 
 
-def validity(cert: Any) -> tuple[datetime.datetime, datetime.datetime] | None:
+def validity(cert: Any) -> Validity | None:
     """``cert``'s notBefore and notAfter; None when they cannot be read as dates (cryptography loads a
     GeneralizedTime of year 0000 but cannot make it a datetime): no date note then, the TLS stacks judge."""
     try:
@@ -144,21 +147,30 @@ def validity(cert: Any) -> tuple[datetime.datetime, datetime.datetime] | None:
         return None
 
 
+def out_of_dates(valid: Validity | None, what: str) -> str:
+    """Why the certificate (``what``: how to name it) cannot be taken now by its dates, by this machine's
+    clock, and what to do; "" when it can (or its dates are unknown). The one wording of both sides."""
+    if valid is None:
+        return ""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    before, after = valid
+    if now > after:
+        return (f"{what} expired at {after:%Y-%m-%d %H:%M:%S} UTC: renew it (cert-manager, or whoever issues it),"
+                " and check that this machine's clock is right")
+    if now < before:
+        return (f"{what} is not valid until {before:%Y-%m-%d %H:%M:%S} UTC: check this machine's clock and the"
+                " certificate's notBefore")
+    return ""
+
+
 def _warn_if_lapsed(cert: Any, path: str) -> None:
     """A certificate out of its dates still serves (a renewal may be on its way, and is taken when the files
     change), but every host refuses it and says so only on its own side: the operator reading this plugin's
     log learned nothing. Said once per set read (at the start, and each change)."""
-    valid = validity(cert)
-    if valid is None:
-        return
-    now = datetime.datetime.now(datetime.timezone.utc)
-    before, after = valid
-    if now > after:
-        log.warning("the certificate in %r expired at %s UTC: every host will refuse it; renew it (cert-manager,"
-                    " or whoever issues it), and check this machine's clock", path, f"{after:%Y-%m-%d %H:%M:%S}")
-    elif now < before:
-        log.warning("the certificate in %r is not valid until %s UTC: hosts will refuse it until then; check"
-                    " this machine's clock and the certificate's notBefore", path, f"{before:%Y-%m-%d %H:%M:%S}")
+    words = out_of_dates(validity(cert), f"the certificate in {path!r}")
+    if words:
+        log.warning("%s; every host refuses it meanwhile (it still serves: a renewed set is taken when the"
+                    " files change)", words)
 
 
 def whole_pem(data: bytes, certificates: int) -> bool:
