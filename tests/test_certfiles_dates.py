@@ -1,5 +1,10 @@
 """A served certificate's dates, as the serving side (CertFiles) and the host side (NetworkTLS) read them.
 
+- A certificate that lapses while the process serves was never warned of: the check ran only as a set was
+  read. Each handshake (CertFiles.ssl_context, a TLSRelay's provider per accepted connection) now compares
+  the set's dates with the clock, and warns once per set.
+- A set read again because its files were touched (same bytes), or a rejected one, warned again; now the
+  warning is said once per set taken.
 - A certificate whose date cryptography loads but cannot make a datetime of (GeneralizedTime year 0000)
   crashed serve() at its start (ValueError), and the host's NetworkTLS refused files it took before.
 Real files, real TLS connections through a TLSRelay; a KV plugin served on 127.0.0.1.
@@ -8,8 +13,11 @@ Real files, real TLS connections through a TLSRelay; a KV plugin served on 127.0
 from __future__ import annotations
 
 import datetime
+import logging
+import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from plugbay.core.transport import certfiles, sockets
 from plugbay.core.transport.relay import TLSRelay
 from plugbay.network.tls import NetworkTLS
 from tests import netcerts
@@ -70,6 +79,61 @@ def _connect(relay: TLSRelay) -> None:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+def test_a_certificate_that_lapses_while_serving_is_warned_of_once(tmp_path: Path, echo_server: str,  # noqa: F811
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    ends = _now() + datetime.timedelta(seconds=3)
+    _write(certs, _dated(certs.server_ca, _now() - datetime.timedelta(minutes=5), ends))
+    caplog.set_level(logging.WARNING, logger="plugbay.network.tls")
+    provider = certfiles.CertFiles(certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file),
+                                                      str(certs.client_ca_file)))
+    relay = TLSRelay(sockets.open_listener("tcp", "127.0.0.1:0"), ("unix", echo_server), provider.ssl_context,
+                     "terminate")
+    try:
+        started = _now()
+        while _now() <= ends + datetime.timedelta(seconds=1):  # the certificate lapses while the relay serves
+            time.sleep(0.2)
+        for _ in range(5):
+            _connect(relay)
+        while len(_dates_warned(caplog, certs)) < 1 and _now() < ends + datetime.timedelta(seconds=30):
+            time.sleep(0.05)  # the provider runs on the relay's thread
+        for _ in range(5):
+            _connect(relay)
+    finally:
+        relay.close()
+    assert started < ends, "the set was read after it lapsed: nothing was tested"
+    warned = _dates_warned(caplog, certs)
+    assert len(warned) == 1 and "expired at" in warned[0], warned
+
+
+def test_a_reload_warns_once_per_set_taken(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    old = _now() - datetime.timedelta(days=30), _now() - datetime.timedelta(days=1)
+    _write(certs, _dated(certs.server_ca, *old))
+    caplog.set_level(logging.WARNING, logger="plugbay.network.tls")
+    provider = certfiles.CertFiles(certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file),
+                                                      str(certs.client_ca_file)), openssl=False)
+    assert provider.fetch() is None and len(_dates_warned(caplog, certs)) == 1
+    # touched, not changed (a Secret's mount swapped to the same content): no new set, no new warning
+    for f in (certs.cert_file, certs.key_file):
+        st = os.stat(f)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert provider.fetch() is None and provider.fetch() is None
+    assert len(_dates_warned(caplog, certs)) == 1, _dates_warned(caplog, certs)
+    # another expired set is taken: warned of once, however many handshakes follow
+    _write(certs, _dated(certs.server_ca, *old))
+    assert provider.fetch() is not None and provider.reloads == 1
+    for _ in range(3):
+        assert provider.fetch() is None
+    assert len(_dates_warned(caplog, certs)) == 2, _dates_warned(caplog, certs)
+    # a set cut short is refused (its own warning), and says nothing of dates
+    full = certs.cert_file.read_bytes()
+    certs.cert_file.write_bytes(full[: len(full) // 2])
+    assert provider.fetch() is None and provider.fetch() is None
+    assert any("not usable yet" in r.getMessage() for r in caplog.records)
+    assert len(_dates_warned(caplog, certs)) == 2, _dates_warned(caplog, certs)
 
 
 def test_serve_starts_with_a_certificate_dated_year_zero(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ import datetime
 import ipaddress
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +60,8 @@ def test_serve_warns_of_its_certificate_out_of_its_dates(tmp_path: Path, days: t
     certs = dated_server_set(tmp_path / "tls", days)
     replica = CounterReplica(tmp_path / "kv", certs, script=KV_PLUGIN)
     try:
+        for _ in range(3):  # handshakes: each one checks the set's dates again, and says nothing new
+            handshake(replica.address, certs)
         code, err = replica.stop()  # it served (its handshake line came), and stops as usual
     finally:
         shutil.rmtree(replica.tmp, ignore_errors=True)
@@ -87,9 +91,28 @@ def test_the_gateway_warns_too(tmp_path: Path, days: tuple[int, int], said: str)
         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     try:
         assert gateway.stdout is not None
-        assert gateway.stdout.readline().startswith("listening tcp "), gateway.stderr
+        line = gateway.stdout.readline()
+        assert line.startswith("listening tcp "), gateway.stderr
+        for _ in range(3):  # handshakes: each one checks the set's dates again, and says nothing new
+            handshake(line.split()[2], certs)
     finally:
         gateway.terminate()
         _, err = gateway.communicate(timeout=30)
     assert gateway.returncode == 0, err
     assert f"the certificate in {str(certs.cert_file)!r} {said}" in err, err
+    assert err.count(f"the certificate in {str(certs.cert_file)!r}") == 1, err
+
+
+def handshake(address: str, certs: netcerts.CertSet) -> None:
+    """One TLS handshake with the listener at ``address`` (host:port), its certificate taken unchecked (it
+    is out of its dates), the host's client certificate presented."""
+    client = certs.dir / "client.pem"
+    client.write_bytes(certs.client.cert_pem + certs.client.key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    ctx.load_cert_chain(str(client))
+    host, _, port = address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost"):
+        pass

@@ -30,7 +30,7 @@ import re
 import ssl
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -61,6 +61,7 @@ class LoadedTLS:
     cert_pem: bytes
     key_pem: bytes
     client_ca_pem: bytes
+    valid: Validity | None = field(default=None, compare=False)  # read from cert_pem: no part of a set's identity
 
 
 def _read(path: str, what: str, flag: str) -> bytes:
@@ -134,8 +135,7 @@ def load(files: TLSFiles) -> LoadedTLS:
     # the CAs as parsed, not the file: text around its PEM blocks (comments, another encoding's bytes)
     # is nothing either TLS stack should be handed (the stdlib's takes the PEM as str)
     ca_clean = b"".join(ca.public_bytes(serialization.Encoding.PEM) for ca in cas)
-    _warn_if_lapsed(chain[0], files.cert_file)
-    return LoadedTLS(cert_pem, key_pem, ca_clean)
+    return LoadedTLS(cert_pem, key_pem, ca_clean, validity(chain[0]))
 
 
 def validity(cert: Any) -> Validity | None:
@@ -161,16 +161,6 @@ def out_of_dates(valid: Validity | None, what: str) -> str:
         return (f"{what} is not valid until {before:%Y-%m-%d %H:%M:%S} UTC: check this machine's clock and the"
                 " certificate's notBefore")
     return ""
-
-
-def _warn_if_lapsed(cert: Any, path: str) -> None:
-    """A certificate out of its dates still serves (a renewal may be on its way, and is taken when the files
-    change), but every host refuses it and says so only on its own side: the operator reading this plugin's
-    log learned nothing. Said once per set read (at the start, and each change)."""
-    words = out_of_dates(validity(cert), f"the certificate in {path!r}")
-    if words:
-        log.warning("%s; every host refuses it meanwhile (it still serves: a renewed set is taken when the"
-                    " files change)", words)
 
 
 def whole_pem(data: bytes, certificates: int) -> bool:
@@ -224,7 +214,9 @@ class CertFiles:
         # until the files change once more
         self._failed: tuple[tuple[str, int, int], ...] | None = None
         self._unread: tuple[tuple[str, int, int], ...] | None = None  # a change whose read failed, warned of
+        self._dates_warned: LoadedTLS | None = None  # the set whose dates were warned of
         self.reloads = 0
+        self._warn_if_out_of_dates()
 
     def _all_stamps(self) -> tuple[tuple[str, int, int], ...] | None:
         try:
@@ -270,7 +262,26 @@ class CertFiles:
                 self._ctx = ctx
             self.reloads += 1
             log.info("TLS files reloaded (%s, %s, %s)", *(s[0] for s in stamps))
+            self._warn_if_out_of_dates()
             return True
+
+    def _warn_if_out_of_dates(self) -> None:
+        """Under the lock (or before the first handshake): warn once per set taken when its certificate is out
+        of its dates now. Such a set still serves (a renewal may be on its way, and is taken when the files
+        change), but every host refuses it and says so only on its own side: the operator reading this log
+        learned nothing. Run per handshake too, so a certificate that lapses while serving is warned of:
+        a comparison of the set's dates (read once, with the set) with the clock, no file read."""
+        if self._dates_warned is self.current:
+            return
+        words = out_of_dates(self.current.valid, f"the certificate in {self.files.cert_file!r}")
+        if words:
+            self._dates_warned = self.current
+            log.warning("%s; every host refuses it meanwhile (it still serves: a renewed set is taken when the"
+                        " files change)", words)
+
+    def _check_dates(self) -> None:
+        with self._lock:
+            self._warn_if_out_of_dates()
 
     def ssl_context(self) -> ssl.SSLContext:
         """An OpenSSL server context for the current files (a TLSRelay's provider: one call per handshake).
@@ -282,6 +293,7 @@ class CertFiles:
         except Exception:
             log.exception("checking the TLS files failed; keeping the current set")
         with self._lock:
+            self._warn_if_out_of_dates()
             if self._ctx is None:  # made with openssl=False: built now, checked as the first set is
                 self._ctx = _checked_context(self.current, self.files)
             return self._ctx
@@ -289,10 +301,12 @@ class CertFiles:
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """grpcio's fetcher: a new configuration, or None to keep the current one."""
         try:
-            return self.config() if self.changed() else None
+            fresh = self.config() if self.changed() else None
         except Exception:  # an exception here would fail the handshake; keep serving the old set
             log.exception("checking the TLS files failed; keeping the current set")
-            return None
+            fresh = None
+        self._check_dates()
+        return fresh
 
 
 def _context(loaded: LoadedTLS) -> ssl.SSLContext:
