@@ -12,6 +12,11 @@ import datetime
 import shutil
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from tests import netcerts
 from tests.cli_util import plugbay
 from tests.test_network_broker import CounterReplica, host_tls
@@ -51,3 +56,38 @@ def test_a_plugin_certificate_out_of_its_dates_is_named_at_the_timeout(tmp_path:
     assert said.returncode == 2, said
     assert "TLS with " in err and "the plugin's certificate has expired" in err, err
     assert "Traceback" not in err, err
+
+
+def test_an_expired_cert_flag_is_named_with_its_date(tmp_path: Path) -> None:
+    """The plugin's refusal of an expired --cert named no date ("signed by a CA it does not trust"): the
+    library's RemoteClient said it, the command line did not."""
+    certs = netcerts.write_set(tmp_path / "tls")
+    replica = CounterReplica(tmp_path / "kv", certs, script=KV_PLUGIN)
+    try:
+        cert, key = _expired_client(certs, tmp_path)
+        flags = ["--cert", cert, "--key", key, *_flags(certs)[4:]]
+        said = plugbay("health", f"static:///{replica.address}", *flags, "--timeout", "30", timeout=200)
+    finally:
+        replica.stop()
+        shutil.rmtree(replica.tmp, ignore_errors=True)
+    err = (said.stdout + said.stderr).replace(cert, "")  # its folder names the test
+    assert said.returncode == 2, said
+    assert "this host's certificate (--cert '') expired at" in err, err
+    assert err.count("renew it") == 1, err
+
+
+def _expired_client(certs: netcerts.CertSet, folder: Path) -> tuple[str, str]:
+    """A client certificate the plugin's client CA signed, expired yesterday."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "host")]))
+            .issuer_name(certs.client_ca.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(certs.client_ca.key, hashes.SHA256()))
+    (folder / "host.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "host.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    return str(folder / "host.crt"), str(folder / "host.key")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from plugbay.errors import TLSConfigError
 
 if TYPE_CHECKING:
     from plugbay.network.resolver import Endpoint
+    from plugbay.network.tls import NetworkTLS
 
 
 def connect_failure(channel: grpc.Channel) -> str:
@@ -51,7 +53,8 @@ def connect_failure(channel: grpc.Channel) -> str:
 
 
 def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer: grpc.Future,
-                     timeout: float, endpoint: Endpoint | None = None) -> TLSConfigError | None:
+                     timeout: float, endpoint: Endpoint | None = None,
+                     network_tls: NetworkTLS | None = None) -> TLSConfigError | None:
     """The typed error of a definite TLS failure of ``channel``'s connection, found while ``answer`` (a call,
     or a wait for the connection, that waits for a target coming up) is pending, for at most ``timeout`` (a
     wait for the connection has no deadline of its own); None once it ended or the channel connected, at
@@ -105,8 +108,8 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and tls_failure(detail, tls=not insecure) \
                         in PEER_CERT_DATES:
                     continue  # the plugin's certificate's date may yet pass: --timeout's wait names it at its end
-                refused = tls_refusal(detail, target, insecure) if exc.code() == grpc.StatusCode.UNAVAILABLE \
-                    else None
+                refused = tls_refusal(detail, target, insecure, network_tls) \
+                    if exc.code() == grpc.StatusCode.UNAVAILABLE else None
                 if refused is None and insecure and endpoint is not None and cut_short(detail):
                     refused = _wants_tls(endpoint, detail, target, max(deadline - time.monotonic(), 0.1))
                 if refused is not None:
@@ -135,13 +138,16 @@ def _wants_tls(endpoint: Endpoint, detail: str, target: str, timeout: float) -> 
     return _refusal(WANTS_TLS, detail, target, insecure=True)
 
 
-def tls_refusal(detail: str, target: str, insecure: bool) -> TLSConfigError | None:
+def tls_refusal(detail: str, target: str, insecure: bool,
+                network_tls: NetworkTLS | None = None) -> TLSConfigError | None:
     """The typed error of a probe whose connection failed on TLS (``detail``: gRPC's words, with the cause
-    connect_failure found), saying which flag to fix; None when they show no TLS failure."""
-    from plugbay.network.tls import tls_failure
+    connect_failure found), saying which flag to fix; None when they show no TLS failure. ``network_tls``:
+    the NetworkTLS the connection was made with, whose --cert out of its dates a refusal names (the library's
+    words)."""
+    from plugbay.network.tls import tls_failure, with_lapsed_cert
 
     meaning = tls_failure(detail, tls=not insecure)
-    return None if meaning is None else _refusal(meaning, detail, target, insecure)
+    return None if meaning is None else _refusal(with_lapsed_cert(meaning, network_tls), detail, target, insecure)
 
 
 def _refusal(meaning: str, detail: str, target: str, insecure: bool) -> TLSConfigError:

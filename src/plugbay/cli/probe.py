@@ -85,7 +85,7 @@ def _tls_refused(result: dict[str, Any], reached: Reached, tls: Tls) -> Exceptio
     """The typed error of a check that failed on TLS (a --ca that did not sign the plugin's certificate), else None."""
     if result["status"] != "UNREACHABLE" or reached.facts.get("tls") is not True or "endpoints" not in reached.facts:
         return None  # a reattach config's AutoMTLS is the plugin's own: no flag of this command sets it
-    return tls_refusal(result["detail"], reached.target, tls.insecure)
+    return tls_refusal(result["detail"], reached.target, tls.insecure, reached.network_tls)
 
 
 def _refused_at_once(reached: Reached, tls: Tls, timeout: float) -> Callable[[grpc.Future], None]:
@@ -99,7 +99,8 @@ def _refused_at_once(reached: Reached, tls: Tls, timeout: float) -> Callable[[gr
         from plugbay.network.resolver import Endpoint
 
         endpoint = Endpoint(reached.facts["network"], reached.facts["address"])  # the one dialed (for a probe)
-        refused = tls_failed_early(reached.channel, reached.target, tls.insecure, answer, timeout, endpoint)
+        refused = tls_failed_early(reached.channel, reached.target, tls.insecure, answer, timeout, endpoint,
+                                   reached.network_tls)
         if refused is not None:
             raise refused
     return early

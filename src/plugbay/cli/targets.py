@@ -24,13 +24,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from plugbay.cli import output
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, TargetUnreachableError
+
+if TYPE_CHECKING:
+    from plugbay.network.tls import NetworkTLS
 
 REATTACH_FILE_MAX = 1 << 20  # a reattach config is a few KiB; run.py reads no more of an existing one either
 _RUNNER_MODULES = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker",
@@ -53,6 +56,7 @@ class Reached:
     channel: grpc.Channel
     target: str
     facts: dict[str, Any] = field(default_factory=dict)
+    network_tls: NetworkTLS | None = None  # a network target's NetworkTLS (its refusals name the --cert's dates)
 
 
 def load_reattach(text: str) -> Any:
@@ -161,7 +165,8 @@ def _network_target(target: str, tls: Tls, options: Sequence[tuple[str, Any]] = 
     network_tls = NetworkTLS(cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca or "")
     facts["tls"] = True
     return Reached(grpc.secure_channel(address, network_tls.credentials(),
-                                       options=[*CHANNEL_OPTIONS, *network_tls.options(), *options]), target, facts)
+                                       options=[*CHANNEL_OPTIONS, *network_tls.options(), *options]), target, facts,
+                   network_tls)
 
 
 @contextmanager
