@@ -1,5 +1,6 @@
 """A plaintext target where something that is not a plugin answers (an HTTP/1 server, a service that
-sends other bytes) ends the start at once with a RemoteTLSError saying so.
+sends other bytes) ends the start at once with a RemoteProtocolError saying so (no TLS is involved: it was
+a RemoteTLSError worded "TLS with remote plugin ... failed ... check NetworkTLS(...)").
 
 gRPC reports such a peer as "Failed parsing HTTP/2 (Expected SETTINGS frame ...)"; the pool took it for a
 plugin not up yet and RemoteClient(insecure=True) waited out start_timeout (30 s by default) for a plugin
@@ -10,6 +11,7 @@ plaintext"). Real servers on 127.0.0.1: http.server's, and a socket server that 
 from __future__ import annotations
 
 import http.server
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -19,7 +21,9 @@ import pytest
 from tests.loopback_http_util import LoopbackServer
 from tests.net_util import HANDSHAKE, PLUGINS
 
-from plugbay import AsyncRemoteClient, RemoteClient, RemoteConfig, RemoteTLSError
+import grpc
+
+from plugbay import AsyncRemoteClient, HandshakeError, RemoteClient, RemoteConfig, RemoteProtocolError, RemoteTLSError
 
 
 class Chatter(LoopbackServer):
@@ -56,12 +60,19 @@ def config(address: str, brokered: bool = True) -> RemoteConfig:
                         brokered=brokered, start_timeout=60.0)
 
 
-def test_a_plaintext_target_that_is_no_plugin_is_named(not_a_plugin: str) -> None:
-    with pytest.raises(RemoteTLSError) as err:
+def test_a_plaintext_target_that_is_no_plugin_is_named(not_a_plugin: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="plugbay.network")
+    with pytest.raises(RemoteProtocolError) as err:
         with RemoteClient(config(not_a_plugin)):
             pass
     assert "answered with something other than HTTP/2 (gRPC)" in str(err.value), err.value
     assert "pass tls=NetworkTLS(...)" in str(err.value), err.value
+    # no TLS is involved: neither the error nor the pool's log sends the user to NetworkTLS's files
+    assert not isinstance(err.value, RemoteTLSError) and isinstance(err.value, HandshakeError)
+    assert isinstance(err.value, grpc.RpcError) and err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "TLS with" not in str(err.value) and "NetworkTLS(cert_file" not in str(err.value), err.value
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "answers no gRPC" in logged and "fails TLS" not in logged, logged
 
 
 def test_the_asyncio_client_names_it_too(not_a_plugin: str) -> None:
@@ -71,6 +82,6 @@ def test_the_asyncio_client_names_it_too(not_a_plugin: str) -> None:
         async with AsyncRemoteClient(config(not_a_plugin, brokered=False)):
             pass
 
-    with pytest.raises(RemoteTLSError) as err:
+    with pytest.raises(RemoteProtocolError) as err:
         asyncio.run(start())
     assert "answered with something other than HTTP/2 (gRPC)" in str(err.value), err.value

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
         PodStartTimeoutError as PodStartTimeoutError,
         PodUnschedulableError as PodUnschedulableError,
         ProtocolMismatchError as ProtocolMismatchError,
+        RemoteProtocolError as RemoteProtocolError,
         RemoteTLSError as RemoteTLSError,
         ReattachError as ReattachError,
         RestartBudgetExhaustedError as RestartBudgetExhaustedError,

@@ -379,6 +379,14 @@ class RemoteTLSError(HandshakeError, NetworkError):
     """The TLS handshake with a remote plugin failed (wrong, missing or untrusted certificate,
     or plaintext spoken to a TLS server)."""
 
+
+class RemoteProtocolError(ProtocolMismatchError, NetworkError):
+    """A remote plugin's endpoint, dialed in plaintext (insecure), answered with something other than HTTP/2
+    (gRPC): an HTTP/1 server, another service, a TLS server. No TLS is involved, so no RemoteTLSError.
+
+    Also a ``grpc.RpcError`` with code UNAVAILABLE when raised by a call, and never retried by a RetryPolicy.
+    """
+
 # --- command line (plugbay.cli) ----------------------------------------------------
 
 

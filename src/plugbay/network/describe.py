@@ -21,6 +21,7 @@ from plugbay.errors import (
     HandshakeTimeoutError,
     NoEndpointsError,
     ProtocolMismatchError,
+    RemoteProtocolError,
     RemoteTLSError,
     UnknownPluginError,
     UnsupportedProtocolError,
@@ -51,7 +52,8 @@ def describe(pool: EndpointPool, deadline: float, asker: Asker,
     once Discovery answered over plain gRPC (then no answer is expected, and a refused session ends it)."""
     stub = discovery_pb2_grpc.DiscoveryStub(pool)  # type: ignore[no-untyped-call]
     last = "no answer yet"
-    late_tls: RemoteTLSError | None = None  # the last try's, at that try's deadline: raised at start's
+    # the last try's, at that try's deadline: raised at start's
+    late_tls: RemoteTLSError | RemoteProtocolError | None = None
     while True:
         asker.stop_if_killed()
         refused = refusal_of(sessions, f"{asker.name!r} at {asker.target!r}") if sessions is not None else None
@@ -67,7 +69,7 @@ def describe(pool: EndpointPool, deadline: float, asker: Asker,
             answer: discovery_pb2.DescribeResponse = stub.Describe(
                 discovery_pb2.DescribeRequest(), timeout=min(remaining, 5.0))
             return answer
-        except RemoteTLSError as exc:
+        except (RemoteTLSError, RemoteProtocolError) as exc:
             if not getattr(exc, "at_deadline", False):
                 raise
             late_tls = exc  # a replica failing TLS beside one still booting: wait out start_timeout

@@ -32,8 +32,8 @@ from plugbay.core.host.callerrors import Unavailable, closed_under_call
 from plugbay.core.host.deadline import call_timeout, no_time_left
 from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT, with_token
-from plugbay.errors import NoEndpointsError, RemoteTLSError
-from plugbay.network.tls import CHECK_TLS, NetworkTLS, cut_short, tls_failure, with_lapsed_cert
+from plugbay.errors import NoEndpointsError, RemoteProtocolError, RemoteTLSError
+from plugbay.network.tls import CHECK_TLS, NOT_HTTP2, NetworkTLS, cut_short, tls_failure, with_lapsed_cert
 from plugbay.network.unsent import STOPPED, Tried, busy, not_sent
 
 
@@ -99,6 +99,13 @@ class RemoteTLSFailure(_TypedRpcError, RemoteTLSError):
     at_deadline = False  # raised as a wait for an endpoint ended (PoolTLS.tls_at_deadline), not at once
 
 
+class NotGRPCFailure(_TypedRpcError, RemoteProtocolError):
+    """A plaintext endpoint answered with no HTTP/2: found as TLS failures are (a health check's words), and
+    ending a wait the same way, but no TLS is involved."""
+
+    at_deadline = False
+
+
 def no_endpoints(pool: EndpointPool, why: str, *, closed: bool = False, last: str = "") -> NoEndpoints:
     if closed:
         return NoEndpoints(f"remote plugin {pool.name!r}: {why}; make a new client to call it again",
@@ -145,11 +152,17 @@ class _Named(Protocol):
 
 
 def tls_error(pool: _Named, member: Member, meaning: str, details: str,
-              others: str = "") -> RemoteTLSFailure:
+              others: str = "") -> RemoteTLSFailure | NotGRPCFailure:
     """``others``, said after the failure: at a wait's deadline (PoolTLS.tls_at_deadline), the other endpoints
     that failed TLS too and why the rest could not take the call; empty where the failure ends a wait at once
-    (PoolTLS.tls_broken: the pinned endpoint, or every one, failed TLS) or a call's last try (refused)."""
+    (PoolTLS.tls_broken: the pinned endpoint, or every one, failed TLS) or a call's last try (refused).
+    A plaintext endpoint that answered no HTTP/2 (NOT_HTTP2) is a RemoteProtocolError: no TLS was involved."""
     rest = f". No other endpoint could take it: {others}" if others else ""
+    if meaning == NOT_HTTP2:
+        return NotGRPCFailure(
+            f"remote plugin {pool.name!r} at {member.key}, dialed in plaintext (insecure=True), is no gRPC plugin:"
+            f" {meaning} (gRPC said: {details}){rest}. Check the target, and whether the plugin is served with TLS",
+            grpc.StatusCode.UNAVAILABLE, details)
     meaning = with_lapsed_cert(meaning, pool.tls)
     return RemoteTLSFailure(
         f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details}){rest}."

@@ -25,7 +25,7 @@ import grpc
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import ENDPOINT_FAILURES
 from plugbay.network.poolcalls import tls_error
-from plugbay.network.tls import CHECK_TLS, HOST_CERT_REFUSALS, NetworkTLS, cut_short_note
+from plugbay.network.tls import CHECK_TLS, HOST_CERT_REFUSALS, NOT_HTTP2, NetworkTLS, cut_short_note
 from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, REFUSED_CERT, TOOK_IT, Unreached, probe_taken
 
 _log = logging.getLogger("plugbay.network")
@@ -145,8 +145,11 @@ class PoolTLS:
             self.tls_warned_before = self.tls_warned_before - {member.key}
         if verdict is not None and verdict != member.tls_warned:
             member.tls_warned = verdict
-            _log.warning("pool %s: endpoint %s %s TLS: %s; %s", self.name, member.key,
-                         "may fail" if verdict == CLOSED_AFTER_HANDSHAKE else "fails", verdict, CHECK_TLS)
+            if verdict == NOT_HTTP2:  # plaintext: no TLS to check
+                _log.warning("pool %s: endpoint %s answers no gRPC: %s", self.name, member.key, verdict)
+            else:
+                _log.warning("pool %s: endpoint %s %s TLS: %s; %s", self.name, member.key,
+                             "may fail" if verdict == CLOSED_AFTER_HANDSHAKE else "fails", verdict, CHECK_TLS)
         member.tls_failure = verdict
         if verdict is not None and verdict != CLOSED_AFTER_HANDSHAKE:
             member.tls_learned = verdict
@@ -193,6 +196,8 @@ class PoolTLS:
         metrics() and in a NoEndpointsError; a multiplexed endpoint's gRPC sees only its relay's close."""
         if member.tls_failure == CLOSED_AFTER_HANDSHAKE:  # a possibility only: it may be a proxy's backend down
             return f"{detail} (perhaps a TLS failure: {member.tls_failure}; {CHECK_TLS})"
+        if member.tls_failure == NOT_HTTP2:
+            return f"{detail} ({member.tls_failure})"
         if member.tls_failure is not None:
             return f"{detail} (TLS failure: {member.tls_failure}; {CHECK_TLS})"
         if suspect and member.unreached is not None:  # what happened first, gRPC's words (its relay's close) after

@@ -36,7 +36,7 @@ from plugbay.core.host.deadline import NO_DEADLINE, no_time_left
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, checked_backoff, number_problem,
                                           seconds_problem, status_codes_problem, status_of)
 from plugbay.errors import (BrokerTLSError, CircuitOpenError, ClientStateError, ConfigError, NoEndpointsError,
-                            PluginDiedError, RemoteTLSError)
+                            PluginDiedError, RemoteProtocolError, RemoteTLSError)
 
 # A context variable, not a thread-local: each thread and each asyncio task has its own.
 _marked: contextvars.ContextVar[int] = contextvars.ContextVar("plugbay_idempotent", default=0)
@@ -160,8 +160,10 @@ class RetryPolicy:
             return False  # refused on a plugin already gone: a retry meets the same (a Supervisor resends it)
         if isinstance(exc, CircuitOpenError):
             return False  # an open breaker ends the retries at once (it is also an UNAVAILABLE RpcError)
-        if isinstance(exc, (RemoteTLSError, BrokerTLSError)):
-            return False  # a certificate the peer or this host refused: each retry meets the same (UNAVAILABLE too)
+        if isinstance(exc, (RemoteTLSError, BrokerTLSError, RemoteProtocolError)):
+            # a certificate the peer or this host refused, an endpoint that is no plugin: each retry meets the
+            # same (UNAVAILABLE too)
+            return False
         if isinstance(exc, CallTimeout) and exc.shared_spent:
             return False  # a Supervisor's deadline() the call's steps share ran out: a retry would get no time
         return status_of(exc) in self.retry_on
