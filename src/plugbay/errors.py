@@ -164,15 +164,9 @@ class ChecksumMismatchError(PlugbayError):
 class UnknownPluginError(PlugbayError, KeyError):
     """dispense() was asked for a plugin name the negotiated plugin set lacks."""
 
-    def __init__(self, name: str, available: Sequence[str], *, served_by: str = "") -> None:
+    def __init__(self, name: str, available: Sequence[str]) -> None:
         self.name = name
         self.available = sorted(available)
-        if served_by:  # the host's set has the name; the remote plugin's Discovery does not list it
-            super().__init__(
-                f"unknown plugin type {name!r}: {served_by} serves only {clip(repr(self.available))}."
-                f" Use one of those names, or serve {name!r} there (or aim the target at a plugin that does)"
-            )
-            return
         super().__init__(
             f"unknown plugin type {name!r}; the plugin set has {self.available}."
             " Use one of those names or add the plugin to the host's plugin set."

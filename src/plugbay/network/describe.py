@@ -23,7 +23,6 @@ from plugbay.errors import (
     ProtocolMismatchError,
     RemoteProtocolError,
     RemoteTLSError,
-    UnknownPluginError,
     UnsupportedProtocolError,
     clip,
 )
@@ -31,10 +30,6 @@ from plugbay.network.muxconn import Sessions, refusal_of
 from plugbay.network.pool import EndpointPool
 
 _log = logging.getLogger("plugbay.network")
-
-# how the gateway's Discovery names itself: its plugin names are its operator's --plugins, not the child's own word
-GATEWAY_SERVER = "plugbay-gateway/"
-
 
 class Asker(NamedTuple):
     """The RemoteClient that asks: what its errors name, how long it asks, and its check for a close()."""
@@ -109,21 +104,20 @@ def handshake_info(answer: discovery_pb2.DescribeResponse | None, address: str, 
                          multiplex=answer.multiplex, extra={"server": answer.server})
 
 
-def check_listed(answer: discovery_pb2.DescribeResponse | None, version: int, name: str, served_by: str,
-                 warned: set[str]) -> None:
-    """Refuse plugin ``name`` (UnknownPluginError) when the Discovery ``answer`` lists the plugins of app protocol
-    ``version`` and not that one: its first call would fail UNIMPLEMENTED. No answer or no names listed: not known,
-    allowed. A gateway's list is what its --plugins said, not what its child serves: a warning (once per name in
-    ``warned``), and the name is allowed."""
-    if answer is None:
+def warn_unlisted(answer: discovery_pb2.DescribeResponse | None, version: int, name: str, served_by: str,
+                  warned: set[str]) -> None:
+    """Log once per name (in ``warned``) that the Discovery ``answer`` lists the plugins of app protocol ``version``
+    and not ``name``; never refuse it. The list is the plugin's own plugin-set keys, while the name a host
+    dispenses is a key in the host's set only: calls route by gRPC service name, as go-plugin's do, so a host
+    may name a plugin differently. The answer is also one replica's, given once at start (a rolling upgrade or a
+    restart may serve more). A gateway's list is its --plugins flag, not its child's word. No answer or no names
+    listed: not known, nothing said."""
+    if answer is None or name in warned:
         return
     listed = next((list(v.plugins) for v in answer.versions if v.version == version), [])
     if not listed or name in listed:
         return
-    if not answer.server.startswith(GATEWAY_SERVER):
-        raise UnknownPluginError(name, listed, served_by=f"{served_by} (app protocol version {version})")
-    if name not in warned:
-        warned.add(name)
-        _log.warning("%s lists plugins %s, not %r (its --plugins flag); dispensing it anyway, as its child may serve"
-                     " it: add %r to the gateway's --plugins if it does", served_by, clip(repr(sorted(listed))),
-                     name, name)
+    warned.add(name)
+    _log.warning("%s: its Discovery lists only %s for app protocol version %d, not %r; dispensing %r anyway (calls"
+                 " route by gRPC service, not by plugin name): a first call failing UNIMPLEMENTED means the plugin"
+                 " serves no such service", served_by, clip(repr(sorted(listed))), version, name, name)

@@ -60,7 +60,7 @@ from plugbay.errors import (
     NoEndpointsError,
     SessionRefusedError,
 )
-from plugbay.network.describe import Asker, check_listed, describe, handshake_info
+from plugbay.network.describe import Asker, describe, warn_unlisted, handshake_info
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.muxconn import MuxEndpoint, RefusalWatch, Sessions
 from plugbay.network.muxpin import pin_stub
@@ -152,7 +152,7 @@ class RemoteClient(Client):
         self._muxes = Sessions()  # the endpoints' sessions, as made
         self._answered = False  # an endpoint had answered health checks when a kill() cut the start short
         self._owner_stop: Callable[[grpc.RpcError | None], BaseException] | None = None  # see stopping_owner
-        self._unlisted_warned: set[str] = set()  # names a gateway's Discovery does not list, warned of once
+        self._unlisted_warned: set[str] = set()  # names the remote's Discovery does not list, warned of once
 
     @property
     def pool(self) -> EndpointPool:
@@ -290,17 +290,17 @@ class RemoteClient(Client):
         return plugin.grpc_client(broker, self.pinned_channel(key))
 
     def plugin_for(self, name: str) -> Any:
-        """As Client.plugin_for; also refuses a name the remote's Discovery does not list (check_served)."""
+        """As Client.plugin_for; also warns of a name the remote's Discovery does not list (check_served)."""
         plugin = super().plugin_for(name)
         self.check_served(name)
         return plugin
 
     def check_served(self, name: str) -> None:
-        """UnknownPluginError when the remote's Discovery lists its plugins for the negotiated version and not
-        ``name``: its calls would fail UNIMPLEMENTED (describe.check_listed; a gateway's list only warns)."""
+        """Warn, once per name, when the remote's Discovery lists its plugins for the negotiated version and not
+        ``name`` (describe.warn_unlisted): never a refusal, as the host may name the plugin differently."""
         with self._lock:
-            check_listed(self.description, self.negotiated_version, name,
-                         f"remote plugin {self.name!r} at {self.target.text!r}", self._unlisted_warned)
+            warn_unlisted(self.description, self.negotiated_version, name,
+                          f"remote plugin {self.name!r} at {self.target.text!r}", self._unlisted_warned)
 
     def pinned_channel(self, key: str) -> PinnedChannel:
         """A new stub's channel pinned to endpoint ``key``; closed with this client, its calls then told what

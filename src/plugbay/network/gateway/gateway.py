@@ -119,8 +119,6 @@ class Gateway:
         self.health = HealthServicer()
         self.health.set_status("", NOT_SERVING)
         self.health.set_status("plugin", NOT_SERVING)
-        # hosts know a gateway by this prefix (plugbay.network.describe.GATEWAY_SERVER): its plugin names are
-        # its --plugins flag's, so a name it does not list is dispensed with a warning, not refused
         self.discovery = DiscoveryServicer([], multiplex=config.multiplex, server=(
             f"plugbay-gateway/{package_version()} (go-plugin plugin {config.argv[0]})"))
         self.keeper = ChildKeeper(self._client_config, config.restart, self._child_up, self._child_down,
