@@ -92,3 +92,38 @@ def test_a_socket_in_the_folder_not_made_yet_is_left_to_get_client(plugbay_docke
             plugin.get_client()
     finally:
         plugin.stop()
+
+
+def test_a_socket_made_just_after_the_failed_open_is_still_left_to_get_client(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the plugin binds its socket right after the check's one open found nothing: the check goes by that open's
+    # reason (not there yet), not by a second look at the folder, which now holds a socket
+    import socket
+
+    from plugbay.core.host.reattach import ReattachConfig
+    from plugbay.core.protocol.handshake import HandshakeInfo
+    from plugbay.runners.docker.sockethandles import SocketHandles
+    from plugbay.testing import announced
+
+    made: list[socket.socket] = []
+
+    class BoundJustAfter(SocketHandles):
+        def dial_path(self, host_path: str) -> str:
+            try:
+                return super().dial_path(host_path)
+            finally:
+                if not made:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.bind(host_path)
+                    made.append(sock)
+
+    monkeypatch.setattr(announced, "SocketHandles", BoundJustAfter)
+    handshake = HandshakeInfo(1, HANDSHAKE.protocol_version, "unix", "/plugbay/sock/later.sock", "grpc")
+    config = ReattachConfig(handshake, {"transport": "unix", "host_socket_dir": str(tmp_path),
+                                        "id": "c" * 64, "container_port": 1234})
+    try:
+        announced.check_announced(config)  # no refusal
+        assert made and (tmp_path / "later.sock").is_socket()
+    finally:
+        for sock in made:
+            sock.close()

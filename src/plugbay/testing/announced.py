@@ -10,14 +10,10 @@ in the folder that is not there yet is left to that first get_client(), as befor
 
 from __future__ import annotations
 
-import os
-import posixpath
-
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.errors import MalformedHandshakeError
 from plugbay.runners.docker.addresses import container_to_host
-from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR
-from plugbay.runners.docker.sockethandles import SocketHandles
+from plugbay.runners.docker.sockethandles import NotThereYet, SocketHandles
 
 
 def check_announced(config: ReattachConfig) -> None:
@@ -30,18 +26,11 @@ def check_announced(config: ReattachConfig) -> None:
                           host_socket_dir=runner.get("host_socket_dir"), container_id=str(runner["id"]),
                           container_port=int(runner["container_port"]), host_port=runner.get("host_port"),
                           handles=handles)
-    except MalformedHandshakeError:
-        if _not_there_yet(config.handshake.address, runner.get("host_socket_dir")):
+    except MalformedHandshakeError as exc:
+        # the reason the one open of the path gave, not a second look at the folder: a socket made since
+        # then would read as a refused address
+        if isinstance(exc.__cause__, NotThereYet):
             return
         raise
     finally:
         handles.close()
-
-
-def _not_there_yet(address: str, socket_dir: str | None) -> bool:
-    """Whether ``address`` names a socket directly in the mounted folder with nothing there yet (a plugin that
-    printed its line before it listened): no address the host refuses, only one it cannot dial yet."""
-    prefix = CONTAINER_SOCKET_DIR + "/"
-    norm = posixpath.normpath(address) if address.startswith("/") else ""
-    name = norm[len(prefix):] if norm.startswith(prefix) else ""
-    return bool(socket_dir and name and "/" not in name and not os.path.lexists(os.path.join(socket_dir, name)))

@@ -57,17 +57,17 @@ def socket_on_host(address: str, host_socket_dir: str, container_id: str, handle
     norm = posixpath.normpath(address) if address.startswith("/") else ""
     prefix = CONTAINER_SOCKET_DIR + "/"
     name = norm[len(prefix):] if norm.startswith(prefix) else ""
-    why = "it is not a file directly in"
+    why, cause = "it is not a file directly in", None
     if name and "/" not in name:
         try:
             return handles.dial_path(os.path.join(host_socket_dir, name))
         except Unusable as exc:
-            why = str(exc)
+            why, cause = str(exc), exc  # the cause says which refusal it was (sockethandles.NotThereYet)
     raise MalformedHandshakeError(
         f"unix|{address}",
         f"the plugin in container {container_id[:12]} announced socket path {address!r}, but {why} the"
         f" mapped socket folder {CONTAINER_SOCKET_DIR}, so the host refuses to dial it. Let the plugin"
-        f" create its socket in PLUGIN_UNIX_SOCKET_DIR ({CONTAINER_SOCKET_DIR}) itself")
+        f" create its socket in PLUGIN_UNIX_SOCKET_DIR ({CONTAINER_SOCKET_DIR}) itself") from cause
 
 
 def check_secure_image(name: str, secure: Any, budget: StartBudget) -> str:

@@ -25,6 +25,11 @@ class Unusable(ValueError):
     """An announced socket the host will not dial; the message says why (for the handshake error)."""
 
 
+class NotThereYet(Unusable):
+    """Nothing is at the announced path when it was opened: a plugin that printed its line before it listened
+    may make it later (plugbay.testing leaves that to the first get_client())."""
+
+
 class SocketHandles:
     """O_PATH handles on checked host sockets, one per inode, each with the number of its users."""
 
@@ -40,7 +45,7 @@ class SocketHandles:
         try:
             fd = os.open(host_path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise Unusable("it does not exist (a plugin announces its socket once it listens) in") from None
+            raise NotThereYet("it does not exist (a plugin announces its socket once it listens) in") from None
         except OSError as exc:
             raise Unusable(f"it cannot be opened ({exc.strerror}) in") from None
         try:
