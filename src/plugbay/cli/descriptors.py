@@ -74,12 +74,13 @@ def from_reflection(channel: grpc.Channel, timeout: float,
         return None
     from google.protobuf import descriptor_pool
 
+    ready, started = grpc.channel_ready_future(channel), time.monotonic()
     try:
-        ready, started = grpc.channel_ready_future(channel), time.monotonic()
         if early is not None:
             early(ready)
         ready.result(timeout=max(timeout - (time.monotonic() - started), 0))
     except grpc.FutureTimeoutError:
+        ready.cancel()  # else it stays subscribed to the channel's state: the close (_close_polled) waits 1 s
         raise TargetUnreachableError(f"the plugin did not accept a connection within {timeout:g}s"
                                      f"{connect_failure(channel)}; check that it still runs (plugbay health)"
                                      " and the target address") from None
