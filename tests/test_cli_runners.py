@@ -160,6 +160,14 @@ def test_docker_tcp_run_of_a_plugin_without_automtls_advises_no_automtls() -> No
         assert "announced no AutoMTLS certificate" in refused.stderr, refused.stderr
         assert "run again with --no-automtls to accept plaintext" in refused.stderr, refused.stderr
         assert "ClientConfig" not in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr, refused.stderr
+        # --debug's traceback keeps the library's error (where it was raised) as the cause
+        debugged = plugbay("--debug", "run", "--image", tag, "--transport", "tcp", "--cookie", COOKIE,
+                           "--kill-grace", "0")
+        assert debugged.returncode == 1, debugged.stdout + debugged.stderr
+        assert "The above exception was the direct cause of the following exception" in debugged.stderr, \
+            debugged.stderr
+        assert "pass ClientConfig(require_tls=False) to accept plaintext" in debugged.stderr, debugged.stderr
     finally:
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, timeout=120)
 

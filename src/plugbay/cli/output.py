@@ -81,7 +81,9 @@ def automtls_flag() -> Iterator[None]:
     try:
         yield
     except TLSRequiredError as exc:
-        raise TLSRequiredError(exc.name, exc.why, opt_out="run again with --no-automtls") from None
+        # the library's own error stays the cause: --debug's traceback shows where it was raised (without
+        # --debug the command prints only this one's words)
+        raise TLSRequiredError(exc.name, exc.why, opt_out="run again with --no-automtls") from exc
 
 
 def color_enabled(stream: Any = None) -> bool:
