@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from plugbay.errors import RunnerError
-from plugbay.runners.kubernetes.pods import pod_address
+from plugbay.runners.kubernetes.podaddress import pod_address
 
 
 def _pod(port: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:

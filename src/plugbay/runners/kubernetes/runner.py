@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.errors import ConfigError, PodStartTimeoutError, RunnerError
-from plugbay.runners.kubernetes import owner, pods
+from plugbay.runners.kubernetes import owner, podaddress, pods
 from plugbay.runners.command import check_text_env
 from plugbay.runners.base import (AttachedRunner, LaunchSpec, Runner, attach_time_left, killed_while_starting,
                                   register_reattacher, reuse_refused, start_deadline)
@@ -69,7 +69,7 @@ class KubernetesRunner(PodTeardown, Runner):
                                              else api_timeout)
         self.host_id = owner.host_identity(host_id)
         self.owner_reference = owner_reference
-        self.allow_loopback = allow_loopback  # in-cluster: may the pod's IP be loopback (see pods.pod_address)
+        self.allow_loopback = allow_loopback  # in-cluster: may the pod's IP be loopback (see podaddress.pod_address)
         self._reattached = False  # made by attach(): a refusal's advice names attach's allow_loopback
         self._kubeconfig, self._context = kubeconfig, context
         self._owns_client = api_client is None
@@ -293,8 +293,8 @@ class KubernetesRunner(PodTeardown, Runner):
     def _pod_address(self, port: int) -> str:
         if self._podwatch.gone:  # its last IP may be another pod's by now
             raise RunnerError(f"pod {self.id} is gone (deleted, or its name is another pod's): it cannot be dialled")
-        return pods.pod_address(self._podwatch.pod or self._read_pod() or {}, port, self.id,
-                                allow_loopback=self.allow_loopback, reattached=self._reattached)
+        return podaddress.pod_address(self._podwatch.pod or self._read_pod() or {}, port, self.id,
+                                      allow_loopback=self.allow_loopback, reattached=self._reattached)
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         # A per-connection broker listens on the host's unix sockets, which no pod can
