@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import netcerts
-from tests.cli_util import KV_PROTO, plugbay
+from tests.cli_util import KV_PROTO, cli_env, plugbay
 from tests.test_network_broker import REPO, CounterReplica, host_tls
 
 
@@ -90,3 +90,40 @@ def test_a_definite_tls_failure_ends_the_command_without_waiting_out_its_timeout
     assert "TLS with " in err and ("not signed by the CA given (--ca)" in err if fault == "wrong-ca"
                                    else "the plugin refused the host's certificate" in err), err
     assert "DEADLINE_EXCEEDED" not in err and "UNAVAILABLE: failed to connect" in err, err
+
+# gRPC's C core prints its own log lines (``E1207 ... ssl_transport_security_utils.cc ... Corruption detected``,
+# ``I1207 ... Handshake failed``) to stderr on a TLS failure: the command printed them above its own one-line
+# error. They are off unless --debug (or the user's own GRPC_VERBOSITY).
+GRPC_LINES = ("ssl_transport_security", "Handshake failed with error")
+
+
+def _wrong_ca(served: tuple[str, list[str], list[str]]) -> list[str]:
+    target, _, wrong = served
+    return [target, *wrong, "--timeout", "30"]
+
+
+def _env() -> dict[str, str]:
+    env = cli_env()
+    env.pop("GRPC_VERBOSITY", None)
+    env.pop("GRPC_TRACE", None)
+    return env
+
+
+def test_grpcs_own_log_lines_are_not_printed_above_the_error(served: tuple[str, list[str], list[str]]) -> None:
+    said = plugbay("health", *_wrong_ca(served), env=_env(), timeout=120)
+    assert said.returncode == 2, said
+    assert "not signed by the CA given (--ca)" in said.stderr, said.stderr
+    assert not any(line in said.stderr for line in GRPC_LINES), said.stderr
+    assert said.stderr.startswith("error: TLS with "), said.stderr
+
+
+def test_debug_keeps_them(served: tuple[str, list[str], list[str]]) -> None:
+    said = plugbay("--debug", "health", *_wrong_ca(served), env=_env(), timeout=120)
+    assert said.returncode == 2, said
+    assert any(line in said.stderr for line in GRPC_LINES), said.stderr
+
+
+def test_the_users_own_verbosity_is_kept(served: tuple[str, list[str], list[str]]) -> None:
+    said = plugbay("health", *_wrong_ca(served), env={**_env(), "GRPC_VERBOSITY": "INFO"}, timeout=120)
+    assert said.returncode == 2, said
+    assert any(line in said.stderr for line in GRPC_LINES), said.stderr
