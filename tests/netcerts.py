@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,22 +50,42 @@ def make_ca(name: str = "plugbay test CA", kind: str = "ec") -> Issued:
     return _pem(cert, key)
 
 
-def issue(ca: Issued, name: str, *, server: bool, kind: str = "ec") -> Issued:
+LOCALHOST = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+
+
+def issue(ca: Issued, name: str, *, server: bool, kind: str = "ec", days: tuple[float, float] | None = None,
+          not_before: datetime.datetime | None = None, not_after: datetime.datetime | None = None,
+          sans: Sequence[x509.GeneralName] | None = None) -> Issued:
+    """A leaf certificate ``ca`` signs for ``name``, for server or client auth.
+
+    Valid from ``days[0]`` to ``days[1]`` days from now, or from ``not_before`` to ``not_after`` (by default
+    from five minutes ago, for a day). Its SANs: ``sans``, by default localhost and 127.0.0.1 for a server
+    and none for a client."""
     key = _key(kind)
     now = datetime.datetime.now(datetime.timezone.utc)
+    if days is not None:
+        not_before, not_after = now + datetime.timedelta(days=days[0]), now + datetime.timedelta(days=days[1])
     builder = (x509.CertificateBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
                .issuer_name(ca.cert.subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(days=1))
+               .not_valid_before(not_before or now - datetime.timedelta(minutes=5))
+               .not_valid_after(not_after or now + datetime.timedelta(days=1))
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
                                                      else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
-    if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    names = list(LOCALHOST if server else ()) if sans is None else list(sans)
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return _pem(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def load_ca(cert_file: str) -> Issued:
+    """A CA from PEM files (tests/net_util.py's make_pki): the certificate, and its key beside it (.key)."""
+    cert_pem, key_pem = Path(cert_file).read_bytes(), Path(cert_file).with_suffix(".key").read_bytes()
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
+    return Issued(cert_pem, key_pem, x509.load_pem_x509_certificate(cert_pem), key)
 
 
 @dataclass

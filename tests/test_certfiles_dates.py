@@ -22,9 +22,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 from plugbay.core.transport import certfiles, sockets
 from plugbay.core.transport.relay import TLSRelay
@@ -41,25 +39,14 @@ def _dated(ca: netcerts.Issued, not_before: datetime.datetime, not_after: dateti
            server: bool = True, year_zero: bool = False) -> tuple[bytes, bytes]:
     """A certificate (PEM) for localhost/127.0.0.1 and its key; ``year_zero``: its notAfter (``_FAR``) made year
     0000 in the DER (the signature no longer matches: cryptography loads without verifying)."""
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-               .issuer_name(ca.cert.subject).public_key(key.public_key())
-               .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
-               .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                           x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                              critical=False)
-               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                                     else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
-    der = builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    issued = netcerts.issue(ca, "localhost", server=server, not_before=not_before, not_after=not_after,
+                            sans=netcerts.LOCALHOST)
+    der = issued.cert.public_bytes(serialization.Encoding.DER)
     if year_zero:
         assert der.count(b"21000101000000Z") == 1
         der = der.replace(b"21000101000000Z", b"00000101000000Z")
     pem = x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
-    return pem, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
+    return pem, issued.key_pem
 
 
 def _write(certs: netcerts.CertSet, cert_key: tuple[bytes, bytes]) -> None:

@@ -12,11 +12,6 @@ import datetime
 import shutil
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from tests import netcerts
 from tests.cli_util import plugbay
 from tests.test_network_broker import CounterReplica, host_tls
@@ -78,16 +73,7 @@ def test_an_expired_cert_flag_is_named_with_its_date(tmp_path: Path) -> None:
 
 def _expired_client(certs: netcerts.CertSet, folder: Path) -> tuple[str, str]:
     """A client certificate the plugin's client CA signed, expired yesterday."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "host")]))
-            .issuer_name(certs.client_ca.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(certs.client_ca.key, hashes.SHA256()))
-    (folder / "host.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "host.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
+    host = netcerts.issue(certs.client_ca, "host", server=False, days=(-30, -1))
+    (folder / "host.crt").write_bytes(host.cert_pem)
+    (folder / "host.key").write_bytes(host.key_pem)
     return str(folder / "host.crt"), str(folder / "host.key")

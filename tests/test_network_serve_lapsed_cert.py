@@ -8,8 +8,6 @@ as real processes on 127.0.0.1.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import shutil
 import socket
@@ -19,10 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests import netcerts
 from tests.test_network_broker import REPO, CounterReplica
@@ -34,21 +28,9 @@ def dated_server_set(folder: Path, days: tuple[int, int]) -> netcerts.CertSet:
     """A server set whose certificate (for localhost and 127.0.0.1) is valid from ``days[0]`` to ``days[1]``
     days from now."""
     certs = netcerts.write_set(folder)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(certs.server_ca.cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now + datetime.timedelta(days=days[0]))
-            .not_valid_after(now + datetime.timedelta(days=days[1]))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(certs.server_ca.key, hashes.SHA256()))
-    certs.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    certs.key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
+    server = netcerts.issue(certs.server_ca, "localhost", server=True, days=days)
+    certs.cert_file.write_bytes(server.cert_pem)
+    certs.key_file.write_bytes(server.key_pem)
     return certs
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import select
 import socket
 import ssl
@@ -13,10 +12,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests import netcerts
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, Replica, make_pki
 
 from plugbay import ConfigError, HandshakeTimeoutError, NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
@@ -131,20 +128,10 @@ def _context_of(ca_file: str) -> ssl.SSLContext:
 
 def _expired_server_cert(pki: dict[str, str], folder: Path) -> tuple[str, str]:
     """A server certificate from the test CA, naming SERVER_NAME, that expired yesterday."""
-    ca_key = serialization.load_pem_private_key(Path(pki["ca"]).with_suffix(".key").read_bytes(), None)
-    ca_cert = x509.load_pem_x509_certificate(Path(pki["ca"]).read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired server")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=30)).not_valid_after(now - datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    (folder / "expired.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "expired.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                           serialization.PrivateFormat.PKCS8,
-                                                           serialization.NoEncryption()))
+    server = netcerts.issue(netcerts.load_ca(pki["ca"]), "expired server", server=True, days=(-30, -1),
+                            sans=[x509.DNSName(SERVER_NAME)])
+    (folder / "expired.crt").write_bytes(server.cert_pem)
+    (folder / "expired.key").write_bytes(server.key_pem)
     return str(folder / "expired.crt"), str(folder / "expired.key")
 
 

@@ -9,18 +9,12 @@ whose TLS is grpcio's (tests/plugins/net_kv.py), and the examples' plugin behind
 
 from __future__ import annotations
 
-import datetime
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests import netcerts
 from tests.net_util import HANDSHAKE, PLUGINS, SERVER_NAME, Replica, make_pki
@@ -33,8 +27,7 @@ from plugbay.network.tls import tls_failure, with_lapsed_cert
 @dataclass
 class Served:
     address: str
-    client_ca: x509.Certificate  # what signs the clients the plugin trusts
-    client_ca_key: Any
+    client_ca: netcerts.Issued  # what signs the clients the plugin trusts
     server_ca_file: str  # what signed the plugin's certificate
     server_name: str
     stranger: tuple[str, str]  # a current client certificate and key of another CA
@@ -48,9 +41,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         replica = Replica("127.0.0.1:0", env={"NET_KV_CERT": pki["server"], "NET_KV_KEY": pki["server_key"],
                                               "NET_KV_CA": pki["ca"]})
         try:
-            yield Served(replica.address, x509.load_pem_x509_certificate(Path(pki["ca"]).read_bytes()),
-                         serialization.load_pem_private_key(Path(pki["ca"]).with_suffix(".key").read_bytes(), None),
-                         pki["ca"], SERVER_NAME, (pki["rogue_client"], pki["rogue_client_key"]))
+            yield Served(replica.address, netcerts.load_ca(pki["ca"]), pki["ca"], SERVER_NAME,
+                         (pki["rogue_client"], pki["rogue_client_key"]))
         finally:
             replica.stop()
         return
@@ -61,7 +53,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     (folder / "stranger.key").write_bytes(stranger.key_pem)
     front = CounterReplica(folder / "kv", certs, script=REPO / "examples" / "kv" / "plugin.py")
     try:
-        yield Served(front.address, certs.client_ca.cert, certs.client_ca.key, str(folder / "server-ca.crt"),
+        yield Served(front.address, certs.client_ca, str(folder / "server-ca.crt"),
                      "localhost", (str(folder / "stranger.crt"), str(folder / "stranger.key")))
     finally:
         front.stop()
@@ -70,19 +62,9 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 def client_cert(served: Served, folder: Path, days: tuple[int, int]) -> tuple[str, str]:
     """A client certificate the plugin's client CA signed, valid from ``days[0]`` to ``days[1]`` days from now."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "host")]))
-            .issuer_name(served.client_ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now + datetime.timedelta(days=days[0]))
-            .not_valid_after(now + datetime.timedelta(days=days[1]))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(served.client_ca_key, hashes.SHA256()))
-    (folder / "host.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "host.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
+    host = netcerts.issue(served.client_ca, "host", server=False, days=days)
+    (folder / "host.crt").write_bytes(host.cert_pem)
+    (folder / "host.key").write_bytes(host.key_pem)
     return str(folder / "host.crt"), str(folder / "host.key")
 
 
