@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -84,6 +85,23 @@ class Replica:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@contextmanager
+def running_replica() -> Iterator[Replica]:
+    """A net_kv replica on a free 127.0.0.1 port, stopped on the way out."""
+    rep = Replica("127.0.0.1:0")
+    try:
+        yield rep
+    finally:
+        rep.stop()
+
+
+@pytest.fixture()
+def loopback_replica() -> Iterator[Replica]:
+    """A net_kv replica on a free 127.0.0.1 port for one test (import this fixture to use it)."""
+    with running_replica() as rep:
+        yield rep
 
 
 def _ready(channel: Any) -> bool:

@@ -31,7 +31,7 @@ from plugbay.core.protocol.handshake import parse_handshake_line
 from plugbay.errors import ConfigError
 from plugbay.network import AsyncRemoteClient
 from tests import gobuild
-from tests.net_util import HANDSHAKE, PLUGINS, Replica
+from tests.net_util import HANDSHAKE, PLUGINS, Replica, running_replica
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402  (examples/kv, on the path through tests.net_util)
 
@@ -47,13 +47,12 @@ WATCH = health_pb2.HealthCheckRequest(service="plugin")
 
 @pytest.fixture()
 def replica() -> Iterator[Replica]:
-    rep = Replica("127.0.0.1:0")
-    try:
-        yield rep
-    finally:
-        if rep.proc.poll() is None:
-            os.kill(rep.proc.pid, signal.SIGCONT)
-        rep.stop()
+    with running_replica() as rep:
+        try:
+            yield rep
+        finally:  # a test may leave it stopped (SIGSTOP): resume it so it can stop
+            if rep.proc.poll() is None:
+                os.kill(rep.proc.pid, signal.SIGCONT)
 
 
 def remote(address: str, **kw: Any) -> RemoteConfig:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,21 +20,13 @@ import pytest
 from plugbay import AsyncRemoteClient, RemoteClient, RemoteConfig
 from plugbay.core.plugin.network import DiscoveryServicer
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica, serving_discovery
+from tests.net_util import loopback_replica  # noqa: F401  (the fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "counter"))
 from counter_plugin_def import PLUGIN_NAME as COUNTER, CounterPlugin  # noqa: E402
 
 RENAMED = {"mykv": PLUGINS[PLUGIN_NAME]}  # the host's own name for the kv plugin
 BOTH = {**PLUGINS, COUNTER: CounterPlugin()}
-
-
-@pytest.fixture()
-def replica() -> Iterator[Replica]:
-    rep = Replica("127.0.0.1:0")
-    try:
-        yield rep
-    finally:
-        rep.stop()
 
 
 def _config(address: str, plugins: dict) -> RemoteConfig:
@@ -49,17 +40,17 @@ def _warnings_of(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
 
 
 @pytest.mark.timeout(60)
-def test_a_host_naming_the_plugin_differently_dispenses_and_calls_it(replica: Replica) -> None:
-    with RemoteClient(_config(replica.address, RENAMED)) as client:
+def test_a_host_naming_the_plugin_differently_dispenses_and_calls_it(loopback_replica: Replica) -> None:
+    with RemoteClient(_config(loopback_replica.address, RENAMED)) as client:
         kv = client.dispense("mykv")
         kv.put("k", b"v")
         assert kv.get("k") == b"v"
 
 
 @pytest.mark.timeout(60)
-def test_an_asyncio_host_naming_it_differently_calls_it_too(replica: Replica) -> None:
+def test_an_asyncio_host_naming_it_differently_calls_it_too(loopback_replica: Replica) -> None:
     async def main() -> None:
-        async with AsyncRemoteClient(_config(replica.address, RENAMED)) as client:
+        async with AsyncRemoteClient(_config(loopback_replica.address, RENAMED)) as client:
             kv = await client.dispense("mykv")
             await kv.put("k", b"v")
             assert await kv.get("k") == b"v"
@@ -69,13 +60,13 @@ def test_an_asyncio_host_naming_it_differently_calls_it_too(replica: Replica) ->
 
 @pytest.mark.timeout(60)
 def test_an_unlisted_name_is_warned_of_once_and_a_service_not_served_fails_unimplemented(
-        replica: Replica, caplog: pytest.LogCaptureFixture) -> None:
-    with RemoteClient(_config(replica.address, BOTH)) as client:
+        loopback_replica: Replica, caplog: pytest.LogCaptureFixture) -> None:
+    with RemoteClient(_config(loopback_replica.address, BOTH)) as client:
         counter = client.dispense(COUNTER)
         client.dispense(COUNTER)
         warned = _warnings_of(caplog, COUNTER)
         assert len(warned) == 1, caplog.text  # once per name
-        assert f"remote plugin 'kv-unlisted' at 'static:///{replica.address}'" in warned[0], warned[0]
+        assert f"remote plugin 'kv-unlisted' at 'static:///{loopback_replica.address}'" in warned[0], warned[0]
         assert "a first call failing UNIMPLEMENTED means the plugin serves no such service" in warned[0]
         with pytest.raises(grpc.RpcError) as caught:
             counter.get("k")
