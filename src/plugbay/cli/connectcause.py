@@ -6,8 +6,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from typing import TYPE_CHECKING
-
 import grpc
 
 from plugbay.errors import TLSConfigError
