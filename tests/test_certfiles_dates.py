@@ -142,3 +142,33 @@ def test_the_host_takes_a_certificate_dated_year_zero(tmp_path: Path) -> None:
     (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
     taken = NetworkTLS(str(tmp_path / "host.crt"), str(tmp_path / "host.key"), str(tmp_path / "ca.crt")).files()
     assert taken.cert_pem == cert and taken.lapsed() == ""
+
+
+def _not_yet_valid_provider(certs: netcerts.CertSet) -> tuple[certfiles.CertFiles, datetime.datetime]:
+    """A provider (grpcio's path: no OpenSSL context) whose set was read while its certificate was not valid
+    yet, and the certificate's notAfter. The window widens when building it took longer than the certificate's
+    wait (a loaded machine): the set is always read before its notBefore."""
+    for window in (2.0, 10.0, 40.0):
+        begins = _now() + datetime.timedelta(seconds=window)
+        ends = begins + datetime.timedelta(seconds=window)
+        _write(certs, _dated(certs.server_ca, begins, ends))
+        provider = certfiles.CertFiles(certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file),
+                                                          str(certs.client_ca_file)), openssl=False)
+        if _now() < begins:
+            return provider, ends
+    pytest.fail("the set could not be read before its notBefore, 40 s ahead")
+
+
+def test_a_set_not_yet_valid_that_expires_while_serving_is_warned_of_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    caplog.set_level(logging.WARNING, logger="plugbay.network.tls")
+    provider, ends = _not_yet_valid_provider(certs)
+    warned = _dates_warned(caplog, certs)
+    assert len(warned) == 1 and "is not valid until" in warned[0], warned
+    while _now() <= ends + datetime.timedelta(milliseconds=200):  # bounded: ends is at most 80 s ahead
+        time.sleep(0.1)
+    for _ in range(3):  # grpcio's fetcher, once per handshake: the same set, now expired
+        assert provider.fetch() is None
+    warned = _dates_warned(caplog, certs)
+    assert len(warned) == 2 and "expired at" in warned[1], warned

@@ -163,6 +163,15 @@ def out_of_dates(valid: Validity | None, what: str) -> str:
     return ""
 
 
+def _lapse(valid: Validity | None) -> str | None:
+    """How a certificate of these dates is out of them now ("expired", "early"); None when it is not (or its
+    dates are unknown)."""
+    if valid is None:
+        return None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return "expired" if now > valid[1] else "early" if now < valid[0] else None
+
+
 def whole_pem(data: bytes, certificates: int) -> bool:
     """Whether every PEM block in ``data`` is closed and each certificate block is among the ``certificates``
     parsed: cryptography silently drops a block cut short, which a file caught mid-write ends in."""
@@ -214,7 +223,9 @@ class CertFiles:
         # until the files change once more
         self._failed: tuple[tuple[str, int, int], ...] | None = None
         self._unread: tuple[tuple[str, int, int], ...] | None = None  # a change whose read failed, warned of
-        self._dates_warned: LoadedTLS | None = None  # the set whose dates were warned of
+        # the set whose dates were warned of, and how it lapsed: a set first not yet valid (a clock skewed at
+        # the start) that later expires while serving is warned of again
+        self._dates_warned: tuple[LoadedTLS, str] | None = None
         self.reloads = 0
         self._warn_if_out_of_dates()
 
@@ -266,16 +277,19 @@ class CertFiles:
             return True
 
     def _warn_if_out_of_dates(self) -> None:
-        """Under the lock (or before the first handshake): warn once per set taken when its certificate is out
-        of its dates now. Such a set still serves (a renewal may be on its way, and is taken when the files
-        change), but every host refuses it and says so only on its own side: the operator reading this log
-        learned nothing. Run per handshake too, so a certificate that lapses while serving is warned of:
-        a comparison of the set's dates (read once, with the set) with the clock, no file read."""
-        if self._dates_warned is self.current:
+        """Under the lock (or before the first handshake): warn once per set taken and way it lapsed (not yet
+        valid, expired) when its certificate is out of its dates now. Such a set still serves (a renewal may be
+        on its way, and is taken when the files change), but every host refuses it and says so only on its own
+        side: the operator reading this log learned nothing. Run per handshake too, so a certificate that lapses
+        while serving is warned of: a comparison of the set's dates (read once, with the set) with the clock, no
+        file read."""
+        lapse = _lapse(self.current.valid)
+        if lapse is None or (self._dates_warned is not None and self._dates_warned[0] is self.current
+                             and self._dates_warned[1] == lapse):
             return
         words = out_of_dates(self.current.valid, f"the certificate in {self.files.cert_file!r}")
         if words:
-            self._dates_warned = self.current
+            self._dates_warned = (self.current, lapse)
             log.warning("%s; every host refuses it meanwhile (it still serves: a renewed set is taken when the"
                         " files change)", words)
 
