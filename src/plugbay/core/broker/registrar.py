@@ -48,12 +48,13 @@ class Registrar(grpc.Server):  # type: ignore[misc]
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
         handlers = tuple(self._runnable(h) for h in generic_rpc_handlers)
         names = [str(name()) for name in (getattr(h, "service_name", None) for h in handlers) if callable(name)]
-        for at, name in enumerate(names):  # all or none noted: a refused batch leaves no name taken
-            if name in self._services or name in names[:at]:  # grpcio would answer with the first, silently
-                raise BrokerError(
-                    f"gRPC service {name!r} is registered twice on a brokered server: its register"
-                    " callback adds each service once (one add_*Servicer_to_server call per service)")
-        self._services.update(names)
+        with self._lock:  # checked and noted at once: two threads adding one name both pass a check alone
+            for at, name in enumerate(names):  # all or none noted: a refused batch leaves no name taken
+                if name in self._services or name in names[:at]:  # grpcio would answer with the first, silently
+                    raise BrokerError(
+                        f"gRPC service {name!r} is registered twice on a brokered server: its register"
+                        " callback adds each service once (one add_*Servicer_to_server call per service)")
+            self._services.update(names)
         self._server.add_generic_rpc_handlers(handlers)
 
     def _runnable(self, handler: Any) -> Any:
