@@ -212,3 +212,24 @@ def test_a_refused_batch_leaves_none_of_its_names_taken() -> None:
         with pytest.raises(ConfigError, match="'s.Free' is registered twice"):  # and now taken
             second.add_generic_rpc_handlers((one_method_service("s.Free"),))
         server.stop(None)
+
+
+def test_one_plugin_registering_reflection_twice_in_one_batch_is_dropped_as_across_batches() -> None:
+    """A plugin's second reflection registration is dropped like another plugin's, in one batch as in two
+    (one batch of two was refused as registered "by plugin 'a' and again by plugin 'a'")."""
+    from plugbay.core.plugin.gate import HandlerGate
+    from plugbay.core.plugin.gatedserver import GatedServer, ServiceNames
+
+    reflection_name = "grpc.reflection.v1alpha.ServerReflection"
+    with futures.ThreadPoolExecutor(2) as pool:
+        server = grpc.server(pool)
+        try:
+            gated = GatedServer(server, HandlerGate(1), names=ServiceNames(), owner="plugin 'a'")
+            gated.add_generic_rpc_handlers((one_method_service(reflection_name), one_method_service(reflection_name)))
+            gated.add_generic_rpc_handlers((one_method_service(reflection_name),))  # an earlier holder: dropped
+            port = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # the first one answers
+                assert channel.unary_unary(f"/{reflection_name}/M")(b"", timeout=10) == b""
+        finally:
+            server.stop(None)

@@ -73,22 +73,23 @@ class ServiceNames:
         self._owners = {(way, name): "plugbay itself (a service of the go-plugin protocol)"
                         for name in own for way in ("generic", "registered")}
 
-    def claim(self, services: Sequence[str], way: str, owner: str) -> set[str]:
+    def claim(self, services: Sequence[str], way: str, owner: str) -> set[int]:
         """Notes ``owner``'s registration of ``services`` (``way``: generic or registered), all or none: a
         ConfigError, and nothing noted, if one is taken, so a refused batch leaves none of its names claimed.
 
-        Returns the second registrations of server reflection, which its caller drops: each plugin that
-        opts into reflection registers it (docs/cli.md), and one reflection service per server is all gRPC
-        can serve; the first one answers, listing the services its plugin named."""
+        Returns the positions in ``services`` of second registrations of server reflection, which its caller
+        drops: each plugin that opts into reflection registers it (docs/cli.md), and one reflection service per
+        server is all gRPC can serve; the first one answers, listing the services its plugin named. A second
+        one is dropped whoever made it: another plugin, or the same one (in this batch or an earlier one)."""
         with self._lock:
-            dropped: set[str] = set()
+            dropped: set[int] = set()
             new: set[str] = set()
-            for service in services:
+            for at, service in enumerate(services):
                 earlier = self._owners.get((way, service)) or (owner if service in new else None)
                 if earlier is None:
                     new.add(service)
-                elif service in REFLECTION_SERVICES and service not in new:
-                    dropped.add(service)
+                elif service in REFLECTION_SERVICES:
+                    dropped.add(at)
                 else:
                     break
             else:
@@ -135,9 +136,11 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
                 for path, one in (table[1] if table else {}).items():
                     if is_async(one):
                         self._gate.gated(path, one)
-            dropped = self._names.claim([table[0] for table in tables if table is not None], "generic", self._owner)
-            handlers = tuple(handler for handler, table in zip(handlers, tables)  # a second reflection service:
-                             if table is None or table[0] not in dropped)  # the first one answers
+            named = [at for at, table in enumerate(tables) if table is not None]
+            dropped = {named[at] for at in self._names.claim(
+                [table[0] for table in tables if table is not None], "generic", self._owner)}
+            handlers = tuple(handler for at, handler in enumerate(handlers)  # a second reflection service:
+                             if at not in dropped)  # the first one answers
             self._server.add_generic_rpc_handlers(tuple(Transformed(h, self._gate.gated) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
