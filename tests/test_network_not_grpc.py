@@ -10,14 +10,18 @@ plaintext"). Real servers on 127.0.0.1: http.server's, and a socket server that 
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests import netcerts
 from tests.loopback_http_util import LoopbackServer
 from tests.net_util import HANDSHAKE, PLUGINS
 
@@ -85,3 +89,69 @@ def test_the_asyncio_client_names_it_too(not_a_plugin: str) -> None:
     with pytest.raises(RemoteProtocolError) as err:
         asyncio.run(start())
     assert "answered with something other than HTTP/2 (gRPC)" in str(err.value), err.value
+
+
+class TLSOnly(LoopbackServer):
+    """A TLS server (no plugin behind it): a plaintext client's bytes fail its handshake, a TLS probe's pass."""
+
+    def __init__(self, certs: netcerts.CertSet) -> None:
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(str(certs.cert_file), str(certs.key_file))
+        super().__init__("tls-only")
+
+    def serve(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            with self._ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+        except (OSError, ssl.SSLError):
+            conn.close()
+
+
+@contextlib.contextmanager
+def plain_http() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="plain-http")
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _closed_port() -> str:
+    """127.0.0.1 at a port nothing listens on: an endpoint that is down, so the start waits to its deadline."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def _at_deadline(*addresses: str) -> BaseException:
+    cfg = RemoteConfig(target=f"static:///{','.join(addresses)}", handshake=HANDSHAKE, plugins=PLUGINS,
+                       insecure=True, start_timeout=3.0)  # the wait's bound, no assertion on it
+    with pytest.raises(HandshakeError) as err:
+        with RemoteClient(cfg):
+            pass
+    return err.value
+
+
+def test_two_plaintext_replicas_that_are_no_plugin_are_each_named_so_at_the_deadline() -> None:
+    # an endpoint down beside them keeps the start waiting to its deadline (PoolTLS.tls_at_deadline)
+    with plain_http() as a, plain_http() as b:
+        error = _at_deadline(a, b, _closed_port())
+    assert isinstance(error, RemoteProtocolError) and not isinstance(error, RemoteTLSError), error
+    assert "failed TLS" not in str(error) and "TLS with" not in str(error), error
+    assert "is no gRPC plugin either" in str(error), error
+
+
+def test_a_mix_of_an_endpoint_wanting_tls_and_one_that_is_no_plugin_is_named_by_each_failure(
+        tmp_path: Path) -> None:
+    certs = netcerts.write_set(tmp_path / "tls")
+    with TLSOnly(certs) as tls_only, plain_http() as http_one:
+        tls_at = f"127.0.0.1:{tls_only.port}"
+        for order in ((tls_at, http_one), (http_one, tls_at)):  # the same error whichever is listed first
+            error = _at_deadline(*order, _closed_port())
+            assert isinstance(error, RemoteTLSError), error
+            assert f"at tcp:{tls_at} failed" in str(error), error
+            assert f"tcp:{http_one} is no gRPC plugin (" in str(error), error

@@ -77,15 +77,19 @@ class PoolTLS:
         """At the deadline of a call's (or a dispense()'s) wait for an endpoint: the RemoteTLSError of the
         endpoints that failed TLS, saying why the others could not take it, rather than a NoEndpointsError
         that buries that failure among gRPC's words. A close after each handshake (CLOSED_AFTER_HANDSHAKE)
-        alone does not count: it may be a TLS proxy whose backend is down (its health detail says both)."""
+        alone does not count: it may be a TLS proxy whose backend is down (its health detail says both).
+
+        The error is a RemoteProtocolError only when every such endpoint answered plaintext with no HTTP/2
+        (NOT_HTTP2); when any failed on TLS it is that endpoint's RemoteTLSError (a TLS setting to fix), and
+        each other endpoint is worded by its own failure."""
         if pin is not None:  # a pinned endpoint that failed TLS ended the wait at once (tls_broken)
             return None
         with self._cond:
             broken = [m for m in self._members.values() if m.tls_failure not in (None, CLOSED_AFTER_HANDSHAKE)]
             if not broken:
                 return None
-            first = broken[0]
-            others = [f"{m.key} failed TLS too ({m.tls_failure})" for m in broken[1:]]
+            first = min(broken, key=lambda m: m.tls_failure == NOT_HTTP2)  # stable: member order otherwise
+            others = [_also(m, first) for m in broken if m is not first]
             rest = self._why_none(exclude, None, skip={m.key for m in broken})
             error = tls_error(self, first, first.tls_failure or "", first.check_error or first.health_detail,
                               "; ".join(others + ([rest] if rest else [])))
@@ -208,3 +212,11 @@ class PoolTLS:
             # flat (no brackets of its own): a NoEndpointsError puts this detail in brackets, the meaning has some
             detail = f"{detail}; {_LEARNED} {member.tls_learned}; {CHECK_TLS}"
         return detail
+
+
+def _also(member: Member, first: Member) -> str:
+    """How ``member``, beside ``first`` (the endpoint the error is of), failed: by its own kind of failure."""
+    same = (member.tls_failure == NOT_HTTP2) == (first.tls_failure == NOT_HTTP2)
+    if member.tls_failure == NOT_HTTP2:
+        return f"{member.key} is no gRPC plugin{' either' if same else ''} ({member.tls_failure})"
+    return f"{member.key} failed TLS{' too' if same else ''} ({member.tls_failure})"
