@@ -64,4 +64,6 @@ def test_insecure_against_an_http_server_is_named_at_once(http_server: str, args
     err = said.stdout + said.stderr
     assert said.returncode == 2, said
     assert "something other than HTTP/2 (gRPC)" in err and "the target names another service" in err, err
+    # no TLS is involved (as the library's RemoteProtocolError says), and the advice is given once
+    assert "TLS with" not in err and "is no gRPC plugin" in err and err.count("pass --ca/--cert/--key") == 1, err
     assert "DEADLINE_EXCEEDED" not in err and "UNREACHABLE" not in err and "Traceback" not in err, err

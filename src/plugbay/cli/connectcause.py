@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from plugbay.errors import TLSConfigError
+from plugbay.errors import ConfigError, TLSConfigError
 
 if TYPE_CHECKING:
     from plugbay.network.resolver import Endpoint
@@ -52,7 +52,7 @@ def connect_failure(channel: grpc.Channel) -> str:
 
 def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer: grpc.Future,
                      timeout: float, endpoint: Endpoint | None = None,
-                     network_tls: NetworkTLS | None = None) -> TLSConfigError | None:
+                     network_tls: NetworkTLS | None = None) -> ConfigError | None:
     """The typed error of a definite TLS failure of ``channel``'s connection, found while ``answer`` (a call,
     or a wait for the connection, that waits for a target coming up) is pending, for at most ``timeout`` (a
     wait for the connection has no deadline of its own); None once it ended or the channel connected, at
@@ -125,7 +125,7 @@ _FLAGS = (("(ca_file)", "(--ca)"), ("ca_file", "--ca"), ("cert_file", "--cert"),
           ("connect with insecure=True", "pass --insecure"), ("pass tls=NetworkTLS(...)", "pass --ca/--cert/--key"))
 
 
-def _wants_tls(endpoint: Endpoint, detail: str, target: str, timeout: float) -> TLSConfigError | None:
+def _wants_tls(endpoint: Endpoint, detail: str, target: str, timeout: float) -> ConfigError | None:
     """The typed error when the plaintext connection's peer, cut short during setup, answers a TLS handshake
     of the library's probe; None for anything else (nothing listens, a reset before any handshake)."""
     from plugbay.network.tls import WANTS_TLS
@@ -137,7 +137,7 @@ def _wants_tls(endpoint: Endpoint, detail: str, target: str, timeout: float) -> 
 
 
 def tls_refusal(detail: str, target: str, insecure: bool,
-                network_tls: NetworkTLS | None = None) -> TLSConfigError | None:
+                network_tls: NetworkTLS | None = None) -> ConfigError | None:
     """The typed error of a probe whose connection failed on TLS (``detail``: gRPC's words, with the cause
     connect_failure found), saying which flag to fix; None when they show no TLS failure. ``network_tls``:
     the NetworkTLS the connection was made with, whose --cert out of its dates a refusal names (the library's
@@ -148,9 +148,19 @@ def tls_refusal(detail: str, target: str, insecure: bool,
     return None if meaning is None else _refusal(with_lapsed_cert(meaning, network_tls), detail, target, insecure)
 
 
-def _refusal(meaning: str, detail: str, target: str, insecure: bool) -> TLSConfigError:
+def _refusal(meaning: str, detail: str, target: str, insecure: bool) -> ConfigError:
+    """A TLSConfigError naming the flag to fix; for a plaintext peer that answered no HTTP/2 (no TLS involved)
+    a ConfigError worded as the library's RemoteProtocolError, whose advice (--ca/--cert/--key) its meaning
+    already holds. Both exit 2, as docs/cli.md says: the flags or the target are what to fix."""
+    from plugbay.network.tls import NOT_HTTP2
+
+    plaintext_no_http2 = meaning == NOT_HTTP2
     for api, flag in _FLAGS:
         meaning = meaning.replace(api, flag)
+    if plaintext_no_http2:
+        return ConfigError(f"{target}, dialed in plaintext (--insecure), is no gRPC plugin: {meaning}"
+                           f" (gRPC said: {detail.lstrip('; ')}). Check the target, and whether the plugin is"
+                           " served with TLS")
     fix = ("pass --ca with the CA that signed the plugin's certificate, and --cert/--key with a certificate"
            " signed by a CA the plugin trusts" if not insecure else "pass --ca/--cert/--key for mTLS")
     return TLSConfigError(f"TLS with {target} failed: {meaning}; {fix} (gRPC said: {detail.lstrip('; ')})")
