@@ -115,3 +115,24 @@ def test_errors_made_of_a_grpc_failure_keep_its_code_when_pickled() -> None:
         assert type(copy) is type(error) and str(copy) == str(error), copy
         assert copy.code() == error.code() == grpc.StatusCode.UNAVAILABLE, (type(error), copy.code())
         assert copy.details() == error.details() == failure.details(), copy.details()
+
+
+def test_the_network_pool_and_circuit_errors_pickle_too() -> None:
+    """They take more than ``args`` too: pickling raised "__init__() missing 2 required positional arguments"."""
+    from plugbay.core.resilience.circuit import CircuitOpen
+    from plugbay.errors import CircuitOpenError, NoEndpointsError, RemoteProtocolError, RemoteTLSError
+    from plugbay.network.poolcalls import NoEndpoints, NotGRPCFailure, RemoteTLSFailure
+
+    tls = RemoteTLSFailure("TLS with remote plugin 'kv' failed", grpc.StatusCode.UNAVAILABLE, "handshake failed")
+    tls.at_deadline = True
+    errors = [NoEndpoints("no endpoint took the call", grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"), tls,
+              NotGRPCFailure("remote plugin 'kv' is no gRPC plugin", grpc.StatusCode.UNAVAILABLE, "Failed parsing")]
+    for error, family in zip(errors, (NoEndpointsError, RemoteTLSError, RemoteProtocolError)):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and isinstance(copy, family) and str(copy) == str(error), copy
+        assert (copy.code(), copy.details()) == (error.code(), error.details()), copy
+    assert pickle.loads(pickle.dumps(tls)).at_deadline is True
+    circuit = CircuitOpen("circuit 'kv' is open", "kv", 2.5, "UNAVAILABLE: down")
+    copy = pickle.loads(pickle.dumps(circuit))
+    assert isinstance(copy, CircuitOpenError) and str(copy) == str(circuit) and copy.code() == circuit.code()
+    assert (copy.name, copy.retry_in, copy.last_failure) == ("kv", 2.5, "UNAVAILABLE: down")

@@ -88,6 +88,10 @@ class _TypedRpcError(grpc.RpcError):  # type: ignore[misc]
     def details(self) -> str:
         return self._details
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException's default calls the class with ``args`` alone, which __init__ refuses
+        return type(self), (self.message, self._code, self._details), dict(self.__dict__)
+
 
 class NoEndpoints(_TypedRpcError, NoEndpointsError):
     """No endpoint took the call before its deadline."""

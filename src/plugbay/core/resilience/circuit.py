@@ -73,6 +73,10 @@ class CircuitOpen(CircuitOpenError, grpc.RpcError):  # type: ignore[misc]
     def details(self) -> str:
         return str(self)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException's default calls the class with ``args`` alone, which __init__ refuses
+        return type(self), (str(self), self.name, self.retry_in, self.last_failure), dict(self.__dict__)
+
 
 class CircuitBreaker:
     """closed / open / half-open, one probe at a time. See the module docstring."""
