@@ -38,15 +38,8 @@ class Chatter(LoopbackServer):
             conn.sendall(b"220 mail.example ESMTP ready\r\n")
 
 
-@pytest.fixture(params=["http", "text"])
-def not_a_plugin(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "text":
-        chatter = Chatter("chatter")
-        try:
-            yield f"127.0.0.1:{chatter.port}"
-        finally:
-            chatter.close()
-        return
+@contextlib.contextmanager
+def plain_http() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     thread = threading.Thread(target=server.serve_forever, name="plain-http")
     thread.start()
@@ -56,6 +49,19 @@ def not_a_plugin(request: pytest.FixtureRequest) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture(params=["http", "text"])
+def not_a_plugin(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "text":
+        chatter = Chatter("chatter")
+        try:
+            yield f"127.0.0.1:{chatter.port}"
+        finally:
+            chatter.close()
+        return
+    with plain_http() as address:
+        yield address
 
 
 def config(address: str, brokered: bool = True) -> RemoteConfig:
@@ -106,19 +112,6 @@ class TLSOnly(LoopbackServer):
                 tls.recv(1)
         except (OSError, ssl.SSLError):
             conn.close()
-
-
-@contextlib.contextmanager
-def plain_http() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, name="plain-http")
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def _closed_port() -> str:
