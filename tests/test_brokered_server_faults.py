@@ -107,3 +107,23 @@ def test_a_refused_batch_on_a_brokered_server_leaves_none_of_its_names_taken() -
             registrar.add_generic_rpc_handlers((service("s.Free"), service("s.Taken")))
         registrar.add_generic_rpc_handlers((service("s.Free"),))  # never added: still free
         server.stop(None)
+
+
+def test_a_service_registered_twice_as_registered_methods_is_refused_too() -> None:
+    """Generated code adds a service generically, then as registered methods (one add_*Servicer_to_server
+    call); a second registration by the second way alone was kept silent (the first answered)."""
+    from concurrent import futures
+
+    from plugbay import BrokerError
+    from plugbay.core.broker.registrar import Registrar
+
+    table = {"M": grpc.unary_unary_rpc_method_handler(lambda r, c: b"")}
+    with futures.ThreadPoolExecutor(2) as pool:
+        server = grpc.server(pool)
+        registrar = Registrar(server, lambda: None)  # sync handlers only: no loop asked for
+        registrar.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("s.Both", table),))
+        registrar.add_registered_method_handlers("s.Both", table)  # the same call's second half: taken
+        registrar.add_registered_method_handlers("s.Alone", table)
+        with pytest.raises(BrokerError, match="'s.Alone' is registered twice"):
+            registrar.add_registered_method_handlers("s.Alone", table)
+        server.stop(None)

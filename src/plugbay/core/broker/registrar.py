@@ -33,7 +33,8 @@ class Registrar(grpc.Server):  # type: ignore[misc]
 
     def __init__(self, server: grpc.Server, handler_loop: Callable[[], LoopSource]) -> None:
         self._server = server
-        self._services: set[str] = set()
+        self._services: set[str] = set()  # added generically
+        self._registered: set[str] = set()  # added as registered methods
         self._make_loop = handler_loop
         self._loop: LoopSource | None = None
         self._lock = threading.Lock()
@@ -51,9 +52,7 @@ class Registrar(grpc.Server):  # type: ignore[misc]
         with self._lock:  # checked and noted at once: two threads adding one name both pass a check alone
             for at, name in enumerate(names):  # all or none noted: a refused batch leaves no name taken
                 if name in self._services or name in names[:at]:  # grpcio would answer with the first, silently
-                    raise BrokerError(
-                        f"gRPC service {name!r} is registered twice on a brokered server: its register"
-                        " callback adds each service once (one add_*Servicer_to_server call per service)")
+                    raise self._twice(name)
             self._services.update(names)
         self._server.add_generic_rpc_handlers(handlers)
 
@@ -76,9 +75,18 @@ class Registrar(grpc.Server):  # type: ignore[misc]
         return answered(sync_handler(method, handler, self._handler_loop()), log)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
-        if service_name in self._services:
-            return  # generated code adds the same handlers generically first
-        self.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, method_handlers),))
+        with self._lock:  # each way of registering is noted apart, as the plugin's server does (ServiceNames)
+            if service_name in self._registered:
+                raise self._twice(service_name)
+            self._registered.add(service_name)
+            added = service_name in self._services  # generated code adds the same handlers generically first
+        if not added:
+            self.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, method_handlers),))
+
+    @staticmethod
+    def _twice(name: str) -> BrokerError:
+        return BrokerError(f"gRPC service {name!r} is registered twice on a brokered server: its register"
+                           " callback adds each service once (one add_*Servicer_to_server call per service)")
 
     def _refuse(self, what: str) -> BrokerError:
         return BrokerError(f"a brokered server's register callback called {what}(); the broker binds,"
