@@ -152,15 +152,14 @@ def _refusal(meaning: str, detail: str, target: str, insecure: bool) -> ConfigEr
     """A TLSConfigError naming the flag to fix; for a plaintext peer that answered no HTTP/2 (no TLS involved)
     a ConfigError worded as the library's RemoteProtocolError, whose advice (--ca/--cert/--key) its meaning
     already holds. Both exit 2, as docs/cli.md says: the flags or the target are what to fix."""
-    from plugbay.network.tls import NOT_HTTP2
+    from plugbay.network.tls import NOT_HTTP2, not_grpc_words
 
     plaintext_no_http2 = meaning == NOT_HTTP2
     for api, flag in _FLAGS:
         meaning = meaning.replace(api, flag)
     if plaintext_no_http2:
-        return ConfigError(f"{target}, dialed in plaintext (--insecure), is no gRPC plugin: {meaning}"
-                           f" (gRPC said: {detail.lstrip('; ')}). Check the target, and whether the plugin is"
-                           " served with TLS")
-    fix = ("pass --ca with the CA that signed the plugin's certificate, and --cert/--key with a certificate"
-           " signed by a CA the plugin trusts" if not insecure else "pass --ca/--cert/--key for mTLS")
-    return TLSConfigError(f"TLS with {target} failed: {meaning}; {fix} (gRPC said: {detail.lstrip('; ')})")
+        return ConfigError(not_grpc_words(target, "--insecure", meaning, detail.lstrip("; ")))
+    fix = ("; pass --ca with the CA that signed the plugin's certificate, and --cert/--key with a certificate"
+           " signed by a CA the plugin trusts" if not insecure else
+           "" if "--ca/--cert/--key" in meaning else "; pass --ca/--cert/--key for mTLS")  # said once
+    return TLSConfigError(f"TLS with {target} failed: {meaning}{fix} (gRPC said: {detail.lstrip('; ')})")

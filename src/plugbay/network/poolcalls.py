@@ -33,7 +33,8 @@ from plugbay.core.host.deadline import call_timeout, no_time_left
 from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT, with_token
 from plugbay.errors import NoEndpointsError, RemoteProtocolError, RemoteTLSError
-from plugbay.network.tls import CHECK_TLS, NOT_HTTP2, NetworkTLS, cut_short, tls_failure, with_lapsed_cert
+from plugbay.network.tls import (CHECK_TLS, NOT_HTTP2, NetworkTLS, cut_short, not_grpc_words, tls_failure,
+                                 with_lapsed_cert)
 from plugbay.network.unsent import STOPPED, Tried, busy, not_sent
 
 
@@ -163,10 +164,8 @@ def tls_error(pool: _Named, member: Member, meaning: str, details: str,
     A plaintext endpoint that answered no HTTP/2 (NOT_HTTP2) is a RemoteProtocolError: no TLS was involved."""
     rest = f". No other endpoint could take it: {others}" if others else ""
     if meaning == NOT_HTTP2:
-        return NotGRPCFailure(
-            f"remote plugin {pool.name!r} at {member.key}, dialed in plaintext (insecure=True), is no gRPC plugin:"
-            f" {meaning} (gRPC said: {details}){rest}. Check the target, and whether the plugin is served with TLS",
-            grpc.StatusCode.UNAVAILABLE, details)
+        return NotGRPCFailure(not_grpc_words(f"remote plugin {pool.name!r} at {member.key}", "insecure=True",
+                                             meaning, details, rest), grpc.StatusCode.UNAVAILABLE, details)
     meaning = with_lapsed_cert(meaning, pool.tls)
     return RemoteTLSFailure(
         f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details}){rest}."
