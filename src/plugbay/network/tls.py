@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import grpc
 
+from plugbay.core.transport.certfiles import NOT_YET, RENEW
 from plugbay.errors import ConfigError
 from plugbay.network.tlsfiles import ClientFiles, ClientSet
 
@@ -26,9 +27,8 @@ _NO_NAME = ("the plugin's certificate does not name server_name: pass the name i
 # One wording, however the refusal reached this host (an alert over gRPC or the TLS probe, or the close after it)
 _DISTRUSTED = ("the plugin refused the host's certificate (cert_file signed by a CA it does not trust, or no"
                " certificate given)")
-_PEER_EXPIRED = ("the plugin's certificate has expired: renew it (cert-manager or the plugin's operator), and"
-                 " check that this host's clock is right")
-_PEER_NOT_YET = "the plugin's certificate is not valid yet: check this host's clock and the certificate's notBefore"
+_PEER_EXPIRED = f"the plugin's certificate has expired: {RENEW}"
+_PEER_NOT_YET = f"the plugin's certificate is not valid yet: {NOT_YET}"
 # The plugin's certificate out of its dates by this host's clock: definite for this handshake, yet a date
 # passes (a renewal served a few seconds early, a little clock skew), so a wait for a target coming up
 # (the command line's --timeout) may still see it pass

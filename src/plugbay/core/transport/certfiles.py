@@ -147,20 +147,20 @@ def validity(cert: Any) -> Validity | None:
         return None
 
 
+# What to do about a certificate out of its dates, whichever side's and however it was found
+RENEW = "renew it (cert-manager, or whoever issues it), and check that this host's clock is right"
+NOT_YET = "check this host's clock and the certificate's notBefore"
+
+
 def out_of_dates(valid: Validity | None, what: str) -> str:
     """Why the certificate (``what``: how to name it) cannot be taken now by its dates, by this machine's
     clock, and what to do; "" when it can (or its dates are unknown). The one wording of both sides."""
-    if valid is None:
+    lapse = _lapse(valid)
+    if valid is None or lapse is None:
         return ""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    before, after = valid
-    if now > after:
-        return (f"{what} expired at {after:%Y-%m-%d %H:%M:%S} UTC: renew it (cert-manager, or whoever issues it),"
-                " and check that this machine's clock is right")
-    if now < before:
-        return (f"{what} is not valid until {before:%Y-%m-%d %H:%M:%S} UTC: check this machine's clock and the"
-                " certificate's notBefore")
-    return ""
+    if lapse == "expired":
+        return f"{what} expired at {valid[1]:%Y-%m-%d %H:%M:%S} UTC: {RENEW}"
+    return f"{what} is not valid until {valid[0]:%Y-%m-%d %H:%M:%S} UTC: {NOT_YET}"
 
 
 def _lapse(valid: Validity | None) -> str | None:
