@@ -17,6 +17,7 @@ from tests.cli_util import plugbay
 from tests.test_network_broker import CounterReplica, host_tls
 from tests.test_network_serve_lapsed_cert import KV_PLUGIN, dated_server_set
 
+
 def _flags(certs: netcerts.CertSet) -> list[str]:
     tls = host_tls(certs)
     return ["--cert", str(tls.cert_file), "--key", str(tls.key_file), "--ca", tls.ca_file]

@@ -91,6 +91,7 @@ def test_a_definite_tls_failure_ends_the_command_without_waiting_out_its_timeout
                                    else "the plugin refused the host's certificate" in err), err
     assert "DEADLINE_EXCEEDED" not in err and "UNAVAILABLE: failed to connect" in err, err
 
+
 # gRPC's C core prints its own log lines (``E1207 ... ssl_transport_security_utils.cc ... Corruption detected``,
 # ``I1207 ... Handshake failed``) to stderr on a TLS failure: the command printed them above its own one-line
 # error. They are off unless --debug (or the user's own GRPC_VERBOSITY).

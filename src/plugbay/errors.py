@@ -376,7 +376,8 @@ class RemoteTLSError(HandshakeError, NetworkError):
 
 class RemoteProtocolError(ProtocolMismatchError, NetworkError):
     """A remote plugin's endpoint, dialed in plaintext (insecure), answered with something other than HTTP/2
-    (gRPC): an HTTP/1 server, another service, a TLS server. No TLS is involved, so no RemoteTLSError.
+    (gRPC): an HTTP/1 server, another service. Plaintext spoken to a TLS server is a RemoteTLSError (the
+    plugin may want TLS).
 
     Also a ``grpc.RpcError`` with code UNAVAILABLE when raised by a call, and never retried by a RetryPolicy.
     """

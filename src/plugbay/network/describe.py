@@ -31,6 +31,7 @@ from plugbay.network.pool import EndpointPool
 
 _log = logging.getLogger("plugbay.network")
 
+
 class Asker(NamedTuple):
     """The RemoteClient that asks: what its errors name, how long it asks, and its check for a close()."""
 

@@ -107,7 +107,7 @@ class PinningClient(Protocol):
     @property
     def pool(self) -> Any: ...
     def start(self) -> None: ...
-    def check_served(self, name: str) -> None: ...
+    def warn_if_unlisted(self, name: str) -> None: ...
 
 
 def pin_stub(client: PinningClient, name: str) -> tuple[Any, str, GRPCBroker]:
@@ -122,7 +122,7 @@ def pin_stub(client: PinningClient, name: str) -> tuple[Any, str, GRPCBroker]:
             plugins = client._versions[client.negotiated_version]
             if name not in plugins:
                 raise UnknownPluginError(name, list(plugins))
-            client.check_served(name)
+            client.warn_if_unlisted(name)
             pool = client.pool
             key = pool.next_key()
             endpoint = pool.channel_of(key) if key is not None else None

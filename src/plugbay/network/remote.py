@@ -60,7 +60,7 @@ from plugbay.errors import (
     NoEndpointsError,
     SessionRefusedError,
 )
-from plugbay.network.describe import Asker, describe, warn_unlisted, handshake_info
+from plugbay.network.describe import Asker, describe, handshake_info, warn_unlisted
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.muxconn import MuxEndpoint, RefusalWatch, Sessions
 from plugbay.network.muxpin import pin_stub
@@ -290,12 +290,12 @@ class RemoteClient(Client):
         return plugin.grpc_client(broker, self.pinned_channel(key))
 
     def plugin_for(self, name: str) -> Any:
-        """As Client.plugin_for; also warns of a name the remote's Discovery does not list (check_served)."""
+        """As Client.plugin_for; also warns of a name the remote's Discovery does not list (warn_if_unlisted)."""
         plugin = super().plugin_for(name)
-        self.check_served(name)
+        self.warn_if_unlisted(name)
         return plugin
 
-    def check_served(self, name: str) -> None:
+    def warn_if_unlisted(self, name: str) -> None:
         """Warn, once per name, when the remote's Discovery lists its plugins for the negotiated version and not
         ``name`` (describe.warn_unlisted): never a refusal, as the host may name the plugin differently."""
         with self._lock:

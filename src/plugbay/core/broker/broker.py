@@ -203,12 +203,7 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._check_open()
         self._ensure_stream()
         if self.transport.multiplex:
-            try:
-                return self._dial_multiplexed(id, wait)
-            except BrokerClosedError as exc:  # a stream lost before the knock: its words name no id
-                if exc.args and isinstance(exc.args[0], str) and f"broker id {id}" not in exc.args[0]:
-                    exc.args = (f"dial of broker id {id}: {exc.args[0]}", *exc.args[1:])
-                raise
+            return self._dial_multiplexed(id, wait)
         info = self._wait_announcement(id, wait)
         network, address = info.network, info.address
         problem = address_problem(network, address) if network in ("unix", "tcp") else None

@@ -167,7 +167,12 @@ class Multiplexed:
             kept = self._acks.get(id)  # one left by an earlier dial (it took a late ack): this knock's
             if kept is not None and time.monotonic() - kept[1] > UNCLAIMED_TTL:  # only while go-plugin's would be
                 del self._acks[id]
-        self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
+        try:
+            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
+        except BrokerClosedError as exc:  # a stream just lost: its words, shared by every sender, name no id
+            if exc.args and isinstance(exc.args[0], str):
+                exc.args = (f"dial of broker id {id}: {exc.args[0]}", *exc.args[1:])
+            raise
 
     def _open_when_acked(self, id: int, timeout: float, session: Session | None) -> Stream:
         self._wait_ack(id, timeout)

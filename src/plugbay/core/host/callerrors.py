@@ -177,7 +177,6 @@ def after_close(name: str, kind: str, fate: str | None, again: str) -> str:
             + (f"; {fate}" if fate else "") + f"; reattach a new {kind} (ReattachConfig) to {again}")
 
 
-
 class BrokerClientClosed(ClientClosed, BrokerClosedError):
     """The broker of a Client closed or killed, used after that (a brokered stub's callback served, a broker
     id dialed): a ClientClosed, as that Client's calls then raise, and the BrokerClosedError a broker's users
