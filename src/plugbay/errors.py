@@ -8,10 +8,20 @@ generic callers can catch them without importing plugbay.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class PlugbayError(Exception):
     """Base class of every error raised by plugbay."""
+
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt without an __init__ that takes parts, not args
+        return _rebuilt, (type(self), self.args), dict(self.__dict__)
+
+
+def _rebuilt(cls: type[PlugbayError], args: tuple[Any, ...]) -> PlugbayError:
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 class ConfigError(PlugbayError, ValueError):

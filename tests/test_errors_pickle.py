@@ -1,0 +1,56 @@
+"""Every error of plugbay.errors crosses a process boundary (multiprocessing, a ProcessPoolExecutor's result,
+pytest-xdist) as it was: its type, message, args and attributes. Exception's own pickling calls the class with
+``args`` alone, which the errors whose __init__ takes their parts (a name and an exit code, a handshake line and
+a reason, ...) refused with a TypeError when the other side unpickled them."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+import plugbay.errors as errors
+
+# the errors whose __init__ takes more than a message, with arguments of the kinds they are raised with
+BUILT = {
+    "PluginExitedError": ("kv", 3),
+    "MalformedHandshakeError": ("1|1|tcp|nowhere|grpc", "the address has no port"),
+    "TLSRequiredError": ("kv", "the plugin announced no certificate"),
+    "VersionMismatchError": ([1, 2], [3]),
+    "UnknownPluginError": ("kvv", ["kv", "counter"]),
+    "PodCrashLoopError": ("plugbay-kv-1", 1),
+    "PodFailedError": ("plugbay-kv-1", 137),
+    "RestartBudgetExhaustedError": ("kv", 5, 60.0, "it exited with code 1"),
+}
+
+
+def _every_error() -> list[BaseException]:
+    made = []
+    for name, cls in sorted(vars(errors).items()):
+        if not (inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == errors.__name__):
+            continue
+        made.append(cls(*BUILT[name]) if name in BUILT else cls(f"what went wrong with {name}; what to do"))
+    return made
+
+
+def _same(a: BaseException, b: BaseException) -> None:
+    assert type(a) is type(b) and str(a) == str(b) and a.args == b.args, (a, b)
+    assert vars(a) == vars(b), (vars(a), vars(b))
+
+
+@pytest.mark.parametrize("error", _every_error(), ids=lambda e: type(e).__name__)
+def test_an_error_pickles_as_it_was(error: BaseException) -> None:
+    _same(error, pickle.loads(pickle.dumps(error)))
+
+
+def _raise(name: str) -> None:
+    raise errors.PluginExitedError(name, 3)
+
+
+def test_an_error_raised_in_a_worker_process_reaches_the_caller_typed() -> None:
+    with ProcessPoolExecutor(1) as pool:
+        failed = pool.submit(_raise, "kv").exception(timeout=60)
+    assert isinstance(failed, errors.PluginExitedError), repr(failed)
+    _same(errors.PluginExitedError("kv", 3), failed)
