@@ -19,7 +19,7 @@ class PlugbayError(Exception):
 
 
 def _rebuilt(cls: type[PlugbayError], args: tuple[Any, ...]) -> PlugbayError:
-    error = cls.__new__(cls)
+    error = cls.__new__(cls, *args)  # an OSError's (a TimeoutError's) errno and strerror come from its args
     error.args = args
     return error
 
