@@ -158,6 +158,8 @@ WANTS_TLS = "the connection was closed during setup; the plugin may want TLS (pa
 # the plugin was not up yet)
 NOT_HTTP2 = ("the endpoint answered with something other than HTTP/2 (gRPC): it is no plaintext plugin; it may"
              " want TLS (pass tls=NetworkTLS(...)), or the target names another service")
+
+
 def not_grpc_words(where: str, dialed: str, meaning: str, details: str, rest: str = "") -> str:
     """The words of a plaintext endpoint that answered no HTTP/2 (NOT_HTTP2, ``meaning`` as the caller words
     its advice): the library's RemoteProtocolError and the command line's refusal say one thing."""

@@ -167,12 +167,7 @@ class Multiplexed:
             kept = self._acks.get(id)  # one left by an earlier dial (it took a late ack): this knock's
             if kept is not None and time.monotonic() - kept[1] > UNCLAIMED_TTL:  # only while go-plugin's would be
                 del self._acks[id]
-        try:
-            self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
-        except BrokerClosedError as exc:  # a stream just lost: its words, shared by every sender, name no id
-            if exc.args and isinstance(exc.args[0], str):
-                exc.args = (f"dial of broker id {id}: {exc.args[0]}", *exc.args[1:])
-            raise
+        self._send(pb.ConnInfo(service_id=id, knock=pb.ConnInfo.Knock(knock=True)))
 
     def _open_when_acked(self, id: int, timeout: float, session: Session | None) -> Stream:
         self._wait_ack(id, timeout)
@@ -219,6 +214,19 @@ class Multiplexed:
             mux.dial_lock.release()
 
     def _dial_multiplexed(self, id: int, timeout: float) -> grpc.Channel:
+        try:
+            return self._dial_knocked(id, timeout)
+        except BrokerClosedError as exc:  # a stream or session just lost: their words, shared, name no id
+            said = str(exc)
+            if f"broker id {id}" not in said:
+                reword = getattr(exc, "reword", None)  # a Client's closed broker (str() is its message)
+                if callable(reword):
+                    reword(f"dial of broker id {id}: {said}")
+                elif exc.args and isinstance(exc.args[0], str):
+                    exc.args = (f"dial of broker id {id}: {exc.args[0]}", *exc.args[1:])
+            raise
+
+    def _dial_knocked(self, id: int, timeout: float) -> grpc.Channel:
         # each connection the channel makes is one knocked stream (gRPC may reconnect)
         mux = self._mux()
         # imported here: the first multiplexed dial loads it

@@ -78,10 +78,13 @@ class Registrar(grpc.Server):  # type: ignore[misc]
         with self._lock:  # each way of registering is noted apart, as the plugin's server does (ServiceNames)
             if service_name in self._registered:
                 raise self._twice(service_name)
-            self._registered.add(service_name)
             added = service_name in self._services  # generated code adds the same handlers generically first
-        if not added:
+        if not added:  # noted once added: a failed add leaves the name free
             self.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, method_handlers),))
+        with self._lock:
+            if service_name in self._registered:
+                raise self._twice(service_name)
+            self._registered.add(service_name)
 
     @staticmethod
     def _twice(name: str) -> BrokerError:

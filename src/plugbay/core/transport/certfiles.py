@@ -148,8 +148,8 @@ def validity(cert: Any) -> Validity | None:
 
 
 # What to do about a certificate out of its dates, whichever side's and however it was found
-RENEW = "renew it (cert-manager, or whoever issues it), and check that this host's clock is right"
-NOT_YET = "check this host's clock and the certificate's notBefore"
+RENEW = "renew it (cert-manager, or whoever issues it), and check that this machine's clock is right"
+NOT_YET = "check this machine's clock and the certificate's notBefore"
 
 
 def out_of_dates(valid: Validity | None, what: str) -> str:
