@@ -69,7 +69,7 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
     judgement) tells them apart, and a peer that answers a TLS handshake is said at once too.
     """
     from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-    from plugbay.network.tls import PEER_CERT_DATES, cut_short, tls_failure
+    from plugbay.network.tls import PEER_CERT_DATES, cut_short, tls_failure, with_lapsed_cert
 
     changed = threading.Condition()
     states: list[grpc.ChannelConnectivity] = []
@@ -103,11 +103,11 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
                 stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
             except grpc.RpcError as exc:
                 detail = f"UNAVAILABLE: {exc.details()}"
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and tls_failure(detail, tls=not insecure) \
-                        in PEER_CERT_DATES:
+                meaning = tls_failure(detail, tls=not insecure) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                if meaning in PEER_CERT_DATES:
                     continue  # the plugin's certificate's date may yet pass: --timeout's wait names it at its end
-                refused = tls_refusal(detail, target, insecure, network_tls) \
-                    if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                refused = None if meaning is None else _refusal(with_lapsed_cert(meaning, network_tls), detail,
+                                                                target, insecure)
                 if refused is None and insecure and endpoint is not None and cut_short(detail):
                     refused = _wants_tls(endpoint, detail, target, max(deadline - time.monotonic(), 0.1))
                 if refused is not None:
