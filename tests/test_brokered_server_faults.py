@@ -1,5 +1,6 @@
 """A brokered server's faults: a handler raising SystemExit, KeyboardInterrupt or GeneratorExit answers
-UNKNOWN; a service registered twice on one is refused.
+UNKNOWN; a service registered twice on one is refused, a second reflection service dropped (as on the
+plugin's server).
 
 The plugin's own handlers answered them (grpcio leaves any non-Exception unanswered), but a brokered server
 has no gate: a host's AddHelper callback that called sys.exit() left the counter plugin's nested Sum call
@@ -127,3 +128,58 @@ def test_a_service_registered_twice_as_registered_methods_is_refused_too() -> No
         with pytest.raises(BrokerError, match="'s.Alone' is registered twice"):
             registrar.add_registered_method_handlers("s.Alone", table)
         server.stop(None)
+
+
+def test_a_second_reflection_service_on_a_brokered_server_is_dropped_and_the_first_answers() -> None:
+    """As on the plugin's server (both keep one ServiceNames): one reflection service per server is all gRPC
+    serves, so a second registration of it is dropped, not refused as another service registered twice is
+    (a brokered server refused it)."""
+    from concurrent import futures
+
+    from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+
+    from plugbay.core.broker.registrar import Registrar
+
+    with futures.ThreadPoolExecutor(2) as pool:
+        server = grpc.server(pool)
+        try:
+            registrar = Registrar(server, lambda: None)  # sync handlers only: no loop asked for
+            reflection.enable_server_reflection(["s.First", reflection.SERVICE_NAME], registrar)
+            reflection.enable_server_reflection(["s.Second", reflection.SERVICE_NAME], registrar)  # dropped
+            port = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+                answers = list(stub.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=20))
+        finally:
+            server.stop(None)
+    assert {service.name for service in answers[0].list_services_response.service} == {
+        "s.First", reflection.SERVICE_NAME}
+
+
+def test_a_brokered_server_registering_reflection_twice_serves(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from counterproto import counter_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from counter_plugin_def import _helper_servicer
+
+    monkeypatch.chdir(tmp_path)
+    host = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                               cmd=[sys.executable, str(REPO / "examples" / "counter" / "plugin.py")],
+                               start_timeout=60, call_timeout=20))
+    try:
+        counter = host.dispense(PLUGIN_NAME)
+        broker = counter._broker
+
+        def reflecting_twice(server: grpc.Server) -> None:  # as two helpers that each opt into reflection
+            counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(_Adder()), server)
+            reflection.enable_server_reflection(["proto.AddHelper", reflection.SERVICE_NAME], server)
+            reflection.enable_server_reflection([reflection.SERVICE_NAME], server)
+
+        broker.accept_and_serve(broker.next_id(), reflecting_twice)  # not a BrokerError naming reflection
+        counter.put("k", 3, _Adder())  # the broker serves on
+        assert counter.get("k") == 3
+    finally:
+        host.kill()

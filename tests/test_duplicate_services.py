@@ -198,11 +198,11 @@ def one_method_service(name: str) -> Any:
 
 def test_a_refused_batch_leaves_none_of_its_names_taken() -> None:
     from plugbay.core.plugin.gate import HandlerGate
-    from plugbay.core.plugin.gatedserver import GatedServer, ServiceNames
+    from plugbay.core.plugin.gatedserver import GatedServer, plugin_service_names
 
     with futures.ThreadPoolExecutor(2) as pool:
         server = grpc.server(pool)
-        names = ServiceNames()
+        names = plugin_service_names()
         GatedServer(server, HandlerGate(1), names=names, owner="plugin 'a'").add_generic_rpc_handlers(
             (one_method_service("s.Taken"),))
         second = GatedServer(server, HandlerGate(1), names=names, owner="plugin 'b'")
@@ -218,13 +218,13 @@ def test_one_plugin_registering_reflection_twice_in_one_batch_is_dropped_as_acro
     """A plugin's second reflection registration is dropped like another plugin's, in one batch as in two
     (one batch of two was refused as registered "by plugin 'a' and again by plugin 'a'")."""
     from plugbay.core.plugin.gate import HandlerGate
-    from plugbay.core.plugin.gatedserver import GatedServer, ServiceNames
+    from plugbay.core.plugin.gatedserver import GatedServer, plugin_service_names
 
     reflection_name = "grpc.reflection.v1alpha.ServerReflection"
     with futures.ThreadPoolExecutor(2) as pool:
         server = grpc.server(pool)
         try:
-            gated = GatedServer(server, HandlerGate(1), names=ServiceNames(), owner="plugin 'a'")
+            gated = GatedServer(server, HandlerGate(1), names=plugin_service_names(), owner="plugin 'a'")
             gated.add_generic_rpc_handlers((one_method_service(reflection_name), one_method_service(reflection_name)))
             gated.add_generic_rpc_handlers((one_method_service(reflection_name),))  # an earlier holder: dropped
             port = server.add_insecure_port("127.0.0.1:0")

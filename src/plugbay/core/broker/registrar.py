@@ -11,6 +11,7 @@ import grpc
 
 from plugbay.core.transport.handlerfail import answered
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
+from plugbay.core.transport.servicenames import ServiceNames
 from plugbay.errors import BrokerError
 
 if TYPE_CHECKING:
@@ -29,12 +30,18 @@ class Registrar(grpc.Server):  # type: ignore[misc]
 
     ``async def`` handlers (an asyncio servicer) run on the loop ``handler_loop()`` gives
     (plugbay.core.transport.aiohandlers), asked for when the first one is registered.
+
+    A service registered twice the same way (generic handlers, or registered methods) is a BrokerError, as
+    it is a setup error on the plugin's server (both keep ServiceNames): grpcio would answer with the first
+    servicer, silently. Server reflection is the exception there as here: a second one is dropped, and the
+    first one answers.
     """
 
     def __init__(self, server: grpc.Server, handler_loop: Callable[[], LoopSource]) -> None:
         self._server = server
-        self._services: set[str] = set()  # added generically
-        self._registered: set[str] = set()  # added as registered methods
+        self._names = ServiceNames(
+            where="a brokered server", error=BrokerError,
+            advice="its register callback adds each service once (one add_*Servicer_to_server call per service)")
         self._make_loop = handler_loop
         self._loop: LoopSource | None = None
         self._lock = threading.Lock()
@@ -48,13 +55,10 @@ class Registrar(grpc.Server):  # type: ignore[misc]
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
         handlers = tuple(self._runnable(h) for h in generic_rpc_handlers)
-        names = [str(name()) for name in (getattr(h, "service_name", None) for h in handlers) if callable(name)]
-        with self._lock:  # checked and noted at once: two threads adding one name both pass a check alone
-            for at, name in enumerate(names):  # all or none noted: a refused batch leaves no name taken
-                if name in self._services or name in names[:at]:  # grpcio would answer with the first, silently
-                    raise self._twice(name)
-            self._services.update(names)
-        self._server.add_generic_rpc_handlers(handlers)
+        names = [str(name()) if callable(name) else None
+                 for name in (getattr(h, "service_name", None) for h in handlers)]
+        dropped = self._names.claim(names, "generic")  # all or none noted: a refused batch leaves no name taken
+        self._server.add_generic_rpc_handlers(tuple(h for at, h in enumerate(handlers) if at not in dropped))
 
     def _runnable(self, handler: Any) -> Any:
         """``handler``, with a table of methods (generated code's) rebuilt of adapted ones (async ones run
@@ -75,21 +79,12 @@ class Registrar(grpc.Server):  # type: ignore[misc]
         return answered(sync_handler(method, handler, self._handler_loop()), log)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
-        with self._lock:  # each way of registering is noted apart, as the plugin's server does (ServiceNames)
-            if service_name in self._registered:
-                raise self._twice(service_name)
-            added = service_name in self._services  # generated code adds the same handlers generically first
-        if not added:  # noted once added: a failed add leaves the name free
+        # refused (or, a second reflection service, dropped) before anything is added: claim() takes no taken name
+        if self._names.taken(service_name, "registered") and self._names.claim([service_name], "registered"):
+            return
+        if not self._names.taken(service_name, "generic"):  # generated code adds the same handlers generically first
             self.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, method_handlers),))
-        with self._lock:
-            if service_name in self._registered:
-                raise self._twice(service_name)
-            self._registered.add(service_name)
-
-    @staticmethod
-    def _twice(name: str) -> BrokerError:
-        return BrokerError(f"gRPC service {name!r} is registered twice on a brokered server: its register"
-                           " callback adds each service once (one add_*Servicer_to_server call per service)")
+        self._names.claim([service_name], "registered")  # noted once added: a failed add leaves the name free
 
     def _refuse(self, what: str) -> BrokerError:
         return BrokerError(f"a brokered server's register callback called {what}(); the broker binds,"

@@ -12,14 +12,15 @@ grpcio also takes a second registration of a service name without a word: its re
 table keeps the last one, its generic handlers answer with the first. Two plugins in one process
 that both register proto.KV (or a plugin that registers grpc.health.v1.Health, plugbay's own) then
 answer each other's calls. grpc-go ends a Go plugin at such a registration ("found duplicate service
-registration"); ServiceNames refuses it with a ConfigError, which serve() reports as a setup error. Server
-reflection is the exception: each plugin that opts into it registers it, and the first one answers.
+registration"); ServiceNames (core/transport/servicenames.py, which brokered servers share) refuses it with a
+ConfigError, which serve() reports as a setup error. Server reflection is the exception: each plugin that opts
+into it registers it, and the first one answers.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -27,13 +28,11 @@ import grpc
 
 from plugbay.core.plugin.gate import PLUGBAY_SERVICES
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
+from plugbay.core.transport.servicenames import ServiceNames
 from plugbay.errors import ConfigError, ServerStoppedError
 
 if TYPE_CHECKING:
     from plugbay.core.plugin.gate import HandlerGate
-
-# gRPC server reflection (grpcio-reflection registers v1alpha, newer releases v1 too): exempt from the refusal
-REFLECTION_SERVICES = frozenset({"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"})
 
 
 class AddGuard:
@@ -59,47 +58,17 @@ class AddGuard:
             " of its own")
 
 
-class ServiceNames:
-    """The gRPC service names registered on one server so far, and by whom.
+def plugin_service_names(reserve_own: bool = False) -> ServiceNames:
+    """The service names of the plugin's server, whose second registration is a ConfigError (a setup error).
 
-    Generated code registers each service twice, once as a generic handler and once as registered
-    methods, so each way keeps its own table: only a second registration of a name the same way is
-    a duplicate."""
-
-    def __init__(self, reserve_own: bool = False) -> None:
-        """``reserve_own``: plugbay's own services (health, controller, stdio, broker) count as taken."""
-        self._lock = threading.Lock()
-        own = [path.strip("/") for path in PLUGBAY_SERVICES] if reserve_own else []
-        self._owners = {(way, name): "plugbay itself (a service of the go-plugin protocol)"
-                        for name in own for way in ("generic", "registered")}
-
-    def claim(self, services: Sequence[str], way: str, owner: str) -> set[int]:
-        """Notes ``owner``'s registration of ``services`` (``way``: generic or registered), all or none: a
-        ConfigError, and nothing noted, if one is taken, so a refused batch leaves none of its names claimed.
-
-        Returns the positions in ``services`` of second registrations of server reflection, which its caller
-        drops: each plugin that opts into reflection registers it (docs/cli.md), and one reflection service per
-        server is all gRPC can serve; the first one answers, listing the services its plugin named. A second
-        one is dropped whoever made it: another plugin, or the same one (in this batch or an earlier one)."""
-        with self._lock:
-            dropped: set[int] = set()
-            new: set[str] = set()
-            for at, service in enumerate(services):
-                earlier = self._owners.get((way, service)) or (owner if service in new else None)
-                if earlier is None:
-                    new.add(service)
-                elif service in REFLECTION_SERVICES:
-                    dropped.add(at)
-                else:
-                    break
-            else:
-                self._owners.update({(way, service): owner for service in new})
-                return dropped
-        raise ConfigError(
-            f"gRPC service {service!r} is registered twice on the plugin's server: by {earlier} and again by {owner}."
-            " A service name is one registration's: gRPC cannot route its calls by plugin, and grpc-go refuses a"
-            " second one too, even when each registers other methods of it. Register each service once: plugins"
-            " that share a service need one servicer between them, or a service each")
+    ``reserve_own``: plugbay's own services (health, controller, stdio, broker) count as taken."""
+    return ServiceNames(
+        where="the plugin's server", error=ConfigError,
+        advice="A service name is one registration's: gRPC cannot route its calls by plugin, and grpc-go refuses a"
+               " second one too, even when each registers other methods of it. Register each service once: plugins"
+               " that share a service need one servicer between them, or a service each",
+        reserved=[path.strip("/") for path in PLUGBAY_SERVICES] if reserve_own else (),
+        reserved_by="plugbay itself (a service of the go-plugin protocol)")
 
 
 class GatedServer(grpc.Server):  # type: ignore[misc]
@@ -116,7 +85,7 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
         self._server = server
         self._gate = gate
         self._guard = guard if guard is not None else AddGuard()
-        self._names = names if names is not None else ServiceNames()
+        self._names = names if names is not None else plugin_service_names()
         self._owner = owner
 
     @contextmanager
@@ -136,9 +105,7 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
                 for path, one in (table[1] if table else {}).items():
                     if is_async(one):
                         self._gate.gated(path, one)
-            named = [at for at, table in enumerate(tables) if table is not None]
-            dropped = {named[at] for at in self._names.claim(
-                [table[0] for table in tables if table is not None], "generic", self._owner)}
+            dropped = self._names.claim([table[0] if table else None for table in tables], "generic", self._owner)
             handlers = tuple(handler for at, handler in enumerate(handlers)  # a second reflection service:
                              if at not in dropped)  # the first one answers
             self._server.add_generic_rpc_handlers(tuple(Transformed(h, self._gate.gated) for h in handlers))

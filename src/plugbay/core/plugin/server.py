@@ -52,7 +52,7 @@ from plugbay.core.protocol.handshake import (
 from plugbay.core.plugin.controller import add_to_server as add_controller
 from plugbay.core.plugin.fdlimit import raise_fd_limit
 from plugbay.core.plugin.gate import MAX_WATCHES, NETWORK_MAX_STREAMS, NETWORK_WATCHES, HandlerGate, serve_gates
-from plugbay.core.plugin.gatedserver import AddGuard, GatedServer, ServiceNames
+from plugbay.core.plugin.gatedserver import AddGuard, GatedServer, plugin_service_names
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.health import add_to_server as add_health
 from plugbay.core.plugin.listener import ENV_LISTEN, Listening, listen, parse_bool, plan_endpoint
@@ -277,7 +277,7 @@ class _PluginServer:
         add_controller(own, self._shutdown_asked)
         add_stdio(StdioServicer(self.capture), own)
         check_plugin_set(self._plugin_set, "ServeConfig.plugins")  # again: a config's fields may change
-        names = ServiceNames(reserve_own=True)
+        names = plugin_service_names(reserve_own=True)
         for name, plugin in self._plugin_set.items():
             try:
                 plugin.grpc_server(broker, GatedServer(server, gate, adds, names, f"plugin {name!r}"))
