@@ -158,8 +158,10 @@ def test_a_second_reflection_service_on_a_brokered_server_is_dropped_and_the_fir
         "s.First", reflection.SERVICE_NAME}
 
 
-def test_a_brokered_server_registering_reflection_twice_serves(
+def test_a_brokered_server_registering_reflection_twice_is_not_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end through a real broker: a register callback that turns reflection on twice (as two helpers
+    that each opt into it) is accepted, and the broker serves on. Which reflection answers is the test above."""
     from counterproto import counter_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 

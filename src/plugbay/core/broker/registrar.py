@@ -79,7 +79,7 @@ class Registrar(grpc.Server):  # type: ignore[misc]
         return answered(sync_handler(method, handler, self._handler_loop()), log)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
-        # refused (or, a second reflection service, dropped) before anything is added: claim() takes no taken name
+        # a name taken this way already: claim() raises (nothing added) or, for reflection, reports it dropped
         if self._names.taken(service_name, "registered") and self._names.claim([service_name], "registered"):
             return
         if not self._names.taken(service_name, "generic"):  # generated code adds the same handlers generically first
