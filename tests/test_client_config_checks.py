@@ -73,6 +73,8 @@ def _config() -> ClientConfig:
     ({"multiplex_broker": 1}, "multiplex_broker must be True or False"),
     ({"stdout_sink": "out.txt"}, "stdout_sink must be a callable"),
     ({"name": ""}, "name must be a non-empty str or None"),
+    ({"mux_keepalive": "30"}, "ClientConfig.mux_keepalive must be (INTERVAL, TIMEOUT)"),
+    ({"mux_keepalive": (-1.0, 10.0)}, "ClientConfig.mux_keepalive (-1.0, 10.0, 10.0): every figure must be"),
 ])
 def test_a_wrong_field_is_a_config_error_naming_it(changes: dict[str, Any], says: str) -> None:
     fields: dict[str, Any] = {"handshake": HANDSHAKE, "plugins": PLUGINS, "cmd": KV, **changes}

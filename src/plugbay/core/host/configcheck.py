@@ -15,6 +15,7 @@ from plugbay.core.broker.plugin import check_plugin_fields
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.core.protocol.checks import check_grpc_options, check_logger, finite_float, kind as _kind
 from plugbay.core.protocol.handshake import is_tcp_port
+from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import ConfigError, printable
 
 
@@ -62,6 +63,9 @@ def check_client_config(config: Any) -> None:
             raise ConfigError(f"ClientConfig.{name} must be a port number (1-65535), got {port!r}")
     if config.min_port > config.max_port:
         raise ConfigError(f"min_port {config.min_port} is above max_port {config.max_port}")
+    # as the config is made, as every other field: Client() alone caught it, so a config handed on (to a
+    # Supervisor, a factory) carried a keepalive no Client could take
+    Keepalive.of(config.mux_keepalive, "ClientConfig.mux_keepalive")
     secure = config.secure_config
     if secure is not None and not isinstance(secure, SecureConfig) and not (
             isinstance(secure, Sequence) and not isinstance(secure, (str, bytes)) and secure
