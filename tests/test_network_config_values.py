@@ -245,6 +245,16 @@ def test_tls_and_insecure_together_are_refused_when_the_config_is_made(tmp_path:
         assert said.startswith(f"{owner} takes") and "or drop tls= for plaintext" in said, said
 
 
+def test_neither_tls_nor_insecure_is_refused_by_remote_client_before_start() -> None:
+    # RemoteClient() took it and only start() said so (the pool's words, naming no RemoteConfig), so a
+    # Supervisor or a factory handed on a config no start could use
+    with pytest.raises(ConfigError, match=r"^RemoteConfig: a remote plugin is reached with mTLS .* or, deliberately,"
+                                          r" in plaintext \(insecure=True\); pass one"):
+        _remote(insecure=False)
+    with pytest.raises(ConfigError, match=r"^EndpointPool: a remote plugin is reached with mTLS"):
+        EndpointPool(StaticResolver([Endpoint("tcp", "127.0.0.1:1")]))
+
+
 def test_metrics_before_start_names_the_class_held_and_how_to_start_it() -> None:
     """It said "Client.pool is only available after start()", of a RemoteClient's metrics()."""
     import asyncio

@@ -39,6 +39,12 @@ def both_transports(owner: str) -> ConfigError:
                        " tls= for plaintext on a network you trust)")
 
 
+def no_transport(owner: str) -> ConfigError:
+    """The error of ``owner`` (RemoteConfig, EndpointPool) given neither tls= nor insecure=True."""
+    return ConfigError(f"{owner}: a remote plugin is reached with mTLS (tls=NetworkTLS(cert_file, key_file,"
+                       " ca_file)) or, deliberately, in plaintext (insecure=True); pass one")
+
+
 def check_pool(policy: Any, policies: tuple[str, ...], tls: bool, insecure: Any, health_interval: Any,
                health_timeout: Any, unhealthy_after: Any) -> tuple[float, float, int]:
     """EndpointPool's own arguments (RemoteConfig's are checked by plugbay.network.remotecheck); returns
@@ -47,8 +53,7 @@ def check_pool(policy: Any, policies: tuple[str, ...], tls: bool, insecure: Any,
     if policy not in policies:
         raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(policies)}")
     if not tls and not insecure:
-        raise ConfigError("a remote plugin is reached with mTLS (tls=NetworkTLS(cert_file, key_file,"
-                          " ca_file)) or, deliberately, in plaintext (insecure=True); pass one")
+        raise no_transport("EndpointPool")
     if tls and insecure:
         raise both_transports("EndpointPool")
     return (check_seconds(health_interval, "EndpointPool.health_interval", 1.0),

@@ -15,7 +15,7 @@ from plugbay.core.transport import grpcping
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import ConfigError, ProtocolMismatchError
 from plugbay.network.ejection import OutlierPolicy
-from plugbay.network.figures import both_transports, check_count, check_seconds, check_switch
+from plugbay.network.figures import both_transports, check_count, check_seconds, check_switch, no_transport
 from plugbay.network.pool import POLICIES
 from plugbay.network.resolver import parse_dns_server
 from plugbay.network.tls import NetworkTLS
@@ -40,6 +40,8 @@ def check_remote(config: Any) -> None:
                           f" {type(config.outlier).__name__}; pass outlier=OutlierPolicy(consecutive_failures=5)")
     for switch in ("insecure", "allow_loopback", "multiplex", "brokered"):
         check_switch(getattr(config, switch), f"RemoteConfig.{switch}")
+    if config.tls is None and not config.insecure:  # at RemoteClient(), as the rest: start() alone said so
+        raise no_transport("RemoteConfig")
     if config.multiplex and not config.brokered:
         raise ConfigError("RemoteConfig(multiplex=True) insists on brokered connections and brokered=False"
                           " declines them; pass one of the two")
