@@ -348,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugbay.images", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-only", action="store_true", help=f"only build {BASE_IMAGE} when missing")
     parser.add_argument("names", nargs="*",
-                        help=f"example images to build (default: all available of {sorted(EXAMPLES)})")
+                        help=f"example images to build, any of {sorted(EXAMPLES)} (default: kv and counter, and"
+                             " kv-go when Go is installed)")
     args = parser.parse_args(argv)
     try:
         with _own_client() as client:
