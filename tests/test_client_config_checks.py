@@ -277,6 +277,9 @@ def test_ctrl_c_during_kill_still_stops_the_plugin(tmp_path: Path) -> None:
     (lambda: RetryPolicy(retry_on=[[grpc.StatusCode.UNAVAILABLE]]), "retry_on holds"),
     (lambda: CircuitBreaker(failure_codes=[[grpc.StatusCode.UNAVAILABLE]]), "failure_codes holds"),
     (lambda: Supervisor("notaconfig"), "Supervisor takes a ClientConfig"),
+    # no cmd (nor runner, nor reattach): made, then every start failed
+    (lambda: Supervisor(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS)), "ClientConfig's cmd=, and this one"),
+    (lambda: AsyncSupervisor(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS)), "ClientConfig's cmd=, and this one"),
     # a policy of the wrong kind would be accepted, then fail every call and never restart
     (lambda: Supervisor(_config(), restart=3), "Supervisor(restart=...) takes a RestartPolicy"),
     (lambda: Supervisor(_config(), restart={"max_restarts": 5}), "takes a RestartPolicy, got dict"),

@@ -49,6 +49,11 @@ def check_source(config: object) -> None:
     if isinstance(config, ClientConfig) and config.reattach is not None:
         raise ConfigError("pass the ReattachConfig as Supervisor(reattach=...), not in the ClientConfig:"
                           " a restart needs cmd= or runner= to start a fresh plugin")
+    if isinstance(config, ClientConfig) and config.cmd is None:  # no runner, no reattach either (refused above)
+        # the Client each start makes refused it, so the Supervisor was made and only its start() failed
+        raise ConfigError("a Supervisor starts (and restarts) its plugin from the ClientConfig's cmd=, and this one"
+                          " has none: pass ClientConfig(..., cmd=[...]), or a factory for another runner:"
+                          " Supervisor(lambda: ClientConfig(..., runner=DockerRunner(...)))")
 
 
 def check_settings(owner: str, health_interval: object, health_timeout: object, unhealthy_grace: object,
