@@ -64,6 +64,43 @@ class _Started:
             raise next((e for e in errors if not isinstance(e, Exception)), errors[0])
 
 
+def _client_options(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A fixture's ``**config``, refused with a ConfigError naming ClientConfig's fields when one is not
+    among them (ClientConfig(**config) raised a bare TypeError)."""
+    import dataclasses
+
+    from plugbay.core.host.config import ClientConfig
+    from plugbay.errors import ConfigError
+
+    names = [f.name for f in dataclasses.fields(ClientConfig)]
+    for key in config:
+        if key not in names:
+            raise ConfigError(f"{key!r} is no ClientConfig field; the fixture's keyword arguments are ClientConfig's:"
+                              f" {', '.join(names)}")
+    return config
+
+
+def _runner_options(runner: object) -> dict[str, Any]:
+    """plugin_container's ``runner=``, DockerRunner's keyword arguments: a ConfigError naming them when it is
+    no mapping or holds another key (DockerRunner(**runner) raised a bare TypeError or ValueError)."""
+    import inspect
+
+    from plugbay.errors import ConfigError
+    from plugbay.runners.docker import DockerRunner
+
+    if runner is None:
+        return {}
+    if not isinstance(runner, Mapping):
+        raise ConfigError(f"plugin_container's runner= takes a dict of DockerRunner options, such as"
+                          f" {{'transport': 'tcp'}}, got {type(runner).__name__}")
+    names = [n for n, p in inspect.signature(DockerRunner).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    for key in runner:
+        if key not in names:
+            raise ConfigError(f"plugin_container's runner= holds {key!r}, which DockerRunner does not take; its"
+                              f" options are {', '.join(names)}")
+    return dict(runner)
+
+
 @pytest.fixture
 def plugin_process() -> Iterator[Callable[..., Client]]:
     """Start a plugin command as a local process; returns the started Client, killed at teardown."""
@@ -77,7 +114,7 @@ def plugin_process() -> Iterator[Callable[..., Client]]:
         # hand anything else over as given, so ClientConfig's own check says what is wrong with it
         if isinstance(cmd, Sequence) and not isinstance(cmd, (str, bytes)):
             cmd = list(cmd)
-        return started.start(ClientConfig(handshake=handshake, plugins=plugins, cmd=cmd, **config))
+        return started.start(ClientConfig(handshake=handshake, plugins=plugins, cmd=cmd, **_client_options(config)))
 
     try:
         yield start
@@ -132,8 +169,9 @@ def plugin_container(plugbay_docker: Any) -> Iterator[Callable[..., Client]]:
               runner: Mapping[str, Any] | None = None, **config: Any) -> Client:
         from plugbay.core.host.client import ClientConfig
 
+        options = _client_options(config)
         return started.start(ClientConfig(handshake=handshake, plugins=plugins,
-                                          runner=DockerRunner(image, **dict(runner or {})), **config))
+                                          runner=DockerRunner(image, **_runner_options(runner)), **options))
 
     try:
         yield start
