@@ -540,6 +540,11 @@ def test_reattach_config_errors() -> None:
         ReattachConfig.from_json('{"runner": {}}')
     with pytest.raises(ConfigError, match="must be an object; pass ReattachConfig.to_json"):
         ReattachConfig.from_json('["not", "an", "object"]')
+    # an edited handshake names what is wrong in it, not Python's words for it
+    with pytest.raises(ConfigError, match=r"handshake facts must be a JSON object, got int 5; pass"):
+        ReattachConfig.from_json('{"handshake": 5}')
+    with pytest.raises(ConfigError, match=r"handshake facts lack the field 'network'; pass"):
+        ReattachConfig.from_json('{"handshake": {"address": "/tmp/x"}}')
 
 
 def test_go_plugins_reattach_json_is_refused_as_such() -> None:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from plugbay.core.protocol.checks import GO_SPACE, go_atoi
+from plugbay.core.protocol.checks import GO_SPACE, go_atoi, kind
 from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST, ENV_OUTLIVE_PIPE  # the ask to outlive the host
 from plugbay.core.protocol.records import Frozen
 from plugbay.errors import (
@@ -227,6 +227,12 @@ class HandshakeInfo(Frozen):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HandshakeInfo:
         """Untrusted handshake facts (to_dict's form), checked as parse_handshake_line checks a line."""
+        if not isinstance(data, Mapping):  # a user's edit: "handshake": 5 read "'int' object has no attribute 'get'"
+            raise ConfigError(f"handshake facts must be a JSON object, got {kind(data)}; pass ReattachConfig.to_json()"
+                              " output")
+        for field in ("network", "address"):
+            if field not in data:
+                raise ConfigError(f"handshake facts lack the field {field!r}; pass ReattachConfig.to_json() output")
         cert = data.get("server_cert")
         network, address = str(data["network"]), str(data["address"])
         if network not in ("tcp", "unix"):
