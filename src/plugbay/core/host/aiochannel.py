@@ -28,6 +28,7 @@ from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, 
 from plugbay.core.host.callerrors import WrongLoop as WrongLoop  # re-exported: where the asyncio side raises it
 from plugbay.core.host.aiorefused import RefusedCall as RefusedCall  # re-exported: long imported from here
 from plugbay.core.host.aiorefused import refused_now as refused_now
+from plugbay.core.host.aiorequests import RequestSource
 from plugbay.core.host.callerrors import CallTimeout, caused
 from plugbay.core.host.channel import ManagedChannel, timed
 from plugbay.core.host.deadline import call_timeout
@@ -210,7 +211,8 @@ class _AioCallable:
                                    _registered_method=True)
         return self._target
 
-    def _call(self, request: Any, timeout: float | None, kwargs: dict[str, Any]) -> Any:
+    def _call(self, request: Any, timeout: float | None, kwargs: dict[str, Any],
+              requests: RequestSource | None = None) -> Any:
         owner = self._owner
         owner.check_loop()  # first: a wrong loop or a closed Client says more than a timeout=0 would
         if owner.is_refusing():
@@ -222,10 +224,10 @@ class _AioCallable:
         if timeout is None:
             timeout = owner._managed.call_timeout
         try:
-            call = self._built()(request, timeout=timeout, **kwargs)
+            call = self._built()(request if requests is None else requests.watched(), timeout=timeout, **kwargs)
         except grpc.aio.UsageError:  # closed under us between the check and the call
             return RefusedCall(owner.closed_error)
-        return _AioCall(call, owner, timeout)
+        return _AioCall(call, owner, timeout, requests)
 
 
 class _AioUnaryRequest(_AioCallable):
@@ -295,14 +297,18 @@ class _HookedCall(TaskCall):
 
 class _AioStreamRequest(_AioCallable):
     def __call__(self, request_iterator: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
-        return self._call(request_iterator, timeout, kwargs)
+        # None: the call is written to (write(), done_writing()), no iterator to watch
+        requests = None if request_iterator is None else RequestSource(request_iterator)
+        return self._call(request_iterator, timeout, kwargs, requests)
 
 
 class _AioCall:
     """A grpc.aio call whose results raise translated errors; the rest (metadata, cancel) delegates."""
 
-    def __init__(self, call: Any, owner: AioManagedChannel, timeout: float | None) -> None:
+    def __init__(self, call: Any, owner: AioManagedChannel, timeout: float | None,
+                 requests: RequestSource | None = None) -> None:
         self._call = call
+        self._requests = requests
         self._owner = owner
         self._timeout = timeout
         self._started = owner._loop.time()
@@ -368,7 +374,13 @@ class _AioCall:
         """grpc.aio cancels the calls of a channel closed under them: that is the plugin's exit or
         the Client's end, typed as on the sync side; a cancel of the caller's own task stays one."""
         task = asyncio.current_task()
-        if self._owner._closing is None or (task is not None and task.cancelling()):
+        if task is not None and task.cancelling():
+            return asyncio.CancelledError()
+        if self._requests is not None and self._call.cancelled():  # grpc.aio's own cancel, for its iterator
+            error = self._requests.take_error()
+            if error is not None:
+                return error
+        if self._owner._closing is None:
             return asyncio.CancelledError()
         closed = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                       details="the connection was closed under the call")

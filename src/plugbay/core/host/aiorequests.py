@@ -1,0 +1,49 @@
+"""A grpc.aio stream's request iterator, watched for the error it raises, so the caller gets that error.
+
+grpc.aio reads a call's request iterator on a task of its own; an error there is logged at debug level
+and the call is cancelled locally, so every read of the call raises asyncio.CancelledError: in a task
+that nobody cancelled, a TaskGroup or asyncio.run takes that for a cancel, and the caller's own error
+is lost. The AsyncClient's calls (plugbay.core.host.aiochannel) raise the iterator's error instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+
+class RequestSource:
+    """A stream's request iterator, handed to grpc.aio as an async generator that keeps what it raised."""
+
+    def __init__(self, source: Any) -> None:
+        self._source: Any = source
+        self._error: BaseException | None = None
+        self.failed: str | None = None  # what it raised, once that was handed to a read
+
+    async def watched(self) -> AsyncIterator[Any]:
+        source, self._source = self._source, None  # one use: the generator owns it now
+        try:
+            if isinstance(source, AsyncIterable):
+                async for request in source:
+                    yield request
+            else:  # iterated on the loop, as grpc.aio iterates a plain iterator
+                for request in source:
+                    yield request
+        except Exception as exc:  # a GeneratorExit or cancel (the call ended first) is not the caller's error
+            self._error = exc
+            del self  # the error's traceback holds this frame: no cycle back to the error through it
+            raise
+
+    def take_error(self) -> BaseException | None:
+        """What the iterator raised, for the first read that fails; later ones get an InvalidStateError
+        naming it. Handed over, not kept: raised through the call's frames, it would hold them (and the
+        call) in a cycle until a full garbage collection."""
+        error, self._error = self._error, None
+        if error is not None:
+            self.failed = f"{type(error).__name__}: {error}"
+            return error
+        if self.failed is not None:
+            return asyncio.InvalidStateError(f"the call had already ended when its request iterator raised"
+                                             f" ({self.failed}), which an earlier read raised")
+        return None

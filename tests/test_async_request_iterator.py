@@ -1,0 +1,81 @@
+"""An AsyncClient stream whose request iterator raises: the caller gets that error, not a CancelledError.
+
+grpc.aio cancels such a call locally and its reads raise asyncio.CancelledError, which in a task nobody
+cancelled ends that task as if it had been (a TaskGroup or asyncio.run takes it for a cancel) and hides
+the caller's own error. Real streaming plugin (examples/streaming), Echo (stream-stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "streaming"))
+
+from streaming_plugin_def import HANDSHAKE, PLUGIN_NAME, StreamerPlugin  # noqa: E402
+from streamingproto import streaming_pb2  # noqa: E402
+
+from plugbay import AsyncClient, ClientConfig  # noqa: E402
+
+GUARD = 60.0  # a hang fails the test instead of stalling the run
+
+
+class SourceBroke(Exception):
+    """The caller's own error, raised by its request iterator."""
+
+
+async def async_requests() -> AsyncIterator[streaming_pb2.Chunk]:
+    yield streaming_pb2.Chunk(seq=0, data=b"first")
+    raise SourceBroke("the file being streamed could not be read")
+
+
+def sync_requests() -> Iterator[streaming_pb2.Chunk]:
+    yield streaming_pb2.Chunk(seq=0, data=b"first")
+    raise SourceBroke("the file being streamed could not be read")
+
+
+def config() -> ClientConfig:
+    return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin()},
+                        cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")])
+
+
+@pytest.mark.parametrize("source", [async_requests, sync_requests], ids=["async-iterator", "iterator"])
+def test_a_request_iterator_that_raises_fails_the_stream_with_its_own_error(source: Any) -> None:
+    async def main() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        async with AsyncClient(config()) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            try:
+                async for _ in streamer.echo(source()):
+                    pass
+            except BaseException as exc:  # noqa: B036 (a CancelledError is what this looks for)
+                seen["iterated"] = exc
+            call = streamer.echo(source())
+            try:
+                while True:
+                    await call.read()
+            except BaseException as exc:  # noqa: B036
+                seen["read"] = exc
+            try:
+                await call.read()
+            except BaseException as exc:  # noqa: B036
+                seen["read again"] = exc
+            seen["cancelling"] = asyncio.current_task().cancelling()  # type: ignore[union-attr]
+            seen["after"] = (await streamer.stats()).active  # the client still serves calls
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(main(), GUARD))
+    for how in ("iterated", "read"):
+        assert isinstance(seen[how], SourceBroke), (how, repr(seen[how]))
+        assert "could not be read" in str(seen[how])
+    # a later read names it (raising the same error object again would hold the call in a reference cycle)
+    assert isinstance(seen["read again"], asyncio.InvalidStateError), repr(seen["read again"])
+    assert "SourceBroke: the file being streamed could not be read" in str(seen["read again"])
+    assert seen["cancelling"] == 0
+
