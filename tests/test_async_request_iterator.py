@@ -22,6 +22,7 @@ from streaming_plugin_def import HANDSHAKE, PLUGIN_NAME, StreamerPlugin  # noqa:
 from streamingproto import streaming_pb2  # noqa: E402
 
 from plugbay import AsyncClient, ClientConfig  # noqa: E402
+from tests.test_network_dead_replica import certs, streamers  # noqa: E402,F401 (fixtures)
 
 GUARD = 60.0  # a hang fails the test instead of stalling the run
 
@@ -79,3 +80,32 @@ def test_a_request_iterator_that_raises_fails_the_stream_with_its_own_error(sour
     assert "SourceBroke: the file being streamed could not be read" in str(seen["read again"])
     assert seen["cancelling"] == 0
 
+
+def test_the_same_through_an_async_remote_clients_pool(streamers: list[Any], certs: Any) -> None:
+    from plugbay import AsyncRemoteClient
+    from tests.test_network_dead_replica import _first_config
+
+    async def main() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            for how, source in (("iterated", async_requests), ("iterated, sync source", sync_requests)):
+                try:
+                    async for _ in streamer.echo(source()):
+                        pass
+                except BaseException as exc:  # noqa: B036
+                    seen[how] = exc
+            call = streamer.echo(async_requests())
+            try:
+                while True:
+                    await call.read()
+            except BaseException as exc:  # noqa: B036
+                seen["read"] = exc
+            seen["cancelling"] = asyncio.current_task().cancelling()  # type: ignore[union-attr]
+            seen["after"] = (await streamer.stats()).active
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(main(), GUARD))
+    for how in ("iterated", "iterated, sync source", "read"):
+        assert isinstance(seen[how], SourceBroke), (how, repr(seen[how]))
+    assert seen["cancelling"] == 0
