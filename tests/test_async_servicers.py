@@ -67,6 +67,18 @@ def test_async_handlers_answer_on_one_shared_loop(tmp_path: Path) -> None:
         assert held == [b"held"]
 
 
+def test_initial_metadata_is_sent_whether_a_coroutine_awaits_it_as_grpc_aio_code_does_or_not(tmp_path: Path) -> None:
+    from kvproto import kv_pb2_grpc
+
+    with kv_client(tmp_path) as client:
+        client.dispense(PLUGIN_NAME)
+        stub = kv_pb2_grpc.KVStub(client.channel)
+        for key, sent in (("__initial_metadata__", "awaited"), ("__initial_metadata_unawaited__", "called")):
+            answer, call = stub.Get.with_call(kv_pb2.GetRequest(key=key))
+            assert answer.value == b"sent"
+            assert ("x-sent", sent) in list(call.initial_metadata()), call.initial_metadata()
+
+
 def test_a_call_that_ends_early_cancels_its_coroutine(tmp_path: Path) -> None:
     with kv_client(tmp_path) as client:
         kv = client.dispense(PLUGIN_NAME)

@@ -5,6 +5,8 @@
                                 Get("__loop__")   the handler loop's thread name and loop id
                                 Get("__hold__")   waits (an asyncio.Event) until a Get("__release__") comes
                                 Get("__cancelled__") how many handlers saw their call cancelled
+                                Get("__initial_metadata__") awaits context.send_initial_metadata (x-sent: awaited)
+                                Get("__initial_metadata_unawaited__") calls it as sync code does (x-sent: called)
                                 Get("__system_exit__") raises SystemExit in the coroutine
                                 Get("__timeout__") raises asyncio.TimeoutError (the builtin TimeoutError)
                                 Get("__cancel_itself__") raises asyncio.CancelledError, its call still on
@@ -89,6 +91,12 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
             await asyncio.to_thread(broker.accept_and_serve, sid,
                                     lambda s: counter_pb2_grpc.add_AddHelperServicer_to_server(AsyncMultiplier(), s))
             return kv_pb2.GetResponse(value=str(sid).encode())
+        if request.key in ("__initial_metadata__", "__initial_metadata_unawaited__"):
+            if request.key == "__initial_metadata__":  # as grpc.aio servicers write it
+                await context.send_initial_metadata((("x-sent", "awaited"),))
+            else:
+                context.send_initial_metadata((("x-sent", "called"),))
+            return kv_pb2.GetResponse(value=b"sent")
         if request.key == "__cancelled__":
             return kv_pb2.GetResponse(value=str(self.cancelled).encode())
         if request.key == "__release__":

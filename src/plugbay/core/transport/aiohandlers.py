@@ -7,7 +7,8 @@ one loop shared by the process's async handlers, in a thread of its own
 ("plugbay-aio-handlers"), or on a caller's loop (CallerLoop), while the call's gRPC thread
 waits for it. Each server with an async handler holds the loop until it stops; the last
 release ends it, and a later call is refused (UNAVAILABLE). The context is grpcio's sync one:
-``await context.abort(...)`` works as under grpc.aio. A call that ends early cancels its
+``await context.abort(...)`` and ``await context.send_initial_metadata(...)`` work as under grpc.aio
+(plugbay.core.transport.aiocontext). A call that ends early cancels its
 coroutine; one that ignores its cancel past the wait for it keeps the gate slot of its call (Outlived)
 until it ends; ``await context.write()`` needs grpc.aio's context and is refused when registered.
 The loops themselves are plugbay.core.transport.handlerloop's.
@@ -26,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from plugbay.core.transport.aiocontext import AioContext
 from plugbay.core.transport.handlerkind import behavior_of, is_async
 from plugbay.core.transport.handlerloop import (  # re-exported: the servers take them from here
     CallerLoop as CallerLoop,
@@ -231,7 +233,7 @@ def _cancelled(call: _OnLoop, context: grpc.ServicerContext) -> None:
 def _unary(behavior: Callable[..., Any], loop: LoopSource, streams_in: bool) -> Callable[..., Any]:
     def run(request: Any, context: grpc.ServicerContext) -> Any:
         aloop, arg = _loop_for(loop, context, request, streams_in)
-        call = _on_loop(behavior(arg, context), aloop, context)
+        call = _on_loop(behavior(arg, AioContext(context)), aloop, context)
         if not context.add_callback(call.cancel):  # the call had ended already: it is never told
             call.cancel()
         try:
@@ -248,7 +250,7 @@ def _unary(behavior: Callable[..., Any], loop: LoopSource, streams_in: bool) -> 
 def _streaming(behavior: Callable[..., Any], loop: LoopSource, streams_in: bool) -> Callable[..., Any]:
     def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         aloop, arg = _loop_for(loop, context, request, streams_in)
-        responses = behavior(arg, context)
+        responses = behavior(arg, AioContext(context))
         ended = threading.Event()
         current: list[_OnLoop] = []
 

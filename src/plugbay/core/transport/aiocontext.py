@@ -1,0 +1,46 @@
+"""The context an ``async def`` handler gets: grpcio's sync one, with grpc.aio's awaitable methods.
+
+plugbay runs asyncio servicers on its sync gRPC servers (plugbay.core.transport.aiohandlers), so the
+context is grpcio's ``ServicerContext``. Code written for grpc.aio awaits the methods that are
+coroutines there; ``abort()`` raises at once, so awaiting it works as is, but ``send_initial_metadata()``
+returns None on the sync context, and ``await``-ing that failed the call with UNKNOWN ("object NoneType
+can't be used in 'await' expression"). Here it sends at once and returns something that may be
+awaited or not, as grpc.aio code and sync code each call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import grpc
+
+
+class _Sent:
+    """What a method that already did its work returns: awaiting it gives None at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator: `await` takes it as an awaitable that finishes at once
+
+
+_SENT = _Sent()
+
+
+class AioContext:
+    """grpcio's ``ServicerContext`` for a coroutine handler; everything but send_initial_metadata is the
+    sync context's own (abort raises at once, awaited or not)."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+
+    def send_initial_metadata(self, initial_metadata: Any) -> _Sent:
+        self._context.send_initial_metadata(initial_metadata)
+        return _SENT
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
