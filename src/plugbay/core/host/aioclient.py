@@ -55,6 +55,7 @@ class AsyncClient:
         self._dispensed = Dispensed(f"the AsyncClient of plugin {self.name!r}")
         self._ending = False
         self._failed: str | None = None  # why it cannot be used (its start failed or was cancelled)
+        self._owner_cancelled = False  # the task that began start() was cancelled (so the start was)
 
     # --- properties -------------------------------------------------------------
 
@@ -145,12 +146,22 @@ class AsyncClient:
         if self._starting is not None:  # another task is starting it: wait with it
             if self._starting.get_loop() is not asyncio.get_running_loop():
                 raise self._wrong_loop()
-            await asyncio.shield(self._starting)
+            try:
+                await asyncio.shield(self._starting)
+            except ClientStateError as exc:
+                if self._owner_cancelled:  # not a kill() of the caller's: the start's owner went away
+                    raise ClientStateError(
+                        f"the client of plugin {self.name!r} cannot be used: the task that began its start()"
+                        " was cancelled, which stops the plugin it launched (one start serves every task"
+                        f" awaiting it); make a new {type(self).__name__}, started by a task that lives as"
+                        " long as the client is used") from exc
+                raise
             return
         self._starting = asyncio.ensure_future(self._start_and_connect())
         try:
             await asyncio.shield(self._starting)
         except asyncio.CancelledError:
+            self._owner_cancelled = True
             await self._stop_cancelled_start(self._starting)
             self._start_failed("its start() was cancelled")
             raise

@@ -263,7 +263,7 @@ class Client(Connecting):
 
     def killed_starting_error(self) -> ClientStateError:
         """What start() raises when a kill() (or close()) from another thread ended it meanwhile."""
-        return killed_while_starting(self.name)
+        return killed_while_starting(self.name, self.user_class)
 
     def reattach_config(self) -> ReattachConfig:
         """What another host process needs to attach to this running plugin."""

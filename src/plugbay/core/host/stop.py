@@ -36,10 +36,10 @@ def describe_exit(how: str, tail: list[str], reason: str = "") -> str:
     return how + (f" (last stderr: {joined})" if joined else "")
 
 
-def killed_while_starting(name: str) -> ClientStateError:
+def killed_while_starting(name: str, user_class: str = "Client") -> ClientStateError:
     """What start() raises when a kill() from another thread ended its plugin meanwhile."""
     return ClientStateError(f"the client of plugin {name!r} was killed while it started the plugin; plugbay"
-                            " stopped the plugin. Make a new Client to start it again")
+                            f" stopped the plugin. Make a new {user_class} to start it again")
 
 
 class ExitGate:
