@@ -150,11 +150,7 @@ class AsyncClient:
                 await asyncio.shield(self._starting)
             except ClientStateError as exc:
                 if self._owner_cancelled:  # not a kill() of the caller's: the start's owner went away
-                    raise ClientStateError(
-                        f"the client of plugin {self.name!r} cannot be used: the task that began its start()"
-                        " was cancelled, which stops the plugin it launched (one start serves every task"
-                        f" awaiting it); make a new {type(self).__name__}, started by a task that lives as"
-                        " long as the client is used") from exc
+                    raise owner_cancelled(f"the client of plugin {self.name!r}", type(self).__name__) from exc
                 raise
             return
         self._starting = asyncio.ensure_future(self._start_and_connect())
@@ -292,6 +288,13 @@ class AsyncClient:
     def _stop_on(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
         """Kill and close on a thread of their own: never queued behind a start or dispense."""
         return off_loop(self._stopper, func, *args)
+
+
+def owner_cancelled(what: str, kind: str) -> ClientStateError:
+    """What a task that awaited a start begun by another task gets once that task's cancel stopped it."""
+    return ClientStateError(f"{what} cannot be used: the task that began its start() was cancelled, which stops"
+                            f" the plugin it launched (one start serves every task awaiting it); make a new"
+                            f" {kind}, started by a task that lives as long as it is used")
 
 
 def refuse_in_forked_child(what: str) -> None:
