@@ -28,7 +28,7 @@ from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, 
 from plugbay.core.host.callerrors import WrongLoop as WrongLoop  # re-exported: where the asyncio side raises it
 from plugbay.core.host.aiorefused import RefusedCall as RefusedCall  # re-exported: long imported from here
 from plugbay.core.host.aiorefused import refused_now as refused_now
-from plugbay.core.host.aiorequests import RequestSource
+from plugbay.core.host.aiorequests import RequestSource, Watched
 from plugbay.core.host.callerrors import CallTimeout, caused
 from plugbay.core.host.channel import ManagedChannel, timed
 from plugbay.core.host.deadline import call_timeout
@@ -297,8 +297,9 @@ class _HookedCall(TaskCall):
 
 class _AioStreamRequest(_AioCallable):
     def __call__(self, request_iterator: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
-        # None: the call is written to (write(), done_writing()), no iterator to watch
-        requests = None if request_iterator is None else RequestSource(request_iterator)
+        # None: the call is written to (write(), done_writing()); Watched: an outer channel's call watches it
+        watched = request_iterator is None or isinstance(request_iterator, Watched)  # None: no iterator
+        requests = None if watched else RequestSource(request_iterator)
         return self._call(request_iterator, timeout, kwargs, requests)
 
 

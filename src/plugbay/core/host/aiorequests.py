@@ -21,7 +21,11 @@ class RequestSource:
         self._error: BaseException | None = None
         self.failed: str | None = None  # what it raised, once that was handed to a read
 
-    async def watched(self) -> AsyncIterator[Any]:
+    def watched(self) -> Watched:
+        """What grpc.aio is given to read the requests from."""
+        return Watched(self._watch())
+
+    async def _watch(self) -> AsyncIterator[Any]:
         source, self._source = self._source, None  # one use: the generator owns it now
         try:
             if isinstance(source, AsyncIterable):
@@ -47,3 +51,18 @@ class RequestSource:
             return asyncio.InvalidStateError(f"the call had already ended when its request iterator raised"
                                              f" ({self.failed}), which an earlier read raised")
         return None
+
+
+class Watched:
+    """A request stream already watched: a channel under another one (an AsyncSupervisor's, an
+    AsyncRemoteClient's pinned one) passes it on as it is, so the outer call, which the caller reads,
+    is the one that raises the iterator's error (each watching it would leave the outer one's copy
+    held in a cycle). Holds the generator only, not its RequestSource (see RequestSource._watch)."""
+
+    __slots__ = ("_requests",)
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._requests = requests
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._requests
