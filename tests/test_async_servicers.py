@@ -77,6 +77,11 @@ def test_initial_metadata_is_sent_whether_a_coroutine_awaits_it_as_grpc_aio_code
             answer, call = stub.Get.with_call(kv_pb2.GetRequest(key=key))
             assert answer.value == b"sent"
             assert ("x-sent", sent) in list(call.initial_metadata()), call.initial_metadata()
+        # grpc.aio's context.read(), which the sync context has not: the call's error says what to do
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Get(kv_pb2.GetRequest(key="__context_read__"))
+        assert err.value.code() == grpc.StatusCode.UNKNOWN
+        assert "read it with `async for`" in str(err.value.details()), err.value.details()
 
 
 def test_a_call_that_ends_early_cancels_its_coroutine(tmp_path: Path) -> None:

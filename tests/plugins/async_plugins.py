@@ -7,6 +7,7 @@
                                 Get("__cancelled__") how many handlers saw their call cancelled
                                 Get("__initial_metadata__") awaits context.send_initial_metadata (x-sent: awaited)
                                 Get("__initial_metadata_unawaited__") calls it as sync code does (x-sent: called)
+                                Get("__context_read__") awaits context.read(), grpc.aio's other style
                                 Get("__system_exit__") raises SystemExit in the coroutine
                                 Get("__timeout__") raises asyncio.TimeoutError (the builtin TimeoutError)
                                 Get("__cancel_itself__") raises asyncio.CancelledError, its call still on
@@ -97,6 +98,8 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
             else:
                 context.send_initial_metadata((("x-sent", "called"),))
             return kv_pb2.GetResponse(value=b"sent")
+        if request.key == "__context_read__":
+            await context.read()
         if request.key == "__cancelled__":
             return kv_pb2.GetResponse(value=str(self.cancelled).encode())
         if request.key == "__release__":

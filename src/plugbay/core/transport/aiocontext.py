@@ -5,7 +5,9 @@ context is grpcio's ``ServicerContext``. Code written for grpc.aio awaits the me
 coroutines there; ``abort()`` raises at once, so awaiting it works as is, but ``send_initial_metadata()``
 returns None on the sync context, and ``await``-ing that failed the call with UNKNOWN ("object NoneType
 can't be used in 'await' expression"). Here it sends at once and returns something that may be
-awaited or not, as grpc.aio code and sync code each call it.
+awaited or not, as grpc.aio code and sync code each call it. grpc.aio's read() and write() have no
+sync counterpart: they fail the call saying what to write instead (the sync context said only
+that it has no such attribute).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Generator
 from typing import Any
 
 import grpc
+
+from plugbay.errors import ConfigError
 
 
 class _Sent:
@@ -41,6 +45,14 @@ class AioContext:
     def send_initial_metadata(self, initial_metadata: Any) -> _Sent:
         self._context.send_initial_metadata(initial_metadata)
         return _SENT
+
+    def read(self) -> Any:
+        raise ConfigError("context.read() is grpc.aio's own server's; plugbay runs this handler on a grpcio server,"
+                          " whose request stream is the handler's first argument: read it with `async for`")
+
+    def write(self, message: Any) -> Any:
+        raise ConfigError("context.write() is grpc.aio's own server's; plugbay runs this handler on a grpcio"
+                          " server: write a server stream as an async generator, yielding each response")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
