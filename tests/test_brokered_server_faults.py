@@ -10,7 +10,9 @@ plugin's nested call, with no deadline, would have waited for ever).
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +187,73 @@ def test_a_brokered_server_registering_reflection_twice_is_not_refused(
         assert counter.get("k") == 3
     finally:
         host.kill()
+
+
+class _ClosingStreamer:
+    """A brokered Streamer whose handlers raise ``exc`` themselves: Generate after its first chunk (a
+    generator), Echo when called (a plain function: no generator made)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def Generate(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        from streamingproto import streaming_pb2
+
+        yield streaming_pb2.Chunk(seq=1)
+        raise self.exc
+
+    def Echo(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        raise self.exc
+
+    def GetStats(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        raise self.exc
+
+
+@pytest.mark.parametrize("multiplexed", [False, True], ids=["sockets", "multiplexed"])
+@pytest.mark.parametrize("exc", [SystemExit(4), KeyboardInterrupt(), GeneratorExit("closed")], ids=repr)
+def test_a_brokered_streaming_handler_raising_a_base_exception_answers_unknown(
+        caplog: pytest.LogCaptureFixture, exc: BaseException, multiplexed: bool) -> None:
+    """The unary case above, in a server stream and a bidirectional one: a GeneratorExit there looked like
+    the close of the broker's own wrapper generator, and grpcio answers no other BaseException: the
+    dialling side waited for its deadline."""
+    sys.path.insert(0, str(REPO / "examples" / "streaming"))
+    from streamingproto import streaming_pb2, streaming_pb2_grpc
+
+    from tests.test_broker import _close_pair, _make_pair
+    from tests.test_broker_mux import close_mux_pair, make_mux_pair
+    from plugbay.core.broker.brokertransport import BrokerTransport
+
+    if multiplexed:
+        pair: Any = make_mux_pair("unix")
+        close = close_mux_pair
+    else:
+        folder = tempfile.mkdtemp(prefix="bkf", dir="/tmp")  # short: unix socket paths stay under 108 bytes
+        pair = _make_pair(folder, BrokerTransport(socket_dir=folder), BrokerTransport(socket_dir=folder))
+
+        def close(p: Any) -> None:
+            _close_pair(p)
+            shutil.rmtree(folder, ignore_errors=True)
+    try:
+        sid = pair.plugin.next_id()
+        pair.plugin.accept_and_serve(
+            sid, lambda s: streaming_pb2_grpc.add_StreamerServicer_to_server(_ClosingStreamer(exc), s))
+        stub = streaming_pb2_grpc.StreamerStub(pair.host.dial(sid))
+        got: list[int] = []
+        with pytest.raises(grpc.RpcError) as failed:
+            for chunk in stub.Generate(streaming_pb2.GenerateRequest(count=2, size=1), timeout=20):
+                got.append(chunk.seq)
+        assert got == [1]
+        assert failed.value.code() is grpc.StatusCode.UNKNOWN, failed.value  # answered, not the deadline
+        assert failed.value.details() == f"the handler raised {exc!r}"
+        with pytest.raises(grpc.RpcError) as failed:
+            list(stub.Echo(iter([streaming_pb2.Chunk(seq=1)]), timeout=20))
+        assert failed.value.code() is grpc.StatusCode.UNKNOWN, failed.value
+        assert failed.value.details() == f"the handler raised {exc!r}"
+        # the broker serves on: a brokered server's pool thread was not lost to the exception
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.GetStats(streaming_pb2.StatsRequest(), timeout=20)
+        assert failed.value.code() is grpc.StatusCode.UNKNOWN, failed.value
+    finally:
+        close(pair)
+    failures = [r.name for r in caplog.records if r.getMessage().startswith(f"a handler raised {exc!r}")]
+    assert failures == ["plugbay.broker"] * 3
