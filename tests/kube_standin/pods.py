@@ -45,6 +45,7 @@ class Pod:
         self.backoff_until = 0.0
         self.deleting = False
         self.evicted = False  # StandIn.evict_pod: the kubelet ended it, so it fails whatever its exit code
+        self.unreported = False  # StandIn.fail_pod_unrecorded: no kubelet reports its status any more
         self.finishing = False  # its deletion's container stop runs (once)
         self.quiet_since = 0.0  # monotonic time since which it has run with its status unchanged
         self.next_poll = 0.0  # the monitor's next look at it (0: the next round)
@@ -247,6 +248,8 @@ class PodStore:
     def _refresh(self, pod: Pod) -> None:
         """Derive the pod status from its real container; publish when it changed."""
         with self.lock:
+            if pod.unreported:
+                return
             before = copy.deepcopy(pod.obj["status"])
             box = pod.box
             if pod.failure and pod.failure[0] in ("ErrImagePull", "ImagePullBackOff"):
@@ -260,6 +263,8 @@ class PodStore:
                 return
         st = box.state()  # outside the lock: a docker round trip
         with self.lock:
+            if pod.unreported:  # marked so while the container was looked at
+                return
             c = pod.container
             status = pod.obj["status"]
             cid = f"{box.kind}://{box.id}"

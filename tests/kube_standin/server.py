@@ -4,8 +4,8 @@
 throwaway CA when asked, runs each pod with Docker or as a local process, and
 writes a kubeconfig naming itself. Fault knobs: :meth:`StandIn.deny` (403 with
 a Kubernetes Status body), :meth:`StandIn.refuse` (an admission check's 403), :meth:`StandIn.drop_portforwards`,
-:meth:`StandIn.delete_pod` (under the host), :meth:`StandIn.expire_watches`
-(410 Gone for slice watches that resume), :meth:`StandIn.stall` (take the
+:meth:`StandIn.delete_pod` (under the host), :meth:`StandIn.fail_pod_unrecorded` (Failed with no exit code:
+a lost node's), :meth:`StandIn.expire_watches` (410 Gone for slice watches that resume), :meth:`StandIn.stall` (take the
 request, never answer it: a hung API server), :meth:`StandIn.hold` (answer only
 at release: a slow API server), :meth:`StandIn.fail` (answer 500 at once: an
 API server failing fast), :meth:`StandIn.lose_answers` (carry a request out, then answer it
@@ -288,6 +288,22 @@ class StandIn:
             store.event(pod, "Evicted", message, "Warning")
         pod.box.stop(0)
         poke(pod, store.lock)
+
+    def fail_pod_unrecorded(self, namespace: str, name: str, reason: str, message: str) -> None:
+        """Mark a pod Failed with no exit code, as the pod garbage collector does a pod whose node is gone: phase
+        Failed and a DisruptionTarget condition saying why, its container's status left as last reported (no
+        kubelet reported its end); its container stops behind it and nothing reports the pod again."""
+        store = self.store
+        with store.lock:
+            pod = store.pods[(namespace, name)]
+            pod.unreported = True  # before the stop: the monitor must not record the container's end
+            status = pod.obj["status"]
+            status["phase"] = "Failed"
+            status["conditions"] = [*(status.get("conditions") or []), {
+                "type": "DisruptionTarget", "status": "True", "reason": reason, "message": message}]
+            store._publish("MODIFIED", pod)
+        if pod.box is not None:
+            pod.box.stop(0)
 
     def container_start_seconds(self) -> list[float]:
         return list(getattr(self.store, "start_durations", []))
