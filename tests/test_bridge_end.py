@@ -15,6 +15,7 @@ import pytest
 
 from tests.yamux_util import read_exactly
 
+from plugbay.core.transport import bridges
 from plugbay.core.transport.bridges import bridge
 from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.yamux import Session, Stream
@@ -83,3 +84,39 @@ def test_a_bridged_streams_end_wakes_no_down_loop(end: str) -> None:
         client.close()
         server.close()
         workers.close()
+
+
+def test_a_local_fin_after_the_peers_wakes_a_down_loop_waiting_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A down loop whose local socket refused the peer's last bytes (a TLS close_notify after
+    # grpcio closed it) waits for a FIN each way before it ends. The local FIN, sent by the up
+    # loop, must wake it: it slept out _QUIET_END instead, and a plugin's Shutdown waited for
+    # that worker (1 s more before exit behind a go-plugin host's multiplexed, AutoMTLS Kill).
+    monkeypatch.setattr(bridges, "_QUIET_END", 60.0)  # only a wake-up ends the wait within the test
+    routed: list[Stream] = []
+    got = threading.Event()
+
+    def on_stream(stream: Stream) -> None:
+        routed.append(stream)
+        got.set()
+
+    a, b = socket.socketpair()
+    client = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-quiet-client")
+    server = Session(b, client=False, on_stream=on_stream, name="t-quiet-server")
+    try:
+        peer = client.open()
+        peer.write(b"x")
+        assert got.wait(10), "the stream never reached the server"
+        stream = routed[0]
+        peer.close_write()
+        with stream._cond:
+            assert stream._cond.wait_for(lambda: stream._remote_fin, 10), "the peer's FIN never arrived"
+        result: list[bool] = []
+        waiter = threading.Thread(target=lambda: result.append(bridges._ended_both_ways(stream)), daemon=True)
+        waiter.start()
+        stream.close_write()  # the up loop's end: the local side sent its FIN
+        waiter.join(20)
+        assert not waiter.is_alive(), "the local FIN did not wake the wait for both FINs"
+        assert result == [True]
+    finally:
+        client.close()
+        server.close()

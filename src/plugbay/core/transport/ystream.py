@@ -313,6 +313,7 @@ class Stream(Sinking):
             if self._local_fin or self._reset:
                 return
             self._local_fin = True
+            self._cond.notify_all()  # a bridge's down loop may wait for both FINs (bridges._ended_both_ways)
             flags = self._take_flags() | FIN
         self.session._send(WINDOW_UPDATE, flags, self.id, 0)
         if self._remote_fin:  # closed both ways: as hashicorp/yamux, the session drops it
