@@ -36,8 +36,9 @@ class ClientMaker(Protocol):
 ConfigSource: TypeAlias = "ClientConfig | ClientMaker | Callable[[], ClientConfig | ClientMaker]"
 
 
-def check_source(config: object) -> None:
-    """Refuse, with what to pass instead, a config a Supervisor could not restart from."""
+def check_source(config: object, reattach: object = None) -> None:
+    """Refuse, with what to pass instead, a config a Supervisor could not restart from. With ``reattach``
+    a ClientConfig may lack cmd=: the first start attaches, and only a fresh start is refused (new_client)."""
     if not isinstance(config, ClientConfig) and not callable(config) and not hasattr(config, "make_client"):
         raise ConfigError(f"Supervisor takes a ClientConfig, a RemoteConfig or a factory returning one, got"
                           f" {type(config).__name__}: Supervisor(ClientConfig(...)) or"
@@ -49,7 +50,7 @@ def check_source(config: object) -> None:
     if isinstance(config, ClientConfig) and config.reattach is not None:
         raise ConfigError("pass the ReattachConfig as Supervisor(reattach=...), not in the ClientConfig:"
                           " a restart needs cmd= or runner= to start a fresh plugin")
-    if isinstance(config, ClientConfig) and config.cmd is None:  # no runner, no reattach either (refused above)
+    if isinstance(config, ClientConfig) and config.cmd is None and reattach is None:  # no runner nor reattach
         # the Client each start makes refused it, so the Supervisor was made and only its start() failed
         raise ConfigError("a Supervisor starts (and restarts) its plugin from the ClientConfig's cmd=, and this one"
                           " has none: pass ClientConfig(..., cmd=[...]), or a factory for another runner:"
@@ -169,21 +170,27 @@ def resolve_config(source: ConfigSource) -> ClientConfig | ClientMaker:
     return cfg  # type: ignore[return-value]
 
 
-def new_client(source: ConfigSource) -> Client:
-    """A Client (not yet started) for a fresh plugin."""
+def new_client(source: ConfigSource, reattach: ReattachConfig | None = None, kind: str = "Supervisor") -> Client:
+    """A Client (not yet started) for a fresh plugin. ``reattach``: the Supervisor's own, which let its
+    ClientConfig come without cmd= (Client() would say only 'exactly one of runner=, cmd= or reattach=')."""
     cfg = resolve_config(source)
+    if (reattach is not None and isinstance(cfg, ClientConfig)
+            and cfg.cmd is None and cfg.runner is None and cfg.reattach is None):
+        raise ConfigError(f"this {kind} was given reattach= and no cmd=, so it cannot start a new plugin (as a"
+                          " restart, or a reattach that failed, needs): pass cmd= too,"
+                          f" {kind}(ClientConfig(..., cmd=[...]), reattach=...)")
     return Client(cfg) if isinstance(cfg, ClientConfig) else cfg.make_client()
 
 
 def first_client(source: ConfigSource, reattach: ReattachConfig | None, event: Callable[[str, str], None],
                  starting: Callable[[Client | None], None] = lambda client: None,
-                 stopped: Callable[[], bool] = lambda: False) -> Client:
+                 stopped: Callable[[], bool] = lambda: False, kind: str = "Supervisor") -> Client:
     """The Supervisor's first, started Client: reattached if ``reattach`` works, else a fresh plugin.
 
     ``event(kind, detail)`` records what happened; errors of the fresh start are raised as they are.
     ``starting(client)`` is told of each Client before its start (and ``None`` after), so that a stop
     meanwhile can end it; it may raise to refuse the start. Once ``stopped()``, a failed reattach
-    is raised as it is: no fresh plugin follows it.
+    is raised as it is: no fresh plugin follows it. ``kind``: what errors call the Supervisor.
     """
     if reattach is not None:
         base = resolve_config(source)
@@ -201,7 +208,7 @@ def first_client(source: ConfigSource, reattach: ReattachConfig | None, event: C
             if stopped():
                 raise
             event("reattach_failed", f"{type(exc).__name__}: {exc}")
-    client = new_client(source)
+    client = new_client(source, reattach, kind)
     try:
         _start(client, starting)
     except BaseException:

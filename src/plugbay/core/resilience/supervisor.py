@@ -63,7 +63,7 @@ class Supervisor(SupervisorView):
                  health_timeout: float = 2.0, unhealthy_grace: float = 4.0,
                  on_event: Callable[[SupervisorEvent], None] | None = None,
                  name: str | None = None) -> None:
-        check_source(config)
+        check_source(config, reattach)
         self.health_interval, self.health_timeout, self.unhealthy_grace = check_settings(
             "Supervisor", health_interval, health_timeout, unhealthy_grace, on_event)
         check_policies(restart, retry, breaker, "run", "Supervisor")
@@ -126,7 +126,8 @@ class Supervisor(SupervisorView):
             if self._lease is None and not self._stop.is_set():  # else halt()'s _free_loop may have passed
                 self._lease = aioloop.shared().acquire()
         try:
-            client = first_client(self._source, self._reattach, self._event, self._first_starting, self._stop.is_set)
+            client = first_client(self._source, self._reattach, self._event, self._first_starting, self._stop.is_set,
+                                  self.kind)
         except BaseException as exc:
             if self._stop.is_set():  # stop() ended this start: the plugin did not fail
                 raise stopped_while_starting(self.name, self.kind) from exc
@@ -299,7 +300,7 @@ class Supervisor(SupervisorView):
             self._event("restarting", f"restart {self.restarts} after: {self.last_failure}")
             client: Client | None = None
             try:
-                client = self._starting = new_client(self._source)
+                client = self._starting = new_client(self._source, self._reattach, self.kind)
                 if self._stop.is_set():
                     client.kill()
                     return
