@@ -22,12 +22,21 @@ PLUGINS = {PLUGIN_NAME: KVPlugin()}
 
 
 def test_a_misspelled_client_option_of_plugin_process_is_a_config_error(plugin_process: Callable[..., Any]) -> None:
-    with pytest.raises(ConfigError, match=r"'start_timout' is no ClientConfig field; .*: handshake, .*start_timeout"):
+    with pytest.raises(ConfigError) as err:
         plugin_process(KV, HANDSHAKE, PLUGINS, start_timout=5)
+    said = str(err.value)
+    assert said.startswith("plugin_process() has no option 'start_timout' (did you mean start_timeout?); its options"
+                           " are ClientConfig's fields: versioned_plugins, auto_mtls,"), said
+    for own in ("handshake", "plugins", "runner", "cmd", "reattach"):  # its arguments, or what it sets itself
+        assert f" {own}," not in said, said
 
 
 @pytest.mark.parametrize(("runner", "says"), [
-    ({"transprt": "tcp"}, r"runner= holds 'transprt', which DockerRunner does not take; its options are transport,"),
+    ({"transprt": "tcp"}, r"^plugin_container's runner= has no option 'transprt' \(did you mean transport\?\); its"
+                          r" options are DockerRunner's keyword arguments: transport, user,"),
+    # DockerRunner does take an image: as plugin_container's first argument, not among runner='s options
+    ({"image": "other:latest"}, r"^plugin_container's runner= has no option 'image' \(the image is plugin_container's"
+                                r" first argument\); its options are DockerRunner's keyword arguments: transport,"),
     ("tcp", r"runner= takes a dict of DockerRunner options, such as \{'transport': 'tcp'\}, got str"),
 ])
 def test_a_wrong_runner_option_of_plugin_container_is_a_config_error(plugin_container: Callable[..., Any],
@@ -37,5 +46,17 @@ def test_a_wrong_runner_option_of_plugin_container_is_a_config_error(plugin_cont
 
 
 def test_a_misspelled_client_option_of_plugin_container_is_a_config_error(plugin_container: Callable[..., Any]) -> None:
-    with pytest.raises(ConfigError, match=r"'kill_grase' is no ClientConfig field"):
+    with pytest.raises(ConfigError, match=r"^plugin_container\(\) has no option 'kill_grase' \(did you mean kill_gr"):
         plugin_container("plugbay-kv:latest", HANDSHAKE, PLUGINS, kill_grase=1)
+
+
+@pytest.mark.parametrize(("option", "says"), [
+    ({"cmd": ["plugin"]}, r"has no option 'cmd' \(a container runs its image's own command; pass runner=\{'command'"),
+    ({"reattach": None}, r"has no option 'reattach' \(plugin_container starts a fresh container\)"),
+])
+def test_plugin_container_does_not_offer_cmd_or_reattach(plugin_container: Callable[..., Any], option: dict[str, Any],
+                                                         says: str) -> None:
+    with pytest.raises(ConfigError, match=f"^plugin_container\\(\\) {says}") as err:
+        plugin_container("plugbay-kv:latest", HANDSHAKE, PLUGINS, **option)
+    offered = str(err.value).split("its options are ClientConfig's fields: ")[1].split(", ")
+    assert "cmd" not in offered and "reattach" not in offered and "start_timeout" in offered

@@ -9,13 +9,12 @@ tests/test_network_connect_options.py keeps the two lists equal.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
-from plugbay.errors import ConfigError
+from plugbay.core.protocol.optionnames import check_option_names
 from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.tls import NetworkTLS
 
@@ -47,11 +46,7 @@ class RemoteOptions(TypedDict, total=False):
 
 
 def check_options(config_class: Any, options: Mapping[str, Any]) -> None:
-    """A ConfigError naming each option ``config_class`` (RemoteConfig) has no field for, and the valid ones."""
-    fields = [f.name for f in dataclasses.fields(config_class) if f.name not in ("target", "handshake")]
-    unknown = [name for name in options if name not in fields]
-    if unknown:
-        close = [m for name in unknown for m in difflib.get_close_matches(str(name), fields, n=1)]
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"connect() has no option {', '.join(repr(n) for n in unknown)}{hint}; its options are"
-                          f" RemoteConfig's fields: {', '.join(fields)}")
+    """A ConfigError naming each option ``config_class`` (RemoteConfig) has no field for, and the valid ones
+    (connect()'s own arguments, target and handshake, left out)."""
+    check_option_names("connect()", options, [f.name for f in dataclasses.fields(config_class)],
+                       "RemoteConfig's fields", {"target": "", "handshake": ""})

@@ -64,19 +64,17 @@ class _Started:
             raise next((e for e in errors if not isinstance(e, Exception)), errors[0])
 
 
-def _client_options(config: Mapping[str, Any]) -> Mapping[str, Any]:
+def _client_options(owner: str, config: Mapping[str, Any], left_out: Mapping[str, str]) -> Mapping[str, Any]:
     """A fixture's ``**config``, refused with a ConfigError naming ClientConfig's fields when one is not
-    among them (ClientConfig(**config) raised a bare TypeError)."""
+    among them (ClientConfig(**config) raised a bare TypeError); ``left_out``: the fields the fixture
+    sets itself, each with what to say when given (check_option_names)."""
     import dataclasses
 
     from plugbay.core.host.config import ClientConfig
-    from plugbay.errors import ConfigError
+    from plugbay.core.protocol.optionnames import check_option_names
 
-    names = [f.name for f in dataclasses.fields(ClientConfig)]
-    for key in config:
-        if key not in names:
-            raise ConfigError(f"{key!r} is no ClientConfig field; the fixture's keyword arguments are ClientConfig's:"
-                              f" {', '.join(names)}")
+    check_option_names(owner, config, [f.name for f in dataclasses.fields(ClientConfig)], "ClientConfig's fields",
+                       {"handshake": "", "plugins": "", **left_out})
     return config
 
 
@@ -85,6 +83,7 @@ def _runner_options(runner: object) -> dict[str, Any]:
     no mapping or holds another key (DockerRunner(**runner) raised a bare TypeError or ValueError)."""
     import inspect
 
+    from plugbay.core.protocol.optionnames import check_option_names
     from plugbay.errors import ConfigError
     from plugbay.runners.docker import DockerRunner
 
@@ -94,11 +93,16 @@ def _runner_options(runner: object) -> dict[str, Any]:
         raise ConfigError(f"plugin_container's runner= takes a dict of DockerRunner options, such as"
                           f" {{'transport': 'tcp'}}, got {type(runner).__name__}")
     names = [n for n, p in inspect.signature(DockerRunner).parameters.items() if p.kind is p.KEYWORD_ONLY]
-    for key in runner:
-        if key not in names:
-            raise ConfigError(f"plugin_container's runner= holds {key!r}, which DockerRunner does not take; its"
-                              f" options are {', '.join(names)}")
+    check_option_names("plugin_container's runner=", runner, names, "DockerRunner's keyword arguments",
+                       {"image": "the image is plugin_container's first argument"})
     return dict(runner)
+
+
+# what the fixtures set themselves, so not offered as their options
+_PROCESS_SETS = {"cmd": "", "runner": "plugin_process runs cmd as a local process; plugin_container runs an image",
+                 "reattach": "plugin_process starts a fresh plugin from cmd"}
+_CONTAINER_SETS = {"cmd": "a container runs its image's own command; pass runner={'command': [...]}",
+                   "runner": "", "reattach": "plugin_container starts a fresh container"}
 
 
 @pytest.fixture
@@ -114,7 +118,8 @@ def plugin_process() -> Iterator[Callable[..., Client]]:
         # hand anything else over as given, so ClientConfig's own check says what is wrong with it
         if isinstance(cmd, Sequence) and not isinstance(cmd, (str, bytes)):
             cmd = list(cmd)
-        return started.start(ClientConfig(handshake=handshake, plugins=plugins, cmd=cmd, **_client_options(config)))
+        return started.start(ClientConfig(handshake=handshake, plugins=plugins, cmd=cmd,
+                                          **_client_options("plugin_process()", config, _PROCESS_SETS)))
 
     try:
         yield start
@@ -169,7 +174,7 @@ def plugin_container(plugbay_docker: Any) -> Iterator[Callable[..., Client]]:
               runner: Mapping[str, Any] | None = None, **config: Any) -> Client:
         from plugbay.core.host.client import ClientConfig
 
-        options = _client_options(config)
+        options = _client_options("plugin_container()", config, _CONTAINER_SETS)
         return started.start(ClientConfig(handshake=handshake, plugins=plugins,
                                           runner=DockerRunner(image, **_runner_options(runner)), **options))
 
