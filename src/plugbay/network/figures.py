@@ -45,17 +45,25 @@ def no_transport(owner: str) -> ConfigError:
                        " ca_file)) or, deliberately, in plaintext (insecure=True); pass one")
 
 
-def check_pool(policy: Any, policies: tuple[str, ...], tls: bool, insecure: Any, health_interval: Any,
+def check_transport(owner: str, tls: Any, insecure: Any, *, neither_allowed: bool = False) -> None:
+    """mTLS or plaintext, exactly one of the two, for ``owner`` (RemoteConfig, EndpointPool): the one
+    place of that rule. ``neither_allowed``: as a RemoteConfig is made, only both together is refused (the
+    line that asks for both is the one to fix); RemoteClient() refuses neither too, the fields may be set
+    meanwhile. ``insecure`` is checked to be a bool first, except for the both-together test."""
+    if tls is not None and insecure is True:
+        raise both_transports(owner)
+    if not neither_allowed and tls is None and not insecure:
+        raise no_transport(owner)
+
+
+def check_pool(policy: Any, policies: tuple[str, ...], tls: Any, insecure: Any, health_interval: Any,
                health_timeout: Any, unhealthy_after: Any) -> tuple[float, float, int]:
     """EndpointPool's own arguments (RemoteConfig's are checked by plugbay.network.remotecheck); returns
     its health settings as float, float and int."""
     check_switch(insecure, "EndpointPool.insecure")
     if policy not in policies:
         raise ConfigError(f"unknown pick policy {policy!r}; use one of {', '.join(policies)}")
-    if not tls and not insecure:
-        raise no_transport("EndpointPool")
-    if tls and insecure:
-        raise both_transports("EndpointPool")
+    check_transport("EndpointPool", tls, insecure)
     return (check_seconds(health_interval, "EndpointPool.health_interval", 1.0),
             check_seconds(health_timeout, "EndpointPool.health_timeout", 1.0),
             check_count(unhealthy_after, "EndpointPool.unhealthy_after", 1))

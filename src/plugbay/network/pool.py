@@ -60,7 +60,7 @@ class EndpointPool(PoolHealth, PoolPick, CallChannel):
                  connector: Callable[[Endpoint], grpc.Channel] | None = None,
                  keepalive: tuple[float, ...] | None = grpcping.DEFAULT) -> None:
         health_interval, health_timeout, unhealthy_after = check_pool(
-            policy, POLICIES, tls is not None, insecure, health_interval, health_timeout, unhealthy_after)
+            policy, POLICIES, tls, insecure, health_interval, health_timeout, unhealthy_after)
         self.name = name
         self.policy = policy
         self.outlier = outlier or OutlierPolicy()

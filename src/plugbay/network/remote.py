@@ -69,7 +69,8 @@ from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, Ne
 from plugbay.network.pool import EndpointPool
 from plugbay.network.resolver import Endpoint
 from plugbay.network.remote_end import RemoteEnd, closed_remote, closed_while_connecting, remote_call_closed
-from plugbay.network.remotecheck import check_remote, check_transport, wants_broker
+from plugbay.network.figures import check_transport
+from plugbay.network.remotecheck import check_remote, wants_broker
 from plugbay.network.poolhealth import reconnect_backoff
 from plugbay.network.remoteoptions import RemoteOptions, check_options
 from plugbay.network.targets import dns_server_for, make_resolver, parse_target
@@ -118,7 +119,7 @@ class RemoteConfig:
     def __post_init__(self) -> None:
         # refused as the config is made, not at start() (the pool's own check) nor at RemoteClient(): the
         # line that asks for both is the one to fix
-        check_transport(self.tls, self.insecure)
+        check_transport("RemoteConfig", self.tls, self.insecure, neither_allowed=True)
 
     def client_config(self) -> ClientConfig:
         """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""

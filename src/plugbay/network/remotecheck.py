@@ -15,17 +15,10 @@ from plugbay.core.transport import grpcping
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import ConfigError, ProtocolMismatchError
 from plugbay.network.ejection import OutlierPolicy
-from plugbay.network.figures import both_transports, check_count, check_seconds, check_switch, no_transport
+from plugbay.network.figures import check_count, check_seconds, check_switch, check_transport
 from plugbay.network.pool import POLICIES
 from plugbay.network.resolver import parse_dns_server
 from plugbay.network.tls import NetworkTLS
-
-
-def check_transport(tls: Any, insecure: Any) -> None:
-    """mTLS or plaintext, one of the two: a ConfigError saying to choose when both are asked for (RemoteConfig
-    as it is made, and again at RemoteClient(): the fields may have been set since)."""
-    if tls is not None and insecure is True:
-        raise both_transports("RemoteConfig")
 
 
 def check_remote(config: Any) -> None:
@@ -34,14 +27,13 @@ def check_remote(config: Any) -> None:
     if config.tls is not None and not isinstance(config.tls, NetworkTLS):
         raise ConfigError(f"RemoteConfig.tls must be a NetworkTLS or None, got {type(config.tls).__name__}; pass"
                           " tls=NetworkTLS(ca_file=..., cert_file=..., key_file=...)")
-    check_transport(config.tls, config.insecure)
     if config.outlier is not None and not isinstance(config.outlier, OutlierPolicy):
         raise ConfigError(f"RemoteConfig.outlier must be an OutlierPolicy or None, got"
                           f" {type(config.outlier).__name__}; pass outlier=OutlierPolicy(consecutive_failures=5)")
     for switch in ("insecure", "allow_loopback", "multiplex", "brokered"):
         check_switch(getattr(config, switch), f"RemoteConfig.{switch}")
-    if config.tls is None and not config.insecure:  # at RemoteClient(), as the rest: start() alone said so
-        raise no_transport("RemoteConfig")
+    # after the switches (insecure='false' is that error); neither is refused here, not only at start()
+    check_transport("RemoteConfig", config.tls, config.insecure)
     if config.multiplex and not config.brokered:
         raise ConfigError("RemoteConfig(multiplex=True) insists on brokered connections and brokered=False"
                           " declines them; pass one of the two")
