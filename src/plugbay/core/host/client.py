@@ -57,7 +57,7 @@ class Client(Connecting):
             raise ConfigError("ClientConfig needs exactly one of runner=, cmd= or reattach=")
         if config.multiplex_broker and config.reattach is not None:
             raise ConfigError("the multiplexed broker cannot be used with reattach (as in go-plugin)")
-        self._keepalive = Keepalive.of(config.mux_keepalive, "mux_keepalive")  # checked now, before a plugin runs
+        self._keepalive = Keepalive.of(config.mux_keepalive, "mux_keepalive")  # config.check() refused a wrong one
         runner: AttachedRunner | None = config.runner
         if config.cmd is not None:
             runner = ProcessRunner(list(config.cmd), skip_host_env=config.skip_host_env)
