@@ -23,7 +23,6 @@ from kubernetes import client, config
 from plugbay.errors import (
     ClientStateError,
     ConfigError,
-    DiscoveryPortError,
     EngineUnavailableError,
     PermissionDeniedError,
 )
@@ -177,10 +176,10 @@ def test_port_by_number_and_a_port_no_slice_has(kv_service: KVService, kubeconfi
     with EndpointSliceResolver("default", "kv", str(number), allow_loopback=True, kubeconfig=kubeconfig) as resolver:
         resolver.start(by_number)
         assert by_number.sets[-1] == [both[0]]
-    # a name no slice has is none the Service has: refused at once (tests/test_network_kubernetes_ports.py)
+    nothing = Recorder()
     with EndpointSliceResolver("default", "kv", "metrics", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
-        with pytest.raises(DiscoveryPortError, match="none named 'metrics'"):
-            resolver.start(Recorder())
+        resolver.start(nothing)
+        assert nothing.sets == [[]]
 
 
 def test_watch_starts_over_after_410_gone_and_rides_out_a_403(kv_service: KVService, standin: StandIn,  # noqa: F811

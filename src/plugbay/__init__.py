@@ -51,7 +51,6 @@ if TYPE_CHECKING:
         ConnectionWriteTimeoutError as ConnectionWriteTimeoutError,
         DiscoveryError as DiscoveryError,
         DiscoveryPermissionError as DiscoveryPermissionError,
-        DiscoveryPortError as DiscoveryPortError,
         DiscoveryUnavailableError as DiscoveryUnavailableError,
         EngineUnavailableError as EngineUnavailableError,
         GatewayError as GatewayError,

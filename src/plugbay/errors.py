@@ -371,11 +371,6 @@ class DiscoveryUnavailableError(DiscoveryError, EngineUnavailableError):
     """The discovery source cannot be reached (kubernetes:///: no API server, or no usable kubeconfig)."""
 
 
-class DiscoveryPortError(DiscoveryError, ConfigError):
-    """A target names a port its discovery source lists for none of its endpoints (kubernetes:///: a port name
-    the Service's EndpointSlices do not carry, while they list endpoints on other ports)."""
-
-
 class NoEndpointsError(DiscoveryError, TimeoutError):
     """No endpoint of a remote plugin could take the call before its deadline.
 

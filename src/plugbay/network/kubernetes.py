@@ -30,7 +30,6 @@ from plugbay.errors import (
     ClientStateError,
     ConfigError,
     DiscoveryError,
-    DiscoveryPortError,
     DiscoveryUnavailableError,
     EngineUnavailableError,
 )
@@ -38,7 +37,7 @@ from plugbay.network.figures import check_count, check_switch
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, all_refused, refusal, refused_as_loopback
 from plugbay.network.slicecalls import api_error, bounded_watch, late_list, malformed_list
 from plugbay.network.slices import (SERVICE_NAME_LABEL, SliceCap, endpoints_from_slices, keep_at_most, parse_port,
-                                    port_note, slice_of_service, unlisted_name)
+                                    port_note, slice_of_service)
 from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, close_client, ended_early, load_api_client, no_change,
                                             watch_cut_short)
 from plugbay.runners.kubernetes.deadline import Deadline, bounded
@@ -130,8 +129,6 @@ class EndpointSliceResolver:
             self._relist(deadline)
             if not self._reported and self._loopback_refused():
                 raise DiscoveryError(self._all_refused())
-            if not self._reported and (unlisted := unlisted_name(self._slices.values(), self.service, self.port)):
-                raise DiscoveryPortError(f"{self.target}: {unlisted}")
         except BaseException:
             self._close_client()
             self._on_change = None  # start() may be tried again, e.g. once RBAC is fixed

@@ -93,18 +93,6 @@ def port_note(slices: Iterable[Mapping[str, Any]], service: str, port: int | str
             " (the Service port's name, or the number the slices list, the pod's target port)")
 
 
-def unlisted_name(slices: Iterable[Mapping[str, Any]], service: str, port: int | str) -> str:
-    """port_note() for a port NAME that no slice lists at all while they list endpoints on other ports, else "".
-
-    Names come from the Service's ports, so no later slice brings it (a start fails at once, not at its
-    start_timeout). A number may: the slices list each pod's target port, which a rollout changes."""
-    slices = list(slices)
-    if not isinstance(port, str) or any(isinstance(p, Mapping) and p.get("name") == port
-                                        for slc in slices for p in slc.get("ports") or []):
-        return ""
-    return port_note(slices, service, port)
-
-
 def _address(kind: str, host: str, port: int, allow_loopback: bool, refused: list[str]) -> str | None:
     """HOST:PORT for a slice address it can vouch for (the API server's text is checked, not trusted).
     An address that may not be a replica (plugbay.network.resolver.refusal) goes to ``refused``."""
