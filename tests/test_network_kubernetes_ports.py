@@ -68,3 +68,38 @@ def test_another_port_the_slices_list_is_still_told() -> None:
            "endpoints": [{"addresses": ["10.0.0.5"]}]}
     note = _note(slc, "grcp")
     assert "port(s) 'grpc' (7001), none named 'grcp'" in note and "70000" not in note, note
+
+
+def test_a_port_name_later_pods_bring_is_waited_for(kv_service: KVService, kubeconfig: str) -> None:  # noqa: F811
+    """A rollout whose old pods lack the named container port: their slices list only 'grpc', and the
+    new pods bring 'admin'. The name is waited for, as a number is (an early refusal of the name was
+    tried and reverted: the target was right, the pods were not there yet)."""
+    from kubernetes import client
+
+    kv_service.api.create_namespaced_service("default", client.V1Service.from_dict({
+        "metadata": {"name": "kv2"}, "spec": {"selector": {"app": "kv-net"}, "ports": [
+            {"name": "grpc", "port": 4000, "targetPort": "grpc"},
+            {"name": "admin", "port": 4001, "targetPort": "admin"}]}}))
+    kv_service.add_pod("kv-old")  # declares only 'grpc'
+    old = Recorder()
+    with EndpointSliceResolver("default", "kv2", "grpc", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
+        resolver.start(old)
+        old.wait(lambda s: len(ready(s)) == 1)  # the slices list the old pod, on 'grpc' only
+    up = Recorder()
+    with EndpointSliceResolver("default", "kv2", "admin", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
+        resolver.start(up)  # not refused: the Service names the port
+        assert ready(up.sets[-1]) == []
+        env = {HANDSHAKE.magic_cookie_key: HANDSHAKE.magic_cookie_value, "PLUGIN_PROTOCOL_VERSIONS": "1",
+               "PLUGBAY_LISTEN": "tcp:0.0.0.0:4000"}
+        kv_service.api.create_namespaced_pod("default", client.V1Pod.from_dict({
+            "metadata": {"name": "kv-new", "labels": {"app": "kv-net"}},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "plugin", "image": kv_service.image,
+                "ports": [{"name": "grpc", "containerPort": 4000}, {"name": "admin", "containerPort": 4000}],
+                "env": [{"name": k, "value": v} for k, v in env.items()]}]}}))
+        kv_service.pods.append("kv-new")
+        try:
+            (endpoint,) = up.wait(lambda s: len(ready(s)) == 1)
+        finally:
+            kv_service.api.delete_namespaced_service("kv2", "default")
+        assert endpoint.name == "kv-new", endpoint
