@@ -30,16 +30,18 @@ def test_a_dial_whose_knock_meets_a_just_lost_broker_stream_names_its_broker_id(
         p.plugin.accept_and_serve(dialed, register("never-reached"))
         pause = PauseAt(getattr(GRPCBroker, held_at).__code__, "call")
         dial = Starting(lambda: p.host.dial(dialed, timeout=BOUND), pause)
-        pause.wait_reached()  # past the dial's checks that the broker is open: the loss comes now
-        if held_at == "_wait_ack":
-            with p.host._cond:  # the ack arrives (receive() notifies): the dial would open its stream next
-                assert p.host._cond.wait_for(lambda: dialed in p.host._acks, BOUND), "no ack came"
-        session = p.hostmux.session
-        assert session is not None
-        session.abort("test: the plugin's connection is lost")
-        with p.host._cond:  # the stream's reader sees the loss and detaches it (it notifies)
-            assert p.host._cond.wait_for(lambda: p.host._send_q is None, BOUND), "the broker stream stayed"
-        pause.release()
+        try:
+            pause.wait_reached()  # past the dial's checks that the broker is open: the loss comes now
+            if held_at == "_wait_ack":
+                with p.host._cond:  # the ack arrives (receive() notifies): the dial would open its stream next
+                    assert p.host._cond.wait_for(lambda: dialed in p.host._acks, BOUND), "no ack came"
+            session = p.hostmux.session
+            assert session is not None
+            session.abort("test: the plugin's connection is lost")
+            with p.host._cond:  # the stream's reader sees the loss and detaches it (it notifies)
+                assert p.host._cond.wait_for(lambda: p.host._send_q is None, BOUND), "the broker stream stayed"
+        finally:  # a failed check above must not leave the dial held (its message would hide behind a leak)
+            pause.release()
         error = dial.outcome()
         assert isinstance(error, BrokerClosedError), repr(error)
         assert f"broker id {dialed}" in str(error), str(error)
