@@ -32,14 +32,33 @@ class SourceBroke(Exception):
     """The caller's own error, raised by its request iterator."""
 
 
+def broke() -> SourceBroke:
+    """The caller's error, raised from the error under it: both are the caller's to see."""
+    try:
+        raise OSError(5, "Input/output error")
+    except OSError as exc:
+        try:
+            raise SourceBroke("the file being streamed could not be read") from exc
+        except SourceBroke as raised:
+            return raised
+
+
 async def async_requests() -> AsyncIterator[streaming_pb2.Chunk]:
     yield streaming_pb2.Chunk(seq=0, data=b"first")
-    raise SourceBroke("the file being streamed could not be read")
+    raise broke()
 
 
 def sync_requests() -> Iterator[streaming_pb2.Chunk]:
     yield streaming_pb2.Chunk(seq=0, data=b"first")
-    raise SourceBroke("the file being streamed could not be read")
+    raise broke()
+
+
+def under(error: BaseException) -> str:
+    """What the caller's error was raised from (__cause__) and during (__context__)."""
+    return f"cause {error.__cause__!r}, context {error.__context__!r}"
+
+
+UNDER = "cause OSError(5, 'Input/output error'), context OSError(5, 'Input/output error')"
 
 
 def config() -> ClientConfig:
@@ -78,6 +97,7 @@ def test_a_request_iterator_that_raises_fails_the_stream_with_its_own_error(sour
     try:
         seen = asyncio.run(asyncio.wait_for(main(), GUARD))
         said = {how: f"{type(error).__name__}: {error}" for how, error in seen.items()}
+        said.update({f"{how}, under": under(seen[how]) for how in ("iterated", "read")})
         seen.clear()
         # once the caller let go of its errors, nothing holds one (a reference cycle would, until a collection:
         # an AsyncSupervisor's channel over its Client's, each keeping what the iterator raised, made one)
@@ -89,6 +109,9 @@ def test_a_request_iterator_that_raises_fails_the_stream_with_its_own_error(sour
         assert said[how] == "SourceBroke: the file being streamed could not be read", said
     assert said["read again"].startswith("InvalidStateError: ") and "SourceBroke: the file" in said["read again"], said
     assert said["cancelling"] == "int: 0"
+    assert said["after"].startswith("int: "), said  # the client still serves calls (their count: what it answered)
+    for how in ("iterated", "read"):
+        assert said[f"{how}, under"] == UNDER, said
 
 def test_the_same_through_an_async_remote_clients_pool(streamers: list[Any], certs: Any) -> None:
     from plugbay import AsyncRemoteClient
@@ -117,4 +140,6 @@ def test_the_same_through_an_async_remote_clients_pool(streamers: list[Any], cer
     seen = asyncio.run(asyncio.wait_for(main(), GUARD))
     for how in ("iterated", "iterated, sync source", "read"):
         assert isinstance(seen[how], SourceBroke), (how, repr(seen[how]))
+        assert under(seen[how]) == UNDER, (how, under(seen[how]))
     assert seen["cancelling"] == 0
+    assert isinstance(seen["after"], int), seen  # the client still serves calls

@@ -13,7 +13,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Executor
 from typing import Any, Self, TypeVar
 
@@ -28,26 +28,14 @@ from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, 
 from plugbay.core.host.callerrors import WrongLoop as WrongLoop  # re-exported: where the asyncio side raises it
 from plugbay.core.host.aiorefused import RefusedCall as RefusedCall  # re-exported: long imported from here
 from plugbay.core.host.aiorefused import refused_now as refused_now
+from plugbay.core.host.aiocall import AioCall
+from plugbay.core.host.aiocall import lost_send as lost_send  # re-exported: long imported from here
 from plugbay.core.host.aiorequests import RequestSource, Watched
-from plugbay.core.host.callerrors import CallTimeout, caused
-from plugbay.core.host.channel import ManagedChannel, timed
+from plugbay.core.host.callerrors import CallTimeout
+from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.deadline import call_timeout
 
 _T = TypeVar("_T")
-# grpc.aio's own status for a message it could not send because the connection failed under the write
-# (a plugin that died mid-stream): exactly these details, set locally, never a status the plugin sent
-_SEND_FAILED = "Internal error from Core"
-
-
-def lost_send(exc: grpc.RpcError) -> grpc.RpcError:
-    """A write's failure: grpc.aio's local INTERNAL for a send the connection failed under is a lost
-    connection (UNAVAILABLE, judged by the plugin's exit); anything else stays what it is."""
-    if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _SEND_FAILED:
-        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                    details=f"{_SEND_FAILED}: the connection failed under a write")
-    return exc
-
-
 class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel proxy: the Client's default deadline and typed failures on every call."""
 
@@ -227,7 +215,7 @@ class _AioCallable:
             call = self._built()(request if requests is None else requests.watched(), timeout=timeout, **kwargs)
         except grpc.aio.UsageError:  # closed under us between the check and the call
             return RefusedCall(owner.closed_error)
-        return _AioCall(call, owner, timeout, requests)
+        return AioCall(call, owner, timeout, requests)
 
 
 class _AioUnaryRequest(_AioCallable):
@@ -301,97 +289,3 @@ class _AioStreamRequest(_AioCallable):
         watched = request_iterator is None or isinstance(request_iterator, Watched)  # None: no iterator
         requests = None if watched else RequestSource(request_iterator)
         return self._call(request_iterator, timeout, kwargs, requests)
-
-
-class _AioCall:
-    """A grpc.aio call whose results raise translated errors; the rest (metadata, cancel) delegates."""
-
-    def __init__(self, call: Any, owner: AioManagedChannel, timeout: float | None,
-                 requests: RequestSource | None = None) -> None:
-        self._call = call
-        self._requests = requests
-        self._owner = owner
-        self._timeout = timeout
-        self._started = owner._loop.time()
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._result().__await__()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def _step(self, step: Awaitable[_T], sending: bool = False) -> _T:
-        """Await one step of the call (its result, a read, a write), its failures typed."""
-        try:
-            return await step
-        except grpc.RpcError as exc:
-            raise caused(await self._translated(lost_send(exc) if sending else exc), exc)
-        except asyncio.CancelledError:
-            raise await self._cancelled() from None
-
-    async def _result(self) -> Any:
-        try:
-            return await self._step(self._call)
-        finally:
-            managed = self._owner._managed
-            if managed.after_call is not None:
-                managed.run_after_call()  # the held streams begin, as after the sync side's first call
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        try:
-            async for item in self._call:
-                yield item
-        except grpc.RpcError as exc:
-            raise caused(await self._translated(exc), exc)
-        except asyncio.CancelledError:
-            raise await self._cancelled() from None
-
-    async def read(self) -> Any:
-        return await self._step(self._call.read())
-
-    async def write(self, request: Any) -> None:
-        try:
-            await self._step(self._call.write(request), sending=True)
-        except asyncio.InvalidStateError:
-            if not self._call.done():  # a write after done_writing(): the caller's own misuse
-                raise
-            raise await self._ended() from None  # grpc.aio: "RPC already finished": how it ended
-
-    async def done_writing(self) -> None:
-        await self._step(self._call.done_writing(), sending=True)
-
-    async def _ended(self) -> BaseException:
-        """A write to a call that had ended: how it ended (typed), or the misuse it is when it ended well."""
-        code = await self._call.code()
-        if code == grpc.StatusCode.OK:
-            return asyncio.InvalidStateError("the call had already finished (OK) when write() was asked")
-        if code == grpc.StatusCode.CANCELLED and self._call.cancelled():
-            return await self._cancelled()
-        ended = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                     details=await self._call.details())
-        return await self._translated(ended)
-
-    async def _cancelled(self) -> BaseException:
-        """grpc.aio cancels the calls of a channel closed under them: that is the plugin's exit or
-        the Client's end, typed as on the sync side; a cancel of the caller's own task stays one."""
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            return asyncio.CancelledError()
-        if self._requests is not None and self._call.cancelled():  # grpc.aio's own cancel, for its iterator
-            error = self._requests.take_error()
-            if error is not None:
-                return error
-        if self._owner._closing is None:
-            return asyncio.CancelledError()
-        closed = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                      details="the connection was closed under the call")
-        return await self._owner.translate(closed, False)
-
-    async def _translated(self, exc: grpc.RpcError) -> BaseException:
-        spent = self._owner._loop.time() - self._started
-        past = self._timeout is not None and spent >= self._timeout * 0.98
-        return timed(await self._owner.translate(exc, past, None if self._timeout is None else self._timeout - spent),
-                     self._timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)

@@ -39,6 +39,10 @@ class RequestSource:
             del self  # the error's traceback holds this frame: no cycle back to the error through it
             raise
 
+    def raised(self) -> bool:
+        """Whether the iterator raised (take_error() has an error to give)."""
+        return self._error is not None or self.failed is not None
+
     def take_error(self) -> BaseException | None:
         """What the iterator raised, for the first read that fails; later ones get an InvalidStateError
         naming it. Handed over, not kept: raised through the call's frames, it would hold them (and the

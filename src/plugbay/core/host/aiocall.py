@@ -1,0 +1,143 @@
+"""One grpc.aio call of an AsyncClient's channel (plugbay.core.host.aiochannel): its results, reads and
+writes raise typed errors, judged by the channel's owner, and a stream whose request iterator raised
+raises that error (plugbay.core.host.aiorequests), as the caller's own code raised it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from plugbay.core.host.aiorequests import RequestSource
+from plugbay.core.host.callerrors import caused
+from plugbay.core.host.channel import timed
+
+if TYPE_CHECKING:
+    from plugbay.core.host.aiochannel import AioManagedChannel
+
+_T = TypeVar("_T")
+# grpc.aio's own status for a message it could not send because the connection failed under the write
+# (a plugin that died mid-stream): exactly these details, set locally, never a status the plugin sent
+_SEND_FAILED = "Internal error from Core"
+
+
+def lost_send(exc: grpc.RpcError) -> grpc.RpcError:
+    """A write's failure: grpc.aio's local INTERNAL for a send the connection failed under is a lost
+    connection (UNAVAILABLE, judged by the plugin's exit); anything else stays what it is."""
+    if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _SEND_FAILED:
+        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                    details=f"{_SEND_FAILED}: the connection failed under a write")
+    return exc
+
+
+class AioCall:
+    """A grpc.aio call whose results raise translated errors; the rest (metadata, cancel) delegates."""
+
+    def __init__(self, call: Any, owner: AioManagedChannel, timeout: float | None,
+                 requests: RequestSource | None = None) -> None:
+        self._call = call
+        self._requests = requests
+        self._owner = owner
+        self._timeout = timeout
+        self._started = owner._loop.time()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._result().__await__()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _step(self, step: Awaitable[_T], sending: bool = False) -> _T:
+        """Await one step of the call (its result, a read, a write), its failures typed."""
+        try:
+            return await step
+        except grpc.RpcError as exc:
+            raise caused(await self._translated(lost_send(exc) if sending else exc), exc)
+        except asyncio.CancelledError:
+            if not self._iterator_raised():
+                raise await self._cancelled() from None
+        # out of the except block, so the caller's error keeps its own __cause__ and __context__; never held
+        # in a local, which its traceback (this frame) would hold in a cycle
+        raise self._iterators_error()
+
+    async def _result(self) -> Any:
+        try:
+            return await self._step(self._call)
+        finally:
+            managed = self._owner._managed
+            if managed.after_call is not None:
+                managed.run_after_call()  # the held streams begin, as after the sync side's first call
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        try:
+            async for item in self._call:
+                yield item
+            return
+        except grpc.RpcError as exc:
+            raise caused(await self._translated(exc), exc)
+        except asyncio.CancelledError:
+            if not self._iterator_raised():
+                raise await self._cancelled() from None
+        raise self._iterators_error()  # as in _step
+
+    async def read(self) -> Any:
+        return await self._step(self._call.read())
+
+    async def write(self, request: Any) -> None:
+        try:
+            await self._step(self._call.write(request), sending=True)
+        except asyncio.InvalidStateError:
+            if not self._call.done():  # a write after done_writing(): the caller's own misuse
+                raise
+            raise await self._ended() from None  # grpc.aio: "RPC already finished": how it ended
+
+    async def done_writing(self) -> None:
+        await self._step(self._call.done_writing(), sending=True)
+
+    async def _ended(self) -> BaseException:
+        """A write to a call that had ended: how it ended (typed), or the misuse it is when it ended well."""
+        code = await self._call.code()
+        if code == grpc.StatusCode.OK:
+            return asyncio.InvalidStateError("the call had already finished (OK) when write() was asked")
+        if code == grpc.StatusCode.CANCELLED and self._call.cancelled():
+            return await self._cancelled()
+        ended = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                     details=await self._call.details())
+        return await self._translated(ended)
+
+    def _iterator_raised(self) -> bool:
+        """A local cancel is grpc.aio's own, for the request iterator's error; not when the caller's own task
+        is being cancelled: that cancel goes on."""
+        task = asyncio.current_task()
+        if self._requests is None or (task is not None and task.cancelling()) or not self._call.cancelled():
+            return False
+        return self._requests.raised()
+
+    def _iterators_error(self) -> BaseException:
+        """What the request iterator raised (once _iterator_raised() said it did)."""
+        error = None if self._requests is None else self._requests.take_error()
+        return asyncio.CancelledError() if error is None else error
+
+    async def _cancelled(self) -> BaseException:
+        """grpc.aio cancels the calls of a channel closed under them: that is the plugin's exit or
+        the Client's end, typed as on the sync side; a cancel of the caller's own task stays one."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            return asyncio.CancelledError()
+        if self._owner._closing is None:
+            return asyncio.CancelledError()
+        closed = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                      details="the connection was closed under the call")
+        return await self._owner.translate(closed, False)
+
+    async def _translated(self, exc: grpc.RpcError) -> BaseException:
+        spent = self._owner._loop.time() - self._started
+        past = self._timeout is not None and spent >= self._timeout * 0.98
+        return timed(await self._owner.translate(exc, past, None if self._timeout is None else self._timeout - spent),
+                     self._timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
