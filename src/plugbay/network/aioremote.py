@@ -25,8 +25,9 @@ import grpc.aio
 
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.aiochannel import AioManagedChannel
-from plugbay.core.host.aioclient import AsyncClient
+from plugbay.core.host.aioclient import AsyncClient, owner_cancelled
 from plugbay.core.host.channel import ManagedChannel
+from plugbay.errors import ClientStateError
 from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
 from plugbay.network.remote import MainHook, RemoteClient, RemoteConfig
 
@@ -121,6 +122,10 @@ class AsyncRemoteClient(AsyncClient):
                                    managed, asyncio.get_running_loop(), self._executor, type(self).__name__)
         self._more_channels.add(pinned)
         return plugin.grpc_client_async(broker, pinned)
+
+    def _owner_cancelled_error(self) -> ClientStateError:  # it launches nothing: its connections are what ends
+        return owner_cancelled(f"the client of plugin {self.name!r}", type(self).__name__,
+                               "closes the connections it made to the plugin's endpoints")
 
     def reattach_config(self) -> Any:
         return self.remote_client.reattach_config()  # refused, saying what to do instead

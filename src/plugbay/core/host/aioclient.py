@@ -150,8 +150,10 @@ class AsyncClient:
                 await asyncio.shield(self._starting)
             except ClientStateError as exc:
                 if self._owner_cancelled:  # not a kill() of the caller's: the start's owner went away
-                    raise owner_cancelled(f"the client of plugin {self.name!r}", type(self).__name__) from exc
+                    raise self._owner_cancelled_error() from exc
                 raise
+            if self._owner_cancelled or self._failed is not None:  # the start ended well, but its owner's
+                raise self._owner_cancelled_error()  # cancel came before it resumed: it undoes that start
             return
         self._starting = asyncio.ensure_future(self._start_and_connect())
         try:
@@ -201,6 +203,11 @@ class AsyncClient:
             await to_end(self._stop_on(self._client.close))
         if self._channel is not None:
             await asyncio.shield(self._channel.aclose())
+
+    def _owner_cancelled_error(self) -> ClientStateError:
+        undone = ("abandons that start and leaves the plugin running (it is another host's)"
+                  if self.config.reattach is not None else "stops the plugin it launched")
+        return owner_cancelled(f"the client of plugin {self.name!r}", type(self).__name__, undone)
 
     def _start_failed(self, why: str) -> None:
         self._failed = why
@@ -290,11 +297,12 @@ class AsyncClient:
         return off_loop(self._stopper, func, *args)
 
 
-def owner_cancelled(what: str, kind: str) -> ClientStateError:
-    """What a task that awaited a start begun by another task gets once that task's cancel stopped it."""
-    return ClientStateError(f"{what} cannot be used: the task that began its start() was cancelled, which stops"
-                            f" the plugin it launched (one start serves every task awaiting it); make a new"
-                            f" {kind}, started by a task that lives as long as it is used")
+def owner_cancelled(what: str, kind: str, undone: str) -> ClientStateError:
+    """What a task that awaited a start begun by another task gets once that task's cancel stopped it;
+    ``undone``: what the cancel does to that start ("stops the plugin it launched")."""
+    return ClientStateError(f"{what} cannot be used: the task that began its start() was cancelled, which {undone}"
+                            f" (one start serves every task awaiting it); make a new {kind}, started by a task"
+                            " that lives as long as it is used")
 
 
 def refuse_in_forked_child(what: str) -> None:
