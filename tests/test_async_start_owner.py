@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "examples" / "kv"))
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
-from plugbay import AsyncClient, Client, ClientConfig, ClientStateError  # noqa: E402
+from plugbay import AsyncClient, AsyncSupervisor, Client, ClientConfig, ClientStateError  # noqa: E402
 from tests.test_network_dead_replica import certs, streamers  # noqa: E402,F401 (fixtures)
 
 GUARD = 60.0  # a hang fails the test instead of stalling the run
@@ -55,6 +55,32 @@ def test_a_task_waiting_on_a_start_whose_owner_was_cancelled_is_told_so() -> Non
     assert "make a new AsyncClient" in said and "killed while it started" not in said, said
     # what the start itself raised, the owner's kill having stopped it: it names the class the user made
     assert "stopped the plugin. Make a new AsyncClient to start it again" in str(waiter_end.__cause__)
+
+
+def test_an_async_supervisors_task_waiting_on_a_start_whose_owner_was_cancelled_is_told_so() -> None:
+    binary = str(gobuild.go_program_or_skip("misbehave"))
+    config = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=[binary],
+                          env={"MISBEHAVE_MODE": "silent", "MISBEHAVE_MAX_SECONDS": "60"}, start_timeout=50)
+
+    async def main() -> tuple[BaseException, BaseException]:
+        sup = AsyncSupervisor(config)
+        owner = asyncio.create_task(sup.start())
+        await asyncio.sleep(0)
+        waiter = asyncio.create_task(sup.start())
+        while not descendants(os.getpid()):  # the plugin runs (silent: the start waits for its handshake)
+            await asyncio.sleep(0.02)
+        assert not waiter.done()
+        owner.cancel()
+        results = await asyncio.gather(owner, waiter, return_exceptions=True)
+        await sup.stop()
+        return results[0], results[1]
+
+    owner_end, waiter_end = asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert isinstance(owner_end, asyncio.CancelledError), repr(owner_end)
+    assert isinstance(waiter_end, ClientStateError), repr(waiter_end)
+    said = str(waiter_end)
+    assert "the task that began its start() was cancelled, which stops the AsyncSupervisor" in said, said
+    assert "make a new AsyncSupervisor" in said and "was stopped while it started" not in said, said
 
 
 KV_PLUGIN = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
@@ -108,6 +134,17 @@ def test_a_reattach_that_ended_as_its_owner_was_cancelled_leaves_the_plugin_runn
         said = said_to_waiter(owner_end, waiter_end)
         assert "which abandons that start and leaves the plugin running" in said and "launched" not in said, said
         assert host.dispense(PLUGIN_NAME).get("shared") == b"kept"  # another host's: still served
+
+
+def test_an_async_supervisors_start_that_ended_as_its_owner_was_cancelled_is_refused_to_its_waiter() -> None:
+    async def main() -> tuple[Any, Any]:
+        sup = AsyncSupervisor(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=KV_PLUGIN))
+        ends = await owner_cancelled_as_the_start_ends(sup)
+        await sup.stop()
+        return ends
+
+    owner_end, waiter_end = asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert "which stops the AsyncSupervisor and the plugin" in said_to_waiter(owner_end, waiter_end)
 
 
 def test_an_async_remote_clients_start_that_ended_as_its_owner_was_cancelled_is_refused_to_its_waiter(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
@@ -30,12 +29,12 @@ from typing import Any, Self
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiochannel import AioManagedChannel, RefusedCall, WrongLoop, off_loop
-from plugbay.core.host.aioclient import Dispensed, refuse_in_forked_child, to_end
-from plugbay.core.host.callerrors import ClientClosed
+from plugbay.core.host.aiochannel import AioManagedChannel, WrongLoop, off_loop
+from plugbay.core.host.aioclient import Dispensed, owner_cancelled, refuse_in_forked_child, to_end
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calldeadline import CallDeadline
+from plugbay.core.resilience.aiofollowing import FollowingChannel
 from plugbay.core.resilience.calls import AsyncCallLayer, chain_async, wait_timeout
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.readygate import ReadyGate, was_stopped
@@ -74,11 +73,12 @@ class AsyncSupervisor:
         self._stopper = ThreadPoolExecutor(1, thread_name_prefix=f"plugbay-async-sup-stop-{self._sup.name}")
         self._stop_begun: concurrent.futures.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._switch: _FollowingChannel | None = None
+        self._switch: FollowingChannel | None = None
         self._channel: AioManagedChannel | None = None
         self._dispensed = Dispensed(f"the AsyncSupervisor of plugin {self.name!r}")
         self._starting: asyncio.Future[None] | None = None
         self._stopped = False
+        self._owner_cancelled = False  # the task that began start() was cancelled (so the start was)
 
     # --- what the sync Supervisor knows ------------------------------------------------
 
@@ -146,7 +146,14 @@ class AsyncSupervisor:
                                 " loop; use it from that loop (one AsyncSupervisor per event loop; a sync"
                                 " Supervisor serves any thread)", None, grpc.StatusCode.FAILED_PRECONDITION,
                                 sent=False)
-            await asyncio.shield(self._starting)
+            try:
+                await asyncio.shield(self._starting)
+            except Exception as exc:
+                if self._owner_cancelled:  # not a stop() of the caller's: the start's owner went away
+                    raise self._owner_cancelled_error() from exc
+                raise
+            if self._owner_cancelled:  # the start ended well, but its owner's cancel came before it resumed
+                raise self._owner_cancelled_error()
             return
         self._starting = starting = asyncio.ensure_future(self._start())
         starting.add_done_callback(self._forget_failed_start)
@@ -154,6 +161,7 @@ class AsyncSupervisor:
             await asyncio.shield(starting)
         except asyncio.CancelledError:
             # The start goes on in its thread: left alone, it would run and supervise a plugin nobody holds.
+            self._owner_cancelled = True
             await to_end(asyncio.ensure_future(self._stop_cancelled_start(starting)))
             raise
 
@@ -167,6 +175,10 @@ class AsyncSupervisor:
         if (start.cancelled() or start.exception() is not None) and self._starting is start:
             self._starting = None
 
+    def _owner_cancelled_error(self) -> ClientStateError:
+        return owner_cancelled(f"the AsyncSupervisor of plugin {self.name!r}", "AsyncSupervisor",
+                               "stops the AsyncSupervisor and the plugin it was starting")
+
     def _check_not_stopped(self) -> None:
         if self._stopped:
             raise was_stopped(self.name, "AsyncSupervisor")
@@ -175,7 +187,7 @@ class AsyncSupervisor:
         await off_loop(self._executor, self._sup.start)
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._switch = _FollowingChannel(self._sup, loop, self._executor)
+        self._switch = FollowingChannel(self._sup, loop, self._executor)
         managed = self._sup.channel
         assert isinstance(managed, ManagedChannel)
         channel = AioManagedChannel(self._switch, managed, loop, self._executor, "AsyncSupervisor")
@@ -274,123 +286,3 @@ class AsyncSupervisor:
                 loop.call_soon_threadsafe(switch.follow)
             except RuntimeError:  # the loop is closed: its connections went with it
                 pass
-
-
-class _FollowingChannel(grpc.aio.Channel):  # type: ignore[misc]
-    """A grpc.aio channel whose calls go to the Supervisor's current Client (used on the loop only)."""
-
-    def __init__(self, sup: Supervisor, loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor) -> None:
-        self._sup = sup
-        self._loop = loop
-        self._executor = executor
-        self._held: tuple[Client, AioManagedChannel] | None = None
-        self._closing: set[asyncio.Future[None]] = set()
-        self._closed = False
-
-    def current(self) -> AioManagedChannel | None:
-        """The current Client's grpc.aio channel (dialed now if new); None while it restarts."""
-        client = self._sup.current_client
-        if client is None or self._closed:
-            return None
-        held = self._held
-        if held is not None and held[0] is client:
-            return held[1]
-        self.follow()
-        managed = client.channel
-        assert isinstance(managed, ManagedChannel)
-        channel = AioManagedChannel(client.aio_channel(), managed, self._loop, self._executor, "AsyncSupervisor")
-        self._held = (client, channel)
-        return channel
-
-    def follow(self) -> None:
-        """Close the connection of a Client the Supervisor replaced (its calls end, typed)."""
-        held = self._held
-        if held is not None and held[0] is not self._sup.current_client:
-            self._held = None
-            closing = asyncio.ensure_future(held[1].aclose())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-
-    async def close(self, grace: float | None = None) -> None:
-        self._closed = True
-        self._sup.wake_waiters()  # a channel_ready() waiting for a plugin says the channel closed, now
-        held, self._held = self._held, None
-        if held is not None:
-            await held[1].aclose()
-        await asyncio.gather(*self._closing, return_exceptions=True)
-
-    def _callable(self, kind: str, method: str, ser: Any, de: Any) -> Any:
-        def call(request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
-            channel = self.current()
-            if channel is None:  # restarting: nothing was sent; the ready gate waits for the successor
-                return RefusedCall(self._restarting)
-            return getattr(channel, kind)(method, ser, de)(request, timeout=timeout, **kwargs)
-        return call
-
-    async def _restarting(self) -> BaseException:
-        return ClientClosed(f"the plugin of {self._sup.kind} {self._sup.name!r} is being restarted", None,
-                            grpc.StatusCode.UNAVAILABLE, sent=False)
-
-    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                    _registered_method: bool | None = False) -> Any:
-        return self._callable("unary_unary", method, request_serializer, response_deserializer)
-
-    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> Any:
-        return self._callable("unary_stream", method, request_serializer, response_deserializer)
-
-    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> Any:
-        return self._callable("stream_unary", method, request_serializer, response_deserializer)
-
-    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                      _registered_method: bool | None = False) -> Any:
-        return self._callable("stream_stream", method, request_serializer, response_deserializer)
-
-    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
-        channel = self.current()
-        if channel is None:
-            ended = self._closed or self._sup.state in ("failed", "stopped")
-            return grpc.ChannelConnectivity.SHUTDOWN if ended else grpc.ChannelConnectivity.CONNECTING
-        return channel.get_state(try_to_connect)
-
-    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        shutdown = grpc.ChannelConnectivity.SHUTDOWN
-        while self.get_state() == last_observed_state != shutdown:
-            client, channel = self._sup.current_client, self.current()
-            if channel is None:  # restarting: woken when a plugin runs again, or none will
-                await self._sup.until_async(lambda: self.get_state() != last_observed_state, math.inf)
-                continue
-            # the current connection's own change, or the Supervisor's move to another Client
-            own = asyncio.ensure_future(channel.wait_for_state_change(last_observed_state))
-            moved = asyncio.ensure_future(self._sup.until_async(
-                lambda: self._sup.current_client is not client or self._sup.state != "running", math.inf))
-            try:
-                await asyncio.wait([own, moved], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in (own, moved):
-                    waiter.cancel()
-                await asyncio.gather(own, moved, return_exceptions=True)
-
-    async def channel_ready(self) -> None:
-        def found() -> bool:
-            if self.current() is not None:
-                return True
-            self._sup.raise_if_failed()  # the restart budget is spent: no plugin will come
-            if self._closed or self._sup.state == "stopped":
-                raise was_stopped(self._sup.name, self._sup.kind)
-            return False
-
-        while True:
-            await self._sup.until_async(found, math.inf)
-            channel = self.current()
-            if channel is not None:  # else replaced meanwhile: wait for the next one
-                await channel.channel_ready()
-                return
-
-    async def __aenter__(self) -> _FollowingChannel:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
