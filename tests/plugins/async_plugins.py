@@ -8,6 +8,10 @@
                                 Get("__initial_metadata__") awaits context.send_initial_metadata (x-sent: awaited)
                                 Get("__initial_metadata_unawaited__") calls it as sync code does (x-sent: called)
                                 Get("__context_read__") awaits context.read(), grpc.aio's other style
+                                Get("__context_write__") awaits context.write(), the same
+                                Get("__done_callback__") grpc.aio's context checks: isinstance, done(),
+                                                  cancelled(), add_done_callback (run as the call ends)
+                                Get("__done_seen__") what that callback got, once it ran
                                 Get("__system_exit__") raises SystemExit in the coroutine
                                 Get("__timeout__") raises asyncio.TimeoutError (the builtin TimeoutError)
                                 Get("__cancel_itself__") raises asyncio.CancelledError, its call still on
@@ -62,6 +66,7 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
         self.release: asyncio.Event | None = None  # made on the handler loop
         self.cancelled = 0
         self.broker: GRPCBroker | None = None
+        self.done_seen: list[str] = []  # what Get("__done_callback__")'s add_done_callback got
 
     async def Get(self, request: kv_pb2.GetRequest, context: Any) -> kv_pb2.GetResponse:
         if request.key == "__loop__":
@@ -100,6 +105,17 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
             return kv_pb2.GetResponse(value=b"sent")
         if request.key == "__context_read__":
             await context.read()
+        if request.key == "__context_write__":
+            await context.write(kv_pb2.GetResponse(value=b"written"))
+        if request.key == "__done_callback__":
+            context.add_done_callback(lambda ended: self.done_seen.append(
+                f"callback got the context: {ended is context}, done then: {ended.done()}"))
+            return kv_pb2.GetResponse(value=f"a ServicerContext: {isinstance(context, grpc.ServicerContext)},"
+                                      f" done: {context.done()}, cancelled: {context.cancelled()}".encode())
+        if request.key == "__done_seen__":
+            while not self.done_seen:  # the callback runs as the earlier call ends, maybe after its answer
+                await asyncio.sleep(0.01)
+            return kv_pb2.GetResponse(value=self.done_seen[0].encode())
         if request.key == "__cancelled__":
             return kv_pb2.GetResponse(value=str(self.cancelled).encode())
         if request.key == "__release__":

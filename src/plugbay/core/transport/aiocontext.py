@@ -5,14 +5,17 @@ context is grpcio's ``ServicerContext``. Code written for grpc.aio awaits the me
 coroutines there; ``abort()`` raises at once, so awaiting it works as is, but ``send_initial_metadata()``
 returns None on the sync context, and ``await``-ing that failed the call with UNKNOWN ("object NoneType
 can't be used in 'await' expression"). Here it sends at once and returns something that may be
-awaited or not, as grpc.aio code and sync code each call it. grpc.aio's read() and write() have no
-sync counterpart: they fail the call saying what to write instead (the sync context said only
-that it has no such attribute).
+awaited or not, as grpc.aio code and sync code each call it. grpc.aio's ``add_done_callback(cb)``,
+``done()`` and ``cancelled()`` are the sync context's ``add_callback`` (``cb`` gets this context, as
+grpc.aio's gets its own) and ``not is_active()`` (inside its handler a call is done only once it was
+cancelled or its deadline passed). grpc.aio's read() and write() have no sync counterpart: they fail
+the call saying what to write instead (the sync context said only that it has no such attribute).
+It is a ``grpc.ServicerContext`` (registered), as the context it wraps was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import grpc
@@ -46,6 +49,16 @@ class AioContext:
         self._context.send_initial_metadata(initial_metadata)
         return _SENT
 
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        if not self._context.add_callback(lambda: callback(self)):  # the call had ended: now, as grpc.aio does
+            callback(self)
+
+    def done(self) -> bool:
+        return not self._context.is_active()
+
+    def cancelled(self) -> bool:
+        return not self._context.is_active()
+
     def read(self) -> Any:
         raise ConfigError("context.read() is grpc.aio's own server's; plugbay runs this handler on a grpcio server,"
                           " whose request stream is the handler's first argument: read it with `async for`")
@@ -56,3 +69,6 @@ class AioContext:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+
+grpc.ServicerContext.register(AioContext)  # isinstance() as for the context it wraps: handlers check it
