@@ -113,6 +113,7 @@ def test_a_request_iterator_that_raises_fails_the_stream_with_its_own_error(sour
     for how in ("iterated", "read"):
         assert said[f"{how}, under"] == UNDER, said
 
+
 def test_the_same_through_an_async_remote_clients_pool(streamers: list[Any], certs: Any) -> None:
     from plugbay import AsyncRemoteClient
     from tests.test_network_dead_replica import _first_config
@@ -143,3 +144,25 @@ def test_the_same_through_an_async_remote_clients_pool(streamers: list[Any], cer
         assert under(seen[how]) == UNDER, (how, under(seen[how]))
     assert seen["cancelling"] == 0
     assert isinstance(seen["after"], int), seen  # the client still serves calls
+
+
+def test_a_call_dropped_with_its_iterators_error_never_read_leaves_no_cycle() -> None:
+    async def main() -> None:
+        async with AsyncClient(config()) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            call = streamer.echo(async_requests())
+            while not call.done():  # grpc.aio reads the requests on its own: the iterator raises, unread
+                await asyncio.sleep(0.01)
+            del call
+            await asyncio.sleep(0)  # what grpc.aio's own tasks end with
+
+    gc.collect()
+    gc.disable()  # what a collection would free is what this looks for
+    try:
+        asyncio.run(asyncio.wait_for(main(), GUARD))
+        # held in a cycle: the error's traceback holds the frame that iterated the requests; that frame
+        # must not hold the RequestSource, which holds the error
+        held = [o for o in gc.get_objects() if isinstance(o, SourceBroke)]
+    finally:
+        gc.enable()
+    assert not held, held
