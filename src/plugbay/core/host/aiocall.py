@@ -6,19 +6,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Generator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
 
 from plugbay.core.host.aiorequests import RequestSource
 from plugbay.core.host.callerrors import caused
-from plugbay.core.host.channel import timed
-
-if TYPE_CHECKING:
-    from plugbay.core.host.aiochannel import AioManagedChannel
+from plugbay.core.host.channel import ManagedChannel, timed
 
 _T = TypeVar("_T")
+
+
+class CallOwner(Protocol):
+    """What a call needs of its channel (aiochannel's AioManagedChannel, which imports this module)."""
+
+    _loop: asyncio.AbstractEventLoop
+    _managed: ManagedChannel
+    _closing: asyncio.Future[None] | None
+
+    async def translate(self, exc: grpc.RpcError, past_deadline: bool, left: float | None = None) -> BaseException:
+        ...
 # grpc.aio's own status for a message it could not send because the connection failed under the write
 # (a plugin that died mid-stream): exactly these details, set locally, never a status the plugin sent
 _SEND_FAILED = "Internal error from Core"
@@ -36,7 +44,7 @@ def lost_send(exc: grpc.RpcError) -> grpc.RpcError:
 class AioCall:
     """A grpc.aio call whose results raise translated errors; the rest (metadata, cancel) delegates."""
 
-    def __init__(self, call: Any, owner: AioManagedChannel, timeout: float | None,
+    def __init__(self, call: Any, owner: CallOwner, timeout: float | None,
                  requests: RequestSource | None = None) -> None:
         self._call = call
         self._requests = requests
