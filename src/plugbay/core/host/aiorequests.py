@@ -52,8 +52,8 @@ class RequestSource:
             self.failed = f"{type(error).__name__}: {error}"
             return error
         if self.failed is not None:
-            return asyncio.InvalidStateError(f"the call had already ended when its request iterator raised"
-                                             f" ({self.failed}), which an earlier read raised")
+            return asyncio.InvalidStateError(f"the call ended when its request iterator raised {self.failed}"
+                                             " (an earlier read raised it)")
         return None
 
 
