@@ -1,6 +1,6 @@
 """One grpc.aio call of an AsyncClient's channel (plugbay.core.host.aiochannel): its results, reads and
 writes raise typed errors, judged by the channel's owner, and a stream whose request iterator raised
-raises that error (plugbay.core.host.aiorequests), as the caller's own code raised it."""
+raises that error (plugbay.core.transport.requestsource), as the caller's own code raised it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiorequests import RequestSource
 from plugbay.core.host.callerrors import caused
 from plugbay.core.host.channel import ManagedChannel, timed
+from plugbay.core.transport.requestsource import RequestSource
 
 _T = TypeVar("_T")
 
@@ -126,8 +126,7 @@ class AioCall:
 
     def _iterators_error(self) -> BaseException:
         """What the request iterator raised (once _iterator_raised() said it did)."""
-        error = None if self._requests is None else self._requests.take_error()
-        return asyncio.CancelledError() if error is None else error
+        return asyncio.CancelledError() if self._requests is None else self._requests.take_error()
 
     async def _cancelled(self) -> BaseException:
         """grpc.aio cancels the calls of a channel closed under them: that is the plugin's exit or

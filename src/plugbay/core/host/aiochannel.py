@@ -30,10 +30,10 @@ from plugbay.core.host.aiorefused import RefusedCall as RefusedCall  # re-export
 from plugbay.core.host.aiorefused import refused_now as refused_now
 from plugbay.core.host.aiocall import AioCall
 from plugbay.core.host.aiocall import lost_send as lost_send  # re-exported: long imported from here
-from plugbay.core.host.aiorequests import RequestSource, Watched
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.deadline import call_timeout
+from plugbay.core.transport.requestsource import RequestSource, Watched
 
 _T = TypeVar("_T")
 class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Self
 
 import grpc
@@ -41,6 +41,9 @@ from plugbay.core.host.callerrors import (  # re-exported: the channel's typed e
 from plugbay.core.host.deadline import call_timeout
 from plugbay.core.host.judging import ExitProbe, FailureJudge
 from plugbay.core.host.rawguard import refuse_stubs_once_closed
+from plugbay.core.host.translating import TranslatingFuture, TranslatingStream, failed
+from plugbay.core.host.translating import timed as timed  # re-exported: long imported from here
+from plugbay.core.transport.requestsource import RequestSource, capture
 
 
 # A hook around each unary-unary call (plugbay.core.resilience.retry / circuit / supervisor
@@ -189,21 +192,6 @@ class ManagedChannel(FailureJudge, grpc.Channel):  # type: ignore[misc]
         return None
 
 
-def failed(owner: ManagedChannel, exc: grpc.RpcError, started: float, timeout: float | None) -> BaseException:
-    """The typed error of a call begun at ``started`` (time.monotonic()) with ``timeout``: judged within
-    what is left of its deadline (a wait for the plugin's exit to show must not outlast the call's)."""
-    spent = time.monotonic() - started
-    past = timeout is not None and spent >= timeout * 0.98
-    return timed(owner.translate_within(exc, past, None if timeout is None else timeout - spent), timeout)
-
-
-def timed(error: BaseException, timeout: float | None) -> BaseException:
-    """``error``, a CallTimeout knowing the deadline its try had (what a RetryPolicy's message names)."""
-    if isinstance(error, CallTimeout) and error.deadline is None:
-        error.deadline = timeout
-    return error
-
-
 class _Callable:
     def __init__(self, owner: ManagedChannel, kind: str, method: str, ser: Any, de: Any) -> None:
         self._owner = owner
@@ -272,18 +260,24 @@ class _UnaryCallable(_Callable):
         owner = self._owner
         kwargs["timeout"] = deadline = timeout if timeout is not None else owner.call_timeout
         started = time.monotonic()
+        source: RequestSource | None = None
+        if self._kind == "stream_unary":  # its request iterator's error is raised as it is (translating)
+            request, source = capture(request)
         try:
             cached = self._cached
             target = (cached[1] if cached is not None and cached[0] == owner._generation
                       else self._target())
             return (target.with_call if with_call else target)(request, **kwargs)
         except grpc.RpcError as exc:
-            raise caused(self._fail(exc, started, deadline), exc)
+            if source is None or not source.ended(exc):
+                raise caused(self._fail(exc, started, deadline), exc)
         except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
             raise caused(owner.translate_value_error(exc), exc)
         finally:
             if owner.after_call is not None:
                 owner.run_after_call()
+        assert source is not None
+        raise source.take_error()  # out of the except block: the error keeps its own context
 
     def future(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         request, timeout = self._args(request, timeout, kwargs)
@@ -294,10 +288,11 @@ class _UnaryCallable(_Callable):
             return HookedFuture(hook, self._method, self._owner._name,
                                 lambda t, register: self._try_future(request, t, dict(kwargs), register),
                                 timeout).start()
+        request, source = capture(request) if self._kind == "stream_unary" else (request, None)
         try:
             kwargs = self._kwargs(timeout, kwargs)
-            return _TranslatingFuture(self._target().future(request, **kwargs), self._owner,
-                                      time.monotonic(), kwargs["timeout"])
+            return TranslatingFuture(self._target().future(request, **kwargs), self._owner,
+                                     time.monotonic(), kwargs["timeout"], source)
         except ValueError as exc:  # grpc: "Cannot invoke RPC: Channel closed!"
             raise caused(self._owner.translate_value_error(exc), exc)
 
@@ -336,55 +331,11 @@ class _StreamingCallable(_Callable):
         request, timeout = self._args(request, timeout, kwargs)
         kwargs = self._kwargs(timeout, kwargs)
         started = time.monotonic()
+        request, source = capture(request) if self._kind == "stream_stream" else (request, None)
         try:
             call = self._target()(request, **kwargs)
         except ValueError as exc:
             raise caused(self._owner.translate_value_error(exc), exc)
         except grpc.RpcError as exc:  # a network pool's stream waits for its endpoint here, not at the first read
             raise caused(failed(self._owner, exc, started, kwargs["timeout"]), exc)
-        return _TranslatingStream(call, self._owner, started, kwargs["timeout"])
-
-
-class _TranslatingStream:
-    """A streaming call whose iteration raises translated errors; the rest delegates."""
-
-    def __init__(self, call: Any, owner: ManagedChannel, started: float, timeout: float | None) -> None:
-        self._call = call
-        self._owner = owner
-        self._started, self._timeout = started, timeout
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._call)
-        except grpc.RpcError as exc:
-            raise caused(failed(self._owner, exc, self._started, self._timeout), exc)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
-
-
-class _TranslatingFuture:
-    """A call future whose result() raises (and exception() returns) translated errors."""
-
-    def __init__(self, future: Any, owner: ManagedChannel, started: float, timeout: float | None) -> None:
-        self._future = future
-        self._owner = owner
-        self._started, self._timeout = started, timeout
-
-    def result(self, timeout: float | None = None) -> Any:
-        try:
-            return self._future.result(timeout)
-        except grpc.RpcError as exc:
-            raise caused(failed(self._owner, exc, self._started, self._timeout), exc)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        exc = self._future.exception(timeout)
-        if isinstance(exc, grpc.RpcError):
-            return failed(self._owner, exc, self._started, self._timeout)
-        return exc  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._future, name)
+        return TranslatingStream(call, self._owner, started, kwargs["timeout"], source)

@@ -1,0 +1,134 @@
+"""A stream's request iterator, captured for the error it raises, so the caller gets that error.
+
+grpc.aio reads a call's request iterator on a task of its own; an error there is logged at debug level
+and the call is cancelled locally, so every read of the call raises asyncio.CancelledError: in a task
+that nobody cancelled, a TaskGroup or asyncio.run takes that for a cancel, and the caller's own error
+is lost. grpcio reads it on a thread of its own and fails the call with its own UNKNOWN "Exception
+iterating requests!". The host's channels (the AsyncClient's, plugbay.core.host.aiocall; the Client's,
+plugbay.core.host.translating) raise the iterator's error instead. Here, below the host, so a channel
+of any layer (a Supervisor's, a network pool's) can tell a source already captured by an outer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+
+# grpcio's own details for a call it failed because its request iterator raised (its UNKNOWN, set locally)
+ITERATING_FAILED = "Exception iterating requests!"
+
+
+class RequestSource:
+    """A stream's request iterator, handed to gRPC as a generator that keeps what it raised: an async
+    one for grpc.aio (watched()), a plain one for grpcio (iterated())."""
+
+    def __init__(self, source: Any) -> None:
+        self._source: Any = source
+        self._error: BaseException | None = None
+        self._call_error: BaseException | None = None  # the sync call's failure for it: the error's context
+        self.failed: str | None = None  # what it raised, once that was handed to a read
+
+    def watched(self) -> Watched:
+        """What grpc.aio is given to read the requests from."""
+        return Watched(self._watch())
+
+    def iterated(self) -> Iterated:
+        """What grpcio is given to read the requests from (on its own thread)."""
+        return Iterated(self._iterate())
+
+    async def _watch(self) -> AsyncIterator[Any]:
+        source, self._source = self._source, None  # one use: the generator owns it now
+        try:
+            if isinstance(source, AsyncIterable):
+                async for request in source:
+                    yield request
+            else:  # iterated on the loop, as grpc.aio iterates a plain iterator
+                for request in source:
+                    yield request
+        except Exception as exc:  # a GeneratorExit or cancel (the call ended first) is not the caller's error
+            self._error = exc
+            del self  # the error's traceback holds this frame: no cycle back to the error through it
+            raise
+
+    def _iterate(self) -> Iterator[Any]:
+        source, self._source = self._source, None
+        try:
+            while True:  # next(), as grpcio calls it: an iterable that is no iterator fails as it did there
+                try:
+                    request = next(source)
+                except StopIteration:
+                    return
+                yield request
+        except Exception as exc:  # as in _watch
+            self._error = exc
+            del self
+            raise
+
+    def raised(self) -> bool:
+        """Whether the iterator raised (take_error() has an error to give)."""
+        return self._error is not None or self.failed is not None
+
+    def ended(self, exc: grpc.RpcError) -> bool:
+        """Whether ``exc``, a sync call's failure, is grpcio's for this iterator's error, not yet raised
+        (then take_error() gives that error, ``exc`` its context unless it has one of its own)."""
+        if self._error is None or exc.code() != grpc.StatusCode.UNKNOWN or exc.details() != ITERATING_FAILED:
+            return False
+        self._call_error = exc
+        return True
+
+    def take_error(self) -> BaseException:
+        """What the iterator raised, for the first read that fails; later ones get an InvalidStateError
+        naming it. Handed over, not kept: raised through the call's frames, it would hold them (and the
+        call) in a cycle until a full garbage collection."""
+        error, self._error = self._error, None
+        call_error, self._call_error = self._call_error, None
+        if error is not None:
+            self.failed = f"{type(error).__name__}: {error}"
+            if call_error is not None and error.__context__ is None:
+                error.__context__ = call_error  # raised outside the except: its own context is kept
+            return error
+        return asyncio.InvalidStateError(f"the call ended when its request iterator raised {self.failed}"
+                                         " (an earlier read raised it)")
+
+
+def capture(request: Any) -> tuple[Any, RequestSource | None]:
+    """A sync stream's requests as grpcio is to get them, and their source (None: a channel over this one
+    captured them already, and its call raises their error; each capturing would hold the outer one's
+    copy in a cycle)."""
+    if request is None or isinstance(request, Iterated):
+        return request, None
+    source = RequestSource(request)
+    return source.iterated(), source
+
+
+class Watched:
+    """A request stream already watched: a channel under another one (an AsyncSupervisor's, an
+    AsyncRemoteClient's pinned one) passes it on as it is, so the outer call, which the caller reads,
+    is the one that raises the iterator's error (each watching it would leave the outer one's copy
+    held in a cycle). Holds the generator only, not its RequestSource (see RequestSource._watch)."""
+
+    __slots__ = ("_requests",)
+
+    def __init__(self, requests: AsyncIterator[Any]) -> None:
+        self._requests = requests
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._requests
+
+
+class Iterated:
+    """Watched's sync twin: a request stream already captured, which grpcio reads with next()."""
+
+    __slots__ = ("_requests",)
+
+    def __init__(self, requests: Iterator[Any]) -> None:
+        self._requests = requests
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._requests)

@@ -1,0 +1,156 @@
+"""A sync stream whose request iterator raises: the caller gets that error, not grpcio's UNKNOWN.
+
+grpcio reads a stream's requests on a thread of its own; an error there fails the call with its own
+UNKNOWN "Exception iterating requests!" (logged, the error itself lost), which the caller saw as an
+RpcError that names nothing of its own code. A Client's, a Supervisor's (its channel over its Client's)
+and a RemoteClient's (over its endpoint pool) stream-stream and stream-unary calls raise the iterator's
+error instead, with its own __cause__ and __context__ (or, having none, the call's failure as its
+context). Real streaming plugin (examples/streaming): Echo, also called as a stream-unary method (the
+plugin waits for more requests, so the call ends only by the iterator's error).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "streaming"))
+
+from streaming_plugin_def import HANDSHAKE, PLUGIN_NAME, StreamerPlugin  # noqa: E402
+from streamingproto import streaming_pb2  # noqa: E402
+
+from plugbay import Client, ClientConfig, RemoteClient, Supervisor  # noqa: E402
+from tests.test_network_dead_replica import certs, streamers  # noqa: E402,F401 (fixtures)
+
+
+GUARD = 60.0
+
+
+class SourceBroke(Exception):
+    """The caller's own error, raised by its request iterator."""
+
+
+def broke() -> SourceBroke:
+    """Raised from the error under it: both are the caller's to see."""
+    try:
+        raise OSError(5, "Input/output error")
+    except OSError as exc:
+        try:
+            raise SourceBroke("the file being streamed could not be read") from exc
+        except SourceBroke as raised:
+            return raised
+
+
+def requests(plain: bool) -> Iterator[streaming_pb2.Chunk]:
+    yield streaming_pb2.Chunk(seq=0, data=b"first")
+    if plain:
+        raise SourceBroke("the file being streamed could not be read")  # no context of its own
+    raise broke()
+
+
+def config() -> ClientConfig:
+    return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin()}, call_timeout=30,
+                        cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")])
+
+
+def calls(channel: grpc.Channel) -> dict[str, Callable[[Iterator[Any]], Any]]:
+    echo = channel.stream_stream("/streaming.Streamer/Echo", request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                 response_deserializer=streaming_pb2.Chunk.FromString)
+    upload = channel.stream_unary("/streaming.Streamer/Echo", request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                  response_deserializer=streaming_pb2.Chunk.FromString)
+    return {
+        "stream_stream": lambda source: list(echo(source)),
+        "stream_unary": lambda source: upload(source),
+        "with_call": lambda source: upload.with_call(source),
+        "future": lambda source: upload.future(source).result(),
+        "future exception": lambda source: _exception(upload.future(source)),
+    }
+
+
+def _exception(future: Any) -> BaseException:
+    """What exception() gives (raised by the caller, not here: this frame holds the future, which holds it)."""
+    first = future.exception()
+    return first if first is future.exception() else AssertionError("a future gave two different errors")
+
+
+def outcome(call: Callable[[Iterator[Any]], Any], source: Iterator[Any]) -> BaseException | None:
+    """What the call raised (or, a future's exception(), returned). Never raised again: a frame holding it
+    that it is raised through would hold it in a cycle with its traceback."""
+    try:
+        returned = call(source)
+    except BaseException as exc:  # noqa: B036
+        return exc
+    return returned if isinstance(returned, BaseException) else None
+
+
+def what_each_call_raised(owner: AbstractContextManager[Any]) -> dict[str, str]:
+    said: dict[str, str] = {}
+    with owner as client:
+        streamer = client.dispense(PLUGIN_NAME)
+        for how, call in calls(client.channel).items():
+            for plain in (False, True):
+                said[f"{how}{', plain' if plain else ''}"] = described(outcome(call, requests(plain)))
+        said["after"] = type(streamer.stats()).__name__  # the client still serves calls
+    return said
+
+
+def described(exc: BaseException | None) -> str:
+    """What was raised, what from and during what (the error itself kept nowhere once this returns)."""
+    context: Any = None if exc is None else exc.__context__
+    if isinstance(context, grpc.RpcError):  # its repr is many lines: what it says
+        context = f"RpcError {context.code().name} {context.details()!r}"
+    else:
+        context = repr(context)
+    return f"{type(exc).__name__}: {exc}; cause {None if exc is None else exc.__cause__!r}; context {context}"
+
+
+OWN = ("SourceBroke: the file being streamed could not be read; cause OSError(5, 'Input/output error');"
+       " context OSError(5, 'Input/output error')")
+PLAIN = ("SourceBroke: the file being streamed could not be read; cause None;"
+         " context RpcError UNKNOWN 'Exception iterating requests!'")
+
+
+def check(owner: AbstractContextManager[Any]) -> None:
+    # grpcio logs the error it met (exc_info), and pytest keeps log records: not the holder looked for here
+    logged = logging.getLogger("grpc._channel")
+    was, logged.disabled = logged.disabled, True
+    gc.collect()  # what earlier tests left for a collection is not this one's
+    gc.disable()  # what a collection would free is what this looks for
+    try:
+        said = what_each_call_raised(owner)
+        for thread in threading.enumerate():  # grpcio's threads that read the requests: each holds the error it
+            if "consume_request_iterator" in thread.name:  # met until it leaves its except block, just after
+                thread.join(GUARD)  # the call's end (a hang fails the check below instead of stalling the run)
+        # once the caller let go of its errors, nothing holds one (the error's traceback holds the frames it
+        # was raised through; one holding the error, or what holds it, would make a cycle)
+        held = [o for o in gc.get_objects() if isinstance(o, SourceBroke)]
+    finally:
+        gc.enable()
+        logged.disabled = was
+    assert not held, held
+    for how in ("stream_stream", "stream_unary", "with_call", "future", "future exception"):
+        assert said[how] == OWN, (how, said)
+        assert said[f"{how}, plain"] == PLAIN, (how, said)
+    assert said["after"] == "Stats", said
+
+
+@pytest.mark.parametrize("kind", [Client, Supervisor])
+def test_a_request_iterator_that_raises_fails_the_call_with_its_own_error(kind: Any) -> None:
+    owner = kind(config()) if kind is Client else kind(config(), health_interval=None)
+    check(owner)
+
+
+def test_the_same_through_a_remote_clients_pool(streamers: list[Any], certs: Any) -> None:
+    from tests.test_network_dead_replica import _first_config
+
+    check(RemoteClient(_first_config(streamers, certs)))
