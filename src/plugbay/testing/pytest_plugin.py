@@ -16,7 +16,9 @@ Fixtures:
     via plugbay.images and returns its tag.
 
 Every Client a fixture started is killed at teardown, whether the test passed,
-failed or raised, so no process, container, socket or thread outlives it.
+failed or raised, so no process, container, socket or thread outlives it. Once
+``plugin_process`` or ``plugin_container`` is used, SIGTERM (a cancelled CI job)
+stops the run as Ctrl-C does, so that teardown still runs (see sigterm.py).
 """
 
 from __future__ import annotations
@@ -105,9 +107,18 @@ _CONTAINER_SETS = {"cmd": "a container runs its image's own command; pass runner
                    "runner": "", "reattach": "plugin_container starts a fresh container"}
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from plugbay.testing.sigterm import restore_sigterm
+
+    restore_sigterm()
+
+
 @pytest.fixture
 def plugin_process() -> Iterator[Callable[..., Client]]:
     """Start a plugin command as a local process; returns the started Client, killed at teardown."""
+    from plugbay.testing.sigterm import stop_on_sigterm
+
+    stop_on_sigterm()
     started = _Started()
 
     def start(cmd: Sequence[str | os.PathLike[str]], handshake: HandshakeConfig, plugins: PluginSet | None = None,
@@ -167,7 +178,9 @@ def plugbay_image(plugbay_docker: Any) -> Callable[[str], str]:
 def plugin_container(plugbay_docker: Any) -> Iterator[Callable[..., Client]]:
     """Start a plugin image through DockerRunner; returns the started Client, killed at teardown."""
     from plugbay.runners.docker import DockerRunner
+    from plugbay.testing.sigterm import stop_on_sigterm
 
+    stop_on_sigterm()
     started = _Started()
 
     def start(image: str, handshake: HandshakeConfig, plugins: PluginSet | None = None, *,
