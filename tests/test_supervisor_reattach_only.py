@@ -1,7 +1,9 @@
 """A (Async)Supervisor given reattach= and a ClientConfig with no cmd= (docs/resilience.md, "Reattach first"):
 it attaches to the plugin a previous host left running and serves calls; a fresh plugin it cannot start (a
-restart, or the start after a failed reattach), and says so: pass cmd= too. The ClientConfig's own check
-only refuses a cmd-less config when no reattach= comes with it."""
+restart, or the start after a failed reattach), and says so: pass cmd= too. When that plugin fails it gives
+up at once, whatever its RestartPolicy: no try to restart could work. A factory is asked again at each
+restart (it may return cmd= then), so its Supervisor goes on restarting. The ClientConfig's own check only
+refuses a cmd-less config when no reattach= comes with it."""
 
 from __future__ import annotations
 
@@ -18,10 +20,18 @@ from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, faulty_config
 
 from plugbay import (AsyncSupervisor, Client, ClientConfig, ConfigError, ReattachConfig, RestartBudgetExhaustedError,
                      RestartPolicy, Supervisor)
-from plugbay.core.resilience.supervisor import FAILED
+from plugbay.core.resilience.restart import CannotRestart
+from plugbay.core.resilience.supervisor import FAILED, RUNNING
 
-ONE_RESTART = RestartPolicy(max_restarts=1, window=120, initial_backoff=0.05, max_backoff=0.2)
 CANNOT = "was given reattach= and no cmd=, so it cannot start a new plugin .*: pass cmd= too"
+GAVE_UP = (r"plugin 'kv' failed \(the plugin .*\) and the {kind} did not restart it: it was given reattach= and no"
+           r" cmd=, so it cannot start a new plugin to replace the one it reattached to: pass cmd= too \(in a new"
+           r" {kind}: {kind}\(ClientConfig\(\.\.\., cmd=\[\.\.\.\]\), reattach=\.\.\.\)\)")
+# the default policy (5 tries, ~5 s of backoff), and one whose backoff outlasts its window: its tries never
+# filled the budget, so it never gave up
+POLICIES = [pytest.param(None, id="default-policy"),
+            pytest.param(RestartPolicy(max_restarts=2, window=1, initial_backoff=1.2, max_backoff=1.2, jitter=0),
+                         id="backoff-beyond-window")]
 
 
 def cmd_less() -> ClientConfig:
@@ -49,19 +59,49 @@ def test_a_supervisor_with_reattach_and_no_cmd_attaches_and_serves_calls(owner: 
         assert kv.get("k") == b"v" and int(kv.get("__pid__")) == pid
 
 
-def test_its_restart_fails_saying_to_pass_cmd(owner: Client) -> None:
-    with Supervisor(cmd_less(), reattach=owner.reattach_config(), restart=ONE_RESTART, health_interval=None) as sup:
+def _gave_up_at_once(events: list, error: BaseException, kind: str) -> None:
+    """It gave up at the plugin's first failure, saying to pass cmd=, with no word of a budget."""
+    assert [e.kind for e in events] == ["reattached", "failure", "gave_up"], events
+    assert type(error) is CannotRestart and isinstance(error, RestartBudgetExhaustedError)
+    assert "max_restarts" not in str(error) and "budget" not in str(error) and "window" not in str(error), error
+    assert events[-1].detail == str(error) and events[-1].restarts == 0
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_it_gives_up_at_the_plugins_first_failure_saying_to_pass_cmd(owner: Client,
+                                                                      policy: RestartPolicy | None) -> None:
+    with Supervisor(cmd_less(), reattach=owner.reattach_config(), restart=policy, health_interval=None,
+                    name="kv") as sup:
         kv = sup.dispense(PLUGIN_NAME)
         pid = int(kv.get("__pid__"))
         os.kill(pid, signal.SIGKILL)
         assert wait_until(lambda: gone(pid), 10)
-        assert wait_until(lambda: sup.state == FAILED, 30)
-        failed = [e.detail for e in sup.events if e.kind == "restart_failed"]
-        assert len(failed) == 1, list(sup.events)
-        assert failed[0].startswith("restart failed: ConfigError: this Supervisor was given reattach= and no cmd=")
-        assert "exactly one of" not in failed[0]
-        with pytest.raises(RestartBudgetExhaustedError, match=CANNOT):
+        assert wait_until(lambda: sup.state == FAILED, 30), list(sup.events)
+        assert sup.restarts == 0 and not sup.can_restart
+        with pytest.raises(CannotRestart, match=GAVE_UP.format(kind="Supervisor")) as raised:
             kv.get("k")
+        _gave_up_at_once(list(sup.events), raised.value, "Supervisor")
+        with pytest.raises(CannotRestart):  # raised again, as the same type, by every call and wait
+            sup.wait_running(0)
+
+
+def test_a_factory_returning_no_cmd_is_asked_again_and_its_cmd_restarts_the_plugin(owner: Client,
+                                                                                   tmp_path: Path) -> None:
+    made: list[ClientConfig] = []
+
+    def factory() -> ClientConfig:  # first the cmd-less base of the reattach, then a config that starts one
+        made.append(cmd_less() if not made else faulty_config(tmp_path))
+        return made[-1]
+
+    with Supervisor(factory, reattach=owner.reattach_config(), health_interval=None) as sup:
+        assert sup.can_restart
+        kv = sup.dispense(PLUGIN_NAME)
+        pid = int(kv.get("__pid__"))
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: gone(pid), 10)
+        assert sup.wait_running(60) and sup.state == RUNNING
+        assert int(kv.get("__pid__")) != pid and len(made) == 2
+        assert [e.kind for e in sup.events] == ["reattached", "failure", "restarting", "restarted"]
 
 
 def test_a_failed_reattach_is_not_followed_by_a_fresh_plugin_it_cannot_start(owner: Client) -> None:
@@ -74,12 +114,13 @@ def test_a_failed_reattach_is_not_followed_by_a_fresh_plugin_it_cannot_start(own
     sup.stop()
 
 
-def test_an_async_supervisor_with_reattach_and_no_cmd_attaches_and_its_restart_says_to_pass_cmd(
-        owner: Client) -> None:
+@pytest.mark.parametrize("policy", POLICIES)
+def test_an_async_supervisor_with_reattach_and_no_cmd_attaches_and_gives_up_at_the_first_failure(
+        owner: Client, policy: RestartPolicy | None) -> None:
     reattach: ReattachConfig = owner.reattach_config()
 
     async def main() -> None:
-        sup = AsyncSupervisor(cmd_less(), reattach=reattach, restart=ONE_RESTART, health_interval=None)
+        sup = AsyncSupervisor(cmd_less(), reattach=reattach, restart=policy, health_interval=None, name="kv")
         async with sup:
             kv = await sup.dispense(PLUGIN_NAME)
             await kv.put("k", b"v")
@@ -88,11 +129,10 @@ def test_an_async_supervisor_with_reattach_and_no_cmd_attaches_and_its_restart_s
             assert pid == owner.runner.pid and [e.kind for e in sup.events] == ["reattached"]
             os.kill(pid, signal.SIGKILL)
             assert wait_until(lambda: gone(pid), 10)
-            assert wait_until(lambda: sup.state == FAILED, 30)
-            failed = [e.detail for e in sup.events if e.kind == "restart_failed"]
-            assert len(failed) == 1 and "ConfigError: this AsyncSupervisor " in failed[0], failed
-            with pytest.raises(RestartBudgetExhaustedError, match=CANNOT):
+            assert wait_until(lambda: sup.state == FAILED, 30), sup.events
+            with pytest.raises(CannotRestart, match=GAVE_UP.format(kind="AsyncSupervisor")) as raised:
                 await kv.get("k")
+            _gave_up_at_once(sup.events, raised.value, "AsyncSupervisor")
 
     asyncio.run(main())
 

@@ -106,6 +106,19 @@ class RestartLoopFailed(RestartBudgetExhaustedError):
                      f" own, check its methods. Then make a new {kind}.",)
 
 
+class CannotRestart(RestartBudgetExhaustedError):
+    """The plugin failed and its Supervisor, given reattach= and a ClientConfig without cmd=, has nothing to
+    start in its place: it gave up at once, its budget untouched. Still a RestartBudgetExhaustedError, so
+    that whatever handles a Supervisor that gave up handles this."""
+
+    def __init__(self, name: str, restarts: int, window: float, last_failure: str, kind: str = "Supervisor") -> None:
+        super().__init__(name, restarts, window, last_failure, kind)
+        self.args = (f"plugin {name!r} failed ({last_failure}) and the {kind} did not restart it: it was given"
+                     " reattach= and no cmd=, so it cannot start a new plugin to replace the one it reattached"
+                     f" to: pass cmd= too (in a new {kind}: {kind}(ClientConfig(..., cmd=[...]), reattach=...))"
+                     " to have it restarted.",)
+
+
 class RestartBudget:
     """The restarts made within a policy's window (the oldest drop out as the window moves on), and
     once they were too many (or the restart loop failed), the error of a Supervisor that gave up."""
@@ -134,11 +147,14 @@ class RestartBudget:
         return len(self._times)
 
     def exhaust(self, name: str, window: float, last_failure: str, loop_failed: int | None = None,
-                kind: str = "Supervisor") -> str:
+                kind: str = "Supervisor", cannot_restart: bool = False) -> str:
         """Give up (raise_if_exhausted() raises from now on); says why. ``loop_failed``: the restart loop
         failed after that many restarts in all (the window's count would leave out the older ones);
-        ``kind``: what the error calls the one that gave up (an AsyncSupervisor's is its own name)."""
-        if loop_failed is not None:
+        ``kind``: what the error calls the one that gave up (an AsyncSupervisor's is its own name);
+        ``cannot_restart``: it has no way to start a plugin (CannotRestart), whatever the budget."""
+        if cannot_restart:
+            self._fatal = CannotRestart(name, len(self._times), window, last_failure, kind)
+        elif loop_failed is not None:
             self._fatal = RestartLoopFailed(name, loop_failed, window, last_failure, kind)
         else:
             self._fatal = RestartBudgetExhaustedError(name, len(self._times), window, last_failure, kind)

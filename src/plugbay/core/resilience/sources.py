@@ -170,12 +170,19 @@ def resolve_config(source: ConfigSource) -> ClientConfig | ClientMaker:
     return cfg  # type: ignore[return-value]
 
 
+def reattach_only(config: object, reattach: ReattachConfig | None) -> bool:
+    """Whether ``config`` with the Supervisor's ``reattach`` can only attach, never start a plugin: a
+    ClientConfig with no cmd=, runner= nor reattach= of its own. A factory is not one (it is asked again
+    at each restart, and may return cmd= then)."""
+    return (reattach is not None and isinstance(config, ClientConfig)
+            and config.cmd is None and config.runner is None and config.reattach is None)
+
+
 def new_client(source: ConfigSource, reattach: ReattachConfig | None = None, kind: str = "Supervisor") -> Client:
     """A Client (not yet started) for a fresh plugin. ``reattach``: the Supervisor's own, which let its
     ClientConfig come without cmd= (Client() would say only 'exactly one of runner=, cmd= or reattach=')."""
     cfg = resolve_config(source)
-    if (reattach is not None and isinstance(cfg, ClientConfig)
-            and cfg.cmd is None and cfg.runner is None and cfg.reattach is None):
+    if reattach_only(cfg, reattach):
         raise ConfigError(f"this {kind} was given reattach= and no cmd=, so it cannot start a new plugin (as a"
                           " restart, or a reattach that failed, needs): pass cmd= too,"
                           f" {kind}(ClientConfig(..., cmd=[...]), reattach=...)")

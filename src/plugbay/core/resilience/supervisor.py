@@ -288,6 +288,9 @@ class Supervisor(SupervisorView):
             self._state = RESTARTING
             self._cond.notify_all()
         self._drop_current(reason)
+        if not self.can_restart:  # nothing to start in its place: no try could work, so none spends the budget
+            self._give_up(cannot_restart=True)
+            return
         policy = self.restart_policy
         while not self._stop.is_set():
             if self._budget.spent(policy):
@@ -345,9 +348,9 @@ class Supervisor(SupervisorView):
             self._cond.notify_all()
         self._event("start_failed", self.last_failure)
 
-    def _give_up(self, loop_failed: bool = False) -> None:
+    def _give_up(self, loop_failed: bool = False, cannot_restart: bool = False) -> None:
         why = self._budget.exhaust(self.name, self.restart_policy.window, self.last_failure or "unknown",
-                                   self.restarts if loop_failed else None, self.kind)
+                                   self.restarts if loop_failed else None, self.kind, cannot_restart)
         with self._cond:
             self._state = FAILED
             self._client = None

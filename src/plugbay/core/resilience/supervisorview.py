@@ -15,7 +15,7 @@ from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.followbroker import FollowingBroker
 from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.resilience.readygate import plugin_gone, restart_advice
-from plugbay.core.resilience.sources import not_running
+from plugbay.core.resilience.sources import ConfigSource, not_running, reattach_only
 from plugbay.core.resilience.waiting import PluginWaits
 from plugbay.errors import ClientStateError
 
@@ -31,6 +31,8 @@ class SupervisorView(PluginWaits):
     breaker: CircuitBreaker | None
     _watcher: HealthWatcher | None
     _broker: FollowingBroker
+    _source: ConfigSource
+    _reattach: ReattachConfig | None
 
     @property
     def state(self) -> str:
@@ -39,6 +41,12 @@ class SupervisorView(PluginWaits):
     @property
     def max_restarts(self) -> int:
         return self.restart_policy.max_restarts
+
+    @property
+    def can_restart(self) -> bool:
+        """Whether it can start a plugin to replace a failed one: not when it was given reattach= and a
+        ClientConfig without cmd= (a factory may return cmd= at the next restart: it counts as able)."""
+        return not reattach_only(self._source, self._reattach)
 
     @property
     def client(self) -> Client:
