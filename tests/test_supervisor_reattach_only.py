@@ -23,7 +23,8 @@ from plugbay import (AsyncSupervisor, Client, ClientConfig, ConfigError, Reattac
 from plugbay.core.resilience.restart import CannotRestart
 from plugbay.core.resilience.supervisor import FAILED, RUNNING
 
-CANNOT = "was given reattach= and no cmd=, so it cannot start a new plugin .*: pass cmd= too"
+NO_REATTACH = (r"could not reattach \(.+\) and cannot start a new plugin instead: it was given no cmd=; pass cmd="
+               r" too, {kind}\(ClientConfig\(\.\.\., cmd=\[\.\.\.\]\), reattach=\.\.\.\)$")
 GAVE_UP = (r"plugin 'kv' failed \(the plugin .*\) and the {kind} did not restart it: it was given reattach= and no"
            r" cmd=, so it cannot start a new plugin to replace the one it reattached to: pass cmd= too \(in a new"
            r" {kind}: {kind}\(ClientConfig\(\.\.\., cmd=\[\.\.\.\]\), reattach=\.\.\.\)\)")
@@ -108,10 +109,18 @@ def test_a_failed_reattach_is_not_followed_by_a_fresh_plugin_it_cannot_start(own
     stale = owner.reattach_config()
     owner.kill()
     sup = Supervisor(cmd_less(), reattach=stale, health_interval=None)
-    with pytest.raises(ConfigError, match=f"^this Supervisor {CANNOT}"):
+    with pytest.raises(ConfigError, match="^this Supervisor " + NO_REATTACH.format(kind="Supervisor")) as raised:
         sup.start()
     assert [e.kind for e in sup.events] == ["reattach_failed", "start_failed"]
+    _says_why_the_reattach_failed(raised.value, sup.events[0].detail)
     sup.stop()
+
+
+def _says_why_the_reattach_failed(error: BaseException, reattach_failed: str) -> None:
+    """The error names the reattach's own failure, the one the reattach_failed event told, and chains it."""
+    cause = error.__cause__
+    assert cause is not None and reattach_failed == f"{type(cause).__name__}: {cause}"
+    assert f"could not reattach ({reattach_failed}) and cannot start" in str(error), error
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -144,8 +153,11 @@ def test_an_async_supervisor_whose_reattach_fails_says_to_pass_cmd(owner: Client
     async def main() -> None:
         sup = AsyncSupervisor(cmd_less(), reattach=stale, health_interval=None)
         try:
-            with pytest.raises(ConfigError, match=f"^this AsyncSupervisor {CANNOT}"):
+            said = "^this AsyncSupervisor " + NO_REATTACH.format(kind="AsyncSupervisor")
+            with pytest.raises(ConfigError, match=said) as raised:
                 await sup.start()
+            assert [e.kind for e in sup.events] == ["reattach_failed", "start_failed"]
+            _says_why_the_reattach_failed(raised.value, sup.events[0].detail)
         finally:
             await sup.stop()
 

@@ -215,6 +215,12 @@ def first_client(source: ConfigSource, reattach: ReattachConfig | None, event: C
             if stopped():
                 raise
             event("reattach_failed", f"{type(exc).__name__}: {exc}")
+            fresh = resolve_config(source)  # the one start that follows: a factory is asked once, as new_client would
+            if reattach_only(fresh, reattach):  # it would say only "pass cmd=", and leave out why the reattach failed
+                raise ConfigError(f"this {kind} could not reattach ({type(exc).__name__}: {exc}) and cannot start a"
+                                  " new plugin instead: it was given no cmd=; pass cmd= too,"
+                                  f" {kind}(ClientConfig(..., cmd=[...]), reattach=...)") from exc
+            source = fresh
     client = new_client(source, reattach, kind)
     try:
         _start(client, starting)
