@@ -18,8 +18,8 @@ import pytest
 from tests.procs import gone
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, faulty_config, wait_until
 
-from plugbay import (AsyncSupervisor, Client, ClientConfig, ConfigError, ReattachConfig, RestartBudgetExhaustedError,
-                     RestartPolicy, Supervisor)
+from plugbay import (AsyncSupervisor, Client, ClientConfig, ConfigError, PluginDiedError, ReattachConfig,
+                     RestartBudgetExhaustedError, RestartPolicy, Supervisor)
 from plugbay.core.resilience.restart import CannotRestart
 from plugbay.core.resilience.supervisor import FAILED, RUNNING
 
@@ -84,6 +84,35 @@ def test_it_gives_up_at_the_plugins_first_failure_saying_to_pass_cmd(owner: Clie
         _gave_up_at_once(list(sup.events), raised.value, "Supervisor")
         with pytest.raises(CannotRestart):  # raised again, as the same type, by every call and wait
             sup.wait_running(0)
+
+
+def _told_nothing_restarts_it(error: BaseException, kind: str) -> None:
+    text = str(error)
+    assert f"its {kind} cannot restart it: it was given reattach= and no cmd= (pass cmd= too); make a new {kind}" \
+        in text, text
+    assert "call again" not in text and "restarting" not in text and "start a new Client" not in text, text
+
+
+def test_a_call_in_flight_when_the_plugin_dies_is_told_nothing_restarts_it(owner: Client) -> None:
+    with Supervisor(cmd_less(), reattach=owner.reattach_config(), health_interval=None, name="kv") as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        with pytest.raises(PluginDiedError, match="died during the call") as died:
+            kv.get("__die__")
+        _told_nothing_restarts_it(died.value, "Supervisor")
+        assert wait_until(lambda: sup.state == FAILED, 30), list(sup.events)
+
+
+def test_an_async_supervisors_call_in_flight_is_told_so_too(owner: Client) -> None:
+    reattach: ReattachConfig = owner.reattach_config()
+
+    async def main() -> None:
+        async with AsyncSupervisor(cmd_less(), reattach=reattach, health_interval=None, name="kv") as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            with pytest.raises(PluginDiedError, match="died during the call") as died:
+                await kv.get("__die__")
+            _told_nothing_restarts_it(died.value, "AsyncSupervisor")
+
+    asyncio.run(main())
 
 
 def test_a_factory_returning_no_cmd_is_asked_again_and_its_cmd_restarts_the_plugin(owner: Client,

@@ -145,6 +145,9 @@ def restart_advice(sup: Restarter, again: str = "") -> str:
     kind = sup.kind
     if sup.state == "stopped":
         return f"its {kind} was stopped; make a new one"
+    if not sup.can_restart:  # it gives up at this death: nothing would answer a call made again
+        return (f"its {kind} cannot restart it: it was given reattach= and no cmd= (pass cmd= too); make a new"
+                f" {kind}")
     if sup.max_restarts == 0:
         return f"its {kind} does not restart it (RestartPolicy(max_restarts=0))"
     if sup.state == "failed":
@@ -187,6 +190,9 @@ class Restarter(Protocol):
 
     @property
     def max_restarts(self) -> int: ...
+
+    @property
+    def can_restart(self) -> bool: ...  # False: it was given reattach= and a ClientConfig without cmd=
 
     @property
     def state(self) -> str: ...
