@@ -60,3 +60,14 @@ def test_plugin_container_does_not_offer_cmd_or_reattach(plugin_container: Calla
         plugin_container("plugbay-kv:latest", HANDSHAKE, PLUGINS, **option)
     offered = str(err.value).split("its options are ClientConfig's fields: ")[1].split(", ")
     assert "cmd" not in offered and "reattach" not in offered and "start_timeout" in offered
+
+
+@pytest.mark.parametrize("option", [{"transport": "tcp"}, {"command": ["plugin"]}, {"read_only": False}])
+def test_a_docker_runner_option_given_to_plugin_container_itself_is_said_to_go_in_runner(
+        plugin_container: Callable[..., Any], option: dict[str, Any]) -> None:
+    (name,) = option
+    with pytest.raises(ConfigError, match=f"^plugin_container\\(\\) has no option '{name}' \\(a DockerRunner option:"
+                                          f" pass runner=\\{{'{name}': \\.\\.\\.\\}}\\); its options") as err:
+        plugin_container("plugbay-kv:latest", HANDSHAKE, PLUGINS, **option)
+    offered = str(err.value).split("its options are ClientConfig's fields: ")[1].split(", ")
+    assert name not in offered and "start_timeout" in offered and "env" in offered  # env=: ClientConfig's own

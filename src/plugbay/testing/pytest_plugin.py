@@ -100,6 +100,21 @@ def _runner_options(runner: object) -> dict[str, Any]:
     return dict(runner)
 
 
+def _runner_notes() -> dict[str, str]:
+    """DockerRunner's own options (transport=, command=, ...) given to plugin_container at the top level, where
+    its ClientConfig's go: each said to go in runner= (one ClientConfig also has, env= or name=, is that one's)."""
+    import dataclasses
+    import inspect
+
+    from plugbay.core.host.config import ClientConfig
+    from plugbay.runners.docker import DockerRunner
+
+    fields = {f.name for f in dataclasses.fields(ClientConfig)}
+    return {name: f"a DockerRunner option: pass runner={{{name!r}: ...}}"
+            for name, p in inspect.signature(DockerRunner).parameters.items()
+            if p.kind is p.KEYWORD_ONLY and name not in fields}
+
+
 # what the fixtures set themselves, so not offered as their options
 _PROCESS_SETS = {"cmd": "", "runner": "plugin_process runs cmd as a local process; plugin_container runs an image",
                  "reattach": "plugin_process starts a fresh plugin from cmd"}
@@ -187,7 +202,7 @@ def plugin_container(plugbay_docker: Any) -> Iterator[Callable[..., Client]]:
               runner: Mapping[str, Any] | None = None, **config: Any) -> Client:
         from plugbay.core.host.client import ClientConfig
 
-        options = _client_options("plugin_container()", config, _CONTAINER_SETS)
+        options = _client_options("plugin_container()", config, {**_runner_notes(), **_CONTAINER_SETS})
         return started.start(ClientConfig(handshake=handshake, plugins=plugins,
                                           runner=DockerRunner(image, **_runner_options(runner)), **options))
 
