@@ -255,23 +255,6 @@ def test_neither_tls_nor_insecure_is_refused_by_remote_client_before_start() -> 
         EndpointPool(StaticResolver([Endpoint("tcp", "127.0.0.1:1")]))
 
 
-def test_the_transport_rule_is_one_check_for_every_owner() -> None:
-    # it lived in three places (RemoteConfig as made, RemoteClient(), EndpointPool): one check, one wording
-    from plugbay.network.figures import both_transports, check_transport, no_transport
-
-    tls = object()  # the rule looks only at whether one is given
-    for owner in ("RemoteConfig", "EndpointPool", "AnyOwner"):
-        with pytest.raises(ConfigError) as both:
-            check_transport(owner, tls, True)
-        assert str(both.value) == str(both_transports(owner))
-        with pytest.raises(ConfigError) as neither:
-            check_transport(owner, None, False)
-        assert str(neither.value) == str(no_transport(owner))
-        check_transport(owner, tls, False)
-        check_transport(owner, None, True)
-        check_transport(owner, None, False, neither_allowed=True)  # RemoteConfig as made: fields may follow
-
-
 def test_metrics_before_start_names_the_class_held_and_how_to_start_it() -> None:
     """It said "Client.pool is only available after start()", of a RemoteClient's metrics()."""
     import asyncio

@@ -49,7 +49,8 @@ def check_transport(owner: str, tls: Any, insecure: Any, *, neither_allowed: boo
     """mTLS or plaintext, exactly one of the two, for ``owner`` (RemoteConfig, EndpointPool): the one
     place of that rule. ``neither_allowed``: as a RemoteConfig is made, only both together is refused (the
     line that asks for both is the one to fix); RemoteClient() refuses neither too, the fields may be set
-    meanwhile. ``insecure`` is checked to be a bool first, except for the both-together test."""
+    meanwhile. The callers check first that ``insecure`` is a bool (check_switch); this looks only at
+    whether ``tls`` is given and ``insecure`` is True."""
     if tls is not None and insecure is True:
         raise both_transports(owner)
     if not neither_allowed and tls is None and not insecure:

@@ -32,7 +32,8 @@ def check_remote(config: Any) -> None:
                           f" {type(config.outlier).__name__}; pass outlier=OutlierPolicy(consecutive_failures=5)")
     for switch in ("insecure", "allow_loopback", "multiplex", "brokered"):
         check_switch(getattr(config, switch), f"RemoteConfig.{switch}")
-    # after the switches (insecure='false' is that error); neither is refused here, not only at start()
+    # after the switches (insecure='false' is that error). A config with neither tls= nor insecure=True, which
+    # RemoteConfig() let by, is refused here, as RemoteClient() is made: not left for start() to find
     check_transport("RemoteConfig", config.tls, config.insecure)
     if config.multiplex and not config.brokered:
         raise ConfigError("RemoteConfig(multiplex=True) insists on brokered connections and brokered=False"
