@@ -191,3 +191,33 @@ def test_an_async_supervisor_whose_reattach_fails_says_to_pass_cmd(owner: Client
             await sup.stop()
 
     asyncio.run(main())
+
+
+def test_a_call_cut_by_a_health_kill_is_told_nothing_restarts_it(owner: Client) -> None:
+    """Its health stayed bad: the Supervisor ends the plugin, as stop() would, and gives up. The call that
+    kill cut was told "the Supervisor restarted plugin ...; later calls go to the restarted plugin"."""
+    import threading
+
+    outcome: list[BaseException] = []
+    with Supervisor(cmd_less(), reattach=owner.reattach_config(), health_interval=0.2, unhealthy_grace=0.5,
+                    name="kv") as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("__slow__", b"1")  # the next Get sleeps 10 s: in flight when the kill comes
+
+        def stuck() -> None:
+            try:
+                kv.get("stuck")
+            except BaseException as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=stuck)
+        caller.start()
+        kv.put("__health__", b"NOT_SERVING")
+        caller.join(60)
+        assert not caller.is_alive() and len(outcome) == 1, outcome
+        assert wait_until(lambda: sup.state == FAILED, 30), list(sup.events)
+    text = str(outcome[0])
+    assert isinstance(outcome[0], PluginDiedError), repr(outcome[0])
+    assert "ended plugin 'kv', which it judged unhealthy" in text and "cannot restart it" in text, text
+    assert "Supervisor(ClientConfig(..., cmd=[...]), reattach=...)" in text, text
+    assert "later calls go to the restarted plugin" not in text, text

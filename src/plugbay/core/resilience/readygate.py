@@ -73,7 +73,7 @@ class SupervisedChannel(ManagedChannel):
 
 
 def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervisor",
-                    stopped: Callable[[], bool] = lambda: False) -> None:
+                    stopped: Callable[[], bool] = lambda: False, can_restart: bool = True) -> None:
     """Before a Supervisor kills ``client`` to restart its plugin: the calls that kill ends fail as calls
     to a plugin that died (PluginDiedError, resent when safe to repeat), not as a kill of the user's,
     whose advice (start a new Client) is wrong for stubs that outlive the restart. Stubs pinned by the
@@ -89,6 +89,11 @@ def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervi
         return
 
     def error(original: grpc.RpcError | None) -> BaseException:
+        if not can_restart:  # a reattach-only Supervisor: no successor comes (it gives up)
+            return PluginRestarted(
+                f"the {kind} ended plugin {name!r}, which it judged unhealthy ({reason}), and cannot restart it:"
+                " it was given reattach= and no cmd=. Make a new one with cmd= too,"
+                f" {kind}(ClientConfig(..., cmd=[...]), reattach=...)", original, sent=original is not None)
         if original is None:  # refused unsent: this gate sends it to the successor
             return PluginRestarted(f"the {kind} is restarting plugin {name!r}, which it judged unhealthy"
                                    f" ({reason}); the call was not sent", None, sent=False)

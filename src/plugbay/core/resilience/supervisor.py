@@ -246,7 +246,7 @@ class Supervisor(SupervisorView):
             watcher.stop()
         if client is not None:
             if restarting is not None:
-                mark_restarting(client, self.name, restarting, self.kind, lambda: self._stopping)
+                mark_restarting(client, self.name, restarting, self.kind, lambda: self._stopping, self.can_restart)
             elif stopping:
                 mark_stopping(client, self.name, self.kind)
             client.kill_unanswering() if unanswering else client.kill()
