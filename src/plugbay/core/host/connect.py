@@ -18,7 +18,7 @@ from plugbay.core.protocol.handshake import BROKER_QUEUES_METADATA
 from plugbay.core.protocol.tls import CertKey, der_to_pem
 from plugbay.core.transport.secure import MutualTLS, SecureChannel
 from plugbay.core.transport.secure import dial as secure_dial
-from plugbay.errors import HandshakeTimeoutError, RunnerError
+from plugbay.errors import HandshakeTimeoutError, ProtocolMismatchError, RunnerError
 
 EXIT_GRACE = 1.0  # how long a start that cannot reach its plugin waits to learn it exited
 # How long after the handshake an announced unix socket may take to appear. go-plugin listens before it
@@ -30,6 +30,10 @@ SOCKET_GRACE = 0.3
 _FIRST_TRY = 0.1
 _TRY = 2.0
 _EXIT_LOOK = 0.05
+# gRPC's words for a peer whose first bytes are no HTTP/2 frame: an HTTP/1 server, a TLS server's alert, any
+# other service. A plugin's gRPC server opens with HTTP/2's SETTINGS (it refuses the connection while it is
+# not up yet), so no wait changes this answer
+_NOT_HTTP2 = "Failed parsing HTTP/2"
 
 
 def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_der: bytes | None = None,
@@ -138,6 +142,12 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
                     stub.Check(request, timeout=0.5)
                 except grpc.RpcError as probe:
                     last = f"{probe.code().name}: {probe.details()}"
+            if _NOT_HTTP2 in last and not _exits_soon(exited, _EXIT_LOOK):  # an exit: the caller reports it
+                raise ProtocolMismatchError(
+                    f"plugin {name!r} printed its handshake, but what answers at the address it announced speaks"
+                    f" no HTTP/2 (last: {last}): another service listens there (an HTTP server, a server that"
+                    " wants TLS), not the plugin's gRPC server. Check that the plugin prints the address its gRPC"
+                    " server listens on; waiting longer would not change this answer") from None
         if exited():
             return False  # the caller reports the exit with the plugin's own output
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
