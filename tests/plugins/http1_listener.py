@@ -2,7 +2,8 @@
 
 It listens in the host's socket folder (or on 127.0.0.1), prints a well-formed handshake line naming that
 listener, and answers every connection with an HTTP/1.1 400, as a web server or an engine's API would
-when a plugin names its socket. Its pid goes to argv[2], so a test can see it ended.
+when a plugin names its socket. Its pid goes to argv[2], so a test can see it ended; argv[3], when given, is
+the AutoMTLS certificate field its line carries (the host then starts a TLS handshake, answered in HTTP/1).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def main() -> None:
         listener.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{listener.getsockname()[1]}"
     listener.listen(16)
-    sys.stdout.write(f"1|1|{network}|{address}|grpc|\n")
+    cert = sys.argv[3] if len(sys.argv) > 3 else ""
+    sys.stdout.write(f"1|1|{network}|{address}|grpc|{cert}\n")
     sys.stdout.flush()
     while True:
         conn, _ = listener.accept()

@@ -30,10 +30,11 @@ SOCKET_GRACE = 0.3
 _FIRST_TRY = 0.1
 _TRY = 2.0
 _EXIT_LOOK = 0.05
-# gRPC's words for a peer whose first bytes are no HTTP/2 frame: an HTTP/1 server, a TLS server's alert, any
-# other service. A plugin's gRPC server opens with HTTP/2's SETTINGS (it refuses the connection while it is
-# not up yet), so no wait changes this answer
-_NOT_HTTP2 = "Failed parsing HTTP/2"
+# gRPC's words for a peer that answers as no plugin does, which no wait changes (a plugin not up yet refuses
+# the connection instead): first bytes that are no HTTP/2 frame (an HTTP/1 server, a TLS server's alert, any
+# other service), and, with AutoMTLS, an answer to the TLS handshake that is no TLS (a plaintext service)
+_NOT_PLUGIN = {"Failed parsing HTTP/2": "speaks no HTTP/2",
+               "WRONG_VERSION_NUMBER": "answered the AutoMTLS handshake with no TLS"}
 
 
 def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_der: bytes | None = None,
@@ -142,12 +143,13 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
                     stub.Check(request, timeout=0.5)
                 except grpc.RpcError as probe:
                     last = f"{probe.code().name}: {probe.details()}"
-            if _NOT_HTTP2 in last and not _exits_soon(exited, _EXIT_LOOK):  # an exit: the caller reports it
+            said = next((said for sign, said in _NOT_PLUGIN.items() if sign in last), None)
+            if said is not None and not _exits_soon(exited, _EXIT_LOOK):  # an exit: the caller reports it
                 raise ProtocolMismatchError(
-                    f"plugin {name!r} printed its handshake, but what answers at the address it announced speaks"
-                    f" no HTTP/2 (last: {last}): another service listens there (an HTTP server, a server that"
-                    " wants TLS), not the plugin's gRPC server. Check that the plugin prints the address its gRPC"
-                    " server listens on; waiting longer would not change this answer") from None
+                    f"plugin {name!r} printed its handshake, but what answers at the address it announced {said}"
+                    f" (last: {last}): another service listens there (an HTTP server, a server that wants TLS or"
+                    " serves none), not the plugin's gRPC server. Check that the plugin prints the address its"
+                    " gRPC server listens on; waiting longer would not change this answer") from None
         if exited():
             return False  # the caller reports the exit with the plugin's own output
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
