@@ -100,7 +100,7 @@ def test_a_pid_of_the_wrong_type_is_a_reattach_error(as_json: str, bystander: su
 def test_attached_kill_checks_the_marker_again(bystander: subprocess.Popen[bytes]) -> None:
     attached = AttachedProcess(bystander.pid, _start_time(bystander.pid), "sleep", "not-its-id")
     with pytest.raises(ReattachError, match=rf"not killing process {bystander.pid}: .*does not carry"
-                       r" PLUGBAY_PLUGIN_ID=not-its-id.*stop that process yourself"):
+                       r" PLUGBAY_PLUGIN_ID='not-its-id'.*stop that process yourself"):
         attached.kill(0)
     assert bystander.poll() is None
 

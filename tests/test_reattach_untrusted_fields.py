@@ -126,3 +126,24 @@ def test_an_automtls_reattach_json_without_its_client_cert_is_refused_when_read(
                                           r"Client.reattach_config\(\).to_json\(\) produced, unedited"):
         ReattachConfig.from_json(json.dumps(data))
     assert client.runner.wait(0) is None
+
+
+FORGED = "\x1b[2J\nCRITICAL root: FORGED LINE " + "x" * 100_000
+
+
+@pytest.mark.parametrize("field", ["plugin_id", "kind"])
+def test_a_forged_runner_field_reaches_the_error_quoted_and_clipped(owner: Any, field: str) -> None:
+    client, data = owner
+    forged = {**data, "runner": {**data["runner"], field: FORGED}}
+    reattaching = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=10,
+                                      reattach=ReattachConfig.from_json(json.dumps(forged)))) \
+        if field == "plugin_id" else None
+    with pytest.raises(ConfigError) as caught:  # ReattachError is one
+        if reattaching is None:
+            ReattachConfig.from_json(json.dumps(forged)).attached_runner()
+        else:
+            reattaching.start()
+    message = str(caught.value)
+    assert "\x1b" not in message and "\n" not in message, message[:200]
+    assert "characters cut" in message and len(message) < 2000
+    assert not client.exited  # the plugin was left alone

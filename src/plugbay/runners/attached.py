@@ -22,7 +22,7 @@ from typing import Any
 
 from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_DIR
 from plugbay.core.transport.tempdirs import own_proc, remove_left_folder
-from plugbay.errors import ReattachError, StaleReattachError
+from plugbay.errors import ReattachError, StaleReattachError, clip
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import listens_on
 from plugbay.runners.pidsignal import HeldPid
@@ -72,7 +72,9 @@ def _unproven(pid: int, start_time: int | None, plugin_id: str) -> str | None:
     if env is None:
         return f"process {pid}'s environment cannot be read (/proc/{pid}/environ)"
     if env.get(ENV_PLUGIN_ID) != plugin_id:
-        return f"process {pid} does not carry {ENV_PLUGIN_ID}={plugin_id} in its environment"
+        # the id is the reattach data's, untrusted: quoted (a newline or an escape would reach a log as
+        # itself) and clipped (plugbay's are 32 hex digits)
+        return f"process {pid} does not carry {ENV_PLUGIN_ID}={clip(repr(plugin_id), 80)} in its environment"
     return None
 
 

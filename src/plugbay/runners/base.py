@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from plugbay.core.protocol.exits import exit_said
-from plugbay.errors import ConfigError, RunnerError
+from plugbay.errors import ConfigError, RunnerError, clip
 
 _log = logging.getLogger("plugbay.runner")
 _EXIT_POLL = 0.25  # the default exit watcher's poll (a runner with an exit event overrides watch_exit)
@@ -383,7 +383,7 @@ def reattach_runner(data: Mapping[str, Any]) -> AttachedRunner:
     func = _REATTACHERS.get(kind)
     if func is None:
         raise ConfigError(
-            f"no runner kind {kind!r} can reattach (known: {sorted({*_REATTACHERS, *_BUILT_IN})});"
+            f"no runner kind {clip(repr(kind), 80)} can reattach (known: {sorted({*_REATTACHERS, *_BUILT_IN})});"
             " import the module of the runner that started the plugin before reattaching"
         )
     return func(data)
