@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -112,16 +113,27 @@ class _Within:
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise self._late()
-        return _answers(self._stub.ServerReflectionInfo(requests, timeout=left), self._late)
+        return _answers(self._stub.ServerReflectionInfo(requests, timeout=left), left, self._late)
 
 
-def _answers(responses: Iterator[Any], late: Callable[[], TargetUnreachableError]) -> Iterator[Any]:
+# gRPC ends a stream at its deadline on the thread that reads the connection; a peer that keeps that thread
+# busy (HTTP/2 CONTINUATION frames that never end a header block) kept the command for minutes. The stream is
+# cancelled this long after its deadline, by a timer of its own.
+_OVERRUN = 1.0
+
+
+def _answers(responses: Any, left: float, late: Callable[[], TargetUnreachableError]) -> Iterator[Any]:
+    overrun = threading.Timer(left + _OVERRUN, responses.cancel)
+    overrun.daemon = True
+    overrun.start()
     try:
         yield from responses
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED or overrun.finished.is_set():
             raise late() from None
         raise
+    finally:
+        overrun.cancel()
 
 
 def describe(services: Services) -> list[dict[str, Any]]:

@@ -43,6 +43,26 @@ def _tls(kw: dict[str, Any]) -> Tls:
 
 # --- health --------------------------------------------------------------------------------
 
+# gRPC ends a call at its deadline on the thread that reads the connection; a peer that keeps that thread
+# busy (HTTP/2 CONTINUATION frames that never end a header block) kept a 5 s check for 70 s and a blocking
+# call for minutes. A check or call is given up this long after its deadline, by this thread's own clock.
+_OVERRUN = 1.0
+
+
+def _overran(timeout: float) -> str:
+    return (f"DEADLINE_EXCEEDED: no answer within {timeout:g}s, and gRPC did not end the call at its deadline"
+            " (the peer keeps the connection busy without answering: it is no plugin that works)")
+
+
+def answer_within(pending: grpc.Future, timeout: float) -> Any:
+    """``pending``'s answer (or its RpcError), waited for ``timeout`` plus _OVERRUN at most; past that it is
+    cancelled and grpc.FutureTimeoutError raised."""
+    try:
+        return pending.result(timeout=timeout + _OVERRUN)
+    except grpc.FutureTimeoutError:
+        pending.cancel()
+        raise
+
 
 def check_health(channel: grpc.Channel, service: str, timeout: float, *, wait: bool = True,
                  early: Callable[[grpc.Future], None] | None = None) -> dict[str, Any]:
@@ -62,7 +82,10 @@ def check_health(channel: grpc.Channel, service: str, timeout: float, *, wait: b
                                     wait_for_ready=wait)
         if early is not None:
             early(pending)
-        resp = pending.result()
+        resp = answer_within(pending, timeout)
+    except grpc.FutureTimeoutError:
+        return {"status": "UNREACHABLE", "ms": round((time.monotonic() - started) * 1000, 2),
+                "detail": _overran(timeout)}
     except grpc.RpcError as exc:
         ms = (time.monotonic() - started) * 1000
         code = exc.code()
@@ -280,7 +303,9 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
         try:
             pending = stub.future(req, timeout=timeout, wait_for_ready=True)
             _refused_at_once(reached, tls, timeout)(pending)
-            resp = pending.result()
+            resp = answer_within(pending, timeout)
+        except grpc.FutureTimeoutError:
+            raise TargetUnreachableError(f"{method} failed: {_overran(timeout)}; check the target") from None
         except grpc.RpcError as exc:
             cause = _cause(reached.channel, exc.code())
             # a TLS failure only when the connection failed (cause: the channel's own last attempt); a status

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -212,6 +213,9 @@ def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> 
         runner.detach()  # the plugin keeps running
 
 
+_CLOSE_WAIT = 2.0
+
+
 def _close_polled(channel: grpc.Channel, wait: float = 1.0) -> None:
     """Close ``channel`` once gRPC's thread that polled its state for a subscriber (a wait for the connection,
     the early TLS check) has seen it go: it keeps polling up to 0.2 s after the last unsubscribe, and one
@@ -220,7 +224,11 @@ def _close_polled(channel: grpc.Channel, wait: float = 1.0) -> None:
     deadline = time.monotonic() + wait
     while state is not None and getattr(state, "polling", False) and time.monotonic() < deadline:
         time.sleep(0.02)
-    channel.close()
+    # gRPC's close waits for its calls to end, which a peer that keeps the connection busy (HTTP/2 frames
+    # that never end a header block) delays without end: the command ends after _CLOSE_WAIT regardless
+    closing = threading.Thread(target=channel.close, name="plugbay-cli-close", daemon=True)
+    closing.start()
+    closing.join(_CLOSE_WAIT)
 
 
 def describe_target(target: str) -> str:
