@@ -19,6 +19,9 @@ import grpc
 
 # grpcio's own details for a call it failed because its request iterator raised (its UNKNOWN, set locally)
 ITERATING_FAILED = "Exception iterating requests!"
+# the same, when the core's status for grpcio's local cancel arrived before grpcio set its own (about 1 in
+# 1500 calls): the core's wording around grpcio's details
+_ITERATING_REMOVED = f"Stream removed ({ITERATING_FAILED})"
 
 
 class RequestSource:
@@ -74,7 +77,8 @@ class RequestSource:
     def ended(self, exc: grpc.RpcError) -> bool:
         """Whether ``exc``, a sync call's failure, is grpcio's for this iterator's error, not yet raised
         (then take_error() gives that error, ``exc`` its context unless it has one of its own)."""
-        if self._error is None or exc.code() != grpc.StatusCode.UNKNOWN or exc.details() != ITERATING_FAILED:
+        if (self._error is None or exc.code() != grpc.StatusCode.UNKNOWN
+                or exc.details() not in (ITERATING_FAILED, _ITERATING_REMOVED)):
             return False
         self._call_error = exc
         return True
