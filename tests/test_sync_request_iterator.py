@@ -154,3 +154,46 @@ def test_the_same_through_a_remote_clients_pool(streamers: list[Any], certs: Any
     from tests.test_network_dead_replica import _first_config
 
     check(RemoteClient(_first_config(streamers, certs)))
+
+
+def test_threads_reading_one_failed_future_all_get_the_callers_own_error() -> None:
+    # grpcio's futures may be read on several threads: each must get the iterator's error, the same one (it
+    # got grpcio's UNKNOWN, an InvalidStateError or an AttributeError when two took it at once)
+    readers, trials = 6, 1000
+    logged = logging.getLogger("grpc._channel")  # grpcio logs each iterator's error
+    was, logged.disabled = logged.disabled, True
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: the reads overlap
+    try:
+        with Client(config()) as client:
+            client.dispense(PLUGIN_NAME)
+            upload = client.channel.stream_unary("/streaming.Streamer/Echo",
+                                                 request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                                 response_deserializer=streaming_pb2.Chunk.FromString)
+            for trial in range(trials):
+                same, kinds = read_together(upload.future(requests(True)), readers)
+                assert same and kinds == ["SourceBroke: the file being streamed could not be read"] * readers, (
+                    trial, kinds)
+    finally:
+        sys.setswitchinterval(switch)
+        logged.disabled = was
+
+
+def read_together(future: Any, readers: int) -> tuple[bool, list[str]]:
+    """Whether ``readers`` threads reading the ended ``future`` at once all got the same error, and what each got."""
+    ended = threading.Event()
+    future.add_done_callback(lambda _: ended.set())
+    assert ended.wait(GUARD), "the call never ended"
+    together = threading.Barrier(readers)
+    got: list[BaseException | None] = [None] * readers
+
+    def read(i: int) -> None:
+        together.wait(GUARD)
+        got[i] = outcome(lambda _: future.result(), iter(()))
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(GUARD)
+    return all(e is got[0] for e in got), sorted(f"{type(e).__name__}: {e}" for e in got)

@@ -96,9 +96,12 @@ class TranslatingFuture:
     def _own_error(self, exc: grpc.RpcError | None) -> BaseException | None:
         """The request iterator's error, if ``exc`` is grpcio's for it (None: check nothing new), as a
         future's result() and exception() give the same error each time they are asked."""
-        if self._own is None and exc is not None and self._requests is not None and self._requests.ended(exc):
-            self._own = self._requests.take_error()
-            self._requests = None
+        requests = self._requests
+        if self._own is None and exc is not None and requests is not None:
+            with requests.lock:  # the error path only: several threads may read the future at once
+                if self._own is None and requests.ended(exc):
+                    self._own = requests.take_error()
+                    self._requests = None
         return self._own
 
     def __getattr__(self, name: str) -> Any:

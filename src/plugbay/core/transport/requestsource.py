@@ -12,6 +12,7 @@ of any layer (a Supervisor's, a network pool's) can tell a source already captur
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
@@ -33,6 +34,10 @@ class RequestSource:
         self._error: BaseException | None = None
         self._call_error: BaseException | None = None  # the sync call's failure for it: the error's context
         self.failed: str | None = None  # what it raised, once that was handed to a read
+        # taken only on the error path: a future's result() may be asked on several threads at once (grpcio's
+        # futures are meant to be), and each must find the error once, whole; a caller (TranslatingFuture)
+        # holds it across its own check and take, so it is reentrant
+        self.lock = threading.RLock()
 
     def watched(self) -> Watched:
         """What grpc.aio is given to read the requests from."""
@@ -77,23 +82,26 @@ class RequestSource:
     def ended(self, exc: grpc.RpcError) -> bool:
         """Whether ``exc``, a sync call's failure, is grpcio's for this iterator's error, not yet raised
         (then take_error() gives that error, ``exc`` its context unless it has one of its own)."""
-        if (self._error is None or exc.code() != grpc.StatusCode.UNKNOWN
-                or exc.details() not in (ITERATING_FAILED, _ITERATING_REMOVED)):
+        if exc.code() != grpc.StatusCode.UNKNOWN or exc.details() not in (ITERATING_FAILED, _ITERATING_REMOVED):
             return False
-        self._call_error = exc
-        return True
+        with self.lock:
+            if self._error is None:
+                return False
+            self._call_error = exc
+            return True
 
     def take_error(self) -> BaseException:
         """What the iterator raised, for the first read that fails; later ones get an InvalidStateError
         naming it. Handed over, not kept: raised through the call's frames, it would hold them (and the
         call) in a cycle until a full garbage collection."""
-        error, self._error = self._error, None
-        call_error, self._call_error = self._call_error, None
-        if error is not None:
-            self.failed = f"{type(error).__name__}: {error}"
-            if call_error is not None and error.__context__ is None:
-                error.__context__ = call_error  # raised outside the except: its own context is kept
-            return error
+        with self.lock:
+            error, self._error = self._error, None
+            call_error, self._call_error = self._call_error, None
+            if error is not None:
+                self.failed = f"{type(error).__name__}: {error}"
+                if call_error is not None and error.__context__ is None:
+                    error.__context__ = call_error  # raised outside the except: its own context is kept
+                return error
         return asyncio.InvalidStateError(f"the call ended when its request iterator raised {self.failed}"
                                          " (an earlier read raised it)")
 
