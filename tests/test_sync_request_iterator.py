@@ -11,6 +11,7 @@ plugin waits for more requests, so the call ends only by the iterator's error).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import sys
@@ -197,3 +198,19 @@ def read_together(future: Any, readers: int) -> tuple[bool, list[str]]:
     for thread in threads:
         thread.join(GUARD)
     return all(e is got[0] for e in got), sorted(f"{type(e).__name__}: {e}" for e in got)
+
+
+def test_a_later_read_of_the_stream_names_the_error_an_earlier_read_raised() -> None:
+    with Client(config()) as client:
+        client.dispense(PLUGIN_NAME)
+        echo = client.channel.stream_stream("/streaming.Streamer/Echo",
+                                            request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                            response_deserializer=streaming_pb2.Chunk.FromString)
+        stream = echo(requests(True))
+        with pytest.raises(SourceBroke):
+            for _ in stream:
+                pass
+        with pytest.raises(asyncio.InvalidStateError) as later:  # not grpcio's UNKNOWN again
+            next(stream)
+        assert str(later.value) == ("the call ended when its request iterator raised SourceBroke: the file being"
+                                    " streamed could not be read (an earlier read raised it)"), later.value

@@ -80,13 +80,14 @@ class RequestSource:
         return self._error is not None or self.failed is not None
 
     def ended(self, exc: grpc.RpcError) -> bool:
-        """Whether ``exc``, a sync call's failure, is grpcio's for this iterator's error, not yet raised
-        (then take_error() gives that error, ``exc`` its context unless it has one of its own)."""
+        """Whether ``exc``, a sync call's failure, is grpcio's for this iterator's error (then take_error()
+        gives that error, ``exc`` its context unless it has one of its own; or, once a read raised it, the
+        InvalidStateError naming it)."""
         if exc.code() != grpc.StatusCode.UNKNOWN or exc.details() not in (ITERATING_FAILED, _ITERATING_REMOVED):
             return False
         with self.lock:
             if self._error is None:
-                return False
+                return self.failed is not None
             self._call_error = exc
             return True
 
