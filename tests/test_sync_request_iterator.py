@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -214,3 +215,61 @@ def test_a_later_read_of_the_stream_names_the_error_an_earlier_read_raised() -> 
             next(stream)
         assert str(later.value) == ("the call ended when its request iterator raised SourceBroke: the file being"
                                     " streamed could not be read (an earlier read raised it)"), later.value
+
+
+def test_a_forwarded_request_stream_whose_caller_cancelled_leaves_the_call_its_own_error() -> None:
+    # a host's own grpcio server passes its incoming request stream on to the plugin; its caller cancels, so
+    # grpcio's server iterator raises a bare grpc.RpcError (no code()): an upstream call's failure, not this
+    # call's, which keeps its own error (grpcio's UNKNOWN, translated), the iterator's error its __cause__
+    from concurrent import futures
+
+    first, release = threading.Event(), threading.Event()
+    seen: queue.Queue[str] = queue.Queue()
+    chunk = dict(request_deserializer=streaming_pb2.Chunk.FromString,
+                 response_serializer=streaming_pb2.Chunk.SerializeToString)
+    with Client(config()) as client:
+        client.dispense(PLUGIN_NAME)
+        upload = client.channel.stream_unary("/streaming.Streamer/Echo",
+                                             request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                             response_deserializer=streaming_pb2.Chunk.FromString)
+
+        def forward(incoming: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            def passed() -> Iterator[Any]:
+                for request in incoming:
+                    first.set()
+                    yield request
+            try:
+                return upload(passed())
+            except BaseException as exc:  # noqa: B036
+                causes, cause = [], exc.__cause__
+                while cause is not None:  # a bare grpc.RpcError is the one grpcio's server iterator raised
+                    causes.append("bare RpcError" if type(cause) is grpc.RpcError else type(cause).__name__)
+                    cause = cause.__cause__
+                code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+                said = f"{code().name} {details()!r}" if callable(code) and callable(details) else "no code()"
+                seen.put(f"{said}; causes {causes}")
+                raise
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "fwd.Forwarder", {"Upload": grpc.stream_unary_rpc_method_handler(forward, **chunk)}),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+
+        def callers_requests() -> Iterator[Any]:
+            yield streaming_pb2.Chunk(seq=0, data=b"first")
+            release.wait(GUARD)
+
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.stream_unary("/fwd.Forwarder/Upload",
+                                            request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                            response_deserializer=streaming_pb2.Chunk.FromString)
+                caller = call.future(callers_requests())
+                assert first.wait(GUARD), "the request never reached the forwarding server"
+                caller.cancel()
+                said = seen.get(timeout=GUARD)
+        finally:
+            release.set()
+            server.stop(None).wait(GUARD)
+    assert said == "UNKNOWN 'Exception iterating requests!'; causes ['bare RpcError']", said

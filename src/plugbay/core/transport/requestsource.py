@@ -82,10 +82,16 @@ class RequestSource:
     def ended(self, exc: grpc.RpcError) -> bool:
         """Whether ``exc``, a sync call's failure, is grpcio's for this iterator's error (then take_error()
         gives that error, ``exc`` its context unless it has one of its own; or, once a read raised it, the
-        InvalidStateError naming it)."""
+        InvalidStateError naming it). An iterator's error that is a grpc.RpcError (a host's server passing
+        its incoming request stream on: the upstream call failed or its caller cancelled, and grpcio's
+        server then raises a bare RpcError, no code()) is not this call's failure: ``exc`` stays the error,
+        the iterator's as its __cause__."""
         if exc.code() != grpc.StatusCode.UNKNOWN or exc.details() not in (ITERATING_FAILED, _ITERATING_REMOVED):
             return False
         with self.lock:
+            if isinstance(self._error, grpc.RpcError):
+                exc.__cause__, self._error = self._error, None  # handed over, as take_error() does
+                return False
             if self._error is None:
                 return self.failed is not None
             self._call_error = exc
