@@ -32,6 +32,7 @@ from streaming_plugin_def import HANDSHAKE, PLUGIN_NAME, StreamerPlugin  # noqa:
 from streamingproto import streaming_pb2  # noqa: E402
 
 from plugbay import Client, ClientConfig, RemoteClient, Supervisor  # noqa: E402
+from plugbay.core.protocol.handlerstatus import HANDLER_STATUS  # noqa: E402
 from tests.test_network_dead_replica import certs, streamers  # noqa: E402,F401 (fixtures)
 
 
@@ -273,3 +274,45 @@ def test_a_forwarded_request_stream_whose_caller_cancelled_leaves_the_call_its_o
             release.set()
             server.stop(None).wait(GUARD)
     assert said == "UNKNOWN 'Exception iterating requests!'; causes ['bare RpcError']", said
+
+
+def test_a_plugins_own_answer_with_grpcios_details_stays_the_plugins_answer() -> None:
+    # the plugin answered UNKNOWN "Exception iterating requests!" (passed on from a call of its own, marked
+    # so) before this call's iterator raised: that answer is the call's error, not the iterator's
+    ended = threading.Event()
+
+    def source() -> Iterator[Any]:
+        yield streaming_pb2.Chunk(seq=0, data=b"first")
+        ended.wait(GUARD)  # the plugin answered first
+        raise SourceBroke("the file being streamed could not be read")
+
+    met = threading.Event()
+
+    class Met(logging.Handler):  # grpcio logs the iterator's error once its thread met it (after plugbay kept it)
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "Exception iterating requests!":
+                met.set()
+
+    cmd = [sys.executable, str(REPO / "tests" / "plugins" / "iterating_answer.py")]
+    logged, seen = logging.getLogger("grpc._channel"), Met()
+    was, logged.propagate = logged.propagate, False
+    logged.addHandler(seen)
+    try:
+        with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin()}, call_timeout=30,
+                                 cmd=cmd)) as client:
+            client.dispense(PLUGIN_NAME)
+            upload = client.channel.stream_unary("/streaming.Streamer/Echo",
+                                                 request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                                 response_deserializer=streaming_pb2.Chunk.FromString)
+            future = upload.future(source())
+            future.add_done_callback(lambda _: ended.set())
+            assert met.wait(GUARD), "the request iterator never raised"
+            error = outcome(lambda _: future.result(), iter(()))
+            said = (f"{error.code().name} {error.details()!r}" if isinstance(error, grpc.RpcError)
+                    else described(error))
+            marked = isinstance(error, grpc.RpcError) and (HANDLER_STATUS, "1") in tuple(error.trailing_metadata())
+            del error
+    finally:
+        logged.removeHandler(seen)
+        logged.propagate = was
+    assert said == "UNKNOWN 'Exception iterating requests!'" and marked, said

@@ -18,6 +18,8 @@ from typing import Any
 
 import grpc
 
+from plugbay.core.protocol.handlerstatus import handler_status
+
 # grpcio's own details for a call it failed because its request iterator raised (its UNKNOWN, set locally)
 ITERATING_FAILED = "Exception iterating requests!"
 # the same, when the core's status for grpcio's local cancel arrived before grpcio set its own (about 1 in
@@ -82,11 +84,13 @@ class RequestSource:
     def ended(self, exc: grpc.RpcError) -> bool:
         """Whether ``exc``, a sync call's failure, is grpcio's for this iterator's error (then take_error()
         gives that error, ``exc`` its context unless it has one of its own; or, once a read raised it, the
-        InvalidStateError naming it). An iterator's error that is a grpc.RpcError (a host's server passing
+        InvalidStateError naming it). A plugin's own answer with those details (one it passed on from a call
+        of its own, marked so) is not. An iterator's error that is a grpc.RpcError (a host's server passing
         its incoming request stream on: the upstream call failed or its caller cancelled, and grpcio's
         server then raises a bare RpcError, no code()) is not this call's failure: ``exc`` stays the error,
         the iterator's as its __cause__."""
-        if exc.code() != grpc.StatusCode.UNKNOWN or exc.details() not in (ITERATING_FAILED, _ITERATING_REMOVED):
+        if (exc.code() != grpc.StatusCode.UNKNOWN or exc.details() not in (ITERATING_FAILED, _ITERATING_REMOVED)
+                or handler_status(exc)):
             return False
         with self.lock:
             if isinstance(self._error, grpc.RpcError):
