@@ -27,6 +27,8 @@ class CallOwner(Protocol):
 
     async def translate(self, exc: grpc.RpcError, past_deadline: bool, left: float | None = None) -> BaseException:
         ...
+
+
 # grpc.aio's own status for a message it could not send because the connection failed under the write
 # (a plugin that died mid-stream): exactly these details, set locally, never a status the plugin sent
 _SEND_FAILED = "Internal error from Core"
