@@ -23,24 +23,10 @@ from streaming_plugin_def import HANDSHAKE, PLUGIN_NAME, StreamerPlugin  # noqa:
 from streamingproto import streaming_pb2  # noqa: E402
 
 from plugbay import AsyncClient, AsyncSupervisor, ClientConfig  # noqa: E402
+from tests.broken_source import SourceBroke, broke  # noqa: E402
 from tests.test_network_dead_replica import certs, streamers  # noqa: E402,F401 (fixtures)
 
 GUARD = 60.0  # a hang fails the test instead of stalling the run
-
-
-class SourceBroke(Exception):
-    """The caller's own error, raised by its request iterator."""
-
-
-def broke() -> SourceBroke:
-    """The caller's error, raised from the error under it: both are the caller's to see."""
-    try:
-        raise OSError(5, "Input/output error")
-    except OSError as exc:
-        try:
-            raise SourceBroke("the file being streamed could not be read") from exc
-        except SourceBroke as raised:
-            return raised
 
 
 async def async_requests() -> AsyncIterator[streaming_pb2.Chunk]:
@@ -61,6 +47,26 @@ def under(error: BaseException) -> str:
 UNDER = "cause OSError(5, 'Input/output error'), context OSError(5, 'Input/output error')"
 
 
+async def iterated_to_its_error(call: Any) -> BaseException:
+    """What iterating the stream ended with. Returned, never raised again: a frame holding it that it is
+    raised through would hold it in a cycle with its traceback."""
+    try:
+        async for _ in call:
+            pass
+    except BaseException as exc:  # noqa: B036 (a CancelledError is what this looks for)
+        return exc
+    raise AssertionError("the stream ended without an error")
+
+
+async def read_to_its_error(call: Any) -> BaseException:
+    """What reading the stream ended with (returned, as iterated_to_its_error's)."""
+    try:
+        while True:
+            await call.read()
+    except BaseException as exc:  # noqa: B036
+        return exc
+
+
 def config() -> ClientConfig:
     return ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin()},
                         cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")])
@@ -73,17 +79,9 @@ def test_a_request_iterator_that_raises_fails_the_stream_with_its_own_error(sour
         seen: dict[str, Any] = {}
         async with kind(config()) as client:
             streamer = await client.dispense(PLUGIN_NAME)
-            try:
-                async for _ in streamer.echo(source()):
-                    pass
-            except BaseException as exc:  # noqa: B036 (a CancelledError is what this looks for)
-                seen["iterated"] = exc
+            seen["iterated"] = await iterated_to_its_error(streamer.echo(source()))
             call = streamer.echo(source())
-            try:
-                while True:
-                    await call.read()
-            except BaseException as exc:  # noqa: B036
-                seen["read"] = exc
+            seen["read"] = await read_to_its_error(call)
             try:
                 await call.read()
             except BaseException as exc:  # noqa: B036
@@ -124,17 +122,8 @@ def test_the_same_through_an_async_remote_clients_pool(streamers: list[Any], cer
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
             streamer = await client.dispense(PLUGIN_NAME)
             for how, source in (("iterated", async_requests), ("iterated, sync source", sync_requests)):
-                try:
-                    async for _ in streamer.echo(source()):
-                        pass
-                except BaseException as exc:  # noqa: B036
-                    seen[how] = exc
-            call = streamer.echo(async_requests())
-            try:
-                while True:
-                    await call.read()
-            except BaseException as exc:  # noqa: B036
-                seen["read"] = exc
+                seen[how] = await iterated_to_its_error(streamer.echo(source()))
+            seen["read"] = await read_to_its_error(streamer.echo(async_requests()))
             seen["cancelling"] = asyncio.current_task().cancelling()  # type: ignore[union-attr]
             seen["after"] = (await streamer.stats()).active
         return seen

@@ -33,25 +33,11 @@ from streamingproto import streaming_pb2  # noqa: E402
 
 from plugbay import Client, ClientConfig, RemoteClient, Supervisor  # noqa: E402
 from plugbay.core.protocol.handlerstatus import HANDLER_STATUS  # noqa: E402
+from tests.broken_source import SourceBroke, broke  # noqa: E402
 from tests.test_network_dead_replica import certs, streamers  # noqa: E402,F401 (fixtures)
 
 
 GUARD = 60.0
-
-
-class SourceBroke(Exception):
-    """The caller's own error, raised by its request iterator."""
-
-
-def broke() -> SourceBroke:
-    """Raised from the error under it: both are the caller's to see."""
-    try:
-        raise OSError(5, "Input/output error")
-    except OSError as exc:
-        try:
-            raise SourceBroke("the file being streamed could not be read") from exc
-        except SourceBroke as raised:
-            return raised
 
 
 def requests(plain: bool) -> Iterator[streaming_pb2.Chunk]:
