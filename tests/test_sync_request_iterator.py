@@ -105,8 +105,10 @@ def described(exc: BaseException | None) -> str:
 
 OWN = ("SourceBroke: the file being streamed could not be read; cause OSError(5, 'Input/output error');"
        " context OSError(5, 'Input/output error')")
-PLAIN = ("SourceBroke: the file being streamed could not be read; cause None;"
-         " context RpcError UNKNOWN 'Exception iterating requests!'")
+# grpcio's details for the call its request iterator failed: which one depends on a race in grpcio (the
+# library accepts both: plugbay.core.transport.requestsource)
+PLAIN = tuple(f"SourceBroke: the file being streamed could not be read; cause None; context RpcError UNKNOWN {d!r}"
+              for d in ("Exception iterating requests!", "Stream removed (Exception iterating requests!)"))
 
 
 def check(owner: AbstractContextManager[Any]) -> None:
@@ -116,10 +118,12 @@ def check(owner: AbstractContextManager[Any]) -> None:
     gc.collect()  # what earlier tests left for a collection is not this one's
     gc.disable()  # what a collection would free is what this looks for
     try:
+        before = set(threading.enumerate())
         said = what_each_call_raised(owner)
-        for thread in threading.enumerate():  # grpcio's threads that read the requests: each holds the error it
-            if "consume_request_iterator" in thread.name:  # met until it leaves its except block, just after
-                thread.join(GUARD)  # the call's end (a hang fails the check below instead of stalling the run)
+        # the threads started during the calls (grpcio's that read the requests among them: each holds the
+        # error it met until it leaves its except block, just after the call's end; the owner's, ended with it)
+        for thread in set(threading.enumerate()) - before:
+            thread.join(GUARD)  # (one that never ends fails the check below instead of stalling the run)
         # once the caller let go of its errors, nothing holds one (the error's traceback holds the frames it
         # was raised through; one holding the error, or what holds it, would make a cycle)
         held = [o for o in gc.get_objects() if isinstance(o, SourceBroke)]
@@ -129,7 +133,7 @@ def check(owner: AbstractContextManager[Any]) -> None:
     assert not held, held
     for how in ("stream_stream", "stream_unary", "with_call", "future", "future exception"):
         assert said[how] == OWN, (how, said)
-        assert said[f"{how}, plain"] == PLAIN, (how, said)
+        assert said[f"{how}, plain"] in PLAIN, (how, said)
     assert said["after"] == "Stats", said
 
 
