@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -40,6 +41,20 @@ def _recv_to_eof(sock: socket.socket) -> bytes:
     return bytes(out)
 
 
+@contextmanager
+def session_pair(on_stream: Callable[[Stream], None], name: str) -> Iterator[Session]:
+    """A client session over a socket pair whose server routes each stream it accepts to ``on_stream``;
+    both closed on the way out."""
+    a, b = socket.socketpair()
+    client = Session(a, client=True, on_stream=lambda s: s.reset(), name=f"{name}-client")
+    server = Session(b, client=False, on_stream=on_stream, name=f"{name}-server")
+    try:
+        yield client
+    finally:
+        client.close()
+        server.close()
+
+
 @pytest.mark.parametrize("end", ["fin", "reset"])
 def test_a_bridged_streams_end_wakes_no_down_loop(end: str) -> None:
     workers = _CountingWorkers()
@@ -52,37 +67,33 @@ def test_a_bridged_streams_end_wakes_no_down_loop(end: str) -> None:
         routed.append(stream)
         bridge(stream, local, workers, ended.set)
 
-    a, b = socket.socketpair()
-    client = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-end-client")
-    server = Session(b, client=False, on_stream=on_stream, name="t-end-server")
     try:
-        stream = client.open()
-        stream.write(b"request")
-        got = bytearray()
-        while len(got) < 7:
-            got += far.recv(64)
-        assert bytes(got) == b"request"
-        far.sendall(b"response")
-        assert read_exactly(stream, 8) == b"response"
-        if end == "fin":
-            stream.close_write()
-            # the peer's FIN reaches the local side as EOF; its own bytes still go the other way
-            assert _recv_to_eof(far) == b""
-            far.sendall(b"last")
-            far.shutdown(socket.SHUT_WR)
-            assert read_exactly(stream, 5) == b"last"
-        else:
-            stream.reset()
-            assert _recv_to_eof(far) == b""
-        far.close()
-        assert ended.wait(10), "the bridge never ended"
-        assert routed and routed[0].done
-        # the up loop only: the end needed no thread of its own
-        assert workers.loops == 1
+        with session_pair(on_stream, "t-end") as client:
+            stream = client.open()
+            stream.write(b"request")
+            got = bytearray()
+            while len(got) < 7:
+                got += far.recv(64)
+            assert bytes(got) == b"request"
+            far.sendall(b"response")
+            assert read_exactly(stream, 8) == b"response"
+            if end == "fin":
+                stream.close_write()
+                # the peer's FIN reaches the local side as EOF; its own bytes still go the other way
+                assert _recv_to_eof(far) == b""
+                far.sendall(b"last")
+                far.shutdown(socket.SHUT_WR)
+                assert read_exactly(stream, 5) == b"last"
+            else:
+                stream.reset()
+                assert _recv_to_eof(far) == b""
+            far.close()
+            assert ended.wait(10), "the bridge never ended"
+            assert routed and routed[0].done
+            # the up loop only: the end needed no thread of its own
+            assert workers.loops == 1
     finally:
         far.close()
-        client.close()
-        server.close()
         workers.close()
 
 
@@ -99,10 +110,7 @@ def test_a_local_fin_after_the_peers_wakes_a_down_loop_waiting_for_it(monkeypatc
         routed.append(stream)
         got.set()
 
-    a, b = socket.socketpair()
-    client = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-quiet-client")
-    server = Session(b, client=False, on_stream=on_stream, name="t-quiet-server")
-    try:
+    with session_pair(on_stream, "t-quiet") as client:
         peer = client.open()
         peer.write(b"x")
         assert got.wait(10), "the stream never reached the server"
@@ -117,6 +125,3 @@ def test_a_local_fin_after_the_peers_wakes_a_down_loop_waiting_for_it(monkeypatc
         waiter.join(20)
         assert not waiter.is_alive(), "the local FIN did not wake the wait for both FINs"
         assert result == [True]
-    finally:
-        client.close()
-        server.close()
