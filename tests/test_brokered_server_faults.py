@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +36,30 @@ class Raising:
         raise self.exc
 
 
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+    """A Client of the counter example plugin, killed after the test."""
+    monkeypatch.chdir(tmp_path)  # the counter plugin keeps its values in files there
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
+                                 cmd=[sys.executable, str(REPO / "examples" / "counter" / "plugin.py")],
+                                 start_timeout=60, call_timeout=20))
+    try:
+        yield client
+    finally:
+        client.kill()
+
+
 @pytest.mark.parametrize("exc", [SystemExit(4), KeyboardInterrupt(), GeneratorExit("closed")], ids=repr)
 def test_a_callback_raising_a_base_exception_answers_the_plugins_nested_call(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        exc: BaseException) -> None:
-    monkeypatch.chdir(tmp_path)  # the counter plugin keeps its values in files there
-    host = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
-                               cmd=[sys.executable, str(REPO / "examples" / "counter" / "plugin.py")],
-                               start_timeout=60, call_timeout=20))
-    try:
-        counter = host.dispense(PLUGIN_NAME)
-        with pytest.raises(grpc.RpcError) as failed:
-            counter.put("k", 1, Raising(exc))
-        # the plugin passes its nested call's status through (as a Go plugin does): the callback's answer
-        assert failed.value.code() is grpc.StatusCode.UNKNOWN, failed.value
-        assert failed.value.details() == f"the handler raised {exc!r}"
-        counter.put("k", 2, _Adder())  # the broker serves on
-        assert counter.get("k") == 2
-    finally:
-        host.kill()
+        host: Client, caplog: pytest.LogCaptureFixture, exc: BaseException) -> None:
+    counter = host.dispense(PLUGIN_NAME)
+    with pytest.raises(grpc.RpcError) as failed:
+        counter.put("k", 1, Raising(exc))
+    # the plugin passes its nested call's status through (as a Go plugin does): the callback's answer
+    assert failed.value.code() is grpc.StatusCode.UNKNOWN, failed.value
+    assert failed.value.details() == f"the handler raised {exc!r}"
+    counter.put("k", 2, _Adder())  # the broker serves on
+    assert counter.get("k") == 2
     # the host's callback failed on the host's brokered server: its record is the broker's, not "plugbay.server"
     failures = [r.name for r in caplog.records if r.getMessage().startswith(f"a handler raised {exc!r}")]
     assert failures == ["plugbay.broker"]
@@ -64,8 +70,7 @@ class _Adder:
         return a + b
 
 
-def test_a_service_registered_twice_on_a_brokered_server_is_refused(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_service_registered_twice_on_a_brokered_server_is_refused(host: Client) -> None:
     # grpcio answers a twice-added generic service with the first servicer, silently: a callback that
     # meant to replace one (or two helpers of one service) got the other's answers
     from counterproto import counter_pb2_grpc
@@ -73,24 +78,17 @@ def test_a_service_registered_twice_on_a_brokered_server_is_refused(
     from counter_plugin_def import _helper_servicer
     from plugbay import BrokerError
 
-    monkeypatch.chdir(tmp_path)
-    host = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
-                               cmd=[sys.executable, str(REPO / "examples" / "counter" / "plugin.py")],
-                               start_timeout=60, call_timeout=20))
-    try:
-        counter = host.dispense(PLUGIN_NAME)
-        broker = counter._broker
+    counter = host.dispense(PLUGIN_NAME)
+    broker = counter._broker
 
-        def twice(server: grpc.Server) -> None:
-            counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(_Adder()), server)
-            counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(Raising(SystemExit(1))), server)
+    def twice(server: grpc.Server) -> None:
+        counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(_Adder()), server)
+        counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(Raising(SystemExit(1))), server)
 
-        with pytest.raises(BrokerError, match="'proto.AddHelper' is registered twice on a brokered server"):
-            broker.accept_and_serve(broker.next_id(), twice)
-        counter.put("k", 3, _Adder())  # the broker serves on
-        assert counter.get("k") == 3
-    finally:
-        host.kill()
+    with pytest.raises(BrokerError, match="'proto.AddHelper' is registered twice on a brokered server"):
+        broker.accept_and_serve(broker.next_id(), twice)
+    counter.put("k", 3, _Adder())  # the broker serves on
+    assert counter.get("k") == 3
 
 
 def test_a_refused_batch_on_a_brokered_server_leaves_none_of_its_names_taken() -> None:
@@ -160,8 +158,7 @@ def test_a_second_reflection_service_on_a_brokered_server_is_dropped_and_the_fir
         "s.First", reflection.SERVICE_NAME}
 
 
-def test_a_brokered_server_registering_reflection_twice_is_not_refused(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_brokered_server_registering_reflection_twice_is_not_refused(host: Client) -> None:
     """End to end through a real broker: a register callback that turns reflection on twice (as two helpers
     that each opt into it) is accepted, and the broker serves on. Which reflection answers is the test above."""
     from counterproto import counter_pb2_grpc
@@ -169,24 +166,17 @@ def test_a_brokered_server_registering_reflection_twice_is_not_refused(
 
     from counter_plugin_def import _helper_servicer
 
-    monkeypatch.chdir(tmp_path)
-    host = Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: CounterPlugin()},
-                               cmd=[sys.executable, str(REPO / "examples" / "counter" / "plugin.py")],
-                               start_timeout=60, call_timeout=20))
-    try:
-        counter = host.dispense(PLUGIN_NAME)
-        broker = counter._broker
+    counter = host.dispense(PLUGIN_NAME)
+    broker = counter._broker
 
-        def reflecting_twice(server: grpc.Server) -> None:  # as two helpers that each opt into reflection
-            counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(_Adder()), server)
-            reflection.enable_server_reflection(["proto.AddHelper", reflection.SERVICE_NAME], server)
-            reflection.enable_server_reflection([reflection.SERVICE_NAME], server)
+    def reflecting_twice(server: grpc.Server) -> None:  # as two helpers that each opt into reflection
+        counter_pb2_grpc.add_AddHelperServicer_to_server(_helper_servicer(_Adder()), server)
+        reflection.enable_server_reflection(["proto.AddHelper", reflection.SERVICE_NAME], server)
+        reflection.enable_server_reflection([reflection.SERVICE_NAME], server)
 
-        broker.accept_and_serve(broker.next_id(), reflecting_twice)  # not a BrokerError naming reflection
-        counter.put("k", 3, _Adder())  # the broker serves on
-        assert counter.get("k") == 3
-    finally:
-        host.kill()
+    broker.accept_and_serve(broker.next_id(), reflecting_twice)  # not a BrokerError naming reflection
+    counter.put("k", 3, _Adder())  # the broker serves on
+    assert counter.get("k") == 3
 
 
 class _ClosingStreamer:
