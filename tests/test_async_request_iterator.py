@@ -156,3 +156,40 @@ def test_a_call_dropped_with_its_iterators_error_never_read_leaves_no_cycle() ->
     finally:
         gc.enable()
     assert not held, held
+
+
+def upstream_failures() -> list[Any]:
+    import grpc
+    import grpc.aio
+    return [grpc.RpcError(),  # grpcio's server iterator's, when the upstream caller cancelled: no code()
+            grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                 details="the upstream call failed")]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["bare-RpcError", "AioRpcError-UNAVAILABLE"])
+def test_a_request_iterator_raising_an_upstream_calls_error_leaves_the_call_its_own(index: int) -> None:
+    # as on the sync side: an iterator's grpc.RpcError (a grpc.aio call passed on failed) is not this call's
+    # error; the call fails with its own UNKNOWN "Exception iterating requests!", the iterator's as its cause
+    upstream = upstream_failures()[index]
+
+    async def requests() -> AsyncIterator[streaming_pb2.Chunk]:
+        yield streaming_pb2.Chunk(seq=0, data=b"first")
+        raise upstream
+
+    async def main() -> list[str]:
+        said = []
+        async with AsyncClient(config()) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            for error in (await iterated_to_its_error(streamer.echo(requests())),
+                          await read_to_its_error(streamer.echo(requests()))):
+                causes, cause = [], error.__cause__
+                while cause is not None:
+                    causes.append(cause is upstream)
+                    cause = cause.__cause__
+                said.append(f"{type(error).__name__} {error.code().name} {error.details()!r};"  # type: ignore[attr-defined]
+                            f" upstream is a cause: {any(causes)}")
+        return said
+
+    said = asyncio.run(asyncio.wait_for(main(), GUARD))
+    for one in said:
+        assert one.split(" ", 1)[1] == "UNKNOWN 'Exception iterating requests!'; upstream is a cause: True", said

@@ -13,7 +13,7 @@ import grpc.aio
 
 from plugbay.core.host.callerrors import caused
 from plugbay.core.host.channel import ManagedChannel, timed
-from plugbay.core.transport.requestsource import RequestSource
+from plugbay.core.transport.requestsource import ITERATING_FAILED, RequestSource
 
 _T = TypeVar("_T")
 
@@ -71,7 +71,7 @@ class AioCall:
                 raise await self._cancelled() from None
         # out of the except block, so the caller's error keeps its own __cause__ and __context__; never held
         # in a local, which its traceback (this frame) would hold in a cycle
-        raise self._iterators_error()
+        raise await self._iterators_error()
 
     async def _result(self) -> Any:
         try:
@@ -91,7 +91,7 @@ class AioCall:
         except asyncio.CancelledError:
             if not self._iterator_raised():
                 raise await self._cancelled() from None
-        raise self._iterators_error()  # as in _step
+        raise await self._iterators_error()  # as in _step
 
     async def read(self) -> Any:
         return await self._step(self._call.read())
@@ -126,9 +126,18 @@ class AioCall:
             return False
         return self._requests.raised()
 
-    def _iterators_error(self) -> BaseException:
-        """What the request iterator raised (once _iterator_raised() said it did)."""
-        return asyncio.CancelledError() if self._requests is None else self._requests.take_error()
+    async def _iterators_error(self) -> BaseException:
+        """What the request iterator raised (once _iterator_raised() said it did); for an error that is not
+        the caller's own (requestsource.callers_own), the call's own UNKNOWN, as grpcio fails a sync call."""
+        if self._requests is None:
+            return asyncio.CancelledError()
+        upstream = self._requests.take_upstream()
+        if upstream is None:
+            return self._requests.take_error()
+        ended = grpc.aio.AioRpcError(grpc.StatusCode.UNKNOWN, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                     details=ITERATING_FAILED)
+        ended.__cause__ = upstream
+        return caused(await self._translated(ended), ended)
 
     async def _cancelled(self) -> BaseException:
         """grpc.aio cancels the calls of a channel closed under them: that is the plugin's exit or

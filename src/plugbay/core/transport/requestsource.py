@@ -27,6 +27,14 @@ ITERATING_FAILED = "Exception iterating requests!"
 _ITERATING_REMOVED = f"Stream removed ({ITERATING_FAILED})"
 
 
+def callers_own(error: BaseException | None) -> bool:
+    """Whether a request iterator's error is the caller's own, raised as the call's error. One that is a
+    grpc.RpcError is not (a host's server passing its incoming request stream on: the upstream call failed
+    or its caller cancelled, and grpcio's server then raises a bare RpcError, no code()): the call keeps
+    its own UNKNOWN ITERATING_FAILED, the iterator's error as its __cause__, on both sides."""
+    return not isinstance(error, grpc.RpcError)
+
+
 class RequestSource:
     """A stream's request iterator, handed to gRPC as a generator that keeps what it raised: an async
     one for grpc.aio (watched()), a plain one for grpcio (iterated())."""
@@ -93,13 +101,24 @@ class RequestSource:
                 or handler_status(exc)):
             return False
         with self.lock:
-            if isinstance(self._error, grpc.RpcError):
+            if not callers_own(self._error):
                 exc.__cause__, self._error = self._error, None  # handed over, as take_error() does
                 return False
             if self._error is None:
                 return self.failed is not None
             self._call_error = exc
             return True
+
+    def take_upstream(self) -> BaseException | None:
+        """The iterator's error when it is not the caller's own (callers_own()), handed over: the async
+        call then fails with its own UNKNOWN, as grpcio fails a sync one, this error its __cause__; else
+        None (take_error() gives the error). A later read gets the InvalidStateError naming it."""
+        with self.lock:
+            if self._error is None or callers_own(self._error):
+                return None
+            error, self._error = self._error, None
+            self.failed = f"{type(error).__name__}: {error}"
+            return error
 
     def take_error(self) -> BaseException:
         """What the iterator raised, for the first read that fails; later ones get an InvalidStateError
