@@ -20,7 +20,7 @@ from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, faulty_config
 
 from plugbay import (AsyncSupervisor, Client, ClientConfig, ConfigError, PluginDiedError, ReattachConfig,
                      RestartBudgetExhaustedError, RestartPolicy, Supervisor)
-from plugbay.core.resilience.restart import CannotRestart
+from plugbay.core.resilience.restart import CannotRestartError
 from plugbay.core.resilience.supervisor import FAILED, RUNNING
 
 NO_REATTACH = (r"could not reattach \(.+\) and cannot start a new plugin instead: it was given no cmd=; pass cmd="
@@ -63,7 +63,7 @@ def test_a_supervisor_with_reattach_and_no_cmd_attaches_and_serves_calls(owner: 
 def _gave_up_at_once(events: list, error: BaseException, kind: str) -> None:
     """It gave up at the plugin's first failure, saying to pass cmd=, with no word of a budget."""
     assert [e.kind for e in events] == ["reattached", "failure", "gave_up"], events
-    assert type(error) is CannotRestart and isinstance(error, RestartBudgetExhaustedError)
+    assert type(error) is CannotRestartError and isinstance(error, RestartBudgetExhaustedError)
     assert "max_restarts" not in str(error) and "budget" not in str(error) and "window" not in str(error), error
     assert events[-1].detail == str(error) and events[-1].restarts == 0
 
@@ -79,10 +79,10 @@ def test_it_gives_up_at_the_plugins_first_failure_saying_to_pass_cmd(owner: Clie
         assert wait_until(lambda: gone(pid), 10)
         assert wait_until(lambda: sup.state == FAILED, 30), list(sup.events)
         assert sup.restarts == 0 and not sup.can_restart
-        with pytest.raises(CannotRestart, match=GAVE_UP.format(kind="Supervisor")) as raised:
+        with pytest.raises(CannotRestartError, match=GAVE_UP.format(kind="Supervisor")) as raised:
             kv.get("k")
         _gave_up_at_once(list(sup.events), raised.value, "Supervisor")
-        with pytest.raises(CannotRestart):  # raised again, as the same type, by every call and wait
+        with pytest.raises(CannotRestartError):  # raised again, as the same type, by every call and wait
             sup.wait_running(0)
 
 
@@ -168,7 +168,7 @@ def test_an_async_supervisor_with_reattach_and_no_cmd_attaches_and_gives_up_at_t
             os.kill(pid, signal.SIGKILL)
             assert wait_until(lambda: gone(pid), 10)
             assert wait_until(lambda: sup.state == FAILED, 30), sup.events
-            with pytest.raises(CannotRestart, match=GAVE_UP.format(kind="AsyncSupervisor")) as raised:
+            with pytest.raises(CannotRestartError, match=GAVE_UP.format(kind="AsyncSupervisor")) as raised:
                 await kv.get("k")
             _gave_up_at_once(sup.events, raised.value, "AsyncSupervisor")
 

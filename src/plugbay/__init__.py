@@ -33,7 +33,12 @@ if TYPE_CHECKING:
     from plugbay.core.resilience.circuit import CircuitBreaker as CircuitBreaker
     from plugbay.core.resilience.healthwatch import HealthWatcher as HealthWatcher
     from plugbay.core.resilience.retry import RetryPolicy as RetryPolicy, idempotent as idempotent
-    from plugbay.core.resilience.restart import RestartPolicy as RestartPolicy, SupervisorEvent as SupervisorEvent
+    from plugbay.core.resilience.restart import (
+        CannotRestartError as CannotRestartError,
+        RestartLoopFailed as RestartLoopFailed,
+        RestartPolicy as RestartPolicy,
+        SupervisorEvent as SupervisorEvent,
+    )
     from plugbay.core.resilience.aiosupervisor import AsyncSupervisor as AsyncSupervisor
     from plugbay.core.resilience.supervisor import Supervisor as Supervisor
     from plugbay.errors import (

@@ -106,7 +106,7 @@ class RestartLoopFailed(RestartBudgetExhaustedError):
                      f" own, check its methods. Then make a new {kind}.",)
 
 
-class CannotRestart(RestartBudgetExhaustedError):
+class CannotRestartError(RestartBudgetExhaustedError):
     """The plugin failed and its Supervisor, given reattach= and a ClientConfig without cmd=, has nothing to
     start in its place: it gave up at once, its budget untouched. Still a RestartBudgetExhaustedError, so
     that whatever handles a Supervisor that gave up handles this."""
@@ -151,9 +151,9 @@ class RestartBudget:
         """Give up (raise_if_exhausted() raises from now on); says why. ``loop_failed``: the restart loop
         failed after that many restarts in all (the window's count would leave out the older ones);
         ``kind``: what the error calls the one that gave up (an AsyncSupervisor's is its own name);
-        ``cannot_restart``: it has no way to start a plugin (CannotRestart), whatever the budget."""
+        ``cannot_restart``: it has no way to start a plugin (CannotRestartError), whatever the budget."""
         if cannot_restart:
-            self._fatal = CannotRestart(name, len(self._times), window, last_failure, kind)
+            self._fatal = CannotRestartError(name, len(self._times), window, last_failure, kind)
         elif loop_failed is not None:
             self._fatal = RestartLoopFailed(name, loop_failed, window, last_failure, kind)
         else:

@@ -19,7 +19,7 @@ RestartBudgetExhaustedError.
 ``reattach=`` first tries to reattach to a plugin a previous host left running
 (Client reattach); if that fails, the Supervisor starts a fresh plugin. Given a ClientConfig
 without cmd=, it can only attach: a failed reattach is a ConfigError, and once that plugin
-fails the Supervisor gives up at once (CannotRestart) rather than try restarts that cannot work.
+fails the Supervisor gives up at once (CannotRestartError) rather than try restarts that cannot work.
 """
 
 from __future__ import annotations
