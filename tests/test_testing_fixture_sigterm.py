@@ -58,7 +58,9 @@ def _run_and_terminate(tmp_path: Path, own_handler: bool) -> tuple[subprocess.Po
         plugin = int(pidfile.read_text())
         run.send_signal(signal.SIGTERM)
         if own_handler:
+            deadline = time.monotonic() + 60
             while not Path(f"{pidfile}.own").exists():  # the user's handler ran: the run goes on
+                assert run.poll() is None and time.monotonic() < deadline, run.communicate(timeout=30)[0]
                 time.sleep(0.05)
             run.send_signal(signal.SIGINT)
         out = run.communicate(timeout=60)[0]
