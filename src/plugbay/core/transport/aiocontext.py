@@ -37,8 +37,10 @@ _SENT = _Sent()
 
 
 class AioContext:
-    """grpcio's ``ServicerContext`` for a coroutine handler; everything but send_initial_metadata is the
-    sync context's own (abort raises at once, awaited or not)."""
+    """grpcio's ``ServicerContext`` for a coroutine handler with grpc.aio's methods: send_initial_metadata,
+    add_done_callback, done, cancelled, read and write are its own, the rest the sync context's (abort
+    raises at once, awaited or not). Unlike grpc.aio's, cancelled() is True also once the deadline passed
+    (is_active(), all the sync context tells, does not tell the two apart)."""
 
     __slots__ = ("_context",)
 
