@@ -230,9 +230,9 @@ class HandshakeInfo(Frozen):
         if not isinstance(data, Mapping):  # a user's edit: "handshake": 5 read "'int' object has no attribute 'get'"
             raise ConfigError(f"handshake facts must be a JSON object, got {kind(data)}; pass ReattachConfig.to_json()"
                               " output")
-        for field in ("network", "address"):
-            if field not in data:
-                raise ConfigError(f"handshake facts lack the field {field!r}; pass ReattachConfig.to_json() output")
+        missing = [field for field in ("network", "address") if field not in data]
+        if missing:
+            raise ConfigError(f"handshake facts lack the field {missing[0]!r}; pass ReattachConfig.to_json() output")
         cert = data.get("server_cert")
         network, address = str(data["network"]), str(data["address"])
         if network not in ("tcp", "unix"):
@@ -257,15 +257,8 @@ class HandshakeInfo(Frozen):
         if not isinstance(multiplex, bool):  # bool("false") is True
             raise ConfigError(f"handshake facts field 'multiplex' must be true or false, got {multiplex!r:.80};"
                               " pass ReattachConfig.to_json() output")
-        return cls(
-            core_version=core,
-            app_version=app,
-            network=network,
-            address=address,
-            protocol=protocol,
-            server_cert=_server_cert(cert) if cert not in (None, "") else None,
-            multiplex=multiplex,
-        )
+        return cls(core_version=core, app_version=app, network=network, address=address, protocol=protocol,
+                   server_cert=_server_cert(cert) if cert not in (None, "") else None, multiplex=multiplex)
 
     def to_json(self) -> str:
         import json  # here: a plugin process never writes one (~2 ms of its start)
