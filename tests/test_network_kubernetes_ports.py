@@ -80,26 +80,26 @@ def test_a_port_name_later_pods_bring_is_waited_for(kv_service: KVService, kubec
         "metadata": {"name": "kv2"}, "spec": {"selector": {"app": "kv-net"}, "ports": [
             {"name": "grpc", "port": 4000, "targetPort": "grpc"},
             {"name": "admin", "port": 4001, "targetPort": "admin"}]}}))
-    kv_service.add_pod("kv-old")  # declares only 'grpc'
-    old = Recorder()
-    with EndpointSliceResolver("default", "kv2", "grpc", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
-        resolver.start(old)
-        old.wait(lambda s: len(ready(s)) == 1)  # the slices list the old pod, on 'grpc' only
-    up = Recorder()
-    with EndpointSliceResolver("default", "kv2", "admin", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
-        resolver.start(up)  # not refused: the Service names the port
-        assert ready(up.sets[-1]) == []
-        env = {HANDSHAKE.magic_cookie_key: HANDSHAKE.magic_cookie_value, "PLUGIN_PROTOCOL_VERSIONS": "1",
-               "PLUGBAY_LISTEN": "tcp:0.0.0.0:4000"}
-        kv_service.api.create_namespaced_pod("default", client.V1Pod.from_dict({
-            "metadata": {"name": "kv-new", "labels": {"app": "kv-net"}},
-            "spec": {"restartPolicy": "Never", "containers": [{
-                "name": "plugin", "image": kv_service.image,
-                "ports": [{"name": "grpc", "containerPort": 4000}, {"name": "admin", "containerPort": 4000}],
-                "env": [{"name": k, "value": v} for k, v in env.items()]}]}}))
-        kv_service.pods.append("kv-new")
-        try:
+    try:  # whatever fails after the create, the Service goes
+        kv_service.add_pod("kv-old")  # declares only 'grpc'
+        old = Recorder()
+        with EndpointSliceResolver("default", "kv2", "grpc", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
+            resolver.start(old)
+            old.wait(lambda s: len(ready(s)) == 1)  # the slices list the old pod, on 'grpc' only
+        up = Recorder()
+        with EndpointSliceResolver("default", "kv2", "admin", allow_loopback=True, kubeconfig=kubeconfig) as resolver:
+            resolver.start(up)  # not refused: the Service names the port
+            assert ready(up.sets[-1]) == []
+            env = {HANDSHAKE.magic_cookie_key: HANDSHAKE.magic_cookie_value, "PLUGIN_PROTOCOL_VERSIONS": "1",
+                   "PLUGBAY_LISTEN": "tcp:0.0.0.0:4000"}
+            kv_service.api.create_namespaced_pod("default", client.V1Pod.from_dict({
+                "metadata": {"name": "kv-new", "labels": {"app": "kv-net"}},
+                "spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "plugin", "image": kv_service.image,
+                    "ports": [{"name": "grpc", "containerPort": 4000}, {"name": "admin", "containerPort": 4000}],
+                    "env": [{"name": k, "value": v} for k, v in env.items()]}]}}))
+            kv_service.pods.append("kv-new")
             (endpoint,) = up.wait(lambda s: len(ready(s)) == 1)
-        finally:
-            kv_service.api.delete_namespaced_service("kv2", "default")
         assert endpoint.name == "kv-new", endpoint
+    finally:
+        kv_service.api.delete_namespaced_service("kv2", "default")
