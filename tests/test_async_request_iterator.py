@@ -180,16 +180,21 @@ def test_a_request_iterator_raising_an_upstream_calls_error_leaves_the_call_its_
         said = []
         async with AsyncClient(config()) as client:
             streamer = await client.dispense(PLUGIN_NAME)
-            for error in (await iterated_to_its_error(streamer.echo(requests())),
-                          await read_to_its_error(streamer.echo(requests()))):
+            read = streamer.echo(requests())
+            for error in (await iterated_to_its_error(streamer.echo(requests())), await read_to_its_error(read)):
                 causes, cause = [], error.__cause__
                 while cause is not None:
                     causes.append(cause is upstream)
                     cause = cause.__cause__
                 said.append(f"{type(error).__name__} {error.code().name} {error.details()!r};"  # type: ignore[attr-defined]
                             f" upstream is a cause: {any(causes)}")
+            later = await read_to_its_error(read)  # names what the earlier read raised: the call's own UNKNOWN
+            said.append(f"{type(later).__name__}: {later}")
         return said
 
     said = asyncio.run(asyncio.wait_for(main(), GUARD))
-    for one in said:
+    for one in said[:2]:
         assert one.split(" ", 1)[1] == "UNKNOWN 'Exception iterating requests!'; upstream is a cause: True", said
+    named = ["RpcError", "AioRpcError: StatusCode.UNAVAILABLE 'the upstream call failed'"][index]
+    assert said[2] == (f"InvalidStateError: the call ended when its request iterator raised {named} (an earlier"
+                       " read raised the call's own UNKNOWN 'Exception iterating requests!', caused by it)"), said

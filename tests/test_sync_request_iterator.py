@@ -107,8 +107,9 @@ OWN = ("SourceBroke: the file being streamed could not be read; cause OSError(5,
        " context OSError(5, 'Input/output error')")
 # grpcio's details for the call its request iterator failed: which one depends on a race in grpcio (the
 # library accepts both: plugbay.core.transport.requestsource)
+DETAILS = ("Exception iterating requests!", "Stream removed (Exception iterating requests!)")
 PLAIN = tuple(f"SourceBroke: the file being streamed could not be read; cause None; context RpcError UNKNOWN {d!r}"
-              for d in ("Exception iterating requests!", "Stream removed (Exception iterating requests!)"))
+              for d in DETAILS)
 
 
 def check(owner: AbstractContextManager[Any]) -> None:
@@ -123,7 +124,7 @@ def check(owner: AbstractContextManager[Any]) -> None:
         # the threads started during the calls (grpcio's that read the requests among them: each holds the
         # error it met until it leaves its except block, just after the call's end; the owner's, ended with it)
         for thread in set(threading.enumerate()) - before:
-            thread.join(GUARD)  # (one that never ends fails the check below instead of stalling the run)
+            thread.join(GUARD)  # bounded: one still holding the error then fails the check below
         # once the caller let go of its errors, nothing holds one (the error's traceback holds the frames it
         # was raised through; one holding the error, or what holds it, would make a cycle)
         held = [o for o in gc.get_objects() if isinstance(o, SourceBroke)]
@@ -263,7 +264,8 @@ def test_a_forwarded_request_stream_whose_caller_cancelled_leaves_the_call_its_o
         finally:
             release.set()
             server.stop(None).wait(GUARD)
-    assert said == "UNKNOWN 'Exception iterating requests!'; causes ['bare RpcError']", said
+    # grpcio's own error for its local cancel: either of its wordings (requestsource.py)
+    assert said in [f"UNKNOWN {d!r}; causes ['bare RpcError']" for d in DETAILS], said
 
 
 def test_a_plugins_own_answer_with_grpcios_details_stays_the_plugins_answer() -> None:

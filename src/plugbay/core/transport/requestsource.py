@@ -44,6 +44,7 @@ class RequestSource:
         self._error: BaseException | None = None
         self._call_error: BaseException | None = None  # the sync call's failure for it: the error's context
         self.failed: str | None = None  # what it raised, once that was handed to a read
+        self._raised_by_earlier = "it"  # what that read raised: the error, or the call's own UNKNOWN for it
         # taken only on the error path: a future's result() may be asked on several threads at once (grpcio's
         # futures are meant to be), and each must find the error once, whole; a caller (TranslatingFuture)
         # holds it across its own check and take, so it is reentrant
@@ -117,7 +118,8 @@ class RequestSource:
             if self._error is None or callers_own(self._error):
                 return None
             error, self._error = self._error, None
-            self.failed = f"{type(error).__name__}: {error}"
+            self.failed = _named(error)
+            self._raised_by_earlier = f"the call's own UNKNOWN {ITERATING_FAILED!r}, caused by it"
             return error
 
     def take_error(self) -> BaseException:
@@ -128,12 +130,21 @@ class RequestSource:
             error, self._error = self._error, None
             call_error, self._call_error = self._call_error, None
             if error is not None:
-                self.failed = f"{type(error).__name__}: {error}"
+                self.failed = _named(error)
                 if call_error is not None and error.__context__ is None:
                     error.__context__ = call_error  # raised outside the except: its own context is kept
                 return error
         return asyncio.InvalidStateError(f"the call ended when its request iterator raised {self.failed}"
-                                         " (an earlier read raised it)")
+                                         f" (an earlier read raised {self._raised_by_earlier})")
+
+
+def _named(error: BaseException) -> str:
+    """An error in one line: a grpc.aio error's str() is a multi-line repr, a bare grpc.RpcError's empty."""
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if isinstance(error, grpc.RpcError) and callable(code) and callable(details):
+        return f"{type(error).__name__}: {code()} {details()!r}"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def capture(request: Any) -> tuple[Any, RequestSource | None]:
