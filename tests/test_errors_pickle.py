@@ -79,9 +79,9 @@ def test_an_error_raised_in_a_worker_process_reaches_the_caller_typed(tmp_path: 
 def test_the_supervisors_own_give_up_errors_pickle_as_they_were() -> None:
     # kept beside the restart loop, not in plugbay.errors, and raised again by type (raise_if_exhausted);
     # raised to users, so importable from plugbay as every other error
-    from plugbay import CannotRestartError, RestartLoopFailed
+    from plugbay import CannotRestartError, RestartLoopFailedError
 
-    for cls in (CannotRestartError, RestartLoopFailed):
+    for cls in (CannotRestartError, RestartLoopFailedError):
         error = cls("kv", 0, 60.0, "the plugin was killed by signal 9", "AsyncSupervisor")
         assert isinstance(error, errors.RestartBudgetExhaustedError) and "AsyncSupervisor" in str(error)
         _same(error, pickle.loads(pickle.dumps(error)))

@@ -43,6 +43,13 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _ended(run: subprocess.Popen[str]) -> str:
+    """The inner run's output for a failed wait: it is killed first (it may be still running)."""
+    if run.poll() is None:
+        run.kill()
+    return run.communicate(timeout=30)[0]
+
+
 def _run_and_terminate(tmp_path: Path, own_handler: bool) -> tuple[subprocess.Popen[str], int, str]:
     pidfile = tmp_path / "plugin.pid"
     (tmp_path / "test_inner.py").write_text(INNER.format(repo=str(REPO), pidfile=str(pidfile),
@@ -53,14 +60,14 @@ def _run_and_terminate(tmp_path: Path, own_handler: bool) -> tuple[subprocess.Po
     try:
         deadline = time.monotonic() + 60
         while not pidfile.exists():
-            assert run.poll() is None and time.monotonic() < deadline, run.communicate(timeout=30)[0]
+            assert run.poll() is None and time.monotonic() < deadline, _ended(run)
             time.sleep(0.05)
         plugin = int(pidfile.read_text())
         run.send_signal(signal.SIGTERM)
         if own_handler:
             deadline = time.monotonic() + 60
             while not Path(f"{pidfile}.own").exists():  # the user's handler ran: the run goes on
-                assert run.poll() is None and time.monotonic() < deadline, run.communicate(timeout=30)[0]
+                assert run.poll() is None and time.monotonic() < deadline, _ended(run)
                 time.sleep(0.05)
             run.send_signal(signal.SIGINT)
         out = run.communicate(timeout=60)[0]

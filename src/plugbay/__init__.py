@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from plugbay.core.resilience.retry import RetryPolicy as RetryPolicy, idempotent as idempotent
     from plugbay.core.resilience.restart import (
         CannotRestartError as CannotRestartError,
-        RestartLoopFailed as RestartLoopFailed,
+        RestartLoopFailedError as RestartLoopFailedError,
         RestartPolicy as RestartPolicy,
         SupervisorEvent as SupervisorEvent,
     )

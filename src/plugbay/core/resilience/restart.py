@@ -95,7 +95,7 @@ class SupervisorEvent:
     at: float  # time.time()
 
 
-class RestartLoopFailed(RestartBudgetExhaustedError):
+class RestartLoopFailedError(RestartBudgetExhaustedError):
     """The Supervisor gave up because its own restart loop failed, not its budget: still a
     RestartBudgetExhaustedError, so that whatever handles a Supervisor that gave up handles this."""
 
@@ -155,7 +155,7 @@ class RestartBudget:
         if cannot_restart:
             self._fatal = CannotRestartError(name, len(self._times), window, last_failure, kind)
         elif loop_failed is not None:
-            self._fatal = RestartLoopFailed(name, loop_failed, window, last_failure, kind)
+            self._fatal = RestartLoopFailedError(name, loop_failed, window, last_failure, kind)
         else:
             self._fatal = RestartBudgetExhaustedError(name, len(self._times), window, last_failure, kind)
         return str(self._fatal)

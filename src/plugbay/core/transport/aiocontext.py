@@ -37,10 +37,11 @@ _SENT = _Sent()
 
 
 class AioContext:
-    """grpcio's ``ServicerContext`` for a coroutine handler with grpc.aio's methods: send_initial_metadata,
-    add_done_callback, done, cancelled, read and write are its own, the rest the sync context's (abort
-    raises at once, awaited or not). Unlike grpc.aio's, cancelled() is True also once the deadline passed
-    (is_active(), all the sync context tells, does not tell the two apart)."""
+    """grpcio's ``ServicerContext`` for a coroutine handler, with grpc.aio's methods: send_initial_metadata
+    (awaitable), add_done_callback, done and cancelled are its own; read and write raise ConfigError (the
+    sync context has no stream to read or write); the rest is the sync context's (abort raises at once,
+    awaited or not). Unlike grpc.aio's, cancelled() is True once the call is over however it ended (a
+    cancel, the deadline, or done well): is_active(), all the sync context tells, does not tell them apart."""
 
     __slots__ = ("_context",)
 
