@@ -21,7 +21,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +208,7 @@ def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> 
     try:
         yield Reached(conn.channel, target if not target.lstrip().startswith("{") else "reattach JSON", facts)
     finally:
-        conn.close()
+        _close_polled(conn.channel, close=conn.close)  # bounded as a network target's is (a busy peer)
         shutil.rmtree(relay_dir, ignore_errors=True)
         runner.detach()  # the plugin keeps running
 
@@ -216,17 +216,18 @@ def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> 
 _CLOSE_WAIT = 2.0
 
 
-def _close_polled(channel: grpc.Channel, wait: float = 1.0) -> None:
-    """Close ``channel`` once gRPC's thread that polled its state for a subscriber (a wait for the connection,
-    the early TLS check) has seen it go: it keeps polling up to 0.2 s after the last unsubscribe, and one
-    caught by the close, or by the interpreter's exit, prints a thread traceback above the command's error."""
+def _close_polled(channel: grpc.Channel, wait: float = 1.0, close: Callable[[], None] | None = None) -> None:
+    """Close ``channel`` (by ``close``, when given: what also stops what carries it) once gRPC's thread that
+    polled its state for a subscriber (a wait for the connection, the early TLS check) has seen it go: it keeps
+    polling up to 0.2 s after the last unsubscribe, and one caught by the close, or by the interpreter's exit,
+    prints a thread traceback above the command's error."""
     state = getattr(channel, "_connectivity_state", None)  # grpc's own; absent in another gRPC: close at once
     deadline = time.monotonic() + wait
     while state is not None and getattr(state, "polling", False) and time.monotonic() < deadline:
         time.sleep(0.02)
     # gRPC's close waits for its calls to end, which a peer that keeps the connection busy (HTTP/2 frames
     # that never end a header block) delays without end: the command ends after _CLOSE_WAIT regardless
-    closing = threading.Thread(target=channel.close, name="plugbay-cli-close", daemon=True)
+    closing = threading.Thread(target=close or channel.close, name="plugbay-cli-close", daemon=True)
     closing.start()
     closing.join(_CLOSE_WAIT)
 
