@@ -219,5 +219,6 @@ def test_a_call_cut_by_a_health_kill_is_told_nothing_restarts_it(owner: Client) 
     text = str(outcome[0])
     assert isinstance(outcome[0], PluginDiedError), repr(outcome[0])
     assert "ended plugin 'kv', which it judged unhealthy" in text and "cannot restart it" in text, text
+    assert "the plugin may have run it, in part or whole, before it was ended. The call was not resent" in text, text
     assert "Supervisor(ClientConfig(..., cmd=[...]), reattach=...)" in text, text
     assert "later calls go to the restarted plugin" not in text, text

@@ -90,10 +90,12 @@ def mark_restarting(client: Client, name: str, reason: str, kind: str = "Supervi
 
     def error(original: grpc.RpcError | None) -> BaseException:
         if not can_restart:  # a reattach-only Supervisor: no successor comes (it gives up)
+            ran = ("" if original is None else ". The call was in flight: the plugin may have run it, in part or"
+                   " whole, before it was ended. The call was not resent")
             return PluginRestarted(
                 f"the {kind} ended plugin {name!r}, which it judged unhealthy ({reason}), and cannot restart it:"
                 " it was given reattach= and no cmd=. Make a new one with cmd= too,"
-                f" {kind}(ClientConfig(..., cmd=[...]), reattach=...)", original, sent=original is not None)
+                f" {kind}(ClientConfig(..., cmd=[...]), reattach=...){ran}", original, sent=original is not None)
         if original is None:  # refused unsent: this gate sends it to the successor
             return PluginRestarted(f"the {kind} is restarting plugin {name!r}, which it judged unhealthy"
                                    f" ({reason}); the call was not sent", None, sent=False)
