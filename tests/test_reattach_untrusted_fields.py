@@ -131,7 +131,7 @@ def test_an_automtls_reattach_json_without_its_client_cert_is_refused_when_read(
 FORGED = "\x1b[2J\nCRITICAL root: FORGED LINE " + "x" * 100_000
 
 
-@pytest.mark.parametrize("field", ["plugin_id", "kind"])
+@pytest.mark.parametrize("field", ["plugin_id", "kind", "pid", "start_time"])
 def test_a_forged_runner_field_reaches_the_error_quoted_and_clipped(owner: Any, field: str) -> None:
     client, data = owner
     forged = {**data, "runner": {**data["runner"], field: FORGED}}
