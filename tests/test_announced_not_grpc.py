@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import os
 import sys
 from pathlib import Path
 
@@ -26,8 +25,18 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 
 from plugbay import Client, ClientConfig  # noqa: E402
 from plugbay.errors import HandshakeTimeoutError, ProtocolMismatchError  # noqa: E402
+from tests.resilience_util import wait_until  # noqa: E402
 
 LISTENER = REPO / "tests" / "plugins" / "http1_listener.py"
+
+
+def _gone(pid: int) -> bool:
+    """No process ``pid`` runs: none is there, or only its zombie (ended, not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def _cert_field() -> str:
@@ -54,6 +63,9 @@ def test_an_announced_address_that_answers_http1_is_a_protocol_mismatch(network:
     try:
         with pytest.raises(ProtocolMismatchError) as caught:
             client.start()
+        # before the kill below, which would hide a start() that left the plugin running
+        pid = int(pid_file.read_text())
+        assert wait_until(lambda: _gone(pid), 10), "the refused plugin was left running"
     finally:
         client.kill()
     assert not isinstance(caught.value, HandshakeTimeoutError)
@@ -61,5 +73,3 @@ def test_an_announced_address_that_answers_http1_is_a_protocol_mismatch(network:
     assert ("answered the AutoMTLS handshake with no TLS" if tls else "speaks no HTTP/2") in message
     assert "not the plugin's gRPC server" in message
     assert "raise start_timeout" not in message.lower()
-    pid = int(pid_file.read_text())
-    assert not os.path.exists(f"/proc/{pid}"), "the refused plugin was left running"
