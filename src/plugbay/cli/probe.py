@@ -50,8 +50,9 @@ _OVERRUN = 1.0
 
 
 def _overran(timeout: float) -> str:
-    return (f"DEADLINE_EXCEEDED: no answer within {timeout:g}s, and gRPC did not end the call at its deadline"
-            " (the peer keeps the connection busy without answering: it is no plugin that works)")
+    return (f"DEADLINE_EXCEEDED: no answer within {timeout:g}s, and gRPC did not end the call within"
+            f" {timeout + _OVERRUN:g}s (the peer may be no gRPC server, keeping the connection busy without"
+            " answering, or this host was too busy to run gRPC's threads)")
 
 
 def answer_within(pending: grpc.Future, timeout: float) -> Any:
