@@ -31,8 +31,11 @@ _FIRST_TRY = 0.1
 _TRY = 2.0
 _EXIT_LOOK = 0.05
 # gRPC's words for a peer that answers as no plugin does, which no wait changes (a plugin not up yet refuses
-# the connection instead): first bytes that are no HTTP/2 frame (an HTTP/1 server, a TLS server's alert, any
-# other service), and, with AutoMTLS, an answer to the TLS handshake that is no TLS (a plaintext service)
+# the connection instead): first bytes that are no HTTP/2 frame (an HTTP/1 server, any other service that
+# answers in more than a few bytes), and, with AutoMTLS through grpcio's own TLS, an answer to the TLS
+# handshake that is no TLS (a plaintext service). Not matched: a TLS server's alert to a plaintext dial (7
+# bytes, which gRPC reports as 'Socket closed'), nor a refusal through the TLS relay (P-521 certificates,
+# go-plugin's), which closes without writing: gRPC sees a reset, as from a plugin not up yet
 _NOT_PLUGIN = {"Failed parsing HTTP/2": "speaks no HTTP/2",
                "WRONG_VERSION_NUMBER": "answered the AutoMTLS handshake with no TLS"}
 
