@@ -49,6 +49,14 @@ while True:
 """
 
 
+# The flood keeps gRPC busy only when it comes before the call opens its stream (the block is then for a
+# stream gRPC does not know yet, so it reads on); when the call's HEADERS won the race, gRPC parses the
+# zero bytes as a header of no name and fails the call at once. The health check opens its stream as soon
+# as the connection is up, so about one try in three loses that race and tests nothing: it is tried again.
+_LOST_THE_RACE = "Metadata keys cannot be zero length"
+_TRIES = 12
+
+
 @pytest.fixture
 def flooding_peer() -> Iterator[tuple[subprocess.Popen[str], int, str]]:
     plugin_id = uuid.uuid4().hex
@@ -77,7 +85,7 @@ def _reattach_file(folder: Path, peer: subprocess.Popen[str], port: int, plugin_
 
 
 @pytest.mark.parametrize("reached", ["network", "reattach-file"])
-@pytest.mark.parametrize("command", [["health"], ["call", "grpc.health.v1.Health/Check", "{}"]])
+@pytest.mark.parametrize("command", [["health"], ["call", "grpc.health.v1.Health/Check", "{}"]], ids=["health", "call"])
 def test_a_peer_that_never_ends_its_headers_is_given_up_at_the_timeout(
         flooding_peer: tuple[subprocess.Popen[str], int, str], tmp_path: Path, command: list[str],
         reached: str) -> None:
@@ -88,12 +96,17 @@ def test_a_peer_that_never_ends_its_headers_is_given_up_at_the_timeout(
         target, flags = f"static:///127.0.0.1:{port}", ["--insecure"]
     else:
         target, flags = _reattach_file(tmp_path, peer, port, plugin_id), []
-    try:
-        result = plugbay(command[0], *flags, "--timeout", "3", target, *command[1:], timeout=60,
-                         env=cli_env(TMPDIR=str(temp)))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"plugbay {command[0]} was still running 60 s after its 3 s --timeout")
-    said = result.stdout + result.stderr
+    for _ in range(_TRIES):
+        try:
+            result = plugbay(command[0], *flags, "--timeout", "3", target, *command[1:], timeout=60,
+                             env=cli_env(TMPDIR=str(temp)))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"plugbay {command[0]} was still running 60 s after its 3 s --timeout")
+        said = result.stdout + result.stderr
+        if _LOST_THE_RACE not in said:
+            break
+    else:
+        pytest.fail(f"the peer's flood came after the call's stream opened in all {_TRIES} tries: {said}")
     assert result.returncode == 3, said
     assert "within 3s" in said and "Traceback" not in said, said
     assert not list(temp.glob("plugbay-cli-*")), "the command left its temp folder behind"
