@@ -147,3 +147,13 @@ def test_a_forged_runner_field_reaches_the_error_quoted_and_clipped(owner: Any, 
     assert "\x1b" not in message and "\n" not in message, message[:200]
     assert "characters cut" in message and len(message) < 2000
     assert not client.exited  # the plugin was left alone
+
+
+def test_a_huge_pid_is_clipped_in_the_error() -> None:
+    # an integer of up to 4300 digits passes the JSON parser: it reached the message whole
+    from plugbay.errors import ReattachError
+    from plugbay.runners.attached import checked_pid
+
+    with pytest.raises(ReattachError, match="characters cut") as refused:
+        checked_pid({"pid": 10 ** 4000})
+    assert len(str(refused.value)) < 400, len(str(refused.value))

@@ -57,6 +57,7 @@ def _run_and_terminate(tmp_path: Path, own_handler: bool) -> tuple[subprocess.Po
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "test_inner.py"],
                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    plugin = None
     try:
         deadline = time.monotonic() + 60
         while not pidfile.exists():
@@ -72,6 +73,10 @@ def _run_and_terminate(tmp_path: Path, own_handler: bool) -> tuple[subprocess.Po
             run.send_signal(signal.SIGINT)
         out = run.communicate(timeout=60)[0]
         return run, plugin, out
+    except BaseException:  # a failed wait: the caller never learns the plugin's pid to end it
+        if plugin is not None and not _gone(plugin):
+            os.kill(plugin, signal.SIGKILL)
+        raise
     finally:
         if run.poll() is None:
             run.kill()

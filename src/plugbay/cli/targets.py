@@ -173,7 +173,7 @@ def _network_target(target: str, tls: Tls, options: Sequence[tuple[str, Any]] = 
 @contextmanager
 def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> Iterator[Reached]:
     """A channel to the plugin ``target`` names (with the gRPC channel ``options`` given); everything opened
-    is closed on exit."""
+    is closed on exit, the channel's close given up after a bound (a busy peer): its thread is abandoned."""
     config = load_reattach(target)
     if config is None:
         reached = _network_target(target, tls, options)
@@ -208,9 +208,11 @@ def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> 
     try:
         yield Reached(conn.channel, target if not target.lstrip().startswith("{") else "reattach JSON", facts)
     finally:
-        _close_polled(conn.channel, close=conn.close)  # bounded as a network target's is (a busy peer)
-        shutil.rmtree(relay_dir, ignore_errors=True)
-        runner.detach()  # the plugin keeps running
+        try:
+            _close_polled(conn.channel, close=conn.close)  # bounded as a network target's is (a busy peer)
+        finally:  # a second Ctrl-C during that wait (the command looks stuck) must not leave these
+            shutil.rmtree(relay_dir, ignore_errors=True)
+            runner.detach()  # the plugin keeps running
 
 
 _CLOSE_WAIT = 2.0

@@ -153,9 +153,9 @@ def tls_failure(details: str, *, tls: bool) -> str | None:
 # what to do about any TLS failure (an error's, an endpoint's health detail)
 CHECK_TLS = "check NetworkTLS(cert_file, key_file, ca_file, server_name) against the plugin's TLS setup"
 WANTS_TLS = "the connection was closed during setup; the plugin may want TLS (pass tls=NetworkTLS(...))"
-# A plaintext peer whose first bytes are no HTTP/2 frame (an HTTP/1 server, a TLS server's alert, any other
-# service): no plugin answers so, and waiting for it cannot help (the connection was refused instead when
-# the plugin was not up yet)
+# A plaintext peer whose first bytes are no HTTP/2 frame (an HTTP/1 server, any other service; a TLS
+# server's 7-byte alert is too short for a frame header: 'Socket closed', WANTS_TLS's case): no plugin
+# answers so, and waiting for it cannot help (the connection was refused instead when the plugin was not up)
 NOT_HTTP2 = ("the endpoint answered with something other than HTTP/2 (gRPC): it is no plaintext plugin; it may"
              " want TLS (pass tls=NetworkTLS(...)), or the target names another service")
 

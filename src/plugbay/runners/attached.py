@@ -262,7 +262,7 @@ def checked_pid(data: Mapping[str, Any]) -> tuple[int, int | None]:
         raise ReattachError(f"ProcessRunner reattach data needs an integer 'pid', got {clip(repr(pid), 80)};"
                             " pass the JSON that Client.reattach_config().to_json() produced")
     if not 1 < pid <= PID_MAX:  # 0, -1 and negatives signal groups or every process; 1 is init
-        raise ReattachError(f"reattach data names pid {pid}, which is no plugin's; pass the JSON that"
+        raise ReattachError(f"reattach data names pid {clip(str(pid), 80)}, which is no plugin's; pass the JSON that"
                             " Client.reattach_config().to_json() produced")
     if start is not None and type(start) is not int:
         raise ReattachError(f"reattach data's 'start_time' must be an integer, got {clip(repr(start), 80)}")
