@@ -19,6 +19,7 @@ from typing import ClassVar
 import grpc
 
 from plugbay.core.transport.certfiles import NOT_YET, RENEW
+from plugbay.core.transport.secure import NOT_HTTP2_WORDS, NOT_TLS_WORDS
 from plugbay.errors import ConfigError
 from plugbay.network.tlsfiles import ClientFiles, ClientSet
 
@@ -47,7 +48,7 @@ _TLS_SIGNS = (
     ("certificate verify failed", "the plugin's certificate is not signed by the CA given (ca_file)"),
     # grpcio's own check of the peer's name (its SAN) against server_name
     ("Hostname Verification Check failed", _NO_NAME),
-    ("WRONG_VERSION_NUMBER", "the plugin speaks plaintext: connect with insecure=True, or serve it with TLS"),
+    (NOT_TLS_WORDS, "the plugin speaks plaintext: connect with insecure=True, or serve it with TLS"),
     ("CERTIFICATE_REQUIRED", "the plugin wants a client certificate: pass cert_file and key_file"),
     ("TLSV1_ALERT_UNKNOWN_CA", _DISTRUSTED),
     ("SSLV3_ALERT_BAD_CERTIFICATE", _REFUSED),
@@ -145,7 +146,7 @@ def tls_failure(details: str, *, tls: bool) -> str | None:
             return meaning
     if not tls and ("Received http2 header with status" in details or "protocol error" in details.lower()):
         return WANTS_TLS
-    if not tls and "Failed parsing HTTP/2" in details:
+    if not tls and NOT_HTTP2_WORDS in details:
         return NOT_HTTP2
     return None
 

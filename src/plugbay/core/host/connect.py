@@ -16,7 +16,7 @@ import grpc
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.core.protocol.handshake import BROKER_QUEUES_METADATA
 from plugbay.core.protocol.tls import CertKey, der_to_pem
-from plugbay.core.transport.secure import MutualTLS, SecureChannel
+from plugbay.core.transport.secure import NOT_HTTP2_WORDS, NOT_TLS_WORDS, MutualTLS, SecureChannel
 from plugbay.core.transport.secure import dial as secure_dial
 from plugbay.errors import HandshakeTimeoutError, ProtocolMismatchError, RunnerError
 
@@ -36,8 +36,7 @@ _EXIT_LOOK = 0.05
 # handshake that is no TLS (a plaintext service). Not matched: a TLS server's alert to a plaintext dial (7
 # bytes, which gRPC reports as 'Socket closed'), nor a refusal through the TLS relay (P-521 certificates,
 # go-plugin's), which closes without writing: gRPC sees a reset, as from a plugin not up yet
-_NOT_PLUGIN = {"Failed parsing HTTP/2": "speaks no HTTP/2",
-               "WRONG_VERSION_NUMBER": "answered the AutoMTLS handshake with no TLS"}
+_NOT_PLUGIN = {NOT_HTTP2_WORDS: "speaks no HTTP/2", NOT_TLS_WORDS: "answered the AutoMTLS handshake with no TLS"}
 
 
 def dial(network: str, address: str, *, tls: CertKey | None = None, server_cert_der: bytes | None = None,

@@ -36,6 +36,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 # How long the last user's release of an AioChannelShare lets cancelled calls settle before the close.
 AIO_SETTLE = 0.1
+# gRPC's words, read where a dial's failure is judged (a host's start, network mode's TLS advice): the
+# peer's first bytes were no HTTP/2 frame; OpenSSL's, for a TLS handshake answered with no TLS
+NOT_HTTP2_WORDS = "Failed parsing HTTP/2"
+NOT_TLS_WORDS = "WRONG_VERSION_NUMBER"
 # AutoMTLS certificates name HOSTNAME, whatever address carries the connection.
 TLS_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.ssl_target_name_override", HOSTNAME),
