@@ -198,3 +198,64 @@ def test_a_request_iterator_raising_an_upstream_calls_error_leaves_the_call_its_
     named = ["RpcError", "AioRpcError: StatusCode.UNAVAILABLE 'the upstream call failed'"][index]
     assert said[2] == (f"InvalidStateError: the call ended when its request iterator raised {named} (an earlier"
                        " read raised the call's own UNKNOWN 'Exception iterating requests!', caused by it)"), said
+
+
+def causes(error: BaseException) -> list[str]:
+    """The types along ``error``'s __cause__ chain."""
+    found, cause = [], error.__cause__
+    while cause is not None:
+        found.append(type(cause).__name__)
+        cause = cause.__cause__
+    return found
+
+
+def test_a_request_iterator_ended_by_an_upstream_calls_cancel_fails_the_call_not_the_callers_task() -> None:
+    # the iterator passes on a grpc.aio call of its own (a host's server forwarding its incoming stream), which
+    # its own caller cancels: reading it raises asyncio.CancelledError in a task nobody cancelled. Raised as
+    # it is, a TaskGroup took the call's task for cancelled and ended quietly, the failure lost; the call
+    # fails with its own UNKNOWN instead, that CancelledError its cause, as for any upstream call's error
+    async def main() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        async with AsyncClient(config()) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            held = asyncio.Event()
+
+            async def upstream_requests() -> AsyncIterator[streaming_pb2.Chunk]:
+                yield streaming_pb2.Chunk(seq=0, data=b"first")
+                await held.wait()  # the upstream stays open until its caller cancels it
+
+            upstream = streamer.echo(upstream_requests())
+
+            async def forwarded() -> AsyncIterator[streaming_pb2.Chunk]:
+                async for chunk in upstream:
+                    yield chunk
+                    upstream.cancel()  # the upstream's caller went away
+
+            async def drain(call: Any) -> None:
+                async for _ in call:
+                    pass
+
+            async def grouped(call: Any) -> None:  # its own task: Python 3.11's TaskGroup leaves a failed
+                try:                                # group's parent task marked as cancelling
+                    async with asyncio.TaskGroup() as group:
+                        child = group.create_task(drain(call))
+                except BaseExceptionGroup as failed:
+                    seen["group"] = [f"{type(e).__name__} {e.code().name} {e.details()!r};"  # type: ignore[attr-defined]
+                                     f" causes {causes(e)}" for e in failed.exceptions]
+                seen["child cancelled"] = child.cancelled()
+
+            call = streamer.echo(forwarded())
+            await asyncio.create_task(grouped(call))
+            later = await read_to_its_error(call)
+            seen["later"] = f"{type(later).__name__}: {later}"
+            seen["cancelling"] = asyncio.current_task().cancelling()  # type: ignore[union-attr]
+            seen["after"] = (await streamer.stats()).active
+        return seen
+
+    seen = asyncio.run(asyncio.wait_for(main(), GUARD))
+    assert seen.get("group") == ["AioRpcError UNKNOWN 'Exception iterating requests!'; causes ['CancelledError']"], seen
+    assert seen["child cancelled"] is False, seen
+    assert seen["later"] == ("InvalidStateError: the call ended when its request iterator raised CancelledError (an"
+                             " earlier read raised the call's own UNKNOWN 'Exception iterating requests!', caused"
+                             " by it)"), seen
+    assert seen["cancelling"] == 0 and isinstance(seen["after"], int), seen

@@ -30,9 +30,12 @@ _ITERATING_REMOVED = f"Stream removed ({ITERATING_FAILED})"
 def callers_own(error: BaseException | None) -> bool:
     """Whether a request iterator's error is the caller's own, raised as the call's error. One that is a
     grpc.RpcError is not (a host's server passing its incoming request stream on: the upstream call failed
-    or its caller cancelled, and grpcio's server then raises a bare RpcError, no code()): the call keeps
-    its own UNKNOWN ITERATING_FAILED, the iterator's error as its __cause__, on both sides."""
-    return not isinstance(error, grpc.RpcError)
+    or its caller cancelled, and grpcio's server then raises a bare RpcError, no code()), nor an
+    asyncio.CancelledError the iterator raised while nobody cancelled the task reading it (a grpc.aio call
+    it reads from was cancelled or its channel closed: grpc.aio's reads raise that): the call keeps its own
+    UNKNOWN ITERATING_FAILED, the iterator's error as its __cause__, on both sides. Raised as it is, that
+    CancelledError would end the caller's task as a cancel nobody asked for (a TaskGroup takes it so)."""
+    return not isinstance(error, (grpc.RpcError, asyncio.CancelledError))
 
 
 class RequestSource:
@@ -70,6 +73,12 @@ class RequestSource:
         except Exception as exc:  # a GeneratorExit or cancel (the call ended first) is not the caller's error
             self._error = exc
             del self  # the error's traceback holds this frame: no cycle back to the error through it
+            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():  # not grpc.aio's cancel of its reader (call.cancel()):
+                self._error = exc  # raised by the source itself, an upstream call's end (callers_own)
+            del self
             raise
 
     def _iterate(self) -> Iterator[Any]:
