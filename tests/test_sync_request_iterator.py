@@ -308,3 +308,45 @@ def test_a_plugins_own_answer_with_grpcios_details_stays_the_plugins_answer() ->
         logged.removeHandler(seen)
         logged.propagate = was
     assert said == "UNKNOWN 'Exception iterating requests!'" and marked, said
+
+
+def test_a_later_read_after_an_upstream_calls_error_names_it_as_the_asyncio_side_does() -> None:
+    # the iterator raised an upstream call's error (a bare grpc.RpcError, as grpcio's server iterator raises
+    # when its caller cancels): the first read raises the call's own UNKNOWN, that error its cause; a later
+    # next() raised the same UNKNOWN again, where the asyncio side raises the InvalidStateError naming it
+    upstream = grpc.RpcError()
+
+    def forwarded() -> Iterator[Any]:
+        yield streaming_pb2.Chunk(seq=0, data=b"first")
+        raise upstream
+
+    logged = logging.getLogger("grpc._channel")  # grpcio logs the iterator's error
+    was, logged.disabled = logged.disabled, True
+    try:
+        with Client(config()) as client:
+            client.dispense(PLUGIN_NAME)
+            echo = client.channel.stream_stream("/streaming.Streamer/Echo",
+                                                request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                                response_deserializer=streaming_pb2.Chunk.FromString)
+            stream = echo(forwarded())
+            first = outcome(lambda _: list(stream), iter(()))
+            later = outcome(lambda _: next(stream), iter(()))
+            upload = client.channel.stream_unary("/streaming.Streamer/Echo",
+                                                 request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                                 response_deserializer=streaming_pb2.Chunk.FromString)
+            future = upload.future(forwarded())
+            results = [outcome(lambda _: future.result(), iter(())) for _ in range(2)]
+    finally:
+        logged.disabled = was
+    assert isinstance(first, grpc.RpcError) and first.code() == grpc.StatusCode.UNKNOWN, described(first)
+    chain, cause = [], first.__cause__
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__
+    assert first.details() in DETAILS and upstream in chain, described(first)
+    assert f"{type(later).__name__}: {later}" == (
+        "InvalidStateError: the call ended when its request iterator raised RpcError (an earlier read raised the"
+        " call's own UNKNOWN 'Exception iterating requests!', caused by it)"), described(later)
+    # a future's outcome is settled: every result() gives the call's UNKNOWN
+    assert [f"{type(e).__name__} {e.code().name}" for e in results if isinstance(e, grpc.RpcError)] == [
+        f"{type(results[0]).__name__} UNKNOWN"] * 2, [described(e) for e in results]

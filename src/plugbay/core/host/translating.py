@@ -99,8 +99,12 @@ class TranslatingFuture:
         requests = self._requests
         if self._own is None and exc is not None and requests is not None:
             with requests.lock:  # the error path only: several threads may read the future at once
-                if self._own is None and requests.ended(exc):
-                    self._own = requests.take_error()
+                if self._own is None and self._requests is requests:
+                    if requests.ended(exc):
+                        self._own = requests.take_error()
+                    # either way the future's outcome is settled: an upstream's error, handed over as the
+                    # UNKNOWN's cause, leaves every later result() that UNKNOWN (not the stream's later-read
+                    # InvalidStateError)
                     self._requests = None
         return self._own
 

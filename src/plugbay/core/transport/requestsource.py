@@ -103,16 +103,16 @@ class RequestSource:
         """Whether ``exc``, a sync call's failure, is grpcio's for this iterator's error (then take_error()
         gives that error, ``exc`` its context unless it has one of its own; or, once a read raised it, the
         InvalidStateError naming it). A plugin's own answer with those details (one it passed on from a call
-        of its own, marked so) is not. An iterator's error that is a grpc.RpcError (a host's server passing
-        its incoming request stream on: the upstream call failed or its caller cancelled, and grpcio's
-        server then raises a bare RpcError, no code()) is not this call's failure: ``exc`` stays the error,
-        the iterator's as its __cause__."""
+        of its own, marked so) is not. An iterator's error that is not the caller's own (callers_own: an
+        upstream call's) is not this call's failure: ``exc`` stays the error, the iterator's as its
+        __cause__; a later read of the call gets the InvalidStateError naming it, as on the asyncio side
+        (grpc.aio's reads of such a call raise CancelledError, never its status again)."""
         if (exc.code() != grpc.StatusCode.UNKNOWN or exc.details() not in (ITERATING_FAILED, _ITERATING_REMOVED)
                 or handler_status(exc)):
             return False
         with self.lock:
             if not callers_own(self._error):
-                exc.__cause__, self._error = self._error, None  # handed over, as take_error() does
+                exc.__cause__ = self._take_upstream()  # handed over, as take_error() does
                 return False
             if self._error is None:
                 return self.failed is not None
@@ -126,10 +126,16 @@ class RequestSource:
         with self.lock:
             if self._error is None or callers_own(self._error):
                 return None
-            error, self._error = self._error, None
+            return self._take_upstream()
+
+    def _take_upstream(self) -> BaseException | None:
+        """The upstream error, handed over (the lock held); a later read (either side) gets the
+        InvalidStateError naming it, not the call's UNKNOWN again."""
+        error, self._error = self._error, None
+        if error is not None:
             self.failed = _named(error)
             self._raised_by_earlier = f"the call's own UNKNOWN {ITERATING_FAILED!r}, caused by it"
-            return error
+        return error
 
     def take_error(self) -> BaseException:
         """What the iterator raised, for the first read that fails; later ones get an InvalidStateError
