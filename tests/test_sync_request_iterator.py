@@ -350,3 +350,59 @@ def test_a_later_read_after_an_upstream_calls_error_names_it_as_the_asyncio_side
     # a future's outcome is settled: every result() gives the call's UNKNOWN
     assert [f"{type(e).__name__} {e.code().name}" for e in results if isinstance(e, grpc.RpcError)] == [
         f"{type(results[0]).__name__} UNKNOWN"] * 2, [described(e) for e in results]
+
+
+def test_a_brokered_channels_streams_raise_the_iterators_error_too(tmp_path: Path) -> None:
+    # a channel from the broker (a callback's: raw grpcio, the user's stubs on it) gave grpcio's UNKNOWN
+    # "Exception iterating requests!" for every style of call, the user's error lost
+    sys.path.insert(0, str(REPO / "examples" / "kv"))
+    from kv_plugin_def import HANDSHAKE as KV_HANDSHAKE, PLUGIN_NAME as KV, KVPlugin
+
+    from plugbay import ProcessRunner
+
+    runner = ProcessRunner([sys.executable, str(REPO / "tests" / "plugins" / "async_plugins.py"), "kv"], cwd=tmp_path)
+    logged = logging.getLogger("grpc._channel")  # grpcio logs the error it met (exc_info), held by pytest
+    was, logged.disabled = logged.disabled, True
+    gc.collect()
+    gc.disable()  # what a collection would free is what this looks for
+    said: dict[str, str] = {}
+    try:
+        before = set(threading.enumerate())
+        with Client(ClientConfig(handshake=KV_HANDSHAKE, plugins={KV: KVPlugin()}, runner=runner,
+                                 call_timeout=30)) as client:
+            channel = client.broker.dial(int(client.dispense(KV).get("__streamer__")))  # the plugin serves it
+            try:
+                for how, call in calls(channel).items():
+                    for plain in (False, True):
+                        said[f"{how}{', plain' if plain else ''}"] = described(outcome(call, requests(plain)))
+                said.update(read_twice(calls_echo(channel)(requests(True))))
+                said["after"] = repr(calls(channel)["stream_unary"](iter([streaming_pb2.Chunk(seq=7)])).seq)
+            finally:
+                channel.close()
+        for thread in set(threading.enumerate()) - before:
+            thread.join(GUARD)
+        held = [o for o in gc.get_objects() if isinstance(o, SourceBroke)]
+    finally:
+        gc.enable()
+        logged.disabled = was
+    assert not held, held
+    for how in ("stream_stream", "stream_unary", "with_call", "future", "future exception"):
+        assert said[how] == OWN, (how, said)
+        assert said[f"{how}, plain"] in PLAIN, (how, said)
+    assert said["kinds"] == "a grpc.Call: True, a grpc.Future: True", said
+    assert said["later"] == ("InvalidStateError: the call ended when its request iterator raised SourceBroke: the"
+                             " file being streamed could not be read (an earlier read raised it); cause None;"
+                             " context None"), said
+    assert said["after"] == "7", said  # the channel still serves calls
+
+
+def calls_echo(channel: grpc.Channel) -> Any:
+    return channel.stream_stream("/streaming.Streamer/Echo", request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                 response_deserializer=streaming_pb2.Chunk.FromString)
+
+
+def read_twice(stream: Any) -> dict[str, str]:
+    """What kinds of call object ``stream`` is, and what a read after the one that failed raised."""
+    kinds = f"a grpc.Call: {isinstance(stream, grpc.Call)}, a grpc.Future: {isinstance(stream, grpc.Future)}"
+    outcome(lambda _: list(stream), iter(()))
+    return {"kinds": kinds, "later": described(outcome(lambda _: next(stream), iter(())))}

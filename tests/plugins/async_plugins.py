@@ -21,6 +21,7 @@
                                 Get("__helper__") serves an asyncio AddHelper (the counter example's
                                                   service: Sum answers a*b here) on a new broker id,
                                                   returned as the value
+                                Get("__streamer__") serves the streamer below on a new broker id, the same
     async_plugins.py streamer   the streaming example's service: Generate an async generator,
                                 Echo over an async iterator of requests, GetStats a coroutine;
                                 GetStats' ``cancelled`` counts Generate's generators closed; Echo
@@ -96,6 +97,11 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
             broker, sid = self.broker, self.broker.next_id()
             await asyncio.to_thread(broker.accept_and_serve, sid,
                                     lambda s: counter_pb2_grpc.add_AddHelperServicer_to_server(AsyncMultiplier(), s))
+            return kv_pb2.GetResponse(value=str(sid).encode())
+        if request.key == "__streamer__" and self.broker is not None:
+            broker, sid = self.broker, self.broker.next_id()
+            await asyncio.to_thread(broker.accept_and_serve, sid,
+                                    lambda s: streaming_pb2_grpc.add_StreamerServicer_to_server(AsyncStreamer(), s))
             return kv_pb2.GetResponse(value=str(sid).encode())
         if request.key in ("__initial_metadata__", "__initial_metadata_unawaited__"):
             if request.key == "__initial_metadata__":  # as grpc.aio servicers write it

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from plugbay.core.broker.capturedcalls import CapturedStreamStream, CapturedStreamUnary
 from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_GROUP
 from plugbay.core.transport.sockets import give_to_group, group_id
 from plugbay.errors import BrokerClosedError, BrokerError, ConfigError
@@ -74,13 +75,14 @@ class BrokeredChannel(DelegatingChannel):
         with self._lock:
             return self._open(method).unary_stream(method, *args, **kwargs)
 
+    # A request iterator's error is raised as the call's, as on a Client's channel (see capturedcalls)
     def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            return self._open(method).stream_unary(method, *args, **kwargs)
+            return CapturedStreamUnary(self._open(method).stream_unary(method, *args, **kwargs))
 
     def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
-            return self._open(method).stream_stream(method, *args, **kwargs)
+            return CapturedStreamStream(self._open(method).stream_stream(method, *args, **kwargs))
 
     def _open(self, method: str) -> grpc.Channel:
         """The gRPC channel, or BrokerClosedError once closed (the lock held)."""
