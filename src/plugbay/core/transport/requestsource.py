@@ -5,8 +5,9 @@ and the call is cancelled locally, so every read of the call raises asyncio.Canc
 that nobody cancelled, a TaskGroup or asyncio.run takes that for a cancel, and the caller's own error
 is lost. grpcio reads it on a thread of its own and fails the call with its own UNKNOWN "Exception
 iterating requests!". The host's channels (the AsyncClient's, plugbay.core.host.aiocall; the Client's,
-plugbay.core.host.translating) raise the iterator's error instead. Here, below the host, so a channel
-of any layer (a Supervisor's, a network pool's) can tell a source already captured by an outer one.
+plugbay.core.host.translating) and a broker's (plugbay.core.broker.capturedcalls, on either side) raise
+the iterator's error instead. Here, below the host, so a channel of any layer (a Supervisor's, a network
+pool's, a plugin's brokered one) can tell a source already captured by an outer one.
 """
 
 from __future__ import annotations
