@@ -406,3 +406,25 @@ def read_twice(stream: Any) -> dict[str, str]:
     kinds = f"a grpc.Call: {isinstance(stream, grpc.Call)}, a grpc.Future: {isinstance(stream, grpc.Future)}"
     outcome(lambda _: list(stream), iter(()))
     return {"kinds": kinds, "later": described(outcome(lambda _: next(stream), iter(())))}
+
+
+def test_a_plugins_brokered_channel_to_its_host_raises_the_iterators_error_too(tmp_path: Path) -> None:
+    # the other side: the plugin streams into a server its host serves on the broker (a callback); it got
+    # grpcio's UNKNOWN "Exception iterating requests!" for its own iterator's error
+    sys.path.insert(0, str(REPO / "examples" / "kv"))
+    from kv_plugin_def import HANDSHAKE as KV_HANDSHAKE, PLUGIN_NAME as KV, KVPlugin
+    from streaming_plugin_def import StreamerServicer
+    from streamingproto import streaming_pb2_grpc
+
+    from plugbay import ProcessRunner
+
+    runner = ProcessRunner([sys.executable, str(REPO / "tests" / "plugins" / "async_plugins.py"), "kv"], cwd=tmp_path)
+    with Client(ClientConfig(handshake=KV_HANDSHAKE, plugins={KV: KVPlugin()}, runner=runner,
+                             call_timeout=30)) as client:
+        kv = client.dispense(KV)
+        sid = client.broker.next_id()
+        client.broker.accept_and_serve(sid, lambda s: streaming_pb2_grpc.add_StreamerServicer_to_server(
+            StreamerServicer(), s))
+        said = kv.get(f"__stream_back__{sid}")
+    said = said.decode() if isinstance(said, bytes) else str(said)
+    assert said == "ValueError: the plugin's own source broke", said

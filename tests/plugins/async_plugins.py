@@ -22,6 +22,9 @@
                                                   service: Sum answers a*b here) on a new broker id,
                                                   returned as the value
                                 Get("__streamer__") serves the streamer below on a new broker id, the same
+                                Get("__stream_back__<id>") calls Echo on the host's broker id <id> with
+                                                  a request iterator that raises ValueError after one
+                                                  chunk; the value: what the call raised
     async_plugins.py streamer   the streaming example's service: Generate an async generator,
                                 Echo over an async iterator of requests, GetStats a coroutine;
                                 GetStats' ``cancelled`` counts Generate's generators closed; Echo
@@ -103,6 +106,9 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
             await asyncio.to_thread(broker.accept_and_serve, sid,
                                     lambda s: streaming_pb2_grpc.add_StreamerServicer_to_server(AsyncStreamer(), s))
             return kv_pb2.GetResponse(value=str(sid).encode())
+        if request.key.startswith("__stream_back__") and self.broker is not None:
+            said = await asyncio.to_thread(_stream_back, self.broker, int(request.key.removeprefix("__stream_back__")))
+            return kv_pb2.GetResponse(value=said.encode())
         if request.key in ("__initial_metadata__", "__initial_metadata_unawaited__"):
             if request.key == "__initial_metadata__":  # as grpc.aio servicers write it
                 await context.send_initial_metadata((("x-sent", "awaited"),))
@@ -147,6 +153,23 @@ class AsyncKV(kv_pb2_grpc.KVServicer):
         await asyncio.sleep(0)
         Path(f"kv_{request.key}").write_bytes(request.value)
         return kv_pb2.Empty()
+
+
+def _stream_back(broker: GRPCBroker, sid: int) -> str:
+    """What a stream into the host's brokered server raised, its request iterator raising after one chunk."""
+    def source() -> Any:
+        yield streaming_pb2.Chunk(seq=0, data=b"first")
+        raise ValueError("the plugin's own source broke")
+
+    with broker.dial(sid) as channel:
+        echo = channel.stream_stream("/streaming.Streamer/Echo",
+                                     request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                     response_deserializer=streaming_pb2.Chunk.FromString)
+        try:
+            list(echo(source()))
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return "no error"
 
 
 class AsyncStreamer(streaming_pb2_grpc.StreamerServicer):
