@@ -179,8 +179,8 @@ class CounterPlugin(GRPCPlugin):
             raise ValueError("CounterPlugin(impl) needs an implementation on the plugin side")
         counter_pb2_grpc.add_CounterServicer_to_server(_CounterServicer(self.impl, broker), server)
 
-    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
+    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> CounterClient:
         return CounterClient(broker, channel)
 
-    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> Any:
+    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> AsyncCounterClient:
         return AsyncCounterClient(broker, channel)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 import grpc.aio
@@ -86,8 +86,8 @@ class KVPlugin(GRPCPlugin):
             raise ValueError("KVPlugin(impl) needs an implementation on the plugin side")
         kv_pb2_grpc.add_KVServicer_to_server(_KVServicer(self.impl), server)
 
-    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
+    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> KVClient:
         return KVClient(channel)
 
-    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> Any:
+    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> AsyncKVClient:
         return AsyncKVClient(channel)

@@ -136,8 +136,8 @@ class StreamerPlugin(GRPCPlugin):
     def grpc_server(self, broker: GRPCBroker, server: grpc.Server) -> None:
         streaming_pb2_grpc.add_StreamerServicer_to_server(self.impl or StreamerServicer(), server)
 
-    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> Any:
+    def grpc_client(self, broker: GRPCBroker, channel: grpc.Channel) -> StreamerClient:
         return StreamerClient(channel)
 
-    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> Any:
+    def grpc_client_async(self, broker: GRPCBroker, channel: grpc.aio.Channel) -> AsyncStreamerClient:
         return AsyncStreamerClient(channel)

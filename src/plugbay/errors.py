@@ -8,7 +8,21 @@ generic callers can catch them without importing plugbay.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+# For type checkers: what a class taking these on answers, every instance being a call's error that is also a
+# grpc.RpcError (core.host.callerrors, network.poolcalls, core.resilience.circuit). At run time: object.
+if TYPE_CHECKING:
+    import grpc
+
+    class _CallFailure:
+        def code(self) -> grpc.StatusCode: ...
+        def details(self) -> str: ...
+
+    class _SentCallFailure(_CallFailure):
+        sent: bool  # False: refused before anything reached the plugin (safe to send again)
+else:
+    _CallFailure = _SentCallFailure = object
 
 
 class PlugbayError(Exception):
@@ -194,23 +208,28 @@ class ServerStoppedError(PlugbayError, RuntimeError):
     """The plugin's gRPC server stopped: add services inside grpc_server()."""
 
 
-class PluginDiedError(PlugbayError):
+class PluginDiedError(PlugbayError, _SentCallFailure):
     """The plugin process, container or pod ended while the host was using it."""
 
 
-class PluginUnavailableError(PlugbayError):
+class PluginUnavailableError(PlugbayError, _SentCallFailure):
     """A call could not reach a plugin that still runs (its connection failed or was reset).
 
     Also a ``grpc.RpcError`` with code UNAVAILABLE when raised by a call.
     """
 
 
-class CallTimeoutError(PlugbayError, TimeoutError):
+class CallTimeoutError(PlugbayError, TimeoutError, _SentCallFailure):
     """A call to the plugin exceeded its deadline."""
 
 
-class CircuitOpenError(PlugbayError):
-    """Calls are refused because the plugin failed too often recently."""
+class CircuitOpenError(PlugbayError, _CallFailure):
+    """Calls are refused because the plugin failed too often recently (never sent: UNAVAILABLE)."""
+
+    if TYPE_CHECKING:  # set by the one class raised, resilience.circuit.CircuitOpen
+        name: str
+        retry_in: float  # seconds until the breaker lets a probe through
+        last_failure: str
 
 
 # --- runners ----------------------------------------------------------------
@@ -371,7 +390,7 @@ class DiscoveryUnavailableError(DiscoveryError, EngineUnavailableError):
     """The discovery source cannot be reached (kubernetes:///: no API server, or no usable kubeconfig)."""
 
 
-class NoEndpointsError(DiscoveryError, TimeoutError):
+class NoEndpointsError(DiscoveryError, TimeoutError, _CallFailure):
     """No endpoint of a remote plugin could take the call before its deadline.
 
     Also a ``grpc.RpcError`` (code UNAVAILABLE) when raised by a call, so code that catches

@@ -34,6 +34,9 @@ _NAMES = {
     "Target": "plugbay.network.targets",
     "Endpoint": "plugbay.network.resolver",
 }
+# a literal list, as type checkers read it; `from plugbay.network import *` took typing's names, none of these
+__all__ = ["AsyncRemoteClient", "Endpoint", "EndpointPool", "NetworkTLS", "OutlierPolicy", "RemoteClient",
+           "RemoteConfig", "RemoteOptions", "Target", "connect", "parse_target"]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc.aio
 
@@ -127,5 +127,5 @@ class AsyncRemoteClient(AsyncClient):
         return owner_cancelled(f"the client of plugin {self.name!r}", type(self).__name__,
                                "closes the connections it made to the plugin's endpoints")
 
-    def reattach_config(self) -> Any:
-        return self.remote_client.reattach_config()  # refused, saying what to do instead
+    def reattach_config(self) -> NoReturn:
+        self.remote_client.reattach_config()  # refused, saying what to do instead

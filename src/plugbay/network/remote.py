@@ -38,13 +38,13 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Unpack
+from typing import Any, Callable, NoReturn, Unpack
 
 import grpc
 
 from plugbay._proto.plugbay import discovery_pb2
 from plugbay.core.broker.broker import GRPCBroker
-from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
+from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
 from plugbay.core.host.callerrors import BrokerClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
@@ -290,7 +290,7 @@ class RemoteClient(Client):
         plugin, key, broker = self.pin(name)  # without the lock: a close() meanwhile ends its wait
         return plugin.grpc_client(broker, self.pinned_channel(key))
 
-    def plugin_for(self, name: str) -> Any:
+    def plugin_for(self, name: str) -> GRPCPlugin:
         """As Client.plugin_for; also warns of a name the remote's Discovery does not list (warn_if_unlisted)."""
         plugin = super().plugin_for(name)
         self.warn_if_unlisted(name)
@@ -367,7 +367,7 @@ class RemoteClient(Client):
         if self._pool is not None:
             self._pool.close()
 
-    def reattach_config(self) -> Any:
+    def reattach_config(self) -> NoReturn:
         raise ClientStateError("a RemoteClient has nothing to reattach to: make a new RemoteClient with the"
                                " same target instead")
 

@@ -3,7 +3,8 @@
 ``PluginContainer`` starts a plugin image with testcontainers' usual
 lifecycle and hands back a connected plugbay Client or a dispensed stub. The
 pytest plugin (entry point ``plugbay``) adds the fixtures ``plugin_process``,
-``plugin_container``, ``plugbay_docker`` and ``plugbay_image``.
+``plugin_container``, ``plugbay_docker`` and ``plugbay_image``; ``StartPluginProcess`` and
+``StartPluginContainer`` are the first two's types, for a test's annotations.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # a type checker sees the class (with its methods), not __getattr__'s Any
     from plugbay.testing.container import PluginContainer as PluginContainer
+    from plugbay.testing.fixturetypes import (StartPluginContainer as StartPluginContainer,
+                                              StartPluginProcess as StartPluginProcess)
 
-__all__ = ["PluginContainer"]
+__all__ = ["PluginContainer", "StartPluginContainer", "StartPluginProcess"]
 
 
 def __getattr__(name: str) -> Any:
@@ -30,4 +33,8 @@ def __getattr__(name: str) -> Any:
             raise ConfigError(f"plugbay.testing.PluginContainer needs testcontainers and the docker SDK ({exc});"
                               " pip install 'plugbay[testing]'") from exc
         return PluginContainer
+    if name in ("StartPluginContainer", "StartPluginProcess"):
+        from plugbay.testing import fixturetypes
+
+        return getattr(fixturetypes, name)
     raise AttributeError(name)

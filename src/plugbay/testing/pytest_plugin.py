@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from plugbay.core.host.client import Client, ClientConfig
     from plugbay.core.protocol.handshake import HandshakeConfig
     from plugbay.core.broker.plugin import PluginSet
+    from plugbay.testing.fixturetypes import StartPluginContainer, StartPluginProcess
 
 
 class _Started:
@@ -129,7 +130,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def plugin_process() -> Iterator[Callable[..., Client]]:
+def plugin_process() -> Iterator[StartPluginProcess]:
     """Start a plugin command as a local process; returns the started Client, killed at teardown."""
     from plugbay.testing.sigterm import stop_on_sigterm
 
@@ -190,7 +191,7 @@ def plugbay_image(plugbay_docker: Any) -> Callable[[str], str]:
 
 
 @pytest.fixture
-def plugin_container(plugbay_docker: Any) -> Iterator[Callable[..., Client]]:
+def plugin_container(plugbay_docker: Any) -> Iterator[StartPluginContainer]:
     """Start a plugin image through DockerRunner; returns the started Client, killed at teardown."""
     from plugbay.runners.docker import DockerRunner
     from plugbay.testing.sigterm import stop_on_sigterm

@@ -19,11 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Self
 
-import grpc
-
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import GRPCPlugin
 from plugbay.core.host.callerrors import BrokerClientClosed, ClientClosed, after_close
+from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
 from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError, printable
 from plugbay.core.protocol.handshake import HandshakeInfo
@@ -88,7 +87,7 @@ class Client(Connecting):
         return self._need(self._version, "negotiated_version")
 
     @property
-    def channel(self) -> grpc.Channel:
+    def channel(self) -> ManagedChannel:  # a grpc.Channel; also .current, the grpcio channel underneath
         return self._need(self._channel, "channel")
 
     @property

@@ -1,0 +1,66 @@
+"""A host, a network host and a test, written as a user under mypy --strict: tests/test_public_typing.py
+type-checks this file (it is never run). Each ``assert_type`` is what the docs promise a checker sees."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, assert_type
+
+from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, AsyncKVClient, KVClient, KVPlugin
+
+from plugbay import (AsyncClient, CallTimeoutError, CircuitOpenError, Client, ClientConfig, GRPCPlugin,
+                     NoEndpointsError, PlugbayError, PluginDiedError, PluginUnavailableError, RemoteClient)
+from plugbay.core.host.channel import ManagedChannel
+from plugbay.testing import StartPluginContainer, StartPluginProcess
+
+CONFIG = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                      cmd=[sys.executable, "examples/kv/plugin.py"])
+
+
+def host() -> bytes | None:
+    with Client(CONFIG) as client:
+        assert_type(client.channel, ManagedChannel)  # docs: client.channel.current, the grpcio channel
+        kv = KVPlugin().grpc_client(client.broker, client.channel)
+        assert_type(kv, KVClient)
+        stub: KVClient = client.dispense(PLUGIN_NAME)  # dispense() goes by name: annotated, as the docs say
+        try:
+            return stub.get("hello")
+        # every instance of these comes from a call, and is also a grpc.RpcError: code(), details(), sent
+        except PluginDiedError as died:
+            print(died.code(), died.details(), died.sent)
+        except CallTimeoutError as late:
+            assert_type(late.sent, bool)
+            assert_type(late.details(), str)
+        except PluginUnavailableError as unreachable:
+            print(unreachable.code(), unreachable.sent)
+        except CircuitOpenError as circuit_open:
+            assert_type(circuit_open.retry_in, float)
+            print(circuit_open.code(), circuit_open.last_failure)
+        except NoEndpointsError as no_endpoint:
+            assert_type(no_endpoint.details(), str)
+        except PlugbayError:
+            pass
+        return None
+
+
+async def asynchronous() -> bytes:
+    async with AsyncClient(CONFIG) as client:
+        assert_type(KVPlugin().grpc_client_async(client.broker, client.channel), AsyncKVClient)
+        kv: AsyncKVClient = await client.dispense(PLUGIN_NAME)
+        return await kv.get("hello")
+
+
+def remote(client: RemoteClient) -> int:
+    assert_type(client.plugin_for(PLUGIN_NAME), GRPCPlugin)
+    client.reattach_config()  # always refused (ClientStateError): nothing to return after it
+
+
+def test_kv_process(plugin_process: StartPluginProcess) -> None:
+    client = plugin_process([sys.executable, "examples/kv/plugin.py"], HANDSHAKE, {PLUGIN_NAME: KVPlugin()},
+                            call_timeout=5.0)
+    assert_type(client, Client)
+
+
+def test_kv_container(plugin_container: StartPluginContainer, plugbay_image: Any) -> None:
+    client = plugin_container(plugbay_image("kv"), HANDSHAKE, {PLUGIN_NAME: KVPlugin()}, runner={"transport": "tcp"})
+    assert_type(client, Client)
