@@ -11,6 +11,7 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, AsyncKVClient, KVClient, KVPlu
 from plugbay import (AsyncClient, CallTimeoutError, CircuitOpenError, Client, ClientConfig, GRPCPlugin,
                      NoEndpointsError, PlugbayError, PluginDiedError, PluginUnavailableError, RemoteClient)
 from plugbay.core.host.channel import ManagedChannel
+from plugbay.network import EndpointPool
 from plugbay.testing import StartPluginContainer, StartPluginProcess
 
 CONFIG = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
@@ -50,8 +51,13 @@ async def asynchronous() -> bytes:
         return await kv.get("hello")
 
 
-def remote(client: RemoteClient) -> int:
+class MyPool(EndpointPool):
+    pass
+
+
+def remote(client: RemoteClient, pool: MyPool) -> int:
     assert_type(client.plugin_for(PLUGIN_NAME), GRPCPlugin)
+    assert_type(pool.start(), MyPool)
     client.reattach_config()  # always refused (ClientStateError): nothing to return after it
 
 

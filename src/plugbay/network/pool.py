@@ -100,7 +100,7 @@ class EndpointPool(PoolHealth, PoolPick, CallChannel):
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def start(self, deadline: float | None = None) -> EndpointPool:
+    def start(self, deadline: float | None = None) -> Self:
         """Ask the resolver for the first set (by ``deadline``, if its start() takes one); check health."""
         if deadline is not None and "deadline" in inspect.signature(self._resolver.start).parameters:
             self._resolver.start(self._on_change, deadline=deadline)  # type: ignore[call-arg]
