@@ -207,3 +207,33 @@ def test_network_star_import_gives_its_public_names() -> None:
     exec("from plugbay.network import *", namespace)
     assert sorted(plugbay.network.__all__) == sorted(plugbay.network._NAMES)
     assert set(plugbay.network._NAMES) <= set(namespace)
+
+
+# A Supervisor's state, a breaker's and an event's kind are Literal: a misspelled one in a comparison is
+# caught (mypy --strict's strict equality), as a misspelled option is. They were str: any word passed.
+STATES = '''
+from plugbay import AsyncSupervisor, CircuitBreaker, Supervisor, SupervisorEvent
+
+
+def fine(sup: Supervisor, asup: AsyncSupervisor, breaker: CircuitBreaker, event: SupervisorEvent) -> bool:
+    return (sup.state == "running" and asup.state != "failed" and breaker.state != "half_open"
+            and event.kind in ("restarted", "gave_up"))
+
+
+def misspelled(sup: Supervisor, breaker: CircuitBreaker, event: SupervisorEvent) -> bool:
+    return sup.state == "runing" or breaker.state == "half-open" or event.kind == "restart"
+'''
+
+
+def test_states_and_event_kinds_are_literal(tmp_path: Path) -> None:
+    out = _mypy(tmp_path, {"states.py": STATES})
+    errors = [line.split(": error: ")[1] for line in out.stdout.splitlines() if ": error: " in line]
+    assert errors == [
+        f'Non-overlapping equality check (left operand type: "Literal[{left}]", right operand type:'
+        f' "Literal[{right}]")  [comparison-overlap]'
+        for left, right in [
+            ("'starting', 'running', 'restarting', 'failed', 'stopped'", "'runing'"),
+            ("'closed', 'open', 'half_open'", "'half-open'"),
+            ("'started', 'start_failed', 'reattached', 'reattach_failed', 'failure', 'recovered', 'restarting',"
+             " 'restarted', 'restart_failed', 'gave_up', 'stopped'", "'restart'"),
+        ]], out.stdout + out.stderr

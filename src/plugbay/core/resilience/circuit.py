@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final, Literal, TypeAlias
 
 import grpc
 
@@ -41,9 +41,10 @@ from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, describe_error
 
 _log = logging.getLogger("plugbay.circuit")
 
-CLOSED = "closed"
-OPEN = "open"
-HALF_OPEN = "half_open"
+CircuitState: TypeAlias = Literal["closed", "open", "half_open"]  # a typo in a comparison is a type error
+CLOSED: Final = "closed"
+OPEN: Final = "open"
+HALF_OPEN: Final = "half_open"
 
 _CALL = object()  # the ticket of a call let through while the circuit is closed
 
@@ -110,7 +111,7 @@ class CircuitBreaker:
         self.on_change = on_change
         self._clock = clock
         self._lock = threading.Lock()
-        self._state = CLOSED
+        self._state: CircuitState = CLOSED
         self._failures: collections.deque[float] = collections.deque()
         self._opened_at = 0.0
         self._probe: object | None = None  # the ticket of the half-open circuit's one probe in flight
@@ -124,7 +125,7 @@ class CircuitBreaker:
     # --- state ----------------------------------------------------------------
 
     @property
-    def state(self) -> str:
+    def state(self) -> CircuitState:
         with self._lock:
             state = self._current()
         self._notify()  # reading it may be what moved it open -> half_open
@@ -134,7 +135,7 @@ class CircuitBreaker:
     def last_failure(self) -> str:
         return self._last_failure
 
-    def _current(self) -> str:
+    def _current(self) -> CircuitState:
         if self._state == OPEN and self._clock() - self._opened_at >= self.open_for:
             self._move(HALF_OPEN, "open interval over; the next call is a probe")
         return self._state
@@ -143,7 +144,7 @@ class CircuitBreaker:
         """Seconds until the probe in flight stops holding the half-open slot (with the lock held)."""
         return self.open_for - (self._clock() - self._probe_at) if self._probe_expires else float("inf")
 
-    def _move(self, new: str, reason: str) -> None:
+    def _move(self, new: CircuitState, reason: str) -> None:
         # called with the lock held; callbacks run outside it (see _notify)
         old, self._state = self._state, new
         if new == OPEN:

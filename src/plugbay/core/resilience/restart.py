@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 from plugbay.core.resilience.calls import backoff_delay, checked_backoff, number_problem, seconds_problem
 from plugbay.errors import ConfigError, RestartBudgetExhaustedError
@@ -84,12 +85,17 @@ class FailureRun:
         return checked_backoff(policy.backoff(self.count), f"{type(policy).__name__}.backoff({self.count})")
 
 
+# Literal, so that a type checker catches `event.kind == "restart"` (strict equality)
+EventKind: TypeAlias = Literal["started", "start_failed", "reattached", "reattach_failed", "failure", "recovered",
+                               "restarting", "restarted", "restart_failed", "gave_up", "stopped"]
+
+
 @dataclass(frozen=True)
 class SupervisorEvent:
     """One thing that happened: kind is started, start_failed, reattached, reattach_failed, failure,
     recovered, restarting, restarted, restart_failed, gave_up or stopped."""
 
-    kind: str
+    kind: EventKind
     detail: str
     restarts: int
     at: float  # time.time()

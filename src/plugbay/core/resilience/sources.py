@@ -21,7 +21,7 @@ from plugbay.core.resilience.calls import layer_problem, number_problem, seconds
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.healthwatch import SERVING, UNKNOWN, HealthWatcher
 from plugbay.core.resilience.readygate import was_stopped
-from plugbay.core.resilience.restart import RestartPolicy
+from plugbay.core.resilience.restart import EventKind, RestartPolicy
 from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError
 
 
@@ -136,7 +136,7 @@ class FailureCheck:
     """Whether a running plugin has failed: it exited, or its health stayed bad for a grace period
     (a short blip, back to SERVING within it, is reported as ``recovered`` and restarts nothing)."""
 
-    def __init__(self, event: Callable[[str, str], None]) -> None:
+    def __init__(self, event: Callable[[EventKind, str], None]) -> None:
         self._event = event
         self._unhealthy_since: float | None = None
 
@@ -189,7 +189,7 @@ def new_client(source: ConfigSource, reattach: ReattachConfig | None = None, kin
     return Client(cfg) if isinstance(cfg, ClientConfig) else cfg.make_client()
 
 
-def first_client(source: ConfigSource, reattach: ReattachConfig | None, event: Callable[[str, str], None],
+def first_client(source: ConfigSource, reattach: ReattachConfig | None, event: Callable[[EventKind, str], None],
                  starting: Callable[[Client | None], None] = lambda client: None,
                  stopped: Callable[[], bool] = lambda: False, kind: str = "Supervisor") -> Client:
     """The Supervisor's first, started Client: reattached if ``reattach`` works, else a fresh plugin.

@@ -42,7 +42,8 @@ from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, mark_stopping,
                                                raise_if_ended, was_stopped)
 from plugbay.core.resilience.calls import CallLayer, chain
-from plugbay.core.resilience.restart import FailureRun, RestartBudget, RestartPolicy, SupervisorEvent, record_event
+from plugbay.core.resilience.restart import (EventKind, FailureRun, RestartBudget, RestartPolicy, SupervisorEvent,
+                                             record_event)
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ClientMaker as ClientMaker  # re-exported
 from plugbay.core.resilience.sources import (ConfigSource, FailureCheck, check_policies, check_settings, check_source,
@@ -251,7 +252,7 @@ class Supervisor(SupervisorView):
                 mark_stopping(client, self.name, self.kind)
             client.kill_unanswering() if unanswering else client.kill()
 
-    def _event(self, kind: str, detail: str) -> None:
+    def _event(self, kind: EventKind, detail: str) -> None:
         record_event(self.events, self.on_event, SupervisorEvent(kind, detail, self.restarts, time.time()), self.name)
 
     def _monitor(self) -> None:

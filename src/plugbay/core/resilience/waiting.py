@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Final, Literal, TypeAlias
 
 from plugbay.core.host.client import Client
 from plugbay.core.resilience.calls import wait_timeout, wait_until
@@ -15,14 +16,20 @@ from plugbay.core.resilience.readygate import SupervisedChannel, gone_unseen
 from plugbay.core.resilience.restart import RestartBudget, RestartPolicy
 from plugbay.core.resilience.wakeups import StateCondition
 
-STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restarting", "failed", "stopped"
+# Literal, so that a type checker catches `sup.state == "runing"` (strict equality)
+SupervisorState: TypeAlias = Literal["starting", "running", "restarting", "failed", "stopped"]
+STARTING: Final = "starting"
+RUNNING: Final = "running"
+RESTARTING: Final = "restarting"
+FAILED: Final = "failed"
+STOPPED: Final = "stopped"
 
 
 class PluginWaits:
     """wait_running() and changed_since() of a Supervisor, on its condition and state."""
 
     _cond: StateCondition  # notified on every change of the state or the current Client
-    _state: str
+    _state: SupervisorState
     _client: Client | None
     _channel: SupervisedChannel | None
     _stop: threading.Event
