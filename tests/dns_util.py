@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 from dnslib import QTYPE, RCODE, RR, DNSRecord
-from dnslib.server import BaseResolver, DNSLogger, DNSServer
+from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 ZONE = "plugbay.test."
 
@@ -52,15 +52,46 @@ class Zone(BaseResolver):  # type: ignore[misc]
         return reply
 
 
+class _Handler(DNSHandler):  # type: ignore[misc]
+    """dnslib's handler, but a UDP answer longer than ``udplen`` (0: none) goes out truncated as RFC 1035 has
+    it: the question kept, the records dropped, TC set (dnslib's own truncate() drops the question too, and
+    the client takes that for an answer to another query: it waits out its timeout)."""
+
+    udplen = 0
+
+    def get_reply(self, data: bytes) -> bytes:
+        request = DNSRecord.parse(data)
+        reply = self.server.resolver.resolve(request, self)
+        packed: bytes = reply.pack()
+        if self.protocol == "udp" and self.udplen and len(packed) > self.udplen:
+            reply.rr, reply.auth, reply.ar = [], [], []
+            reply.header.tc = 1
+            packed = reply.pack()
+        return packed
+
+
 @contextlib.contextmanager
-def serving(zone: Zone) -> Iterator[str]:
-    """Serve ``zone`` on 127.0.0.1 (a free UDP/TCP port); yields "127.0.0.1:PORT", stops it after."""
-    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda s: None))
-    thread = threading.Thread(target=server.server.serve_forever, name="plugbay-test-dns", daemon=True)
-    thread.start()
+def serving(zone: Zone, *, tcp: bool = False, udplen: int = 0) -> Iterator[str]:
+    """Serve ``zone`` on 127.0.0.1 (a free UDP port; with ``tcp``, TCP on that port number too); yields
+    "127.0.0.1:PORT", stops it after. ``udplen``: UDP answers longer than this come truncated, as a server
+    that keeps to DNS's 512-byte datagrams sends them (the client asks again over TCP)."""
+    handler = type("Handler", (_Handler,), {"udplen": udplen})
+    logger = DNSLogger(logf=lambda s: None)
+    servers = [DNSServer(zone, address="127.0.0.1", port=0, logger=logger, handler=handler)]
+    port = servers[0].server.server_address[1]
     try:
-        yield f"127.0.0.1:{server.server.server_address[1]}"
+        if tcp:
+            servers.append(DNSServer(zone, address="127.0.0.1", port=port, tcp=True, logger=logger, handler=handler))
+    except BaseException:
+        servers[0].server.server_close()
+        raise
+    threads = [threading.Thread(target=s.server.serve_forever, name="plugbay-test-dns", daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield f"127.0.0.1:{port}"
     finally:
-        server.server.shutdown()
-        server.server.server_close()
-        thread.join(10)
+        for server, thread in zip(servers, threads):
+            server.server.shutdown()
+            server.server.server_close()
+            thread.join(10)

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import dns.exception
+import dns.message
 import dns.resolver
 
 from plugbay.errors import ConfigError, DiscoveryError
@@ -56,6 +57,19 @@ def _aliased(asked: Any, response: Any) -> str:
     except dns.exception.DNSException:  # a CNAME loop: the name asked is all there is to say
         return text
     return text if target == asked else f"{str(target).rstrip('.')} (the target of the alias {text})"
+
+
+def _failure_text(name: str, kind: str, exc: Exception) -> str:
+    """A failed query as its error names it. An answer too large for a UDP datagram comes truncated, and
+    the query is asked again over TCP: a server that serves no TCP (or fails it) reads, in the DNS library's
+    words, "answered ; ... Connection refused", a server that looks unreachable although it answered."""
+    errors = [e for e in getattr(exc, "kwargs", {}).get("errors") or () if isinstance(e, tuple) and len(e) >= 4]
+    if not any(isinstance(e[3], dns.message.Truncated) and not e[1] for e in errors):
+        return f"{name} {kind}: {type(exc).__name__}: {exc}"
+    tcp = [e for e in errors if e[1]]  # (server, over TCP, port, error, response)
+    why = f"{tcp[-1][3] or 'no answer'}" if tcp else f"{type(exc).__name__}: {exc}"
+    return (f"{name} {kind}: the answer was too large for UDP (truncated) and the query over TCP that must follow"
+            f" failed ({why}): the DNS server must also serve TCP on its port, or answer with fewer records")
 
 
 def _refusal(host: str, *, allow_loopback: bool) -> str | None:
@@ -192,7 +206,7 @@ class DNSResolver:
                 kinds.append(kind)
             return []
         except (dns.exception.DNSException, OSError) as exc:  # any answer but records or "none": YXDOMAIN too
-            failed.append(f"{name} {kind}: {type(exc).__name__}: {exc}")
+            failed.append(_failure_text(name, kind, exc))
             self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
             return []
 
