@@ -27,7 +27,8 @@ from plugbay.errors import (
     PermissionDeniedError,
 )
 from plugbay.network import slices as slice_parsing
-from plugbay.network.kubernetes import EndpointSliceResolver, endpoints_from_slices
+from plugbay.network.kubernetes import EndpointSliceResolver
+from plugbay.network.slices import endpoints_from_slices
 from plugbay.network.resolver import Endpoint, refusal
 from tests.kube_standin import TOKEN, StandIn
 from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin  # noqa: F401

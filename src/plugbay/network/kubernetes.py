@@ -36,8 +36,8 @@ from plugbay.errors import (
 from plugbay.network.figures import check_count, check_switch
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, all_refused, refusal, refused_as_loopback
 from plugbay.network.slicecalls import api_error, bounded_watch, late_list, malformed_list
-from plugbay.network.slices import (SERVICE_NAME_LABEL, SliceCap, endpoints_from_slices, keep_at_most, parse_port,
-                                    port_note, slice_of_service)
+from plugbay.network.slices import (SERVICE_NAME_LABEL, SliceCap, SliceReader, keep_at_most, parse_port, port_note,
+                                    slice_of_service)
 from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, close_client, ended_early, load_api_client, no_change,
                                             watch_cut_short)
 from plugbay.runners.kubernetes.deadline import Deadline, bounded
@@ -88,6 +88,7 @@ class EndpointSliceResolver:
         self._on_change: OnChange | None = None
         self._slices: dict[str, dict[str, Any]] = {}
         self._slice_cap = SliceCap(self.target)
+        self._reader = SliceReader(self.target, self.port, allow_loopback)
         self._rv: str | None = None
         self._delivered = 0  # events other than ERROR the current watch delivered
         self._changes = 0  # the current watch's events that changed the slices kept
@@ -228,8 +229,7 @@ class EndpointSliceResolver:
 
     def _report(self) -> None:
         refused: list[str] = []
-        endpoints = self._capped(endpoints_from_slices(self._slices.values(), self.port,
-                                                       allow_loopback=self.allow_loopback, refused=refused))
+        endpoints = self._capped(self._reader.endpoints(self._slices, refused))
         self.refused = refused
         note = "" if endpoints or refused else port_note(self._slices.values(), self.service, self.port)
         if note and note != self.empty_note:
