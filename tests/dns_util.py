@@ -71,27 +71,17 @@ class _Handler(DNSHandler):  # type: ignore[misc]
 
 
 @contextlib.contextmanager
-def serving(zone: Zone, *, tcp: bool = False, udplen: int = 0) -> Iterator[str]:
-    """Serve ``zone`` on 127.0.0.1 (a free UDP port; with ``tcp``, TCP on that port number too); yields
-    "127.0.0.1:PORT", stops it after. ``udplen``: UDP answers longer than this come truncated, as a server
-    that keeps to DNS's 512-byte datagrams sends them (the client asks again over TCP)."""
+def serving(zone: Zone, *, udplen: int = 0) -> Iterator[str]:
+    """Serve ``zone`` on 127.0.0.1 (a free UDP port, no TCP); yields "127.0.0.1:PORT", stops it after.
+    ``udplen``: UDP answers longer than this come truncated, as a server that keeps to DNS's 512-byte
+    datagrams sends them (the client asks again over TCP)."""
     handler = type("Handler", (_Handler,), {"udplen": udplen})
-    logger = DNSLogger(logf=lambda s: None)
-    servers = [DNSServer(zone, address="127.0.0.1", port=0, logger=logger, handler=handler)]
-    port = servers[0].server.server_address[1]
+    server = DNSServer(zone, address="127.0.0.1", port=0, logger=DNSLogger(logf=lambda s: None), handler=handler)
+    thread = threading.Thread(target=server.server.serve_forever, name="plugbay-test-dns", daemon=True)
+    thread.start()
     try:
-        if tcp:
-            servers.append(DNSServer(zone, address="127.0.0.1", port=port, tcp=True, logger=logger, handler=handler))
-    except BaseException:
-        servers[0].server.server_close()
-        raise
-    threads = [threading.Thread(target=s.server.serve_forever, name="plugbay-test-dns", daemon=True) for s in servers]
-    for thread in threads:
-        thread.start()
-    try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{server.server.server_address[1]}"
     finally:
-        for server, thread in zip(servers, threads):
-            server.server.shutdown()
-            server.server.server_close()
-            thread.join(10)
+        server.server.shutdown()
+        server.server.server_close()
+        thread.join(10)
