@@ -79,6 +79,7 @@ if TYPE_CHECKING:
         PodUnschedulableError as PodUnschedulableError,
         ProtocolMismatchError as ProtocolMismatchError,
         RemoteProtocolError as RemoteProtocolError,
+        RemoteRefusedError as RemoteRefusedError,
         RemoteTLSError as RemoteTLSError,
         ReattachError as ReattachError,
         RestartBudgetExhaustedError as RestartBudgetExhaustedError,

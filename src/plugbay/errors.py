@@ -419,5 +419,10 @@ class TargetUnreachableError(PlugbayError):
     (gone, refused, no route)."""
 
 
+class RemoteRefusedError(TargetUnreachableError, HandshakeError, NetworkError):
+    """Every endpoint of a remote plugin refused the connection (nothing listens there) for longer than a
+    server takes to start listening."""
+
+
 class CallFailedError(PlugbayError):
     """A call the command line made to a plugin failed (unknown method, bad request, plugin error)."""

@@ -35,6 +35,7 @@ class Member:
         self.first_round = False  # found by the pool's start: calls wait for its first check (PoolHealth.welcome)
         self.health_detail = ""  # why its last health check failed, with what that means for TLS
         self.check_error = ""  # that check's own failure, as gRPC worded it
+        self.refused_since: float | None = None  # its checks failed with a refused connection since then
         self.outlier = EjectionState()
         self.picks = 0
         self.failures = 0
@@ -61,7 +62,7 @@ class Member:
         """Take the place of ``old``, the same endpoint dialed with other TLS files: its standing (health,
         ejection, counters) stays; what it said about TLS was said of the old files."""
         self.endpoint = old.endpoint
-        self.healthy, self.check_error = old.healthy, old.check_error
+        self.healthy, self.check_error, self.refused_since = old.healthy, old.check_error, old.refused_since
         said_tls = old.tls_failure is not None or old.tls_learned is not None  # of the old files: not carried
         self.health_detail = old.check_error if said_tls else old.health_detail
         self.first_check_by = old.first_check_by

@@ -178,6 +178,14 @@ class PoolHealth(PoolTLS):
                       " connections closing once their calls end", self.name, len(stale) - len(unused))
         return members
 
+    def refused_since(self) -> float | None:
+        """Since when (time.monotonic()) every endpoint discovery lists has failed its health checks with a
+        refused connection: nothing listens there (yet); None when one has not. A refusal is the peer's
+        answer, not a wait: the start counts how long it lasts (describe)."""
+        with self._cond:
+            since = [m.refused_since if m.healthy is False else None for m in self._members.values()]
+        return None if not since or None in since else max(s for s in since if s is not None)
+
     def why_none(self) -> str:
         """Each endpoint's state, for an error raised outside the pool (a brokered dispense() that found none).
         Under the lock: discovery changes the endpoints under it, and a dict changing while read is an error."""
@@ -273,7 +281,9 @@ class PoolHealth(PoolTLS):
         except Exception as exc:  # cancelled on close
             ok, detail, answered = False, type(exc).__name__, False
         suspect = not ok and self.diagnose_tls and cut_short(detail)
+        refused = not ok and "connection refused" in detail.lower()
         with self._cond:
+            member.refused_since = (member.refused_since or time.monotonic()) if refused else None
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
             if self._members.get(member.key) is member:  # one that left meanwhile is counted no more
                 self._health_fails[member.key] = fails
