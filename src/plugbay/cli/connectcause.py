@@ -121,7 +121,7 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
 
 # network mode's words (plugbay.network.tls) for its API's fields, as the command line's flags say them
 _FLAGS = (("(ca_file)", "(--ca)"), ("ca_file", "--ca"), ("cert_file", "--cert"), ("key_file", "--key"),
-          ("server_name", "the address dialed (a SAN of the certificate)"),
+          ("server_name", "--server-name (by default the address dialed)"),
           ("connect with insecure=True", "pass --insecure"), ("pass tls=NetworkTLS(...)", "pass --ca/--cert/--key"))
 
 

@@ -26,6 +26,9 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ca", type=click.Path(dir_okay=False), help="CA certificate (PEM) for mTLS."),
         click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM) for mTLS."),
         click.option("--key", type=click.Path(dir_okay=False), help="Client key (PEM) for mTLS."),
+        click.option("--server-name", help="The name the plugin's certificate carries (a subjectAltName), when it"
+                                           " names another host than the address dialed (mTLS to a network"
+                                           " target)."),
         click.option("--timeout", type=output.FloatRange(0.1, 600), default=5.0, show_default=True,
                      help="Seconds to wait for each answer."),
         click.option("--allow-loopback", is_flag=True,
@@ -38,7 +41,7 @@ def target_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _tls(kw: dict[str, Any]) -> Tls:
     return Tls(ca=kw.pop("ca"), cert=kw.pop("cert"), key=kw.pop("key"), insecure=kw.pop("insecure"),
-               allow_loopback=kw.pop("allow_loopback"))
+               allow_loopback=kw.pop("allow_loopback"), server_name=kw.pop("server_name"))
 
 
 # --- health --------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class Tls:
     key: str | None = None
     insecure: bool = False
     allow_loopback: bool = False  # discovery (dns:///, kubernetes:///) may answer loopback addresses
+    server_name: str | None = None  # the name the plugin's certificate carries, when not the address dialed
 
 
 @dataclass
@@ -141,6 +142,11 @@ def _network_target(target: str, tls: Tls, options: Sequence[tuple[str, Any]] = 
         raise ConfigError("--insecure and --ca/--cert/--key exclude each other; pick one")
     if not tls.insecure and not tls.ca:
         raise ConfigError(f"{target!r}: pass --insecure for plaintext or --ca/--cert/--key for mTLS")
+    if tls.server_name is not None and (tls.insecure or not tls.server_name.strip()):
+        raise ConfigError("--server-name is the name the plugin's TLS certificate carries: give a name (a"
+                          " subjectAltName of that certificate), with --ca/--cert/--key, not --insecure"
+                          if tls.server_name.strip() else "--server-name is empty: give the name the plugin's"
+                          " certificate carries (a subjectAltName), or leave it out to check the address dialed")
     found: list[Endpoint] = []
     resolver = make_resolver(parsed, name="cli", allow_loopback=tls.allow_loopback)
     # kubernetes:/// discovery loads this host's own kubeconfig: these commands have no flag for one
@@ -163,7 +169,7 @@ def _network_target(target: str, tls: Tls, options: Sequence[tuple[str, Any]] = 
     if tls.insecure:
         facts["tls"] = False
         return Reached(grpc.insecure_channel(address, options=[*CHANNEL_OPTIONS, *options]), target, facts)
-    network_tls = NetworkTLS(cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca or "")
+    network_tls = NetworkTLS(cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca or "", server_name=tls.server_name)
     facts["tls"] = True
     return Reached(grpc.secure_channel(address, network_tls.credentials(),
                                        options=[*CHANNEL_OPTIONS, *network_tls.options(), *options]), target, facts,
@@ -175,6 +181,10 @@ def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> 
     """A channel to the plugin ``target`` names (with the gRPC channel ``options`` given); everything opened
     is closed on exit, the channel's close given up after a bound (a busy peer): its thread is abandoned."""
     config = load_reattach(target)
+    if config is not None and tls.server_name is not None:
+        # a reattach config's TLS is AutoMTLS, checked against the certificate its plugin announced: no name
+        raise ConfigError("--server-name is for a network target over TLS (--ca/--cert/--key); a reattach config"
+                          " carries the plugin's own AutoMTLS certificate, checked without a name: leave it out")
     if config is None:
         reached = _network_target(target, tls, options)
         try:

@@ -1,0 +1,59 @@
+"""`plugbay health/info/call --server-name`: a network target over TLS whose certificate names another host
+than the address dialed (a replica reached by its IP, its certificate issued for a service name). The command
+line had no way to say the name (the library's NetworkTLS(server_name=)), so such a plugin could not be probed;
+without the flag the refusal names it. The KV example served in network mode over mTLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from cryptography import x509
+
+from tests import netcerts
+from tests.cli_util import plugbay
+from tests.test_network_broker import REPO, CounterReplica, host_tls
+
+NAME = "kv.plugbay.test"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
+    """The plugin's target and the mTLS flags; its certificate names NAME only, not 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("servername")
+    certs = netcerts.write_set(folder / "tls")
+    named = netcerts.issue(certs.server_ca, NAME, server=True, sans=[x509.DNSName(NAME)])
+    certs.cert_file.write_bytes(named.cert_pem + certs.server_ca.cert_pem)
+    certs.key_file.write_bytes(named.key_pem)
+    rep = CounterReplica(folder / "kv", certs, script=REPO / "examples" / "kv" / "plugin.py")
+    try:
+        tls = host_tls(certs)
+        flags = ["--cert", str(tls.cert_file), "--key", str(tls.key_file), "--ca", tls.ca_file]
+        yield f"static:///{rep.address}", flags
+    finally:
+        rep.stop()
+        shutil.rmtree(rep.tmp, ignore_errors=True)  # the plugin's own TMPDIR
+
+
+def test_server_name_reaches_a_plugin_whose_certificate_names_another_host(served: tuple[str, list[str]]) -> None:
+    target, flags = served
+    said = plugbay("health", target, *flags, "--server-name", NAME, "--timeout", "10")
+    assert said.returncode == 0 and said.stdout.startswith("SERVING"), said
+    info = plugbay("info", target, *flags, "--server-name", NAME, "--timeout", "10")
+    assert info.returncode == 0 and "tls: True" in info.stdout and "health: SERVING" in info.stdout, info
+
+
+def test_without_it_the_refusal_names_the_flag(served: tuple[str, list[str]]) -> None:
+    target, flags = served
+    said = plugbay("health", target, *flags, "--timeout", "5")  # a bound against a hang only
+    err = said.stdout + said.stderr
+    assert said.returncode == 2 and "does not name --server-name" in err, said
+    wrong = plugbay("health", target, *flags, "--server-name", "other.plugbay.test", "--timeout", "5")
+    assert wrong.returncode == 2 and "does not name --server-name" in wrong.stdout + wrong.stderr, wrong
+
+
+def test_server_name_is_refused_where_it_means_nothing(served: tuple[str, list[str]]) -> None:
+    target, _ = served
+    plain = plugbay("health", target, "--insecure", "--server-name", NAME, "--timeout", "5")
+    assert plain.returncode == 2 and "not --insecure" in plain.stderr, plain
