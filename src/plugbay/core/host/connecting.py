@@ -24,6 +24,7 @@ from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.errors import ClientStateError, HandshakeError, RunnerError, TLSRequiredError
+from plugbay.runners.base import AnnouncedUnreachableError
 
 _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
@@ -55,8 +56,10 @@ class Connecting(ExitNotice):
         handshake_at = time.monotonic()  # the line (or the reattach facts) was read just now
         try:
             network, address = runner.plugin_to_host(announced.network, announced.address)
-        except RunnerError:  # a plugin gone at once has no address left to map (a stopped container's port)
-            self._raise_if_exited(runner.wait(1.0))
+        except RunnerError as exc:  # a plugin gone at once has no address left to map (a stopped container's port)
+            # an address the runner can never carry is the line's fault, exit or not: an exit heard already
+            # is still told, none is waited for
+            self._raise_if_exited(runner.wait(0 if isinstance(exc, AnnouncedUnreachableError) else 1.0))
             raise
         info = announced.with_address(network, address)
         if self._cert is not None and info.server_cert is None:

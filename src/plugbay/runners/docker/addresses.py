@@ -9,6 +9,7 @@ address is never dialled.
 from __future__ import annotations
 
 from plugbay.errors import RunnerError
+from plugbay.runners.base import AnnouncedUnreachableError
 from plugbay.runners.docker.checks import socket_on_host
 from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR
 from plugbay.runners.docker.sockethandles import SocketHandles
@@ -22,7 +23,7 @@ def container_to_host(transport: str, network: str, address: str, *, host_socket
     if transport == "unix":
         if network == "unix" and host_socket_dir:
             return "unix", socket_on_host(address, host_socket_dir, container_id, handles)
-        raise RunnerError(
+        raise (AnnouncedUnreachableError if network != "unix" else RunnerError)(
             f"the plugin in container {container_id[:12]} announced {network}:{address}, which the host cannot"
             f" reach: with the unix transport it must put its socket in {CONTAINER_SOCKET_DIR}"
             " (PLUGIN_UNIX_SOCKET_DIR / TMPDIR). Use transport='tcp' for plugins that only listen on TCP."
@@ -31,7 +32,9 @@ def container_to_host(transport: str, network: str, address: str, *, host_socket
         port = address.rsplit(":", 1)[-1]
         if port == str(container_port):
             return "tcp", f"127.0.0.1:{host_port}"
-    raise RunnerError(
+    # no published port (host_port None): the container may have stopped before its port was read, and its
+    # exit is the better answer; any other miss is the line's own
+    raise (AnnouncedUnreachableError if network != "tcp" or host_port is not None else RunnerError)(
         f"the plugin in container {container_id[:12]} announced {network}:{address}, but only container port"
         f" {container_port} is published; make the plugin honour PLUGBAY_LISTEN"
         " (plugbay's serve() does) or set container_port= to the port it listens on."

@@ -1,0 +1,41 @@
+"""A containerised plugin that announces an address its DockerRunner's transport can never carry (tcp under
+the unix transport, a unix socket or another port under the tcp one) is refused from its handshake line alone:
+an AnnouncedUnreachableError (a RunnerError) naming the fix, raised at once. It was a plain RunnerError after
+the host first waited up to a second to learn whether the plugin exited, which no exit could change. A plugin
+gone before its line was read is still told as its exit (tests/test_docker_runner.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugbay import Client, ClientConfig
+from plugbay.core.protocol.handshake import HandshakeConfig
+from plugbay.runners.base import AnnouncedUnreachableError
+from plugbay.runners.docker import DockerRunner
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+BASE = "plugbay-base:bookworm"
+
+CASES = {
+    "tcp-on-unix": ("unix", "tcp|0.0.0.0:4000", "with the unix transport it must put its socket in /plugbay/sock"),
+    "unix-on-tcp": ("tcp", "unix|/plugbay/sock/plugin.sock", "only container port 4000 is published"),
+    "port-on-tcp": ("tcp", "tcp|0.0.0.0:4001", "only container port 4000 is published"),
+}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_address_the_transport_cannot_carry_is_refused_from_the_line(case: str) -> None:
+    transport, announced, words = CASES[case]
+    runner = DockerRunner(BASE, transport=transport, network=None,
+                          entrypoint=["sh", "-c", f"echo '1|1|{announced}|grpc|'; exec sleep 120"])
+    # start_timeout far above the test's own bound: the refusal owes nothing to it
+    client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), runner=runner, start_timeout=120,
+                                 auto_mtls=False))
+    try:
+        with pytest.raises(AnnouncedUnreachableError) as err:
+            client.start()
+    finally:
+        client.kill()
+    said = str(err.value)
+    assert f"announced {announced.replace('|', ':', 1)}" in said and words in said, said
