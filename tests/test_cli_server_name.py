@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from tests import netcerts
-from tests.cli_util import plugbay
+from tests.cli_util import plugbay, running
+from tests.test_cli import COOKIE, KV_CMD
 from tests.test_network_broker import REPO, CounterReplica, host_tls
 
 NAME = "kv.plugbay.test"
@@ -57,3 +59,10 @@ def test_server_name_is_refused_where_it_means_nothing(served: tuple[str, list[s
     target, _ = served
     plain = plugbay("health", target, "--insecure", "--server-name", NAME, "--timeout", "5")
     assert plain.returncode == 2 and "not --insecure" in plain.stderr, plain
+
+
+def test_server_name_is_refused_with_a_reattach_config(tmp_path: Path) -> None:
+    with running(["--cmd", KV_CMD, "--cookie", COOKIE, "--automtls"], tmp_path) as run:
+        said = plugbay("health", run.target, "--server-name", NAME, "--timeout", "10")
+        assert said.returncode == 2 and "--server-name is for a network target" in said.stderr, said
+        assert plugbay("health", run.target, "--timeout", "10").returncode == 0  # the plugin was left running
