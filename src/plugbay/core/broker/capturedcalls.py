@@ -4,18 +4,20 @@ iterating requests!" (the error itself logged and lost).
 
 Only the stream-request methods are wrapped; the user's stubs stay theirs. What a call returns keeps
 grpcio's public kinds: a stream is an iterator, a grpc.Call and a grpc.Future, as grpcio's own call object
-is (its private class aside); success is grpcio's own answer, untouched. The plugin process uses these too
+is (its private class aside); success is grpcio's own answer, untouched. A stream's error is met by its
+reads; its future side (result(), exception(), a done callback) is grpcio's, as a Client's stream's is
+(requestsource.CapturedReads says why). The plugin process uses these too
 (its callbacks into the host), so nothing here reaches into the host's code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from plugbay.core.transport.requestsource import RequestSource, capture
+from plugbay.core.transport.requestsource import CapturedOutcome, CapturedReads, capture
 
 
 class CapturedStreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -33,7 +35,7 @@ class CapturedStreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
     def future(self, request_iterator: Any, *args: Any, **kwargs: Any) -> Any:
         requests, source = capture(request_iterator)
         call = self._inner.future(requests, *args, **kwargs)
-        return call if source is None else CapturedCall(call, source)
+        return call if source is None else CapturedFuture(call, source)
 
 
 class CapturedStreamStream(grpc.StreamStreamMultiCallable):  # type: ignore[misc]
@@ -45,7 +47,7 @@ class CapturedStreamStream(grpc.StreamStreamMultiCallable):  # type: ignore[misc
     def __call__(self, request_iterator: Any, *args: Any, **kwargs: Any) -> Any:
         requests, source = capture(request_iterator)
         call = self._inner(requests, *args, **kwargs)
-        return call if source is None else CapturedCall(call, source)
+        return call if source is None else CapturedStream(call, source)
 
 
 def _called(method: Callable[..., Any], request_iterator: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -60,72 +62,22 @@ def _called(method: Callable[..., Any], request_iterator: Any, args: tuple[Any, 
     raise source.take_error()
 
 
-class CapturedCall(grpc.Call, grpc.Future):  # type: ignore[misc]
-    """grpcio's call object (a stream, or a stream-unary future): its reads, result() and exception() give
-    the request iterator's error where grpcio has its own UNKNOWN for it; the rest is grpcio's. A later
-    read of a stream gets the InvalidStateError naming the error; a future's every result() the same one."""
+class _GrpcCall(grpc.Call, grpc.Future):  # type: ignore[misc]
+    """grpcio's call object's public kinds (a grpc.Call, a grpc.Future), each method grpcio's own."""
 
-    def __init__(self, call: Any, requests: RequestSource) -> None:
-        self._call = call
-        self._requests: RequestSource | None = requests
-        self._own: BaseException | None = None  # a future's: the iterator's error, once taken
-
-    # --- a stream's reads ---------------------------------------------------------
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._call)
-        except grpc.RpcError as exc:
-            if self._requests is None or not self._requests.ended(exc):
-                raise
-        requests = self._requests
-        assert requests is not None
-        raise requests.take_error()  # as in _called
-
-    # --- a future's outcome -------------------------------------------------------
+    _call: Any
 
     def result(self, timeout: float | None = None) -> Any:
-        try:
-            return self._call.result(timeout)
-        except grpc.RpcError as exc:
-            if self._own_error(exc) is None:
-                raise
-        own = self._own
-        assert own is not None
-        try:
-            raise own
-        finally:
-            del own, self  # as concurrent.futures does: the error's traceback holds this frame, not the call
+        return self._call.result(timeout)
 
     def exception(self, timeout: float | None = None) -> Any:
-        exc = self._call.exception(timeout)
-        own = self._own_error(exc) if isinstance(exc, grpc.RpcError) else None
-        return exc if own is None else own
+        return self._call.exception(timeout)
 
     def traceback(self, timeout: float | None = None) -> Any:
-        exc = self._call.exception(timeout)
-        own = self._own_error(exc) if isinstance(exc, grpc.RpcError) else None
-        return self._call.traceback(timeout) if own is None else own.__traceback__
-
-    def _own_error(self, exc: grpc.RpcError) -> BaseException | None:
-        """The iterator's error when ``exc`` is grpcio's for it, the same each time (host.translating's
-        TranslatingFuture does the same for a Client's calls)."""
-        requests = self._requests
-        if self._own is None and requests is not None:
-            with requests.lock:  # several threads may read one future
-                if self._own is None and self._requests is requests:
-                    if requests.ended(exc):
-                        self._own = requests.take_error()
-                    self._requests = None  # the outcome is settled either way
-        return self._own
+        return self._call.traceback(timeout)
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._call.add_done_callback(lambda _: fn(self))  # the callback gets what the caller holds
-
-    # --- grpcio's own, as they are ---------------------------------------------------
+        self._call.add_done_callback(fn)
 
     def cancel(self) -> bool:
         return bool(self._call.cancel())
@@ -162,3 +114,21 @@ class CapturedCall(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
+
+
+class CapturedStream(CapturedReads, _GrpcCall):
+    """grpcio's stream-stream call: its reads raise the request iterator's error (a later read, the
+    InvalidStateError naming it); its future side is grpcio's own, as a Client's stream's is."""
+
+
+class CapturedFuture(CapturedOutcome, _GrpcCall):
+    """grpcio's stream-unary future: result() and exception() give the request iterator's error where
+    grpcio has its own UNKNOWN for it, the same one each time; a done callback gets this future."""
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        exc = self._call.exception(timeout)
+        own = self._own_error(exc) if isinstance(exc, grpc.RpcError) else None
+        return self._call.traceback(timeout) if own is None else own.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._call.add_done_callback(lambda _: fn(self))  # the callback gets what the caller holds

@@ -201,3 +201,95 @@ class Iterated:
 
     def __next__(self) -> Any:
         return next(self._requests)
+
+
+class CapturedReads:
+    """A stream-stream call whose reads raise its request iterator's error: the read that finds the call
+    ended by it gets that error, a later one the InvalidStateError naming it; grpcio's other errors are
+    raised as _failed() gives them. Only the reads settle it: the stream's future side (result(),
+    exception(), a done callback) is grpcio's own, its UNKNOWN among them (a stream's outcome is met by
+    its reader; were that side to take the error too, whichever came first would leave the reader
+    grpcio's UNKNOWN). The Client's streams (plugbay.core.host.translating) and a broker's
+    (plugbay.core.broker.capturedcalls) are these."""
+
+    def __init__(self, call: Any, requests: RequestSource | None) -> None:
+        self._call = call
+        self._requests = requests  # set once: RequestSource's lock orders the reads of several threads
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            requests = self._requests
+            if requests is None or not requests.ended(exc):
+                raise _raised(self._failed(exc), exc)
+        # out of the except block, so the error keeps its own context; never held in a local, which its
+        # traceback (this frame) would hold in a cycle
+        raise requests.take_error()
+
+    def _failed(self, exc: grpc.RpcError) -> BaseException:
+        """The error to raise for grpcio's ``exc`` when it is not the iterator's: ``exc`` itself here."""
+        return exc  # type: ignore[no-any-return]
+
+
+class CapturedOutcome:
+    """A stream-unary call's future whose result() raises (and exception() returns) its request iterator's
+    error where grpcio has its own UNKNOWN for it: the same error object every time, on any thread (a
+    future's outcome is settled once); grpcio's other errors as _failed() gives them. The Client's futures
+    (plugbay.core.host.translating) and a broker's (plugbay.core.broker.capturedcalls) are these."""
+
+    def __init__(self, call: Any, requests: RequestSource | None) -> None:
+        self._call = call
+        self._requests = requests
+        self._own: BaseException | None = None  # the iterator's error, once taken: every result() raises it
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return self._call.result(timeout)
+        except grpc.RpcError as exc:
+            if self._own_error(exc) is None:
+                raise _raised(self._failed(exc), exc)
+        own = self._own  # the same error each time, as a future's
+        assert own is not None
+        try:
+            raise own  # out of the except block, as CapturedReads'
+        finally:
+            del own, self  # as concurrent.futures does: the error's traceback holds this frame, not the future
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        exc = self._call.exception(timeout)
+        if isinstance(exc, grpc.RpcError):
+            own = self._own_error(exc)
+            return self._failed(exc) if own is None else own
+        return exc  # type: ignore[no-any-return]
+
+    def _failed(self, exc: grpc.RpcError) -> BaseException:
+        """The error for grpcio's ``exc`` when it is not the iterator's: ``exc`` itself here."""
+        return exc  # type: ignore[no-any-return]
+
+    def _own_error(self, exc: grpc.RpcError) -> BaseException | None:
+        """The request iterator's error, if ``exc`` is grpcio's for it, taken once: result() and exception()
+        give the same error each time they are asked."""
+        requests = self._requests
+        if self._own is None and requests is not None:
+            with requests.lock:  # the error path only: several threads may read the future at once
+                if self._own is None and self._requests is requests:
+                    if requests.ended(exc):
+                        self._own = requests.take_error()
+                    # either way the future's outcome is settled: an upstream's error, handed over as the
+                    # UNKNOWN's cause, leaves every later result() that UNKNOWN (not the stream's later-read
+                    # InvalidStateError)
+                    self._requests = None
+        return self._own
+
+
+def _raised(error: BaseException, original: BaseException) -> BaseException:
+    """``error``, caused by ``original`` unless it is ``original`` (raised again as it was: an error its own
+    cause would be a cycle holding the call). Raise it in one expression (an error in a local of the frame
+    it is raised through is a cycle too)."""
+    if error is not original:
+        error.__cause__ = original
+    return error
