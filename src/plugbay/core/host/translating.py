@@ -6,13 +6,12 @@ of the call's deadline; a stream whose request iterator raised raises that error
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from plugbay.core.host.callerrors import CallTimeout, caused
-from plugbay.core.transport.requestsource import RequestSource
+from plugbay.core.host.callerrors import CallTimeout
+from plugbay.core.transport.requestsource import CapturedOutcome, CapturedReads, RequestSource
 
 if TYPE_CHECKING:
     from plugbay.core.host.judging import FailureJudge
@@ -33,80 +32,35 @@ def timed(error: BaseException, timeout: float | None) -> BaseException:
     return error
 
 
-class TranslatingStream:
-    """A streaming call whose iteration raises translated errors; the rest delegates."""
+class TranslatingStream(CapturedReads):
+    """A streaming call whose iteration raises translated errors (its request iterator's as it is: see
+    CapturedReads); the rest delegates."""
 
     def __init__(self, call: Any, owner: FailureJudge, started: float, timeout: float | None,
                  requests: RequestSource | None = None) -> None:
-        self._call = call
+        super().__init__(call, requests)  # a stream-stream call's request iterator, its error kept
         self._owner = owner
         self._started, self._timeout = started, timeout
-        self._requests = requests  # a stream-stream call's request iterator, its error kept
 
-    def __iter__(self) -> Iterator[Any]:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._call)
-        except grpc.RpcError as exc:
-            if self._requests is None or not self._requests.ended(exc):
-                raise caused(failed(self._owner, exc, self._started, self._timeout), exc)
-        requests = self._requests  # holds the error no more once it hands it over
-        assert requests is not None
-        # out of the except block, so the error keeps its own context; never held in a local, which its
-        # traceback (this frame) would hold in a cycle
-        raise requests.take_error()
+    def _failed(self, exc: grpc.RpcError) -> BaseException:
+        return failed(self._owner, exc, self._started, self._timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
 
 
-class TranslatingFuture:
-    """A call future whose result() raises (and exception() returns) translated errors."""
+class TranslatingFuture(CapturedOutcome):
+    """A call future whose result() raises (and exception() returns) translated errors (its request
+    iterator's as it is, the same each time: see CapturedOutcome)."""
 
     def __init__(self, future: Any, owner: FailureJudge, started: float, timeout: float | None,
                  requests: RequestSource | None = None) -> None:
-        self._future = future
+        super().__init__(future, requests)  # a stream-unary call's request iterator, its error kept
         self._owner = owner
         self._started, self._timeout = started, timeout
-        self._requests = requests  # a stream-unary call's request iterator, its error kept
-        self._own: BaseException | None = None  # that error, once taken: every result() raises it
 
-    def result(self, timeout: float | None = None) -> Any:
-        try:
-            return self._future.result(timeout)
-        except grpc.RpcError as exc:
-            if self._own_error(exc) is None:
-                raise caused(failed(self._owner, exc, self._started, self._timeout), exc)
-        own = self._own  # the same error each time, as a future's
-        assert own is not None
-        try:
-            raise own  # out of the except block, as TranslatingStream's
-        finally:
-            del own, self  # as concurrent.futures does: the error's traceback holds this frame, not the future
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        exc = self._future.exception(timeout)
-        if isinstance(exc, grpc.RpcError):
-            own = self._own_error(exc)
-            return failed(self._owner, exc, self._started, self._timeout) if own is None else own
-        return exc  # type: ignore[no-any-return]
-
-    def _own_error(self, exc: grpc.RpcError | None) -> BaseException | None:
-        """The request iterator's error, if ``exc`` is grpcio's for it (None: check nothing new), as a
-        future's result() and exception() give the same error each time they are asked."""
-        requests = self._requests
-        if self._own is None and exc is not None and requests is not None:
-            with requests.lock:  # the error path only: several threads may read the future at once
-                if self._own is None and self._requests is requests:
-                    if requests.ended(exc):
-                        self._own = requests.take_error()
-                    # either way the future's outcome is settled: an upstream's error, handed over as the
-                    # UNKNOWN's cause, leaves every later result() that UNKNOWN (not the stream's later-read
-                    # InvalidStateError)
-                    self._requests = None
-        return self._own
+    def _failed(self, exc: grpc.RpcError) -> BaseException:
+        return failed(self._owner, exc, self._started, self._timeout)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._future, name)
+        return getattr(self._call, name)
