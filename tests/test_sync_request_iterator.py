@@ -491,3 +491,40 @@ def test_a_brokered_streams_reader_racing_a_done_callback_gets_the_iterators_err
             assert asked.wait(GUARD), "the done callback never ran"
     wrong = [g for g in got if g not in PLAIN]
     assert not wrong, (len(wrong), runs, wrong[0])
+
+
+def test_a_brokered_future_whose_iterator_raised_an_upstreams_error_keeps_the_calls_unknown(tmp_path: Path) -> None:
+    # the iterator raised an upstream call's error (a bare grpc.RpcError): that is not this call's failure,
+    # and a future's outcome is settled once, so every result() gives grpcio's UNKNOWN, caused by it (not an
+    # InvalidStateError from the second one on)
+    upstream = grpc.RpcError()
+
+    def forwarded() -> Iterator[Any]:
+        yield streaming_pb2.Chunk(seq=0, data=b"first")
+        raise upstream
+
+    with brokered_streamer(tmp_path) as channel:
+        future = calls_upload(channel).future(forwarded())
+        results = [outcome(lambda _: future.result(), iter(())) for _ in range(3)]
+    assert [status(e) for e in results] in [[f"_MultiThreadedRendezvous UNKNOWN {d!r}"] * 3 for d in DETAILS], [
+        described(e) for e in results]
+    assert all(e is results[0] and e.__cause__ is upstream for e in results), [described(e) for e in results]
+
+
+def test_a_brokered_futures_done_callback_gets_the_future_its_caller_holds(tmp_path: Path) -> None:
+    # grpcio's future passes itself to a done callback: the callback must get the future the caller holds,
+    # whose result() raises the iterator's error, not grpcio's own call with its UNKNOWN
+    given: queue.Queue[Any] = queue.Queue()
+    with brokered_streamer(tmp_path) as channel:
+        future = calls_upload(channel).future(requests(False))
+        future.add_done_callback(given.put)
+        got = given.get(timeout=GUARD)
+        same = got is future
+        said = described(outcome(lambda _: got.result(), iter(())))
+    assert same, "the done callback got another object than the future"
+    assert said == OWN, said
+
+
+def calls_upload(channel: grpc.Channel) -> Any:
+    return channel.stream_unary("/streaming.Streamer/Echo", request_serializer=streaming_pb2.Chunk.SerializeToString,
+                                response_deserializer=streaming_pb2.Chunk.FromString)
