@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from plugbay.core.transport.requestsource import CapturedOutcome, CapturedReads, capture
+from plugbay.core.transport.requestsource import CapturedOutcome, CapturedReads, called, capture
 
 
 class CapturedStreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -27,10 +27,10 @@ class CapturedStreamUnary(grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
         self._inner = inner
 
     def __call__(self, request_iterator: Any, *args: Any, **kwargs: Any) -> Any:
-        return _called(self._inner, request_iterator, args, kwargs)
+        return called(lambda requests: self._inner(requests, *args, **kwargs), request_iterator)
 
     def with_call(self, request_iterator: Any, *args: Any, **kwargs: Any) -> Any:
-        return _called(self._inner.with_call, request_iterator, args, kwargs)
+        return called(lambda requests: self._inner.with_call(requests, *args, **kwargs), request_iterator)
 
     def future(self, request_iterator: Any, *args: Any, **kwargs: Any) -> Any:
         requests, source = capture(request_iterator)
@@ -48,18 +48,6 @@ class CapturedStreamStream(grpc.StreamStreamMultiCallable):  # type: ignore[misc
         requests, source = capture(request_iterator)
         call = self._inner(requests, *args, **kwargs)
         return call if source is None else CapturedStream(call, source)
-
-
-def _called(method: Callable[..., Any], request_iterator: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    requests, source = capture(request_iterator)
-    try:
-        return method(requests, *args, **kwargs)
-    except grpc.RpcError as exc:
-        if source is None or not source.ended(exc):
-            raise
-    # out of the except block, so the error keeps its own context; never held in a local, which its
-    # traceback (this frame) would hold in a cycle
-    raise source.take_error()
 
 
 class _GrpcCall(grpc.Call, grpc.Future):  # type: ignore[misc]

@@ -43,7 +43,7 @@ from plugbay.core.host.judging import ExitProbe, FailureJudge
 from plugbay.core.host.rawguard import refuse_stubs_once_closed
 from plugbay.core.host.translating import TranslatingFuture, TranslatingStream, failed
 from plugbay.core.host.translating import timed as timed  # re-exported: long imported from here
-from plugbay.core.transport.requestsource import RequestSource, capture
+from plugbay.core.transport.requestsource import called, capture
 
 
 # A hook around each unary-unary call (plugbay.core.resilience.retry / circuit / supervisor
@@ -260,24 +260,39 @@ class _UnaryCallable(_Callable):
         owner = self._owner
         kwargs["timeout"] = deadline = timeout if timeout is not None else owner.call_timeout
         started = time.monotonic()
-        source: RequestSource | None = None
-        if self._kind == "stream_unary":  # its request iterator's error is raised as it is (translating)
-            request, source = capture(request)
+        if self._kind == "stream_unary":  # its request iterator's error is raised as it is (requestsource)
+            return self._once_captured(with_call, request, kwargs, started, deadline)
         try:
             cached = self._cached
             target = (cached[1] if cached is not None and cached[0] == owner._generation
                       else self._target())
             return (target.with_call if with_call else target)(request, **kwargs)
         except grpc.RpcError as exc:
-            if source is None or not source.ended(exc):
-                raise caused(self._fail(exc, started, deadline), exc)
+            raise caused(self._fail(exc, started, deadline), exc)
         except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
             raise caused(owner.translate_value_error(exc), exc)
         finally:
             if owner.after_call is not None:
                 owner.run_after_call()
-        assert source is not None
-        raise source.take_error()  # out of the except block: the error keeps its own context
+
+    def _once_captured(self, with_call: bool, request: Any, kwargs: dict[str, Any], started: float,
+                       deadline: float | None) -> Any:
+        """_once() of a stream-unary call: its request iterator's error raised as the call's (requestsource.called)."""
+        owner = self._owner
+
+        def send(requests: Any) -> Any:
+            target = self._target()
+            return (target.with_call if with_call else target)(requests, **kwargs)
+
+        def fail(exc: Exception) -> BaseException:
+            if isinstance(exc, ValueError):  # grpc: "Cannot invoke RPC on closed channel!"
+                return owner.translate_value_error(exc)
+            return self._fail(exc, started, deadline)
+        try:
+            return called(send, request, fail)
+        finally:
+            if owner.after_call is not None:
+                owner.run_after_call()
 
     def future(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         request, timeout = self._args(request, timeout, kwargs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -202,6 +202,28 @@ class Iterated:
     def __next__(self) -> Any:
         return next(self._requests)
 
+
+def called(send: Callable[[Any], Any], request: Any,
+           failed: Callable[[Exception], BaseException] | None = None) -> Any:
+    """A blocking stream-request call (grpcio's call or with_call()): ``send`` is given ``request`` captured;
+    the request iterator's error is raised as the call's, grpcio's own errors (its RpcError; the ValueError
+    of a call on a closed channel) as ``failed`` gives them (None: as they are). The Client's calls
+    (plugbay.core.host.channel) and a broker's (plugbay.core.broker.capturedcalls) are made so."""
+    requests, source = capture(request)
+    try:
+        return send(requests)
+    except grpc.RpcError as exc:
+        if source is None or not source.ended(exc):
+            if failed is None:
+                raise
+            raise _raised(failed(exc), exc)
+    except ValueError as exc:  # grpcio's, not the iterator's (that one is raised below, out of this block)
+        if failed is None:
+            raise
+        raise _raised(failed(exc), exc)
+    # out of the except block, so the error keeps its own context; never held in a local, which its
+    # traceback (this frame) would hold in a cycle
+    raise source.take_error()
 
 class CapturedReads:
     """A stream-stream call whose reads raise its request iterator's error: the read that finds the call
