@@ -10,19 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-# For type checkers: what a class taking these on answers, every instance being a call's error that is also a
-# grpc.RpcError (core.host.callerrors, network.poolcalls, core.resilience.circuit). At run time: object.
-if TYPE_CHECKING:
-    import grpc
-
-    class _CallFailure:
-        def code(self) -> grpc.StatusCode: ...
-        def details(self) -> str: ...
-
-    class _SentCallFailure(_CallFailure):
-        sent: bool  # False: refused before anything reached the plugin (safe to send again)
+if TYPE_CHECKING:  # the call errors' code(), details(), sent... for type checkers; at run time: object
+    from plugbay._calltyping import (CallFailure as _CallFailure, CircuitRefusal as _CircuitRefusal,
+                                     SentCallFailure as _SentCallFailure)
 else:
-    _CallFailure = _SentCallFailure = object
+    _CallFailure = _SentCallFailure = _CircuitRefusal = object
 
 
 class PlugbayError(Exception):
@@ -223,13 +215,8 @@ class CallTimeoutError(PlugbayError, TimeoutError, _SentCallFailure):
     """A call to the plugin exceeded its deadline."""
 
 
-class CircuitOpenError(PlugbayError, _CallFailure):
+class CircuitOpenError(PlugbayError, _CircuitRefusal):
     """Calls are refused because the plugin failed too often recently (never sent: UNAVAILABLE)."""
-
-    if TYPE_CHECKING:  # set by the one class raised, resilience.circuit.CircuitOpen
-        name: str
-        retry_in: float  # seconds until the breaker lets a probe through
-        last_failure: str
 
 
 # --- runners ----------------------------------------------------------------
