@@ -71,3 +71,23 @@ def test_a_docker_runner_option_given_to_plugin_container_itself_is_said_to_go_i
         plugin_container("plugbay-kv:latest", HANDSHAKE, PLUGINS, **option)
     offered = str(err.value).split("its options are ClientConfig's fields: ")[1].split(", ")
     assert name not in offered and "start_timeout" in offered and "env" in offered  # env=: ClientConfig's own
+
+
+def test_the_typed_options_are_the_ones_the_fixtures_take_with_client_configs_types() -> None:
+    """ClientOptions, the fixtures' **config for a type checker, lists exactly what they accept at run time:
+    ClientConfig's fields but their arguments (handshake, plugins) and what each sets itself."""
+    import dataclasses
+    import typing
+
+    from plugbay.core.host import config as config_module
+    from plugbay.testing import ClientOptions, pytest_plugin
+
+    fields = [f.name for f in dataclasses.fields(config_module.ClientConfig) if f.name not in ("handshake", "plugins")]
+    for sets in (pytest_plugin._PROCESS_SETS, pytest_plugin._CONTAINER_SETS):
+        assert list(ClientOptions.__annotations__) == [name for name in fields if name not in sets]
+    assert ClientOptions.__required_keys__ == frozenset()  # each keeps ClientConfig's default
+    config_hints = typing.get_type_hints(config_module.ClientConfig)
+    # its annotations name types imported for type checkers only: read them where ClientConfig's are
+    option_hints = {name: eval(ref.__forward_arg__, vars(config_module))
+                    for name, ref in ClientOptions.__annotations__.items()}
+    assert option_hints == {name: config_hints[name] for name in ClientOptions.__annotations__}

@@ -4,7 +4,8 @@
 lifecycle and hands back a connected plugbay Client or a dispensed stub. The
 pytest plugin (entry point ``plugbay``) adds the fixtures ``plugin_process``,
 ``plugin_container``, ``plugbay_docker`` and ``plugbay_image``; ``StartPluginProcess`` and
-``StartPluginContainer`` are the first two's types, for a test's annotations.
+``StartPluginContainer`` are the first two's types, for a test's annotations (``ClientOptions``: their
+keyword options).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # a type checker sees the class (with its methods), not __getattr__'s Any
     from plugbay.testing.container import PluginContainer as PluginContainer
-    from plugbay.testing.fixturetypes import (StartPluginContainer as StartPluginContainer,
+    from plugbay.testing.fixturetypes import (ClientOptions as ClientOptions,
+                                              StartPluginContainer as StartPluginContainer,
                                               StartPluginProcess as StartPluginProcess)
 
-__all__ = ["PluginContainer", "StartPluginContainer", "StartPluginProcess"]
+__all__ = ["ClientOptions", "PluginContainer", "StartPluginContainer", "StartPluginProcess"]
 
 
 def __getattr__(name: str) -> Any:
@@ -33,7 +35,7 @@ def __getattr__(name: str) -> Any:
             raise ConfigError(f"plugbay.testing.PluginContainer needs testcontainers and the docker SDK ({exc});"
                               " pip install 'plugbay[testing]'") from exc
         return PluginContainer
-    if name in ("StartPluginContainer", "StartPluginProcess"):
+    if name in ("ClientOptions", "StartPluginContainer", "StartPluginProcess"):
         from plugbay.testing import fixturetypes
 
         return getattr(fixturetypes, name)
