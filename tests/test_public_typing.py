@@ -152,10 +152,42 @@ def test_connect_options_are_typed(tmp_path: Path) -> None:
     ], out.stdout + out.stderr
 
 
+# The fixtures' keyword options are typed (ClientOptions, ClientConfig's fields they take): a misspelled or
+# wrongly typed one is caught, as connect()'s are, and so is one they set themselves. They were **Any.
+FIXTURES = '''
+from plugbay import HandshakeConfig
+from plugbay.testing import StartPluginContainer, StartPluginProcess
+
+H = HandshakeConfig(1, "K", "V")
+
+
+def test_options(plugin_process: StartPluginProcess, plugin_container: StartPluginContainer) -> None:
+    plugin_process(["./kv"], H, call_timeout=5.0, env={"A": "1"}, name="kv", skip_host_env=True)
+    plugin_container("kv:latest", H, runner={"transport": "tcp"}, kill_grace=1.0, auto_mtls=True)
+    plugin_process(["./kv"], H, start_timout=5)
+    plugin_process(["./kv"], H, call_timeout="5")
+    plugin_container("kv:latest", H, cmd=["./kv"])
+'''
+
+
+def test_fixture_options_are_typed(tmp_path: Path) -> None:
+    out = _mypy(tmp_path, {"fixtures.py": FIXTURES})
+    errors = [line.split(":", 1)[1] for line in out.stdout.splitlines() if ": error: " in line]
+    assert errors == [
+        '11: error: Unexpected keyword argument "start_timout" for "__call__" of "StartPluginProcess";'
+        ' did you mean "start_timeout"?  [call-arg]',
+        '12: error: Argument "call_timeout" to "__call__" of "StartPluginProcess" has incompatible type "str";'
+        ' expected "float | None"  [arg-type]',
+        '13: error: Unexpected keyword argument "cmd" for "__call__" of "StartPluginContainer"  [call-arg]',
+    ], out.stdout + out.stderr
+
+
 def test_a_typed_user_program_type_checks(tmp_path: Path) -> None:
     """tests/typed_user_program.py, under mypy --strict as its user would run it: the call errors' code(),
     details() and sent (a CircuitOpenError's retry_in), client.channel as the ManagedChannel it is, the
-    fixtures' types and the KV example's typed stubs. Each was an error or Any."""
+    fixtures' types and the KV example's typed stubs. Each was an error or Any. And a state compared, changed
+    by a call and compared again (a false "non-overlapping" error while state was a Literal, and the rest of
+    the function unchecked); every name it needs imported from plugbay and plugbay.testing."""
     repo = Path(__file__).resolve().parent.parent
     (tmp_path / "mypy.ini").write_text("[mypy]\nstrict = True\n"
                                        "[mypy-kvproto.*,grpc.*]\nfollow_imports = skip\n"
@@ -209,10 +241,14 @@ def test_network_star_import_gives_its_public_names() -> None:
     assert set(plugbay.network._NAMES) <= set(namespace)
 
 
-# A Supervisor's state, a breaker's and an event's kind are Literal: a misspelled one in a comparison is
-# caught (mypy --strict's strict equality), as a misspelled option is. They were str: any word passed.
+# An event's kind is Literal (a frozen field): a misspelled one in a comparison is caught (mypy --strict's
+# strict equality). A Supervisor's and a breaker's state are str: they change under the caller, and a type
+# checker narrows a property after `==` for the rest of the function, across the calls that change it. As
+# Literals, each `state == X; call; state == Y` below was a "Non-overlapping equality check" and the code
+# after it went unchecked (its deliberate error unreported).
 STATES = '''
-from plugbay import AsyncSupervisor, CircuitBreaker, Supervisor, SupervisorEvent
+from plugbay import (AsyncSupervisor, CircuitBreaker, CircuitState, EventKind, Supervisor, SupervisorEvent,
+                     SupervisorState)
 
 
 def fine(sup: Supervisor, asup: AsyncSupervisor, breaker: CircuitBreaker, event: SupervisorEvent) -> bool:
@@ -220,20 +256,47 @@ def fine(sup: Supervisor, asup: AsyncSupervisor, breaker: CircuitBreaker, event:
             and event.kind in ("restarted", "gave_up"))
 
 
-def misspelled(sup: Supervisor, breaker: CircuitBreaker, event: SupervisorEvent) -> bool:
-    return sup.state == "runing" or breaker.state == "half-open" or event.kind == "restart"
+def misspelled(event: SupervisorEvent) -> bool:
+    return event.kind == "restart"
+
+
+def breaker_moves(breaker: CircuitBreaker) -> None:
+    assert breaker.state == "closed"
+    breaker.trip("test")
+    assert breaker.state == "open"
+    checked: int = "breaker"
+
+
+def supervisor_moves(sup: Supervisor) -> None:
+    assert sup.state == "running"
+    sup.stop()
+    assert sup.state == "stopped"
+    checked: int = "supervisor"
+
+
+async def async_supervisor_moves(sup: AsyncSupervisor) -> None:
+    assert sup.state == "running"
+    await sup.stop()
+    assert sup.state == "stopped"
+    checked: int = "async supervisor"
+
+
+def words(kind: EventKind, state: SupervisorState, circuit: CircuitState) -> list[str]:
+    def typed(old: CircuitState, new: CircuitState, reason: str) -> None: ...
+    def plain(old: str, new: str, reason: str) -> None: ...
+    CircuitBreaker(on_change=typed), CircuitBreaker(on_change=plain)  # on_change's old and new: CircuitState
+    return [kind, state, circuit]
 '''
 
 
-def test_states_and_event_kinds_are_literal(tmp_path: Path) -> None:
+def test_state_is_str_and_event_kind_literal(tmp_path: Path) -> None:
     out = _mypy(tmp_path, {"states.py": STATES})
-    errors = [line.split(": error: ")[1] for line in out.stdout.splitlines() if ": error: " in line]
+    errors = [line.split(":", 1)[1] for line in out.stdout.splitlines() if ": error: " in line]
+    kinds = ("'started', 'start_failed', 'reattached', 'reattach_failed', 'failure', 'recovered', 'restarting',"
+             " 'restarted', 'restart_failed', 'gave_up', 'stopped'")
+    assigned = 'error: Incompatible types in assignment (expression has type "str", variable has type "int")'
     assert errors == [
-        f'Non-overlapping equality check (left operand type: "Literal[{left}]", right operand type:'
-        f' "Literal[{right}]")  [comparison-overlap]'
-        for left, right in [
-            ("'starting', 'running', 'restarting', 'failed', 'stopped'", "'runing'"),
-            ("'closed', 'open', 'half_open'", "'half-open'"),
-            ("'started', 'start_failed', 'reattached', 'reattach_failed', 'failure', 'recovered', 'restarting',"
-             " 'restarted', 'restart_failed', 'gave_up', 'stopped'", "'restart'"),
-        ]], out.stdout + out.stderr
+        f'12: error: Non-overlapping equality check (left operand type: "Literal[{kinds}]", right operand type:'
+        ' "Literal[\'restart\']")  [comparison-overlap]',
+        f"19: {assigned}  [assignment]", f"26: {assigned}  [assignment]", f"33: {assigned}  [assignment]",
+    ], out.stdout + out.stderr

@@ -4,15 +4,16 @@ type-checks this file (it is never run). Each ``assert_type`` is what the docs p
 from __future__ import annotations
 
 import sys
-from typing import Any, assert_type
+from typing import Any, Unpack, assert_type
 
 from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, AsyncKVClient, KVClient, KVPlugin
 
-from plugbay import (AsyncClient, CallTimeoutError, CircuitOpenError, Client, ClientConfig, GRPCPlugin,
-                     NoEndpointsError, PlugbayError, PluginDiedError, PluginUnavailableError, RemoteClient)
-from plugbay.core.host.channel import ManagedChannel
+from plugbay import (AsyncClient, CallTimeoutError, CircuitBreaker, CircuitOpenError, CircuitState, Client,
+                     ClientConfig, EventKind, GRPCPlugin, ManagedChannel, NoEndpointsError, PlugbayError,
+                     PluginDiedError, PluginUnavailableError, RemoteClient, Supervisor, SupervisorEvent,
+                     SupervisorState)
 from plugbay.network import EndpointPool
-from plugbay.testing import StartPluginContainer, StartPluginProcess
+from plugbay.testing import ClientOptions, StartPluginContainer, StartPluginProcess
 
 CONFIG = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
                       cmd=[sys.executable, "examples/kv/plugin.py"])
@@ -61,6 +62,28 @@ def remote(client: RemoteClient, pool: MyPool) -> int:
     client.reattach_config()  # always refused (ClientStateError): nothing to return after it
 
 
+def states(breaker: CircuitBreaker, sup: Supervisor, event: SupervisorEvent) -> list[str]:
+    """A state compared, changed by a call, compared again: no "non-overlapping" check, and the rest of the
+    function is still checked (the ignore below is used; strict mode flags an unused one)."""
+    assert breaker.state == "closed"
+    breaker.trip("test")
+    assert breaker.state == "open"
+    assert sup.state == "running"
+    sup.stop()
+    assert sup.state == "stopped"
+    still_checked: int = "a str"  # type: ignore[assignment]
+    kind: EventKind = event.kind
+    words: list[SupervisorState | CircuitState] = ["running", "half_open"]
+    return [kind, *words, str(still_checked)]
+
+
+def on_change(old: CircuitState, new: CircuitState, reason: str) -> None:
+    print(old, "->", new, reason)
+
+
+BREAKER = CircuitBreaker(on_change=on_change)
+
+
 def test_kv_process(plugin_process: StartPluginProcess) -> None:
     client = plugin_process([sys.executable, "examples/kv/plugin.py"], HANDSHAKE, {PLUGIN_NAME: KVPlugin()},
                             call_timeout=5.0)
@@ -70,3 +93,7 @@ def test_kv_process(plugin_process: StartPluginProcess) -> None:
 def test_kv_container(plugin_container: StartPluginContainer, plugbay_image: Any) -> None:
     client = plugin_container(plugbay_image("kv"), HANDSHAKE, {PLUGIN_NAME: KVPlugin()}, runner={"transport": "tcp"})
     assert_type(client, Client)
+
+
+def start_kv(plugin_process: StartPluginProcess, **options: Unpack[ClientOptions]) -> Client:
+    return plugin_process([sys.executable, "examples/kv/plugin.py"], HANDSHAKE, {PLUGIN_NAME: KVPlugin()}, **options)

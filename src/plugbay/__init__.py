@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         VersionedPlugins as VersionedPlugins,
     )
     from plugbay.core.host.aioclient import AsyncClient as AsyncClient
+    from plugbay.core.host.channel import ManagedChannel as ManagedChannel
     from plugbay.core.host.client import Client as Client, cleanup_clients as cleanup_clients
     from plugbay.core.host.config import ClientConfig as ClientConfig
     from plugbay.core.host.reattach import ReattachConfig as ReattachConfig
@@ -30,17 +31,19 @@ if TYPE_CHECKING:
     from plugbay.core.plugin.server import ServeConfig as ServeConfig, serve as serve
     from plugbay.core.protocol.handshake import HandshakeConfig as HandshakeConfig, HandshakeInfo as HandshakeInfo
     from plugbay.core.resilience.calls import install as install
-    from plugbay.core.resilience.circuit import CircuitBreaker as CircuitBreaker
+    from plugbay.core.resilience.circuit import CircuitBreaker as CircuitBreaker, CircuitState as CircuitState
     from plugbay.core.resilience.healthwatch import HealthWatcher as HealthWatcher
     from plugbay.core.resilience.retry import RetryPolicy as RetryPolicy, idempotent as idempotent
     from plugbay.core.resilience.restart import (
         CannotRestartError as CannotRestartError,
+        EventKind as EventKind,
         RestartLoopFailedError as RestartLoopFailedError,
         RestartPolicy as RestartPolicy,
         SupervisorEvent as SupervisorEvent,
     )
     from plugbay.core.resilience.aiosupervisor import AsyncSupervisor as AsyncSupervisor
     from plugbay.core.resilience.supervisor import Supervisor as Supervisor
+    from plugbay.core.resilience.waiting import SupervisorState as SupervisorState
     from plugbay.errors import (
         BrokerAddressRefusedError as BrokerAddressRefusedError,
         BrokerClosedError as BrokerClosedError,

@@ -87,7 +87,8 @@ class Client(Connecting):
         return self._need(self._version, "negotiated_version")
 
     @property
-    def channel(self) -> ManagedChannel:  # a grpc.Channel; also .current, the grpcio channel underneath
+    def channel(self) -> ManagedChannel:
+        # a grpc.Channel; .current is what it calls through: the grpcio channel, a RemoteClient's EndpointPool
         return self._need(self._channel, "channel")
 
     @property

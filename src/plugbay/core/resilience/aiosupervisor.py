@@ -42,7 +42,6 @@ from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ConfigSource, check_policies, check_settings, plugin_named
 from plugbay.core.resilience.supervisor import Supervisor
-from plugbay.core.resilience.waiting import SupervisorState
 from plugbay.errors import ClientStateError
 
 
@@ -93,7 +92,7 @@ class AsyncSupervisor:
         return self._sup.name
 
     @property
-    def state(self) -> SupervisorState:
+    def state(self) -> str:  # a SupervisorState (see waiting.py: why not that Literal)
         return self._sup.state
 
     @property

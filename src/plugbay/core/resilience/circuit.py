@@ -41,7 +41,10 @@ from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, describe_error
 
 _log = logging.getLogger("plugbay.circuit")
 
-CircuitState: TypeAlias = Literal["closed", "open", "half_open"]  # a typo in a comparison is a type error
+# The words of CircuitBreaker.state, and of on_change's old and new. The state property itself says str: a
+# type checker narrows a property after `==` and keeps that across calls, so with this Literal
+# `assert b.state == "closed"; b.trip("x"); assert b.state == "open"` was a false error (the rest unchecked).
+CircuitState: TypeAlias = Literal["closed", "open", "half_open"]
 CLOSED: Final = "closed"
 OPEN: Final = "open"
 HALF_OPEN: Final = "half_open"
@@ -85,7 +88,7 @@ class CircuitBreaker:
     def __init__(self, failure_threshold: int = 5, window: float = 30.0, open_for: float = 10.0, *,
                  name: str = "plugin",
                  failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
-                 on_change: Callable[[str, str, str], None] | None = None,
+                 on_change: Callable[[CircuitState, CircuitState, str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if isinstance(failure_codes, Iterable) and not isinstance(failure_codes, (str, bytes)):
             try:
@@ -118,14 +121,14 @@ class CircuitBreaker:
         self._probe_at = 0.0  # when it was let through
         self._probe_expires = True  # False: allow() gave it, and only record_*() will end it
         self._last_failure = ""
-        self._pending: list[tuple[str, str, str]] = []
+        self._pending: list[tuple[CircuitState, CircuitState, str]] = []
         self.opened_count = 0  # how often it opened (metrics)
         self.rejected_count = 0  # calls refused while open
 
     # --- state ----------------------------------------------------------------
 
     @property
-    def state(self) -> CircuitState:
+    def state(self) -> str:  # a CircuitState; str, so a check after a call is not narrowed by one before it
         with self._lock:
             state = self._current()
         self._notify()  # reading it may be what moved it open -> half_open

@@ -85,7 +85,8 @@ class FailureRun:
         return checked_backoff(policy.backoff(self.count), f"{type(policy).__name__}.backoff({self.count})")
 
 
-# Literal, so that a type checker catches `event.kind == "restart"` (strict equality)
+# Literal, so that a type checker catches `event.kind == "restart"` (strict equality); an event is frozen, so
+# narrowing its kind by a comparison is right (unlike a Supervisor's state)
 EventKind: TypeAlias = Literal["started", "start_failed", "reattached", "reattach_failed", "failure", "recovered",
                                "restarting", "restarted", "restart_failed", "gave_up", "stopped"]
 

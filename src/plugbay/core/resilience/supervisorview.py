@@ -16,7 +16,7 @@ from plugbay.core.resilience.followbroker import FollowingBroker
 from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.resilience.readygate import plugin_gone, restart_advice
 from plugbay.core.resilience.sources import ConfigSource, not_running, reattach_only
-from plugbay.core.resilience.waiting import PluginWaits, SupervisorState
+from plugbay.core.resilience.waiting import PluginWaits
 from plugbay.errors import ClientStateError
 
 
@@ -35,7 +35,7 @@ class SupervisorView(PluginWaits):
     _reattach: ReattachConfig | None
 
     @property
-    def state(self) -> SupervisorState:
+    def state(self) -> str:  # a SupervisorState (see waiting.py: why not that Literal)
         return self._state
 
     @property

@@ -16,7 +16,8 @@ from plugbay.core.resilience.readygate import SupervisedChannel, gone_unseen
 from plugbay.core.resilience.restart import RestartBudget, RestartPolicy
 from plugbay.core.resilience.wakeups import StateCondition
 
-# Literal, so that a type checker catches `sup.state == "runing"` (strict equality)
+# The words of Supervisor.state; the property itself says str (see CircuitState in circuit.py: a Literal
+# property is narrowed by one comparison for the rest of the function, across stop() or a restart)
 SupervisorState: TypeAlias = Literal["starting", "running", "restarting", "failed", "stopped"]
 STARTING: Final = "starting"
 RUNNING: Final = "running"
