@@ -20,6 +20,7 @@ BUILT = {
     "PluginExitedError": ("kv", 3),
     "MalformedHandshakeError": ("1|1|tcp|nowhere|grpc", "the address has no port"),
     "TLSRequiredError": ("kv", "the plugin announced no certificate"),
+    "UnprovenAddressError": ("kv", "unix", "/var/run/docker.sock", "another process listens there"),
     "VersionMismatchError": ([1, 2], [3]),
     "UnknownPluginError": ("kvv", ["kv", "counter"]),
     "PodCrashLoopError": ("plugbay-kv-1", 1),

@@ -10,6 +10,7 @@ host can dial (a socket in a bind mount, a published port, a port-forward).
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -24,6 +25,9 @@ from plugbay.errors import ConfigError, RunnerError, clip
 
 _log = logging.getLogger("plugbay.runner")
 _EXIT_POLL = 0.25  # the default exit watcher's poll (a runner with an exit event overrides watch_exit)
+
+
+NOT_LISTENING = "nothing listens there"  # unproven_listener()'s answer that a wait may change
 
 
 class AnnouncedUnreachableError(RunnerError):
@@ -179,6 +183,13 @@ class AttachedRunner(ABC):
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
         """Map an address the plugin announced to one the host can dial."""
         return network, address
+
+    def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None) -> str | None:
+        """Why the host may not dial ``address`` (a plugin_to_host() answer for the handshake's address) now, or
+        None; NOT_LISTENING while nothing listens there (yet). A runner that mapped the address itself (a mounted
+        folder, a published or forwarded port) has nothing to prove; the process runner proves who listens
+        there (runners.ownsocket). ``conn``: a connection the host made there itself, proven on its own peer."""
+        return None
 
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         """Map a host address to one the plugin can dial (brokered callbacks)."""

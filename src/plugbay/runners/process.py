@@ -56,6 +56,7 @@ from plugbay.runners.command import check_cwd, check_launch_env
 from plugbay.runners.command import resolve_executable as resolve_executable  # re-exported
 from plugbay.runners.hostbound import bound_command, check_runnable, check_supported, spawn_bound
 from plugbay.runners.options import check_grace
+from plugbay.runners.ownsocket import OwnListeners
 from plugbay.runners.procio import PipeFollower, child_exit_code, follow_pipes, pidfd, watch_pid
 from plugbay.runners.proclines import ProcessLines
 from plugbay.runners.procsecure import SecureCopies
@@ -69,7 +70,7 @@ from plugbay.runners.stderrpipe import popen_naming_stderr
 _TAIL = 50
 
 
-class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, LocalAddresses, Runner):
+class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, OwnListeners, LocalAddresses, Runner):
     """Runs ``cmd`` as a local child process. One instance runs the plugin once."""
 
     def __init__(self, cmd: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,

@@ -57,6 +57,10 @@ class ClientConfig:
     # (PLUGIN_UNIX_SOCKET_GROUP; the private dir becomes 0770 for it) and its parent dir.
     unix_socket_group: str | int | None = None
     unix_socket_temp_dir: str | None = None
+    # Dial the address a started plugin announces without proving that the process plugbay started (or one
+    # of its descendants) listens there (runners.ownsocket): only for a command that hands the serving to a
+    # process it does not start (a `docker run` wrapper, a service manager). Reattach proves its address always.
+    trust_announced_address: bool = False
 
     def __post_init__(self) -> None:
         self.check()

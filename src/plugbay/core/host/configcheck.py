@@ -50,7 +50,7 @@ def check_client_config(config: Any) -> None:
     for name in ("auto_mtls", "require_tls"):
         if getattr(config, name) is not None and not isinstance(getattr(config, name), bool):
             raise ConfigError(f"ClientConfig.{name} must be True, False or None, got {getattr(config, name)!r}")
-    for name in ("multiplex_broker", "skip_host_env"):
+    for name in ("multiplex_broker", "skip_host_env", "trust_announced_address"):
         if not isinstance(getattr(config, name), bool):
             raise ConfigError(f"ClientConfig.{name} must be True or False, got {getattr(config, name)!r}")
     _seconds(config.start_timeout, "start_timeout", zero=False)

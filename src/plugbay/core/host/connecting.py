@@ -9,6 +9,7 @@ The Client's classes stack: ClientParts (what it holds, how it lets go) <- ExitN
 from __future__ import annotations
 
 import logging
+import socket
 import stat
 import time
 
@@ -23,8 +24,9 @@ from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
-from plugbay.errors import ClientStateError, HandshakeError, RunnerError, TLSRequiredError
-from plugbay.runners.base import AnnouncedUnreachableError
+from plugbay.errors import ClientStateError, HandshakeError, HandshakeTimeoutError, RunnerError, TLSRequiredError
+from plugbay.errors import UnprovenAddressError, clip
+from plugbay.runners.base import NOT_LISTENING, AnnouncedUnreachableError
 
 _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
@@ -50,6 +52,31 @@ class Connecting(ExitNotice):
         refuse_announced(info, self._versions, self.config.multiplex_broker, self.name)
         self._announced = info
         self._version = info.app_version
+
+    def _prove_listener(self, network: str, address: str, announced: HandshakeInfo, deadline: float) -> None:
+        """Return once the runner proves the plugin listens at ``address``; UnprovenAddressError once it says
+        another process does. While nothing listens there (a plugin that prints before it listens) it is
+        looked at again, as gRPC would redial, until the plugin exits, kill() or abandon_start() comes, or
+        the start's ``deadline`` passes (HandshakeTimeoutError)."""
+        runner = self._need(self._runner, "runner")
+        pause = 0.005
+        while True:
+            why = runner.unproven_listener(network, address)
+            if why is None:
+                return
+            self._raise_if_exited(runner.wait(0))  # an exit says more than what is left at the address
+            if why != NOT_LISTENING:
+                raise UnprovenAddressError(self.name, announced.network, announced.address, why)
+            if self._abandoned or self._kill_asked:
+                raise ClientStateError(f"the start of plugin {self.name!r} was ended (kill(), close() or a"
+                                       " cancelled start()) while it was awaited at the address it announced")
+            if time.monotonic() >= deadline:
+                raise HandshakeTimeoutError(
+                    f"plugin {self.name!r} printed its handshake, but nothing listened at the {network} address it"
+                    f" announced ({clip(repr(announced.address), 200)}) within the start timeout. Check that the"
+                    " plugin listens there before it prints its handshake line, as go-plugin does")
+            time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+            pause = min(pause * 2, 0.1)
 
     def _connect(self, announced: HandshakeInfo, deadline: float) -> None:
         runner = self._need(self._runner, "runner")
@@ -79,12 +106,21 @@ class Connecting(ExitNotice):
                                            SOCKET_GRACE))
         if mode and not stat.S_ISSOCK(mode):  # a file that is there and no socket never becomes one: not dialed
             raise not_a_socket(self.name, announced.address, address, self.config.reattach is not None, mode)
+        prove = not self.config.trust_announced_address
+        if prove and not self.config.multiplex_broker:  # the multiplexed connection is proven on itself, below
+            self._prove_listener(network, address, announced, deadline)
         dial_to = (network, address)
         if self.config.multiplex_broker:
             # One connection carries a yamux session; the main channel and every
             # brokered connection are streams in it (TLS, if any, runs per stream).
+            def check(conn: socket.socket) -> None:  # go-plugin's multiplexed server takes one connection: no probe
+                why = runner.unproven_listener(network, address, conn if network == "unix" else None)
+                if why is not None:
+                    self._raise_if_exited(runner.wait(0))
+                    raise UnprovenAddressError(self.name, announced.network, announced.address, why)
+
             self._mux = HostMux(network, address, timeout=max(deadline - time.monotonic(), 5.0),
-                                keepalive=self._keepalive)
+                                keepalive=self._keepalive, check=check if prove else None)
             dial_to = self._mux.local_address
         self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
                           relay_dir=self._tmpdir, options=with_defaults([_KEEP_CONNECTED], self.config.grpc_options))

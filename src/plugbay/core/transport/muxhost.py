@@ -15,6 +15,7 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from plugbay.core.transport import sockets
 from plugbay.core.transport.held import HeldStreams
@@ -43,16 +44,19 @@ class HostMux(MuxSession):
 
     ``max_redials`` bounds how often a lost connection is made again (None: each
     time a stream is needed, which network mode uses: gRPC's reconnect backoff
-    paces it there).
+    paces it there). ``check``: given each connection to the plugin as soon as it is made, before
+    a byte is written; what it raises ends that dial (a process plugin's listener proven on it).
     """
 
     def __init__(self, network: str, address: str, timeout: float = 10.0,
-                 max_redials: int | None = _MAX_REDIALS, keepalive: Keepalive | None = None) -> None:
+                 max_redials: int | None = _MAX_REDIALS, keepalive: Keepalive | None = None,
+                 check: Callable[[socket.socket], None] | None = None) -> None:
         super().__init__("host-mux")
         self.peer = "the plugin"
         self._keepalive = keepalive or Keepalive()
         self._held = HeldStreams()
         self._target = (network, address)
+        self._check = check  # raises unless the connection made reaches the plugin's own listener, before a byte goes
         self._timeout = timeout
         self._max_redials = max_redials
         self._redials = 0
@@ -117,6 +121,12 @@ class HostMux(MuxSession):
 
     def _dial(self) -> Session:
         conn = sockets.dial(*self._target, self._timeout)
+        if self._check is not None:
+            try:
+                self._check(conn)
+            except BaseException:
+                conn.close()
+                raise
         conn.settimeout(None)
         return Session(conn, client=True, on_stream=self._on_stream, name="mux-host", start=False,
                        write_timeout=self._keepalive.write_timeout)

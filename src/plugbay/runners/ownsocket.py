@@ -1,0 +1,122 @@
+"""OwnListeners, a base of ProcessRunner: the socket a freshly started plugin announces is dialed only once
+plugbay has proven that the process it started (or one of that process's descendants) listens there.
+
+A handshake line is the plugin's word, untrusted. Announcing /var/run/docker.sock, another user's service
+or 127.0.0.1:2375 would have the host send its calls, its client certificate's handshake and kill()'s
+Shutdown there: a plugin dropped to fewer rights than its host (a wrapper that changes user or sandboxes
+it) would reach, through the host, what it cannot reach itself. The proof:
+
+- unix: SO_PEERCRED of a connection to the path gives the pid that listens there (Linux sets it at
+  listen()); its parent links (/proc/PID/stat) must lead to the started process within _MAX_HOPS, each
+  parent no younger than its child (a number reused meanwhile would be younger) and the started process
+  still the one started (its start ticks). A pid that vanished, or 0 (a listener of a pid namespace this
+  one cannot see: a container's), proves nothing. The multiplexed connection is proven on itself (go-plugin's
+  multiplexed server accepts one connection ever: a probe would take it); a plain one by a probe made and
+  closed before gRPC dials. A plugin can still swap its own socket file between the probe and gRPC's dial:
+  what is refused is a socket the plugin did not make.
+- tcp: the listening sockets a dial would reach (/proc/PID/net/tcp, tcp6) must all be held open by the
+  started process or its descendants (their /proc/PID/fd), in this host's network namespace: the process
+  itself is looked at first, the rest of its tree (a scan of /proc's parent links) only if that fails.
+  Addresses in ProcessRunner(trusted_networks=) are the caller's word and not proven.
+
+What cannot be proven is refused (UnprovenAddressError): a command that hands the serving to a process it
+does not start (``docker run``'s published port or bind-mounted socket, a service manager's, a daemon that
+forked twice and left the tree). ClientConfig(trust_announced_address=True) opts out for such wrappers.
+A reattach proves its address in runners.attached; Docker and pod runners dial addresses they mapped
+themselves (a folder plugbay made and mounted, a port it published or forwarded), so neither asks here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import subprocess
+
+from plugbay.core.transport.tempdirs import own_proc
+from plugbay.runners.announced import IPNetwork
+from plugbay.runners.base import NOT_LISTENING
+from plugbay.runners.listeners import listens_on, tcp_listeners, unix_peer_pid
+from plugbay.runners.proctree import family, stat_of
+
+_MAX_HOPS = 64  # parent links walked from the listener: deeper than any wrapper chain of a plugin
+
+
+def peer_pid(conn: socket.socket) -> int:
+    """The pid SO_PEERCRED names for a connected AF_UNIX socket: the listener's (0: none this pid namespace sees)."""
+    pid, _, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return int(pid)
+
+
+def descends(pid: int, root: int, root_start: int) -> bool:
+    """Whether live process ``pid`` is process ``root`` (started at ``root_start`` ticks) or its descendant."""
+    child_start: int | None = None
+    for _ in range(_MAX_HOPS):
+        facts = stat_of(pid)  # None: gone or a zombie, which proves nothing
+        if facts is None or pid <= 1:
+            return False
+        ppid, start = facts
+        if child_start is not None and start > child_start:
+            return False  # younger than its child: the parent's number was reused after the child was reparented
+        if pid == root:
+            return start == root_start
+        if start < root_start:
+            return False  # older than the plugin: no descendant of it
+        pid, child_start = ppid, start
+    return False
+
+
+class OwnListeners:
+    """ProcessRunner's proof of the address its plugin announced (the fields it reads below)."""
+
+    _proc: subprocess.Popen[bytes] | None
+    _start_ticks: int | None
+    _trusted: tuple[IPNetwork, ...]
+
+    def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None) -> str | None:
+        """Why ``address`` (as mapped for the host) is not proven to be the started plugin's; None once it is,
+        NOT_LISTENING while nothing listens there. ``conn``: a unix connection the host made there itself,
+        proven on its own peer."""
+        proc = self._proc
+        if proc is None or network not in ("unix", "tcp") or self._trusts(network, address):
+            return None
+        return self._why_not_own(proc, network, address, conn)
+
+    def _trusts(self, network: str, address: str) -> bool:
+        if network != "tcp":
+            return False
+        host = address.rpartition(":")[0].strip("[]").partition("%")[0]
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip.version == net.version and ip in net for net in self._trusted)
+
+    def _why_not_own(self, proc: subprocess.Popen[bytes], network: str, address: str,
+                     conn: socket.socket | None) -> str | None:
+        root, root_start = proc.pid, self._start_ticks
+        if not own_proc():
+            return ("this host's /proc shows another pid namespace's processes, so no pid read there names the"
+                    " process it started")
+        if root_start is None or proc.returncode is not None:
+            return f"the plugin process {root} is gone, so nothing it made can listen there"
+        if network == "unix":
+            try:
+                pid = peer_pid(conn) if conn is not None else unix_peer_pid(address)
+            except OSError as exc:
+                return f"the connection to it tells no listener ({exc})"
+            if pid is None:
+                return NOT_LISTENING
+            if descends(pid, root, root_start):
+                return None
+            who = (f"process {pid}" if pid else "a process of another pid namespace (a container's, as"
+                   " `docker run` with the socket's folder mounted gives)")
+            return (f"the socket there is listened on by {who}, which is neither the plugin process {root}"
+                    " plugbay started nor one of its descendants")
+        if not tcp_listeners(root, address):
+            return NOT_LISTENING
+        if listens_on([root], "tcp", address) or listens_on([root, *family(root, "", root_start)], "tcp", address):
+            return None
+        return (f"a socket listening there is held by no process of the plugin's (process {root}, which"
+                " plugbay started, and its descendants): another service listens there (a port `docker run`"
+                " published, another server)")

@@ -1,0 +1,148 @@
+"""A started plugin's announced socket is dialed only once plugbay proves the plugin (or a process it started)
+listens there.
+
+Real processes: a "plugin" whose handshake line names a socket another process made (a real KV plugin this
+test started itself, or a socket this test listens on) is refused at once with UnprovenAddressError, which
+names the address and the opt-out; ClientConfig(trust_announced_address=True) dials it as before. Plugins
+started through wrappers (``sh -c`` with and without exec, ``env``, a parent that forks the server) serve as
+before, over unix and tcp, plain and multiplexed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay.errors import ConfigError, MalformedHandshakeError, UnprovenAddressError
+from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY
+
+REPO = Path(__file__).resolve().parent.parent
+MISBEHAVE = str(REPO / "tests" / "plugins" / "misbehave.py")
+# a parent that forks, its child serving the plugin (it execs the KV plugin), the parent waiting on it
+FORKS = ("import os, sys\npid = os.fork()\nif pid == 0:\n    os.execv(sys.executable, [sys.executable, sys.argv[1]])\n"
+         "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+
+
+class Foreign:
+    """A real KV plugin this test starts itself: a healthy gRPC server that no Client's plugin made."""
+
+    def __init__(self, folder: Path, listen: str | None, multiplex: bool) -> None:
+        env = {**os.environ, HANDSHAKE.magic_cookie_key: HANDSHAKE.magic_cookie_value,
+               "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_UNIX_SOCKET_DIR": str(folder)}
+        if listen is not None:
+            env["PLUGBAY_LISTEN"] = listen
+        if multiplex:
+            env["PLUGIN_MULTIPLEX_GRPC"] = "true"
+        self.proc = subprocess.Popen([PY, KV_EXAMPLE], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        self.line = self.proc.stdout.readline().decode().strip()
+        assert self.line.count("|") >= 4, self.line
+        self.network, self.address = self.line.split("|")[2:4]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture()
+def foreign(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Foreign]:
+    listen, multiplex = request.param
+    started = Foreign(tmp_path, listen, multiplex)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def _announcing(line: str, **config: object) -> Client:
+    """A Client whose plugin prints ``line`` as its handshake and serves nothing itself."""
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=8,
+                               runner=ProcessRunner([PY, MISBEHAVE, "line", line]), **config))  # type: ignore[arg-type]
+
+
+def _refused(client: Client, network: str, address: str) -> str:
+    try:
+        with pytest.raises(UnprovenAddressError) as raised:
+            client.start()
+        assert client.runner.wait(10) is not None, "the refused plugin was left running"
+    finally:
+        client.kill()
+    error = raised.value
+    assert isinstance(error, MalformedHandshakeError)  # a broker's and a caller's catch of refusals hold it too
+    assert (error.network, error.address) == (network, address)
+    text = str(error)
+    assert f"announced {network} address {address!r}, which plugbay does not dial" in text, text
+    assert "trust_announced_address=True" in text, text
+    return text
+
+
+KINDS = [(None, False), ("tcp:127.0.0.1:0", False), (None, True)]
+IDS = ["unix", "tcp", "unix-multiplexed"]
+
+
+@pytest.mark.parametrize("foreign", KINDS, ids=IDS, indirect=True)
+def test_a_running_plugin_the_started_one_did_not_make_is_refused(foreign: Foreign) -> None:
+    # before: dialed, and the host's calls went to the other process's server (start() succeeded)
+    multiplex = foreign.line.endswith("|true")
+    text = _refused(_announcing(foreign.line, multiplex_broker=multiplex), foreign.network, foreign.address)
+    said = (f"listened on by process {foreign.proc.pid}, which is neither the plugin process" if foreign.network
+            == "unix" else "held by no process of the plugin's")
+    assert said in text, text
+    assert foreign.proc.poll() is None  # the other server is left alone
+
+
+def test_a_socket_an_ancestor_listens_on_is_refused(tmp_path: Path) -> None:
+    # this test's process is the plugin's ancestor, not its descendant; before: dialed until start_timeout
+    path = str(tmp_path / "host.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(8)
+        text = _refused(_announcing(f"1|1|unix|{path}|grpc"), "unix", path)
+    assert f"listened on by process {os.getpid()}" in text, text
+
+
+@pytest.mark.parametrize("foreign", KINDS, ids=IDS, indirect=True)
+def test_trust_announced_address_dials_it_as_before(foreign: Foreign) -> None:
+    multiplex = foreign.line.endswith("|true")
+    with _announcing(foreign.line, multiplex_broker=multiplex, trust_announced_address=True) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"trusted")
+        assert kv.get("k") == b"trusted"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_trust_announced_address_is_checked(value: object) -> None:
+    with pytest.raises(ConfigError, match="trust_announced_address must be True or False"):
+        ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE],
+                     trust_announced_address=value)  # type: ignore[arg-type]
+
+
+WRAPPERS = {
+    "sh-exec": ["sh", "-c", f"exec {PY} {KV_EXAMPLE}"],
+    "sh-child": ["sh", "-c", f"{PY} {KV_EXAMPLE}; exit $?"],  # no exec: the server is the shell's child
+    "env": ["env", "PLUGBAY_WRAPPED=1", PY, KV_EXAMPLE],
+    "forks": [PY, "-c", FORKS, KV_EXAMPLE],
+}
+
+
+@pytest.mark.parametrize("listen", [None, "tcp:127.0.0.1:0"], ids=["unix", "tcp"])
+@pytest.mark.parametrize("multiplex", [False, True], ids=["plain", "multiplexed"])
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_a_plugin_started_through_a_wrapper_serves(wrapper: str, multiplex: bool, listen: str | None) -> None:
+    env = {"PLUGBAY_LISTEN": listen} if listen else {}
+    runner = ProcessRunner(WRAPPERS[wrapper], env=env)
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=30,
+                             multiplex_broker=multiplex)) as client:
+        assert client.handshake.network == ("tcp" if listen else "unix")
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", wrapper.encode())
+        assert kv.get("k") == wrapper.encode()
