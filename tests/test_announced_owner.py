@@ -20,13 +20,16 @@ import pytest
 
 from plugbay import Client, ClientConfig, ProcessRunner
 from plugbay.errors import ConfigError, MalformedHandshakeError, UnprovenAddressError
+from tests.cli_util import plugbay
 from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY
 
 REPO = Path(__file__).resolve().parent.parent
 MISBEHAVE = str(REPO / "tests" / "plugins" / "misbehave.py")
-# a parent that forks, its child serving the plugin (it execs the KV plugin), the parent waiting on it
-FORKS = ("import os, sys\npid = os.fork()\nif pid == 0:\n    os.execv(sys.executable, [sys.executable, sys.argv[1]])\n"
-         "sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
+# a parent that forks, its child serving the plugin (it execs the KV plugin), the parent waiting on it as a shell
+# does (a SIGTERM to the group is the server's to act on: a parent killed by it first left the server to SIGKILL)
+FORKS = ("import os, signal, sys\npid = os.fork()\n"
+         "if pid == 0:\n    os.execv(sys.executable, [sys.executable, sys.argv[1]])\n"
+         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nsys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n")
 
 
 class Foreign:
@@ -146,3 +149,25 @@ def test_a_plugin_started_through_a_wrapper_serves(wrapper: str, multiplex: bool
         kv = client.dispense(PLUGIN_NAME)
         kv.put("k", wrapper.encode())
         assert kv.get("k") == wrapper.encode()
+
+
+def test_plugbay_run_trust_announced_address(tmp_path: Path) -> None:
+    path = str(tmp_path / "host.sock")  # this test's own socket: the plugin's ancestor listens there
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(8)
+
+        def run(*flags: str) -> tuple[int, str]:
+            done = plugbay("run", "--cmd", f"{PY} {MISBEHAVE} line '1|1|unix|{path}|grpc'", "--cookie", "K=V",
+                           "--start-timeout", "1", *flags, cwd=tmp_path, timeout=60)
+            return done.returncode, done.stderr
+
+        code, err = run()
+        assert code != 0 and "announced address refused" in err, err
+        assert "run again with --trust-announced-address" in err, err
+        assert "ClientConfig(" not in err, err  # the command's flag, not the Python API's option
+        code, err = run("--trust-announced-address")
+        # dialed: this socket accepts and never answers, so the health check waits out the start timeout
+        assert code != 0 and "announced address refused" not in err and "did not report 'plugin' SERVING" in err, err
+    done = plugbay("run", "--image", "x", "--trust-announced-address", "--cookie", "K=V", cwd=tmp_path, timeout=60)
+    assert done.returncode != 0 and "--trust-announced-address needs --cmd" in done.stderr, done.stderr

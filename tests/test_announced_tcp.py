@@ -5,9 +5,9 @@ metadata service, a public resolver, a link-local IPv6 address on an interface t
 it, a scope naming no interface, a host name) is refused at once with MalformedHandshakeError and
 killed, never dialed until start_timeout; the same address announced on the broker stream makes
 broker.dial() raise BrokerAddressRefusedError at once. A plugin listening on this machine's own
-link-local address (with its scope) starts and serves; a local port is dialed as announced, whoever
-listens there (go-plugin's choice, docs/host-side.md). `plugbay run --trusted-network` opts an
-address in.
+link-local address (with its scope) starts and serves; a local port the plugin listens on is dialed as
+announced (whoever listens on a brokered one: who listens on the handshake's is proven in
+test_announced_owner.py). `plugbay run --trusted-network` opts an address in.
 """
 
 from __future__ import annotations

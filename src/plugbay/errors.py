@@ -102,17 +102,18 @@ class UnprovenAddressError(MalformedHandshakeError):
     """A plugin the process runner started announced an address at which plugbay cannot prove that process
     (or one it started) listens: refused, never dialed. ClientConfig(trust_announced_address=True) opts out."""
 
-    def __init__(self, name: str, network: str, address: str, why: str) -> None:
+    def __init__(self, name: str, network: str, address: str, why: str,
+                 opt_out: str = "set ClientConfig(trust_announced_address=True)") -> None:
+        """``opt_out``: how the caller dials such an address anyway (a command says its own flag)."""
+        self.name = name
         self.network = network
         self.address = address
+        self.why = why
         super().__init__(
             f"{network}|{address}",
             f"plugin {name!r} announced {network} address {clip(repr(address), 200)}, which plugbay does not dial:"
-            f" {why}. plugbay dials only a socket it can prove the plugin process it started (or one of that"
-            " process's descendants) listens on, so that a plugin cannot point its host at another service."
-            " Check that the plugin announces the address its own gRPC server listens on; if its command"
-            " really hands the serving to a process it does not start (a `docker run` wrapper, a service"
-            " manager), set ClientConfig(trust_announced_address=True)", refused=True)
+            f" {why}. Have the plugin announce the address its own server listens on; if its command hands the"
+            f" serving to a process it does not start (a `docker run` wrapper), {opt_out}", refused=True)
 
 
 # C0 controls but tab, DEL, C1 controls, and the Unicode line and paragraph separators: what lets a

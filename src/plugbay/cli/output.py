@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from plugbay.errors import TLSRequiredError, printable
+from plugbay.errors import TLSRequiredError, UnprovenAddressError, printable
 
 
 class Terminated(KeyboardInterrupt):
@@ -84,6 +84,17 @@ def automtls_flag() -> Iterator[None]:
         # the library's own error stays the cause: --debug's traceback shows where it was raised (without
         # --debug the command prints only this one's words)
         raise TLSRequiredError(exc.name, exc.why, opt_out="run again with --no-automtls") from exc
+
+
+@contextmanager
+def trust_flag() -> Iterator[None]:
+    """An announced address refused as not the plugin's is advised the command's --trust-announced-address
+    rather than the Python API's ClientConfig(trust_announced_address=True)."""
+    try:
+        yield
+    except UnprovenAddressError as exc:
+        raise UnprovenAddressError(exc.name, exc.network, exc.address, exc.why,
+                                   opt_out="run again with --trust-announced-address") from exc
 
 
 def color_enabled(stream: Any = None) -> bool:

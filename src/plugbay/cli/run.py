@@ -185,6 +185,10 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
 @click.option("--trusted-network", "trusted", multiple=True, metavar="CIDR",
               help="With --cmd: a network (e.g. 10.231.0.0/16) the plugin may announce an address in that is not"
                    " this machine's (it runs in another network namespace); repeat for more.")
+@click.option("--trust-announced-address", "trust", is_flag=True,
+              help="With --cmd: dial the address the plugin announces without proving that the started process"
+                   " (or one it started) listens there; only for a command that hands the serving to a process"
+                   " it does not start (a `docker run` wrapper).")
 @click.option("--image", help="Run the plugin image in a Docker container.")
 @click.option("--transport", type=click.Choice(["unix", "tcp"]),
               help="With --image: a bind-mounted unix socket (the default) or a port published on 127.0.0.1.")
@@ -207,10 +211,10 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
 @click.option("--kill-grace", type=output.FloatRange(0, 600), default=2.0, show_default=True,
               help="Seconds between Shutdown and a forced kill.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach').")
-def run(cmd: str | None, trusted: tuple[str, ...], image: str | None, transport: str | None, writable: tuple[str, ...],
-        pod: str | None, namespace: str | None, kubeconfig: str | None, cookie: str | None, protocol_versions: str,
-        automtls: bool | None, multiplex: bool, reattach_out: str | None, start_timeout: float, kill_grace: float,
-        as_json: bool) -> int:
+def run(cmd: str | None, trusted: tuple[str, ...], trust: bool, image: str | None, transport: str | None,
+        writable: tuple[str, ...], pod: str | None, namespace: str | None, kubeconfig: str | None,
+        cookie: str | None, protocol_versions: str, automtls: bool | None, multiplex: bool, reattach_out: str | None,
+        start_timeout: float, kill_grace: float, as_json: bool) -> int:
     """Start a plugin and keep it up until Ctrl-C, printing its handshake facts.
 
     The reattach config (for plugbay info/call/health/diagnose, or a host's
@@ -221,12 +225,15 @@ def run(cmd: str | None, trusted: tuple[str, ...], image: str | None, transport:
 
     key, value = _parse_cookie(cookie)
     versions = _parse_versions(protocol_versions)
+    if trust and not cmd:  # a container's or pod's address is mapped by plugbay itself: nothing is proven there
+        raise ConfigError("--trust-announced-address needs --cmd: only a local process's announced address is"
+                          " proven to be the plugin's")
     runner, kind = _runner(cmd, image, transport, pod, namespace, kubeconfig, writable, trusted)
     out = Path(reattach_out) if reattach_out else None
     if out is not None:  # checked before the plugin starts: found only after, it would start for nothing
         _check_reattach_out(out)
     config = ClientConfig(HandshakeConfig(versions[-1], key, value), versioned_plugins={v: {} for v in versions},
-                          runner=runner, auto_mtls=automtls, multiplex_broker=multiplex,
+                          runner=runner, auto_mtls=automtls, multiplex_broker=multiplex, trust_announced_address=trust,
                           start_timeout=start_timeout, kill_grace=kill_grace,
                           logger=logging.getLogger(f"plugin.{runner.name}"))
     if multiplex:
@@ -238,7 +245,7 @@ def run(cmd: str | None, trusted: tuple[str, ...], image: str | None, transport:
         interrupts.runner = runner
         started = time.monotonic()
         try:
-            with output.automtls_flag():
+            with output.automtls_flag(), output.trust_flag():
                 client.start()
             interrupts.started = True
             reattach = client.reattach_config()

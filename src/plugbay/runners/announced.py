@@ -6,9 +6,9 @@ unchecked, 169.254.169.254:80 or another host would get the host's calls, its cl
 handshake and kill()'s Shutdown. A process plugin listens on this machine, so an address it announces
 must be loopback or one of this machine's own (bound and routed from here; a link-local IPv6 address on
 the interface its scope names); a host name is refused but "localhost" (a resolver's answer may lead
-anywhere). Which local process listens on the port is not asked, as go-plugin does not ask: the
-plugin is a process this host started, which could reach any local port itself; what plugbay refuses
-is being pointed off this machine. A plugin run in another network namespace on purpose is reached when
+anywhere). Which local process listens on the handshake's port is proven before the first dial
+(runners.ownsocket: the plugin's own, unless ClientConfig(trust_announced_address=True)); a brokered
+address is only kept on this machine here. A plugin run in another network namespace on purpose is reached when
 ProcessRunner(trusted_networks=[...]) names its network. Unix paths are the Client's to check
 (core.host.connect.announced_file), not this module's.
 """

@@ -29,6 +29,7 @@ themselves (a folder plugbay made and mounted, a port it published or forwarded)
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import struct
 import subprocess
@@ -115,8 +116,26 @@ class OwnListeners:
                     " plugbay started nor one of its descendants")
         if not tcp_listeners(root, address):
             return NOT_LISTENING
-        if listens_on([root], "tcp", address) or listens_on([root, *family(root, "", root_start)], "tcp", address):
+        if listens_on([root], "tcp", address):
             return None
+        tree = [root, *family(root, "", root_start)]
+        if listens_on(tree, "tcp", address):
+            return None
+        hidden = next((pid for pid in tree if _fds_hidden(pid)), None)
+        if hidden is not None:  # a setuid, file-capability or prctl(PR_SET_DUMPABLE, 0) process, to a non-root host
+            return (f"the open files of the plugin's process {hidden} cannot be read here (/proc/{hidden}/fd: a"
+                    " setuid or non-dumpable program), so which of its sockets listen there cannot be told")
         return (f"a socket listening there is held by no process of the plugin's (process {root}, which"
                 " plugbay started, and its descendants): another service listens there (a port `docker run`"
                 " published, another server)")
+
+
+def _fds_hidden(pid: int) -> bool:
+    """Whether process ``pid`` runs but its open files cannot be listed by this process."""
+    try:
+        os.listdir(f"/proc/{pid}/fd")
+    except PermissionError:
+        return stat_of(pid) is not None
+    except OSError:
+        pass
+    return False

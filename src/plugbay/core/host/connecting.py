@@ -73,7 +73,8 @@ class Connecting(ExitNotice):
             if time.monotonic() >= deadline:
                 raise HandshakeTimeoutError(
                     f"plugin {self.name!r} printed its handshake, but nothing listened at the {network} address it"
-                    f" announced ({clip(repr(announced.address), 200)}) within the start timeout. Check that the"
+                    f" announced ({clip(repr(announced.address), 200)}) within the start timeout"
+                    f" ({self.config.start_timeout:.1f}s). Check that the"
                     " plugin listens there before it prints its handshake line, as go-plugin does")
             time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
             pause = min(pause * 2, 0.1)
