@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,12 @@ class Foreign:
         self.network, self.address = self.line.split("|")[2:4]
 
     def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
+        self.proc.terminate()  # its SIGTERM handler removes the private folder a multiplexed plugin makes
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -171,3 +176,39 @@ def test_plugbay_run_trust_announced_address(tmp_path: Path) -> None:
         assert code != 0 and "announced address refused" not in err and "did not report 'plugin' SERVING" in err, err
     done = plugbay("run", "--image", "x", "--trust-announced-address", "--cookie", "K=V", cwd=tmp_path, timeout=60)
     assert done.returncode != 0 and "--trust-announced-address needs --cmd" in done.stderr, done.stderr
+
+
+@pytest.mark.docker
+def test_a_docker_run_wrappers_socket_is_refused_unless_trusted(plugbay_image: Any, tmp_path: Path) -> None:
+    # the plugin runs in a container the command starts (`docker run` with the socket's folder mounted at the
+    # same path): its listener is the container's process, under the engine, not the process plugbay started
+    tag = plugbay_image("kv")
+    folder = tmp_path / "mounted"
+    folder.mkdir()
+    folder.chmod(0o777)  # the image's plugin user makes its socket there
+    name = f"plugbay-test-ownsocket-{os.getpid()}"
+    cmd = ["docker", "run", "--rm", "--name", name, "--network", "none", "-v", f"{folder}:{folder}",
+           "-e", f"{HANDSHAKE.magic_cookie_key}={HANDSHAKE.magic_cookie_value}", "-e", "PLUGIN_PROTOCOL_VERSIONS=1",
+           "-e", f"PLUGIN_UNIX_SOCKET_DIR={folder}", tag]
+
+    def client(**config: object) -> Client:
+        return Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=cmd, start_timeout=60,
+                                   **config))  # type: ignore[arg-type]
+
+    try:
+        refused = client()
+        try:
+            # before: dialed, and the calls went to the container's server
+            with pytest.raises(UnprovenAddressError) as raised:
+                refused.start()
+        finally:
+            refused.kill()
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+        assert raised.value.network == "unix" and raised.value.address.startswith(str(folder)), raised.value
+        assert "which is neither the plugin process" in str(raised.value), str(raised.value)
+        with client(trust_announced_address=True) as trusted:
+            kv = trusted.dispense(PLUGIN_NAME)
+            kv.put("k", b"in a container")
+            assert kv.get("k") == b"in a container"
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
