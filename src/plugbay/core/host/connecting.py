@@ -69,13 +69,14 @@ class Connecting(ExitNotice):
                 raise UnprovenAddressError(self.name, announced.network, announced.address, why)
             if self._abandoned or self._kill_asked:
                 raise ClientStateError(f"the start of plugin {self.name!r} was ended (kill(), close() or a"
-                                       " cancelled start()) while it was awaited at the address it announced")
+                                       " cancelled start()) while nothing listened yet at the address it"
+                                       " announced; make a new Client to try again")
             if time.monotonic() >= deadline:
                 raise HandshakeTimeoutError(
                     f"plugin {self.name!r} printed its handshake, but nothing listened at the {network} address it"
                     f" announced ({clip(repr(announced.address), 200)}) within the start timeout"
-                    f" ({self.config.start_timeout:.1f}s). Check that the"
-                    " plugin listens there before it prints its handshake line, as go-plugin does")
+                    f" ({self.config.start_timeout:.1f}s). Check that the plugin listens there before it prints"
+                    " its handshake line, as go-plugin does")
             time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
             pause = min(pause * 2, 0.1)
 
