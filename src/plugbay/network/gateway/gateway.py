@@ -254,8 +254,8 @@ class Gateway:
             " calls still get through; earlier calls have not returned. Retry later, or raise --max-peer-calls")
         server = grpc.server(self._executor, options=[
             ("grpc.so_reuseport", 0), ("grpc.max_send_message_length", _MAX_SEND),
-            # as serve()'s: with --insecure, a connection that never sends its HTTP/2 preface is closed then, not
-            # held 120 s (TLS is the front's, which caps connections in their handshake: plugbay.core.plugin.plainfront)
+            # as serve()'s: a connection that never completes TLS is closed then, not held 120 s (with no
+            # cap and no certificate needed, silent connections could take every descriptor)
             ("grpc.server_handshake_timeout_ms", SERVER_HANDSHAKE_TIMEOUT_MS),
             ("grpc.max_concurrent_streams", NETWORK_MAX_STREAMS),
             ("grpc.max_receive_message_length", self.config.max_message),
