@@ -12,12 +12,13 @@ mismatched new set is logged once and the previous set stays in use; it is
 tried again only when the files change again (files that could not be read at
 all are tried again at the next handshake: that says nothing of their content).
 
-Network listeners terminate TLS in OpenSSL through a TLSRelay (serve()'s brokering front,
-plugbay.core.plugin.netmux, and the plain-gRPC front of the gateway and ``NetworkServe(multiplex=False)``,
-plugbay.core.plugin.plainfront: grpcio's own TLS listener capped no connections in their handshake),
-whose context comes from :meth:`CertFiles.ssl_context` (rebuilt when the files change, the same checks and
-the same reload rules). :func:`server_credentials` (grpcio's TLS) is kept for its checks and the plaintext
-warning. grpcio cannot use P-521 keys, so such files are refused with a TLSConfigError up front either way.
+This module holds the one decision "grpcio's TLS or our own": a listener
+that serves plain gRPC only (the gateway, ``NetworkServe(multiplex=False)``)
+terminates TLS in grpcio (:func:`server_credentials`); serve()'s brokering
+front (plugbay.core.plugin.netmux) terminates it in OpenSSL through a TLSRelay
+whose context comes from :meth:`CertFiles.ssl_context` (rebuilt when the files
+change, the same checks and the same reload rules). grpcio cannot use P-521
+keys, so such files are refused with a TLSConfigError up front either way.
 """
 
 from __future__ import annotations

@@ -67,7 +67,6 @@ from plugbay.core.plugin.network import (
     package_version,
     serve_sessions,
 )
-from plugbay.core.plugin.peershare import peer_address  # behind the TLS front, its address
 from plugbay.core.plugin.server import SERVER_HANDSHAKE_TIMEOUT_MS
 from plugbay.core.protocol.handshake import HandshakeConfig
 from plugbay.core.transport import grpcping
@@ -341,7 +340,7 @@ class _Controller(grpc_controller_pb2_grpc.GRPCControllerServicer):
     def Shutdown(self, request: grpc_controller_pb2.Empty,
                  context: grpc.ServicerContext) -> grpc_controller_pb2.Empty:
         log.warning("gateway: GRPCController.Shutdown from %s ignored: the plugin is a shared network"
-                    " service; stop the gateway with SIGTERM", peer_address(str(context.peer())) or context.peer())
+                    " service; stop the gateway with SIGTERM", context.peer())
         return grpc_controller_pb2.Empty()
 
 
