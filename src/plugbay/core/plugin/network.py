@@ -30,8 +30,7 @@ listener is serve()'s network front (plugbay.core.plugin.netmux): after TLS a
 connection is either plain gRPC (the HTTP/2 preface) or a yamux session from a
 host that wants brokering, which gets its own plugin instance; Discovery says
 ``multiplex=True``. ``multiplex=False`` (PLUGBAY_NETWORK_MULTIPLEX=0) and
-``insecure`` serve plain gRPC only, ``multiplex=False``; with TLS through a front too
-(plugbay.core.plugin.plainfront), for its cap on connections in their handshake.
+``insecure`` serve plain gRPC only, TLS in grpcio, ``multiplex=False``.
 
 The shared server (plain gRPC) has no broker: its GRPCBroker.StartStream fails with
 FAILED_PRECONDITION, and its plugins' broker refuses to dial or serve (BrokerError). A per-connection
@@ -62,7 +61,6 @@ from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
 from plugbay.core.plugin.netconfig import listen_target as _target
 from plugbay.core.plugin.netmux import Instance, InstanceFactory, NetworkFront, SessionFactory, instance_sessions
-from plugbay.core.plugin.plainfront import PlainFront
 from plugbay.core.plugin.serveconfig import ServeConfig
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.keepalive import Keepalive
@@ -93,43 +91,28 @@ BROKER_REFUSAL = (
     " the default). Use such a session, or calls without brokered connections")
 
 
-def bind(server: grpc.Server, network: NetworkServe
-         ) -> tuple[str, str, list[Callable[[], None]], certfiles.CertFiles | None]:
-    """Bind ``server`` (not started) where ``network`` says, for plain gRPC only (no brokering sessions);
-    return (network, address, cleanups to run in reverse order once the server stopped, cert files).
-
-    With TLS the server listens on a private unix socket behind a TLS front (the relay in terminate mode,
-    as serve_sessions()'s): grpcio's own TLS listener capped nothing but each handshake's time, so idle
-    connections that never sent a byte took every file descriptor, and hosts with valid certificates were
-    locked out for as long as someone kept reopening them. The relay holds at most MAX_HANDSHAKING
-    connections in their handshake (plugbay.core.transport.relay). Handlers see the peer as the front's
-    ``unix-abstract:`` name, which peer_address() maps to the IP address (per-peer limits hold), and no
-    x509 fields in auth_context(): the front checked the client certificate against the client CA.
-    """
+def bind(server: grpc.Server, network: NetworkServe) -> tuple[str, str, certfiles.CertFiles | None]:
+    """Bind ``server`` (not started) where ``network`` says; return (network, address, cert files)."""
     from plugbay.core.transport import certfiles
 
     files = network.tls_files()
     if files is not None and network.insecure:
         raise ConfigError("NetworkServe got TLS files and insecure=True; choose one (drop insecure"
                           " to serve mutual TLS)")
-    if not network.insecure:  # without files: front_certs' TLSConfigError says what to pass
-        kind, address, cleanups, certs = _front(server, network, lambda listener, certs, grpc_target, private:
-                                                PlainFront(listener, certs, grpc_target).close)
-        return kind, address, cleanups, certs
-    certfiles.server_credentials(None, True)  # logs the plaintext warning
+    creds, certs = certfiles.server_credentials(files, network.insecure)
     target, kind = _target(network.listen)
     if kind == "unix":
         path = target[len("unix:"):]
         check_unix_path(path, "choose a shorter path")
         target = unix_target(path)
     try:
-        port = server.add_insecure_port(target)
+        port = server.add_insecure_port(target) if creds is None else server.add_secure_port(target, creds)
     except RuntimeError as exc:
         raise ConfigError(listen_failure(network.listen, kind, path if kind == "unix" else target, exc)) from None
     if kind == "unix":
-        return "unix", path, [], None
+        return "unix", path, certs
     host = target.rpartition(":")[0]
-    return "tcp", f"{host}:{port}", [], None
+    return "tcp", f"{host}:{port}", certs
 
 
 # what to do when the OS refuses to listen (grpcio's own error says only "Failed to bind", its reason goes
@@ -181,17 +164,6 @@ def serve_front(server: grpc.Server, network: NetworkServe,
 def serve_sessions(server: grpc.Server, network: NetworkServe, make_session: SessionFactory
                    ) -> tuple[str, str, list[Callable[[], None]], certfiles.CertFiles]:
     """serve_front() with any per-session handler (the gateway splices sessions to its own children)."""
-    return _front(server, network, lambda listener, certs, grpc_target, private: NetworkFront(
-        listener, certs, grpc_target, make_session, private, network.keepalive, network.max_peer_sessions).close)
-
-
-# (the public listener, the cert files, the gRPC server's private socket, the private folder) -> its close
-_MakeFront = Callable[[socket.socket, "certfiles.CertFiles", tuple[str, str], str], Callable[[], None]]
-
-
-def _front(server: grpc.Server, network: NetworkServe, make_front: _MakeFront
-           ) -> tuple[str, str, list[Callable[[], None]], certfiles.CertFiles]:
-    """Listen on ``network.listen`` with a TLS front from ``make_front``; ``server`` on a private socket."""
     from plugbay.core.transport import certfiles
 
     certs = certfiles.front_certs(network.tls_files())
@@ -213,12 +185,13 @@ def _front(server: grpc.Server, network: NetworkServe, make_front: _MakeFront
             raise ConfigError(f"couldn't listen on the private unix socket {grpc_path!r} (longer than the"
                               " 107 bytes the OS allows, or an unwritable folder); set TMPDIR to a short,"
                               " writable folder") from None
-        close_front = make_front(listener, certs, ("unix", grpc_path), private)
+        front = NetworkFront(listener, certs, ("unix", grpc_path), make_session, private, network.keepalive,
+                             network.max_peer_sessions)
     except BaseException:
         close_listener(listener)
         cleanups[0]()
         raise
-    cleanups.append(close_front)
+    cleanups.append(front.close)
     bound_kind, bound = listener_address(listener)
     return bound_kind, bound, cleanups, certs
 

@@ -208,8 +208,8 @@ class _PluginServer:
                 kind, address, cleanups = serve_front(self.grpc, network, self._session_instance)
                 self.listening = Listening(kind, address, False, _cleanups=cleanups)
             else:
-                kind, address, cleanups, _ = bind_network(self.grpc, network)
-                self.listening = Listening(kind, address, False, _cleanups=cleanups)
+                kind, address, _ = bind_network(self.grpc, network)
+                self.listening = Listening(kind, address, False)
             add_discovery(DiscoveryServicer([(version, sorted(plugin_set))], multiplex=network.brokering),
                           own_services)
             broker = refuse_broker(own_services)  # never one that dials what a peer names: hosts broker in sessions

@@ -9,8 +9,8 @@ The gateway is a host of its child (plugbay's Client: process runner,
 AutoMTLS, a private unix socket; every child it starts, the shared one and each
 session's, with ``die_with_host``, so a gateway killed outright takes them with
 it) and a gRPC server on ``listen`` (TLS from the provided files, reloaded when
-they change, through the same code as serve()'s network mode: plugbay.core.plugin.network.bind, a TLS
-front that caps the connections in their handshake, or serve_sessions with ``multiplex``). It serves itself:
+they change, through the same code as serve()'s network mode:
+plugbay.core.plugin.network.bind). It serves itself:
 
 * grpc.health.v1 "plugin" (and ""): SERVING while the child runs and answers its health checks
   (plugbay.network.gateway.probe, on the ``keepalive`` figures), else NOT_SERVING;
@@ -272,7 +272,7 @@ class Gateway:
         if self.config.multiplex:
             _, self._address, self._front, self.certs = serve_sessions(server, self._network, self._session)
         else:
-            _, self._address, self._front, self.certs = bind(server, self._network)
+            _, self._address, self.certs = bind(server, self._network)
         if self.config.multiplex:
             self._check_multiplexing()
         try:
