@@ -11,8 +11,8 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import grpc.aio
 
-from plugbay.core.host.callerrors import caused
 from plugbay.core.host.channel import ManagedChannel, timed
+from plugbay.core.transport.causes import caused
 from plugbay.core.transport.requestsource import ITERATING_FAILED, RequestSource
 
 _T = TypeVar("_T")

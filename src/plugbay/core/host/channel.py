@@ -36,13 +36,13 @@ from plugbay.core.host.callerrors import (  # re-exported: the channel's typed e
     ClientClosed as ClientClosed,
     PluginDied as PluginDied,
     Unavailable as Unavailable,
-    caused,
 )
 from plugbay.core.host.deadline import call_timeout
 from plugbay.core.host.judging import ExitProbe, FailureJudge
 from plugbay.core.host.rawguard import refuse_stubs_once_closed
 from plugbay.core.host.translating import TranslatingFuture, TranslatingStream, failed
 from plugbay.core.host.translating import timed as timed  # re-exported: long imported from here
+from plugbay.core.transport.causes import caused
 from plugbay.core.transport.requestsource import called, capture
 
 
@@ -50,6 +50,7 @@ from plugbay.core.transport.requestsource import called, capture
 # install one): hook(method, attempt, timeout) where attempt(timeout) makes one try and
 # timeout is the caller's own (None when the call set none).
 CallHook = Callable[[str, Callable[["float | None"], Any], "float | None"], Any]
+
 
 class ManagedChannel(FailureJudge, grpc.Channel):  # type: ignore[misc]
     """A grpc.Channel proxy: default deadline, error translation (FailureJudge), replaceable target."""
