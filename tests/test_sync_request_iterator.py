@@ -26,6 +26,7 @@ import grpc
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "examples" / "kv"))  # the brokered tests' kv plugin (imported where used)
 sys.path.insert(0, str(REPO / "examples" / "streaming"))
 
 from streaming_plugin_def import HANDSHAKE, PLUGIN_NAME, StreamerPlugin  # noqa: E402
@@ -142,6 +143,54 @@ def check(owner: AbstractContextManager[Any]) -> None:
 def test_a_request_iterator_that_raises_fails_the_call_with_its_own_error(kind: Any) -> None:
     owner = kind(config()) if kind is Client else kind(config(), health_interval=None)
     check(owner)
+
+
+@pytest.mark.parametrize("kind", [Client, Supervisor])
+def test_a_futures_done_callback_and_traceback_give_the_callers_error(kind: Any) -> None:
+    # a stream-unary future's done callback got grpcio's own call, whose result() raised grpcio's UNKNOWN
+    # "Exception iterating requests!" while the caller's raised the iterator's error, and its traceback()
+    # was grpcio's, not the error's; a Client's unary future's done callback got grpcio's call too (its
+    # errors untranslated). The callback must get the future the caller holds, as a brokered future's does
+    check_future(kind(config()) if kind is Client else kind(config(), health_interval=None))
+
+
+def test_the_same_for_a_remote_clients_future(streamers: list[Any], certs: Any) -> None:
+    from tests.test_network_dead_replica import _first_config
+
+    check_future(RemoteClient(_first_config(streamers, certs)))
+
+
+def check_future(owner: AbstractContextManager[Any]) -> None:
+    given: queue.Queue[Any] = queue.Queue()
+    logged = logging.getLogger("grpc._channel")  # grpcio logs the error it met (exc_info)
+    was, logged.disabled = logged.disabled, True
+    try:
+        with owner as client:
+            client.dispense(PLUGIN_NAME)
+            future = upload_method(client.channel).future(requests(True))
+            future.add_done_callback(given.put)
+            got = given.get(timeout=GUARD)
+            same = got is future
+            said = described(outcome(lambda _: got.result(), iter(())))
+            innermost = future.traceback(GUARD)
+            while innermost is not None and innermost.tb_next is not None:
+                innermost = innermost.tb_next
+            raised_in = None if innermost is None else innermost.tb_frame.f_code.co_name
+            del innermost
+            stats = client.channel.unary_unary("/streaming.Streamer/GetStats",
+                                               request_serializer=streaming_pb2.StatsRequest.SerializeToString,
+                                               response_deserializer=streaming_pb2.Stats.FromString)
+            unary = stats.future(streaming_pb2.StatsRequest())
+            unary.add_done_callback(given.put)
+            unary_same = given.get(timeout=GUARD) is unary
+            unary_result = type(unary.result(GUARD)).__name__
+    finally:
+        logged.disabled = was
+    assert same, "the stream-unary future's done callback got another object than the future"
+    assert said in PLAIN, said
+    assert raised_in == "requests", f"the future's traceback() ends in {raised_in!r}, not the request iterator"
+    assert unary_same, "the unary future's done callback got another object than the future"
+    assert unary_result == "Stats", unary_result
 
 
 def test_the_same_through_a_remote_clients_pool(streamers: list[Any], certs: Any) -> None:
@@ -355,7 +404,6 @@ def test_a_later_read_after_an_upstream_calls_error_names_it_as_the_asyncio_side
 def test_a_brokered_channels_streams_raise_the_iterators_error_too(tmp_path: Path) -> None:
     # a channel from the broker (a callback's: raw grpcio, the user's stubs on it) gave grpcio's UNKNOWN
     # "Exception iterating requests!" for every style of call, the user's error lost
-    sys.path.insert(0, str(REPO / "examples" / "kv"))
     from kv_plugin_def import HANDSHAKE as KV_HANDSHAKE, PLUGIN_NAME as KV, KVPlugin
 
     from plugbay import ProcessRunner
@@ -375,7 +423,7 @@ def test_a_brokered_channels_streams_raise_the_iterators_error_too(tmp_path: Pat
                 for how, call in calls(channel).items():
                     for plain in (False, True):
                         said[f"{how}{', plain' if plain else ''}"] = described(outcome(call, requests(plain)))
-                said.update(read_twice(calls_echo(channel)(requests(True))))
+                said.update(read_twice(echo_method(channel)(requests(True))))
                 said["after"] = repr(calls(channel)["stream_unary"](iter([streaming_pb2.Chunk(seq=7)])).seq)
             finally:
                 channel.close()
@@ -396,7 +444,8 @@ def test_a_brokered_channels_streams_raise_the_iterators_error_too(tmp_path: Pat
     assert said["after"] == "7", said  # the channel still serves calls
 
 
-def calls_echo(channel: grpc.Channel) -> Any:
+def echo_method(channel: grpc.Channel) -> Any:
+    """The streamer's Echo, a stream-stream method."""
     return channel.stream_stream("/streaming.Streamer/Echo", request_serializer=streaming_pb2.Chunk.SerializeToString,
                                  response_deserializer=streaming_pb2.Chunk.FromString)
 
@@ -411,7 +460,6 @@ def read_twice(stream: Any) -> dict[str, str]:
 def test_a_plugins_brokered_channel_to_its_host_raises_the_iterators_error_too(tmp_path: Path) -> None:
     # the other side: the plugin streams into a server its host serves on the broker (a callback); it got
     # grpcio's UNKNOWN "Exception iterating requests!" for its own iterator's error
-    sys.path.insert(0, str(REPO / "examples" / "kv"))
     from kv_plugin_def import HANDSHAKE as KV_HANDSHAKE, PLUGIN_NAME as KV, KVPlugin
     from streaming_plugin_def import StreamerServicer
     from streamingproto import streaming_pb2_grpc
@@ -433,7 +481,6 @@ def test_a_plugins_brokered_channel_to_its_host_raises_the_iterators_error_too(t
 @contextmanager
 def brokered_streamer(tmp_path: Path) -> Iterator[grpc.Channel]:
     """A channel from the broker to the streamer the kv plugin serves on it (grpcio's error log kept quiet)."""
-    sys.path.insert(0, str(REPO / "examples" / "kv"))
     from kv_plugin_def import HANDSHAKE as KV_HANDSHAKE, PLUGIN_NAME as KV, KVPlugin
 
     from plugbay import ProcessRunner
@@ -457,11 +504,11 @@ def test_a_brokered_streams_reader_gets_the_iterators_error_after_its_exception_
     said: dict[str, str] = {}
     with Client(config()) as client:
         client.dispense(PLUGIN_NAME)
-        stream = calls_echo(client.channel)(requests(True))
+        stream = echo_method(client.channel)(requests(True))
         said["client's exception()"] = status(stream.exception(GUARD))
         said["client's read"] = described(outcome(lambda _: list(stream), iter(())))
     with brokered_streamer(tmp_path) as channel:
-        stream = calls_echo(channel)(requests(True))
+        stream = echo_method(channel)(requests(True))
         said["exception()"] = status(stream.exception(GUARD))
         said["read"] = described(outcome(lambda _: list(stream), iter(())))
     assert said["read"] in PLAIN and said["client's read"] in PLAIN, said
@@ -482,7 +529,7 @@ def test_a_brokered_streams_reader_racing_a_done_callback_gets_the_iterators_err
     runs = 100
     got: list[str] = []
     with brokered_streamer(tmp_path) as channel:
-        echo = calls_echo(channel)
+        echo = echo_method(channel)
         for _ in range(runs):
             asked = threading.Event()
             stream = echo(requests(True))
@@ -504,7 +551,7 @@ def test_a_brokered_future_whose_iterator_raised_an_upstreams_error_keeps_the_ca
         raise upstream
 
     with brokered_streamer(tmp_path) as channel:
-        future = calls_upload(channel).future(forwarded())
+        future = upload_method(channel).future(forwarded())
         results = [outcome(lambda _: future.result(), iter(())) for _ in range(3)]
     assert [status(e) for e in results] in [[f"_MultiThreadedRendezvous UNKNOWN {d!r}"] * 3 for d in DETAILS], [
         described(e) for e in results]
@@ -516,7 +563,7 @@ def test_a_brokered_futures_done_callback_gets_the_future_its_caller_holds(tmp_p
     # whose result() raises the iterator's error, not grpcio's own call with its UNKNOWN
     given: queue.Queue[Any] = queue.Queue()
     with brokered_streamer(tmp_path) as channel:
-        future = calls_upload(channel).future(requests(False))
+        future = upload_method(channel).future(requests(False))
         future.add_done_callback(given.put)
         got = given.get(timeout=GUARD)
         same = got is future
@@ -525,6 +572,7 @@ def test_a_brokered_futures_done_callback_gets_the_future_its_caller_holds(tmp_p
     assert said == OWN, said
 
 
-def calls_upload(channel: grpc.Channel) -> Any:
+def upload_method(channel: grpc.Channel) -> Any:
+    """The streamer's Echo, called as a stream-unary method (the plugin waits for more requests)."""
     return channel.stream_unary("/streaming.Streamer/Echo", request_serializer=streaming_pb2.Chunk.SerializeToString,
                                 response_deserializer=streaming_pb2.Chunk.FromString)

@@ -110,13 +110,6 @@ class CapturedStream(CapturedReads, _GrpcCall):
 
 
 class CapturedFuture(CapturedOutcome, _GrpcCall):
-    """grpcio's stream-unary future: result() and exception() give the request iterator's error where
-    grpcio has its own UNKNOWN for it, the same one each time; a done callback gets this future."""
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        exc = self._call.exception(timeout)
-        own = self._own_error(exc) if isinstance(exc, grpc.RpcError) else None
-        return self._call.traceback(timeout) if own is None else own.__traceback__
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._call.add_done_callback(lambda _: fn(self))  # the callback gets what the caller holds
+    """grpcio's stream-unary future: result(), exception() and traceback() give the request iterator's error
+    where grpcio has its own UNKNOWN for it, the same one each time; a done callback gets this future
+    (CapturedOutcome's, as a Client's future's)."""

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from plugbay.core.protocol.handlerstatus import handler_status
+from plugbay.core.transport.causes import caused
 
 # grpcio's own details for a call it failed because its request iterator raised (its UNKNOWN, set locally)
 ITERATING_FAILED = "Exception iterating requests!"
@@ -50,7 +51,7 @@ class RequestSource:
         self.failed: str | None = None  # what it raised, once that was handed to a read
         self._raised_by_earlier = "it"  # what that read raised: the error, or the call's own UNKNOWN for it
         # taken only on the error path: a future's result() may be asked on several threads at once (grpcio's
-        # futures are meant to be), and each must find the error once, whole; a caller (TranslatingFuture)
+        # futures are meant to be), and each must find the error once, whole; a caller (CapturedOutcome)
         # holds it across its own check and take, so it is reentrant
         self.lock = threading.RLock()
 
@@ -216,14 +217,15 @@ def called(send: Callable[[Any], Any], request: Any,
         if source is None or not source.ended(exc):
             if failed is None:
                 raise
-            raise _raised(failed(exc), exc)
+            raise caused(failed(exc), exc)
     except ValueError as exc:  # grpcio's, not the iterator's (that one is raised below, out of this block)
         if failed is None:
             raise
-        raise _raised(failed(exc), exc)
+        raise caused(failed(exc), exc)
     # out of the except block, so the error keeps its own context; never held in a local, which its
     # traceback (this frame) would hold in a cycle
     raise source.take_error()
+
 
 class CapturedReads:
     """A stream-stream call whose reads raise its request iterator's error: the read that finds the call
@@ -247,7 +249,7 @@ class CapturedReads:
         except grpc.RpcError as exc:
             requests = self._requests
             if requests is None or not requests.ended(exc):
-                raise _raised(self._failed(exc), exc)
+                raise caused(self._failed(exc), exc)
         # out of the except block, so the error keeps its own context; never held in a local, which its
         # traceback (this frame) would hold in a cycle
         raise requests.take_error()
@@ -260,20 +262,23 @@ class CapturedReads:
 class CapturedOutcome:
     """A stream-unary call's future whose result() raises (and exception() returns) its request iterator's
     error where grpcio has its own UNKNOWN for it: the same error object every time, on any thread (a
-    future's outcome is settled once); grpcio's other errors as _failed() gives them. The Client's futures
-    (plugbay.core.host.translating) and a broker's (plugbay.core.broker.capturedcalls) are these."""
+    future's outcome is settled once); grpcio's other errors as _failed() gives them. traceback() is that
+    error's, and a done callback gets this future, not grpcio's call (whose result() raises grpcio's
+    UNKNOWN). The Client's futures (plugbay.core.host.translating) and a broker's
+    (plugbay.core.broker.capturedcalls) are these."""
+
+    _own: BaseException | None = None  # the iterator's error, once taken: every result() raises it
 
     def __init__(self, call: Any, requests: RequestSource | None) -> None:
         self._call = call
         self._requests = requests
-        self._own: BaseException | None = None  # the iterator's error, once taken: every result() raises it
 
     def result(self, timeout: float | None = None) -> Any:
         try:
             return self._call.result(timeout)
         except grpc.RpcError as exc:
             if self._own_error(exc) is None:
-                raise _raised(self._failed(exc), exc)
+                raise caused(self._failed(exc), exc)
         own = self._own  # the same error each time, as a future's
         assert own is not None
         try:
@@ -287,6 +292,16 @@ class CapturedOutcome:
             own = self._own_error(exc)
             return self._failed(exc) if own is None else own
         return exc  # type: ignore[no-any-return]
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        exc = self._call.exception(timeout)
+        own = self._own_error(exc) if isinstance(exc, grpc.RpcError) else None
+        return self._call.traceback(timeout) if own is None else own.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        # the callback gets what the caller holds; grpcio drops its callbacks (this closure with them) once
+        # it has run them at the call's end, so the closure holds this future no longer than the call runs
+        self._call.add_done_callback(lambda _: fn(self))
 
     def _failed(self, exc: grpc.RpcError) -> BaseException:
         """The error for grpcio's ``exc`` when it is not the iterator's: ``exc`` itself here."""
@@ -307,11 +322,3 @@ class CapturedOutcome:
                     self._requests = None
         return self._own
 
-
-def _raised(error: BaseException, original: BaseException) -> BaseException:
-    """``error``, caused by ``original`` unless it is ``original`` (raised again as it was: an error its own
-    cause would be a cycle holding the call). Raise it in one expression (an error in a local of the frame
-    it is raised through is a cycle too)."""
-    if error is not original:
-        error.__cause__ = original
-    return error
