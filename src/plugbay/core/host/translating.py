@@ -32,13 +32,17 @@ def timed(error: BaseException, timeout: float | None) -> BaseException:
     return error
 
 
-class TranslatingStream(CapturedReads):
-    """A streaming call whose iteration raises translated errors (its request iterator's as it is: see
-    CapturedReads); the rest delegates."""
+class _Translated:
+    """What a Client's stream and future share: grpcio's call, its errors translated (its request
+    iterator's as it is); the rest delegates. Its fields are set here, not through the captured class's
+    __init__: this is on every streaming call's and future's path."""
+
+    _call: Any
 
     def __init__(self, call: Any, owner: FailureJudge, started: float, timeout: float | None,
                  requests: RequestSource | None = None) -> None:
-        super().__init__(call, requests)  # a stream-stream call's request iterator, its error kept
+        self._call = call
+        self._requests = requests  # a stream-request call's iterator, its error kept (None: none to keep)
         self._owner = owner
         self._started, self._timeout = started, timeout
 
@@ -49,18 +53,12 @@ class TranslatingStream(CapturedReads):
         return getattr(self._call, name)
 
 
-class TranslatingFuture(CapturedOutcome):
+class TranslatingStream(_Translated, CapturedReads):
+    """A streaming call whose iteration raises translated errors (its request iterator's as it is: see
+    CapturedReads)."""
+
+
+class TranslatingFuture(_Translated, CapturedOutcome):
     """A call future whose result() raises (and exception() returns) translated errors (its request
-    iterator's as it is, the same each time: see CapturedOutcome)."""
-
-    def __init__(self, future: Any, owner: FailureJudge, started: float, timeout: float | None,
-                 requests: RequestSource | None = None) -> None:
-        super().__init__(future, requests)  # a stream-unary call's request iterator, its error kept
-        self._owner = owner
-        self._started, self._timeout = started, timeout
-
-    def _failed(self, exc: grpc.RpcError) -> BaseException:
-        return failed(self._owner, exc, self._started, self._timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._call, name)
+    iterator's as it is, the same each time, its traceback() that error's and a done callback given this
+    future: see CapturedOutcome)."""
