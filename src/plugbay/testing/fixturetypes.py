@@ -48,6 +48,7 @@ class ClientOptions(TypedDict, total=False):
     raw_log_sink: Callable[[str], None] | None
     unix_socket_group: str | int | None
     unix_socket_temp_dir: str | None
+    trust_announced_address: bool
 
 
 class StartPluginProcess(Protocol):
