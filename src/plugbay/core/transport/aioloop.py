@@ -74,9 +74,6 @@ class AioLoop:
         self._thread: threading.Thread | None = None
         self._users = 0
         self._stopped: list[threading.Thread] = []  # stopped by a release on their own thread: not joined yet
-        # _park runs on the loop's thread, which acquire() may join holding _lock (a Ctrl-C in its start):
-        # what it sets has a lock of its own, taken after _lock, never before
-        self._park_lock = threading.Lock()
         self._parked: asyncio.AbstractEventLoop | None = None  # a stopped loop kept for the next user: _park
         self._kept: asyncio.AbstractEventLoop | None = None  # the loop parked once, running again or parked
         self._last_closed: weakref.ref[asyncio.AbstractEventLoop] | None = None
@@ -85,8 +82,7 @@ class AioLoop:
         """A lease on the running loop, starting its thread if this is the first user."""
         with self._lock:
             if self._loop is None:
-                with self._park_lock:
-                    loop, self._parked = self._parked, None
+                loop, self._parked = self._parked, None
                 if loop is None:
                     loop = asyncio.new_event_loop()
                 began = threading.Event()
@@ -141,7 +137,7 @@ class AioLoop:
                 gc.collect()  # grpc.aio held up only by garbage lets go of its loops here
                 previous = self._last_closed() if self._last_closed is not None else None
                 keep = previous is not None and _served_by_grpc(previous)
-        with self._park_lock:
+        with self._lock:
             if keep and self._parked is None:
                 self._parked = self._kept = loop
                 return True
@@ -153,7 +149,7 @@ class AioLoop:
     def close_parked(self) -> None:
         """Close the loop kept for the next user (see _park), giving its descriptors back; a later acquire()
         makes a new loop. For a process that wants its descriptors counted (a leak check)."""
-        with self._park_lock:
+        with self._lock:
             loop, self._parked = self._parked, None
             if loop is not None:
                 self._kept = None
