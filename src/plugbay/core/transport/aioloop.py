@@ -24,7 +24,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -75,8 +74,6 @@ class AioLoop:
         self._users = 0
         self._stopped: list[threading.Thread] = []  # stopped by a release on their own thread: not joined yet
         self._parked: asyncio.AbstractEventLoop | None = None  # a stopped loop kept for the next user: _park
-        self._kept: asyncio.AbstractEventLoop | None = None  # the loop parked once, running again or parked
-        self._last_closed: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     def acquire(self) -> Lease:
         """A lease on the running loop, starting its thread if this is the first user."""
@@ -118,41 +115,27 @@ class AioLoop:
 
     def _park(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Keep the stopped ``loop`` (open, with no thread) for the next acquire() instead of closing it,
-        when grpc.aio outlives this loop's stops; True if kept.
+        when grpc.aio holds it; True if kept.
 
         grpc.aio's poller keeps every loop it served in a map of its own until grpc.aio shuts down (the
         process's last grpc.aio channel and server gone), closed ones too: while anything else keeps
         grpc.aio up (a host's own grpc.aio channel, a closed AsyncClient's stub still referenced), a new
         loop at each restart of this one (a Client's start and stop) stayed there for good, one more per
-        restart. The sign of that is the loop closed at the last stop still in grpc.aio's map now (a
-        channel waiting for the collector is not: it is collected first); then this loop is kept, and
-        reused from then on. It costs its selector and self-pipe (three descriptors), and is the only one.
+        restart. A kept loop costs its selector and self-pipe (three descriptors) and is the only one.
         """
-        keep = _served_by_grpc(loop)
-        if keep and loop is not self._kept:
-            previous = self._last_closed() if self._last_closed is not None else None
-            keep = previous is not None and _served_by_grpc(previous)
-            if keep:
-                del previous
-                gc.collect()  # grpc.aio held up only by garbage lets go of its loops here
-                previous = self._last_closed() if self._last_closed is not None else None
-                keep = previous is not None and _served_by_grpc(previous)
+        if not any(type(ref).__name__ == "_BoundEventLoop" for ref in gc.get_referrers(loop)):
+            return False  # grpc.aio let it go, or never used it: closed as before
         with self._lock:
-            if keep and self._parked is None:
-                self._parked = self._kept = loop
-                return True
-            if self._kept is loop:
-                self._kept = None
-            self._last_closed = weakref.ref(loop)
-            return False
+            if self._parked is not None:
+                return False
+            self._parked = loop
+            return True
 
     def close_parked(self) -> None:
         """Close the loop kept for the next user (see _park), giving its descriptors back; a later acquire()
         makes a new loop. For a process that wants its descriptors counted (a leak check)."""
         with self._lock:
             loop, self._parked = self._parked, None
-            if loop is not None:
-                self._kept = None
         if loop is not None:
             loop.close()
 
@@ -188,11 +171,6 @@ class AioLoop:
     def users(self) -> int:
         with self._lock:
             return self._users
-
-
-def _served_by_grpc(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether grpc.aio's poller holds ``loop`` (its _BoundEventLoop names it)."""
-    return any(type(ref).__name__ == "_BoundEventLoop" for ref in gc.get_referrers(loop))
 
 
 def _start(thread: threading.Thread, loop: asyncio.AbstractEventLoop, began: threading.Event) -> None:
