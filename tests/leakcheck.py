@@ -14,9 +14,6 @@ fixture is gone, it also checks this process's open descriptors of every
 kind (pipes, sockets, pidfds, eventfds, epoll sets, files) against those it
 had at the start: neither grpcio (its pollers and wakeup fds close with the
 last channel and server) nor Python keeps one of its own past that point.
-The one plugbay keeps on purpose, the shared asyncio loop a stop left open for
-the next start while grpc.aio held it (core/transport/aioloop.py: _park), is
-closed first.
 """
 
 from __future__ import annotations
@@ -222,9 +219,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # its traceback the frame, the frame the client) holds a closed grpc.aio channel, and with it grpc.aio's
     # poller and its socket pair, only until the collector runs, which the session's order decides
     gc.collect()
-    from plugbay.core.transport import aioloop
-
-    aioloop.shared().close_parked()
     leaks = _settled_leaks(lambda: find_leaks() + _fd_leaks())
     if leaks:
         print("\nplugbay leak check: the test session left resources behind:\n  " + "\n  ".join(leaks))

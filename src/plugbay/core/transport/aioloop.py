@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import gc
 import logging
 import os
 import threading
@@ -73,17 +72,14 @@ class AioLoop:
         self._thread: threading.Thread | None = None
         self._users = 0
         self._stopped: list[threading.Thread] = []  # stopped by a release on their own thread: not joined yet
-        self._parked: asyncio.AbstractEventLoop | None = None  # a stopped loop kept for the next user: _park
 
     def acquire(self) -> Lease:
         """A lease on the running loop, starting its thread if this is the first user."""
         with self._lock:
             if self._loop is None:
-                loop, self._parked = self._parked, None
-                if loop is None:
-                    loop = asyncio.new_event_loop()
+                loop = asyncio.new_event_loop()
                 began = threading.Event()
-                thread = threading.Thread(target=_run, args=(loop, began, self._park), name=self.name, daemon=True)
+                thread = threading.Thread(target=_run, args=(loop, began), name=self.name, daemon=True)
                 self._loop, self._thread = loop, thread  # first: a Ctrl-C just after the start leaves it known
                 try:
                     # Not waited for: what is scheduled before run_forever() begins runs then (a
@@ -112,32 +108,6 @@ class AioLoop:
             thread.join(_JOIN_TIMEOUT)
             if thread.is_alive():  # pragma: no cover - a user left blocking work on the loop
                 _log.warning("the shared asyncio loop thread did not end within %.0fs", _JOIN_TIMEOUT)
-
-    def _park(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Keep the stopped ``loop`` (open, with no thread) for the next acquire() instead of closing it,
-        when grpc.aio holds it; True if kept.
-
-        grpc.aio's poller keeps every loop it served in a map of its own until grpc.aio shuts down (the
-        process's last grpc.aio channel and server gone), closed ones too: while anything else keeps
-        grpc.aio up (a host's own grpc.aio channel, a closed AsyncClient's stub still referenced), a new
-        loop at each restart of this one (a Client's start and stop) stayed there for good, one more per
-        restart. A kept loop costs its selector and self-pipe (three descriptors) and is the only one.
-        """
-        if not any(type(ref).__name__ == "_BoundEventLoop" for ref in gc.get_referrers(loop)):
-            return False  # grpc.aio let it go, or never used it: closed as before
-        with self._lock:
-            if self._parked is not None:
-                return False
-            self._parked = loop
-            return True
-
-    def close_parked(self) -> None:
-        """Close the loop kept for the next user (see _park), giving its descriptors back; a later acquire()
-        makes a new loop. For a process that wants its descriptors counted (a leak check)."""
-        with self._lock:
-            loop, self._parked = self._parked, None
-        if loop is not None:
-            loop.close()
 
     def join_idle(self, timeout: float = _JOIN_TIMEOUT) -> bool:
         """Join the loop threads stopped by a release made on the loop itself; True if none is left running.
@@ -192,12 +162,10 @@ def _start(thread: threading.Thread, loop: asyncio.AbstractEventLoop, began: thr
         raise
 
 
-def _run(loop: asyncio.AbstractEventLoop, began: threading.Event | None = None,
-         park: Callable[[asyncio.AbstractEventLoop], bool] | None = None) -> None:
+def _run(loop: asyncio.AbstractEventLoop, began: threading.Event | None = None) -> None:
     if began is not None:
         began.set()
     asyncio.set_event_loop(loop)
-    kept = False
     try:
         loop.run_forever()
         leftover = asyncio.all_tasks(loop)  # every user waited for its own work; this is belt and braces
@@ -206,13 +174,10 @@ def _run(loop: asyncio.AbstractEventLoop, began: threading.Event | None = None,
         if leftover:
             loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
-        kept = park is not None and park(loop)
     except Exception:  # pragma: no cover - a bug in a user's work; never leave a silent dead loop
         _log.exception("the shared asyncio loop failed")
     finally:
-        asyncio.set_event_loop(None)  # a kept loop runs on another thread next
-        if not kept:
-            loop.close()
+        loop.close()
 
 
 class Deferred:
