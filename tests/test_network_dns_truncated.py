@@ -4,17 +4,23 @@ A real DNS server (dnslib) on 127.0.0.1 that keeps to 512-byte UDP answers, as R
 a name with a hundred addresses is answered truncated over UDP. Served over UDP only, the lookup's error said, in
 the DNS library's words, "Server ... answered ; Server ... answered [Errno 111] Connection refused" and
 "Check that the DNS server is reachable" of a server that had just answered: now it says the answer was
-truncated and that the server must serve TCP too (or answer with fewer records).
+truncated and that the server must serve TCP too (or answer with fewer records), without the advice to check
+that it is reachable. Each server is named with what happened there: a TCP query answered SERVFAIL is no
+missing TCP, and with two servers the second's errors and the lookup's time running out are kept.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import dns.nameserver
 import pytest
-from dnslib import A
+from dnslib import RCODE, A
 
 from plugbay import DiscoveryError
+from plugbay.network import resolvers
 from plugbay.network.resolvers import DNSResolver
-from tests.dns_util import ZONE, Zone, serving
+from tests.dns_util import ZONE, Zone, serving, silent_server
 
 ADDRESSES = [f"10.0.{i // 256}.{i % 256}" for i in range(1, 101)]  # about 1.6 kB of answer
 
@@ -31,7 +37,43 @@ def test_a_truncated_answer_from_a_server_without_tcp_says_so() -> None:
         with pytest.raises(DiscoveryError) as err:
             resolver.resolve()
     text = str(err.value)
-    assert f"many.{ZONE} A: the answer was too large for UDP (truncated) and the query over TCP that must" \
-           " follow failed ([Errno 111] Connection refused): the DNS server must also serve TCP on its port" in text
+    assert f"many.{ZONE} A: {server}: answered too large for UDP (truncated), and the query over TCP that must" \
+           " follow failed ([Errno 111] Connection refused): that server must also serve TCP on its port" in text
     assert f"at {server} failed" in text  # which server, as before
     assert "answered ;" not in text  # the library's words for the truncated answer, which said nothing
+    assert "reachable" not in text  # it answered: "check that the DNS server is reachable" misleads
+
+
+def test_a_truncated_answer_whose_tcp_query_is_answered_servfail_does_not_blame_tcp() -> None:
+    # the server serves TCP: the query over TCP reached it and failed there
+    with serving(_zone(), udplen=512, tcp_rcode=RCODE.SERVFAIL) as server:
+        resolver = DNSResolver(f"many.{ZONE}", 7001, dns_server=server, timeout=2.0)
+        with pytest.raises(DiscoveryError) as err:
+            resolver.resolve()
+    text = str(err.value)
+    assert f"many.{ZONE} A: {server}: answered too large for UDP (truncated), and over TCP answered SERVFAIL" in text
+    assert "serve TCP" not in text
+    assert "reachable" not in text
+
+
+def test_two_servers_each_say_what_happened_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the system's configuration with two nameservers: the first truncates and serves no TCP, the second
+    # never answers, and the lookup's time runs out on it
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.1\n")
+    monkeypatch.setattr(resolvers, "_RESOLV_CONF", str(conf))
+    with serving(_zone(), udplen=512) as first, silent_server() as second:
+        resolver = DNSResolver(f"many.{ZONE}", 7001, timeout=1.0)
+        # resolv.conf names no port: the test's servers listen on free ones
+        resolver._resolver.nameservers = [dns.nameserver.Do53Nameserver("127.0.0.1", int(s.rsplit(":", 1)[1]))
+                                          for s in (first, second)]
+        with pytest.raises(DiscoveryError) as err:
+            resolver.resolve()
+    text = str(err.value)
+    assert f"many.{ZONE} A: {first}: answered too large for UDP (truncated), and the query over TCP that must" \
+           " follow failed ([Errno 111] Connection refused): that server must also serve TCP on its port" in text
+    assert f"; {second}: The DNS operation timed out;" in text  # the second server's error is kept
+    assert "the lookup's time ran out after" in text
+    assert "the DNS server must" not in text  # no server is "the" one: each is named
+    # the second server did not answer: checking that the servers are reachable is the advice there
+    assert "Check that the DNS servers of /etc/resolv.conf are reachable" in text

@@ -28,6 +28,7 @@ import dns.message
 import dns.resolver
 
 from plugbay.errors import ConfigError, DiscoveryError
+from plugbay.network.dns_failures import failure_text
 from plugbay.network.resolver import (MAX_ENDPOINTS, Endpoint, OnChange, all_refused, parse_dns_server, refusal,
                                       refused_as_loopback)
 
@@ -57,19 +58,6 @@ def _aliased(asked: Any, response: Any) -> str:
     except dns.exception.DNSException:  # a CNAME loop: the name asked is all there is to say
         return text
     return text if target == asked else f"{str(target).rstrip('.')} (the target of the alias {text})"
-
-
-def _failure_text(name: str, kind: str, exc: Exception) -> str:
-    """A failed query as its error names it. An answer too large for a UDP datagram comes truncated, and
-    the query is asked again over TCP: a server that serves no TCP (or fails it) reads, in the DNS library's
-    words, "answered ; ... Connection refused", a server that looks unreachable although it answered."""
-    errors = [e for e in getattr(exc, "kwargs", {}).get("errors") or () if isinstance(e, tuple) and len(e) >= 4]
-    if not any(isinstance(e[3], dns.message.Truncated) and not e[1] for e in errors):
-        return f"{name} {kind}: {type(exc).__name__}: {exc}"
-    tcp = [e for e in errors if e[1]]  # (server, over TCP, port, error, response)
-    why = f"{tcp[-1][3] or 'no answer'}" if tcp else f"{type(exc).__name__}: {exc}"
-    return (f"{name} {kind}: the answer was too large for UDP (truncated) and the query over TCP that must follow"
-            f" failed ({why}): the DNS server must also serve TCP on its port, or answer with fewer records")
 
 
 def _refusal(host: str, *, allow_loopback: bool) -> str | None:
@@ -120,6 +108,7 @@ class DNSResolver:
         self._capped_at: tuple[int, ...] | None = None  # the answer size last warned about
         self._skipped: set[str] = set()  # addresses a warning already named (no replica: see refusal)
         self._refused: list[str] = []  # the lookup's addresses that may not be replicas
+        self._advised: set[str] = set()  # the lookup's failures whose text says what to do (failure_text)
         # Why the last lookup found nothing, for the pool's "discovery reports no endpoints (...)": a
         # misspelt name (NXDOMAIN) and a record not published yet look the same to a waiting call.
         self.empty_note = ""
@@ -152,6 +141,7 @@ class DNSResolver:
         self.lookups += 1
         self._refused = []
         self._missing = {}
+        self._advised = set()
         out: list[Endpoint] = []
         failed: list[str] = []
         kinds = ("SRV",) if self.srv else ("A", "AAAA")
@@ -174,8 +164,10 @@ class DNSResolver:
             # the server the target or dns_server named is the one to check; only the system's leave a choice
             advice = "the DNS server is reachable and serves that name" if self.dns_server else \
                 "the DNS servers of /etc/resolv.conf are reachable and serve that name, or pass dns_server='IP:PORT'"
+            # servers that answered (truncated) are reachable: their failures' own texts say what to do
+            check = "" if all(f in self._advised for f in failed) else f" Check that {advice}"
             raise DiscoveryError(f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
-                                 f" {'; '.join(f.rstrip('. ') for f in failed)}. Check that {advice}")
+                                 f" {'; '.join(f.rstrip('. ') for f in failed)}.{check}")
         if failed:
             _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
                          self.host, self._server_text(), "; ".join(failed), len(out))
@@ -206,7 +198,10 @@ class DNSResolver:
                 kinds.append(kind)
             return []
         except (dns.exception.DNSException, OSError) as exc:  # any answer but records or "none": YXDOMAIN too
-            failed.append(_failure_text(name, kind, exc))
+            text, advised = failure_text(name, kind, exc)
+            failed.append(text)
+            if advised:
+                self._advised.add(text)
             self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
             return []
 

@@ -1,0 +1,72 @@
+"""What a failed DNS query says: the DNS library's errors, per nameserver, in words that say what happened."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dns.exception
+import dns.message
+import dns.resolver
+
+__all__ = ["failure_text"]
+
+# A TCP query that met these never reached a server serving TCP on that port (nothing listens, or a
+# firewall drops it): only then is "serve TCP" the advice
+_TCP_UNSERVED = (ConnectionRefusedError, ConnectionResetError, dns.exception.Timeout, EOFError)
+
+
+def _server_name(server: object, port: object) -> str:
+    """A nameserver as dnspython's errors name it ("Do53:127.0.0.1@5353", or an IP) as "127.0.0.1:5353"."""
+    text = str(server)
+    if text.startswith("Do53:"):
+        text = text[len("Do53:"):].rsplit("@", 1)[0]
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
+def _error_text(error: object) -> str:
+    if isinstance(error, str):  # a response code: "SERVFAIL"
+        return f"answered {error}"
+    return str(error).rstrip(". ") or type(error).__name__
+
+
+def failure_text(name: str, kind: str, exc: Exception) -> tuple[str, bool]:
+    """A failed query as its error names it, and whether that text says what to do itself.
+
+    An answer too large for a UDP datagram comes truncated, and the query is asked again over TCP at the
+    same server; the DNS library's words for that ("answered ; ... Connection refused") read as a server
+    that is unreachable although it answered. So each server is named with what happened there, in order:
+    "serve TCP" only where the TCP query met no TCP service, the other errors as they are, and the
+    lookup's time running out (which may come before the TCP query is made) last."""
+    errors = [e for e in getattr(exc, "kwargs", {}).get("errors") or () if isinstance(e, tuple) and len(e) >= 4]
+    if not any(isinstance(e[3], dns.message.Truncated) and not e[1] for e in errors):
+        return f"{name} {kind}: {type(exc).__name__}: {exc}", False
+    per_server: dict[str, list[tuple[Any, ...]]] = {}  # (server, over TCP, port, error, response), in order
+    for e in errors:
+        per_server.setdefault(_server_name(e[0], e[2]), []).append(e)
+    said, advised = [], True
+    for server, errs in per_server.items():
+        parts: list[str] = []
+        truncated = False
+        for i, e in enumerate(errs):
+            if i and isinstance(errs[i - 1][3], dns.message.Truncated) and not errs[i - 1][1] and e[1]:
+                continue  # the TCP query after a truncated answer: said with it
+            if not (isinstance(e[3], dns.message.Truncated) and not e[1]):
+                parts.append(("over TCP " if e[1] else "") + _error_text(e[3]))
+                continue
+            truncated = True
+            retry = errs[i + 1] if i + 1 < len(errs) and errs[i + 1][1] else None
+            if retry is None:
+                parts.append("answered too large for UDP (truncated), and the query over TCP that must follow"
+                             " was not made (the lookup's time ran out first)")
+            elif isinstance(retry[3], _TCP_UNSERVED):
+                parts.append("answered too large for UDP (truncated), and the query over TCP that must follow"
+                             f" failed ({_error_text(retry[3])}): that server must also serve TCP on its port,"
+                             " or answer with fewer records")
+            else:
+                parts.append("answered too large for UDP (truncated), and over TCP"
+                             f" {_error_text(retry[3])}: check that it serves that name over TCP too")
+        advised = advised and truncated
+        said.append(f"{server}: {', then '.join(parts)}")
+    if isinstance(exc, dns.resolver.LifetimeTimeout):
+        said.append(f"the lookup's time ran out after {exc.kwargs.get('timeout', 0.0):.1f} s")
+    return f"{name} {kind}: {'; '.join(said)}", advised
