@@ -3,14 +3,18 @@
 GET /apis/discovery.k8s.io/v1/namespaces/NS/endpointslices answers ``list_body``
 (or ``list_status`` with a Status body, or holds the request unanswered while
 ``hang_lists`` is set); with watch=true it
-streams the events the test puts in ``events`` (None ends the stream). Every
-request is counted per kind. Real sockets on 127.0.0.1; nothing else is served.
+streams the events the test puts in ``events`` (None ends the stream; an ERROR event ends it too, after
+it is sent, as the API server's does). A watch takes no event once it is over (the client hung up): an
+event put after one watch's end is the next watch's. Every request is counted per kind. Real sockets on
+127.0.0.1; nothing else is served.
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import select
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterable, Iterator
@@ -72,7 +76,7 @@ class SliceAPI:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
                 self.wfile.flush()
-                while not api._closing.is_set():
+                while not api._closing.is_set() and not self._hung_up():
                     try:
                         event = api.events.get(timeout=0.05)
                     except queue.Empty:
@@ -82,8 +86,19 @@ class SliceAPI:
                     line = json.dumps(event).encode() + b"\n"
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
                     self.wfile.flush()
+                    if event.get("type") == "ERROR":  # the client ends its watch on it: so does the server
+                        break
                 self.wfile.write(b"0\r\n\r\n")
                 self.close_connection = True
+
+            def _hung_up(self) -> bool:
+                """Whether the client closed the connection (its watch is over, whatever the reason)."""
+                if not select.select([self.connection], [], [], 0)[0]:
+                    return False
+                try:
+                    return self.connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    return True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -208,11 +208,9 @@ class _AlwaysGone:
 
     def get(self, timeout: float | None = None) -> Any:
         self.taken += 1
-        if self.taken % 2:
-            return {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                                 "code": 410, "reason": "Expired",
-                                                 "message": "too old resource version"}}
-        return None  # the stream's end
+        return {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                             "code": 410, "reason": "Expired",
+                                             "message": "too old resource version"}}  # the watch ends on it
 
 
 def test_watches_answered_410_gone_every_time_are_backed_off(api: SliceAPI, tmp_path: Path) -> None:
@@ -240,9 +238,25 @@ def test_a_410_after_a_watch_that_delivered_events_lists_again_at_once(api: Slic
         for round_ in range(1, 4):  # each watch delivers an event, then its version expires
             assert wait_until(lambda: api.watches == round_, 10), (api.watches, round_)
             api.events.put({"type": "ADDED", "object": slice_of(f"kv-{round_}", ["10.0.1.%d" % round_])})
-            api.events.put(gone)
-            api.events.put(None)
+            api.events.put(gone)  # the watch ends on it
             assert wait_until(lambda: api.lists == round_ + 1, 10)
             assert resolver.last_error is None  # an expiry, not a failure to pause after
+    finally:
+        resolver.close()
+
+
+def test_an_event_sent_right_after_a_410_reaches_the_next_watch(api: SliceAPI, tmp_path: Path) -> None:
+    gone = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                                        "reason": "Expired", "message": "too old resource version"}}
+    api.list_body["items"] = [slice_of("kv-a", ["10.0.0.1"])]
+    seen: list[set[str]] = []
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"))
+    resolver.start(lambda endpoints: seen.append({e.address for e in endpoints}))
+    try:
+        assert wait_until(lambda: api.watches == 1, 10)
+        api.events.put(gone)
+        # queued at once: the first watch is over (its client dropped it on the 410), so this is the next one's
+        api.events.put({"type": "ADDED", "object": slice_of("kv-b", ["10.0.0.2"])})
+        assert wait_until(lambda: bool(seen) and "10.0.0.2:4000" in seen[-1], 10), (seen, api.watches)
     finally:
         resolver.close()

@@ -1,15 +1,18 @@
-"""Each EndpointSlice is read once, and at most Kubernetes' 1000 endpoints of it.
+"""Each EndpointSlice is read once, and at most Kubernetes' 1000 endpoints of it are kept.
 
 A watch event changes one slice; every kept slice was read again at each event (1024 slices of 100
-endpoints: about 0.8 s of CPU per event), and a slice of more endpoints than Kubernetes allows in one
-(an API server or a proxy that sent them) was read to its end, at every event. Against the loopback stand-in of
-the EndpointSlice API (tests/slice_api.py): what is read is counted at the address check every listed
-endpoint passes (plugbay.network.slices._address, spied on, not replaced).
+endpoints: about 0.8 s of CPU per event). A slice of more endpoints than Kubernetes allows in one (an API
+server or a proxy that sent them) keeps 1000 ranked as the resolver's own cap ranks (ready first, then by
+address): kept by position, the same endpoints in another order kept another set, and 1000 not ready
+listed first kept none ready. Against the loopback stand-in of the EndpointSlice API (tests/slice_api.py):
+what is read is counted at the address check every listed endpoint passes (plugbay.network.slices._address,
+spied on, not replaced).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -64,20 +67,106 @@ def test_a_watch_event_reads_only_the_slice_it_changes(api: SliceAPI, tmp_path: 
         resolver.close()
 
 
+def _first(addresses: list[str], count: int = slices.MAX_SLICE_ENDPOINTS) -> set[str]:
+    """The first ``count`` of ``addresses`` (port 4000) by endpoint address, as the cap ranks them."""
+    return set(sorted(addresses, key=lambda a: f"{a}:4000")[:count])
+
+
+def _huge(name: str, entries: list[tuple[str, bool]], version: str = "1") -> dict[str, Any]:
+    slc = slice_of(name, [])
+    slc["metadata"]["resourceVersion"] = version
+    slc["endpoints"] = [{"addresses": [a], "conditions": {"ready": ready}} for a, ready in entries]
+    return slc
+
+
+def _addresses(endpoints: list[Any], block: int) -> set[str]:
+    return {e.address.rpartition(":")[0] for e in endpoints if e.address.startswith(f"10.{block}.")}
+
+
+def _resolver(api: SliceAPI, tmp_path: Path, sets: EndpointSets) -> EndpointSliceResolver:
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"),
+                                     max_endpoints=5000)
+    resolver.start(sets)
+    return resolver
+
+
+def _sync(api: SliceAPI, sets: EndpointSets, n: int) -> None:
+    """Sends a change of slice kv-marker (its n-th address) and waits for its set: the events before it
+    have been taken."""
+    api.events.put({"type": "MODIFIED", "object": slice_of("kv-marker", _block(9, n))})
+    assert until(lambda: len(_addresses(sets.sets[-1], 9)) == n, 30), len(_addresses(sets.sets[-1], 9))
+
+
 @pytest.mark.timeout(120)
-def test_a_slice_of_more_endpoints_than_kubernetes_allows_is_read_to_its_thousandth(
+def test_a_slice_of_more_endpoints_than_kubernetes_allows_keeps_the_same_set_in_any_order(
         api: SliceAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     many = _block(1, 1500)
     api.list_body["items"] = [slice_of("kv-huge", many)]
     caplog.set_level(logging.WARNING, logger="plugbay.network.kubernetes")
     reads = Reads(monkeypatch)
     sets = EndpointSets()
-    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"),
-                                     max_endpoints=2000)
-    resolver.start(sets)
+    resolver = _resolver(api, tmp_path, sets)
     try:
-        assert sorted(e.address.rpartition(":")[0] for e in sets.sets[-1]) == sorted(many[:1000])
-        assert reads.count == 1000
-        assert "EndpointSlice 'kv-huge' lists 1500 endpoints; only its first 1000 are read" in caplog.text
+        assert _addresses(sets.sets[-1], 1) == _first(many)
+        assert reads.count == 1500  # read whole, then ranked
+        assert "EndpointSlice 'kv-huge' lists 1500 endpoints; 1000 are used, ready ones first, then by address" \
+            in caplog.text
+        for n, seed in enumerate((1, 2, 3), start=1):  # the same endpoints, in another order (by position:
+            shuffled = list(many)                      # another thousand each time, a pool's churn)
+            random.Random(seed).shuffle(shuffled)
+            api.events.put({"type": "MODIFIED", "object": _huge("kv-huge", [(a, True) for a in shuffled], str(n))})
+            _sync(api, sets, n)
+        assert all(_addresses(s, 1) == _first(many) for s in sets.sets)
+    finally:
+        resolver.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_slice_of_too_many_endpoints_keeps_its_ready_ones_first(api: SliceAPI, tmp_path: Path) -> None:
+    waiting, ready = _block(1, 1000), _block(2, 500)  # the ready ones listed after 1000 not ready
+    api.list_body["items"] = [_huge("kv-huge", [(a, False) for a in waiting] + [(a, True) for a in ready])]
+    sets = EndpointSets()
+    resolver = _resolver(api, tmp_path, sets)
+    try:
+        kept = sets.sets[-1]
+        assert {e.address.rpartition(":")[0] for e in kept if e.ready} == set(ready)
+        assert _addresses(kept, 1) == _first(waiting, 500)
+    finally:
+        resolver.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_cap_of_one_slice_is_logged_once_not_at_each_event(api: SliceAPI, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    api.list_body["items"] = [slice_of("kv-huge", _block(1, 1500)), slice_of("kv-big", _block(2, 1200))]
+    caplog.set_level(logging.DEBUG, logger="plugbay.network.kubernetes")
+    sets = EndpointSets()
+    resolver = _resolver(api, tmp_path, sets)
+    try:
+        for n in range(1, 4):  # each event changes both slices, still too large
+            api.events.put({"type": "MODIFIED", "object": slice_of("kv-huge", _block(1, 1500 + n))})
+            api.events.put({"type": "MODIFIED", "object": slice_of("kv-big", _block(2, 1200 + n))})
+            _sync(api, sets, n)
+        said = [(r.levelno, r.getMessage()) for r in caplog.records if "lists" in r.getMessage()]
+        assert [level for level, text in said if "'kv-huge' lists" in text] == [logging.WARNING], said
+        assert [level for level, text in said if "'kv-big' lists" in text] == [logging.DEBUG], said
+    finally:
+        resolver.close()
+
+
+@pytest.mark.timeout(120)
+def test_slices_deleted_leave_the_reader(api: SliceAPI, tmp_path: Path) -> None:
+    """Slices added and deleted under new names (a controller's churn, or a stream without end) leave
+    nothing behind: what the reader holds stays the slices kept."""
+    api.list_body["items"] = [slice_of("kv-0", _block(0, 5))]
+    sets = EndpointSets()
+    resolver = _resolver(api, tmp_path, sets)
+    try:
+        for n in range(1, 21):
+            api.events.put({"type": "ADDED", "object": slice_of(f"kv-churn-{n}", _block(3, n))})
+            api.events.put({"type": "DELETED", "object": slice_of(f"kv-churn-{n}", [])})
+        _sync(api, sets, 1)
+        assert len(resolver._reader) == 2  # kv-0 and kv-marker
+        assert {e.address.rpartition(":")[0] for e in sets.sets[-1]} == set(_block(0, 5) + _block(9, 1))
     finally:
         resolver.close()

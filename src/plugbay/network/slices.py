@@ -29,13 +29,16 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # the label an EndpointSlice 
 # work, without bound. Kubernetes fills a slice with up to 100 endpoints (at most 1000), so this holds a
 # Service of 100,000 pods or more, far past the MAX_ENDPOINTS a host dials.
 MAX_SLICES = 1024
-# The most endpoints read from one slice: Kubernetes' own limit (its API refuses a slice of more). An API
-# server or proxy that sent more in one slice would otherwise be read past it, at every change.
+# The most endpoints kept of one slice: Kubernetes' own limit (its API refuses a slice of more). An API server
+# or proxy that sends more in one slice has the slice read whole (its size is bounded by the watch's event
+# limit, MAX_EVENT_BYTES, and it is in memory already) and ranked as keep_at_most ranks: kept by position,
+# the same endpoints in another order kept another set (a pool's churn at each event), and 1000 entries
+# not ready listed before the ready ones kept none ready.
 MAX_SLICE_ENDPOINTS = 1000
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")  # IANA_SVC_NAME, at most 15
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?\Z")
 _log = logging.getLogger("plugbay.network.kubernetes")
-_told = threading.Event()  # one warning per process: each watch event reads every slice again
+_told = threading.Event()  # one warning per process: a slice is read again whenever its object changes
 
 
 def parse_port(port: int | str) -> int | str:
@@ -134,14 +137,14 @@ def _ignored(host: str) -> None:
 
 def _slice_endpoints(slc: Mapping[str, Any], port: int | str, allow_loopback: bool,
                      refused: list[str]) -> tuple[list[Endpoint], int]:
-    """One slice's endpoints of ``port`` (see endpoints_from_slices), from its first MAX_SLICE_ENDPOINTS
-    entries; and how many entries past those were not read."""
+    """One slice's endpoints of ``port`` (see endpoints_from_slices), at most MAX_SLICE_ENDPOINTS of them, ranked
+    as keep_at_most ranks (the same slice keeps the same set, whatever the order of its entries); and how many
+    it has when that is more (0 else)."""
     number = _slice_port(slc.get("ports") or [], port)
     if number is None:
         return [], 0
     out = []
-    entries = slc.get("endpoints") or []
-    for ep in entries[:MAX_SLICE_ENDPOINTS]:
+    for ep in slc.get("endpoints") or []:
         addresses = ep.get("addresses") or []
         address = _address(str(slc.get("addressType")), str(addresses[0]), number, allow_loopback,
                            refused) if addresses else None
@@ -153,7 +156,10 @@ def _slice_endpoints(slc: Mapping[str, Any], port: int | str, allow_loopback: bo
         ref = ep.get("targetRef") or {}
         out.append(Endpoint("tcp", address, ready=ready, terminating=terminating,
                             name=str(ref.get("name") or ep.get("hostname") or "")))
-    return out, max(len(entries) - MAX_SLICE_ENDPOINTS, 0)
+    if len(out) <= MAX_SLICE_ENDPOINTS:
+        return out, 0
+    out = _merged([out])  # an address listed twice is one endpoint, as across slices
+    return (out, 0) if len(out) <= MAX_SLICE_ENDPOINTS else (keep_at_most(out, MAX_SLICE_ENDPOINTS), len(out))
 
 
 def _merged(per_slice: Iterable[Sequence[Endpoint]]) -> list[Endpoint]:
@@ -175,8 +181,8 @@ def endpoints_from_slices(slices: Iterable[Mapping[str, Any]], port: int | str, 
 
     Kubernetes' conditions map as: ready (absent means ready) -> ``ready``;
     terminating -> ``terminating`` and never ready. An address listed twice (two
-    slices during a change) counts once, ready if either says so. A slice's entries past
-    MAX_SLICE_ENDPOINTS are not read.
+    slices during a change) counts once, ready if either says so. Of one slice at most
+    MAX_SLICE_ENDPOINTS are kept, ready ones first, then by address (keep_at_most).
     """
     refused = refused if refused is not None else []
     return _merged(_slice_endpoints(slc, port, allow_loopback, refused)[0] for slc in slices)
@@ -192,22 +198,31 @@ class SliceReader:
         self.target, self.port, self.allow_loopback = target, port, allow_loopback
         self._read: dict[str, tuple[Mapping[str, Any], list[Endpoint], list[str]]] = {}
         self._told = False
+        # the kept slices the cap was said of: once each, not at each event that changes one (a slice that
+        # leaves, as the cache entries of slices deleted or renamed, goes: both stay within the slices kept)
+        self._capped: set[str] = set()
+
+    def __len__(self) -> int:
+        """How many slices it holds read."""
+        return len(self._read)
 
     def endpoints(self, slices: Mapping[str, Mapping[str, Any]], refused: list[str]) -> list[Endpoint]:
         """The endpoints of ``slices`` (name -> object); addresses refused are added to ``refused``."""
         for name in [n for n in self._read if n not in slices]:
             del self._read[name]
+            self._capped.discard(name)
         per_slice = []
         for name, slc in slices.items():
             read = self._read.get(name)
             if read is None or read[0] is not slc:
                 turned_away: list[str] = []
-                endpoints, unread = _slice_endpoints(slc, self.port, self.allow_loopback, turned_away)
-                if unread:
+                endpoints, listed = _slice_endpoints(slc, self.port, self.allow_loopback, turned_away)
+                if listed and name not in self._capped:
+                    self._capped.add(name)
                     (_log.debug if self._told else _log.warning)(
-                        "%s: EndpointSlice %r lists %d endpoints; only its first %d are read (Kubernetes allows"
-                        " no more in one slice). Later ones are logged at debug level", self.target, name[:80],
-                        unread + MAX_SLICE_ENDPOINTS, MAX_SLICE_ENDPOINTS)
+                        "%s: EndpointSlice %r lists %d endpoints; %d are used, ready ones first, then by address"
+                        " (Kubernetes allows no more in one slice). Other slices like it are logged at debug level",
+                        self.target, name[:80], listed, MAX_SLICE_ENDPOINTS)
                     self._told = True
                 read = self._read[name] = (slc, endpoints, turned_away)
             per_slice.append(read[1])
