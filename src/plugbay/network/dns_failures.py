@@ -46,18 +46,19 @@ def failure_text(name: str, kind: str, exc: Exception) -> tuple[str, bool]:
     said, advised = [], True
     for server, errs in per_server.items():
         parts: list[str] = []
-        truncated = False
+        truncated = other = False
         for i, e in enumerate(errs):
             if i and isinstance(errs[i - 1][3], dns.message.Truncated) and not errs[i - 1][1] and e[1]:
                 continue  # the TCP query after a truncated answer: said with it
             if not (isinstance(e[3], dns.message.Truncated) and not e[1]):
                 parts.append(("over TCP " if e[1] else "") + _error_text(e[3]))
+                other = True
                 continue
             truncated = True
             retry = errs[i + 1] if i + 1 < len(errs) and errs[i + 1][1] else None
-            if retry is None:
+            if retry is None:  # the lookup's time ran out before it (said last)
                 parts.append("answered too large for UDP (truncated), and the query over TCP that must follow"
-                             " was not made (the lookup's time ran out first)")
+                             " was not made")
             elif isinstance(retry[3], _TCP_UNSERVED):
                 parts.append("answered too large for UDP (truncated), and the query over TCP that must follow"
                              f" failed ({_error_text(retry[3])}): that server must also serve TCP on its port,"
@@ -65,7 +66,7 @@ def failure_text(name: str, kind: str, exc: Exception) -> tuple[str, bool]:
             else:
                 parts.append("answered too large for UDP (truncated), and over TCP"
                              f" {_error_text(retry[3])}: check that it serves that name over TCP too")
-        advised = advised and truncated
+        advised = advised and truncated and not other  # all this server's failures said what to do
         said.append(f"{server}: {', then '.join(parts)}")
     if isinstance(exc, dns.resolver.LifetimeTimeout):
         said.append(f"the lookup's time ran out after {exc.kwargs.get('timeout', 0.0):.1f} s")
