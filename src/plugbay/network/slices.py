@@ -198,8 +198,8 @@ class SliceReader:
         self.target, self.port, self.allow_loopback = target, port, allow_loopback
         self._read: dict[str, tuple[Mapping[str, Any], list[Endpoint], list[str]]] = {}
         self._told = False
-        # the kept slices the cap was said of: once each, not at each event that changes one (a slice that
-        # leaves, as the cache entries of slices deleted or renamed, goes: both stay within the slices kept)
+        # the kept slices the cap was said of, so it is said once per slice, not at each event that changes
+        # one; a slice that leaves goes from here as from _read, so neither outgrows the slices kept
         self._capped: set[str] = set()
 
     def __len__(self) -> int:
