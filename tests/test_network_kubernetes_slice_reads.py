@@ -170,3 +170,28 @@ def test_slices_deleted_leave_the_reader(api: SliceAPI, tmp_path: Path) -> None:
         assert {e.address.rpartition(":")[0] for e in sets.sets[-1]} == set(_block(0, 5) + _block(9, 1))
     finally:
         resolver.close()
+
+
+def test_the_set_kept_between_events_is_the_set_of_all_slices_merged() -> None:
+    """The reader keeps its merged set between events and updates only the changed slice's part: after any
+    run of changes (addresses moving between slices, listed twice, ready in one and not in another, slices
+    deleted), it is what merging all the slices again gives (endpoints_from_slices)."""
+    rng = random.Random(7)
+    reader = slices.SliceReader("t", "grpc", allow_loopback=False)
+    kept: dict[str, dict[str, Any]] = {}
+    version = 0
+    for _ in range(400):
+        name = f"kv-{rng.randrange(6)}"
+        if rng.random() < 0.15:
+            kept.pop(name, None)
+        else:
+            version += 1
+            picked = rng.sample(range(40), rng.randrange(0, 12))
+            entries = [(f"10.0.0.{i + 1}", rng.random() < 0.6) for i in picked]
+            entries += entries[:rng.randrange(2)]  # an address listed twice in one slice
+            slc = _huge(name, entries, str(version))
+            for ep, (_, ready) in zip(slc["endpoints"], entries):
+                ep["conditions"]["terminating"] = not ready and rng.random() < 0.3
+                ep["targetRef"] = {"name": f"pod-{name}-{version}"}  # which slice's endpoint is used shows
+            kept[name] = slc
+        assert reader.endpoints(kept, []) == slices.endpoints_from_slices(kept.values(), "grpc")
