@@ -424,9 +424,9 @@ class TargetUnreachableError(PlugbayError):
     (gone, refused, no route)."""
 
 
-class RemoteRefusedError(TargetUnreachableError, HandshakeError, NetworkError):
-    """Every endpoint of a remote plugin refused the connection (nothing listens there) for longer than a
-    server takes to start listening."""
+class RemoteRefusedError(TargetUnreachableError, HandshakeTimeoutError, NetworkError):
+    """A remote plugin's start ran out of start_timeout while every endpoint refused the connection (nothing
+    listens there). A HandshakeTimeoutError too: it ends the start at the same moment, with the cause."""
 
 
 class CallFailedError(PlugbayError):

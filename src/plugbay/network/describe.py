@@ -31,18 +31,6 @@ from plugbay.network.muxconn import Sessions, refusal_of
 from plugbay.network.pool import EndpointPool
 
 _log = logging.getLogger("plugbay.network")
-# How long every endpoint may refuse connections before the start gives up on them, whatever is left of
-# start_timeout: a server that is starting refuses until it listens, so refusals are waited for a while, but a
-# refusal is an answer (nothing listens there) that a longer wait rarely changes. The pool redials at most two
-# health intervals apart (poolhealth.reconnect_backoff: 2 s, +-20 %, by default), so a server that listens
-# within 5 s is dialed again, and found, well before this; a longer health_interval gets as many redials.
-REFUSED_FOR = 15.0
-_REDIALS = 4  # at least this many of the pool's redials at its longest backoff before refusals end a start
-
-
-def refused_for(pool: EndpointPool) -> float:
-    """How long refusals by every endpoint of ``pool`` may last before a start gives up on them."""
-    return max(REFUSED_FOR, _REDIALS * 2 * pool.health_interval * 1.2)
 
 
 class Asker(NamedTuple):
@@ -63,29 +51,24 @@ def describe(pool: EndpointPool, deadline: float, asker: Asker,
     last = "no answer yet"
     # the last try's, at that try's deadline: raised at start's
     late_tls: RemoteTLSError | RemoteProtocolError | None = None
-    refusals_end_it = refused_for(pool)
     while True:
         asker.stop_if_killed()
         refused = refusal_of(sessions, f"{asker.name!r} at {asker.target!r}") if sessions is not None else None
         if refused is not None:
             raise refused  # at once: sessions are refused again until some of the address's end
-        now, refused_since = time.monotonic(), pool.refused_since()
-        remaining = deadline - now
-        if refused_since is not None and now - refused_since >= refusals_end_it:
-            raise RemoteRefusedError(
-                f"every endpoint of remote plugin {asker.name!r} at {asker.target!r} refused the connection for"
-                f" {now - refused_since:.0f}s (last: {last}): nothing listens there. Check that the plugin runs and"
-                " serves on that address and port, and the target; a longer start_timeout would not change a"
-                " refusal")
+        remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise late_tls if late_tls is not None else HandshakeTimeoutError(
-                f"remote plugin {asker.name!r} at {asker.target!r} did not answer Discovery within"
-                f" {asker.start_timeout:.1f}s (last: {last}). Check the target, that the plugin"
-                " is served in network mode, and its TLS setup; raise start_timeout if it is slow"
-                + (" to start listening (its connections were refused)" if refused_since is not None else ""))
+            # a server that is starting refuses until it listens: refusals are waited out like any silence, for
+            # start_timeout (the user's budget); only its end says they were all there was
+            refusing = pool.refused_since()
+            raise late_tls if late_tls is not None else refused_error(asker, refusing, last) if refusing else (
+                HandshakeTimeoutError(
+                    f"remote plugin {asker.name!r} at {asker.target!r} did not answer Discovery within"
+                    f" {asker.start_timeout:.1f}s (last: {last}). Check the target, that the plugin"
+                    " is served in network mode, and its TLS setup; raise start_timeout if it is slow"))
         try:
-            wait = min(remaining, 5.0, _refusal_left(refused_since, now, refusals_end_it))
-            answer: discovery_pb2.DescribeResponse = stub.Describe(discovery_pb2.DescribeRequest(), timeout=wait)
+            answer: discovery_pb2.DescribeResponse = stub.Describe(
+                discovery_pb2.DescribeRequest(), timeout=min(remaining, 5.0))
             return answer
         except (RemoteTLSError, RemoteProtocolError) as exc:
             if not getattr(exc, "at_deadline", False):
@@ -107,9 +90,16 @@ def describe(pool: EndpointPool, deadline: float, asker: Asker,
         time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
 
 
-def _refusal_left(refused_since: float | None, now: float, limit: float) -> float:
-    """How long a try may wait before the refusals so far have lasted ``limit`` (at least a moment)."""
-    return 5.0 if refused_since is None else max(refused_since + limit - now, 0.2)
+def refused_error(asker: Asker, refused: tuple[float, list[str]], last: str) -> RemoteRefusedError:
+    """A start's end when every endpoint refused the connection throughout its last stretch (``refused``:
+    since when, and where)."""
+    since, addresses = refused
+    where = ", ".join(addresses[:5]) + (f" and {len(addresses) - 5} more" if len(addresses) > 5 else "")
+    return RemoteRefusedError(
+        f"remote plugin {asker.name!r} at {asker.target!r}: the connection was refused for"
+        f" {time.monotonic() - since:.0f}s, until start_timeout ({asker.start_timeout:.1f}s) ran out: nothing"
+        f" listens at {where} (last: {last}). Check the address and port, and that the plugin's service runs"
+        " there in network mode; raising start_timeout helps only if it is still starting")
 
 
 def handshake_info(answer: discovery_pb2.DescribeResponse | None, address: str, name: str,

@@ -178,13 +178,16 @@ class PoolHealth(PoolTLS):
                       " connections closing once their calls end", self.name, len(stale) - len(unused))
         return members
 
-    def refused_since(self) -> float | None:
+    def refused_since(self) -> tuple[float, list[str]] | None:
         """Since when (time.monotonic()) every endpoint discovery lists has failed its health checks with a
-        refused connection: nothing listens there (yet); None when one has not. A refusal is the peer's
-        answer, not a wait: the start counts how long it lasts (describe)."""
+        refused connection (nothing listens there, yet), and their addresses; None when one has not. A start
+        that runs out of start_timeout so says why (describe)."""
         with self._cond:
-            since = [m.refused_since if m.healthy is False else None for m in self._members.values()]
-        return None if not since or None in since else max(s for s in since if s is not None)
+            members = list(self._members.values())
+            since = [m.refused_since if m.healthy is False else None for m in members]
+        if not since or None in since:
+            return None
+        return max(s for s in since if s is not None), [m.endpoint.address for m in members]
 
     def why_none(self) -> str:
         """Each endpoint's state, for an error raised outside the pool (a brokered dispense() that found none).
