@@ -2,15 +2,16 @@
 the unix transport, a unix socket or another port under the tcp one) is refused from its handshake line alone:
 an AnnouncedUnreachableError (a RunnerError) naming the fix, raised at once. It was a plain RunnerError after
 the host first waited up to a second to learn whether the plugin exited, which no exit could change. A plugin
-gone before its line was read is still told as its exit (tests/test_docker_runner.py)."""
+gone before its line was read is still told as its exit (tests/test_docker_runner.py). What the plugin wrote to
+stderr by then is in the message (a plugin that then crashes may have said why there), as a PluginExitedError
+shows it."""
 
 from __future__ import annotations
 
 import pytest
 
-from plugbay import Client, ClientConfig
+from plugbay import AnnouncedUnreachableError, Client, ClientConfig, RunnerError
 from plugbay.core.protocol.handshake import HandshakeConfig
-from plugbay.runners.base import AnnouncedUnreachableError
 from plugbay.runners.docker import DockerRunner
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -39,3 +40,22 @@ def test_an_address_the_transport_cannot_carry_is_refused_from_the_line(case: st
         client.kill()
     said = str(err.value)
     assert f"announced {announced.replace('|', ':', 1)}" in said and words in said, said
+
+
+@pytest.mark.timeout(90)
+def test_the_refusal_carries_what_the_plugin_wrote_to_stderr() -> None:
+    # the reviewer's case: a plugin that says why it fails, announces a port it does not serve, and then stops
+    script = "echo 'fatal: no config' >&2; echo '1|1|tcp|0.0.0.0:4001|grpc|'; sleep 120; exit 3"
+    runner = DockerRunner(BASE, transport="tcp", network=None, entrypoint=["sh", "-c", script])
+    client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), runner=runner, start_timeout=120,
+                                 auto_mtls=False))
+    try:
+        with pytest.raises(AnnouncedUnreachableError) as err:
+            client.start()
+    finally:
+        client.kill()
+    said = str(err.value)
+    assert isinstance(err.value, RunnerError), said
+    assert "only container port 4000 is published" in said, said
+    assert "Its last stderr lines so far:\n    fatal: no config" in said, said
+    assert err.value.stderr_tail == ["fatal: no config"], err.value.stderr_tail

@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # What each part of the package may import from plugbay (besides itself and plugbay._proto).
 ALLOWED: dict[str, tuple[str, ...]] = {
     "plugbay._calltyping": (),  # for type checkers only: the call errors' bases
-    "plugbay.errors": ("plugbay._calltyping",),
+    "plugbay._text": (),  # the text helpers error messages use (re-exported by plugbay.errors)
+    "plugbay.errors": ("plugbay._calltyping", "plugbay._text"),
     "plugbay.core.protocol": ("plugbay.errors",),
     "plugbay.core.transport": ("plugbay.errors", "plugbay.core.protocol"),
     "plugbay.core.broker": ("plugbay.errors", "plugbay.core.protocol", "plugbay.core.transport"),

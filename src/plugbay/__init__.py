@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from plugbay.core.resilience.supervisor import Supervisor as Supervisor
     from plugbay.core.resilience.waiting import SupervisorState as SupervisorState
     from plugbay.errors import (
+        AnnouncedUnreachableError as AnnouncedUnreachableError,
         BrokerAddressRefusedError as BrokerAddressRefusedError,
         BrokerClosedError as BrokerClosedError,
         BrokerError as BrokerError,

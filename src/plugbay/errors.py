@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+# the text helpers error messages use, imported from here across plugbay
+from plugbay._text import clip as clip, printable as printable, tail_text
+
 if TYPE_CHECKING:  # the call errors' code(), details(), sent... for type checkers; at run time: object
     from plugbay._calltyping import (CallFailure as _CallFailure, CircuitRefusal as _CircuitRefusal,
                                      SentCallFailure as _SentCallFailure)
@@ -46,7 +49,6 @@ class MagicCookieError(HandshakeError):
 
 
 _BEFORE_HANDSHAKE = "before completing the handshake"
-_TAIL_LINE = 500  # characters of one stderr line in a PluginExitedError's message
 
 
 class PluginExitedError(HandshakeError):
@@ -57,10 +59,7 @@ class PluginExitedError(HandshakeError):
                  headline: str | None = None) -> None:
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
-        # runners other than the LogPump's (a pod's log, a container's) hand their lines as read; a
-        # line may be up to the line cap (64 KiB) long: the message keeps both ends of each (cut before
-        # escaping, so that no escape is split), the attribute all of it
-        tail = "\n".join("    " + printable(clip(line, _TAIL_LINE)) for line in self.stderr_tail) or "    (no output)"
+        tail = tail_text(self.stderr_tail) or "    (no output)"
         extra = f"\n{detail}" if detail else ""
         super().__init__(
             (headline or f"plugin {name!r} exited with code {exit_code} {when}") +
@@ -114,34 +113,6 @@ class UnprovenAddressError(MalformedHandshakeError):
             f"plugin {name!r} announced {network} address {clip(repr(address), 200)}, which plugbay does not dial:"
             f" {why}. Have the plugin announce the address its own server listens on; if its command hands the"
             f" serving to a process it does not start (a `docker run` wrapper), {opt_out}", refused=True)
-
-
-# C0 controls but tab, DEL, C1 controls, and the Unicode line and paragraph separators: what lets a
-# plugin's text start a forged line of the host's log or drive its terminal (cursor moves, titles).
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0))}
-_CONTROLS.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
-# The bidirectional formatting characters: they reorder what a line shows ("\u202egnp.exe" reads
-# "exe.png"). Other format characters stay: ZWJ and ZWNJ belong to emoji and to words of many scripts.
-_CONTROLS.update({c: f"\\u{c:04x}" for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
-
-
-def printable(text: str) -> str:
-    """``text`` with its control and bidi formatting characters (tab aside) as ``\\xNN``/``\\uNNNN`` escapes.
-
-    For plugin output entering host log records and error messages. It lives here, the bottom
-    layer, so that error messages can use it too. It runs on every plugin log line, on the shared
-    I/O thread: most lines are printable, and isprintable() tells so in C without copying them
-    (it is False for every character escaped here).
-    """
-    return text if text.isprintable() else text.translate(_CONTROLS)
-
-
-def clip(text: str, keep: int = 300) -> str:
-    """``text`` with its middle cut to ``keep`` characters in all (both ends say the most)."""
-    if len(text) <= keep:
-        return text
-    half = keep // 2
-    return f"{text[:half]}...({len(text) - 2 * half} characters cut)...{text[-half:]}"
 
 
 class TLSRequiredError(HandshakeError):
@@ -254,6 +225,19 @@ class ImageNotFoundError(RunnerError):
 
 class PermissionDeniedError(RunnerError):
     """The runner's credentials lack a permission it needs."""
+
+
+class AnnouncedUnreachableError(RunnerError):
+    """A runner's refusal of an address it can never carry, whatever the plugin does next (a tcp address under
+    a unix-only transport, a port it does not publish): known from the handshake line alone, so the host raises
+    it at once instead of first waiting to learn whether the plugin exited. ``stderr_tail``: the plugin's last
+    stderr lines the host held by then (a plugin that then crashes may have said why there)."""
+
+    def __init__(self, reason: str, stderr_tail: Sequence[str] = ()) -> None:
+        self.reason = reason
+        self.stderr_tail = list(stderr_tail)
+        super().__init__(reason + (f"\nIts last stderr lines so far:\n{tail_text(self.stderr_tail)}"
+                                   if self.stderr_tail else ""))
 
 
 class NetworkSweptError(RunnerError):

@@ -21,19 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from plugbay.core.protocol.exits import exit_said
-from plugbay.errors import ConfigError, RunnerError, clip
+from plugbay.errors import AnnouncedUnreachableError as AnnouncedUnreachableError, ConfigError, RunnerError, clip
 
 _log = logging.getLogger("plugbay.runner")
 _EXIT_POLL = 0.25  # the default exit watcher's poll (a runner with an exit event overrides watch_exit)
 
 
 NOT_LISTENING = "nothing listens there"  # unproven_listener()'s answer that a wait may change
-
-
-class AnnouncedUnreachableError(RunnerError):
-    """plugin_to_host()'s refusal of an address the runner can never carry, whatever the plugin does next (a
-    tcp address under a unix-only transport, a port it does not publish): known from the handshake line alone,
-    so the host raises it at once instead of first waiting to learn whether the plugin exited."""
 
 
 class Cancellable(Protocol):

@@ -25,8 +25,8 @@ from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.errors import ClientStateError, HandshakeError, HandshakeTimeoutError, RunnerError, TLSRequiredError
-from plugbay.errors import UnprovenAddressError, clip
-from plugbay.runners.base import NOT_LISTENING, AnnouncedUnreachableError
+from plugbay.errors import AnnouncedUnreachableError, UnprovenAddressError, clip
+from plugbay.runners.base import NOT_LISTENING
 
 _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
@@ -89,6 +89,8 @@ class Connecting(ExitNotice):
             # an address the runner can never carry is the line's fault, exit or not: an exit heard already
             # is still told, none is waited for
             self._raise_if_exited(runner.wait(0 if isinstance(exc, AnnouncedUnreachableError) else 1.0))
+            if isinstance(exc, AnnouncedUnreachableError):  # what the plugin said so far may say why (a crash)
+                raise AnnouncedUnreachableError(exc.reason, self._logs.last(20)) from None
             raise
         info = announced.with_address(network, address)
         if self._cert is not None and info.server_cert is None:

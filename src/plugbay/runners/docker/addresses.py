@@ -8,8 +8,7 @@ address is never dialled.
 
 from __future__ import annotations
 
-from plugbay.errors import RunnerError
-from plugbay.runners.base import AnnouncedUnreachableError
+from plugbay.errors import AnnouncedUnreachableError, RunnerError
 from plugbay.runners.docker.checks import socket_on_host
 from plugbay.runners.docker.engine import CONTAINER_SOCKET_DIR
 from plugbay.runners.docker.sockethandles import SocketHandles
