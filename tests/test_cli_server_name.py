@@ -46,13 +46,28 @@ def test_server_name_reaches_a_plugin_whose_certificate_names_another_host(serve
     assert info.returncode == 0 and "tls: True" in info.stdout and "health: SERVING" in info.stdout, info
 
 
-def test_without_it_the_refusal_names_the_flag(served: tuple[str, list[str]]) -> None:
+def test_a_name_mismatch_says_which_name_was_checked_and_not_the_ca(served: tuple[str, list[str]]) -> None:
     target, flags = served
     said = plugbay("health", target, *flags, "--timeout", "5")  # a bound against a hang only
     err = said.stdout + said.stderr
-    assert said.returncode == 2 and "does not name --server-name" in err, said
+    assert said.returncode == 2, said
+    assert "does not name '127.0.0.1', the address dialed (the name checked without --server-name)" in err, err
+    assert "Pass --server-name with a name its subjectAltName carries" in err, err
+    assert "--ca" not in err and "CA" not in err.split("(gRPC said")[0], err  # the chain was not in question
     wrong = plugbay("health", target, *flags, "--server-name", "other.plugbay.test", "--timeout", "5")
-    assert wrong.returncode == 2 and "does not name --server-name" in wrong.stdout + wrong.stderr, wrong
+    err = wrong.stdout + wrong.stderr
+    assert wrong.returncode == 2, wrong
+    assert "does not name 'other.plugbay.test', the name given by --server-name" in err, err
+    assert "serve the plugin with a certificate that names other.plugbay.test" in err, err
+    assert "--ca" not in err and "CA" not in err.split("(gRPC said")[0], err
+
+
+def test_spaces_around_the_name_are_dropped_and_inside_it_refused(served: tuple[str, list[str]]) -> None:
+    target, flags = served
+    pasted = plugbay("health", target, *flags, "--server-name", f" {NAME} ", "--timeout", "10")
+    assert pasted.returncode == 0 and pasted.stdout.startswith("SERVING"), pasted
+    two = plugbay("health", target, *flags, "--server-name", f"{NAME} other", "--timeout", "5")
+    assert two.returncode == 2 and "holds whitespace: give one name" in two.stderr, two
 
 
 def test_server_name_is_refused_where_it_means_nothing(served: tuple[str, list[str]]) -> None:

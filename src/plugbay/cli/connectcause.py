@@ -106,8 +106,9 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
                 meaning = tls_failure(detail, tls=not insecure) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
                 if meaning in PEER_CERT_DATES:
                     continue  # the plugin's certificate's date may yet pass: --timeout's wait names it at its end
+                dialed = endpoint.address if endpoint is not None else ""
                 refused = None if meaning is None else _refusal(with_lapsed_cert(meaning, network_tls), detail,
-                                                                target, insecure)
+                                                                target, insecure, _checked(network_tls, dialed))
                 if refused is None and insecure and endpoint is not None and cut_short(detail):
                     refused = _wants_tls(endpoint, detail, target, max(deadline - time.monotonic(), 0.1))
                 if refused is not None:
@@ -136,24 +137,48 @@ def _wants_tls(endpoint: Endpoint, detail: str, target: str, timeout: float) -> 
     return _refusal(WANTS_TLS, detail, target, insecure=True)
 
 
-def tls_refusal(detail: str, target: str, insecure: bool,
-                network_tls: NetworkTLS | None = None) -> ConfigError | None:
+def tls_refusal(detail: str, target: str, insecure: bool, network_tls: NetworkTLS | None = None,
+                dialed: str = "") -> ConfigError | None:
     """The typed error of a probe whose connection failed on TLS (``detail``: gRPC's words, with the cause
     connect_failure found), saying which flag to fix; None when they show no TLS failure. ``network_tls``:
     the NetworkTLS the connection was made with, whose --cert out of its dates a refusal names (the library's
-    words)."""
+    words); ``dialed``: the endpoint's address, the name checked without --server-name."""
     from plugbay.network.tls import tls_failure, with_lapsed_cert
 
     meaning = tls_failure(detail, tls=not insecure)
-    return None if meaning is None else _refusal(with_lapsed_cert(meaning, network_tls), detail, target, insecure)
+    return None if meaning is None else _refusal(with_lapsed_cert(meaning, network_tls), detail, target, insecure,
+                                                 _checked(network_tls, dialed))
 
 
-def _refusal(meaning: str, detail: str, target: str, insecure: bool) -> ConfigError:
+def _checked(network_tls: NetworkTLS | None, dialed: str) -> tuple[str, bool]:
+    """The name the plugin's certificate was checked against (--server-name, else the host dialed), and
+    whether --server-name gave it."""
+    if network_tls is not None and network_tls.server_name:
+        return network_tls.server_name, True
+    return (dialed.rsplit(":", 1)[0].strip("[]") if ":" in dialed else dialed), False
+
+
+def _name_mismatch(target: str, checked: str, given: bool, detail: str) -> TLSConfigError:
+    """A certificate that does not name the name checked: which name, where it came from, what to pass. The
+    CA is not in question (gRPC checks the name after the chain)."""
+    which = (f"{checked!r}, the name given by --server-name" if given else
+             f"{checked!r}, the address dialed (the name checked without --server-name)" if checked else
+             "the address dialed (the name checked without --server-name)")
+    return TLSConfigError(f"TLS with {target} failed: the plugin's certificate does not name {which}. Pass"
+                          " --server-name with a name its subjectAltName carries, or serve the plugin with a"
+                          f" certificate that names {checked or 'that address'} (gRPC said: {detail.lstrip('; ')})")
+
+
+def _refusal(meaning: str, detail: str, target: str, insecure: bool, checked: tuple[str, bool] = ("", False)
+             ) -> ConfigError:
     """A TLSConfigError naming the flag to fix; for a plaintext peer that answered no HTTP/2 (no TLS involved)
     a ConfigError worded as the library's RemoteProtocolError, whose advice (--ca/--cert/--key) its meaning
-    already holds. Both exit 2, as docs/cli.md says: the flags or the target are what to fix."""
-    from plugbay.network.tls import NOT_HTTP2, not_grpc_words
+    already holds. Both exit 2, as docs/cli.md says: the flags or the target are what to fix. ``checked``:
+    the name the plugin's certificate was checked against, and whether --server-name gave it."""
+    from plugbay.network.tls import NAME_MISMATCH, NOT_HTTP2, not_grpc_words
 
+    if meaning == NAME_MISMATCH:
+        return _name_mismatch(target, *checked, detail)
     plaintext_no_http2 = meaning == NOT_HTTP2
     for api, flag in _FLAGS:
         meaning = meaning.replace(api, flag)

@@ -112,7 +112,8 @@ def _tls_refused(result: dict[str, Any], reached: Reached, tls: Tls) -> Exceptio
     """The typed error of a check that failed on TLS (a --ca that did not sign the plugin's certificate), else None."""
     if result["status"] != "UNREACHABLE" or reached.facts.get("tls") is not True or "endpoints" not in reached.facts:
         return None  # a reattach config's AutoMTLS is the plugin's own: no flag of this command sets it
-    return tls_refusal(result["detail"], reached.target, tls.insecure, reached.network_tls)
+    return tls_refusal(result["detail"], reached.target, tls.insecure, reached.network_tls,
+                       reached.facts.get("address", ""))
 
 
 def _refused_at_once(reached: Reached, tls: Tls, timeout: float) -> Callable[[grpc.Future], None]:

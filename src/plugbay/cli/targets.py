@@ -31,7 +31,7 @@ import grpc
 
 from plugbay.cli import output
 from plugbay.core.transport.tempdirs import make_tempdir
-from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, TargetUnreachableError
+from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, TargetUnreachableError, clip, printable
 
 if TYPE_CHECKING:
     from plugbay.network.tls import NetworkTLS
@@ -142,11 +142,7 @@ def _network_target(target: str, tls: Tls, options: Sequence[tuple[str, Any]] = 
         raise ConfigError("--insecure and --ca/--cert/--key exclude each other; pick one")
     if not tls.insecure and not tls.ca:
         raise ConfigError(f"{target!r}: pass --insecure for plaintext or --ca/--cert/--key for mTLS")
-    if tls.server_name is not None and (tls.insecure or not tls.server_name.strip()):
-        raise ConfigError("--server-name is the name the plugin's TLS certificate carries: give a name (a"
-                          " subjectAltName of that certificate), with --ca/--cert/--key, not --insecure"
-                          if tls.server_name.strip() else "--server-name is empty: give the name the plugin's"
-                          " certificate carries (a subjectAltName), or leave it out to check the address dialed")
+    server_name = _server_name(tls)
     found: list[Endpoint] = []
     resolver = make_resolver(parsed, name="cli", allow_loopback=tls.allow_loopback)
     # kubernetes:/// discovery loads this host's own kubeconfig: these commands have no flag for one
@@ -169,11 +165,29 @@ def _network_target(target: str, tls: Tls, options: Sequence[tuple[str, Any]] = 
     if tls.insecure:
         facts["tls"] = False
         return Reached(grpc.insecure_channel(address, options=[*CHANNEL_OPTIONS, *options]), target, facts)
-    network_tls = NetworkTLS(cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca or "", server_name=tls.server_name)
+    network_tls = NetworkTLS(cert_file=tls.cert, key_file=tls.key, ca_file=tls.ca or "", server_name=server_name)
     facts["tls"] = True
     return Reached(grpc.secure_channel(address, network_tls.credentials(),
                                        options=[*CHANNEL_OPTIONS, *network_tls.options(), *options]), target, facts,
                    network_tls)
+
+
+def _server_name(tls: Tls) -> str | None:
+    """--server-name as the certificate's check uses it: the name alone (a space pasted around it dropped);
+    refused when it is no name, or where no certificate is checked (--insecure)."""
+    if tls.server_name is None:
+        return None
+    name = tls.server_name.strip()
+    if not name:
+        raise ConfigError("--server-name is empty: give the name the plugin's certificate carries (a"
+                          " subjectAltName), or leave it out to check the address dialed")
+    if any(c.isspace() for c in name):
+        raise ConfigError(f"--server-name {clip(printable(repr(tls.server_name)), 100)} holds whitespace: give one"
+                          " name the plugin's certificate carries (a subjectAltName), such as kv.example.com")
+    if tls.insecure:
+        raise ConfigError("--server-name is the name the plugin's TLS certificate carries: give it with"
+                          " --ca/--cert/--key, not --insecure")
+    return name
 
 
 @contextmanager

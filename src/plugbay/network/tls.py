@@ -23,8 +23,8 @@ from plugbay.core.transport.secure import NOT_HTTP2_WORDS, NOT_TLS_WORDS
 from plugbay.errors import ConfigError
 from plugbay.network.tlsfiles import ClientFiles, ClientSet
 
-_NO_NAME = ("the plugin's certificate does not name server_name: pass the name its subjectAltName carries, or"
-            " serve it with one naming server_name")
+NAME_MISMATCH = ("the plugin's certificate does not name server_name: pass the name its subjectAltName carries,"
+                 " or serve the plugin with a certificate naming server_name")
 # One wording, however the refusal reached this host (an alert over gRPC or the TLS probe, or the close after it)
 _DISTRUSTED = ("the plugin refused the host's certificate (cert_file signed by a CA it does not trust, or no"
                " certificate given)")
@@ -42,12 +42,12 @@ _TLS_SIGNS = (
     ("certificate has expired", _PEER_EXPIRED), ("certificate is not yet valid", _PEER_NOT_YET),
     ("SSLV3_ALERT_CERTIFICATE_EXPIRED", _REFUSED_EXPIRED),
     # Python's ssl (a multiplexed endpoint's TLS probe, plugbay.network.tlsprobe) on the plugin's name
-    ("Hostname mismatch", _NO_NAME), ("IP address mismatch", _NO_NAME),
+    ("Hostname mismatch", NAME_MISMATCH), ("IP address mismatch", NAME_MISMATCH),
     ("CERTIFICATE_VERIFY_FAILED", "the plugin's certificate is not signed by the CA given (ca_file),"
                                   " or it does not name server_name"),
     ("certificate verify failed", "the plugin's certificate is not signed by the CA given (ca_file)"),
     # grpcio's own check of the peer's name (its SAN) against server_name
-    ("Hostname Verification Check failed", _NO_NAME),
+    ("Hostname Verification Check failed", NAME_MISMATCH),
     (NOT_TLS_WORDS, "the plugin speaks plaintext: connect with insecure=True, or serve it with TLS"),
     ("CERTIFICATE_REQUIRED", "the plugin wants a client certificate: pass cert_file and key_file"),
     ("TLSV1_ALERT_UNKNOWN_CA", _DISTRUSTED),
