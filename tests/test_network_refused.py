@@ -5,7 +5,7 @@ budget, like any other silence; at its end a start whose every endpoint was refu
 RemoteRefusedError (a HandshakeTimeoutError too, so what caught the timeout still catches it, and a
 TargetUnreachableError) naming the address where nothing listens, not a bare "raise start_timeout". A server
 that listens late, within start_timeout, is found, however long the refusals lasted (they once ended a start
-after 15 s whatever start_timeout was left).
+after 15 s whatever start_timeout was left), and so is a Supervisor's only replica coming back 25 s late.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from plugbay import HandshakeTimeoutError, RemoteClient, RemoteConfig, RemoteRefusedError, TargetUnreachableError
+from plugbay import (HandshakeTimeoutError, RemoteClient, RemoteConfig, RemoteRefusedError, RestartPolicy, Supervisor,
+                     TargetUnreachableError)
 from plugbay.network import connect
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.resilience_util import wait_until
 
 SHORT_START = 4.0  # long enough for the pool's first health checks to be refused
 
@@ -87,3 +89,32 @@ def test_a_server_that_listens_late_within_start_timeout_is_found(late: float) -
             kv = client.dispense(PLUGIN_NAME)
             kv.put("k", b"v")
             assert kv.get("k") == b"v"
+
+
+def _answers(kv: object) -> bytes | None:
+    try:
+        return kv.get("__pid__")  # type: ignore[attr-defined, no-any-return]
+    except Exception:
+        return None
+
+
+@pytest.mark.timeout(120)
+def test_a_supervisors_restart_waits_start_timeout_for_its_only_replica_to_come_back() -> None:
+    # one restart allowed: a start given up before start_timeout (the refusals once ended it at 15 s) was the
+    # Supervisor's end, though the replica came back well within the 60 s the user gave it
+    port = _unused_port()
+    first = Replica(f"127.0.0.1:{port}")
+    cfg = RemoteConfig(target=f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
+                       call_timeout=1.5, health_interval=0.2, start_timeout=60, name="kv-sup-late")
+    try:
+        with Supervisor(cfg, health_interval=0.3, unhealthy_grace=1.0,
+                        restart=RestartPolicy(max_restarts=1, window=120, initial_backoff=0.05)) as sup:
+            kv = sup.dispense(PLUGIN_NAME)
+            assert kv.get("__pid__") == str(first.proc.pid).encode()
+            first.stop()
+            with _listening_after(25.0, port):
+                old = str(first.proc.pid).encode()
+                assert wait_until(lambda: _answers(kv) not in (None, old), 90), list(sup.events)
+                assert sup.state != "failed" and sup.restarts == 1, list(sup.events)
+    finally:
+        first.stop()
