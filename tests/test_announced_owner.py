@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from plugbay import Client, ClientConfig, ProcessRunner
-from plugbay.errors import ConfigError, MalformedHandshakeError, UnprovenAddressError
+from plugbay.errors import ConfigError, HandshakeTimeoutError, MalformedHandshakeError, UnprovenAddressError
 from tests.cli_util import plugbay
 from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY
 
@@ -212,3 +212,32 @@ def test_a_docker_run_wrappers_socket_is_refused_unless_trusted(plugbay_image: A
             assert kv.get("k") == b"in a container"
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+
+
+# listens on its own path, prints it, lets the host's probe connect, then renames a symlink to another
+# server's socket (argv[2]) onto that path; every later connection to its own socket it closes at once
+SWAPS = ("import os, socket, sys\npath, victim = sys.argv[1], sys.argv[2]\n"
+         "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\ns.bind(path)\ns.listen(16)\n"
+         "print(f'1|1|unix|{path}|grpc', flush=True)\ns.accept()[0].close()\n"
+         "os.symlink(victim, path + '.swap')\nos.rename(path + '.swap', path)\n"
+         "while True:\n    s.accept()[0].close()\n")
+
+
+@pytest.mark.parametrize("foreign", [(None, False)], ids=["unix"], indirect=True)
+def test_a_socket_swapped_onto_the_path_after_the_proof_is_not_dialed(foreign: Foreign, tmp_path: Path) -> None:
+    # before: the proof's probe reached the plugin's own socket, gRPC then dialed the path by name and reached
+    # the other server: start() succeeded, the calls went there, and kill()'s Shutdown stopped it
+    path = str(tmp_path / "swapped.sock")
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=3, kill_grace=1,
+                                 runner=ProcessRunner([PY, "-c", SWAPS, path, foreign.address])))
+    try:
+        # proven, it is the plugin's own socket that is dialed, and it answers no gRPC
+        with pytest.raises(HandshakeTimeoutError, match="did not report 'plugin' SERVING"):
+            client.start()
+        assert os.path.realpath(path) == foreign.address  # the swap was made
+    finally:
+        client.kill()
+    assert foreign.proc.poll() is None, "the other server was stopped by the host's Shutdown"
+    probe = subprocess.run([PY, "-c", "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
+                            foreign.address], capture_output=True, timeout=30)
+    assert probe.returncode == 0, probe.stderr  # and still serves

@@ -12,8 +12,8 @@ it) would reach, through the host, what it cannot reach itself. The proof:
   still the one started (its start ticks). A pid that vanished, or 0 (a listener of a pid namespace this
   one cannot see: a container's), proves nothing. The multiplexed connection is proven on itself (go-plugin's
   multiplexed server accepts one connection ever: a probe would take it); a plain one by a probe made and
-  closed before gRPC dials. A plugin can still swap its own socket file between the probe and gRPC's dial:
-  what is refused is a socket the plugin did not make.
+  closed before gRPC dials, through the host's O_PATH handle on the socket (core.host.connecting), the
+  handle gRPC then dials (and redials): a socket renamed onto the path later is never reached.
 - tcp: the listening sockets a dial would reach (/proc/PID/net/tcp, tcp6) must all be held open by the
   started process or its descendants (their /proc/PID/fd), in this host's network namespace: the process
   itself is looked at first, the rest of its tree (a scan of /proc's parent links) only if that fails.

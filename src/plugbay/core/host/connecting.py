@@ -9,6 +9,7 @@ The Client's classes stack: ClientParts (what it holds, how it lets go) <- ExitN
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import stat
 import time
@@ -53,17 +54,36 @@ class Connecting(ExitNotice):
         self._announced = info
         self._version = info.app_version
 
-    def _prove_listener(self, network: str, address: str, announced: HandshakeInfo, deadline: float) -> None:
-        """Return once the runner proves the plugin listens at ``address``; UnprovenAddressError once it says
-        another process does. While nothing listens there (a plugin that prints before it listens) it is
-        looked at again, as gRPC would redial, until the plugin exits, kill() or abandon_start() comes, or
-        the start's ``deadline`` passes (HandshakeTimeoutError)."""
+    def _prove_listener(self, network: str, address: str, announced: HandshakeInfo, deadline: float) -> str:
+        """The address to dial once the runner proves the plugin listens at ``address``; UnprovenAddressError
+        once it says another process does. While nothing listens there (a plugin that prints before it listens)
+        it is looked at again, as gRPC would redial, until the plugin exits, kill() or abandon_start() comes, or
+        the start's ``deadline`` passes (HandshakeTimeoutError).
+
+        A unix socket is proven, and dialed, through a handle on its inode (``/proc/self/fd/N``, held until the
+        Client closes): a plugin may rename another socket onto its path once the proof is made, and gRPC
+        dials (and redials) a path by name."""
         runner = self._need(self._runner, "runner")
         pause = 0.005
+        pin = network == "unix" and not address.startswith("/proc/self/fd/")  # not a runner's own handle already
         while True:
-            why = runner.unproven_listener(network, address)
+            fd = self._pin(announced, address) if pin else None
+            if pin and fd is None:
+                why: str | None = NOT_LISTENING  # no file there (yet)
+            else:
+                try:
+                    why = runner.unproven_listener(network, address if fd is None else f"/proc/self/fd/{fd}")
+                except BaseException:
+                    if fd is not None:
+                        os.close(fd)
+                    raise
             if why is None:
-                return
+                if fd is None:
+                    return address
+                self._pinned_socket = fd
+                return f"/proc/self/fd/{fd}"
+            if fd is not None:
+                os.close(fd)
             self._raise_if_exited(runner.wait(0))  # an exit says more than what is left at the address
             if why != NOT_LISTENING:
                 raise UnprovenAddressError(self.name, announced.network, announced.address, why)
@@ -79,6 +99,22 @@ class Connecting(ExitNotice):
                     " its handshake line, as go-plugin does")
             time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
             pause = min(pause * 2, 0.1)
+
+    def _pin(self, announced: HandshakeInfo, path: str) -> int | None:
+        """An O_PATH descriptor of the socket now at ``path``; None while no file is there (the plugin may make
+        it yet)."""
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise UnprovenAddressError(self.name, announced.network, announced.address,
+                                       f"this host may not open it ({exc.strerror})") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISSOCK(mode):  # swapped for a file since it was looked at
+            os.close(fd)
+            raise not_a_socket(self.name, announced.address, path, self.config.reattach is not None, mode)
+        return fd
 
     def _connect(self, announced: HandshakeInfo, deadline: float) -> None:
         runner = self._need(self._runner, "runner")
@@ -111,9 +147,9 @@ class Connecting(ExitNotice):
         if mode and not stat.S_ISSOCK(mode):  # a file that is there and no socket never becomes one: not dialed
             raise not_a_socket(self.name, announced.address, address, self.config.reattach is not None, mode)
         prove = not self.config.trust_announced_address
-        if prove and not self.config.multiplex_broker:  # the multiplexed connection is proven on itself, below
-            self._prove_listener(network, address, announced, deadline)
         dial_to = (network, address)
+        if prove and not self.config.multiplex_broker:  # the multiplexed connection is proven on itself, below
+            dial_to = (network, self._prove_listener(network, address, announced, deadline))
         if self.config.multiplex_broker:
             # One connection carries a yamux session; the main channel and every
             # brokered connection are streams in it (TLS, if any, runs per stream).

@@ -11,6 +11,7 @@ folder. client.py holds the lifecycle around these.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 from typing import Any, TypeVar
@@ -63,6 +64,7 @@ class ClientParts:
         self._channel: ManagedChannel | None = None
         self._broker: GRPCBroker | None = None
         self._mux: HostMux | None = None
+        self._pinned_socket: int | None = None  # the O_PATH descriptor of the proven unix socket the channel dials
         self._stdio: Stdio | None = None
         self._kick: StreamKick | None = None  # begins the held stdio/broker streams
         self._broker_queues = False  # the plugin said (health Check) it queues broker messages
@@ -224,6 +226,9 @@ class ClientParts:
             self._conn.close()
         if self._mux is not None:
             self._mux.close()
+        if self._pinned_socket is not None:  # after the channel: nothing dials its number any more
+            os.close(self._pinned_socket)
+            self._pinned_socket = None
         if self._output is not None:
             self._output.join(5.0)
         self._logs.join(5.0)
