@@ -156,6 +156,32 @@ def test_a_plugin_started_through_a_wrapper_serves(wrapper: str, multiplex: bool
         assert kv.get("k") == wrapper.encode()
 
 
+def _unshare_works(*flags: str) -> str | None:
+    """Why `unshare FLAGS true` cannot run here (not root, no unshare, a sandbox's seccomp), or None."""
+    try:
+        done = subprocess.run(["unshare", *flags, "true"], capture_output=True, timeout=30)
+    except OSError as exc:
+        return f"unshare cannot run: {exc}"
+    return None if done.returncode == 0 else f"unshare {' '.join(flags)} fails here: {done.stderr.decode()!r}"
+
+
+@pytest.mark.parametrize("flags", [("-m",), ("-p", "-f", "--mount-proc")], ids=["mount", "pid-mount"])
+@pytest.mark.parametrize("multiplex", [False, True], ids=["plain", "multiplexed"])
+def test_a_tcp_plugin_in_its_own_mount_namespace_serves(flags: tuple[str, ...], multiplex: bool) -> None:
+    # only the network namespace gives a port its meaning; before: refused ("another service listens there")
+    why = _unshare_works(*flags)
+    if why is not None:
+        print(f"skipped: {why}")
+        pytest.skip(why)
+    runner = ProcessRunner(["unshare", *flags, PY, KV_EXAMPLE], env={"PLUGBAY_LISTEN": "tcp:127.0.0.1:0"})
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=30,
+                             multiplex_broker=multiplex)) as client:
+        assert client.handshake.network == "tcp"
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"unshared")
+        assert kv.get("k") == b"unshared"
+
+
 def test_plugbay_run_trust_announced_address(tmp_path: Path) -> None:
     path = str(tmp_path / "host.sock")  # this test's own socket: the plugin's ancestor listens there
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:

@@ -5,7 +5,7 @@ plugin id in its environment: plugbay.runners.attached), but the address beside
 it is only text: a host that dialed it could send Puts, and at kill() the
 controller's Shutdown, to any server on this machine. So the address is dialed
 only when the proven process (or one of its own children), in this host's
-network and mount namespaces, holds every socket a connection there would reach:
+network namespace (and mount namespace, for a unix path), holds every socket a connection there would reach:
 socket inodes among its open files (/proc/PID/fd) that the kernel's tables of
 listeners (/proc/PID/net/unix, tcp, tcp6) show listening on that absolute path,
 or on that address and port (the most specific binding wins, as in the kernel).
@@ -154,18 +154,20 @@ def unix_peer_pid(path: str) -> int | None:
     return int(pid)
 
 
-def _same_namespaces(pid: int) -> bool:
-    """Whether ``pid`` sees this process's network and mounts: an address means the same thing to both."""
+def same_namespaces(pid: int, network: str) -> bool:
+    """Whether ``pid`` sees what this process sees at a ``network`` address: the same network namespace, and
+    for a unix path the same mounts too (a tcp plugin under `unshare -m` reaches the same ports)."""
+    kinds = ("net", "mnt") if network == "unix" else ("net",)
     try:
         return all(os.stat(f"/proc/{pid}/ns/{ns}").st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino
-                   for ns in ("net", "mnt"))
+                   for ns in kinds)
     except OSError:
         return False
 
 
 def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
     """Whether ``pids`` hold every socket a connection to ``network`` ``address`` could reach."""
-    pids = [pid for pid in pids if _same_namespaces(pid)]  # another namespace's 127.0.0.1 is not ours
+    pids = [pid for pid in pids if same_namespaces(pid, network)]  # another namespace's 127.0.0.1 is not ours
     if not pids:
         return False
     held: set[int] = set()

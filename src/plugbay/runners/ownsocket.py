@@ -37,7 +37,7 @@ import subprocess
 from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork
 from plugbay.runners.base import NOT_LISTENING
-from plugbay.runners.listeners import listens_on, tcp_listeners, unix_peer_pid
+from plugbay.runners.listeners import listens_on, same_namespaces, tcp_listeners, unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
 
 _MAX_HOPS = 64  # parent links walked from the listener: deeper than any wrapper chain of a plugin
@@ -121,6 +121,9 @@ class OwnListeners:
         tree = [root, *family(root, "", root_start)]
         if listens_on(tree, "tcp", address):
             return None
+        if not same_namespaces(root, "tcp"):
+            return (f"the plugin process {root} runs in another network namespace (`ip netns exec`, `unshare -n`),"
+                    " whose ports are not this host's; name its network in ProcessRunner(trusted_networks=)")
         hidden = next((pid for pid in tree if _fds_hidden(pid)), None)
         if hidden is not None:  # a setuid, file-capability or prctl(PR_SET_DUMPABLE, 0) process, to a non-root host
             return (f"the open files of the plugin's process {hidden} cannot be read here (/proc/{hidden}/fd: a"
