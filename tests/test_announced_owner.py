@@ -127,6 +127,20 @@ def test_trust_announced_address_dials_it_as_before(foreign: Foreign) -> None:
         assert kv.get("k") == b"trusted"
 
 
+@pytest.mark.parametrize("foreign", [("tcp:127.0.0.1:0", False)], ids=["tcp"], indirect=True)
+@pytest.mark.parametrize("form", ["{}", "[::ffff:{}]"], ids=["ipv4", "ipv4-mapped"])
+def test_an_address_in_trusted_networks_is_dialed_unproven(foreign: Foreign, form: str) -> None:
+    # trusted_networks is the caller's word for the proof as for plugin_to_host(): the IPv4-mapped form too
+    # (before: the proof alone did not see [::ffff:127.0.0.1] in 127.0.0.0/8, and refused it)
+    host, _, port = foreign.address.rpartition(":")
+    line = "|".join([*foreign.line.split("|")[:3], f"{form.format(host)}:{port}", "grpc"])
+    runner = ProcessRunner([PY, MISBEHAVE, "line", line], trusted_networks=["127.0.0.0/8"])
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=8)) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"trusted network")
+        assert kv.get("k") == b"trusted network"
+
+
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_trust_announced_address_is_checked(value: object) -> None:
     with pytest.raises(ConfigError, match="trust_announced_address must be True or False"):

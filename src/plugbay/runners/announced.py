@@ -81,6 +81,28 @@ def _is_own(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int, index:
     return ipaddress.ip_address(source.partition("%")[0]) == ipaddress.ip_address(bare)
 
 
+def _unmapped(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """[::ffff:10.1.2.3] is dialed over IPv4: it is that IPv4 address, for trusted networks and the kernel alike."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is None and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def trusted_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, trusted: Sequence[IPNetwork]) -> bool:
+    """Whether ``ip`` (or the IPv4 address it maps) lies in one of ``trusted`` (ProcessRunner(trusted_networks=))."""
+    return any(form.version == net.version and form in net for form in {ip, _unmapped(ip)} for net in trusted)
+
+
+def trusted_address(address: str, trusted: Sequence[IPNetwork]) -> bool:
+    """Whether tcp ``address`` (HOST:PORT, [V6]:PORT) names an IP address trusted_ip() says is trusted."""
+    host = address.rpartition(":")[0]
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return False
+    return trusted_ip(ip, trusted)
+
+
 def off_machine(address: str, trusted: Sequence[IPNetwork]) -> str | None:
     """Why the announced tcp ``address`` (HOST:PORT, checked by the handshake's parser) is not dialed
     from this machine (None: it is dialed as announced)."""
@@ -93,12 +115,10 @@ def off_machine(address: str, trusted: Sequence[IPNetwork]) -> str | None:
     except ValueError:
         return ("it names a host by name, and a resolver's answer may lead anywhere; have the plugin announce"
                 " the IP address it listens on, such as 127.0.0.1:PORT, as go-plugin does")
-    scope = ip.scope_id if isinstance(ip, ipaddress.IPv6Address) else None
-    # [::ffff:10.1.2.3] is dialed over IPv4: it is that IPv4 address, for trusted networks and the kernel alike
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and scope is None else None
-    forms, ip = {ip, mapped or ip}, mapped or ip
-    if any(form.version == net.version and form in net for form in forms for net in trusted):
+    if trusted_ip(ip, trusted):
         return None  # the caller vouched for it (ProcessRunner(trusted_networks=))
+    scope = ip.scope_id if isinstance(ip, ipaddress.IPv6Address) else None
+    ip = _unmapped(ip)
     index = 0
     if scope is not None:
         found = _interface(scope)

@@ -28,14 +28,13 @@ themselves (a folder plugbay made and mounted, a port it published or forwarded)
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import struct
 import subprocess
 
 from plugbay.core.transport.tempdirs import own_proc
-from plugbay.runners.announced import IPNetwork
+from plugbay.runners.announced import IPNetwork, trusted_address
 from plugbay.runners.base import NOT_LISTENING
 from plugbay.runners.listeners import listens_on, same_namespaces, tcp_listeners, unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
@@ -79,19 +78,12 @@ class OwnListeners:
         NOT_LISTENING while nothing listens there. ``conn``: a unix connection the host made there itself,
         proven on its own peer."""
         proc = self._proc
-        if proc is None or network not in ("unix", "tcp") or self._trusts(network, address):
+        if proc is None or network not in ("unix", "tcp"):
+            return None
+        if network == "tcp" and trusted_address(address, self._trusted):  # the caller's word, as plugin_to_host's
             return None
         return self._why_not_own(proc, network, address, conn)
 
-    def _trusts(self, network: str, address: str) -> bool:
-        if network != "tcp":
-            return False
-        host = address.rpartition(":")[0].strip("[]").partition("%")[0]
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(ip.version == net.version and ip in net for net in self._trusted)
 
     def _why_not_own(self, proc: subprocess.Popen[bytes], network: str, address: str,
                      conn: socket.socket | None) -> str | None:
