@@ -5,6 +5,7 @@ a session's own child (PLUGIN_MULTIPLEX_GRPC=true) misbehaves as argv[1] says, t
   slow-mux      ignores SIGTERM, announces multiplexing and holds the gateway's connection without a word
                 (a session that ends when its host leaves, and whose close waits out the kill's grace)
   no-mux-later  announces no multiplexing (as after the plugin's file was replaced by a go-plugin 1.0.x one)
+  foreign       announces argv[2], a socket another process (the test) listens on, multiplexed
   slow-start    takes argv[2] seconds to start (a Python plugin's imports and serve()), then holds its
                 connection as slow-mux does, SIGTERM ending it
 
@@ -32,6 +33,8 @@ if not Path("checked").exists():
     print("1|1|unix|/nonexistent/none.sock|grpc||true", flush=True)
 elif sys.argv[1] == "no-mux-later":
     print("1|1|unix|/nonexistent/none.sock|grpc|", flush=True)
+elif sys.argv[1] == "foreign":
+    print(f"1|1|unix|{sys.argv[2]}|grpc||true", flush=True)
 elif sys.argv[1] == "long-label":
     print("1|1|tcp|" + "a" * 64 + ":1234|grpc||true", flush=True)
 elif sys.argv[1] in ("slow-mux", "slow-start"):

@@ -59,6 +59,9 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--plugins", default=default("PLUGINS", ""), help="plugin names Discovery reports")
     p.add_argument("--insecure", action="store_true", default=_switch(env, "INSECURE"),
                    help="plaintext, no client authentication (trusted test networks only)")
+    p.add_argument("--trust-announced-address", action="store_true", default=_switch(env, "TRUST_ANNOUNCED_ADDRESS"),
+                   help="dial the address the plugin announces even when plugbay cannot prove the plugin it"
+                        " started listens there (a command that hands the serving on, such as `docker run`)")
     p.add_argument("--multiplex", action="store_true", default=_switch(env, "MULTIPLEX"),
                    help="brokered callbacks: each host session gets its own child (the plugin must"
                         " multiplex; checked at start)")
@@ -152,7 +155,8 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
                          plugins=[n for n in str(args.plugins).split(",") if n.strip()],
                          start_timeout=args.start_timeout, multiplex=args.multiplex, keepalive=keepalive,
                          max_calls=max_calls, max_peer_calls=max_peer_calls, max_message=max_message,
-                         max_peer_sessions=max_peer_sessions, max_child_starts=max_child_starts)
+                         max_peer_sessions=max_peer_sessions, max_child_starts=max_child_starts,
+                         trust_announced_address=args.trust_announced_address)
 
 
 def _positive(parser: argparse.ArgumentParser, given: object, flag: str, what: str, example: str,

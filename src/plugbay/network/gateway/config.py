@@ -25,6 +25,10 @@ DEFAULT_MAX_MESSAGE = 4 << 20
 MAX_MAX_MESSAGE = 2**31 - 1
 
 
+# how a gateway's user dials a child's unproven address anyway (UnprovenAddressError's advice)
+TRUST_OPT_OUT = "set GatewayConfig(trust_announced_address=True) (plugbay gateway: --trust-announced-address)"
+
+
 @dataclass
 class GatewayConfig:
     """What the gateway runs and where it listens. TLS: all three files, or ``insecure=True``."""
@@ -46,6 +50,9 @@ class GatewayConfig:
     # AutoMTLS between gateway and child, as go-plugin hosts do. Off saves the OpenSSL relay hop
     # a Go child's P-521 certificate needs, but leaves the child's socket unauthenticated locally.
     child_mtls: bool = True
+    # dial the address each child announces without proving the child (or a process it started) listens
+    # there (runners.ownsocket): for a command that hands the serving to another process (a `docker run` wrapper)
+    trust_announced_address: bool = False
     logger: logging.Logger | None = None
     # Brokered callbacks: each remote yamux session gets its own multiplexing child (gateway/sessions.py).
     multiplex: bool = False
@@ -144,7 +151,7 @@ class GatewayConfig:
         # at most what the child's ClientConfig takes, which checks it only after the port is bound
         self.start_timeout = check_seconds(self.start_timeout, "GatewayConfig.start_timeout", 30.0,
                                            maximum=NO_DEADLINE)
-        for switch in ("child_mtls", "multiplex"):
+        for switch in ("child_mtls", "multiplex", "trust_announced_address"):
             check_switch(getattr(self, switch), f"GatewayConfig.{switch}")
         if self.logger is not None and not isinstance(self.logger, (logging.Logger, logging.LoggerAdapter)):
             raise ConfigError(f"GatewayConfig.logger must be a logging.Logger or None, got"

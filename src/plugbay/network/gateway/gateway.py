@@ -73,12 +73,14 @@ from plugbay.core.transport import grpcping
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.core.transport.unstarted import stop_server
 from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError, TLSConfigError
+from plugbay.errors import UnprovenAddressError
 from plugbay.network.gateway.child import ChildKeeper
 # re-exported: imported from here by the package, plugbay and users
 from plugbay.network.gateway.config import (
     DEFAULT_MAX_CALLS as DEFAULT_MAX_CALLS,
     DEFAULT_MAX_MESSAGE as DEFAULT_MAX_MESSAGE,
     GatewayConfig as GatewayConfig,
+    TRUST_OPT_OUT,
 )
 from plugbay.network.gateway.forward import Forwarder
 from plugbay.network.gateway.sessions import ChildSession, MultiplexCheck, child_runner, die_with_gateway
@@ -154,6 +156,7 @@ class Gateway:
         return ChildSession(conn, cfg.argv, cfg.cookie, cfg.protocol_versions, env=cfg.env, cwd=cfg.cwd,
                             start_timeout=cfg.start_timeout, logger=cfg.logger, peer=peer,
                             keepalive=cfg.keepalive, refused=self._sessions_refused,
+                            trust_announced_address=cfg.trust_announced_address,
                             on_no_multiplex=self._no_multiplex, starts=self._starts)
 
     def _no_multiplex(self, why: str) -> None:
@@ -177,6 +180,7 @@ class Gateway:
                             versioned_plugins={v: {} for v in versions}, auto_mtls=cfg.child_mtls,
                             runner=child_runner(cfg.argv, cfg.cwd),
                             start_timeout=cfg.start_timeout, call_timeout=None, env=dict(cfg.env),
+                            trust_announced_address=cfg.trust_announced_address,
                             name="gateway-child", logger=cfg.logger)
 
     def _child_up(self, client: Client) -> None:
@@ -277,6 +281,9 @@ class Gateway:
             self._check_multiplexing()
         try:
             self.keeper.start()
+        except UnprovenAddressError as exc:  # the advice ClientConfig's user gets is no gateway user's to take
+            said = UnprovenAddressError(exc.name, exc.network, exc.address, exc.why, opt_out=TRUST_OPT_OUT)
+            raise GatewayError(f"the gateway could not start its plugin {self.config.argv}: {said}") from exc
         except PlugbayError as exc:
             raise GatewayError(f"the gateway could not start its plugin {self.config.argv}: {exc}") from exc
         server.start()

@@ -48,7 +48,8 @@ from plugbay.core.transport.sockets import dial, hung_up
 from plugbay.core.transport.streamcap import Share
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.core.transport.yamux import Session, Stream
-from plugbay.errors import GatewayError, PlugbayError
+from plugbay.errors import GatewayError, PlugbayError, UnprovenAddressError
+from plugbay.network.gateway.config import TRUST_OPT_OUT
 from plugbay.network.gateway.starts import FairStarts
 from plugbay.network.gateway.twins import TwinOpener
 from plugbay.runners import hostbound
@@ -149,8 +150,10 @@ class ChildSession:
                  versions: Sequence[int], *, env: Mapping[str, str], cwd: str | None, start_timeout: float,
                  logger: logging.Logger | None = None, peer: str | None = None,
                  keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE, refused: str = "",
-                 on_no_multiplex: Callable[[str], None] | None = None, starts: FairStarts | None = None) -> None:
+                 on_no_multiplex: Callable[[str], None] | None = None, starts: FairStarts | None = None,
+                 trust_announced_address: bool = False) -> None:
         self._conn = conn
+        self._trust = trust_announced_address  # GatewayConfig's: the child's address dialed unproven
         self._starts = starts  # the gateway's turns for children's starts, shared by its sessions
         self._refused = refused  # why no child is started for this session: its connection is closed at once
         self._on_no_multiplex = on_no_multiplex
@@ -252,7 +255,7 @@ class ChildSession:
             if self._on_no_multiplex is not None:
                 self._on_no_multiplex(why)
             raise GatewayError(why)
-        sock = dial(info.network, info.address, timeout=self._start_timeout)
+        sock = self._dial_child(runner, info)
         sock.settimeout(None)
         self._conn.settimeout(None)
         with self._lock:
@@ -265,6 +268,18 @@ class ChildSession:
             self._remote = Session(self._conn, client=False, on_stream=self._from_remote, name="gw-remote",
                                    write_timeout=write_timeout)
         runner.watch_exit(self._child_exited)
+
+    def _dial_child(self, runner: ProcessRunner, info: HandshakeInfo) -> socket.socket:
+        """The one connection to the child's multiplexed server, at the address its handshake announced, mapped
+        and refused as a Client's would be (this machine's), and proven on itself, as a Client's multiplexed
+        connection is (the child or a process it started listens there): no byte is written before."""
+        network, address = runner.plugin_to_host(info.network, info.address)
+        sock = dial(network, address, timeout=self._start_timeout)
+        why = None if self._trust else runner.unproven_listener(network, address, sock if network == "unix" else None)
+        if why is not None:
+            sock.close()
+            raise UnprovenAddressError("gateway-session", info.network, info.address, why, opt_out=TRUST_OPT_OUT)
+        return sock
 
     def _turn(self) -> AbstractContextManager[None]:
         """One of the gateway's turns to start a child, waited for within start_timeout (see starts.py)."""
