@@ -281,3 +281,37 @@ def test_a_socket_swapped_onto_the_path_after_the_proof_is_not_dialed(foreign: F
     probe = subprocess.run([PY, "-c", "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])",
                             foreign.address], capture_output=True, timeout=30)
     assert probe.returncode == 0, probe.stderr  # and still serves
+
+
+# a host without CAP_DAC_OVERRIDE (root's bounding set cut by setpriv) whose plugin makes its socket mode 000
+EACCES_HOST = """import os, sys
+sys.path.insert(0, sys.argv[1])
+from tests.resilience_util import HANDSHAKE, PLUGINS, PY
+from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay.errors import PlugbayError
+PLUGIN = ("import os, socket, sys, time\\npath = sys.argv[1]\\ns = socket.socket(socket.AF_UNIX)\\ns.bind(path)\\n"
+          "s.listen(8)\\nos.chmod(path, 0)\\nprint(f'1|1|unix|{path}|grpc', flush=True)\\ntime.sleep(60)\\n")
+client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=5,
+                             runner=ProcessRunner([PY, "-c", PLUGIN, os.path.join(sys.argv[2], "p.sock")])))
+try:
+    client.start()
+except PlugbayError as exc:
+    print(type(exc).__name__, exc)
+finally:
+    client.kill()
+"""
+
+
+def test_a_socket_the_host_may_not_connect_to_is_refused_as_such(tmp_path: Path) -> None:
+    # before: the probe's EACCES counted as 'nothing listens', waited out start_timeout, then said so
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the host without CAP_DAC_OVERRIDE (setpriv)")
+    host = tmp_path / "host.py"
+    host.write_text(EACCES_HOST)
+    done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all",
+                           PY, str(host), str(REPO), str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO / "src"))})
+    if "setpriv:" in done.stderr:
+        pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
+    assert done.stdout.startswith("UnprovenAddressError"), (done.stdout, done.stderr[-2000:])
+    assert "this host may not connect to that socket (Permission denied" in done.stdout, done.stdout

@@ -140,18 +140,25 @@ def _is_local(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return True
 
 
+def peer_pid(conn: socket.socket) -> int:
+    """The pid SO_PEERCRED names for a connected AF_UNIX socket: the listener's (0: none this pid namespace sees)."""
+    pid, _, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return int(pid)
+
+
 def unix_peer_pid(path: str) -> int | None:
     """The pid that listens on the unix socket now at ``path`` (SO_PEERCRED of a connection made and
-    closed at once), or None: the table names the path a socket was bound to, not the one there now."""
+    closed at once), or None while nothing listens there: the table names the path a socket was bound to,
+    not the one there now. PermissionError (EACCES, EPERM): this process may not connect there at all."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             probe.settimeout(1.0)
             probe.connect(path)
-            pid, _, _ = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                             struct.calcsize("3i")))
+            return peer_pid(probe)
+    except PermissionError:
+        raise  # no wait makes it connectable: the caller says so at once
     except OSError:
         return None
-    return int(pid)
 
 
 def same_namespaces(pid: int, network: str) -> bool:
@@ -179,7 +186,10 @@ def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
         listening = unix_listeners(pids[0], address)
         if not listening or not listening <= held:  # before any connect: the path may be anyone's server
             return False
-        return unix_peer_pid(address) in pids  # held, and no other socket renamed onto the path since
+        try:
+            return unix_peer_pid(address) in pids  # held, and no other socket renamed onto the path since
+        except PermissionError:
+            return False
     elif network == "tcp":
         listening = tcp_listeners(pids[0], address)
     else:

@@ -30,22 +30,15 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
 
 from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork, trusted_address
 from plugbay.runners.base import NOT_LISTENING
-from plugbay.runners.listeners import listens_on, same_namespaces, tcp_listeners, unix_peer_pid
+from plugbay.runners.listeners import listens_on, peer_pid, same_namespaces, tcp_listeners, unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
 
 _MAX_HOPS = 64  # parent links walked from the listener: deeper than any wrapper chain of a plugin
-
-
-def peer_pid(conn: socket.socket) -> int:
-    """The pid SO_PEERCRED names for a connected AF_UNIX socket: the listener's (0: none this pid namespace sees)."""
-    pid, _, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-    return int(pid)
 
 
 def descends(pid: int, root: int, root_start: int) -> bool:
@@ -91,11 +84,17 @@ class OwnListeners:
         if not own_proc():
             return ("this host's /proc shows another pid namespace's processes, so no pid read there names the"
                     " process it started")
-        if root_start is None or proc.returncode is not None:
+        if proc.returncode is not None or _exited(root):
             return f"the plugin process {root} is gone, so nothing it made can listen there"
+        if root_start is None:  # running, but its /proc/PID/stat could not be read at its start
+            return (f"the plugin process {root} cannot be seen in this host's /proc (mounted with hidepid=, the"
+                    " plugin running as another user), so no listener can be traced back to it")
         if network == "unix":
             try:
                 pid = peer_pid(conn) if conn is not None else unix_peer_pid(address)
+            except PermissionError as exc:
+                return (f"this host may not connect to that socket ({exc.strerror}: its file's permissions or a"
+                        " security module), so neither can gRPC; make it connectable for the host's user")
             except OSError as exc:
                 return f"the connection to it tells no listener ({exc})"
             if pid is None:
@@ -123,6 +122,16 @@ class OwnListeners:
         return (f"a socket listening there is held by no process of the plugin's (process {root}, which"
                 " plugbay started, and its descendants): another service listens there (a port `docker run`"
                 " published, another server)")
+
+
+def _exited(pid: int) -> bool:
+    """Whether child ``pid`` has exited (a zombie, or reaped already); it is not reaped here."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+    except OSError:
+        return False
 
 
 def _fds_hidden(pid: int) -> bool:
