@@ -24,13 +24,10 @@ CASES = {
 }
 
 
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("case", list(CASES))
-def test_an_address_the_transport_cannot_carry_is_refused_from_the_line(case: str) -> None:
-    transport, announced, words = CASES[case]
-    runner = DockerRunner(BASE, transport=transport, network=None,
-                          entrypoint=["sh", "-c", f"echo '1|1|{announced}|grpc|'; exec sleep 120"])
-    # start_timeout far above the test's own bound: the refusal owes nothing to it
+def refusal(transport: str, script: str) -> AnnouncedUnreachableError:
+    """The AnnouncedUnreachableError a start of a container running `sh -c script` ends with (start_timeout far
+    above the test's own bound: the refusal owes nothing to it)."""
+    runner = DockerRunner(BASE, transport=transport, network=None, entrypoint=["sh", "-c", script])
     client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), runner=runner, start_timeout=120,
                                  auto_mtls=False))
     try:
@@ -38,24 +35,23 @@ def test_an_address_the_transport_cannot_carry_is_refused_from_the_line(case: st
             client.start()
     finally:
         client.kill()
-    said = str(err.value)
+    return err.value
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_address_the_transport_cannot_carry_is_refused_from_the_line(case: str) -> None:
+    transport, announced, words = CASES[case]
+    said = str(refusal(transport, f"echo '1|1|{announced}|grpc|'; exec sleep 120"))
     assert f"announced {announced.replace('|', ':', 1)}" in said and words in said, said
 
 
 @pytest.mark.timeout(90)
 def test_the_refusal_carries_what_the_plugin_wrote_to_stderr() -> None:
     # the reviewer's case: a plugin that says why it fails, announces a port it does not serve, and then stops
-    script = "echo 'fatal: no config' >&2; echo '1|1|tcp|0.0.0.0:4001|grpc|'; sleep 120; exit 3"
-    runner = DockerRunner(BASE, transport="tcp", network=None, entrypoint=["sh", "-c", script])
-    client = Client(ClientConfig(handshake=HandshakeConfig(1, "K", "V"), runner=runner, start_timeout=120,
-                                 auto_mtls=False))
-    try:
-        with pytest.raises(AnnouncedUnreachableError) as err:
-            client.start()
-    finally:
-        client.kill()
-    said = str(err.value)
-    assert isinstance(err.value, RunnerError), said
+    error = refusal("tcp", "echo 'fatal: no config' >&2; echo '1|1|tcp|0.0.0.0:4001|grpc|'; sleep 120; exit 3")
+    said = str(error)
+    assert isinstance(error, RunnerError), said
     assert "only container port 4000 is published" in said, said
     assert "Its last stderr lines so far:\n    fatal: no config" in said, said
-    assert err.value.stderr_tail == ["fatal: no config"], err.value.stderr_tail
+    assert error.stderr_tail == ["fatal: no config"], error.stderr_tail

@@ -113,21 +113,23 @@ PLAIN = tuple(f"SourceBroke: the file being streamed could not be read; cause No
               for d in DETAILS)
 
 
-def check(owner: AbstractContextManager[Any]) -> None:
+def unheld(collect: Callable[[], dict[str, str]]) -> dict[str, str]:
+    """What collect() said each call raised, checked: every style raised the iterator's own error, plain or
+    chained, and once collect() returned nothing holds one (gc off: what a collection would free is what this
+    looks for; an error's traceback holds the frames it was raised through, so one holding the error, or what
+    holds it, would make a cycle)."""
     # grpcio logs the error it met (exc_info), and pytest keeps log records: not the holder looked for here
     logged = logging.getLogger("grpc._channel")
     was, logged.disabled = logged.disabled, True
     gc.collect()  # what earlier tests left for a collection is not this one's
-    gc.disable()  # what a collection would free is what this looks for
+    gc.disable()
     try:
         before = set(threading.enumerate())
-        said = what_each_call_raised(owner)
+        said = collect()
         # the threads started during the calls (grpcio's that read the requests among them: each holds the
         # error it met until it leaves its except block, just after the call's end; the owner's, ended with it)
         for thread in set(threading.enumerate()) - before:
             thread.join(GUARD)  # bounded: one still holding the error then fails the check below
-        # once the caller let go of its errors, nothing holds one (the error's traceback holds the frames it
-        # was raised through; one holding the error, or what holds it, would make a cycle)
         held = [o for o in gc.get_objects() if isinstance(o, SourceBroke)]
     finally:
         gc.enable()
@@ -136,6 +138,11 @@ def check(owner: AbstractContextManager[Any]) -> None:
     for how in ("stream_stream", "stream_unary", "with_call", "future", "future exception"):
         assert said[how] == OWN, (how, said)
         assert said[f"{how}, plain"] in PLAIN, (how, said)
+    return said
+
+
+def check(owner: AbstractContextManager[Any]) -> None:
+    said = unheld(lambda: what_each_call_raised(owner))
     assert said["after"] == "Stats", said
 
 
@@ -409,13 +416,9 @@ def test_a_brokered_channels_streams_raise_the_iterators_error_too(tmp_path: Pat
     from plugbay import ProcessRunner
 
     runner = ProcessRunner([sys.executable, str(REPO / "tests" / "plugins" / "async_plugins.py"), "kv"], cwd=tmp_path)
-    logged = logging.getLogger("grpc._channel")  # grpcio logs the error it met (exc_info), held by pytest
-    was, logged.disabled = logged.disabled, True
-    gc.collect()
-    gc.disable()  # what a collection would free is what this looks for
-    said: dict[str, str] = {}
-    try:
-        before = set(threading.enumerate())
+
+    def collect() -> dict[str, str]:
+        said: dict[str, str] = {}
         with Client(ClientConfig(handshake=KV_HANDSHAKE, plugins={KV: KVPlugin()}, runner=runner,
                                  call_timeout=30)) as client:
             channel = client.broker.dial(int(client.dispense(KV).get("__streamer__")))  # the plugin serves it
@@ -427,16 +430,9 @@ def test_a_brokered_channels_streams_raise_the_iterators_error_too(tmp_path: Pat
                 said["after"] = repr(calls(channel)["stream_unary"](iter([streaming_pb2.Chunk(seq=7)])).seq)
             finally:
                 channel.close()
-        for thread in set(threading.enumerate()) - before:
-            thread.join(GUARD)
-        held = [o for o in gc.get_objects() if isinstance(o, SourceBroke)]
-    finally:
-        gc.enable()
-        logged.disabled = was
-    assert not held, held
-    for how in ("stream_stream", "stream_unary", "with_call", "future", "future exception"):
-        assert said[how] == OWN, (how, said)
-        assert said[f"{how}, plain"] in PLAIN, (how, said)
+        return said
+
+    said = unheld(collect)
     assert said["kinds"] == "a grpc.Call: True, a grpc.Future: True", said
     assert said["later"] == ("InvalidStateError: the call ended when its request iterator raised SourceBroke: the"
                              " file being streamed could not be read (an earlier read raised it); cause None;"
