@@ -10,9 +10,14 @@ import dns.resolver
 
 __all__ = ["failure_text"]
 
-# A TCP query that met these never reached a server serving TCP on that port (nothing listens, or a
-# firewall drops it): only then is "serve TCP" the advice
-_TCP_UNSERVED = (ConnectionRefusedError, ConnectionResetError, dns.exception.Timeout, EOFError)
+# A TCP query that met these never reached a server serving TCP on that port (nothing listens, no route
+# to it, or a firewall drops it): only then is "serve TCP" the advice. A timeout is one only when the
+# lookup's own time had not run out on it (_cut_short)
+_TCP_UNSERVED = (OSError, EOFError, dns.exception.Timeout)
+
+# What to do when the lookup's time ran out before the TCP query that a truncated answer needs ended
+_MORE_TIME = ("give the lookup more time (DNSResolver's timeout; start_timeout while discovery starts), or have"
+              " that server answer within a UDP datagram (fewer records)")
 
 
 def _server_name(server: object, port: object) -> str:
@@ -27,6 +32,19 @@ def _error_text(error: object) -> str:
     if isinstance(error, str):  # a response code: "SERVFAIL"
         return f"answered {error}"
     return str(error).rstrip(". ") or type(error).__name__
+
+
+def _mid_sentence(text: str) -> str:
+    """An error's text after words of ours ("over TCP the truncated flag is set"): a capitalised first
+    word goes lower case; "[Errno 113] ..." and names ("SERVFAIL", "DNS") stay as they are."""
+    return text[0].lower() + text[1:] if text[:1].isupper() and text[1:2].islower() else text
+
+
+def _cut_short(exc: Exception, errors: list[tuple[Any, ...]], error: tuple[Any, ...]) -> bool:
+    """Whether ``error`` is a timeout the lookup's own time running out caused: the lookup's last query
+    timed out and the lookup ended on its time (dnspython gives no query a moment past it)."""
+    return isinstance(exc, dns.resolver.LifetimeTimeout) and isinstance(error[3], dns.exception.Timeout) \
+        and errors[-1] is error
 
 
 def failure_text(name: str, kind: str, exc: Exception) -> tuple[str, bool]:
@@ -51,21 +69,24 @@ def failure_text(name: str, kind: str, exc: Exception) -> tuple[str, bool]:
             if i and isinstance(errs[i - 1][3], dns.message.Truncated) and not errs[i - 1][1] and e[1]:
                 continue  # the TCP query after a truncated answer: said with it
             if not (isinstance(e[3], dns.message.Truncated) and not e[1]):
-                parts.append(("over TCP " if e[1] else "") + _error_text(e[3]))
+                parts.append(f"over TCP {_mid_sentence(_error_text(e[3]))}" if e[1] else _error_text(e[3]))
                 other = True
                 continue
             truncated = True
             retry = errs[i + 1] if i + 1 < len(errs) and errs[i + 1][1] else None
             if retry is None:  # the lookup's time ran out before it (said last)
                 parts.append("answered too large for UDP (truncated), and the query over TCP that must follow"
-                             " was not made")
+                             f" was not made: {_MORE_TIME}")
+            elif _cut_short(exc, errors, retry):  # no sign that TCP is not served: it had no time
+                parts.append("answered too large for UDP (truncated), and the query over TCP that must follow"
+                             f" was cut short when the lookup's time ran out: {_MORE_TIME}")
             elif isinstance(retry[3], _TCP_UNSERVED):
                 parts.append("answered too large for UDP (truncated), and the query over TCP that must follow"
                              f" failed ({_error_text(retry[3])}): that server must also serve TCP on its port,"
                              " or answer with fewer records")
             else:
                 parts.append("answered too large for UDP (truncated), and over TCP"
-                             f" {_error_text(retry[3])}: check that it serves that name over TCP too")
+                             f" {_mid_sentence(_error_text(retry[3]))}: check that it serves that name over TCP too")
         advised = advised and truncated and not other  # all this server's failures said what to do
         said.append(f"{server}: {', then '.join(parts)}")
     if isinstance(exc, dns.resolver.LifetimeTimeout):
