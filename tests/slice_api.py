@@ -81,6 +81,11 @@ class SliceAPI:
                         event = api.events.get(timeout=0.05)
                     except queue.Empty:
                         continue
+                    if self._hung_up():  # the client left while this get waited: the event is the next watch's
+                        with api.events.mutex:  # at the front, where it was (get left unfinished_tasks as it was)
+                            api.events.queue.appendleft(event)
+                            api.events.not_empty.notify()
+                        break
                     if event is None:
                         break
                     line = json.dumps(event).encode() + b"\n"
