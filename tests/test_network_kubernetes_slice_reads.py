@@ -157,16 +157,21 @@ def test_the_cap_of_one_slice_is_logged_once_not_at_each_event(api: SliceAPI, tm
 @pytest.mark.timeout(120)
 def test_slices_deleted_leave_the_reader(api: SliceAPI, tmp_path: Path) -> None:
     """Slices added and deleted under new names (a controller's churn, or a stream without end) leave
-    nothing behind: what the reader holds stays the slices kept."""
+    nothing behind: what the reader holds stays the slices kept, their endpoints' counts and the slices
+    the cap was said of included."""
     api.list_body["items"] = [slice_of("kv-0", _block(0, 5))]
     sets = EndpointSets()
     resolver = _resolver(api, tmp_path, sets)
     try:
-        for n in range(1, 21):
-            api.events.put({"type": "ADDED", "object": slice_of(f"kv-churn-{n}", _block(3, n))})
+        for n in range(1, 21):  # the same addresses again and again, and every fifth slice over the cap
+            size = slices.MAX_SLICE_ENDPOINTS + n if n % 5 == 0 else n
+            api.events.put({"type": "ADDED", "object": slice_of(f"kv-churn-{n}", _block(3, size))})
             api.events.put({"type": "DELETED", "object": slice_of(f"kv-churn-{n}", [])})
         _sync(api, sets, 1)
-        assert len(resolver._reader) == 2  # kv-0 and kv-marker
+        reader = resolver._reader
+        assert len(reader) == 2  # kv-0 and kv-marker
+        assert len(reader._listed) == len(reader._merged) == 6  # their addresses only: no count of 0 kept
+        assert reader._capped == set()
         assert {e.address.rpartition(":")[0] for e in sets.sets[-1]} == set(_block(0, 5) + _block(9, 1))
     finally:
         resolver.close()
