@@ -200,8 +200,8 @@ class SliceReader:
     The result equals endpoints_from_slices of the slices given as long as a slice whose object is unchanged
     keeps its place among them: which of two listings of one address is used depends on the slices' order,
     and that pick is made again only for the changed slices' addresses. The Kubernetes resolver keeps to
-    it: a list gives every slice a new object (all read again), a MODIFIED slice keeps its place in the
-    dict, an ADDED one goes last and a DELETED one leaves."""
+    it: a list gives every slice a new object (all read again), a changed slice keeps its place in the
+    dict, a new name goes last and a DELETED one leaves."""
 
     def __init__(self, target: str, port: int | str, allow_loopback: bool) -> None:
         self.target, self.port, self.allow_loopback = target, port, allow_loopback
