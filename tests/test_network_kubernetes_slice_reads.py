@@ -6,7 +6,7 @@ server or a proxy that sent them) keeps 1000 ranked as the resolver's own cap ra
 address): kept by position, the same endpoints in another order kept another set, and 1000 not ready
 listed first kept none ready. Against the loopback stand-in of the EndpointSlice API (tests/slice_api.py):
 what is read is counted at the address check every listed endpoint passes (plugbay.network.slices._address,
-spied on, not replaced).
+spied on, not replaced). Of a slice's refused addresses a few are kept to report, not every one.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from plugbay import DiscoveryError
 from plugbay.network import slices
 from plugbay.network.kubernetes import EndpointSliceResolver
 from tests.slice_api import EndpointSets, SliceAPI, api, slice_of  # noqa: F401  (api is a fixture)
@@ -200,3 +201,25 @@ def test_the_set_kept_between_events_is_the_set_of_all_slices_merged() -> None:
                 ep["targetRef"] = {"name": f"pod-{name}-{version}"}  # which slice's endpoint is used shows
             kept[name] = slc
         assert reader.endpoints(kept, []) == slices.endpoints_from_slices(kept.values(), "grpc")
+
+
+@pytest.mark.timeout(120)
+def test_a_slice_of_many_refused_addresses_keeps_a_few_to_report(api: SliceAPI, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A slice is read whole: every address it refuses was kept, and handed over again at each watch event.
+    The first MAX_REFUSED_KEPT are kept to report, and one refused only for being loopback after them (the
+    error's allow_loopback advice rests on it)."""
+    metadata = [f"169.254.{i // 250}.{i % 250 + 1}" for i in range(1500)]  # link-local: never a replica
+    api.list_body["items"] = [slice_of("kv-odd", metadata + ["127.0.0.9"])]
+    caplog.set_level(logging.WARNING, logger="plugbay.network.kubernetes")
+    resolver = EndpointSliceResolver("default", "kv", "grpc", kubeconfig=api.kubeconfig(tmp_path / "kc"),
+                                     max_endpoints=5000)
+    try:
+        with pytest.raises(DiscoveryError) as err:
+            resolver.start(EndpointSets())
+        assert resolver.refused == metadata[:slices.MAX_REFUSED_KEPT] + ["127.0.0.9"]
+        assert "169.254.0.1, 169.254.0.2, 169.254.0.3, 169.254.0.4, 169.254.0.5 ...: all refused" in str(err.value)
+        assert "pass allow_loopback=True" in str(err.value)
+        assert len([r for r in caplog.records if "skipping it" in r.getMessage()]) == slices.MAX_REFUSED_KEPT + 1
+    finally:
+        resolver.close()

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from plugbay.errors import ConfigError
-from plugbay.network.resolver import Endpoint, discoverable
+from plugbay.network.resolver import Endpoint, discoverable, refused_as_loopback
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # the label an EndpointSlice names its Service with
 # The most EndpointSlices of one Service kept: each watch event merges every kept slice's endpoints, and an API
@@ -35,6 +35,9 @@ MAX_SLICES = 1024
 # the same endpoints in another order kept another set (a pool's churn at each event), and 1000 entries
 # not ready listed before the ready ones kept none ready.
 MAX_SLICE_ENDPOINTS = 1000
+# The most refused addresses of one slice kept for reporting (a slice is read whole, and what is kept is
+# handed over at every watch event): the warnings name each, and the error names the first five and "..."
+MAX_REFUSED_KEPT = 16
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")  # IANA_SVC_NAME, at most 15
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?\Z")
 _log = logging.getLogger("plugbay.network.kubernetes")
@@ -162,6 +165,17 @@ def _slice_endpoints(slc: Mapping[str, Any], port: int | str, allow_loopback: bo
     return (out, 0) if len(out) <= MAX_SLICE_ENDPOINTS else (keep_at_most(out, MAX_SLICE_ENDPOINTS), len(out))
 
 
+def _kept_refused(refused: list[str]) -> list[str]:
+    """The refused addresses of one slice kept for reporting: the first MAX_REFUSED_KEPT, and the first one
+    refused only for being loopback when none of those is (the error's allow_loopback advice rests on it)."""
+    if len(refused) <= MAX_REFUSED_KEPT:
+        return refused
+    kept = refused[:MAX_REFUSED_KEPT]
+    if not refused_as_loopback(kept):
+        kept += next(([a] for a in refused[MAX_REFUSED_KEPT:] if refused_as_loopback([a])), [])
+    return kept
+
+
 def _merged(per_slice: Iterable[Sequence[Endpoint]]) -> list[Endpoint]:
     found: dict[str, Endpoint] = {}
     for endpoints in per_slice:
@@ -240,7 +254,7 @@ class SliceReader:
                     if read is not None:
                         self._drop(read[1], shared)
                     self._add(endpoints, shared)
-                    read = self._read[name] = (slc, endpoints, turned_away)
+                    read = self._read[name] = (slc, endpoints, _kept_refused(turned_away))
                 refused.extend(read[2])
         finally:  # a slice that failed to read leaves the others' state whole
             if shared:
