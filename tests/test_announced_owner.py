@@ -315,3 +315,33 @@ def test_a_socket_the_host_may_not_connect_to_is_refused_as_such(tmp_path: Path)
         pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
     assert done.stdout.startswith("UnprovenAddressError"), (done.stdout, done.stderr[-2000:])
     assert "this host may not connect to that socket (Permission denied" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("foreign", [(None, False)], ids=["unix"], indirect=True)
+def test_a_socket_swapped_onto_the_path_after_a_reattachs_proof_is_not_dialed(
+        foreign: Foreign, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: plugin_to_host() proved the path by name, the handle was opened on whatever was there a moment later
+    # and nothing looked at it: start() succeeded on the other server, the calls went there, and kill()'s Shutdown
+    # stopped it (a multiplexed plugin cannot be reattached; its one connection goes through the same proof)
+    from plugbay.runners.attached import AttachedProcess
+    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE]))
+    first.start()
+    try:
+        mapped = AttachedProcess.plugin_to_host
+
+        def then_swapped(runner: AttachedProcess, network: str, address: str) -> tuple[str, str]:
+            network, path = mapped(runner, network, address)
+            os.symlink(foreign.address, path + ".swap")  # the attacker's move, at the worst moment
+            os.rename(path + ".swap", path)
+            return network, path
+
+        monkeypatch.setattr(AttachedProcess, "plugin_to_host", then_swapped)
+        second = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=10,
+                                     reattach=first.reattach_config()))
+        with pytest.raises(UnprovenAddressError, match=f"listened on by process {foreign.proc.pid}, which is"
+                           f" neither the plugin process {first.runner.pid}"):
+            second.start()
+        second.close()
+    finally:
+        first.kill()
+    assert foreign.proc.poll() is None, "the other server was stopped by the host's Shutdown"

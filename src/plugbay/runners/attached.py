@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from plugbay.core.transport.tempdirs import own_proc, remove_left_folder
 from plugbay.errors import ReattachError, StaleReattachError, clip
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import listens_on
+from plugbay.runners.ownsocket import unix_listener_why
 from plugbay.runners.pidsignal import HeldPid
 from plugbay.runners.procio import pidfd, watch_pid
 from plugbay.runners.procclaims import claim, release
@@ -177,6 +179,18 @@ class AttachedProcess(AttachedRunner):
         dial = os.path.realpath(address) if network == "unix" else address
         self._listening[(network, address)] = dial
         return network, dial
+
+    def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None) -> str | None:
+        """Why the unix socket the host holds (its handle on the inode plugin_to_host() proved, or ``conn``, its
+        one connection) is not listened on by the reattached plugin or a descendant: a socket renamed onto the
+        path between that proof and the handle's opening is another server's. A tcp port cannot be renamed
+        onto: plugin_to_host() proved its listeners."""
+        if network != "unix":
+            return None
+        if not self.proven or self._start_time is None or not self._alive():
+            return (f"process {self.pid} is not the proven plugin (any more), so nothing it made can listen"
+                    " there")
+        return unix_listener_why(address, conn, self.pid, self._start_time)
 
     def record_descendants(self) -> None:
         if not self.proven or not self._alive() or _unproven(self.pid, self._start_time, self.plugin_id):

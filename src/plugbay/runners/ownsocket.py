@@ -77,7 +77,6 @@ class OwnListeners:
             return None
         return self._why_not_own(proc, network, address, conn)
 
-
     def _why_not_own(self, proc: subprocess.Popen[bytes], network: str, address: str,
                      conn: socket.socket | None) -> str | None:
         root, root_start = proc.pid, self._start_ticks
@@ -90,21 +89,7 @@ class OwnListeners:
             return (f"the plugin process {root} cannot be seen in this host's /proc (mounted with hidepid=, the"
                     " plugin running as another user), so no listener can be traced back to it")
         if network == "unix":
-            try:
-                pid = peer_pid(conn) if conn is not None else unix_peer_pid(address)
-            except PermissionError as exc:
-                return (f"this host may not connect to that socket ({exc.strerror}: its file's permissions or a"
-                        " security module), so neither can gRPC; make it connectable for the host's user")
-            except OSError as exc:
-                return f"the connection to it tells no listener ({exc})"
-            if pid is None:
-                return NOT_LISTENING
-            if descends(pid, root, root_start):
-                return None
-            who = (f"process {pid}" if pid else "a process of another pid namespace (a container's, as"
-                   " `docker run` with the socket's folder mounted gives)")
-            return (f"the socket there is listened on by {who}, which is neither the plugin process {root}"
-                    " plugbay started nor one of its descendants")
+            return unix_listener_why(address, conn, root, root_start)
         if not tcp_listeners(root, address):
             return NOT_LISTENING
         if listens_on([root], "tcp", address):
@@ -122,6 +107,27 @@ class OwnListeners:
         return (f"a socket listening there is held by no process of the plugin's (process {root}, which"
                 " plugbay started, and its descendants): another service listens there (a port `docker run`"
                 " published, another server)")
+
+
+def unix_listener_why(address: str, conn: socket.socket | None, root: int, root_start: int) -> str | None:
+    """Why the unix socket at ``address`` (or the listener of ``conn``, a connection the host made there) is not
+    proven to be listened on by process ``root`` (started at ``root_start`` ticks) or a descendant; None once it
+    is, NOT_LISTENING while nothing listens there. The started plugin's and a reattached one's proof alike."""
+    try:
+        pid = peer_pid(conn) if conn is not None else unix_peer_pid(address)
+    except PermissionError as exc:
+        return (f"this host may not connect to that socket ({exc.strerror}: its file's permissions or a"
+                " security module), so neither can gRPC; make it connectable for the host's user")
+    except OSError as exc:
+        return f"the connection to it tells no listener ({exc})"
+    if pid is None:
+        return NOT_LISTENING
+    if descends(pid, root, root_start):
+        return None
+    who = (f"process {pid}" if pid else "a process of another pid namespace (a container's, as"
+           " `docker run` with the socket's folder mounted gives)")
+    return (f"the socket there is listened on by {who}, which is neither the plugin process {root}"
+            " plugbay started nor one of its descendants")
 
 
 def _exited(pid: int) -> bool:
