@@ -172,6 +172,15 @@ def same_namespaces(pid: int, network: str) -> bool:
         return False
 
 
+def other_net_namespace(pid: int) -> bool:
+    """Whether ``pid`` is shown to run in another network namespace than this process (False when its namespace
+    link cannot be read: that tells nothing of where it runs)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
+
+
 def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
     """Whether ``pids`` hold every socket a connection to ``network`` ``address`` could reach."""
     pids = [pid for pid in pids if same_namespaces(pid, network)]  # another namespace's 127.0.0.1 is not ours

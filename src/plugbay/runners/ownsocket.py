@@ -35,7 +35,7 @@ import subprocess
 from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork, trusted_address
 from plugbay.runners.base import NOT_LISTENING
-from plugbay.runners.listeners import listens_on, peer_pid, same_namespaces, tcp_listeners, unix_peer_pid
+from plugbay.runners.listeners import listens_on, other_net_namespace, peer_pid, tcp_listeners, unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
 
 _MAX_HOPS = 64  # parent links walked from the listener: deeper than any wrapper chain of a plugin
@@ -97,13 +97,17 @@ class OwnListeners:
         tree = [root, *family(root, "", root_start)]
         if listens_on(tree, "tcp", address):
             return None
-        if not same_namespaces(root, "tcp"):
-            return (f"the plugin process {root} runs in another network namespace (`ip netns exec`, `unshare -n`),"
-                    " whose ports are not this host's; name its network in ProcessRunner(trusted_networks=)")
+        # first: a process whose files this host may not read hides its namespace link as well
         hidden = next((pid for pid in tree if _fds_hidden(pid)), None)
         if hidden is not None:  # a setuid, file-capability or prctl(PR_SET_DUMPABLE, 0) process, to a non-root host
             return (f"the open files of the plugin's process {hidden} cannot be read here (/proc/{hidden}/fd: a"
                     " setuid or non-dumpable program), so which of its sockets listen there cannot be told")
+        if other_net_namespace(root):
+            # not trusted_networks for this address: loopback or this host's own addresses dial the host's ports
+            return (f"the plugin process {root} runs in another network namespace (`ip netns exec`, `unshare -n`),"
+                    " whose loopback and ports this host cannot reach at that address (dialing it would reach this"
+                    " host's own port); run the plugin in the host's network namespace, or have it announce an"
+                    " address of its own namespace the host routes to, named in ProcessRunner(trusted_networks=)")
         return (f"a socket listening there is held by no process of the plugin's (process {root}, which"
                 " plugbay started, and its descendants): another service listens there (a port `docker run`"
                 " published, another server)")
