@@ -28,6 +28,7 @@ from plugbay.core.protocol.exits import exit_said
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import GatewayError, PlugbayError
+from plugbay.network.gateway.config import gateway_said
 from plugbay.network.gateway.probe import ChildProbe
 
 log = logging.getLogger("plugbay.gateway")
@@ -167,7 +168,7 @@ class ChildKeeper:
             except PlugbayError as exc:
                 if self._stop.is_set():
                     return
-                log.warning("gateway: restarting the plugin failed: %s", exc)
+                log.warning("gateway: restarting the plugin failed: %s", gateway_said(exc))
 
     def _answering(self, answering: bool) -> None:
         """The probe's report on the running child: no exit, so the same client stays."""

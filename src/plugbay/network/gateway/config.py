@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, check_peer_sessions
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
-from plugbay.errors import ConfigError
+from plugbay.errors import ConfigError, PlugbayError, UnprovenAddressError
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.network.figures import check_seconds, check_switch
 from plugbay.network.gateway.starts import DEFAULT_MAX_CHILD_STARTS
@@ -27,6 +27,14 @@ MAX_MAX_MESSAGE = 2**31 - 1
 
 # how a gateway's user dials a child's unproven address anyway (UnprovenAddressError's advice)
 TRUST_OPT_OUT = "set GatewayConfig(trust_announced_address=True) (plugbay gateway: --trust-announced-address)"
+
+
+def gateway_said(exc: PlugbayError) -> PlugbayError:
+    """``exc`` as a gateway's user is told it: a refused child address names the gateway's opt-out, not the
+    ClientConfig option the gateway set for them."""
+    if isinstance(exc, UnprovenAddressError):
+        return UnprovenAddressError(exc.name, exc.network, exc.address, exc.why, opt_out=TRUST_OPT_OUT)
+    return exc
 
 
 @dataclass

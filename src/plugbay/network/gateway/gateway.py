@@ -73,14 +73,13 @@ from plugbay.core.transport import grpcping
 from plugbay.core.transport.certfiles import CertFiles
 from plugbay.core.transport.unstarted import stop_server
 from plugbay.errors import ClientStateError, ConfigError, GatewayError, PlugbayError, TLSConfigError
-from plugbay.errors import UnprovenAddressError
 from plugbay.network.gateway.child import ChildKeeper
 # re-exported: imported from here by the package, plugbay and users
 from plugbay.network.gateway.config import (
     DEFAULT_MAX_CALLS as DEFAULT_MAX_CALLS,
     DEFAULT_MAX_MESSAGE as DEFAULT_MAX_MESSAGE,
     GatewayConfig as GatewayConfig,
-    TRUST_OPT_OUT,
+    gateway_said,
 )
 from plugbay.network.gateway.forward import Forwarder
 from plugbay.network.gateway.sessions import ChildSession, MultiplexCheck, child_runner, die_with_gateway
@@ -281,11 +280,9 @@ class Gateway:
             self._check_multiplexing()
         try:
             self.keeper.start()
-        except UnprovenAddressError as exc:  # the advice ClientConfig's user gets is no gateway user's to take
-            said = UnprovenAddressError(exc.name, exc.network, exc.address, exc.why, opt_out=TRUST_OPT_OUT)
-            raise GatewayError(f"the gateway could not start its plugin {self.config.argv}: {said}") from exc
-        except PlugbayError as exc:
-            raise GatewayError(f"the gateway could not start its plugin {self.config.argv}: {exc}") from exc
+        except PlugbayError as exc:  # the advice ClientConfig's user gets is no gateway user's to take
+            raise GatewayError(f"the gateway could not start its plugin {self.config.argv}:"
+                               f" {gateway_said(exc)}") from exc
         server.start()
         self._serving = True
         log.info("gateway: serving plugin %s on %s (%s)", self.config.argv[0], self._address,
