@@ -185,6 +185,12 @@ class AttachedRunner(ABC):
         there (runners.ownsocket). ``conn``: a connection the host made there itself, proven on its own peer."""
         return None
 
+    @property
+    def maps_unix_to_own_handles(self) -> bool:
+        """Whether plugin_to_host()'s unix addresses are handles this runner opened on a socket it checked
+        (DockerRunner's): the Client pins nothing more (told by the runner, not by text a plugin writes)."""
+        return False
+
     def host_to_plugin(self, network: str, address: str) -> tuple[str, str]:
         """Map a host address to one the plugin can dial (brokered callbacks)."""
         return network, address

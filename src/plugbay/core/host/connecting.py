@@ -65,7 +65,7 @@ class Connecting(ExitNotice):
         dials (and redials) a path by name."""
         runner = self._need(self._runner, "runner")
         pause = 0.005
-        pin = network == "unix" and not address.startswith("/proc/self/fd/")  # not a runner's own handle already
+        pin = network == "unix" and not runner.maps_unix_to_own_handles  # the runner's word, not the address's
         while True:
             fd = self._pin(announced, address) if pin else None
             if pin and fd is None:

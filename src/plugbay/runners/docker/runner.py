@@ -294,6 +294,10 @@ class DockerRunner(ContainerTeardown, Runner):
 
     # --- addresses --------------------------------------------------------------
 
+    @property
+    def maps_unix_to_own_handles(self) -> bool:
+        return True  # sockethandles: the host dials a handle on the socket checked in the mounted folder
+
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
         if self.transport == network == "unix" and not self._host_socket_dir:  # attached by data without it
             raise ReattachError(
