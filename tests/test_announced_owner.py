@@ -405,3 +405,24 @@ def test_a_tcp_plugin_in_another_network_namespace_is_not_advised_to_be_trusted(
     assert "runs in another network namespace" in text and "cannot reach" in text, text
     assert "run the plugin in the host's network namespace" in text, text
     assert "name its network in ProcessRunner(trusted_networks=)" not in text, text
+
+
+# a "plugin" whose socket takes each connection and closes it: gRPC's attempts fail UNAVAILABLE, naming what it dialed
+CLOSES = ("import socket, sys\npath = sys.argv[1]\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+          "s.bind(path)\ns.listen(16)\nprint(f'1|1|unix|{path}|grpc', flush=True)\n"
+          "while True:\n    s.accept()[0].close()\n")
+
+
+def test_a_handshake_timeout_names_the_plugins_socket_not_the_hosts_handle(tmp_path: Path) -> None:
+    # before: '(last: UNAVAILABLE: ... unix:/proc/self/fd/N ...)', the host's handle gRPC dialed
+    path = str(tmp_path / "closes.sock")
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=3, kill_grace=1,
+                                 runner=ProcessRunner([PY, "-c", CLOSES, path])))
+    try:
+        with pytest.raises(HandshakeTimeoutError, match="did not report 'plugin' SERVING") as raised:
+            client.start()
+    finally:
+        client.kill()
+    text = str(raised.value)
+    assert "(last: UNAVAILABLE" in text and path in text, text
+    assert "/proc/self/fd/" not in text, text

@@ -25,6 +25,7 @@ from typing import Any
 
 import click
 
+from plugbay.core.transport.handlenames import handle_path
 from plugbay.errors import TLSRequiredError, UnprovenAddressError, printable
 
 
@@ -179,14 +180,9 @@ def table(head: list[str], rows: list[list[str]]) -> None:
 
 
 def mapped_address(network: str, address: str) -> str:
-    """Where the host dials the plugin, for people: a socket this process holds open (the Docker runner
-    dials ``/proc/self/fd/N``, a handle on the socket in its bind-mounted folder) by the path it stands for."""
-    if network == "unix" and address.startswith("/proc/self/fd/"):
-        try:
-            return f"unix:{os.readlink(address)}"
-        except OSError:  # closed meanwhile: the handle is all there is to show
-            pass
-    return f"{network}:{address}"
+    """Where the host dials the plugin, for people: a socket this process holds open (the host dials
+    ``/proc/self/fd/N``, a handle on the socket it proved or checked) by the path it stands for."""
+    return f"{network}:{handle_path(address) if network == 'unix' else address}"
 
 
 def emit_json(data: Any) -> None:

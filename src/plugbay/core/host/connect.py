@@ -18,6 +18,7 @@ from plugbay.core.protocol.handshake import BROKER_QUEUES_METADATA
 from plugbay.core.protocol.tls import CertKey, der_to_pem
 from plugbay.core.transport.secure import NOT_HTTP2_WORDS, NOT_TLS_WORDS, MutualTLS, SecureChannel
 from plugbay.core.transport.secure import dial as secure_dial
+from plugbay.core.transport.handlenames import named_handles
 from plugbay.errors import HandshakeTimeoutError, ProtocolMismatchError, RunnerError
 
 EXIT_GRACE = 1.0  # how long a start that cannot reach its plugin waits to learn it exited
@@ -128,7 +129,7 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
                 return tuple(BROKER_QUEUES_METADATA) in {tuple(m) for m in call.trailing_metadata() or ()}
             last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
         except grpc.RpcError as exc:
-            last = f"{exc.code().name}: {exc.details()}"
+            last = f"{exc.code().name}: {named_handles(str(exc.details()))}"
             if known := detail():  # the runner heard why (a port-forward the pod refused): no use waiting,
                 if _exits_soon(exited, EXIT_GRACE):  # unless it is ending (a crashed pod refuses too)
                     return False  # the caller reports the exit with the plugin's own output
@@ -144,7 +145,7 @@ def wait_healthy(channel: grpc.Channel, timeout: float, *, service: str = "plugi
                 try:
                     stub.Check(request, timeout=0.5)
                 except grpc.RpcError as probe:
-                    last = f"{probe.code().name}: {probe.details()}"
+                    last = f"{probe.code().name}: {named_handles(str(probe.details()))}"
             said = next((said for sign, said in _NOT_PLUGIN.items() if sign in last), None)
             if said is not None and not _exits_soon(exited, _EXIT_LOOK):  # an exit: the caller reports it
                 raise ProtocolMismatchError(

@@ -25,6 +25,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.host.callerrors import NEW_CLIENT, BrokerTLSRefused, CallTimeout, ClientClosed, PluginDied, \
     Unavailable, closed_under_call
 from plugbay.core.protocol.handlerstatus import handler_status
+from plugbay.core.transport.handlenames import named_handles
 from plugbay.errors import NoEndpointsError, PlugbayError
 
 # How the channel learns whether the plugin is gone: exit_probe(wait) says why it ended (None: it runs),
@@ -124,6 +125,7 @@ class FailureJudge:
             return exc  # already typed below us (e.g. a network pool's NoEndpointsError)
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else ""
+        details = named_handles(details) if isinstance(details, str) else details  # the path, not the host's handle
         if code in _ONE_OF_OURS and self._closing and not self._died_first and (
                 not handler_status(exc) or self._our_server_stop(str(details))):
             return self._killed(exc)
