@@ -1,0 +1,101 @@
+"""What a refused or failing announced address is said to be: a tcp plugin whose files the host cannot read, one
+in another network namespace (no advice to trust loopback: that dials the host's own port), and the plugin's
+socket path, not the host's handle on it, in gRPC's words.
+
+Real processes: a host run as another user (setpriv) with a non-dumpable plugin, a plugin under `unshare -n`, a
+plugin whose socket closes every connection.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay.errors import HandshakeTimeoutError, UnprovenAddressError
+from tests.resilience_util import HANDSHAKE, PLUGINS, PY
+from tests.test_announced_owner import REPO, _unshare_works
+
+
+# a tcp plugin that makes itself non-dumpable: a host without root may then read neither its open files nor its
+# namespace links (/proc/PID/fd, /proc/PID/ns/net)
+HIDDEN_HOST = """import sys
+sys.path.insert(0, sys.argv[1])
+from tests.resilience_util import HANDSHAKE, PLUGINS, PY
+from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay.errors import PlugbayError
+PLUGIN = ("import ctypes, socket, time\\nctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\\n"  # PR_SET_DUMPABLE, 0
+          "s = socket.socket()\\ns.bind(('127.0.0.1', 0))\\ns.listen(8)\\n"
+          "print(f'1|1|tcp|127.0.0.1:{s.getsockname()[1]}|grpc', flush=True)\\ntime.sleep(60)\\n")
+client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=5,
+                             runner=ProcessRunner([sys.argv[2], "-c", PLUGIN])))
+try:
+    client.start()
+except PlugbayError as exc:
+    print(type(exc).__name__, exc)
+finally:
+    client.kill()
+"""
+
+
+def test_a_tcp_plugin_whose_files_cannot_be_read_is_named_as_such(tmp_path: Path) -> None:
+    # before: its unreadable namespace link read as 'another network namespace', with advice to trust its network
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the host as another user (setpriv)")
+    # the plugin's python: one the other user may run (this one may lie in root's home)
+    plugin_python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else PY
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                           PY, "-c", HIDDEN_HOST, str(REPO), plugin_python], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO / "src"))})
+    if "setpriv:" in done.stderr:
+        print(f"skipped: setpriv cannot run here: {done.stderr.strip()}")
+        pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
+    assert done.stdout.startswith("UnprovenAddressError"), (done.stdout, done.stderr[-2000:])
+    assert "cannot be read here" in done.stdout and "setuid or non-dumpable" in done.stdout, done.stdout
+    assert "network namespace" not in done.stdout and "trusted_networks" not in done.stdout, done.stdout
+
+
+def test_a_tcp_plugin_in_another_network_namespace_is_not_advised_to_be_trusted() -> None:
+    # before: 'name its network in ProcessRunner(trusted_networks=)': trusting 127.0.0.1 dials the host's own port
+    why = _unshare_works("-n")
+    if why is not None:
+        print(f"skipped: {why}")
+        pytest.skip(why)
+    plugin = ("import socket, subprocess, time\nsubprocess.run(['ip', 'link', 'set', 'lo', 'up'], check=True)\n"
+              "s = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen(8)\n"
+              "print(f'1|1|tcp|127.0.0.1:{s.getsockname()[1]}|grpc', flush=True)\ntime.sleep(60)\n")
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=8,
+                                 runner=ProcessRunner(["unshare", "-n", PY, "-c", plugin])))
+    try:
+        with pytest.raises(UnprovenAddressError) as raised:
+            client.start()
+    finally:
+        client.kill()
+    text = str(raised.value)
+    assert "runs in another network namespace" in text and "cannot reach" in text, text
+    assert "run the plugin in the host's network namespace" in text, text
+    assert "name its network in ProcessRunner(trusted_networks=)" not in text, text
+
+
+# a "plugin" whose socket takes each connection and closes it: gRPC's attempts fail UNAVAILABLE, naming what it dialed
+CLOSES = ("import socket, sys\npath = sys.argv[1]\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+          "s.bind(path)\ns.listen(16)\nprint(f'1|1|unix|{path}|grpc', flush=True)\n"
+          "while True:\n    s.accept()[0].close()\n")
+
+
+def test_a_handshake_timeout_names_the_plugins_socket_not_the_hosts_handle(tmp_path: Path) -> None:
+    # before: '(last: UNAVAILABLE: ... unix:/proc/self/fd/N ...)', the host's handle gRPC dialed
+    path = str(tmp_path / "closes.sock")
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=3, kill_grace=1,
+                                 runner=ProcessRunner([PY, "-c", CLOSES, path])))
+    try:
+        with pytest.raises(HandshakeTimeoutError, match="did not report 'plugin' SERVING") as raised:
+            client.start()
+    finally:
+        client.kill()
+    text = str(raised.value)
+    assert "(last: UNAVAILABLE" in text and path in text, text
+    assert "/proc/self/fd/" not in text, text
