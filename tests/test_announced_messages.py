@@ -9,14 +9,15 @@ plugin whose socket closes every connection.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from plugbay import Client, ClientConfig, ProcessRunner
-from plugbay.errors import HandshakeTimeoutError, UnprovenAddressError
-from tests.resilience_util import HANDSHAKE, PLUGINS, PY
+from plugbay.errors import HandshakeTimeoutError, PlugbayError, UnprovenAddressError
+from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY
 from tests.test_announced_owner import REPO, _unshare_works
 
 
@@ -98,4 +99,30 @@ def test_a_handshake_timeout_names_the_plugins_socket_not_the_hosts_handle(tmp_p
         client.kill()
     text = str(raised.value)
     assert "(last: UNAVAILABLE" in text and path in text, text
+    assert "/proc/self/fd/" not in text, text
+
+
+def test_a_calls_unavailable_names_the_plugins_socket_not_the_hosts_handle() -> None:
+    # before: 'failed with UNAVAILABLE (... unix:/proc/self/fd/N: connect failed ...)'; the plugin's shell lives on
+    # while its server, killed, leaves the socket refusing
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, call_timeout=5, kill_grace=1,
+                                 runner=ProcessRunner(["sh", "-c", f"{PY} {KV_EXAMPLE} & wait; sleep 30"])))
+    client.start()
+    try:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        pid = client.runner.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            os.kill(int(children.read().split()[0]), signal.SIGKILL)
+        said: list[str] = []
+        for _ in range(50):  # a hang guard: the broken stream's error first, then gRPC's failed redials
+            with pytest.raises(PlugbayError) as raised:
+                kv.get("k")
+            said.append(str(raised.value))
+            if "failed to connect" in said[-1]:
+                break
+    finally:
+        client.kill()
+    text = said[-1]
+    assert "failed to connect" in text and client.handshake.address in text, said
     assert "/proc/self/fd/" not in text, text
