@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -102,11 +103,12 @@ def test_a_handshake_timeout_names_the_plugins_socket_not_the_hosts_handle(tmp_p
     assert "/proc/self/fd/" not in text, text
 
 
-def test_a_calls_unavailable_names_the_plugins_socket_not_the_hosts_handle() -> None:
+def test_a_calls_unavailable_names_the_plugins_socket_not_the_hosts_handle(tmp_path: Path) -> None:
     # before: 'failed with UNAVAILABLE (... unix:/proc/self/fd/N: connect failed ...)'; the plugin's shell lives on
-    # while its server, killed, leaves the socket refusing
+    # while its server, killed, leaves the socket refusing (the KV example writes its kv_<key> files where it runs)
     client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, call_timeout=5, kill_grace=1,
-                                 runner=ProcessRunner(["sh", "-c", f"{PY} {KV_EXAMPLE} & wait; sleep 30"])))
+                                 runner=ProcessRunner(["sh", "-c", f"{PY} {KV_EXAMPLE} & wait; sleep 30"],
+                                                      cwd=tmp_path)))
     client.start()
     try:
         kv = client.dispense(PLUGIN_NAME)
@@ -126,3 +128,23 @@ def test_a_calls_unavailable_names_the_plugins_socket_not_the_hosts_handle() -> 
     text = said[-1]
     assert "failed to connect" in text and client.handshake.address in text, said
     assert "/proc/self/fd/" not in text, text
+
+
+def test_only_a_handle_on_a_socket_file_is_told_by_its_path(tmp_path: Path) -> None:
+    # a plugin's own words naming /proc/self/fd/N (its descriptor N) were told as the host's file under that
+    # number: '/proc/self/fd/3' became '/etc/hostname' for a host holding that file as 3
+    from plugbay.core.transport.handlenames import named_handles
+
+    regular = os.open("/etc/hostname", os.O_RDONLY)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "p.sock"))
+    pinned = os.open(str(tmp_path / "p.sock"), os.O_PATH)
+    try:
+        said = f"open /proc/self/fd/{regular}: no such file; dial /proc/self/fd/{pinned}: refused"
+        assert named_handles(said) == (f"open /proc/self/fd/{regular}: no such file;"
+                                       f" dial {tmp_path / 'p.sock'}: refused"), named_handles(said)
+    finally:
+        os.close(pinned)
+        os.close(regular)
+        listener.close()
+

@@ -61,6 +61,11 @@ class Foreign:
             self.proc.stdout.close()
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the KV example writes its kv_<key> files where it runs: not in the checkout
+
+
 @pytest.fixture()
 def foreign(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Foreign]:
     listen, multiplex = request.param
@@ -317,9 +322,10 @@ def test_a_socket_the_host_may_not_connect_to_is_refused_as_such(tmp_path: Path)
     assert "this host may not connect to that socket (Permission denied" in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize("trust", [False, True], ids=["proving", "trusting"])  # a reattach proves either way
 @pytest.mark.parametrize("foreign", [(None, False)], ids=["unix"], indirect=True)
 def test_a_socket_swapped_onto_the_path_after_a_reattachs_proof_is_not_dialed(
-        foreign: Foreign, monkeypatch: pytest.MonkeyPatch) -> None:
+        foreign: Foreign, monkeypatch: pytest.MonkeyPatch, trust: bool) -> None:
     # before: plugin_to_host() proved the path by name, the handle was opened on whatever was there a moment later
     # and nothing looked at it: start() succeeded on the other server, the calls went there, and kill()'s Shutdown
     # stopped it (a multiplexed plugin cannot be reattached; its one connection goes through the same proof)
@@ -337,7 +343,7 @@ def test_a_socket_swapped_onto_the_path_after_a_reattachs_proof_is_not_dialed(
 
         monkeypatch.setattr(AttachedProcess, "plugin_to_host", then_swapped)
         second = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=10,
-                                     reattach=first.reattach_config()))
+                                     trust_announced_address=trust, reattach=first.reattach_config()))
         with pytest.raises(UnprovenAddressError, match=f"listened on by process {foreign.proc.pid}, which is"
                            f" neither the plugin process {first.runner.pid}"):
             second.start()

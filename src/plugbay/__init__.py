@@ -95,6 +95,7 @@ if TYPE_CHECKING:
         TargetUnreachableError as TargetUnreachableError,
         TLSRequiredError as TLSRequiredError,
         UnknownPluginError as UnknownPluginError,
+        UnprovenAddressError as UnprovenAddressError,
         UnsupportedProtocolError as UnsupportedProtocolError,
         VersionMismatchError as VersionMismatchError,
     )

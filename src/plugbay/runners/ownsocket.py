@@ -81,8 +81,9 @@ class OwnListeners:
                      conn: socket.socket | None) -> str | None:
         root, root_start = proc.pid, self._start_ticks
         if not own_proc():
-            return ("this host's /proc shows another pid namespace's processes, so no pid read there names the"
-                    " process it started")
+            return ("this host's /proc is missing or shows another pid namespace's processes (unshare -p"
+                    " without --mount-proc, some sandboxes), so no pid read there names the process it started:"
+                    " mount this pid namespace's /proc")
         if proc.returncode is not None or _exited(root):
             return f"the plugin process {root} is gone, so nothing it made can listen there"
         if root_start is None:  # running, but its /proc/PID/stat could not be read at its start

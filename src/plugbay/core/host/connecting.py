@@ -146,7 +146,9 @@ class Connecting(ExitNotice):
                                            SOCKET_GRACE))
         if mode and not stat.S_ISSOCK(mode):  # a file that is there and no socket never becomes one: not dialed
             raise not_a_socket(self.name, announced.address, address, self.config.reattach is not None, mode)
-        prove = not self.config.trust_announced_address
+        # a reattach proves its address whatever trust_announced_address says (its docs): the address is
+        # read from a file, and the process it names was started by someone else
+        prove = not self.config.trust_announced_address or self.config.reattach is not None
         dial_to = (network, address)
         if prove and not self.config.multiplex_broker:  # the multiplexed connection is proven on itself, below
             dial_to = (network, self._prove_listener(network, address, announced, deadline))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 
 _HANDLE = re.compile(r"/proc/self/fd/(\d+)")
 
@@ -15,9 +16,12 @@ def handle_path(address: str) -> str:
         return address
     try:
         path = os.readlink(address)
+        # only a handle on a socket file is one of the host's dial handles: a plugin's own words naming
+        # /proc/self/fd/N (its descriptor) must not be told as the file the host holds under that number
+        is_socket_file = stat.S_ISSOCK(os.stat(address).st_mode)
     except OSError:  # closed meanwhile: the handle is all there is to show
         return address
-    return path if path.startswith("/") else address  # "socket:[N]": a connection, not a path
+    return path if is_socket_file and path.startswith("/") else address  # "socket:[N]": a connection, not a path
 
 
 def named_handles(text: str) -> str:
