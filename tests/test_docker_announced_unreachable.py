@@ -49,7 +49,9 @@ def test_an_address_the_transport_cannot_carry_is_refused_from_the_line(case: st
 @pytest.mark.timeout(90)
 def test_the_refusal_carries_what_the_plugin_wrote_to_stderr() -> None:
     # the reviewer's case: a plugin that says why it fails, announces a port it does not serve, and then stops
-    error = refusal("tcp", "echo 'fatal: no config' >&2; echo '1|1|tcp|0.0.0.0:4001|grpc|'; sleep 120; exit 3")
+    # (stderr and stdout come over two log streams: the second between them lets stderr's line arrive first)
+    error = refusal("tcp", "echo 'fatal: no config' >&2; sleep 1; echo '1|1|tcp|0.0.0.0:4001|grpc|'; sleep 120;"
+                    " exit 3")
     said = str(error)
     assert isinstance(error, RunnerError), said
     assert "only container port 4000 is published" in said, said

@@ -211,7 +211,8 @@ class SliceReader:
     1000 (0.2 s now, most of it the sorted list handed over). An address more than one slice lists is
     picked again, as endpoints_from_slices picks it.
 
-    The result equals endpoints_from_slices of the slices given as long as a slice whose object is unchanged
+    The endpoints equal endpoints_from_slices' for the slices given (its refused addresses are capped per slice
+    here, for the report only) as long as a slice whose object is unchanged
     keeps its place among them: which of two listings of one address is used depends on the slices' order,
     and that pick is made again only for the changed slices' addresses. The Kubernetes resolver keeps to
     it: a list gives every slice a new object (all read again), a changed slice keeps its place in the
