@@ -9,7 +9,6 @@ The Client's classes stack: ClientParts (what it holds, how it lets go) <- ExitN
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import stat
 import time
@@ -20,6 +19,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.connect import EXIT_GRACE, SOCKET_GRACE, announced_file, dial, start_connecting, wait_healthy
 from plugbay.core.host.exitnotice import ExitNotice
 from plugbay.core.host.launch import exited_after_handshake, no_socket, not_a_socket, refuse_announced
+from plugbay.core.host.socketpin import Proven, prove_listener
 from plugbay.core.host.streams import StreamKick, open_streams
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.transport.grpcoptions import with_defaults
@@ -65,25 +65,12 @@ class Connecting(ExitNotice):
         dials (and redials) a path by name."""
         runner = self._need(self._runner, "runner")
         pause = 0.005
-        pin = network == "unix" and not runner.maps_unix_to_own_handles  # the runner's word, not the address's
         while True:
-            fd = self._pin(announced, address) if pin else None
-            if pin and fd is None:
-                why: str | None = NOT_LISTENING  # no file there (yet)
-            else:
-                try:
-                    why = runner.unproven_listener(network, address if fd is None else f"/proc/self/fd/{fd}")
-                except BaseException:
-                    if fd is not None:
-                        os.close(fd)
-                    raise
-            if why is None:
-                if fd is None:
-                    return address
-                self._pinned_socket = fd
-                return f"/proc/self/fd/{fd}"
-            if fd is not None:
-                os.close(fd)
+            found = prove_listener(runner, network, address, announced, self.name, self.config.reattach is not None)
+            if isinstance(found, Proven):
+                self._pinned_socket = found.handle
+                return found.address
+            why = found
             self._raise_if_exited(runner.wait(0))  # an exit says more than what is left at the address
             if why != NOT_LISTENING:
                 raise UnprovenAddressError(self.name, announced.network, announced.address, why)
@@ -99,22 +86,6 @@ class Connecting(ExitNotice):
                     " its handshake line, as go-plugin does")
             time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
             pause = min(pause * 2, 0.1)
-
-    def _pin(self, announced: HandshakeInfo, path: str) -> int | None:
-        """An O_PATH descriptor of the socket now at ``path``; None while no file is there (the plugin may make
-        it yet)."""
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            raise UnprovenAddressError(self.name, announced.network, announced.address,
-                                       f"this host may not open it ({exc.strerror})") from None
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISSOCK(mode):  # swapped for a file since it was looked at
-            os.close(fd)
-            raise not_a_socket(self.name, announced.address, path, self.config.reattach is not None, mode)
-        return fd
 
     def _connect(self, announced: HandshakeInfo, deadline: float) -> None:
         runner = self._need(self._runner, "runner")

@@ -1,0 +1,68 @@
+"""Proving who listens on a plugin's unix socket through a handle on its inode, and dialing that handle.
+
+A plugin may rename another server's socket (or a symlink to it) onto its path once a proof by name is made,
+and gRPC dials (and redials) a path by name: so the socket is opened O_PATH, the runner checks the listener
+through that handle, and the host dials ``unix:/proc/self/fd/N`` for as long as it holds it. The Client
+(connecting.py) and the command line's reattach (cli/targets.py) both go through prove_listener().
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from plugbay.core.host.launch import not_a_socket
+from plugbay.core.protocol.handshake import HandshakeInfo
+from plugbay.errors import UnprovenAddressError
+from plugbay.runners.base import NOT_LISTENING, AttachedRunner
+
+
+@dataclass(frozen=True)
+class Proven:
+    """The address to dial; ``handle``: the O_PATH descriptor it names, when one was taken (the caller closes
+    it once nothing dials it any more)."""
+
+    address: str
+    handle: int | None
+
+
+def prove_listener(runner: AttachedRunner, network: str, address: str, announced: HandshakeInfo, name: str,
+                   reattached: bool) -> Proven | str:
+    """Proven once ``runner`` says the plugin listens on ``address`` (a plugin_to_host() answer), a unix socket
+    through a handle on it (unless the runner's unix addresses are handles of its own); else why not
+    (NOT_LISTENING while no file or listener is there: the caller may look again). A path that holds another
+    kind of file, or that this host may not open, raises."""
+    if network != "unix" or runner.maps_unix_to_own_handles:  # the runner's word, not the address's
+        why = runner.unproven_listener(network, address)
+        return Proven(address, None) if why is None else why
+    fd = pin_socket(address, announced, name, reattached)
+    if fd is None:
+        return NOT_LISTENING  # no file there (yet)
+    try:
+        handle = f"/proc/self/fd/{fd}"
+        why = runner.unproven_listener(network, handle)
+    except BaseException:
+        os.close(fd)
+        raise
+    if why is not None:
+        os.close(fd)
+        return why
+    return Proven(handle, fd)
+
+
+def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool) -> int | None:
+    """An O_PATH descriptor of the socket now at ``path``; None while no file is there (the plugin may make
+    it yet)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise UnprovenAddressError(name, announced.network, announced.address,
+                                   f"this host may not open it ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISSOCK(mode):  # swapped for a file since it was looked at
+        os.close(fd)
+        raise not_a_socket(name, announced.address, path, reattached, mode)
+    return fd
