@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from plugbay.core.transport.handlenames import named_handles
 from plugbay.errors import ConfigError, TLSConfigError
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def connect_failure(channel: grpc.Channel) -> str:
         stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
     except grpc.RpcError as exc:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            return f"; the connection: {exc.details()}"
+            return f"; the connection: {named_handles(str(exc.details()))}"
     return ""  # connected since
 
 
@@ -102,7 +103,7 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
             try:  # a call that does not wait fails at once with the attempt's cause
                 stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
             except grpc.RpcError as exc:
-                detail = f"UNAVAILABLE: {exc.details()}"
+                detail = f"UNAVAILABLE: {named_handles(str(exc.details()))}"
                 meaning = tls_failure(detail, tls=not insecure) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
                 if meaning in PEER_CERT_DATES:
                     continue  # the plugin's certificate's date may yet pass: --timeout's wait names it at its end

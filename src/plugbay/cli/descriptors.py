@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from plugbay.cli.connectcause import connect_failure
+from plugbay.core.transport.handlenames import named_handles
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
 
@@ -94,7 +95,7 @@ def from_reflection(channel: grpc.Channel, timeout: float,
         if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
             return None
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            raise TargetUnreachableError(f"the plugin is not reachable ({exc.details()})") from None
+            raise TargetUnreachableError(f"the plugin is not reachable ({named_handles(str(exc.details()))})") from None
         raise CallFailedError(f"server reflection failed: {exc.code().name}: {exc.details()}") from None
     return Services(descriptor_pool.DescriptorPool(db), sorted(names), "reflection")
 

@@ -14,6 +14,7 @@ import grpc
 from plugbay.cli import output
 from plugbay.cli.connectcause import connect_failure, tls_failed_early, tls_refusal
 from plugbay.cli.targets import Reached, Tls, reach
+from plugbay.core.transport.handlenames import named_handles
 from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
 
 TARGET_HELP = "TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///)."
@@ -95,7 +96,7 @@ def check_health(channel: grpc.Channel, service: str, timeout: float, *, wait: b
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
             return {"status": "UNREACHABLE", "ms": round(ms, 2),
-                    "detail": f"{code.name}: {exc.details()}" + _cause(channel, code)}
+                    "detail": f"{code.name}: {named_handles(str(exc.details()))}" + _cause(channel, code)}
         return {"status": "NOT_SERVING", "ms": round(ms, 2), "detail": f"{code.name}: {exc.details()}"}
     ms = (time.monotonic() - started) * 1000
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
@@ -315,8 +316,8 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
             cause = _cause(reached.channel, exc.code())
             # a TLS failure only when the connection failed (cause: the channel's own last attempt); a status
             # the plugin sent is its answer, whatever its words (a key named "certificate verify failed")
-            refused = _tls_refused({"status": "UNREACHABLE", "detail": f"{exc.details()}{cause}"}, reached,
-                                   tls) if cause else None
+            detail = f"{named_handles(str(exc.details()))}{cause}"
+            refused = _tls_refused({"status": "UNREACHABLE", "detail": detail}, reached, tls) if cause else None
             raise (refused or _call_error(exc, method, cause)) from None
     output.say(json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None))
     return output.OK
@@ -349,8 +350,8 @@ def _json_object(request: str, type_name: str) -> None:
 def _call_error(exc: grpc.RpcError, method: str, connection: str = "") -> Exception:
     code, details = exc.code(), exc.details()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return TargetUnreachableError(f"{method} failed: {code.name}: {details}{connection}; check that the"
-                                      " plugin runs")
+        return TargetUnreachableError(f"{method} failed: {code.name}: {named_handles(str(details))}{connection};"
+                                      " check that the plugin runs")
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return CallFailedError(f"{method} failed: the plugin does not implement it ({details}); check the"
                                " method name against plugbay info")

@@ -18,6 +18,7 @@ plugin that is slow or unhealthy, and start() tears a plugin down on failure.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -32,6 +33,7 @@ import grpc
 from plugbay.cli import output
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, EngineUnavailableError, RunnerError, TargetUnreachableError, clip, printable
+from plugbay.errors import UnprovenAddressError
 
 if TYPE_CHECKING:
     from plugbay.network.tls import NetworkTLS
@@ -216,13 +218,13 @@ def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> 
     runner = attach_runner(dict(config.runner))
     info = config.handshake
     relay_dir = make_tempdir("plugbay-cli-")
+    handle: list[int] = []  # the proven socket's O_PATH handle the channel dials, closed after it
     try:
         network, address = runner.plugin_to_host(info.network, info.address)
-        conn = dial(network, address, tls=config.client_cert, server_cert_der=info.server_cert,
-                    relay_dir=relay_dir, options=options)
+        conn = dial(network, _proven(runner, network, address, config, handle), tls=config.client_cert,
+                    server_cert_der=info.server_cert, relay_dir=relay_dir, options=options)
     except BaseException:
-        shutil.rmtree(relay_dir, ignore_errors=True)
-        runner.detach()
+        _release(relay_dir, handle, runner)
         raise
     facts = {"name": config.name, "runner": str(config.runner.get("kind", "?")),
              "id": str(config.runner.get("id", "")), "core_version": info.core_version,
@@ -235,8 +237,40 @@ def reach(target: str, tls: Tls, *, options: Sequence[tuple[str, Any]] = ()) -> 
         try:
             _close_polled(conn.channel, close=conn.close)  # bounded as a network target's is (a busy peer)
         finally:  # a second Ctrl-C during that wait (the command looks stuck) must not leave these
-            shutil.rmtree(relay_dir, ignore_errors=True)
-            runner.detach()  # the plugin keeps running
+            _release(relay_dir, handle, runner)
+
+
+def _proven(runner: Any, network: str, address: str, config: Any, handle: list[int]) -> str:
+    """The address to dial once the runner proves the plugin listens at ``address`` (plugin_to_host() proved
+    the path by name): a unix socket through an O_PATH handle on its inode (appended to ``handle``), as the
+    Client dials it, since a plugin may rename another server's socket onto the path after that proof."""
+    from plugbay.core.host.socketpin import Proven, prove_listener
+    from plugbay.runners.base import NOT_LISTENING
+
+    info = config.handshake
+    found = prove_listener(runner, network, address, info, config.name, reattached=True)
+    if isinstance(found, Proven):
+        if found.handle is not None:
+            handle.append(found.handle)
+        return found.address
+    if found == NOT_LISTENING:
+        raise TargetUnreachableError(f"nothing listens at {clip(repr(address), 200)} any more, the {network} socket"
+                                     f" the reattach config of plugin {config.name!r} names; check that the plugin"
+                                     " runs")
+    raise UnprovenAddressError(config.name, info.network, info.address, found,
+                               opt_out="reach its socket as a network target instead (unix:///PATH --insecure),"
+                               " which proves nothing of who listens there")
+
+
+def _release(relay_dir: str, handle: list[int], runner: Any) -> None:
+    """What reach() held for a reattach config: the relay's folder, the socket's handle (after the channel:
+    nothing dials its number any more), the runner's claim (the plugin keeps running)."""
+    try:
+        shutil.rmtree(relay_dir, ignore_errors=True)
+        while handle:
+            os.close(handle.pop())
+    finally:
+        runner.detach()
 
 
 _CLOSE_WAIT = 2.0

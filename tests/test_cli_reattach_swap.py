@@ -1,0 +1,87 @@
+"""The command line's reattach dials the socket it proved, not whatever is at its path a moment later.
+
+Real processes: a KV plugin a Client started, another real KV server this test started, and the plugbay
+command run by a wrapper that renames a symlink to that other server's socket onto the plugin's path right
+after the runner's proof by name (the attacker's move, at the worst moment). The command refuses, naming the
+path; the other server gets no call.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugbay import Client, ClientConfig
+from tests.cli_util import KV_PROTO, cli_env
+from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGINS, PY
+
+# the plugbay command, its runner's proof followed by the swap (in the command's own process)
+SWAPPING = """import os, sys
+from plugbay.cli import main
+from plugbay.runners.attached import AttachedProcess
+other = os.environ.pop("SWAP_TO")
+mapped = AttachedProcess.plugin_to_host
+
+def then_swapped(runner, network, address):
+    network, path = mapped(runner, network, address)
+    os.symlink(other, path + ".swap")
+    os.rename(path + ".swap", path)
+    return network, path
+
+AttachedProcess.plugin_to_host = then_swapped
+sys.exit(main())
+"""
+
+
+@pytest.fixture()
+def other(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real KV server no Client started, and its socket's path."""
+    env = {**os.environ, HANDSHAKE.magic_cookie_key: HANDSHAKE.magic_cookie_value,
+           "PLUGIN_PROTOCOL_VERSIONS": "1", "PLUGIN_UNIX_SOCKET_DIR": str(tmp_path)}
+    (tmp_path / "other").mkdir()  # its working folder, where it stores each key it is given
+    proc = subprocess.Popen([PY, KV_EXAMPLE], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, cwd=tmp_path / "other")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode().strip()
+        assert line.split("|")[2:3] == ["unix"], line
+        yield proc, line.split("|")[3]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.parametrize("command", [["health"], ["call", "/proto.KV/Put", '{"key": "k", "value": "aGk="}',
+                                                   "--proto", str(KV_PROTO)]], ids=["health", "call"])
+def test_a_socket_swapped_onto_the_path_after_the_clis_proof_is_not_dialed(
+        tmp_path: Path, other: tuple[subprocess.Popen[bytes], str], command: list[str]) -> None:
+    # before: the command dialed the path by name after plugin_to_host() proved it: health said SERVING and
+    # the Put was stored by the other server
+    server, other_socket = other
+    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE]))
+    first.start()
+    try:
+        reattach = tmp_path / "reattach.json"
+        reattach.write_text(first.reattach_config().to_json())
+        path = first.reattach_config().handshake.address
+        wrapper = tmp_path / "swapping.py"
+        wrapper.write_text(SWAPPING)
+        done = subprocess.run([sys.executable, str(wrapper), command[0], f"@{reattach}", *command[1:]],
+                              capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
+                              env=cli_env(SWAP_TO=other_socket, PYTHONDONTWRITEBYTECODE="1"))
+        assert os.path.realpath(path) == other_socket  # the swap was made
+        assert done.returncode != 0, (done.stdout, done.stderr)
+        assert "UnprovenAddressError" in done.stderr or "which plugbay does not dial" in done.stderr, done.stderr
+        assert f"listened on by process {server.pid}, which is neither the plugin process" in done.stderr
+        assert path in done.stderr and "/proc/self/fd/" not in done.stderr, done.stderr
+    finally:
+        first.kill()
+    assert server.poll() is None
+    assert not (tmp_path / "other" / "kv_k").exists(), "the Put was stored by the other server"
