@@ -85,3 +85,48 @@ def test_a_socket_swapped_onto_the_path_after_the_clis_proof_is_not_dialed(
         first.kill()
     assert server.poll() is None
     assert not (tmp_path / "other" / "kv_k").exists(), "the Put was stored by the other server"
+
+
+# the plugbay command, its plugin killed right after the runner's proof through the handle: the dial is refused
+KILLED_AFTER_PROOF = """import os, signal, socket, sys
+from plugbay.cli import main
+from plugbay.runners.attached import AttachedProcess
+proven = AttachedProcess.unproven_listener
+
+def then_killed(runner, network, address, conn=None):
+    why = proven(runner, network, address, conn)
+    os.kill(runner.pid, signal.SIGKILL)
+    while True:  # until its listener is gone with it
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(address)
+        except ConnectionRefusedError:
+            return why
+        finally:
+            probe.close()
+
+AttachedProcess.unproven_listener = then_killed
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("command", [["health"], ["call", "/proto.KV/Get", '{"key": "k"}', "--proto", str(KV_PROTO)]],
+                         ids=["health", "call"])
+def test_a_refused_dial_of_the_proven_socket_names_its_path(tmp_path: Path, command: list[str]) -> None:
+    # before: the command's words were gRPC's, which name the handle dialed (unix:/proc/self/fd/N)
+    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE]))
+    first.start()
+    try:
+        reattach = tmp_path / "reattach.json"
+        reattach.write_text(first.reattach_config().to_json())
+        path = first.reattach_config().handshake.address
+        wrapper = tmp_path / "killing.py"
+        wrapper.write_text(KILLED_AFTER_PROOF)
+        done = subprocess.run([sys.executable, str(wrapper), command[0], f"@{reattach}", *command[1:],
+                               "--timeout", "3"], capture_output=True, text=True, timeout=90,
+                              stdin=subprocess.DEVNULL, env=cli_env(PYTHONDONTWRITEBYTECODE="1"))
+    finally:
+        first.kill()
+    said = done.stdout + done.stderr
+    assert done.returncode != 0, said
+    assert f"unix:{path}" in said and "/proc/self/fd/" not in said, said
