@@ -19,7 +19,7 @@ import pytest
 from plugbay import Client, ClientConfig, ProcessRunner
 from plugbay.errors import HandshakeTimeoutError, PlugbayError, UnprovenAddressError
 from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY
-from tests.test_announced_owner import REPO, _unshare_works
+from tests.test_announced_owner import REPO, TELL_START, _unshare_works
 
 
 # a tcp plugin that makes itself non-dumpable: a host without root may then read neither its open files nor its
@@ -34,13 +34,7 @@ PLUGIN = ("import ctypes, socket, time\\nctypes.CDLL(None).prctl(4, 0, 0, 0, 0)\
           "print(f'1|1|tcp|127.0.0.1:{s.getsockname()[1]}|grpc', flush=True)\\ntime.sleep(60)\\n")
 client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=5,
                              runner=ProcessRunner([sys.argv[2], "-c", PLUGIN])))
-try:
-    client.start()
-except PlugbayError as exc:
-    print(type(exc).__name__, exc)
-finally:
-    client.kill()
-"""
+""" + TELL_START
 
 
 def test_a_tcp_plugin_whose_files_cannot_be_read_is_named_as_such(tmp_path: Path) -> None:

@@ -288,6 +288,15 @@ def test_a_socket_swapped_onto_the_path_after_the_proof_is_not_dialed(foreign: F
     assert probe.returncode == 0, probe.stderr  # and still serves
 
 
+# how a host script run as another user tells its start's end: the error's type and words, or nothing
+TELL_START = """try:
+    client.start()
+except PlugbayError as exc:
+    print(type(exc).__name__, exc)
+finally:
+    client.kill()
+"""
+
 # a host without CAP_DAC_OVERRIDE (root's bounding set cut by setpriv) whose plugin makes its socket mode 000
 EACCES_HOST = """import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -298,13 +307,7 @@ PLUGIN = ("import os, socket, sys, time\\npath = sys.argv[1]\\ns = socket.socket
           "s.listen(8)\\nos.chmod(path, 0)\\nprint(f'1|1|unix|{path}|grpc', flush=True)\\ntime.sleep(60)\\n")
 client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=5,
                              runner=ProcessRunner([PY, "-c", PLUGIN, os.path.join(sys.argv[2], "p.sock")])))
-try:
-    client.start()
-except PlugbayError as exc:
-    print(type(exc).__name__, exc)
-finally:
-    client.kill()
-"""
+""" + TELL_START
 
 
 def test_a_socket_the_host_may_not_connect_to_is_refused_as_such(tmp_path: Path) -> None:

@@ -58,6 +58,26 @@ def other(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
             proc.stdout.close()
 
 
+def run_reattached(tmp_path: Path, script: str, argv: list[str],
+                   **env: str) -> tuple[subprocess.CompletedProcess[str], str, str]:
+    """The plugbay command ``script`` wraps, run on the reattach config of a KV plugin a Client started (killed
+    afterwards): its run, the plugin's socket path, and what that path led to when the command ended."""
+    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE]))
+    first.start()
+    try:
+        reattach = tmp_path / "reattach.json"
+        reattach.write_text(first.reattach_config().to_json())
+        path = first.reattach_config().handshake.address
+        wrapper = tmp_path / "wrapper.py"
+        wrapper.write_text(script)
+        done = subprocess.run([sys.executable, str(wrapper), argv[0], f"@{reattach}", *argv[1:]],
+                              capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
+                              env=cli_env(PYTHONDONTWRITEBYTECODE="1", **env))
+        return done, path, os.path.realpath(path)
+    finally:
+        first.kill()
+
+
 @pytest.mark.parametrize("command", [["health"], ["call", "/proto.KV/Put", '{"key": "k", "value": "aGk="}',
                                                    "--proto", str(KV_PROTO)]], ids=["health", "call"])
 def test_a_socket_swapped_onto_the_path_after_the_clis_proof_is_not_dialed(
@@ -65,24 +85,12 @@ def test_a_socket_swapped_onto_the_path_after_the_clis_proof_is_not_dialed(
     # before: the command dialed the path by name after plugin_to_host() proved it: health said SERVING and
     # the Put was stored by the other server
     server, other_socket = other
-    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE]))
-    first.start()
-    try:
-        reattach = tmp_path / "reattach.json"
-        reattach.write_text(first.reattach_config().to_json())
-        path = first.reattach_config().handshake.address
-        wrapper = tmp_path / "swapping.py"
-        wrapper.write_text(SWAPPING)
-        done = subprocess.run([sys.executable, str(wrapper), command[0], f"@{reattach}", *command[1:]],
-                              capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
-                              env=cli_env(SWAP_TO=other_socket, PYTHONDONTWRITEBYTECODE="1"))
-        assert os.path.realpath(path) == other_socket  # the swap was made
-        assert done.returncode != 0, (done.stdout, done.stderr)
-        assert "UnprovenAddressError" in done.stderr or "which plugbay does not dial" in done.stderr, done.stderr
-        assert f"listened on by process {server.pid}, which is neither the plugin process" in done.stderr
-        assert path in done.stderr and "/proc/self/fd/" not in done.stderr, done.stderr
-    finally:
-        first.kill()
+    done, path, led_to = run_reattached(tmp_path, SWAPPING, command, SWAP_TO=other_socket)
+    assert led_to == other_socket  # the swap was made
+    assert done.returncode != 0, (done.stdout, done.stderr)
+    assert "UnprovenAddressError" in done.stderr or "which plugbay does not dial" in done.stderr, done.stderr
+    assert f"listened on by process {server.pid}, which is neither the plugin process" in done.stderr
+    assert path in done.stderr and "/proc/self/fd/" not in done.stderr, done.stderr
     assert server.poll() is None
     assert not (tmp_path / "other" / "kv_k").exists(), "the Put was stored by the other server"
 
@@ -114,19 +122,7 @@ sys.exit(main())
                          ids=["health", "call"])
 def test_a_refused_dial_of_the_proven_socket_names_its_path(tmp_path: Path, command: list[str]) -> None:
     # before: the command's words were gRPC's, which name the handle dialed (unix:/proc/self/fd/N)
-    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE]))
-    first.start()
-    try:
-        reattach = tmp_path / "reattach.json"
-        reattach.write_text(first.reattach_config().to_json())
-        path = first.reattach_config().handshake.address
-        wrapper = tmp_path / "killing.py"
-        wrapper.write_text(KILLED_AFTER_PROOF)
-        done = subprocess.run([sys.executable, str(wrapper), command[0], f"@{reattach}", *command[1:],
-                               "--timeout", "3"], capture_output=True, text=True, timeout=90,
-                              stdin=subprocess.DEVNULL, env=cli_env(PYTHONDONTWRITEBYTECODE="1"))
-    finally:
-        first.kill()
+    done, path, _ = run_reattached(tmp_path, KILLED_AFTER_PROOF, [*command, "--timeout", "3"])
     said = done.stdout + done.stderr
     assert done.returncode != 0, said
     assert f"unix:{path}" in said and "/proc/self/fd/" not in said, said
