@@ -54,10 +54,7 @@ def config() -> ClientConfig:
 
 
 def calls(channel: grpc.Channel) -> dict[str, Callable[[Iterator[Any]], Any]]:
-    echo = channel.stream_stream("/streaming.Streamer/Echo", request_serializer=streaming_pb2.Chunk.SerializeToString,
-                                 response_deserializer=streaming_pb2.Chunk.FromString)
-    upload = channel.stream_unary("/streaming.Streamer/Echo", request_serializer=streaming_pb2.Chunk.SerializeToString,
-                                  response_deserializer=streaming_pb2.Chunk.FromString)
+    echo, upload = echo_method(channel), upload_method(channel)
     return {
         "stream_stream": lambda source: list(echo(source)),
         "stream_unary": lambda source: upload(source),
@@ -217,9 +214,7 @@ def test_threads_reading_one_failed_future_all_get_the_callers_own_error() -> No
     try:
         with Client(config()) as client:
             client.dispense(PLUGIN_NAME)
-            upload = client.channel.stream_unary("/streaming.Streamer/Echo",
-                                                 request_serializer=streaming_pb2.Chunk.SerializeToString,
-                                                 response_deserializer=streaming_pb2.Chunk.FromString)
+            upload = upload_method(client.channel)
             for trial in range(trials):
                 same, kinds = read_together(upload.future(requests(True)), readers)
                 assert same and kinds == ["SourceBroke: the file being streamed could not be read"] * readers, (
@@ -252,9 +247,7 @@ def read_together(future: Any, readers: int) -> tuple[bool, list[str]]:
 def test_a_later_read_of_the_stream_names_the_error_an_earlier_read_raised() -> None:
     with Client(config()) as client:
         client.dispense(PLUGIN_NAME)
-        echo = client.channel.stream_stream("/streaming.Streamer/Echo",
-                                            request_serializer=streaming_pb2.Chunk.SerializeToString,
-                                            response_deserializer=streaming_pb2.Chunk.FromString)
+        echo = echo_method(client.channel)
         stream = echo(requests(True))
         with pytest.raises(SourceBroke):
             for _ in stream:
@@ -277,9 +270,7 @@ def test_a_forwarded_request_stream_whose_caller_cancelled_leaves_the_call_its_o
                  response_serializer=streaming_pb2.Chunk.SerializeToString)
     with Client(config()) as client:
         client.dispense(PLUGIN_NAME)
-        upload = client.channel.stream_unary("/streaming.Streamer/Echo",
-                                             request_serializer=streaming_pb2.Chunk.SerializeToString,
-                                             response_deserializer=streaming_pb2.Chunk.FromString)
+        upload = upload_method(client.channel)
 
         def forward(incoming: Iterator[Any], context: grpc.ServicerContext) -> Any:
             def passed() -> Iterator[Any]:
@@ -349,9 +340,7 @@ def test_a_plugins_own_answer_with_grpcios_details_stays_the_plugins_answer() ->
         with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin()}, call_timeout=30,
                                  cmd=cmd)) as client:
             client.dispense(PLUGIN_NAME)
-            upload = client.channel.stream_unary("/streaming.Streamer/Echo",
-                                                 request_serializer=streaming_pb2.Chunk.SerializeToString,
-                                                 response_deserializer=streaming_pb2.Chunk.FromString)
+            upload = upload_method(client.channel)
             future = upload.future(source())
             future.add_done_callback(lambda _: ended.set())
             assert met.wait(GUARD), "the request iterator never raised"
@@ -381,15 +370,11 @@ def test_a_later_read_after_an_upstream_calls_error_names_it_as_the_asyncio_side
     try:
         with Client(config()) as client:
             client.dispense(PLUGIN_NAME)
-            echo = client.channel.stream_stream("/streaming.Streamer/Echo",
-                                                request_serializer=streaming_pb2.Chunk.SerializeToString,
-                                                response_deserializer=streaming_pb2.Chunk.FromString)
+            echo = echo_method(client.channel)
             stream = echo(forwarded())
             first = outcome(lambda _: list(stream), iter(()))
             later = outcome(lambda _: next(stream), iter(()))
-            upload = client.channel.stream_unary("/streaming.Streamer/Echo",
-                                                 request_serializer=streaming_pb2.Chunk.SerializeToString,
-                                                 response_deserializer=streaming_pb2.Chunk.FromString)
+            upload = upload_method(client.channel)
             future = upload.future(forwarded())
             results = [outcome(lambda _: future.result(), iter(())) for _ in range(2)]
     finally:
