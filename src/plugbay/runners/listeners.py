@@ -161,24 +161,24 @@ def unix_peer_pid(path: str) -> int | None:
         return None
 
 
+def _shares(pid: int, ns: str) -> bool | None:
+    """Whether ``pid`` is in this process's ``ns`` namespace; None when its link cannot be read here."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/{ns}").st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino
+    except OSError:
+        return None
+
+
 def same_namespaces(pid: int, network: str) -> bool:
     """Whether ``pid`` sees what this process sees at a ``network`` address: the same network namespace, and
     for a unix path the same mounts too (a tcp plugin under `unshare -m` reaches the same ports)."""
-    kinds = ("net", "mnt") if network == "unix" else ("net",)
-    try:
-        return all(os.stat(f"/proc/{pid}/ns/{ns}").st_ino == os.stat(f"/proc/self/ns/{ns}").st_ino
-                   for ns in kinds)
-    except OSError:
-        return False
+    return all(_shares(pid, ns) is True for ns in (("net", "mnt") if network == "unix" else ("net",)))
 
 
 def other_net_namespace(pid: int) -> bool:
     """Whether ``pid`` is shown to run in another network namespace than this process (False when its namespace
     link cannot be read: that tells nothing of where it runs)."""
-    try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return False
+    return _shares(pid, "net") is False
 
 
 def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
