@@ -19,6 +19,8 @@ import socket
 import struct
 from collections.abc import Iterable
 
+from plugbay.runners.unixdiag import bound_listener
+
 _UNIX_LISTENING = 0x00010000  # __SO_ACCEPTCON in /proc/net/unix's Flags column
 _TCP_LISTEN = "0A"
 
@@ -195,8 +197,11 @@ def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
         listening = unix_listeners(pids[0], address)
         if not listening or not listening <= held:  # before any connect: the path may be anyone's server
             return False
+        now = bound_listener(address)  # the kernel's word, no connection: else a probe's SO_PEERCRED
+        if now is not None:
+            return now in held  # held, and no other socket renamed onto the path since
         try:
-            return unix_peer_pid(address) in pids  # held, and no other socket renamed onto the path since
+            return unix_peer_pid(address) in pids
         except PermissionError:
             return False
     elif network == "tcp":

@@ -6,14 +6,18 @@ or 127.0.0.1:2375 would have the host send its calls, its client certificate's h
 Shutdown there: a plugin dropped to fewer rights than its host (a wrapper that changes user or sandboxes
 it) would reach, through the host, what it cannot reach itself. The proof:
 
-- unix: SO_PEERCRED of a connection to the path gives the pid that listens there (Linux sets it at
-  listen()); its parent links (/proc/PID/stat) must lead to the started process within _MAX_HOPS, each
-  parent no younger than its child (a number reused meanwhile would be younger) and the started process
-  still the one started (its start ticks). A pid that vanished, or 0 (a listener of a pid namespace this
-  one cannot see: a container's), proves nothing. The multiplexed connection is proven on itself (go-plugin's
-  multiplexed server accepts one connection ever: a probe would take it); a plain one by a probe made and
-  closed before gRPC dials, through the host's O_PATH handle on the socket (core.host.connecting), the
-  handle gRPC then dials (and redials): a socket renamed onto the path later is never reached.
+- unix: the kernel's sock_diag (runners.unixdiag) names the listening socket bound to the very file the host's
+  O_PATH handle holds, without connecting; that socket must be held open (/proc/PID/fd) by the started process
+  or a descendant, each holder's parent links (/proc/PID/stat) read after its files and leading to the started
+  process within _MAX_HOPS, each parent no younger than its child (a number reused meanwhile would be younger)
+  and the started process still the one started (its start ticks). Where the kernel cannot tell (no sock_diag,
+  a listener in another network namespace, nothing listening yet; unixdiag says when) or a process of the tree
+  hides its open files (setuid, non-dumpable), SO_PEERCRED of one connection made and closed through the handle
+  gives the pid that listens there (Linux sets it at listen()), checked the same way; a pid that vanished, or 0
+  (a listener of a pid namespace this one cannot see: a container's), proves nothing. That connection is the
+  one a server that serves once (go-plugin's multiplexed mode) would end on, and a Go plugin's gRPC logs. The
+  multiplexed connection is proven on itself (SO_PEERCRED of the host's one connection). gRPC dials (and
+  redials) the handle (core.host.connecting): a socket renamed onto the path later is never reached.
 - tcp: the listening sockets a dial would reach (/proc/PID/net/tcp, tcp6) must all be held open by the
   started process or its descendants (their /proc/PID/fd), in this host's network namespace: the process
   itself is looked at first, the rest of its tree (a scan of /proc's parent links) only if that fails.
@@ -35,8 +39,10 @@ import subprocess
 from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork, trusted_address
 from plugbay.runners.base import NOT_LISTENING
-from plugbay.runners.listeners import listens_on, other_net_namespace, peer_pid, tcp_listeners, unix_peer_pid
+from plugbay.runners.listeners import listens_on, other_net_namespace, peer_pid, socket_inodes, tcp_listeners
+from plugbay.runners.listeners import unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
+from plugbay.runners.unixdiag import bound_listener
 
 _MAX_HOPS = 64  # parent links walked from the listener: deeper than any wrapper chain of a plugin
 
@@ -118,6 +124,16 @@ def unix_listener_why(address: str, conn: socket.socket | None, root: int, root_
     """Why the unix socket at ``address`` (or the listener of ``conn``, a connection the host made there) is not
     proven to be listened on by process ``root`` (started at ``root_start`` ticks) or a descendant; None once it
     is, NOT_LISTENING while nothing listens there. The started plugin's and a reattached one's proof alike."""
+    if conn is None:
+        # connect() needs write permission on the file: asked without connecting (a missing file: nothing there)
+        if os.access(address, os.F_OK) and not os.access(address, os.W_OK, effective_ids=True):
+            return ("this host may not connect to that socket (Permission denied: its file's permissions),"
+                    " so neither can gRPC; make it connectable for the host's user")
+        listener = bound_listener(address)  # the kernel's word: no connection a one-shot server would end on
+        if listener is not None:
+            why = _held_why(listener, root, root_start)
+            if why is not _ASK_THE_PEER:
+                return why
     try:
         pid = peer_pid(conn) if conn is not None else unix_peer_pid(address)
     except PermissionError as exc:
@@ -129,8 +145,38 @@ def unix_listener_why(address: str, conn: socket.socket | None, root: int, root_
         return NOT_LISTENING
     if descends(pid, root, root_start):
         return None
-    who = (f"process {pid}" if pid else "a process of another pid namespace (a container's, as"
-           " `docker run` with the socket's folder mounted gives)")
+    return _not_ours(f"process {pid}" if pid else "a process of another pid namespace (a container's, as"
+                     " `docker run` with the socket's folder mounted gives)", root)
+
+
+_ASK_THE_PEER = "the open files of a process of the plugin's cannot be read: SO_PEERCRED tells"
+
+
+def _held_why(listener: int, root: int, root_start: int) -> str | None:
+    """Why socket inode ``listener`` is not shown held open by ``root`` or a descendant (its /proc/PID/fd, each
+    holder proven a descendant after its files were read: a pid reused meanwhile proves nothing); _ASK_THE_PEER
+    when a process of the tree hides its files (a setuid or non-dumpable one) and the listener may be its."""
+    if listener in socket_inodes(root) and descends(root, root, root_start):
+        return None
+    tree = list(family(root, "", root_start))
+    if any(listener in socket_inodes(pid) and descends(pid, root, root_start) for pid in tree):
+        return None
+    if any(_fds_hidden(pid) for pid in [root, *tree]):
+        return _ASK_THE_PEER
+    holder = _holder(listener)  # a refusal's cost only: it names who serves there
+    return _not_ours(f"process {holder}" if holder is not None else "a process whose open files this host cannot"
+                     " read (another user's, or another pid namespace's: a container's)", root)
+
+
+def _holder(inode: int) -> int | None:
+    """A process of this host's /proc that holds socket ``inode`` open (None if none this host may read does)."""
+    for name in os.listdir("/proc"):
+        if name.isdigit() and inode in socket_inodes(int(name)):
+            return int(name)
+    return None
+
+
+def _not_ours(who: str, root: int) -> str:
     return (f"the socket there is listened on by {who}, which is neither the plugin process {root}"
             " plugbay started nor one of its descendants")
 

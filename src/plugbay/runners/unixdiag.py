@@ -1,0 +1,100 @@
+"""Which socket listens on a unix socket file, asked of the kernel (sock_diag) instead of connecting to it.
+
+A connection made only to learn the listener (SO_PEERCRED) is a connection all the same: a server that serves
+one connection and exits (go-plugin's multiplexed mode) ends on it, and a gRPC server logs a failed handshake.
+NETLINK_SOCK_DIAG lists this network namespace's listening unix sockets with the inode and device of the file
+each is bound to (UNIX_DIAG_VFS); the one bound to the file a handle names is the socket a connection through
+that handle reaches (a file is bound once, at its making, and cannot be bound again).
+
+None ("the kernel could not tell": the caller connects as before) when sock_diag is not there (a kernel without
+CONFIG_UNIX_DIAG, its module not loadable, a seccomp filter or a sandbox such as gVisor that offers no
+NETLINK_SOCK_DIAG), when no listener of this namespace is bound to the file (nothing listens yet, or the
+listener sits in another network namespace, whose sockets this dump does not list; or a file system such as
+overlayfs that reports another device or inode than the one bound), or when the kernel's 32-bit inode field
+cannot tell the file apart (an inode number above 2**32).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_TCP_LISTEN = 10  # unix sockets report their states in TCP's numbering
+_UDIAG_SHOW_VFS = 0x2
+_UNIX_DIAG_VFS = 1
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
+_REQUEST = struct.Struct("=BBHIII2I")  # unix_diag_req: family, protocol, pad, states, ino, show, cookie
+_MESSAGE = struct.Struct("=BBBBI2I")  # unix_diag_msg: family, type, state, pad, ino, cookie
+_ATTR = struct.Struct("=HH")  # rtattr: length, type
+_VFS = struct.Struct("=II")  # unix_diag_vfs: inode, device (the kernel's dev_t: major << 20 | minor)
+_MINOR_BITS = 20
+
+
+def bound_listener(path: str) -> int | None:
+    """The socket inode (as /proc/PID/fd's ``socket:[N]`` names it) of the stream socket listening on the file at
+    ``path`` (``/proc/self/fd/N`` for a held handle), found without connecting; None when the kernel cannot tell
+    (the module's docstring says when: the caller then connects)."""
+    try:
+        st = os.stat(path)
+        wanted = (st.st_ino, os.major(st.st_dev), os.minor(st.st_dev))
+        if st.st_ino >> 32:
+            return None  # the kernel reports 32 bits of it: another file's number may match
+        listeners = _listening_unix_sockets()
+    except OSError:
+        return None
+    found = {sock for sock, (ino, dev) in listeners if (ino, dev >> _MINOR_BITS, dev & (1 << _MINOR_BITS) - 1)
+             == wanted}
+    return found.pop() if len(found) == 1 else None
+
+
+def _listening_unix_sockets() -> list[tuple[int, tuple[int, int]]]:
+    """(socket inode, (bound file's inode, device)) of this network namespace's listening SOCK_STREAM unix
+    sockets bound to a file; OSError when sock_diag cannot be asked."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(2.0)  # the kernel answers at once; a sandbox that swallows the request must not hang a start
+        request = _REQUEST.pack(socket.AF_UNIX, 0, 0, 1 << _TCP_LISTEN, 0, _UDIAG_SHOW_VFS, 0xFFFFFFFF, 0xFFFFFFFF)
+        nl.sendto(_HEADER.pack(_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP,
+                               1, 0) + request, (0, 0))
+        found: list[tuple[int, tuple[int, int]]] = []
+        while True:
+            data = nl.recv(1 << 16)
+            if not data:
+                raise OSError("sock_diag closed its answer early")
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                length, kind = _HEADER.unpack_from(data, offset)[:2]
+                if length < _HEADER.size:
+                    raise OSError("sock_diag sent a malformed message")
+                if kind == _NLMSG_DONE:
+                    return found
+                if kind == _NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                    raise OSError(code, f"sock_diag: {os.strerror(code)}")
+                entry = _entry(data, offset + _HEADER.size, offset + length)
+                if entry is not None:
+                    found.append(entry)
+                offset += (length + 3) & ~3
+
+
+def _entry(data: bytes, start: int, end: int) -> tuple[int, tuple[int, int]] | None:
+    """One unix_diag_msg's (socket inode, (file inode, device)); None for a socket of another type or state, or
+    bound to no file (an abstract or unnamed one)."""
+    if end > len(data) or start + _MESSAGE.size > end:
+        return None
+    _, kind, state, _, inode, _, _ = _MESSAGE.unpack_from(data, start)
+    if kind != socket.SOCK_STREAM or state != _TCP_LISTEN:
+        return None
+    at = start + _MESSAGE.size
+    while at + _ATTR.size <= end:
+        size, attr = _ATTR.unpack_from(data, at)
+        if size < _ATTR.size:
+            return None
+        if attr == _UNIX_DIAG_VFS and at + _ATTR.size + _VFS.size <= end:
+            return inode, _VFS.unpack_from(data, at + _ATTR.size)
+        at += (size + 3) & ~3
+    return None

@@ -1,0 +1,78 @@
+"""The proof of a started plugin's unix socket makes no connection of its own: a foreign server that serves one
+connection and exits (as go-plugin's multiplexed server does) is refused without being served.
+
+Real processes: a one-connection unix server this test starts, whose socket a "plugin" announces as its own; the
+refusal names the server's process, which is still running and has served nobody after it. A real go-plugin Go
+plugin, its grpc-go logging warnings, logs no connection cut short before gRPC's preface for a start.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay.errors import UnprovenAddressError
+from tests import gobuild
+from tests.resilience_util import HANDSHAKE, PLUGINS, PY
+
+REPO = Path(__file__).resolve().parent.parent
+MISBEHAVE = str(REPO / "tests" / "plugins" / "misbehave.py")
+# listens, tells it is ready, then serves the first connection it accepts and exits, as go-plugin's multiplexed
+# server does
+ONE_SHOT = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(8)\n"
+            "print('ready', flush=True)\nconn, _ = s.accept()\nprint('served', flush=True)\n")
+
+
+def test_a_one_connection_server_a_plugin_announces_is_refused_and_left_unserved(tmp_path: Path) -> None:
+    path = str(tmp_path / "one.sock")
+    server = subprocess.Popen([PY, "-c", ONE_SHOT, path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=8,
+                                     runner=ProcessRunner([PY, MISBEHAVE, "line", f"1|1|unix|{path}|grpc"])))
+        try:
+            with pytest.raises(UnprovenAddressError) as raised:
+                client.start()
+        finally:
+            client.kill()
+        assert f"listened on by process {server.pid}, which is neither the plugin process" in str(raised.value)
+        # before: the proof's own connection was the one it served, and it had exited
+        assert server.poll() is None, server.stdout.read()
+        with socket.socket(socket.AF_UNIX) as caller:  # its one connection is still to be had
+            caller.connect(path)
+            assert server.stdout.readline() == "served\n"
+        assert server.wait(10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+
+@pytest.mark.go
+@pytest.mark.skipif(gobuild.go_missing_reason() is not None, reason=gobuild.go_missing_reason() or "")
+def test_a_go_plugin_sees_no_connection_but_the_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # before: the proof's connection, closed unused, made grpc-go log one WARNING ("failed to receive the
+    # preface from client: EOF") a start
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "kv"))
+    from kv_plugin_def import HANDSHAKE as GO_HANDSHAKE, PLUGIN_NAME, KVPlugin
+    monkeypatch.chdir(tmp_path)  # the KV plugin writes its kv_<key> files where it runs
+    caplog.set_level(logging.DEBUG, logger="plugbay.plugin")
+    config = ClientConfig(handshake=GO_HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()},
+                          cmd=[str(gobuild.build_go("kv_plugin"))], env={"GRPC_GO_LOG_SEVERITY_LEVEL": "warning"})
+    with Client(config) as client:
+        kv = client.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        assert kv.get("k") == b"v"
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("plugbay.plugin")]
+    assert any("plugin address" in line for line in said), said  # its log lines were read
+    assert not [line for line in said if "grpc" in line], said
