@@ -183,8 +183,10 @@ def other_net_namespace(pid: int) -> bool:
     return _shares(pid, "net") is False
 
 
-def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
-    """Whether ``pids`` hold every socket a connection to ``network`` ``address`` could reach."""
+def listens_on(pids: Iterable[int], network: str, address: str, listening: set[int] | None = None) -> bool:
+    """Whether ``pids`` hold every socket a connection to ``network`` ``address`` could reach. ``listening``: for
+    tcp, those sockets as this host's network namespace lists them (tcp_listeners() of a process in it), read once
+    by a caller that asks of several sets of processes; else read here, of the first of ``pids`` in it."""
     pids = [pid for pid in pids if same_namespaces(pid, network)]  # another namespace's 127.0.0.1 is not ours
     if not pids:
         return False
@@ -205,7 +207,7 @@ def listens_on(pids: Iterable[int], network: str, address: str) -> bool:
         except PermissionError:
             return False
     elif network == "tcp":
-        listening = tcp_listeners(pids[0], address)
+        listening = tcp_listeners(pids[0], address) if listening is None else listening
     else:
         return False
     return bool(listening) and listening <= held  # every socket a dial could reach is the plugin's

@@ -40,7 +40,7 @@ from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork, trusted_address
 from plugbay.runners.base import NOT_LISTENING
 from plugbay.runners.listeners import listens_on, other_net_namespace, peer_pid, socket_inodes, tcp_listeners
-from plugbay.runners.listeners import unix_peer_pid
+from plugbay.runners.listeners import same_namespaces, unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
 from plugbay.runners.unixdiag import bound_listener
 
@@ -97,12 +97,16 @@ class OwnListeners:
                     " plugin running as another user), so no listener can be traced back to it")
         if network == "unix":
             return unix_listener_why(address, conn, root, root_start)
-        if not tcp_listeners(root, address):
+        listening = tcp_listeners(root, address)
+        if not listening:
             return NOT_LISTENING
-        if listens_on([root], "tcp", address):
+        # read once: in the host's network namespace the root's table is the one listens_on reads (it asks only of
+        # processes in it); a root in another one has its own, and the tree's is read there
+        known = listening if same_namespaces(root, "tcp") else None
+        if listens_on([root], "tcp", address, known):
             return None
         tree = [root, *family(root, "", root_start)]
-        if listens_on(tree, "tcp", address):
+        if listens_on(tree, "tcp", address, known):
             return None
         # first: a process whose files this host may not read hides its namespace link as well
         hidden = next((pid for pid in tree if _fds_hidden(pid)), None)
