@@ -41,3 +41,12 @@ def tail_text(lines: Sequence[str]) -> str:
     log, a container's) hand their lines as read; a line may be up to the line cap (64 KiB) long: the message
     keeps both ends of each (cut before escaping, so that no escape is split), the error's attribute all of it."""
     return "\n".join("    " + printable(clip(line, _TAIL_LINE)) for line in lines)
+
+
+def listed(values: Sequence[int], keep: int = 20) -> str:
+    """``values`` as a list, its first ``keep`` only: a network plugin's Discovery answer (its word) may
+    list hundreds of thousands of versions, which made a message of megabytes."""
+    values = list(values)
+    if len(values) <= keep:
+        return str(values)
+    return f"{str(values[:keep])[:-1]}, ... ({len(values) - keep} more)]"

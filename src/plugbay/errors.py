@@ -8,33 +8,18 @@ generic callers can catch them without importing plugbay.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+# the hierarchy's root, below this module with how its errors are pickled; imported from here
+from plugbay._errorroot import ConfigError as ConfigError, PlugbayError as PlugbayError, _rebuilt as _rebuilt
 # the text helpers error messages use, imported from here across plugbay
-from plugbay._text import clip as clip, printable as printable, tail_text
+from plugbay._text import clip as clip, listed, printable as printable, tail_text
 
 if TYPE_CHECKING:  # the call errors' code(), details(), sent... for type checkers; at run time: object
     from plugbay._calltyping import (CallFailure as _CallFailure, CircuitRefusal as _CircuitRefusal,
                                      SentCallFailure as _SentCallFailure)
 else:
     _CallFailure = _SentCallFailure = _CircuitRefusal = object
-
-
-class PlugbayError(Exception):
-    """Base class of every error raised by plugbay."""
-
-    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt without an __init__ that takes parts, not args
-        return _rebuilt, (type(self), self.args), dict(self.__dict__)
-
-
-def _rebuilt(cls: type[PlugbayError], args: tuple[Any, ...]) -> PlugbayError:
-    error = cls.__new__(cls, *args)  # an OSError's (a TimeoutError's) errno and strerror come from its args
-    error.args = args
-    return error
-
-
-class ConfigError(PlugbayError, ValueError):
-    """The caller passed options that cannot work together or are malformed."""
 
 
 # --- handshake and start-up -------------------------------------------------
@@ -145,18 +130,10 @@ class VersionMismatchError(HandshakeError):
         self.host_versions = list(host_versions)
         self.plugin_versions = list(plugin_versions)
         super().__init__(
-            f"no common application protocol version: host supports {_listed(self.host_versions)},"
-            f" plugin supports {_listed(self.plugin_versions)}. Upgrade the older side, or add a"
+            f"no common application protocol version: host supports {listed(self.host_versions)},"
+            f" plugin supports {listed(self.plugin_versions)}. Upgrade the older side, or add a"
             " VersionedPlugins entry for a version both understand."
         )
-
-
-def _listed(versions: list[int], keep: int = 20) -> str:
-    """``versions`` as a list, its first ``keep`` only: a network plugin's Discovery answer (its word) may
-    list hundreds of thousands, which made a message of megabytes."""
-    if len(versions) <= keep:
-        return str(versions)
-    return f"{str(versions[:keep])[:-1]}, ... ({len(versions) - keep} more)]"
 
 
 class ChecksumMismatchError(PlugbayError):
