@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from plugbay.core.protocol.exits import exit_said
 from plugbay.errors import AnnouncedUnreachableError as AnnouncedUnreachableError, ConfigError, RunnerError, clip
+from plugbay.runners.startdeadline import (attach_time_left as attach_time_left, start_deadline as start_deadline,
+                                           starting_until as starting_until)
 
 _log = logging.getLogger("plugbay.runner")
 _EXIT_POLL = 0.25  # the default exit watcher's poll (a runner with an exit event overrides watch_exit)
@@ -359,36 +358,6 @@ def register_reattacher(kind: str, func: ReattachFunc) -> None:
 # plugbay's own runner kinds, imported on first reattach so no caller has to import them first.
 _BUILT_IN = {"ProcessRunner": "plugbay.runners.process", "DockerRunner": "plugbay.runners.docker.runner",
              "KubernetesRunner": "plugbay.runners.kubernetes.runner"}
-
-
-# The deadline of the Client start running on this thread: what a runner asks its service meanwhile
-# (a reattach's reads, check_secure_config()'s lookups, plugin_to_host()'s port-forward) is bounded by it,
-# never by a time the (untrusted) reattach data names. Passed around the ReattachFunc and Runner method
-# signatures, which callers supply (functools.partial(KubernetesRunner.attach, ...)) or override.
-_start_deadline: ContextVar[float | None] = ContextVar("plugbay_start_deadline", default=None)
-
-
-@contextmanager
-def starting_until(deadline: float | None) -> Iterator[None]:
-    """Runner calls on this thread within the block are part of a Client start that ends at ``deadline``
-    (time.monotonic(); None: of no Client's start)."""
-    token = _start_deadline.set(deadline)
-    try:
-        yield
-    finally:
-        _start_deadline.reset(token)
-
-
-def start_deadline() -> float | None:
-    """When the Client start this runner call is part of ends (time.monotonic()); None: no Client's start
-    (a direct call, or one after the start: a brokered server's address, a reconnect)."""
-    return _start_deadline.get()
-
-
-def attach_time_left() -> float | None:
-    """Seconds left of the Client start this reattach is part of (None: no Client's, e.g. a direct attach())."""
-    deadline = _start_deadline.get()
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 def reattach_runner(data: Mapping[str, Any]) -> AttachedRunner:
