@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from plugbay.core.transport.tempdirs import make_tempdir
@@ -46,8 +46,8 @@ from plugbay.runners.docker.adopt import (IMAGE, claim, container_image, prove_c
 from plugbay.runners.docker.addresses import container_to_host, host_to_container
 from plugbay.runners.docker.createargs import add_extra_args, checked_options
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
-from plugbay.runners.docker.diagnose import describe_container, oom_said
 from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.docker.output import ContainerOutput
 from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.teardown import ContainerTeardown
 from plugbay.runners.docker.unanswered import create_or_clean, create_token
@@ -58,7 +58,7 @@ from plugbay.runners.session import managed_labels
 __all__ = ["DockerRunner", "sweep", "CONTAINER_SOCKET_DIR"]
 
 
-class DockerRunner(ContainerTeardown, Runner):
+class DockerRunner(ContainerTeardown, ContainerOutput, Runner):
     """Runs a plugin image as a container. One instance runs the plugin once.
 
     Secure defaults: every capability dropped, no-new-privileges, a read-only root
@@ -317,32 +317,7 @@ class DockerRunner(ContainerTeardown, Runner):
 
     # --- wait / kill (_inspect, wait, detach, kill, force_kill: teardown.ContainerTeardown) ---
 
-    # --- output / diagnosis ----------------------------------------------------------
-
-    def stdout_lines(self) -> Iterator[str]:
-        return self._pump("stdout").lines()
-
-    def stderr_lines(self) -> Iterator[str]:
-        return self._pump("stderr").lines()
-
-    def _pump(self, which: str) -> ContainerLogStream:
-        pump = self._pumps.get(which)
-        if pump is None:
-            raise RunnerError(f"DockerRunner.start() must run before the plugin's {which} is read"
-                              " (a reattached container's output is not replayed)")
-        return pump
-
-    def stderr_tail(self) -> list[str]:
-        pump = self._pumps.get("stderr")
-        return list(pump.tail) if pump else []
-
-    def diagnose(self) -> str:
-        state = self._final_state if self._final_state is not None else self._inspect()
-        return describe_container(self._container_id, self.image, state, self._pumps, self._client)
-
-    def exit_reason(self, code: int) -> str:
-        # a call's error waits for it (a hung engine held each for all of engine_timeout): a short bound
-        return oom_said(self._client, self._container_id, code, self._final_state, min(self.engine_timeout, 1.0))
+    # --- output / diagnosis (stdout_lines, stderr_lines, stderr_tail, diagnose, exit_reason: output.ContainerOutput)
 
     # --- reattach ----------------------------------------------------------------------
 
