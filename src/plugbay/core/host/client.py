@@ -21,7 +21,7 @@ from typing import Any, Self
 
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import GRPCPlugin
-from plugbay.core.host.callerrors import BrokerClientClosed, ClientClosed, after_close
+from plugbay.core.host.callerrors import BrokerClientClosed, ClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.config import ClientConfig as ClientConfig  # re-exported: the contract name
 from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError, printable
@@ -29,7 +29,7 @@ from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import follow_output, launch_env, private_folder, read_handshake, take_runner
 from plugbay.core.host.connecting import Connecting
 from plugbay.core.host.live import LIVE, LoopHandoff, cleanup_clients as cleanup_clients  # re-exported: its home
-from plugbay.core.host.stop import killed_while_starting
+from plugbay.core.host.stop import ended_refusal, killed_while_starting, not_closable
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.host.reattach import ReattachConfig, unreattachable
 from plugbay.core.host.streams import StreamKick
@@ -253,13 +253,10 @@ class Client(Connecting):
 
     def killed_refusal(self) -> ClientStateError:
         """What start() and dispense() of a killed (or closed) Client raise."""
-        if self.config.reattach is not None and self._started and not self._kill_called:  # closed, not killed
-            if self._exit_code is None:  # as far as this Client knows, the plugin runs on
-                return ClientStateError(after_close(self.name, self.user_class, None, "use it again"))
-            return ClientStateError(f"the {self.user_class} of plugin {self.name!r} was closed, and the plugin has"
-                                    f" {self._exit_words(self._exit_code)}: nothing is left to reattach to;"
-                                    f" make a new {self.user_class} to run it again")
-        return ClientStateError(f"the client of plugin {self.name!r} was killed; make a new {self.user_class}")
+        closed = self.config.reattach is not None and self._started and not self._kill_called  # not killed
+        code = self._exit_code  # None: as far as this Client knows, the plugin runs on
+        return ended_refusal(self.name, self.user_class, closed=closed,
+                             exit_words=None if code is None else self._exit_words(code))
 
     def killed_starting_error(self) -> ClientStateError:
         """What start() raises when a kill() (or close()) from another thread ended it meanwhile."""
@@ -395,6 +392,4 @@ class Client(Connecting):
 
     def _check_closable(self, starting: bool = False) -> None:
         if self.config.reattach is None and (self._started or starting) and not self._killed:
-            raise ClientStateError(
-                f"close() leaves a plugin running, which only a reattached Client may do; this"
-                f" Client {'is starting' if starting else 'started'} plugin {self.name!r}, so stop it with kill()")
+            raise not_closable(self.name, starting)

@@ -1,4 +1,5 @@
-"""Ending a plugin: asking it to shut down (GRPCController.Shutdown) and saying how it exited."""
+"""Ending a plugin: asking it to shut down (GRPCController.Shutdown), saying how it exited, and what a Client
+that ended (or may not end so) refuses."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import grpc
 
 from plugbay._proto.plugin import grpc_controller_pb2
+from plugbay.core.host.callerrors import after_close
 from plugbay.errors import ClientStateError
 
 _log = logging.getLogger("plugbay.client")
@@ -40,6 +42,25 @@ def killed_while_starting(name: str, user_class: str = "Client") -> ClientStateE
     """What start() raises when a kill() from another thread ended its plugin meanwhile."""
     return ClientStateError(f"the client of plugin {name!r} was killed while it started the plugin; plugbay"
                             f" stopped the plugin. Make a new {user_class} to start it again")
+
+
+def ended_refusal(name: str, user_class: str, *, closed: bool, exit_words: str | None) -> ClientStateError:
+    """What start() and dispense() of an ended Client raise: ``closed``, a reattached one close() let go of
+    (``exit_words``: how its plugin exited since, None: it runs on as far as the Client knows); else a killed one."""
+    if not closed:
+        return ClientStateError(f"the client of plugin {name!r} was killed; make a new {user_class}")
+    if exit_words is None:
+        return ClientStateError(after_close(name, user_class, None, "use it again"))
+    return ClientStateError(f"the {user_class} of plugin {name!r} was closed, and the plugin has {exit_words}:"
+                            f" nothing is left to reattach to; make a new {user_class} to run it again")
+
+
+def not_closable(name: str, starting: bool) -> ClientStateError:
+    """What close() of a Client that started (or is starting) its plugin raises: only a reattached one may leave
+    its plugin running."""
+    return ClientStateError(
+        f"close() leaves a plugin running, which only a reattached Client may do; this"
+        f" Client {'is starting' if starting else 'started'} plugin {name!r}, so stop it with kill()")
 
 
 class ExitGate:
