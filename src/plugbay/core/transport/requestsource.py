@@ -34,10 +34,11 @@ def callers_own(error: BaseException | None) -> bool:
     grpc.RpcError is not (a host's server passing its incoming request stream on: the upstream call failed
     or its caller cancelled, and grpcio's server then raises a bare RpcError, no code()), nor an
     asyncio.CancelledError the iterator raised while nobody cancelled the task reading it (a grpc.aio call
-    it reads from was cancelled or its channel closed: grpc.aio's reads raise that): the call keeps its own
-    UNKNOWN ITERATING_FAILED, the iterator's error as its __cause__, on both sides. Raised as it is, that
-    CancelledError would end the caller's task as a cancel nobody asked for (a TaskGroup takes it so)."""
-    return not isinstance(error, (grpc.RpcError, asyncio.CancelledError))
+    it reads from was cancelled or its channel closed: grpc.aio's reads raise that), nor (on the sync side)
+    any other BaseException that is no Exception: the call keeps its own UNKNOWN ITERATING_FAILED, the
+    iterator's error as its __cause__, on both sides. Raised as it is, that CancelledError would end the
+    caller's task as a cancel nobody asked for (a TaskGroup takes it so)."""
+    return error is None or isinstance(error, Exception) and not isinstance(error, grpc.RpcError)
 
 
 class RequestSource:
@@ -96,6 +97,15 @@ class RequestSource:
             self._error = exc
             del self
             raise
+        except (GeneratorExit, KeyboardInterrupt, SystemExit):
+            raise  # the generator closed (the call ended first), or the process is ending
+        except BaseException as exc:
+            # grpcio's reader catches Exception only: another error (an asyncio.CancelledError from a grpc.aio
+            # call the source reads) ended its thread, and the call waited out its deadline. As an Exception the
+            # call ends at once, with grpcio's UNKNOWN; kept as an upstream's error (callers_own), its cause
+            self._error = exc
+            del self
+            raise _Ended(f"the request iterator raised {_named(exc)}") from exc
 
     def raised(self) -> bool:
         """Whether the iterator raised (take_error() has an error to give)."""
@@ -153,6 +163,10 @@ class RequestSource:
                 return error
         return asyncio.InvalidStateError(f"the call ended when its request iterator raised {self.failed}"
                                          f" (an earlier read raised {self._raised_by_earlier})")
+
+
+class _Ended(Exception):
+    """What grpcio's request reader meets for an iterator's error that is no Exception (it catches only those)."""
 
 
 def _named(error: BaseException) -> str:
