@@ -8,12 +8,15 @@ exited first), threads named plugbay-* (but the spawn thread, which
 lives for the process), entries in the session's private
 TMPDIR (plugin socket dirs, temp files), Docker containers labelled with this
 process's host session id, reattach claims this process made and did not
-release, and new or newly changed files in the checkout (a plugin run with
-the checkout as its working folder). At the end of the session, once every
-fixture is gone, it also checks this process's open descriptors of every
-kind (pipes, sockets, pidfds, eventfds, epoll sets, files) against those it
-had at the start: neither grpcio (its pollers and wakeup fds close with the
-last channel and server) nor Python keeps one of its own past that point.
+release, new or newly changed files in the checkout (a plugin run with
+the checkout as its working folder), and new or newly written kv_<key>
+files in the run's working folder (the KV and counter examples store their
+keys where they run; the checkout ignores those files, so git does not
+list them). At the end of the session, once every fixture is gone, it
+also checks this process's open descriptors of every kind (pipes, sockets,
+pidfds, eventfds, epoll sets, files) against those it had at the start:
+neither grpcio (its pollers and wakeup fds close with the last channel and
+server) nor Python keeps one of its own past that point.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ _SESSION_TMP = Path(f"/tmp/plugbay-test-{os.getpid()}")
 _IGNORED_TMP = ("pytest-of-",)
 _REPO = Path(__file__).resolve().parent.parent
 _UNTRACKED_AT_START: set[str] = set()
+_WORKDIR = Path.cwd()  # the run's, whatever folder a test moves to for a while
+_KV_FILES_AT_START: dict[str, int] = {}
 # inherited by every process this run starts (unless a test gives it a clean environment): one
 # still running but no longer descended from pytest is an orphan this run left
 _RUN_MARK_NAME = "LEAKCHECK_RUN"
@@ -55,6 +60,21 @@ def _untracked() -> set[str]:
     except (OSError, subprocess.SubprocessError):
         return set()
     return {line[3:] if line.startswith("??") else f"M {line[3:]}" for line in out.splitlines()}
+
+
+def _kv_files() -> dict[str, int]:
+    """The KV examples' key files (kv_<key>) in the run's working folder, each with when it was last written."""
+    found: dict[str, int] = {}
+    for path in _WORKDIR.glob("kv_*"):
+        try:
+            found[path.name] = path.lstat().st_mtime_ns
+        except OSError:
+            continue  # removed meanwhile
+    return found
+
+
+def _new_kv_files() -> list[str]:
+    return sorted(name for name, written in _kv_files().items() if _KV_FILES_AT_START.get(name) != written)
 
 
 def _descriptors() -> dict[int, str]:
@@ -79,6 +99,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     os.environ[_RUN_MARK_NAME] = _RUN_MARK
     _UNTRACKED_AT_START.update(_untracked())
+    _KV_FILES_AT_START.update(_kv_files())
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -142,6 +163,7 @@ def find_leaks() -> list[str]:
                   if not p.name.startswith(_IGNORED_TMP)]
     leaks += _docker_leaks()
     leaks += [f"new or changed file in the checkout: {f}" for f in sorted(_untracked() - _UNTRACKED_AT_START)]
+    leaks += [f"a KV example's key file {_WORKDIR / name} (run the plugin in tmp_path)" for name in _new_kv_files()]
     return leaks
 
 
@@ -209,6 +231,7 @@ def _no_leaks_after_module(request: pytest.FixtureRequest) -> object:
             _FD_MODULE.setdefault((fd, target), request.module.__name__)
     leaks = _settled_leaks()
     _UNTRACKED_AT_START.update(_untracked())  # report a stray file once, not after every module
+    _KV_FILES_AT_START.update(_kv_files())
     if leaks:
         pytest.fail(f"{request.module.__name__} left resources behind:\n  " + "\n  ".join(leaks),
                     pytrace=False)

@@ -118,12 +118,13 @@ def test_a_link_local_address_without_a_scope_is_refused_saying_so(link_local: t
 
 
 @pytest.mark.parametrize("zone", ["name", "index"])
-def test_a_plugin_on_the_machines_own_link_local_address_serves(link_local: tuple[str, str], zone: str) -> None:
+def test_a_plugin_on_the_machines_own_link_local_address_serves(link_local: tuple[str, str], zone: str,
+                                                                 tmp_path: Path) -> None:
     # bound with the scope's interface index: without it the kernel refuses a link-local bind (EINVAL),
     # and the scoped address never equals an unscoped one; Go names a zone by number when it has no name
     address, interface = link_local
     scope = interface if zone == "name" else str(socket.if_nametoindex(interface))
-    runner = ProcessRunner([PY, KV_EXAMPLE], env={"PLUGBAY_LISTEN": f"tcp:[{address}%{scope}]:0"})
+    runner = ProcessRunner([PY, KV_EXAMPLE], env={"PLUGBAY_LISTEN": f"tcp:[{address}%{scope}]:0"}, cwd=tmp_path)
     with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=30)) as client:
         assert client.handshake.address.startswith(f"[{address}%"), client.handshake.address
         kv = client.dispense(PLUGIN_NAME)
@@ -133,10 +134,10 @@ def test_a_plugin_on_the_machines_own_link_local_address_serves(link_local: tupl
 
 # "LOCALHOST": RFC 6761's name in any case, as resolvers read it
 @pytest.mark.parametrize("listen", ["tcp:localhost:0", "tcp:LOCALHOST:0", "tcp:[::1]:0"])
-def test_local_addresses_are_dialed_as_announced(listen: str) -> None:
+def test_local_addresses_are_dialed_as_announced(listen: str, tmp_path: Path) -> None:
     if listen == "tcp:[::1]:0" and not socket.has_ipv6:
         pytest.skip("no IPv6 here")
-    runner = ProcessRunner([PY, KV_EXAMPLE], env={"PLUGBAY_LISTEN": listen})
+    runner = ProcessRunner([PY, KV_EXAMPLE], env={"PLUGBAY_LISTEN": listen}, cwd=tmp_path)
     with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, runner=runner, start_timeout=30)) as client:
         assert client.handshake.address.startswith(listen[4:-1]), client.handshake.address  # as announced
         kv = client.dispense(PLUGIN_NAME)

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests import gobuild
 from tests.procs import descendants
 
@@ -118,6 +120,7 @@ def test_a_start_that_ended_as_its_owner_was_cancelled_is_refused_to_its_waiter(
     assert gone
 
 
+@pytest.mark.usefixtures("in_tmp")  # the KV example stores its key in a kv_<key> file where it runs
 def test_a_reattach_that_ended_as_its_owner_was_cancelled_leaves_the_plugin_running() -> None:
     with Client(ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: KVPlugin()}, cmd=KV_PLUGIN)) as host:
         host.dispense(PLUGIN_NAME).put("shared", b"kept")

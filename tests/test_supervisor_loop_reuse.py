@@ -29,6 +29,9 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402, I001
 from plugbay import (Client, ClientConfig, RestartBudgetExhaustedError, RestartPolicy, Supervisor,  # noqa: E402
                      cleanup_clients)
 
+# go-plugin's KV plugin stores each key in a kv_<key> file where it runs: each test's own folder
+pytestmark = pytest.mark.usefixtures("in_tmp")
+
 RESTARTS = 60
 BOUND = 90.0  # seconds: a slow machine does fewer restarts, never hangs
 
