@@ -20,6 +20,7 @@ The two "vs Go host" rows are plugbay's host start against go-plugin's own host
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import re
@@ -86,8 +87,7 @@ def _go_host_round(host: str, plugin_cmd: list[str], automtls: bool, calls: int,
                   data["n"], data["calls_per_s"], note=note)
 
 
-def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context,
-             floor: Callable[[str, int], Result] | None = None) -> Result:
+def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
     host = go_program(ctx, "kv_host")
     if host is None:
         return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
@@ -100,7 +100,57 @@ def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context,
         def start(calls: int) -> Result:
             return _go_host_round(host, plugin_cmd, automtls, calls, cwd, note)
 
-        return interleaved(ctx, start, (lambda calls: floor(cwd, calls)) if floor is not None else None)
+        return interleaved(ctx, start)
+
+
+PAIR_BLOCK = 50  # bench-pair's Gets per turn: each plugin's calls spread over the whole run
+
+
+def _go_host_with_floor(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
+    """The Go host -> Python plugin rows: each round one Go host running the bare grpcio plugin and this one.
+
+    kv_host's bench-pair starts both (which first swaps every round), then times their Gets in
+    alternating blocks of PAIR_BLOCK, so both see the same moments of the machine's load. Their rounds
+    run one after the other (as until the fifty-seventh session) saw different moments: over 16 pairs,
+    the bare plugin against itself ranged 0.64-1.58x that way, 0.90-1.11x in one host.
+    """
+    host = go_program(ctx, "kv_host")
+    if host is None:
+        return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
+    note = ("go-plugin host" + (" + plugbay relay-tls (plugin side)" if automtls else "")
+            + f"; its floor in the same host, Gets alternating in blocks of {PAIR_BLOCK}")
+    with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
+        rounds = itertools.count()
+        theirs: list[Result] = []
+
+        def floor(calls: int) -> Result:
+            mine, bare = _go_host_pair(host, plugin_cmd, automtls, calls, cwd, next(rounds) % 2 == 1, note)
+            theirs.append(mine)  # interleaved() asks for the row's round right after its floor's
+            return bare
+
+        return interleaved(ctx, lambda calls: theirs.pop(), floor)
+
+
+def _go_host_pair(host: str, plugin_cmd: list[str], automtls: bool, calls: int, cwd: str, row_first: bool,
+                  note: str) -> tuple[Result, Result]:
+    """One kv_host bench-pair run: (this plugin's figures, the bare grpcio plugin's)."""
+    env = {**os.environ, "KV_PLUGIN": shlex.join(FLOOR_PLUGIN), "KV_PLUGIN_B": shlex.join(plugin_cmd)}
+    if automtls:  # both plugins see it: only the bare one reads it
+        from floor_relay import CERT_DIR_ENV, made_ahead
+
+        folder = os.path.join(cwd, "floor-cert")
+        os.makedirs(folder, exist_ok=True)
+        made_ahead(folder)  # before the timed starts: the floor plugin only reads it
+        env[CERT_DIR_ENV] = folder
+    args = [host, "--timeout", "120s"] + (["--automtls"] if automtls else []) + [
+        "bench-pair", str(max(calls, 1)), str(PAIR_BLOCK), "ba" if row_first else "ab"]
+    out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        raise RuntimeError(f"kv_host bench-pair failed ({out.returncode}): {out.stdout}{out.stderr}")
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    mine, bare = (Result(d["start_to_first_call_ms"], d["p50_us"], d["p99_us"], d["n"], d["calls_per_s"], note=n)
+                  for d, n in ((data["b"], note), (data["a"], "")))
+    return mine, bare
 
 
 def _go_host_alone(automtls: bool, ctx: Context) -> Result:
@@ -147,18 +197,12 @@ def _bare_host(plugin_cmd: list[str], ctx: Context, automtls: bool = False) -> R
 
 
 def _floor_round(c: Context, kind: str) -> Callable[[str, int], Result] | None:
-    """One round of a floor row (in a working directory, timing ``calls`` calls), taken between a row's."""
-    if kind in ("floor-host", "floor-host-tls"):
-        plugin = go_program(c, "kv_plugin")
-        if plugin is None:
-            return None
-        tls = kind == "floor-host-tls"
-        return lambda cwd, calls: _bare_round([plugin], calls, cwd, c, tls)
-    host = go_program(c, "kv_host")
-    if host is None:
+    """One round of a bare grpcio host's floor row ("floor-host" or "floor-host-tls": in a working directory,
+    timing ``calls`` calls), taken between a row's. The Go host rows' floor runs in their host (bench-pair)."""
+    plugin = go_program(c, "kv_plugin")
+    if plugin is None:
         return None
-    tls = kind == "floor-plugin-tls"
-    return lambda cwd, calls: _go_host_round(host, FLOOR_PLUGIN, tls, calls, cwd, "")
+    return lambda cwd, calls: _bare_round([plugin], calls, cwd, c, kind == "floor-host-tls")
 
 
 def _vs_go_host(automtls: bool, c: Context) -> Result:
@@ -250,7 +294,7 @@ def cases(ctx: Context) -> list[Case]:
             return _python_host([plugin], m, c, _floor_round(c, "floor-host-tls" if m else "floor-host"))
 
         def go_py(c: Context, m: bool = automtls) -> Result:
-            return _go_host(PY_PLUGIN, m, c, _floor_round(c, "floor-plugin-tls" if m else "floor-plugin"))
+            return _go_host_with_floor(PY_PLUGIN, m, c)
 
         def py_py(c: Context, m: bool = automtls) -> Result:
             return _python_host(PY_PLUGIN, m, c)

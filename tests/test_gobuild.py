@@ -145,6 +145,31 @@ def test_bench_mode_prints_latency_json(tmp_path: Path, sockdir: str) -> None:
     assert figures["start_to_first_call_ms"] > 0
 
 
+@pytest.mark.parametrize("order", ["ab", "ba"])
+def test_bench_pair_mode_times_two_plugins_in_one_host(tmp_path: Path, sockdir: str, order: str) -> None:
+    """The core bench's Go host -> Python plugin rows: both plugins start, each times its own Gets, both end."""
+    rc, out, err = _kv(tmp_path, sockdir, "bench-pair", "120", "50", order, KV_PLUGIN_B=str(build_go("kv_plugin")))
+    assert rc == 0, (out, err)
+    figures = json.loads(out)
+    assert sorted(figures) == ["a", "b"]
+    for side in figures.values():
+        assert side["n"] == 120 and side["automtls"] is False  # 120: two full blocks and a part one each
+        assert 0 < side["p50_us"] <= side["p99_us"] and side["calls_per_s"] > 0
+        assert side["start_to_first_call_ms"] > 0
+    assert err.count("kv_host: handshake protocol=grpc") == 2
+    assert err.count("kv_host: kill graceful=true") == 2, err
+
+
+def test_bench_pair_mode_usage_errors(tmp_path: Path, sockdir: str) -> None:
+    plugin_b = str(build_go("kv_plugin"))
+    rc, _, err = _kv(tmp_path, sockdir, "bench-pair", "10", "5", KV_PLUGIN_B=plugin_b)
+    assert rc == 2 and "bench-pair N BLOCK ab|ba" in err
+    rc, out, _ = _kv(tmp_path, sockdir, "bench-pair", "10", "5", "ac", KV_PLUGIN_B=plugin_b)
+    assert rc == 1 and "bench-pair's start order is ab or ba" in out
+    rc, out, _ = _kv(tmp_path, sockdir, "bench-pair", "10", "0", "ab", KV_PLUGIN_B=plugin_b)
+    assert rc == 1 and "bench-pair needs a positive block size" in out
+
+
 def test_get_of_a_missing_key_fails_with_the_plugin_error(tmp_path: Path, sockdir: str) -> None:
     rc, out, err = _kv(tmp_path, sockdir, "get", "absent")
     assert rc == 1

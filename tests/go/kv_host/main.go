@@ -3,6 +3,13 @@
 //	kv_host [--automtls] [-v] [--timeout 60s] put KEY VALUE
 //	kv_host [--automtls] [-v] [--timeout 60s] get KEY      (prints the value)
 //	kv_host [--automtls] [-v] [--timeout 60s] bench N      (prints JSON latency figures)
+//	kv_host [--automtls] [-v] [--timeout 60s] bench-pair N BLOCK ab|ba
+//
+// bench-pair runs two plugins, KV_PLUGIN ("a") and KV_PLUGIN_B ("b"), each through its own client,
+// started one after the other in the order given, then times N Gets on each in alternating blocks of
+// BLOCK (a then b, then b then a, ...), so that both plugins' calls see the same moments of a shared
+// machine's load; it prints {"a": figures, "b": figures}. Rounds run one after the other saw
+// different moments: two of the same plugin's p50 differed by up to 1.3x.
 //
 // The plugin command comes from KV_PLUGIN and runs through `sh -c`, like the Go example.
 // Only gRPC is allowed. On stderr it reports the negotiated handshake and, after client.Kill
@@ -17,6 +24,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -47,25 +55,44 @@ func main() {
 	verbose := flag.Bool("v", false, "show go-plugin's client log and the plugin's log lines on stderr")
 	timeout := flag.Duration("timeout", 60*time.Second, "exit with code 3 when the whole run takes longer")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: kv_host [--automtls] [-v] [--timeout D] put KEY VALUE | get KEY | bench N\n")
+		fmt.Fprintf(os.Stderr, "usage: kv_host [--automtls] [-v] [--timeout D] put KEY VALUE | get KEY | bench N"+
+			" | bench-pair N BLOCK ab|ba\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
 	args := flag.Args()
-	if len(args) < 2 || (args[0] == "put" && len(args) != 3) || (args[0] != "put" && len(args) != 2) {
+	want := map[string]int{"put": 3, "bench-pair": 4}[firstOf(args)]
+	if want == 0 {
+		want = 2
+	}
+	if len(args) != want {
 		flag.Usage()
 		os.Exit(2)
 	}
 	host := hostutil.NewHost("kv_host", "KV_PLUGIN", *verbose)
+	if args[0] == "bench-pair" {
+		other := hostutil.NewHost("kv_host", "KV_PLUGIN_B", *verbose)
+		host.Watchdog(*timeout, other)
+		if err := runPair(host, other, args, *autoMTLS); err != nil {
+			host.Fail(fmt.Sprintf("error: %v", err))
+		}
+		return
+	}
 	host.Watchdog(*timeout)
 	if err := run(host, args, *autoMTLS); err != nil {
 		host.Fail(fmt.Sprintf("error: %v", err))
 	}
 }
 
-func run(host *hostutil.Host, args []string, autoMTLS bool) error {
-	started := time.Now()
-	client := plugin.NewClient(&plugin.ClientConfig{
+func firstOf(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	return args[0]
+}
+
+func newClient(host *hostutil.Host, autoMTLS bool) *plugin.Client {
+	return plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  hostutil.Handshake,
 		Plugins:          map[string]plugin.Plugin{"kv_grpc": &kvPlugin{}},
 		Cmd:              host.Cmd,
@@ -73,18 +100,29 @@ func run(host *hostutil.Host, args []string, autoMTLS bool) error {
 		AutoMTLS:         autoMTLS,
 		Logger:           host.Logger(),
 	})
-	defer host.Kill(client)
+}
 
+func dispense(host *hostutil.Host, client *plugin.Client, autoMTLS bool, started time.Time) (kvproto.KVClient, error) {
 	rpcClient, err := client.Client()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	raw, err := rpcClient.Dispense("kv_grpc")
 	if err != nil {
+		return nil, err
+	}
+	host.ReportHandshake(client, autoMTLS, started)
+	return raw.(kvproto.KVClient), nil
+}
+
+func run(host *hostutil.Host, args []string, autoMTLS bool) error {
+	started := time.Now()
+	client := newClient(host, autoMTLS)
+	defer host.Kill(client)
+	kv, err := dispense(host, client, autoMTLS, started)
+	if err != nil {
 		return err
 	}
-	kv := raw.(kvproto.KVClient)
-	host.ReportHandshake(client, autoMTLS, started)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -108,6 +146,85 @@ func run(host *hostutil.Host, args []string, autoMTLS bool) error {
 	default:
 		return fmt.Errorf("please only use 'get', 'put' or 'bench', given: %q", args[0])
 	}
+}
+
+// runPair: bench-pair's two plugins (see the top of the file).
+func runPair(a, b *hostutil.Host, args []string, autoMTLS bool) error {
+	n, err := strconv.Atoi(args[1])
+	if err != nil || n < 1 {
+		return fmt.Errorf("bench-pair needs a positive call count, got %q", args[1])
+	}
+	block, err := strconv.Atoi(args[2])
+	if err != nil || block < 1 {
+		return fmt.Errorf("bench-pair needs a positive block size, got %q", args[2])
+	}
+	hosts := map[string]*hostutil.Host{"a": a, "b": b}
+	order := map[string][]string{"ab": {"a", "b"}, "ba": {"b", "a"}}[args[3]]
+	if order == nil {
+		return fmt.Errorf("bench-pair's start order is ab or ba, got %q", args[3])
+	}
+	kvs := map[string]kvproto.KVClient{}
+	firsts := map[string]time.Duration{}
+	for _, name := range order {
+		started := time.Now()
+		client := newClient(hosts[name], autoMTLS)
+		defer hosts[name].Kill(client)
+		kv, err := dispense(hosts[name], client, autoMTLS, started)
+		if err != nil {
+			return fmt.Errorf("plugin %s: %w", name, err)
+		}
+		if err := put(kv); err != nil {
+			return fmt.Errorf("plugin %s: %w", name, err)
+		}
+		kvs[name], firsts[name] = kv, time.Since(started)
+	}
+	lat := map[string][]float64{"a": make([]float64, 0, n), "b": make([]float64, 0, n)}
+	spent := map[string]time.Duration{}
+	for i := 0; len(lat["a"]) < n; i++ {
+		turn := []string{"a", "b"}
+		if i%2 == 1 {
+			turn = []string{"b", "a"}
+		}
+		k := block
+		if left := n - len(lat["a"]); left < k {
+			k = left
+		}
+		for _, name := range turn {
+			t0 := time.Now()
+			if err := timeGets(kvs[name], k, lat, name); err != nil {
+				return fmt.Errorf("plugin %s: %w", name, err)
+			}
+			spent[name] += time.Since(t0)
+		}
+	}
+	out, _ := json.Marshal(map[string]interface{}{
+		"a": hostutil.BenchFigures(lat["a"], firsts["a"], spent["a"], autoMTLS),
+		"b": hostutil.BenchFigures(lat["b"], firsts["b"], spent["b"], autoMTLS),
+	})
+	fmt.Println(string(out))
+	return nil
+}
+
+func put(kv kvproto.KVClient) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := kv.Put(ctx, &kvproto.PutRequest{Key: "bench", Value: []byte("value")})
+	return err
+}
+
+// timeGets times k Gets one by one, adding their latencies (us) to lat[name].
+func timeGets(kv kvproto.KVClient, k int, lat map[string][]float64, name string) error {
+	for i := 0; i < k; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		s := time.Now()
+		_, err := kv.Get(ctx, &kvproto.GetRequest{Key: "bench"})
+		lat[name] = append(lat[name], float64(time.Since(s).Nanoseconds())/1000)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // bench: one Put is the first call (start_to_first_call covers launch, handshake, dial and it),

@@ -56,11 +56,16 @@ func (h *Host) killGroup() {
 	}
 }
 
-// Watchdog ends the plugin's group and exits with code 3 once d has passed.
-func (h *Host) Watchdog(d time.Duration) {
+// Watchdog ends the plugin's group (and those of others, hosts of the same run) and exits with
+// code 3 once d has passed.
+func (h *Host) Watchdog(d time.Duration, others ...*Host) {
 	time.AfterFunc(d, func() {
 		h.timedOut.Store(true) // before the kill: the call the kill ends must not exit first (see Fail)
 		fmt.Fprintf(os.Stderr, "%s: timed out after %s\n", h.Prog, d)
+		for _, o := range others {
+			o.timedOut.Store(true)
+			o.killGroup()
+		}
 		h.killGroup()
 		os.Exit(3)
 	})
@@ -144,15 +149,21 @@ func (s *LogSink) Graceful() bool {
 
 // PrintBench prints the bench figures as one JSON line on stdout.
 func PrintBench(latUS []float64, first, total time.Duration, autoMTLS bool) {
+	out, _ := json.Marshal(BenchFigures(latUS, first, total, autoMTLS))
+	fmt.Println(string(out))
+}
+
+// BenchFigures are one plugin's bench figures: its start to first call, the p50 and p99 of its
+// calls' latencies (us) and its calls per second over total, the time its calls took.
+func BenchFigures(latUS []float64, first, total time.Duration, autoMTLS bool) map[string]interface{} {
 	sort.Float64s(latUS)
 	pct := func(p float64) float64 { return latUS[int(p*float64(len(latUS)-1)+0.5)] }
-	out, _ := json.Marshal(map[string]interface{}{
+	return map[string]interface{}{
 		"start_to_first_call_ms": float64(first.Microseconds()) / 1000,
 		"p50_us":                 pct(0.50),
 		"p99_us":                 pct(0.99),
 		"n":                      len(latUS),
 		"calls_per_s":            float64(len(latUS)) / total.Seconds(),
 		"automtls":               autoMTLS,
-	})
-	fmt.Println(string(out))
+	}
 }
