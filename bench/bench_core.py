@@ -112,7 +112,7 @@ def _go_host_with_floor(plugin_cmd: list[str], automtls: bool, ctx: Context) -> 
     kv_host's bench-pair starts both (which first swaps every round), then times their Gets in
     alternating blocks of PAIR_BLOCK, so both see the same moments of the machine's load. Their rounds
     run one after the other (as until the fifty-seventh session) saw different moments: over 16 pairs,
-    the bare plugin against itself ranged 0.64-1.58x that way, 0.90-1.11x in one host.
+    the bare plugin against itself ranged 0.40-1.36x that way, 0.90-1.11x in one host.
     """
     host = go_program(ctx, "kv_host")
     if host is None:
