@@ -9,7 +9,7 @@
 // started one after the other in the order given, then times N Gets on each in alternating blocks of
 // BLOCK (a then b, then b then a, ...), so that both plugins' calls see the same moments of a shared
 // machine's load; it prints {"a": figures, "b": figures}. Rounds run one after the other saw
-// different moments: two of the same plugin's p50 differed by up to 1.3x.
+// different moments: one plugin's p50 over its own, 16 such pairs, ranged 0.40-1.36x.
 //
 // The plugin command comes from KV_PLUGIN and runs through `sh -c`, like the Go example.
 // Only gRPC is allowed. On stderr it reports the negotiated handshake and, after client.Kill
