@@ -178,15 +178,11 @@ def test_per_connection_callbacks_through_a_plugin_container(plugbay_image: Any)
 @pytest.fixture(scope="module")
 def go_counter_image(plugbay_docker: Any) -> str:
     """go-plugin 1.0.1's counter plugin (tests/go/counter_plugin, static) in a plugin image."""
-    import shutil
-
-    from plugbay import images
+    from plugbay import images, imagesteps
     from tests.gobuild import go_program_or_skip
 
     plugin = go_program_or_skip("counter_plugin")
-    folder = images.CACHE / "counter-go-src"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(plugin, folder / "counter_plugin")
+    folder = imagesteps.binary_folder(images.CACHE, plugin, "counter_plugin")
     images.build_plugin_image("plugbay-counter-go:test", folder, ["/plugin/counter_plugin"],
                               client=plugbay_docker, progress=lambda line: None)
     return "plugbay-counter-go:test"

@@ -33,8 +33,8 @@ from typing import Any
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError, ImageNotFoundError, RunnerError
 from plugbay.imagedrops import drop_failed_step, drop_replaced
-from plugbay.imagesteps import (IGNORED, Progress, build_lock, check_entry_files, check_tag, make_readable,
-                                run_step)
+from plugbay.imagesteps import (IGNORED, Progress, binary_folder, build_lock, check_entry_files, check_tag,
+                                make_readable, run_step)
 from plugbay.imagesteps import tree_hash as _tree_hash
 from plugbay.runners.docker.engine import engine, engine_call, engine_unreachable, require_sdk
 from plugbay.runners.docker.sweep import BUILT
@@ -71,11 +71,7 @@ def _kv_go_source() -> Path:
         from tests.gobuild import build_go  # the Go test programs live with the tests
     finally:
         sys.path.remove(str(REPO))
-    binary = build_go("kv_plugin")
-    folder = CACHE / "kv-go-src"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(binary, folder / "kv_plugin")
-    return folder
+    return binary_folder(CACHE, build_go("kv_plugin"), "kv_plugin")
 
 
 EXAMPLES: dict[str, PluginImage] = {

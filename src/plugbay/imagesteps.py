@@ -5,7 +5,8 @@ Each command (debootstrap, docker import, pip) runs in a process group of its ow
 passed on line by line as progress; a step cut short ends the whole group. Builds in several
 processes (pytest workers) take one lock file in turn, waiting a bounded time for it. A plugin
 image's tag, entry and folder are checked before the engine builds anything: what it would refuse
-(or what would build but never run) is a ConfigError that says what to change.
+(or what would build but never run) is a ConfigError that says what to change. A compiled plugin's
+folder (binary_folder) is made once per binary, never written over while another process builds from it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import posixpath
 import re
 import signal
 import stat
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -87,6 +90,44 @@ def _end_group(proc: subprocess.Popen[str]) -> None:
 
 
 # --- what goes into a plugin image ---------------------------------------------
+
+_FOLDER_PRUNE_AFTER = 24 * 3600.0  # a folder of an older binary nobody asked for since: dead weight
+
+
+def binary_folder(cache: Path, binary: Path, name: str) -> Path:
+    """A plugin folder in ``cache`` holding ``binary`` alone, as ``name``: one folder per binary content,
+    made whole elsewhere and renamed into place, then never written again.
+
+    The folder was one fixed path each build copied the binary over: a process (a pytest-xdist worker)
+    asking for the same image while another one hashed or copied that folder into its build context
+    truncated the file under it, and the image got a cut binary (or a hash that never matched again)."""
+    with open(binary, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()[:16]
+    folder = cache / f"{name}-src-{digest}"
+    if (folder / name).is_file():
+        os.utime(folder)  # in use: not pruned below by another process
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    made = Path(tempfile.mkdtemp(prefix=f".{name}-src-", dir=cache))
+    try:
+        made.chmod(0o755)  # as a folder made with mkdir: its mode goes into the image's content hash
+        shutil.copy2(binary, made / name)
+        try:
+            made.rename(folder)
+        except OSError:
+            if not (folder / name).is_file():  # another process's whole folder got there first: that one
+                raise
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
+    horizon = time.time() - _FOLDER_PRUNE_AFTER
+    for old in [*cache.glob(f"{name}-src-*"), *cache.glob(f".{name}-src-*")]:  # the latter: a copy cut short
+        try:
+            if old != folder and old.stat().st_mtime < horizon:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue
+    return folder
+
 
 # Docker's reference grammar (distribution/reference): an optional registry host, then lowercase path
 # components, then an optional tag. The engine answers anything else with a bare 400.
