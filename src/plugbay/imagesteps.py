@@ -105,7 +105,10 @@ def binary_folder(cache: Path, binary: Path, name: str) -> Path:
         digest = hashlib.file_digest(file, "sha256").hexdigest()[:16]
     folder = cache / f"{name}-src-{digest}"
     if (folder / name).is_file():
-        os.utime(folder)  # in use: not pruned below by another process
+        try:
+            os.utime(folder)  # in use: not pruned below by another process
+        except OSError:  # another user's cache folder: theirs to prune
+            pass
         return folder
     cache.mkdir(parents=True, exist_ok=True)
     made = Path(tempfile.mkdtemp(prefix=f".{name}-src-", dir=cache))
