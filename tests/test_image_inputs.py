@@ -170,3 +170,29 @@ def test_a_failed_build_leaves_no_image_behind(plugbay_docker: Any, tmp_path: Pa
         plugbay_docker.images.get(steps[-1])
     with pytest.raises(ImageNotFound):
         plugbay_docker.images.get(tag)
+
+
+def test_the_wheel_holds_what_src_holds_not_an_old_builds_leftovers() -> None:
+    # setuptools builds in the checkout's build/lib and never removes from it: a module deleted from src
+    # since an earlier wheel went on into every image built after.
+    made = not (images.REPO / "build").exists()
+    stale = images.REPO / "build" / "lib" / "plugbay" / "_deleted_since_an_earlier_build.py"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("LEFT = True\n")
+    try:
+        with tempfile.TemporaryDirectory(prefix="plugbay-wheel-test-") as dest:
+            images._plugbay_wheel(Path(dest), lambda line: None)
+            (wheel,) = Path(dest).glob("plugbay-*.whl")
+            import zipfile
+
+            names = set(zipfile.ZipFile(wheel).namelist())
+        source = {f"plugbay/{path.relative_to(images.REPO / 'src' / 'plugbay').as_posix()}"
+                  for path in (images.REPO / "src" / "plugbay").rglob("*")
+                  if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
+        packaged = {name for name in names if name.startswith("plugbay/")}
+        assert packaged == source, (sorted(packaged - source)[:5], sorted(source - packaged)[:5])
+    finally:
+        if made:
+            shutil.rmtree(images.REPO / "build")
+        else:
+            stale.unlink()

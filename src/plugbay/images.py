@@ -205,8 +205,14 @@ def _plugbay_wheel(dest: Path, progress: Progress) -> None:
     if not (REPO / "pyproject.toml").exists():
         raise ConfigError(f"plugbay's source tree is not at {REPO}; plugin images are built from a checkout")
     with tempfile.TemporaryDirectory(prefix="plugbay-wheel-") as build:
+        # Built from a copy of what the image's hash covers: setuptools builds in the tree's build/lib and
+        # never removes from it, so a wheel of the checkout itself carried modules deleted from src since.
+        tree = Path(build) / "tree"
+        shutil.copytree(REPO / "src" / "plugbay", tree / "src" / "plugbay", ignore=shutil.ignore_patterns(*IGNORED))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / name, tree / name)
         run_step([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                 "-w", build, str(REPO)], progress, what="pip wheel plugbay")
+                 "-w", build, str(tree)], progress, what="pip wheel plugbay")
         for wheel in Path(build).glob("plugbay-*.whl"):
             shutil.copy2(wheel, dest / wheel.name)
 
