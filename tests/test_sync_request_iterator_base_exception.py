@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import pytest
 
 from plugbay import Client, ClientConfig
 from tests.test_sync_request_iterator import (DETAILS, PLUGIN_NAME, REPO, HANDSHAKE, StreamerPlugin, calls, outcome,
@@ -21,8 +22,11 @@ from tests.test_sync_request_iterator import (DETAILS, PLUGIN_NAME, REPO, HANDSH
 CALL_TIMEOUT = 5.0  # what such a call waited before: it then failed DEADLINE_EXCEEDED (CallTimeoutError)
 
 
-def test_a_request_iterator_raising_a_cancelled_error_ends_the_call_with_its_own_unknown() -> None:
-    cancelled = asyncio.CancelledError()
+@pytest.mark.parametrize("raised", [asyncio.CancelledError, SystemExit, KeyboardInterrupt])
+def test_a_request_iterator_raising_a_cancelled_error_ends_the_call_with_its_own_unknown(
+        raised: type[BaseException]) -> None:
+    # SystemExit and KeyboardInterrupt too: raised on grpcio's reader thread they end only that thread
+    cancelled = raised()
 
     def source() -> Iterator[Any]:
         yield streaming_pb2.Chunk(seq=0, data=b"first")

@@ -23,6 +23,9 @@ def _rebuilt(cls: type[PlugbayError], args: tuple[Any, ...]) -> PlugbayError:
     return error
 
 
+_rebuilt.__module__ = "plugbay.errors"  # pickles name it there (re-exported), so a plugbay before the move loads them
+
+
 class ConfigError(PlugbayError, ValueError):
     """The caller passed options that cannot work together or are malformed."""
 

@@ -256,7 +256,7 @@ class Client(Connecting):
         closed = self.config.reattach is not None and self._started and not self._kill_called  # not killed
         code = self._exit_code  # None: as far as this Client knows, the plugin runs on
         return ended_refusal(self.name, self.user_class, closed=closed,
-                             exit_words=None if code is None else self._exit_words(code))
+                             exit_words=None if code is None or not closed else self._exit_words(code))
 
     def killed_starting_error(self) -> ClientStateError:
         """What start() raises when a kill() (or close()) from another thread ended it meanwhile."""

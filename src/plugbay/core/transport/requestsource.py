@@ -97,12 +97,13 @@ class RequestSource:
             self._error = exc
             del self
             raise
-        except (GeneratorExit, KeyboardInterrupt, SystemExit):
-            raise  # the generator closed (the call ended first), or the process is ending
+        except GeneratorExit:
+            raise  # the generator closed: the call ended first
         except BaseException as exc:
             # grpcio's reader catches Exception only: another error (an asyncio.CancelledError from a grpc.aio
-            # call the source reads) ended its thread, and the call waited out its deadline. As an Exception the
-            # call ends at once, with grpcio's UNKNOWN; kept as an upstream's error (callers_own), its cause
+            # call the source reads; a SystemExit or KeyboardInterrupt, which on grpcio's reader thread end only
+            # that thread) ended its thread, and the call waited out its deadline. As an Exception the call ends
+            # at once, with grpcio's UNKNOWN; kept as an upstream's error (callers_own), its cause
             self._error = exc
             del self
             raise _Ended(f"the request iterator raised {_named(exc)}") from exc
