@@ -11,6 +11,8 @@ instead of storing when the key names an output path:
   announce serve a grpc health server through the broker now (accept_and_serve); Get("announced")
            then returns its broker id, for the host to dial whenever it opens its broker stream
   announce-kv  the same with this KV service (so a brokered call can run "sub" and block)
+  announce-at  announce value ("NETWORK|ADDRESS") on the broker stream as a server of its own, serving nothing
+           there itself (a plugin naming another process's socket); Get("announced") returns the id
 other keys are stored in memory; Get returns them.
 
 PROBE_VERSIONS="2,3"   serve under those app versions (versioned_plugins) instead of 1
@@ -85,6 +87,13 @@ class ProbeKV:
             service_id = self.broker.next_id()
             self.broker.accept_and_serve(service_id, lambda server: kv_pb2_grpc.add_KVServicer_to_server(
                 _KVServicer(self), server))
+            self.data["announced"] = str(service_id).encode()
+        elif key == "announce-at" and self.broker is not None:
+            from plugbay._proto.plugin import grpc_broker_pb2 as pb
+
+            network, _, address = text.partition("|")
+            service_id = self.broker.next_id()
+            self.broker._send(pb.ConnInfo(service_id=service_id, network=network, address=address))
             self.data["announced"] = str(service_id).encode()
         else:
             self.data[key] = value

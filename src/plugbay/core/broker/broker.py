@@ -211,14 +211,28 @@ class GRPCBroker(StreamEnd, Multiplexed):
             raise BrokerAddressRefusedError(f"broker id {id} was announced at an address plugbay will not dial:"
                                             f" {problem}")
         translator = self.transport.translator
-        if translator is None:
-            return self._channel_to(network, address)
-        try:  # a process runner refuses a tcp address off this machine (runners.announced), at once
-            network, address = translator.plugin_to_host(network, address)
-        except MalformedHandshakeError as exc:  # its refusal of a handshake's address: here a broker id's
-            raise BrokerAddressRefusedError(f"broker id {id}: {exc.reason}") from None
-        # what the runner holds for this address (a Docker socket's handle) goes with the channel
-        return self._channel_to(network, address, [lambda: translator.release_address(network, address)])
+        cleanup: list[Callable[[], None]] = []
+        mapped = network, address
+        if translator is not None:
+            try:  # a process runner refuses a tcp address off this machine (runners.announced), at once
+                mapped = translator.plugin_to_host(network, address)
+            except MalformedHandshakeError as exc:  # its refusal of a handshake's address: here a broker id's
+                raise BrokerAddressRefusedError(f"broker id {id}: {exc.reason}") from None
+            # what the runner holds for this address (a Docker socket's handle) goes with the channel
+            cleanup.append(lambda: translator.release_address(*mapped))
+        if self.transport.prove is None:
+            return self._channel_to(*mapped, cleanup)
+        try:  # who listens there, proven as for the handshake's address; a unix socket dialed through a handle
+            dial_at, release = self.transport.prove((network, address), *mapped)
+        except BaseException as exc:
+            for func in cleanup:
+                func()
+            if isinstance(exc, MalformedHandshakeError):  # UnprovenAddressError: names who listens, the opt-out
+                raise BrokerAddressRefusedError(f"broker id {id}: {exc.reason}") from None
+            raise
+        if release is not None:
+            cleanup.append(release)  # closed first (cleanups run last to first), after the channel
+        return self._channel_to(mapped[0], dial_at, cleanup)
 
     def close(self, *, wait: bool = True, within: float | None = None) -> None:
         """End the stream, stop every brokered server and channel, free sockets and threads.

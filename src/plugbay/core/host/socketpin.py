@@ -3,7 +3,8 @@
 A plugin may rename another server's socket (or a symlink to it) onto its path once a proof by name is made,
 and gRPC dials (and redials) a path by name: so the socket is opened O_PATH, the runner checks the listener
 through that handle, and the host dials ``unix:/proc/self/fd/N`` for as long as it holds it. The Client
-(connecting.py) and the command line's reattach (cli/targets.py) both go through prove_listener().
+(connecting.py) and the command line's reattach (cli/targets.py) both go through prove_listener(), and so does
+the Client's broker for an address its plugin announces later on the broker stream (a ConnInfo: BrokeredProof).
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from plugbay.core.host.launch import not_a_socket
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.errors import UnprovenAddressError
 from plugbay.runners.base import NOT_LISTENING, AttachedRunner
+
+if TYPE_CHECKING:
+    from plugbay.core.broker.brokertransport import ProvenAddress
 
 
 @dataclass(frozen=True)
@@ -66,3 +71,30 @@ def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool)
         os.close(fd)
         raise not_a_socket(name, announced.address, path, reattached, mode)
     return fd
+
+
+class BrokeredProof:
+    """The broker's proof (BrokerTransport.prove) of an address the plugin announced on the broker stream for a
+    brokered server of its own (a ConnInfo), made as its handshake address's: that plugin's word, untrusted, and
+    a host that dialed it unproven would send a brokered call to /var/run/docker.sock or another user's service.
+
+    The runner says who listens there (the process runner: the plugin it started or a descendant; a reattached
+    one: the proven process; Docker and pod runners mapped the address themselves); a unix socket is pinned and
+    proven through a handle, which the brokered channel dials until it closes. A ConnInfo comes once its
+    server listens (go-plugin's Accept listens before it announces; plugbay's brokered servers too), so nothing
+    there yet is refused, not waited for."""
+
+    def __init__(self, runner: AttachedRunner, handshake: HandshakeInfo, name: str) -> None:
+        self._runner = runner
+        self._handshake = handshake
+        self._name = name
+
+    def __call__(self, announced: tuple[str, str], network: str, address: str) -> ProvenAddress:
+        """The address to dial (a handle on a unix socket) and what closes that handle once no channel dials
+        it; UnprovenAddressError (saying who listens there, and the opt-out) when the runner cannot prove it."""
+        said = self._handshake.with_address(*announced)  # what the errors name: the ConnInfo's own words
+        found = prove_listener(self._runner, network, address, said, self._name, reattached=False)
+        if isinstance(found, str):
+            raise UnprovenAddressError(self._name, *announced, found)
+        handle = found.handle
+        return found.address, (None if handle is None else lambda: os.close(handle))

@@ -14,6 +14,7 @@ from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import host_broker
 from plugbay.core.host.config import ClientConfig
+from plugbay.core.host.socketpin import BrokeredProof
 from plugbay.core.host.stdio import AioStdio, StdioReader
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.protocol.tls import CertKey, der_to_pem
@@ -61,9 +62,13 @@ def open_streams(conn: SecureChannel, info: HandshakeInfo, cert: CertKey | None,
     # stream with copy threads, so it stays on the channel there. In a forked child of a process
     # that ran grpc.aio, grpc.aio calls never end: both streams stay on the channel there too.
     share = AioChannelShare(conn.redial) if mux is None and conn.redial is not None and grpc_aio_usable() else None
+    # A ConnInfo's address is proven as the handshake's was (connecting.py): a reattach's always. Multiplexed,
+    # none is dialed: brokered connections are streams of the one connection, proven when it was made.
+    proven = mux is None and (not config.trust_announced_address or config.reattach is not None)
     broker = host_broker(conn.channel, BrokerTransport(
-        tls=cert if peer else None, peer_cert_pem=peer, socket_dir=socket_dir,
-        translator=runner, multiplex=mux is not None, mux=mux), lazy=True, redial=share)
+        tls=cert if peer else None, peer_cert_pem=peer, socket_dir=socket_dir, translator=runner,
+        multiplex=mux is not None, mux=mux, prove=BrokeredProof(runner, info, name) if proven else None),
+        lazy=True, redial=share)
     reader = StdioReader(conn.channel, config.stdout_sink, config.stderr_sink, name, delay=HELD)
     sinkless = config.stdout_sink is None and config.stderr_sink is None
     return Streams(broker, reader, AioStdio(share) if share is not None and sinkless else None)

@@ -1,0 +1,136 @@
+"""A brokered address a process plugin announces on its broker stream (a ConnInfo) is dialed only once plugbay
+proves that the plugin (or a process it started) listens there, as its handshake address is.
+
+Real processes: tests/plugins/probe.py (plugbay serve()) announces, on its real broker stream, a socket this test
+listens on ("announce-at"): broker.dial(id) raises BrokerAddressRefusedError naming the address, who listens there
+and the opt-out, and no byte ever reaches this test's listener. Its own brokered servers ("announce") are dialed as
+before, a unix one through a handle on the socket it proved: a socket renamed onto the path afterwards is never
+reached. ClientConfig(trust_announced_address=True) dials the announced address as before.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+from plugbay.errors import BrokerAddressRefusedError
+from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, PY
+
+REPO = Path(__file__).resolve().parent.parent
+PROBE = str(REPO / "tests" / "plugins" / "probe.py")
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def listener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[socket.socket, str, str]]:
+    """A socket this test listens on: (listener, network, address as a plugin would announce it)."""
+    if request.param == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = str(tmp_path / "test.sock")
+        sock.bind(path)
+        address = path
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    sock.listen(8)
+    try:
+        yield sock, request.param, address
+    finally:
+        sock.close()
+
+
+def _client(tmp_path: Path, **config: object) -> Client:
+    return Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=30,
+                               runner=ProcessRunner([PY, PROBE], cwd=str(tmp_path)), **config))  # type: ignore[arg-type]
+
+
+def _announce(client: Client, key: str, value: bytes = b"") -> int:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put(key, value)
+    return int(kv.get("announced"))
+
+
+def _bytes_received(listener: socket.socket) -> bytes:
+    """All that connections to ``listener`` carried, each read to its end (the proof's own probe, if any, is
+    closed before its answer: it carried nothing)."""
+    got = b""
+    listener.setblocking(False)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return got
+        with conn:
+            conn.settimeout(30)  # never hangs: a connection a channel holds open would carry a preface at once
+            got += conn.recv(64)
+
+
+def _healthy(channel: grpc.Channel) -> bool:
+    answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+    return answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_brokered_address_another_process_listens_on_is_refused(listener: tuple[socket.socket, str, str],
+                                                                  tmp_path: Path) -> None:
+    # before: broker.dial() returned a channel to the test's socket, and the brokered call went there
+    sock, network, address = listener
+    with _client(tmp_path) as client:
+        id = _announce(client, "announce-at", f"{network}|{address}".encode())
+        with pytest.raises(BrokerAddressRefusedError) as raised:
+            client.broker.dial(id, timeout=10)
+        text = str(raised.value)
+        assert f"broker id {id}: plugin" in text and f"announced {network} address {address!r}" in text, text
+        who = (f"listened on by process {os.getpid()}, which is neither the plugin process" if network == "unix"
+               else "held by no process of the plugin's")
+        assert who in text and "trust_announced_address=True" in text, text
+        assert _bytes_received(sock) == b""  # nothing of the host's ever went there
+        # the plugin's own brokered server is still dialed, and answers
+        channel = client.broker.dial(_announce(client, "announce"), timeout=10)
+        assert _healthy(channel)
+        channel.close()
+    assert _bytes_received(sock) == b""
+
+
+def test_trust_announced_address_dials_a_brokered_address_as_announced(listener: tuple[socket.socket, str, str],
+                                                                       tmp_path: Path) -> None:
+    sock, network, address = listener
+    with _client(tmp_path, trust_announced_address=True) as client:
+        channel = client.broker.dial(_announce(client, "announce-at", f"{network}|{address}".encode()), timeout=10)
+        grpc.channel_ready_future(channel)  # asks the lazy channel to connect
+        sock.settimeout(30)
+        conn, _ = sock.accept()  # the announced address was dialed, unproven
+        with conn:
+            conn.settimeout(30)
+            assert conn.recv(3) == b"PRI"  # the HTTP/2 preface of the host's channel
+        channel.close()
+
+
+def test_a_socket_renamed_onto_a_proven_brokered_path_is_never_dialed(tmp_path: Path) -> None:
+    # the proven socket is dialed through a handle on it; before: by its path, so a socket the plugin (or
+    # anyone) renamed onto that path after the proof got the brokered calls
+    with _client(tmp_path) as client:
+        broker = client.broker
+        seen: list[str] = []
+        receive = broker.receive
+
+        def noting(msg):  # type: ignore[no-untyped-def]
+            seen.append(msg.address)
+            receive(msg)
+
+        broker.receive = noting  # type: ignore[method-assign]
+        channel = broker.dial(_announce(client, "announce"), timeout=10)  # proven; not yet connected (lazy)
+        [path] = seen
+        os.rename(path, f"{path}.moved")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+            other.bind(path)
+            other.listen(8)
+            assert _healthy(channel)  # the plugin's brokered server answered, through the handle
+            assert _bytes_received(other) == b""
+        channel.close()
