@@ -245,8 +245,9 @@ class BrokerTimeoutError(BrokerError, TimeoutError):
 
 
 class BrokerAddressRefusedError(BrokerError):
-    """A broker id was announced at an address plugbay does not dial (malformed, or a process plugin's
-    tcp address off this machine): refused at once, never dialed."""
+    """A broker id was announced at an address plugbay does not dial (malformed, a process plugin's tcp
+    address off this machine, or one at which that plugin is not proven to listen: another process's socket;
+    ClientConfig(trust_announced_address=True) opts out of that proof): refused at once, never dialed."""
 
 
 class SessionRefusedError(BrokerError):

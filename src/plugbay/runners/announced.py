@@ -8,7 +8,8 @@ must be loopback or one of this machine's own (bound and routed from here; a lin
 the interface its scope names); a host name is refused but "localhost" (a resolver's answer may lead
 anywhere). Which local process listens on the handshake's port is proven before the first dial
 (runners.ownsocket: the plugin's own, unless ClientConfig(trust_announced_address=True)); a brokered
-address is only kept on this machine here. A plugin run in another network namespace on purpose is reached when
+address (a ConnInfo) is kept on this machine here, and then proven the same way through the host's broker
+(core.host.socketpin.BrokeredProof). A plugin run in another network namespace on purpose is reached when
 ProcessRunner(trusted_networks=[...]) names its network. Unix paths are the Client's to check
 (core.host.connect.announced_file), not this module's.
 """
