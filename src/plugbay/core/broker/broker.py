@@ -220,10 +220,9 @@ class GRPCBroker(StreamEnd, Multiplexed):
                 raise BrokerAddressRefusedError(f"broker id {id}: {exc.reason}") from None
             # what the runner holds for this address (a Docker socket's handle) goes with the channel
             cleanup.append(lambda: translator.release_address(*mapped))
-        if self.transport.prove is None:
-            return self._channel_to(*mapped, cleanup)
-        try:  # who listens there, proven as for the handshake's address; a unix socket dialed through a handle
-            dial_at, release = self.transport.prove((network, address), *mapped)
+        prove = self.transport.prove  # who listens there, proven as for the handshake's address (the host's)
+        try:  # a proven unix socket is dialed through a handle on it: what is renamed onto its path is not
+            dial_at, release = (mapped[1], None) if prove is None else prove((network, address), *mapped)
         except BaseException as exc:
             for func in cleanup:
                 func()
