@@ -9,6 +9,7 @@ plugin, its grpc-go logging warnings, logs no connection cut short before gRPC's
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from plugbay import Client, ClientConfig, ProcessRunner
 from plugbay.errors import UnprovenAddressError
+from plugbay.runners.unixdiag import bound_listener
 from tests import gobuild
 from tests.resilience_util import HANDSHAKE, PLUGINS, PY
 
@@ -76,3 +78,16 @@ def test_a_go_plugin_sees_no_connection_but_the_hosts(tmp_path: Path, monkeypatc
     said = [r.getMessage() for r in caplog.records if r.name.startswith("plugbay.plugin")]
     assert any("plugin address" in line for line in said), said  # its log lines were read
     assert not [line for line in said if "grpc" in line], said
+
+
+def test_the_kernels_match_counts_only_when_the_bound_path_leads_to_the_file(tmp_path: Path) -> None:
+    # the kernel reports the bound file's inode cut to 32 bits: a match is confirmed by the path the socket was
+    # bound to, stat'ed here; a socket whose file was renamed away from that path cannot be told (the caller
+    # then asks the listener's pid of one connection)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "bound.sock"))
+        server.listen(1)
+        inode = os.fstat(server.fileno()).st_ino
+        assert bound_listener(str(tmp_path / "bound.sock")) == inode
+        os.rename(tmp_path / "bound.sock", tmp_path / "moved.sock")
+        assert bound_listener(str(tmp_path / "moved.sock")) is None  # before: named from the 32-bit inode alone

@@ -4,14 +4,19 @@ A connection made only to learn the listener (SO_PEERCRED) is a connection all t
 one connection and exits (go-plugin's multiplexed mode) ends on it, and a gRPC server logs a failed handshake.
 NETLINK_SOCK_DIAG lists this network namespace's listening unix sockets with the inode and device of the file
 each is bound to (UNIX_DIAG_VFS); the one bound to the file a handle names is the socket a connection through
-that handle reaches (a file is bound once, at its making, and cannot be bound again).
+that handle reaches (a file is bound once, at its making, and cannot be bound again). The kernel reports that
+inode cut to 32 bits, so a socket bound to another file of the same file system whose number differs by a
+multiple of 2**32 matches too (the file's own listener may sit in another namespace, out of the dump): a match
+counts only once the path the socket was bound to (UNIX_DIAG_NAME), seen from this process, stats to the
+handle's full device and inode.
 
 None ("the kernel could not tell": the caller connects as before) when sock_diag is not there (a kernel without
 CONFIG_UNIX_DIAG, its module not loadable, a seccomp filter or a sandbox such as gVisor that offers no
 NETLINK_SOCK_DIAG), when no listener of this namespace is bound to the file (nothing listens yet, or the
 listener sits in another network namespace, whose sockets this dump does not list; or a file system such as
-overlayfs that reports another device or inode than the one bound), or when the kernel's 32-bit inode field
-cannot tell the file apart (an inode number above 2**32).
+overlayfs that reports another device or inode than the one bound), when the matching socket's bound path
+does not lead this process to that very file (a relative path, bound in another folder or mount namespace; a
+file renamed or removed since), or when the kernel's answer is malformed.
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _TCP_LISTEN = 10  # unix sockets report their states in TCP's numbering
-_UDIAG_SHOW_VFS = 0x2
-_UNIX_DIAG_VFS = 1
+_UDIAG_SHOW_NAME, _UDIAG_SHOW_VFS = 0x1, 0x2
+_UNIX_DIAG_NAME, _UNIX_DIAG_VFS = 0, 1
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _REQUEST = struct.Struct("=BBHIII2I")  # unix_diag_req: family, protocol, pad, states, ino, show, cookie
 _MESSAGE = struct.Struct("=BBBBI2I")  # unix_diag_msg: family, type, state, pad, ino, cookie
 _ATTR = struct.Struct("=HH")  # rtattr: length, type
 _VFS = struct.Struct("=II")  # unix_diag_vfs: inode, device (the kernel's dev_t: major << 20 | minor)
 _MINOR_BITS = 20
+_Listener = tuple[int, tuple[int, int], bytes]  # socket inode, (bound file's inode cut to 32 bits, device), path
 
 
 def bound_listener(path: str) -> int | None:
@@ -41,26 +47,47 @@ def bound_listener(path: str) -> int | None:
     (the module's docstring says when: the caller then connects)."""
     try:
         st = os.stat(path)
-        wanted = (st.st_ino, os.major(st.st_dev), os.minor(st.st_dev))
-        if st.st_ino >> 32:
-            return None  # the kernel reports 32 bits of it: another file's number may match
         listeners = _listening_unix_sockets()
-    except OSError:
+    except (OSError, struct.error):  # struct.error: a reply cut short, malformed
         return None
-    found = {sock for sock, (ino, dev) in listeners if (ino, dev >> _MINOR_BITS, dev & (1 << _MINOR_BITS) - 1)
-             == wanted}
+    wanted = (st.st_ino & 0xFFFFFFFF, os.major(st.st_dev), os.minor(st.st_dev))
+    found = {sock for sock, (ino, dev), name in listeners
+             if (ino, dev >> _MINOR_BITS, dev & (1 << _MINOR_BITS) - 1) == wanted and _leads_to(name, st)}
     return found.pop() if len(found) == 1 else None
 
 
-def _listening_unix_sockets() -> list[tuple[int, tuple[int, int]]]:
-    """(socket inode, (bound file's inode, device)) of this network namespace's listening SOCK_STREAM unix
-    sockets bound to a file; OSError when sock_diag cannot be asked."""
+def _leads_to(name: bytes, st: os.stat_result) -> bool:
+    """Whether the path a socket was bound to names, from here, the file ``st`` describes (full device and inode:
+    the 32-bit inode the kernel reported may be another file's)."""
+    if not name.startswith(b"/"):
+        return False  # relative to the binder's folder then, or abstract (no file)
+    try:
+        bound = os.stat(name)
+    except (OSError, ValueError):
+        return False
+    return (bound.st_dev, bound.st_ino) == (st.st_dev, st.st_ino)
+
+
+def sock_diag_missing() -> str | None:
+    """Why this process cannot ask sock_diag for listening unix sockets (None: it can)."""
+    try:
+        _listening_unix_sockets()
+    except (OSError, struct.error) as exc:
+        return f"sock_diag cannot be asked here: {exc}"
+    return None
+
+
+def _listening_unix_sockets() -> list[_Listener]:
+    """(socket inode, (bound file's inode cut to 32 bits, device), bound path) of this network namespace's
+    listening SOCK_STREAM unix sockets bound to a file; OSError when sock_diag cannot be asked, struct.error for
+    a malformed reply."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(2.0)  # the kernel answers at once; a sandbox that swallows the request must not hang a start
-        request = _REQUEST.pack(socket.AF_UNIX, 0, 0, 1 << _TCP_LISTEN, 0, _UDIAG_SHOW_VFS, 0xFFFFFFFF, 0xFFFFFFFF)
+        request = _REQUEST.pack(socket.AF_UNIX, 0, 0, 1 << _TCP_LISTEN, 0, _UDIAG_SHOW_VFS | _UDIAG_SHOW_NAME,
+                                0xFFFFFFFF, 0xFFFFFFFF)
         nl.sendto(_HEADER.pack(_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP,
                                1, 0) + request, (0, 0))
-        found: list[tuple[int, tuple[int, int]]] = []
+        found: list[_Listener] = []
         while True:
             data = nl.recv(1 << 16)
             if not data:
@@ -81,20 +108,25 @@ def _listening_unix_sockets() -> list[tuple[int, tuple[int, int]]]:
                 offset += (length + 3) & ~3
 
 
-def _entry(data: bytes, start: int, end: int) -> tuple[int, tuple[int, int]] | None:
-    """One unix_diag_msg's (socket inode, (file inode, device)); None for a socket of another type or state, or
-    bound to no file (an abstract or unnamed one)."""
+def _entry(data: bytes, start: int, end: int) -> _Listener | None:
+    """One unix_diag_msg's (socket inode, (file inode, device), bound path); None for a socket of another type or
+    state, or bound to no file (an abstract or unnamed one); OSError for a message cut short (skipping it could
+    hide a second match)."""
     if end > len(data) or start + _MESSAGE.size > end:
-        return None
+        raise OSError("sock_diag sent a message cut short")
     _, kind, state, _, inode, _, _ = _MESSAGE.unpack_from(data, start)
     if kind != socket.SOCK_STREAM or state != _TCP_LISTEN:
         return None
+    vfs: tuple[int, int] | None = None
+    name = b""
     at = start + _MESSAGE.size
     while at + _ATTR.size <= end:
         size, attr = _ATTR.unpack_from(data, at)
-        if size < _ATTR.size:
-            return None
-        if attr == _UNIX_DIAG_VFS and at + _ATTR.size + _VFS.size <= end:
-            return inode, _VFS.unpack_from(data, at + _ATTR.size)
+        if size < _ATTR.size or at + size > end:
+            raise OSError("sock_diag sent a malformed attribute")
+        if attr == _UNIX_DIAG_VFS and size >= _ATTR.size + _VFS.size:
+            vfs = _VFS.unpack_from(data, at + _ATTR.size)
+        elif attr == _UNIX_DIAG_NAME:
+            name = data[at + _ATTR.size:at + size].split(b"\0", 1)[0]  # an abstract name starts with NUL: b""
         at += (size + 3) & ~3
-    return None
+    return (inode, vfs, name) if vfs is not None else None
