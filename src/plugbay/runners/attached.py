@@ -25,7 +25,7 @@ from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_DIR
 from plugbay.core.transport.tempdirs import own_proc, remove_left_folder
 from plugbay.errors import ReattachError, StaleReattachError, clip
 from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
-from plugbay.runners.listeners import listens_on, same_namespaces, tcp_listeners
+from plugbay.runners.listeners import host_tcp_listeners, listens_on
 from plugbay.runners.ownsocket import unix_listener_why
 from plugbay.runners.pidsignal import HeldPid
 from plugbay.runners.procio import pidfd, watch_pid
@@ -169,8 +169,8 @@ class AttachedProcess(AttachedRunner):
         if not self.proven or not self._alive():
             raise ReattachError(f"not dialing {network} address {address!r}: process {self.pid} is not the"
                                 " proven plugin (any more); start the plugin again")
-        # a tcp table read once, when the plugin's is this host's namespace's (the only one listens_on reads)
-        known = tcp_listeners(self.pid, address) if network == "tcp" and same_namespaces(self.pid, "tcp") else None
+        # the host's own tcp table, read once for both asks (listens_on asks only of processes in its namespace)
+        known = host_tcp_listeners(address) if network == "tcp" else None
         if not listens_on([self.pid], network, address, known) and not listens_on(
                 family(self.pid, self.plugin_id, self._start_time), network, address, known):
             raise ReattachError(

@@ -131,6 +131,12 @@ def tcp_listeners(pid: int, address: str) -> set[int]:
     return (same_family or dual) if _is_local(given if "%" in host else want_ip) else set()
 
 
+def host_tcp_listeners(address: str) -> set[int]:
+    """tcp_listeners() as this host's own network namespace lists them: read of this process, not of a plugin
+    that could change namespace between a check of its namespace and the read."""
+    return tcp_listeners(os.getpid(), address)
+
+
 def _is_local(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether ``ip`` is one of this namespace's own addresses (the kernel lets a socket bind to it)."""
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
@@ -185,8 +191,8 @@ def other_net_namespace(pid: int) -> bool:
 
 def listens_on(pids: Iterable[int], network: str, address: str, listening: set[int] | None = None) -> bool:
     """Whether ``pids`` hold every socket a connection to ``network`` ``address`` could reach. ``listening``: for
-    tcp, those sockets as this host's network namespace lists them (tcp_listeners() of a process in it), read once
-    by a caller that asks of several sets of processes; else read here, of the first of ``pids`` in it."""
+    tcp, those sockets as this host's own network namespace lists them (host_tcp_listeners()), read once by a
+    caller that asks of several sets of processes; else read here, of this host's table too."""
     pids = [pid for pid in pids if same_namespaces(pid, network)]  # another namespace's 127.0.0.1 is not ours
     if not pids:
         return False
@@ -207,7 +213,8 @@ def listens_on(pids: Iterable[int], network: str, address: str, listening: set[i
         except PermissionError:
             return False
     elif network == "tcp":
-        listening = tcp_listeners(pids[0], address) if listening is None else listening
+        # the host's own table: a process of ``pids`` may change namespace after the check above
+        listening = host_tcp_listeners(address) if listening is None else listening
     else:
         return False
     return bool(listening) and listening <= held  # every socket a dial could reach is the plugin's

@@ -39,8 +39,8 @@ import subprocess
 from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork, trusted_address
 from plugbay.runners.base import NOT_LISTENING
-from plugbay.runners.listeners import listens_on, other_net_namespace, peer_pid, socket_inodes, tcp_listeners
-from plugbay.runners.listeners import same_namespaces, unix_peer_pid
+from plugbay.runners.listeners import host_tcp_listeners, listens_on, other_net_namespace, peer_pid, same_namespaces
+from plugbay.runners.listeners import socket_inodes, tcp_listeners, unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
 from plugbay.runners.unixdiag import bound_listener
 
@@ -97,12 +97,14 @@ class OwnListeners:
                     " plugin running as another user), so no listener can be traced back to it")
         if network == "unix":
             return unix_listener_why(address, conn, root, root_start)
-        listening = tcp_listeners(root, address)
+        # read once: the host's own table when the root is in the host's namespace (checked before the read, and
+        # of the host, not the root: a root that moves namespace meanwhile changes nothing listens_on compares);
+        # a root in another one has its own table, read only to tell whether it listens yet
+        in_host = same_namespaces(root, "tcp")
+        listening = host_tcp_listeners(address) if in_host else tcp_listeners(root, address)
         if not listening:
             return NOT_LISTENING
-        # read once: in the host's network namespace the root's table is the one listens_on reads (it asks only of
-        # processes in it); a root in another one has its own, and the tree's is read there
-        known = listening if same_namespaces(root, "tcp") else None
+        known = listening if in_host else None
         if listens_on([root], "tcp", address, known):
             return None
         tree = [root, *family(root, "", root_start)]
