@@ -3,7 +3,8 @@ in another network namespace (no advice to trust loopback: that dials the host's
 socket path, not the host's handle on it, in gRPC's words.
 
 Real processes: a host run as another user (setpriv) with a non-dumpable plugin, a plugin under `unshare -n`, a
-plugin whose socket closes every connection.
+plugin whose socket closes every connection, a plugin announcing a listening socket no process holds (it is in
+flight, in a unix message not yet received).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pytest
 
 from plugbay import Client, ClientConfig, ProcessRunner
 from plugbay.errors import HandshakeTimeoutError, PlugbayError, UnprovenAddressError
+from plugbay.runners import ownsocket
+from plugbay.runners.unixdiag import sock_diag_missing
 from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY
 from tests.test_announced_owner import REPO, TELL_START, _unshare_works
 
@@ -142,3 +145,35 @@ def test_only_a_handle_on_a_socket_file_is_told_by_its_path(tmp_path: Path) -> N
         os.close(regular)
         listener.close()
 
+
+
+@pytest.mark.skipif(sock_diag_missing() is not None, reason=sock_diag_missing() or "")
+@pytest.mark.parametrize("budget", [30.0, 0.0])
+def test_a_listener_no_process_holds_is_refused_saying_where_it_may_be(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: float) -> None:
+    # the refusal looks for the foreign listener's holder among every process's files, for a bounded time: with
+    # time to look, no holder is found (the socket is in flight) and the message says it may be; with none, it says
+    # it stopped looking rather than that nobody holds it
+    monkeypatch.setattr(ownsocket, "_HOLDER_BUDGET", budget)
+    path = str(tmp_path / "flight.sock")
+    carrier, receiver = socket.socketpair()
+    with carrier, receiver:
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(path)
+        listener.listen(8)
+        socket.send_fds(carrier, [b"x"], [listener.fileno()])
+        listener.close()  # now held only by the message in flight
+        client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=8,
+                                     runner=ProcessRunner([PY, str(REPO / "tests" / "plugins" / "misbehave.py"),
+                                                           "line", f"1|1|unix|{path}|grpc"])))
+        try:
+            with pytest.raises(UnprovenAddressError) as raised:
+                client.start()
+        finally:
+            client.kill()
+    said = str(raised.value)
+    if budget:
+        assert "or by none at all (a socket held only in flight" in said, said
+    else:
+        assert ("a process not found in the 0 s this host looks for one (0 of its processes' open files read)"
+                in said), said

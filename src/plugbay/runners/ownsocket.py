@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 
 from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork, trusted_address
@@ -169,17 +170,35 @@ def _held_why(listener: int, root: int, root_start: int) -> str | None:
         return None
     if any(_fds_hidden(pid) for pid in [root, *tree]):
         return _ASK_THE_PEER
-    holder = _holder(listener)  # a refusal's cost only: it names who serves there
-    return _not_ours(f"process {holder}" if holder is not None else "a process whose open files this host cannot"
-                     " read (another user's, or another pid namespace's: a container's)", root)
+    holder, looked = _holder(listener)  # a refusal's cost only: it names who serves there
+    if holder is not None:
+        return _not_ours(f"process {holder}", root)
+    if looked is not None:
+        return _not_ours(f"a process not found in the {_HOLDER_BUDGET:g} s this host looks for one ({looked} of"
+                         " its processes' open files read)", root)
+    return _not_ours("a process whose open files this host cannot read (another user's, or another pid"
+                     " namespace's: a container's), or by none at all (a socket held only in flight, passed in a"
+                     " unix message not yet received, or by a process that exited meanwhile)", root)
 
 
-def _holder(inode: int) -> int | None:
-    """A process of this host's /proc that holds socket ``inode`` open (None if none this host may read does)."""
+_HOLDER_BUDGET = 0.3  # seconds a refusal spends naming the foreign listener's holder (every fd of every process)
+
+
+def _holder(inode: int) -> tuple[int | None, int | None]:
+    """(a process of this host's /proc that holds socket ``inode`` open, None); (None, how many were read) when
+    the time budget ran out first (a busy host: reattach data reaches here, so its cost is bounded); (None, None)
+    when no process this host may read holds it."""
+    deadline = time.monotonic() + _HOLDER_BUDGET
+    looked = 0
     for name in os.listdir("/proc"):
-        if name.isdigit() and inode in socket_inodes(int(name)):
-            return int(name)
-    return None
+        if not name.isdigit():
+            continue
+        if time.monotonic() >= deadline:
+            return None, looked
+        if inode in socket_inodes(int(name)):
+            return int(name), None
+        looked += 1
+    return None, None
 
 
 def _not_ours(who: str, root: int) -> str:
