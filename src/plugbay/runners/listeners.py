@@ -7,8 +7,12 @@ controller's Shutdown, to any server on this machine. So the address is dialed
 only when the proven process (or one of its own children), in this host's
 network namespace (and mount namespace, for a unix path), holds every socket a connection there would reach:
 socket inodes among its open files (/proc/PID/fd) that the kernel's tables of
-listeners (/proc/PID/net/unix, tcp, tcp6) show listening on that absolute path,
-or on that address and port (the most specific binding wins, as in the kernel).
+listeners (/proc/PID/net/unix; for tcp this host's own /proc/self/net/tcp, tcp6)
+show listening on that absolute path, or on that address and port (the most
+specific binding wins, as in the kernel). For a unix path, the socket listening
+on the file there now must be one of them: the kernel's sock_diag names it
+without connecting (runners.unixdiag); where it cannot tell, SO_PEERCRED of one
+connection made and closed at once must name one of the processes.
 """
 
 from __future__ import annotations

@@ -134,8 +134,7 @@ def unix_listener_why(address: str, conn: socket.socket | None, root: int, root_
     if conn is None:
         # connect() needs write permission on the file: asked without connecting (a missing file: nothing there)
         if os.access(address, os.F_OK) and not os.access(address, os.W_OK, effective_ids=True):
-            return ("this host may not connect to that socket (Permission denied: its file's permissions),"
-                    " so neither can gRPC; make it connectable for the host's user")
+            return _no_connecting("Permission denied: its file's permissions")
         listener = bound_listener(address)  # the kernel's word: no connection a one-shot server would end on
         if listener is not None:
             why = _held_why(listener, root, root_start)
@@ -144,8 +143,7 @@ def unix_listener_why(address: str, conn: socket.socket | None, root: int, root_
     try:
         pid = peer_pid(conn) if conn is not None else unix_peer_pid(address)
     except PermissionError as exc:
-        return (f"this host may not connect to that socket ({exc.strerror}: its file's permissions or a"
-                " security module), so neither can gRPC; make it connectable for the host's user")
+        return _no_connecting(f"{exc.strerror}: its file's permissions or a security module")
     except OSError as exc:
         return f"the connection to it tells no listener ({exc})"
     if pid is None:
@@ -199,6 +197,12 @@ def _holder(inode: int) -> tuple[int | None, int | None]:
             return int(name), None
         looked += 1
     return None, None
+
+
+def _no_connecting(why: str) -> str:
+    """A refusal where connecting is not allowed: asked of the file's permissions, or met on connecting."""
+    return (f"this host may not connect to that socket ({why}), so neither can gRPC; make it connectable for the"
+            " host's user")
 
 
 def _not_ours(who: str, root: int) -> str:
