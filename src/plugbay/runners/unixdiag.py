@@ -7,8 +7,10 @@ each is bound to (UNIX_DIAG_VFS); the one bound to the file a handle names is th
 that handle reaches (a file is bound once, at its making, and cannot be bound again). The kernel reports that
 inode cut to 32 bits, so a socket bound to another file of the same file system whose number differs by a
 multiple of 2**32 matches too (the file's own listener may sit in another namespace, out of the dump): a match
-counts only once the path the socket was bound to (UNIX_DIAG_NAME), seen from this process, stats to the
-handle's full device and inode.
+counts only on a file system whose inode numbers fit in 32 bits (ext2/3/4; tmpfs without ``inode64``), where
+the device and inode name one file; and only once the path the socket was bound to (UNIX_DIAG_NAME), seen from
+this process, stats to the handle's full device and inode (a bound path is the binder's to rename or link, so it
+alone proves nothing: the file system's guarantee is what makes the match exact).
 
 None ("the kernel could not tell": the caller connects as before) when sock_diag is not there (a kernel without
 CONFIG_UNIX_DIAG, its module not loadable, a seccomp filter or a sandbox such as gVisor that offers no
@@ -16,11 +18,13 @@ NETLINK_SOCK_DIAG), when no listener of this namespace is bound to the file (not
 listener sits in another network namespace, whose sockets this dump does not list; or a file system such as
 overlayfs that reports another device or inode than the one bound), when the matching socket's bound path
 does not lead this process to that very file (a relative path, bound in another folder or mount namespace; a
-file renamed or removed since), or when the kernel's answer is malformed.
+file renamed or removed since), when the file sits on another file system (xfs, btrfs, overlayfs, tmpfs with
+``inode64``: numbers past 2**32 are possible there), or when the kernel's answer is malformed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
 import struct
@@ -38,6 +42,7 @@ _MESSAGE = struct.Struct("=BBBBI2I")  # unix_diag_msg: family, type, state, pad,
 _ATTR = struct.Struct("=HH")  # rtattr: length, type
 _VFS = struct.Struct("=II")  # unix_diag_vfs: inode, device (the kernel's dev_t: major << 20 | minor)
 _MINOR_BITS = 20
+_EXT_MAGIC, _TMPFS_MAGIC = 0xEF53, 0x01021994  # statfs f_type: ext2/3/4 (32-bit inodes); tmpfs (unless inode64)
 _Listener = tuple[int, tuple[int, int], bytes]  # socket inode, (bound file's inode cut to 32 bits, device), path
 
 
@@ -47,6 +52,8 @@ def bound_listener(path: str) -> int | None:
     (the module's docstring says when: the caller then connects)."""
     try:
         st = os.stat(path)
+        if not _inodes_fit_32_bits(path, st):
+            return None
         listeners = _listening_unix_sockets()
     except (OSError, struct.error):  # struct.error: a reply cut short, malformed
         return None
@@ -66,6 +73,34 @@ def _leads_to(name: bytes, st: os.stat_result) -> bool:
     except (OSError, ValueError):
         return False
     return (bound.st_dev, bound.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _inodes_fit_32_bits(path: str, st: os.stat_result) -> bool:
+    """Whether the file system holding ``path`` gives only inode numbers below 2**32 (then the kernel's cut
+    number is the whole one); False when that cannot be told."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux; f_type leads it
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        return False
+    kind = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+    if kind == _EXT_MAGIC:
+        return True
+    if kind != _TMPFS_MAGIC:
+        return False
+    wanted = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:  # id parent MAJ:MIN root point options [optional...] - type source super-options
+                fields = line.split()
+                if len(fields) > 3 and fields[2] == wanted and " - " in line:
+                    super_options = line.rsplit(" - ", 1)[1].split()[2:3]
+                    return bool(super_options) and "inode64" not in super_options[0].split(",")
+    except OSError:
+        return False
+    return False
+
+
+_libc = ctypes.CDLL(None, use_errno=True)  # this process's own symbols, libc's statfs among them
+_libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
 
 
 def sock_diag_missing() -> str | None:
