@@ -175,5 +175,5 @@ def test_a_listener_no_process_holds_is_refused_saying_where_it_may_be(
     if budget:
         assert "or by none at all (a socket held only in flight" in said, said
     else:
-        assert ("a process not found in the 0 s this host looks for one (0 of its processes' open files read)"
+        assert ("a process not found in the 0 s this host looks for one (the open files of 0 of this machine's processes looked at)"
                 in said), said

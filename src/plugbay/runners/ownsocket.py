@@ -18,7 +18,7 @@ it) would reach, through the host, what it cannot reach itself. The proof:
   one a server that serves once (go-plugin's multiplexed mode) would end on, and a Go plugin's gRPC logs. The
   multiplexed connection is proven on itself (SO_PEERCRED of the host's one connection). gRPC dials (and
   redials) the handle (core.host.connecting): a socket renamed onto the path later is never reached.
-- tcp: the listening sockets a dial would reach (/proc/PID/net/tcp, tcp6) must all be held open by the
+- tcp: the listening sockets a dial would reach (the host's own /proc/self/net/tcp, tcp6) must all be held open by the
   started process or its descendants (their /proc/PID/fd), in this host's network namespace: the process
   itself is looked at first, the rest of its tree (a scan of /proc's parent links) only if that fails.
   Addresses in ProcessRunner(trusted_networks=) are the caller's word and not proven.
@@ -172,8 +172,8 @@ def _held_why(listener: int, root: int, root_start: int) -> str | None:
     if holder is not None:
         return _not_ours(f"process {holder}", root)
     if looked is not None:
-        return _not_ours(f"a process not found in the {_HOLDER_BUDGET:g} s this host looks for one ({looked} of"
-                         " its processes' open files read)", root)
+        return _not_ours(f"a process not found in the {_HOLDER_BUDGET:g} s this host looks for one (the open"
+                         f" files of {looked} of this machine's processes looked at)", root)
     return _not_ours("a process whose open files this host cannot read (another user's, or another pid"
                      " namespace's: a container's), or by none at all (a socket held only in flight, passed in a"
                      " unix message not yet received, or by a process that exited meanwhile)", root)
