@@ -92,17 +92,21 @@ def test_a_go_plugin_sees_no_connection_but_the_hosts(tmp_path: Path, monkeypatc
     assert not [line for line in said if "grpc" in line], said
 
 
-def test_the_kernels_match_counts_only_when_the_bound_path_leads_to_the_file(tmp_path: Path) -> None:
-    # the kernel reports the bound file's inode cut to 32 bits: a match is confirmed by the path the socket was
-    # bound to, stat'ed here; a socket whose file was renamed away from that path cannot be told (the caller
-    # then asks the listener's pid of one connection)
+def test_a_socket_file_renamed_or_linked_since_its_bind_is_still_named_by_its_file(tmp_path: Path) -> None:
+    # on a file system whose inode numbers fit the kernel's 32 bits the file is matched exactly, whatever its
+    # name now (plugbay's brokered servers hard-link their socket to the announced path and unlink the bound
+    # one): a connection through it reaches that listener, so no probe connection is needed
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(tmp_path / "bound.sock"))
         server.listen(1)
         inode = os.fstat(server.fileno()).st_ino
         assert bound_listener(str(tmp_path / "bound.sock")) == inode
-        os.rename(tmp_path / "bound.sock", tmp_path / "moved.sock")
-        assert bound_listener(str(tmp_path / "moved.sock")) is None  # before: named from the 32-bit inode alone
+        os.link(tmp_path / "bound.sock", tmp_path / "linked.sock")
+        os.unlink(tmp_path / "bound.sock")
+        assert bound_listener(str(tmp_path / "linked.sock")) == inode
+        os.rename(tmp_path / "linked.sock", tmp_path / "moved.sock")
+        assert bound_listener(str(tmp_path / "moved.sock")) == inode
+    assert bound_listener(str(tmp_path / "moved.sock")) is None  # closed: nothing listens there
 
 
 MOUNTED = """

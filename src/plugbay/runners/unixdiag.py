@@ -6,20 +6,19 @@ NETLINK_SOCK_DIAG lists this network namespace's listening unix sockets with the
 each is bound to (UNIX_DIAG_VFS); the one bound to the file a handle names is the socket a connection through
 that handle reaches (a file is bound once, at its making, and cannot be bound again). The kernel reports that
 inode cut to 32 bits, so a socket bound to another file of the same file system whose number differs by a
-multiple of 2**32 matches too (the file's own listener may sit in another namespace, out of the dump): a match
-counts only on a file system whose inode numbers fit in 32 bits (ext2/3/4; tmpfs without ``inode64``), where
-the device and inode name one file; and only once the path the socket was bound to (UNIX_DIAG_NAME), seen from
-this process, stats to the handle's full device and inode (a bound path is the binder's to rename or link, so it
-alone proves nothing: the file system's guarantee is what makes the match exact).
+multiple of 2**32 would match too (the file's own listener may sit in another namespace, out of the dump): a
+match counts only on a file system whose inode numbers fit in 32 bits (ext2/3/4; tmpfs without ``inode64``),
+where the kernel's number is the whole one and the device and inode name one file. (The path a socket was bound
+to proves nothing here: it is the binder's to rename, or to replace by a link to another file.) A socket file
+renamed or hard-linked since its bind is still that file, and matched: a connection through it reaches the
+same listener.
 
 None ("the kernel could not tell": the caller connects as before) when sock_diag is not there (a kernel without
 CONFIG_UNIX_DIAG, its module not loadable, a seccomp filter or a sandbox such as gVisor that offers no
 NETLINK_SOCK_DIAG), when no listener of this namespace is bound to the file (nothing listens yet, or the
-listener sits in another network namespace, whose sockets this dump does not list; or a file system such as
-overlayfs that reports another device or inode than the one bound), when the matching socket's bound path
-does not lead this process to that very file (a relative path, bound in another folder or mount namespace; a
-file renamed or removed since), when the file sits on another file system (xfs, btrfs, overlayfs, tmpfs with
-``inode64``: numbers past 2**32 are possible there), or when the kernel's answer is malformed.
+listener sits in another network namespace, whose sockets this dump does not list), when the file sits on
+another file system (xfs, btrfs, overlayfs, tmpfs with ``inode64``: numbers past 2**32 are possible there), or
+when the kernel's answer is malformed.
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _TCP_LISTEN = 10  # unix sockets report their states in TCP's numbering
-_UDIAG_SHOW_NAME, _UDIAG_SHOW_VFS = 0x1, 0x2
-_UNIX_DIAG_NAME, _UNIX_DIAG_VFS = 0, 1
+_UDIAG_SHOW_VFS = 0x2
+_UNIX_DIAG_VFS = 1
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
 _REQUEST = struct.Struct("=BBHIII2I")  # unix_diag_req: family, protocol, pad, states, ino, show, cookie
 _MESSAGE = struct.Struct("=BBBBI2I")  # unix_diag_msg: family, type, state, pad, ino, cookie
@@ -43,7 +42,7 @@ _ATTR = struct.Struct("=HH")  # rtattr: length, type
 _VFS = struct.Struct("=II")  # unix_diag_vfs: inode, device (the kernel's dev_t: major << 20 | minor)
 _MINOR_BITS = 20
 _EXT_MAGIC, _TMPFS_MAGIC = 0xEF53, 0x01021994  # statfs f_type: ext2/3/4 (32-bit inodes); tmpfs (unless inode64)
-_Listener = tuple[int, tuple[int, int], bytes]  # socket inode, (bound file's inode cut to 32 bits, device), path
+_Listener = tuple[int, tuple[int, int]]  # socket inode, (bound file's inode cut to 32 bits, device)
 
 
 def bound_listener(path: str) -> int | None:
@@ -58,21 +57,9 @@ def bound_listener(path: str) -> int | None:
     except (OSError, struct.error):  # struct.error: a reply cut short, malformed
         return None
     wanted = (st.st_ino & 0xFFFFFFFF, os.major(st.st_dev), os.minor(st.st_dev))
-    found = {sock for sock, (ino, dev), name in listeners
-             if (ino, dev >> _MINOR_BITS, dev & (1 << _MINOR_BITS) - 1) == wanted and _leads_to(name, st)}
+    found = {sock for sock, (ino, dev) in listeners
+             if (ino, dev >> _MINOR_BITS, dev & (1 << _MINOR_BITS) - 1) == wanted}
     return found.pop() if len(found) == 1 else None
-
-
-def _leads_to(name: bytes, st: os.stat_result) -> bool:
-    """Whether the path a socket was bound to names, from here, the file ``st`` describes (full device and inode:
-    the 32-bit inode the kernel reported may be another file's)."""
-    if not name.startswith(b"/"):
-        return False  # relative to the binder's folder then, or abstract (no file)
-    try:
-        bound = os.stat(name)
-    except (OSError, ValueError):
-        return False
-    return (bound.st_dev, bound.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _inodes_fit_32_bits(path: str, st: os.stat_result) -> bool:
@@ -113,12 +100,12 @@ def sock_diag_missing() -> str | None:
 
 
 def _listening_unix_sockets() -> list[_Listener]:
-    """(socket inode, (bound file's inode cut to 32 bits, device), bound path) of this network namespace's
+    """(socket inode, (bound file's inode cut to 32 bits, device)) of this network namespace's
     listening SOCK_STREAM unix sockets bound to a file; OSError when sock_diag cannot be asked, struct.error for
     a malformed reply."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG) as nl:
         nl.settimeout(2.0)  # the kernel answers at once; a sandbox that swallows the request must not hang a start
-        request = _REQUEST.pack(socket.AF_UNIX, 0, 0, 1 << _TCP_LISTEN, 0, _UDIAG_SHOW_VFS | _UDIAG_SHOW_NAME,
+        request = _REQUEST.pack(socket.AF_UNIX, 0, 0, 1 << _TCP_LISTEN, 0, _UDIAG_SHOW_VFS,
                                 0xFFFFFFFF, 0xFFFFFFFF)
         nl.sendto(_HEADER.pack(_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP,
                                1, 0) + request, (0, 0))
@@ -144,7 +131,7 @@ def _listening_unix_sockets() -> list[_Listener]:
 
 
 def _entry(data: bytes, start: int, end: int) -> _Listener | None:
-    """One unix_diag_msg's (socket inode, (file inode, device), bound path); None for a socket of another type or
+    """One unix_diag_msg's (socket inode, (file inode, device)); None for a socket of another type or
     state, or bound to no file (an abstract or unnamed one); OSError for a message cut short (skipping it could
     hide a second match)."""
     if end > len(data) or start + _MESSAGE.size > end:
@@ -153,7 +140,6 @@ def _entry(data: bytes, start: int, end: int) -> _Listener | None:
     if kind != socket.SOCK_STREAM or state != _TCP_LISTEN:
         return None
     vfs: tuple[int, int] | None = None
-    name = b""
     at = start + _MESSAGE.size
     while at + _ATTR.size <= end:
         size, attr = _ATTR.unpack_from(data, at)
@@ -161,7 +147,5 @@ def _entry(data: bytes, start: int, end: int) -> _Listener | None:
             raise OSError("sock_diag sent a malformed attribute")
         if attr == _UNIX_DIAG_VFS and size >= _ATTR.size + _VFS.size:
             vfs = _VFS.unpack_from(data, at + _ATTR.size)
-        elif attr == _UNIX_DIAG_NAME:
-            name = data[at + _ATTR.size:at + size].split(b"\0", 1)[0]  # an abstract name starts with NUL: b""
         at += (size + 3) & ~3
-    return (inode, vfs, name) if vfs is not None else None
+    return (inode, vfs) if vfs is not None else None
