@@ -149,12 +149,34 @@ def _claims() -> list[str]:
     return found
 
 
+def _made_records() -> list[str]:
+    """Records of containers this process's runners created (madehere.py) that stayed after the container went."""
+    from plugbay.runners.docker.madehere import records_roots
+    from plugbay.runners.proctree import host_session
+
+    mine = host_session()
+    found: list[str] = []
+    for root in records_roots():
+        try:
+            paths = list(root.iterdir())
+        except OSError:
+            continue
+        for path in paths:
+            try:
+                if path.read_text().strip() == mine:
+                    found.append(f"container record {path}")
+            except OSError:
+                continue
+    return found
+
+
 def find_leaks() -> list[str]:
     leaks: list[str] = []
     procs = descendants(os.getpid())
     leaks += [f"process {pid} ({name})" for pid, name in procs]
     leaks += _orphans({os.getpid(), *(pid for pid, _ in procs)})
     leaks += _claims()
+    leaks += _made_records()
     # plugbay-spawn lives for the process by design: the die_with_host children it forked die with it
     leaks += [f"thread {t.name}" for t in threading.enumerate()
               if t.name.startswith("plugbay-") and t.name != "plugbay-spawn" and t.is_alive()]

@@ -24,6 +24,7 @@ from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
+from plugbay.runners.docker.madehere import forget_made, record_made
 from plugbay.runners.session import host_session_id
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -162,6 +163,7 @@ def _started_by_1_claimed_by_2(plugbay_docker: Any) -> Any:
                                               name=f"fx-claim-{uuid.uuid4().hex[:8]}", network_mode="none")
     try:
         container.rename(owner_name(container.name, "2-0123456789ab"))
+        record_made(container.id)  # as a runner records what it created: the sweep's proof
     except BaseException:
         container.remove(force=True)
         raise
@@ -192,6 +194,7 @@ def test_a_container_claimed_after_the_sweep_listed_it_is_spared(plugbay_docker:
         assert plugbay_docker.containers.get(container.id).status == "running", "the sweep removed a claimed container"
     finally:
         container.remove(force=True)
+        forget_made(container.id)
 
 
 @pytest.mark.parametrize("live", [[], ["1-0123456789ab"], ["2-0123456789ab"]])
@@ -212,3 +215,4 @@ def test_a_claimed_container_goes_only_once_both_its_hosts_are(plugbay_docker: A
     finally:
         if container.id in {c.id for c in plugbay_docker.containers.list(all=True, filters={"id": container.id})}:
             container.remove(force=True)  # a sweep that removed it left nothing
+        forget_made(container.id)

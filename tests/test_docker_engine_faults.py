@@ -19,6 +19,7 @@ from plugbay.runners.docker import waiter as waiter_module
 from plugbay.runners.docker.engine import engine
 from plugbay.runners.docker.adopt import reattach_labels
 from plugbay.runners.docker.hardening import ensure_network
+from plugbay.runners.docker.madehere import made_here, record_made
 from plugbay.runners.reattachkey import SECRET, new_secret
 from plugbay.runners.session import HOST, MANAGED, SESSION, SESSION_START
 from tests.docker_standin import DROP, SILENT, Answer, Later, Reply, StandinEngine, standin  # noqa: F401
@@ -48,8 +49,10 @@ def test_a_container_removed_while_the_sweep_lists_is_skipped(standin: Standin) 
         return 404, {"message": "No such container"}
 
     engine_ = standin(answer)
+    record_made(gone)  # as the runner that created it did: the sweep's proof
     assert sweep(live_sessions=[]) == [gone]
     assert ("DELETE", f"/containers/{gone}") in engine_.requests
+    assert not made_here(gone)  # the record went with the container
 
 
 def test_an_engine_error_in_the_sweep_is_a_runner_error(standin: Standin) -> None:

@@ -28,6 +28,7 @@ from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.docker import CONTAINER_SOCKET_DIR, DockerRunner, sweep
 from plugbay.runners.session import managed_labels
+from plugbay.runners.docker.madehere import forget_made, record_made
 from tests.procs import first_line_then_sigkill
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -319,6 +320,7 @@ def test_oom_kill_is_diagnosed() -> None:
 def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:
     labels = {**managed_labels(), "plugbay.session": "1-gonesession"}
     stray = plugbay_docker.containers.create(BASE, ["sleep", "60"], labels=labels, network_mode="none")
+    record_made(stray.id)  # as a runner records what it created: the sweep's proof
     mine = _runner()
     mine.start(LaunchSpec(env={}))
     try:
@@ -330,6 +332,7 @@ def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:
         assert plugbay_docker.containers.get(mine.id).status == "running"
     finally:
         mine.kill()
+        forget_made(stray.id)
         try:
             stray.remove(force=True)
         except NotFound:  # already swept, as expected; any other failure is a leak to report
@@ -355,6 +358,7 @@ def test_sweep_clears_only_a_socket_folder_proven_to_be_plugbays(plugbay_docker:
             labels = {**managed_labels(), "plugbay.session": f"1-gone{name}", "plugbay.host": socket.gethostname(),
                       SOCKET_DIR: str(folders[name]), SOCKET_TOKEN: token}
             strays.append(plugbay_docker.containers.create(BASE, ["true"], labels=labels, network_mode="none"))
+            record_made(strays[-1].id)  # as a runner records what it created: the sweep's proof
         others = {c.labels.get("plugbay.session") for c in plugbay_docker.containers.list(
             all=True, filters={"label": "plugbay.managed=true"})} - {"1-gonetheirs", "1-goneours"}
         removed = sweep(live_sessions=[HOST_SESSION_ID, *(s for s in others if s)])
@@ -365,6 +369,7 @@ def test_sweep_clears_only_a_socket_folder_proven_to_be_plugbays(plugbay_docker:
         for listener in listeners:
             listener.close()
         for stray in strays:
+            forget_made(stray.id)
             try:
                 stray.remove(force=True)
             except NotFound:  # swept, as expected

@@ -34,7 +34,7 @@ def _claims_roots(written: bool = False) -> list[Path]:
     home copy stands then.
     """
     uid = os.getuid()
-    bases = [os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp", *_home_cache(uid)]
+    bases = [os.environ.get("XDG_RUNTIME_DIR") or "/tmp", "/tmp", *home_cache(uid)]
     bases += [] if written else [f"/run/user/{uid}"]
     roots: list[Path] = []
     for base in bases:
@@ -44,7 +44,7 @@ def _claims_roots(written: bool = False) -> list[Path]:
     return roots
 
 
-def _home_cache(uid: int) -> list[str]:
+def home_cache(uid: int) -> list[str]:
     try:
         home = pwd.getpwuid(uid).pw_dir
     except (KeyError, OSError):  # a user without a passwd entry (a container's): its HOME
@@ -52,7 +52,7 @@ def _home_cache(uid: int) -> list[str]:
     return [os.path.join(home, ".cache")] if home and home != "/" and os.path.isabs(home) else []
 
 
-def _private(folder: Path) -> bool:
+def private_folder(folder: Path) -> bool:
     try:
         st = os.lstat(folder)
     except OSError:
@@ -80,7 +80,7 @@ def _write_claim(root: Path, plugin_id: str, name: str) -> bool:
             if not root.parent.is_dir():  # ~/.cache may not exist yet
                 root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             root.mkdir(mode=0o700, exist_ok=True)
-            if not _private(root):
+            if not private_folder(root):
                 return False  # someone else's folder: no claim rather than one others could forge or read
             folder = root / plugin_id
             folder.mkdir(mode=0o700, exist_ok=True)
@@ -123,7 +123,7 @@ def claimants(plugin_id: str) -> dict[Path, str]:
         return found
     paths: list[Path] = []
     for root in _claims_roots():
-        if _private(root):
+        if private_folder(root):
             try:
                 paths.extend((root / plugin_id).iterdir())
             except OSError:
@@ -143,7 +143,7 @@ def forget_claims_of_ended(running: set[str]) -> None:
     released them: a crash), and claims left half-written."""
     folders: list[Path] = []
     for root in _claims_roots():
-        if _private(root):
+        if private_folder(root):
             try:
                 folders.extend(f for f in root.iterdir() if _CLAIM_NAME.fullmatch(f.name) and f.name not in running)
             except OSError:

@@ -99,9 +99,9 @@ def create_container(client: Any, args: dict[str, Any], extra: Iterable[str] = (
 
 def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
                   inspect: Callable[[], dict[str, Any] | None],
-                  stopped: Callable[[dict[str, Any]], None]) -> None:
+                  stopped: Callable[[dict[str, Any]], None]) -> bool:
     """Stop a container (thawed first: a frozen one ignores SIGTERM; unless ``grace`` is 0: SIGKILL while
-    paused) and remove it.
+    paused) and remove it; True once it is known gone (removed, here or elsewhere).
 
     ``stopped`` gets its last State once it has stopped, before the removal: an engine lost
     in the removal leaves the caller that state. A failing engine gets a forced removal as the
@@ -139,21 +139,24 @@ def end_container(api: Any, container_id: str, *, grace: float, remove: bool,
             stopped(final)
         if remove:
             removal()
+        return remove
     except NotFound:
-        pass
+        return True
     except failed as exc:
         if _removed_elsewhere(exc, inspect, bound):
-            return
+            return True
         try:
             removal()
+            return True
         except NotFound:
-            pass
+            return True
         except failed as exc:
             if _removed_elsewhere(exc, inspect, bound):
-                return
+                return True
             _log.warning("container %s could not be removed: %s; remove it with `docker rm -f"
                          " %s` or plugbay.runners.docker.sweep() once the engine answers",
                          container_id[:12], exc, container_id[:12])
+            return False
 
 
 def _removed_elsewhere(exc: BaseException, inspect: Callable[[], dict[str, Any] | None], bound: float | None) -> bool:

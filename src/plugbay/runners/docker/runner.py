@@ -35,6 +35,7 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, ENGINE_TIMEOUT,
                                             SOCKET_OWNED, SOCKET_TOKEN, bind_mount, check_runtime, create_container,
                                             engine, host_gid, mark_socket_dir, parse_mount,
                                             prepare_socket_dir, published_port, transport_settings)
+from plugbay.runners.docker.madehere import forget_made, record_made
 from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                NETWORK_TRIES, hardened_args, network_id, network_swept,
@@ -248,6 +249,7 @@ class DockerRunner(ContainerTeardown, ContainerOutput, Runner):
                     if self._container_id:
                         budget.call(lambda: client.api.remove_container(self._container_id, force=True),
                                     "remove it")
+                        forget_made(self._container_id)
                         self._container_id = ""
                     if tries_left == 1:
                         raise network_swept(str(self.network)) from exc
@@ -280,6 +282,7 @@ class DockerRunner(ContainerTeardown, ContainerOutput, Runner):
         self._container_id = create_or_clean(
             lambda: budget.call(lambda: create_container(client, args, self.extra_create_args), "create the container"),
             self._client.api, args.get("name"), args["labels"])
+        record_made(self._container_id)  # before anything else can fail: a sweep removes only what is recorded
         budget.call(lambda: client.api.start(self._container_id), "start the container")
 
     def _watch_exit(self) -> None:

@@ -15,6 +15,7 @@ from plugbay.runners.docker.engine import (SOCKET_DIR, end_socket_dir, engine, e
                                            require_sdk)
 from plugbay.runners.docker.grace import GRACE, Grace, checked_grace
 from plugbay.runners.docker.hardening import MADE_NETWORK, made_by_plugbay
+from plugbay.runners.docker.madehere import forget_made, made_here, records_roots
 from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
                                      owner_of, session_gone)
 
@@ -46,7 +47,8 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     alone). With it, every session not listed counts as gone. A container
     another host reattached to has two sessions, its starting host's (its
     ``plugbay.session`` label) and the claimant's (its name): it goes only when
-    both are gone. A container either names as this process is never removed.
+    both are gone. A container either names as this process is never removed, nor one whose id no
+    runner of this user recorded creating (madehere.py): labels are anyone's to write.
     """
     checked_grace(grace)  # before anything is removed
     client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
@@ -76,6 +78,13 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                            for s, t in sessions)
             if not gone:
                 continue
+            if not made_here(container.id):
+                # its labels are anyone's to write (or copied by `docker commit`): only a container a runner of
+                # this user recorded having created is plugbay's to remove
+                _log.info("sweep left container %s alone: its labels name a gone session, but no runner of this"
+                          " user recorded creating it (%s); if it is plugbay's, remove it with `docker rm -f %s`",
+                          container.short_id, ", ".join(str(r) for r in records_roots()), container.short_id)
+                continue
             if dry_run:
                 removed.append(container.id)
                 continue
@@ -90,11 +99,13 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                     continue
                 container.remove(force=True, v=True)
             except NotFound:
+                forget_made(container.id)
                 continue
             except failed as exc:
                 _log.warning("sweep could not remove container %s of gone session %s: %s; remove it with"
                              " `docker rm -f %s`", container.short_id, session, exc, container.short_id)
                 continue
+            forget_made(container.id)
             removed.append(container.id)
             if labels.get(SOCKET_DIR) and labels.get(HOST) == here:
                 # labels are untrusted: only a folder holding the marker plugbay wrote for this container

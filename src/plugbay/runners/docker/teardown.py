@@ -14,6 +14,7 @@ from plugbay.runners.docker.adopt import give_back
 from plugbay.runners.docker.engine import (SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, end_container, engine_call,
                                             end_socket_dir, engine, give_back_socket_dir)
 from plugbay.runners.docker.logs import ContainerLogStream
+from plugbay.runners.docker.madehere import forget_made
 from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.unanswered import wait_late_creates
 from plugbay.runners.docker.waiter import ExitWaiter
@@ -129,8 +130,9 @@ class ContainerTeardown:
         ended = False
         try:
             if client is not None and self._container_id:
-                end_container(client.api, self._container_id, grace=grace, remove=remove, inspect=self._inspect,
-                              stopped=self._keep_final_state)
+                if end_container(client.api, self._container_id, grace=grace, remove=remove, inspect=self._inspect,
+                                 stopped=self._keep_final_state):
+                    forget_made(self._container_id)  # kept while it may still exist: the sweep's proof
                 ended = remove
         finally:
             for pump in list(self._pumps.values()):  # a start() on another thread may add one meanwhile

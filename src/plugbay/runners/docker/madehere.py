@@ -1,0 +1,75 @@
+"""The local record of the containers plugbay's runners created: the proof a sweep asks before it removes one.
+
+A container's labels are anyone's to write (``docker run --label plugbay.managed=true ...``), and are inherited
+as they are by every container of an image ``docker commit`` made of a plugbay container: labels naming a dead
+session prove nothing about who made the container. So a DockerRunner records the id the engine gave its
+container, in a folder private to this user, right after the create; the sweep removes only containers whose
+id is recorded there (ids are the engine's random 256 bits: no label can name its way into the record), and
+drops the record with the container (as a runner's kill() does).
+
+The folder is ``plugbay-made-UID`` under the user's ~/.cache (it survives a reboot, as containers do), or
+under /tmp when there is no home; each is used only when it is this user's and mode 0700. A sweep run as
+another user than the host's finds no record, and leaves those containers alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+from pathlib import Path
+
+from plugbay.runners.procclaims import home_cache, private_folder
+from plugbay.runners.session import host_session
+
+_log = logging.getLogger("plugbay.runners.docker")
+_FULL_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
+
+
+def records_roots() -> list[Path]:
+    """Where this user's records are (the first that can be made is written; all are read)."""
+    uid = os.getuid()
+    return [Path(base) / f"plugbay-made-{uid}" for base in (*home_cache(uid), "/tmp")]
+
+
+def record_made(container_id: str) -> bool:
+    """Record that this process created ``container_id`` (best effort: False, with a warning, when no
+    private folder could hold it; a sweep then leaves that container to ``docker rm -f``)."""
+    if not _FULL_ID.fullmatch(container_id):
+        return False
+    for root in records_roots():
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not private_folder(root):
+                continue  # another user's folder under that name: a record there proves nothing
+            tmp = root / f".{container_id}.{secrets.token_hex(4)}"
+            try:
+                tmp.write_text(host_session())
+                os.replace(tmp, root / container_id)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            return True
+        except OSError:
+            continue
+    _log.warning("no record of container %s could be written (no private folder of this user at %s): a sweep"
+                 " will not remove it if this host dies; remove it then with `docker rm -f %s`", container_id[:12],
+                 ", ".join(str(root) for root in records_roots()), container_id[:12])
+    return False
+
+
+def made_here(container_id: str) -> bool:
+    """Whether a runner of this user on this machine recorded that it created ``container_id``."""
+    if not _FULL_ID.fullmatch(container_id):
+        return False
+    return any(private_folder(root) and (root / container_id).is_file() for root in records_roots())
+
+
+def forget_made(container_id: str) -> None:
+    """Drop the record of a container that was removed."""
+    if not _FULL_ID.fullmatch(container_id):
+        return
+    for root in records_roots():
+        if private_folder(root):
+            (root / container_id).unlink(missing_ok=True)
