@@ -264,3 +264,35 @@ def test_a_read_whose_task_is_cancelled_during_the_resends_pick_cancels_the_stre
             return seen, client.metrics()["endpoints"][live]["picks"] - picks
 
     assert asyncio.run(run()) == ({"done": True, "cancelled": True, **CANCELLED}, 0)
+
+
+def test_break_out_of_async_for_over_a_pool_stream_ends_the_replicas_handler(streamers: list[Any], certs: Any) -> None:
+    """Leaving the loop early drops the stream's iterator, which asyncio closes at once: the call is cancelled
+    then, not when the garbage collector (off here) finds grpc.aio's call, which holds itself in a cycle."""
+    import gc
+
+    async def run() -> tuple[Any, dict[str, Any]]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            stream = streamer.generate(0, 100)  # endless: only a cancel ends it
+            async for chunk in stream:
+                if chunk.seq == 2:
+                    break
+            for _ in range(200):  # about 20 s: a hang guard
+                stats = await streamer.stats()
+                if stats.active == 0:
+                    break
+                await asyncio.sleep(0.1)
+            seen = {"done": stream.done(), "cancelled": stream.cancelled(), "code": await stream.code()}
+            await _nothing_left(client, stream)
+            return stats, seen
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        stats, seen = asyncio.run(run())
+    finally:
+        if was:
+            gc.enable()
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+    assert seen == {"done": True, "cancelled": True, "code": grpc.StatusCode.CANCELLED}

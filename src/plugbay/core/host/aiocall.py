@@ -53,6 +53,7 @@ class AioCall:
         self._owner = owner
         self._timeout = timeout
         self._started = owner._loop.time()
+        self._abandoned = False  # cancelled by plugbay: an `async for` over it ended early
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._result().__await__()
@@ -86,12 +87,31 @@ class AioCall:
             async for item in self._call:
                 yield item
             return
+        except GeneratorExit:
+            # the loop over the stream ended early (break, return, an error in its body) and dropped this
+            # iterator, which asyncio then closes at once (CPython). grpc.aio's call holds itself in a cycle
+            # (its own response iterator), so without this the plugin's handler and the HTTP/2 stream would
+            # run on until the garbage collector found it
+            self._abandon()
+            raise
         except grpc.RpcError as exc:
             raise caused(await self._translated(exc), exc)
         except asyncio.CancelledError:
             if not self._iterator_raised():
                 raise await self._cancelled() from None
         raise await self._iterators_error()  # as in _step
+
+    async def __aenter__(self) -> AioCall:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._abandon()  # the block is done with the call, however it ended: so is the plugin
+
+    def _abandon(self) -> None:
+        """Cancel the call for its reader, who left it before its end (not done: nothing to end)."""
+        if not self._call.done():
+            self._abandoned = True
+            self._call.cancel()
 
     async def read(self) -> Any:
         return await self._step(self._call.read())
@@ -145,6 +165,11 @@ class AioCall:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             return asyncio.CancelledError()
+        if self._abandoned:  # not a cancel of the reader's task: a CancelledError would pass for one
+            return asyncio.InvalidStateError(
+                "this stream was cancelled when the `async for` or `async with` over it ended before the stream"
+                " did (break, return or an error in its body): leaving the loop ends the call. To stop reading"
+                " and go on later, read it with `await stream.read()` rather than an `async for`")
         if self._owner._closing is None:
             return asyncio.CancelledError()
         closed = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
