@@ -13,6 +13,7 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import Executor
 from typing import Any, Self, TypeVar
@@ -36,6 +37,9 @@ from plugbay.core.host.deadline import call_timeout
 from plugbay.core.transport.requestsource import RequestSource, Watched
 
 _T = TypeVar("_T")
+_log = logging.getLogger("plugbay.client")
+
+
 class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
     """A grpc.aio.Channel proxy: the Client's default deadline and typed failures on every call."""
 
@@ -82,7 +86,18 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
                 await asyncio.wait_for(asyncio.wrap_future(closing), 5.0)
             except (asyncio.TimeoutError, RuntimeError):
                 pass  # that loop is stuck or ending: the connection ends with it
-        # else: its loop has ended, and the connection with it
+        else:
+            await self._close_without_its_loop()
+
+    async def _close_without_its_loop(self) -> None:
+        """Its loop is closed (an asyncio.run() that ended) or stopped, and the connection did not end with it:
+        it lasted until the grpc.aio channel was collected (with the AsyncClient that holds it), a live
+        plugin's (a reattached one's close()) too. grpc.aio's close() without a grace runs nothing on the
+        channel's loop but the cancels of calls still in flight, and the ending loop's run cancelled those."""
+        try:
+            await self._inner.close()
+        except RuntimeError as exc:  # a call of the closed loop's that its end left in flight: ends when collected
+            _log.debug("closing a grpc.aio channel whose event loop had closed: %s", exc)
 
     async def _close_here(self) -> None:
         """On the channel's own loop: marked as closing first, so its calls' local cancels are typed."""
