@@ -23,6 +23,7 @@ import pytest
 from plugbay.errors import (ClientStateError, ConfigError, HandshakeTimeoutError, MalformedHandshakeError,
                             PluginExitedError)
 from plugbay.testing import PluginContainer
+from plugbay.runners.docker.madehere import forget_made
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 
 pytestmark = [pytest.mark.docker]
@@ -344,6 +345,7 @@ def test_the_engine_going_away_during_the_handshake_wait(relay: EngineRelay, plu
         closer.join(30)
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"test.plugbay-tc={tag}"}):
             found.remove(force=True, v=True)
+            forget_made(found.id)  # kept by stop() while the container it could not remove may exist
 
 
 def _open_sockets() -> set[str]:

@@ -46,6 +46,7 @@ from plugbay.runners.docker.adopt import reattach_labels
 from plugbay.runners.docker.checks import find_image, missing_image
 from plugbay.runners.docker.connect import release_frames
 from plugbay.runners.docker.createargs import checked_labels
+from plugbay.runners.docker.madehere import forget_made, record_made
 from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             engine_failures, mark_socket_dir, prepare_socket_dir, transport_settings)
@@ -121,9 +122,11 @@ class _Engine(DockerClient):
         sent = create_labels(image, labels)
         try:
             # no answer (Ctrl-C, a timeout) leaves testcontainers no container for stop(): found by name
-            return create_or_clean(lambda: engine_call(lambda: self.client.containers.create(
+            made = create_or_clean(lambda: engine_call(lambda: self.client.containers.create(
                 image, command=command, environment=environment, ports=ports, labels=sent, detach=detach,
                 **kwargs), "create the container"), self.client.api, kwargs.get("name"), sent)
+            record_made(made.id)  # the sweep's proof that plugbay made it (madehere.py), as DockerRunner's
+            return made
         except ImageNotFound:  # removed since find_image saw it; docker-py's create does not pull
             raise missing_image(image) from None
         except APIError as exc:
@@ -352,10 +355,13 @@ class PluginContainer(DockerContainer):
                 if client is not None:
                     client.kill()  # Shutdown, then the runner removes the container
             finally:  # a kill that failed must not leave the container running
+                made = self._container.id if self._container is not None else None
                 try:
                     super().stop(force=force, delete_volume=delete_volume)
+                    gone = True
                 except NotFound:
                     self.get_docker_client().client.close()
+                    gone = True
                 except engine_failures() as exc:  # warned of: a start()'s own failure is the one to report
                     release_frames(exc, outer)  # the failed request's socket, closed now (not by the collector)
                     self.get_docker_client().client.close()
@@ -363,6 +369,9 @@ class PluginContainer(DockerContainer):
                     # its text: a record that kept the error would keep docker-py's failed connection open
                     _log.warning("container %s could not be removed: %s; remove it with `docker rm -f %s` or"
                                  " plugbay.runners.docker.sweep() once the engine answers", ref, str(exc), ref)
+                    gone = False  # its record stays: the sweep's proof while it may still exist
+                if gone and made:
+                    forget_made(made)
         finally:
             try:
                 # a create cut short (Ctrl-C, a dropped connection) the engine may make late is watched until

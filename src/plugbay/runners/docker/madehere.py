@@ -8,7 +8,8 @@ id is recorded there (ids are the engine's random 256 bits: no label can name it
 drops the record with the container (as a runner's kill() does).
 
 The folder is ``plugbay-made-UID`` under the user's ~/.cache (it survives a reboot, as containers do), or
-under /tmp when there is no home; each is used only when it is this user's and mode 0700. A sweep run as
+under /tmp when there is none; each is used only when it is this user's and mode 0700, and removed once
+its last record goes. A sweep run as
 another user than the host's finds no record, and leaves those containers alone.
 """
 
@@ -33,16 +34,31 @@ def records_roots() -> list[Path]:
     return [Path(base) / f"plugbay-made-{uid}" for base in (*home_cache(uid), "/tmp")]
 
 
+def _writable_roots() -> list[Path]:
+    """The roots whose parent exists (a home without ~/.cache is not given one: /tmp serves)."""
+    return [root for root in records_roots() if root.parent.is_dir()]
+
+
 def record_made(container_id: str) -> bool:
     """Record that this process created ``container_id`` (best effort: False, with a warning, when no
     private folder could hold it; a sweep then leaves that container to ``docker rm -f``)."""
     if not _FULL_ID.fullmatch(container_id):
         return False
-    for root in records_roots():
+    for root in _writable_roots():
+        if _write(root, container_id):
+            return True
+    _log.warning("no record of container %s could be written (no private folder of this user at %s): a sweep"
+                 " will not remove it if this host dies; remove it then with `docker rm -f %s`", container_id[:12],
+                 ", ".join(str(root) for root in records_roots()), container_id[:12])
+    return False
+
+
+def _write(root: Path, container_id: str) -> bool:
+    for _ in range(3):  # another process may remove the emptied folder meanwhile (forget_made)
         try:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            root.mkdir(mode=0o700, exist_ok=True)
             if not private_folder(root):
-                continue  # another user's folder under that name: a record there proves nothing
+                return False  # another user's folder under that name: a record there proves nothing
             tmp = root / f".{container_id}.{secrets.token_hex(4)}"
             try:
                 tmp.write_text(host_session())
@@ -51,11 +67,10 @@ def record_made(container_id: str) -> bool:
                 tmp.unlink(missing_ok=True)
                 raise
             return True
-        except OSError:
+        except FileNotFoundError:
             continue
-    _log.warning("no record of container %s could be written (no private folder of this user at %s): a sweep"
-                 " will not remove it if this host dies; remove it then with `docker rm -f %s`", container_id[:12],
-                 ", ".join(str(root) for root in records_roots()), container_id[:12])
+        except OSError:
+            return False
     return False
 
 
@@ -73,3 +88,7 @@ def forget_made(container_id: str) -> None:
     for root in records_roots():
         if private_folder(root):
             (root / container_id).unlink(missing_ok=True)
+            try:
+                root.rmdir()  # the last record gone: no folder left behind in the user's home or /tmp
+            except OSError:
+                pass  # other records (or a record being written) keep it
