@@ -54,6 +54,7 @@ from plugbay.runners.docker.unanswered import create_or_clean, create_token, wai
 from plugbay.runners.options import required_str, seconds
 from plugbay.runners.reattachkey import SECRET, new_secret
 from plugbay.runners.session import managed_labels
+from plugbay.testing import livecontainers
 from plugbay.testing.announced import check_announced
 from plugbay.testing.handshake_log import read_handshake
 from plugbay.testing.reaper import reaper_failure
@@ -283,6 +284,7 @@ class PluginContainer(DockerContainer):
             raise ClientStateError("PluginContainer is already started; call stop() first (or use a new"
                                    " PluginContainer for a second plugin)")
         self._started = True
+        livecontainers.started(self)  # stopped at interpreter exit unless stop() comes first
         try:
             try:
                 super().start()
@@ -373,6 +375,7 @@ class PluginContainer(DockerContainer):
                 if gone and made:
                     forget_made(made)
         finally:
+            livecontainers.stopped(self)
             try:
                 # a create cut short (Ctrl-C, a dropped connection) the engine may make late is watched until
                 # its answer was due (unanswered.py): as DockerRunner's kill(), stop() returns once such a
