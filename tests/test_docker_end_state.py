@@ -20,6 +20,7 @@ from plugbay.core.host.client import Client, ClientConfig
 from plugbay.errors import PluginDiedError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker.madehere import forget_made
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -54,6 +55,7 @@ def test_the_final_state_survives_an_engine_lost_at_the_removal(tmp_path: Path, 
     finally:
         for found in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.test-end={tag}"}):
             found.remove(force=True, v=True)
+            forget_made(found.id)  # kept by kill() while the container it could not remove may exist
 
 
 def test_a_hung_engine_holds_no_call_behind_another_ones_exit_reason(plugbay_image: Any, relay: EngineRelay,  # noqa: F811
