@@ -20,6 +20,7 @@ The two "vs Go host" rows are plugbay's host start against go-plugin's own host
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import json
 import os
@@ -109,26 +110,38 @@ PAIR_BLOCK = 50  # bench-pair's Gets per turn: each plugin's calls spread over t
 def _go_host_with_floor(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
     """The Go host -> Python plugin rows: each round one Go host running the bare grpcio plugin and this one.
 
-    kv_host's bench-pair starts both (which first swaps every round), then times their Gets in
-    alternating blocks of PAIR_BLOCK, so both see the same moments of the machine's load. Their rounds
-    run one after the other (as until the fifty-seventh session) saw different moments: over 16 pairs,
-    the bare plugin against itself ranged 0.40-1.36x that way, 0.90-1.11x in one host.
+    kv_host's bench-pair starts both, then times their Gets in blocks of PAIR_BLOCK whose turns follow
+    the start order and then swap (a b | b a | ...), so both see the same moments of the machine's load.
+    Their rounds run one after the other (as until the fifty-seventh session) saw different moments:
+    over 16 pairs, the bare plugin against itself ranged 0.40-1.36x that way, 0.90-1.11x in one host.
+    The start order swaps every round and the rounds (timed and start-only) are made even in number,
+    so each plugin starts second, in a host that has just started the other (it can be
+    the warmer start), as often as first: with 9 rounds plugbay's plugin started second in 5. The first
+    started also kept a lower p99 (the bare plugin against itself, 30 runs per order: b/a 1.22x in ab,
+    0.84x in ba), which the even count of timed rounds cancels too.
     """
     host = go_program(ctx, "kv_host")
     if host is None:
         return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
     note = ("go-plugin host" + (" + plugbay relay-tls (plugin side)" if automtls else "")
-            + f"; its floor in the same host, Gets alternating in blocks of {PAIR_BLOCK}")
+            + f"; its floor in the same host (starts: one Go host starts both, each first in half the rounds;"
+              f" Gets in blocks of {PAIR_BLOCK}, turns a b | b a)")
+    even = dataclasses.replace(ctx, rounds=_even(ctx.rounds), pairs=_even(ctx.pairs), starts=_even(ctx.starts))
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
         rounds = itertools.count()
-        theirs: list[Result] = []
+        pending: dict[str, Result] = {}  # the run's plugbay figures, from its floor's call to its own
 
         def floor(calls: int) -> Result:
-            mine, bare = _go_host_pair(host, plugin_cmd, automtls, calls, cwd, next(rounds) % 2 == 1, note)
-            theirs.append(mine)  # interleaved() asks for the row's round right after its floor's
+            assert not pending, "interleaved() asks for a row round after each floor round"
+            pending["row"], bare = _go_host_pair(host, plugin_cmd, automtls, calls, cwd, next(rounds) % 2 == 1,
+                                                 note)
             return bare
 
-        return interleaved(ctx, lambda calls: theirs.pop(), floor)
+        return interleaved(even, lambda calls: pending.pop("row"), floor)
+
+
+def _even(count: int) -> int:
+    return count + count % 2
 
 
 def _go_host_pair(host: str, plugin_cmd: list[str], automtls: bool, calls: int, cwd: str, row_first: bool,
