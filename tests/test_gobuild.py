@@ -3,6 +3,7 @@ Go host -> Go plugin KV round trip (the cell the benchmarks compare against)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -110,16 +111,17 @@ def sockdir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _host(host: str, plugin_env: str, plugin: str, cwd: Path, sockdir: str, *args: str,
+def _host(host: str, plugin_env: str, plugin: str, cwd: Path, sockdir: str, *args: str, plugin_prefix: str = "",
           **env: str) -> tuple[int, str, str]:
     full_env = dict(os.environ, TMPDIR=sockdir, **env)
-    full_env[plugin_env] = str(build_go(plugin))
+    full_env[plugin_env] = plugin_prefix + str(build_go(plugin))  # run by `sh -c`
     res = run_program(build_go(host), list(args), env=full_env, cwd=cwd, timeout=60)
     return res.returncode, res.stdout, res.stderr
 
 
-def _kv(tmp_path: Path, sockdir: str, *args: str, plugin: str = "kv_plugin", **env: str) -> tuple[int, str, str]:
-    return _host("kv_host", "KV_PLUGIN", plugin, tmp_path, sockdir, *args, **env)
+def _kv(tmp_path: Path, sockdir: str, *args: str, plugin: str = "kv_plugin", plugin_prefix: str = "",
+        **env: str) -> tuple[int, str, str]:
+    return _host("kv_host", "KV_PLUGIN", plugin, tmp_path, sockdir, *args, plugin_prefix=plugin_prefix, **env)
 
 
 @pytest.mark.parametrize("mtls", [[], ["--automtls"]], ids=["plain", "automtls"])
@@ -145,17 +147,39 @@ def test_bench_mode_prints_latency_json(tmp_path: Path, sockdir: str) -> None:
     assert figures["start_to_first_call_ms"] > 0
 
 
+def _pair_turns(order: str, n: int, block: int) -> list[str]:
+    """Which plugin bench-pair asks, Get by Get: a warm-up block each in the start order, then turns
+    that follow the start order and swap (ab: a b | b a | a b ...)."""
+    first, second = order
+    asked = [first] * block + [second] * block
+    done = 0
+    for i in itertools.count():
+        if done == n:
+            return asked
+        k = min(block, n - done)
+        for name in (first, second) if i % 2 == 0 else (second, first):
+            asked += [name] * k
+        done += k
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.parametrize("order", ["ab", "ba"])
 def test_bench_pair_mode_times_two_plugins_in_one_host(tmp_path: Path, sockdir: str, order: str) -> None:
-    """The core bench's Go host -> Python plugin rows: both plugins start, each times its own Gets, both end."""
-    rc, out, err = _kv(tmp_path, sockdir, "bench-pair", "120", "50", order, KV_PLUGIN_B=str(build_go("kv_plugin")))
+    """The core bench's Go host -> Python plugin rows: both plugins start, each answers its own Gets in
+    the blocks and order asked for, each plugin's figures under its own label, both end."""
+    plugin, log = build_go("kv_plugin"), tmp_path / "gets.log"
+    # a's Gets each wait 10 ms, so its p50 cannot be below that: b's figures under a's label would be
+    rc, out, err = _kv(tmp_path, sockdir, "bench-pair", "120", "50", order, KV_GET_LOG=str(log),
+                       KV_PLUGIN_B=f"KV_GET_TAG=b {plugin}", plugin_prefix="KV_GET_TAG=a KV_GET_DELAY=10ms ")
     assert rc == 0, (out, err)
+    assert log.read_text().split() == _pair_turns(order, 120, 50)
     figures = json.loads(out)
     assert sorted(figures) == ["a", "b"]
     for side in figures.values():
         assert side["n"] == 120 and side["automtls"] is False  # 120: two full blocks and a part one each
         assert 0 < side["p50_us"] <= side["p99_us"] and side["calls_per_s"] > 0
         assert side["start_to_first_call_ms"] > 0
+    assert figures["a"]["p50_us"] >= 10_000
     assert err.count("kv_host: handshake protocol=grpc") == 2
     assert err.count("kv_host: kill graceful=true") == 2, err
 
@@ -168,6 +192,8 @@ def test_bench_pair_mode_usage_errors(tmp_path: Path, sockdir: str) -> None:
     assert rc == 1 and "bench-pair's start order is ab or ba" in out
     rc, out, _ = _kv(tmp_path, sockdir, "bench-pair", "10", "0", "ab", KV_PLUGIN_B=plugin_b)
     assert rc == 1 and "bench-pair needs a positive block size" in out
+    rc, out, _ = _kv(tmp_path, sockdir, "bench-pair", "zero", "5", "ab", KV_PLUGIN_B=plugin_b)
+    assert rc == 1 and "bench-pair needs a positive call count" in out
 
 
 def test_get_of_a_missing_key_fails_with_the_plugin_error(tmp_path: Path, sockdir: str) -> None:

@@ -2,12 +2,18 @@
 // cookie BASIC_PLUGIN=hello, plugin name kv_grpc, service proto.KV. Put stores the value in the
 // file kv_<key> in the working directory (the bytes exactly as sent) and Get reads it back.
 // It logs through hclog as JSON on its original stderr, like go-plugin's default plugin logger.
+//
+// For kv_host bench-pair's tests, two of it can be told apart: with KV_GET_LOG set, each Get appends
+// the line KV_GET_TAG to that file before it answers (the order the host asked in), and KV_GET_DELAY
+// (a Go duration) makes each Get wait that long first.
 package main
 
 import (
 	"context"
+	"fmt"
 	"io/ioutil"
 	"os"
+	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
 	plugin "github.com/hashicorp/go-plugin"
@@ -24,6 +30,9 @@ var handshake = plugin.HandshakeConfig{
 
 type kvServer struct {
 	logger hclog.Logger
+	getLog string // KV_GET_LOG
+	getTag string // KV_GET_TAG
+	delay  time.Duration
 }
 
 func (s *kvServer) Put(ctx context.Context, req *kvproto.PutRequest) (*kvproto.Empty, error) {
@@ -33,11 +42,29 @@ func (s *kvServer) Put(ctx context.Context, req *kvproto.PutRequest) (*kvproto.E
 
 func (s *kvServer) Get(ctx context.Context, req *kvproto.GetRequest) (*kvproto.GetResponse, error) {
 	s.logger.Debug("get", "key", req.Key)
+	time.Sleep(s.delay)
+	if s.getLog != "" {
+		if err := appendLine(s.getLog, s.getTag); err != nil {
+			return nil, err
+		}
+	}
 	v, err := ioutil.ReadFile("kv_" + req.Key)
 	if err != nil {
 		return nil, err
 	}
 	return &kvproto.GetResponse{Value: v}, nil
+}
+
+func appendLine(path, line string) error {
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(line + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 type kvPlugin struct {
@@ -62,10 +89,19 @@ func main() {
 		Output:     os.Stderr,
 		JSONFormat: true,
 	})
+	impl := &kvServer{logger: logger, getLog: os.Getenv("KV_GET_LOG"), getTag: os.Getenv("KV_GET_TAG")}
+	if d := os.Getenv("KV_GET_DELAY"); d != "" {
+		delay, err := time.ParseDuration(d)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "kv_plugin: KV_GET_DELAY is a Go duration such as 10ms, got %q\n", d)
+			os.Exit(1)
+		}
+		impl.delay = delay
+	}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: handshake,
 		Plugins: map[string]plugin.Plugin{
-			"kv_grpc": &kvPlugin{impl: &kvServer{logger: logger}},
+			"kv_grpc": &kvPlugin{impl: impl},
 		},
 		GRPCServer: plugin.DefaultGRPCServer,
 		Logger:     logger,
