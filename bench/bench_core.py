@@ -96,7 +96,8 @@ def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
     note = "go-plugin host" + (" + plugbay relay-tls (plugin side)" if automtls and python_plugin else
                                ", Go TLS" if automtls else "")
     if plugin_cmd == FLOOR_PLUGIN:
-        note = "go-plugin host; bench/floor_kv_plugin.py" + (" + BareTerminator (floor_relay.py)" if automtls else "")
+        note = ("go-plugin host; bench/floor_kv_plugin.py" + (" + BareTerminator (floor_relay.py)" if automtls else "")
+                + "; alone in its host (the Go host -> Python plugin rows' ratios: against it in their own hosts)")
     with tempfile.TemporaryDirectory(prefix="plugbay-bench-") as cwd:
         def start(calls: int) -> Result:
             return _go_host_round(host, plugin_cmd, automtls, calls, cwd, note)
@@ -137,7 +138,12 @@ def _go_host_with_floor(plugin_cmd: list[str], automtls: bool, ctx: Context) -> 
                                                  note)
             return bare
 
-        return interleaved(even, lambda calls: pending.pop("row"), floor)
+        result = interleaved(even, lambda calls: pending.pop("row"), floor)
+    # the printed "Go host -> bare grpcio plugin" row runs that plugin alone, one per host: the ratio
+    # column is taken against these runs' bare plugin, so the note gives its figures
+    result.note += (f"; the bare plugin in these runs: start {result.floor_start_ms:.1f} ms, p50"
+                    f" {result.floor_p50_us:.0f} us, p99 {result.floor_p99_us:.0f} us")
+    return result
 
 
 def _even(count: int) -> int:

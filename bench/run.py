@@ -198,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
               " its bare-grpcio reference row's (same run; where the row took its floor's rounds between its"
               f" own, max({args.rounds}, {args.pairs}) pairs of a floor round and a row round, its p50, p99"
               " and calls/s ratios are the medians of the pairs' own ratios, as is its start ratio where each"
-              " start had its floor's just before it, and its start difference in ms).")
+              " start had its floor's just before it, and its start difference in ms; the Go host -> Python"
+              " plugin rows' pairs are each one Go host run that starts both plugins, each first in half the"
+              " runs, and times their Gets in blocks, turns a b | b a, after a warm-up block each: their ratios"
+              " are against the bare plugin of those runs, whose figures their note gives, not against the"
+              " Go host -> bare grpcio plugin row, which runs it alone).")
         for text in extras:
             print("\n" + text)
     return 1 if failed_extra or any((r.skipped or "").startswith("FAILED") for _, r in rows) else 0
