@@ -180,8 +180,9 @@ def test_bench_pair_mode_times_two_plugins_in_one_host(tmp_path: Path, sockdir: 
         assert 0 < side["p50_us"] <= side["p99_us"] and side["calls_per_s"] > 0
         assert side["start_to_first_call_ms"] > 0
     assert figures["a"]["p50_us"] >= 10_000
-    assert err.count("kv_host: handshake protocol=grpc") == 2
-    assert err.count("kv_host: kill graceful=true") == 2, err
+    for name in "ab":
+        assert err.count(f"kv_host: handshake plugin={name} protocol=grpc") == 1, err
+        assert err.count(f"kv_host: kill plugin={name} graceful=true") == 1, err
 
 
 def test_bench_pair_mode_usage_errors(tmp_path: Path, sockdir: str) -> None:
@@ -194,6 +195,11 @@ def test_bench_pair_mode_usage_errors(tmp_path: Path, sockdir: str) -> None:
     assert rc == 1 and "bench-pair needs a positive block size" in out
     rc, out, _ = _kv(tmp_path, sockdir, "bench-pair", "zero", "5", "ab", KV_PLUGIN_B=plugin_b)
     assert rc == 1 and "bench-pair needs a positive call count" in out
+    env = {k: v for k, v in os.environ.items() if k != "KV_PLUGIN_B"}
+    res = run_program(build_go("kv_host"), ["bench-pair", "10", "5", "ab"], env=dict(env, KV_PLUGIN=plugin_b),
+                      cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "set KV_PLUGIN_B to the second one's command" in res.stderr, res.stderr
+    assert "KV_PLUGIN_B" in res.stderr.split("usage: kv_host", 1)[1]
 
 
 def test_get_of_a_missing_key_fails_with_the_plugin_error(tmp_path: Path, sockdir: str) -> None:

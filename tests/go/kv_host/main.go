@@ -19,6 +19,8 @@
 //	kv_host: handshake protocol=grpc version=1 network=unix address=/tmp/plugin123 automtls=true start_ms=12.3
 //	kv_host: kill graceful=true
 //
+// (bench-pair's lines say which plugin: "kv_host: handshake plugin=a protocol=grpc ...").
+//
 // Errors print "error: ..." on stdout (as the Go example does) and exit 1; exit 2 is a usage error
 // and exit 3 means the --timeout watchdog fired (the plugin's process group is killed first).
 package main
@@ -57,7 +59,7 @@ func main() {
 	timeout := flag.Duration("timeout", 60*time.Second, "exit with code 3 when the whole run takes longer")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: kv_host [--automtls] [-v] [--timeout D] put KEY VALUE | get KEY | bench N"+
-			" | bench-pair N BLOCK ab|ba\n")
+			" | bench-pair N BLOCK ab|ba\n  the plugin's command: KV_PLUGIN; bench-pair's second plugin's: KV_PLUGIN_B\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -72,7 +74,13 @@ func main() {
 	}
 	host := hostutil.NewHost("kv_host", "KV_PLUGIN", *verbose)
 	if args[0] == "bench-pair" {
+		if os.Getenv("KV_PLUGIN_B") == "" {
+			fmt.Fprintln(os.Stderr, "kv_host: bench-pair runs two plugins: set KV_PLUGIN_B to the second one's command")
+			flag.Usage()
+			os.Exit(2)
+		}
 		other := hostutil.NewHost("kv_host", "KV_PLUGIN_B", *verbose)
+		host.Label, other.Label = "a", "b"
 		host.Watchdog(*timeout, other)
 		if err := runPair(host, other, args, *autoMTLS); err != nil {
 			host.Fail(fmt.Sprintf("error: %v", err))
@@ -182,9 +190,8 @@ func runPair(a, b *hostutil.Host, args []string, autoMTLS bool) error {
 	// one untimed block each first: the first Gets after the starts are slower, and a plugin that
 	// always took them paid it in its p99 (the bare plugin against itself, 30 runs per order: b/a
 	// p99 median 0.80x when a's block always came first; 1.00x with the warm-up and the turns below)
-	warm := map[string][]float64{}
 	for _, name := range order {
-		if err := timeGets(kvs[name], block, warm, name); err != nil {
+		if _, err := timeGets(kvs[name], block, nil); err != nil {
 			return fmt.Errorf("plugin %s: %w", name, err)
 		}
 	}
@@ -202,7 +209,7 @@ func runPair(a, b *hostutil.Host, args []string, autoMTLS bool) error {
 		}
 		for _, name := range turn {
 			t0 := time.Now()
-			if err := timeGets(kvs[name], k, lat, name); err != nil {
+			if lat[name], err = timeGets(kvs[name], k, lat[name]); err != nil {
 				return fmt.Errorf("plugin %s: %w", name, err)
 			}
 			spent[name] += time.Since(t0)
@@ -223,45 +230,32 @@ func put(kv kvproto.KVClient) error {
 	return err
 }
 
-// timeGets times k Gets one by one, adding their latencies (us) to lat[name].
-func timeGets(kv kvproto.KVClient, k int, lat map[string][]float64, name string) error {
+// timeGets times k Gets one by one, appending their latencies (us) to lat.
+func timeGets(kv kvproto.KVClient, k int, lat []float64) ([]float64, error) {
 	for i := 0; i < k; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		s := time.Now()
-		_, err := kv.Get(ctx, &kvproto.GetRequest{Key: "bench"})
-		lat[name] = append(lat[name], float64(time.Since(s).Nanoseconds())/1000)
-		cancel()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// bench: one Put is the first call (start_to_first_call covers launch, handshake, dial and it),
-// then n Gets of that key measured one by one.
-func bench(kv kvproto.KVClient, n int, started time.Time, autoMTLS bool) error {
-	call := func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.Background(), 30*time.Second)
-	}
-	ctx, cancel := call()
-	_, err := kv.Put(ctx, &kvproto.PutRequest{Key: "bench", Value: []byte("value")})
-	cancel()
-	if err != nil {
-		return err
-	}
-	first := time.Since(started)
-	lat := make([]float64, 0, n)
-	t0 := time.Now()
-	for i := 0; i < n; i++ {
-		ctx, cancel := call()
 		s := time.Now()
 		_, err := kv.Get(ctx, &kvproto.GetRequest{Key: "bench"})
 		lat = append(lat, float64(time.Since(s).Nanoseconds())/1000)
 		cancel()
 		if err != nil {
-			return err
+			return lat, err
 		}
+	}
+	return lat, nil
+}
+
+// bench: one Put is the first call (start_to_first_call covers launch, handshake, dial and it),
+// then n Gets of that key measured one by one.
+func bench(kv kvproto.KVClient, n int, started time.Time, autoMTLS bool) error {
+	if err := put(kv); err != nil {
+		return err
+	}
+	first := time.Since(started)
+	t0 := time.Now()
+	lat, err := timeGets(kv, n, make([]float64, 0, n))
+	if err != nil {
+		return err
 	}
 	hostutil.PrintBench(lat, first, time.Since(t0), autoMTLS)
 	return nil

@@ -31,6 +31,7 @@ var Handshake = plugin.HandshakeConfig{
 // after which Kill would wait for the plugin forever. The group lets us end the plugin as well.
 type Host struct {
 	Prog     string
+	Label    string // when a host runs more than one plugin: its report lines say plugin=Label
 	Cmd      *exec.Cmd
 	Sink     *LogSink
 	timedOut atomic.Bool
@@ -96,15 +97,22 @@ func (h *Host) Kill(client *plugin.Client) {
 		<-done
 	}
 	h.killGroup()
-	fmt.Fprintf(os.Stderr, "%s: kill graceful=%t\n", h.Prog, h.Sink.Graceful())
+	fmt.Fprintf(os.Stderr, "%s: kill %sgraceful=%t\n", h.Prog, h.tag(), h.Sink.Graceful())
+}
+
+func (h *Host) tag() string {
+	if h.Label == "" {
+		return ""
+	}
+	return "plugin=" + h.Label + " "
 }
 
 // ReportHandshake prints the negotiated connection on stderr.
 func (h *Host) ReportHandshake(client *plugin.Client, autoMTLS bool, started time.Time) {
 	startMS := float64(time.Since(started).Microseconds()) / 1000
 	if rc := client.ReattachConfig(); rc != nil {
-		fmt.Fprintf(os.Stderr, "%s: handshake protocol=%s version=%d network=%s address=%s automtls=%t start_ms=%.1f\n",
-			h.Prog, client.Protocol(), client.NegotiatedVersion(), rc.Addr.Network(), rc.Addr.String(), autoMTLS, startMS)
+		fmt.Fprintf(os.Stderr, "%s: handshake %sprotocol=%s version=%d network=%s address=%s automtls=%t start_ms=%.1f\n",
+			h.Prog, h.tag(), client.Protocol(), client.NegotiatedVersion(), rc.Addr.Network(), rc.Addr.String(), autoMTLS, startMS)
 	}
 }
 
