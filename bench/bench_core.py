@@ -72,13 +72,8 @@ def _runner(cmd: list[str] | None, cwd: str) -> object:
 def _go_host_round(host: str, plugin_cmd: list[str], automtls: bool, calls: int, cwd: str, note: str) -> Result:
     """One kv_host bench run: a start, the first Put, then ``calls`` Gets (at least one)."""
     env = {**os.environ, "KV_PLUGIN": shlex.join(plugin_cmd)}
-    if plugin_cmd == FLOOR_PLUGIN and automtls:  # go-plugin's host passes its environment on
-        from floor_relay import CERT_DIR_ENV, made_ahead
-
-        folder = os.path.join(cwd, "floor-cert")
-        os.makedirs(folder, exist_ok=True)
-        made_ahead(folder)  # before the timed start: the floor plugin only reads it
-        env[CERT_DIR_ENV] = folder
+    if plugin_cmd == FLOOR_PLUGIN and automtls:
+        env.update(_floor_cert_env(cwd))
     args = [host, "--timeout", "120s"] + (["--automtls"] if automtls else []) + ["bench", str(max(calls, 1))]
     out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
     if out.returncode != 0:
@@ -88,13 +83,23 @@ def _go_host_round(host: str, plugin_cmd: list[str], automtls: bool, calls: int,
                   data["n"], data["calls_per_s"], note=note)
 
 
+def _floor_cert_env(cwd: str) -> dict[str, str]:
+    """The environment that hands the bare plugin its AutoMTLS certificate, made now, before the timed
+    starts (the plugin only reads it); go-plugin's host passes its environment on to its plugins."""
+    from floor_relay import CERT_DIR_ENV, made_ahead
+
+    folder = os.path.join(cwd, "floor-cert")
+    os.makedirs(folder, exist_ok=True)
+    made_ahead(folder)
+    return {CERT_DIR_ENV: folder}
+
+
 def _go_host(plugin_cmd: list[str], automtls: bool, ctx: Context) -> Result:
+    """The Go host on the Go plugin or, alone, on the bare grpcio plugin (the Python plugin: _go_host_with_floor)."""
     host = go_program(ctx, "kv_host")
     if host is None:
         return Result(skipped=f"Go: {ctx.cache.get('go:reason')}")
-    python_plugin = plugin_cmd == PY_PLUGIN
-    note = "go-plugin host" + (" + plugbay relay-tls (plugin side)" if automtls and python_plugin else
-                               ", Go TLS" if automtls else "")
+    note = "go-plugin host" + (", Go TLS" if automtls else "")
     if plugin_cmd == FLOOR_PLUGIN:
         note = ("go-plugin host; bench/floor_kv_plugin.py" + (" + BareTerminator (floor_relay.py)" if automtls else "")
                 + "; alone in its host (the Go host -> Python plugin rows' ratios: against it in their own hosts)")
@@ -155,12 +160,7 @@ def _go_host_pair(host: str, plugin_cmd: list[str], automtls: bool, calls: int, 
     """One kv_host bench-pair run: (this plugin's figures, the bare grpcio plugin's)."""
     env = {**os.environ, "KV_PLUGIN": shlex.join(FLOOR_PLUGIN), "KV_PLUGIN_B": shlex.join(plugin_cmd)}
     if automtls:  # both plugins see it: only the bare one reads it
-        from floor_relay import CERT_DIR_ENV, made_ahead
-
-        folder = os.path.join(cwd, "floor-cert")
-        os.makedirs(folder, exist_ok=True)
-        made_ahead(folder)  # before the timed starts: the floor plugin only reads it
-        env[CERT_DIR_ENV] = folder
+        env.update(_floor_cert_env(cwd))
     args = [host, "--timeout", "120s"] + (["--automtls"] if automtls else []) + [
         "bench-pair", str(max(calls, 1)), str(PAIR_BLOCK), "ba" if row_first else "ab"]
     out = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
