@@ -63,7 +63,7 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def test_closing_a_reattached_client_after_its_loop_closed_ends_its_connection(no_gc: None) -> None:
+def test_closing_a_reattached_client_after_its_loop_closed_ends_its_connection(no_gc: None, in_tmp: Path) -> None:
     with Client(_config(cmd=[sys.executable, str(REPO / "examples" / "kv" / "plugin.py")])) as owner:
         owner.dispense(PLUGIN_NAME).put("k", b"v")
         runner = owner.runner
