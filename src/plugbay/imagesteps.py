@@ -6,7 +6,8 @@ passed on line by line as progress; a step cut short ends the whole group. Build
 processes (pytest workers) take one lock file in turn, waiting a bounded time for it. A plugin
 image's tag, entry and folder are checked before the engine builds anything: what it would refuse
 (or what would build but never run) is a ConfigError that says what to change. A compiled plugin's
-folder (binary_folder) is made once per binary, never written over while another process builds from it.
+folder (binary_folder) is made once per binary, never written over while another process builds from it,
+and removed a day after it was last asked for.
 """
 
 from __future__ import annotations
@@ -38,8 +39,15 @@ def build_lock(folder: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
     """Hold ``folder``/.lock, the one image build at a time of every process building there."""
     # Several pytest processes may ask for the same image at once; a build stuck elsewhere must not
     # keep this one waiting for ever.
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
+    with _flock(folder / ".lock", wait, 0.2, "another image build"):
+        yield
+
+
+@contextmanager
+def _flock(path: Path, wait: float, poll: float, holder: str) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # read-only: a lock file another user made (a shared cache) locks as well; flock ignores the fd's mode
+    with open(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)) as handle:
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -47,9 +55,9 @@ def build_lock(folder: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise RunnerError(f"another image build has held {folder / '.lock'} for over {wait:.0f} s; let it"
-                                      " finish, or end it (`fuser -v` on that file names it) and build again") from None
-                time.sleep(0.2)
+                    raise RunnerError(f"{holder} has held {path} for over {wait:.0f} s; let it finish, or end it"
+                                      " (`fuser -v` on that file names it) and try again") from None
+                time.sleep(poll)
         try:
             yield
         finally:
@@ -92,11 +100,13 @@ def _end_group(proc: subprocess.Popen[str]) -> None:
 # --- what goes into a plugin image ---------------------------------------------
 
 _FOLDER_PRUNE_AFTER = 24 * 3600.0  # a folder of an older binary nobody asked for since: dead weight
+_FOLDERS_LOCK_WAIT = 60.0  # held for a stat and a touch, or for removing a few old folders
 
 
 def binary_folder(cache: Path, binary: Path, name: str) -> Path:
     """A plugin folder in ``cache`` holding ``binary`` alone, as ``name``: one folder per binary content,
-    made whole elsewhere and renamed into place, then never written again.
+    made whole elsewhere and renamed into place, then never written again. Folders nobody asked for in
+    24 h are removed (by the next process asking for another binary).
 
     The folder was one fixed path each build copied the binary over: a process (a pytest-xdist worker)
     asking for the same image while another one hashed or copied that folder into its build context
@@ -104,32 +114,50 @@ def binary_folder(cache: Path, binary: Path, name: str) -> Path:
     with open(binary, "rb") as file:
         digest = hashlib.file_digest(file, "sha256").hexdigest()[:16]
     folder = cache / f"{name}-src-{digest}"
-    if (folder / name).is_file():
-        try:
-            os.utime(folder)  # in use: not pruned below by another process
-        except OSError:  # another user's cache folder: theirs to prune
-            pass
-        return folder
-    cache.mkdir(parents=True, exist_ok=True)
+    # Handing a folder out (find it, touch it) and pruning (check a folder's age, remove it) each hold
+    # this lock: either the prune removes the folder first and this process makes it again, or the touch
+    # comes first and the prune finds it fresh. Without it a folder could be found, then removed before
+    # it was touched, and this process handed out a folder that was gone.
+    lock = cache / ".folders.lock"
+    with _flock(lock, _FOLDERS_LOCK_WAIT, 0.01, "another process handing out or pruning plugin folders"):
+        if _hand_out(folder, name):
+            return folder
     made = Path(tempfile.mkdtemp(prefix=f".{name}-src-", dir=cache))
     try:
         made.chmod(0o755)  # as a folder made with mkdir: its mode goes into the image's content hash
         shutil.copy2(binary, made / name)
-        try:
-            made.rename(folder)
-        except OSError:
-            if not (folder / name).is_file():  # another process's whole folder got there first: that one
-                raise
+        with _flock(lock, _FOLDERS_LOCK_WAIT, 0.01, "another process handing out or pruning plugin folders"):
+            try:
+                made.rename(folder)
+            except OSError:
+                if not _hand_out(folder, name):  # another process's whole folder got there first: that one
+                    raise
+            _prune(cache, name, keep=folder)
     finally:
         shutil.rmtree(made, ignore_errors=True)
+    return folder
+
+
+def _hand_out(folder: Path, name: str) -> bool:
+    if not (folder / name).is_file():
+        return False
+    try:
+        os.utime(folder)  # asked for now: the prune's clock starts again
+    except OSError:  # another user's folder (a shared cache): not refreshed, so their prune may remove it a day
+        pass  # after it was made; the lock keeps it whole until this returns, and a later ask makes it again
+    return True
+
+
+def _prune(cache: Path, name: str, keep: Path) -> None:
+    """Remove, under the folders lock, ``name``'s folders (and copies cut short, ``.name-src-*``) nobody
+    asked for in 24 h."""
     horizon = time.time() - _FOLDER_PRUNE_AFTER
-    for old in [*cache.glob(f"{name}-src-*"), *cache.glob(f".{name}-src-*")]:  # the latter: a copy cut short
+    for old in [*cache.glob(f"{name}-src-*"), *cache.glob(f".{name}-src-*")]:
         try:
-            if old != folder and old.stat().st_mtime < horizon:
+            if old != keep and old.stat().st_mtime < horizon:  # asked for (or made) since
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             continue
-    return folder
 
 
 # Docker's reference grammar (distribution/reference): an optional registry host, then lowercase path
