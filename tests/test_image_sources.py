@@ -132,7 +132,12 @@ def test_folders_nobody_asked_for_in_a_day_are_pruned_and_one_just_handed_out_is
         recent = cache / "plug-src-fedcba9876543210"
         recent.mkdir()
         _aged(recent, 23 * 3600)
-        cut_short = _aged(Path(tempfile.mkdtemp(prefix=".plug-src-", dir=cache)), 25 * 3600)  # its maker died
+        retired = []
+        for name in ("kv-go-src", "counter-go-src"):  # plugbay's fixed folders before binary_folder
+            (cache / name).mkdir()
+            (cache / name / "plug").write_bytes(b"old")
+            retired.append(_aged(cache / name, 25 * 3600))
+        cut_short = _aged(Path(tempfile.mkdtemp(prefix=".plug-src-", dir=cache)), 20 * 60)  # its maker died
         in_progress = Path(tempfile.mkdtemp(prefix=".plug-src-", dir=cache))
 
         # one process asks for the day-old folder while another one makes a new binary's folder and prunes
@@ -140,7 +145,7 @@ def test_folders_nobody_asked_for_in_a_day_are_pruned_and_one_just_handed_out_is
         got, made = _ask_together(cache, tmp_path / f"start-{round_}", asked, other)
         assert got == folder and (folder / "plug").read_bytes() == asked.read_bytes()  # kept, or made again
         assert (made / "plug").read_bytes() == other.read_bytes()
-        assert not stale.exists() and not cut_short.exists()
+        assert not stale.exists() and not cut_short.exists() and not any(r.exists() for r in retired)
         assert sorted(p.name for p in cache.iterdir()) == sorted(
             [".folders.lock", folder.name, made.name, recent.name, in_progress.name])
 

@@ -205,8 +205,10 @@ def _plugbay_wheel(dest: Path, progress: Progress) -> None:
     if not (REPO / "pyproject.toml").exists():
         raise ConfigError(f"plugbay's source tree is not at {REPO}; plugin images are built from a checkout")
     with tempfile.TemporaryDirectory(prefix="plugbay-wheel-") as build:
-        # Built from a copy of what the image's hash covers: setuptools builds in the tree's build/lib and
-        # never removes from it, so a wheel of the checkout itself carried modules deleted from src since.
+        # Built from a copy (src/plugbay and pyproject.toml, which the image's hash covers, and README.md,
+        # which only goes into the wheel's METADATA and is not hashed): setuptools builds in the tree's
+        # build/lib and never removes from it, so a wheel of the checkout itself carried modules deleted
+        # from src since.
         tree = Path(build) / "tree"
         shutil.copytree(REPO / "src" / "plugbay", tree / "src" / "plugbay", ignore=shutil.ignore_patterns(*IGNORED))
         for name in ("pyproject.toml", "README.md"):

@@ -18,8 +18,8 @@ import os
 import posixpath
 import re
 import signal
-import stat
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -100,7 +100,10 @@ def _end_group(proc: subprocess.Popen[str]) -> None:
 # --- what goes into a plugin image ---------------------------------------------
 
 _FOLDER_PRUNE_AFTER = 24 * 3600.0  # a folder of an older binary nobody asked for since: dead weight
+_COPY_PRUNE_AFTER = 600.0  # a half-made folder (a copy of a few MB cut short) older than this: left by a dead process
 _FOLDERS_LOCK_WAIT = 60.0  # held for a stat and a touch, or for removing a few old folders
+# the fixed folders plugbay's Go example images were built from before binary_folder: nothing reads them now
+_RETIRED = ("kv-go-src", "counter-go-src")
 
 
 def binary_folder(cache: Path, binary: Path, name: str) -> Path:
@@ -124,9 +127,14 @@ def binary_folder(cache: Path, binary: Path, name: str) -> Path:
             return folder
     made = Path(tempfile.mkdtemp(prefix=f".{name}-src-", dir=cache))
     try:
-        made.chmod(0o755)  # as a folder made with mkdir: its mode goes into the image's content hash
+        # mkdtemp makes it 0o700; the folder's mode goes into the image's content hash (tree_hash) and
+        # onto /plugin in the image, which runs as another user: readable and searchable by all
+        made.chmod(0o755)
         shutil.copy2(binary, made / name)
         with _flock(lock, _FOLDERS_LOCK_WAIT, 0.01, "another process handing out or pruning plugin folders"):
+            if not made.is_dir():
+                raise RunnerError(f"{made}, the copy of {binary} being made, was removed meanwhile (as a copy"
+                                  f" left for over {_COPY_PRUNE_AFTER:.0f} s); ask for the image again")
             try:
                 made.rename(folder)
             except OSError:
@@ -149,12 +157,14 @@ def _hand_out(folder: Path, name: str) -> bool:
 
 
 def _prune(cache: Path, name: str, keep: Path) -> None:
-    """Remove, under the folders lock, ``name``'s folders (and copies cut short, ``.name-src-*``) nobody
-    asked for in 24 h."""
-    horizon = time.time() - _FOLDER_PRUNE_AFTER
-    for old in [*cache.glob(f"{name}-src-*"), *cache.glob(f".{name}-src-*")]:
+    """Remove, under the folders lock, ``name``'s folders nobody asked for in 24 h, the copies cut short
+    (``.name-src-*``) left for over 10 minutes, and the retired fixed folders."""
+    now = time.time()
+    olds = [(old, _FOLDER_PRUNE_AFTER) for old in [*cache.glob(f"{name}-src-*"), *(cache / r for r in _RETIRED)]]
+    olds += [(old, _COPY_PRUNE_AFTER) for old in cache.glob(f".{name}-src-*")]
+    for old, after in olds:
         try:
-            if old != keep and old.stat().st_mtime < horizon:  # asked for (or made) since
+            if old != keep and old.stat().st_mtime < now - after:  # asked for (or made) since
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             continue
