@@ -172,27 +172,29 @@ def test_a_failed_build_leaves_no_image_behind(plugbay_docker: Any, tmp_path: Pa
         plugbay_docker.images.get(tag)
 
 
-def test_the_wheel_holds_what_src_holds_not_an_old_builds_leftovers() -> None:
+def test_the_wheel_holds_what_src_holds_not_an_old_builds_leftovers(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # setuptools builds in the checkout's build/lib and never removes from it: a module deleted from src
-    # since an earlier wheel went on into every image built after.
-    made = not (images.REPO / "build").exists()
-    stale = images.REPO / "build" / "lib" / "plugbay" / "_deleted_since_an_earlier_build.py"
-    stale.parent.mkdir(parents=True, exist_ok=True)
+    # since an earlier wheel went on into every image built after. Shown on a copy of the checkout's files
+    # (a file planted in the checkout's own build/ and left there by an interrupted run would go into a
+    # later `pip install .`).
+    checkout = tmp_path / "checkout"
+    shutil.copytree(images.REPO / "src" / "plugbay", checkout / "src" / "plugbay",
+                    ignore=shutil.ignore_patterns(*imagesteps.IGNORED))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(images.REPO / name, checkout / name)
+    stale = checkout / "build" / "lib" / "plugbay" / "_deleted_since_an_earlier_build.py"
+    stale.parent.mkdir(parents=True)
     stale.write_text("LEFT = True\n")
-    try:
-        with tempfile.TemporaryDirectory(prefix="plugbay-wheel-test-") as dest:
-            images._plugbay_wheel(Path(dest), lambda line: None)
-            (wheel,) = Path(dest).glob("plugbay-*.whl")
-            import zipfile
+    monkeypatch.setattr(images, "REPO", checkout)
+    dest = tmp_path / "wheels"
+    dest.mkdir()
+    images._plugbay_wheel(dest, lambda line: None)
+    (wheel,) = dest.glob("plugbay-*.whl")
+    import zipfile
 
-            names = set(zipfile.ZipFile(wheel).namelist())
-        source = {f"plugbay/{path.relative_to(images.REPO / 'src' / 'plugbay').as_posix()}"
-                  for path in (images.REPO / "src" / "plugbay").rglob("*")
-                  if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
-        packaged = {name for name in names if name.startswith("plugbay/")}
-        assert packaged == source, (sorted(packaged - source)[:5], sorted(source - packaged)[:5])
-    finally:
-        if made:
-            shutil.rmtree(images.REPO / "build")
-        else:
-            stale.unlink()
+    names = set(zipfile.ZipFile(wheel).namelist())
+    source = {f"plugbay/{path.relative_to(checkout / 'src' / 'plugbay').as_posix()}"
+              for path in (checkout / "src" / "plugbay").rglob("*") if path.is_file()}
+    packaged = {name for name in names if name.startswith("plugbay/")}
+    assert packaged == source, (sorted(packaged - source)[:5], sorted(source - packaged)[:5])
