@@ -132,3 +132,39 @@ def test_a_socket_renamed_onto_a_proven_brokered_path_is_never_dialed(tmp_path: 
             assert _healthy(channel)  # the plugin's brokered server answered, through the handle
             assert _connections(other) == 0
         channel.close()
+
+
+def test_a_reattached_client_dials_the_plugins_own_brokered_server(tmp_path: Path) -> None:
+    # plugbay binds a brokered socket at a private path and hard-links it to the one it announces, so the kernel's
+    # table of unix sockets names the private path; before: a reattached Client looked the announced path up there
+    # and refused the plugin's own server with a ReattachError that blamed the reattach data
+    with _client(tmp_path) as owner:
+        owner.dispense(PLUGIN_NAME)
+        with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=30,
+                                 reattach=owner.reattach_config())) as again:
+            channel = again.broker.dial(_announce(again, "announce"), timeout=10)
+            assert _healthy(channel)
+            channel.close()
+            again.close()  # leaves the plugin to its owner
+
+
+def test_a_reattached_client_refuses_a_brokered_address_another_process_listens_on(
+        listener: tuple[socket.socket, str, str], tmp_path: Path) -> None:
+    sock, network, address = listener
+    with _client(tmp_path) as owner:
+        owner.dispense(PLUGIN_NAME)
+        with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=30,
+                                 reattach=owner.reattach_config())) as again:
+            id = _announce(again, "announce-at", f"{network}|{address}".encode())
+            with pytest.raises(BrokerAddressRefusedError) as raised:
+                again.broker.dial(id, timeout=10)
+            text = str(raised.value)
+            # the plugin's word on its broker stream, not the reattach data's
+            assert f"broker id {id}: plugin" in text and f"announced {network} address {address!r}" in text, text
+            assert "reattach data" not in text, text
+            who = (f"listened on by process {os.getpid()}, which is neither the plugin process" if network == "unix"
+                   else "held by no process of the plugin's")
+            assert who in text, text
+            assert _connections(sock) == 0  # the proof asked the kernel; nothing of the host's went there
+            again.close()
+    assert _connections(sock) == 0

@@ -354,7 +354,7 @@ def test_a_listener_proves_only_the_address_a_dial_would_reach(tmp_path: Path) -
         # a symlink to the plugin's socket is proven, and dialed as resolved then
         link = tmp_path / "link.sock"
         link.symlink_to(spaced / "kv.sock")
-        runner = AttachedProcess(plugin.pid, name="plugin")
+        runner = AttachedProcess(plugin.pid, _start_time(plugin.pid), name="plugin")
         runner.proven = True
         assert runner.plugin_to_host("unix", str(link)) == ("unix", str(spaced / "kv.sock"))
         link.unlink()

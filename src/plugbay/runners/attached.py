@@ -23,8 +23,8 @@ from typing import Any
 
 from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_DIR
 from plugbay.core.transport.tempdirs import own_proc, remove_left_folder
-from plugbay.errors import ReattachError, StaleReattachError, clip
-from plugbay.runners.base import AttachedRunner, Cancellable, register_reattacher
+from plugbay.errors import ReattachError, StaleReattachError, UnprovenAddressError, clip
+from plugbay.runners.base import NOT_LISTENING, REATTACH_OPT_OUT, AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import host_tcp_listeners, listens_on
 from plugbay.runners.ownsocket import unix_listener_why
 from plugbay.runners.pidsignal import HeldPid
@@ -109,6 +109,7 @@ class AttachedProcess(AttachedRunner):
         self._leads_group = False  # the proven plugin led a process group (its pid is the group's id)
         self._claim: str | None = None  # this runner's adoption record (procclaims.claim), released on detach
         self._listening: dict[tuple[str, str], str] = {}  # addresses proven to be the plugin's -> what to dial
+        self._first_asked: tuple[str, str] | None = None  # the reattach data's address (plugin_to_host)
         self._recorded: dict[int, int] = {}  # descendants seen before a Shutdown (record_descendants)
         # the socket folder the proven plugin's host gave it (its environment): that host's to remove, but
         # a killed host cannot, and once the plugin is gone no one else would (see _remove_left_folder)
@@ -161,26 +162,51 @@ class AttachedProcess(AttachedRunner):
         return super().watch_exit(on_exit)
 
     def plugin_to_host(self, network: str, address: str) -> tuple[str, str]:
-        """The address, once the proven process is shown to listen there (reattach data names it,
-        untrusted: dialing it unproven could reach, and at kill() shut down, any local server)."""
+        """The address, once the proven process is shown to listen there. The first asked is the reattach data's
+        (as in frozen()), later ones its brokered servers' (ConnInfo on the broker stream): both untrusted, and
+        dialing either unproven could reach, and at kill() shut down, any local server."""
         proven = self._listening.get((network, address))
         if proven is not None:
             return network, proven
+        if self._first_asked is None:
+            self._first_asked = (network, address)
         if not self.proven or not self._alive():
             raise ReattachError(f"not dialing {network} address {address!r}: process {self.pid} is not the"
                                 " proven plugin (any more); start the plugin again")
-        # the host's own tcp table, read once for both asks (listens_on asks only of processes in its namespace)
-        known = host_tcp_listeners(address) if network == "tcp" else None
-        if not listens_on([self.pid], network, address, known) and not listens_on(
-                family(self.pid, self.plugin_id, self._start_time), network, address, known):
-            raise ReattachError(
-                f"reattach data names {network} address {address!r}, but plugin process {self.pid} does not"
-                " listen there, so plugbay does not dial it (it would reach another server). Pass the JSON"
-                " that Client.reattach_config().to_json() produced for this plugin, or start it again")
+        why = self._listener_why(network, address)
+        if why is not None:
+            if self._first_asked == (network, address):
+                raise ReattachError(
+                    f"reattach data names {network} address {address!r}, but plugin process {self.pid} does not"
+                    f" listen there ({why}), so plugbay does not dial it (it would reach another server). Pass the"
+                    " JSON that Client.reattach_config().to_json() produced for this plugin, or start it again")
+            # the plugin's own word (a brokered server's ConnInfo): the broker says which id announced it
+            raise UnprovenAddressError(self._name, network, address,
+                                       f"plugin process {self.pid} does not listen there ({why})", REATTACH_OPT_OUT)
         # dialed as resolved now: a symlink re-pointed later cannot send the next dial elsewhere
         dial = os.path.realpath(address) if network == "unix" else address
         self._listening[(network, address)] = dial
         return network, dial
+
+    def _listener_why(self, network: str, address: str) -> str | None:
+        """Why the proven plugin (or a descendant) is not shown to listen at ``address``; None once it is. A unix
+        socket is traced by its file, not its name: the kernel's table names the path a socket was bound to, and
+        plugbay's brokered sockets are bound at a private path and linked to the one announced (as a fresh
+        Client's proof does: unix_listener_why)."""
+        if network == "unix":
+            if not os.path.isabs(address):
+                return "a relative path names another file to this host than to the plugin"
+            if self._start_time is None:  # proven implies a start time (_unproven): a runner made by hand
+                return "its start time is unknown, so no listener can be traced back to it"
+            why = unix_listener_why(address, None, self.pid, self._start_time)
+            return None if why is None else ("no socket listens there" if why == NOT_LISTENING else why)
+        # the host's own tcp table, read once for both asks (listens_on asks only of processes in its namespace)
+        known = host_tcp_listeners(address) if network == "tcp" else None
+        if listens_on([self.pid], network, address, known) or listens_on(
+                family(self.pid, self.plugin_id, self._start_time), network, address, known):
+            return None
+        return ("a socket listening there is held by no process of the plugin's: neither it nor a descendant"
+                if known else "no socket of the plugin's listens there")
 
     def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None) -> str | None:
         """Why the unix socket the host holds (its handle on the inode plugin_to_host() proved, or ``conn``, its

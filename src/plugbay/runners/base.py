@@ -27,6 +27,10 @@ _EXIT_POLL = 0.25  # the default exit watcher's poll (a runner with an exit even
 
 
 NOT_LISTENING = "nothing listens there"  # unproven_listener()'s answer that a wait may change
+# what a reattached Client's refusal of an address says to do: it proves every address, whatever
+# ClientConfig(trust_announced_address=) says, since the process was started by someone else
+REATTACH_OPT_OUT = ("start the plugin from a Client of its own with ClientConfig(trust_announced_address=True)"
+                    " rather than reattaching to it (a reattach proves every address it dials)")
 
 
 class Cancellable(Protocol):

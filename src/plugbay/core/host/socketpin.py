@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from plugbay.core.host.launch import not_a_socket
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.errors import UnprovenAddressError
-from plugbay.runners.base import NOT_LISTENING, AttachedRunner
+from plugbay.runners.base import NOT_LISTENING, REATTACH_OPT_OUT, AttachedRunner
 
 if TYPE_CHECKING:
     from plugbay.core.broker.brokertransport import ProvenAddress
@@ -84,10 +84,13 @@ class BrokeredProof:
     server listens (go-plugin's Accept listens before it announces; plugbay's brokered servers too), so nothing
     there yet is refused, not waited for."""
 
-    def __init__(self, runner: AttachedRunner, handshake: HandshakeInfo, name: str) -> None:
+    def __init__(self, runner: AttachedRunner, handshake: HandshakeInfo, name: str, reattached: bool = False) -> None:
+        """``reattached``: the runner reattached to a plugin (whose every address is proven, whatever
+        ClientConfig(trust_announced_address=) says): its refusals name another way out."""
         self._runner = runner
         self._handshake = handshake
         self._name = name
+        self._opt_out = REATTACH_OPT_OUT if reattached else None
 
     def __call__(self, announced: tuple[str, str], network: str, address: str) -> ProvenAddress:
         """The address to dial (a handle on a unix socket) and what closes that handle once no channel dials
@@ -95,6 +98,8 @@ class BrokeredProof:
         said = self._handshake.with_address(*announced)  # what the errors name: the ConnInfo's own words
         found = prove_listener(self._runner, network, address, said, self._name, reattached=False)
         if isinstance(found, str):
+            if self._opt_out is not None:
+                raise UnprovenAddressError(self._name, *announced, found, self._opt_out)
             raise UnprovenAddressError(self._name, *announced, found)
         handle = found.handle
         return found.address, (None if handle is None else lambda: os.close(handle))

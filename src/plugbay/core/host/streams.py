@@ -65,9 +65,10 @@ def open_streams(conn: SecureChannel, info: HandshakeInfo, cert: CertKey | None,
     # A ConnInfo's address is proven as the handshake's was (connecting.py): a reattach's always. Multiplexed,
     # none is dialed: brokered connections are streams of the one connection, proven when it was made.
     proven = mux is None and (not config.trust_announced_address or config.reattach is not None)
+    prove = BrokeredProof(runner, info, name, config.reattach is not None) if proven else None
     broker = host_broker(conn.channel, BrokerTransport(
         tls=cert if peer else None, peer_cert_pem=peer, socket_dir=socket_dir, translator=runner,
-        multiplex=mux is not None, mux=mux, prove=BrokeredProof(runner, info, name) if proven else None),
+        multiplex=mux is not None, mux=mux, prove=prove),
         lazy=True, redial=share)
     reader = StdioReader(conn.channel, config.stdout_sink, config.stderr_sink, name, delay=HELD)
     sinkless = config.stdout_sink is None and config.stderr_sink is None
