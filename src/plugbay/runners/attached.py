@@ -181,8 +181,7 @@ class AttachedProcess(AttachedRunner):
                     f" listen there ({why}), so plugbay does not dial it (it would reach another server). Pass the"
                     " JSON that Client.reattach_config().to_json() produced for this plugin, or start it again")
             # the plugin's own word (a brokered server's ConnInfo): the broker says which id announced it
-            raise UnprovenAddressError(self._name, network, address,
-                                       f"plugin process {self.pid} does not listen there ({why})", REATTACH_OPT_OUT)
+            raise UnprovenAddressError(self._name, network, address, why, REATTACH_OPT_OUT)
         # dialed as resolved now: a symlink re-pointed later cannot send the next dial elsewhere
         dial = os.path.realpath(address) if network == "unix" else address
         self._listening[(network, address)] = dial
