@@ -36,19 +36,17 @@ import grpc
 
 from plugbay._proto.plugin import grpc_broker_pb2 as pb
 from plugbay.core.broker.brokertransport import BrokerTransport
+from plugbay.core.broker.dialtarget import dial_target
 from plugbay.core.broker.knock import Multiplexed
 from plugbay.core.broker.wire import StreamEnd
 from plugbay.core.protocol.checks import check_count, check_seconds
-from plugbay.core.protocol.handshake import address_problem
 from plugbay.core.transport.sockets import private_folder_root
 from plugbay.core.transport.tempdirs import private_room
 from plugbay.errors import (
-    BrokerAddressRefusedError,
     BrokerClosedError,
     BrokerError,
     BrokerTimeoutError,
     ConfigError,
-    MalformedHandshakeError,
 )
 
 # Imported where used: a plugin that never brokers a connection (most) loads neither the
@@ -196,7 +194,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
 
         Raises BrokerTimeoutError when ``id`` is not announced (or, multiplexed,
         the knock is not acknowledged) within ``timeout`` (default dial_timeout),
-        BrokerClosedError when the broker stream is gone.
+        BrokerClosedError when the broker stream is gone, BrokerAddressRefusedError when the
+        announced address is not dialed (plugbay.core.broker.dialtarget).
         """
         id = _check_id(id)
         wait = self.dial_timeout if timeout is None else check_seconds(timeout, "timeout", DEFAULT_DIAL_TIMEOUT)
@@ -204,34 +203,8 @@ class GRPCBroker(StreamEnd, Multiplexed):
         self._ensure_stream()
         if self.transport.multiplex:
             return self._dial_multiplexed(id, wait)
-        info = self._wait_announcement(id, wait)
-        network, address = info.network, info.address
-        problem = address_problem(network, address) if network in ("unix", "tcp") else None
-        if problem is not None:  # the other side's word, checked as strictly as a handshake address
-            raise BrokerAddressRefusedError(f"broker id {id} was announced at an address plugbay will not dial:"
-                                            f" {problem}")
-        translator = self.transport.translator
-        cleanup: list[Callable[[], None]] = []
-        mapped = network, address
-        if translator is not None:
-            try:  # a process runner refuses a tcp address off this machine (runners.announced), at once
-                mapped = translator.plugin_to_host(network, address)
-            except MalformedHandshakeError as exc:  # its refusal of a handshake's address: here a broker id's
-                raise BrokerAddressRefusedError(f"broker id {id}: {exc.reason}") from None
-            # what the runner holds for this address (a Docker socket's handle) goes with the channel
-            cleanup.append(lambda: translator.release_address(*mapped))
-        prove = self.transport.prove  # who listens there, proven as for the handshake's address (the host's)
-        try:  # a proven unix socket is dialed through a handle on it: what is renamed onto its path is not
-            dial_at, release = (mapped[1], None) if prove is None else prove((network, address), *mapped)
-        except BaseException as exc:
-            for func in cleanup:
-                func()
-            if isinstance(exc, MalformedHandshakeError):  # UnprovenAddressError: names who listens, the opt-out
-                raise BrokerAddressRefusedError(f"broker id {id}: {exc.reason}") from None
-            raise
-        if release is not None:
-            cleanup.append(release)  # closed first (cleanups run last to first), after the channel
-        return self._channel_to(mapped[0], dial_at, cleanup)
+        network, dial_at, cleanup = dial_target(id, self._wait_announcement(id, wait), self.transport)
+        return self._channel_to(network, dial_at, cleanup)
 
     def close(self, *, wait: bool = True, within: float | None = None) -> None:
         """End the stream, stop every brokered server and channel, free sockets and threads.
