@@ -196,7 +196,10 @@ def other_net_namespace(pid: int) -> bool:
 def listens_on(pids: Iterable[int], network: str, address: str, listening: set[int] | None = None) -> bool:
     """Whether ``pids`` hold every socket a connection to ``network`` ``address`` could reach. ``listening``: for
     tcp, those sockets as this host's own network namespace lists them (host_tcp_listeners()), read once by a
-    caller that asks of several sets of processes; else read here, of this host's table too."""
+    caller that asks of several sets of processes; else read here, of this host's table too. A unix path is
+    looked up by the name its socket was bound to, which a link or rename leaves behind (plugbay's brokered
+    sockets are bound at a private path and linked to the announced one): plugbay's runners prove a unix
+    address by its file instead (ownsocket.unix_listener_why)."""
     pids = [pid for pid in pids if same_namespaces(pid, network)]  # another namespace's 127.0.0.1 is not ours
     if not pids:
         return False
