@@ -7,14 +7,11 @@ is plugbay's doing."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -50,17 +47,6 @@ def _settled(pid: int, want: set[str]) -> set[str]:
             return now
         time.sleep(0.1)
     return now
-
-
-@pytest.fixture()
-def no_gc() -> Iterator[None]:
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def test_closing_a_reattached_client_after_its_loop_closed_ends_its_connection(no_gc: None, in_tmp: Path) -> None:

@@ -6,13 +6,10 @@ CancelledError a task nobody cancelled would take for its own. The real streamin
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "streaming"))
@@ -23,18 +20,6 @@ from plugbay import AsyncClient, ClientConfig  # noqa: E402
 
 CONFIG = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin()},
                       cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")])
-
-
-@pytest.fixture()
-def no_gc() -> Iterator[None]:
-    """The collector off: what ends the stream must be plugbay's own doing, not a collection that ran by chance."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 async def _handlers_ended(streamer: Any) -> Any:

@@ -66,7 +66,7 @@ def claim(plugin_id: str) -> str | None:
     if not _CLAIM_NAME.fullmatch(plugin_id):
         return None
     name = f"{os.getpid()}-{secrets.token_hex(8)}"
-    made = [root for root in _claims_roots(written=True) if _write_claim(root, plugin_id, name)]
+    made = [root for root in _claims_roots(written=True) if write_session_record(root, plugin_id, name)]
     if not made:
         _log.warning("no claim on plugin %s could be recorded (no private claims folder of this user under"
                      " %s): a sweep may end it while this host uses it", plugin_id,
@@ -74,22 +74,25 @@ def claim(plugin_id: str) -> str | None:
     return name if made else None
 
 
-def _write_claim(root: Path, plugin_id: str, name: str) -> bool:
+def write_session_record(root: Path, subfolder: str | None, name: str) -> bool:
+    """Write this host's session into ``root``[/``subfolder``]/``name`` whole (a temp file renamed into place), in
+    ``root`` only when it is this user's private folder (made 0700 if missing); False when it cannot be (a
+    folder someone else made: a record there could be forged or read; any other OSError)."""
     for _ in range(3):  # another host may remove an emptied folder meanwhile
         try:
             if not root.parent.is_dir():  # ~/.cache may not exist yet
                 root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             root.mkdir(mode=0o700, exist_ok=True)
             if not private_folder(root):
-                return False  # someone else's folder: no claim rather than one others could forge or read
-            folder = root / plugin_id
+                return False  # someone else's folder: no record rather than one others could forge or read
+            folder = root if subfolder is None else root / subfolder
             folder.mkdir(mode=0o700, exist_ok=True)
-            tmp = folder / f".{name}"
+            tmp = folder / f".{name}.{secrets.token_hex(4)}"
             try:
                 tmp.write_text(host_session())
                 os.replace(tmp, folder / name)
             except BaseException:
-                tmp.unlink(missing_ok=True)  # no half-written claim left behind (a full disk, say)
+                tmp.unlink(missing_ok=True)  # no half-written record left behind (a full disk, say)
                 raise
             return True
         except FileNotFoundError:

@@ -18,11 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-import secrets
 from pathlib import Path
 
-from plugbay.runners.procclaims import home_cache, private_folder
-from plugbay.runners.session import host_session
+from plugbay.runners.procclaims import home_cache, private_folder, write_session_record
 
 _log = logging.getLogger("plugbay.runners.docker")
 _FULL_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
@@ -45,32 +43,11 @@ def record_made(container_id: str) -> bool:
     if not _FULL_ID.fullmatch(container_id):
         return False
     for root in _writable_roots():
-        if _write(root, container_id):
+        if write_session_record(root, None, container_id):
             return True
     _log.warning("no record of container %s could be written (no private folder of this user at %s): a sweep"
                  " will not remove it if this host dies; remove it then with `docker rm -f %s`", container_id[:12],
                  ", ".join(str(root) for root in records_roots()), container_id[:12])
-    return False
-
-
-def _write(root: Path, container_id: str) -> bool:
-    for _ in range(3):  # another process may remove the emptied folder meanwhile (forget_made)
-        try:
-            root.mkdir(mode=0o700, exist_ok=True)
-            if not private_folder(root):
-                return False  # another user's folder under that name: a record there proves nothing
-            tmp = root / f".{container_id}.{secrets.token_hex(4)}"
-            try:
-                tmp.write_text(host_session())
-                os.replace(tmp, root / container_id)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            return True
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return False
     return False
 
 
