@@ -21,6 +21,7 @@ import pytest
 from plugbay import Client, ClientConfig, ProcessRunner
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.errors import BrokerAddressRefusedError
+from plugbay.runners.unixdiag import _inodes_fit_32_bits, sock_diag_missing
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, PY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +71,14 @@ def _connections(listener: socket.socket) -> int:
         count += 1
 
 
+def _proof_connects(network: str, path: Path) -> bool:
+    """Whether the unix proof connects once to a socket in folder ``path`` (the test's listener then counts
+    it): where sock_diag cannot be asked, or the folder's file system may give inode numbers past 2**32, which
+    the kernel's answer cuts (runners.unixdiag). A tcp proof reads the socket table, never connects."""
+    return network == "unix" and (sock_diag_missing() is not None or not _inodes_fit_32_bits(str(path),
+                                                                                              os.stat(path)))
+
+
 def _healthy(channel: grpc.Channel) -> bool:
     answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
     return answer.status == health_pb2.HealthCheckResponse.SERVING
@@ -88,7 +97,9 @@ def test_a_brokered_address_another_process_listens_on_is_refused(listener: tupl
         who = (f"listened on by process {os.getpid()}, which is neither the plugin process" if network == "unix"
                else "held by no process of the plugin's")
         assert who in text and "trust_announced_address=True" in text, text
-        assert _connections(sock) == 0  # the proof asked the kernel; nothing of the host's went there
+        if not _proof_connects(network, tmp_path):  # the proof asked the kernel: nothing of the host's went there
+            assert _connections(sock) == 0
+        _connections(sock)  # else its one probe connection, made and closed: not counted below
         # the plugin's own brokered server is still dialed, and answers
         channel = client.broker.dial(_announce(client, "announce"), timeout=10)
         assert _healthy(channel)
@@ -165,6 +176,8 @@ def test_a_reattached_client_refuses_a_brokered_address_another_process_listens_
             who = (f"listened on by process {os.getpid()}, which is neither the plugin process" if network == "unix"
                    else "held by no process of the plugin's")
             assert who in text and "rather than reattaching" in text, text  # the option does not apply to it
-            assert _connections(sock) == 0  # the proof asked the kernel; nothing of the host's went there
+            if not _proof_connects(network, tmp_path):  # the proof asked the kernel: nothing of the host's went there
+                assert _connections(sock) == 0
+            _connections(sock)  # else its one probe connection, made and closed: not counted below
             again.close()
     assert _connections(sock) == 0
