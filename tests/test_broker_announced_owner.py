@@ -6,6 +6,8 @@ listens on ("announce-at"): broker.dial(id) raises BrokerAddressRefusedError nam
 and the opt-out, and this test's listener is never connected to. Its own brokered servers ("announce") are dialed as
 before, a unix one through a handle on the socket it proved: a socket renamed onto the path afterwards is never
 reached. ClientConfig(trust_announced_address=True) dials the announced address as before.
+
+A ConnInfo naming a regular file says it is a brokered address, not the handshake's.
 """
 
 from __future__ import annotations
@@ -105,6 +107,19 @@ def test_a_brokered_address_another_process_listens_on_is_refused(listener: tupl
         assert _healthy(channel)
         channel.close()
     assert _connections(sock) == 0
+
+
+def test_a_brokered_address_naming_a_regular_file_says_it_is_a_brokered_one(tmp_path: Path) -> None:
+    # before: the handshake's words ("go-plugin plugins print the path of the socket ... PLUGIN_UNIX_SOCKET_DIR")
+    path = tmp_path / "not-a-socket"
+    path.write_text("")
+    with _client(tmp_path) as client:
+        id = _announce(client, "announce-at", f"unix|{path}".encode())
+        with pytest.raises(BrokerAddressRefusedError) as raised:
+            client.broker.dial(id, timeout=10)
+        text = str(raised.value)
+        assert f"address {str(path)!r} for a brokered server" in text and "a regular file" in text, text
+        assert "PLUGIN_UNIX_SOCKET_DIR" not in text, text
 
 
 def test_trust_announced_address_dials_a_brokered_address_as_announced(listener: tuple[socket.socket, str, str],

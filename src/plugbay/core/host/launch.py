@@ -269,14 +269,19 @@ def no_socket(name: str, announced: str, dialled: str, reattached: bool, grace: 
             " and that nothing removes the socket")
 
 
+def file_kind(mode: int) -> str:
+    """What a path holds that is not a socket (``mode``: its st_mode), as an error names it."""
+    return ("a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else
+            "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "another kind of file")
+
+
 def not_a_socket(name: str, announced: str, dialled: str, reattached: bool, mode: int) -> MalformedHandshakeError:
     """The error for an announced unix socket path that holds another kind of file (``mode``: its st_mode).
 
     A plugin binds its socket before it prints the line; a path that holds a regular file or a folder
     will never be one (bind refuses a path that exists), so it is refused at once, never dialed."""
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a regular file" if stat.S_ISREG(mode) else
-            "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
-            "another kind of file")
+    kind = file_kind(mode)
     here = "" if dialled == announced else f" ({dialled!r} on this host)"
     source = f"the reattach config of plugin {name!r} names" if reattached else f"plugin {name!r} announced"
     return MalformedHandshakeError(

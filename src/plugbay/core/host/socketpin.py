@@ -14,9 +14,9 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plugbay.core.host.launch import not_a_socket
+from plugbay.core.host.launch import file_kind, not_a_socket
 from plugbay.core.protocol.handshake import HandshakeInfo
-from plugbay.errors import UnprovenAddressError
+from plugbay.errors import MalformedHandshakeError, UnprovenAddressError
 from plugbay.runners.base import NOT_LISTENING, REATTACH_OPT_OUT, AttachedRunner
 
 if TYPE_CHECKING:
@@ -33,15 +33,16 @@ class Proven:
 
 
 def prove_listener(runner: AttachedRunner, network: str, address: str, announced: HandshakeInfo, name: str,
-                   reattached: bool) -> Proven | str:
+                   reattached: bool, brokered: bool = False) -> Proven | str:
     """Proven once ``runner`` says the plugin listens on ``address`` (a plugin_to_host() answer), a unix socket
     through a handle on it (unless the runner's unix addresses are handles of its own); else why not
     (NOT_LISTENING while no file or listener is there: the caller may look again). A path that holds another
-    kind of file, or that this host may not open, raises."""
+    kind of file, or that this host may not open, raises (``brokered``: saying the address is a brokered
+    server's, a ConnInfo's, not the handshake's)."""
     if network != "unix" or runner.maps_unix_to_own_handles:  # the runner's word, not the address's
         why = runner.unproven_listener(network, address)
         return Proven(address, None) if why is None else why
-    fd = pin_socket(address, announced, name, reattached)
+    fd = pin_socket(address, announced, name, reattached, brokered)
     if fd is None:
         return NOT_LISTENING  # no file there (yet)
     try:
@@ -56,7 +57,8 @@ def prove_listener(runner: AttachedRunner, network: str, address: str, announced
     return Proven(handle, fd)
 
 
-def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool) -> int | None:
+def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool,
+               brokered: bool = False) -> int | None:
     """An O_PATH descriptor of the socket now at ``path``; None while no file is there (the plugin may make
     it yet)."""
     try:
@@ -69,6 +71,13 @@ def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool)
     mode = os.fstat(fd).st_mode
     if not stat.S_ISSOCK(mode):  # swapped for a file since it was looked at
         os.close(fd)
+        if brokered:
+            raise MalformedHandshakeError(
+                f"{announced.network}|{announced.address}",
+                f"plugin {name!r} announced unix address {announced.address!r} for a brokered server (a ConnInfo"
+                f" on its broker stream), but that path is {file_kind(mode)}, not a socket, so the host does not"
+                " dial it. A brokered server announces the socket it listens on, bound before the id is announced"
+                " (go-plugin's Accept, plugbay's accept_and_serve): check the plugin's broker", refused=True)
         raise not_a_socket(name, announced.address, path, reattached, mode)
     return fd
 
@@ -96,7 +105,7 @@ class BrokeredProof:
         """The address to dial (a handle on a unix socket) and what closes that handle once no channel dials
         it; UnprovenAddressError (saying who listens there, and the opt-out) when the runner cannot prove it."""
         said = self._handshake.with_address(*announced)  # what the errors name: the ConnInfo's own words
-        found = prove_listener(self._runner, network, address, said, self._name, reattached=False)
+        found = prove_listener(self._runner, network, address, said, self._name, reattached=False, brokered=True)
         if isinstance(found, str):
             if self._opt_out is not None:
                 raise UnprovenAddressError(self._name, *announced, found, self._opt_out)
