@@ -7,13 +7,17 @@ and the opt-out, and this test's listener is never connected to. Its own brokere
 before, a unix one through a handle on the socket it proved: a socket renamed onto the path afterwards is never
 reached. ClientConfig(trust_announced_address=True) dials the announced address as before.
 
+A dial of an id the plugin announced before it died raises BrokerClosedError (as a dial of an id it never announced
+does), and one whose brokered server stopped says so: neither offers the opt-out, which would dial a dead socket.
 A ConnInfo naming a regular file says it is a brokered address, not the handshake's.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +26,7 @@ import pytest
 
 from plugbay import Client, ClientConfig, ProcessRunner
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
-from plugbay.errors import BrokerAddressRefusedError
+from plugbay.errors import BrokerAddressRefusedError, BrokerClosedError
 from plugbay.runners.unixdiag import _inodes_fit_32_bits, sock_diag_missing
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, PY
 
@@ -81,6 +85,23 @@ def _proof_connects(network: str, path: Path) -> bool:
                                                                                               os.stat(path)))
 
 
+def _announced_to_host(client: Client, key: str) -> int:
+    """The id of a brokered server the plugin serves (``key``: "announce"), once its ConnInfo reached the host."""
+    broker = client.broker
+    arrived = threading.Event()
+    receive = broker.receive
+
+    def noting(msg):  # type: ignore[no-untyped-def]
+        receive(msg)
+        arrived.set()
+
+    broker.receive = noting  # type: ignore[method-assign]
+    id = _announce(client, key)
+    broker.open_stream()
+    assert arrived.wait(30), "the plugin's ConnInfo never reached the host"
+    return id
+
+
 def _healthy(channel: grpc.Channel) -> bool:
     answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
     return answer.status == health_pb2.HealthCheckResponse.SERVING
@@ -107,6 +128,38 @@ def test_a_brokered_address_another_process_listens_on_is_refused(listener: tupl
         assert _healthy(channel)
         channel.close()
     assert _connections(sock) == 0
+
+
+def test_a_dial_of_an_id_a_plugin_announced_before_it_died_says_the_broker_closed(tmp_path: Path) -> None:
+    # before: BrokerAddressRefusedError "the plugin process N is gone ... set
+    # ClientConfig(trust_announced_address=True)", an opt-out that would dial a dead socket
+    with _client(tmp_path) as client:
+        id = _announced_to_host(client, "announce")
+        pid = client.runner.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert client.runner.wait(30) is not None
+        with pytest.raises(BrokerClosedError) as raised:
+            client.broker.dial(id, timeout=10)
+        text = str(raised.value)
+        assert "killed by SIGKILL" in text and "for a brokered server" in text, text
+        assert "trust_announced_address" not in text, text
+
+
+def test_a_dial_of_a_brokered_server_that_stopped_says_so_without_the_opt_out(tmp_path: Path) -> None:
+    # before: "nothing listens there ... set ClientConfig(trust_announced_address=True)"
+    with _client(tmp_path) as client:
+        id = _announced_to_host(client, "announce")
+        client.dispense(PLUGIN_NAME).put("unserve", str(id).encode())
+        with pytest.raises(BrokerAddressRefusedError) as raised:
+            client.broker.dial(id, timeout=10)
+        text = str(raised.value)
+        assert f"broker id {id}: plugin" in text and "brokered server is no longer listening" in text, text
+        assert "trust_announced_address" not in text, text
+        # the plugin runs on: a server it serves now is dialed
+        channel = client.broker.dial(_announce(client, "announce"), timeout=10)
+        assert _healthy(channel)
+        channel.close()
 
 
 def test_a_brokered_address_naming_a_regular_file_says_it_is_a_brokered_one(tmp_path: Path) -> None:

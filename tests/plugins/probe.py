@@ -13,6 +13,7 @@ instead of storing when the key names an output path:
   announce-kv  the same with this KV service (so a brokered call can run "sub" and block)
   announce-at  announce value ("NETWORK|ADDRESS") on the broker stream as a server of its own, serving nothing
            there itself (a plugin naming another process's socket); Get("announced") returns the id
+  unserve  stop the brokered server of broker id value (stop_serving), leaving its announcement with the host
 other keys are stored in memory; Get returns them.
 
 PROBE_VERSIONS="2,3"   serve under those app versions (versioned_plugins) instead of 1
@@ -95,6 +96,8 @@ class ProbeKV:
             service_id = self.broker.next_id()
             self.broker._send(pb.ConnInfo(service_id=service_id, network=network, address=address))
             self.data["announced"] = str(service_id).encode()
+        elif key == "unserve" and self.broker is not None:
+            self.broker.stop_serving(int(text))
         else:
             self.data[key] = value
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from plugbay.core.host.launch import file_kind, not_a_socket
 from plugbay.core.protocol.handshake import HandshakeInfo
-from plugbay.errors import MalformedHandshakeError, UnprovenAddressError
+from plugbay.errors import BrokerClosedError, MalformedHandshakeError, UnprovenAddressError
 from plugbay.runners.base import NOT_LISTENING, REATTACH_OPT_OUT, AttachedRunner
 
 if TYPE_CHECKING:
@@ -91,7 +91,9 @@ class BrokeredProof:
     one: the proven process; Docker and pod runners mapped the address themselves); a unix socket is pinned and
     proven through a handle, which the brokered channel dials until it closes. A ConnInfo comes once its
     server listens (go-plugin's Accept listens before it announces; plugbay's brokered servers too), so nothing
-    there yet is refused, not waited for."""
+    there yet is refused, not waited for: that server stopped since (nothing to trust; the opt-out is not offered).
+    A plugin that exited since it announced the address is told first, as a dial to a dead plugin's broker is
+    (BrokerClosedError: a Supervisor's broker says "call again"), not by what is left at its address."""
 
     def __init__(self, runner: AttachedRunner, handshake: HandshakeInfo, name: str, reattached: bool = False) -> None:
         """``reattached``: the runner reattached to a plugin (whose every address is proven, whatever
@@ -103,12 +105,35 @@ class BrokeredProof:
 
     def __call__(self, announced: tuple[str, str], network: str, address: str) -> ProvenAddress:
         """The address to dial (a handle on a unix socket) and what closes that handle once no channel dials
-        it; UnprovenAddressError (saying who listens there, and the opt-out) when the runner cannot prove it."""
+        it; UnprovenAddressError (saying who listens there, and the opt-out) when the runner cannot prove it,
+        another MalformedHandshakeError when nothing listens there (any more), BrokerClosedError once the plugin
+        has exited."""
         said = self._handshake.with_address(*announced)  # what the errors name: the ConnInfo's own words
-        found = prove_listener(self._runner, network, address, said, self._name, reattached=False, brokered=True)
+        try:
+            found = prove_listener(self._runner, network, address, said, self._name, reattached=False, brokered=True)
+        except MalformedHandshakeError:
+            self._raise_if_exited(announced)
+            raise
         if isinstance(found, str):
+            self._raise_if_exited(announced)  # an exit says more than what is left at the address
+            if found == NOT_LISTENING:
+                raise MalformedHandshakeError(
+                    "|".join(announced),
+                    f"plugin {self._name!r} announced {announced[0]} address {announced[1]!r} for a brokered server,"
+                    " but nothing listens there: the plugin's brokered server is no longer listening (it listened"
+                    " when the plugin announced it; the plugin stopped serving that id since). Have the plugin"
+                    " serve it again and dial the id it then announces", refused=True)
             if self._opt_out is not None:
                 raise UnprovenAddressError(self._name, *announced, found, self._opt_out)
             raise UnprovenAddressError(self._name, *announced, found)
         handle = found.handle
         return found.address, (None if handle is None else lambda: os.close(handle))
+
+    def _raise_if_exited(self, announced: tuple[str, str]) -> None:
+        """BrokerClosedError once the plugin has exited: its brokered servers went with it."""
+        code = self._runner.wait(0)
+        if code is not None:
+            raise BrokerClosedError(
+                f"plugin {self._name!r} {self._runner.exit_words(code)} after it announced {announced[0]} address"
+                f" {announced[1]!r} for a brokered server, which went with it; nothing was dialed. Restart the plugin"
+                " (new Client) to broker again") from None
