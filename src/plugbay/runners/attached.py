@@ -33,6 +33,7 @@ from plugbay.runners.procclaims import claim, release
 from plugbay.runners.proctree import ENV_PLUGIN_ID, environ, family, led_group_stands, signal_all, signal_group
 from plugbay.runners.procstopped import plugin_stopped
 from plugbay.runners.session import proc_stat, start_ticks
+from plugbay.runners.unixdiag import bound_listener
 
 REAP_TIMEOUT = 10.0
 # Right after start() returns, /proc/PID/environ may still read empty (exec is setting up the
@@ -197,6 +198,11 @@ class AttachedProcess(AttachedRunner):
                 return "a relative path names another file to this host than to the plugin"
             if self._start_time is None:  # proven implies a start time (_unproven): a runner made by hand
                 return "its start time is unknown, so no listener can be traced back to it"
+            if bound_listener(address) is None:
+                # the kernel cannot tell without a connection: every dial proves the host's handle on this file
+                # next (the start's, the CLI's, a brokered dial's), which connects once then; asking here too
+                # would make two connections, one a one-shot server ends on
+                return None
             why = unix_listener_why(address, None, self.pid, self._start_time)
             return None if why is None else ("no socket listens there" if why == NOT_LISTENING else why)
         # the host's own tcp table, read once for both asks (listens_on asks only of processes in its namespace)

@@ -7,23 +7,23 @@ each is bound to (UNIX_DIAG_VFS); the one bound to the file a handle names is th
 that handle reaches (a file is bound once, at its making, and cannot be bound again). The kernel reports that
 inode cut to 32 bits, so a socket bound to another file of the same file system whose number differs by a
 multiple of 2**32 would match too (the file's own listener may sit in another namespace, out of the dump): a
-match counts only on a file system whose inode numbers fit in 32 bits (ext2/3/4; tmpfs without ``inode64``),
-where the kernel's number is the whole one and the device and inode name one file. (The path a socket was bound
-to proves nothing here: it is the binder's to rename, or to replace by a link to another file.) A socket file
-renamed or hard-linked since its bind is still that file, and matched: a connection through it reaches the
-same listener.
+match counts only on ext2/3/4, whose inode numbers are 32-bit and stay allocated while referenced (the host's
+handle and the listener's bound file both reference it), so the kernel's number is the whole one and the device
+and inode name one file. (Not tmpfs: without ``inode64`` its counter starts again at 1 past 2**32 and hands out
+numbers live files hold. Not the path a socket was bound to: it is the binder's to rename, or to replace by a
+link to another file.) A socket file renamed or hard-linked since its bind is still that file, and matched: a
+connection through it reaches the same listener.
 
 None ("the kernel could not tell": the caller connects as before) when sock_diag is not there (a kernel without
 CONFIG_UNIX_DIAG, its module not loadable, a seccomp filter or a sandbox such as gVisor that offers no
 NETLINK_SOCK_DIAG), when no listener of this namespace is bound to the file (nothing listens yet, or the
 listener sits in another network namespace, whose sockets this dump does not list), when the file sits on
-another file system (xfs, btrfs, overlayfs, tmpfs with ``inode64``: numbers past 2**32 are possible there), or
-when the kernel's answer is malformed.
+another file system (tmpfs, xfs, btrfs, overlayfs: numbers past 2**32, or numbers used twice, are possible
+there), or when the kernel's answer is malformed.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
@@ -41,7 +41,7 @@ _MESSAGE = struct.Struct("=BBBBI2I")  # unix_diag_msg: family, type, state, pad,
 _ATTR = struct.Struct("=HH")  # rtattr: length, type
 _VFS = struct.Struct("=II")  # unix_diag_vfs: inode, device (the kernel's dev_t: major << 20 | minor)
 _MINOR_BITS = 20
-_EXT_MAGIC, _TMPFS_MAGIC = 0xEF53, 0x01021994  # statfs f_type: ext2/3/4 (32-bit inodes); tmpfs (unless inode64)
+_EXT_MAGIC = 0xEF53  # statfs f_type of ext2/3/4
 _Listener = tuple[int, tuple[int, int]]  # socket inode, (bound file's inode cut to 32 bits, device)
 
 
@@ -63,31 +63,18 @@ def bound_listener(path: str) -> int | None:
 
 
 def _inodes_fit_32_bits(path: str, st: os.stat_result) -> bool:
-    """Whether the file system holding ``path`` gives only inode numbers below 2**32 (then the kernel's cut
-    number is the whole one); False when that cannot be told."""
-    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux; f_type leads it
-    if _libc.statfs(os.fsencode(path), buf) != 0:
-        return False
-    kind = ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
-    if kind == _EXT_MAGIC:
-        return True
-    if kind != _TMPFS_MAGIC:
-        return False
-    wanted = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    """Whether the file at ``path`` sits on ext2/3/4, whose inode numbers fit the kernel's 32 bits and are never
+    handed out twice while referenced; False when that cannot be told."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as mounts:
-            for line in mounts:  # id parent MAJ:MIN root point options [optional...] - type source super-options
-                fields = line.split()
-                if len(fields) > 3 and fields[2] == wanted and " - " in line:
-                    super_options = line.rsplit(" - ", 1)[1].split()[2:3]
-                    return bool(super_options) and "inode64" not in super_options[0].split(",")
-    except OSError:
+        import ctypes  # here, not at import: a Python without ctypes (or a static libc) still proves, by a probe
+
+        libc = ctypes.CDLL(None, use_errno=True)  # this process's own symbols, libc's statfs among them
+        buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux; f_type leads it
+        if libc.statfs(os.fsencode(path), buf) != 0:
+            return False
+        return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF == _EXT_MAGIC
+    except (ImportError, OSError, AttributeError):
         return False
-    return False
-
-
-_libc = ctypes.CDLL(None, use_errno=True)  # this process's own symbols, libc's statfs among them
-_libc.statfs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
 
 
 def sock_diag_missing() -> str | None:
