@@ -8,7 +8,8 @@ exited first), threads named plugbay-* (but the spawn thread, which
 lives for the process), entries in the session's private
 TMPDIR (plugin socket dirs, temp files), Docker containers labelled with this
 process's host session id, reattach claims this process made and did not
-release, new or newly changed files in the checkout (a plugin run with
+release, container records (madehere.py) that appeared during the module (or
+session) and whose container is gone, new or newly changed files in the checkout (a plugin run with
 the checkout as its working folder), and new or newly written kv_<key>
 files in the run's working folder (the KV and counter examples store their
 keys where they run; the checkout ignores those files, so git does not
@@ -50,6 +51,8 @@ _RUN_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
 _FDS_AT_START: dict[int, str] = {}
 _ENGINE_ANSWERED: list[bool] = []  # a Docker check succeeded in this run
 _FD_MODULE: dict[tuple[int, str], str] = {}  # a descriptor -> the test module it first stayed open after
+_RECORDS_AT_START: set[str] = set()  # the container records there were when the session started
+_RECORDS_BASELINE: set[str] = set()  # ... when the running module started (the session's, at its end)
 
 
 def _untracked() -> set[str]:
@@ -104,6 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     _FDS_AT_START.update(_descriptors())  # once every plugin configured (hangwatch keeps a stderr)
+    _RECORDS_AT_START.update(_record_entries())
     _docker_leaks()  # an engine that answers now must answer every later check
 
 
@@ -149,24 +153,45 @@ def _claims() -> list[str]:
     return found
 
 
-def _made_records() -> list[str]:
-    """Records of containers this process's runners created (madehere.py) that stayed after the container went."""
+def _record_entries() -> set[str]:
+    """The container records (madehere.py) of this user, by path: any process's, this run's subprocesses' too."""
     from plugbay.runners.docker.madehere import records_roots
-    from plugbay.runners.proctree import host_session
 
-    mine = host_session()
-    found: list[str] = []
+    found: set[str] = set()
     for root in records_roots():
         try:
-            paths = list(root.iterdir())
+            found.update(str(path) for path in root.iterdir() if not path.name.startswith("."))
         except OSError:
-            continue
-        for path in paths:
+            continue  # no folder (its last record went), or not ours
+    return found
+
+
+def _made_records() -> list[str]:
+    """Records that appeared since the baseline (the module's start) whose container no longer exists: a test
+    (or a host it crashed on purpose) that removed its container without dropping the record. Whose process
+    wrote it does not matter: a crashed host's record holds a session that is gone."""
+    new = sorted(_record_entries() - _RECORDS_BASELINE)
+    if not new or not os.path.exists("/var/run/docker.sock"):
+        return []
+    try:
+        import docker
+        from docker.errors import NotFound
+
+        client = docker.from_env(version="auto")
+    except Exception:
+        return []  # no engine to ask: the container check says whether one answered before
+    found: list[str] = []
+    try:
+        for path in new:
             try:
-                if path.read_text().strip() == mine:
-                    found.append(f"container record {path}")
-            except OSError:
-                continue
+                client.api.inspect_container(Path(path).name)
+            except NotFound:
+                if os.path.exists(path):  # not dropped meanwhile
+                    found.append(f"container record {path} (its container is gone)")
+            except Exception:
+                continue  # the container check reports an engine that stopped answering
+    finally:
+        client.close()
     return found
 
 
@@ -245,6 +270,8 @@ def _settled_leaks(find: Callable[[], list[str]] = find_leaks) -> list[str]:
 @pytest.fixture(scope="module", autouse=True)
 def _no_leaks_after_module(request: pytest.FixtureRequest) -> object:
     before = _descriptors()
+    _RECORDS_BASELINE.clear()
+    _RECORDS_BASELINE.update(_record_entries())
     yield
     # a module's broader fixtures (a session's Docker client) may hold some until the session ends:
     # which module they came from is told only if they outlive it
@@ -264,6 +291,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # its traceback the frame, the frame the client) holds a closed grpc.aio channel, and with it grpc.aio's
     # poller and its socket pair, only until the collector runs, which the session's order decides
     gc.collect()
+    _RECORDS_BASELINE.clear()
+    _RECORDS_BASELINE.update(_RECORDS_AT_START)
     leaks = _settled_leaks(lambda: find_leaks() + _fd_leaks())
     if leaks:
         print("\nplugbay leak check: the test session left resources behind:\n  " + "\n  ".join(leaks))

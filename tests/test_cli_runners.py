@@ -221,6 +221,9 @@ def test_sweep_and_diagnose_a_container_whose_host_died(tmp_path: Path, kv_image
             client.containers.get(container).remove(force=True)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - already swept
             pass
+        from plugbay.runners.docker.madehere import forget_made
+
+        forget_made(container)  # the dead host's record, when the test failed before the sweep dropped it
         client.close()  # type: ignore[attr-defined]
 
 

@@ -27,6 +27,7 @@ from plugbay.errors import NetworkSweptError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep, sweep_networks
 from plugbay.runners.docker.hardening import ICC_OPTION
+from plugbay.runners.docker.madehere import forget_made
 from tests.cli_util import plugbay
 from tests.docker_util import BASE, named_networks, remove_networks, start_on, starts_racing_sweeps
 from tests.engine_relay import EngineRelay, relay  # noqa: F401  (relay is a fixture)
@@ -38,7 +39,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
 @contextmanager
 def _made(docker: Any) -> Iterator[tuple[list[str], list[str]]]:
-    """(network names, container ids) a test fills in as it makes them; all removed on the way out."""
+    """(network names, container ids) a test fills in as it makes them; all removed on the way out, with the
+    record a runner (a crashed host's too) kept of each container: no sweep is left to drop it."""
     names: list[str] = []
     containers: list[str] = []
     try:
@@ -49,6 +51,7 @@ def _made(docker: Any) -> Iterator[tuple[list[str], list[str]]]:
                 docker.api.remove_container(cid, force=True)
             except NotFound:
                 pass
+            forget_made(cid)
         remove_networks(docker, names)
 
 
