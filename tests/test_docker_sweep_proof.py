@@ -1,20 +1,29 @@
 """The sweep removes a container only when plugbay can prove it made it: a container whose labels name a dead
 host session (forged, or copied as `docker commit` copies them) is left alone, and the container a crashed
-host's runner created is still swept."""
+host's runner created is still swept. The record of a container removed without plugbay goes with a later
+sweep."""
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from docker.errors import NotFound
 
-from plugbay.runners.docker import sweep
-from plugbay.runners.docker.madehere import forget_made, made_here
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner, sweep
+from plugbay.runners.docker.engine import SOCKET_DIR
+from plugbay.runners.docker.grace import GRACE
+from plugbay.runners.docker.madehere import forget_made, made_here, records_roots
 from tests.cli_util import plugbay
 from tests.procs import first_line_then_sigkill
 
@@ -64,3 +73,44 @@ def test_a_container_with_a_dead_sessions_labels_survives_the_sweep(plugbay_dock
         for container_id in (crashed, forged):
             if container_id:
                 _remove(plugbay_docker, container_id)
+
+
+def _record_of(container_id: str) -> Path:
+    (record,) = [root / container_id for root in records_roots() if (root / container_id).is_file()]
+    return record
+
+
+@pytest.mark.timeout(120)
+def test_the_record_of_a_container_removed_without_plugbay_goes_with_the_next_sweep(plugbay_docker: Any) -> None:
+    # `docker rm -f`, which plugbay's messages advise, left the record for good: no sweep lists that container again
+    crashed = first_line_then_sigkill([sys.executable, "-c", CRASHING_HOST, str(SRC)])["id"]
+    live = DockerRunner(BASE, entrypoint=["sleep", "120"])
+    unlisted = secrets.token_hex(32)  # a container the engine has not listed yet
+    socket_dir = ""
+    try:
+        live.start(LaunchSpec(env={}))
+        record = _record_of(crashed)
+        gone_session = record.read_text()
+        # the crashed host's socket folder, which the sweep ends with its container: `docker rm -f` leaves it
+        socket_dir = plugbay_docker.containers.get(crashed).labels[SOCKET_DIR]
+        subprocess.run(["docker", "rm", "-f", crashed], check=True, capture_output=True, timeout=60)
+        aged = time.time() - 2 * GRACE
+        os.utime(record, (aged, aged))
+        # the live container's record as a gone host's would read, older than the grace: only the engine's word
+        # that the container exists keeps it (its host session, this process, keeps it out of the container sweep)
+        live_record = _record_of(str(live.id))
+        live_record.write_text(gone_session)
+        os.utime(live_record, (aged, aged))
+        # a gone host's record written moments ago, of an id the engine does not know: within the grace, it stays
+        fresh = live_record.parent / unlisted
+        fresh.write_text(gone_session)
+        sweep(client=plugbay_docker)
+        assert not record.exists(), "the record of a container removed by `docker rm -f` stayed"
+        assert live_record.exists() and made_here(str(live.id)), "the record of a live container went"
+        assert fresh.exists(), "a record younger than the grace went"
+    finally:
+        forget_made(unlisted)
+        live.kill()
+        _remove(plugbay_docker, crashed)
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)

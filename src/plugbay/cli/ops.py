@@ -236,7 +236,8 @@ Examples:
 @click.option("--grace", type=click.FloatRange(min=0), metavar="SECONDS",
               help="With Docker: leave the images and networks plugbay made less than SECONDS ago (a start or"
               " build may be about to use them; the engine's clock says), and those whose age the engine does"
-              f" not tell; 0: no grace (default: {SWEEP_GRACE:g}).")
+              " not tell, and the records of containers removed without plugbay written less than SECONDS ago;"
+              f" 0: no grace (default: {SWEEP_GRACE:g}).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], docker_images: [...], "
               "docker_networks: [...], kubernetes: [...], temp: [...], left: {id: why}, count, dry_run}.")
@@ -269,7 +270,7 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None, ku
         from plugbay.runners.docker import sweep as docker_sweep, sweep_images, sweep_networks
 
         try:
-            found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False)
+            found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False, grace=seconds)
             # after the containers: their images free (a dry run counts the containers it listed as gone)
             leaving = found["docker"] if dry_run else []
             found["docker_images"] = sweep_images(dry_run=dry_run, leaving=leaving, grace=seconds, spared=left)

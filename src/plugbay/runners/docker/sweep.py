@@ -15,7 +15,7 @@ from plugbay.runners.docker.engine import (SOCKET_DIR, end_socket_dir, engine, e
                                            require_sdk)
 from plugbay.runners.docker.grace import GRACE, Grace, checked_grace
 from plugbay.runners.docker.hardening import MADE_NETWORK, made_by_plugbay
-from plugbay.runners.docker.madehere import forget_made, made_here, records_roots
+from plugbay.runners.docker.madehere import forget_made, made_here, records_roots, stale_records
 from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
                                      owner_of, session_gone)
 
@@ -23,6 +23,9 @@ _log = logging.getLogger("plugbay.runners.docker")
 # plugbay.images labels every image it builds with the hash of what went into it
 BUILT = "plugbay.content-hash"
 _FULL_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
+# the records a sweep asks the engine about at most (one inspect each): a folder of thousands, left by an
+# engine reset, is worked off over sweeps rather than holding one up
+RECORDS_PER_SWEEP = 100
 
 
 def _opened(client: Any) -> tuple[Any, bool]:
@@ -49,6 +52,9 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     ``plugbay.session`` label) and the claimant's (its name): it goes only when
     both are gone. A container either names as this process is never removed, nor one whose id no
     runner of this user recorded creating (madehere.py): labels are anyone's to write.
+    Not in a dry run: the records of containers removed without plugbay (``docker rm -f``, a prune), older
+    than ``grace``, of host processes that no longer run, are dropped once the engine says the container
+    does not exist (at most RECORDS_PER_SWEEP of them a sweep, oldest first).
     """
     checked_grace(grace)  # before anything is removed
     client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
@@ -58,12 +64,14 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     live = set(live_sessions) if live_sessions is not None else None
     here, own_session = socket.gethostname(), host_session_id()
     removed: list[str] = []
+    seen: set[str] = set()
     try:
         # the SDK inspects each container listed: one removed meanwhile (its host killing its plugin)
         # has nothing left to sweep, and must not end the sweep of the others
         found = engine_call(lambda: client.containers.list(all=True, filters={"label": f"{MANAGED}=true"},
                                                            ignore_removed=True), "list plugbay containers")
         for container in found:
+            seen.add(container.id)
             labels = container.labels or {}
             session, start = owner_of(container.name, labels)
             # the starting host keeps its plugin while it lives, whoever reattached since: a reattaching
@@ -113,6 +121,8 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 if unproven is not None:
                     _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
                                  container.short_id, unproven)
+        if not dry_run:
+            _drop_stale_records(client, seen, grace)
         if images and not dry_run:  # the containers removed above may have been the last users of an image
             sweep_images(client=client, grace=grace)
         if networks and not dry_run:  # or of a network
@@ -126,6 +136,25 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
         if own:
             client.close()
     return removed
+
+
+def _drop_stale_records(client: Any, seen: Collection[str], grace: float) -> None:
+    """Drop the records (madehere.py) of containers the engine says do not exist: removed without plugbay.
+    Only by the engine's NotFound for that id: a container missing from the listing may have been created
+    after it (its record written just after), and one the engine fails to inspect keeps its record."""
+    from docker.errors import NotFound
+
+    failed = engine_failures()
+    for container_id in stale_records(grace, seen, RECORDS_PER_SWEEP):
+        try:
+            engine_call(lambda: client.api.inspect_container(container_id), "inspect a recorded container")
+        except NotFound:
+            forget_made(container_id)
+            _log.info("sweep dropped the record of container %s: the engine has no such container (removed"
+                      " without plugbay)", container_id[:12])
+        except failed as exc:
+            _log.warning("sweep kept the record of container %s: the engine failed to say whether it exists: %s",
+                         container_id[:12], exc)
 
 
 def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collection[str] = (),
