@@ -247,7 +247,8 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None, ku
 
     Without --docker, --kubernetes or --temp: Docker containers (and the images plugbay built
     that nothing names or uses any more, and the networks plugbay made that no container is on,
-    once older than --grace: the lines "left ID: why" name those it left for their age)
+    once older than --grace: the lines "left ID: why" name those it left for their age, and the
+    containers of gone hosts it left because no record of this user proves plugbay made them)
     and temp folders.
     A temp folder goes only once the process that made it is gone and no
     socket in it answers (a plugin left running for a reattach keeps its folder).
@@ -265,12 +266,14 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None, ku
 
         valid_namespace(namespace, "--namespace", "--namespace plugins")
     found: dict[str, list[str]] = {}
-    left: dict[str, str] = {}  # what the Docker sweep left for its age (the grace), and why
+    # what the Docker sweep left, and why: images and networks for their age (the grace), containers of gone
+    # sessions that no record proves plugbay made (each with the `docker rm -f` to run if it is plugbay's)
+    left: dict[str, str] = {}
     if docker_ or not (kubernetes or temp):
         from plugbay.runners.docker import sweep as docker_sweep, sweep_images, sweep_networks
 
         try:
-            found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False, grace=seconds)
+            found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False, grace=seconds, spared=left)
             # after the containers: their images free (a dry run counts the containers it listed as gone)
             leaving = found["docker"] if dry_run else []
             found["docker_images"] = sweep_images(dry_run=dry_run, leaving=leaving, grace=seconds, spared=left)

@@ -35,7 +35,8 @@ def _opened(client: Any) -> tuple[Any, bool]:
 
 
 def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False,
-          images: bool = False, networks: bool = False, grace: float = GRACE) -> list[str]:
+          images: bool = False, networks: bool = False, grace: float = GRACE,
+          spared: dict[str, str] | None = None) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
 
     ``dry_run=True`` removes nothing and returns the ids it would remove. ``images=True``: then (not in a
@@ -51,7 +52,8 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     another host reattached to has two sessions, its starting host's (its
     ``plugbay.session`` label) and the claimant's (its name): it goes only when
     both are gone. A container either names as this process is never removed, nor one whose id no
-    runner of this user recorded creating (madehere.py): labels are anyone's to write.
+    runner of this user recorded creating (madehere.py): labels are anyone's to write. ``spared``: filled with
+    the id of each container of a gone session left for want of that record, and why (``docker rm -f`` it).
     Not in a dry run: the records of containers removed without plugbay (``docker rm -f``, a prune), older
     than ``grace``, of host processes that no longer run, are dropped once the engine says the container
     does not exist (at most RECORDS_PER_SWEEP of them a sweep, oldest first).
@@ -89,9 +91,12 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
             if not made_here(container.id):
                 # its labels are anyone's to write (or copied by `docker commit`): only a container a runner of
                 # this user recorded having created is plugbay's to remove
-                _log.info("sweep left container %s alone: its labels name a gone session, but no runner of this"
-                          " user recorded creating it (%s); if it is plugbay's, remove it with `docker rm -f %s`",
-                          container.short_id, ", ".join(str(r) for r in records_roots()), container.short_id)
+                why = (f"container: its labels name a gone session, but no runner of this user recorded creating"
+                       f" it ({', '.join(str(r) for r in records_roots())}); if it is plugbay's, remove it with"
+                       f" `docker rm -f {container.short_id}`")
+                _log.info("sweep left container %s: %s", container.short_id, why)
+                if spared is not None:
+                    spared[container.id] = why
                 continue
             if dry_run:
                 removed.append(container.id)
