@@ -23,6 +23,7 @@ from plugbay.errors import (CallTimeoutError, ChecksumMismatchError, HandshakeTi
 from plugbay.core.host.secure import SecureConfig
 from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker.madehere import forget_made
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -330,6 +331,7 @@ def test_reattach_from_another_process(plugbay_image: Any, plugbay_docker: Any) 
     finally:
         for c in plugbay_docker.containers.list(all=True, filters={"id": container_id}):
             c.remove(force=True)
+            forget_made(c.id)  # the first host's record (the test failed before the second host's kill dropped it)
         shutil.rmtree(reattach["runner"]["host_socket_dir"], ignore_errors=True)
 
 
