@@ -1,7 +1,11 @@
-"""Leaving an `async for` over an AsyncClient's server stream early (break) ends the call at once: the plugin's
-handler sees the cancel without waiting for the garbage collector (grpc.aio's call holds itself in a cycle).
-So does leaving an `async with` block around the call. A later read says why the stream ended, not a bare
-CancelledError a task nobody cancelled would take for its own. The real streaming example plugin."""
+"""An AsyncClient's server stream ends when nobody can read it any more, as a Python generator is closed when
+dropped: `async for chunk in stub.Generate(request): break` (the call a temporary, dropped after the loop) cancels
+the call then, and the plugin's handler sees it without waiting for the garbage collector (grpc.aio's call holds
+itself in a cycle). A stream kept in a variable is not: a loop over it that ended early (break, or a peek with
+anext()) leaves it where it was, and the next `async for` goes on from there, as grpc.aio's does; dropping it
+cancels it. Leaving an `async with` block around the call cancels it too, and a later read says why the stream
+ended, not a bare CancelledError a task nobody cancelled would take for its own. The real streaming example
+plugin; the collector off (no_gc), so what ends a call is plugbay's own doing."""
 
 from __future__ import annotations
 
@@ -17,53 +21,96 @@ sys.path.insert(0, str(REPO / "examples" / "streaming"))
 from streaming_plugin_def import HANDSHAKE, PLUGIN_NAME, StreamerPlugin  # noqa: E402
 
 from plugbay import AsyncClient, ClientConfig  # noqa: E402
+from tests.streamstats import handlers_ended  # noqa: E402
 
 CONFIG = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin()},
                       cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")])
 
 
-async def _handlers_ended(streamer: Any) -> Any:
-    """The plugin's stats once no stream handler runs (asked again while one does; about 20 s: a hang guard)."""
-    for _ in range(200):
-        stats = await streamer.stats()
-        if stats.active == 0:
-            return stats
-        await asyncio.sleep(0.1)
-    return stats
+async def _iterators_closed() -> None:
+    """A few turns of the loop: asyncio closes a dropped iterator of a loop left early (its aclose()) on a later
+    turn; it has run by then (a call_soon_threadsafe that creates the closing task, which then runs)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
 
 
-def test_break_out_of_async_for_cancels_the_stream(no_gc: None) -> None:
-    async def main() -> tuple[Any, Any, BaseException | None]:
+def test_break_out_of_async_for_over_a_temporary_stream_cancels_it(no_gc: None) -> None:
+    async def main() -> tuple[int, Any]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            async for chunk in streamer.generate(0, 100):  # endless: only a cancel ends it
+                if chunk.seq == 2:
+                    break
+            return chunk.seq, await handlers_ended(streamer)
+
+    last, stats = asyncio.run(main())
+    assert last == 2
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+
+
+def test_a_peek_then_an_async_for_gets_every_item(no_gc: None) -> None:
+    async def main() -> tuple[int, list[int], Any, Any]:
         async with AsyncClient(CONFIG) as client:
             streamer = await client.dispense(PLUGIN_NAME)
             stream = streamer.generate(0, 100)  # endless: only a cancel ends it
+            first = (await anext(aiter(stream))).seq  # that iterator dropped at once
+            await _iterators_closed()
+            seqs = []
             async for chunk in stream:
+                seqs.append(chunk.seq)
+                if chunk.seq == 5:
+                    break
+            running = await streamer.stats()  # kept in a variable: the stream goes on
+            del stream  # nobody can read it now: cancelled
+            return first, seqs, running, await handlers_ended(streamer)
+
+    first, seqs, running, stats = asyncio.run(main())
+    assert (first, seqs) == (0, [1, 2, 3, 4, 5])
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+
+
+def test_break_then_a_second_async_for_goes_on_where_the_first_left(no_gc: None) -> None:
+    async def main() -> tuple[list[int], Any]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            stream = streamer.generate(0, 100)
+            seqs = []
+            async for chunk in stream:
+                seqs.append(chunk.seq)
                 if chunk.seq == 2:
                     break
-            stats = await _handlers_ended(streamer)
+            await _iterators_closed()
+            async for chunk in stream:
+                seqs.append(chunk.seq)
+                if chunk.seq == 6:
+                    break
+            stream.cancel()
+            return seqs, await handlers_ended(streamer)
+
+    seqs, stats = asyncio.run(main())
+    assert seqs == list(range(7))
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+
+
+def test_leaving_async_with_cancels_the_stream(no_gc: None) -> None:
+    async def main() -> tuple[Any, Any, BaseException | None]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            async with streamer.generate(0, 100) as stream:
+                assert (await stream.read()).seq == 0
+            stats = await handlers_ended(streamer)
             try:
                 await stream.read()
                 later: BaseException | None = None
-            except BaseException as exc:  # noqa: BLE001 - what a read after the break raises, judged below
+            except BaseException as exc:  # noqa: BLE001 - what a read after the block raises, judged below
                 later = exc
             return stats, await stream.code(), later
 
     stats, code, later = asyncio.run(main())
     assert (stats.active, stats.cancelled) == (0, 1), stats
     assert code.name == "CANCELLED"
-    assert isinstance(later, asyncio.InvalidStateError) and "`async for`" in str(later), repr(later)
-
-
-def test_leaving_async_with_cancels_the_stream(no_gc: None) -> None:
-    async def main() -> Any:
-        async with AsyncClient(CONFIG) as client:
-            streamer = await client.dispense(PLUGIN_NAME)
-            async with streamer.generate(0, 100) as stream:
-                assert (await stream.read()).seq == 0
-            return await _handlers_ended(streamer)
-
-    stats = asyncio.run(main())
-    assert (stats.active, stats.cancelled) == (0, 1), stats
+    assert isinstance(later, asyncio.InvalidStateError) and "`async with` block" in str(later), repr(later)
 
 
 def test_a_stream_read_to_its_end_is_not_cancelled(no_gc: None) -> None:
@@ -72,8 +119,67 @@ def test_a_stream_read_to_its_end_is_not_cancelled(no_gc: None) -> None:
             streamer = await client.dispense(PLUGIN_NAME)
             async with streamer.generate(3, 10) as stream:
                 seqs = [chunk.seq async for chunk in stream]
-            return seqs, await stream.code(), await _handlers_ended(streamer)
+            return seqs, await stream.code(), await handlers_ended(streamer)
 
     seqs, code, stats = asyncio.run(main())
     assert seqs == [0, 1, 2] and code.name == "OK"
     assert (stats.active, stats.cancelled) == (0, 0), stats
+
+
+def test_async_with_on_a_stream_of_a_killed_client_raises_its_error_at_the_first_read() -> None:
+    """The call is refused (nothing sent): `async with` takes it, and its first read raises the refusal, as the
+    first step of an `async for` over it does."""
+    async def main() -> tuple[BaseException, BaseException]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            await client.kill()
+            try:
+                async for _ in streamer.generate(0, 100):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - compared below
+                iterated: BaseException = exc
+            try:
+                async with streamer.generate(0, 100) as stream:
+                    await stream.read()
+            except Exception as exc:  # noqa: BLE001 - compared below
+                read: BaseException = exc
+            return iterated, read
+
+    iterated, read = asyncio.run(main())
+    assert type(read) is type(iterated) and str(read) == str(iterated), (read, iterated)
+    assert "killed" in str(read) or "closed" in str(read), read
+
+
+def test_a_stream_dropped_on_another_thread_is_cancelled_on_its_loop(no_gc: None) -> None:
+    """The last reference may go on any thread: the cancel runs on the call's loop, as grpc.aio needs."""
+    async def main() -> tuple[Any, Any]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            kept = [streamer.generate(0, 100)]
+            assert (await kept[0].read()).seq == 0
+            running = await streamer.stats()
+            await asyncio.to_thread(kept.clear)
+            return running, await handlers_ended(streamer)
+
+    running, stats = asyncio.run(main())
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+
+
+def test_a_stream_dropped_after_its_loop_closed_is_left_quietly(no_gc: None) -> None:
+    """Its loop closed (the client's connection with it): nothing to cancel, and no error from the drop."""
+    async def main() -> Any:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            stream = streamer.generate(0, 100)
+            assert (await stream.read()).seq == 0
+            return stream
+
+    kept = [asyncio.run(main())]
+    unraisable: list[Any] = []
+    was, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        kept.clear()
+    finally:
+        sys.unraisablehook = was
+    assert unraisable == []

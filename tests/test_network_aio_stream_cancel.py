@@ -9,14 +9,20 @@ Real network-mode streaming plugins over mTLS on 127.0.0.1, one of them killed (
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from plugbay import AsyncRemoteClient, RemoteConfig
+from plugbay import AsyncRemoteClient, RemoteClient, RemoteConfig
 from plugbay.network.aiopoolstream import StreamCall
+from tests.streamstats import handlers_ended
 from tests.test_network_dead_replica import (STREAM_HANDSHAKE, STREAMER, StreamerPlugin, _first_config, _inner,
                                              _kill, _stream_after_kill, certs, held_resend_pick, host_tls, streamers)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "streaming"))
+from streaming_plugin_def import AsyncStreamerClient  # noqa: E402
 
 __all__ = ["certs", "streamers"]  # the fixtures this module's tests take
 
@@ -34,11 +40,15 @@ async def _seen(stream: Any) -> dict[str, Any]:
     return seen
 
 
-async def _nothing_left(client: Any, stream: Any) -> None:
-    """No call of the stream's in flight, on its endpoints or the pool; no task left running. The cancelled
-    calls' done callbacks and grpc.aio's own status tasks end on the loop, later under load: asked again
-    until all is clear (the bound, about 10 s, is a hang guard only)."""
-    endpoints = _inner(stream, StreamCall)._callable.channel.endpoints
+def _endpoints(stream: Any) -> Any:
+    """The pool's endpoints (their grpc.aio calls in flight) under an AsyncRemoteClient's stream."""
+    return _inner(stream, StreamCall)._callable.channel.endpoints
+
+
+async def _nothing_left(client: Any, endpoints: Any) -> None:
+    """No call in flight on the pool's ``endpoints`` (see _endpoints) or the pool; no task left running. The
+    cancelled calls' done callbacks and grpc.aio's own status tasks end on the loop, later under load: asked
+    again until all is clear (the bound, about 10 s, is a hang guard only)."""
     mine = asyncio.current_task()
     for _ in range(200):
         inflight = {k: e["inflight"] for k, e in client.metrics()["endpoints"].items()}
@@ -62,7 +72,7 @@ def test_a_stream_cancelled_before_its_first_answer_is_cancelled(streamers: list
             stream = streamer.generate(3, 8, timeout=10)
             asked = stream.cancel()
             seen = await _seen(stream)
-            await _nothing_left(client, stream)
+            await _nothing_left(client, _endpoints(stream))
             return asked, seen
 
     assert asyncio.run(run()) == (True, {"done": True, "cancelled": True, **CANCELLED})
@@ -90,7 +100,7 @@ def test_a_stream_cancelled_while_it_waits_for_an_endpoint_is_cancelled_at_once(
             assert not stream.done()
             asked = stream.cancel()
             seen = await _seen(stream)
-            await _nothing_left(client, stream)
+            await _nothing_left(client, _endpoints(stream))
             return asked, seen
 
     assert asyncio.run(run()) == (True, {"done": True, "cancelled": True, **CANCELLED})
@@ -109,7 +119,7 @@ def test_a_stream_cancelled_after_its_call_failed_unsent_says_cancelled(streamer
             stream = await _stream_after_kill(client, streamer, streamers[0])
             asked = stream.cancel()
             seen = await _seen(stream)
-            await _nothing_left(client, stream)
+            await _nothing_left(client, _endpoints(stream))
             return asked, seen, client.metrics()["endpoints"][live]["picks"] - picks
 
     assert asyncio.run(run()) == (False, {"done": True, "cancelled": False, **CANCELLED}, 0)
@@ -139,7 +149,7 @@ def test_a_cancel_while_the_resend_picks_ends_the_read_and_the_pick(streamers: l
                     read = "CancelledError"
                 held_open = not go_on.is_set()  # the read ended with the pick still held
             seen = await _seen(stream)
-            await _nothing_left(client, stream)
+            await _nothing_left(client, _endpoints(stream))
             return (asked, during, {**seen, "first read": read}, ended.is_set() and held_open,
                     client.metrics()["endpoints"][live]["picks"] - picks)
 
@@ -164,7 +174,7 @@ def test_a_stream_cancelled_after_its_resend_answered_is_cancelled(streamers: li
             except asyncio.CancelledError:
                 seen["read"] = "CancelledError"
             seen["code"], seen["details"] = await stream.code(), await stream.details()
-            await _nothing_left(client, stream)
+            await _nothing_left(client, _endpoints(stream))
             return first, asked, seen
 
     assert asyncio.run(run()) == (0, True, {"done": True, "cancelled": True, **CANCELLED})
@@ -191,7 +201,7 @@ def test_a_cancel_after_a_read_raised_the_failure_leaves_the_status(streamers: l
             except grpc.RpcError as exc:  # the same failure, as a finished grpc.aio call's read raises it
                 again = exc.code()
             after = (stream.cancelled(), again, await stream.code(), await stream.details())
-            await _nothing_left(client, stream)
+            await _nothing_left(client, _endpoints(stream))
             return read, status, asked, after
 
     read, status, asked, after = asyncio.run(run())
@@ -230,7 +240,7 @@ def test_a_cancel_as_the_resends_pick_ends_sends_nothing_again(streamers: list[A
             finally:
                 del callable.pick, callable.start
             seen = await _seen(stream)
-            await _nothing_left(client, stream)
+            await _nothing_left(client, _endpoints(stream))
             return said, read, started, seen
 
     said, read, started, seen = asyncio.run(run())
@@ -260,39 +270,112 @@ def test_a_read_whose_task_is_cancelled_during_the_resends_pick_cancels_the_stre
                     pass
                 go_on.set()  # a later read's resend would pick at once
                 seen = await _seen(stream)
-            await _nothing_left(client, stream)
+            await _nothing_left(client, _endpoints(stream))
             return seen, client.metrics()["endpoints"][live]["picks"] - picks
 
     assert asyncio.run(run()) == ({"done": True, "cancelled": True, **CANCELLED}, 0)
 
 
-def test_break_out_of_async_for_over_a_pool_stream_ends_the_replicas_handler(streamers: list[Any], certs: Any) -> None:
-    """Leaving the loop early drops the stream's iterator, which asyncio closes at once: the call is cancelled
-    then, not when the garbage collector (off here) finds grpc.aio's call, which holds itself in a cycle."""
-    import gc
-
-    async def run() -> tuple[Any, dict[str, Any]]:
+def test_break_out_of_async_for_over_a_temporary_pool_stream_ends_the_replicas_handler(
+        streamers: list[Any], certs: Any, no_gc: None) -> None:
+    """The stream a temporary, dropped after the loop left it: the call is cancelled then, not when the garbage
+    collector (off here) finds grpc.aio's call, which holds itself in a cycle."""
+    async def run() -> tuple[int, Any]:
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
             streamer = await client.dispense(STREAMER)
-            stream = streamer.generate(0, 100)  # endless: only a cancel ends it
-            async for chunk in stream:
+            read_out = streamer.generate(1, 8)  # read to its end: it only shows the pool's endpoints
+            endpoints = _endpoints(read_out)
+            assert [c.seq async for c in read_out] == [0]
+            del read_out
+            async for chunk in streamer.generate(0, 100):  # endless: only a cancel ends it
                 if chunk.seq == 2:
                     break
-            for _ in range(200):  # about 20 s: a hang guard
-                stats = await streamer.stats()
-                if stats.active == 0:
-                    break
-                await asyncio.sleep(0.1)
-            seen = {"done": stream.done(), "cancelled": stream.cancelled(), "code": await stream.code()}
-            await _nothing_left(client, stream)
-            return stats, seen
+            stats = await handlers_ended(streamer)
+            await _nothing_left(client, endpoints)
+            return chunk.seq, stats
 
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        stats, seen = asyncio.run(run())
-    finally:
-        if was:
-            gc.enable()
+    last, stats = asyncio.run(run())
+    assert last == 2
     assert (stats.active, stats.cancelled) == (0, 1), stats
-    assert seen == {"done": True, "cancelled": True, "code": grpc.StatusCode.CANCELLED}
+
+
+def test_break_then_a_second_async_for_over_a_pool_stream_goes_on(streamers: list[Any], certs: Any,
+                                                                  no_gc: None) -> None:
+    """A pool stream kept in a variable: a loop left early leaves it where it was (asyncio closes only that
+    loop's iterator), the next `async for` goes on from there; dropping the stream cancels it."""
+    async def run() -> tuple[list[int], Any, Any]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            stream = streamer.generate(0, 100)
+            endpoints = _endpoints(stream)
+            seqs = []
+            async for chunk in stream:
+                seqs.append(chunk.seq)
+                if chunk.seq == 2:
+                    break
+            for _ in range(5):  # a few turns of the loop: asyncio's aclose() of the dropped iterator has run
+                await asyncio.sleep(0)
+            async for chunk in stream:
+                seqs.append(chunk.seq)
+                if chunk.seq == 6:
+                    break
+            running = await streamer.stats()
+            del stream
+            stats = await handlers_ended(streamer)
+            await _nothing_left(client, endpoints)
+            return seqs, running, stats
+
+    seqs, running, stats = asyncio.run(run())
+    assert seqs == list(range(7))
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+
+
+def test_async_with_on_a_stream_of_a_killed_remote_client_raises_its_error_at_the_first_read(
+        streamers: list[Any], certs: Any) -> None:
+    """The call is refused, unsent: `async with` takes it and its first read raises the refusal, as the first
+    step of an `async for` over it does (before: TypeError, the refused call was no context manager)."""
+    async def run() -> tuple[BaseException, BaseException]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            await client.kill()
+            try:
+                async for _ in streamer.generate(0, 100):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - compared below
+                iterated: BaseException = exc
+            try:
+                async with streamer.generate(0, 100) as stream:
+                    await stream.read()
+            except Exception as exc:  # noqa: BLE001 - compared below
+                read: BaseException = exc
+            return iterated, read
+
+    iterated, read = asyncio.run(run())
+    assert type(read) is type(iterated) and str(read) == str(iterated), (read, iterated)
+    assert "killed" in str(read) or "closed" in str(read), read
+
+
+def test_leaving_async_with_over_a_stream_of_the_pools_aio_channel_cancels_it(streamers: list[Any],
+                                                                              certs: Any) -> None:
+    """RemoteClient.aio_channel()'s streams are the pool's own (no AsyncClient's call around them): `async with`
+    takes them (before: TypeError) and cancels the stream at the block's end; one read to its end is left be."""
+    async def run(client: RemoteClient) -> tuple[Any, list[int], Any, Any]:
+        channel = client.aio_channel()
+        streamer = AsyncStreamerClient(channel)
+        try:
+            async with streamer.generate(0, 100) as stream:
+                assert isinstance(stream, StreamCall)
+                first = (await stream.read()).seq
+            cancelled = await handlers_ended(streamer)
+            async with streamer.generate(3, 8) as ended:
+                seqs = [c.seq async for c in ended]
+            return (first, await stream.code()), seqs, cancelled, await handlers_ended(streamer)
+        finally:
+            await channel.close()
+
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        first, seqs, cancelled, stats = asyncio.run(run(client))
+    assert first == (0, grpc.StatusCode.CANCELLED) and seqs == [0, 1, 2]
+    assert (cancelled.active, cancelled.cancelled) == (0, 1), cancelled
+    assert (stats.active, stats.cancelled) == (0, 1), stats

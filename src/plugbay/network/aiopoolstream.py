@@ -181,6 +181,13 @@ class StreamCall:
                     raise left from None
                 raise
 
+    async def __aenter__(self) -> StreamCall:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if not self.done():  # the block is done with the stream, however it ended: so is the replica
+            self.cancel()
+
     async def read(self) -> Any:
         while True:
             call = await self._started()

@@ -5,6 +5,7 @@ raises that error (plugbay.core.transport.requestsource), as the caller's own co
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Generator
 from typing import Any, Protocol, TypeVar
 
@@ -43,17 +44,37 @@ def lost_send(exc: grpc.RpcError) -> grpc.RpcError:
     return exc
 
 
+def _cancel_dropped(loop: asyncio.AbstractEventLoop, call: Any) -> None:
+    """A streamed call's AioCall was dropped: nobody can read the call any more. grpc.aio's call holds itself
+    in a cycle (its own response iterator), so without this the plugin's handler and the HTTP/2 stream would run
+    on until the garbage collector found it. The last reference may go on any thread (or in a collection):
+    cancel() of a grpc.aio call belongs on its loop."""
+    try:
+        loop.call_soon_threadsafe(_cancel_unfinished, call)
+    except RuntimeError:  # the loop closed: grpc.aio ended its calls with it
+        pass
+
+
+def _cancel_unfinished(call: Any) -> None:
+    if not call.done():
+        call.cancel()
+
+
 class AioCall:
-    """A grpc.aio call whose results raise translated errors; the rest (metadata, cancel) delegates."""
+    """A grpc.aio call whose results raise translated errors; the rest (metadata, cancel) delegates.
+    A ``streamed`` call (its answers a stream) is cancelled when this wrapper is dropped before its end, as a
+    Python generator is closed when dropped: not when one of its iterators is (see __aiter__)."""
 
     def __init__(self, call: Any, owner: CallOwner, timeout: float | None,
-                 requests: RequestSource | None = None) -> None:
+                 requests: RequestSource | None = None, streamed: bool = False) -> None:
         self._call = call
         self._requests = requests
         self._owner = owner
         self._timeout = timeout
         self._started = owner._loop.time()
-        self._abandoned = False  # cancelled by plugbay: an `async for` over it ended early
+        self._abandoned = False  # cancelled by plugbay: an `async with` block over it ended before it did
+        if streamed:  # the wrapper is outside grpc.aio's cycle, so it goes when its holder lets go of it
+            weakref.finalize(self, _cancel_dropped, owner._loop, call).atexit = False
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._result().__await__()
@@ -83,17 +104,13 @@ class AioCall:
                 managed.run_after_call()  # the held streams begin, as after the sync side's first call
 
     async def _iterate(self) -> AsyncIterator[Any]:
+        # An iterator that a loop left early (break) is closed later by asyncio (it schedules its aclose()),
+        # which ends only the iterator: the call goes on from where it was for the next `async for` or read(),
+        # as grpc.aio's does (its one response iterator is shared). The call ends when this wrapper is dropped.
         try:
             async for item in self._call:
                 yield item
             return
-        except GeneratorExit:
-            # the loop over the stream ended early (break, return, an error in its body) and dropped this
-            # iterator, which asyncio then closes at once (CPython). grpc.aio's call holds itself in a cycle
-            # (its own response iterator), so without this the plugin's handler and the HTTP/2 stream would
-            # run on until the garbage collector found it
-            self._abandon()
-            raise
         except grpc.RpcError as exc:
             raise caused(await self._translated(exc), exc)
         except asyncio.CancelledError:
@@ -108,7 +125,7 @@ class AioCall:
         self._abandon()  # the block is done with the call, however it ended: so is the plugin
 
     def _abandon(self) -> None:
-        """Cancel the call for its reader, who left it before its end (not done: nothing to end)."""
+        """Cancel the call for its `async with` block, which ended before the call did (done: nothing to end)."""
         if not self._call.done():
             self._abandoned = True
             self._call.cancel()
@@ -167,9 +184,9 @@ class AioCall:
             return asyncio.CancelledError()
         if self._abandoned:  # not a cancel of the reader's task: a CancelledError would pass for one
             return asyncio.InvalidStateError(
-                "this stream was cancelled when the `async for` or `async with` over it ended before the stream"
-                " did (break, return or an error in its body): leaving the loop ends the call. To stop reading"
-                " and go on later, read it with `await stream.read()` rather than an `async for`")
+                "this stream was cancelled when the `async with` block over it ended before the stream did:"
+                " leaving the block ends the call. To go on reading it after the block, make the call without"
+                " `async with` (a stream kept in a variable is cancelled only when dropped, or by cancel())")
         if self._owner._closing is None:
             return asyncio.CancelledError()
         closed = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),

@@ -155,7 +155,8 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                      _registered_method: bool | None = False) -> Any:
-        return _AioUnaryRequest(self, self._inner.unary_stream, method, request_serializer, response_deserializer)
+        return _AioUnaryRequest(self, self._inner.unary_stream, method, request_serializer, response_deserializer,
+                                streamed=True)
 
     def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                      _registered_method: bool | None = False) -> Any:
@@ -163,7 +164,8 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                       _registered_method: bool | None = False) -> Any:
-        return _AioStreamRequest(self, self._inner.stream_stream, method, request_serializer, response_deserializer)
+        return _AioStreamRequest(self, self._inner.stream_stream, method, request_serializer, response_deserializer,
+                                 streamed=True)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return self._inner.get_state(try_to_connect)
@@ -199,9 +201,11 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
 class _AioCallable:
     """One method: each call gets the default deadline, and its failures are translated."""
 
-    def __init__(self, owner: AioManagedChannel, factory: Any, method: str, ser: Any, de: Any) -> None:
+    def __init__(self, owner: AioManagedChannel, factory: Any, method: str, ser: Any, de: Any,
+                 streamed: bool = False) -> None:
         self._owner = owner
         self._factory = (factory, method, ser, de)
+        self._streamed = streamed  # its answers are a stream: a call dropped unread is cancelled (AioCall)
         self._target: Any = None  # grpc.aio's multicallable, built by the first call (see _built)
 
     def _built(self) -> Any:
@@ -230,7 +234,7 @@ class _AioCallable:
             call = self._built()(request if requests is None else requests.watched(), timeout=timeout, **kwargs)
         except grpc.aio.UsageError:  # closed under us between the check and the call
             return RefusedCall(owner.closed_error)
-        return AioCall(call, owner, timeout, requests)
+        return AioCall(call, owner, timeout, requests, streamed=self._streamed)
 
 
 class _AioUnaryRequest(_AioCallable):

@@ -44,6 +44,12 @@ class RefusedCall:
         raise await self._the_error()
         yield  # an async generator
 
+    async def __aenter__(self) -> RefusedCall:
+        return self  # its first read raises the error, as the first step of an `async for` over it does
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None  # nothing was sent: nothing to cancel
+
     async def read(self) -> Any:
         return await self._raise()
 
