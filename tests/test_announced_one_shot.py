@@ -67,6 +67,35 @@ def test_a_one_connection_server_a_plugin_announces_is_refused_and_left_unserved
             server.stdout.close()
 
 
+def test_a_one_connection_server_a_multiplexed_plugin_announces_gets_no_connection(tmp_path: Path) -> None:
+    # before: the multiplexed connection was dialed first and proven on itself: the foreign server served it
+    # (and exited) before the refusal; the proof now asks the kernel before anything is dialed
+    path = str(tmp_path / "one.sock")
+    server = subprocess.Popen([PY, "-c", ONE_SHOT, path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=8, multiplex_broker=True,
+                                     runner=ProcessRunner([PY, MISBEHAVE, "line", f"1|1|unix|{path}|grpc||true"])))
+        try:
+            with pytest.raises(UnprovenAddressError) as raised:
+                client.start()
+        finally:
+            client.kill()
+        assert f"listened on by process {server.pid}, which is neither the plugin process" in str(raised.value)
+        with socket.socket(socket.AF_UNIX) as caller:  # its one connection is still to be had
+            caller.connect(path)
+            caller.sendall(b"x")
+            assert server.stdout.readline() == "served b'x'\n"
+        assert server.wait(10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+
+
 @pytest.mark.go
 @pytest.mark.skipif(gobuild.go_missing_reason() is not None, reason=gobuild.go_missing_reason() or "")
 def test_a_go_plugin_sees_no_connection_but_the_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

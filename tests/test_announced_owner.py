@@ -123,6 +123,20 @@ def test_a_socket_an_ancestor_listens_on_is_refused(tmp_path: Path) -> None:
     assert f"listened on by process {os.getpid()}" in text, text
 
 
+def test_a_tcp_port_a_multiplexed_plugin_announces_is_refused_undialed() -> None:
+    # the tcp proof reads the socket tables, no connection: before, the multiplexed connection was dialed first
+    # and proven on itself, and this listener had it queued when the refusal came
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        text = _refused(_announcing(f"1|1|tcp|{address}|grpc||true", multiplex_broker=True), "tcp", address)
+        assert "held by no process of the plugin's" in text, text
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing was dialed: no connection waits to be accepted
+            listener.accept()
+
+
 @pytest.mark.parametrize("foreign", KINDS, ids=IDS, indirect=True)
 def test_trust_announced_address_dials_it_as_before(foreign: Foreign) -> None:
     multiplex = foreign.line.endswith("|true")

@@ -213,7 +213,8 @@ class AttachedProcess(AttachedRunner):
         return ("a socket listening there is held by no process of the plugin's: neither it nor a descendant"
                 if known else "no socket of the plugin's listens there")
 
-    def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None) -> str | None:
+    def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None,
+                          connect: bool = True) -> str | None:
         """Why the unix socket the host holds (its handle on the inode plugin_to_host() proved, or ``conn``, its
         one connection) is not listened on by the reattached plugin or a descendant: a socket renamed onto the
         path between that proof and the handle's opening is another server's. A tcp port cannot be renamed
@@ -223,7 +224,7 @@ class AttachedProcess(AttachedRunner):
         if not self.proven or self._start_time is None or not self._alive():
             return (f"process {self.pid} is not the proven plugin (any more), so nothing it made can listen"
                     " there")
-        return unix_listener_why(address, conn, self.pid, self._start_time)
+        return unix_listener_why(address, conn, self.pid, self._start_time, connect)
 
     def record_descendants(self) -> None:
         if not self.proven or not self._alive() or _unproven(self.pid, self._start_time, self.plugin_id):

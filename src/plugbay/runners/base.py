@@ -27,6 +27,9 @@ _EXIT_POLL = 0.25  # the default exit watcher's poll (a runner with an exit even
 
 
 NOT_LISTENING = "nothing listens there"  # unproven_listener()'s answer that a wait may change
+# unproven_listener(connect=False)'s answer where only a connection can tell who listens (its SO_PEERCRED): the
+# kernel's socket table cannot (no sock_diag, a listener of another network namespace, a process hiding its files)
+ASK_A_CONNECTION = "only a connection to it can tell who listens there"
 # what a reattached Client's refusal of an address says to do: it proves every address, whatever
 # ClientConfig(trust_announced_address=) says, since the process was started by someone else
 REATTACH_OPT_OUT = ("start the plugin from a Client of its own with ClientConfig(trust_announced_address=True)"
@@ -181,11 +184,14 @@ class AttachedRunner(ABC):
         """Map an address the plugin announced to one the host can dial."""
         return network, address
 
-    def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None) -> str | None:
+    def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None,
+                          connect: bool = True) -> str | None:
         """Why the host may not dial ``address`` (a plugin_to_host() answer for the handshake's address) now, or
         None; NOT_LISTENING while nothing listens there (yet). A runner that mapped the address itself (a mounted
         folder, a published or forwarded port) has nothing to prove; the process runner proves who listens
-        there (runners.ownsocket). ``conn``: a connection the host made there itself, proven on its own peer."""
+        there (runners.ownsocket). ``conn``: a connection the host made there itself, proven on its own peer.
+        ``connect=False``: no connection is made to ask (a server that serves one connection would end on it):
+        ASK_A_CONNECTION where only one could tell."""
         return None
 
     @property

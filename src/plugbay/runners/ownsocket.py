@@ -39,7 +39,7 @@ import time
 
 from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork, trusted_address
-from plugbay.runners.base import NOT_LISTENING
+from plugbay.runners.base import ASK_A_CONNECTION, NOT_LISTENING
 from plugbay.runners.listeners import host_tcp_listeners, listens_on, other_net_namespace, peer_pid, same_namespaces
 from plugbay.runners.listeners import socket_inodes, tcp_listeners, unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
@@ -73,19 +73,20 @@ class OwnListeners:
     _start_ticks: int | None
     _trusted: tuple[IPNetwork, ...]
 
-    def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None) -> str | None:
+    def unproven_listener(self, network: str, address: str, conn: socket.socket | None = None,
+                          connect: bool = True) -> str | None:
         """Why ``address`` (as mapped for the host) is not proven to be the started plugin's; None once it is,
         NOT_LISTENING while nothing listens there. ``conn``: a unix connection the host made there itself,
-        proven on its own peer."""
+        proven on its own peer; ``connect=False``: ASK_A_CONNECTION where only a connection could tell."""
         proc = self._proc
         if proc is None or network not in ("unix", "tcp"):
             return None
         if network == "tcp" and trusted_address(address, self._trusted):  # the caller's word, as plugin_to_host's
             return None
-        return self._why_not_own(proc, network, address, conn)
+        return self._why_not_own(proc, network, address, conn, connect)
 
     def _why_not_own(self, proc: subprocess.Popen[bytes], network: str, address: str,
-                     conn: socket.socket | None) -> str | None:
+                     conn: socket.socket | None, connect: bool) -> str | None:
         root, root_start = proc.pid, self._start_ticks
         if not own_proc():
             return ("this host's /proc is missing or shows another pid namespace's processes (unshare -p"
@@ -97,7 +98,7 @@ class OwnListeners:
             return (f"the plugin process {root} cannot be seen in this host's /proc (mounted with hidepid=, the"
                     " plugin running as another user), so no listener can be traced back to it")
         if network == "unix":
-            return unix_listener_why(address, conn, root, root_start)
+            return unix_listener_why(address, conn, root, root_start, connect)
         # read once: the host's own table when the root is in the host's namespace (checked before the read, and
         # of the host, not the root: a root that moves namespace meanwhile changes nothing listens_on compares);
         # a root in another one has its own table, read only to tell whether it listens yet
@@ -127,10 +128,13 @@ class OwnListeners:
                 " published, another server)")
 
 
-def unix_listener_why(address: str, conn: socket.socket | None, root: int, root_start: int) -> str | None:
+def unix_listener_why(address: str, conn: socket.socket | None, root: int, root_start: int,
+                      connect: bool = True) -> str | None:
     """Why the unix socket at ``address`` (or the listener of ``conn``, a connection the host made there) is not
     proven to be listened on by process ``root`` (started at ``root_start`` ticks) or a descendant; None once it
-    is, NOT_LISTENING while nothing listens there. The started plugin's and a reattached one's proof alike."""
+    is, NOT_LISTENING while nothing listens there. The started plugin's and a reattached one's proof alike.
+    ``connect=False``: ASK_A_CONNECTION where the kernel cannot tell and only a connection's peer could (the
+    caller proves the connection it makes anyway: a multiplexed server serves one)."""
     if conn is None:
         # connect() needs write permission on the file: asked without connecting (a missing file: nothing there)
         if os.access(address, os.F_OK) and not os.access(address, os.W_OK, effective_ids=True):
@@ -140,6 +144,8 @@ def unix_listener_why(address: str, conn: socket.socket | None, root: int, root_
             why = _held_why(listener, root, root_start)
             if why is not _ASK_THE_PEER:
                 return why
+        if not connect:
+            return ASK_A_CONNECTION
     try:
         pid = peer_pid(conn) if conn is not None else unix_peer_pid(address)
     except PermissionError as exc:

@@ -54,22 +54,26 @@ class Connecting(ExitNotice):
         self._announced = info
         self._version = info.app_version
 
-    def _prove_listener(self, network: str, address: str, announced: HandshakeInfo, deadline: float) -> str:
-        """The address to dial once the runner proves the plugin listens at ``address``; UnprovenAddressError
+    def _prove_listener(self, network: str, address: str, announced: HandshakeInfo, deadline: float,
+                        connect: bool = True) -> Proven:
+        """What to dial once the runner proves the plugin listens at ``address``; UnprovenAddressError
         once it says another process does. While nothing listens there (a plugin that prints before it listens)
         it is looked at again, as gRPC would redial, until the plugin exits, kill() or abandon_start() comes, or
         the start's ``deadline`` passes (HandshakeTimeoutError).
 
         A unix socket is proven, and dialed, through a handle on its inode (``/proc/self/fd/N``, held until the
         Client closes): a plugin may rename another socket onto its path once the proof is made, and gRPC
-        dials (and redials) a path by name."""
+        dials (and redials) a path by name. ``connect=False`` (the multiplexed connection: go-plugin's server
+        there serves one connection, which a probe would use up): where only a connection could tell, the
+        handle comes back marked ``on_connection``, for the caller to prove the one connection it makes."""
         runner = self._need(self._runner, "runner")
         pause = 0.005
         while True:
-            found = prove_listener(runner, network, address, announced, self.name, self.config.reattach is not None)
+            found = prove_listener(runner, network, address, announced, self.name, self.config.reattach is not None,
+                                   connect=connect)
             if isinstance(found, Proven):
                 self._pinned_socket = found.handle
-                return found.address
+                return found
             why = found
             self._raise_if_exited(runner.wait(0))  # an exit says more than what is left at the address
             if why != NOT_LISTENING:
@@ -121,19 +125,22 @@ class Connecting(ExitNotice):
         # read from a file, and the process it names was started by someone else
         prove = not self.config.trust_announced_address or self.config.reattach is not None
         dial_to = (network, address)
-        if prove and not self.config.multiplex_broker:  # the multiplexed connection is proven on itself, below
-            dial_to = (network, self._prove_listener(network, address, announced, deadline))
+        on_connection = False  # the kernel could not tell who listens: the multiplexed connection is proven on itself
+        if prove:  # before any connection: a multiplexed server (go-plugin's) serves the first one it takes
+            proven = self._prove_listener(network, address, announced, deadline,
+                                          connect=not self.config.multiplex_broker)
+            dial_to, on_connection = (network, proven.address), proven.on_connection
         if self.config.multiplex_broker:
             # One connection carries a yamux session; the main channel and every
             # brokered connection are streams in it (TLS, if any, runs per stream).
-            def check(conn: socket.socket) -> None:  # go-plugin's multiplexed server takes one connection: no probe
-                why = runner.unproven_listener(network, address, conn if network == "unix" else None)
+            def check(conn: socket.socket) -> None:  # made through the pinned handle: its peer is the proof
+                why = runner.unproven_listener(network, dial_to[1], conn)
                 if why is not None:
                     self._raise_if_exited(runner.wait(0))
                     raise UnprovenAddressError(self.name, announced.network, announced.address, why)
 
-            self._mux = HostMux(network, address, timeout=max(deadline - time.monotonic(), 5.0),
-                                keepalive=self._keepalive, check=check if prove else None)
+            self._mux = HostMux(*dial_to, timeout=max(deadline - time.monotonic(), 5.0),
+                                keepalive=self._keepalive, check=check if on_connection else None)
             dial_to = self._mux.local_address
         self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
                           relay_dir=self._tmpdir, options=with_defaults([_KEEP_CONNECTED], self.config.grpc_options))

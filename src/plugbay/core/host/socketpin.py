@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from plugbay.core.host.launch import file_kind, not_a_socket
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.errors import BrokerClosedError, MalformedHandshakeError, UnprovenAddressError
-from plugbay.runners.base import NOT_LISTENING, REATTACH_OPT_OUT, AttachedRunner
+from plugbay.runners.base import ASK_A_CONNECTION, NOT_LISTENING, REATTACH_OPT_OUT, AttachedRunner
 
 if TYPE_CHECKING:
     from plugbay.core.broker.brokertransport import ProvenAddress
@@ -26,19 +26,24 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Proven:
     """The address to dial; ``handle``: the O_PATH descriptor it names, when one was taken (the caller closes
-    it once nothing dials it any more)."""
+    it once nothing dials it any more). ``on_connection`` (only where prove_listener() was told not to
+    connect): the kernel could not tell who listens on the pinned socket, so the caller proves the connection
+    it makes through the handle on itself before a byte goes (runner.unproven_listener(conn=))."""
 
     address: str
     handle: int | None
+    on_connection: bool = False
 
 
 def prove_listener(runner: AttachedRunner, network: str, address: str, announced: HandshakeInfo, name: str,
-                   reattached: bool, brokered: bool = False) -> Proven | str:
+                   reattached: bool, brokered: bool = False, connect: bool = True) -> Proven | str:
     """Proven once ``runner`` says the plugin listens on ``address`` (a plugin_to_host() answer), a unix socket
     through a handle on it (unless the runner's unix addresses are handles of its own); else why not
     (NOT_LISTENING while no file or listener is there: the caller may look again). A path that holds another
     kind of file, or that this host may not open, raises (``brokered``: saying the address is a brokered
-    server's, a ConnInfo's, not the handshake's)."""
+    server's, a ConnInfo's, not the handshake's). ``connect=False``: no connection is made to ask (one a
+    server that serves a single connection, go-plugin's multiplexed one, would end on); where only a
+    connection could tell, the pinned handle comes back marked ``on_connection``."""
     if network != "unix" or runner.maps_unix_to_own_handles:  # the runner's word, not the address's
         why = runner.unproven_listener(network, address)
         return Proven(address, None) if why is None else why
@@ -47,10 +52,12 @@ def prove_listener(runner: AttachedRunner, network: str, address: str, announced
         return NOT_LISTENING  # no file there (yet)
     try:
         handle = f"/proc/self/fd/{fd}"
-        why = runner.unproven_listener(network, handle)
+        why = runner.unproven_listener(network, handle, connect=connect)
     except BaseException:
         os.close(fd)
         raise
+    if why == ASK_A_CONNECTION:
+        return Proven(handle, fd, on_connection=True)
     if why is not None:
         os.close(fd)
         return why
