@@ -15,9 +15,10 @@ it) would reach, through the host, what it cannot reach itself. The proof:
   hides its open files (setuid, non-dumpable), SO_PEERCRED of one connection made and closed through the handle
   gives the pid that listens there (Linux sets it at listen()), checked the same way; a pid that vanished, or 0
   (a listener of a pid namespace this one cannot see: a container's), proves nothing. That connection is the
-  one a server that serves once (go-plugin's multiplexed mode) would end on, and a Go plugin's gRPC logs. The
-  multiplexed connection is proven on itself (SO_PEERCRED of the host's one connection). gRPC dials (and
-  redials) the handle (core.host.connecting): a socket renamed onto the path later is never reached.
+  one a server that serves once (go-plugin's multiplexed mode) would end on, and a Go plugin's gRPC logs: the
+  multiplexed start asks with connect=False (ASK_A_CONNECTION where only a connection could tell) and proves
+  its own one connection, made through the handle, on itself. gRPC and the multiplexed connection dial (and
+  redial) the handle (core.host.connecting): a socket renamed onto the path later is never reached.
 - tcp: the listening sockets a dial would reach (the host's own /proc/self/net/tcp, tcp6) must all be held open by the
   started process or its descendants (their /proc/PID/fd), in this host's network namespace: the process
   itself is looked at first, the rest of its tree (a scan of /proc's parent links) only if that fails.

@@ -40,6 +40,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 from plugbay.core.host.launch import follow_output, launch_env, read_handshake
 from plugbay.core.host.logs import LogPump
+from plugbay.core.host.socketpin import prove_listener
 from plugbay.core.protocol.exits import exit_said
 from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
 from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST
@@ -53,7 +54,7 @@ from plugbay.network.gateway.config import TRUST_OPT_OUT
 from plugbay.network.gateway.starts import FairStarts
 from plugbay.network.gateway.twins import TwinOpener
 from plugbay.runners import hostbound
-from plugbay.runners.base import LaunchSpec
+from plugbay.runners.base import NOT_LISTENING, LaunchSpec
 from plugbay.runners.process import ProcessRunner
 
 log = logging.getLogger("plugbay.gateway")
@@ -271,11 +272,30 @@ class ChildSession:
 
     def _dial_child(self, runner: ProcessRunner, info: HandshakeInfo) -> socket.socket:
         """The one connection to the child's multiplexed server, at the address its handshake announced, mapped
-        and refused as a Client's would be (this machine's), and proven on itself, as a Client's multiplexed
-        connection is (the child or a process it started listens there): no byte is written before."""
+        and refused as a Client's would be (this machine's), and proven as a Client's multiplexed connection is
+        (the child or a process it started listens there): before it is made (the server serves the first
+        connection it takes), through a handle on the unix socket; only where the kernel cannot tell, on the
+        connection itself, before a byte is written."""
         network, address = runner.plugin_to_host(info.network, info.address)
-        sock = dial(network, address, timeout=self._start_timeout)
-        why = None if self._trust else runner.unproven_listener(network, address, sock if network == "unix" else None)
+        if self._trust:
+            return dial(network, address, timeout=self._start_timeout)
+        try:
+            found = prove_listener(runner, network, address, info, "gateway-session", reattached=False,
+                                   connect=False)
+        except UnprovenAddressError as exc:  # the handle could not be taken: the gateway's own opt-out
+            raise UnprovenAddressError("gateway-session", info.network, info.address, exc.why,
+                                       opt_out=TRUST_OPT_OUT) from None
+        if found == NOT_LISTENING:  # as the dial it replaces failed: the child's server is not up (any more)
+            raise GatewayError(f"the brokering session's plugin announced {info.network} address"
+                               f" {info.address!r}, but nothing listens there")
+        if isinstance(found, str):
+            raise UnprovenAddressError("gateway-session", info.network, info.address, found, opt_out=TRUST_OPT_OUT)
+        try:  # one connection, never redialed: the handle is needed only to make it
+            sock = dial(network, found.address, timeout=self._start_timeout)
+        finally:
+            if found.handle is not None:
+                os.close(found.handle)
+        why = runner.unproven_listener(network, found.address, sock) if found.on_connection else None
         if why is not None:
             sock.close()
             raise UnprovenAddressError("gateway-session", info.network, info.address, why, opt_out=TRUST_OPT_OUT)
