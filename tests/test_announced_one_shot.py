@@ -168,3 +168,60 @@ def test_a_match_counts_only_on_ext_whose_inode_numbers_fit_the_kernels_32_bits(
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()[-200:]}")
     assert said[:2] == ["here named", "tmpfs None"], (done.stdout, done.stderr)
     assert said[2] in ("tmpfs64 None", "tmpfs64 unmounted"), (done.stdout, done.stderr)  # no inode64 before 5.9
+
+
+# the host in a private mount namespace, its TMPDIR on a tmpfs with inode64: the kernel's answer does not count
+# there, so the multiplexed connection (made through the pinned socket) is proven on itself
+FALLBACK = """
+import os, socket, subprocess, sys
+wide = sys.argv[4]  # short: a socket path under the Client's folder there must fit sun_path
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,inode64", "tmpfs", wide], check=True)
+os.environ["TMPDIR"] = wide
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+from plugbay import Client, ClientConfig, ProcessRunner
+from plugbay.errors import UnprovenAddressError
+from plugbay.runners.unixdiag import bound_listener
+from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY
+with socket.socket(socket.AF_UNIX) as probe:
+    probe.bind(f"{wide}/probe.sock")
+    probe.listen(1)
+    print("kernel", "cannot tell" if bound_listener(f"{wide}/probe.sock") is None else "tells", flush=True)
+with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=20, multiplex_broker=True,
+                         runner=ProcessRunner([PY, KV_EXAMPLE]))) as client:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("k", b"fallback")
+    print("kv", kv.get("k").decode(), flush=True)
+with socket.socket(socket.AF_UNIX) as foreign:
+    foreign.bind(f"{wide}/foreign.sock")
+    foreign.listen(8)
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=8, multiplex_broker=True,
+                                 runner=ProcessRunner([PY, sys.argv[3], "line",
+                                                       f"1|1|unix|{foreign.getsockname()}|grpc||true"])))
+    try:
+        client.start()
+        print("foreign served", flush=True)
+    except UnprovenAddressError as exc:
+        print("foreign refused", f"process {os.getpid()}," in str(exc), flush=True)
+    finally:
+        client.kill()
+    foreign.settimeout(0)
+    reached, _ = foreign.accept()  # the proof's one connection, made through the handle
+    print("foreign got", reached.recv(100), flush=True)
+    reached.close()
+"""
+
+
+def test_where_the_kernel_cannot_tell_the_multiplexed_connection_is_proven_on_itself(tmp_path: Path) -> None:
+    # the fallback of the multiplexed proof: a plugbay KV plugin still starts and serves; a foreign listener is
+    # refused, having seen the one connection (closed without a byte) that told who listens. Passes on the code
+    # before the proof moved ahead of the dial too (that proved every multiplexed connection this way)
+    wide = tempfile.mkdtemp(prefix="pbw-", dir="/tmp")  # mounted on in the namespace only, which ends with it
+    try:
+        done = subprocess.run(["unshare", "-m", "--propagation", "private", PY, "-c", FALLBACK, str(REPO / "src"),
+                               str(REPO), MISBEHAVE, wide], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    finally:
+        os.rmdir(wide)
+    if done.returncode != 0 and ("unshare:" in done.stderr or "mount:" in done.stderr):
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {done.stderr.strip()[-200:]}")
+    assert done.stdout.split("\n")[:4] == ["kernel cannot tell", "kv fallback", "foreign refused True",
+                                           "foreign got b''"], (done.stdout, done.stderr[-3000:])
