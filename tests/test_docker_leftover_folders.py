@@ -21,6 +21,7 @@ import pytest
 
 from plugbay.core.transport.tempdirs import MARKER, sweep_tempdirs
 from plugbay.runners.docker import sweep
+from plugbay.runners.docker.madehere import forget_made
 from tests.procs import first_line_then_sigkill
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -89,6 +90,7 @@ def _killed_host(host: str, plugin: str, root: Path) -> dict[str, Any]:
 def _remove(docker: Any, container_id: str) -> None:
     for c in docker.containers.list(all=True, filters={"id": container_id}):
         c.remove(force=True)
+        forget_made(c.id)  # the crashed host's record of it
 
 
 @pytest.mark.parametrize("host", sorted(HOSTS))

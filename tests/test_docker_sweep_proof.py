@@ -110,6 +110,7 @@ def test_the_record_of_a_container_removed_without_plugbay_goes_with_the_next_sw
     live = DockerRunner(BASE, entrypoint=["sleep", "120"])
     unlisted = secrets.token_hex(32)  # a container the engine has not listed yet
     socket_dir = ""
+    bare: Any = None
     try:
         live.start(LaunchSpec(env={}))
         record = _record_of(crashed)
@@ -127,12 +128,22 @@ def test_the_record_of_a_container_removed_without_plugbay_goes_with_the_next_sw
         # a gone host's record written moments ago, of an id the engine does not know: within the grace, it stays
         fresh = live_record.parent / unlisted
         fresh.write_text(gone_session)
+        # a container that exists but that no listing of plugbay's shows (no label): absent from the listing is
+        # no proof it is gone, only the engine's NotFound for its id is
+        bare = plugbay_docker.containers.create(BASE, ["sleep", "120"])
+        bare_record = live_record.parent / bare.id
+        bare_record.write_text(gone_session)
+        os.utime(bare_record, (aged, aged))
         sweep(client=plugbay_docker)
+        assert bare_record.exists(), "the record of a container the listing did not show went"
         assert not record.exists(), "the record of a container removed by `docker rm -f` stayed"
         assert live_record.exists() and made_here(str(live.id)), "the record of a live container went"
         assert fresh.exists(), "a record younger than the grace went"
     finally:
         forget_made(unlisted)
+        if bare is not None:
+            bare.remove(force=True)
+            forget_made(bare.id)
         live.kill()
         _remove(plugbay_docker, crashed)
         if socket_dir:

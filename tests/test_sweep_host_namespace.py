@@ -20,8 +20,11 @@ from typing import Any
 import pytest
 
 from plugbay.runners.docker import sweep
+from plugbay.runners.docker.madehere import forget_made
 from plugbay.runners.session import HOST_PIDS, host_pids
-from tests.test_docker_runner import CRASHING_HOST  # a real host that starts one container, then sleeps
+from tests.test_docker_runner import (
+    CRASHING_HOST,  # a real host that starts one container, then sleeps
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,4 +65,5 @@ def test_a_live_host_in_another_pid_namespace_keeps_its_plugins(plugbay_docker: 
         if facts:
             for c in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.session={facts['session']}"}):
                 c.remove(force=True)
+                forget_made(c.id)  # the crashed host's record of it
             shutil.rmtree(facts["reattach"]["host_socket_dir"], ignore_errors=True)

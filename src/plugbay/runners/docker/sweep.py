@@ -150,7 +150,8 @@ def _drop_stale_records(client: Any, seen: Collection[str], grace: float) -> Non
     from docker.errors import NotFound
 
     failed = engine_failures()
-    for container_id in stale_records(grace, seen, RECORDS_PER_SWEEP):
+    stale = stale_records(grace, seen, RECORDS_PER_SWEEP)
+    for asked, container_id in enumerate(stale):
         try:
             engine_call(lambda: client.api.inspect_container(container_id), "inspect a recorded container")
         except NotFound:
@@ -158,8 +159,10 @@ def _drop_stale_records(client: Any, seen: Collection[str], grace: float) -> Non
             _log.info("sweep dropped the record of container %s: the engine has no such container (removed"
                       " without plugbay)", container_id[:12])
         except failed as exc:
-            _log.warning("sweep kept the record of container %s: the engine failed to say whether it exists: %s",
-                         container_id[:12], exc)
+            # an engine that fails one inspect (stalled, restarting) would fail the rest, each after its timeout
+            _log.warning("sweep kept the records of %d containers for a later sweep: the engine failed to say"
+                         " whether container %s exists: %s", len(stale) - asked, container_id[:12], exc)
+            return
 
 
 def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collection[str] = (),
