@@ -134,13 +134,15 @@ class Connecting(ExitNotice):
             # One connection carries a yamux session; the main channel and every
             # brokered connection are streams in it (TLS, if any, runs per stream).
             def check(conn: socket.socket) -> None:  # made through the pinned handle: its peer is the proof
-                why = runner.unproven_listener(network, dial_to[1], conn)
+                # a tcp port is proven again at each redial from the socket tables (another process may hold it
+                # by then); a unix handle's inode cannot be listened on by another socket
+                why = runner.unproven_listener(network, dial_to[1], conn if network == "unix" else None)
                 if why is not None:
                     self._raise_if_exited(runner.wait(0))
                     raise UnprovenAddressError(self.name, announced.network, announced.address, why)
 
-            self._mux = HostMux(*dial_to, timeout=max(deadline - time.monotonic(), 5.0),
-                                keepalive=self._keepalive, check=check if on_connection else None)
+            self._mux = HostMux(*dial_to, timeout=max(deadline - time.monotonic(), 5.0), keepalive=self._keepalive,
+                                check=check if on_connection or (prove and network == "tcp") else None)
             dial_to = self._mux.local_address
         self._conn = dial(*dial_to, tls=self._cert, server_cert_der=info.server_cert,
                           relay_dir=self._tmpdir, options=with_defaults([_KEEP_CONNECTED], self.config.grpc_options))

@@ -53,8 +53,7 @@ def prove_listener(runner: AttachedRunner, network: str, address: str, announced
     try:
         handle = f"/proc/self/fd/{fd}"
         # asked with connect= only when set: a runner (or a wrapper of one) of before that keyword still proves
-        why = runner.unproven_listener(network, handle) if connect else runner.unproven_listener(network, handle,
-                                                                                                  connect=False)
+        why = runner.unproven_listener(network, handle) if connect else _without_connecting(runner, network, handle)
     except BaseException:
         os.close(fd)
         raise
@@ -64,6 +63,17 @@ def prove_listener(runner: AttachedRunner, network: str, address: str, announced
         os.close(fd)
         return why
     return Proven(handle, fd)
+
+
+def _without_connecting(runner: AttachedRunner, network: str, handle: str) -> str | None:
+    """unproven_listener(connect=False); a runner's override of before that keyword is asked on the connection
+    (ASK_A_CONNECTION), as it proved every multiplexed connection then."""
+    try:
+        return runner.unproven_listener(network, handle, connect=False)
+    except TypeError as exc:
+        if "connect" not in str(exc):
+            raise
+        return ASK_A_CONNECTION
 
 
 def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool,

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from plugbay.core.transport import sockets
+from plugbay.core.transport.handlenames import handle_path
 from plugbay.core.transport.held import HeldStreams
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxsession import POLL, SESSION_WAIT, MuxSession
@@ -107,6 +108,7 @@ class HostMux(MuxSession):
 
     def _first_dial(self) -> Session:
         network, address = self._target
+        address = handle_path(address) if network == "unix" else address  # the socket's path, not the host's handle
         try:
             return self._dial()
         except ValueError:
