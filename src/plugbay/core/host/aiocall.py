@@ -51,7 +51,7 @@ def _cancel_dropped(loop: asyncio.AbstractEventLoop, call: Any) -> None:
     cancel() of a grpc.aio call belongs on its loop."""
     try:
         loop.call_soon_threadsafe(_cancel_unfinished, call)
-    except RuntimeError:  # the loop closed: grpc.aio ended its calls with it
+    except RuntimeError:  # the loop closed: the call stays open until its client is closed or killed
         pass
 
 
@@ -105,8 +105,8 @@ class AioCall:
 
     async def _iterate(self) -> AsyncIterator[Any]:
         # An iterator that a loop left early (break) is closed later by asyncio (it schedules its aclose()),
-        # which ends only the iterator: the call goes on from where it was for the next `async for` or read(),
-        # as grpc.aio's does (its one response iterator is shared). The call ends when this wrapper is dropped.
+        # which ends only the iterator: the call goes on from where it was for the next `async for`, as
+        # grpc.aio's does (its one response iterator is shared). The call ends when this wrapper is dropped.
         try:
             async for item in self._call:
                 yield item
