@@ -133,10 +133,12 @@ class Connecting(ExitNotice):
         if self.config.multiplex_broker:
             # One connection carries a yamux session; the main channel and every
             # brokered connection are streams in it (TLS, if any, runs per stream).
+            target = dial_to[1]  # dial_to names the mux's own local socket below: the check asks of the plugin's
+
             def check(conn: socket.socket) -> None:  # made through the pinned handle: its peer is the proof
                 # a tcp port is proven again at each redial from the socket tables (another process may hold it
                 # by then); a unix handle's inode cannot be listened on by another socket
-                why = runner.unproven_listener(network, dial_to[1], conn if network == "unix" else None)
+                why = runner.unproven_listener(network, target, conn if network == "unix" else None)
                 if why is not None:
                     self._raise_if_exited(runner.wait(0))
                     raise UnprovenAddressError(self.name, announced.network, announced.address, why)
