@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "examples" / "streaming"))
 from streaming_plugin_def import HANDSHAKE, PLUGIN_NAME, StreamerPlugin  # noqa: E402
 
 from plugbay import AsyncClient, ClientConfig  # noqa: E402
-from tests.streamstats import handlers_ended  # noqa: E402
+from tests.streamstats import handlers_ended, refused_both_ways  # noqa: E402
 
 CONFIG = ClientConfig(handshake=HANDSHAKE, plugins={PLUGIN_NAME: StreamerPlugin()},
                       cmd=[sys.executable, str(REPO / "examples" / "streaming" / "plugin.py")])
@@ -131,19 +131,7 @@ def test_async_with_on_a_stream_of_a_killed_client_raises_its_error_at_the_first
     first step of an `async for` over it does."""
     async def main() -> tuple[BaseException, BaseException]:
         async with AsyncClient(CONFIG) as client:
-            streamer = await client.dispense(PLUGIN_NAME)
-            await client.kill()
-            try:
-                async for _ in streamer.generate(0, 100):
-                    pass
-            except Exception as exc:  # noqa: BLE001 - compared below
-                iterated: BaseException = exc
-            try:
-                async with streamer.generate(0, 100) as stream:
-                    await stream.read()
-            except Exception as exc:  # noqa: BLE001 - compared below
-                read: BaseException = exc
-            return iterated, read
+            return await refused_both_ways(client, await client.dispense(PLUGIN_NAME))
 
     iterated, read = asyncio.run(main())
     assert type(read) is type(iterated) and str(read) == str(iterated), (read, iterated)

@@ -227,6 +227,23 @@ def test_a_reattached_client_dials_the_plugins_own_brokered_server(tmp_path: Pat
             again.close()  # leaves the plugin to its owner
 
 
+def test_a_reattached_clients_dial_of_an_id_its_plugin_announced_before_it_died_says_the_broker_closed(
+        tmp_path: Path) -> None:
+    # before: ReattachError (a ConfigError) "process N is not the proven plugin (any more)", where a fresh
+    # Client's dial says BrokerClosedError, which a Supervisor's broker takes for "died or restarted, call again"
+    with _client(tmp_path) as owner:
+        owner.dispense(PLUGIN_NAME)
+        with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=30,
+                                 reattach=owner.reattach_config())) as again:
+            id = _announced_to_host(again, "announce")
+            pid = owner.runner.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            assert owner.runner.wait(30) is not None
+            with pytest.raises(BrokerClosedError, match="is gone"):
+                again.broker.dial(id, timeout=10)
+
+
 def test_a_reattached_client_refuses_a_brokered_address_another_process_listens_on(
         listener: tuple[socket.socket, str, str], tmp_path: Path) -> None:
     sock, network, address = listener

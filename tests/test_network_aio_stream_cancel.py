@@ -17,7 +17,7 @@ import grpc
 
 from plugbay import AsyncRemoteClient, RemoteClient, RemoteConfig
 from plugbay.network.aiopoolstream import StreamCall
-from tests.streamstats import handlers_ended
+from tests.streamstats import handlers_ended, refused_both_ways
 from tests.test_network_dead_replica import (STREAM_HANDSHAKE, STREAMER, StreamerPlugin, _first_config, _inner,
                                              _kill, _stream_after_kill, certs, held_resend_pick, host_tls, streamers)
 
@@ -337,19 +337,7 @@ def test_async_with_on_a_stream_of_a_killed_remote_client_raises_its_error_at_th
     step of an `async for` over it does (before: TypeError, the refused call was no context manager)."""
     async def run() -> tuple[BaseException, BaseException]:
         async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
-            streamer = await client.dispense(STREAMER)
-            await client.kill()
-            try:
-                async for _ in streamer.generate(0, 100):
-                    pass
-            except Exception as exc:  # noqa: BLE001 - compared below
-                iterated: BaseException = exc
-            try:
-                async with streamer.generate(0, 100) as stream:
-                    await stream.read()
-            except Exception as exc:  # noqa: BLE001 - compared below
-                read: BaseException = exc
-            return iterated, read
+            return await refused_both_ways(client, await client.dispense(STREAMER))
 
     iterated, read = asyncio.run(run())
     assert type(read) is type(iterated) and str(read) == str(iterated), (read, iterated)

@@ -23,7 +23,7 @@ from typing import Any
 
 from plugbay.core.protocol.handshake import ENV_UNIX_SOCKET_DIR
 from plugbay.core.transport.tempdirs import own_proc, remove_left_folder
-from plugbay.errors import ReattachError, StaleReattachError, UnprovenAddressError, clip
+from plugbay.errors import BrokerClosedError, ReattachError, StaleReattachError, UnprovenAddressError, clip
 from plugbay.runners.base import NOT_LISTENING, REATTACH_OPT_OUT, AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import host_tcp_listeners, listens_on
 from plugbay.runners.ownsocket import unix_listener_why
@@ -33,7 +33,6 @@ from plugbay.runners.procclaims import claim, release
 from plugbay.runners.proctree import ENV_PLUGIN_ID, environ, family, led_group_stands, signal_all, signal_group
 from plugbay.runners.procstopped import plugin_stopped
 from plugbay.runners.session import proc_stat, start_ticks
-from plugbay.runners.unixdiag import bound_listener
 
 REAP_TIMEOUT = 10.0
 # Right after start() returns, /proc/PID/environ may still read empty (exec is setting up the
@@ -171,6 +170,11 @@ class AttachedProcess(AttachedRunner):
             return network, proven
         if self._first_asked is None:
             self._first_asked = (network, address)
+        if self.proven and not self._alive() and self._first_asked != (network, address):
+            # a brokered server's address (a ConnInfo): it went with its plugin, as a dial's BrokerClosedError says
+            raise BrokerClosedError(f"not dialing {network} address {address!r}: the reattached plugin process"
+                                    f" {self.pid} is gone, and the brokered server it announced there with it;"
+                                    " start the plugin again to broker")
         if not self.proven or not self._alive():
             raise ReattachError(f"not dialing {network} address {address!r}: process {self.pid} is not the"
                                 " proven plugin (any more); start the plugin again")
@@ -198,11 +202,9 @@ class AttachedProcess(AttachedRunner):
                 return "a relative path names another file to this host than to the plugin"
             if self._start_time is None:  # proven implies a start time (_unproven): a runner made by hand
                 return "its start time is unknown, so no listener can be traced back to it"
-            if bound_listener(address) is None:
-                # the kernel cannot tell without a connection: every dial proves the host's handle on this file
-                # next (the start's, the CLI's, a brokered dial's), which connects once then; asking here too
-                # would make two connections, one a one-shot server ends on
-                return None
+            # where the kernel cannot tell, this asks by a connection, and the proof of the host's handle on the
+            # file that every dial makes next asks again: two connections, but a socket nothing listens on or a
+            # foreign one is a ReattachError here, at once, whatever the file system
             why = unix_listener_why(address, None, self.pid, self._start_time)
             return None if why is None else ("no socket listens there" if why == NOT_LISTENING else why)
         # the host's own tcp table, read once for both asks (listens_on asks only of processes in its namespace)

@@ -1,7 +1,8 @@
 """Where the host's broker dials a server the other side announced (a ConnInfo): the address is that side's word,
 checked as strictly as a handshake's address, mapped by the runner (BrokerTransport.translator) and proven to be
 the plugin's (BrokerTransport.prove) before anything dials it. A refusal at any step is a
-BrokerAddressRefusedError naming the broker id, raised before any connection is made.
+BrokerAddressRefusedError naming the broker id, raised before the dial (the proof itself connects once only
+where the kernel cannot tell who listens: runners/unixdiag.py).
 """
 
 from __future__ import annotations
