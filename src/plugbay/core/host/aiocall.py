@@ -44,11 +44,16 @@ def lost_send(exc: grpc.RpcError) -> grpc.RpcError:
     return exc
 
 
-def _cancel_dropped(loop: asyncio.AbstractEventLoop, call: Any) -> None:
+def _cancel_dropped(loop_ref: weakref.ref[asyncio.AbstractEventLoop], call_ref: weakref.ref[Any]) -> None:
     """A streamed call's AioCall was dropped: nobody can read the call any more. grpc.aio's call holds itself
     in a cycle (its own response iterator), so without this the plugin's handler and the HTTP/2 stream would run
     on until the garbage collector found it. The last reference may go on any thread (or in a collection):
     cancel() of a grpc.aio call belongs on its loop."""
+    # both held weakly: the finalizer's registry would else keep them (and a loop's descriptors) for as long as
+    # the wrapper lives, for ever where the call itself refers back to the wrapper (a pool stream's callbacks)
+    loop, call = loop_ref(), call_ref()
+    if loop is None or call is None:  # collected already: nothing runs on it any more
+        return
     try:
         loop.call_soon_threadsafe(_cancel_unfinished, call)
     except RuntimeError:  # the loop closed: the call stays open until its client is closed or killed
@@ -74,7 +79,7 @@ class AioCall:
         self._started = owner._loop.time()
         self._abandoned = False  # cancelled by plugbay: an `async with` block over it ended before it did
         if streamed:  # the wrapper is outside grpc.aio's cycle, so it goes when its holder lets go of it
-            weakref.finalize(self, _cancel_dropped, owner._loop, call).atexit = False
+            weakref.finalize(self, _cancel_dropped, weakref.ref(owner._loop), weakref.ref(call)).atexit = False
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._result().__await__()
