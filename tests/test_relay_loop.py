@@ -496,7 +496,9 @@ def test_live_go_plugins_with_automtls_cost_no_relay_thread() -> None:
         # go-plugin 1.0.1 plugin, started after its first call, ends by itself)
         wait_for(lambda: plugbay_threads() == ["plugbay-io"], "the short GRPCStdio calls to end")
         gained = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        assert len(gained) == 2, [t.name for t in gained]
+        # plugbay-io and grpc.aio's poller, which an earlier test's grpc.aio channel not yet collected may have
+        # left running (then it is not gained here)
+        assert len(gained) <= 2 and "plugbay-io" in [t.name for t in gained], [t.name for t in gained]
     finally:
         for client in clients:
             client.kill()
