@@ -20,7 +20,7 @@ import pytest
 
 from plugbay import Client, ClientConfig, ProcessRunner
 from plugbay.errors import UnprovenAddressError
-from plugbay.runners.unixdiag import _inodes_fit_32_bits, bound_listener, sock_diag_missing
+from plugbay.runners.unixdiag import bound_listener, kernel_cannot_tell
 from tests import gobuild
 from tests.resilience_util import HANDSHAKE, PLUGINS, PY
 
@@ -32,10 +32,7 @@ ONE_SHOT = ("import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.bind(sys.a
             "print('ready', flush=True)\nconn, _ = s.accept()\nprint('served', conn.recv(64), flush=True)\n")
 # without sock_diag, or on a file system whose inode numbers may pass 2**32, the proof falls back to connecting,
 # the very thing these tests show it no longer does
-_TEMP = tempfile.gettempdir()
-_NOT_HERE = sock_diag_missing() or (None if _inodes_fit_32_bits(_TEMP, os.stat(_TEMP)) else
-                                    f"{_TEMP} is on a file system whose inode numbers may pass 2**32 (not ext2/3/4,"
-                                    " not tmpfs without inode64): the proof connects there")
+_NOT_HERE = kernel_cannot_tell(tempfile.gettempdir())
 pytestmark = pytest.mark.skipif(_NOT_HERE is not None, reason=_NOT_HERE or "")
 
 

@@ -27,7 +27,7 @@ import pytest
 from plugbay import Client, ClientConfig, ProcessRunner
 from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.errors import BrokerAddressRefusedError, BrokerClosedError
-from plugbay.runners.unixdiag import _inodes_fit_32_bits, sock_diag_missing
+from plugbay.runners.unixdiag import kernel_cannot_tell
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, PY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,8 +81,7 @@ def _proof_connects(network: str, path: Path) -> bool:
     """Whether the unix proof connects once to a socket in folder ``path`` (the test's listener then counts
     it): where sock_diag cannot be asked, or the folder's file system may give inode numbers past 2**32, which
     the kernel's answer cuts (runners.unixdiag). A tcp proof reads the socket table, never connects."""
-    return network == "unix" and (sock_diag_missing() is not None or not _inodes_fit_32_bits(str(path),
-                                                                                              os.stat(path)))
+    return network == "unix" and kernel_cannot_tell(str(path)) is not None
 
 
 def _announced_to_host(client: Client, key: str) -> int:

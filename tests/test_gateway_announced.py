@@ -9,7 +9,6 @@ plugin this test started).
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import pytest
 from plugbay import Gateway, GatewayConfig
 from plugbay.errors import ConfigError, GatewayError
 from plugbay.network.gateway.cli import parse
-from plugbay.runners.unixdiag import _inodes_fit_32_bits, sock_diag_missing
+from plugbay.runners.unixdiag import kernel_cannot_tell
 from tests import netcerts
 from tests.netflood import peer, ping, until_pong
 from tests.resilience_util import HANDSHAKE, PY
@@ -30,8 +29,7 @@ from tests.test_announced_owner import MISBEHAVE, Foreign
 CHILD = Path(__file__).resolve().parent / "plugins" / "hostile_session_child.py"
 # where the kernel cannot tell who listens on a unix socket (as test_announced_one_shot skips), the proof is made
 # on the session's one connection
-_TEMP = tempfile.gettempdir()
-KERNEL_CANNOT_TELL = sock_diag_missing() or (None if _inodes_fit_32_bits(_TEMP, os.stat(_TEMP)) else "inode64")
+KERNEL_CANNOT_TELL = kernel_cannot_tell(tempfile.gettempdir())
 
 
 def _shared(line: str, **config: object) -> Gateway:

@@ -51,7 +51,7 @@ def bound_listener(path: str) -> int | None:
     (the module's docstring says when: the caller then connects)."""
     try:
         st = os.stat(path)
-        if not _inodes_fit_32_bits(path, st):
+        if not _inodes_fit_32_bits(path):
             return None
         listeners = _listening_unix_sockets()
     except (OSError, struct.error):  # struct.error: a reply cut short, malformed
@@ -62,7 +62,7 @@ def bound_listener(path: str) -> int | None:
     return found.pop() if len(found) == 1 else None
 
 
-def _inodes_fit_32_bits(path: str, st: os.stat_result) -> bool:
+def _inodes_fit_32_bits(path: str) -> bool:
     """Whether the file at ``path`` sits on ext2/3/4, whose inode numbers fit the kernel's 32 bits and are never
     handed out twice while referenced; False when that cannot be told."""
     try:
@@ -75,6 +75,13 @@ def _inodes_fit_32_bits(path: str, st: os.stat_result) -> bool:
         return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF == _EXT_MAGIC
     except (ImportError, OSError, AttributeError):
         return False
+
+
+def kernel_cannot_tell(folder: str) -> str | None:
+    """Why the kernel's answer does not count for a unix socket in ``folder`` (the proof then connects once);
+    None when it does: sock_diag answers and the folder sits on ext2/3/4."""
+    return sock_diag_missing() or (None if _inodes_fit_32_bits(folder) else
+                                   f"{folder} is not on ext2/3/4, whose inode numbers alone fit the kernel's 32 bits")
 
 
 def sock_diag_missing() -> str | None:
