@@ -91,6 +91,7 @@ if TYPE_CHECKING:
         ServerStoppedError as ServerStoppedError,
         SessionRefusedError as SessionRefusedError,
         StaleReattachError as StaleReattachError,
+        StubTypeError as StubTypeError,
         TLSConfigError as TLSConfigError,
         TargetUnreachableError as TargetUnreachableError,
         TLSRequiredError as TLSRequiredError,

@@ -158,6 +158,18 @@ class UnknownPluginError(PlugbayError, KeyError):
         return str(self.args[0])
 
 
+class StubTypeError(PlugbayError, TypeError):
+    """dispense(name, stub_type): the plugin definition built a stub that is not a ``stub_type``, or
+    ``stub_type`` is no class isinstance() can check. ``built`` is the class of the stub that was built
+    (None when the argument itself was refused)."""
+
+    def __init__(self, message: str, *, name: str, expected: object, built: type | None = None) -> None:
+        self.name = name
+        self.expected = expected
+        self.built = built
+        super().__init__(message)
+
+
 class ClientStateError(PlugbayError):
     """An operation was called in a state where it cannot work (e.g. after kill())."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 
 import grpc.aio
 
@@ -27,6 +27,7 @@ from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.aiochannel import AioManagedChannel
 from plugbay.core.host.aioclient import AsyncClient, owner_cancelled
 from plugbay.core.host.channel import ManagedChannel
+from plugbay.core.host.typedstub import StubT, checked_stub
 from plugbay.errors import ClientStateError
 from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
 from plugbay.network.remote import MainHook, RemoteClient, RemoteConfig
@@ -106,12 +107,18 @@ class AsyncRemoteClient(AsyncClient):
         self._endpoints = AioEndpoints(self.remote_client.pool)
         return AioPoolChannel(self._endpoints)
 
-    async def dispense(self, name: str) -> Any:
-        """The plugin's async stub; with brokered connections, a new one per call, pinned to one endpoint."""
+    @overload
+    async def dispense(self, name: str, stub_type: None = None) -> Any: ...
+    @overload
+    async def dispense(self, name: str, stub_type: type[StubT]) -> StubT: ...
+
+    async def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
+        """The plugin's async stub; with brokered connections, a new one per call, pinned to one endpoint.
+        Given ``stub_type``, typed as one, as AsyncClient.dispense()."""
         await self.start()
         client = self.remote_client
         if not client.multiplexed:
-            return await super().dispense(name)
+            return await super().dispense(name, stub_type)
         # the endpoint's broker may wait for its session to come up, the judge for the client's lock: not on the loop
         plugin, key, broker, judge = await self._work_on(_pin, client, name)
         if self._endpoints is None or self._endpoints.closed:
@@ -121,7 +128,8 @@ class AsyncRemoteClient(AsyncClient):
         pinned = _PinnedAioChannel(self.channel, AioPoolChannel(self._endpoints, pin=key, owner=False), judge,
                                    managed, asyncio.get_running_loop(), self._executor, type(self).__name__)
         self._more_channels.add(pinned)
-        return plugin.grpc_client_async(broker, pinned)
+        return checked_stub(plugin.grpc_client_async(broker, pinned), stub_type, name, type(self).__name__,
+                            "grpc_client_async")
 
     def _owner_cancelled_error(self) -> ClientStateError:  # it launches nothing: its connections are what ends
         return owner_cancelled(f"the client of plugin {self.name!r}", type(self).__name__,

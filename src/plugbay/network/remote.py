@@ -38,7 +38,7 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn, Unpack
+from typing import Any, Callable, NoReturn, Unpack, overload
 
 import grpc
 
@@ -49,6 +49,7 @@ from plugbay.core.host.callerrors import BrokerClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
+from plugbay.core.host.typedstub import StubT, checked_stub
 from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
 from plugbay.core.transport.grpcping import DEFAULT as GRPC_KEEPALIVE
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
@@ -281,14 +282,21 @@ class RemoteClient(Client):
                                            keepalive=Keepalive.of(self.remote.mux_keepalive, "mux_keepalive"),
                                            reconnect=reconnect_backoff(self.remote.health_interval)))
 
-    def dispense(self, name: str) -> Any:
-        """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker."""
+    @overload
+    def dispense(self, name: str, stub_type: None = None) -> Any: ...
+    @overload
+    def dispense(self, name: str, stub_type: type[StubT]) -> StubT: ...
+
+    def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
+        """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker.
+        Given ``stub_type``, typed as one, as Client.dispense()."""
         with self._lock:
             self.start()  # refuses a killed Client; a no-op once started
             if not self.multiplexed:
-                return super().dispense(name)
+                return super().dispense(name, stub_type)
         plugin, key, broker = self.pin(name)  # without the lock: a close() meanwhile ends its wait
-        return plugin.grpc_client(broker, self.pinned_channel(key))
+        stub = plugin.grpc_client(broker, self.pinned_channel(key))
+        return checked_stub(stub, stub_type, name, type(self).__name__, "grpc_client")
 
     def plugin_for(self, name: str) -> GRPCPlugin:
         """As Client.plugin_for; also warns of a name the remote's Discovery does not list (warn_if_unlisted)."""

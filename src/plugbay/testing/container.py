@@ -27,7 +27,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, Self, overload
 
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.docker_client import DockerClient, get_docker_host
@@ -41,6 +41,7 @@ from plugbay.core.protocol.handshake import (ENV_CLIENT_CERT, ENV_PROTOCOL_VERSI
 from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins, check_plugin_set, check_versioned_plugins
 from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.host.typedstub import StubT, checked_stub
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.docker.adopt import reattach_labels
 from plugbay.runners.docker.checks import find_image, missing_image
@@ -334,10 +335,15 @@ class PluginContainer(DockerContainer):
             self._client = client
         return self._client
 
-    def dispense(self, name: str) -> Any:
-        """The stub of plugin ``name``, through get_client()."""
+    @overload
+    def dispense(self, name: str, stub_type: None = None) -> Any: ...
+    @overload
+    def dispense(self, name: str, stub_type: type[StubT]) -> StubT: ...
+
+    def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
+        """The stub of plugin ``name``, through get_client(); given ``stub_type``, typed as one (Client.dispense())."""
         self._need_started("dispense")
-        return self.get_client().dispense(name)
+        return checked_stub(self.get_client().dispense(name), stub_type, name, type(self).__name__, "grpc_client")
 
     def _need_started(self, what: str) -> None:
         if self.handshake is None:

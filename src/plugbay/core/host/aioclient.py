@@ -18,7 +18,7 @@ import concurrent.futures
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 import grpc.aio
 
@@ -29,6 +29,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
 from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.host.typedstub import StubT, checked_stub
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.errors import ClientStateError
 
@@ -228,10 +229,17 @@ class AsyncClient:
     def _killed_refusal(self) -> ClientStateError:
         return self._client.killed_refusal()
 
-    async def dispense(self, name: str) -> Any:
-        """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name)."""
+    @overload
+    async def dispense(self, name: str, stub_type: None = None) -> Any: ...
+    @overload
+    async def dispense(self, name: str, stub_type: type[StubT]) -> StubT: ...
+
+    async def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
+        """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name); given
+        ``stub_type`` (that stub's class), typed as one, and a StubTypeError if it is not."""
         await self.start()
-        return await self._dispensed.get(name, lambda: self._build(name))
+        stub = await self._dispensed.get(name, lambda: self._build(name))
+        return checked_stub(stub, stub_type, name, type(self).__name__, "grpc_client_async")
 
     async def _build(self, name: str) -> Any:
         # dispense's checks and the broker stream's opening take the Client's lock, which a

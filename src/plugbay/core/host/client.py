@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Self, overload
 
 from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.broker.plugin import GRPCPlugin
@@ -33,6 +33,7 @@ from plugbay.core.host.stop import ended_refusal, killed_while_starting, not_clo
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.host.reattach import ReattachConfig, unreattachable
 from plugbay.core.host.streams import StreamKick
+from plugbay.core.host.typedstub import StubT, checked_stub
 from plugbay.core.protocol.tls import generate_cert
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, starting_until
 from plugbay.runners.process import ProcessRunner
@@ -216,16 +217,20 @@ class Client(Connecting):
 
     # --- use --------------------------------------------------------------------
 
-    def dispense(self, name: str) -> Any:
-        """The stub that plugin ``name``'s grpc_client() builds on the Client's channel."""
+    @overload
+    def dispense(self, name: str, stub_type: None = None) -> Any: ...
+    @overload
+    def dispense(self, name: str, stub_type: type[StubT]) -> StubT: ...
+
+    def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
+        """The stub that plugin ``name``'s grpc_client() builds on the Client's channel; given ``stub_type``
+        (that stub's class), typed as one, and a StubTypeError if it is not (see typedstub)."""
         self._claim()
         with self._lock:
             self.start()  # refuses a killed Client; a no-op once started
-            if name in self._dispensed:
-                return self._dispensed[name]
-            stub = self.plugin_for(name).grpc_client(self.broker, self.channel)
-            self._dispensed[name] = stub
-            return stub
+            if name not in self._dispensed:
+                self._dispensed[name] = self.plugin_for(name).grpc_client(self.broker, self.channel)
+            return checked_stub(self._dispensed[name], stub_type, name, type(self).__name__, "grpc_client")
 
     def plugin_for(self, name: str) -> GRPCPlugin:
         """The definition of plugin ``name`` in the negotiated version (started; dispense's checks)."""

@@ -24,7 +24,7 @@ import asyncio
 import concurrent.futures
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Self
+from typing import Any, Self, overload
 
 import grpc
 import grpc.aio
@@ -33,6 +33,7 @@ from plugbay.core.host.aiochannel import AioManagedChannel, WrongLoop, off_loop
 from plugbay.core.host.aioclient import Dispensed, owner_cancelled, refuse_in_forked_child, to_end
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
+from plugbay.core.host.typedstub import StubT, checked_stub
 from plugbay.core.resilience.calldeadline import CallDeadline
 from plugbay.core.resilience.aiofollowing import FollowingChannel
 from plugbay.core.resilience.calls import AsyncCallLayer, chain_async, wait_timeout
@@ -215,17 +216,23 @@ class AsyncSupervisor:
         made inside and asyncio.to_thread() carry it."""
         return self._sup.deadline(seconds)
 
-    async def dispense(self, name: str) -> Any:
+    @overload
+    async def dispense(self, name: str, stub_type: None = None) -> Any: ...
+    @overload
+    async def dispense(self, name: str, stub_type: type[StubT]) -> StubT: ...
+
+    async def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
         """The plugin's async stub on :attr:`channel` (once per name): it survives restarts. Its broker is
         the Supervisor's, which follows the plugin too; on the event loop it does not wait for a restart
         (see plugbay.core.resilience.followbroker). Once the Supervisor gave up (RestartBudgetExhaustedError)
         or was stopped (ClientStateError) it is refused, a stub dispensed before included, as
-        Supervisor.dispense() refuses it."""
+        Supervisor.dispense() refuses it. Given ``stub_type``, typed as one, as AsyncClient.dispense()."""
         self._sup.raise_if_failed()  # first, as the sync one: after giving up, stopped or not, it says so
         self._check_not_stopped()
         channel = self.channel
         self._check_loop(channel)
-        return await self._dispensed.get(name, lambda: self._build(name, channel))
+        stub = await self._dispensed.get(name, lambda: self._build(name, channel))
+        return checked_stub(stub, stub_type, name, type(self).__name__, "grpc_client_async")
 
     def _check_loop(self, channel: AioManagedChannel) -> None:
         """Refuse a start() or dispense() on another loop than the one that started it: a stub made there

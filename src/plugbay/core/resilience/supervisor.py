@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Self, overload
 
 from plugbay.core.resilience.calldeadline import CallDeadline
 from plugbay.core.resilience.circuit import CircuitBreaker
@@ -39,6 +39,7 @@ from plugbay.core.resilience.healthwatch import UNREACHABLE, HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
+from plugbay.core.host.typedstub import StubT, checked_stub
 from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, mark_stopping,
                                                raise_if_ended, was_stopped)
 from plugbay.core.resilience.calls import CallLayer, chain
@@ -152,16 +153,20 @@ class Supervisor(SupervisorView):
             self._start_failed(exc, client)
             raise
 
-    def dispense(self, name: str) -> Any:
+    @overload
+    def dispense(self, name: str, stub_type: None = None) -> Any: ...
+    @overload
+    def dispense(self, name: str, stub_type: type[StubT]) -> StubT: ...
+
+    def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
         """The plugin's stub on the Supervisor's channel: it survives restarts. Once the Supervisor gave
         up (RestartBudgetExhaustedError) or was stopped (ClientStateError) it is refused, a stub
-        dispensed before included, as AsyncSupervisor.dispense() refuses it."""
+        dispensed before included, as AsyncSupervisor.dispense() refuses it. Given ``stub_type``, typed
+        as one, as Client.dispense()."""
         raise_if_ended(self)
-        if name in self._dispensed:
-            return self._dispensed[name]
-        stub = plugin_named(self.client, name).grpc_client(self._broker, self.channel)
-        self._dispensed[name] = stub
-        return stub
+        if name not in self._dispensed:
+            self._dispensed[name] = plugin_named(self.client, name).grpc_client(self._broker, self.channel)
+        return checked_stub(self._dispensed[name], stub_type, name, type(self).__name__, "grpc_client")
 
     def deadline(self, seconds: float | None = None) -> CallDeadline:
         """``with sup.deadline(seconds):`` one deadline (None: the config's call_timeout) that every step of the
