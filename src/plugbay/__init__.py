@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     )
     from plugbay.core.resilience.aiosupervisor import AsyncSupervisor as AsyncSupervisor
     from plugbay.core.resilience.supervisor import Supervisor as Supervisor
+    from plugbay.core.resilience.supervisorview import SupervisorMetrics as SupervisorMetrics
     from plugbay.core.resilience.waiting import SupervisorState as SupervisorState
     from plugbay.errors import (
         AnnouncedUnreachableError as AnnouncedUnreachableError,
@@ -102,6 +103,7 @@ if TYPE_CHECKING:
     )
     from plugbay.network.aioremote import AsyncRemoteClient as AsyncRemoteClient
     from plugbay.network.ejection import OutlierPolicy as OutlierPolicy
+    from plugbay.network.poolmetrics import EndpointMetrics as EndpointMetrics, PoolMetrics as PoolMetrics
     from plugbay.network.remote import RemoteClient as RemoteClient, RemoteConfig as RemoteConfig
     from plugbay.network.tls import NetworkTLS as NetworkTLS
     from plugbay.runners.base import AttachedRunner as AttachedRunner, LaunchSpec as LaunchSpec, Runner as Runner

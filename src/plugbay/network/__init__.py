@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # what type checkers see (explicit re-exports); at run time _
     from plugbay.network.aioremote import AsyncRemoteClient as AsyncRemoteClient
     from plugbay.network.ejection import OutlierPolicy as OutlierPolicy
     from plugbay.network.pool import EndpointPool as EndpointPool
+    from plugbay.network.poolmetrics import EndpointMetrics as EndpointMetrics, PoolMetrics as PoolMetrics
     from plugbay.network.remote import RemoteClient as RemoteClient, RemoteConfig as RemoteConfig, connect as connect
     from plugbay.network.remoteoptions import RemoteOptions as RemoteOptions
     from plugbay.network.resolver import Endpoint as Endpoint
@@ -30,13 +31,15 @@ _NAMES = {
     "NetworkTLS": "plugbay.network.tls",
     "OutlierPolicy": "plugbay.network.ejection",
     "EndpointPool": "plugbay.network.pool",
+    "PoolMetrics": "plugbay.network.poolmetrics",
+    "EndpointMetrics": "plugbay.network.poolmetrics",
     "parse_target": "plugbay.network.targets",
     "Target": "plugbay.network.targets",
     "Endpoint": "plugbay.network.resolver",
 }
 # a literal list, as type checkers read it; `from plugbay.network import *` took typing's names, none of these
-__all__ = ["AsyncRemoteClient", "Endpoint", "EndpointPool", "NetworkTLS", "OutlierPolicy", "RemoteClient",
-           "RemoteConfig", "RemoteOptions", "Target", "connect", "parse_target"]
+__all__ = ["AsyncRemoteClient", "Endpoint", "EndpointMetrics", "EndpointPool", "NetworkTLS", "OutlierPolicy",
+           "PoolMetrics", "RemoteClient", "RemoteConfig", "RemoteOptions", "Target", "connect", "parse_target"]
 
 
 def __getattr__(name: str) -> Any:

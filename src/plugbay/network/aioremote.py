@@ -30,6 +30,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.typedstub import StubT, checked_stub
 from plugbay.errors import ClientStateError
 from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
+from plugbay.network.poolmetrics import PoolMetrics
 from plugbay.network.remote import MainHook, RemoteClient, RemoteConfig
 
 
@@ -99,7 +100,7 @@ class AsyncRemoteClient(AsyncClient):
         RemoteClient.multiplexed."""
         return self.remote_client.multiplexed
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> PoolMetrics:
         """The endpoint pool's metrics snapshot (as RemoteClient.metrics())."""
         return self.remote_client.metrics()
 

@@ -37,6 +37,7 @@ from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
 from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
 from plugbay.network.figures import check_pool
+from plugbay.network.poolmetrics import EndpointMetrics, PoolMetrics
 from plugbay.network.poolcalls import PoolCallable, no_endpoints
 from plugbay.network.resolver import Endpoint, Resolver
 from plugbay.network.poolhealth import PoolHealth, reconnect_backoff
@@ -304,22 +305,20 @@ class EndpointPool(PoolHealth, PoolPick, CallChannel):
 
     # --- metrics --------------------------------------------------------------------------
 
-    def metrics(self) -> dict[str, Any]:
-        """A snapshot: counts, and per endpoint its health, ejection and picks."""
+    def metrics(self) -> PoolMetrics:
+        """A snapshot: counts, and per endpoint its health, ejection and picks (the keys: poolmetrics)."""
         now = time.monotonic()
         with self._cond:
             endpoints = {
-                key: {"healthy": m.healthy, "ejected": m.outlier.ejected(now), "picks": m.picks,
-                      "failures": m.failures, "ejections": m.outlier.total, "inflight": m.inflight,
-                      "ready": m.endpoint.ready, "terminating": m.endpoint.terminating,
-                      "health_detail": m.health_detail}
+                key: EndpointMetrics(healthy=m.healthy, ejected=m.outlier.ejected(now), picks=m.picks,
+                                      failures=m.failures, ejections=m.outlier.total, inflight=m.inflight,
+                                      ready=m.endpoint.ready, terminating=m.endpoint.terminating,
+                                      health_detail=m.health_detail)
                 for key, m in self._members.items()}
-            return {"known": len(endpoints),
-                    "healthy": sum(1 for e in endpoints.values() if e["healthy"]),
-                    "ejected": sum(1 for e in endpoints.values() if e["ejected"]),
-                    "available": len(self._available(now)),
-                    "draining": len(self._draining), "ejections": self.ejections_total,
-                    "resends": self.resends, "endpoints": endpoints}
+            return PoolMetrics(known=len(endpoints), healthy=sum(1 for e in endpoints.values() if e["healthy"]),
+                               ejected=sum(1 for e in endpoints.values() if e["ejected"]),
+                               available=len(self._available(now)), draining=len(self._draining),
+                               ejections=self.ejections_total, resends=self.resends, endpoints=endpoints)
 
     def pickable_keys(self) -> list[str]:
         """The endpoints a call may go to now (see _available), or once their first health check answers."""

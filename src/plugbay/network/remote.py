@@ -68,6 +68,7 @@ from plugbay.network.muxpin import pin_stub
 from plugbay.network.pinhook import MainHook as MainHook, PinnedChannel  # MainHook: aioremote's too
 from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, NetworkBroker
 from plugbay.network.pool import EndpointPool
+from plugbay.network.poolmetrics import PoolMetrics
 from plugbay.network.resolver import Endpoint
 from plugbay.network.remote_end import RemoteEnd, closed_remote, closed_while_connecting, remote_call_closed
 from plugbay.network.figures import check_transport
@@ -161,8 +162,9 @@ class RemoteClient(Client):
         pool: EndpointPool = self._need(self._pool, "pool")
         return pool
 
-    def metrics(self) -> dict[str, Any]:
-        """The endpoint pool's metrics snapshot (endpoints known/healthy/ejected, picks, ejections)."""
+    def metrics(self) -> PoolMetrics:
+        """The endpoint pool's metrics snapshot (endpoints known/healthy/ejected, picks, ejections; the keys:
+        plugbay.network.PoolMetrics)."""
         return self._need(self._pool, "metrics()").metrics()
 
     @property

@@ -43,6 +43,7 @@ from plugbay.core.resilience.restart import RestartPolicy, SupervisorEvent
 from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.core.resilience.sources import ConfigSource, check_policies, check_settings, plugin_named
 from plugbay.core.resilience.supervisor import Supervisor
+from plugbay.core.resilience.supervisorview import SupervisorMetrics
 from plugbay.errors import ClientStateError
 
 
@@ -104,7 +105,7 @@ class AsyncSupervisor:
     def current_client(self) -> Client | None:
         return self._sup.current_client
 
-    def metrics(self) -> dict[str, Any]:
+    def metrics(self) -> SupervisorMetrics:
         return self._sup.metrics()
 
     @property

@@ -5,7 +5,7 @@ Read by any thread, never blocking; the restarting itself is plugbay.core.resili
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 import grpc
 
@@ -18,6 +18,18 @@ from plugbay.core.resilience.readygate import plugin_gone, restart_advice
 from plugbay.core.resilience.sources import ConfigSource, not_running, reattach_only
 from plugbay.core.resilience.waiting import PluginWaits
 from plugbay.errors import ClientStateError
+
+
+class SupervisorMetrics(TypedDict):
+    """What Supervisor.metrics() and AsyncSupervisor.metrics() return: a plain dict, typed (the keys are these,
+    tests/test_typed_api.py checks it)."""
+
+    state: str  # one of SupervisorState's words (str: it changes under the caller, see waiting.py)
+    restarts: int  # restarts that brought a plugin up
+    failures: int  # failures seen (a failed start, a death, an unhealthy plugin)
+    last_failure: str | None  # what the last one was; None before any
+    health: str | None  # the health watcher's state (SERVING, ...); None without health_interval
+    circuit: str | None  # the breaker's CircuitState; None without a breaker
 
 
 class SupervisorView(PluginWaits):
@@ -80,10 +92,10 @@ class SupervisorView(PluginWaits):
         watcher = self._watcher
         return watcher.state if watcher is not None else None
 
-    def metrics(self) -> dict[str, Any]:
-        return {"state": self._state, "restarts": self.restarts, "failures": self.failures,
-                "last_failure": self.last_failure, "health": self.health,
-                "circuit": self.breaker.state if self.breaker is not None else None}
+    def metrics(self) -> SupervisorMetrics:
+        return SupervisorMetrics(state=self._state, restarts=self.restarts, failures=self.failures,
+                                 last_failure=self.last_failure, health=self.health,
+                                 circuit=self.breaker.state if self.breaker is not None else None)
 
     def reattach_config(self) -> ReattachConfig:
         """What another host needs to attach to the running plugin (a restart gives it a new one)."""
