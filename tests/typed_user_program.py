@@ -24,7 +24,10 @@ def host() -> bytes | None:
         assert_type(client.channel, ManagedChannel)  # docs: client.channel.current, the grpcio channel
         kv = KVPlugin().grpc_client(client.broker, client.channel)
         assert_type(kv, KVClient)
-        stub: KVClient = client.dispense(PLUGIN_NAME)  # dispense() goes by name: annotated, as the docs say
+        stub = client.dispense(PLUGIN_NAME, KVClient)  # dispense() goes by name: the stub's class types it
+        assert_type(stub, KVClient)
+        untyped: KVClient = client.dispense(PLUGIN_NAME)  # the name alone still works, as Any
+        assert untyped is stub
         try:
             return stub.get("hello")
         # every instance of these comes from a call, and is also a grpc.RpcError: code(), details(), sent
@@ -48,7 +51,8 @@ def host() -> bytes | None:
 async def asynchronous() -> bytes:
     async with AsyncClient(CONFIG) as client:
         assert_type(KVPlugin().grpc_client_async(client.broker, client.channel), AsyncKVClient)
-        kv: AsyncKVClient = await client.dispense(PLUGIN_NAME)
+        kv = await client.dispense(PLUGIN_NAME, AsyncKVClient)
+        assert_type(kv, AsyncKVClient)
         return await kv.get("hello")
 
 
