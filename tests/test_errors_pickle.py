@@ -26,6 +26,7 @@ BUILT = {
     "PodCrashLoopError": ("plugbay-kv-1", 1),
     "PodFailedError": ("plugbay-kv-1", 137),
     "RestartBudgetExhaustedError": ("kv", 5, 60.0, "it exited with code 1"),
+    "StubTypeError": ("Client.dispense('kv', bytes): ... built a stub of class str", "kv", bytes, str),
 }
 
 

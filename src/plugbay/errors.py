@@ -163,7 +163,7 @@ class StubTypeError(PlugbayError, TypeError):
     ``stub_type`` is no class isinstance() can check. ``built`` is the class of the stub that was built
     (None when the argument itself was refused)."""
 
-    def __init__(self, message: str, *, name: str, expected: object, built: type | None = None) -> None:
+    def __init__(self, message: str, name: str, expected: object, built: type | None = None) -> None:
         self.name = name
         self.expected = expected
         self.built = built
