@@ -8,12 +8,14 @@ callbacks stay with the call they were added to."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import grpc
 import grpc.aio
 
+from plugbay.core.host.aiocall import cancel_when_dropped
 from plugbay.core.host.aiochannel import retrieved
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.errors import NoEndpointsError
@@ -76,12 +78,12 @@ class StreamCall:
             pool.done(member, exc)
             raise
         self._member, self._failing = member, None
-        self._call.add_done_callback(lambda call: self._ended(pool, member, call))
-
-    def _ended(self, pool: EndpointPool, member: Member, call: Any) -> None:
-        if call is self._call:  # noted now: the first read, which judges a resend, may come much later
-            self._failing = channel_failing(self._callable.channel.endpoints.existing(member))
-        _report(pool, member, call)
+        # the call's done callback holds this stream weakly: held strongly, it put the stream in grpc.aio's
+        # cycle, so a stream dropped unread ran on until the garbage collector came
+        stream = weakref.ref(self)
+        self._call.add_done_callback(lambda call: _ended(stream, pool, member, call))
+        # cancelled when dropped before its end, as an AsyncClient's stream is; on the loop grpc.aio made it on
+        cancel_when_dropped(self, asyncio.get_event_loop(), self._call)
 
     def _unsent(self, exc: BaseException) -> bool:
         """Whether the failed first read ``exc`` provably never left its endpoint, and may go to another (not
@@ -274,6 +276,13 @@ class StreamCall:
 
     async def trailing_metadata(self) -> Any:
         return await self._call.trailing_metadata() if await self._failed() is None else grpc.aio.Metadata()
+
+
+def _ended(stream_ref: weakref.ref[StreamCall], pool: EndpointPool, member: Member, call: Any) -> None:
+    stream = stream_ref()
+    if stream is not None and call is stream._call:  # noted now: the first read, which judges a resend, comes later
+        stream._failing = channel_failing(stream._callable.channel.endpoints.existing(member))
+    _report(pool, member, call)
 
 
 def _report(pool: EndpointPool, member: Member, call: Any) -> None:

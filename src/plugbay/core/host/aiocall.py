@@ -44,11 +44,19 @@ def lost_send(exc: grpc.RpcError) -> grpc.RpcError:
     return exc
 
 
+def cancel_when_dropped(holder: object, loop: asyncio.AbstractEventLoop, call: Any) -> None:
+    """Cancel ``call`` (a grpc.aio call, or one with its cancel() and done()) on ``loop`` once ``holder``, the
+    object its caller was given, is dropped before the call ended: AioCall's streams and the network pool's
+    (plugbay.network.aiopoolstream) alike. ``holder`` must be outside the call's own cycle (no done callback of
+    the call may hold it), or it goes only when the garbage collector finds that cycle."""
+    weakref.finalize(holder, _cancel_dropped, weakref.ref(loop), weakref.ref(call)).atexit = False
+
+
 def _cancel_dropped(loop_ref: weakref.ref[asyncio.AbstractEventLoop], call_ref: weakref.ref[Any]) -> None:
-    """A streamed call's AioCall was dropped: nobody can read the call any more. grpc.aio's call holds itself
-    in a cycle (its own response iterator), so without this the plugin's handler and the HTTP/2 stream would run
-    on until the garbage collector found it. The last reference may go on any thread (or in a collection):
-    cancel() of a grpc.aio call belongs on its loop."""
+    """A stream's holder (an AioCall, a pool's StreamCall) was dropped: nobody can read the call any more.
+    grpc.aio's call holds itself in a cycle (its own response iterator), so without this the plugin's handler and
+    the HTTP/2 stream would run on until the garbage collector found it. The last reference may go on any thread
+    (or in a collection): cancel() of a grpc.aio call belongs on its loop."""
     # both held weakly: the finalizer's registry would else keep them (and a loop's descriptors) for as long as
     # the wrapper lives, for ever where the call itself refers back to the wrapper (a pool stream's callbacks)
     loop, call = loop_ref(), call_ref()
@@ -79,7 +87,7 @@ class AioCall:
         self._started = owner._loop.time()
         self._abandoned = False  # cancelled by plugbay: an `async with` block over it ended before it did
         if streamed:  # the wrapper is outside grpc.aio's cycle, so it goes when its holder lets go of it
-            weakref.finalize(self, _cancel_dropped, weakref.ref(owner._loop), weakref.ref(call)).atexit = False
+            cancel_when_dropped(self, owner._loop, call)
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._result().__await__()

@@ -1,0 +1,72 @@
+"""RemoteClient.aio_channel()'s streams (the pool's own StreamCall, no AsyncClient call around them) end as an
+AsyncClient's do: dropped before their end (`async for ...: break` over a temporary, or a variable let go), they
+are cancelled then, not when the garbage collector (off here) finds grpc.aio's cycle; and a read after the
+`async with` block over one ended raises the same InvalidStateError as an AsyncRemoteClient's stream, not a bare
+CancelledError a task nobody cancelled would take for its own. Real network-mode streaming plugins over mTLS
+on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from plugbay import RemoteClient
+from plugbay.network.aiopoolstream import StreamCall
+from tests.streamstats import handlers_ended
+from tests.test_network_dead_replica import _first_config, certs, streamers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "streaming"))
+from streaming_plugin_def import AsyncStreamerClient  # noqa: E402
+
+__all__ = ["certs", "streamers"]  # the fixtures this module's tests take
+
+
+def test_break_out_of_async_for_over_a_temporary_aio_channel_stream_cancels_it(
+        streamers: list[Any], certs: Any, no_gc: None) -> None:
+    async def run(client: RemoteClient) -> tuple[int, Any]:
+        channel = client.aio_channel()
+        streamer = AsyncStreamerClient(channel)
+        try:
+            async for chunk in streamer.generate(0, 100):  # endless: only a cancel ends it
+                if chunk.seq == 2:
+                    break
+            return chunk.seq, await handlers_ended(streamer)
+        finally:
+            await channel.close()
+
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        last, stats = asyncio.run(run(client))
+    assert last == 2
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+
+
+def test_an_aio_channel_stream_kept_in_a_variable_is_cancelled_when_dropped(
+        streamers: list[Any], certs: Any, no_gc: None) -> None:
+    """A loop left early leaves it where it was (the next one goes on); dropping the variable cancels it."""
+    async def run(client: RemoteClient) -> tuple[list[int], Any, Any]:
+        channel = client.aio_channel()
+        streamer = AsyncStreamerClient(channel)
+        try:
+            stream = streamer.generate(0, 100)
+            assert isinstance(stream, StreamCall)
+            seqs = []
+            for last in (1, 3):
+                async for chunk in stream:
+                    seqs.append(chunk.seq)
+                    if chunk.seq == last:
+                        break
+                for _ in range(5):  # a few turns of the loop: asyncio's aclose() of the dropped iterator ran
+                    await asyncio.sleep(0)
+            running = await streamer.stats()
+            del stream
+            return seqs, running, await handlers_ended(streamer)
+        finally:
+            await channel.close()
+
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        seqs, running, stats = asyncio.run(run(client))
+    assert seqs == [0, 1, 2, 3]
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
