@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from plugbay import RemoteClient
+from plugbay import AsyncRemoteClient, RemoteClient
 from plugbay.network.aiopoolstream import StreamCall
 from tests.streamstats import handlers_ended
-from tests.test_network_dead_replica import _first_config, certs, streamers
+from tests.test_network_dead_replica import STREAMER, _first_config, certs, streamers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "streaming"))
 from streaming_plugin_def import AsyncStreamerClient  # noqa: E402
@@ -70,3 +70,39 @@ def test_an_aio_channel_stream_kept_in_a_variable_is_cancelled_when_dropped(
     assert seqs == [0, 1, 2, 3]
     assert (running.active, running.cancelled) == (1, 0), running
     assert (stats.active, stats.cancelled) == (0, 1), stats
+
+
+async def _after_the_block(streamer: Any) -> list[BaseException]:
+    """What a read() and an `async for` raise after the `async with` block over an endless stream ended it."""
+    raised: list[BaseException] = []
+    for how in ("read", "iterate"):
+        async with streamer.generate(0, 100) as stream:
+            await anext(aiter(stream)) if how == "iterate" else await stream.read()
+        try:
+            await anext(aiter(stream)) if how == "iterate" else await stream.read()
+        except BaseException as exc:  # noqa: BLE001 - compared by the caller (a CancelledError is the old way)
+            raised.append(exc)
+    return raised
+
+
+def test_a_read_after_async_with_over_an_aio_channel_stream_raises_what_an_async_remote_clients_does(
+        streamers: list[Any], certs: Any) -> None:
+    async def bare(client: RemoteClient) -> tuple[list[BaseException], Any]:
+        channel = client.aio_channel()
+        streamer = AsyncStreamerClient(channel)
+        try:
+            return await _after_the_block(streamer), await handlers_ended(streamer)
+        finally:
+            await channel.close()
+
+    async def wrapped() -> list[BaseException]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            return await _after_the_block(await client.dispense(STREAMER))
+
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        raised, stats = asyncio.run(bare(client))
+    expected = asyncio.run(wrapped())
+    assert [type(e) for e in expected] == [asyncio.InvalidStateError] * 2, expected
+    assert [(type(e), str(e)) for e in raised] == [(type(e), str(e)) for e in expected], raised
+    assert "`async with`" in str(raised[0]), raised
+    assert (stats.active, stats.cancelled) == (0, 2), stats

@@ -3,7 +3,9 @@ like grpc.aio's, waiting for an endpoint as poolcalls' rules say. A server-strea
 found its endpoint unreachable goes to another, as poolstream's: not once its caller cancel()led it, whose
 code() then says CANCELLED; a cancel() ends the pick of the next endpoint too, and says True, the stream being
 under way; once a read raised the call's failure, its status stands (a later cancel() leaves it). Done
-callbacks stay with the call they were added to."""
+callbacks stay with the call they were added to. As an AsyncClient's stream (plugbay.core.host.aiocall), it is
+cancelled when dropped before its end, and a read after the `async with` block that cancelled it raises that
+one's InvalidStateError."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiocall import cancel_when_dropped
+from plugbay.core.host.aiocall import abandoned_error, cancel_when_dropped
 from plugbay.core.host.aiochannel import retrieved
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.errors import NoEndpointsError
@@ -37,6 +39,7 @@ class StreamCall:
         self._call: Any = None
         self._channel: Any = None
         self._asked = False  # cancel() was called: its CancelledError is no cut (left_error)
+        self._abandoned = False  # cancelled by the end of an `async with` block over it: reads say so (_cancel)
         self._ready: asyncio.Future[None] | None = None
         pick_until, deadline = callable.rules.deadline(timeout)
         # what a resend needs (a server-streaming call whose first read failed unsent: _resend)
@@ -100,7 +103,7 @@ class StreamCall:
         if not self._unsent(exc):
             return False
         if self._asked:  # the caller cancelled the stream: it ends as a cancelled grpc.aio call does
-            raise asyncio.CancelledError()
+            raise self._cancel()
         rules, channel, member = self._callable.rules, self._callable.channel, self._member
         assert member is not None  # _unsent() says so
         if not self._tried.refused_unsent(member.key, channel.pool.pickable_keys()):
@@ -110,11 +113,11 @@ class StreamCall:
             member = await self._pick(pick_until)
             if self._asked:  # cancel() came as the pick ended, before this read went on: nothing is sent again
                 channel.pool.release(member)
-                raise asyncio.CancelledError()
+                raise self._cancel()
             self._begin(member, request, deadline, kwargs)
         except (NoEndpointsError, grpc.RpcError):
             if self._asked:  # cancel() came while none took it: the cancel is how the stream ended
-                raise asyncio.CancelledError() from None
+                raise self._cancel() from None
             return False  # none took it in time: the first failure says what happened
         rules.made(member, self._tried)
         return True
@@ -156,8 +159,8 @@ class StreamCall:
         try:
             return await step
         except asyncio.CancelledError as exc:
-            if (left := left_error(self._callable, self._channel, exc, self._asked)) is not None:
-                raise left from None
+            if (instead := self._read_cancelled(exc)) is not None:
+                raise instead from None
             raise
 
     async def _response(self) -> Any:
@@ -179,8 +182,8 @@ class StreamCall:
                     self._raised = True
                     raise
             except asyncio.CancelledError as exc:
-                if (left := left_error(self._callable, self._channel, exc, self._asked)) is not None:
-                    raise left from None
+                if (instead := self._read_cancelled(exc)) is not None:
+                    raise instead from None
                 raise
 
     async def __aenter__(self) -> StreamCall:
@@ -188,7 +191,20 @@ class StreamCall:
 
     async def __aexit__(self, *exc_info: object) -> None:
         if not self.done():  # the block is done with the stream, however it ended: so is the replica
+            self._abandoned = True
             self.cancel()
+
+    def _read_cancelled(self, exc: asyncio.CancelledError) -> BaseException | None:
+        """What a read that the cancel ``exc`` ended raises instead (None: ``exc`` itself): the endpoint's leaving
+        (left_error), or the `async with` block's end (see _cancel)."""
+        left = left_error(self._callable, self._channel, exc, self._asked)
+        return left if left is not None else self._cancel() if self._abandoned and not _cancelling() else None
+
+    def _cancel(self) -> BaseException:
+        """The error of a read of the stream cancel() ended: a CancelledError, as grpc.aio's read raises; once an
+        `async with` block's end cancelled it, an AsyncClient stream's InvalidStateError (a CancelledError would
+        pass for a cancel of the reader's own task), unless that task is being cancelled."""
+        return abandoned_error() if self._abandoned and not _cancelling() else asyncio.CancelledError()
 
     async def read(self) -> Any:
         while True:
@@ -276,6 +292,11 @@ class StreamCall:
 
     async def trailing_metadata(self) -> Any:
         return await self._call.trailing_metadata() if await self._failed() is None else grpc.aio.Metadata()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _ended(stream_ref: weakref.ref[StreamCall], pool: EndpointPool, member: Member, call: Any) -> None:

@@ -52,6 +52,15 @@ def cancel_when_dropped(holder: object, loop: asyncio.AbstractEventLoop, call: A
     weakref.finalize(holder, _cancel_dropped, weakref.ref(loop), weakref.ref(call)).atexit = False
 
 
+def abandoned_error() -> asyncio.InvalidStateError:
+    """What a read of a stream raises once the `async with` block over it ended before the stream did (the
+    block's end cancelled it): not a CancelledError, which the reader's task would take for its own cancel."""
+    return asyncio.InvalidStateError(
+        "this stream was cancelled when the `async with` block over it ended before the stream did:"
+        " leaving the block ends the call. To go on reading it after the block, make the call without"
+        " `async with` (a stream kept in a variable is cancelled only when dropped, or by cancel())")
+
+
 def _cancel_dropped(loop_ref: weakref.ref[asyncio.AbstractEventLoop], call_ref: weakref.ref[Any]) -> None:
     """A stream's holder (an AioCall, a pool's StreamCall) was dropped: nobody can read the call any more.
     grpc.aio's call holds itself in a cycle (its own response iterator), so without this the plugin's handler and
@@ -196,10 +205,7 @@ class AioCall:
         if task is not None and task.cancelling():
             return asyncio.CancelledError()
         if self._abandoned:  # not a cancel of the reader's task: a CancelledError would pass for one
-            return asyncio.InvalidStateError(
-                "this stream was cancelled when the `async with` block over it ended before the stream did:"
-                " leaving the block ends the call. To go on reading it after the block, make the call without"
-                " `async with` (a stream kept in a variable is cancelled only when dropped, or by cancel())")
+            return abandoned_error()
         if self._owner._closing is None:
             return asyncio.CancelledError()
         closed = grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
