@@ -10,9 +10,12 @@ plugin; the collector off (no_gc), so what ends a call is plugbay's own doing.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from pathlib import Path
 from typing import Any
+
+from grpc.aio import Call
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,3 +174,44 @@ def test_a_stream_dropped_after_its_loop_closed_is_left_quietly(no_gc: None) -> 
     finally:
         sys.unraisablehook = was
     assert unraisable == []
+
+
+def test_a_dropped_stream_whose_done_callback_refers_to_it_is_cancelled_by_a_collection() -> None:
+    """The callback and the stream are a cycle: the collector ends it (as any cycle), and the call is cancelled
+    then; its callbacks still run, given the call. They used to be held by grpc.aio's call, which its pending
+    status holds until the call ends: an endless stream ran on for the process's life, whatever collected."""
+    async def main() -> tuple[Any, list[tuple[bool, bool]], Any]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            stream = streamer.generate(0, 100)  # endless: only a cancel ends it
+            assert (await stream.read()).seq == 0
+            seen: list[tuple[bool, bool]] = []
+            stream.add_done_callback(lambda call, held=stream: seen.append((held is not None, call.cancelled())))
+            running = await streamer.stats()
+            del stream
+            gc.collect()
+            stats = await handlers_ended(streamer)
+            await _iterators_closed()  # the callbacks run on the loop once the cancel ran there
+            return running, seen, stats
+
+    running, seen, stats = asyncio.run(main())
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+    assert seen == [(True, True)], seen
+
+
+def test_a_done_callback_of_a_stream_kept_runs_when_it_ends(no_gc: None) -> None:
+    """A regression guard: held by the stream itself, a callback runs once the call ends, given grpc.aio's call,
+    as grpc.aio's callbacks do; one added after the end runs at once."""
+    async def main() -> list[tuple[str, bool, bool]]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            stream = streamer.generate(2, 10)
+            seen: list[tuple[str, bool, bool]] = []
+            stream.add_done_callback(lambda call: seen.append(("first", isinstance(call, Call), call.done())))
+            assert [chunk.seq async for chunk in stream] == [0, 1]
+            await _iterators_closed()
+            stream.add_done_callback(lambda call: seen.append(("after", isinstance(call, Call), call.done())))
+            return seen
+
+    assert asyncio.run(main()) == [("first", True, True), ("after", True, True)]

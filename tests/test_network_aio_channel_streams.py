@@ -8,6 +8,7 @@ on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,51 @@ def test_a_read_after_async_with_over_an_aio_channel_stream_raises_what_an_async
     assert [(type(e), str(e)) for e in raised] == [(type(e), str(e)) for e in expected], raised
     assert "`async with`" in str(raised[0]), raised
     assert (stats.active, stats.cancelled) == (0, 2), stats
+
+
+def _dropped_with_a_done_callback(client: RemoteClient, refers_to_it: bool) -> tuple[Any, list[Any], Any]:
+    """An endless aio_channel() stream given a done callback, then dropped (and, when the callback refers to it,
+    a collection run): what the plugin ran before, what the callback was given, the stats once handlers ended."""
+    async def run() -> tuple[Any, list[Any], Any]:
+        channel = client.aio_channel()
+        streamer = AsyncStreamerClient(channel)
+        try:
+            stream = streamer.generate(0, 100)
+            assert (await stream.read()).seq == 0
+            seen: list[Any] = []
+            if refers_to_it:
+                stream.add_done_callback(lambda call, held=stream: seen.append((call is held, call.cancelled())))
+            else:
+                stream.add_done_callback(lambda call: seen.append((isinstance(call, StreamCall), call.cancelled())))
+            running = await streamer.stats()
+            del stream
+            if refers_to_it:
+                gc.collect()
+            stats = await handlers_ended(streamer)
+            for _ in range(5):  # the callbacks run on the loop once the cancel ran there
+                await asyncio.sleep(0)
+            return running, seen, stats
+        finally:
+            await channel.close()
+
+    return asyncio.run(run())
+
+
+def test_an_aio_channel_stream_dropped_with_a_done_callback_is_cancelled(
+        streamers: list[Any], certs: Any, no_gc: None) -> None:
+    """Its callbacks are held by the stream, not by grpc.aio's call (which its pending status holds until the
+    call ends, and with it a callback given the stream): it is cancelled when dropped, the callback given it."""
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        running, seen, stats = _dropped_with_a_done_callback(client, refers_to_it=False)
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+    assert seen == [(True, True)], seen
+
+
+def test_an_aio_channel_stream_whose_done_callback_refers_to_it_is_cancelled_by_a_collection(
+        streamers: list[Any], certs: Any) -> None:
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        running, seen, stats = _dropped_with_a_done_callback(client, refers_to_it=True)
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+    assert seen == [(True, True)], seen

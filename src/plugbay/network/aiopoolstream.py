@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiocall import abandoned_error, cancel_when_dropped
+from plugbay.core.host.aiocall import HeldCallbacks, abandoned_error, cancel_when_dropped
 from plugbay.core.host.aiochannel import retrieved
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.errors import NoEndpointsError
@@ -37,6 +37,7 @@ class StreamCall:
                  kwargs: dict[str, Any]) -> None:
         self._callable = callable
         self._call: Any = None
+        self._callbacks: list[HeldCallbacks] = []  # the done callbacks of each call it made (see add_done_callback)
         self._channel: Any = None
         self._asked = False  # cancel() was called: its CancelledError is no cut (left_error)
         self._abandoned = False  # cancelled by the end of an `async with` block over it: reads say so (_cancel)
@@ -251,16 +252,27 @@ class StreamCall:
         return self._ready is None or self._ready.done() or self._asked
 
     def add_done_callback(self, callback: Any) -> None:
+        """``callback(self)`` once the current call ends; held by this stream, not by grpc.aio's call, so a stream
+        dropped with callbacks is cancelled as one without (aiocall.HeldCallbacks, as an AsyncClient's stream)."""
         if self._call is not None:
-            self._call.add_done_callback(lambda _: callback(self))
+            self._held(self._call).add(callback)
         elif self._ready is not None:  # once the call is made, when it ends; or now, if no call came
             self._ready.add_done_callback(lambda ready: self._then(ready, callback))
 
     def _then(self, ready: asyncio.Future[None], callback: Any) -> None:
         if self._call is not None and not ready.cancelled() and ready.exception() is None:
-            self._call.add_done_callback(lambda _: callback(self))
+            self._held(self._call).add(callback)
         else:
             callback(self)
+
+    def _held(self, call: Any) -> HeldCallbacks:
+        if not self._callbacks or self._callbacks[-1].call is not call:
+            self._callbacks.append(HeldCallbacks(call, asyncio.get_event_loop(), given=self))
+        return self._callbacks[-1]
+
+    def __del__(self) -> None:
+        for held in self.__dict__.get("_callbacks", ()):
+            held.hand_over(self)
 
     def time_remaining(self) -> float | None:
         return self._call.time_remaining() if self._call is not None else None

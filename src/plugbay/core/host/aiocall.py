@@ -5,6 +5,7 @@ raises that error (plugbay.core.transport.requestsource), as the caller's own co
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Generator
 from typing import Any, Protocol, TypeVar
@@ -61,6 +62,63 @@ def abandoned_error() -> asyncio.InvalidStateError:
         " `async with` (a stream kept in a variable is cancelled only when dropped, or by cancel())")
 
 
+class HeldCallbacks:
+    """A stream's done callbacks, held by the object its caller was given (an AioCall, a pool's StreamCall) while
+    that lives, not by grpc.aio's call: until the call ends, grpc.aio's pending status holds the call and its
+    callbacks, so a callback that refers to the stream (a closure over it) held the stream too: never dropped,
+    so never cancelled, an endless one for the process's life. Held here, such a callback and the stream are a
+    cycle of their own, which the garbage collector ends (the stream is then cancelled, as when dropped); the
+    callbacks still run when the call ends: hand_over() gives them to the call as their holder goes."""
+
+    def __init__(self, call: Any, loop: asyncio.AbstractEventLoop, given: object | None = None) -> None:
+        self.call = call
+        self._loop = loop
+        # what a callback is given: ``given`` (held weakly: it holds this), else grpc.aio's call, as grpc.aio does
+        self._given = None if given is None else weakref.ref(given)
+        self._waiting: list[Any] = []
+
+    def add(self, callback: Any) -> None:
+        """grpc.aio's add_done_callback: ``callback`` runs once the call is done (at once if it is)."""
+        self._waiting.append(callback)
+        if len(self._waiting) == 1:  # one relay per wait, holding these callbacks weakly
+            self.call.add_done_callback(functools.partial(_run_waiting, weakref.ref(self)))
+
+    def hand_over(self, given: object | None = None) -> None:
+        """Their holder is going (its __del__, on any thread): the call holds the callbacks from now on, added on
+        its loop (grpc.aio's calls belong there); a closed loop runs nothing any more. ``given``: the holder,
+        when the callbacks are given it: they keep it (resurrected) until they ran, so its finalizer's cancel
+        (cancel_when_dropped) would wait for them: the call is cancelled here instead."""
+        waiting, self._waiting = self._waiting, []
+        if waiting and given is not None:
+            waiting = [functools.partial(_given_to, callback, given) for callback in waiting]
+        if waiting:
+            try:
+                self._loop.call_soon_threadsafe(_hand_to, self.call, waiting, given is not None)
+            except RuntimeError:
+                pass
+
+
+def _run_waiting(held_ref: weakref.ref[HeldCallbacks], call: Any) -> None:
+    held = held_ref()
+    if held is None:  # handed over to the call (hand_over), which runs them itself
+        return
+    given = call if held._given is None else held._given()
+    waiting, held._waiting = held._waiting, []
+    for callback in waiting:
+        callback(given)
+
+
+def _given_to(callback: Any, given: object, _call: Any) -> None:
+    callback(given)
+
+
+def _hand_to(call: Any, callbacks: list[Any], cancel: bool) -> None:
+    for callback in callbacks:
+        call.add_done_callback(callback)
+    if cancel:
+        _cancel_unfinished(call)
+
+
 def _cancel_dropped(loop_ref: weakref.ref[asyncio.AbstractEventLoop], call_ref: weakref.ref[Any]) -> None:
     """A stream's holder (an AioCall, a pool's StreamCall) was dropped: nobody can read the call any more.
     grpc.aio's call holds itself in a cycle (its own response iterator), so without this the plugin's handler and
@@ -95,6 +153,7 @@ class AioCall:
         self._timeout = timeout
         self._started = owner._loop.time()
         self._abandoned = False  # cancelled by plugbay: an `async with` block over it ended before it did
+        self._done_callbacks = HeldCallbacks(call, owner._loop)
         if streamed:  # the wrapper is outside grpc.aio's cycle, so it goes when its holder lets go of it
             cancel_when_dropped(self, owner._loop, call)
 
@@ -217,6 +276,16 @@ class AioCall:
         past = self._timeout is not None and spent >= self._timeout * 0.98
         return timed(await self._owner.translate(exc, past, None if self._timeout is None else self._timeout - spent),
                      self._timeout)
+
+    def add_done_callback(self, callback: Any) -> None:
+        """As grpc.aio's (``callback`` is given the call under this wrapper), held by this wrapper while it lives
+        (HeldCallbacks: one that refers to the stream no longer keeps it from being cancelled when dropped)."""
+        self._done_callbacks.add(callback)
+
+    def __del__(self) -> None:
+        held = self.__dict__.get("_done_callbacks")  # not __getattr__: a half-made wrapper has no _call
+        if held is not None:
+            held.hand_over()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
