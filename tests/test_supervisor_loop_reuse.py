@@ -127,3 +127,46 @@ def test_cleanup_clients_ends_the_shared_loop_a_supervisor_held() -> None:
         assert "plugbay-io" not in plugbay_threads()  # the halted Supervisor holds it no more
     finally:
         sup.stop()
+
+
+def test_clients_that_come_and_go_leave_their_ended_loops_to_grpcio_alone() -> None:
+    """A regression guard for the docs' account: while the test holds a grpc.aio channel of its own, each shared
+    loop a Client's kill ended stays alive, closed, in grpcio's poller table (PollerCompletionQueue's loops, which
+    grpcio 1.85 never prunes until grpc.aio is set up again): nothing of plugbay's refers to any of them."""
+    own_loop = asyncio.new_event_loop()
+
+    async def dial() -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel("127.0.0.1:9")  # never used: it keeps grpc.aio set up
+
+    own = own_loop.run_until_complete(dial())
+    try:
+        before = {id(loop) for loop in _closed_loop_objects()}
+        for n in range(3):
+            client = Client(_config())
+            try:
+                client.start()
+                client.dispense(PLUGIN_NAME).put("x", b"%d" % n)
+            finally:
+                client.kill()
+        del client  # the last one would hold its lease's loop
+        ended = [loop for loop in _closed_loop_objects() if id(loop) not in before]
+        holders = {_holder(referrer) for loop in ended for referrer in gc.get_referrers(loop)
+                   if referrer is not ended}
+        del ended
+    finally:
+        own_loop.run_until_complete(own.close())
+        own_loop.close()
+    assert holders <= {"grpc._cython.cygrpc._BoundEventLoop", "grpc._cython.cygrpc.PollerCompletionQueue"}, holders
+
+
+def _closed_loop_objects() -> list[asyncio.AbstractEventLoop]:
+    gc.collect()
+    return [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_closed()]
+
+
+def _holder(referrer: object) -> str:
+    """Who holds ``referrer`` (a dict: the object whose table it is)."""
+    if isinstance(referrer, dict):
+        owners = [o for o in gc.get_referrers(referrer) if not isinstance(o, (list, dict))]
+        return ",".join(sorted(f"{type(o).__module__}.{type(o).__qualname__}" for o in owners)) or "a dict"
+    return f"{type(referrer).__module__}.{type(referrer).__qualname__}"
