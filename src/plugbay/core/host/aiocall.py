@@ -153,7 +153,7 @@ class AioCall:
         self._timeout = timeout
         self._started = owner._loop.time()
         self._abandoned = False  # cancelled by plugbay: an `async with` block over it ended before it did
-        self._done_callbacks = HeldCallbacks(call, owner._loop)
+        self._done_callbacks: HeldCallbacks | None = None  # made by the first add_done_callback()
         if streamed:  # the wrapper is outside grpc.aio's cycle, so it goes when its holder lets go of it
             cancel_when_dropped(self, owner._loop, call)
 
@@ -280,6 +280,8 @@ class AioCall:
     def add_done_callback(self, callback: Any) -> None:
         """As grpc.aio's (``callback`` is given the call under this wrapper), held by this wrapper while it lives
         (HeldCallbacks: one that refers to the stream no longer keeps it from being cancelled when dropped)."""
+        if self._done_callbacks is None:
+            self._done_callbacks = HeldCallbacks(self._call, self._owner._loop)
         self._done_callbacks.add(callback)
 
     def __del__(self) -> None:
