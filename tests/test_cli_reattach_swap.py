@@ -1,4 +1,4 @@
-"""The command line's reattach dials the socket it proved, not whatever is at its path a moment later.
+"""The command line's reattach (and a Client's) dials the socket it proved, not whatever is at its path a moment later.
 
 Real processes: a KV plugin a Client started, another real KV server this test started, and the plugbay
 command run by a wrapper that renames a symlink to that other server's socket onto the plugin's path right
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from plugbay import Client, ClientConfig
+from plugbay import Client, ClientConfig, UnprovenAddressError
+from plugbay.runners.attached import AttachedProcess
 from tests.cli_util import KV_PROTO, cli_env
 from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGINS, PY
 
@@ -93,6 +94,34 @@ def test_a_socket_swapped_onto_the_path_after_the_clis_proof_is_not_dialed(
     assert path in done.stderr and "/proc/self/fd/" not in done.stderr, done.stderr
     assert server.poll() is None
     assert not (tmp_path / "other" / "kv_k").exists(), "the Put was stored by the other server"
+
+
+def test_a_reattached_clients_refusal_of_a_swapped_socket_says_what_a_reattach_can_do(
+        tmp_path: Path, other: tuple[subprocess.Popen[bytes], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: "... (a `docker run` wrapper), set ClientConfig(trust_announced_address=True)", which a reattach
+    # ignores (it proves every address whatever that says): the advice could not help
+    server, other_socket = other
+    mapped = AttachedProcess.plugin_to_host
+
+    def then_swapped(runner: AttachedProcess, network: str, address: str) -> tuple[str, str]:
+        network, path = mapped(runner, network, address)
+        os.symlink(other_socket, path + ".swap")
+        os.rename(path + ".swap", path)
+        return network, path
+
+    with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE])) as first:
+        monkeypatch.setattr(AttachedProcess, "plugin_to_host", then_swapped)
+        again = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=30,
+                                    reattach=first.reattach_config()))
+        with pytest.raises(UnprovenAddressError) as refused:
+            again.start()
+        said = str(refused.value)
+        assert f"listened on by process {server.pid}, which is neither the plugin process" in said, said
+        assert "trust_announced_address" not in said, said
+        assert "no reattach can reach that plugin" in said and "the Client that started it" in said, said
+        again.close()
+        assert first.runner.wait(0) is None  # a refused reattach leaves the plugin to its owner
+    assert server.poll() is None
 
 
 # the plugbay command, its plugin killed right after the runner's proof through the handle: the dial is refused

@@ -30,10 +30,12 @@ NOT_LISTENING = "nothing listens there"  # unproven_listener()'s answer that a w
 # unproven_listener(connect=False)'s answer where only a connection can tell who listens (its SO_PEERCRED): the
 # kernel's socket table cannot (no sock_diag, a listener of another network namespace, a process hiding its files)
 ASK_A_CONNECTION = "only a connection to it can tell who listens there"
-# what a reattached Client's refusal of an address says to do: it proves every address, whatever
-# ClientConfig(trust_announced_address=) says, since the process was started by someone else
-REATTACH_OPT_OUT = ("start the plugin from a Client of its own with ClientConfig(trust_announced_address=True)"
-                    " rather than reattaching to it (a reattach proves every address it dials)")
+# what a reattached Client's refusal of an address says to do (it follows "if its command hands the serving to a
+# process it does not start"): a reattach proves every address whatever the ClientConfig says, as the process was
+# started by someone else, so no setting of the reattaching Client opts out
+REATTACH_OPT_OUT = ("no reattach can reach that plugin, as a reattach dials only what the proven plugin process (or"
+                    " one it started) listens on, whatever the reattaching ClientConfig says: use the plugin from the"
+                    " Client that started it, or stop it and start it again from a Client of your own")
 
 
 class Cancellable(Protocol):

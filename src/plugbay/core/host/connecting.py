@@ -27,7 +27,7 @@ from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.errors import ClientStateError, HandshakeError, HandshakeTimeoutError, RunnerError, TLSRequiredError
 from plugbay.errors import AnnouncedUnreachableError, UnprovenAddressError, clip
-from plugbay.runners.base import NOT_LISTENING
+from plugbay.runners.base import NOT_LISTENING, REATTACH_OPT_OUT
 
 _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
@@ -76,8 +76,9 @@ class Connecting(ExitNotice):
                 return found
             why = found
             self._raise_if_exited(runner.wait(0))  # an exit says more than what is left at the address
-            if why != NOT_LISTENING:
-                raise UnprovenAddressError(self.name, announced.network, announced.address, why)
+            if why != NOT_LISTENING:  # a reattach's own way out: trust_announced_address does not apply to it
+                raise UnprovenAddressError(self.name, announced.network, announced.address, why,
+                                           *((REATTACH_OPT_OUT,) if self.config.reattach is not None else ()))
             if self._abandoned or self._kill_asked:
                 raise ClientStateError(f"the start of plugin {self.name!r} was ended (kill(), close() or a"
                                        " cancelled start()) while nothing listened yet at the address it"

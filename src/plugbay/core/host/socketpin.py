@@ -85,8 +85,8 @@ def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool,
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        raise UnprovenAddressError(name, announced.network, announced.address,
-                                   f"this host may not open it ({exc.strerror})") from None
+        raise UnprovenAddressError(name, announced.network, announced.address, f"this host may not open it"
+                                   f" ({exc.strerror})", *((REATTACH_OPT_OUT,) if reattached else ())) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISSOCK(mode):  # swapped for a file since it was looked at
         os.close(fd)
