@@ -15,7 +15,7 @@ from tests.race_util import pid_alive
 from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, faulty_config
 
 from plugbay import (Client, ClientConfig, ConfigError, ReattachConfig, ReattachError, RunnerError,  # noqa: I001
-                     Supervisor)
+                     Supervisor, UnprovenAddressError)
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.attached import _start_time
@@ -250,7 +250,9 @@ def test_listeners_are_found_by_socket_inode_in_the_process_own_tables(tmp_path:
     import os
     import socket
 
+    from plugbay.runners.base import NOT_LISTENING
     from plugbay.runners.listeners import listens_on
+    from plugbay.runners.ownsocket import unix_listener_why
 
     me = [os.getpid()]
     with socket.socket() as tcp, socket.socket(socket.AF_INET6) as tcp6, \
@@ -265,15 +267,18 @@ def test_listeners_are_found_by_socket_inode_in_the_process_own_tables(tmp_path:
         port, port6, idle_port = tcp.getsockname()[1], tcp6.getsockname()[1], idle.getsockname()[1]
         assert listens_on(me, "tcp", f"127.0.0.1:{port}")
         assert listens_on(me, "tcp", f"[::1]:{port6}")
-        assert listens_on(me, "unix", str(tmp_path / "s.sock"))
+        # a unix path: the runners' proof by the socket on its file (the kernel's tables name the bound path only)
+        assert unix_listener_why(str(tmp_path / "s.sock"), None, os.getpid(), _start_time(os.getpid())) is None
         assert not listens_on(me, "tcp", f"127.0.0.1:{idle_port}")
         assert not listens_on(me, "tcp", f"127.0.0.2:{port}")  # bound to 127.0.0.1 only
-        assert not listens_on(me, "unix", str(tmp_path / "other.sock"))
+        assert unix_listener_why(str(tmp_path / "other.sock"), None, os.getpid(),
+                                 _start_time(os.getpid())) == NOT_LISTENING
         assert not listens_on(me, "tcp", "not-an-address")
         with subprocess.Popen(["sleep", "30"]) as sleeper:  # listens nowhere: holds none of these sockets
             try:
                 assert not listens_on([sleeper.pid], "tcp", f"127.0.0.1:{port}")
-                assert not listens_on([sleeper.pid], "unix", str(tmp_path / "s.sock"))
+                why = unix_listener_why(str(tmp_path / "s.sock"), None, sleeper.pid, _start_time(sleeper.pid))
+                assert why is not None and f"listened on by process {os.getpid()}" in why, why
             finally:
                 sleeper.kill()
 
@@ -339,6 +344,7 @@ def test_a_listener_proves_only_the_address_a_dial_would_reach(tmp_path: Path) -
     import socket
 
     from plugbay.runners.listeners import listens_on
+    from plugbay.runners.ownsocket import unix_listener_why
 
     procs: list[subprocess.Popen[str]] = []
     try:
@@ -347,15 +353,17 @@ def test_a_listener_proves_only_the_address_a_dial_would_reach(tmp_path: Path) -
         spaced.mkdir()
         plugin = _server("unix", str(spaced / "kv.sock"))
         procs.append(plugin)
-        assert listens_on([plugin.pid], "unix", str(spaced / "kv.sock"))
-        assert not listens_on([plugin.pid], "unix", str(tmp_path / "my"))
-        # a relative path means another file to the host than to the plugin: refused
-        assert not listens_on([plugin.pid], "unix", os.path.relpath(spaced / "kv.sock"))
+        runner = AttachedProcess(plugin.pid, _start_time(plugin.pid), name="plugin")
+        runner.proven = True
+        # a relative path means another file to the host than to the plugin: refused (the reattach data's, the first)
+        with pytest.raises(ReattachError, match="a relative path names another file"):
+            runner.plugin_to_host("unix", os.path.relpath(spaced / "kv.sock"))
+        assert runner.plugin_to_host("unix", str(spaced / "kv.sock")) == ("unix", str(spaced / "kv.sock"))
+        with pytest.raises(UnprovenAddressError, match="no socket listens there"):
+            runner.plugin_to_host("unix", str(tmp_path / "my"))
         # a symlink to the plugin's socket is proven, and dialed as resolved then
         link = tmp_path / "link.sock"
         link.symlink_to(spaced / "kv.sock")
-        runner = AttachedProcess(plugin.pid, _start_time(plugin.pid), name="plugin")
-        runner.proven = True
         assert runner.plugin_to_host("unix", str(link)) == ("unix", str(spaced / "kv.sock"))
         link.unlink()
         link.symlink_to(tmp_path / "elsewhere.sock")  # re-pointed: the proven dial does not follow it
@@ -386,7 +394,8 @@ def test_a_listener_proves_only_the_address_a_dial_would_reach(tmp_path: Path) -
         other_unix = _server("unix", str(tmp_path / "other.sock"))
         procs.append(other_unix)
         os.replace(tmp_path / "other.sock", spaced / "kv.sock")
-        assert not listens_on([plugin.pid], "unix", str(spaced / "kv.sock"))
+        why = unix_listener_why(str(spaced / "kv.sock"), None, plugin.pid, _start_time(plugin.pid))
+        assert why is not None and f"listened on by process {other_unix.pid}" in why, why
         # a listener in another network namespace: its 127.0.0.1 is not this host's
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

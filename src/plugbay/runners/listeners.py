@@ -1,18 +1,13 @@
-"""Whether a local process listens on an address: the proof a reattach needs before it dials.
+"""Whether a local process listens on an address: what the proofs before a dial read.
 
-Reattach data is untrusted. The pid it names is proven (start time, plugbay's
-plugin id in its environment: plugbay.runners.attached), but the address beside
-it is only text: a host that dialed it could send Puts, and at kill() the
-controller's Shutdown, to any server on this machine. So the address is dialed
-only when the proven process (or one of its own children), in this host's
-network namespace (and mount namespace, for a unix path), holds every socket a connection there would reach:
-socket inodes among its open files (/proc/PID/fd) that the kernel's tables of
-listeners (/proc/PID/net/unix; for tcp this host's own /proc/self/net/tcp, tcp6)
-show listening on that absolute path, or on that address and port (the most
-specific binding wins, as in the kernel). For a unix path, the socket listening
-on the file there now must be one of them: the kernel's sock_diag names it
-without connecting (runners.unixdiag); where it cannot tell, SO_PEERCRED of one
-connection made and closed at once must name one of the processes.
+Reattach data and a handshake line are untrusted: an address dialed unproven could send Puts, and at kill()
+the controller's Shutdown, to any server on this machine. The kernel's tables say which sockets listen where
+(/proc/PID/net/unix by the path a socket was bound to; for tcp this host's own /proc/self/net/tcp, tcp6, where
+the most specific binding wins, as in the kernel), and a process's open files (/proc/PID/fd) which of them it
+holds. listens_on() proves a tcp address by those: every socket a dial could reach is held by the given
+processes, in this host's network namespace. A unix path is proven by the socket on its file now
+(runners.ownsocket: the kernel's sock_diag, else SO_PEERCRED of one connection, peer_pid/unix_peer_pid here),
+as a link or rename leaves the bound name behind; unix_listeners() serves procstopped's look for the servers.
 """
 
 from __future__ import annotations
@@ -22,8 +17,6 @@ import os
 import socket
 import struct
 from collections.abc import Iterable
-
-from plugbay.runners.unixdiag import bound_listener
 
 _UNIX_LISTENING = 0x00010000  # __SO_ACCEPTCON in /proc/net/unix's Flags column
 _TCP_LISTEN = "0A"
@@ -194,12 +187,13 @@ def other_net_namespace(pid: int) -> bool:
 
 
 def listens_on(pids: Iterable[int], network: str, address: str, listening: set[int] | None = None) -> bool:
-    """Whether ``pids`` hold every socket a connection to ``network`` ``address`` could reach. ``listening``: for
-    tcp, those sockets as this host's own network namespace lists them (host_tcp_listeners()), read once by a
-    caller that asks of several sets of processes; else read here, of this host's table too. A unix path is
-    looked up by the name its socket was bound to, which a link or rename leaves behind (plugbay's brokered
-    sockets are bound at a private path and linked to the announced one): plugbay's runners prove a unix
-    address by its file instead (ownsocket.unix_listener_why)."""
+    """Whether ``pids`` hold every socket a connection to tcp ``address`` could reach (False for any other
+    ``network``: a unix path is proven by its file, ownsocket.unix_listener_why, not by the name its socket was
+    bound to, which a link or rename leaves behind). ``listening``: those sockets as this host's own network
+    namespace lists them (host_tcp_listeners()), read once by a caller that asks of several sets of processes;
+    else read here, of this host's table too."""
+    if network != "tcp":
+        return False
     pids = [pid for pid in pids if same_namespaces(pid, network)]  # another namespace's 127.0.0.1 is not ours
     if not pids:
         return False
@@ -208,20 +202,6 @@ def listens_on(pids: Iterable[int], network: str, address: str, listening: set[i
         held |= socket_inodes(pid)
     if not held:
         return False
-    if network == "unix":
-        listening = unix_listeners(pids[0], address)
-        if not listening or not listening <= held:  # before any connect: the path may be anyone's server
-            return False
-        now = bound_listener(address)  # the kernel's word, no connection: else a probe's SO_PEERCRED
-        if now is not None:
-            return now in held  # held, and no other socket renamed onto the path since
-        try:
-            return unix_peer_pid(address) in pids
-        except PermissionError:
-            return False
-    elif network == "tcp":
-        # the host's own table: a process of ``pids`` may change namespace after the check above
-        listening = host_tcp_listeners(address) if listening is None else listening
-    else:
-        return False
+    # the host's own table: a process of ``pids`` may change namespace after the check above
+    listening = host_tcp_listeners(address) if listening is None else listening
     return bool(listening) and listening <= held  # every socket a dial could reach is the plugin's
