@@ -104,6 +104,7 @@ class AsyncClient:
 
     @property
     def exit_code(self) -> int | None:
+        """As Client.exit_code: set once an awaited kill() returned, too."""
         return self._client.exit_code
 
     async def stderr_tail(self) -> list[str]:

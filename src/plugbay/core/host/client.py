@@ -106,6 +106,7 @@ class Client(Connecting):
 
     @property
     def exit_code(self) -> int | None:
+        """How the plugin exited, as its runner says (after kill() too); None while it may run (host-side.md)."""
         return self._exit_code
 
     @property
@@ -393,6 +394,7 @@ class Client(Connecting):
         except Exception as exc:
             _log.warning("stopping plugin %s failed: %s", self.name, exc)
         finally:
+            self._note_end(runner if kill else None)
             self._close_streams()
 
     def _check_closable(self, starting: bool = False) -> None:

@@ -181,7 +181,19 @@ class ClientParts:
                 stdio.finish(STDIO_FINISH, STDIO_QUIET)
             elif stdio is not None:  # or interrupted (Ctrl-C): closed now, the plugin is force-killed next
                 stdio.close()
+        self._note_end(runner)
         self._close_streams()
+
+    def _note_end(self, runner: AttachedRunner | None) -> None:
+        """Once this Client ended its plugin: the code it ended with, as the runner's wait() reports an exit
+        (the exit watch, cancelled first, would have said it). None while the runner says it may run on (a kill
+        that failed, a plugin this Client does not own); a reattached process's UNKNOWN_EXIT_CODE, -1."""
+        if runner is None or self._exit_code is not None:
+            return
+        try:
+            self._exit_code = runner.wait(0)
+        except Exception as exc:  # the code only: an engine that stopped answering after the removal
+            _log.debug("plugin %s: the runner could not say how it ended: %s", self.name, exc)
 
     def _force_runner(self, runner: AttachedRunner) -> None:
         try:
