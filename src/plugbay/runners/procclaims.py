@@ -74,10 +74,11 @@ def claim(plugin_id: str) -> str | None:
     return name if made else None
 
 
-def write_session_record(root: Path, subfolder: str | None, name: str) -> bool:
-    """Write this host's session into ``root``[/``subfolder``]/``name`` whole (a temp file renamed into place), in
-    ``root`` only when it is this user's private folder (made 0700 if missing); False when it cannot be (a
-    folder someone else made: a record there could be forged or read; any other OSError)."""
+def write_session_record(root: Path, subfolder: str | None, name: str, extra: str = "") -> bool:
+    """Write this host's session (then ``extra``, lines of the caller's) into ``root``[/``subfolder``]/``name``
+    whole (a temp file renamed into place), in ``root`` only when it is this user's private folder (made 0700
+    if missing); False when it cannot be (a folder someone else made: a record there could be forged or read;
+    any other OSError)."""
     for _ in range(3):  # another host may remove an emptied folder meanwhile
         try:
             if not root.parent.is_dir():  # ~/.cache may not exist yet
@@ -89,7 +90,7 @@ def write_session_record(root: Path, subfolder: str | None, name: str) -> bool:
             folder.mkdir(mode=0o700, exist_ok=True)
             tmp = folder / f".{name}.{secrets.token_hex(4)}"
             try:
-                tmp.write_text(host_session())
+                tmp.write_text(host_session() + (f"\n{extra}" if extra else ""))
                 os.replace(tmp, folder / name)
             except BaseException:
                 tmp.unlink(missing_ok=True)  # no half-written record left behind (a full disk, say)

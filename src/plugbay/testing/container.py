@@ -47,7 +47,7 @@ from plugbay.runners.docker.adopt import reattach_labels
 from plugbay.runners.docker.checks import find_image, missing_image
 from plugbay.runners.docker.connect import release_frames
 from plugbay.runners.docker.createargs import checked_labels
-from plugbay.runners.docker.madehere import forget_made, record_made
+from plugbay.runners.docker.madehere import engine_identity, forget_made, record_made
 from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             engine_failures, mark_socket_dir, prepare_socket_dir, transport_settings)
@@ -122,12 +122,13 @@ class _Engine(DockerClient):
             if host_network:
                 kwargs["network"] = host_network
         sent = create_labels(image, labels)
+        made_by = engine_identity(self.client)  # before the create: the record names the engine that made it
         try:
             # no answer (Ctrl-C, a timeout) leaves testcontainers no container for stop(): found by name
             made = create_or_clean(lambda: engine_call(lambda: self.client.containers.create(
                 image, command=command, environment=environment, ports=ports, labels=sent, detach=detach,
                 **kwargs), "create the container"), self.client.api, kwargs.get("name"), sent)
-            record_made(made.id)  # the sweep's proof that plugbay made it (madehere.py), as DockerRunner's
+            record_made(made.id, made_by)  # the sweep's proof that plugbay made it (madehere.py), as DockerRunner's
             return made
         except ImageNotFound:  # removed since find_image saw it; docker-py's create does not pull
             raise missing_image(image) from None

@@ -10,6 +10,14 @@ rm -f``, ``docker system prune``, an engine reset) leaves its record: a sweep dr
 than the sweep's grace, its host process no longer runs, and the engine says no such container exists
 (stale_records).
 
+Each record names the engine that made its container (engine_identity: the engine's own ID, and its data
+root, as ``docker info`` tells them), since only that engine's "no such container" proves the container gone:
+a sweep run against another engine (a cron job without the user's DOCKER_HOST, a home folder shared by
+machines) would otherwise take the records of the first engine's containers for stale ones and drop them,
+leaving those containers to ``docker rm -f``. A record without an engine (written by an earlier release, or
+for an engine that tells no ID) is that engine's once it lists the container (the sweep then notes the
+engine in it), and is never dropped for an engine's "no such container".
+
 The folder is ``plugbay-made-UID`` under the user's ~/.cache (it survives a reboot, as containers do), or
 under /tmp when there is none; each is used only when it is this user's and mode 0700, and removed once
 its last record goes. A sweep run as
@@ -21,15 +29,59 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import time
+import weakref
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from plugbay.runners.docker.connect import engine_call
 from plugbay.runners.procclaims import home_cache, private_folder, write_session_record
 from plugbay.runners.session import session_alive
 
 _log = logging.getLogger("plugbay.runners.docker")
 _FULL_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
+# docker info's ID (a key's fingerprint in 20.10, a UUID since 23.0) and DockerRootDir, as far as a record takes
+# them: the engine's answer is not trusted to be one line of sane text
+_ENGINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,199}", re.ASCII)
+_ROOT_DIR = re.compile(r"/[^\x00-\x1f\x7f]{0,1023}")
+_ENGINE_LINE = "engine "
+_RECORD_READ = 4096  # a record's characters read at most (a session line, an engine line)
+# each engine client's identity, asked once (a runner's start, a sweep): the engine behind one client is one
+_identities: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+
+def engine_identity(client: Any) -> str | None:
+    """The identity of the engine ``client`` talks to, as records name it: its ID and its data root
+    (``docker info``; one request per client), or None when it tells no usable ID.
+
+    Not its address: one engine has many (a socket path, a tcp port, an ssh URL), and one address may lead to
+    another engine tomorrow. The data root is in it because engines before 23.0 take their ID from
+    /etc/docker/key.json: two engines on one machine (a rootful and a test one) may share it."""
+    try:
+        return _identities[client]
+    except (KeyError, TypeError):  # not asked yet; or a client that takes no weak reference: asked each time
+        pass
+    info = engine_call(client.info, "read engine info (its ID)")
+    ident, root = info.get("ID"), info.get("DockerRootDir")
+    found = None
+    if isinstance(ident, str) and _ENGINE_ID.fullmatch(ident):
+        found = f"{ident} {root}" if isinstance(root, str) and _ROOT_DIR.fullmatch(root) else ident
+    try:
+        _identities[client] = found
+    except TypeError:
+        pass
+    return found
+
+
+def describe_engine(identity: str | None) -> str:
+    """An engine identity as messages name it: ``ID (data root)``."""
+    if identity is None:
+        return "an engine that tells no ID"
+    ident, _, root = identity.partition(" ")
+    return f"{ident} ({root})" if root else ident
 
 
 def records_roots() -> list[Path]:
@@ -43,13 +95,14 @@ def _writable_roots() -> list[Path]:
     return [root for root in records_roots() if root.parent.is_dir()]
 
 
-def record_made(container_id: str) -> bool:
-    """Record that this process created ``container_id`` (best effort: False, with a warning, when no
-    private folder could hold it; a sweep then leaves that container to ``docker rm -f``)."""
+def record_made(container_id: str, engine: str | None) -> bool:
+    """Record that this process created ``container_id`` on the engine of identity ``engine``
+    (:func:`engine_identity`, asked before the create) (best effort: False, with a warning, when no private
+    folder could hold it; a sweep then leaves that container to ``docker rm -f``)."""
     if not _FULL_ID.fullmatch(container_id):
         return False
     for root in _writable_roots():
-        if write_session_record(root, None, container_id):
+        if write_session_record(root, None, container_id, f"{_ENGINE_LINE}{engine}" if engine else ""):
             return True
     _log.warning("no record of container %s could be written (no private folder of this user at %s): a sweep"
                  " will not remove it if this host dies; remove it then with `docker rm -f %s`", container_id[:12],
@@ -77,12 +130,25 @@ def forget_made(container_id: str) -> None:
                 pass  # other records (or a record being written) keep it
 
 
-def stale_records(older_than: float, skip: Collection[str], limit: int) -> list[str]:
-    """The ids of at most ``limit`` records (oldest first) written at least ``older_than`` seconds ago, but those
-    in ``skip`` (containers the caller saw) and those of a host process that still runs (its runner's kill drops
-    its own): each a record the sweep may drop once the engine says its container does not exist."""
-    now = time.time()
-    found: list[tuple[float, str]] = []
+@dataclass(frozen=True)
+class Record:
+    """One record as read: the container's id, its host's session marker and start, the engine that made the
+    container (None: not noted), when it was written, and its file."""
+
+    container_id: str
+    session: str
+    start: str
+    engine: str | None
+    written: float
+    path: Path
+
+    def host_gone(self) -> bool:
+        return not session_alive(self.session, self.start)
+
+
+def read_records() -> list[Record]:
+    """Every record of this user's, oldest first (those dropped while being read are not)."""
+    found: list[Record] = []
     for root in records_roots():
         if not private_folder(root):
             continue
@@ -91,13 +157,41 @@ def stale_records(older_than: float, skip: Collection[str], limit: int) -> list[
         except OSError:
             continue
         for entry in entries:
-            if not _FULL_ID.fullmatch(entry.name) or entry.name in skip:
+            if not _FULL_ID.fullmatch(entry.name):
                 continue
             try:
                 written = entry.stat(follow_symlinks=False).st_mtime
-                session, _, start = Path(entry.path).read_text()[:200].strip().partition(".")
-            except OSError:
+                lines = Path(entry.path).read_text()[:_RECORD_READ].splitlines()
+            except (OSError, UnicodeDecodeError):
                 continue  # dropped meanwhile
-            if now - written >= older_than and not session_alive(session, start):
-                found.append((written, entry.name))
-    return [name for _, name in sorted(found)[:limit]]
+            session, _, start = (lines[0] if lines else "").strip().partition(".")
+            engine = next((line[len(_ENGINE_LINE):].strip() for line in lines[1:] if line.startswith(_ENGINE_LINE)),
+                          None)
+            found.append(Record(entry.name, session, start, engine or None, written, Path(entry.path)))
+    return sorted(found, key=lambda record: record.written)
+
+
+def note_engine(record: Record, engine: str) -> None:
+    """Rewrite ``record`` as one of ``engine`` (its container found there), keeping its session and its age. A
+    record dropped meanwhile may come back: it is then that engine's, and a later sweep drops it once that
+    engine says its container is gone."""
+    tmp = record.path.parent / f".{record.container_id}.{secrets.token_hex(4)}"
+    try:
+        tmp.write_text(f"{record.session}.{record.start}\n{_ENGINE_LINE}{engine}")
+        os.utime(tmp, (record.written, record.written))
+        if record.path.exists():
+            os.replace(tmp, record.path)
+    except OSError as exc:
+        _log.debug("could not note engine %s in the record of container %s: %s", engine, record.container_id[:12],
+                   exc)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def stale_records(older_than: float, skip: Collection[str]) -> list[Record]:
+    """The records (oldest first) written at least ``older_than`` seconds ago, but those in ``skip``
+    (containers the caller saw) and those of a host process that still runs (its runner's kill drops its own):
+    each a record the sweep may drop once the engine that made its container says it does not exist."""
+    now = time.time()
+    return [record for record in read_records() if record.container_id not in skip
+            and now - record.written >= older_than and record.host_gone()]

@@ -35,7 +35,7 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, ENGINE_TIMEOUT,
                                             SOCKET_OWNED, SOCKET_TOKEN, bind_mount, check_runtime, create_container,
                                             engine, host_gid, mark_socket_dir, parse_mount,
                                             prepare_socket_dir, published_port, transport_settings)
-from plugbay.runners.docker.madehere import forget_made, record_made
+from plugbay.runners.docker.madehere import engine_identity, forget_made, record_made
 from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                NETWORK_TRIES, hardened_args, network_id, network_swept,
@@ -205,6 +205,8 @@ class DockerRunner(ContainerTeardown, ContainerOutput, Runner):
             check_digest(image, self.image, self.digest)
         if self.runtime:
             budget.call(lambda: check_runtime(client, str(self.runtime)), "read engine info")
+        # before the create: the container's record names its engine (a sweep of another engine leaves it)
+        made_by = budget.call(lambda: engine_identity(client), "read engine info")
         # tcp: no host folder is mounted, and the host's folder path would lead the plugin's own sockets
         # (a per-connection broker's) to a folder the container does not have
         env = {**self.env, **(spec.env if self.transport == "unix" else spec.env_without_host_folder())}
@@ -238,7 +240,7 @@ class DockerRunner(ContainerTeardown, ContainerOutput, Runner):
         try:
             for tries_left in range(NETWORK_TRIES, 0, -1):
                 try:
-                    self._create_and_start(args, budget)
+                    self._create_and_start(args, budget, made_by)
                     break
                 except APIError as exc:
                     if isolated is None or args.get("network") != isolated or \
@@ -276,13 +278,13 @@ class DockerRunner(ContainerTeardown, ContainerOutput, Runner):
                 " plugbay reads the plugin's handshake line from the container's logs: keep a logging driver"
                 " the engine can read back (plugbay sets json-file; check log_config in extra_create_args)")
 
-    def _create_and_start(self, args: dict[str, Any], budget: StartBudget) -> None:
+    def _create_and_start(self, args: dict[str, Any], budget: StartBudget, made_by: str | None) -> None:
         client = budget.client
         # no create answer, no id for kill(): create_or_clean() finds it by name, on the runner's client (see budget)
         self._container_id = create_or_clean(
             lambda: budget.call(lambda: create_container(client, args, self.extra_create_args), "create the container"),
             self._client.api, args.get("name"), args["labels"])
-        record_made(self._container_id)  # before anything else can fail: a sweep removes only what is recorded
+        record_made(self._container_id, made_by)  # before anything else can fail: a sweep removes only the recorded
         budget.call(lambda: client.api.start(self._container_id), "start the container")
 
     def _watch_exit(self) -> None:

@@ -15,7 +15,8 @@ from plugbay.runners.docker.engine import (SOCKET_DIR, end_socket_dir, engine, e
                                            require_sdk)
 from plugbay.runners.docker.grace import GRACE, Grace, checked_grace
 from plugbay.runners.docker.hardening import MADE_NETWORK, made_by_plugbay
-from plugbay.runners.docker.madehere import forget_made, made_here, records_roots, stale_records
+from plugbay.runners.docker.madehere import (Record, describe_engine, engine_identity, forget_made, made_here,
+                                             note_engine, read_records, records_roots, stale_records)
 from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
                                      owner_of, session_gone)
 
@@ -56,7 +57,9 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     the id of each container of a gone session left for want of that record, and why (``docker rm -f`` it).
     Not in a dry run: the records of containers removed without plugbay (``docker rm -f``, a prune), older
     than ``grace``, of host processes that no longer run, are dropped once the engine says the container
-    does not exist (at most RECORDS_PER_SWEEP of them a sweep, oldest first).
+    does not exist (at most RECORDS_PER_SWEEP of them a sweep, oldest first), if this engine made it (the
+    record names it: madehere.py). Those of another engine, or naming none, are kept, and ``spared`` gets
+    each such container's id and why.
     """
     checked_grace(grace)  # before anything is removed
     client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
@@ -68,6 +71,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     removed: list[str] = []
     seen: set[str] = set()
     try:
+        this_engine = engine_identity(client)  # which records it may judge by the engine's word
         # the SDK inspects each container listed: one removed meanwhile (its host killing its plugin)
         # has nothing left to sweep, and must not end the sweep of the others
         found = engine_call(lambda: client.containers.list(all=True, filters={"label": f"{MANAGED}=true"},
@@ -126,8 +130,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 if unproven is not None:
                     _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
                                  container.short_id, unproven)
-        if not dry_run:
-            _drop_stale_records(client, seen, grace)
+        _judge_records(client, seen, grace, this_engine, dry_run, spared)
         if images and not dry_run:  # the containers removed above may have been the last users of an image
             sweep_images(client=client, grace=grace)
         if networks and not dry_run:  # or of a network
@@ -143,26 +146,55 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     return removed
 
 
-def _drop_stale_records(client: Any, seen: Collection[str], grace: float) -> None:
-    """Drop the records (madehere.py) of containers the engine says do not exist: removed without plugbay.
-    Only by the engine's NotFound for that id: a container missing from the listing may have been created
-    after it (its record written just after), and one the engine fails to inspect keeps its record."""
+def _judge_records(client: Any, seen: Collection[str], grace: float, this_engine: str | None, dry_run: bool,
+                   spared: dict[str, str] | None) -> None:
+    """Note this engine in the records of the containers it listed (``seen``: provably its own, a record naming
+    no engine or another identity of it); then drop the records of this engine's containers it says do not
+    exist (removed without plugbay: a dry run only lists them). Only by the engine's NotFound for that id: a
+    container missing from the listing may have been created after it (its record written just after), and one
+    the engine fails to inspect keeps its record. The stale records of other engines, or naming none, are kept
+    and told in ``spared``: this engine's NotFound says nothing of them."""
     from docker.errors import NotFound
 
+    if this_engine is not None and not dry_run:
+        for record in read_records():
+            if record.container_id in seen and record.engine != this_engine:
+                note_engine(record, this_engine)
+    stale: list[Record] = []
+    for record in stale_records(grace, seen):
+        if this_engine is not None and record.engine == this_engine:
+            stale.append(record)
+        elif spared is not None:
+            spared[record.container_id] = _kept_why(record, this_engine)
+    if dry_run:
+        return
     failed = engine_failures()
-    stale = stale_records(grace, seen, RECORDS_PER_SWEEP)
-    for asked, container_id in enumerate(stale):
+    stale = stale[:RECORDS_PER_SWEEP]
+    for asked, record in enumerate(stale):
         try:
-            engine_call(lambda: client.api.inspect_container(container_id), "inspect a recorded container")
+            engine_call(lambda: client.api.inspect_container(record.container_id), "inspect a recorded container")
         except NotFound:
-            forget_made(container_id)
+            forget_made(record.container_id)
             _log.info("sweep dropped the record of container %s: the engine has no such container (removed"
-                      " without plugbay)", container_id[:12])
+                      " without plugbay)", record.container_id[:12])
         except failed as exc:
             # an engine that fails one inspect (stalled, restarting) would fail the rest, each after its timeout
             _log.warning("sweep kept the records of %d containers for a later sweep: the engine failed to say"
-                         " whether container %s exists: %s", len(stale) - asked, container_id[:12], exc)
+                         " whether container %s exists: %s", len(stale) - asked, record.container_id[:12], exc)
             return
+
+
+def _kept_why(record: Record, this_engine: str | None) -> str:
+    """Why a gone host's record of a container this engine does not list is kept, and what to do about it."""
+    here = f"this engine ({describe_engine(this_engine)})"
+    if record.engine is not None:
+        whose = (f"its container was made by engine {describe_engine(record.engine)}, not {here}: a sweep against"
+                 " that engine (DOCKER_HOST set to it) removes the container, or drops the record once it is gone")
+    else:
+        whose = (f"it names no engine (an earlier plugbay release wrote it) and {here} does not list its container:"
+                 " another engine's, or removed without plugbay. A sweep against the engine that has it removes it;"
+                 " if none has it, delete the record")
+    return f"record {record.path} kept: {whose}"
 
 
 def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collection[str] = (),

@@ -1,0 +1,118 @@
+"""A sweep judges only the records of the engine it talks to: run against another engine (a cron job without the
+user's DOCKER_HOST, a home folder shared by machines) it took the records of the first engine's containers for
+those of containers removed without plugbay, and dropped them, leaving those containers, their host gone, to
+`docker rm -f`. The second engine here is a real dockerd of its own (tests/second_engine.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from docker.errors import NotFound
+
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner, sweep
+from plugbay.runners.docker.engine import SOCKET_DIR
+from plugbay.runners.docker.madehere import forget_made, records_roots
+from tests.cli_util import cli_env, plugbay
+from tests.procs import first_line_then_sigkill
+from tests.second_engine import Engine, second_engine_running
+from tests.test_docker_runner import CRASHING_HOST
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+@pytest.fixture(scope="module")
+def other_engine() -> Iterator[Engine]:
+    yield from second_engine_running()
+
+
+@pytest.fixture
+def crashed(plugbay_docker: Any) -> Iterator[str]:
+    """The container of a host that died by SIGKILL, on the machine's engine: its record stays."""
+    facts = first_line_then_sigkill([sys.executable, "-c", CRASHING_HOST, str(SRC)])
+    try:
+        yield facts["id"]
+    finally:
+        try:
+            plugbay_docker.containers.get(facts["id"]).remove(force=True)
+        except NotFound:  # swept, as expected
+            pass
+        forget_made(facts["id"])
+        shutil.rmtree(facts["reattach"]["host_socket_dir"], ignore_errors=True)
+
+
+def _record(container_id: str) -> Path:
+    (record,) = [root / container_id for root in records_roots() if (root / container_id).is_file()]
+    return record
+
+
+def _engine_id(client: Any) -> str:
+    return str(client.info()["ID"])
+
+
+def test_a_sweep_of_another_engine_keeps_the_records_of_this_ones_containers(
+        plugbay_docker: Any, other_engine: Engine, crashed: str) -> None:
+    record = _record(crashed)
+    this_id, other_id = _engine_id(plugbay_docker), _engine_id(other_engine.client)
+    assert this_id != other_id
+    spared: dict[str, str] = {}
+    # no grace: the record is old enough, its host gone, and the other engine says it has no such container
+    assert sweep(client=other_engine.client, grace=0, spared=spared) == []
+    assert record.is_file(), "a sweep of another engine dropped the record of this engine's container"
+    assert f"engine {this_id} " in record.read_text()  # the engine that made it, by its own ID
+    assert this_id in spared[crashed] and "DOCKER_HOST" in spared[crashed], spared
+    # the command, pointed at the other engine as a cron job's DOCKER_HOST would: the record stays, named in "left"
+    run = plugbay("sweep", "--docker", "--grace", "0", "--json", env=cli_env(DOCKER_HOST=other_engine.url))
+    assert run.returncode == 0, run.stderr
+    found = json.loads(run.stdout)
+    assert found["docker"] == [] and this_id in found["left"][crashed], found
+    assert record.is_file()
+    text = plugbay("sweep", "--docker", "--grace", "0", env=cli_env(DOCKER_HOST=other_engine.url)).stdout
+    assert any(line.startswith(f"left {crashed[:12]}: record {record} kept") for line in text.splitlines()), text
+    # the record still proves the container plugbay's to a sweep of its own engine, which removes both
+    socket_dir = plugbay_docker.containers.get(crashed).labels[SOCKET_DIR]
+    assert crashed in sweep(client=plugbay_docker, grace=0)
+    with pytest.raises(NotFound):
+        plugbay_docker.containers.get(crashed)
+    assert not record.exists()
+    assert not Path(socket_dir).exists()
+
+
+def test_a_record_naming_no_engine_is_kept_until_its_engine_lists_the_container(
+        plugbay_docker: Any, other_engine: Engine, crashed: str) -> None:
+    record = _record(crashed)
+    session_line = record.read_text().splitlines()[0]
+    record.write_text(session_line)  # as releases before this one wrote it: the host's session alone
+    spared: dict[str, str] = {}
+    sweep(client=other_engine.client, grace=0, spared=spared)
+    assert record.is_file(), "a sweep of an engine that does not have the container dropped its record"
+    assert record.read_text() == session_line
+    assert "names no engine" in spared[crashed], spared
+    # the container's own engine lists it (its labels say plugbay's, its id is recorded): swept, record and all
+    assert crashed in sweep(client=plugbay_docker, grace=0)
+    assert not record.exists()
+
+
+def test_a_record_naming_no_engine_gets_the_engine_that_lists_its_container(plugbay_docker: Any) -> None:
+    runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "120"])
+    try:
+        runner.start(LaunchSpec(env={}))
+        record = _record(str(runner.id))
+        session_line = record.read_text().splitlines()[0]
+        record.write_text(session_line)
+        sweep(client=plugbay_docker, dry_run=True)
+        assert record.read_text() == session_line  # a dry run changes nothing
+        sweep(client=plugbay_docker)  # its host (this process) lives: the container stays, and its record
+        assert record.read_text().splitlines() == [session_line, f"engine {_engine_id(plugbay_docker)} "
+                                                   f"{plugbay_docker.info()['DockerRootDir']}"]
+        assert plugbay_docker.containers.get(str(runner.id)).status == "running"
+    finally:
+        runner.kill()
