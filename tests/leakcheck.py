@@ -9,7 +9,10 @@ lives for the process), entries in the session's private
 TMPDIR (plugin socket dirs, temp files), Docker containers labelled with this
 process's host session id, reattach claims this process made and did not
 release, container records (madehere.py) that appeared during the module (or
-session) and whose container is gone, new or newly changed files in the checkout (a plugin run with
+session) and whose container is gone from the engine the tests use (DOCKER_HOST, else the local socket)
+while that engine made it (a record naming another engine is that engine's to judge), and whose host is
+this process, one descended from it, or gone (a live host of another run's, a concurrent pytest session of
+the same user say, is left to that run), new or newly changed files in the checkout (a plugin run with
 the checkout as its working folder), and new or newly written kv_<key>
 files in the run's working folder (the KV and counter examples store their
 keys where they run; the checkout ignores those files, so git does not
@@ -166,13 +169,36 @@ def _record_entries() -> set[str]:
     return found
 
 
+def _engine_configured() -> bool:
+    """Whether the tests have an engine to use: DOCKER_HOST names one (the docker SDK and plugbay take it), or
+    the local socket exists."""
+    return bool(os.environ.get("DOCKER_HOST")) or os.path.exists("/var/run/docker.sock")
+
+
+def _this_runs(session: str, start: str, family: set[int]) -> bool:
+    """Whether a record's host is this run's: this process, one descended from it, or one no longer running
+    (a crashed host: whose it was cannot be told once it is gone). A live host outside this run's process
+    tree (another pytest session of this user, its hosts) is not."""
+    from plugbay.runners.session import session_alive
+
+    if not session_alive(session, start):
+        return True
+    try:
+        return int(session.split("-", 1)[0]) in family
+    except ValueError:
+        return True
+
+
 def _made_records() -> list[str]:
-    """Records that appeared since the baseline (the module's start) whose container no longer exists: a test
-    (or a host it crashed on purpose) that removed its container without dropping the record. Whose process
-    wrote it does not matter: a crashed host's record holds a session that is gone."""
-    new = sorted(_record_entries() - _RECORDS_BASELINE)
-    if not new or not os.path.exists("/var/run/docker.sock"):
+    """Records that appeared since the baseline (the module's start) whose container no longer exists on the
+    engine that made it, the one the tests use: a test (or a host it crashed on purpose) that removed its
+    container without dropping the record. Records of other engines, and of live hosts not of this run, are
+    not this run's to judge."""
+    new = _record_entries() - _RECORDS_BASELINE
+    if not new or not _engine_configured():
         return []
+    from plugbay.runners.docker.madehere import engine_identity, read_records
+
     try:
         import docker
         from docker.errors import NotFound
@@ -181,13 +207,22 @@ def _made_records() -> list[str]:
     except Exception:
         return []  # no engine to ask: the container check says whether one answered before
     found: list[str] = []
+    family = {os.getpid(), *(pid for pid, _ in descendants(os.getpid()))}
     try:
-        for path in new:
+        try:
+            tested = engine_identity(client)
+        except Exception:
+            return []  # the container check reports an engine that stopped answering
+        for record in read_records():
+            if str(record.path) not in new or record.engine not in (None, tested):
+                continue
+            if not _this_runs(record.session, record.start, family):
+                continue
             try:
-                client.api.inspect_container(Path(path).name)
+                client.api.inspect_container(record.container_id)
             except NotFound:
-                if os.path.exists(path):  # not dropped meanwhile
-                    found.append(f"container record {path} (its container is gone)")
+                if record.path.exists():  # not dropped meanwhile
+                    found.append(f"container record {record.path} (its container is gone)")
             except Exception:
                 continue  # the container check reports an engine that stopped answering
     finally:
@@ -235,7 +270,7 @@ def _fd_leaks() -> list[str]:
 
 
 def _docker_leaks() -> list[str]:
-    if not os.path.exists("/var/run/docker.sock"):
+    if not _engine_configured():
         return []
     try:
         import docker

@@ -1,0 +1,93 @@
+"""The leak check's look at container records (tests/leakcheck.py) judges a record by the engine the tests use
+(DOCKER_HOST honoured) only when that engine made its container, and only a record of this run's: this
+process's, its descendants', or a gone host's. It took another engine's records, and those of a live host of
+another run (a concurrent pytest session of the same user), for this run's leaks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugbay.runners.base import LaunchSpec
+from plugbay.runners.docker import DockerRunner
+from plugbay.runners.docker.madehere import engine_identity, forget_made, record_made, records_roots
+from plugbay.runners.session import start_ticks
+from tests import leakcheck
+from tests.second_engine import Engine, second_engine_running
+
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
+
+
+@pytest.fixture(scope="module")
+def other_engine() -> Iterator[Engine]:
+    yield from second_engine_running()
+
+
+def _record(container_id: str) -> Path:
+    (record,) = [root / container_id for root in records_roots() if (root / container_id).is_file()]
+    return record
+
+
+def _reported(container_id: str) -> bool:
+    return any(container_id in leak for leak in leakcheck._made_records())
+
+
+def test_the_check_asks_the_engine_the_tests_use_about_its_own_records_only(
+        plugbay_docker: Any, other_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "120"])
+    gone = secrets.token_hex(32)  # a container the other engine does not have (any more)
+    try:
+        runner.start(LaunchSpec(env={}))  # on the machine's engine, running
+        monkeypatch.setenv("DOCKER_HOST", other_engine.url)  # the tests' engine is now the other one
+        assert record_made(gone, engine_identity(other_engine.client))
+        assert _reported(gone), "the record of a container gone from the tests' engine was not reported"
+        # the machine's engine's container is not the other engine's to judge: it runs
+        assert not _reported(str(runner.id)), "another engine's record was judged by the tests' engine"
+        monkeypatch.delenv("DOCKER_HOST")
+        assert not _reported(gone)  # and the other engine's record is not the machine's engine's to judge
+    finally:
+        forget_made(gone)
+        runner.kill()
+
+
+@pytest.fixture
+def foreign_host() -> Iterator[int]:
+    """A live process outside this run's process tree (setsid -f: its parent exits), as another pytest
+    session's is; its pid."""
+    pid_file = Path(f"/tmp/foreign-host-{secrets.token_hex(4)}")
+    subprocess.run(["setsid", "-f", "sh", "-c", f'echo $$ > {pid_file}; exec sleep 120'], check=True, timeout=30,
+                   env={"PATH": os.environ["PATH"]})
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline, "setsid -f started nothing"
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    pid_file.unlink()
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGKILL)  # not our child: nothing to reap
+
+
+def test_a_live_host_of_another_run_is_not_this_runs_leak(plugbay_docker: Any, foreign_host: int) -> None:
+    tested = engine_identity(plugbay_docker)
+    theirs, crashed = secrets.token_hex(32), secrets.token_hex(32)  # ids the engine does not have
+    exited = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True, timeout=30)
+    try:
+        for container_id, pid in ((theirs, foreign_host), (crashed, int(exited.stdout))):
+            assert record_made(container_id, tested)
+            # a record as that host's runner writes it: its session (its pid, a random part) and start ticks
+            _record(container_id).write_text(f"{pid}-{secrets.token_hex(6)}.{start_ticks(pid)}\nengine {tested}")
+        assert not _reported(theirs), "a live host's record of another run was counted as this run's leak"
+        assert _reported(crashed), "a gone host's record of a container gone was not reported"
+    finally:
+        forget_made(theirs)
+        forget_made(crashed)
