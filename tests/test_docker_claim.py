@@ -24,7 +24,7 @@ from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
-from plugbay.runners.docker.madehere import forget_made, record_made
+from plugbay.runners.docker.madehere import engine_identity, forget_made, record_made
 from plugbay.runners.session import host_session_id
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -163,7 +163,7 @@ def _started_by_1_claimed_by_2(plugbay_docker: Any) -> Any:
                                               name=f"fx-claim-{uuid.uuid4().hex[:8]}", network_mode="none")
     try:
         container.rename(owner_name(container.name, "2-0123456789ab"))
-        record_made(container.id)  # as a runner records what it created: the sweep's proof
+        record_made(container.id, engine_identity(plugbay_docker))  # as a runner records its containers
     except BaseException:
         container.remove(force=True)
         raise

@@ -49,7 +49,7 @@ def test_a_container_removed_while_the_sweep_lists_is_skipped(standin: Standin) 
         return 404, {"message": "No such container"}
 
     engine_ = standin(answer)
-    record_made(gone)  # as the runner that created it did: the sweep's proof
+    record_made(gone, None)  # as the runner that created it did (the stand-in tells no engine ID): the proof
     assert sweep(live_sessions=[]) == [gone]
     assert ("DELETE", f"/containers/{gone}") in engine_.requests
     assert not made_here(gone)  # the record went with the container

@@ -28,7 +28,7 @@ from plugbay.runners.base import LaunchSpec, reattach_runner
 from plugbay.runners.session import HOST_SESSION_ID
 from plugbay.runners.docker import CONTAINER_SOCKET_DIR, DockerRunner, sweep
 from plugbay.runners.session import managed_labels
-from plugbay.runners.docker.madehere import forget_made, record_made
+from plugbay.runners.docker.madehere import engine_identity, forget_made, record_made
 from tests.procs import first_line_then_sigkill
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -320,7 +320,7 @@ def test_oom_kill_is_diagnosed() -> None:
 def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:
     labels = {**managed_labels(), "plugbay.session": "1-gonesession"}
     stray = plugbay_docker.containers.create(BASE, ["sleep", "60"], labels=labels, network_mode="none")
-    record_made(stray.id)  # as a runner records what it created: the sweep's proof
+    record_made(stray.id, engine_identity(plugbay_docker))  # as a runner records its containers
     mine = _runner()
     mine.start(LaunchSpec(env={}))
     try:
@@ -358,7 +358,7 @@ def test_sweep_clears_only_a_socket_folder_proven_to_be_plugbays(plugbay_docker:
             labels = {**managed_labels(), "plugbay.session": f"1-gone{name}", "plugbay.host": socket.gethostname(),
                       SOCKET_DIR: str(folders[name]), SOCKET_TOKEN: token}
             strays.append(plugbay_docker.containers.create(BASE, ["true"], labels=labels, network_mode="none"))
-            record_made(strays[-1].id)  # as a runner records what it created: the sweep's proof
+            record_made(strays[-1].id, engine_identity(plugbay_docker))  # as a runner records its own
         others = {c.labels.get("plugbay.session") for c in plugbay_docker.containers.list(
             all=True, filters={"label": "plugbay.managed=true"})} - {"1-gonetheirs", "1-goneours"}
         removed = sweep(live_sessions=[HOST_SESSION_ID, *(s for s in others if s)])

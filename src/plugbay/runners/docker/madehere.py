@@ -55,7 +55,8 @@ _identities: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDiction
 
 def engine_identity(client: Any) -> str | None:
     """The identity of the engine ``client`` talks to, as records name it: its ID and its data root
-    (``docker info``; one request per client), or None when it tells no usable ID.
+    (``docker info``; one request per client), or None when it tells no usable ID (or refuses to answer;
+    an engine it cannot reach is an EngineUnavailableError, as for any request).
 
     Not its address: one engine has many (a socket path, a tcp port, an ssh URL), and one address may lead to
     another engine tomorrow. The data root is in it because engines before 23.0 take their ID from
@@ -64,7 +65,15 @@ def engine_identity(client: Any) -> str | None:
         return _identities[client]
     except (KeyError, TypeError):  # not asked yet; or a client that takes no weak reference: asked each time
         pass
-    info = engine_call(client.info, "read engine info (its ID)")
+    from docker.errors import APIError
+
+    try:
+        info = engine_call(client.info, "read engine info (its ID)")
+    except APIError as exc:
+        # an answer, refusing: a socket proxy that forbids /info (docker-socket-proxy's default), a stand-in.
+        # The records name no engine then, and no sweep drops them for an engine's word (not kept: it may pass)
+        _log.info("the Docker engine did not tell its ID (%s): records of its containers name no engine", exc)
+        return None
     ident, root = info.get("ID"), info.get("DockerRootDir")
     found = None
     if isinstance(ident, str) and _ENGINE_ID.fullmatch(ident):
