@@ -247,9 +247,10 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None, ku
 
     Without --docker, --kubernetes or --temp: Docker containers (and the images plugbay built
     that nothing names or uses any more, and the networks plugbay made that no container is on,
-    once older than --grace: the lines "left ID: why" name those it left for their age, and the
-    containers of gone hosts it left because no record of this user proves plugbay made them)
-    and temp folders.
+    once older than --grace: the lines "left ID: why" name those it left for their age, the
+    containers of gone hosts it left because no record of this user proves plugbay made them, and
+    the records it kept of gone hosts' containers another engine made, which only a sweep of that
+    engine judges) and temp folders.
     A temp folder goes only once the process that made it is gone and no
     socket in it answers (a plugin left running for a reattach keeps its folder).
     """
