@@ -71,7 +71,7 @@ def engine_identity(client: Any) -> str | None:
         info = engine_call(client.info, "read engine info (its ID)")
     except APIError as exc:
         # an answer, refusing: a socket proxy that forbids /info (docker-socket-proxy's default), a stand-in.
-        # The records name no engine then, and no sweep drops them for an engine's word (not kept: it may pass)
+        # The records name no engine then, which no sweep drops for an engine's word (not cached: it may pass)
         _log.info("the Docker engine did not tell its ID (%s): records of its containers name no engine", exc)
         return None
     ident, root = info.get("ID"), info.get("DockerRootDir")
