@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -255,6 +256,17 @@ def _no_endpoint_left(client: RemoteClient) -> bool:
     return client.metrics()["available"] == 0
 
 
+def _lose(rep: CounterReplica, pinned: bool) -> None:
+    """The only replica lost to calls: killed; for a stub pinned to it (brokered), stopped (SIGSTOP), so its
+    health checks fail while its session stays up: a pinned call whose replica's session ended fails at once
+    (test_network_pinned_gone), one whose replica only fails its checks waits for it."""
+    if pinned:
+        rep.proc.send_signal(signal.SIGSTOP)
+        return
+    rep.proc.kill()
+    rep.proc.wait(15)
+
+
 @pytest.mark.parametrize("kind", ["unary", "stream"])
 @pytest.mark.parametrize("brokered", [True, False])
 def test_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed_unsent(
@@ -269,8 +281,7 @@ def test_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed_unsen
         with pytest.raises(grpc.RpcError) as first:
             kv.get("n")
         assert first.value.code() == grpc.StatusCode.NOT_FOUND  # the plugin answers (nothing stored yet)
-        rep.proc.kill()  # the only replica: the next call waits for an endpoint (call_timeout)
-        rep.proc.wait(15)
+        _lose(rep, brokered)  # the only replica: the next call waits for an endpoint (call_timeout)
         assert wait_until(lambda: _no_endpoint_left(client), 30)
         began: list[float] = []
 
@@ -293,6 +304,7 @@ def test_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed_unsen
             client.dispense(PLUGIN_NAME)
     finally:
         client.close()
+        rep.proc.kill()  # stopped (SIGSTOP): SIGTERM would wait
         rep.stop()
         shutil.rmtree(rep.tmp, ignore_errors=True)
 
@@ -311,8 +323,7 @@ def test_async_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed
             kv = await client.dispense(PLUGIN_NAME)
             first = (await asyncio.gather(kv.get("n"), return_exceptions=True))[0]
             assert isinstance(first, grpc.RpcError) and first.code() == grpc.StatusCode.NOT_FOUND, first
-            rep.proc.kill()
-            rep.proc.wait(15)
+            _lose(rep, brokered)
             for _ in range(300):
                 if _no_endpoint_left(client.remote_client):
                     break
@@ -338,6 +349,7 @@ def test_async_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed
         error, after = loop.run_until_complete(asyncio.wait_for(main(), 120))  # hang detection only
     finally:
         loop.close()
+        rep.proc.kill()  # stopped (SIGSTOP): SIGTERM would wait
         rep.stop()
         shutil.rmtree(rep.tmp, ignore_errors=True)
     _closed_waiting(error, "AsyncRemoteClient")

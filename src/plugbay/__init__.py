@@ -74,6 +74,7 @@ if TYPE_CHECKING:
         NoEndpointsError as NoEndpointsError,
         NoNewStreamsError as NoNewStreamsError,
         PermissionDeniedError as PermissionDeniedError,
+        PinnedEndpointGoneError as PinnedEndpointGoneError,
         PlugbayError as PlugbayError,
         PluginDiedError as PluginDiedError,
         PluginExitedError as PluginExitedError,

@@ -377,6 +377,12 @@ class NoEndpointsError(DiscoveryError, TimeoutError, _CallFailure):
     """
 
 
+class PinnedEndpointGoneError(NoEndpointsError):
+    """The endpoint a stub is pinned to (a brokered ``dispense()``'s, or ``pool.pinned(key)``'s) is gone: it
+    left discovery, or the connection (session) the stub's broker rides ended. Raised at once, not at the
+    deadline: no call on that stub can reach it again; ``dispense()`` again for a stub on a live replica."""
+
+
 class RemoteTLSError(HandshakeError, NetworkError):
     """The TLS handshake with a remote plugin failed (wrong, missing or untrusted certificate,
     or plaintext spoken to a TLS server)."""

@@ -29,6 +29,7 @@ from plugbay.core.broker.brokertransport import BrokerTransport
 from plugbay.core.broker.stream import host_broker
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
+from plugbay.core.transport.yamux import Session
 from plugbay.core.transport.relay import DRAIN_TIMEOUT, ContextSource, TLSRelay
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
@@ -69,6 +70,16 @@ def refusal_of(muxes: Iterable[MuxEndpoint], where: str) -> SessionRefusedError 
     assert reason is not None
     return refused_error(f"{where} (endpoint {mux.endpoint.key})" if where else f"at {mux.endpoint.key}",
                          reason)
+
+
+class _Ended:
+    """The session of a broker replaced since (MuxEndpoint.session_for): it ended."""
+
+    closed = True
+    close_reason = "a later session replaced it"
+
+
+_ENDED = _Ended()
 
 
 class Sessions:
@@ -123,6 +134,7 @@ class MuxEndpoint(DelegatingChannel):
         self.endpoint = endpoint
         self._lock = threading.Lock()
         self._broker: GRPCBroker | None = None
+        self._broker_session: Session | None = None  # the yamux session the broker's stream rides
         self._waits: set[grpc.Future] = set()  # broker()'s waits for the session, which close() ends
         self._closed = False
         self._dir = make_tempdir("plugbay-netmux-")
@@ -211,7 +223,18 @@ class MuxEndpoint(DelegatingChannel):
                 self._broker.close()
             assert self._mux is not None
             self._broker = host_broker(self._channel, BrokerTransport(multiplex=True, mux=self._mux))
+            self._broker_session = self._mux.session  # the one the ready probe just answered on
             return self._broker
+
+    def session_for(self, broker: object | None) -> Session | _Ended | None:
+        """The yamux session ``broker`` (one of this endpoint's) rides, what a stub built with it is tied to
+        (plugbay.network.pinkey); None for ``broker`` None: the session up now. A broker replaced since rode an
+        earlier session, which ended: a closed stand-in says so."""
+        with self._lock:
+            if broker is None:
+                mux = self._mux
+                return mux.session if mux is not None else None
+            return self._broker_session if broker is self._broker else _ENDED
 
     def client_closed(self, error: Callable[[str], BrokerClosedError]) -> None:
         """Its client is being closed: what its broker's use raises from now on (GRPCBroker.closed_error)."""

@@ -111,9 +111,9 @@ class PinningClient(Protocol):
 
 
 def pin_stub(client: PinningClient, name: str) -> tuple[Any, str, GRPCBroker]:
-    """RemoteClient.pin(): plugin ``name``, the endpoint its next stub is pinned to and that endpoint's broker.
-    Waits, as a call does, for call_timeout (else start_timeout) in all: for an endpoint to take the stub (one
-    restarting comes back), then for its session (pin_broker); until the client closes."""
+    """RemoteClient.pin(): plugin ``name``, the endpoint its next stub is pinned to (a pinkey.Pin) and that
+    endpoint's broker. Waits, as a call does, for call_timeout (else start_timeout) in all: for an endpoint to
+    take the stub (one restarting comes back), then for its session (pin_broker); until the client closes."""
     timeout = client.config.call_timeout if client.config.call_timeout is not None else client.remote.start_timeout
     deadline = time.monotonic() + timeout
     while True:
@@ -137,5 +137,5 @@ def pin_stub(client: PinningClient, name: str) -> tuple[Any, str, GRPCBroker]:
         time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))  # outside the lock: close() needs it
     # outside the lock: close() and kill() need it, and closing the pool ends this wait; the session's
     # wait gets what is left of the dispense's
-    return plugins[name], *pin_broker(pool, key, endpoint, client.config.call_timeout, client.remote.start_timeout,
-                                      deadline)
+    key, broker = pin_broker(pool, key, endpoint, client.config.call_timeout, client.remote.start_timeout, deadline)
+    return plugins[name], pool.pin(key, broker), broker  # the key remembers the broker's session (pinkey)

@@ -36,6 +36,7 @@ from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.secure import CHANNEL_OPTIONS, Redial, grpc_target
 from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
 from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
+from plugbay.network.pinkey import Pin, gone_error
 from plugbay.network.figures import check_pool
 from plugbay.network.poolmetrics import EndpointMetrics, PoolMetrics
 from plugbay.network.poolcalls import PoolCallable, no_endpoints
@@ -207,6 +208,8 @@ class EndpointPool(PoolHealth, PoolPick, CallChannel):
         with self._cond:
             if self._closed:
                 raise no_endpoints(self, "the pool was closed (the client was killed or closed)", closed=True)
+            if isinstance(pin, Pin) and (gone := pin.gone(self._members.get(pin))) is not None:
+                raise gone_error(self.name, pin, gone)  # at once: waiting cannot bring it back (pinkey)
             now = time.monotonic()
             member = self._choose(now, exclude, pin)
             if member is not None:
@@ -349,8 +352,17 @@ class EndpointPool(PoolHealth, PoolPick, CallChannel):
     # --- grpc.Channel ----------------------------------------------------------------------
 
     def pinned(self, key: str) -> grpc.Channel:
-        """A channel whose calls always go to endpoint ``key`` (for brokered stubs)."""
-        return PinnedChannel(self, key)
+        """A channel whose calls always go to endpoint ``key`` (for brokered stubs); once that endpoint is
+        gone (plugbay.network.pinkey), they fail PinnedEndpointGoneError at once."""
+        return PinnedChannel(self, key if isinstance(key, Pin) else self.pin(key))
+
+    def pin(self, key: str, broker: object | None = None) -> Pin:
+        """``key``, remembering the endpoint there now and, multiplexed, the session ``broker`` rides (None: the
+        session up now), so that a call pinned to it fails at once once they are gone (pinkey.Pin.gone)."""
+        with self._cond:
+            member = self._members.get(key)
+        session_for = getattr(member.channel, "session_for", None) if member is not None else None
+        return Pin(key, member, session_for(broker) if session_for is not None else None)
 
     def channel_of(self, key: str) -> grpc.Channel | None:
         """Endpoint ``key``'s own channel (None when it is not in the pool)."""

@@ -32,7 +32,7 @@ from plugbay.core.host.callerrors import Unavailable, closed_under_call
 from plugbay.core.host.deadline import call_timeout, no_time_left
 from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT, with_token
-from plugbay.errors import NoEndpointsError, RemoteProtocolError, RemoteTLSError
+from plugbay.errors import NoEndpointsError, PinnedEndpointGoneError, RemoteProtocolError, RemoteTLSError
 from plugbay.network.tls import (CHECK_TLS, NOT_HTTP2, NetworkTLS, cut_short, not_grpc_words, tls_failure,
                                  with_lapsed_cert)
 from plugbay.network.unsent import STOPPED, Tried, busy, not_sent
@@ -125,7 +125,7 @@ def no_endpoints(pool: EndpointPool, why: str, *, closed: bool = False, last: st
 def out_of_tries(pool: EndpointPool, exc: NoEndpointsError, tried: set[str], last: str) -> BaseException:
     """What a unary call raises when no endpoint is left to pick: after tries that never left, the
     wait's verdict with the last of their failures; else the pool's own error as it is."""
-    if not tried or pool.closed:
+    if not tried or pool.closed or isinstance(exc, PinnedEndpointGoneError):
         return exc
     return no_endpoints(pool, str(exc.details()) if isinstance(exc, NoEndpoints) else str(exc), last=last)
 

@@ -36,7 +36,7 @@ from plugbay.core.host.deadline import NO_DEADLINE, no_time_left
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, checked_backoff, number_problem,
                                           seconds_problem, status_codes_problem, status_of)
 from plugbay.errors import (BrokerTLSError, CircuitOpenError, ClientStateError, ConfigError, NoEndpointsError,
-                            PluginDiedError, RemoteProtocolError, RemoteTLSError)
+                            PinnedEndpointGoneError, PluginDiedError, RemoteProtocolError, RemoteTLSError)
 
 # A context variable, not a thread-local: each thread and each asyncio task has its own.
 _marked: contextvars.ContextVar[int] = contextvars.ContextVar("plugbay_idempotent", default=0)
@@ -160,6 +160,8 @@ class RetryPolicy:
             return False  # refused on a plugin already gone: a retry meets the same (a Supervisor resends it)
         if isinstance(exc, CircuitOpenError):
             return False  # an open breaker ends the retries at once (it is also an UNAVAILABLE RpcError)
+        if isinstance(exc, PinnedEndpointGoneError):
+            return False  # the stub's replica is gone for good: each retry meets the same (dispense() again)
         if isinstance(exc, (RemoteTLSError, BrokerTLSError, RemoteProtocolError)):
             # a certificate the peer or this host refused, an endpoint that is no plugin: each retry meets the
             # same (UNAVAILABLE too)

@@ -1,0 +1,194 @@
+"""A stub pinned to one replica (a brokered dispense(), or pool.pinned(key)) whose replica is gone: killed, so
+its multiplexed session ended, or dropped by discovery. Its calls waited the whole call_timeout and then
+failed NoEndpointsError; they now fail at once with PinnedEndpointGoneError (a NoEndpointsError), naming the
+replica and saying to dispense() again. A stub on a replica that is only slow keeps its deadline. Real
+counter, streaming and net_kv plugins on 127.0.0.1 (mTLS for the multiplexed ones)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from plugbay import AsyncRemoteClient, RemoteClient, RemoteConfig
+from plugbay.errors import CallTimeoutError, NoEndpointsError, PinnedEndpointGoneError
+from plugbay.network.pool import EndpointPool
+from plugbay.network.resolver import Endpoint
+from tests import netcerts
+from tests.net_util import Replica, aio_connection_lost, connection_lost
+from tests.test_network_broker import (PLUGIN_NAME, REPO, Adder, CounterReplica, counter_config, host_tls,
+                                       killable_pair, remote)
+from tests.test_network_broker_failover import _both_healthy
+from tests.test_network_tls_renewal import _Steered
+
+sys.path.insert(0, str(REPO / "examples" / "kv"))
+sys.path.insert(0, str(REPO / "examples" / "streaming"))
+from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402
+from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE  # noqa: E402
+from streaming_plugin_def import PLUGIN_NAME as STREAMER, StreamerPlugin  # noqa: E402
+
+# long: on the old code each call below waited this out and then failed NoEndpointsError, not the type asked
+CALL_TIMEOUT = 20.0
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> netcerts.CertSet:
+    return netcerts.write_set(tmp_path / "tls")
+
+
+@pytest.fixture
+def counters(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterReplica]]:
+    yield from killable_pair(tmp_path, certs)
+
+
+@pytest.fixture
+def streamers(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterReplica]]:
+    yield from killable_pair(tmp_path, certs, REPO / "examples" / "streaming" / "plugin.py")
+
+
+def _one_on_each(client: Any, lost: CounterReplica) -> tuple[tuple[Any, str], tuple[Any, str]]:
+    """A stub pinned to ``lost`` and one pinned to the other replica, each with the key it put 1 under. Round
+    robin alternates, but passes over a replica whose session is not up yet (a loaded machine)."""
+    found: dict[bool, tuple[Any, str]] = {}
+    for n in range(20):  # a hang guard only
+        stub, key = client.dispense(PLUGIN_NAME), f"k{n}"
+        stub.put(key, 1, Adder())
+        found.setdefault((lost.folder / f"kv_{key}").exists(), (stub, key))
+        if len(found) == 2:
+            return found[True], found[False]
+    raise AssertionError(f"dispense() never pinned a stub to each replica: {found}")
+
+
+def _said_gone(err: BaseException, replica: CounterReplica | Replica) -> None:
+    text = str(err)
+    assert f"({'tcp:' + replica.address})" in text and "is gone" in text and "dispense() again" in text, text
+    assert isinstance(err, NoEndpointsError) and isinstance(err, grpc.RpcError), type(err).__mro__
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_stub_pinned_to_a_replica_gone_fails_at_once_saying_so(counters: list[CounterReplica],
+                                                                 certs: netcerts.CertSet, how: str) -> None:
+    lost, serving = counters
+    # health checks far apart: only the ended session tells the client that the replica is gone
+    with remote(counters, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
+        _both_healthy(client)
+        (on_lost, key), (on_serving, other) = _one_on_each(client, lost)
+        if how == "kill":
+            lost.proc.kill()
+            lost.proc.wait()
+        else:
+            code, err = lost.stop()
+            assert code == 0, err[-2000:]
+        connection_lost(client, f"tcp:{lost.address}")
+        for call in (lambda: on_lost.get(key), lambda: on_lost.put(key, 1, Adder())):
+            with pytest.raises(PinnedEndpointGoneError) as gone:
+                call()
+            _said_gone(gone.value, lost)
+        assert on_serving.get(other) == 1  # the other replica's stub is untouched
+        again = client.dispense(PLUGIN_NAME)  # what the error says to do
+        again.put("again", 2, Adder())
+        assert again.get("again") == 2
+        assert serving.value("again") == '{"Value":2}'
+
+
+def test_an_asyncio_stub_pinned_to_a_killed_replica_fails_at_once_saying_so(counters: list[CounterReplica],
+                                                                            certs: netcerts.CertSet) -> None:
+    lost, serving = counters
+    cfg = counter_config(counters, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60)
+
+    async def main() -> None:
+        async with AsyncRemoteClient(cfg) as client:
+            _both_healthy(client.remote_client)
+            found: dict[bool, tuple[Any, str]] = {}  # as _one_on_each
+            for n in range(20):  # a hang guard only
+                stub, key = await client.dispense(PLUGIN_NAME), f"k{n}"
+                await stub.put(key, 1, Adder())
+                found.setdefault((lost.folder / f"kv_{key}").exists(), (stub, key))
+                if len(found) == 2:
+                    break
+            (on_lost, key), (on_serving, other) = found[True], found[False]
+            lost.proc.kill()
+            lost.proc.wait()
+            connection_lost(client.remote_client, f"tcp:{lost.address}")
+            await aio_connection_lost(client, f"tcp:{lost.address}")
+            with pytest.raises(PinnedEndpointGoneError) as gone:
+                await on_lost.get(key)
+            _said_gone(gone.value, lost)
+            assert await on_serving.get(other) == 1
+
+    asyncio.run(asyncio.wait_for(main(), 120))  # hang detection only
+
+
+def test_a_stream_on_a_stub_pinned_to_a_killed_replica_fails_at_once(streamers: list[CounterReplica],
+                                                                     certs: netcerts.CertSet) -> None:
+    lost, live = streamers
+    cfg = RemoteConfig(target=f"static:///{lost.address},{live.address}", handshake=STREAM_HANDSHAKE,
+                       plugins={STREAMER: StreamerPlugin()}, tls=host_tls(certs), name="streamer", multiplex=True,
+                       call_timeout=CALL_TIMEOUT, health_interval=60, start_timeout=20)
+    with RemoteClient(cfg) as client:
+        _both_healthy(client)
+        found: dict[str, Any] = {}  # endpoint key -> a stub pinned there, told by the endpoint's picks
+        for _ in range(20):  # a hang guard only
+            stub = client.dispense(STREAMER)
+            before = {k: e["picks"] for k, e in client.metrics()["endpoints"].items()}
+            assert [c.seq for c in stub.generate(2, 8)] == [0, 1]
+            grew = [k for k, e in client.metrics()["endpoints"].items() if e["picks"] > before.get(k, 0)]
+            assert len(grew) == 1, grew
+            found.setdefault(grew[0], stub)
+            if len(found) == 2:
+                break
+        on_lost, on_live = found[f"tcp:{lost.address}"], found[f"tcp:{live.address}"]
+        lost.proc.kill()
+        lost.proc.wait()
+        connection_lost(client, f"tcp:{lost.address}")
+        with pytest.raises(PinnedEndpointGoneError) as gone:
+            list(on_lost.generate(2, 8))
+        _said_gone(gone.value, lost)
+        assert [c.seq for c in on_live.generate(2, 8)] == [0, 1]  # the live replica's stub streams on
+
+
+def test_a_stub_pinned_to_an_endpoint_discovery_dropped_fails_at_once() -> None:
+    first, second = Replica("127.0.0.1:0"), Replica("127.0.0.1:0")
+    try:
+        endpoints = [Endpoint("tcp", first.address), Endpoint("tcp", second.address)]
+        resolver = _Steered(endpoints)
+        with EndpointPool(resolver, insecure=True, health_interval=60) as pool:
+            pool.start()
+            dropped = kv_pb2_grpc.KVStub(pool.pinned(endpoints[0].key))
+            kept = kv_pb2_grpc.KVStub(pool.pinned(endpoints[1].key))
+            for stub in (dropped, kept):
+                stub.Put(kv_pb2.PutRequest(key="k", value=b"v"), timeout=CALL_TIMEOUT)
+            assert resolver.report is not None
+            resolver.report([endpoints[1]])  # discovery no longer lists the first replica, which still runs
+            with pytest.raises(PinnedEndpointGoneError) as gone:
+                dropped.Get(kv_pb2.GetRequest(key="k"), timeout=CALL_TIMEOUT)
+            _said_gone(gone.value, first)
+            assert "discovery no longer lists it" in str(gone.value)
+            assert kept.Get(kv_pb2.GetRequest(key="k"), timeout=CALL_TIMEOUT).value == b"v"
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_stub_pinned_to_a_stopped_but_connected_replica_keeps_its_deadline(counters: list[CounterReplica],
+                                                                            certs: netcerts.CertSet) -> None:
+    slow, _ = counters
+    with remote(counters, host_tls(certs), multiplex=True, call_timeout=1.0, health_interval=60) as client:
+        _both_healthy(client)
+        (on_slow, key), _ = _one_on_each(client, slow)
+        slow.proc.send_signal(signal.SIGSTOP)  # its connection stays up: a replica that is only slow
+        try:
+            with pytest.raises(CallTimeoutError) as late:
+                on_slow.get(key)
+            assert not isinstance(late.value, PinnedEndpointGoneError)
+        finally:
+            slow.proc.send_signal(signal.SIGCONT)
+        assert on_slow.get(key) == 1  # and it answers again once it runs
+
