@@ -35,7 +35,7 @@ from plugbay.errors import (
 )
 from plugbay.network.figures import check_count, check_switch
 from plugbay.network.resolver import MAX_ENDPOINTS, Endpoint, OnChange, all_refused, refusal, refused_as_loopback
-from plugbay.network.slicecalls import api_error, bounded_watch, late_list, malformed_list
+from plugbay.network.slicecalls import api_error, bounded_watch, late_list, malformed_list, read_list
 from plugbay.network.slices import (SERVICE_NAME_LABEL, SliceCap, SliceReader, keep_at_most, parse_port, port_note,
                                     slice_of_service)
 from plugbay.runners.kubernetes.api import (REWATCH_PAUSE, close_client, ended_early, load_api_client, no_change,
@@ -197,10 +197,11 @@ class EndpointSliceResolver:
             # bounded in total, not only per read: an API server trickling its answer cannot hold the list
             with bounded(api_client, limit) as listing:
                 self._set_listing(listing)
-                try:
+                try:  # unparsed: read_list reads it within the bound, at most MAX_LIST_BYTES
                     found = api.list_namespaced_endpoint_slice(
                         self.namespace, label_selector=f"{SERVICE_NAME_LABEL}={self.service}",
-                        _request_timeout=(connect, limit))
+                        _request_timeout=(connect, limit), _preload_content=False)
+                    found = read_list(found, self.target, api_client)
                 finally:
                     self._set_listing(None)
             data = api_client.sanitize_for_serialization(found)
@@ -211,6 +212,8 @@ class EndpointSliceResolver:
         except Exception as exc:
             if self._stop.is_set():  # close() cut the list short: that is no trouble of the API server's
                 raise self._closed_error() from exc
+            if isinstance(exc, DiscoveryError):  # said already (read_list: past MAX_LIST_BYTES)
+                raise
             if listing is not None and listing.expired and not isinstance(exc, ApiException):
                 raise late_list(self.target, self._api_client, limit, limit < LIST_TIMEOUT, exc) from exc
             if isinstance(exc, (ApiException, HTTPError, OSError)):

@@ -13,7 +13,34 @@ from plugbay.runners.kubernetes.api import api_host, api_message, used_up_messag
 from plugbay.runners.kubernetes.advice import answered_message
 from plugbay.runners.kubernetes.deadline import Deadline, answered_in, bounded
 from plugbay.runners.kubernetes.rbac import discovery_rbac_summary
-from plugbay.runners.kubernetes.watchlines import BoundedLines
+from plugbay.runners.kubernetes.watchlines import PIECE, BoundedLines
+
+# The most of a list's answer read. A Service's slices as JSON are far less: 1024 slices (MAX_SLICES) of 100
+# endpoints each, a Service of 100,000 pods, are about 40 MiB. The API server's answer is untrusted input: an
+# answer without end (a server or proxy that ignored the label selector, or a hostile one) grew the host's
+# memory for as long as it came within the list's time limit, and the client's models then held it again.
+MAX_LIST_BYTES = 64 << 20
+
+
+def read_list(resp: Any, target: str, api_client: Any, limit: int = MAX_LIST_BYTES) -> Any:
+    """The list's answer (urllib3's response, asked for unparsed) read PIECE at a time, whatever its chunks or
+    length say, then read by the client's models as before (which refuse a slice of the wrong shape). Past
+    ``limit`` bytes the read stops with a DiscoveryError."""
+    body = bytearray()
+    try:
+        for piece in resp.stream(PIECE, decode_content=True):
+            body += piece
+            if len(body) > limit:
+                raise DiscoveryError(
+                    f"the Kubernetes API at {api_host(api_client)} answered list endpointslices for {target} with"
+                    f" more than {limit >> 20} MiB, more than the EndpointSlices of any Service (1024 slices of 100"
+                    " endpoints are about 40 MiB), so the answer was not read on and the list failed. Check that"
+                    " the kubeconfig's server URL points at the API server itself, not a proxy or another"
+                    " service, and that it honours the label selector")
+    finally:
+        resp.close()  # read whole or given up: nothing of it is read again
+    # JSON's encoding is UTF-8 (RFC 8259): other bytes are a malformed list (UnicodeDecodeError)
+    return api_client.deserialize(body.decode("utf-8"), "V1EndpointSliceList", "application/json")
 
 
 def bounded_watch(func: Callable[..., Any], api_client: Any, target: str, limit: float,
