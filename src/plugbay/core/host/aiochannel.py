@@ -226,7 +226,9 @@ class _AioCallable:
             return RefusedCall(owner.closed_error)  # its error is judged off the loop, when awaited
         try:
             timeout = call_timeout(timeout)  # a ConfigError for what grpc.aio would take as a past deadline
-        except CallTimeout as exc:  # timeout=0: not sent; raised when awaited, as a timed-out call's error
+            if not isinstance(self, _AioUnaryUnary):  # a stream: a Supervisor's deadline() scope bounds it too
+                timeout = owner._managed.stream_timeout(self._factory[1], timeout)
+        except CallTimeout as exc:  # timeout=0, or a spent scope: not sent; raised when awaited, as a timed-out call's
             return refused_now(exc)
         if timeout is None:
             timeout = owner._managed.call_timeout

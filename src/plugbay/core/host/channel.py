@@ -95,6 +95,11 @@ class ManagedChannel(FailureJudge, grpc.Channel):  # type: ignore[misc]
             self._generation += 1
         return old
 
+    def stream_timeout(self, method: str, timeout: float | None) -> float | None:
+        """The timeout a new stream of ``method`` opens with, given the caller's (None: call_timeout then). A
+        Supervisor's channel puts what is left of its deadline() scope in its place (resilience.calldeadline)."""
+        return timeout
+
     def run_after_call(self) -> None:
         with self._lock:
             func, self.after_call = self.after_call, None
@@ -345,7 +350,7 @@ class _UnaryCallable(_Callable):
 class _StreamingCallable(_Callable):
     def __call__(self, request: Any = None, timeout: float | None = None, **kwargs: Any) -> Any:
         request, timeout = self._args(request, timeout, kwargs)
-        kwargs = self._kwargs(timeout, kwargs)
+        kwargs = self._kwargs(self._owner.stream_timeout(self._method, timeout), kwargs)
         started = time.monotonic()
         request, source = capture(request) if self._kind == "stream_stream" else (request, None)
         try:

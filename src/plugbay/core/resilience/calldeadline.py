@@ -15,7 +15,8 @@ usual timeout error (BrokerTimeoutError for a broker step, CallTimeoutError for 
 call) saying which step it was, what the steps before it took and what to do
 (``scope.ran_out_in`` names it too). Nothing guesses which steps belong together: only
 code inside the ``with`` shares the deadline, and outside one every step keeps its own
-call_timeout as before.
+call_timeout as before. A stream opened inside on the Supervisor's channel gets what is left of
+the deadline as its own, as a unary call does (stream_timeout); it is not held for a restart.
 
 The scope is a contextvars value, so it follows the code into asyncio tasks made inside
 the ``with`` and into asyncio.to_thread() (both copy the context). A thread of your own,
@@ -44,6 +45,7 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from plugbay.core.host.callerrors import CallTimeout
+from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.core.resilience.calls import wait_timeout
 from plugbay.errors import ClientStateError, ConfigError
 
@@ -176,6 +178,25 @@ class CallDeadline:
                     deadline = outer.deadline if deadline is None else min(deadline, outer.deadline)
                 self.deadline = deadline
         return (*active, self)
+
+
+def stream_timeout(owner: object, method: str, timeout: float | None) -> float | None:
+    """The timeout a new stream of ``method`` opens with through ``owner``'s channel (``timeout``: the caller's,
+    None: none given) inside a scope ``owner`` made: what is left of the scope, or the caller's own timeout=
+    when that ends sooner, as a unary call's (a scope of no deadline: none). Outside one, ``timeout``. With no
+    time left the stream is not opened: the scope's CallTimeout, as for a unary call. A stream is one step:
+    it is not held for a restart (its reads are the caller's), so its time is not listed among the steps."""
+    start = time.monotonic()
+    shared = SharedDeadline.of(owner, method, start, timeout)
+    if shared is None:
+        return timeout
+    deadline = shared.cut(None if timeout is None else start + timeout)
+    if deadline is None:
+        return NO_DEADLINE
+    left = deadline - time.monotonic()
+    if left <= 0:  # only the scope's can be spent: a timeout= of the caller's is > 0 (checked before)
+        raise shared.no_time_left()
+    return left
 
 
 def scope_of(owner: object) -> CallDeadline | None:

@@ -23,7 +23,7 @@ from plugbay.core.host.callfuture import CancelToken, cancel_token
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.deadline import NO_DEADLINE, no_time_left
-from plugbay.core.resilience.calldeadline import SharedDeadline
+from plugbay.core.resilience.calldeadline import SharedDeadline, stream_timeout
 from plugbay.core.resilience.calls import AsyncAttempt, Attempt, wait_until
 
 
@@ -45,6 +45,9 @@ class SupervisedChannel(ManagedChannel):
         if isinstance(channel, ManagedChannel):
             channel.died_advice = lambda: restart_advice(self._sup)
         return super().replace(channel)
+
+    def stream_timeout(self, method: str, timeout: float | None) -> float | None:
+        return stream_timeout(self._sup, method, timeout)  # a sup.deadline() scope bounds streams too
 
     def translate(self, exc: grpc.RpcError, past_deadline: bool = False) -> BaseException:
         if isinstance(exc, PlugbayError):
