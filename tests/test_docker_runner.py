@@ -243,6 +243,9 @@ def test_missing_image_says_how_to_build_it() -> None:
     with pytest.raises(ImageNotFoundError, match="python -m plugbay.images") as info:
         runner.start(LaunchSpec(env={}))
     assert "plugbay never pulls" in str(info.value)
+    # a command that builds a plugin of one's own; a bare `docker build -f Dockerfile.plugin` cannot (its
+    # context is the wheels, plugin folder and entrypoint plugbay.images assembles)
+    assert "plugbay images build --plugin-dir" in str(info.value) and "docker build" not in str(info.value)
 
 
 @pytest.mark.parametrize("image", ["fx-MyPlugin:latest", "fx-kv:1.0 "])

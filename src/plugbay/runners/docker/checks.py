@@ -32,9 +32,9 @@ def find_image(client: Any, name: str) -> Any:
 def missing_image(name: str) -> ImageNotFoundError:
     """The error for image ``name`` not being on the engine (also plugbay.testing's): how to build it."""
     return ImageNotFoundError(
-        f"image {name!r} is not on the Docker engine. Build it (the examples:"
-        " `python -m plugbay.images`; your plugin: plugbay.images.build_plugin_image or"
-        " `docker build -f Dockerfile.plugin ...`) or `docker load` it; plugbay never pulls.")
+        f"image {name!r} is not on the Docker engine. Build it (the examples: `python -m plugbay.images`;"
+        " your plugin: `plugbay images build --plugin-dir DIR --entry 'python /plugin/plugin.py' --tag NAME`"
+        " or plugbay.images.build_plugin_image()) or `docker load` it; plugbay never pulls.")
 
 
 def check_digest(image: Any, name: str, digest: str) -> None:
