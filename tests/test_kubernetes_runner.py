@@ -178,10 +178,21 @@ def test_container_the_engine_refuses_is_a_config_error(kubeconfig: str, testapp
     # CreateContainerConfigError (and the stand-in leaves no emptyDir folder behind)
     runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, resources={"limits": {"memory": "1Mi"}},
                               start_timeout=30)
-    with pytest.raises(ConfigError, match="CreateContainerConfigError.*[Mm]inimum memory limit"):
+    with pytest.raises(ConfigError, match="CreateContainerConfigError.*[Mm]inimum memory limit") as info:
         runner.start(SPEC)
+    # the advice is the settings the refusal names, not runAsNonRoot's (given for every refusal)
+    assert "runAsNonRoot" not in str(info.value) and "resources" in str(info.value)
     assert pods_of_session(kubeconfig) == []
     assert not [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("plugbay-standin-emptydir-")]
+
+
+def test_a_command_missing_from_the_image_is_a_config_error_naming_the_command(
+        kubeconfig: str, testapp: str) -> None:  # noqa: F811
+    runner = KubernetesRunner(testapp, kubeconfig=kubeconfig, command=["/no-such-entrypoint"], start_timeout=30)
+    with pytest.raises(ConfigError, match="no-such-entrypoint") as info:
+        runner.start(SPEC)
+    assert "runAsNonRoot" not in str(info.value) and "command" in str(info.value)
+    assert pods_of_session(kubeconfig) == []
 
 
 def test_root_image_is_refused_by_run_as_non_root(kubeconfig: str) -> None:

@@ -213,10 +213,8 @@ def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequenc
             " and tag, that the cluster's nodes can reach the registry, and imagePullSecrets"
             f" (via pod_template) for a private registry.\n{diag}")
     if reason in CONFIG_FAILURES:
-        return ConfigError(
-            f"pod {name} cannot start its container ({reason}: {message}). With runAsNonRoot the"
-            " image must run as a numeric non-root user: set USER 10001 in the image or pass"
-            f" run_as_user=<uid> to KubernetesRunner.\n{diag}")
+        return ConfigError(f"pod {name} cannot start its container ({reason}: {message}). "
+                           f"{_config_advice(message, name)}\n{diag}")
     if reason == "CrashLoopBackOff":
         last = _terminated(cs, "lastState") or {}
         return PodCrashLoopError(name, _code(last.get("exitCode")) if "exitCode" in last else None, log_tail,
@@ -234,6 +232,17 @@ def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequenc
                                  f"Pod {name} ended in phase {phase(pod)} (reason:"
                                  f" {_said(term.get('reason', '?'))}).\n{diag}")
     return None
+
+
+def _config_advice(message: str, name: str) -> str:
+    """What to change for a container the kubelet or its runtime would not create or run: by what the
+    cluster said (the runAsNonRoot advice for any of them sent a user after the wrong setting)."""
+    if "runAsNonRoot" in message:
+        return ("With runAsNonRoot the image must run as a numeric non-root user: set USER 10001 in the image"
+                " or pass run_as_user=<uid> to KubernetesRunner.")
+    return ("Check what the runner asks for against that message: its image and command (the entrypoint must"
+            " exist in the image), resources, writable_dirs and pod_template (kubectl describe pod"
+            f" {name}).")
 
 
 def pod_ended(pod: Json) -> str:
