@@ -35,11 +35,10 @@ from testcontainers.core.labels import create_labels
 
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError
-from plugbay.core.protocol.handshake import (ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo,
-                                             is_tcp_port)
+from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError, printable
+from plugbay.core.protocol.handshake import ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo
 from plugbay.core.protocol.tls import CertKey, generate_cert
-from plugbay.core.broker.plugin import PluginSet, VersionedPlugins, check_plugin_set, check_versioned_plugins
+from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.typedstub import StubT, checked_stub
 from plugbay.core.transport.tempdirs import make_tempdir
@@ -52,34 +51,24 @@ from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
                                             engine_failures, mark_socket_dir, prepare_socket_dir, transport_settings)
 from plugbay.runners.docker.unanswered import create_or_clean, create_token, wait_late_creates
-from plugbay.runners.options import required_str, seconds
 from plugbay.runners.reattachkey import SECRET, new_secret
 from plugbay.runners.session import managed_labels
 from plugbay.testing import livecontainers
 from plugbay.testing.announced import check_announced
+from plugbay.testing.containerargs import check_args, checked_client_options
 from plugbay.testing.handshake_log import read_handshake
+from plugbay.testing.pluginlogs import PluginLogs
 from plugbay.testing.reaper import reaper_failure
 
 _log = logging.getLogger("plugbay.testing")
 
 # docker-py's arguments that choose a container's network: a unix-transport plugin gets none
 _NETWORK_ARGS = ("network", "network_mode", "networking_config")
-_MAX_WAIT = 365 * 86400.0  # a year: longer is a mistake, and past time_t a socket timeout is an OverflowError
 # create arguments testcontainers' start() passes itself (a second one was a bare TypeError): what to use instead
 _OWN_ARGS = {"environment": "env={...} or with_env(key, value)", "tmpfs": "with_tmpfs_mount(path, size)",
              "command": "command= or with_command()", "ports": "container_port=",
              "name": "name= or with_name()", "volumes": "volumes= or with_volume_mapping()"}
 _CONTAINER_PARAMS = frozenset(inspect.signature(DockerContainer.__init__).parameters)  # command=, name=, ...
-# ClientConfig fields a reattaching Client uses; the others PluginContainer sets itself or mean nothing to a
-# reattach (what starts a plugin: env, ports, socket group); multiplex_broker: see _NO_MULTIPLEX
-_CLIENT_OPTIONS = ("require_tls", "kill_grace", "logger", "stdout_sink", "stderr_sink", "name", "grpc_options",
-                   "raw_log_sink", "unix_socket_temp_dir")
-_OWN_CLIENT_OPTIONS = ("handshake", "plugins", "versioned_plugins", "start_timeout", "call_timeout", "auto_mtls")
-_NO_MULTIPLEX = ("PluginContainer's Client reaches the container by reattaching, and a plugin with a multiplexed"
-                 " broker takes one host connection (a go-plugin one: one ever), which a reattach cannot know is"
-                 " free, so plugbay (as go-plugin) does not reattach to one; for brokered callbacks use"
-                 " PluginContainer(transport='unix'), where they go through the mounted socket folder")
-
 # what a call that met the container's death advises (a Supervisor's own advice is its restart; this one's: the
 # container's)
 _RESTART = ("restart the PluginContainer (stop(), then start()) or make a new one, then dispense() or get_client()"
@@ -150,40 +139,6 @@ def _refused(image: str, exc: Any) -> RunnerError:
                        " entrypoint/command and the container's arguments (volumes, user, labels, kwargs).")
 
 
-def _check_args(image: Any, plugins: Any, versioned: Any, port: Any, start_timeout: Any, call_timeout: Any) -> None:
-    """PluginContainer's arguments, checked before anything is made (a wrong type failed later, bare)."""
-    required_str(image, "PluginContainer's image", "plugbay-kv:latest")
-    if plugins is not None:
-        check_plugin_set(plugins, "PluginContainer's plugins")
-    if versioned is not None:
-        check_versioned_plugins(versioned, "PluginContainer's versioned_plugins")
-    if not is_tcp_port(port):
-        raise ConfigError(f"PluginContainer's container_port must be a port number (1-65535), got {port!r}")
-    seconds(start_timeout, "PluginContainer's start_timeout", _MAX_WAIT, 60)
-    seconds(call_timeout, "PluginContainer's call_timeout (None: no deadline)", _MAX_WAIT, 30, optional=True)
-
-
-def _client_options(options: Any, handshake: HandshakeConfig) -> dict[str, Any]:
-    """PluginContainer's ``client_options``, checked now as ClientConfig checks them (not at the first call)."""
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise ConfigError(f"PluginContainer's client_options must be a mapping of ClientConfig fields, got"
-                          f" {type(options).__name__}")
-    for key in options:
-        if key == "multiplex_broker" and options[key]:
-            raise ConfigError(f"PluginContainer(client_options={{'multiplex_broker': True}}): {_NO_MULTIPLEX}")
-        if key in _OWN_CLIENT_OPTIONS:
-            raise ConfigError(f"PluginContainer sets ClientConfig.{key} itself: pass PluginContainer({key}=...)")
-        if key not in _CLIENT_OPTIONS and key != "multiplex_broker":
-            raise ConfigError(f"PluginContainer's client_options takes the ClientConfig fields"
-                              f" {', '.join(_CLIENT_OPTIONS)}, not {key!r} (it names how a plugin is started,"
-                              " or is no ClientConfig field)")
-    given = {k: v for k, v in options.items() if k != "multiplex_broker"}
-    ClientConfig(handshake=handshake, **given)  # a wrong type or value: ConfigError naming the field
-    return given
-
-
 class PluginContainer(DockerContainer):
     """A plugin image under testcontainers' lifecycle (start/stop/with)."""
 
@@ -199,8 +154,8 @@ class PluginContainer(DockerContainer):
             raise ConfigError(f"PluginContainer's transport must be 'tcp' or 'unix', got {transport!r}")
         if auto_mtls is not None and not isinstance(auto_mtls, bool):
             raise ConfigError(f"PluginContainer's auto_mtls must be True, False or None, got {auto_mtls!r}")
-        _check_args(image, plugins, versioned_plugins, container_port, start_timeout, call_timeout)
-        self.client_options = _client_options(client_options, handshake)
+        check_args(image, plugins, versioned_plugins, container_port, start_timeout, call_timeout)
+        self.client_options = checked_client_options(client_options, handshake)
         kwargs.setdefault("docker_client_kw", {"version": "auto"})
         # what DockerContainer leaves for create(), checked before it makes its engine client
         _caller_labels({k: v for k, v in kwargs.items() if k not in _CONTAINER_PARAMS})
@@ -221,6 +176,7 @@ class PluginContainer(DockerContainer):
         self._socket_dir: str | None = None
         self._reattach_secret = ""
         self._client: Client | None = None
+        self._logs: PluginLogs | None = None  # the plugin's stderr into logging: its Client, a reattach, reads none
         # the caller's create arguments, kept apart from the ones _configure() adds to them for one
         # start: a restart builds on them again, not on the previous start's labels
         self._given_kwargs: dict[str, Any] = {}
@@ -295,7 +251,12 @@ class PluginContainer(DockerContainer):
                 if failure is None:
                     raise
                 raise failure from exc
-            handshake = read_handshake(self.get_wrapped_container(), self.image, self.start_timeout)
+            container = self.get_wrapped_container()
+            options = self.client_options
+            name = printable(str(options.get("name") or self.image))  # as its Client names its logger
+            self._logs = PluginLogs(container.client.api, container.id, name, options.get("logger"),
+                                    options.get("raw_log_sink"))
+            handshake = read_handshake(container, self.image, self.start_timeout)
             if self._cert is not None and handshake.server_cert is None and self.transport == "tcp":
                 # the plugin serves plaintext on a port any local process can reach: refused, as
                 # DockerRunner's tcp refuses it
@@ -389,7 +350,12 @@ class PluginContainer(DockerContainer):
                 # container is gone (the interpreter's exit waits for the watch anyway)
                 wait_late_creates(self._name)
             finally:
-                self._unmount()
+                logs, self._logs = self._logs, None
+                try:
+                    if logs is not None:  # its log request ended with the container; an engine gone: closed now
+                        logs.close()
+                finally:
+                    self._unmount()
 
     def _unmount(self) -> None:
         """Forget this start's socket folder: its volume mapping (the next start maps its own folder at

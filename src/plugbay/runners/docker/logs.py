@@ -34,6 +34,7 @@ from plugbay.core.transport.lines import MAX_BUFFERED as MAX_BUFFERED  # re-expo
 from plugbay.core.transport.lines import LineBuffer, LineSplitter, drain
 from plugbay.errors import RunnerError
 from plugbay.runners.logstamps import EntryStamps
+from plugbay.runners.docker.connect import release_frames
 from plugbay.runners.docker.waiter import reconnect_pause
 
 _log = logging.getLogger("plugbay.runners.docker")
@@ -45,8 +46,10 @@ class ContainerLogStream:
     """Reads one of a container's log streams into lines on a plugbay-* thread."""
 
     def __init__(self, api: Any, container_id: str, which: str,
-                 running: Callable[[], bool | None] | None = None, tty: bool = False) -> None:
+                 running: Callable[[], bool | None] | None = None, tty: bool = False,
+                 on_line: Callable[[str], None] | None = None) -> None:
         self.which = which
+        self._on_line = on_line  # given: each line goes to it on the pump thread, and lines() has none
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL)
         self._lines = LineBuffer(f"container {container_id[:12]}'s {which}", _log, MAX_BUFFERED)
         self._cond = threading.Condition()
@@ -70,7 +73,10 @@ class ContainerLogStream:
 
     def _push(self, line: str) -> None:
         self.tail.append(line)
-        self._lines.put(line)
+        if self._on_line is not None:
+            self._on_line(line)
+        else:
+            self._lines.put(line)
 
     def _open(self, since: float | None = None) -> Any:
         # follow=True: the request stays open until the container stops.
@@ -91,6 +97,7 @@ class ContainerLogStream:
                 stream = self._open()
             except Exception as exc:  # noqa: BLE001 - the engine refused or went away: the stream is empty
                 self.error = f"the engine's {self.which} log request failed: {exc}"
+                release_frames(exc)  # its socket, held in the traceback's cycle, closed now (not by the collector)
                 return
             finally:
                 self._opened.set()
