@@ -357,8 +357,10 @@ def test_unreachable_api_server(tmp_path: Any, testapp: str) -> None:  # noqa: F
         "users": [{"name": "u", "user": {"token": "t"}}],
         "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
     runner = KubernetesRunner(testapp, kubeconfig=str(path))
-    with pytest.raises(EngineUnavailableError, match=f"cannot reach the Kubernetes API at http://127.0.0.1:{port}"):
+    with pytest.raises(EngineUnavailableError, match=f"cannot reach the Kubernetes API at http://127.0.0.1:{port}"
+                       ) as info:
         runner.start(SPEC)
+    assert "points at it. Pod default/plugbay-" in str(info.value) and ".." not in str(info.value)
 
 
 def test_rejected_credentials_say_to_refresh_them(kubeconfig: str, testapp: str,  # noqa: F811

@@ -74,8 +74,7 @@ class PodApi:
                                   self.namespace, body, fate=f"pod {self.id} may exist all the same: the runner's"
                                   " kill() deletes it by name, or plugbay's sweep does later")
         except EngineUnavailableError as exc:  # the server may have made it and lost only the answer
-            raise EngineUnavailableError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill()"
-                                         " deletes it by name, or plugbay's sweep does later") from exc.__cause__
+            raise EngineUnavailableError(self._may_exist(exc)) from exc.__cause__
         except (RunnerError, ConfigError) as exc:  # ConfigError: a 403 from admission (rbac.forbidden)
             if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in REFUSED:
                 # refused before it was stored: no pod of ours has this name, so a kill() must not
@@ -84,9 +83,13 @@ class PodApi:
                 raise
             # a 5xx (504 "may still be processing", 500), a 429 or a 200 with no object: the create may
             # have been stored and only its answer lost, so the name is kept for kill() to delete
-            raise RunnerError(f"{exc}. Pod {self.id} may exist all the same: the runner's kill() deletes it by"
-                              " name, or plugbay's sweep does later") from exc.__cause__
+            raise RunnerError(self._may_exist(exc)) from exc.__cause__
         self.uid = str(getattr(created.metadata, "uid", "") or "")
+
+    def _may_exist(self, exc: BaseException) -> str:
+        # its own sentence ends with a full stop, which read ".." before "Pod"
+        return (f"{str(exc).rstrip('.')}. Pod {self.id} may exist all the same: the runner's kill() deletes it by"
+                " name, or plugbay's sweep does later")
 
     def read_pod(self, budget: StartBudget | None = None, timeout: float | None = None) -> dict[str, Any] | None:
         """The pod under the runner's name; None when the API server says it has none (its NotFound Status).
