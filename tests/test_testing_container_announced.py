@@ -66,6 +66,29 @@ def test_start_refuses_an_address_the_host_would_not_dial_and_removes_the_contai
         engine.close()
 
 
+def test_start_refuses_a_version_the_host_does_not_take_and_removes_the_container(plugbay_docker: Any) -> None:
+    # start() succeeded, and the VersionMismatchError came only at the first dispense()/get_client()
+    import docker
+
+    from plugbay.errors import VersionMismatchError
+
+    tag = uuid.uuid4().hex
+    line = f"1|{HANDSHAKE.protocol_version + 6}|unix|/plugbay/sock/plugin.sock|grpc"
+    plugin = PluginContainer(IMAGE, HANDSHAKE, PLUGINS, transport="unix", start_timeout=30,
+                             labels={"test.plugbay-announced": tag},
+                             entrypoint=["sh", "-c", f"echo '{line}'; sleep 120"])
+    engine = docker.from_env()
+    try:
+        with pytest.raises(VersionMismatchError, match=r"host supports \[1\], plugin supports \[7\]"):
+            plugin.start()
+        assert _labelled(engine, tag) == []  # removed, as a failed start's container is
+    finally:
+        plugin.stop()
+        for left in _labelled(engine, tag):
+            left.remove(force=True)
+        engine.close()
+
+
 def test_a_call_after_the_container_died_advises_restarting_the_plugin_container(plugbay_image: Any,
                                                                                   plugbay_docker: Any) -> None:
     # the Client's own advice, "start a new Client", cannot bring back a container PluginContainer runs

@@ -35,6 +35,7 @@ from testcontainers.core.labels import create_labels
 
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client, ClientConfig
+from plugbay.core.host.launch import refuse_announced
 from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError, printable
 from plugbay.core.protocol.handshake import ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo
 from plugbay.core.protocol.tls import CertKey, generate_cert
@@ -263,6 +264,9 @@ class PluginContainer(DockerContainer):
                 raise TLSRequiredError(self.image, "PluginContainer's tcp transport publishes the plugin on a"
                                        " 127.0.0.1 port any local process can reach; for a plugin without"
                                        " AutoMTLS pass PluginContainer(auto_mtls=False) to accept plaintext")
+            # a version the host does not take, refused now, as the first get_client() would (the container went on)
+            versions = {*(self.versioned_plugins or {}), self.handshake_config.protocol_version}
+            refuse_announced(handshake, dict.fromkeys(versions), False, self.image)
             self.handshake = handshake
             check_announced(self.reattach_config())  # refused now, as the first get_client() would
         except BaseException:
