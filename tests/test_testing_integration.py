@@ -254,6 +254,7 @@ def test_plugin_container_misuse_and_a_silent_plugin(plugbay_image: Any, plugbay
     with pytest.raises(HandshakeTimeoutError, match="printed no handshake line within 1s") as info:
         silent.start()
     assert "check that its entrypoint serves the plugin" in str(info.value)
+    assert "raise PluginContainer(start_timeout=...)" in str(info.value)  # as a Client's says to raise its own
     assert _session_containers(plugbay_docker, HOST_SESSION_ID) == []
 
 

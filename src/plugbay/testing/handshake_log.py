@@ -137,4 +137,5 @@ def _removed(image: str, container_id: str) -> PluginExitedError:
 
 def _no_handshake(image: str, timeout: float) -> HandshakeTimeoutError:
     return HandshakeTimeoutError(f"plugin image {image!r} printed no handshake line within {timeout:.0f}s;"
-                                 " check that its entrypoint serves the plugin (and prints nothing first to stdout)")
+                                 " check that its entrypoint serves the plugin (and prints nothing first to stdout),"
+                                 " or raise PluginContainer(start_timeout=...) if it is slow to start")
