@@ -371,3 +371,50 @@ def test_a_log_read_stopped_early_closes_its_engine_connection(standin: StandIn)
     finally:
         gc.enable()
         box.remove()
+
+
+def test_a_standin_removes_the_pod_containers_of_one_that_was_killed(testapp: str) -> None:  # noqa: F811
+    # a stand-in killed with SIGKILL (a crashed or killed test run) left its pods' containers running and their
+    # emptyDir folders behind, which nothing removed: no API answers for them, and plugbay's sweep cannot prove
+    # a container it did not create its own
+    import docker
+    import signal
+    import tempfile
+
+    from tests.kube_standin.runtime import EMPTYDIR_LABEL
+    from tests.kube_standin.separate import SeparateStandIn
+
+    engine = docker.from_env()
+    killed = SeparateStandIn(runtime="docker").start()
+    found: list[Any] = []
+    try:
+        api = client.CoreV1Api(config.new_client_from_config(config_file=killed.kubeconfig))
+        try:
+            api.create_namespaced_pod("default", client.V1Pod.from_dict({
+                "metadata": {"name": "orphan"},
+                "spec": {"restartPolicy": "Never", "volumes": [{"name": "scratch", "emptyDir": {}}],
+                         "containers": [{"name": "plugin", "image": testapp,
+                                         "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}]}}))
+            deadline = time.monotonic() + 60  # a bound for a slow engine, not a timing claim
+            while not found and time.monotonic() < deadline:
+                found = engine.containers.list(filters={"label": "plugbay.standin.pod=default/orphan"})
+                time.sleep(0.1)
+        finally:
+            api.api_client.close()
+        assert found
+        assert killed._proc is not None
+        killed._proc.send_signal(signal.SIGKILL)
+        killed._proc.wait()
+        assert engine.containers.list(filters={"id": found[0].id})  # left running
+        scratch = found[0].labels.get(EMPTYDIR_LABEL, "")
+        with StandIn(runtime="docker"):  # the next stand-in, in another (this) process
+            assert engine.containers.list(all=True, filters={"id": found[0].id}) == []
+            assert scratch.startswith(tempfile.gettempdir()) and not os.path.exists(scratch)
+    finally:
+        killed.stop()
+        for container in found:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        engine.close()

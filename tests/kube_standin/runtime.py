@@ -207,6 +207,52 @@ class DockerBox:
             _rmtree(self._scratch)
 
 
+# Each pod container names the stand-in that made it (its pid-based session and start ticks) and its emptyDir
+# folder: a stand-in killed (SIGKILL, a crashed test run) cannot remove them itself, and the next one does.
+OWNER_LABEL = "plugbay.standin.owner"
+EMPTYDIR_LABEL = "plugbay.standin.emptydir"
+_EMPTYDIR_PREFIX = "plugbay-standin-emptydir-"
+
+
+def _owner() -> str:
+    from plugbay.runners.session import host_session_id, host_session_start
+
+    return f"{host_session_id()}.{host_session_start()}"
+
+
+def _owner_gone(owner: str) -> bool:
+    """Whether the stand-in process ``owner`` names is proven gone (this machine's /proc says so)."""
+    from plugbay.runners.session import own_proc, session_alive
+
+    session, _, start = owner.rpartition(".")
+    return bool(session) and own_proc() and not session_alive(session, start)
+
+
+def _own_emptydir(path: str) -> bool:
+    """Whether ``path`` is an emptyDir folder a stand-in makes: in the temp folder, by its name, no link."""
+    return (os.path.dirname(path) == tempfile.gettempdir() and os.path.basename(path).startswith(_EMPTYDIR_PREFIX)
+            and os.path.isdir(path) and not os.path.islink(path))
+
+
+def remove_orphans(client: Any) -> list[str]:
+    """Remove the pod containers (and emptyDir folders) of stand-ins that are gone; their ids."""
+    import docker.errors
+
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+        labels = container.labels or {}
+        if not _owner_gone(labels.get(OWNER_LABEL, "")):
+            continue  # a live stand-in's (another test run's on this engine), or one /proc cannot tell of
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        removed.append(container.id)
+        if _own_emptydir(labels.get(EMPTYDIR_LABEL, "")):
+            _rmtree(labels[EMPTYDIR_LABEL])
+    return removed
+
+
 class DockerBackend:
     kind = "docker"
 
@@ -214,6 +260,7 @@ class DockerBackend:
         import docker
 
         self._client = docker.from_env(version="auto", timeout=60)
+        remove_orphans(self._client)
 
     def close(self) -> None:
         self._client.close()
@@ -246,7 +293,7 @@ class DockerBackend:
         kwargs: dict[str, Any] = dict(
             image=req.image,
             environment=dict(req.env),
-            labels={**req.labels, "plugbay.standin.pod": req.pod_key},
+            labels={**req.labels, "plugbay.standin.pod": req.pod_key, OWNER_LABEL: _owner()},
             ports={f"{p}/tcp": ("127.0.0.1", None) for p in req.ports},
             detach=True,
             read_only=req.read_only,
@@ -255,8 +302,9 @@ class DockerBackend:
         )
         # emptyDir: a fresh world-writable host folder, bind-mounted (a tmpfs or a
         # volume would copy up the image folder's owner and mode; emptyDir does not)
-        scratch = tempfile.mkdtemp(prefix="plugbay-standin-emptydir-") if req.writable_dirs else None
+        scratch = tempfile.mkdtemp(prefix=_EMPTYDIR_PREFIX) if req.writable_dirs else None
         if scratch:
+            kwargs["labels"][EMPTYDIR_LABEL] = scratch
             binds = {}
             for i, target in enumerate(req.writable_dirs):
                 source = os.path.join(scratch, str(i))
