@@ -116,3 +116,18 @@ def test_a_record_naming_no_engine_gets_the_engine_that_lists_its_container(plug
         assert plugbay_docker.containers.get(str(runner.id)).status == "running"
     finally:
         runner.kill()
+
+
+def test_a_second_engine_leaves_the_machines_default_bridge() -> None:
+    # a dockerd with no bridge deletes docker0 where it runs: started in the machine's network namespace, it
+    # took the machine's engine's, and that engine's containers on the default network failed to start after
+    docker0 = Path("/sys/class/net/docker0")
+    if not docker0.exists():
+        pytest.skip("the machine's engine has no docker0 here to keep")
+    engine = second_engine_running()
+    next(engine)
+    try:
+        assert docker0.exists()
+    finally:
+        engine.close()
+    assert docker0.exists()
