@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import plugbay
-from plugbay import (AsyncClient, AsyncRemoteClient, Client, RemoteClient, StubTypeError, Supervisor,
-                     SupervisorMetrics)
+from plugbay import (AsyncClient, AsyncRemoteClient, AsyncSupervisor, Client, RemoteClient, StubTypeError,
+                     Supervisor, SupervisorMetrics)
 from plugbay.network import EndpointMetrics, PoolMetrics
 from tests import netcerts
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
@@ -132,6 +132,37 @@ def test_a_stub_of_another_class_is_a_stub_type_error_saying_which_class_to_pass
         with pytest.raises(StubTypeError, match=r"the second argument must be the stub class.* got 'KVClient'"):
             client.dispense(PLUGIN_NAME, "KVClient")  # type: ignore[call-overload]
         assert client.dispense(PLUGIN_NAME, KVClient).get("after") == b"refused"
+
+
+def test_supervisors_refuse_a_stub_of_another_class(in_tmp: Path) -> None:
+    """Supervisor and AsyncSupervisor check the stub as the clients do, first dispensed or not."""
+    config = typed_host.kv_config([PY, KV_EXAMPLE])
+    with Supervisor(config, health_interval=None) as sup:
+        with pytest.raises(StubTypeError) as refused:
+            sup.dispense(PLUGIN_NAME, AsyncKVClient)
+        assert (refused.value.name, refused.value.expected, refused.value.built) == (
+            PLUGIN_NAME, AsyncKVClient, KVClient)
+        assert str(refused.value).startswith("Supervisor.dispense('kv_grpc', AsyncKVClient): the plugin"
+                                             " definition's grpc_client() built a stub of class KVClient")
+        sup.dispense(PLUGIN_NAME, KVClient).put("sup", b"refused once")  # still usable
+        with pytest.raises(StubTypeError, match=r"^Supervisor.dispense\('kv_grpc', AsyncKVClient\): "):
+            sup.dispense(PLUGIN_NAME, AsyncKVClient)  # dispensed already: checked again
+
+    async def on_asyncio() -> StubTypeError:
+        async with AsyncSupervisor(config, health_interval=None) as asup:
+            with pytest.raises(StubTypeError) as refused:
+                await asup.dispense(PLUGIN_NAME, KVClient)
+            await (await asup.dispense(PLUGIN_NAME, AsyncKVClient)).put("asup", b"refused once")
+            with pytest.raises(StubTypeError, match=r"^AsyncSupervisor.dispense\('kv_grpc', KVClient\): "):
+                await asup.dispense(PLUGIN_NAME, KVClient)  # dispensed already: checked again
+            return refused.value
+
+    refused_async = asyncio.run(on_asyncio())
+    assert (refused_async.name, refused_async.expected, refused_async.built) == (
+        PLUGIN_NAME, KVClient, AsyncKVClient)
+    assert str(refused_async).startswith("AsyncSupervisor.dispense('kv_grpc', KVClient): the plugin definition's"
+                                         " grpc_client_async() built a stub of class AsyncKVClient")
+    assert (in_tmp / "kv_sup").read_bytes() == b"refused once" and (in_tmp / "kv_asup").read_bytes() == b"refused once"
 
 
 def _pool_keys(metrics: PoolMetrics) -> None:
