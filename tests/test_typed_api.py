@@ -165,6 +165,24 @@ def test_supervisors_refuse_a_stub_of_another_class(in_tmp: Path) -> None:
     assert (in_tmp / "kv_sup").read_bytes() == b"refused once" and (in_tmp / "kv_asup").read_bytes() == b"refused once"
 
 
+def test_a_stub_dispensed_before_is_checked_again(in_tmp: Path) -> None:
+    """The untyped dispense() keeps the stub; a typed dispense() of it after is checked all the same."""
+    config = typed_host.kv_config([PY, KV_EXAMPLE])
+    with Client(config) as client:
+        assert isinstance(client.dispense(PLUGIN_NAME), KVClient)
+        with pytest.raises(StubTypeError, match=r"^Client.dispense\('kv_grpc', AsyncKVClient\): the plugin"
+                                                r" definition's grpc_client\(\) built a stub of class KVClient"):
+            client.dispense(PLUGIN_NAME, AsyncKVClient)
+
+    async def on_asyncio() -> None:
+        async with AsyncClient(config) as aclient:
+            assert isinstance(await aclient.dispense(PLUGIN_NAME), AsyncKVClient)
+            with pytest.raises(StubTypeError, match=r"^AsyncClient.dispense\('kv_grpc', KVClient\): "):
+                await aclient.dispense(PLUGIN_NAME, KVClient)
+
+    asyncio.run(on_asyncio())
+
+
 def _pool_keys(metrics: PoolMetrics) -> None:
     assert set(metrics) == _keys(PoolMetrics)
     assert metrics["endpoints"] and all(set(e) == _keys(EndpointMetrics) for e in metrics["endpoints"].values())
