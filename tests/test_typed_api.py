@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
 import plugbay
-from plugbay import (AsyncClient, AsyncRemoteClient, AsyncSupervisor, Client, RemoteClient, StubTypeError,
-                     Supervisor, SupervisorMetrics)
+from plugbay import (AsyncClient, AsyncRemoteClient, AsyncSupervisor, Client, ClientStateError, RemoteClient,
+                     StubTypeError, Supervisor, SupervisorMetrics)
 from plugbay.network import EndpointMetrics, PoolMetrics
 from tests import netcerts
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
@@ -181,6 +182,76 @@ def test_a_stub_dispensed_before_is_checked_again(in_tmp: Path) -> None:
                 await aclient.dispense(PLUGIN_NAME, KVClient)
 
     asyncio.run(on_asyncio())
+
+
+# a stub_type isinstance() cannot check: no class, a Protocol without @runtime_checkable, a subscripted generic
+NO_STUB_TYPES: list[Any] = ["KVClient", KV, Optional[KVClient], list[KVClient]]
+
+
+def test_a_stub_type_that_cannot_be_checked_is_refused_before_the_plugin_starts(in_tmp: Path) -> None:
+    """A wrong second argument is refused before dispense() starts the plugin (it was refused only once the
+    plugin had started): the plugin's command, which marks its start, never ran."""
+    marked = ["/bin/sh", "-c", ': > started; exec "$@"', "sh", PY, KV_EXAMPLE]
+    client = Client(typed_host.kv_config(marked))
+    try:
+        for stub_type in NO_STUB_TYPES:
+            with pytest.raises(StubTypeError, match=r"^Client.dispense\('kv_grpc', "):
+                client.dispense(PLUGIN_NAME, stub_type)
+        assert not (in_tmp / "started").exists()
+        with pytest.raises(ClientStateError):
+            client.handshake  # not started
+        assert isinstance(client.dispense(PLUGIN_NAME, KVClient), KVClient)  # the command does start it
+        assert (in_tmp / "started").exists()
+    finally:
+        client.kill()
+    (in_tmp / "started").unlink()
+
+    async def on_asyncio() -> None:
+        async with AsyncClient(typed_host.kv_config(marked)) as started:  # a started one refuses them as well
+            await started.dispense(PLUGIN_NAME, AsyncKVClient)
+        (in_tmp / "started").unlink()
+        aclient = AsyncClient(typed_host.kv_config(marked))
+        try:
+            for stub_type in NO_STUB_TYPES:
+                with pytest.raises(StubTypeError, match=r"^AsyncClient.dispense\('kv_grpc', "):
+                    await aclient.dispense(PLUGIN_NAME, stub_type)
+            assert not (in_tmp / "started").exists()
+        finally:
+            await aclient.kill()
+
+    asyncio.run(on_asyncio())
+
+
+def test_a_remote_client_refuses_a_stub_type_that_cannot_be_checked_before_it_dials() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    config = plugbay.RemoteConfig(target=f"static:///127.0.0.1:{listener.getsockname()[1]}", handshake=HANDSHAKE,
+                                  plugins=PLUGINS, insecure=True, start_timeout=5.0)
+    try:
+        client = RemoteClient(config)  # not a with: that would start it
+        try:
+            for stub_type in NO_STUB_TYPES:
+                with pytest.raises(StubTypeError, match=r"^RemoteClient.dispense\('kv_grpc', "):
+                    client.dispense(PLUGIN_NAME, stub_type)
+        finally:
+            client.close()
+
+        async def on_asyncio() -> None:
+            aclient = AsyncRemoteClient(config)
+            try:
+                for stub_type in NO_STUB_TYPES:
+                    with pytest.raises(StubTypeError, match=r"^AsyncRemoteClient.dispense\('kv_grpc', "):
+                        await aclient.dispense(PLUGIN_NAME, stub_type)
+            finally:
+                await aclient.close()
+
+        asyncio.run(on_asyncio())
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nothing dialled it
+    finally:
+        listener.close()
 
 
 def _pool_keys(metrics: PoolMetrics) -> None:

@@ -27,7 +27,7 @@ from plugbay.core.broker.broker import GRPCBroker
 from plugbay.core.host.aiochannel import AioManagedChannel
 from plugbay.core.host.aioclient import AsyncClient, owner_cancelled
 from plugbay.core.host.channel import ManagedChannel
-from plugbay.core.host.typedstub import StubT, checked_stub
+from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
 from plugbay.errors import ClientStateError
 from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
 from plugbay.network.poolmetrics import PoolMetrics
@@ -116,6 +116,7 @@ class AsyncRemoteClient(AsyncClient):
     async def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
         """The plugin's async stub; with brokered connections, a new one per call, pinned to one endpoint.
         Given ``stub_type``, typed as one, as AsyncClient.dispense()."""
+        check_stub_type(stub_type, name, type(self).__name__, "grpc_client_async")
         await self.start()
         client = self.remote_client
         if not client.multiplexed:

@@ -49,7 +49,7 @@ from plugbay.core.host.callerrors import BrokerClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
-from plugbay.core.host.typedstub import StubT, checked_stub
+from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
 from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
 from plugbay.core.transport.grpcping import DEFAULT as GRPC_KEEPALIVE
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
@@ -292,6 +292,7 @@ class RemoteClient(Client):
     def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
         """The plugin's stub; with brokered connections, pinned to one endpoint (round robin) and its broker.
         Given ``stub_type``, typed as one, as Client.dispense()."""
+        check_stub_type(stub_type, name, type(self).__name__, "grpc_client")
         with self._lock:
             self.start()  # refuses a killed Client; a no-op once started
             if not self.multiplexed:

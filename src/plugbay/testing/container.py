@@ -41,7 +41,7 @@ from plugbay.core.protocol.handshake import ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIO
 from plugbay.core.protocol.tls import CertKey, generate_cert
 from plugbay.core.broker.plugin import PluginSet, VersionedPlugins
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.host.typedstub import StubT, checked_stub
+from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
 from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.runners.docker.adopt import reattach_labels
 from plugbay.runners.docker.checks import find_image, missing_image
@@ -308,6 +308,7 @@ class PluginContainer(DockerContainer):
 
     def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
         """The stub of plugin ``name``, through get_client(); given ``stub_type``, typed as one (Client.dispense())."""
+        check_stub_type(stub_type, name, type(self).__name__, "grpc_client")
         self._need_started("dispense")
         return checked_stub(self.get_client().dispense(name), stub_type, name, type(self).__name__, "grpc_client")
 

@@ -29,7 +29,7 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.config import ClientConfig
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.host.typedstub import StubT, checked_stub
+from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.errors import ClientStateError
 
@@ -238,6 +238,7 @@ class AsyncClient:
     async def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
         """What plugin ``name``'s ``grpc_client_async()`` builds on :attr:`channel` (once per name); given
         ``stub_type`` (that stub's class), typed as one, and a StubTypeError if it is not."""
+        check_stub_type(stub_type, name, type(self).__name__, "grpc_client_async")
         await self.start()
         stub = await self._dispensed.get(name, lambda: self._build(name))
         return checked_stub(stub, stub_type, name, type(self).__name__, "grpc_client_async")

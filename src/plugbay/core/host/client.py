@@ -33,7 +33,7 @@ from plugbay.core.host.stop import ended_refusal, killed_while_starting, not_clo
 from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.host.reattach import ReattachConfig, unreattachable
 from plugbay.core.host.streams import StreamKick
-from plugbay.core.host.typedstub import StubT, checked_stub
+from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
 from plugbay.core.protocol.tls import generate_cert
 from plugbay.runners.base import AttachedRunner, LaunchSpec, Runner, starting_until
 from plugbay.runners.process import ProcessRunner
@@ -226,6 +226,7 @@ class Client(Connecting):
     def dispense(self, name: str, stub_type: type[Any] | None = None) -> Any:
         """The stub that plugin ``name``'s grpc_client() builds on the Client's channel; given ``stub_type``
         (that stub's class), typed as one, and a StubTypeError if it is not (see typedstub)."""
+        check_stub_type(stub_type, name, type(self).__name__, "grpc_client")
         self._claim()
         with self._lock:
             self.start()  # refuses a killed Client; a no-op once started

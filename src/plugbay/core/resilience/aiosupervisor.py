@@ -33,7 +33,7 @@ from plugbay.core.host.aiochannel import AioManagedChannel, WrongLoop, off_loop
 from plugbay.core.host.aioclient import Dispensed, owner_cancelled, refuse_in_forked_child, to_end
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
-from plugbay.core.host.typedstub import StubT, checked_stub
+from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
 from plugbay.core.resilience.calldeadline import CallDeadline
 from plugbay.core.resilience.aiofollowing import FollowingChannel
 from plugbay.core.resilience.calls import AsyncCallLayer, chain_async, wait_timeout
@@ -228,6 +228,7 @@ class AsyncSupervisor:
         (see plugbay.core.resilience.followbroker). Once the Supervisor gave up (RestartBudgetExhaustedError)
         or was stopped (ClientStateError) it is refused, a stub dispensed before included, as
         Supervisor.dispense() refuses it. Given ``stub_type``, typed as one, as AsyncClient.dispense()."""
+        check_stub_type(stub_type, name, type(self).__name__, "grpc_client_async")
         self._sup.raise_if_failed()  # first, as the sync one: after giving up, stopped or not, it says so
         self._check_not_stopped()
         channel = self.channel

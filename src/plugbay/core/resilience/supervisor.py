@@ -39,7 +39,7 @@ from plugbay.core.resilience.healthwatch import UNREACHABLE, HealthWatcher
 from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
-from plugbay.core.host.typedstub import StubT, checked_stub
+from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
 from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, mark_stopping,
                                                raise_if_ended, was_stopped)
 from plugbay.core.resilience.calls import CallLayer, chain
@@ -163,6 +163,7 @@ class Supervisor(SupervisorView):
         up (RestartBudgetExhaustedError) or was stopped (ClientStateError) it is refused, a stub
         dispensed before included, as AsyncSupervisor.dispense() refuses it. Given ``stub_type``, typed
         as one, as Client.dispense()."""
+        check_stub_type(stub_type, name, type(self).__name__, "grpc_client")
         raise_if_ended(self)
         if name not in self._dispensed:
             self._dispensed[name] = plugin_named(self.client, name).grpc_client(self._broker, self.channel)
