@@ -130,7 +130,8 @@ def test_a_stub_of_another_class_is_a_stub_type_error_saying_which_class_to_pass
         with pytest.raises(StubTypeError, match=r"KV cannot be checked with isinstance\(\) .*pass the concrete"
                                                 r" class the plugin definition's grpc_client\(\) returns"):
             client.dispense(PLUGIN_NAME, KV)  # type: ignore[type-abstract]  # a Protocol: no isinstance()
-        with pytest.raises(StubTypeError, match=r"the second argument must be the stub class.* got 'KVClient'"):
+        with pytest.raises(StubTypeError, match=r"^Client.dispense\('kv_grpc', 'KVClient'\): the second argument is"
+                                                r" no class: pass the stub class"):
             client.dispense(PLUGIN_NAME, "KVClient")  # type: ignore[call-overload]
         assert client.dispense(PLUGIN_NAME, KVClient).get("after") == b"refused"
 
@@ -252,6 +253,33 @@ def test_a_remote_client_refuses_a_stub_type_that_cannot_be_checked_before_it_di
             listener.accept()  # nothing dialled it
     finally:
         listener.close()
+
+
+def test_the_refusals_name_what_was_passed_and_tell_two_classes_of_one_name_apart(in_tmp: Path) -> None:
+    """A subscripted generic is shown as written (its __name__ is its origin's: "Optional"), and two classes of
+    one name by module, or, of one module too (a reloaded module's), by identity, in the advice as well."""
+    same_module = type("KVClient", (), {"__module__": KVClient.__module__})
+    other_module = type("KVClient", (), {"__module__": "my_stubs"})
+    with Client(typed_host.kv_config([PY, KV_EXAMPLE])) as client:
+        with pytest.raises(StubTypeError) as generic:
+            client.dispense(PLUGIN_NAME, Optional[KVClient])  # type: ignore[call-overload]
+        with pytest.raises(StubTypeError) as reloaded:
+            client.dispense(PLUGIN_NAME, same_module)
+        with pytest.raises(StubTypeError) as elsewhere:
+            client.dispense(PLUGIN_NAME, other_module)
+    assert str(generic.value) == (
+        "Client.dispense('kv_grpc', typing.Optional[kv_plugin_def.KVClient]): the second argument is a subscripted"
+        " generic, which isinstance() cannot check: pass the plain class, such as the one the plugin definition's"
+        " grpc_client() returns, or use dispense('kv_grpc') for an untyped stub")
+    built, passed = f"kv_plugin_def.KVClient at {id(KVClient):#x}", f"kv_plugin_def.KVClient at {id(same_module):#x}"
+    assert str(reloaded.value) == (
+        f"Client.dispense('kv_grpc', KVClient): the plugin definition's grpc_client() built a stub of class {built},"
+        f" not {passed} (nor a subclass): another class of the same name, e.g. from a reloaded module. Pass the"
+        f" class grpc_client() returns ({built}), or dispense('kv_grpc') for the stub untyped")
+    assert str(elsewhere.value) == (
+        "Client.dispense('kv_grpc', KVClient): the plugin definition's grpc_client() built a stub of class"
+        " kv_plugin_def.KVClient, not my_stubs.KVClient (nor a subclass). Pass the class grpc_client() returns"
+        " (kv_plugin_def.KVClient), or dispense('kv_grpc') for the stub untyped")
 
 
 def _pool_keys(metrics: PoolMetrics) -> None:

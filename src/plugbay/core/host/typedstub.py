@@ -9,7 +9,7 @@ as an AttributeError far from the cause.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_origin
 
 from plugbay.errors import StubTypeError
 
@@ -24,9 +24,11 @@ def check_stub_type(stub_type: type[Any] | None, name: str, owner: str, built_by
     if stub_type is None:
         return
     if not isinstance(stub_type, type):
-        raise StubTypeError(f"{_call(owner, name, stub_type)}: the second argument must be the stub class, such as"
-                            f" the one the plugin definition's {built_by}() returns; got {stub_type!r}. Use"
-                            f" dispense({name!r}) for an untyped stub", name, stub_type)
+        what = ("a subscripted generic, which isinstance() cannot check: pass the plain class"
+                if get_origin(stub_type) is not None else "no class: pass the stub class")
+        raise StubTypeError(f"{_call(owner, name, stub_type)}: the second argument is {what}, such as the one the"
+                            f" plugin definition's {built_by}() returns, or use dispense({name!r}) for an untyped"
+                            " stub", name, stub_type)
     _fits(_PROBE, stub_type, name, owner, built_by)  # a Protocol without @runtime_checkable raises here
 
 
@@ -36,26 +38,37 @@ def checked_stub(stub: Any, stub_type: type[Any] | None, name: str, owner: str, 
     if stub_type is None or _fits(stub, stub_type, name, owner, built_by):
         return stub
     got = type(stub)
-    same_name = got.__qualname__ == stub_type.__qualname__  # two classes of one name: tell them apart
-    got_name = f"{got.__module__}.{got.__qualname__}" if same_name else got.__qualname__
-    want_name = f"{stub_type.__module__}.{stub_type.__qualname__}" if same_name else stub_type.__qualname__
+    got_name, want_name, same = _told_apart(got, stub_type)
     raise StubTypeError(f"{_call(owner, name, stub_type)}: the plugin definition's {built_by}() built a stub of"
-                        f" class {got_name}, not {want_name} (nor a subclass). Pass the class {built_by}() returns"
-                        f" ({got.__qualname__}), or dispense({name!r}) for the stub untyped", name, stub_type, got)
+                        f" class {got_name}, not {want_name} (nor a subclass){same}. Pass the class {built_by}()"
+                        f" returns ({got_name}), or dispense({name!r}) for the stub untyped", name, stub_type, got)
 
 
 _PROBE = object()  # what check_stub_type() asks isinstance() about, before there is a stub
 
 
 def _call(owner: str, name: str, stub_type: object) -> str:
-    return f"{owner}.dispense({name!r}, {getattr(stub_type, '__name__', repr(stub_type))})"
+    # a class by its name; anything else as written (a subscripted generic's __name__ is its origin's: Optional)
+    shown = stub_type.__qualname__ if isinstance(stub_type, type) else repr(stub_type)
+    return f"{owner}.dispense({name!r}, {shown})"
+
+
+def _told_apart(got: type, want: type) -> tuple[str, str, str]:
+    """The two classes' names as the message gives them, and what it adds when they share a name."""
+    if got.__qualname__ != want.__qualname__:
+        return got.__qualname__, want.__qualname__, ""
+    got_name, want_name = f"{got.__module__}.{got.__qualname__}", f"{want.__module__}.{want.__qualname__}"
+    if got_name != want_name:
+        return got_name, want_name, ""
+    return (f"{got_name} at {id(got):#x}", f"{want_name} at {id(want):#x}",
+            ": another class of the same name, e.g. from a reloaded module")
 
 
 def _fits(stub: object, stub_type: type[Any], name: str, owner: str, built_by: str) -> bool:
     try:
         return isinstance(stub, stub_type)
-    except TypeError as exc:  # a Protocol without @runtime_checkable, a subscripted generic
-        raise StubTypeError(f"{_call(owner, name, stub_type)}: {stub_type.__name__} cannot be checked with"
+    except TypeError as exc:  # a Protocol without @runtime_checkable (a subscripted generic is no class: refused)
+        raise StubTypeError(f"{_call(owner, name, stub_type)}: {stub_type.__qualname__} cannot be checked with"
                             f" isinstance() ({exc}); pass the concrete class the plugin definition's {built_by}()"
                             f" returns, or annotate the result of dispense({name!r}) instead", name,
                             stub_type) from None
