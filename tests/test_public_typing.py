@@ -17,6 +17,7 @@ from pathlib import Path
 
 import plugbay
 import plugbay.network
+from tests.kv_user_mypy import mypy_kv_user
 
 PROGRAM = '''
 from plugbay import {names}
@@ -188,17 +189,7 @@ def test_a_typed_user_program_type_checks(tmp_path: Path) -> None:
     fixtures' types and the KV example's typed stubs. Each was an error or Any. And a state compared, changed
     by a call and compared again (a false "non-overlapping" error while state was a Literal, and the rest of
     the function unchecked); every name it needs imported from plugbay and plugbay.testing."""
-    repo = Path(__file__).resolve().parent.parent
-    (tmp_path / "mypy.ini").write_text("[mypy]\nstrict = True\n"
-                                       "[mypy-kvproto.*,grpc.*]\nfollow_imports = skip\n"
-                                       "follow_imports_for_stubs = True\nignore_missing_imports = True\n"
-                                       # the example's servicer subclasses generated code, Any without stubs
-                                       "[mypy-kv_plugin_def]\ndisallow_subclassing_any = False\n")
-    env = {**os.environ, "MYPYPATH": os.pathsep.join([str(Path(plugbay.__file__).resolve().parent.parent),
-                                                      str(repo / "examples" / "kv")])}
-    out = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"),
-                          str(repo / "tests" / "typed_user_program.py")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    out = mypy_kv_user(tmp_path, str(Path(__file__).resolve().parent / "typed_user_program.py"))
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -9,11 +9,8 @@ is the user's program: type-checked here with no expression allowed to be Any, a
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +21,7 @@ from plugbay import (AsyncClient, AsyncRemoteClient, AsyncSupervisor, Client, Cl
                      StubTypeError, Supervisor, SupervisorMetrics)
 from plugbay.network import EndpointMetrics, PoolMetrics
 from tests import netcerts
+from tests.kv_user_mypy import mypy_kv_user
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
 from tests.resilience_util import KV_EXAMPLE, PY
 from tests.test_network_pool import replicas  # noqa: F401 (a fixture)
@@ -51,16 +49,8 @@ def test_the_users_program_type_checks_with_no_expression_any(tmp_path: Path) ->
     metrics() read are typed. The untyped file beside it shows the check sees an Any where one comes back."""
     shutil.copy(PROGRAM, tmp_path / "typed_host.py")  # a top-level module, as a user's
     (tmp_path / "untyped.py").write_text(UNTYPED)
-    (tmp_path / "mypy.ini").write_text("[mypy]\nstrict = True\n"
-                                       "[mypy-kvproto.*,grpc.*]\nfollow_imports = skip\n"
-                                       "follow_imports_for_stubs = True\nignore_missing_imports = True\n"
-                                       # the example's servicer subclasses generated code, Any without stubs
-                                       "[mypy-kv_plugin_def]\ndisallow_subclassing_any = False\n"
-                                       "[mypy-typed_host,untyped]\ndisallow_any_expr = True\n")
-    src = str(Path(plugbay.__file__).resolve().parent.parent)  # the plugbay under test, as installed
-    env = {**os.environ, "PYTHONPATH": src, "MYPYPATH": os.pathsep.join([src, str(REPO / "examples" / "kv")])}
-    out = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "typed_host.py",
-                          "untyped.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    out = mypy_kv_user(tmp_path, "typed_host.py", "untyped.py",
+                       more_ini="[mypy-typed_host,untyped]\ndisallow_any_expr = True\n")
     errors = [line for line in out.stdout.splitlines() if ": error: " in line]
     # The KV example's stub classes take a grpc.Channel, which is Any here (grpcio ships no types and no
     # grpc-stubs are installed), so naming the class is an expression whose type holds an Any: the example's and
@@ -68,7 +58,7 @@ def test_the_users_program_type_checks_with_no_expression_any(tmp_path: Path) ->
     grpc_any = [e for e in errors if e.startswith("typed_host.py:") and e.endswith(
         (': error: Expression type contains "Any" (has type "type[KVClient]")  [misc]',
          ': error: Expression type contains "Any" (has type "type[AsyncKVClient]")  [misc]'))]
-    assert len(grpc_any) == 8  # one per dispense(name, stub_type) in the program
+    assert len(grpc_any) == 8, out.stdout + out.stderr  # one per dispense(name, stub_type) in the program
     assert [e for e in errors if e not in grpc_any] == [
         'untyped.py:7: error: Expression has type "Any"  [misc]',
         'untyped.py:8: error: Expression has type "Any"  [misc]'], out.stdout + out.stderr
