@@ -13,7 +13,6 @@ The connection's steps, once the handshake line is read, are connecting.Connecti
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from plugbay.errors import ClientStateError, ConfigError, UnknownPluginError, pr
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.core.host.launch import follow_output, launch_env, private_folder, read_handshake, take_runner
 from plugbay.core.host.connecting import Connecting
+from plugbay.core.host.forkowner import ForkOwner
 from plugbay.core.host.live import LIVE, LoopHandoff, cleanup_clients as cleanup_clients  # re-exported: its home
 from plugbay.core.host.stop import ended_refusal, killed_while_starting, not_closable
 from plugbay.core.transport.keepalive import Keepalive
@@ -44,7 +44,7 @@ _log = logging.getLogger("plugbay.client")
 _LOCK_LOOK = 0.05
 
 
-class Client(Connecting):
+class Client(Connecting, ForkOwner):
     """One plugin, from start to kill. Use as a context manager."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -75,7 +75,7 @@ class Client(Connecting):
         self._broker_opened = False  # a plugin was dispensed: the broker's stream is on its way
         self._abandoned = False  # abandon_start(): a start() in progress ends and lets go
         self._failed: str | None = None  # the error that ended a start() no kill() ended
-        self._pid: int | None = None  # the process that began to start it: its plugin is that process's alone
+        self._pid: int | None = None  # the process that began to start it (forkowner)
 
     # --- properties -------------------------------------------------------------
 
@@ -342,30 +342,6 @@ class Client(Connecting):
         finally:
             self._lock.release()
         self._handoff.join()  # one a loop callback started: all but done once we had the lock
-
-    def _claim(self) -> None:
-        """Note this process as the Client's before its lock is taken (start(), dispense()): a fork while
-        another thread holds the lock leaves the child a copy held for ever, whose use is refused here."""
-        pid = os.getpid()
-        if self._pid is None:
-            self._pid = pid
-        elif self._pid != pid and self._forked_away():
-            raise ClientStateError(f"the client of plugin {self.name!r} belongs to process {self._pid}, which"
-                                   " started it before this process forked; make a new Client in this process")
-
-    def _forked_away(self) -> bool:
-        """True in a forked child of the host that started this Client, which then only lets go of its copy.
-
-        The plugin, its process group, its socket folder and its connection are the parent's, which
-        goes on using them: no signal, no Shutdown, no folder removed, nothing grpc does (grpcio's
-        state is its parent's there too). Nor a wait for the I/O loop's readers, which the fork left
-        behind (each kill() waited out their timeouts).
-        """
-        if self._pid is None or self._pid == os.getpid():
-            return False
-        self._killed = True  # a Client starts once, in any process
-        LIVE.discard(self)
-        return True
 
     def _end_start(self, what: str, starting: threading.Thread) -> bool:
         """Make the start() on ``starting`` end soon; True when kill() was asked inside it (return at once)."""
