@@ -36,23 +36,19 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn, Unpack, overload
 
 import grpc
 
 from plugbay._proto.plugbay import discovery_pb2
 from plugbay.core.broker.broker import GRPCBroker
-from plugbay.core.broker.plugin import GRPCPlugin, PluginSet, VersionedPlugins
+from plugbay.core.broker.plugin import GRPCPlugin
 from plugbay.core.host.callerrors import BrokerClientClosed
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
-from plugbay.core.host.config import ClientConfig
 from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
 from plugbay.core.protocol.handshake import HandshakeConfig, HandshakeInfo
-from plugbay.core.transport.grpcping import DEFAULT as GRPC_KEEPALIVE
-from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
+from plugbay.core.transport.keepalive import Keepalive
 from plugbay.errors import (
     ClientStateError,
     ConfigError,
@@ -62,7 +58,6 @@ from plugbay.errors import (
     SessionRefusedError,
 )
 from plugbay.network.describe import Asker, describe, handshake_info, warn_unlisted
-from plugbay.network.ejection import OutlierPolicy
 from plugbay.network.muxconn import MuxEndpoint, RefusalWatch, Sessions
 from plugbay.network.muxpin import pin_stub
 from plugbay.network.pinhook import MainHook as MainHook, PinnedChannel  # MainHook: aioremote's too
@@ -70,65 +65,19 @@ from plugbay.network.nobroker import NO_BROKER, NO_BROKER_ASKED, POOL_BROKER, Ne
 from plugbay.network.pool import EndpointPool
 from plugbay.network.poolmetrics import PoolMetrics
 from plugbay.network.resolver import Endpoint
-from plugbay.network.remote_end import RemoteEnd, closed_remote, closed_while_connecting, remote_call_closed
-from plugbay.network.figures import check_transport
+from plugbay.network.remote_end import closed_remote, closed_while_connecting, remote_call_closed
 from plugbay.network.remotecheck import check_remote, wants_broker
 from plugbay.network.poolhealth import reconnect_backoff
+from plugbay.network.remoteconfig import RemoteFields
 from plugbay.network.remoteoptions import RemoteOptions, check_options
 from plugbay.network.targets import dns_server_for, make_resolver, parse_target
-from plugbay.network.tls import NetworkTLS
 
 _log = logging.getLogger("plugbay.network")
 
 
-@dataclass
-class RemoteConfig:
-    """How to reach a plugin served on the network. See the module docstring."""
-
-    target: str
-    handshake: HandshakeConfig
-    plugins: PluginSet | None = None
-    versioned_plugins: VersionedPlugins | None = None
-    tls: NetworkTLS | None = None
-    insecure: bool = False  # plaintext: only on a network you trust
-    dns_server: str | None = None  # "IP[:PORT]"; default: /etc/resolv.conf
-    dns_refresh: float = 30.0
-    # dns:/// and kubernetes:/// answers naming loopback addresses are refused unless this is set: a spoofed
-    # answer must not aim calls carrying the host's certificate at this host's own services
-    allow_loopback: bool = False
-    kubernetes: Mapping[str, Any] = field(default_factory=dict)  # kubernetes:///: kubeconfig=, context=
-    policy: str = "round_robin"  # or "pick_first"
-    outlier: OutlierPolicy | None = None
-    health_interval: float = 1.0
-    health_timeout: float = 1.0
-    start_timeout: float = 30.0  # for discovery and the first Describe answer
-    call_timeout: float | None = 30.0
-    grpc_options: Sequence[tuple[str, Any]] = ()
-    name: str | None = None
-    logger: logging.Logger | None = None
-    multiplex: bool = False  # insist on brokered connections (else: when Discovery offers them)
-    # False: decline brokered connections even when offered (plain gRPC per endpoint: calls skip the yamux
-    # session and its TLS relay, about 0.2 ms each, and the broker is refused)
-    brokered: bool = True
-    mux_keepalive: tuple[float, ...] = DEFAULT_KEEPALIVE  # as ClientConfig's, for each endpoint's session
-    # plain gRPC connections (not multiplexed): one with calls in flight and nothing arriving for [0]
-    # seconds is pinged, and closed, its calls failing UNAVAILABLE, when no answer comes within [1], or
-    # when any ping (gRPC's flow-control probes too) goes unanswered for [2] (default 60: above what a
-    # slow link may queue before the answer); None: off (a stream without deadline to a stopped or
-    # cut-off endpoint then waits for good)
-    grpc_keepalive: tuple[float, ...] | None = GRPC_KEEPALIVE
-
-    def __post_init__(self) -> None:
-        # refused as the config is made, not at start() (the pool's own check) nor at RemoteClient(): the
-        # line that asks for both is the one to fix
-        check_transport("RemoteConfig", self.tls, self.insecure, neither_allowed=True)
-
-    def client_config(self) -> ClientConfig:
-        """The ClientConfig the RemoteClient carries (plugin sets, timeouts, name)."""
-        return ClientConfig(handshake=self.handshake, plugins=self.plugins,
-                            versioned_plugins=self.versioned_plugins, runner=RemoteEnd(self.target),
-                            start_timeout=self.start_timeout, call_timeout=self.call_timeout,
-                            name=self.name or "remote", grpc_options=self.grpc_options, logger=self.logger)
+class RemoteConfig(RemoteFields):
+    """How to reach a plugin served on the network (its fields: plugbay.network.remoteconfig). See the module
+    docstring."""
 
     def make_client(self) -> RemoteClient:
         """A new RemoteClient (what a Supervisor calls on each (re)connect)."""
