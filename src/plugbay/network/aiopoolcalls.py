@@ -22,6 +22,7 @@ class AioPoolCallable(Protocol):
 
     rules: PoolCallable
     channel: Any  # the AioPoolChannel: its pool, endpoints and pin
+    kind: str  # grpc.aio's name of the method's kind: "unary_unary", "unary_stream", ...
 
     def start(self, member: Member, request: Any, timeout: float | None,
               kwargs: dict[str, Any]) -> tuple[Any, grpc.aio.Channel]: ...

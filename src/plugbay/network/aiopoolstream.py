@@ -3,9 +3,9 @@ like grpc.aio's, waiting for an endpoint as poolcalls' rules say. A server-strea
 found its endpoint unreachable goes to another, as poolstream's: not once its caller cancel()led it, whose
 code() then says CANCELLED; a cancel() ends the pick of the next endpoint too, and says True, the stream being
 under way; once a read raised the call's failure, its status stands (a later cancel() leaves it). Done
-callbacks stay with the call they were added to. As an AsyncClient's stream (plugbay.core.host.aiocall), it is
-cancelled when dropped before its end, and a read after the `async with` block that cancelled it raises that
-one's InvalidStateError."""
+callbacks stay with the call they were added to. As an AsyncClient's stream (plugbay.core.host.aiocall), one
+whose answers are a stream is cancelled when dropped before its end (a client-streaming call runs to its end, as
+grpc.aio's does), and a read after the `async with` block that cancelled it raises that one's InvalidStateError."""
 
 from __future__ import annotations
 
@@ -36,6 +36,9 @@ class StreamCall:
     def __init__(self, callable: AioPoolCallable, request: Any, timeout: float | None,
                  kwargs: dict[str, Any]) -> None:
         self._callable = callable
+        # its answers are a stream: cancelled when dropped before its end (nobody can read the rest), as an
+        # AsyncClient's; a client-streaming call's one answer is not: it runs to its end, as grpc.aio's does
+        self._streamed = callable.kind in ("unary_stream", "stream_stream")
         self._call: Any = None
         self._callbacks: list[HeldCallbacks] = []  # the done callbacks of each call it made (see add_done_callback)
         self._channel: Any = None
@@ -86,8 +89,8 @@ class StreamCall:
         # cycle, so a stream dropped unread ran on until the garbage collector came
         stream = weakref.ref(self)
         self._call.add_done_callback(lambda call: _ended(stream, pool, member, call))
-        # cancelled when dropped before its end, as an AsyncClient's stream is; on the loop grpc.aio made it on
-        cancel_when_dropped(self, asyncio.get_event_loop(), self._call)
+        if self._streamed:  # cancelled when dropped before its end, as an AsyncClient's stream is
+            cancel_when_dropped(self, asyncio.get_event_loop(), self._call)
 
     def _unsent(self, exc: BaseException) -> bool:
         """Whether the failed first read ``exc`` provably never left its endpoint, and may go to another (not
@@ -272,7 +275,7 @@ class StreamCall:
 
     def __del__(self) -> None:
         for held in self.__dict__.get("_callbacks", ()):
-            held.hand_over(self)
+            held.hand_over(self, cancel=self._streamed)
 
     def time_remaining(self) -> float | None:
         return self._call.time_remaining() if self._call is not None else None

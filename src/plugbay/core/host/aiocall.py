@@ -83,17 +83,19 @@ class HeldCallbacks:
         if len(self._waiting) == 1:  # one relay per wait, holding these callbacks weakly
             self.call.add_done_callback(functools.partial(_run_waiting, weakref.ref(self)))
 
-    def hand_over(self, given: object | None = None) -> None:
+    def hand_over(self, given: object | None = None, cancel: bool = False) -> None:
         """Their holder is going (its __del__, on any thread): the call holds the callbacks from now on, added on
         its loop (grpc.aio's calls belong there); a closed loop runs nothing any more. ``given``: the holder,
-        when the callbacks are given it: they keep it (resurrected) until they ran, so its finalizer's cancel
-        (cancel_when_dropped) would wait for them: the call is cancelled here instead."""
+        when the callbacks are given it: they keep it (resurrected) until they ran. ``cancel``: the holder's
+        call is one cancelled when dropped (cancel_when_dropped: its answers are a stream), cancelled here,
+        after the callbacks are handed over: a holder they keep would else never be dropped, and so never
+        cancel its call (a client-streaming call runs to its end, as grpc.aio's does, cancel or not)."""
         waiting, self._waiting = self._waiting, []
         if waiting and given is not None:
             waiting = [functools.partial(_given_to, callback, given) for callback in waiting]
         if waiting:
             try:
-                self._loop.call_soon_threadsafe(_hand_to, self.call, waiting, given is not None)
+                self._loop.call_soon_threadsafe(_hand_to, self.call, waiting, cancel)
             except RuntimeError:
                 pass
 
