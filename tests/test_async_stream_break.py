@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,30 @@ def test_a_done_callback_of_a_stream_kept_runs_when_it_ends(no_gc: None) -> None
             return seen
 
     assert asyncio.run(main()) == [("first", True, True), ("after", True, True)]
+
+
+def test_a_stream_finalized_before_its_weak_references_go_is_cancelled_all_the_same(no_gc: None) -> None:
+    """A stream whose done callback refers to it, its __del__ run while its weak references still live (the order
+    another Python's collector may take; CPython's runs the weakref callbacks, the drop-cancel among them, first):
+    __del__ cancels the call as it hands the callbacks over, so they, which keep the stream alive, do not keep
+    the call alive too. The callback runs once, on the loop's thread."""
+    async def main() -> tuple[Any, list[tuple[int, bool]], Any, int]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            stream = streamer.generate(0, 100)  # endless: only a cancel ends it
+            assert (await stream.read()).seq == 0
+            seen: list[tuple[int, bool]] = []
+            stream.add_done_callback(
+                lambda call, held=stream: seen.append((threading.get_ident(), call.cancelled())))
+            running = await streamer.stats()
+            stream.__del__()  # finalized first, as a collection elsewhere may; its drop-cancel not yet run
+            del stream
+            stats = await handlers_ended(streamer)
+            await _iterators_closed()  # the callbacks run on the loop once the cancel ran there
+            return running, seen, stats, threading.get_ident()
+
+    running, seen, stats, loop_thread = asyncio.run(main())
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+    assert seen == [(loop_thread, True)], seen
+

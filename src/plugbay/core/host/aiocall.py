@@ -156,6 +156,7 @@ class AioCall:
         self._started = owner._loop.time()
         self._abandoned = False  # cancelled by plugbay: an `async with` block over it ended before it did
         self._done_callbacks: HeldCallbacks | None = None  # made by the first add_done_callback()
+        self._streamed = streamed
         if streamed:  # the wrapper is outside grpc.aio's cycle, so it goes when its holder lets go of it
             cancel_when_dropped(self, owner._loop, call)
 
@@ -289,7 +290,10 @@ class AioCall:
     def __del__(self) -> None:
         held = self.__dict__.get("_done_callbacks")  # not __getattr__: a half-made wrapper has no _call
         if held is not None:
-            held.hand_over()
+            # a stream's call is cancelled here too, not only by its finalizer (cancel_when_dropped): a callback
+            # that refers to this wrapper, handed to the call, would keep it alive, and the finalizer from ever
+            # running, wherever __del__ comes first (CPython's collector happens to run weakref callbacks first)
+            held.hand_over(cancel=self._streamed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
