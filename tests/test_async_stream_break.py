@@ -243,3 +243,43 @@ def test_a_stream_finalized_before_its_weak_references_go_is_cancelled_all_the_s
     assert (stats.active, stats.cancelled) == (0, 1), stats
     assert seen == [(loop_thread, True)], seen
 
+
+async def _drop_on(where: str, holder: list[Any]) -> None:
+    """Drop the stream ``holder`` holds, its last reference: here (on the loop) or on another thread."""
+    if where == "loop":
+        holder.clear()
+        return
+    dropped_on = await asyncio.to_thread(lambda: (holder.clear(), threading.get_ident())[1])
+    assert dropped_on != threading.get_ident()
+
+
+def _dropped_with_a_callback(where: str) -> tuple[Any, list[tuple[int, bool]], Any, int]:
+    async def main() -> tuple[Any, list[tuple[int, bool]], Any, int]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            holder = [streamer.generate(0, 100)]  # endless: only a cancel ends it
+            assert (await holder[0].read()).seq == 0
+            seen: list[tuple[int, bool]] = []
+            holder[0].add_done_callback(lambda call: seen.append((threading.get_ident(), call.cancelled())))
+            running = await streamer.stats()
+            await _drop_on(where, holder)
+            stats = await handlers_ended(streamer)
+            await _iterators_closed()  # the callbacks run on the loop once the cancel ran there
+            return running, seen, stats, threading.get_ident()
+
+    return asyncio.run(main())
+
+
+def test_a_stream_dropped_with_a_done_callback_is_cancelled_and_the_callback_runs_once(no_gc: None) -> None:
+    """The callback does not refer to the stream: the drop frees it at once (its reference count), no collection."""
+    running, seen, stats, loop_thread = _dropped_with_a_callback("loop")
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+    assert seen == [(loop_thread, True)], seen
+
+
+def test_a_stream_dropped_on_another_thread_runs_its_callback_once_on_the_loops_thread(no_gc: None) -> None:
+    running, seen, stats, loop_thread = _dropped_with_a_callback("thread")
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+    assert seen == [(loop_thread, True)], seen
