@@ -35,6 +35,9 @@ class StreamCall:
 
     def __init__(self, callable: AioPoolCallable, request: Any, timeout: float | None,
                  kwargs: dict[str, Any]) -> None:
+        # its calls are made, and end, on this loop (grpc.aio's calls need one running): their drop-cancel and
+        # done callbacks go to it, from whatever thread the stream is dropped on
+        self._loop = asyncio.get_running_loop()
         self._callable = callable
         # its answers are a stream: cancelled when dropped before its end (nobody can read the rest), as an
         # AsyncClient's; a client-streaming call's one answer is not: it runs to its end, as grpc.aio's does
@@ -90,7 +93,7 @@ class StreamCall:
         stream = weakref.ref(self)
         self._call.add_done_callback(lambda call: _ended(stream, pool, member, call))
         if self._streamed:  # cancelled when dropped before its end, as an AsyncClient's stream is
-            cancel_when_dropped(self, asyncio.get_event_loop(), self._call)
+            cancel_when_dropped(self, self._loop, self._call)
 
     def _unsent(self, exc: BaseException) -> bool:
         """Whether the failed first read ``exc`` provably never left its endpoint, and may go to another (not
@@ -270,7 +273,7 @@ class StreamCall:
 
     def _held(self, call: Any) -> HeldCallbacks:
         if not self._callbacks or self._callbacks[-1].call is not call:
-            self._callbacks.append(HeldCallbacks(call, asyncio.get_event_loop(), given=self))
+            self._callbacks.append(HeldCallbacks(call, self._loop, given=self))
         return self._callbacks[-1]
 
     def __del__(self) -> None:
