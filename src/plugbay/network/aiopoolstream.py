@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from plugbay.core.host.aiocall import HeldCallbacks, abandoned_error, cancel_when_dropped
+from plugbay.core.host.aiocall import DoneCallback, HeldCallbacks, abandoned_error, cancel_when_dropped
 from plugbay.core.host.aiochannel import retrieved
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.errors import NoEndpointsError
@@ -257,7 +257,7 @@ class StreamCall:
             return bool(self._call.done())
         return self._ready is None or self._ready.done() or self._asked
 
-    def add_done_callback(self, callback: Any) -> None:
+    def add_done_callback(self, callback: DoneCallback) -> None:
         """``callback(self)`` once the current call ends; held by this stream, not by grpc.aio's call, so a stream
         dropped with callbacks is cancelled as one without (aiocall.HeldCallbacks, as an AsyncClient's stream)."""
         if self._call is not None:
@@ -265,7 +265,7 @@ class StreamCall:
         elif self._ready is not None:  # once the call is made, when it ends; or now, if no call came
             self._ready.add_done_callback(lambda ready: self._then(ready, callback))
 
-    def _then(self, ready: asyncio.Future[None], callback: Any) -> None:
+    def _then(self, ready: asyncio.Future[None], callback: DoneCallback) -> None:
         if self._call is not None and not ready.cancelled() and ready.exception() is None:
             self._held(self._call).add(callback)
         else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -18,6 +18,8 @@ from plugbay.core.transport.causes import caused
 from plugbay.core.transport.requestsource import ITERATING_FAILED, RequestSource
 
 _T = TypeVar("_T")
+# a done callback: given the call (grpc.aio's, or the object the caller holds), its result ignored
+DoneCallback = Callable[[Any], object]
 
 
 class CallOwner(Protocol):
@@ -75,9 +77,9 @@ class HeldCallbacks:
         self._loop = loop
         # what a callback is given: ``given`` (held weakly: it holds this), else grpc.aio's call, as grpc.aio does
         self._given = None if given is None else weakref.ref(given)
-        self._waiting: list[Any] = []
+        self._waiting: list[DoneCallback] = []
 
-    def add(self, callback: Any) -> None:
+    def add(self, callback: DoneCallback) -> None:
         """grpc.aio's add_done_callback: ``callback`` runs once the call is done (at once if it is)."""
         self._waiting.append(callback)
         if len(self._waiting) == 1:  # one relay per wait, holding these callbacks weakly
@@ -110,11 +112,11 @@ def _run_waiting(held_ref: weakref.ref[HeldCallbacks], call: Any) -> None:
         callback(given)
 
 
-def _given_to(callback: Any, given: object, _call: Any) -> None:
+def _given_to(callback: DoneCallback, given: object, _call: Any) -> None:
     callback(given)
 
 
-def _hand_to(call: Any, callbacks: list[Any], cancel: bool) -> None:
+def _hand_to(call: Any, callbacks: list[DoneCallback], cancel: bool) -> None:
     for callback in callbacks:
         call.add_done_callback(callback)
     if cancel:
@@ -280,7 +282,7 @@ class AioCall:
         return timed(await self._owner.translate(exc, past, None if self._timeout is None else self._timeout - spent),
                      self._timeout)
 
-    def add_done_callback(self, callback: Any) -> None:
+    def add_done_callback(self, callback: DoneCallback) -> None:
         """As grpc.aio's (``callback`` is given the call under this wrapper), held by this wrapper while it lives
         (HeldCallbacks: one that refers to the stream no longer keeps it from being cancelled when dropped)."""
         if self._done_callbacks is None:
