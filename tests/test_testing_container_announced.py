@@ -89,6 +89,31 @@ def test_start_refuses_a_version_the_host_does_not_take_and_removes_the_containe
         engine.close()
 
 
+def test_start_refuses_the_handshake_version_when_only_versioned_plugins_are_given(plugbay_docker: Any) -> None:
+    # with versioned_plugins alone its Client takes only those versions (ClientConfig.versions()), but start()
+    # also took the handshake's own: it succeeded, and the VersionMismatchError came at the first get_client()
+    import docker
+
+    from plugbay.errors import VersionMismatchError
+
+    tag = uuid.uuid4().hex
+    assert HANDSHAKE.protocol_version == 1
+    line = "1|1|unix|/plugbay/sock/plugin.sock|grpc"
+    plugin = PluginContainer(IMAGE, HANDSHAKE, versioned_plugins={2: PLUGINS}, transport="unix", start_timeout=30,
+                             labels={"test.plugbay-announced": tag},
+                             entrypoint=["sh", "-c", f"echo '{line}'; sleep 120"])
+    engine = docker.from_env()
+    try:
+        with pytest.raises(VersionMismatchError, match=r"host supports \[2\], plugin supports \[1\]"):
+            plugin.start()
+        assert _labelled(engine, tag) == []  # removed, as a failed start's container is
+    finally:
+        plugin.stop()
+        for left in _labelled(engine, tag):
+            left.remove(force=True)
+        engine.close()
+
+
 def test_a_call_after_the_container_died_advises_restarting_the_plugin_container(plugbay_image: Any,
                                                                                   plugbay_docker: Any) -> None:
     # the Client's own advice, "start a new Client", cannot bring back a container PluginContainer runs

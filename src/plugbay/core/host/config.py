@@ -86,9 +86,17 @@ class ClientConfig:
         return auto, require
 
     def versions(self) -> dict[int, PluginSet]:
-        out: dict[int, PluginSet] = {int(v): dict(p) for v, p in (self.versioned_plugins or {}).items()}
-        if self.plugins is not None:
-            out.setdefault(self.handshake.protocol_version, dict(self.plugins))
-        if not out:
-            out[self.handshake.protocol_version] = {}
-        return out
+        return host_versions(self.handshake, self.plugins, self.versioned_plugins)
+
+
+def host_versions(handshake: HandshakeConfig, plugins: PluginSet | None,
+                  versioned_plugins: VersionedPlugins | None) -> dict[int, PluginSet]:
+    """The plugin sets a host takes, by protocol version: versioned_plugins, and plugins under the handshake's
+    version (that version alone, with no plugins at all). What a Client negotiates, and what a check before it
+    (PluginContainer.start()) must take, or the two disagree."""
+    out: dict[int, PluginSet] = {int(v): dict(p) for v, p in (versioned_plugins or {}).items()}
+    if plugins is not None:
+        out.setdefault(handshake.protocol_version, dict(plugins))
+    if not out:
+        out[handshake.protocol_version] = {}
+    return out
