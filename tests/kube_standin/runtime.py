@@ -10,6 +10,7 @@ the pods run as local processes instead (process_backend.py).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -207,25 +208,35 @@ class DockerBox:
             _rmtree(self._scratch)
 
 
-# Each pod container names the stand-in that made it (its pid-based session and start ticks) and its emptyDir
-# folder: a stand-in killed (SIGKILL, a crashed test run) cannot remove them itself, and the next one does.
+# Each pod container names the stand-in that made it (plugbay's session labels: its session and start ticks, its
+# machine, boot and pid namespace) and its emptyDir folder: a stand-in killed (SIGKILL, a crashed test run) cannot
+# remove them itself, and the next one does once plugbay's session_gone() proves it gone.
 OWNER_LABEL = "plugbay.standin.owner"
 EMPTYDIR_LABEL = "plugbay.standin.emptydir"
 _EMPTYDIR_PREFIX = "plugbay-standin-emptydir-"
+_OWNER = re.compile(r"(\d+-[0-9a-f]{12})\.(\d+)")
 
 
-def _owner() -> str:
-    from plugbay.runners.session import host_session_id, host_session_start
+def owner_labels() -> dict[str, str]:
+    """This stand-in's labels for a pod container it makes (plugbay's MANAGED left off: plugbay's own sweep
+    takes a container with it for a runner's, and a stand-in's pod container is no runner's)."""
+    from plugbay.runners.session import HOST, HOST_PIDS, MACHINE, host_session, managed_labels
 
-    return f"{host_session_id()}.{host_session_start()}"
+    own = managed_labels()
+    return {OWNER_LABEL: host_session(), HOST: own[HOST], HOST_PIDS: own[HOST_PIDS], MACHINE: own[MACHINE]}
 
 
-def _owner_gone(owner: str) -> bool:
-    """Whether the stand-in process ``owner`` names is proven gone (this machine's /proc says so)."""
-    from plugbay.runners.session import own_proc, session_alive
+def _owner_gone(labels: Mapping[str, str]) -> bool:
+    """Whether the stand-in that labelled a pod container is proven gone (plugbay's session_gone(): this
+    machine, boot and pid namespace with its process ended); a label it cannot read, or another machine's or
+    pid namespace's, is not a proof."""
+    from plugbay.runners.session import HOST, HOST_PIDS, MACHINE, session_gone
 
-    session, _, start = owner.rpartition(".")
-    return bool(session) and own_proc() and not session_alive(session, start)
+    owner = _OWNER.fullmatch(labels.get(OWNER_LABEL, ""))
+    if owner is None:
+        return False
+    return session_gone(labels.get(HOST), labels.get(HOST_PIDS), owner.group(1), owner.group(2),
+                        labels.get(MACHINE))
 
 
 def _own_emptydir(path: str) -> bool:
@@ -241,7 +252,7 @@ def remove_orphans(client: Any) -> list[str]:
     removed = []
     for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
         labels = container.labels or {}
-        if not _owner_gone(labels.get(OWNER_LABEL, "")):
+        if not _owner_gone(labels):
             continue  # a live stand-in's (another test run's on this engine), or one /proc cannot tell of
         try:
             container.remove(force=True)
@@ -293,7 +304,7 @@ class DockerBackend:
         kwargs: dict[str, Any] = dict(
             image=req.image,
             environment=dict(req.env),
-            labels={**req.labels, "plugbay.standin.pod": req.pod_key, OWNER_LABEL: _owner()},
+            labels={**req.labels, "plugbay.standin.pod": req.pod_key, **owner_labels()},
             ports={f"{p}/tcp": ("127.0.0.1", None) for p in req.ports},
             detach=True,
             read_only=req.read_only,
