@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,3 +97,41 @@ def test_pod_containers_whose_owner_label_cannot_be_read_are_kept(engine: Any, t
     kept = _labelled(engine, testapp, tag, {**owner_labels(), OWNER_LABEL: owner})
     remove_orphans(engine)
     assert kept.id in _ids(engine, tag)
+
+
+def _gone_owner() -> dict[str, str]:
+    """The labels of a stand-in process that has ended (its session is proven gone here)."""
+    done = subprocess.run([sys.executable, "-c", "import json, sys; sys.path.insert(0, sys.argv[1]);"
+                           " sys.path.insert(0, sys.argv[2]); from tests.kube_standin.runtime import owner_labels;"
+                           " print(json.dumps(owner_labels()))", str(SRC), str(SRC.parent)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    labels: dict[str, str] = json.loads(done.stdout)
+    return labels
+
+
+def test_two_standins_starting_at_once_both_start(engine: Any, tag: str) -> None:
+    # both found the same orphans; the second removal of a container under way was a 409 ("removal of container
+    # ... is already in progress") that only NotFound was caught for, and one stand-in crashed on it
+    gone = _gone_owner()
+    for _ in range(8):
+        _labelled(engine, "plugbay-base:bookworm", tag, gone).start()
+    start = threading.Barrier(2)
+    failed: list[BaseException] = []
+
+    def standin_start() -> None:
+        own = docker.from_env(version="auto", timeout=60)
+        try:
+            start.wait(timeout=60)
+            remove_orphans(own)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=standin_start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert failed == []
+    assert _ids(engine, tag) == set()
