@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.kube_standin.fixtures import testapp  # noqa: F401
-from tests.kube_standin.runtime import OWNER_LABEL, owner_labels, remove_orphans
+from tests.kube_standin.runtime import EMPTYDIR_LABEL, OWNER_LABEL, owner_labels, remove_orphans
 
 pytestmark = [pytest.mark.docker]
 docker = pytest.importorskip("docker")
@@ -135,3 +135,93 @@ def test_two_standins_starting_at_once_both_start(engine: Any, tag: str) -> None
         thread.join(timeout=300)
     assert failed == []
     assert _ids(engine, tag) == set()
+
+
+def _killed_standins_containers(engine: Any, killed: Any, pod: str) -> list[Any]:
+    """The pod's container that the stand-in ``killed`` made: by its owner label too (the pod's name alone would
+    pick a concurrent run's)."""
+    from plugbay.runners.session import HOST_PIDS, host_pids
+
+    assert killed._proc is not None
+    found = engine.containers.list(all=True, filters={"label": f"plugbay.standin.pod=default/{pod}"})
+    return [c for c in found if (c.labels.get(OWNER_LABEL) or "").startswith(f"{killed._proc.pid}-")
+            and c.labels.get(HOST_PIDS) == host_pids()]
+
+
+def _orphan_pod(engine: Any, image: str, pod: str, labels: dict[str, str], empty_dir: bool) -> tuple[Any, Any]:
+    """(the killed stand-in, its pod's container left running): a pod made through a stand-in process, then
+    that process killed with SIGKILL."""
+    import signal
+    import time
+
+    from kubernetes import client, config
+
+    from tests.kube_standin.separate import SeparateStandIn
+
+    killed = SeparateStandIn(runtime="docker").start()
+    try:
+        api = client.CoreV1Api(config.new_client_from_config(config_file=killed.kubeconfig))
+        container: dict[str, Any] = {"name": "plugin", "image": image}
+        spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+        if empty_dir:
+            spec["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+            container["volumeMounts"] = [{"name": "scratch", "mountPath": "/scratch"}]
+        found: list[Any] = []
+        try:
+            api.create_namespaced_pod("default", client.V1Pod.from_dict(
+                {"metadata": {"name": pod, "labels": labels}, "spec": spec}))
+            deadline = time.monotonic() + 60  # a bound for a slow engine, not a timing claim
+            while not found and time.monotonic() < deadline:
+                found = _killed_standins_containers(engine, killed, pod)
+                time.sleep(0.1)
+        finally:
+            api.api_client.close()
+        assert len(found) == 1
+        assert killed._proc is not None
+        killed._proc.send_signal(signal.SIGKILL)
+        killed._proc.wait()
+        return killed, found[0]
+    except BaseException:
+        for left in _killed_standins_containers(engine, killed, pod):
+            left.remove(force=True)
+        killed.stop()
+        raise
+
+
+def test_a_pod_labelled_with_another_pods_emptydir_folder_does_not_get_it_removed(
+        engine: Any, testapp: str) -> None:  # noqa: F811
+    # a pod's own labels became its container's: one labelled plugbay.standin.emptydir=<another live pod's
+    # folder> had the next stand-in remove that folder once the pod's own stand-in was gone
+    import tempfile
+
+    from tests.kube_standin import StandIn
+
+    victim = tempfile.mkdtemp(prefix="plugbay-standin-emptydir-")  # as a live pod's, of a stand-in still running
+    killed, orphan = None, None
+    try:
+        killed, orphan = _orphan_pod(engine, testapp, "claims", {EMPTYDIR_LABEL: victim}, empty_dir=False)
+        with StandIn(runtime="docker"):  # the next stand-in
+            assert engine.containers.list(all=True, filters={"id": orphan.id}) == []
+        assert os.path.isdir(victim)
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)
+        if orphan is not None:
+            try:
+                orphan.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        if killed is not None:
+            killed.stop()
+
+
+def test_a_folder_is_removed_only_when_the_containers_own_bind_mounts_are_in_it(engine: Any, tag: str) -> None:
+    # the emptyDir label alone named the folder to remove: a container labelled so by anything on the engine
+    import tempfile
+
+    victim = tempfile.mkdtemp(prefix="plugbay-standin-emptydir-")
+    try:
+        orphan = _labelled(engine, "plugbay-base:bookworm", tag, {**_gone_owner(), EMPTYDIR_LABEL: victim})
+        assert orphan.id in remove_orphans(engine)
+        assert os.path.isdir(victim)
+    finally:
+        shutil.rmtree(victim, ignore_errors=True)

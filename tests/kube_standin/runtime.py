@@ -215,6 +215,7 @@ class DockerBox:
 OWNER_LABEL = "plugbay.standin.owner"
 EMPTYDIR_LABEL = "plugbay.standin.emptydir"
 _EMPTYDIR_PREFIX = "plugbay-standin-emptydir-"
+_PLUGBAY_LABELS = "plugbay."
 _log = logging.getLogger("tests.kube_standin")
 _OWNER = re.compile(r"(\d+-[0-9a-f]{12})\.(\d+)")
 
@@ -222,10 +223,15 @@ _OWNER = re.compile(r"(\d+-[0-9a-f]{12})\.(\d+)")
 def owner_labels() -> dict[str, str]:
     """This stand-in's labels for a pod container it makes (plugbay's MANAGED left off: plugbay's own sweep
     takes a container with it for a runner's, and a stand-in's pod container is no runner's)."""
-    from plugbay.runners.session import HOST, HOST_PIDS, MACHINE, host_session, managed_labels
+    from plugbay.runners.session import MANAGED, host_session, managed_labels
 
-    own = managed_labels()
-    return {OWNER_LABEL: host_session(), HOST: own[HOST], HOST_PIDS: own[HOST_PIDS], MACHINE: own[MACHINE]}
+    return {**{k: v for k, v in managed_labels().items() if k != MANAGED}, OWNER_LABEL: host_session()}
+
+
+def _pod_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """A pod's own labels as its container's, less plugbay's namespace: a pod labelled with the stand-in's
+    owner or emptyDir label (or a plugbay session's) would name what a later stand-in removes."""
+    return {k: v for k, v in labels.items() if not k.startswith(_PLUGBAY_LABELS)}
 
 
 def _owner_gone(labels: Mapping[str, str]) -> bool:
@@ -241,10 +247,14 @@ def _owner_gone(labels: Mapping[str, str]) -> bool:
                         labels.get(MACHINE))
 
 
-def _own_emptydir(path: str) -> bool:
-    """Whether ``path`` is an emptyDir folder a stand-in makes: in the temp folder, by its name, no link."""
-    return (os.path.dirname(path) == tempfile.gettempdir() and os.path.basename(path).startswith(_EMPTYDIR_PREFIX)
-            and os.path.isdir(path) and not os.path.islink(path))
+def _own_emptydir(path: str, container: Any) -> bool:
+    """Whether ``path`` is the emptyDir folder a stand-in made for ``container``: in the temp folder, by its name,
+    no link, and the source of the container's own bind mounts (a label alone names any folder)."""
+    if not (os.path.dirname(path) == tempfile.gettempdir() and os.path.basename(path).startswith(_EMPTYDIR_PREFIX)
+            and os.path.isdir(path) and not os.path.islink(path)):
+        return False
+    binds = [m.get("Source") or "" for m in (container.attrs.get("Mounts") or []) if m.get("Type") == "bind"]
+    return bool(binds) and all(os.path.dirname(source) == path for source in binds)
 
 
 def remove_orphans(client: Any) -> list[str]:
@@ -267,7 +277,7 @@ def remove_orphans(client: Any) -> list[str]:
                          container.short_id, exc.explanation or exc)
             continue
         removed.append(container.id)
-        if _own_emptydir(labels.get(EMPTYDIR_LABEL, "")):
+        if _own_emptydir(labels.get(EMPTYDIR_LABEL, ""), container):
             _rmtree(labels[EMPTYDIR_LABEL])
     return removed
 
@@ -312,7 +322,7 @@ class DockerBackend:
         kwargs: dict[str, Any] = dict(
             image=req.image,
             environment=dict(req.env),
-            labels={**req.labels, "plugbay.standin.pod": req.pod_key, **owner_labels()},
+            labels={**_pod_labels(req.labels), "plugbay.standin.pod": req.pod_key, **owner_labels()},
             ports={f"{p}/tcp": ("127.0.0.1", None) for p in req.ports},
             detach=True,
             read_only=req.read_only,
