@@ -225,3 +225,32 @@ def test_a_folder_is_removed_only_when_the_containers_own_bind_mounts_are_in_it(
         assert os.path.isdir(victim)
     finally:
         shutil.rmtree(victim, ignore_errors=True)
+
+
+def test_a_killed_standins_folder_in_another_runs_temp_folder_is_removed(engine: Any, testapp: str,  # noqa: F811
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # each test run has TMPDIR=/tmp/plugbay-test-<pid> (tests/leakcheck.py): a folder was removed only when in
+    # the next stand-in's own temp folder, so a killed run's were never
+    from tests.kube_standin import StandIn
+
+    other_run = f"/tmp/plugbay-test-{uuid.uuid4().int % 10 ** 12}"
+    os.mkdir(other_run, 0o700)
+    killed, orphan = None, None
+    try:
+        with monkeypatch.context() as env:
+            env.setenv("TMPDIR", other_run)
+            killed, orphan = _orphan_pod(engine, testapp, "elsewhere", {}, empty_dir=True)
+        scratch = orphan.labels.get(EMPTYDIR_LABEL, "")
+        assert os.path.dirname(scratch) == other_run and os.path.isdir(scratch)
+        with StandIn(runtime="docker"):  # the next stand-in, in this run's temp folder
+            assert engine.containers.list(all=True, filters={"id": orphan.id}) == []
+        assert not os.path.exists(scratch)
+    finally:
+        if orphan is not None:
+            try:
+                orphan.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        if killed is not None:
+            killed.stop()
+        shutil.rmtree(other_run, ignore_errors=True)

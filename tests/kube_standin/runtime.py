@@ -216,6 +216,8 @@ OWNER_LABEL = "plugbay.standin.owner"
 EMPTYDIR_LABEL = "plugbay.standin.emptydir"
 _EMPTYDIR_PREFIX = "plugbay-standin-emptydir-"
 _PLUGBAY_LABELS = "plugbay."
+_SYSTEM_TEMP = "/tmp"
+_RUN_FOLDER = re.compile(r"plugbay-test-\d+")
 _log = logging.getLogger("tests.kube_standin")
 _OWNER = re.compile(r"(\d+-[0-9a-f]{12})\.(\d+)")
 
@@ -247,11 +249,18 @@ def _owner_gone(labels: Mapping[str, str]) -> bool:
                         labels.get(MACHINE))
 
 
+def _temp_folder(parent: str) -> bool:
+    """Whether ``parent`` is a temp folder a stand-in's emptyDir folders go in: this process's, the system's, or a
+    test run's (tests/leakcheck.py gives each run TMPDIR=/tmp/plugbay-test-<pid>, a killed run's stand-in too)."""
+    return parent in (tempfile.gettempdir(), _SYSTEM_TEMP) or (
+        os.path.dirname(parent) == _SYSTEM_TEMP and _RUN_FOLDER.fullmatch(os.path.basename(parent)) is not None)
+
+
 def _own_emptydir(path: str, container: Any) -> bool:
-    """Whether ``path`` is the emptyDir folder a stand-in made for ``container``: in the temp folder, by its name,
-    no link, and the source of the container's own bind mounts (a label alone names any folder)."""
-    if not (os.path.dirname(path) == tempfile.gettempdir() and os.path.basename(path).startswith(_EMPTYDIR_PREFIX)
-            and os.path.isdir(path) and not os.path.islink(path)):
+    """Whether ``path`` is the emptyDir folder a stand-in made for ``container``: in a temp folder, by its name,
+    no link on the way, and the source of the container's own bind mounts (a label alone names any folder)."""
+    if not (os.path.isabs(path) and os.path.realpath(path) == path and _temp_folder(os.path.dirname(path))
+            and os.path.basename(path).startswith(_EMPTYDIR_PREFIX) and os.path.isdir(path)):
         return False
     binds = [m.get("Source") or "" for m in (container.attrs.get("Mounts") or []) if m.get("Type") == "bind"]
     return bool(binds) and all(os.path.dirname(source) == path for source in binds)
