@@ -254,3 +254,31 @@ def test_a_killed_standins_folder_in_another_runs_temp_folder_is_removed(engine:
         if killed is not None:
             killed.stop()
         shutil.rmtree(other_run, ignore_errors=True)
+
+
+def test_a_standin_removes_the_pod_containers_of_one_that_was_killed(engine: Any, testapp: str) -> None:  # noqa: F811
+    # a stand-in killed with SIGKILL (a crashed or killed test run) left its pods' containers running and their
+    # emptyDir folders behind, which nothing removed: no API answers for them, and plugbay's sweep cannot prove
+    # a container it did not create its own. Its container is found by the killed stand-in's owner label: by the
+    # pod's name alone a concurrent run's could be picked (and force-removed)
+    import tempfile
+
+    from tests.kube_standin import StandIn
+
+    killed, orphan = None, None
+    try:
+        killed, orphan = _orphan_pod(engine, testapp, "orphan", {}, empty_dir=True)
+        assert engine.containers.list(filters={"id": orphan.id})  # left running
+        scratch = orphan.labels.get(EMPTYDIR_LABEL, "")
+        assert os.path.dirname(scratch) == tempfile.gettempdir() and os.path.isdir(scratch)
+        with StandIn(runtime="docker"):  # the next stand-in, in another (this) process
+            assert engine.containers.list(all=True, filters={"id": orphan.id}) == []
+            assert not os.path.exists(scratch)
+    finally:
+        if orphan is not None:
+            try:
+                orphan.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        if killed is not None:
+            killed.stop()
