@@ -138,6 +138,20 @@ def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
     assert _part("plugbay.core.protocol.bad") == "plugbay.core.protocol"
 
 
+def test_runner_modules_import_no_other_modules_private_names() -> None:
+    # a helper one runner module shares with another gets a public name where it is defined, so a reader of
+    # the defining module sees it is used elsewhere (podaddress once took pods' _obj and _objs)
+    wrong = []
+    for name, path in _modules().items():
+        if not name.startswith("plugbay.runners."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("plugbay"):
+                wrong += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not wrong, "private names taken from another module:\n" + "\n".join(wrong)
+
+
 def test_a_plugin_process_loads_no_host_runner_resilience_or_network_code() -> None:
     code = (
         "import sys, json\n"

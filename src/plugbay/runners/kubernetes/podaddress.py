@@ -12,7 +12,7 @@ from typing import Any
 
 from plugbay.core.protocol.addresses import Problem, peer_refusal
 from plugbay.errors import RunnerError
-from plugbay.runners.kubernetes.pods import Json, _obj, _objs, phase
+from plugbay.runners.kubernetes.pods import Json, json_object, json_objects, phase
 
 
 def pod_address(pod: Json, port: int, pod_id: str, *, allow_loopback: bool = False, reattached: bool = False) -> str:
@@ -24,10 +24,10 @@ def pod_address(pod: Json, port: int, pod_id: str, *, allow_loopback: bool = Fal
     AWS's IPv6 metadata fd00:ec2::/64; IPv4-mapped, NAT64 and 6to4 addresses are checked as the IPv4
     address they reach; nor loopback, the host's own services, unless ``allow_loopback``: a stand-in
     API on one machine). ``reattached``: the runner is KubernetesRunner.attach's (the advice names its opt-in)."""
-    status = _obj(pod.get("status"))
+    status = json_object(pod.get("status"))
     # A hostPort on the container port means the pod is reached on its node's IP.
-    for c in _objs(_obj(pod.get("spec")).get("containers")):
-        for p in _objs(c.get("ports")):
+    for c in json_objects(json_object(pod.get("spec")).get("containers")):
+        for p in json_objects(c.get("ports")):
             if p.get("containerPort") == port and p.get("hostPort"):
                 host_port = p["hostPort"]
                 if isinstance(host_port, bool) or not isinstance(host_port, int) or not 0 < host_port < 65536:

@@ -134,13 +134,13 @@ def build_pod(*, name: str, image: str, pull_policy: str, labels: Mapping[str, s
 # --- reading a pod's status ----------------------------------------------------
 
 
-def _obj(value: Any) -> Json:
+def json_object(value: Any) -> Json:
     """``value`` if it is a JSON object, else an empty one: a pod read or watched is the API server's
     answer, not trusted to have the shape its schema promises."""
     return value if isinstance(value, dict) else {}
 
 
-def _objs(value: Any) -> list[Json]:
+def json_objects(value: Any) -> list[Json]:
     """The JSON objects of a list (others skipped); [] for anything but a list."""
     return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
@@ -151,7 +151,7 @@ def _code(value: Any) -> int:
 
 
 def plugin_status(pod: Json) -> Json:
-    statuses = _objs(_obj(_obj(pod).get("status")).get("containerStatuses"))
+    statuses = json_objects(json_object(json_object(pod).get("status")).get("containerStatuses"))
     for cs in statuses:
         if cs.get("name") == CONTAINER_NAME:
             return dict(cs)
@@ -159,17 +159,17 @@ def plugin_status(pod: Json) -> Json:
 
 
 def phase(pod: Json) -> str:
-    value = _obj(_obj(pod).get("status")).get("phase")
+    value = json_object(json_object(pod).get("status")).get("phase")
     return value if isinstance(value, str) and value else "Unknown"
 
 
 def is_running(pod: Json) -> bool:
-    return phase(pod) == "Running" and "running" in _obj(plugin_status(pod).get("state"))
+    return phase(pod) == "Running" and "running" in json_object(plugin_status(pod).get("state"))
 
 
 def _terminated(cs: Json, key: str) -> Json | None:
-    term = _obj(cs.get(key)).get("terminated")
-    return None if term is None else _obj(term)
+    term = json_object(cs.get(key)).get("terminated")
+    return None if term is None else json_object(term)
 
 
 def exit_code(pod: Json) -> int | None:
@@ -178,7 +178,7 @@ def exit_code(pod: Json) -> int | None:
     term = _terminated(cs, "state")
     if term is not None:
         return _code(term.get("exitCode"))
-    if _obj(_obj(cs.get("state")).get("waiting")).get("reason") == "CrashLoopBackOff":
+    if json_object(json_object(cs.get("state")).get("waiting")).get("reason") == "CrashLoopBackOff":
         # restartPolicy let it restart, but the plugin the host started is gone
         last = _terminated(cs, "lastState")
         if last:
@@ -191,11 +191,11 @@ def exit_code(pod: Json) -> int | None:
 
 def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequence[str]) -> Exception | None:
     """The error to raise when the pod can no longer come up, or None while it still may."""
-    status = _obj(pod.get("status"))
+    status = json_object(pod.get("status"))
     # the pod's status and events are the cluster's words (a container's termination message is the
     # plugin's): their controls are escaped before they reach an error message, as plugin output is
     diag = "\n".join(["Pod events:", *("    " + printable(e) for e in events)]) if events else ""
-    for cond in _objs(status.get("conditions")):
+    for cond in json_objects(status.get("conditions")):
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
                 and cond.get("reason") == "Unschedulable":
             return PodUnschedulableError(
@@ -203,9 +203,9 @@ def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequenc
                 " node_selector, tolerations and resources against the cluster's nodes"
                 f" (kubectl describe pod {name}).\n{diag}")
     cs = plugin_status(pod)
-    waiting = _obj(_obj(cs.get("state")).get("waiting"))
+    waiting = json_object(json_object(cs.get("state")).get("waiting"))
     reason, message = waiting.get("reason", ""), _said(waiting.get("message", ""))
-    containers = _objs(_obj(pod.get("spec")).get("containers"))
+    containers = json_objects(json_object(pod.get("spec")).get("containers"))
     image = _said(cs.get("image") or (containers[0].get("image", "?") if containers else "?"))
     if reason in PULL_FAILURES:
         return ImageNotFoundError(
@@ -248,7 +248,7 @@ def _config_advice(message: str, name: str) -> str:
 def pod_ended(pod: Json) -> str:
     """Why the cluster ended a failed pod ("Evicted: The node was low on resource: memory. ..."), from its
     status.reason and message, escaped; "" when it says none (the plugin's container ended it)."""
-    status = _obj(_obj(pod).get("status"))
+    status = json_object(json_object(pod).get("status"))
     reason, message = status.get("reason"), status.get("message")
     if phase(pod) != "Failed" or not (isinstance(reason, str) and reason):
         return ""
@@ -285,20 +285,20 @@ def describe(pod: Json | None, gone: bool, events: Sequence[str], log_tail: Sequ
     if pod is None:
         out.append("pod: not found (never created, or deleted)")
     else:
-        meta = _obj(pod.get("metadata"))
+        meta = json_object(pod.get("metadata"))
         out.append(f"pod {meta.get('namespace')}/{meta.get('name')}: phase {phase(pod)}"
                    + (" (deleted)" if gone else "")
                    + (" (being deleted)" if meta.get("deletionTimestamp") and not gone else ""))
         if pod_ended(pod):
             out.append(f"  ended by the cluster: {pod_ended(pod)}")
-        for cond in _objs(_obj(pod.get("status")).get("conditions")):
+        for cond in json_objects(json_object(pod.get("status")).get("conditions")):
             if cond.get("status") == "False" and cond.get("reason"):
                 out.append(f"  condition {cond.get('type')}: {cond['reason']} {cond.get('message', '')}")
         cs = plugin_status(pod)
         if cs:
             for label, key in (("state", "state"), ("last state", "lastState")):
-                for kind, detail in _obj(cs.get(key)).items():
-                    facts = ", ".join(f"{k}={v}" for k, v in sorted(_obj(detail).items())
+                for kind, detail in json_object(cs.get(key)).items():
+                    facts = ", ".join(f"{k}={v}" for k, v in sorted(json_object(detail).items())
                                       if k in ("reason", "exitCode", "message", "signal"))
                     out.append(f"  container {label}: {kind}" + (f" ({facts})" if facts else ""))
             out.append(f"  restarts: {cs.get('restartCount', 0)}")
