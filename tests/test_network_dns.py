@@ -139,6 +139,25 @@ def test_srv_records_carry_hosts_and_ports(dns: tuple[Zone, str]) -> None:
         b.stop()
 
 
+def test_an_srv_name_without_service_labels_is_asked_as_written_and_its_empty_answer_says_where_srv_lives(
+        dns: tuple[Zone, str]) -> None:
+    # SRV records at a plain name are legal and served (Consul's kv.service.consul, CoreDNS's Service
+    # names), so such a name is looked up, not refused; when it has none, the note says where they usually are
+    zone, server = dns
+    zone.set(f"kv-host.{ZONE}", "A", [A("127.0.0.1")])
+    zone.set(f"plain.{ZONE}", "SRV", [SRV(10, 5, 7001, f"kv-host.{ZONE}")])
+    plain = DNSResolver("plain.plugbay.test", srv=True, dns_server=server, allow_loopback=True)
+    assert [e.address for e in plain.resolve()] == ["127.0.0.1:7001"] and plain.empty_note == ""
+    hint = ("(SRV records usually live under _SERVICE._PROTO.: write dns+srv:///_SERVICE._tcp.kv-host.plugbay.test,"
+            " or dns:///kv-host.plugbay.test:PORT for its A/AAAA records)")
+    slip = DNSResolver("kv-host.plugbay.test", srv=True, dns_server=server, allow_loopback=True)
+    assert slip.resolve() == [] and slip.empty_note == f"DNS at {server}: kv-host.plugbay.test has no SRV record {hint}"
+    labelled = DNSResolver("_kv._tcp.plugbay.test", srv=True, dns_server=server, allow_loopback=True)
+    assert labelled.resolve() == [] and labelled.empty_note.endswith("_kv._tcp.plugbay.test does not exist (NXDOMAIN)")
+    out = plugbay("health", f"dns+srv://{server}/kv-host.plugbay.test", "--insecure", "--allow-loopback")
+    assert out.returncode == 3 and hint in out.stdout, out
+
+
 def test_an_unreachable_dns_server_is_a_discovery_error() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))  # bound, never answering: the lookup times out

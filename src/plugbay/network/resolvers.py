@@ -220,6 +220,12 @@ class DNSResolver:
             else:
                 said.append(f"{name} has no {' or '.join(kinds)} record")
         more = f" and {len(self._missing) - 3} more" if len(self._missing) > 3 else ""
+        labels = self.host.split(".")
+        if said and self.srv and not (len(labels) > 2 and labels[0][:1] == labels[1][:1] == "_"):
+            # asked as written (Consul's kv.service.consul and CoreDNS's Service names answer SRV there);
+            # most zones publish SRV records only under _SERVICE._PROTO., which is the likely slip
+            more += (f" (SRV records usually live under _SERVICE._PROTO.: write dns+srv:///_SERVICE._tcp.{self.host},"
+                     f" or dns:///{self.host}:PORT for its A/AAAA records)")
         return f"DNS at {self._server_text()}: {'; '.join(said)}{more}" if said else ""
 
     def _capped(self, found: list[Endpoint], srv: tuple[int, int] | None = None) -> list[Endpoint]:
