@@ -1,6 +1,6 @@
 """A brokered server's faults: a handler raising SystemExit, KeyboardInterrupt or GeneratorExit answers
-UNKNOWN; a service registered twice on one is refused, a second reflection service dropped (as on the
-plugin's server).
+UNKNOWN; a service registered twice on one is refused, and reflection registered twice answers for both (as
+on the plugin's server).
 
 The plugin's own handlers answered them (grpcio leaves any non-Exception unanswered), but a brokered server
 has no gate: a host's AddHelper callback that called sys.exit() left the counter plugin's nested Sum call
@@ -24,6 +24,7 @@ from plugbay import Client, ClientConfig
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples" / "counter"))
+sys.path.insert(0, str(REPO / "examples" / "streaming"))
 
 from counter_plugin_def import HANDSHAKE, PLUGIN_NAME, CounterPlugin  # noqa: E402
 
@@ -130,13 +131,15 @@ def test_a_service_registered_twice_as_registered_methods_is_refused_too() -> No
         server.stop(None)
 
 
-def test_a_second_reflection_service_on_a_brokered_server_is_dropped_and_the_first_answers() -> None:
+def test_reflection_registered_twice_on_a_brokered_server_answers_for_both() -> None:
     """As on the plugin's server (both keep one ServiceNames): one reflection service per server is all gRPC
-    serves, so a second registration of it is dropped, not refused as another service registered twice is
-    (a brokered server refused it)."""
+    serves, so it answers for every registration: their services listed, each one's files found in its own
+    descriptor pool (the second registration was dropped, its services neither listed nor described)."""
     from concurrent import futures
 
+    from counterproto import counter_pb2
     from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+    from streamingproto import streaming_pb2
 
     from plugbay.core.broker.registrar import Registrar
 
@@ -144,23 +147,31 @@ def test_a_second_reflection_service_on_a_brokered_server_is_dropped_and_the_fir
         server = grpc.server(pool)
         try:
             registrar = Registrar(server, lambda: None)  # sync handlers only: no loop asked for
-            reflection.enable_server_reflection(["s.First", reflection.SERVICE_NAME], registrar)
-            reflection.enable_server_reflection(["s.Second", reflection.SERVICE_NAME], registrar)  # dropped
+            reflection.enable_server_reflection(["proto.AddHelper", reflection.SERVICE_NAME], registrar,
+                                                pool=counter_pb2.DESCRIPTOR.pool)
+            reflection.enable_server_reflection(["streaming.Streamer", reflection.SERVICE_NAME], registrar,
+                                                pool=streaming_pb2.DESCRIPTOR.pool)
             port = server.add_insecure_port("127.0.0.1:0")
             server.start()
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-                answers = list(stub.ServerReflectionInfo(
-                    iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=20))
+                asked = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                         *(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+                           for symbol in ("proto.AddHelper", "streaming.Streamer", "no.Such"))]
+                answers = list(stub.ServerReflectionInfo(iter(asked), timeout=20))
         finally:
             server.stop(None)
-    assert {service.name for service in answers[0].list_services_response.service} == {
-        "s.First", reflection.SERVICE_NAME}
+    assert [service.name for service in answers[0].list_services_response.service] == sorted([
+        "proto.AddHelper", reflection.SERVICE_NAME, "streaming.Streamer"])  # sorted, as one registration lists
+    helper, streamer, missing = answers[1:]
+    assert helper.WhichOneof("message_response") == "file_descriptor_response", helper
+    assert streamer.WhichOneof("message_response") == "file_descriptor_response", streamer
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 def test_a_brokered_server_registering_reflection_twice_is_not_refused(host: Client) -> None:
     """End to end through a real broker: a register callback that turns reflection on twice (as two helpers
-    that each opt into it) is accepted, and the broker serves on. Which reflection answers is the test above."""
+    that each opt into it) is accepted, and the broker serves on. What reflection answers is the test above."""
     from counterproto import counter_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 

@@ -171,7 +171,7 @@ serve(ServeConfig(handshake=HANDSHAKE, plugins={{"kv_a": ReflectingKV(Fixed()), 
 """
 
 
-def test_two_plugins_that_each_register_reflection_serve_and_reflection_answers(tmp_path: Path) -> None:
+def test_two_plugins_that_each_register_reflection_serve_and_reflection_answers_for_both(tmp_path: Path) -> None:
     from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
     from streaming_plugin_def import StreamerPlugin
 
@@ -184,12 +184,20 @@ def test_two_plugins_that_each_register_reflection_serve_and_reflection_answers(
         assert host.dispense("kv_a").get("k") == b"A"  # not a setup error naming reflection twice
         host.dispense("streamer").stats()
         stub = reflection_pb2_grpc.ServerReflectionStub(host.channel)
-        answers = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                                 timeout=20))
+        asked = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                 *(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+                   for symbol in ("streaming.Streamer", "proto.KV", "no.Such"))]
+        answers = list(stub.ServerReflectionInfo(iter(asked), timeout=20))
     finally:
         host.kill()
-    listed = {service.name for service in answers[0].list_services_response.service}
-    assert listed == {"proto.KV", reflection.SERVICE_NAME}  # the first registration's, as gRPC served it before
+    # one reflection service serves every registration: the services of both plugins (only the first
+    # registration's were listed, and the second plugin's could not be described), each file from its pool
+    listed = [service.name for service in answers[0].list_services_response.service]
+    assert sorted(listed) == sorted(["proto.KV", "streaming.Streamer", reflection.SERVICE_NAME])
+    streamer, kv, missing = answers[1:]
+    assert streamer.WhichOneof("message_response") == "file_descriptor_response", streamer
+    assert kv.WhichOneof("message_response") == "file_descriptor_response", kv
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 
 def one_method_service(name: str) -> Any:

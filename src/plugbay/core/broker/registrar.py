@@ -11,7 +11,7 @@ import grpc
 
 from plugbay.core.transport.handlerfail import answered
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
-from plugbay.core.transport.servicenames import ServiceNames
+from plugbay.core.transport.servicenames import REFLECTION_SERVICES, ServiceNames
 from plugbay.errors import BrokerError
 
 if TYPE_CHECKING:
@@ -54,10 +54,14 @@ class Registrar(grpc.Server):  # type: ignore[misc]
             return self._loop
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[Any]) -> None:
-        handlers = tuple(self._runnable(h) for h in generic_rpc_handlers)
+        given = tuple(generic_rpc_handlers)
+        handlers = tuple(self._runnable(h) for h in given)
         names = [str(name()) if callable(name) else None
                  for name in (getattr(h, "service_name", None) for h in handlers)]
         dropped = self._names.claim(names, "generic")  # all or none noted: a refused batch leaves no name taken
+        for at, table in enumerate(method_table(h) for h in given):  # each reflection registration joins the
+            if table and table[0] in REFLECTION_SERVICES:  # union, which the first one's place serves
+                handlers = (*handlers[:at], self._runnable(self._names.reflection.generic(*table)), *handlers[at + 1:])
         self._server.add_generic_rpc_handlers(tuple(h for at, h in enumerate(handlers) if at not in dropped))
 
     def _runnable(self, handler: Any) -> Any:
@@ -80,6 +84,8 @@ class Registrar(grpc.Server):  # type: ignore[misc]
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         # a name taken this way already: claim() raises (nothing added) or, for reflection, reports it dropped
+        if service_name in REFLECTION_SERVICES:  # joined to the union, which the first one serves
+            method_handlers = {m: self._names.reflection.take(service_name, h) for m, h in method_handlers.items()}
         if self._names.taken(service_name, "registered") and self._names.claim([service_name], "registered"):
             return
         if not self._names.taken(service_name, "generic"):  # generated code adds the same handlers generically first

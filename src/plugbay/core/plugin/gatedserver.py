@@ -14,7 +14,7 @@ that both register proto.KV (or a plugin that registers grpc.health.v1.Health, p
 answer each other's calls. grpc-go ends a Go plugin at such a registration ("found duplicate service
 registration"); ServiceNames (core/transport/servicenames.py, which brokered servers share) refuses it with a
 ConfigError, which serve() reports as a setup error. Server reflection is the exception: each plugin that opts
-into it registers it, and the first one answers.
+into it registers it, and one reflection service answers for them all (core/transport/reflectionunion.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import grpc
 
 from plugbay.core.plugin.gate import PLUGBAY_SERVICES
 from plugbay.core.transport.handlerkind import Transformed, is_async, method_table
-from plugbay.core.transport.servicenames import ServiceNames
+from plugbay.core.transport.servicenames import REFLECTION_SERVICES, ServiceNames
 from plugbay.errors import ConfigError, ServerStoppedError
 
 if TYPE_CHECKING:
@@ -106,14 +106,19 @@ class GatedServer(grpc.Server):  # type: ignore[misc]
                     if is_async(one):
                         self._gate.gated(path, one)
             dropped = self._names.claim([table[0] if table else None for table in tables], "generic", self._owner)
-            handlers = tuple(handler for at, handler in enumerate(handlers)  # a second reflection service:
-                             if at not in dropped)  # the first one answers
+            # every reflection registration joins the union; the first one's place serves it, later ones are not added
+            handlers = tuple(self._names.reflection.generic(*table) if table and table[0] in REFLECTION_SERVICES
+                             else handler for handler, table in zip(handlers, tables))
+            handlers = tuple(handler for at, handler in enumerate(handlers) if at not in dropped)
             self._server.add_generic_rpc_handlers(tuple(Transformed(h, self._gate.gated) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Any]) -> None:
         with self._adding("add_registered_method_handlers"):
-            if self._names.claim([service_name], "registered", self._owner):
-                return  # a second reflection service: the first answers
+            dropped = self._names.claim([service_name], "registered", self._owner)
+            if service_name in REFLECTION_SERVICES:  # joined to the union, which the first one serves
+                method_handlers = {m: self._names.reflection.take(service_name, h) for m, h in method_handlers.items()}
+            if dropped:
+                return
             self._server.add_registered_method_handlers(
                 service_name, {m: self._gate.gated(f"/{service_name}/{m}", h) for m, h in method_handlers.items()})
 

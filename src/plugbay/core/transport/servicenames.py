@@ -5,8 +5,9 @@ grpcio takes a second registration of a service name without a word: its registe
 the last one, its generic handlers answer with the first, so one servicer answers calls meant for the other.
 grpc-go refuses such a registration ("found duplicate service registration"); ServiceNames refuses it with
 the error its server names. Server reflection is the exception: one reflection service per server is all
-gRPC can serve, and each plugin that opts into it registers it (docs/cli.md), so a second one is dropped,
-on a brokered server as on the plugin's, and the first one answers.
+gRPC can serve, and each plugin that opts into it registers it (docs/cli.md), so a second one is not
+added, on a brokered server as on the plugin's: the server serves the ``reflection`` union of them all
+(core/transport/reflectionunion.py) under the first one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 
+from plugbay.core.transport.reflectionunion import ReflectionUnion
 from plugbay.errors import PlugbayError
 
 # gRPC server reflection (grpcio-reflection registers v1alpha, newer releases v1 too): exempt from the refusal
@@ -39,6 +41,7 @@ class ServiceNames:
         self._error = error
         self._advice = advice
         self._owners = {(way, name): reserved_by for name in reserved for way in WAYS}
+        self.reflection = ReflectionUnion()  # what the server serves for every registration of reflection
 
     def taken(self, service: str, way: str) -> bool:
         """Whether ``service`` is registered ``way`` (generic or registered) already."""
@@ -51,8 +54,9 @@ class ServiceNames:
         refused batch leaves none of its names claimed.
 
         Returns the positions in ``services`` of second registrations of server reflection, which its caller
-        drops: one reflection service per server is all gRPC can serve; the first one answers, listing the
-        services its registrant named. A second one is dropped whoever made it: another plugin, or the same
+        does not add: one reflection service per server is all gRPC can serve. The caller joins each
+        registration to ``reflection`` instead and serves that union under the first, so it lists every
+        registrant's services. A second one is not added whoever made it: another plugin, or the same
         registrant (in this batch or an earlier one)."""
         with self._lock:
             dropped: set[int] = set()
