@@ -140,6 +140,20 @@ def test_reflection_plugin_info_and_call(tmp_path: Path) -> None:
     assert facts["connection"] == "plaintext" and facts["app_protocol"] == 1
 
 
+def test_info_lists_and_describes_the_services_of_every_reflecting_plugin_of_a_process(tmp_path: Path) -> None:
+    # two plugins in one process each register reflection: one reflection service answers for both
+    # (it listed only the first plugin's services, and the CLI could not describe the other's)
+    cmd = f"{PY} {REPO / 'tests' / 'plugins' / 'reflect_two.py'}"
+    with running(["--cmd", cmd, "--cookie", COOKIE], tmp_path, env=cli_env()) as run:
+        info = json.loads(plugbay("info", run.target, "--json").stdout)
+        stats = plugbay("call", run.target, "/streaming.Streamer/GetStats", "{}")
+        assert run.interrupt() == 0
+    assert info["services_source"] == "reflection"
+    methods = {s["service"]: sorted(m["name"] for m in s["methods"]) for s in info["services"]}
+    assert methods["proto.KV"] == ["Get", "Put"] and methods["streaming.Streamer"] == ["Echo", "Generate", "GetStats"]
+    assert stats.returncode == 0 and isinstance(json.loads(stats.stdout), dict), stats
+
+
 def test_gone_plugin_is_unreachable_and_diagnosed(tmp_path: Path) -> None:
     with running(["--cmd", KV_CMD, "--cookie", COOKIE], tmp_path) as run:
         saved = run.reattach.read_text()
