@@ -35,6 +35,12 @@ def children(pid: int, *, zombies: bool = True) -> list[int]:
     return [p for p, (ppid, state, _) in table().items() if ppid == pid and (zombies or state != "Z")]
 
 
+def stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (its /proc state T): a SIGSTOP, which is asynchronous, has taken hold."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
 def descendants(root: int) -> list[tuple[int, str]]:
     """(pid, command name) of every process descended from ``root``."""
     procs = table()

@@ -23,6 +23,8 @@ from kv_plugin_def import HANDSHAKE, PLUGIN_NAME, KVPlugin  # noqa: E402
 from plugbay import AsyncClient, Client, ClientConfig  # noqa: E402
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE  # noqa: E402
 from tests.kube_standin.fixtures import kubeconfig, kvtrap, standin  # noqa: E402,F401
+from tests.procs import stopped  # noqa: E402
+from tests.resilience_util import wait_until  # noqa: E402
 
 KV = [sys.executable, str(REPO / "examples" / "kv" / "plugin.py")]
 WRITABLE = ("/tmp", "/data")  # the KV plugin writes kv_<key> files in its working dir /data
@@ -50,6 +52,8 @@ def test_a_frozen_process_plugin_killed_by_sigkill_says_minus_nine(tmp_path: Pat
     client.start()
     pid = client.runner.pid  # type: ignore[attr-defined]
     os.kill(pid, signal.SIGSTOP)
+    # SIGSTOP is asynchronous: a plugin not yet stopped is not frozen to kill_unanswering(), which sends it SIGTERM
+    assert wait_until(lambda: stopped(pid), 10)
     client.kill_unanswering()
     assert client.exited and client.exit_code == -signal.SIGKILL
 

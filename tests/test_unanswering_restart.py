@@ -22,19 +22,13 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.procs import children, gone
+from tests.procs import children, gone, stopped
 from tests.resilience_util import HANDSHAKE, KV_EXAMPLE, PLUGIN_NAME, PLUGINS, PY, faulty_config, wait_until
 
 from plugbay import Client, ClientConfig, PluginDiedError, ReattachConfig, RestartPolicy, Supervisor  # noqa: E402
 
 SLOW_HEALTH = str(Path(__file__).resolve().parent / "plugins" / "slow_health_kv.py")
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
-
-
-def stopped(pid: int) -> bool:
-    """Whether process ``pid`` is stopped (its /proc state T): the signal has taken hold."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
 def _supervised(tmp_path: Path, reattach: ReattachConfig | None = None, **config: Any) -> Supervisor:
