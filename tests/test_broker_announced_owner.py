@@ -260,7 +260,9 @@ def test_a_reattached_client_refuses_a_brokered_address_another_process_listens_
             who = (f"listened on by process {os.getpid()}, which is neither the plugin process" if network == "unix"
                    else "held by no process of the plugin's")
             assert who in text and "no reattach can reach that plugin" in text, text
-            assert "trust_announced_address" not in text, text  # the option does not apply to a reattach
+            # the reattaching Client's option does not apply to it; a Client of one's own that starts it may set it
+            assert "set ClientConfig(trust_announced_address=True)" not in text, text
+            assert "from a Client of your own with ClientConfig(trust_announced_address=True)" in text, text
             if not _proof_connects(network, tmp_path):  # the proof asked the kernel: nothing of the host's went there
                 assert _connections(sock) == 0
             _connections(sock)  # else its one probe connection, made and closed: not counted below

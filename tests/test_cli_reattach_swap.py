@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -59,10 +59,29 @@ def other(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
             proc.stdout.close()
 
 
-def run_reattached(tmp_path: Path, script: str, argv: list[str],
+# the plugbay command, its runner's proof followed by the socket's folder given away (this process may not search it)
+SHUT_OUT = """import os, sys
+from plugbay.cli import main
+from plugbay.runners.attached import AttachedProcess
+mapped = AttachedProcess.plugin_to_host
+
+def then_shut_out(runner, network, address):
+    network, path = mapped(runner, network, address)
+    os.chown(os.path.dirname(path), 65534, 65534)  # its mode is 0700
+    return network, path
+
+AttachedProcess.plugin_to_host = then_shut_out
+sys.exit(main())
+"""
+# root without the capabilities that pass over a folder's permissions (CAP_CHOWN kept)
+NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
+
+
+def run_reattached(tmp_path: Path, script: str, argv: list[str], prefix: Sequence[str] = (),
                    **env: str) -> tuple[subprocess.CompletedProcess[str], str, str]:
-    """The plugbay command ``script`` wraps, run on the reattach config of a KV plugin a Client started (killed
-    afterwards): its run, the plugin's socket path, and what that path led to when the command ended."""
+    """The plugbay command ``script`` wraps (run under ``prefix``), run on the reattach config of a KV plugin a
+    Client started (killed afterwards): its run, the plugin's socket path, and what that path led to when the
+    command ended."""
     first = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE]))
     first.start()
     try:
@@ -71,7 +90,7 @@ def run_reattached(tmp_path: Path, script: str, argv: list[str],
         path = first.reattach_config().handshake.address
         wrapper = tmp_path / "wrapper.py"
         wrapper.write_text(script)
-        done = subprocess.run([sys.executable, str(wrapper), argv[0], f"@{reattach}", *argv[1:]],
+        done = subprocess.run([*prefix, sys.executable, str(wrapper), argv[0], f"@{reattach}", *argv[1:]],
                               capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL,
                               env=cli_env(PYTHONDONTWRITEBYTECODE="1", **env))
         return done, path, os.path.realpath(path)
@@ -92,6 +111,10 @@ def test_a_socket_swapped_onto_the_path_after_the_clis_proof_is_not_dialed(
     assert "UnprovenAddressError" in done.stderr or "which plugbay does not dial" in done.stderr, done.stderr
     assert f"listened on by process {server.pid}, which is neither the plugin process" in done.stderr
     assert path in done.stderr and "/proc/self/fd/" not in done.stderr, done.stderr
+    # the command's own ways out, not the Python API's (before: no word of starting it again)
+    said = " ".join(done.stderr.split())
+    assert "(unix:///PATH --insecure," in said and "plugbay run --trust-announced-address" in said, said
+    assert "ClientConfig" not in said, said
     assert server.poll() is None
     assert not (tmp_path / "other" / "kv_k").exists(), "the Put was stored by the other server"
 
@@ -117,7 +140,9 @@ def test_a_reattached_clients_refusal_of_a_swapped_socket_says_what_a_reattach_c
             again.start()
         said = str(refused.value)
         assert f"listened on by process {server.pid}, which is neither the plugin process" in said, said
-        assert "trust_announced_address" not in said, said
+        # a Client of one's own opts out as no reattach can; the reattaching Client's own setting is not offered
+        assert "start it again from a Client of your own with ClientConfig(trust_announced_address=True)" in said
+        assert "set ClientConfig(trust_announced_address=True)" not in said, said
         assert "no reattach can reach that plugin" in said and "the Client that started it" in said, said
         again.close()
         assert first.runner.wait(0) is None  # a refused reattach leaves the plugin to its owner
@@ -155,3 +180,17 @@ def test_a_refused_dial_of_the_proven_socket_names_its_path(tmp_path: Path, comm
     said = done.stdout + done.stderr
     assert done.returncode != 0, said
     assert f"unix:{path}" in said and "/proc/self/fd/" not in said, said
+
+
+def test_a_socket_the_clis_user_may_not_open_says_to_run_as_one_who_may(tmp_path: Path) -> None:
+    # before: '... (a `docker run` wrapper), no reattach can reach that plugin ... from a Client of your own', the
+    # Python API's advice, which no opt-out makes true: a dial by name is refused as the open was
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the command without CAP_DAC_OVERRIDE (setpriv)")
+    done, path, _ = run_reattached(tmp_path, SHUT_OUT, ["health"], prefix=NO_DAC)
+    if "setpriv:" in done.stderr:
+        pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
+    said = " ".join(done.stderr.split())
+    assert done.returncode != 0 and "UnprovenAddressError" in said or "which plugbay does not dial" in said, said
+    assert f"this host may not open it (Permission denied); run as a user who may open {path}." in said, said
+    assert "docker run" not in said and "Client" not in said and "reattach can reach" not in said, said

@@ -87,17 +87,25 @@ class UnprovenAddressError(MalformedHandshakeError):
     (or one it started) listens: refused, never dialed. ClientConfig(trust_announced_address=True) opts out."""
 
     def __init__(self, name: str, network: str, address: str, why: str,
-                 opt_out: str = "set ClientConfig(trust_announced_address=True)") -> None:
-        """``opt_out``: how the caller dials such an address anyway (a command says its own flag)."""
+                 opt_out: str | None = "set ClientConfig(trust_announced_address=True)") -> None:
+        """``opt_out``: how the caller dials such an address anyway (a command says its own flag); None where no
+        opt-out would reach it (a socket this host may not open: ``why`` says what to do)."""
         self.name = name
         self.network = network
         self.address = address
         self.why = why
+        self.opt_out = opt_out
+        advice = ("" if opt_out is None else " Have the plugin announce the address its own server listens on; if"
+                  f" its command hands the serving to a process it does not start (a `docker run` wrapper), {opt_out}")
         super().__init__(
             f"{network}|{address}",
             f"plugin {name!r} announced {network} address {clip(repr(address), 200)}, which plugbay does not dial:"
-            f" {why}. Have the plugin announce the address its own server listens on; if its command hands the"
-            f" serving to a process it does not start (a `docker run` wrapper), {opt_out}", refused=True)
+            f" {why}.{advice}", refused=True)
+
+    def advising(self, opt_out: str) -> UnprovenAddressError:
+        """This refusal with the caller's own opt-out (a command's flag, a gateway's option), unless it has none."""
+        return UnprovenAddressError(self.name, self.network, self.address, self.why,
+                                    None if self.opt_out is None else opt_out)
 
 
 class TLSRequiredError(HandshakeError):

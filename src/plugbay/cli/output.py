@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from plugbay.core.transport.handlenames import handle_path
-from plugbay.errors import TLSRequiredError, UnprovenAddressError, printable
+from plugbay.errors import TLSRequiredError, UnprovenAddressError, clip, printable
 
 
 class Terminated(KeyboardInterrupt):
@@ -94,8 +94,7 @@ def trust_flag() -> Iterator[None]:
     try:
         yield
     except UnprovenAddressError as exc:
-        raise UnprovenAddressError(exc.name, exc.network, exc.address, exc.why,
-                                   opt_out="run again with --trust-announced-address") from exc
+        raise exc.advising("run again with --trust-announced-address") from exc
 
 
 def color_enabled(stream: Any = None) -> bool:
@@ -195,10 +194,9 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def one_line(message: str, limit: int = 600) -> str:
-    """An error message on one line: its lines joined, bounded."""
-    text = " | ".join(part.strip() for part in str(message).splitlines() if part.strip())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def one_line(message: str, limit: int = 1000) -> str:
+    """An error message on one line: its lines joined, bounded by cutting its middle, as its end says what to do."""
+    return clip(" | ".join(part.strip() for part in str(message).splitlines() if part.strip()), limit)
 
 
 def error(message: str) -> None:

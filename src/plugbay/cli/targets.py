@@ -257,9 +257,10 @@ def _proven(runner: Any, network: str, address: str, config: Any, handle: list[i
         raise TargetUnreachableError(f"nothing listens at {clip(repr(address), 200)} any more, the {network} socket"
                                      f" the reattach config of plugin {config.name!r} names; check that the plugin"
                                      " runs")
+    target = "unix:///PATH" if network == "unix" else "static:///HOST:PORT"
     raise UnprovenAddressError(config.name, info.network, info.address, found,
-                               opt_out="reach its socket as a network target instead (unix:///PATH --insecure),"
-                               " which proves nothing of who listens there")
+                               opt_out=f"reach it as a network target ({target} --insecure, which proves nothing of"
+                               " who listens) or start the plugin again with plugbay run --trust-announced-address")
 
 
 def _release(relay_dir: str, handle: list[int], runner: Any) -> None:

@@ -32,10 +32,11 @@ NOT_LISTENING = "nothing listens there"  # unproven_listener()'s answer that a w
 ASK_A_CONNECTION = "only a connection to it can tell who listens there"
 # what a reattached Client's refusal of an address says to do (it follows "if its command hands the serving to a
 # process it does not start"): a reattach proves every address whatever the ClientConfig says, as the process was
-# started by someone else, so no setting of the reattaching Client opts out
+# started by someone else, so no setting of the reattaching Client opts out; a Client that starts it does
 REATTACH_OPT_OUT = ("no reattach can reach that plugin, as a reattach dials only what the proven plugin process (or"
                     " one it started) listens on, whatever the reattaching ClientConfig says: use the plugin from the"
-                    " Client that started it, or stop it and start it again from a Client of your own")
+                    " Client that started it, or stop it and start it again from a Client of your own with"
+                    " ClientConfig(trust_announced_address=True)")
 
 
 class Cancellable(Protocol):

@@ -84,9 +84,9 @@ def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool,
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as exc:
+    except OSError as exc:  # no opt-out reaches it: a dial by name, unproven, would be refused as this open was
         raise UnprovenAddressError(name, announced.network, announced.address, f"this host may not open it"
-                                   f" ({exc.strerror})", *((REATTACH_OPT_OUT,) if reattached else ())) from None
+                                   f" ({exc.strerror}); run as a user who may open {path}", None) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISSOCK(mode):  # swapped for a file since it was looked at
         os.close(fd)
@@ -120,6 +120,7 @@ class BrokeredProof:
         self._runner = runner
         self._handshake = handshake
         self._name = name
+        self._reattached = reattached
         self._opt_out = REATTACH_OPT_OUT if reattached else None
 
     def __call__(self, announced: tuple[str, str], network: str, address: str) -> ProvenAddress:
@@ -129,7 +130,8 @@ class BrokeredProof:
         has exited."""
         said = self._handshake.with_address(*announced)  # what the errors name: the ConnInfo's own words
         try:
-            found = prove_listener(self._runner, network, address, said, self._name, reattached=False, brokered=True)
+            found = prove_listener(self._runner, network, address, said, self._name, self._reattached,
+                                   brokered=True)
         except MalformedHandshakeError:
             self._raise_if_exited(announced)
             raise

@@ -33,7 +33,7 @@ def gateway_said(exc: PlugbayError) -> PlugbayError:
     """``exc`` as a gateway's user is told it: a refused child address names the gateway's opt-out, not the
     ClientConfig option the gateway set for them."""
     if isinstance(exc, UnprovenAddressError):
-        return UnprovenAddressError(exc.name, exc.network, exc.address, exc.why, opt_out=TRUST_OPT_OUT)
+        return exc.advising(TRUST_OPT_OUT)
     return exc
 
 

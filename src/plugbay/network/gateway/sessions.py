@@ -282,9 +282,8 @@ class ChildSession:
         try:
             found = prove_listener(runner, network, address, info, "gateway-session", reattached=False,
                                    connect=False)
-        except UnprovenAddressError as exc:  # the handle could not be taken: the gateway's own opt-out
-            raise UnprovenAddressError("gateway-session", info.network, info.address, exc.why,
-                                       opt_out=TRUST_OPT_OUT) from None
+        except UnprovenAddressError as exc:  # the handle could not be taken: the gateway's own words
+            raise exc.advising(TRUST_OPT_OUT) from None
         if found == NOT_LISTENING:  # as the dial it replaces failed: the child's server is not up (any more)
             raise GatewayError(f"the brokering session's plugin announced {info.network} address"
                                f" {info.address!r}, but nothing listens there")
