@@ -174,10 +174,10 @@ def _shares(pid: int, ns: str) -> bool | None:
         return None
 
 
-def same_namespaces(pid: int, network: str) -> bool:
-    """Whether ``pid`` sees what this process sees at a ``network`` address: the same network namespace, and
-    for a unix path the same mounts too (a tcp plugin under `unshare -m` reaches the same ports)."""
-    return all(_shares(pid, ns) is True for ns in (("net", "mnt") if network == "unix" else ("net",)))
+def same_net_namespace(pid: int) -> bool:
+    """Whether ``pid`` is shown to see what this process sees at a tcp address: the same network namespace (its
+    mounts do not matter: a plugin under `unshare -m` reaches the same ports). False when its link cannot be read."""
+    return _shares(pid, "net") is True
 
 
 def other_net_namespace(pid: int) -> bool:
@@ -194,7 +194,7 @@ def listens_on(pids: Iterable[int], network: str, address: str, listening: set[i
     else read here, of this host's table too."""
     if network != "tcp":
         return False
-    pids = [pid for pid in pids if same_namespaces(pid, network)]  # another namespace's 127.0.0.1 is not ours
+    pids = [pid for pid in pids if same_net_namespace(pid)]  # another namespace's 127.0.0.1 is not ours
     if not pids:
         return False
     held: set[int] = set()

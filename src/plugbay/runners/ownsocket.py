@@ -41,7 +41,7 @@ import time
 from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork, trusted_address
 from plugbay.runners.base import ASK_A_CONNECTION, NOT_LISTENING
-from plugbay.runners.listeners import host_tcp_listeners, listens_on, other_net_namespace, peer_pid, same_namespaces
+from plugbay.runners.listeners import host_tcp_listeners, listens_on, other_net_namespace, peer_pid, same_net_namespace
 from plugbay.runners.listeners import socket_inodes, tcp_listeners, unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
 from plugbay.runners.unixdiag import bound_listener
@@ -103,7 +103,7 @@ class OwnListeners:
         # read once: the host's own table when the root is in the host's namespace (checked before the read, and
         # of the host, not the root: a root that moves namespace meanwhile changes nothing listens_on compares);
         # a root in another one has its own table, read only to tell whether it listens yet
-        in_host = same_namespaces(root, "tcp")
+        in_host = same_net_namespace(root)
         listening = host_tcp_listeners(address) if in_host else tcp_listeners(root, address)
         if not listening:
             return NOT_LISTENING
