@@ -208,10 +208,13 @@ def test_sweep_and_diagnose_a_container_whose_host_died(tmp_path: Path, kv_image
         diag = plugbay("diagnose", f"docker:{container}")
         assert diag.returncode == 0
         assert "exit code: 137" in diag.stdout and "signal: SIGKILL" in diag.stdout
-        listed = json.loads(plugbay("sweep", "--dry-run", "--json").stdout)
-        assert container in listed["docker"] and listed["dry_run"] is True
+        # only the dead host's session: another session's container may be between hosts, which a sweep of all
+        # would remove (and the images and networks are the whole engine's)
+        session = ["--docker", "--session", client.containers.get(container).labels["plugbay.session"]]  # type: ignore[attr-defined]
+        listed = json.loads(plugbay("sweep", *session, "--dry-run", "--json").stdout)
+        assert listed["docker"] == [container] and listed["dry_run"] is True and listed["docker_images"] == []
         assert container_exists(container)
-        swept = plugbay("sweep")
+        swept = plugbay("sweep", *session)
         assert swept.returncode == 0 and container[:12] in swept.stdout and "removed " in swept.stdout
         assert not container_exists(container)
         gone = plugbay("diagnose", f"docker:{container}")

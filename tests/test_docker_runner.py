@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -330,7 +331,8 @@ def test_sweep_with_explicit_live_sessions(plugbay_docker: Any) -> None:
         # Every other session on this (shared) engine counts as live: only the stray one is gone.
         others = {c.labels.get("plugbay.session") for c in plugbay_docker.containers.list(
             all=True, filters={"label": "plugbay.managed=true"})} - {"1-gonesession"}
-        removed = sweep(live_sessions=[HOST_SESSION_ID, *(s for s in others if s)])
+        removed = sweep(live_sessions=[HOST_SESSION_ID, *(s for s in others if s)],
+                        sessions=["1-gonesession", HOST_SESSION_ID])  # one started meanwhile is no test's
         assert stray.id in removed and mine.id not in removed
         assert plugbay_docker.containers.get(mine.id).status == "running"
     finally:
@@ -364,7 +366,8 @@ def test_sweep_clears_only_a_socket_folder_proven_to_be_plugbays(plugbay_docker:
             record_made(strays[-1].id, engine_identity(plugbay_docker))  # as a runner records its own
         others = {c.labels.get("plugbay.session") for c in plugbay_docker.containers.list(
             all=True, filters={"label": "plugbay.managed=true"})} - {"1-gonetheirs", "1-goneours"}
-        removed = sweep(live_sessions=[HOST_SESSION_ID, *(s for s in others if s)])
+        removed = sweep(live_sessions=[HOST_SESSION_ID, *(s for s in others if s)],
+                        sessions=["1-gonetheirs", "1-goneours"])
         assert {c.id for c in strays} <= set(removed)
         assert os.listdir(folders["theirs"]) == ["service.sock"], "sweep deleted another program's socket"
         assert not folders["ours"].exists()  # plugbay's own folder: its sockets, marker and the folder go
@@ -406,17 +409,42 @@ def test_sweep_removes_containers_of_a_crashed_host(plugbay_docker: Any) -> None
         assert orphan.status == "running" and orphan.labels["plugbay.session"] == facts["session"]
         folder = Path(facts["reattach"]["host_socket_dir"])
         (folder / "cache.tmp").write_text("a file the plugin left in its TMPDIR")
-        removed = sweep()
+        # scoped to the sessions this test made: another session's container may be between hosts (its starting
+        # host gone, its reattaching one not yet its claimant), and a sweep of all would remove it
+        ours = [facts["session"], HOST_SESSION_ID]
+        removed = sweep(sessions=ours)
         assert facts["id"] in removed and mine.id not in removed
         assert not folder.exists(), "the socket folder the crashed host's runner made was left behind"
         left = plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.session={facts['session']}"})
         assert left == []
-        assert sweep() == []  # nothing more to do; live sessions are left alone
+        assert sweep(sessions=ours) == []  # nothing more to do; live sessions are left alone
     finally:
         mine.kill()
         for c in plugbay_docker.containers.list(all=True, filters={"label": f"plugbay.session={facts['session']}"}):
             c.remove(force=True)
             forget_made(c.id)  # the crashed host's record (the test failed before the sweep or kill dropped it)
+
+
+def test_a_sweep_of_named_sessions_leaves_every_other_sessions_container(plugbay_docker: Any) -> None:
+    # before: sweep() had no scope: a test's sweep removed any gone session's container this user made, another
+    # session's among them while it was between hosts (its starting host gone, the reattaching one not yet its
+    # claimant), and its `sweep() == []` failed on another session's leftover
+    first, second = _crashed_host(), _crashed_host()
+    try:
+        assert sweep(dry_run=True, sessions=[second["session"]]) == [second["id"]]
+        assert sweep(sessions=[first["session"]]) == [first["id"]]
+        assert plugbay_docker.containers.get(second["id"]).status == "running"  # gone too, but not named
+        with pytest.raises(ConfigError, match=r"not one str: pass \['x'\]"):
+            sweep(sessions="x")  # its characters would have been the sessions
+        with pytest.raises(ConfigError, match="non-empty str"):
+            sweep(sessions=[""])
+        assert sweep(sessions=[second["session"]]) == [second["id"]]
+    finally:  # what a sweep left (the test failed before it): each container, its record and its socket folder
+        for facts in (first, second):
+            for c in plugbay_docker.containers.list(all=True, filters={"id": facts["id"]}):
+                c.remove(force=True)
+            forget_made(facts["id"])
+            shutil.rmtree(facts["reattach"]["host_socket_dir"], ignore_errors=True)
 
 
 def test_reattached_container_is_owned_by_the_new_host(plugbay_docker: Any) -> None:
@@ -425,9 +453,10 @@ def test_reattached_container_is_owned_by_the_new_host(plugbay_docker: Any) -> N
         attached = reattach_runner(facts["reattach"])
         assert attached.id == facts["id"] and attached.wait(0) is None
         # still the first host's until the reattach is known to hold (a Client calls adopted() then)
-        assert facts["id"] in sweep(dry_run=True)
+        assert facts["id"] in sweep(dry_run=True, sessions=[facts["session"]])
         attached.adopted()
-        assert sweep() == []  # the dead first host's container now belongs to this live session
+        # the dead first host's container now belongs to this live session
+        assert sweep(sessions=[facts["session"], HOST_SESSION_ID]) == []
         attached.kill()
         assert attached.wait(5) is not None
         with pytest.raises(RunnerError, match="no longer exists"):

@@ -238,11 +238,15 @@ Examples:
               " build may be about to use them; the engine's clock says), and those whose age the engine does"
               " not tell, and the records of containers removed without plugbay written less than SECONDS ago;"
               f" 0: no grace (default: {SWEEP_GRACE:g}).")
+@click.option("--session", "sessions", multiple=True, metavar="ID",
+              help="With Docker: only the containers this host session started or claimed (its plugbay.session"
+              " label, or a reattaching host's); the images and networks are then left (repeatable).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], docker_images: [...], "
               "docker_networks: [...], kubernetes: [...], temp: [...], left: {id: why}, count, dry_run}.")
 def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None, kubeconfig: str | None,
-          temp_dirs: tuple[str, ...], grace: float | None, dry_run: bool, as_json: bool) -> int:
+          temp_dirs: tuple[str, ...], grace: float | None, sessions: tuple[str, ...], dry_run: bool,
+          as_json: bool) -> int:
     """Remove (or list) what plugbay hosts that are gone left behind on this machine.
 
     Without --docker, --kubernetes or --temp: Docker containers (and the images plugbay built
@@ -258,7 +262,7 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None, ku
 
     # all checked before anything is removed
     seconds = checked_grace(SWEEP_GRACE if grace is None else grace)  # FloatRange lets nan through
-    _refuse_unused_flags(docker_, kubernetes, temp, {"--docker": (("--grace", grace),),
+    _refuse_unused_flags(docker_, kubernetes, temp, {"--docker": (("--grace", grace), ("--session", sessions)),
                                                      "--kubernetes": (("--namespace", namespace),
                                                                       ("--kubeconfig", kubeconfig)),
                                                      "--temp": (("--temp-dir", temp_dirs),)})
@@ -274,12 +278,16 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None, ku
         from plugbay.runners.docker import sweep as docker_sweep, sweep_images, sweep_networks
 
         try:
-            found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False, grace=seconds, spared=left)
-            # after the containers: their images free (a dry run counts the containers it listed as gone)
-            leaving = found["docker"] if dry_run else []
-            found["docker_images"] = sweep_images(dry_run=dry_run, leaving=leaving, grace=seconds, spared=left)
-            # and their networks: the whole engine's, which the library's sweep() leaves unless asked
-            found["docker_networks"] = sweep_networks(dry_run=dry_run, leaving=leaving, grace=seconds, spared=left)
+            found["docker"] = docker_sweep(dry_run=dry_run, images=False, networks=False, grace=seconds, spared=left,
+                                           sessions=sessions or None)
+            found["docker_images"] = found["docker_networks"] = []
+            if not sessions:  # the images and networks are the whole engine's, no session's
+                # after the containers: their images free (a dry run counts the containers it listed as gone)
+                leaving = found["docker"] if dry_run else []
+                found["docker_images"] = sweep_images(dry_run=dry_run, leaving=leaving, grace=seconds, spared=left)
+                # and their networks: the whole engine's, which the library's sweep() leaves unless asked
+                found["docker_networks"] = sweep_networks(dry_run=dry_run, leaving=leaving, grace=seconds,
+                                                          spared=left)
         except EngineUnavailableError as exc:
             if docker_:
                 raise

@@ -37,7 +37,7 @@ def _opened(client: Any) -> tuple[Any, bool]:
 
 def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry_run: bool = False,
           images: bool = False, networks: bool = False, grace: float = GRACE,
-          spared: dict[str, str] | None = None) -> list[str]:
+          spared: dict[str, str] | None = None, sessions: Iterable[str] | None = None) -> list[str]:
     """Remove plugbay containers whose host session is gone; return their ids.
 
     ``dry_run=True`` removes nothing and returns the ids it would remove. ``images=True``: then (not in a
@@ -60,8 +60,15 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     does not exist (at most RECORDS_PER_SWEEP of them a sweep, oldest first), if this engine made it (the
     record names it: madehere.py). Those of another engine, or naming none, are kept, and ``spared`` gets
     each such container's id and why.
+
+    ``sessions``: only the containers one of these host sessions (the ``plugbay.session`` label's, or the
+    claimant's a reattach wrote in the name) started or claimed are looked at; the others are left alone and
+    ``spared`` names none of them (records are judged as without it). A container may be between hosts: its
+    starting host gone, the host reattaching to it not yet its claimant (written once the reattach held); a
+    sweep of every session removes it then, so a caller that knows whose containers it means names them.
     """
     checked_grace(grace)  # before anything is removed
+    scope = _scope(sessions)
     client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
     from docker.errors import NotFound
 
@@ -82,14 +89,16 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
             session, start = owner_of(container.name, labels)
             # the starting host keeps its plugin while it lives, whoever reattached since: a reattaching
             # host that closed (its plugin runs on) and exited must not leave it to the sweep
-            sessions = {(session, start), (labels.get(SESSION, ""), labels.get(SESSION_START, ""))}
-            if any(s == own_session for s, _ in sessions):
+            owners = {(session, start), (labels.get(SESSION, ""), labels.get(SESSION_START, ""))}
+            if any(s == own_session for s, _ in owners):
+                continue
+            if scope is not None and scope.isdisjoint(s for s, _ in owners):  # not the caller's to judge
                 continue
             if live is not None:
-                gone = all(s not in live for s, _ in sessions)
+                gone = all(s not in live for s, _ in owners)
             else:
                 gone = all(session_gone(labels.get(HOST), labels.get(HOST_PIDS), s, t, labels.get(MACHINE))
-                           for s, t in sessions)
+                           for s, t in owners)
             if not gone:
                 continue
             if not made_here(container.id):
@@ -144,6 +153,20 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
         if own:
             client.close()
     return removed
+
+
+def _scope(sessions: Iterable[str] | None) -> frozenset[str] | None:
+    """sweep(sessions=) as a set, checked before anything is removed."""
+    if sessions is None:
+        return None
+    if isinstance(sessions, (str, bytes)):  # its characters would be the sessions
+        raise ConfigError(f"sweep(sessions=) takes host session ids, not one {type(sessions).__name__}: pass"
+                          f" [{sessions!r}]")
+    scope = frozenset(sessions)
+    if not all(isinstance(s, str) and s for s in scope):
+        raise ConfigError("sweep(sessions=) takes host session ids (non-empty str), as the plugbay.session label"
+                          " and plugbay.runners.session.HOST_SESSION_ID hold them")
+    return scope
 
 
 def _judge_records(client: Any, seen: Collection[str], grace: float, this_engine: str | None, dry_run: bool,
