@@ -57,8 +57,14 @@ def transport_settings(transport: str, container_port: int, gid: int | None) -> 
             {"ports": {f"{container_port}/tcp": ("127.0.0.1", None)}})
 
 
-def check_runtime(client: Any, runtime: str) -> None:
-    known = sorted(engine_call(client.info, "read engine info").get("Runtimes", {}))
+def check_runtime(info: dict[str, Any] | None, runtime: str) -> None:
+    """Refuse ``runtime`` unless the engine whose ``docker info`` answer is ``info`` has it (None: refused)."""
+    if info is None:
+        raise RunnerError(
+            f"the Docker engine refused to tell its runtimes (docker info), so runtime {runtime!r} cannot be"
+            " checked: allow GET /info (a socket proxy's INFO=1), or drop the runtime option.")
+    runtimes = info.get("Runtimes")
+    known = sorted(runtimes) if isinstance(runtimes, dict) else []
     if runtime not in known:
         raise RunnerError(
             f"the Docker engine has no runtime {runtime!r} (it has {known}). Install it and"

@@ -31,12 +31,12 @@ import os
 import re
 import secrets
 import time
-import weakref
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plugbay.errors import RunnerError
 from plugbay.runners.docker.connect import engine_call
 from plugbay.runners.procclaims import home_cache, private_folder, write_session_record
 from plugbay.runners.session import session_alive
@@ -44,45 +44,67 @@ from plugbay.runners.session import session_alive
 _log = logging.getLogger("plugbay.runners.docker")
 _FULL_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
 # docker info's ID (a key's fingerprint in 20.10, a UUID since 23.0) and DockerRootDir, as far as a record takes
-# them: the engine's answer is not trusted to be one line of sane text
+# them, written and read: the engine's answer is not trusted to be one line of sane text. Printable ASCII only,
+# no space at either end: a record is read back by lines, each stripped, and must name what was written
 _ENGINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,199}", re.ASCII)
-_ROOT_DIR = re.compile(r"/[^\x00-\x1f\x7f]{0,1023}")
+_ROOT_DIR = re.compile(r"/(?:[\x20-\x7e]{0,1022}[\x21-\x7e])?", re.ASCII)
 _ENGINE_LINE = "engine "
 _RECORD_READ = 4096  # a record's characters read at most (a session line, an engine line)
-# each engine client's identity, asked once (a runner's start, a sweep): the engine behind one client is one
-_identities: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+_REFUSED = (403, 404)  # /info refused (a socket proxy forbidding it, a stand-in): the engine tells no ID
 
 
-def engine_identity(client: Any) -> str | None:
-    """The identity of the engine ``client`` talks to, as records name it: its ID and its data root
-    (``docker info``; one request per client), or None when it tells no usable ID (or refuses to answer;
-    an engine it cannot reach is an EngineUnavailableError, as for any request).
-
-    Not its address: one engine has many (a socket path, a tcp port, an ssh URL), and one address may lead to
-    another engine tomorrow. The data root is in it because engines before 23.0 take their ID from
-    /etc/docker/key.json: two engines on one machine (a rootful and a test one) may share it."""
-    try:
-        return _identities[client]
-    except (KeyError, TypeError):  # not asked yet; or a client that takes no weak reference: asked each time
-        pass
+def engine_info(client: Any, again: str = "try again") -> dict[str, Any] | None:
+    """The engine's ``docker info`` answer (one request), None when it refuses to give it (403/404: a socket
+    proxy that forbids /info, docker-socket-proxy's default; a stand-in). Any other refusal (a 500: an engine
+    failing) is a RunnerError, as is an answer that is no JSON object; an engine it cannot reach is an
+    EngineUnavailableError, as for any request. ``again``: what the message says to do once the engine is
+    fixed."""
     from docker.errors import APIError
 
     try:
         info = engine_call(client.info, "read engine info (its ID)")
     except APIError as exc:
-        # an answer, refusing: a socket proxy that forbids /info (docker-socket-proxy's default), a stand-in.
-        # The records name no engine then, which no sweep drops for an engine's word (not cached: it may pass)
-        _log.info("the Docker engine did not tell its ID (%s): records of its containers name no engine", exc)
+        if exc.status_code in _REFUSED:
+            _log.info("the Docker engine did not tell its ID (%s): records of its containers name no engine", exc)
+            return None
+        # not taken for "tells no ID": a record naming no engine is one no sweep can judge; a failing engine
+        # would fail the create next anyway, and a typed error is one a restart policy or the caller retries
+        raise RunnerError(f"the Docker engine failed to answer docker info (its ID and data root, which plugbay"
+                          f" records with each container it makes): {exc.explanation or exc}. Check the engine"
+                          f" (`docker info`), then {again}.") from exc
+    if not isinstance(info, dict):
+        raise RunnerError(f"the Docker engine answered docker info with a {type(info).__name__}, not an object:"
+                          " is DOCKER_HOST (or the client's base_url) a Docker engine's API?")
+    return info
+
+
+def identity_of(info: dict[str, Any] | None) -> str | None:
+    """The identity of the engine whose ``docker info`` answer is ``info``, as records name it: its ID and its
+    data root, or None when it tells no usable ID (``info`` None: it refused to answer).
+
+    Not its address: one engine has many (a socket path, a tcp port, an ssh URL), and one address may lead to
+    another engine tomorrow. The data root is in it because engines before 23.0 take their ID from
+    /etc/docker/key.json: two engines on one machine (a rootful and a test one) may share it."""
+    if info is None:
         return None
     ident, root = info.get("ID"), info.get("DockerRootDir")
-    found = None
-    if isinstance(ident, str) and _ENGINE_ID.fullmatch(ident):
-        found = f"{ident} {root}" if isinstance(root, str) and _ROOT_DIR.fullmatch(root) else ident
-    try:
-        _identities[client] = found
-    except TypeError:
-        pass
-    return found
+    if not isinstance(ident, str) or not _ENGINE_ID.fullmatch(ident):
+        return None
+    return f"{ident} {root}" if isinstance(root, str) and _ROOT_DIR.fullmatch(root) else ident
+
+
+def engine_identity(client: Any, again: str = "try again") -> str | None:
+    """The identity of the engine ``client`` talks to (:func:`identity_of` its :func:`engine_info`). Asked
+    each time (a runner's start, a sweep): an engine's address may lead to another engine by the next one."""
+    return identity_of(engine_info(client, again))
+
+
+def _valid_identity(text: str) -> str | None:
+    """An engine identity read from a record, if it is one a record could have been written with."""
+    ident, space, root = text.partition(" ")
+    if not _ENGINE_ID.fullmatch(ident) or (space and not _ROOT_DIR.fullmatch(root)):
+        return None
+    return text
 
 
 def describe_engine(identity: str | None) -> str:
@@ -170,13 +192,14 @@ def read_records() -> list[Record]:
                 continue
             try:
                 written = entry.stat(follow_symlinks=False).st_mtime
-                lines = Path(entry.path).read_text()[:_RECORD_READ].splitlines()
+                lines = Path(entry.path).read_text()[:_RECORD_READ].split("\n")  # as written: not splitlines()
             except (OSError, UnicodeDecodeError):
                 continue  # dropped meanwhile
             session, _, start = (lines[0] if lines else "").strip().partition(".")
-            engine = next((line[len(_ENGINE_LINE):].strip() for line in lines[1:] if line.startswith(_ENGINE_LINE)),
-                          None)
-            found.append(Record(entry.name, session, start, engine or None, written, Path(entry.path)))
+            engine = next((line[len(_ENGINE_LINE):] for line in lines[1:] if line.startswith(_ENGINE_LINE)), None)
+            # read under the rules it was written by: a record is a file anyone of this user may have edited
+            found.append(Record(entry.name, session, start, _valid_identity(engine) if engine else None, written,
+                                Path(entry.path)))
     return sorted(found, key=lambda record: record.written)
 
 

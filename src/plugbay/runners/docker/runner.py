@@ -35,7 +35,7 @@ from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, ENGINE_TIMEOUT,
                                             SOCKET_OWNED, SOCKET_TOKEN, bind_mount, check_runtime, create_container,
                                             engine, host_gid, mark_socket_dir, parse_mount,
                                             prepare_socket_dir, published_port, transport_settings)
-from plugbay.runners.docker.madehere import engine_identity, forget_made, record_made
+from plugbay.runners.docker.madehere import engine_info, forget_made, identity_of, record_made
 from plugbay.runners.docker.sweep import sweep
 from plugbay.runners.docker.hardening import (DEFAULT_PIDS_LIMIT, DEFAULT_TMPFS_SIZE, ISOLATED_NETWORK,
                                                NETWORK_TRIES, hardened_args, network_id, network_swept,
@@ -203,10 +203,12 @@ class DockerRunner(ContainerTeardown, ContainerOutput, Runner):
         image = budget.call(lambda: find_image(client, self._verified_image or self.image), "look up the image")
         if self.digest is not None:
             check_digest(image, self.image, self.digest)
+        # before the create: the container's record names its engine (a sweep of another engine leaves it);
+        # the runtime is checked in the same answer
+        info = budget.call(lambda: engine_info(client, "start it again"), "read engine info")
         if self.runtime:
-            budget.call(lambda: check_runtime(client, str(self.runtime)), "read engine info")
-        # before the create: the container's record names its engine (a sweep of another engine leaves it)
-        made_by = budget.call(lambda: engine_identity(client), "read engine info")
+            check_runtime(info, str(self.runtime))
+        made_by = identity_of(info)
         # tcp: no host folder is mounted, and the host's folder path would lead the plugin's own sockets
         # (a per-connection broker's) to a folder the container does not have
         env = {**self.env, **(spec.env if self.transport == "unix" else spec.env_without_host_folder())}

@@ -78,7 +78,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     removed: list[str] = []
     seen: set[str] = set()
     try:
-        this_engine = engine_identity(client)  # which records it may judge by the engine's word
+        this_engine = engine_identity(client, "sweep again")  # which records it may judge by the engine's word
         # the SDK inspects each container listed: one removed meanwhile (its host killing its plugin)
         # has nothing left to sweep, and must not end the sweep of the others
         found = engine_call(lambda: client.containers.list(all=True, filters={"label": f"{MANAGED}=true"},
@@ -209,6 +209,11 @@ def _judge_records(client: Any, seen: Collection[str], grace: float, this_engine
 
 def _kept_why(record: Record, this_engine: str | None) -> str:
     """Why a gone host's record of a container this engine does not list is kept, and what to do about it."""
+    if this_engine is None:
+        # it refused /info (or told no usable ID): no record is judged by its word, whichever engine it names
+        return (f"record {record.path} kept: this engine does not tell its ID (docker info refused, or no usable"
+                " ID), so its \"no such container\" proves nothing of any record. A sweep against an engine that"
+                " tells its ID (allow GET /info) judges it")
     here = f"this engine ({describe_engine(this_engine)})"
     if record.engine is not None:
         whose = (f"its container was made by engine {describe_engine(record.engine)}, not {here}: a sweep against"
