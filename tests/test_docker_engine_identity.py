@@ -1,6 +1,7 @@
 """What a container record names of the engine and machine that made its container: the engine's /info answer is
-untrusted (tests/docker_standin.py plays the engine), and a record is read back under the same rules it was written
-by."""
+untrusted (tests/docker_standin.py plays the engine), a record is read back under the same rules it was written by,
+a record of another machine's host is never judged by this machine's /proc, and a record's own file stays the one
+line earlier releases read as their host's session."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from plugbay.errors import RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
 from plugbay.runners.docker.engine import engine
-from plugbay.runners.docker.madehere import engine_identity, forget_made, read_records, record_made
-from plugbay.runners.session import start_ticks
+from plugbay.runners.docker.madehere import engine_identity, forget_made, read_records, record_made, stale_records
+from plugbay.runners.session import machine_identity, session_alive, start_ticks
 from tests.docker_standin import Answer, Reply, StandinEngine, standin  # noqa: F401
 from tests.records_util import record_of
 
@@ -100,11 +101,37 @@ def recorded() -> Iterator[str]:
         forget_made(container_id)
 
 
+def test_a_record_of_another_machines_host_is_never_judged_by_this_machines_proc(
+        recorded: str, gone_session: str) -> None:
+    record = record_of(recorded)
+    record.write_text(gone_session)
+    sibling = record.parent / f"{record.name}.made"
+    assert sibling.read_text().splitlines()[-1] == f"machine {machine_identity()}"
+    assert recorded in [r.container_id for r in stale_records(0, ())]  # this machine's host, gone
+    sibling.write_text(f"engine ENGINE-1 /var/lib/docker\nmachine {'0' * 32}\n")  # a clone's, same engine
+    assert recorded not in [r.container_id for r in stale_records(0, ())]
+
+
+def test_a_records_own_file_is_the_one_line_earlier_releases_read(recorded: str) -> None:
+    text = record_of(recorded).read_text()
+    # how releases before engine identities read a record: the whole file is "session.start"
+    session, _, start = text[:200].strip().partition(".")
+    assert session_alive(session, start), f"an earlier release takes this live host's record for a gone one: {text!r}"
+    (mine,) = [r for r in read_records() if r.container_id == recorded]
+    assert mine.engine == "ENGINE-1 /var/lib/docker" and mine.machine == (machine_identity() or None)
+
+
 @pytest.mark.parametrize("line", ["engine ENGINE-1 /var/lib/docker\u2028", "engine ENGINE-1 /var/lib/docker ",
                                   "engine bad id", "engine \u00e9"], ids=["separator", "space", "id", "non-ascii"])
-def test_an_engine_a_record_could_not_have_been_written_with_is_read_as_none(recorded: str, line: str) -> None:
+@pytest.mark.parametrize("where", ["sibling", "second-line"])
+def test_an_engine_a_record_could_not_have_been_written_with_is_read_as_none(
+        recorded: str, line: str, where: str) -> None:
     record = record_of(recorded)
-    record.write_text(f"{record.read_text().splitlines()[0]}\n{line}\n", encoding="utf-8")
+    if where == "sibling":
+        (record.parent / f"{record.name}.made").write_text(f"{line}\n", encoding="utf-8")
+    else:  # as this release's development wrote records, the engine on the record's second line
+        (record.parent / f"{record.name}.made").unlink()
+        record.write_text(f"{record.read_text().splitlines()[0]}\n{line}\n", encoding="utf-8")
     (mine,) = [r for r in read_records() if r.container_id == recorded]
     assert mine.engine is None
 
@@ -117,3 +144,15 @@ def test_a_sweep_of_an_engine_refusing_info_does_not_say_another_engine_made_a_c
     sweep(grace=0, spared=spared)
     assert "does not tell its ID" in spared[recorded] and "not this engine" not in spared[recorded], spared
     assert os.path.exists(record_of(recorded))
+
+
+def test_a_sibling_an_earlier_release_left_with_its_dropped_record_goes(recorded: str) -> None:
+    record = record_of(recorded)
+    sibling = record.parent / f"{record.name}.made"
+    record.unlink()  # as an earlier release's forget_made drops a record: the sibling unknown to it stays
+    read_records()
+    assert sibling.exists()  # a young one may be a record's being written: kept a while
+    aged = sibling.stat().st_mtime - 120
+    os.utime(sibling, (aged, aged))
+    read_records()
+    assert not sibling.exists()

@@ -54,6 +54,10 @@ def _record(container_id: str) -> Path:
     return record
 
 
+def _sibling(record: Path) -> Path:
+    return record.parent / f"{record.name}.made"  # the engine and machine of the record
+
+
 def _engine_id(client: Any) -> str:
     return str(client.info()["ID"])
 
@@ -67,7 +71,7 @@ def test_a_sweep_of_another_engine_keeps_the_records_of_this_ones_containers(
     # no grace: the record is old enough, its host gone, and the other engine says it has no such container
     assert sweep(client=other_engine.client, grace=0, spared=spared) == []
     assert record.is_file(), "a sweep of another engine dropped the record of this engine's container"
-    assert f"engine {this_id} " in record.read_text()  # the engine that made it, by its own ID
+    assert f"engine {this_id} " in _sibling(record).read_text()  # the engine that made it, by its own ID
     assert this_id in spared[crashed] and "DOCKER_HOST" in spared[crashed], spared
     # the command, pointed at the other engine as a cron job's DOCKER_HOST would: the record stays, named in "left"
     run = plugbay("sweep", "--docker", "--grace", "0", "--json", env=cli_env(DOCKER_HOST=other_engine.url))
@@ -89,8 +93,8 @@ def test_a_sweep_of_another_engine_keeps_the_records_of_this_ones_containers(
 def test_a_record_naming_no_engine_is_kept_until_its_engine_lists_the_container(
         plugbay_docker: Any, other_engine: Engine, crashed: str) -> None:
     record = _record(crashed)
-    session_line = record.read_text().splitlines()[0]
-    record.write_text(session_line)  # as releases before this one wrote it: the host's session alone
+    session_line = record.read_text()
+    _sibling(record).unlink()  # as releases before this one wrote it: the host's session alone
     spared: dict[str, str] = {}
     sweep(client=other_engine.client, grace=0, spared=spared)
     assert record.is_file(), "a sweep of an engine that does not have the container dropped its record"
@@ -106,13 +110,15 @@ def test_a_record_naming_no_engine_gets_the_engine_that_lists_its_container(plug
     try:
         runner.start(LaunchSpec(env={}))
         record = _record(str(runner.id))
-        session_line = record.read_text().splitlines()[0]
-        record.write_text(session_line)
+        session_line = record.read_text()
+        _sibling(record).unlink()
         sweep(client=plugbay_docker, dry_run=True)
-        assert record.read_text() == session_line  # a dry run changes nothing
+        assert record.read_text() == session_line and not _sibling(record).exists()  # a dry run changes nothing
         sweep(client=plugbay_docker)  # its host (this process) lives: the container stays, and its record
-        assert record.read_text().splitlines() == [session_line, f"engine {_engine_id(plugbay_docker)} "
-                                                   f"{plugbay_docker.info()['DockerRootDir']}"]
+        assert record.read_text() == session_line  # the one line earlier releases read
+        # the engine noted; no machine: a sweep cannot tell which machine's host wrote a record
+        assert _sibling(record).read_text().splitlines() == [f"engine {_engine_id(plugbay_docker)} "
+                                                             f"{plugbay_docker.info()['DockerRootDir']}"]
         assert plugbay_docker.containers.get(str(runner.id)).status == "running"
     finally:
         runner.kill()

@@ -85,7 +85,7 @@ def test_a_live_host_of_another_run_is_not_this_runs_leak(plugbay_docker: Any, f
         for container_id, pid in ((theirs, foreign_host), (crashed, int(exited.stdout))):
             assert record_made(container_id, tested)
             # a record as that host's runner writes it: its session (its pid, a random part) and start ticks
-            _record(container_id).write_text(f"{pid}-{secrets.token_hex(6)}.{start_ticks(pid)}\nengine {tested}")
+            _record(container_id).write_text(f"{pid}-{secrets.token_hex(6)}.{start_ticks(pid)}")
         assert not _reported(theirs), "a live host's record of another run was counted as this run's leak"
         assert _reported(crashed), "a gone host's record of a container gone was not reported"
     finally:

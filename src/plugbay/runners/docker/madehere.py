@@ -11,7 +11,10 @@ than the sweep's grace, its host process no longer runs, and the engine says no 
 (stale_records).
 
 Each record names the engine that made its container (engine_identity: the engine's own ID, and its data
-root, as ``docker info`` tells them), since only that engine's "no such container" proves the container gone:
+root, as ``docker info`` tells them), and the machine its host ran on (session.machine_identity: a cloned VM's
+engine may share both ID and data root, and only the host's own machine's /proc proves that host gone), in a
+sibling file (NAME.made) that earlier releases do not read. Only that engine's "no such container" proves the
+container gone:
 a sweep run against another engine (a cron job without the user's DOCKER_HOST, a home folder shared by
 machines) would otherwise take the records of the first engine's containers for stale ones and drop them,
 leaving those containers to ``docker rm -f``. A record without an engine (written by an earlier release, or
@@ -39,17 +42,23 @@ from typing import Any
 from plugbay.errors import RunnerError
 from plugbay.runners.docker.connect import engine_call
 from plugbay.runners.procclaims import home_cache, private_folder, write_session_record
-from plugbay.runners.session import session_alive
+from plugbay.runners.session import machine_identity, session_alive
 
 _log = logging.getLogger("plugbay.runners.docker")
 _FULL_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
 # docker info's ID (a key's fingerprint in 20.10, a UUID since 23.0) and DockerRootDir, as far as a record takes
 # them, written and read: the engine's answer is not trusted to be one line of sane text. Printable ASCII only,
-# no space at either end: a record is read back by lines, each stripped, and must name what was written
+# no space at either end: a record read back (by lines, as it was written) names what was written
 _ENGINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,199}", re.ASCII)
 _ROOT_DIR = re.compile(r"/(?:[\x20-\x7e]{0,1022}[\x21-\x7e])?", re.ASCII)
-_ENGINE_LINE = "engine "
-_RECORD_READ = 4096  # a record's characters read at most (a session line, an engine line)
+_MACHINE = re.compile(r"[0-9a-f]{32}", re.ASCII)
+_ENGINE_LINE, _MACHINE_LINE = "engine ", "machine "
+# a record's engine and machine are in a sibling file (NAME.made): a record's own file stays the one line of its
+# host's session that earlier releases read whole as "session.start" (a second line there made them take a live
+# host for a gone one). Those releases list only NAME files, and leave a sibling when they drop a record
+_SIBLING = ".made"
+_RECORD_READ = 4096  # bytes of a record (or its sibling) read at most
+_ORPHAN_AGE = 60.0  # a sibling whose record is gone is removed once this old (no race with a record being written)
 _REFUSED = (403, 404)  # /info refused (a socket proxy forbidding it, a stand-in): the engine tells no ID
 
 
@@ -128,17 +137,40 @@ def _writable_roots() -> list[Path]:
 
 def record_made(container_id: str, engine: str | None) -> bool:
     """Record that this process created ``container_id`` on the engine of identity ``engine``
-    (:func:`engine_identity`, asked before the create) (best effort: False, with a warning, when no private
-    folder could hold it; a sweep then leaves that container to ``docker rm -f``)."""
+    (:func:`engine_identity`, asked before the create), on this machine (best effort: False, with a warning,
+    when no private folder could hold it; a sweep then leaves that container to ``docker rm -f``)."""
     if not _FULL_ID.fullmatch(container_id):
         return False
     for root in _writable_roots():
-        if write_session_record(root, None, container_id, f"{_ENGINE_LINE}{engine}" if engine else ""):
+        if write_session_record(root, None, container_id):
+            # the record first: one whose sibling is missing (a crash between) names no engine and no machine,
+            # which no sweep judges by an engine's word
+            _write_sibling(root / container_id, engine, machine_identity() or None)
             return True
     _log.warning("no record of container %s could be written (no private folder of this user at %s): a sweep"
                  " will not remove it if this host dies; remove it then with `docker rm -f %s`", container_id[:12],
                  ", ".join(str(root) for root in records_roots()), container_id[:12])
     return False
+
+
+def _write_sibling(record: Path, engine: str | None, machine: str | None, written: float | None = None) -> None:
+    """Write the engine and machine of ``record`` next to it, whole (a temp file renamed into place), while
+    the record exists (``written``: the mtime to give it)."""
+    lines = [f"{_ENGINE_LINE}{engine}"] if engine else []
+    lines += [f"{_MACHINE_LINE}{machine}"] if machine else []
+    if not lines:
+        return
+    tmp = record.parent / f".{record.name}{_SIBLING}.{secrets.token_hex(4)}"
+    try:
+        tmp.write_text("\n".join(lines) + "\n")
+        if written is not None:
+            os.utime(tmp, (written, written))
+        if record.exists():
+            os.replace(tmp, record.parent / f"{record.name}{_SIBLING}")
+    except OSError as exc:
+        _log.debug("could not note engine %s in the record of container %s: %s", engine, record.name[:12], exc)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def made_here(container_id: str) -> bool:
@@ -149,12 +181,13 @@ def made_here(container_id: str) -> bool:
 
 
 def forget_made(container_id: str) -> None:
-    """Drop the record of a container that was removed."""
+    """Drop the record of a container that was removed (its engine and machine with it)."""
     if not _FULL_ID.fullmatch(container_id):
         return
     for root in records_roots():
         if private_folder(root):
             (root / container_id).unlink(missing_ok=True)
+            (root / f"{container_id}{_SIBLING}").unlink(missing_ok=True)
             try:
                 root.rmdir()  # the last record gone: no folder left behind in the user's home or /tmp
             except OSError:
@@ -164,7 +197,8 @@ def forget_made(container_id: str) -> None:
 @dataclass(frozen=True)
 class Record:
     """One record as read: the container's id, its host's session marker and start, the engine that made the
-    container (None: not noted), when it was written, and its file."""
+    container (None: not noted), the machine its host ran on (None: not noted, an earlier release's record),
+    when it was written, and its file."""
 
     container_id: str
     session: str
@@ -172,9 +206,27 @@ class Record:
     engine: str | None
     written: float
     path: Path
+    machine: str | None = None
 
     def host_gone(self) -> bool:
+        """Whether the host process that wrote this record is proven gone: this machine's /proc (its pid
+        namespace) no longer shows it. Never for a record another machine's host wrote (a home folder shared
+        by machines, a cloned VM whose engine shares ID and data root): this /proc says nothing of it."""
+        if self.machine is not None and self.machine != machine_identity():
+            return False
         return not session_alive(self.session, self.start)
+
+
+def _read_head(path: str) -> list[str]:
+    """The lines of at most _RECORD_READ bytes of ``path`` (OSError: unreadable, or dropped meanwhile), split
+    as they were written (not splitlines(): a U+2028 is no line end of a record's); a byte no record holds reads
+    as U+FFFD, which no pattern takes."""
+    with open(path, "rb") as f:
+        return f.read(_RECORD_READ).decode("ascii", errors="replace").split("\n")
+
+
+def _noted(lines: list[str], prefix: str) -> str | None:
+    return next((line[len(prefix):] for line in lines if line.startswith(prefix)), None)
 
 
 def read_records() -> list[Record]:
@@ -187,37 +239,43 @@ def read_records() -> list[Record]:
             entries = list(os.scandir(root))
         except OSError:
             continue
+        names = {entry.name for entry in entries}
         for entry in entries:
+            if entry.name.endswith(_SIBLING) and entry.name[:-len(_SIBLING)] not in names:
+                _drop_orphan(entry)
             if not _FULL_ID.fullmatch(entry.name):
                 continue
             try:
                 written = entry.stat(follow_symlinks=False).st_mtime
-                lines = Path(entry.path).read_text()[:_RECORD_READ].split("\n")  # as written: not splitlines()
-            except (OSError, UnicodeDecodeError):
+                lines = _read_head(entry.path)
+            except OSError:
                 continue  # dropped meanwhile
-            session, _, start = (lines[0] if lines else "").strip().partition(".")
-            engine = next((line[len(_ENGINE_LINE):] for line in lines[1:] if line.startswith(_ENGINE_LINE)), None)
-            # read under the rules it was written by: a record is a file anyone of this user may have edited
+            session, _, start = (lines[0] if lines else "").partition(".")
+            noted = lines[1:]  # a record this release's development wrote, the engine on its second line
+            if f"{entry.name}{_SIBLING}" in names:
+                try:
+                    noted = _read_head(f"{entry.path}{_SIBLING}")
+                except OSError:
+                    pass
+            engine, machine = _noted(noted, _ENGINE_LINE), _noted(noted, _MACHINE_LINE)
             found.append(Record(entry.name, session, start, _valid_identity(engine) if engine else None, written,
-                                Path(entry.path)))
+                                Path(entry.path), machine if machine and _MACHINE.fullmatch(machine) else None))
     return sorted(found, key=lambda record: record.written)
 
 
-def note_engine(record: Record, engine: str) -> None:
-    """Rewrite ``record`` as one of ``engine`` (its container found there), keeping its session and its age. A
-    record dropped meanwhile may come back: it is then that engine's, and a later sweep drops it once that
-    engine says its container is gone."""
-    tmp = record.path.parent / f".{record.container_id}.{secrets.token_hex(4)}"
+def _drop_orphan(entry: os.DirEntry[str]) -> None:
+    """Remove a sibling whose record is gone (dropped by an earlier release, which knows no sibling)."""
     try:
-        tmp.write_text(f"{record.session}.{record.start}\n{_ENGINE_LINE}{engine}")
-        os.utime(tmp, (record.written, record.written))
-        if record.path.exists():
-            os.replace(tmp, record.path)
-    except OSError as exc:
-        _log.debug("could not note engine %s in the record of container %s: %s", engine, record.container_id[:12],
-                   exc)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if time.time() - entry.stat(follow_symlinks=False).st_mtime >= _ORPHAN_AGE:
+            os.unlink(entry.path)
+    except OSError:
+        pass
+
+
+def note_engine(record: Record, engine: str) -> None:
+    """Note ``engine`` in ``record`` (its container found there), keeping its machine and its age. A record
+    dropped meanwhile keeps no sibling for long (read_records removes it)."""
+    _write_sibling(record.path, engine, record.machine, record.written)
 
 
 def stale_records(older_than: float, skip: Collection[str]) -> list[Record]:
