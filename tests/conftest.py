@@ -26,3 +26,11 @@ def no_gc() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+@pytest.fixture(scope="session")
+def other_engine() -> Iterator[object]:
+    """A second, real Docker engine (tests/second_engine.py), one for the whole run: each start costs seconds."""
+    from tests.second_engine import second_engine_running
+
+    yield from second_engine_running()

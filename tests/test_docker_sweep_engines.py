@@ -6,8 +6,12 @@ those of containers removed without plugbay, and dropped them, leaving those con
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,20 +22,16 @@ from docker.errors import NotFound
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
 from plugbay.runners.docker.engine import SOCKET_DIR
-from plugbay.runners.docker.madehere import forget_made, records_roots
+from plugbay.runners.docker.madehere import forget_made
 from tests.cli_util import cli_env, plugbay
 from tests.procs import first_line_then_sigkill
+from tests.records_util import record_of
 from tests.second_engine import Engine, second_engine_running
 from tests.test_docker_runner import CRASHING_HOST
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-
-
-@pytest.fixture(scope="module")
-def other_engine() -> Iterator[Engine]:
-    yield from second_engine_running()
 
 
 @pytest.fixture
@@ -49,11 +49,6 @@ def crashed(plugbay_docker: Any) -> Iterator[str]:
         shutil.rmtree(facts["reattach"]["host_socket_dir"], ignore_errors=True)
 
 
-def _record(container_id: str) -> Path:
-    (record,) = [root / container_id for root in records_roots() if (root / container_id).is_file()]
-    return record
-
-
 def _sibling(record: Path) -> Path:
     return record.parent / f"{record.name}.made"  # the engine and machine of the record
 
@@ -64,7 +59,7 @@ def _engine_id(client: Any) -> str:
 
 def test_a_sweep_of_another_engine_keeps_the_records_of_this_ones_containers(
         plugbay_docker: Any, other_engine: Engine, crashed: str) -> None:
-    record = _record(crashed)
+    record = record_of(crashed)
     this_id, other_id = _engine_id(plugbay_docker), _engine_id(other_engine.client)
     assert this_id != other_id
     spared: dict[str, str] = {}
@@ -92,7 +87,7 @@ def test_a_sweep_of_another_engine_keeps_the_records_of_this_ones_containers(
 
 def test_a_record_naming_no_engine_is_kept_until_its_engine_lists_the_container(
         plugbay_docker: Any, other_engine: Engine, crashed: str) -> None:
-    record = _record(crashed)
+    record = record_of(crashed)
     session_line = record.read_text()
     _sibling(record).unlink()  # as releases before this one wrote it: the host's session alone
     spared: dict[str, str] = {}
@@ -109,7 +104,7 @@ def test_a_record_naming_no_engine_gets_the_engine_that_lists_its_container(plug
     runner = DockerRunner("plugbay-base:bookworm", entrypoint=["sleep", "120"])
     try:
         runner.start(LaunchSpec(env={}))
-        record = _record(str(runner.id))
+        record = record_of(str(runner.id))
         session_line = record.read_text()
         _sibling(record).unlink()
         sweep(client=plugbay_docker, dry_run=True)
@@ -137,3 +132,46 @@ def test_a_second_engine_leaves_the_machines_default_bridge() -> None:
     finally:
         engine.close()
     assert docker0.exists()
+
+
+_HOLDER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tests.second_engine import second_engine_running
+running = second_engine_running()  # held: a generator collected would stop the engine
+print(next(running).url, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_engine_ends_with_the_test_run_that_started_it() -> None:
+    # its dockerd runs in a session of its own: a test run killed (a CI timeout's SIGKILL) left it running
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(SRC.parent)], stdout=subprocess.PIPE, text=True)
+    folder: Path | None = None
+    dockerd = 0
+    try:
+        assert holder.stdout is not None
+        url = holder.stdout.readline().strip()
+        if not url:
+            holder.wait(60)
+            pytest.skip("no second engine could start here (the fixture says why)")
+        folder = Path(url.removeprefix("unix://")).parent
+        dockerd = int((folder / "docker.pid").read_text())
+        holder.kill()
+        holder.wait(30)
+        deadline = time.monotonic() + 60  # a bound on dockerd's own shutdown, not a speed claim
+        while Path(f"/proc/{dockerd}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{dockerd}").exists(), "the second dockerd outlived the test run that started it"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(30)
+        if dockerd and Path(f"/proc/{dockerd}").exists():  # the engine that run started: ours to end
+            os.kill(dockerd, signal.SIGTERM)
+            for _ in range(300):
+                if not Path(f"/proc/{dockerd}").exists():
+                    break
+                time.sleep(0.2)
+        if folder is not None:
+            shutil.rmtree(folder)

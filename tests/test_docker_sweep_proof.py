@@ -24,10 +24,11 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
 from plugbay.runners.docker.engine import SOCKET_DIR
 from plugbay.runners.docker.grace import GRACE
-from plugbay.runners.docker.madehere import forget_made, made_here, records_roots
+from plugbay.runners.docker.madehere import forget_made, made_here
 from plugbay.runners.session import HOST, HOST_PIDS, MANAGED, SESSION, SESSION_START, host_pids
 from tests.cli_util import plugbay
 from tests.procs import first_line_then_sigkill
+from tests.records_util import record_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
 
@@ -98,11 +99,6 @@ def test_the_cli_names_a_container_it_left_for_want_of_a_record(plugbay_docker: 
         _remove(plugbay_docker, forged.id)
 
 
-def _record_of(container_id: str) -> Path:
-    (record,) = [root / container_id for root in records_roots() if (root / container_id).is_file()]
-    return record
-
-
 @pytest.mark.timeout(120)
 def test_the_record_of_a_container_removed_without_plugbay_goes_with_the_next_sweep(plugbay_docker: Any) -> None:
     # `docker rm -f`, which plugbay's messages advise, left the record for good: no sweep lists that container again
@@ -113,7 +109,7 @@ def test_the_record_of_a_container_removed_without_plugbay_goes_with_the_next_sw
     bare: Any = None
     try:
         live.start(LaunchSpec(env={}))
-        record = _record_of(crashed)
+        record = record_of(crashed)
         gone_session = record.read_text()
         # the crashed host's socket folder, which the sweep ends with its container: `docker rm -f` leaves it
         socket_dir = plugbay_docker.containers.get(crashed).labels[SOCKET_DIR]
@@ -122,7 +118,7 @@ def test_the_record_of_a_container_removed_without_plugbay_goes_with_the_next_sw
         os.utime(record, (aged, aged))
         # the live container's record as a gone host's would read, older than the grace: only the engine's word
         # that the container exists keeps it (its host session, this process, keeps it out of the container sweep)
-        live_record = _record_of(str(live.id))
+        live_record = record_of(str(live.id))
         live_record.write_text(gone_session)
         os.utime(live_record, (aged, aged))
         # a gone host's record written moments ago, of an id the engine does not know: within the grace, it stays

@@ -18,22 +18,13 @@ import pytest
 
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
-from plugbay.runners.docker.madehere import engine_identity, forget_made, record_made, records_roots
+from plugbay.runners.docker.madehere import engine_identity, forget_made, record_made
 from plugbay.runners.session import start_ticks
 from tests import leakcheck
-from tests.second_engine import Engine, second_engine_running
+from tests.records_util import record_of
+from tests.second_engine import Engine
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
-
-
-@pytest.fixture(scope="module")
-def other_engine() -> Iterator[Engine]:
-    yield from second_engine_running()
-
-
-def _record(container_id: str) -> Path:
-    (record,) = [root / container_id for root in records_roots() if (root / container_id).is_file()]
-    return record
 
 
 def _reported(container_id: str) -> bool:
@@ -85,7 +76,7 @@ def test_a_live_host_of_another_run_is_not_this_runs_leak(plugbay_docker: Any, f
         for container_id, pid in ((theirs, foreign_host), (crashed, int(exited.stdout))):
             assert record_made(container_id, tested)
             # a record as that host's runner writes it: its session (its pid, a random part) and start ticks
-            _record(container_id).write_text(f"{pid}-{secrets.token_hex(6)}.{start_ticks(pid)}")
+            record_of(container_id).write_text(f"{pid}-{secrets.token_hex(6)}.{start_ticks(pid)}")
         assert not _reported(theirs), "a live host's record of another run was counted as this run's leak"
         assert _reported(crashed), "a gone host's record of a container gone was not reported"
     finally:
