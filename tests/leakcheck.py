@@ -117,23 +117,30 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _docker_leaks()  # an engine that answers now must answer every later check
 
 
-def _orphans(known: set[int]) -> list[str]:
-    """Processes with this run's mark, or this process's plugbay host session (a plugin started with
-    a clean environment has only that), that are neither pytest nor descended from it."""
+def _marked(pid: int) -> bool:
+    """Whether process ``pid`` carries this run's mark, or this process's plugbay host session (False: gone,
+    not ours to read, or another run's)."""
     from plugbay.runners.proctree import ENV_HOST_SESSION, host_session
 
     marks = {f"{_RUN_MARK_NAME}={_RUN_MARK}".encode(), f"{ENV_HOST_SESSION}={host_session()}".encode()}
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return not marks.isdisjoint(f.read().split(b"\0"))
+    except OSError:
+        return False
+
+
+def _orphans(known: set[int]) -> list[str]:
+    """Processes with this run's mark, or this process's plugbay host session (a plugin started with
+    a clean environment has only that), that are neither pytest nor descended from it."""
     out: list[str] = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in known:
+        if not entry.isdigit() or int(entry) in known or not _marked(int(entry)):
             continue
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if marks.isdisjoint(f.read().split(b"\0")):
-                    continue
             name = Path(f"/proc/{entry}/comm").read_text().strip()
         except OSError:
-            continue  # gone meanwhile, or not ours to read
+            continue  # gone meanwhile
         out.append(f"orphaned process {entry} ({name})")
     return out
 
@@ -178,18 +185,20 @@ def _engine_configured() -> bool:
     return bool(os.environ.get("DOCKER_HOST")) or os.path.exists("/var/run/docker.sock")
 
 
-def _this_runs(session: str, start: str, family: set[int]) -> bool:
-    """Whether a record's host is this run's: this process, one descended from it, or one no longer running
-    (a crashed host: whose it was cannot be told once it is gone). A live host outside this run's process
-    tree (another pytest session of this user, its hosts) is not."""
+def _this_runs(session: str, start: str) -> bool:
+    """Whether a record's host is this run's: this process, one that carries this run's mark (as _orphans
+    tells them: a host this run started, a child of it or not any more), or one no longer running (a crashed
+    host: whose it was cannot be told once it is gone). A live host of another run (another pytest session of
+    this user, its hosts: their mark is their run's) is not, even where it descends from this one."""
     from plugbay.runners.session import session_alive
 
     if not session_alive(session, start):
         return True
     try:
-        return int(session.split("-", 1)[0]) in family
+        pid = int(session.split("-", 1)[0])
     except ValueError:
         return True
+    return pid == os.getpid() or _marked(pid)  # pytest's own /proc environ predates the mark it set
 
 
 def _made_records() -> list[str]:
@@ -210,7 +219,6 @@ def _made_records() -> list[str]:
     except Exception:
         return []  # no engine to ask: the container check says whether one answered before
     found: list[str] = []
-    family = {os.getpid(), *(pid for pid, _ in descendants(os.getpid()))}
     try:
         try:
             tested = engine_identity(client)
@@ -219,7 +227,7 @@ def _made_records() -> list[str]:
         for record in read_records():
             if str(record.path) not in new or record.engine not in (None, tested):
                 continue
-            if not _this_runs(record.session, record.start, family):
+            if not _this_runs(record.session, record.start):
                 continue
             try:
                 client.api.inspect_container(record.container_id)

@@ -1,7 +1,7 @@
 """The leak check's look at container records (tests/leakcheck.py) judges a record by the engine the tests use
 (DOCKER_HOST honoured) only when that engine made its container, and only a record of this run's: this
-process's, its descendants', or a gone host's. It took another engine's records, and those of a live host of
-another run (a concurrent pytest session of the same user), for this run's leaks."""
+process's, one carrying this run's mark, or a gone host's. It took another engine's records, and those of a
+live host of another run (a concurrent pytest session of the same user), for this run's leaks."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import os
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,21 +49,14 @@ def test_the_check_asks_the_engine_the_tests_use_about_its_own_records_only(
 
 @pytest.fixture
 def foreign_host() -> Iterator[int]:
-    """A live process outside this run's process tree (setsid -f: its parent exits), as another pytest
-    session's is; its pid."""
-    pid_file = Path(f"/tmp/foreign-host-{secrets.token_hex(4)}")
-    subprocess.run(["setsid", "-f", "sh", "-c", f'echo $$ > {pid_file}; exec sleep 120'], check=True, timeout=30,
-                   env={"PATH": os.environ["PATH"]})
-    deadline = time.monotonic() + 10
-    while not pid_file.exists() or not pid_file.read_text().strip():
-        assert time.monotonic() < deadline, "setsid -f started nothing"
-        time.sleep(0.05)
-    pid = int(pid_file.read_text())
-    pid_file.unlink()
+    """A live process of another run (another pytest session's host: it carries that run's mark, as processes
+    a run starts do), here a child of this one; its pid."""
+    host = subprocess.Popen(["sleep", "120"], env={"PATH": os.environ["PATH"], "LEAKCHECK_RUN": "another-run"})
     try:
-        yield pid
+        yield host.pid
     finally:
-        os.kill(pid, signal.SIGKILL)  # not our child: nothing to reap
+        host.kill()  # the process this fixture started, held: no pid that may be another's by now
+        host.wait(30)
 
 
 def test_a_live_host_of_another_run_is_not_this_runs_leak(plugbay_docker: Any, foreign_host: int) -> None:
@@ -82,3 +73,28 @@ def test_a_live_host_of_another_run_is_not_this_runs_leak(plugbay_docker: Any, f
     finally:
         forget_made(theirs)
         forget_made(crashed)
+
+
+def _carries_this_runs_mark(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"LEAKCHECK_RUN={os.environ['LEAKCHECK_RUN']}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def test_a_live_host_of_this_run_no_longer_descended_from_it_is_judged(plugbay_docker: Any) -> None:
+    # a host this run started whose parent exited (an orphan: the run's mark tells it, as _orphans does)
+    started = subprocess.run(["sh", "-c", "sleep 120 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True,
+                             check=True, timeout=30)
+    orphan = int(started.stdout)
+    ours = secrets.token_hex(32)  # an id the engine does not have
+    try:
+        assert _carries_this_runs_mark(orphan), "the orphan does not carry this run's mark"
+        assert record_made(ours, engine_identity(plugbay_docker))
+        record_of(ours).write_text(f"{orphan}-{secrets.token_hex(6)}.{start_ticks(orphan)}")
+        assert _reported(ours), "a record of a live host of this run (an orphan) whose container is gone was missed"
+    finally:
+        forget_made(ours)
+        if _carries_this_runs_mark(orphan):  # still the process this test started (its mark), not a pid reused since
+            os.kill(orphan, signal.SIGKILL)
