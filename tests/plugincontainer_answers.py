@@ -23,6 +23,8 @@ def container_answers(images: Iterable[str] = (), *, running_in: str | None = No
     known = set(images)
 
     def answer(method: str, path: str) -> Reply:
+        if method == "GET" and path == "/info":  # a stand-in tells no engine ID: its records name no engine
+            return 404, {"message": "stand-in engine: no /info"}
         if method == "GET" and path == "/containers/json":
             return 200, [{"Id": "deadbeef", "HostConfig": {"NetworkMode": running_in or "default"}}]
         if method == "GET" and path.startswith("/images/"):

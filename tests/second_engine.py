@@ -27,7 +27,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ def _remove(folder: Path) -> None:
         raise AssertionError(f"the second dockerd's folder {folder} is still there")
 
 
-def second_engine_running() -> Iterator[Engine]:
+def second_engine_running() -> Generator[Engine, None, None]:
     """The body of a fixture: a second engine. Skips only where none can exist (no dockerd, no unshare, not
     root); one that could start and did not fails the test with its log's tail."""
     import docker
