@@ -35,7 +35,7 @@ from testcontainers.core.labels import create_labels
 
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client, ClientConfig
-from plugbay.core.host.config import host_versions
+from plugbay.core.host.config import accepted_versions
 from plugbay.core.host.launch import refuse_announced
 from plugbay.errors import ClientStateError, ConfigError, RunnerError, TLSRequiredError, printable
 from plugbay.core.protocol.handshake import ENV_CLIENT_CERT, ENV_PROTOCOL_VERSIONS, HandshakeConfig, HandshakeInfo
@@ -186,7 +186,7 @@ class PluginContainer(DockerContainer):
         self._made_name: str | None = None  # the container name _configure() chose (the caller gave none)
         self._started = False  # start() called and no stop() since: a second start() would orphan the container
         # the versions its Client will take: the handshake's own only with plugins (ClientConfig.versions())
-        versions = sorted(host_versions(handshake, plugins, versioned_plugins))
+        versions = sorted(accepted_versions(handshake, plugins, versioned_plugins))
         self.with_env(handshake.magic_cookie_key, handshake.magic_cookie_value)
         self.with_env(ENV_PROTOCOL_VERSIONS, ",".join(str(v) for v in versions))
 
@@ -267,7 +267,7 @@ class PluginContainer(DockerContainer):
                                        " 127.0.0.1 port any local process can reach; for a plugin without"
                                        " AutoMTLS pass PluginContainer(auto_mtls=False) to accept plaintext")
             # a version the host does not take, refused now, as the first get_client() would (the container went on)
-            versions = host_versions(self.handshake_config, self.plugins, self.versioned_plugins)
+            versions = accepted_versions(self.handshake_config, self.plugins, self.versioned_plugins)
             refuse_announced(handshake, dict.fromkeys(versions), False, self.image)
             self.handshake = handshake
             check_announced(self.reattach_config())  # refused now, as the first get_client() would

@@ -86,11 +86,11 @@ class ClientConfig:
         return auto, require
 
     def versions(self) -> dict[int, PluginSet]:
-        return host_versions(self.handshake, self.plugins, self.versioned_plugins)
+        return accepted_versions(self.handshake, self.plugins, self.versioned_plugins)
 
 
-def host_versions(handshake: HandshakeConfig, plugins: PluginSet | None,
-                  versioned_plugins: VersionedPlugins | None) -> dict[int, PluginSet]:
+def accepted_versions(handshake: HandshakeConfig, plugins: PluginSet | None,
+                      versioned_plugins: VersionedPlugins | None) -> dict[int, PluginSet]:
     """The plugin sets a host takes, by protocol version: versioned_plugins, and plugins under the handshake's
     version (that version alone, with no plugins at all). What a Client negotiates, and what a check before it
     (PluginContainer.start()) must take, or the two disagree."""
