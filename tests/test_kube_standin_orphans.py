@@ -282,3 +282,29 @@ def test_a_standin_removes_the_pod_containers_of_one_that_was_killed(engine: Any
                 pass
         if killed is not None:
             killed.stop()
+
+
+@pytest.mark.parametrize("runner", [True, False], ids=["runner-labels", "session-labels-only"])
+def test_an_owner_label_from_the_image_does_not_get_a_live_hosts_container_removed(engine: Any, tag: str,
+                                                                                 runner: bool) -> None:
+    # the engine merges an image's LABELs into its containers' labels: an image labelled with a gone stand-in's
+    # owner had the next stand-in force-remove a live host's container made from it (its host, pid namespace and
+    # machine labels this machine's, the owner label's process ended)
+    import io
+
+    from plugbay.runners.session import MANAGED, managed_labels
+
+    image = f"plugbay-test-forged-owner:{tag}"
+    forged = _gone_owner()[OWNER_LABEL]
+    engine.images.build(fileobj=io.BytesIO(f'FROM plugbay-base:bookworm\nLABEL {OWNER_LABEL}="{forged}"\n'.encode()),
+                        tag=image, rm=True, pull=False)
+    try:
+        labels = managed_labels() if runner else {k: v for k, v in managed_labels().items() if k != MANAGED}
+        live = _labelled(engine, image, tag, labels)
+        assert live.labels[OWNER_LABEL] == forged  # as the engine reports it: the image's label merged in
+        remove_orphans(engine)
+        assert live.id in _ids(engine, tag)
+    finally:
+        for left in engine.containers.list(all=True, filters={"label": f"{TRIAL}={tag}"}):
+            left.remove(force=True)
+        engine.images.remove(image, noprune=False)

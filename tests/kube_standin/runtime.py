@@ -240,9 +240,17 @@ def _owner_gone(labels: Mapping[str, str]) -> bool:
     """Whether the stand-in that labelled a pod container is proven gone (plugbay's session_gone(): this
     machine, boot and pid namespace with its process ended); a label it cannot read, or another machine's or
     pid namespace's, is not a proof."""
-    from plugbay.runners.session import HOST, HOST_PIDS, MACHINE, session_gone
+    from plugbay.runners.session import HOST, HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, session_gone
 
-    owner = _OWNER.fullmatch(labels.get(OWNER_LABEL, ""))
+    if MANAGED in labels:
+        return False  # a runner's container (a stand-in's has no MANAGED): plugbay's own sweep judges it
+    # The engine merges an image's LABELs into its containers' labels: an owner label only the image wrote would
+    # name a gone stand-in on a live host's container. A stand-in writes its owner label and its session labels
+    # together, so the owner label counts only where it is the session the container's creator wrote.
+    owner_label = labels.get(OWNER_LABEL, "")
+    if owner_label != f"{labels.get(SESSION)}.{labels.get(SESSION_START)}":
+        return False
+    owner = _OWNER.fullmatch(owner_label)
     if owner is None:
         return False
     return session_gone(labels.get(HOST), labels.get(HOST_PIDS), owner.group(1), owner.group(2),
