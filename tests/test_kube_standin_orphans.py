@@ -308,3 +308,24 @@ def test_an_owner_label_from_the_image_does_not_get_a_live_hosts_container_remov
         for left in engine.containers.list(all=True, filters={"label": f"{TRIAL}={tag}"}):
             left.remove(force=True)
         engine.images.remove(image, noprune=False)
+
+
+def test_a_container_removed_between_list_and_inspect_does_not_stop_a_standin(
+        engine: Any, tag: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # docker-py's containers.list() inspects each listed container: one another stand-in removed in between raised
+    # NotFound out of remove_orphans, and this stand-in did not start. The removal is made real, on the engine,
+    # right after the listing answered
+    gone = _gone_owner()
+    raced = _labelled(engine, "plugbay-base:bookworm", tag, gone)
+    orphan = _labelled(engine, "plugbay-base:bookworm", tag, gone)
+    listing = engine.api.containers
+
+    def list_then_remove(*args: Any, **kwargs: Any) -> Any:
+        listed = listing(*args, **kwargs)
+        engine.api.remove_container(raced.id, force=True)  # as another stand-in starting at once would
+        return listed
+
+    monkeypatch.setattr(engine.api, "containers", list_then_remove)
+    assert orphan.id in remove_orphans(engine)
+    monkeypatch.undo()
+    assert _ids(engine, tag) == set()

@@ -279,7 +279,7 @@ def remove_orphans(client: Any) -> list[str]:
     import docker.errors
 
     removed = []
-    for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+    for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}, ignore_removed=True):
         labels = container.labels or {}
         if not _owner_gone(labels):
             continue  # a live stand-in's (another test run's on this engine), or one /proc cannot tell of
