@@ -7,7 +7,8 @@ their environment though no longer descended from it (orphans: their parent
 exited first), threads named plugbay-* (but the spawn thread, which
 lives for the process), entries in the session's private
 TMPDIR (plugin socket dirs, temp files), Docker containers labelled with this
-process's host session id, reattach claims this process made and did not
+process's host session id or with this run's mark (a Kubernetes stand-in's pod containers, the stand-in in a
+process of its own too), reattach claims this process made and did not
 release, container records (madehere.py) that appeared during the module (or
 session) and whose container is gone from the engine the tests use (DOCKER_HOST, else the local socket)
 while that engine made it (a record naming another engine is that engine's to judge), and whose host is
@@ -51,6 +52,7 @@ _KV_FILES_AT_START: dict[str, int] = {}
 # still running but no longer descended from pytest is an orphan this run left
 _RUN_MARK_NAME = "LEAKCHECK_RUN"
 _RUN_MARK = f"{os.getpid()}-{uuid.uuid4().hex}"
+_STANDIN_RUN = "plugbay.standin.run"  # the Kubernetes stand-in's label with that mark on its pods' containers
 _FDS_AT_START: dict[int, str] = {}
 _ENGINE_ANSWERED: list[bool] = []  # a Docker check succeeded in this run
 _FD_MODULE: dict[tuple[int, str], str] = {}  # a descriptor -> the test module it first stayed open after
@@ -292,6 +294,11 @@ def _docker_leaks() -> list[str]:
         client = docker.from_env(version="auto")
         try:
             found = client.containers.list(all=True, filters={"label": f"plugbay.session={HOST_SESSION_ID}"})
+            # a Kubernetes stand-in in a process of its own labels its pods' containers with its session, not
+            # this one's; the run's mark it inherited names them this run's (tests/kube_standin/runtime.py)
+            seen = {c.id for c in found}
+            found += [c for c in client.containers.list(all=True, filters={"label": f"{_STANDIN_RUN}={_RUN_MARK}"})
+                      if c.id not in seen]
         finally:
             client.close()
     except Exception as exc:

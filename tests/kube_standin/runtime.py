@@ -214,6 +214,8 @@ class DockerBox:
 # remove them itself, and the next one does once plugbay's session_gone() proves it gone.
 OWNER_LABEL = "plugbay.standin.owner"
 EMPTYDIR_LABEL = "plugbay.standin.emptydir"
+RUN_LABEL = "plugbay.standin.run"
+_RUN_MARK_NAME = "LEAKCHECK_RUN"  # tests/leakcheck.py's mark of the test run, inherited by what it starts
 _EMPTYDIR_PREFIX = "plugbay-standin-emptydir-"
 _PLUGBAY_LABELS = "plugbay."
 _SYSTEM_TEMP = "/tmp"
@@ -224,10 +226,16 @@ _OWNER = re.compile(r"(\d+-[0-9a-f]{12})\.(\d+)")
 
 def owner_labels() -> dict[str, str]:
     """This stand-in's labels for a pod container it makes (plugbay's MANAGED left off: plugbay's own sweep
-    takes a container with it for a runner's, and a stand-in's pod container is no runner's)."""
+    takes a container with it for a runner's, and a stand-in's pod container is no runner's), and the test run's
+    mark when a run gave one (tests/leakcheck.py: a stand-in in a process of its own labels its pods' containers
+    with its own session, not the run's, and the run's leak check finds them by this mark)."""
     from plugbay.runners.session import MANAGED, host_session, managed_labels
 
-    return {**{k: v for k, v in managed_labels().items() if k != MANAGED}, OWNER_LABEL: host_session()}
+    labels = {**{k: v for k, v in managed_labels().items() if k != MANAGED}, OWNER_LABEL: host_session()}
+    run = os.environ.get(_RUN_MARK_NAME)
+    if run:
+        labels[RUN_LABEL] = run
+    return labels
 
 
 def _pod_labels(labels: Mapping[str, str]) -> dict[str, str]:
