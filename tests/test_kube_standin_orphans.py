@@ -349,3 +349,26 @@ def test_a_pod_container_a_separate_standin_left_is_reported_as_this_runs_leak(e
                 pass
         if killed is not None:
             killed.stop()
+
+
+@pytest.mark.parametrize("folder", ["writable-by-others", "another-users"])
+def test_a_folder_in_a_run_folder_not_this_users_alone_is_kept(engine: Any, tag: str, folder: str) -> None:
+    # any /tmp/plugbay-test-<digits> was taken for a test run's temp folder: one anyone can make, or write in
+    other_run = f"/tmp/plugbay-test-{uuid.uuid4().int % 10 ** 12}"
+    os.mkdir(other_run, 0o700)
+    try:
+        if folder == "another-users":
+            if os.geteuid() != 0:
+                pytest.skip("needs root to make a folder another user owns")
+            os.chown(other_run, 65534, 65534)
+        else:
+            os.chmod(other_run, 0o777)
+        scratch = os.path.join(other_run, "plugbay-standin-emptydir-victim")
+        os.makedirs(os.path.join(scratch, "0"))
+        orphan = engine.containers.create("plugbay-base:bookworm", command=["sleep", "600"],
+                                          labels={**_gone_owner(), EMPTYDIR_LABEL: scratch, TRIAL: tag},
+                                          volumes={os.path.join(scratch, "0"): {"bind": "/scratch", "mode": "rw"}})
+        assert orphan.id in remove_orphans(engine)
+        assert os.path.isdir(scratch)
+    finally:
+        shutil.rmtree(other_run, ignore_errors=True)

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Generator, Mapping, Sequence
@@ -267,9 +268,18 @@ def _owner_gone(labels: Mapping[str, str]) -> bool:
 
 def _temp_folder(parent: str) -> bool:
     """Whether ``parent`` is a temp folder a stand-in's emptyDir folders go in: this process's, the system's, or a
-    test run's (tests/leakcheck.py gives each run TMPDIR=/tmp/plugbay-test-<pid>, a killed run's stand-in too)."""
-    return parent in (tempfile.gettempdir(), _SYSTEM_TEMP) or (
-        os.path.dirname(parent) == _SYSTEM_TEMP and _RUN_FOLDER.fullmatch(os.path.basename(parent)) is not None)
+    test run's (tests/leakcheck.py gives each run TMPDIR=/tmp/plugbay-test-<pid>, a killed run's stand-in too).
+    A run's folder is this user's, writable by no one else (as leakcheck.py makes it): a name in /tmp is anyone's
+    to take, and a folder in another user's, or one anyone may write in, is not proven a stand-in's."""
+    if parent in (tempfile.gettempdir(), _SYSTEM_TEMP):
+        return True
+    if os.path.dirname(parent) != _SYSTEM_TEMP or _RUN_FOLDER.fullmatch(os.path.basename(parent)) is None:
+        return False
+    try:
+        st = os.lstat(parent)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _own_emptydir(path: str, container: Any) -> bool:
