@@ -295,7 +295,7 @@ def _docker_leaks() -> list[str]:
         try:
             found = client.containers.list(all=True, filters={"label": f"plugbay.session={HOST_SESSION_ID}"})
             # a Kubernetes stand-in in a process of its own labels its pods' containers with its session, not
-            # this one's; the run's mark it inherited names them this run's (tests/kube_standin/runtime.py)
+            # this one's; the run's mark it inherited names them this run's (tests/kube_standin/orphans.py)
             seen = {c.id for c in found}
             found += [c for c in client.containers.list(all=True, filters={"label": f"{_STANDIN_RUN}={_RUN_MARK}"})
                       if c.id not in seen]

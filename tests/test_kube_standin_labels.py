@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.kube_standin.fixtures import testapp  # noqa: F401
-from tests.kube_standin.runtime import EMPTYDIR_LABEL, OWNER_LABEL, owner_labels
+from tests.kube_standin.orphans import EMPTYDIR_LABEL, OWNER_LABEL, owner_labels
 
 pytestmark = [pytest.mark.docker]
 docker = pytest.importorskip("docker")

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.kube_standin.fixtures import testapp  # noqa: F401
-from tests.kube_standin.runtime import EMPTYDIR_LABEL, OWNER_LABEL, owner_labels, remove_orphans
+from tests.kube_standin.orphans import EMPTYDIR_LABEL, OWNER_LABEL, owner_labels, remove_orphans
 
 pytestmark = [pytest.mark.docker]
 docker = pytest.importorskip("docker")
@@ -61,7 +61,7 @@ _SESSION_LABELS = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 sys.path.insert(0, sys.argv[2])
-from tests.kube_standin.runtime import owner_labels
+from tests.kube_standin.orphans import owner_labels
 print(json.dumps(owner_labels()), flush=True)
 sys.stdin.read()
 """
@@ -102,7 +102,7 @@ def test_pod_containers_whose_owner_label_cannot_be_read_are_kept(engine: Any, t
 def _gone_owner() -> dict[str, str]:
     """The labels of a stand-in process that has ended (its session is proven gone here)."""
     done = subprocess.run([sys.executable, "-c", "import json, sys; sys.path.insert(0, sys.argv[1]);"
-                           " sys.path.insert(0, sys.argv[2]); from tests.kube_standin.runtime import owner_labels;"
+                           " sys.path.insert(0, sys.argv[2]); from tests.kube_standin.orphans import owner_labels;"
                            " print(json.dumps(owner_labels()))", str(SRC), str(SRC.parent)],
                           capture_output=True, text=True, timeout=60, check=True)
     labels: dict[str, str] = json.loads(done.stdout)
