@@ -19,7 +19,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "plugbay._calltyping": (),  # for type checkers only: the call errors' bases
     "plugbay._text": (),  # the text helpers error messages use (re-exported by plugbay.errors)
     "plugbay._errorroot": (),  # PlugbayError and ConfigError (re-exported by plugbay.errors)
-    "plugbay.errors": ("plugbay._calltyping", "plugbay._text", "plugbay._errorroot"),
+    "plugbay._errormessages": ("plugbay._text",),  # the messages of the errors built from parts (plugbay.errors')
+    "plugbay.errors": ("plugbay._calltyping", "plugbay._text", "plugbay._errorroot", "plugbay._errormessages"),
     "plugbay.core.protocol": ("plugbay.errors",),
     "plugbay.core.transport": ("plugbay.errors", "plugbay.core.protocol"),
     "plugbay.core.broker": ("plugbay.errors", "plugbay.core.protocol", "plugbay.core.transport"),

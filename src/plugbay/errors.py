@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING
 
 # the hierarchy's root, below this module with how its errors are pickled; imported from here
 from plugbay._errorroot import ConfigError as ConfigError, PlugbayError as PlugbayError, _rebuilt as _rebuilt
+# the messages of the errors built from their parts below, composed in a module of their own
+from plugbay import _errormessages as _messages
 # the text helpers error messages use, imported from here across plugbay
-from plugbay._text import clip as clip, listed, printable as printable, tail_text
+from plugbay._text import clip as clip, printable as printable
 
 if TYPE_CHECKING:  # the call errors' code(), details(), sent... for type checkers; at run time: object
     from plugbay._calltyping import (CallFailure as _CallFailure, CircuitRefusal as _CircuitRefusal,
@@ -33,30 +35,15 @@ class MagicCookieError(HandshakeError):
     """The plugin side was run without the host's magic cookie."""
 
 
-_BEFORE_HANDSHAKE = "before completing the handshake"
-
-
 class PluginExitedError(HandshakeError):
     """The plugin stopped before it printed its handshake line (or after it, while the host connected: ``when``)."""
 
     def __init__(self, name: str, exit_code: int | None, stderr_tail: Sequence[str] = (),
-                 detail: str = "", when: str = _BEFORE_HANDSHAKE, advice: str | None = None,
+                 detail: str = "", when: str = _messages.BEFORE_HANDSHAKE, advice: str | None = None,
                  headline: str | None = None) -> None:
         self.exit_code = exit_code
         self.stderr_tail = list(stderr_tail)
-        tail = tail_text(self.stderr_tail) or "    (no output)"
-        extra = f"\n{detail}" if detail else ""
-        super().__init__(
-            (headline or f"plugin {name!r} exited with code {exit_code} {when}") +
-            f". Its last stderr lines:\n{tail}{extra}\n"
-            + (advice if advice is not None else
-               "Check that the command is a go-plugin plugin, that it serves with the same"
-               " handshake config (magic cookie) as the host, and run it by hand to see why it stops."
-               if when == _BEFORE_HANDSHAKE else
-               # its handshake line says it took the host's magic cookie and began to serve
-               "It had started as a plugin; its stderr lines above (or the plugin's own logs) say why it"
-               " stopped: run it by hand with the same environment to see more.")
-        )
+        super().__init__(_messages.plugin_exited(name, exit_code, self.stderr_tail, detail, when, advice, headline))
 
 
 class HandshakeTimeoutError(HandshakeError, TimeoutError):
@@ -70,16 +57,7 @@ class MalformedHandshakeError(HandshakeError):
     def __init__(self, line: str, reason: str, *, refused: bool = False) -> None:
         self.line = line
         self.reason = reason  # what is wrong, without the line's framing (a broker's refusal quotes it)
-        if refused:  # the reason names what was announced; the line is not quoted as malformed
-            super().__init__(f"announced address refused: {clip(reason, 800)}")
-            return
-        # a plugin may print megabytes on that line, and the reason may quote a field of it; the
-        # reason keeps more, as it also carries long socket paths and what to do about them
-        super().__init__(
-            f"malformed handshake line {clip(repr(line))}: {clip(reason, 800)}. go-plugin expects "
-            "CORE|APP-VERSION|NETWORK|ADDRESS|PROTOCOL[|SERVER-CERT[|MULTIPLEX]] as the plugin's"
-            " first stdout line; make sure the plugin prints nothing to stdout before serving."
-        )
+        super().__init__(_messages.malformed_handshake(line, reason, refused))
 
 
 class UnprovenAddressError(MalformedHandshakeError):
@@ -95,12 +73,8 @@ class UnprovenAddressError(MalformedHandshakeError):
         self.address = address
         self.why = why
         self.opt_out = opt_out
-        advice = ("" if opt_out is None else " Have the plugin announce the address its own server listens on; if"
-                  f" its command hands the serving to a process it does not start (a `docker run` wrapper), {opt_out}")
-        super().__init__(
-            f"{network}|{address}",
-            f"plugin {name!r} announced {network} address {clip(repr(address), 200)}, which plugbay does not dial:"
-            f" {why}.{advice}", refused=True)
+        super().__init__(f"{network}|{address}", _messages.unproven_address(name, network, address, why, opt_out),
+                         refused=True)
 
     def advising(self, opt_out: str) -> UnprovenAddressError:
         """This refusal with the caller's own opt-out (a command's flag, a gateway's option), unless it has none."""
@@ -115,12 +89,7 @@ class TLSRequiredError(HandshakeError):
         """``opt_out``: how the caller accepts plaintext (a command says its own flag)."""
         self.name = name
         self.why = why
-        super().__init__(
-            f"plugin {name!r} announced no AutoMTLS certificate, so the connection would be plaintext,"
-            f" but TLS is required ({why}). Upgrade the plugin to a go-plugin/plugbay version with"
-            " AutoMTLS (go-plugin >= 1.0 serving with PLUGIN_CLIENT_CERT), or, if the path to it is"
-            f" private, {opt_out} to accept plaintext."
-        )
+        super().__init__(_messages.tls_required(name, why, opt_out))
 
 
 class ProtocolMismatchError(HandshakeError):
@@ -137,11 +106,7 @@ class VersionMismatchError(HandshakeError):
     def __init__(self, host_versions: Sequence[int], plugin_versions: Sequence[int]) -> None:
         self.host_versions = list(host_versions)
         self.plugin_versions = list(plugin_versions)
-        super().__init__(
-            f"no common application protocol version: host supports {listed(self.host_versions)},"
-            f" plugin supports {listed(self.plugin_versions)}. Upgrade the older side, or add a"
-            " VersionedPlugins entry for a version both understand."
-        )
+        super().__init__(_messages.version_mismatch(self.host_versions, self.plugin_versions))
 
 
 class ChecksumMismatchError(PlugbayError):
@@ -157,10 +122,7 @@ class UnknownPluginError(PlugbayError, KeyError):
     def __init__(self, name: str, available: Sequence[str]) -> None:
         self.name = name
         self.available = sorted(available)
-        super().__init__(
-            f"unknown plugin type {name!r}; the plugin set has {self.available}."
-            " Use one of those names or add the plugin to the host's plugin set."
-        )
+        super().__init__(_messages.unknown_plugin(name, self.available))
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
@@ -233,8 +195,7 @@ class AnnouncedUnreachableError(RunnerError):
     def __init__(self, reason: str, stderr_tail: Sequence[str] = ()) -> None:
         self.reason = reason
         self.stderr_tail = list(stderr_tail)
-        super().__init__(reason + (f"\nIts last stderr lines so far:\n{tail_text(self.stderr_tail)}"
-                                   if self.stderr_tail else ""))
+        super().__init__(_messages.announced_unreachable(reason, self.stderr_tail))
 
 
 class NetworkSweptError(RunnerError):
@@ -335,16 +296,7 @@ class RestartBudgetExhaustedError(PlugbayError):
         self.window = window
         self.last_failure = last_failure
         self.kind = kind  # what the message calls the one that gave up: "Supervisor" or "AsyncSupervisor"
-        if restarts == 0:  # a policy that allows none (max_restarts=0): nothing failed "again"
-            what = (f"plugin {name!r} failed and its RestartPolicy allows no restart (max_restarts=0), so the"
-                    f" {kind} did not restart it (last failure: {last_failure})")
-            raise_it = "raise RestartPolicy.max_restarts"
-        else:
-            what = (f"plugin {name!r} failed again after {restarts} restart(s) within {window:.0f}s, the"
-                    f" RestartPolicy's budget, so the {kind} stopped restarting it (last failure: {last_failure})")
-            raise_it = "raise RestartPolicy.max_restarts / shorten its window"
-        super().__init__(f"{what}. Fix the cause (the plugin's stderr, its host or network), then make a new"
-                         f" {kind}, or {raise_it}.")
+        super().__init__(_messages.restart_budget_exhausted(name, restarts, window, last_failure, kind))
 
 
 # --- network mode (plugin side and gateway) ------------------------------------
