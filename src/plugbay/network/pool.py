@@ -38,11 +38,11 @@ from plugbay.network.channelbase import CallChannel, Member, PinnedChannel
 from plugbay.network.ejection import ENDPOINT_FAILURES, OutlierPolicy
 from plugbay.network.pinkey import Pin, gone_error
 from plugbay.network.figures import check_pool
-from plugbay.network.poolmetrics import EndpointMetrics, PoolMetrics
 from plugbay.network.poolcalls import PoolCallable, no_endpoints
 from plugbay.network.resolver import Endpoint, Resolver
 from plugbay.network.poolhealth import PoolHealth, reconnect_backoff
 from plugbay.network.poolpick import PoolPick
+from plugbay.network.poolreport import PoolReport
 from plugbay.network.pooltls import status_from_server
 from plugbay.network.tls import NetworkTLS
 
@@ -50,9 +50,9 @@ _log = logging.getLogger("plugbay.network")
 POLICIES = ("round_robin", "pick_first")
 
 
-class EndpointPool(PoolHealth, PoolPick, CallChannel):
-    """See the module docstring. Its health checks and housekeeping: poolhealth.PoolHealth; its waits for an
-    endpoint: poolpick.PoolPick."""
+class EndpointPool(PoolHealth, PoolReport, PoolPick, CallChannel):
+    """See the module docstring. Its health checks and housekeeping: poolhealth.PoolHealth; its metrics and
+    connectivity reports: poolreport.PoolReport; its waits for an endpoint: poolpick.PoolPick."""
 
     def __init__(self, resolver: Resolver, *, tls: NetworkTLS | None = None, insecure: bool = False,
                  policy: str = "round_robin", outlier: OutlierPolicy | None = None,
@@ -306,49 +306,6 @@ class EndpointPool(PoolHealth, PoolPick, CallChannel):
         if callable(again):
             again()
 
-    # --- metrics --------------------------------------------------------------------------
-
-    def metrics(self) -> PoolMetrics:
-        """A snapshot: counts, and per endpoint its health, ejection and picks (the keys: poolmetrics)."""
-        now = time.monotonic()
-        with self._cond:
-            endpoints = {
-                key: EndpointMetrics(healthy=m.healthy, ejected=m.outlier.ejected(now), picks=m.picks,
-                                      failures=m.failures, ejections=m.outlier.total, inflight=m.inflight,
-                                      ready=m.endpoint.ready, terminating=m.endpoint.terminating,
-                                      health_detail=m.health_detail)
-                for key, m in self._members.items()}
-            return PoolMetrics(known=len(endpoints), healthy=sum(1 for e in endpoints.values() if e["healthy"]),
-                               ejected=sum(1 for e in endpoints.values() if e["ejected"]),
-                               available=len(self._available(now)), draining=len(self._draining),
-                               ejections=self.ejections_total, resends=self.resends, endpoints=endpoints)
-
-    def pickable_keys(self) -> list[str]:
-        """The endpoints a call may go to now (see _available), or once their first health check answers."""
-        now = time.monotonic()
-        with self._cond:
-            waiting = [m.key for m in self._members.values() if m.pickable(now) and m.awaiting_check(now)]
-            return [m.key for m in self._available(now)] + waiting
-
-    def _log_if_changed(self) -> None:
-        now = time.monotonic()
-        with self._cond:  # cheap: this runs after every call
-            members = self._members.values()
-            summary = (len(self._members), sum(1 for m in members if m.healthy),
-                       sum(1 for m in members if m.outlier.ejected(now)))
-            if summary == self._last_summary:
-                return
-            self._last_summary = summary
-            subscribers = list(self._subscribers)
-            available = bool(self._available(now))
-        _log.info("pool %s: %d endpoint(s) known, %d healthy, %d ejected", self.name, *summary)
-        state = grpc.ChannelConnectivity.READY if available else grpc.ChannelConnectivity.TRANSIENT_FAILURE
-        for callback in subscribers:
-            try:
-                callback(state)
-            except Exception:
-                _log.exception("a pool connectivity subscriber failed")
-
     # --- grpc.Channel ----------------------------------------------------------------------
 
     def pinned(self, key: str) -> grpc.Channel:
@@ -383,16 +340,6 @@ class EndpointPool(PoolHealth, PoolPick, CallChannel):
 
     def _make(self, kind: str, method: str, ser: Any, de: Any) -> Any:
         return PoolCallable(self, kind, method, ser, de)
-
-    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
-        with self._cond:
-            self._subscribers.append(callback)
-            self._last_summary = None  # the next change report reaches the new subscriber
-
-    def unsubscribe(self, callback: Any) -> None:
-        with self._cond:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
 
     def __enter__(self) -> Self:
         return self
