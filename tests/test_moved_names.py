@@ -35,6 +35,9 @@ MOVED = [
     ("plugbay.core.plugin.aiohandlers", "HandlerLoop", "plugbay.core.transport.aiohandlers"),
     ("plugbay.core.plugin.aiohandlers", "LOOP", "plugbay.core.transport.aiohandlers"),
     ("plugbay.core.plugin.aiohandlers", "sync_handler", "plugbay.core.transport.aiohandlers"),
+    # what the calls a Supervisor's kill ends are told, in a module of their own (the ~400-line rule)
+    ("plugbay.core.resilience.readygate", "mark_restarting", "plugbay.core.resilience.endedcalls"),
+    ("plugbay.core.resilience.readygate", "mark_stopping", "plugbay.core.resilience.endedcalls"),
 ]
 
 

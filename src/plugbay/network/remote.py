@@ -204,7 +204,7 @@ class RemoteClient(Client):
 
     def stopping_owner(self, error: Callable[[grpc.RpcError | None], BaseException]) -> None:
         """Its owner (a Supervisor) is stopping, or restarting the plugin, and kills it: what its main channel's
-        calls are told (readygate .mark_stopping, .mark_restarting), stubs pinned by dispense() are told too, not
+        calls are told (endedcalls .mark_stopping, .mark_restarting), stubs pinned by dispense() are told too, not
         this client's own advice (make a new one)."""
         self._owner_stop = error
 

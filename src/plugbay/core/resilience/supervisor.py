@@ -40,8 +40,8 @@ from plugbay.core.host.live import RESTARTERS, LoopHandoff
 from plugbay.core.transport import aioloop
 from plugbay.core.host.reattach import ReattachConfig
 from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
-from plugbay.core.resilience.readygate import (ReadyGate, SupervisedChannel, mark_restarting, mark_stopping,
-                                               raise_if_ended, was_stopped)
+from plugbay.core.resilience.endedcalls import mark_restarting, mark_stopping
+from plugbay.core.resilience.readygate import ReadyGate, SupervisedChannel, raise_if_ended, was_stopped
 from plugbay.core.resilience.calls import CallLayer, chain
 from plugbay.core.resilience.restart import (EventKind, FailureRun, RestartBudget, RestartPolicy, SupervisorEvent,
                                              record_event)
