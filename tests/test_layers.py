@@ -267,6 +267,7 @@ def test_a_plaintext_plugin_loads_no_tls_relay_multiplexer_or_network_front(tmp_
               "plugbay.core.transport.muxsession", "plugbay.core.transport.muxplugin",
               "plugbay.core.transport.muxhost", "plugbay.core.transport.muxbridge",
               "plugbay.core.transport.admit", "plugbay.core.transport.certfiles", "plugbay.core.plugin.netmux",
+              "plugbay.core.plugin.frontsession",
               "plugbay.core.plugin.network", "plugbay._proto.plugbay.discovery_pb2",
               # TLS and the brokered connections' code: only AutoMTLS and a first brokered connection
               "plugbay.core.plugin.automtls", "plugbay.core.transport.secure", "plugbay.core.protocol.tls",

@@ -38,6 +38,11 @@ MOVED = [
     # what the calls a Supervisor's kill ends are told, in a module of their own (the ~400-line rule)
     ("plugbay.core.resilience.readygate", "mark_restarting", "plugbay.core.resilience.endedcalls"),
     ("plugbay.core.resilience.readygate", "mark_stopping", "plugbay.core.resilience.endedcalls"),
+    # what the network front keeps per host session, in a module of their own (the ~400-line rule)
+    ("plugbay.core.plugin.netmux", "Instance", "plugbay.core.plugin.frontsession"),
+    ("plugbay.core.plugin.netmux", "FrontSession", "plugbay.core.plugin.frontsession"),
+    ("plugbay.core.plugin.netmux", "InstanceSession", "plugbay.core.plugin.frontsession"),
+    ("plugbay.core.plugin.netmux", "instance_sessions", "plugbay.core.plugin.frontsession"),
 ]
 
 

@@ -42,17 +42,16 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from plugbay.core.plugin.closer import SessionCloser
+# what the front keeps per host session, in a module of their own (the ~400-line rule)
+from plugbay.core.plugin.frontsession import (FrontSession as FrontSession, Instance as Instance,
+                                              InstanceFactory as InstanceFactory, InstanceSession as InstanceSession,
+                                              SessionFactory as SessionFactory, instance_sessions as instance_sessions)
 from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, MAX_SESSIONS
 from plugbay.core.plugin.peershare import front_peer
 from plugbay.core.transport.certfiles import CertFiles
-from plugbay.core.transport.keepalive import DEFAULT, WRITE_TIMEOUT, Keepalive, Pingable
-from plugbay.core.transport.muxplugin import AcceptedSession
-from plugbay.core.transport.muxsession import MuxSession
+from plugbay.core.transport.keepalive import DEFAULT, Keepalive
 from plugbay.core.transport.relay import TLSRelay
 from plugbay.core.transport.relayconn import CHUNK, RelayConn
 from plugbay.core.transport.yrefuse import REFUSED_FULL, REFUSED_PEER, refusal_frame
@@ -76,67 +75,6 @@ TOKEN_SIZE = 16  # what the relay sends ahead of a session's bytes: which routed
 _DRAIN_READS = 4  # of CHUNK bytes each: what a refused session's host sent is read this far, at most
 TOKEN_TIMEOUT = 2.0  # the relay sends it as its dial connects; a connection without one is closed
 _ACCEPTOR_JOIN = 5.0  # close() wakes the accept loop: this bounds only a loop stuck elsewhere
-
-
-@dataclass
-class Instance:
-    """One host's plugin instance: where its gRPC server listens, and how to stop it."""
-
-    address: tuple[str, str]
-    close: Callable[[], None]
-
-
-InstanceFactory = Callable[[MuxSession, str], Instance]  # (the session, a socket path to serve on)
-
-
-class FrontSession(Protocol):
-    """What the front keeps per yamux connection: ended once the host is gone; close() frees it."""
-
-    @property
-    def ended(self) -> bool: ...
-
-    def host_session(self) -> Pingable | None:
-        """The yamux session with the remote host (what the keepalive watches), once there is one."""
-
-    def tick(self, now: float) -> None:
-        """The front's periodic call (about once a second), for watches of the session's own."""
-
-    def close(self) -> None: ...
-
-
-# (the connection, a fresh socket path, the peer's IP address: "" for a unix socket)
-SessionFactory = Callable[[socket.socket, str, str], FrontSession]
-
-
-class InstanceSession:
-    """serve()'s session: an AcceptedSession whose un-knocked streams reach its own plugin instance."""
-
-    def __init__(self, conn: socket.socket, path: str, peer: str, make_instance: InstanceFactory,
-                 write_timeout: float = WRITE_TIMEOUT) -> None:
-        self.mux = AcceptedSession(("unix", path), peer, write_timeout)
-        self.instance = make_instance(self.mux, path)  # listening before the first stream is routed
-        self.mux.run(conn)
-
-    @property
-    def ended(self) -> bool:
-        return self.mux.ended
-
-    def host_session(self) -> Pingable | None:
-        return self.mux.session
-
-    def tick(self, now: float) -> None:
-        """Nothing of its own to watch: its plugin instance is in this process."""
-
-    def close(self) -> None:
-        for what, step in (("instance", self.instance.close), ("session", self.mux.close)):
-            try:
-                step()
-            except Exception:
-                log.exception("stopping a host session's %s failed", what)
-
-
-def instance_sessions(make_instance: InstanceFactory, write_timeout: float = WRITE_TIMEOUT) -> SessionFactory:
-    return lambda conn, path, peer: InstanceSession(conn, path, peer, make_instance, write_timeout)
 
 
 def route(first: bytes, grpc_target: tuple[str, str], mux_target: tuple[str, str]) -> tuple[str, str] | None:

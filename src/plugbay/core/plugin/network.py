@@ -60,7 +60,8 @@ from plugbay.core.plugin.gatedserver import AddGuard
 from plugbay.core.protocol.handshake import CORE_PROTOCOL_VERSION, PROTOCOL_GRPC
 from plugbay.core.plugin.netconfig import NetworkServe as NetworkServe  # its public home stays here
 from plugbay.core.plugin.netconfig import listen_target as _target
-from plugbay.core.plugin.netmux import Instance, InstanceFactory, NetworkFront, SessionFactory, instance_sessions
+from plugbay.core.plugin.frontsession import Instance, InstanceFactory, SessionFactory, instance_sessions
+from plugbay.core.plugin.netmux import NetworkFront
 from plugbay.core.plugin.serveconfig import ServeConfig
 from plugbay.core.transport.grpcoptions import with_defaults
 from plugbay.core.transport.keepalive import Keepalive

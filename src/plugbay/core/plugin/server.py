@@ -74,7 +74,7 @@ from plugbay.core.plugin.stdioservice import add_to_server as add_stdio
 
 if TYPE_CHECKING:
     from plugbay.core.plugin.automtls import ServerTLS
-    from plugbay.core.plugin.netmux import Instance
+    from plugbay.core.plugin.frontsession import Instance
     from plugbay.core.transport.muxsession import MuxSession
 
 # Network mode (plugbay.core.plugin.network), AutoMTLS (plugbay.core.plugin.automtls) and the
