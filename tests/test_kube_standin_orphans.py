@@ -7,6 +7,7 @@ cannot read, not a folder a pod's own labels name. Real containers on the real e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -188,6 +189,21 @@ def _orphan_pod(engine: Any, image: str, pod: str, labels: dict[str, str], empty
         raise
 
 
+@contextlib.contextmanager
+def _orphaned(engine: Any, image: str, pod: str, labels: dict[str, str],
+              empty_dir: bool) -> Iterator[tuple[Any, Any]]:
+    """_orphan_pod's pair, its container removed and its stand-in's leftovers stopped at the block's end."""
+    killed, orphan = _orphan_pod(engine, image, pod, labels, empty_dir)
+    try:
+        yield killed, orphan
+    finally:
+        try:
+            orphan.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        killed.stop()
+
+
 def test_a_pod_labelled_with_another_pods_emptydir_folder_does_not_get_it_removed(
         engine: Any, testapp: str) -> None:  # noqa: F811
     # a pod's own labels became its container's: one labelled plugbay.standin.emptydir=<another live pod's
@@ -197,21 +213,13 @@ def test_a_pod_labelled_with_another_pods_emptydir_folder_does_not_get_it_remove
     from tests.kube_standin import StandIn
 
     victim = tempfile.mkdtemp(prefix="plugbay-standin-emptydir-")  # as a live pod's, of a stand-in still running
-    killed, orphan = None, None
     try:
-        killed, orphan = _orphan_pod(engine, testapp, "claims", {EMPTYDIR_LABEL: victim}, empty_dir=False)
-        with StandIn(runtime="docker"):  # the next stand-in
-            assert engine.containers.list(all=True, filters={"id": orphan.id}) == []
-        assert os.path.isdir(victim)
+        with _orphaned(engine, testapp, "claims", {EMPTYDIR_LABEL: victim}, empty_dir=False) as (_, orphan):
+            with StandIn(runtime="docker"):  # the next stand-in
+                assert engine.containers.list(all=True, filters={"id": orphan.id}) == []
+            assert os.path.isdir(victim)
     finally:
         shutil.rmtree(victim, ignore_errors=True)
-        if orphan is not None:
-            try:
-                orphan.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-        if killed is not None:
-            killed.stop()
 
 
 def test_a_folder_is_removed_only_when_the_containers_own_bind_mounts_are_in_it(engine: Any, tag: str) -> None:
@@ -235,24 +243,17 @@ def test_a_killed_standins_folder_in_another_runs_temp_folder_is_removed(engine:
 
     other_run = f"/tmp/plugbay-test-{uuid.uuid4().int % 10 ** 12}"
     os.mkdir(other_run, 0o700)
-    killed, orphan = None, None
     try:
-        with monkeypatch.context() as env:
-            env.setenv("TMPDIR", other_run)
-            killed, orphan = _orphan_pod(engine, testapp, "elsewhere", {}, empty_dir=True)
-        scratch = orphan.labels.get(EMPTYDIR_LABEL, "")
-        assert os.path.dirname(scratch) == other_run and os.path.isdir(scratch)
-        with StandIn(runtime="docker"):  # the next stand-in, in this run's temp folder
-            assert engine.containers.list(all=True, filters={"id": orphan.id}) == []
-        assert not os.path.exists(scratch)
+        with contextlib.ExitStack() as left:
+            with monkeypatch.context() as env:  # the killed stand-in's temp folder only
+                env.setenv("TMPDIR", other_run)
+                _, orphan = left.enter_context(_orphaned(engine, testapp, "elsewhere", {}, empty_dir=True))
+            scratch = orphan.labels.get(EMPTYDIR_LABEL, "")
+            assert os.path.dirname(scratch) == other_run and os.path.isdir(scratch)
+            with StandIn(runtime="docker"):  # the next stand-in, in this run's temp folder
+                assert engine.containers.list(all=True, filters={"id": orphan.id}) == []
+            assert not os.path.exists(scratch)
     finally:
-        if orphan is not None:
-            try:
-                orphan.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-        if killed is not None:
-            killed.stop()
         shutil.rmtree(other_run, ignore_errors=True)
 
 
@@ -265,23 +266,13 @@ def test_a_standin_removes_the_pod_containers_of_one_that_was_killed(engine: Any
 
     from tests.kube_standin import StandIn
 
-    killed, orphan = None, None
-    try:
-        killed, orphan = _orphan_pod(engine, testapp, "orphan", {}, empty_dir=True)
+    with _orphaned(engine, testapp, "orphan", {}, empty_dir=True) as (_, orphan):
         assert engine.containers.list(filters={"id": orphan.id})  # left running
         scratch = orphan.labels.get(EMPTYDIR_LABEL, "")
         assert os.path.dirname(scratch) == tempfile.gettempdir() and os.path.isdir(scratch)
         with StandIn(runtime="docker"):  # the next stand-in, in another (this) process
             assert engine.containers.list(all=True, filters={"id": orphan.id}) == []
             assert not os.path.exists(scratch)
-    finally:
-        if orphan is not None:
-            try:
-                orphan.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-        if killed is not None:
-            killed.stop()
 
 
 @pytest.mark.parametrize("runner", [True, False], ids=["runner-labels", "session-labels-only"])
@@ -337,18 +328,8 @@ def test_a_pod_container_a_separate_standin_left_is_reported_as_this_runs_leak(e
     # containers with its session, so one it left behind (killed) went unreported
     from tests import leakcheck
 
-    killed, orphan = None, None
-    try:
-        killed, orphan = _orphan_pod(engine, testapp, "unreported", {}, empty_dir=False)
+    with _orphaned(engine, testapp, "unreported", {}, empty_dir=False) as (_, orphan):
         assert any(orphan.short_id in leak for leak in leakcheck._docker_leaks())
-    finally:
-        if orphan is not None:
-            try:
-                orphan.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-        if killed is not None:
-            killed.stop()
 
 
 @pytest.mark.parametrize("folder", ["writable-by-others", "another-users"])
