@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import sys
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,30 @@ def test_an_aio_channel_stream_whose_done_callback_refers_to_it_is_cancelled_by_
     assert (running.active, running.cancelled) == (1, 0), running
     assert (stats.active, stats.cancelled) == (0, 1), stats
     assert seen == [(True, True)], seen
+
+
+def test_an_async_remote_client_stream_whose_done_callback_refers_to_it_gives_it_the_pool_stream(
+        streamers: list[Any], certs: Any) -> None:
+    """The collection clears the weak refs to the pool's StreamCall under the AioCall before their __del__ run;
+    the AioCall's __del__ hands its callback to that StreamCall (resurrecting it): the callback is still given
+    it, once, on the loop's thread (it was given None), and the stream is cancelled."""
+    async def run() -> tuple[Any, list[Any], Any, int]:
+        async with AsyncRemoteClient(_first_config(streamers, certs)) as client:
+            streamer = await client.dispense(STREAMER)
+            stream = streamer.generate(0, 100)
+            assert (await stream.read()).seq == 0
+            seen: list[Any] = []
+            stream.add_done_callback(
+                lambda call, held=stream: seen.append((type(call).__name__, threading.get_ident())))
+            running = await streamer.stats()
+            del stream
+            gc.collect()
+            stats = await handlers_ended(streamer)
+            for _ in range(5):  # the callbacks run on the loop once the cancel ran there
+                await asyncio.sleep(0)
+            return running, seen, stats, threading.get_ident()
+
+    running, seen, stats, loop_thread = asyncio.run(run())
+    assert (running.active, running.cancelled) == (1, 0), running
+    assert (stats.active, stats.cancelled) == (0, 1), stats
+    assert seen == [("StreamCall", loop_thread)], seen

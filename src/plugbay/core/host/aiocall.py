@@ -93,7 +93,10 @@ class HeldCallbacks:
         after the callbacks are handed over: a holder they keep would else never be dropped, and so never
         cancel its call (a client-streaming call runs to its end, as grpc.aio's does, cancel or not)."""
         waiting, self._waiting = self._waiting, []
-        if waiting and given is not None:
+        if given is not None:
+            # a collection cleared the weak ref to ``given`` before its __del__ ran, and another holder's hand_over
+            # (an AioCall's around it) may add callbacks here after this one: they are given the resurrected holder
+            self._given = weakref.ref(given)
             waiting = [functools.partial(_given_to, callback, given) for callback in waiting]
         if waiting:
             try:
