@@ -2,17 +2,19 @@
 AsyncClient's do: dropped before their end (`async for ...: break` over a temporary, or a variable let go), they
 are cancelled then, not when the garbage collector (off here) finds grpc.aio's cycle; and a read after the
 `async with` block over one ended raises the same InvalidStateError as an AsyncRemoteClient's stream, not a bare
-CancelledError a task nobody cancelled would take for its own. Real network-mode streaming plugins over mTLS
-on 127.0.0.1."""
+CancelledError a task nobody cancelled would take for its own; one made off a running loop (grpc.aio allows it)
+is read on the loop set. Real network-mode streaming plugins over mTLS on 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import threading
 import sys
+import threading
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from plugbay import AsyncRemoteClient, RemoteClient
 from plugbay.network.aiopoolstream import StreamCall
@@ -183,3 +185,33 @@ def test_an_async_remote_client_stream_whose_done_callback_refers_to_it_gives_it
     assert (running.active, running.cancelled) == (1, 0), running
     assert (stats.active, stats.cancelled) == (0, 1), stats
     assert seen == [("StreamCall", loop_thread)], seen
+
+
+def test_an_aio_channel_stream_made_off_a_running_loop_is_read_on_the_loop_set(
+        streamers: list[Any], certs: Any) -> None:
+    """grpc.aio lets a stub be called with no loop running (the thread's event loop set), the call read later
+    under run_until_complete; the pool's stream allows it as its unary calls do (it raised 'no running event
+    loop' where it is made)."""
+    async def read_all(stream: Any) -> list[int]:
+        return [chunk.seq async for chunk in stream]
+
+    with RemoteClient(_first_config(streamers, certs)) as client:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            channel = client.aio_channel()
+            streamer = AsyncStreamerClient(channel)
+            try:
+                stats = loop.run_until_complete(streamer.stats())  # a unary call on the same channel, off-loop too
+                stream = streamer.generate(3, 8, timeout=10)
+                assert isinstance(stream, StreamCall)
+                seqs = loop.run_until_complete(read_all(stream))
+                code = loop.run_until_complete(stream.code())
+            finally:
+                loop.run_until_complete(channel.close())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+    assert stats.active == 0, stats
+    assert seqs == [0, 1, 2]
+    assert code == grpc.StatusCode.OK

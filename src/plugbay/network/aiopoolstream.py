@@ -29,15 +29,24 @@ from plugbay.network.unsent import channel_failing
 _CANCELLED = "Locally cancelled by application!"  # grpc.aio's details of a call its caller cancelled
 
 
+def _calls_loop() -> asyncio.AbstractEventLoop:
+    """The loop a grpc.aio call made here runs on: the running one, else (a stub called off a running loop, read
+    later under run_until_complete) the thread's event loop, as grpc.aio's own calls take it."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop()
+
+
 class StreamCall:
     """A streaming call through the pool, on the endpoint picked when it is made; when none is available
     then, the call waits for one (within its deadline) as a task, and its steps wait for that."""
 
     def __init__(self, callable: AioPoolCallable, request: Any, timeout: float | None,
                  kwargs: dict[str, Any]) -> None:
-        # its calls are made, and end, on this loop (grpc.aio's calls need one running): their drop-cancel and
-        # done callbacks go to it, from whatever thread the stream is dropped on
-        self._loop = asyncio.get_running_loop()
+        # its calls are made, and end, on this loop: their drop-cancel and done callbacks go to it, from whatever
+        # thread the stream is dropped on
+        self._loop = _calls_loop()
         self._callable = callable
         # its answers are a stream: cancelled when dropped before its end (nobody can read the rest), as an
         # AsyncClient's; a client-streaming call's one answer is not: it runs to its end, as grpc.aio's does
