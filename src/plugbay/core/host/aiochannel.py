@@ -29,7 +29,7 @@ from plugbay.core.host.aiojudging import (  # off_loop, retrieved: re-exported, 
 from plugbay.core.host.callerrors import WrongLoop as WrongLoop  # re-exported: where the asyncio side raises it
 from plugbay.core.host.aiorefused import RefusedCall as RefusedCall  # re-exported: long imported from here
 from plugbay.core.host.aiorefused import refused_now as refused_now
-from plugbay.core.host.aiocall import AioCall
+from plugbay.core.host.aiocall import AioCall, DoneCallback
 from plugbay.core.host.aiocall import lost_send as lost_send  # re-exported: long imported from here
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.channel import ManagedChannel
@@ -291,7 +291,7 @@ class TaskCall:
     def done(self) -> bool:
         return self._task.done()
 
-    def add_done_callback(self, callback: Any) -> None:
+    def add_done_callback(self, callback: DoneCallback) -> None:
         self._task.add_done_callback(lambda _: callback(self))
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from plugbay.core.host.aiocall import DoneCallback
+
 
 class RefusedCall:
     """A call refused before anything was sent: awaiting, iterating, reading or writing it raises
@@ -87,7 +89,7 @@ class RefusedCall:
     def time_remaining(self) -> float | None:
         return self._time_left
 
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+    def add_done_callback(self, callback: DoneCallback) -> None:
         callback(self)  # already done
 
     def cancel(self) -> bool:
