@@ -13,6 +13,7 @@ import asyncio
 import gc
 import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,9 @@ def test_a_stream_dropped_on_another_thread_is_cancelled_on_its_loop(no_gc: None
             kept = [streamer.generate(0, 100)]
             assert (await kept[0].read()).seq == 0
             running = await streamer.stats()
+            stream = weakref.ref(kept[0])
             await asyncio.to_thread(kept.clear)
+            assert stream() is None, "the stream outlived its drop on the thread: it was not the last reference"
             return running, await handlers_ended(streamer)
 
     running, stats = asyncio.run(main())
@@ -245,12 +248,15 @@ def test_a_stream_finalized_before_its_weak_references_go_is_cancelled_all_the_s
 
 
 async def _drop_on(where: str, holder: list[Any]) -> None:
-    """Drop the stream ``holder`` holds, its last reference: here (on the loop) or on another thread."""
+    """Drop the stream ``holder`` holds, its last reference: here (on the loop) or on another thread; it is gone
+    right after (freed where it was dropped, not later by someone else's reference)."""
+    stream = weakref.ref(holder[0])
     if where == "loop":
         holder.clear()
-        return
-    dropped_on = await asyncio.to_thread(lambda: (holder.clear(), threading.get_ident())[1])
-    assert dropped_on != threading.get_ident()
+    else:
+        dropped_on = await asyncio.to_thread(lambda: (holder.clear(), threading.get_ident())[1])
+        assert dropped_on != threading.get_ident()
+    assert stream() is None, "the stream outlived its drop: it was not the last reference"
 
 
 def _dropped_with_a_callback(where: str) -> tuple[Any, list[tuple[int, bool]], Any, int]:
