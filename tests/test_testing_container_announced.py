@@ -37,21 +37,16 @@ def _labelled(docker: Any, tag: str) -> list[Any]:
     return found
 
 
-@pytest.mark.parametrize(("announced", "error", "says"), [
-    ("unix|/etc/passwd", MalformedHandshakeError, "announced socket path '/etc/passwd', but it is not a file"
-                                                   " directly in the mapped socket folder"),
-    ("tcp|127.0.0.1:1", RunnerError, "announced tcp:127.0.0.1:1, which the host cannot reach: with the unix"
-                                     " transport it must put its socket in"),
-], ids=["outside-the-folder", "tcp-in-unix"])
-def test_start_refuses_an_address_the_host_would_not_dial_and_removes_the_container(
-        plugbay_docker: Any, announced: str, error: type[Exception], says: str) -> None:
+def _start_is_refused(line: str, error: type[Exception], says: str, **options: Any) -> None:
+    """start() of a container that prints the handshake `line` raises `error` saying `says`, and leaves neither
+    the container nor its socket folder."""
     import docker
 
     tag = uuid.uuid4().hex
-    line = f"1|{HANDSHAKE.protocol_version}|{announced}|grpc"
-    plugin = PluginContainer(IMAGE, HANDSHAKE, PLUGINS, transport="unix", start_timeout=30,
+    options.setdefault("plugins", PLUGINS)
+    plugin = PluginContainer(IMAGE, HANDSHAKE, transport="unix", start_timeout=30,
                              labels={"test.plugbay-announced": tag},
-                             entrypoint=["sh", "-c", f"echo '{line}'; sleep 120"])
+                             entrypoint=["sh", "-c", f"echo '{line}'; sleep 120"], **options)
     engine = docker.from_env()
     try:
         with pytest.raises(error) as caught:
@@ -66,52 +61,33 @@ def test_start_refuses_an_address_the_host_would_not_dial_and_removes_the_contai
         engine.close()
 
 
+@pytest.mark.parametrize(("announced", "error", "says"), [
+    ("unix|/etc/passwd", MalformedHandshakeError, "announced socket path '/etc/passwd', but it is not a file"
+                                                   " directly in the mapped socket folder"),
+    ("tcp|127.0.0.1:1", RunnerError, "announced tcp:127.0.0.1:1, which the host cannot reach: with the unix"
+                                     " transport it must put its socket in"),
+], ids=["outside-the-folder", "tcp-in-unix"])
+def test_start_refuses_an_address_the_host_would_not_dial_and_removes_the_container(
+        plugbay_docker: Any, announced: str, error: type[Exception], says: str) -> None:
+    _start_is_refused(f"1|{HANDSHAKE.protocol_version}|{announced}|grpc", error, says)
+
+
 def test_start_refuses_a_version_the_host_does_not_take_and_removes_the_container(plugbay_docker: Any) -> None:
     # start() succeeded, and the VersionMismatchError came only at the first dispense()/get_client()
-    import docker
-
     from plugbay.errors import VersionMismatchError
 
-    tag = uuid.uuid4().hex
-    line = f"1|{HANDSHAKE.protocol_version + 6}|unix|/plugbay/sock/plugin.sock|grpc"
-    plugin = PluginContainer(IMAGE, HANDSHAKE, PLUGINS, transport="unix", start_timeout=30,
-                             labels={"test.plugbay-announced": tag},
-                             entrypoint=["sh", "-c", f"echo '{line}'; sleep 120"])
-    engine = docker.from_env()
-    try:
-        with pytest.raises(VersionMismatchError, match=r"host supports \[1\], plugin supports \[7\]"):
-            plugin.start()
-        assert _labelled(engine, tag) == []  # removed, as a failed start's container is
-    finally:
-        plugin.stop()
-        for left in _labelled(engine, tag):
-            left.remove(force=True)
-        engine.close()
+    _start_is_refused(f"1|{HANDSHAKE.protocol_version + 6}|unix|/plugbay/sock/plugin.sock|grpc",
+                      VersionMismatchError, "host supports [1], plugin supports [7]")
 
 
 def test_start_refuses_the_handshake_version_when_only_versioned_plugins_are_given(plugbay_docker: Any) -> None:
     # with versioned_plugins alone its Client takes only those versions (ClientConfig.versions()), but start()
     # also took the handshake's own: it succeeded, and the VersionMismatchError came at the first get_client()
-    import docker
-
     from plugbay.errors import VersionMismatchError
 
-    tag = uuid.uuid4().hex
     assert HANDSHAKE.protocol_version == 1
-    line = "1|1|unix|/plugbay/sock/plugin.sock|grpc"
-    plugin = PluginContainer(IMAGE, HANDSHAKE, versioned_plugins={2: PLUGINS}, transport="unix", start_timeout=30,
-                             labels={"test.plugbay-announced": tag},
-                             entrypoint=["sh", "-c", f"echo '{line}'; sleep 120"])
-    engine = docker.from_env()
-    try:
-        with pytest.raises(VersionMismatchError, match=r"host supports \[2\], plugin supports \[1\]"):
-            plugin.start()
-        assert _labelled(engine, tag) == []  # removed, as a failed start's container is
-    finally:
-        plugin.stop()
-        for left in _labelled(engine, tag):
-            left.remove(force=True)
-        engine.close()
+    _start_is_refused("1|1|unix|/plugbay/sock/plugin.sock|grpc", VersionMismatchError,
+                      "host supports [2], plugin supports [1]", plugins=None, versioned_plugins={2: PLUGINS})
 
 
 def test_a_call_after_the_container_died_advises_restarting_the_plugin_container(plugbay_image: Any,
