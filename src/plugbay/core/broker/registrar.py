@@ -33,8 +33,8 @@ class Registrar(grpc.Server):  # type: ignore[misc]
 
     A service registered twice the same way (generic handlers, or registered methods) is a BrokerError, as
     it is a setup error on the plugin's server (both keep ServiceNames): grpcio would answer with the first
-    servicer, silently. Server reflection is the exception there as here: a second one is dropped, and the
-    first one answers.
+    servicer, silently. Server reflection is the exception there as here: every registration of it joins one
+    reflection service that answers for them all (core/transport/reflectionunion.py).
     """
 
     def __init__(self, server: grpc.Server, handler_loop: Callable[[], LoopSource]) -> None:
