@@ -139,18 +139,40 @@ def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
     assert _part("plugbay.core.protocol.bad") == "plugbay.core.protocol"
 
 
+def _private_names_taken(path: Path, name: str, known: dict[str, Path]) -> list[str]:
+    """The private names ``path`` imports from another plugbay module (relative imports too); a private module
+    imported by name (from plugbay import _text) is a module, not a name taken from one."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    wrong = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = node.module or ""
+        if node.level:
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+        if not base.startswith("plugbay"):
+            continue
+        wrong += [f"{name} imports {base}.{a.name}" for a in node.names
+                  if a.name.startswith("_") and not a.name.startswith("__") and f"{base}.{a.name}" not in known]
+    return wrong
+
+
 def test_runner_modules_import_no_other_modules_private_names() -> None:
     # a helper one runner module shares with another gets a public name where it is defined, so a reader of
     # the defining module sees it is used elsewhere (podaddress once took pods' _obj and _objs)
-    wrong = []
-    for name, path in _modules().items():
-        if not name.startswith("plugbay.runners."):
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("plugbay"):
-                wrong += [f"{name} imports {node.module}.{a.name}" for a in node.names
-                          if a.name.startswith("_") and not a.name.startswith("__")]
+    known = _modules()
+    wrong = [line for name, path in known.items() if name.startswith("plugbay.runners.")
+             for line in _private_names_taken(path, name, known)]
     assert not wrong, "private names taken from another module:\n" + "\n".join(wrong)
+
+
+def test_the_private_name_check_sees_relative_imports_and_lets_private_modules_be(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from .pods import _obj\nfrom ..kubernetes.pods import _objs\nfrom plugbay import _text\n"
+                   "from plugbay.runners.kubernetes.pods import json_object\n")
+    found = _private_names_taken(bad, "plugbay.runners.kubernetes.bad", _modules())
+    assert found == ["plugbay.runners.kubernetes.bad imports plugbay.runners.kubernetes.pods._obj",
+                     "plugbay.runners.kubernetes.bad imports plugbay.runners.kubernetes.pods._objs"]
 
 
 def test_a_plugin_process_loads_no_host_runner_resilience_or_network_code() -> None:
