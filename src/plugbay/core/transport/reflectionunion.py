@@ -7,7 +7,8 @@ info) could not describe the second's. The server that takes services (core/plug
 core/broker/registrar.py for a brokered server) serves instead, under the first registration's name, a
 handler that asks every registration: a list of services is the union of their lists (sorted,
 each name once), and a file or symbol lookup is the first answer that is not an error (when all
-are errors, the first registration's error).
+are errors, the first registration's error). A registration that fails (raises, or answers nothing)
+gives an error answer of its own, logged once, and the others answer.
 
 Only a sync stream-stream ServerReflectionInfo (grpcio-reflection's ReflectionServicer) takes part; any
 other handler for the name is left as it was: served when it is the first, dropped when not.
@@ -20,7 +21,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 
+from plugbay.core.transport.handlerfail import SERVER_LOG
 from plugbay.core.transport.handlerkind import behavior_of, is_async
 
 Info = Callable[[Iterator[Any], Any], Iterable[Any]]  # a servicer's ServerReflectionInfo(requests, context)
@@ -32,6 +35,7 @@ class _Union:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._members: list[Info] = []
+        self._failed: set[int] = set()  # members whose failure was logged (by id)
 
     def join(self, member: Info) -> None:
         if getattr(member, "__self__", None) is self:  # the union's own handler, registered again the other way
@@ -47,26 +51,55 @@ class _Union:
     def _answer(self, request: Any, context: Any) -> Any:
         with self._lock:
             members = list(self._members)
-        if request.WhichOneof("message_request") == "list_services":
-            first = _ask(members[0], request, context)
-            listed = {service.name for service in first.list_services_response.service}
-            for member in members[1:]:
-                listed.update(service.name for service in _ask(member, request, context).list_services_response.service)
-            del first.list_services_response.service[:]
+        kind = request.WhichOneof("message_request")
+        if kind == "list_services":
+            answers = [self._ask(member, request, context) for member in members]
+            good = [answer for answer in answers if not _is_error(answer)]
+            if not good:
+                return answers[0]
+            listed = {service.name for answer in good for service in answer.list_services_response.service}
+            del good[0].list_services_response.service[:]
             for name in sorted(listed):  # sorted, as grpcio-reflection lists one registration's
-                first.list_services_response.service.add(name=name)
+                good[0].list_services_response.service.add(name=name)
+            return good[0]
+        asked = (self._ask(member, request, context) for member in members)
+        first = next(asked)
+        if not _is_error(first):
             return first
-        answers = (_ask(member, request, context) for member in members)
-        first = next(answers)
-        if first.WhichOneof("message_response") != "error_response":
-            return first
-        return next((answer for answer in answers if answer.WhichOneof("message_response") != "error_response"),
-                    first)
+        return next((answer for answer in asked if not _is_error(answer)), first)
+
+    def _ask(self, member: Info, request: Any, context: Any) -> Any:
+        """``member``'s answer to ``request`` alone (it answers each request of its stream with one response);
+        a member that fails or answers nothing gives an error answer, so the others still answer (logged once)."""
+        try:
+            for answer in member(iter([request]), context):
+                return answer
+            failure = "it answered nothing"
+        except Exception as exc:  # a plugin's servicer: its failure is its own answer's, not every plugin's
+            failure = f"it raised {type(exc).__name__}: {exc}"
+        with self._lock:
+            first = id(member) not in self._failed
+            self._failed.add(id(member))
+        if first:
+            SERVER_LOG.warning("server reflection of %s failed (%s); the other plugins' reflection still answers",
+                               _describe(member), failure)
+        response = message_factory.GetMessageClass(
+            request.DESCRIPTOR.file.message_types_by_name["ServerReflectionResponse"])()
+        response.original_request.CopyFrom(request)
+        response.error_response.error_code = grpc.StatusCode.INTERNAL.value[0]
+        response.error_response.error_message = f"a plugin's reflection servicer failed: {failure}"
+        return response
 
 
-def _ask(member: Info, request: Any, context: Any) -> Any:
-    """``member``'s answer to ``request`` alone (it answers each request of its stream with one response)."""
-    return next(iter(member(iter([request]), context)))
+def _is_error(answer: Any) -> bool:
+    return bool(answer.WhichOneof("message_response") == "error_response")
+
+
+def _describe(member: Info) -> str:
+    owner = getattr(member, "__self__", None)
+    if owner is None:
+        return repr(member)
+    return f"{type(owner).__module__}.{type(owner).__qualname__} at {id(owner):#x}"
 
 
 class ReflectionUnion:
