@@ -78,6 +78,18 @@ def _served(*registrations: Any) -> Iterator[Any]:
             server.stop(None)
 
 
+def test_extension_numbers_of_a_type_are_those_of_every_plugins_pool() -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    base = _file("base.proto", "base", extendable=True)
+    a = _pool(base, _file("ext_a.proto", "a", service="Svc", deps=("base.proto",), extends=(".base.Base", 101)))
+    b = _pool(base, _file("ext_b.proto", "b", service="Svc", deps=("base.proto",), extends=(".base.Base", 102)))
+    with _served((a, ["a.Svc"]), (b, ["b.Svc"])) as ask:
+        answer = ask(reflection_pb2.ServerReflectionRequest(all_extension_numbers_of_type="base.Base"))
+    assert answer.WhichOneof("message_response") == "all_extension_numbers_response", answer
+    assert sorted(answer.all_extension_numbers_response.extension_number) == [101, 102]
+
+
 @pytest.mark.parametrize("fail", [False, True], ids=["answers-nothing", "raises"])
 def test_a_failing_plugins_reflection_is_its_own_error_and_the_others_still_answer(
         fail: bool, caplog: pytest.LogCaptureFixture) -> None:

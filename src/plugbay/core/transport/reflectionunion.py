@@ -6,9 +6,9 @@ process of two reflecting plugins listed only the first one's services, and a cl
 info) could not describe the second's. The server that takes services (core/plugin/gatedserver.py, and
 core/broker/registrar.py for a brokered server) serves instead, under the first registration's name, a
 handler that asks every registration: a list of services is the union of their lists (sorted,
-each name once), and a file or symbol lookup is the first answer that is not an error (when all
-are errors, the first registration's error). A registration that fails (raises, or answers nothing)
-gives an error answer of its own, logged once, and the others answer.
+each name once), so are an extendable type's extension numbers, and a file or symbol lookup is the first
+answer that is not an error (when all are errors, the first registration's error). A registration that
+fails (raises, or answers nothing) gives an error answer of its own, logged once, and the others answer.
 
 Only a sync stream-stream ServerReflectionInfo (grpcio-reflection's ReflectionServicer) takes part; any
 other handler for the name is left as it was: served when it is the first, dropped when not.
@@ -27,6 +27,7 @@ from plugbay.core.transport.handlerfail import SERVER_LOG
 from plugbay.core.transport.handlerkind import behavior_of, is_async
 
 Info = Callable[[Iterator[Any], Any], Iterable[Any]]  # a servicer's ServerReflectionInfo(requests, context)
+_MERGED = ("list_services", "all_extension_numbers_of_type")  # asked of every member, their answers merged
 
 
 class _Union:
@@ -52,15 +53,20 @@ class _Union:
         with self._lock:
             members = list(self._members)
         kind = request.WhichOneof("message_request")
-        if kind == "list_services":
+        if kind in _MERGED:
             answers = [self._ask(member, request, context) for member in members]
             good = [answer for answer in answers if not _is_error(answer)]
             if not good:
                 return answers[0]
-            listed = {service.name for answer in good for service in answer.list_services_response.service}
-            del good[0].list_services_response.service[:]
-            for name in sorted(listed):  # sorted, as grpcio-reflection lists one registration's
-                good[0].list_services_response.service.add(name=name)
+            if kind == "list_services":
+                listed = {service.name for answer in good for service in answer.list_services_response.service}
+                del good[0].list_services_response.service[:]
+                for name in sorted(listed):  # sorted, as grpcio-reflection lists one registration's
+                    good[0].list_services_response.service.add(name=name)
+            else:
+                numbers = {n for answer in good for n in answer.all_extension_numbers_response.extension_number}
+                del good[0].all_extension_numbers_response.extension_number[:]
+                good[0].all_extension_numbers_response.extension_number.extend(sorted(numbers))
             return good[0]
         asked = (self._ask(member, request, context) for member in members)
         first = next(asked)
