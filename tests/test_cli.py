@@ -24,6 +24,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2
 from plugbay.core.plugin.health import HealthServicer
 from plugbay.core.plugin.fdlimit import SOFT_CAP
 from plugbay.core.plugin.health import add_to_server as add_health
+from plugbay.errors import CallFailedError
 from tests.cli_util import KV_PLUGIN, KV_PROTO, REPO, cli_env, plugbay, running, serving
 from tests.rlimited import rlimited
 
@@ -152,6 +153,36 @@ def test_info_lists_and_describes_the_services_of_every_reflecting_plugin_of_a_p
     methods = {s["service"]: sorted(m["name"] for m in s["methods"]) for s in info["services"]}
     assert methods["proto.KV"] == ["Get", "Put"] and methods["streaming.Streamer"] == ["Echo", "Generate", "GetStats"]
     assert stats.returncode == 0 and isinstance(json.loads(stats.stdout), dict), stats
+
+
+def test_a_service_whose_proto_file_name_another_plugins_file_shares_is_named_as_not_loadable(
+        tmp_path: Path) -> None:
+    # two plugins' pools each hold a plugin.proto (packages a and b): reflection lists a.Svc and b.Svc, but a
+    # client keys files by name, so once one plugin.proto is loaded the other service cannot be: it was
+    # described with no methods and no word, and a lookup of it called it an "unknown service"
+    from plugbay.cli import descriptors
+    from plugbay.cli.targets import Tls, reach
+
+    cmd = f"{PY} {REPO / 'tests' / 'plugins' / 'reflect_clash.py'}"
+    with running(["--cmd", cmd, "--cookie", COOKIE], tmp_path, env=cli_env()) as run:
+        info = json.loads(plugbay("info", run.target, "--json").stdout)
+        text = plugbay("info", run.target).stdout
+        with reach(run.target, Tls()) as reached:  # one client that looks both up, as info does
+            services = descriptors.from_reflection(reached.channel, 30)
+            assert services is not None
+            descriptors.describe(services)
+            for name in ("a.Svc", "b.Svc"):
+                try:
+                    descriptors.find_method(services, f"/{name}/M")
+                except CallFailedError as exc:
+                    refused = str(exc)
+        assert run.interrupt() == 0
+    described = {s["service"]: s for s in info["services"]}
+    unloadable = [name for name in ("a.Svc", "b.Svc") if not described[name]["methods"]]
+    assert len(unloadable) == 1, info
+    said = "listed by reflection but its descriptor could not be loaded (two plugins' proto files share a file name?)"
+    assert said in described[unloadable[0]]["error"] and said in text, text
+    assert said in refused and "unknown service" not in refused, refused
 
 
 def test_gone_plugin_is_unreachable_and_diagnosed(tmp_path: Path) -> None:

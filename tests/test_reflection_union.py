@@ -107,3 +107,17 @@ def test_a_failing_plugins_reflection_is_its_own_error_and_the_others_still_answ
     said = [r.getMessage() for r in caplog.records if "server reflection of" in r.getMessage()]
     assert len(said) == 1 and "_Yields" in said[0], said  # once, naming the member
     assert ("RuntimeError: broken servicer" if fail else "answered nothing") in said[0]
+
+
+def test_two_plugins_files_of_one_name_are_warned_of_naming_the_file(caplog: pytest.LogCaptureFixture) -> None:
+    a = _pool(_file("plugin.proto", "a", service="Svc"))
+    b = _pool(_file("plugin.proto", "b", service="Svc"))
+    same = _pool(_file("plugin.proto", "a", service="Svc"))  # the same file in another pool: no clash
+    with caplog.at_level(logging.WARNING, "plugbay.server"):
+        with _served((a, ["a.Svc"]), (same, ["a.Svc"])):
+            pass
+        assert not [r for r in caplog.records if "plugin.proto" in r.getMessage()]
+        with _served((a, ["a.Svc"]), (b, ["b.Svc"])):
+            pass
+    said = [r.getMessage() for r in caplog.records if "plugin.proto" in r.getMessage()]
+    assert len(said) == 1 and "'plugin.proto'" in said[0] and "b.Svc" in said[0] and "key files by name" in said[0], said

@@ -144,13 +144,19 @@ def describe(services: Services) -> list[dict[str, Any]]:
         try:
             svc = services.pool.FindServiceByName(name)
         except KeyError:
-            out.append({"service": name, "methods": []})
+            out.append({"service": name, "methods": [], "error": _unloadable(services)})
             continue
         out.append({"service": name, "methods": [
             {"name": m.name, "path": f"/{name}/{m.name}", "input": m.input_type.full_name,
              "output": m.output_type.full_name, "client_streaming": bool(m.client_streaming),
              "server_streaming": bool(m.server_streaming)} for m in svc.methods]})
     return out
+
+
+def _unloadable(services: Services) -> str:
+    # reflection clients key files by name: of two plugins' files of one name, only one loads (docs/cli.md)
+    return (f"listed by {services.source} but its descriptor could not be loaded (two plugins' proto files share"
+            " a file name?); give each plugin's proto file a path of its own, or pass its --proto")
 
 
 def find_method(services: Services, path: str) -> Any:
@@ -160,6 +166,8 @@ def find_method(services: Services, path: str) -> Any:
     try:
         svc = services.pool.FindServiceByName(service)
     except KeyError:
+        if service in services.names:
+            raise CallFailedError(f"service {service!r} is {_unloadable(services)}") from None
         known = ", ".join(services.names) or "none"
         raise CallFailedError(f"unknown service {service!r} (known from {services.source}: {known});"
                               " check the name or pass the right --proto") from None

@@ -251,6 +251,8 @@ def info(protos: tuple[str, ...], proto_paths: tuple[str, ...], as_json: bool, *
     output.say(f"services ({source}):")
     for svc in described:
         output.say(f"  {svc['service']}", style="bold")
+        if "error" in svc:
+            output.say(f"    ({svc['error']})")
         for m in svc["methods"]:
             kind = ("stream " if m["client_streaming"] else "") + m["input"] + " -> " + \
                 ("stream " if m["server_streaming"] else "") + m["output"]
