@@ -26,8 +26,9 @@ def _file(name: str, package: str, *, service: str | None = None, deps: tuple[st
         f.message_type.add(name="Req")
         f.service.add(name=service).method.add(name="M", input_type=f".{package}.Req", output_type=f".{package}.Req")
     if extends:
-        f.extension.add(name=f"ext{extends[1]}", number=extends[1], label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
-                        type=descriptor_pb2.FieldDescriptorProto.TYPE_INT32, extendee=extends[0])
+        field = descriptor_pb2.FieldDescriptorProto
+        f.extension.add(name=f"ext{extends[1]}", number=extends[1], label=field.LABEL_OPTIONAL, type=field.TYPE_INT32,
+                        extendee=extends[0])
     return f
 
 
@@ -54,8 +55,8 @@ class _Yields:
 
 @contextmanager
 def _served(*registrations: Any) -> Iterator[Any]:
-    """A server where each registration ((a pool, its service names), or a servicer) is a plugin of its own registering reflection;
-    yields a function asking the server one reflection request."""
+    """A server where each registration ((a pool, its service names), or a servicer) is a plugin of its own
+    registering reflection; yields a function asking the server one reflection request."""
     from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
     with futures.ThreadPoolExecutor(4) as threads:
@@ -120,4 +121,5 @@ def test_two_plugins_files_of_one_name_are_warned_of_naming_the_file(caplog: pyt
         with _served((a, ["a.Svc"]), (b, ["b.Svc"])):
             pass
     said = [r.getMessage() for r in caplog.records if "plugin.proto" in r.getMessage()]
-    assert len(said) == 1 and "'plugin.proto'" in said[0] and "b.Svc" in said[0] and "key files by name" in said[0], said
+    assert len(said) == 1 and "'plugin.proto'" in said[0] and "b.Svc" in said[0], said
+    assert "key files by name" in said[0], said
