@@ -158,6 +158,25 @@ def test_an_srv_name_without_service_labels_is_asked_as_written_and_its_empty_an
     assert out.returncode == 3 and hint in out.stdout, out
 
 
+def test_the_note_says_where_srv_records_live_only_when_the_name_has_none(dns: tuple[Zone, str]) -> None:
+    # SRV records found at a plain name whose target has no address, or whose target is ".", are that
+    # answer's to fix: "SRV records usually live under _SERVICE._PROTO." would send the user away from them
+    zone, server = dns
+    zone.set(f"plain.{ZONE}", "SRV", [SRV(10, 5, 7001, f"nowhere.{ZONE}")])
+    plain = DNSResolver("plain.plugbay.test", srv=True, dns_server=server, allow_loopback=True)
+    assert plain.resolve() == []
+    assert plain.empty_note == f"DNS at {server}: nowhere.plugbay.test does not exist (NXDOMAIN)"
+    zone.set(f"off.{ZONE}", "SRV", [SRV(0, 0, 0, ".")])
+    off = DNSResolver("off.plugbay.test", srv=True, dns_server=server, allow_loopback=True)
+    assert off.resolve() == [] and off.empty_note == \
+        f"DNS at {server}: the SRV records of off.plugbay.test say the service is not available (target '.')"
+    # a name that does not exist has no A/AAAA records either: only _SERVICE._PROTO. is suggested
+    gone = DNSResolver("gone.plugbay.test", srv=True, dns_server=server, allow_loopback=True)
+    assert gone.resolve() == [] and gone.empty_note == (
+        f"DNS at {server}: gone.plugbay.test does not exist (NXDOMAIN) (SRV records usually live under"
+        " _SERVICE._PROTO.: write dns+srv:///_SERVICE._tcp.gone.plugbay.test)")
+
+
 def test_an_unreachable_dns_server_is_a_discovery_error() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))  # bound, never answering: the lookup times out

@@ -114,6 +114,8 @@ class DNSResolver:
         self.empty_note = ""
         # name -> ["NXDOMAIN"], ["."] (an SRV answer of no service), or the kinds it has no records of
         self._missing: dict[str, list[str]] = {}
+        # how the name's own SRV query found none: "NXDOMAIN", "none" (no SRV records), "" (found some, or failed)
+        self._srv_none = ""
         self.lookups = 0
 
     def _server_text(self) -> str:
@@ -141,6 +143,7 @@ class DNSResolver:
         self.lookups += 1
         self._refused = []
         self._missing = {}
+        self._srv_none = ""
         self._advised = set()
         out: list[Endpoint] = []
         failed: list[str] = []
@@ -149,6 +152,9 @@ class DNSResolver:
         for kind in kinds:
             answer = self._ask(self.host, kind, failed, search=self._search)
             if kind == "SRV":
+                if not answer and self._missing:  # the only query so far: what it left is the name's own
+                    nx = any(said == ["NXDOMAIN"] for said in self._missing.values())
+                    self._srv_none = "NXDOMAIN" if nx else "none"
                 found, srv = self._srv_endpoints(answer, failed)
                 out.extend(found)
                 continue
@@ -221,11 +227,14 @@ class DNSResolver:
                 said.append(f"{name} has no {' or '.join(kinds)} record")
         more = f" and {len(self._missing) - 3} more" if len(self._missing) > 3 else ""
         labels = self.host.split(".")
-        if said and self.srv and not (len(labels) > 2 and labels[0][:1] == labels[1][:1] == "_"):
+        if said and self._srv_none and not (len(labels) > 2 and labels[0][:1] == labels[1][:1] == "_"):
             # asked as written (Consul's kv.service.consul and CoreDNS's Service names answer SRV there);
-            # most zones publish SRV records only under _SERVICE._PROTO., which is the likely slip
-            more += (f" (SRV records usually live under _SERVICE._PROTO.: write dns+srv:///_SERVICE._tcp.{self.host},"
-                     f" or dns:///{self.host}:PORT for its A/AAAA records)")
+            # most zones publish SRV records only under _SERVICE._PROTO., which is the likely slip. Only when
+            # the name had none: SRV records there whose targets fail are that answer's to fix, and a name
+            # that does not exist has no A/AAAA records either
+            a_records = "" if self._srv_none == "NXDOMAIN" else f", or dns:///{self.host}:PORT for its A/AAAA records"
+            more += (f" (SRV records usually live under _SERVICE._PROTO.: write dns+srv:///_SERVICE._tcp.{self.host}"
+                     f"{a_records})")
         return f"DNS at {self._server_text()}: {'; '.join(said)}{more}" if said else ""
 
     def _capped(self, found: list[Endpoint], srv: tuple[int, int] | None = None) -> list[Endpoint]:
