@@ -17,7 +17,9 @@ from plugbay.errors import RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
 from plugbay.runners.docker.engine import engine
-from plugbay.runners.docker.madehere import engine_identity, forget_made, read_records, record_made, stale_records
+from plugbay.runners.docker.madehere import (_write_sibling, _writable_roots, engine_identity, forget_made, note_engine,
+                                             read_records, record_made, stale_records)
+from plugbay.runners.procclaims import write_session_record
 from plugbay.runners.session import machine_identity, session_alive, start_ticks
 from tests.docker_standin import Answer, Reply, StandinEngine, standin  # noqa: F401
 from tests.records_util import record_of
@@ -156,3 +158,22 @@ def test_a_sibling_an_earlier_release_left_with_its_dropped_record_goes(recorded
     os.utime(sibling, (aged, aged))
     read_records()
     assert not sibling.exists()
+
+
+def test_a_sweep_that_read_a_record_before_its_sibling_keeps_the_machine_line_the_sibling_got_since() -> None:
+    # record_made writes the record, then its sibling: a sweep may read the record between the two, and note
+    # its engine after both. The real functions, stepped in that order
+    machine = machine_identity()
+    if machine is None:
+        pytest.skip("no machine identity on this machine: records here name no machine")
+    container_id = secrets.token_hex(32)
+    root = next(root for root in _writable_roots() if write_session_record(root, None, container_id))
+    try:
+        (early,) = [r for r in read_records() if r.container_id == container_id]
+        assert early.machine is None
+        _write_sibling(root / container_id, "ENGINE-1 /var/lib/docker", machine)
+        note_engine(early, "ENGINE-1 /var/lib/docker")
+        (late,) = [r for r in read_records() if r.container_id == container_id]
+        assert late.machine == machine, "the sweep's note dropped the machine line: a clone's /proc judges the host"
+    finally:
+        forget_made(container_id)

@@ -252,11 +252,10 @@ def read_records() -> list[Record]:
                 continue  # dropped meanwhile
             session, _, start = (lines[0] if lines else "").partition(".")
             noted = lines[1:]  # a record this release's development wrote, the engine on its second line
-            if f"{entry.name}{_SIBLING}" in names:
-                try:
-                    noted = _read_head(f"{entry.path}{_SIBLING}")
-                except OSError:
-                    pass
+            try:  # opened whatever the listing said: record_made writes the sibling after the record
+                noted = _read_head(f"{entry.path}{_SIBLING}")
+            except OSError:
+                pass
             engine, machine = _noted(noted, _ENGINE_LINE), _noted(noted, _MACHINE_LINE)
             found.append(Record(entry.name, session, start, _valid_identity(engine) if engine else None, written,
                                 Path(entry.path), machine if machine and _MACHINE.fullmatch(machine) else None))
@@ -274,8 +273,22 @@ def _drop_orphan(entry: os.DirEntry[str]) -> None:
 
 def note_engine(record: Record, engine: str) -> None:
     """Note ``engine`` in ``record`` (its container found there), keeping its machine and its age. A record
-    dropped meanwhile keeps no sibling for long (read_records removes it)."""
-    _write_sibling(record.path, engine, record.machine, record.written)
+    dropped meanwhile keeps no sibling for long (a sweep removes it).
+
+    The machine is read again from the sibling just before it is rewritten: ``record`` may have been read
+    between record_made's record and its sibling (no machine then), and a machine line dropped is a cloned
+    VM's record judged by this machine's /proc. A sibling that cannot be read is left as it is."""
+    sibling = f"{record.path}{_SIBLING}"
+    try:
+        machine = _noted(_read_head(sibling), _MACHINE_LINE)
+    except FileNotFoundError:
+        machine = record.machine
+    except OSError as exc:
+        _log.debug("could not note engine %s in the record of container %s: %s", engine, record.container_id[:12],
+                   exc)
+        return
+    _write_sibling(record.path, engine, machine if machine and _MACHINE.fullmatch(machine) else None,
+                   record.written)
 
 
 def stale_records(older_than: float, skip: Collection[str]) -> list[Record]:
