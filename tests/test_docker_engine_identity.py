@@ -77,6 +77,21 @@ def test_an_engine_failing_info_fails_the_start_and_one_refusing_it_does_not(sta
     assert "docker info" not in str(info.value)
 
 
+@pytest.mark.parametrize("status", [401, 405], ids=["unauthorized", "method-not-allowed"])
+def test_a_socket_proxy_refusing_info_with_any_4xx_is_an_engine_that_tells_no_id(standin: Standin, status: int) -> None:
+    standin(_info_engine((status, {"message": "refused by the socket proxy"})))
+    with pytest.raises(RunnerError, match="refused to run") as info:  # the create's refusal: /info's was taken
+        DockerRunner("plugbay-kv:latest").start(LaunchSpec(env={}))
+    assert "docker info" not in str(info.value)
+
+
+@pytest.mark.parametrize("status", [400, 501], ids=["bad-request", "not-implemented"])
+def test_an_info_refusal_no_retry_gets_past_says_to_allow_info_on_the_proxy(standin: Standin, status: int) -> None:
+    standin(_info_engine((status, {"message": "not passed by the socket proxy"})))
+    with pytest.raises(RunnerError, match=f"refused docker info \\(HTTP {status}.*Allow GET /info on the proxy"):
+        DockerRunner("plugbay-kv:latest").start(LaunchSpec(env={}))
+
+
 def test_a_runtime_check_and_the_engine_identity_share_one_info_answer(standin: Standin) -> None:
     asked: list[str] = []
     standin(_info_engine((200, {"ID": "ENGINE-1", "DockerRootDir": "/d", "Runtimes": {"runc": {}}}), asked))

@@ -59,23 +59,33 @@ _ENGINE_LINE, _MACHINE_LINE = "engine ", "machine "
 _SIBLING = ".made"
 _RECORD_READ = 4096  # bytes of a record (or its sibling) read at most
 _ORPHAN_AGE = 60.0  # a sibling whose record is gone is removed once this old (no race with a record being written)
-_REFUSED = (403, 404)  # /info refused (a socket proxy forbidding it, a stand-in): the engine tells no ID
+# answers to /info that are no engine failing but a refusal a retry never gets past: 400 (the request itself
+# refused) and 501 (not implemented: a proxy) are typed failures saying so; any other 4xx (401, 403, 404, 405:
+# a socket proxy forbidding /info, a stand-in) is taken for "tells no ID"
+_REFUSED_FAILING = (400, 501)
 
 
 def engine_info(client: Any, again: str = "try again") -> dict[str, Any] | None:
-    """The engine's ``docker info`` answer (one request), None when it refuses to give it (403/404: a socket
-    proxy that forbids /info, docker-socket-proxy's default; a stand-in). Any other refusal (a 500: an engine
-    failing) is a RunnerError, as is an answer that is no JSON object; an engine it cannot reach is an
-    EngineUnavailableError, as for any request. ``again``: what the message says to do once the engine is
-    fixed."""
+    """The engine's ``docker info`` answer (one request), None when it refuses to give it (a 4xx but 400: a
+    socket proxy that forbids /info, docker-socket-proxy's default, with 401, 403, 404 or 405; a stand-in). A
+    400 or a 501 (a proxy that does not pass /info) is a RunnerError saying to allow GET /info on the proxy;
+    any other 5xx (an engine failing) is a RunnerError saying to check the engine, as is an answer that is no
+    JSON object; an engine it cannot reach is an EngineUnavailableError, as for any request. ``again``: what
+    the message says to do once the engine is fixed."""
     from docker.errors import APIError
 
     try:
         info = engine_call(client.info, "read engine info (its ID)")
     except APIError as exc:
-        if exc.status_code in _REFUSED:
+        status = exc.status_code or 0
+        if 400 <= status < 500 and status not in _REFUSED_FAILING:
             _log.info("the Docker engine did not tell its ID (%s): records of its containers name no engine", exc)
             return None
+        if status in _REFUSED_FAILING:  # the same answer each time: starting again does not help
+            raise RunnerError(f"the Docker engine (or a socket proxy in front of it) refused docker info (HTTP"
+                              f" {status}: {exc.explanation or exc}); plugbay records the engine's ID and data root"
+                              " with each container it makes. Allow GET /info on the proxy (or point DOCKER_HOST"
+                              f" at the engine itself), then {again}.") from exc
         # not taken for "tells no ID": a record naming no engine is one no sweep can judge; a failing engine
         # would fail the create next anyway, and a typed error is one a restart policy or the caller retries
         raise RunnerError(f"the Docker engine failed to answer docker info (its ID and data root, which plugbay"
