@@ -168,12 +168,33 @@ def test_a_sibling_an_earlier_release_left_with_its_dropped_record_goes(recorded
     record = record_of(recorded)
     sibling = record.parent / f"{record.name}.made"
     record.unlink()  # as an earlier release's forget_made drops a record: the sibling unknown to it stays
-    read_records()
+    read_records(tidy=True)
     assert sibling.exists()  # a young one may be a record's being written: kept a while
     aged = sibling.stat().st_mtime - 120
     os.utime(sibling, (aged, aged))
-    read_records()
+    read_records()  # as the leak check reads them: no file changes
+    assert sibling.exists()
+    read_records(tidy=True)
     assert not sibling.exists()
+
+
+def test_a_dry_run_sweep_changes_no_file_of_the_records(standin: Standin, recorded: str) -> None:
+    record = record_of(recorded)
+    sibling = record.parent / f"{record.name}.made"
+    stranger = record.parent / "notes.made"  # no container id's: no sibling record_made wrote
+    stranger.write_text("mine\n")
+    try:
+        record.unlink()  # as an earlier release's forget_made drops a record: the sibling unknown to it stays
+        aged = sibling.stat().st_mtime - 120
+        for path in (sibling, stranger):
+            os.utime(path, (aged, aged))
+        standin(lambda method, path: (200, []) if path == "/containers/json" else (404, {"message": "page not found"}))
+        sweep(grace=0, dry_run=True)
+        assert sibling.exists(), "a dry-run sweep removed a record's sibling"
+        sweep(grace=0)
+        assert not sibling.exists() and stranger.exists()
+    finally:
+        stranger.unlink(missing_ok=True)
 
 
 def test_a_sweep_that_read_a_record_before_its_sibling_keeps_the_machine_line_the_sibling_got_since() -> None:

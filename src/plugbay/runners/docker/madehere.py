@@ -239,8 +239,9 @@ def _noted(lines: list[str], prefix: str) -> str | None:
     return next((line[len(prefix):] for line in lines if line.startswith(prefix)), None)
 
 
-def read_records() -> list[Record]:
-    """Every record of this user's, oldest first (those dropped while being read are not)."""
+def read_records(tidy: bool = False) -> list[Record]:
+    """Every record of this user's, oldest first (those dropped while being read are not). ``tidy``: also
+    remove the siblings whose record is gone (a sweep that is not a dry run; nothing else changes a file)."""
     found: list[Record] = []
     for root in records_roots():
         if not private_folder(root):
@@ -251,7 +252,8 @@ def read_records() -> list[Record]:
             continue
         names = {entry.name for entry in entries}
         for entry in entries:
-            if entry.name.endswith(_SIBLING) and entry.name[:-len(_SIBLING)] not in names:
+            if tidy and entry.name.endswith(_SIBLING) and _FULL_ID.fullmatch(entry.name[:-len(_SIBLING)]) \
+                    and entry.name[:-len(_SIBLING)] not in names:
                 _drop_orphan(entry)
             if not _FULL_ID.fullmatch(entry.name):
                 continue
@@ -273,7 +275,8 @@ def read_records() -> list[Record]:
 
 
 def _drop_orphan(entry: os.DirEntry[str]) -> None:
-    """Remove a sibling whose record is gone (dropped by an earlier release, which knows no sibling)."""
+    """Remove a sibling whose record is gone (dropped by an earlier release, which knows no sibling): only a
+    ``<container id>.made`` file, the name record_made gives one."""
     try:
         if time.time() - entry.stat(follow_symlinks=False).st_mtime >= _ORPHAN_AGE:
             os.unlink(entry.path)
@@ -301,10 +304,11 @@ def note_engine(record: Record, engine: str) -> None:
                    record.written)
 
 
-def stale_records(older_than: float, skip: Collection[str]) -> list[Record]:
+def stale_records(older_than: float, skip: Collection[str], tidy: bool = False) -> list[Record]:
     """The records (oldest first) written at least ``older_than`` seconds ago, but those in ``skip``
     (containers the caller saw) and those of a host process that still runs (its runner's kill drops its own):
-    each a record the sweep may drop once the engine that made its container says it does not exist."""
+    each a record the sweep may drop once the engine that made its container says it does not exist.
+    ``tidy``: as for read_records."""
     now = time.time()
-    return [record for record in read_records() if record.container_id not in skip
+    return [record for record in read_records(tidy) if record.container_id not in skip
             and now - record.written >= older_than and record.host_gone()]
