@@ -214,3 +214,17 @@ def test_a_sweep_that_read_a_record_before_its_sibling_keeps_the_machine_line_th
         assert late.machine == machine, "the sweep's note dropped the machine line: a clone's /proc judges the host"
     finally:
         forget_made(container_id)
+
+
+def test_a_sweep_says_why_it_keeps_the_record_of_another_machines_host(
+        standin: Standin, recorded: str, gone_session: str) -> None:
+    record = record_of(recorded)
+    record.write_text(gone_session)
+    (record.parent / f"{record.name}.made").write_text(f"engine ENGINE-1 /var/lib/docker\nmachine {'0' * 32}\n")
+    info = {"ID": "ENGINE-1", "DockerRootDir": "/var/lib/docker"}
+    standin(lambda method, path: (200, info) if path == "/info" else (200, []) if path == "/containers/json"
+            else (404, {"message": "no such container"}))
+    spared: dict[str, str] = {}
+    sweep(grace=0, spared=spared)
+    assert record.exists()
+    assert recorded in spared and f"machine {'0' * 32}" in spared[recorded], spared

@@ -218,13 +218,16 @@ class Record:
     path: Path
     machine: str | None = None
 
+    def elsewhere(self) -> bool:
+        """Whether another machine's host wrote this record (a home folder shared by machines, a cloned VM
+        whose engine shares ID and data root)."""
+        return self.machine is not None and self.machine != machine_identity()
+
     def host_gone(self) -> bool:
         """Whether the host process that wrote this record is proven gone: this machine's /proc (its pid
-        namespace) no longer shows it. Never for a record another machine's host wrote (a home folder shared
-        by machines, a cloned VM whose engine shares ID and data root): this /proc says nothing of it."""
-        if self.machine is not None and self.machine != machine_identity():
-            return False
-        return not session_alive(self.session, self.start)
+        namespace) no longer shows it. Never for a record another machine's host wrote: this /proc says
+        nothing of it."""
+        return not self.elsewhere() and not session_alive(self.session, self.start)
 
 
 def _read_head(path: str) -> list[str]:
@@ -304,11 +307,22 @@ def note_engine(record: Record, engine: str) -> None:
                    record.written)
 
 
-def stale_records(older_than: float, skip: Collection[str], tidy: bool = False) -> list[Record]:
+def stale_records(older_than: float, skip: Collection[str], tidy: bool = False,
+                  elsewhere: dict[str, str] | None = None) -> list[Record]:
     """The records (oldest first) written at least ``older_than`` seconds ago, but those in ``skip``
     (containers the caller saw) and those of a host process that still runs (its runner's kill drops its own):
     each a record the sweep may drop once the engine that made its container says it does not exist.
-    ``tidy``: as for read_records."""
+    ``tidy``: as for read_records. ``elsewhere``: filled with the container id of each record as old, not in
+    ``skip``, that another machine's host wrote (never stale here), and why it is kept."""
     now = time.time()
-    return [record for record in read_records(tidy) if record.container_id not in skip
-            and now - record.written >= older_than and record.host_gone()]
+    old = [record for record in read_records(tidy) if record.container_id not in skip
+           and now - record.written >= older_than]
+    if elsewhere is not None:
+        here = machine_identity() or "which has no /etc/machine-id"
+        for record in old:
+            if record.elsewhere():
+                elsewhere[record.container_id] = (
+                    f"record {record.path} kept: its host ran on machine {record.machine} (a hash of its"
+                    f" /etc/machine-id), not this one ({here}), and only that machine's /proc proves it gone:"
+                    " a sweep on that machine judges it")
+    return [record for record in old if record.host_gone()]

@@ -184,7 +184,7 @@ def _judge_records(client: Any, seen: Collection[str], grace: float, this_engine
             if record.container_id in seen and record.engine != this_engine:
                 note_engine(record, this_engine)
     stale: list[Record] = []
-    for record in stale_records(grace, seen, tidy=not dry_run):
+    for record in stale_records(grace, seen, tidy=not dry_run, elsewhere=spared):
         if this_engine is not None and record.engine == this_engine:
             stale.append(record)
         elif spared is not None:
