@@ -14,11 +14,12 @@ containerd uses it, under the namespace ``moby`` that the machine's engine uses 
 reached from any namespace.
 
 dockerd runs in a session of its own (so the test run's Ctrl-C does not reach it half-way); it gets SIGTERM
-when the test run's process dies (PR_SET_PDEATHSIG), so a killed pytest leaves no engine running."""
+when the test run's process dies (PR_SET_PDEATHSIG, set by ``setpriv --pdeathsig`` before it execs unshare,
+which execs dockerd: the forked child runs no Python, which a test run's threads make unsafe), so a killed
+pytest leaves no engine running."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
@@ -36,19 +37,10 @@ import pytest
 
 from tests import leakcheck
 
-_PR_SET_PDEATHSIG = 1
-
-
 @dataclass
 class Engine:
     url: str  # DOCKER_HOST for it
     client: Any  # a docker SDK client of it
-
-
-def _die_with_parent() -> None:
-    """In the child before exec (unshare execs dockerd, which keeps it): SIGTERM once pytest dies."""
-    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        os._exit(127)  # no engine that could outlive the run
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -57,7 +49,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its session: its containerd too
+            # its session (dockerd alone: a containerd it started runs in a process group of its own, and gets
+            # SIGKILL from the kernel when dockerd dies, dockerd setting its PR_SET_PDEATHSIG)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
 
 
@@ -78,30 +72,36 @@ def _remove(folder: Path) -> None:
         raise AssertionError(f"the second dockerd's folder {folder} is still there")
 
 
+def _has_pdeathsig(setpriv: str) -> bool:
+    done = subprocess.run([setpriv, "--help"], capture_output=True, text=True, timeout=30)
+    return "--pdeathsig" in done.stdout
+
+
 def second_engine_running() -> Generator[Engine, None, None]:
-    """The body of a fixture: a second engine. Skips only where none can exist (no dockerd, no unshare, not
-    root); one that could start and did not fails the test with its log's tail."""
+    """The body of a fixture: a second engine. Skips only where none can exist (no dockerd, no unshare or
+    setpriv with --pdeathsig, not root); one that could start and did not fails the test with its log's tail."""
     import docker
 
-    dockerd, unshare = shutil.which("dockerd"), shutil.which("unshare")
-    if dockerd is None or unshare is None or os.geteuid() != 0:
-        pytest.skip("needs dockerd, unshare (util-linux) and root to start a second Docker engine")
+    dockerd, unshare, setpriv = shutil.which("dockerd"), shutil.which("unshare"), shutil.which("setpriv")
+    if dockerd is None or unshare is None or setpriv is None or os.geteuid() != 0 or not _has_pdeathsig(setpriv):
+        pytest.skip("needs dockerd, unshare and setpriv --pdeathsig (util-linux 2.33+) and root to start a second"
+                    " Docker engine")
     folder = Path(tempfile.mkdtemp(prefix="engine2-", dir="/var/tmp"))  # vfs layers: not the test's TMPDIR
     config = folder / "daemon.json"
     config.write_text(json.dumps({"deprecated-key-path": str(folder / "key.json")}))
     url = f"unix://{folder}/docker.sock"
     namespace = f"plugbay-engine2-{secrets.token_hex(4)}"
     log = open(folder / "log", "wb")
-    # unshare execs dockerd in the new namespaces: proc is dockerd itself
-    proc = subprocess.Popen([unshare, "--net", "--mount", "--propagation", "private", dockerd,
+    # setpriv execs unshare, which execs dockerd in the new namespaces: proc is dockerd itself
+    proc = subprocess.Popen([setpriv, "--pdeathsig", "TERM",
+                             unshare, "--net", "--mount", "--propagation", "private", dockerd,
                              "--config-file", str(config), "--host", url,
                              "--data-root", str(folder / "root"), "--exec-root", str(folder / "exec"),
                              "--pidfile", str(folder / "docker.pid"),
                              "--containerd-namespace", namespace,
                              "--containerd-plugins-namespace", f"{namespace}-plugins",
                              "--bridge=none", "--iptables=false", "--ip-masq=false", "--storage-driver=vfs"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=_die_with_parent)
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     leakcheck.SESSION_HELD.add(proc.pid)
     client = None
     try:
