@@ -4,6 +4,7 @@ a failed list or watch said as discovery's typed errors, with what to check."""
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,24 @@ def read_list(resp: Any, target: str, api_client: Any, limit: int = MAX_LIST_BYT
     finally:
         resp.close()  # read whole or given up: nothing of it is read again
     # JSON's encoding is UTF-8 (RFC 8259): other bytes are a malformed list (UnicodeDecodeError)
-    return api_client.deserialize(body.decode("utf-8"), "V1EndpointSliceList", "application/json")
+    return deserialize_json(api_client, body.decode("utf-8"), "V1EndpointSliceList")
+
+
+class _ReadAnswer:
+    """What kubernetes 30..36's ApiClient.deserialize reads an answer's body from (its RESTResponse's .data)."""
+
+    def __init__(self, data: str) -> None:
+        self.data = data
+
+
+def deserialize_json(api_client: Any, text: str, response_type: str) -> Any:
+    """``text`` (JSON) as the client's model ``response_type``, by the client's own deserialize, whose form
+    changed: kubernetes 37 takes (text, type, content type), 30..36 (response, type), reading response.data.
+    pyproject allows both; a wrong form's TypeError would read as a malformed answer."""
+    params = inspect.signature(api_client.deserialize).parameters
+    if "content_type" in params or len(params) >= 3:
+        return api_client.deserialize(text, response_type, "application/json")
+    return api_client.deserialize(_ReadAnswer(text), response_type)
 
 
 def bounded_watch(func: Callable[..., Any], api_client: Any, target: str, limit: float,
