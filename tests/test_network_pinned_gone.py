@@ -67,7 +67,7 @@ def _one_on_each(client: Any, lost: CounterReplica) -> tuple[tuple[Any, str], tu
 
 def _said_gone(err: BaseException, replica: CounterReplica | Replica) -> None:
     text = str(err)
-    assert f"({'tcp:' + replica.address})" in text and "is gone" in text and "dispense() again" in text, text
+    assert f"({'tcp:' + replica.address})" in text and "cannot be reached" in text and "dispense() again" in text, text
     assert isinstance(err, NoEndpointsError) and isinstance(err, grpc.RpcError), type(err).__mro__
     assert err.code() == grpc.StatusCode.UNAVAILABLE
 

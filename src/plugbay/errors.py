@@ -338,9 +338,10 @@ class NoEndpointsError(DiscoveryError, TimeoutError, _CallFailure):
 
 
 class PinnedEndpointGoneError(NoEndpointsError):
-    """The endpoint a stub is pinned to (a brokered ``dispense()``'s, or ``pool.pinned(key)``'s) is gone: it
-    left discovery, or the connection (session) the stub's broker rides ended. Raised at once, not at the
-    deadline: no call on that stub can reach it again; ``dispense()`` again for a stub on a live replica."""
+    """The endpoint a stub is pinned to (a brokered ``dispense()``'s, or ``pool.pinned(key)``'s) cannot be
+    reached now, as far as plugbay knows for sure: discovery no longer lists it (or listed it again, on a new
+    connection), or the connection (session) the stub's broker rode ended and dialing its address again was
+    refused. Raised at once, not at the deadline; ``dispense()`` again for a stub on a live replica."""
 
 
 class RemoteTLSError(HandshakeError, NetworkError):

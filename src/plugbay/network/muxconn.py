@@ -137,6 +137,7 @@ class MuxEndpoint(DelegatingChannel):
         self._broker_session: Session | None = None  # the yamux session the broker's stream rides
         self._waits: set[grpc.Future] = set()  # broker()'s waits for the session, which close() ends
         self._closed = False
+        self._redialing: grpc.Future | None = None  # redial_soon()'s probe
         self._dir = make_tempdir("plugbay-netmux-")
         self._relay: TLSRelay | None = None
         self._mux: HostMux | None = None
@@ -168,6 +169,31 @@ class MuxEndpoint(DelegatingChannel):
         mux = self._mux
         session = mux.session if mux is not None else None
         return not self._closed and session is not None and not session.closed and session.answered
+
+    @property
+    def redial_refused(self) -> bool:
+        """Whether the newest dial to this endpoint was refused or reset: nothing listens there now. A session
+        only lost (a cut connection) is dialed again by the next call, and this stays False if that dial connects."""
+        relay = self._relay
+        return relay is not None and relay.dial_refused
+
+    def redial_soon(self) -> None:
+        """Have this endpoint's session made again if it was lost, without waiting (the caller may hold the pool's
+        lock): gRPC redials only when something calls, and a pinned call waits for the session (pinkey.Pin) before
+        it is sent. The ready probe broker() waits on is sent, held until the connection is up; one under way is
+        not doubled, and close() ends it."""
+        with self._lock:
+            if self._closed or (self._redialing is not None and not self._redialing.done()):
+                return
+            probe = self._channel.unary_unary(_READY_PROBE).future(b"", timeout=_TLS_TIMEOUT, wait_for_ready=True)
+            self._redialing = probe
+            self._waits.add(probe)
+
+        def done(_: object) -> None:
+            with self._lock:
+                self._waits.discard(probe)
+
+        probe.add_done_callback(done)
 
     def broker(self, timeout: float, limit: str = "call_timeout", wait: float | None = None,
                give_up: Callable[[], bool] | None = None) -> GRPCBroker | None:

@@ -1,13 +1,18 @@
-"""The key a stub is pinned to, and what it was pinned to: once that is gone, the stub's calls fail at once.
+"""The key a stub is pinned to, and what it was pinned to: once plugbay knows that is gone, the stub's calls
+fail at once.
 
 A stub pinned to one endpoint (a brokered dispense(): its callbacks need that endpoint's broker, so it is
-never moved; or pool.pinned(key)) waited for its endpoint until its deadline, however sure the pool was
-that nothing of that stub's would be served there again: discovery had dropped the endpoint, or the
-session its broker rides had ended (the replica killed, stopped or restarting, the connection lost; a
-session made again is a new plugin instance with a new broker). A call then ends PinnedEndpointGoneError
-at once. An endpoint still listed whose session is up (only slow, unhealthy, ejected, draining or
-terminating) keeps the call waiting within its deadline, as before; so does one whose session was made
-again before the call came: its plain calls are served there, as before.
+never moved; or pool.pinned(key)) waited for its endpoint until its deadline even when the pool knew
+nothing would answer it there: discovery had dropped the endpoint, or nothing listened at its address any
+more. A call then ends PinnedEndpointGoneError at once. Only what plugbay knows for sure counts: discovery
+no longer lists the endpoint (or listed it again since: a new connection, not the stub's), or the session
+the stub's broker rode ended AND the dial made again to that address was refused or reset. A session only
+lost (a cut connection, a replica restarting) is dialed again by the call itself, within its deadline: gRPC
+redials only when something calls, so failing on a missing session would fail calls a live replica would
+serve. Once the session is back the call goes on there; a brokered stub's plain calls are then served by
+the replica's new session (a new plugin instance), and a callback id it was handed on the old session
+names a broker that ended with it. An endpoint still listed that is only slow, unhealthy, stopped,
+ejected, draining or terminating keeps the call waiting within its deadline, as before.
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ class Pin(str):
         return pin
 
     def gone(self, current: _Member | None) -> str | None:
-        """Why no call of this pin's stub can reach its endpoint again, given the pool's endpoint under this key
-        now (``current``); None while one may (the call waits for it, within its deadline)."""
+        """What plugbay knows keeps this pin's stub from its endpoint now, given the pool's endpoint under this key
+        (``current``); None while a call may reach it (the call dials it and waits, within its deadline)."""
         if self._member is None:
             return None  # pinned ahead of the endpoint (pool.pinned(key) before it joined): wait for it
         if current is None:
@@ -55,15 +60,37 @@ class Pin(str):
         session = self._session()
         if session is not None and not session.closed:
             return None
-        if getattr(current.channel, "session_up", False) and current is self._member():
-            return None  # made again before this call: it serves the stub's plain calls
+        channel = current.channel
+        if current is not self._member():
+            return "discovery dropped it (listed again since, on a new connection)"
+        if not getattr(channel, "redial_refused", False):
+            return None  # only lost, or not dialed again yet: the call dials it (gRPC redials when called)
         reason = getattr(session, "close_reason", "") or "closed"
-        return f"the multiplexed connection its broker rode ended ({reason})"
+        return (f"the multiplexed connection its broker rode ended ({reason}) and dialing its address again was"
+                " refused: nothing listens there now")
+
+
+    def awaits_redial(self, current: _Member) -> bool:
+        """Whether a call of this pin's stub waits for ``current``'s session to be made again (and has it dialed):
+        the stub's session ended and none is up yet. The call is sent once it is; if the dial is refused, gone()
+        says so."""
+        session = self._session() if self._session is not None else None
+        if self._session is None or (session is not None and not session.closed):
+            return False
+        channel = current.channel
+        if getattr(channel, "session_up", True):
+            return False
+        redial = getattr(channel, "redial_soon", None)
+        if redial is not None:
+            redial()
+        return True
 
 
 def gone_error(pool_name: str, key: str, reason: str) -> PinnedGone:
-    why = f"the replica this stub is pinned to ({key}) is gone: {reason}"
+    """The error of a call on a stub pinned to ``key`` (a grpc.RpcError UNAVAILABLE) that plugbay knows cannot
+    reach it now (``reason``, Pin.gone's)."""
+    why = f"the replica this stub is pinned to ({key}) cannot be reached: {reason}"
     return PinnedGone(f"remote plugin {pool_name!r}: {why}. A pinned stub is never moved to another replica (a"
-                      " brokered dispense()'s callbacks need its replica's broker), so none of its calls can be"
-                      " served again: dispense() again for a stub on a live replica", grpc.StatusCode.UNAVAILABLE,
-                      why)
+                      " brokered dispense()'s callbacks need its replica's broker), so it fails now rather than wait"
+                      " out its deadline: dispense() again for a stub on a live replica",
+                      grpc.StatusCode.UNAVAILABLE, why)

@@ -249,7 +249,9 @@ class EndpointPool(PoolHealth, PoolReport, PoolPick, CallChannel):
     def _choose(self, now: float, exclude: set[str], pin: str | None) -> Member | None:
         if pin is not None:  # a pinned stub has no other endpoint to be steered to
             member = self._members.get(pin)
-            return member if member is not None and member.pickable(now, ejected_too=True) else None
+            if member is None or not member.pickable(now, ejected_too=True):
+                return None
+            return None if isinstance(pin, Pin) and pin.awaits_redial(member) else member  # sent once it is up
         ready = [m for m in self._available(now) if m.key not in exclude]
         if not ready:
             return None

@@ -161,7 +161,7 @@ class RetryPolicy:
         if isinstance(exc, CircuitOpenError):
             return False  # an open breaker ends the retries at once (it is also an UNAVAILABLE RpcError)
         if isinstance(exc, PinnedEndpointGoneError):
-            return False  # the stub's replica is gone for good: each retry meets the same (dispense() again)
+            return False  # what plugbay knows keeps the stub from its replica (pinkey): a retry soon meets the same
         if isinstance(exc, (RemoteTLSError, BrokerTLSError, RemoteProtocolError)):
             # a certificate the peer or this host refused, an endpoint that is no plugin: each retry meets the
             # same (UNAVAILABLE too)

@@ -101,6 +101,12 @@ class TLSRelay:
         return self._setup.resumption.resumed
 
     @property
+    def dial_refused(self) -> bool:
+        """Originate: whether the newest dial to the target was refused or reset, not connected (nothing listens
+        there now); False until a dial failed so."""
+        return self._setup.dial_refused
+
+    @property
     def connections(self) -> int:
         """Relayed connections open now (dialing, in their handshake or pumping)."""
         return len(self._conns)

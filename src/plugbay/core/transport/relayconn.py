@@ -21,6 +21,7 @@ only. Everything here runs on the loop thread.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import ssl
@@ -39,6 +40,7 @@ __all__ = ["CAP", "CHUNK", "RelayConn", "Setup", "Target"]
 
 # a router sees the first bytes and the connection (its peer's address; on_close to free what it counts;
 # preamble to tell the target which connection this is)
+_REFUSED = (errno.ECONNREFUSED, errno.ECONNRESET)  # a dial's answer from a host where nothing listens on the port
 Target = Union[tuple[str, str], Callable[[bytes, "RelayConn"], Union[tuple[str, str], None]]]
 
 
@@ -61,6 +63,9 @@ class Setup:
         self.handshaking: dict[RelayConn, None] = {}
         self.resolvers: set[threading.Thread] = set()  # name lookups in flight (a tcp target by host name)
         self.resumption = Resumption()  # originate: the peer's newest session, for the next dial
+        # whether the newest dial to the target was refused or reset (nothing listens there), not connected:
+        # what tells a replica gone from a connection only lost (plugbay.network.pinkey)
+        self.dial_refused = False
 
 
 class RelayConn(Pumping, Dialing):
@@ -160,6 +165,8 @@ class RelayConn(Pumping, Dialing):
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
+        if self._stage == "dial" and isinstance(exc, OSError) and exc.errno in _REFUSED:
+            self.s.dial_refused = True
         if not isinstance(exc, (OSError, ssl.SSLError)):
             _log.exception("relay connection failed; closing it", exc_info=exc)
         # a failed peer (handshake, reset) is the peer's problem; gRPC reports it on its side
