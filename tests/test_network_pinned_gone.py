@@ -16,7 +16,9 @@ from typing import Any
 import grpc
 import pytest
 
-from plugbay import AsyncRemoteClient, RemoteClient, RemoteConfig
+from plugbay import AsyncRemoteClient, CircuitBreaker, RemoteClient, RemoteConfig
+from plugbay.core.resilience.calls import install
+from plugbay.core.resilience.circuit import CLOSED
 from plugbay.errors import CallTimeoutError, NoEndpointsError, PinnedEndpointGoneError
 from plugbay.network.pool import EndpointPool
 from plugbay.network.resolver import Endpoint
@@ -192,3 +194,23 @@ def test_a_stub_pinned_to_a_stopped_but_connected_replica_keeps_its_deadline(cou
             slow.proc.send_signal(signal.SIGCONT)
         assert on_slow.get(key) == 1  # and it answers again once it runs
 
+
+
+def test_calls_on_a_stub_pinned_to_a_gone_replica_do_not_open_the_circuit_breaker(
+        counters: list[CounterReplica], certs: netcerts.CertSet) -> None:
+    """PinnedEndpointGoneError is UNAVAILABLE, which a breaker counts: a few calls on stale stubs opened it for
+    every replica. It is no news of the replicas calls go to."""
+    lost, _ = counters
+    breaker = CircuitBreaker(failure_threshold=2, window=60, open_for=60, name="counter")
+    with remote(counters, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
+        _both_healthy(client)
+        (on_lost, key), (on_serving, other) = _one_on_each(client, lost)
+        install(client, breaker=breaker)
+        lost.proc.kill()
+        lost.proc.wait()
+        connection_lost(client, f"tcp:{lost.address}")
+        for _ in range(3):
+            with pytest.raises(PinnedEndpointGoneError):
+                on_lost.get(key)
+        assert breaker.state == CLOSED
+        assert on_serving.get(other) == 1  # not refused CircuitOpenError

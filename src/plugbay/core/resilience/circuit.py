@@ -35,7 +35,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import grpc
 
-from plugbay.errors import CircuitOpenError, ConfigError, PlugbayError, PluginDiedError
+from plugbay.errors import CircuitOpenError, ConfigError, PinnedEndpointGoneError, PlugbayError, PluginDiedError
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, describe_error, number_problem,
                                           seconds_problem, status_codes_problem, status_of)
 
@@ -258,6 +258,8 @@ class CircuitBreaker:
         self._notify()
 
     def is_failure(self, exc: BaseException) -> bool:
+        if isinstance(exc, PinnedEndpointGoneError):
+            return False  # a stale stub's replica, not the plugin's state (see _settle)
         if isinstance(exc, PluginDiedError):
             return True
         code = status_of(exc)
@@ -315,9 +317,12 @@ class CircuitBreaker:
         return result
 
     def _settle(self, ticket: object, method: str, exc: Exception) -> None:
-        if isinstance(exc, PlugbayError) and not isinstance(exc, PluginDiedError) and status_of(exc) is None:
-            # No plugin answered or failed to (a Supervisor that gave up or was stopped): no news of
-            # it, so neither a success that closes the circuit nor a failure; a probe frees its slot.
+        if isinstance(exc, PinnedEndpointGoneError) or (
+                isinstance(exc, PlugbayError) and not isinstance(exc, PluginDiedError) and status_of(exc) is None):
+            # No plugin answered or failed to (a Supervisor that gave up or was stopped; a stub pinned to a
+            # replica that is gone, refused before it was sent, UNAVAILABLE though it is): no news of the
+            # replicas calls go to, so neither a success that closes the circuit nor a failure (a few stale
+            # stubs opened it for every replica); a probe frees its slot.
             self._release(ticket)
         else:
             self._outcome(ticket, self._failure(method, exc))
