@@ -30,6 +30,10 @@ def _config() -> ClientConfig:
 def _ended_at_its_deadline(error: BaseException) -> None:
     assert isinstance(error, CallTimeoutError), repr(error)
     assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, repr(error)
+    # said as the scope's running out, as a unary call's is: the scope stands in for timeout= and call_timeout
+    text = str(error)
+    assert "shared by this call's steps" in text and "deadline(seconds)" in text, text
+    assert "Pass a larger timeout=" not in text and "call_timeout" not in text, text
 
 
 def test_a_stream_inside_a_deadline_scope_gets_what_is_left_of_it(in_tmp: object) -> None:
@@ -40,7 +44,7 @@ def test_a_stream_inside_a_deadline_scope_gets_what_is_left_of_it(in_tmp: object
             assert outside.time_remaining() > SCOPE * 2  # outside a scope: call_timeout, as before
         finally:
             outside.cancel()
-        with sup.deadline(SCOPE):
+        with sup.deadline(SCOPE) as scope:
             own = health.Watch(WATCH, timeout=SCOPE / 4)  # a timeout= of its own ends sooner: it holds
             try:
                 assert own.time_remaining() <= SCOPE / 4
@@ -52,6 +56,7 @@ def test_a_stream_inside_a_deadline_scope_gets_what_is_left_of_it(in_tmp: object
             with pytest.raises(grpc.RpcError) as ended:
                 next(stream)  # nothing more comes: the stream ends at the scope's deadline
             _ended_at_its_deadline(ended.value)
+            assert scope.ran_out_in == "call /grpc.health.v1.Health/Watch", scope.ran_out_in
         with sup.deadline(0.2) as spent:
             time.sleep(0.3)  # the scope runs out before the stream is opened
             with pytest.raises(CallTimeoutError) as refused:
@@ -72,13 +77,14 @@ async def _outside_a_scope_gets_call_timeout(health: health_pb2_grpc.HealthStub)
 
 
 async def _inside_a_scope(sup: AsyncSupervisor, health: health_pb2_grpc.HealthStub) -> None:
-    with sup.deadline(SCOPE):
+    with sup.deadline(SCOPE) as scope:
         stream = health.Watch(WATCH)
         assert stream.time_remaining() <= SCOPE
         assert (await stream.read()).status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as ended:
             await stream.read()
         _ended_at_its_deadline(ended.value)
+        assert scope.ran_out_in == "call /grpc.health.v1.Health/Watch", scope.ran_out_in
         del ended, stream  # the traceback's frame is this one: no cycle left holding the call
 
 

@@ -27,8 +27,12 @@ def failed(owner: FailureJudge, exc: grpc.RpcError, started: float, timeout: flo
 
 def timed(error: BaseException, timeout: float | None) -> BaseException:
     """``error``, a CallTimeout knowing the deadline its try had (what a RetryPolicy's message names)."""
-    if isinstance(error, CallTimeout) and error.deadline is None:
-        error.deadline = timeout
+    if isinstance(error, CallTimeout):
+        reword = getattr(timeout, "scope_timed_out", None)  # a Supervisor's deadline() scope set it (calldeadline)
+        if reword is not None:
+            reword(error)
+        if error.deadline is None:
+            error.deadline = None if timeout is None else float(timeout)
     return error
 
 

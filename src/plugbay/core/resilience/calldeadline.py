@@ -196,7 +196,20 @@ def stream_timeout(owner: object, method: str, timeout: float | None) -> float |
     left = deadline - time.monotonic()
     if left <= 0:  # only the scope's can be spent: a timeout= of the caller's is > 0 (checked before)
         raise shared.no_time_left()
-    return left
+    return ScopedTimeout(left, shared)
+
+
+class ScopedTimeout(float):
+    """A stream's timeout that a deadline() scope set: the stream's translated CallTimeout is said as the scope's
+    running out (plugbay.core.host.translating.timed asks ``scope_timed_out``), as a unary call's is: its own
+    advice, a larger timeout= or call_timeout, is not what would help inside the scope."""
+
+    scope_timed_out: Callable[[CallTimeout], None]
+
+    def __new__(cls, seconds: float, shared: SharedDeadline) -> ScopedTimeout:
+        made = super().__new__(cls, seconds)
+        made.scope_timed_out = shared.timed_out
+        return made
 
 
 def scope_of(owner: object) -> CallDeadline | None:
