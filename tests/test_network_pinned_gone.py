@@ -214,3 +214,19 @@ def test_calls_on_a_stub_pinned_to_a_gone_replica_do_not_open_the_circuit_breake
                 on_lost.get(key)
         assert breaker.state == CLOSED
         assert on_serving.get(other) == 1  # not refused CircuitOpenError
+
+
+def test_a_pin_pickles_and_copies_as_its_plain_key() -> None:
+    """A Pin (a str: the key) held weak references, which pickle refused; copied, it kept them."""
+    import copy
+    import pickle
+
+    from plugbay.network.pinkey import Pin
+
+    class _Held:
+        channel = None
+
+    held = _Held()
+    pin = Pin("tcp:127.0.0.1:1", held, held)
+    for again in (pickle.loads(pickle.dumps(pin)), copy.copy(pin), copy.deepcopy(pin)):
+        assert type(again) is str and again == "tcp:127.0.0.1:1"

@@ -48,6 +48,10 @@ class Pin(str):
         pin._session = weakref.ref(session) if session is not None else None
         return pin
 
+    def __reduce__(self) -> tuple[type[str], tuple[str]]:
+        # pickled (or copied) as the plain key it is: its weak references name this process's objects only
+        return str, (str(self),)
+
     def gone(self, current: _Member | None) -> str | None:
         """What plugbay knows keeps this pin's stub from its endpoint now, given the pool's endpoint under this key
         (``current``); None while a call may reach it (the call dials it and waits, within its deadline)."""
