@@ -303,8 +303,8 @@ def test_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed_unsen
                            " make a new RemoteClient to connect again"):  # once: "was killed; make a new Client"
             client.dispense(PLUGIN_NAME)
     finally:
+        rep.proc.kill()  # first, whatever close() does: a stopped (SIGSTOP) replica is never left so
         client.close()
-        rep.proc.kill()  # stopped (SIGSTOP): SIGTERM would wait
         rep.stop()
         shutil.rmtree(rep.tmp, ignore_errors=True)
 
@@ -348,8 +348,8 @@ def test_async_close_during_a_call_waiting_for_an_endpoint_ends_it_client_closed
     try:
         error, after = loop.run_until_complete(asyncio.wait_for(main(), 120))  # hang detection only
     finally:
+        rep.proc.kill()  # first, whatever loop.close() does: a stopped (SIGSTOP) replica is never left so
         loop.close()
-        rep.proc.kill()  # stopped (SIGSTOP): SIGTERM would wait
         rep.stop()
         shutil.rmtree(rep.tmp, ignore_errors=True)
     _closed_waiting(error, "AsyncRemoteClient")
