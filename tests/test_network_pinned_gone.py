@@ -31,6 +31,7 @@ from tests.test_network_tls_renewal import _Steered
 
 sys.path.insert(0, str(REPO / "examples" / "kv"))
 sys.path.insert(0, str(REPO / "examples" / "streaming"))
+import counter_plugin_def  # noqa: E402
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402
 from streaming_plugin_def import HANDSHAKE as STREAM_HANDSHAKE  # noqa: E402
 from streaming_plugin_def import PLUGIN_NAME as STREAMER, StreamerPlugin  # noqa: E402
@@ -182,13 +183,15 @@ def test_a_stub_pinned_to_an_endpoint_discovery_dropped_fails_at_once() -> None:
 def test_a_stub_pinned_to_a_stopped_but_connected_replica_keeps_its_deadline(counters: list[CounterReplica],
                                                                             certs: netcerts.CertSet) -> None:
     slow, _ = counters
-    with remote(counters, host_tls(certs), multiplex=True, call_timeout=1.0, health_interval=60) as client:
+    # the setup under the long call_timeout (a loaded machine's dispense and put may take a second); the short
+    # deadline for the timed call only, through the stub's own gRPC stub on its pinned channel
+    with remote(counters, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
         _both_healthy(client)
         (on_slow, key), _ = _one_on_each(client, slow)
         slow.proc.send_signal(signal.SIGSTOP)  # its connection stays up: a replica that is only slow
         try:
             with pytest.raises(CallTimeoutError) as late:
-                on_slow.get(key)
+                on_slow._stub.Get(counter_plugin_def.counter_pb2.GetRequest(key=key), timeout=1.0)
             assert not isinstance(late.value, PinnedEndpointGoneError)
         finally:
             slow.proc.send_signal(signal.SIGCONT)
