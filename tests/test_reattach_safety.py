@@ -204,8 +204,10 @@ def test_a_reattach_whose_address_is_not_the_proven_plugins_dials_nothing(tmp_pa
             data = owner.reattach_config()
             forged = ReattachConfig(handshake=data.handshake.with_address(network, address), runner=data.runner)
             thief = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=forged))
-            with pytest.raises(ReattachError, match=rf"names {network} address .* does not listen there"):
+            with pytest.raises(ReattachError, match=rf"names {network} address .* does not listen there") as refused:
                 thief.start()
+            # the way out is one that works: a new Client proves what it starts (before: a bare "start it again")
+            assert "stop it and start it again from a Client of your own" in str(refused.value), refused.value
             thief.close()
             # the real address of the same JSON is the plugin's own: that reattach works
             with Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=data)) as again:

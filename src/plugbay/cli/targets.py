@@ -260,7 +260,7 @@ def _proven(runner: Any, network: str, address: str, config: Any, handle: list[i
     target = "unix:///PATH" if network == "unix" else "static:///HOST:PORT"
     raise UnprovenAddressError(config.name, info.network, info.address, found,
                                opt_out=f"reach it as a network target ({target} --insecure, which proves nothing of"
-                               " who listens) or start the plugin again with plugbay run --trust-announced-address")
+                               " who listens)")
 
 
 def _release(relay_dir: str, handle: list[int], runner: Any) -> None:
