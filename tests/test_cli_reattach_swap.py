@@ -193,6 +193,7 @@ def test_a_socket_the_clis_user_may_not_open_says_to_run_as_one_who_may(tmp_path
     if "setpriv:" in done.stderr:
         pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
     said = " ".join(done.stderr.split())
-    assert done.returncode != 0 and "UnprovenAddressError" in said or "which plugbay does not dial" in said, said
+    assert done.returncode != 0, said
+    assert "UnprovenAddressError" in said or "which plugbay does not dial" in said, said
     assert f"this host may not open it (Permission denied); run as a user who may open {path}." in said, said
     assert "docker run" not in said and "Client" not in said and "reattach can reach" not in said, said
