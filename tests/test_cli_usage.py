@@ -230,6 +230,11 @@ def test_a_request_nested_too_deeply_and_a_pid_in_other_digits_are_refused(tmp_p
     # --grace is Docker's: without a Docker sweep it was ignored
     (["--temp", "--grace", "5"], "--grace needs --docker", "this one sweeps the temp folders\n"),
     (["--kubernetes", "--grace", "0"], "--grace needs --docker", "this one sweeps pods\n"),
+    # --session is the Docker sweep's only: without --docker the temp folders of every gone host were swept too
+    (["--session", "abc"], "--session needs --docker", "the temp folders of every gone host"),
+    (["--temp", "--session", "abc"], "--session needs --docker", "the temp folders of every gone host"),
+    # an empty one was refused in the Python API's words, sweep(sessions=)
+    (["--docker", "--session", ""], "--session takes a host session id", "got ''"),
     # an empty namespace was swept as "default"; refused as run's runner refuses it
     (["--kubernetes", "--namespace", ""], "--namespace must be a Kubernetes namespace name", "got ''"),
 ])

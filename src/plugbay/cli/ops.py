@@ -239,7 +239,7 @@ Examples:
               " not tell, and the records of containers removed without plugbay written less than SECONDS ago;"
               f" 0: no grace (default: {SWEEP_GRACE:g}).")
 @click.option("--session", "sessions", multiple=True, metavar="ID",
-              help="With Docker: only the containers this host session started or claimed (its plugbay.session"
+              help="With --docker: only the containers this host session started or claimed (its plugbay.session"
               " label, or a reattaching host's); the images and networks are then left (repeatable).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: {docker: [...], docker_images: [...], "
@@ -262,7 +262,14 @@ def sweep(docker_: bool, kubernetes: bool, temp: bool, namespace: str | None, ku
 
     # all checked before anything is removed
     seconds = checked_grace(SWEEP_GRACE if grace is None else grace)  # FloatRange lets nan through
-    _refuse_unused_flags(docker_, kubernetes, temp, {"--docker": (("--grace", grace), ("--session", sessions)),
+    if sessions and not docker_:
+        # the temp folders are no session's: `sweep --session ID` swept every gone host's along with ID's containers
+        raise ConfigError("--session needs --docker: only the Docker sweep is by host session, and without --docker"
+                          " the temp folders of every gone host are swept too")
+    if any(not s.strip() for s in sessions):
+        raise ConfigError(f"--session takes a host session id (a container's plugbay.session label), got"
+                          f" {next(s for s in sessions if not s.strip())!r}")
+    _refuse_unused_flags(docker_, kubernetes, temp, {"--docker": (("--grace", grace),),
                                                      "--kubernetes": (("--namespace", namespace),
                                                                       ("--kubeconfig", kubeconfig)),
                                                      "--temp": (("--temp-dir", temp_dirs),)})
