@@ -9,6 +9,7 @@ the Client's broker for an address its plugin announces later on the broker stre
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from plugbay.core.host.launch import file_kind, not_a_socket
 from plugbay.core.protocol.handshake import HandshakeInfo
-from plugbay.errors import BrokerClosedError, MalformedHandshakeError, UnprovenAddressError
+from plugbay.errors import BrokerClosedError, MalformedHandshakeError, UnprovenAddressError, clip, printable
 from plugbay.runners.base import ASK_A_CONNECTION, NOT_LISTENING, REATTACH_OPT_OUT, AttachedRunner
 
 if TYPE_CHECKING:
@@ -76,6 +77,21 @@ def _without_connecting(runner: AttachedRunner, network: str, handle: str) -> st
         return ASK_A_CONNECTION
 
 
+_REASON_KEPT = 800  # what MalformedHandshakeError keeps of a refusal's reason: it cuts the middle beyond
+
+
+def refusal(name: str, network: str, address: str, why: str,
+            opt_out: str | None = "set ClientConfig(trust_announced_address=True)") -> UnprovenAddressError:
+    """UnprovenAddressError with ``why`` cut in its middle as far as the whole reason needs to be kept whole: the
+    error's own cut (the reason's middle) would take the advice that follows a long ``why``."""
+    refused = UnprovenAddressError(name, network, address, why, opt_out)
+    over = len(refused.reason) - _REASON_KEPT
+    if over <= 0:
+        return refused
+    # clip() writes "...(N characters cut)..." in place of what it cuts
+    return UnprovenAddressError(name, network, address, clip(why, max(len(why) - over - 40, 80)), opt_out)
+
+
 def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool,
                brokered: bool = False) -> int | None:
     """An O_PATH descriptor of the socket now at ``path``; None while no file is there (the plugin may make
@@ -85,8 +101,14 @@ def pin_socket(path: str, announced: HandshakeInfo, name: str, reattached: bool,
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:  # no opt-out reaches it: a dial by name, unproven, would be refused as this open was
-        raise UnprovenAddressError(name, announced.network, announced.address, f"this host may not open it"
-                                   f" ({exc.strerror}); run as a user who may open {path}", None) from None
+        shown = clip(printable(path), 200)  # the plugin's word: a path up to PATH_MAX, any characters
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            why = f"this host may not open it ({exc.strerror}); run as a user who may open {shown}"
+        else:  # a symlink loop, a name too long, an I/O error: no user may open it, nor would a dial
+            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            why = (f"this host cannot open it ({code}: {exc.strerror}); check the path {shown}. Have the plugin"
+                   " announce the address its own server listens on")
+        raise refusal(name, announced.network, announced.address, why, None) from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISSOCK(mode):  # swapped for a file since it was looked at
         os.close(fd)
@@ -145,8 +167,8 @@ class BrokeredProof:
                     " when the plugin announced it; the plugin stopped serving that id since). Have the plugin"
                     " serve it again and dial the id it then announces", refused=True)
             if self._opt_out is not None:
-                raise UnprovenAddressError(self._name, *announced, found, self._opt_out)
-            raise UnprovenAddressError(self._name, *announced, found)
+                raise refusal(self._name, *announced, found, self._opt_out)
+            raise refusal(self._name, *announced, found)
         handle = found.handle
         return found.address, (None if handle is None else lambda: os.close(handle))
 
