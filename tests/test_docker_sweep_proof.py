@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from docker.errors import NotFound
 
+from plugbay.errors import ConfigError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
 from plugbay.runners.docker.engine import SOCKET_DIR
 from plugbay.runners.docker.grace import GRACE
-from plugbay.runners.docker.madehere import forget_made, made_here
-from plugbay.runners.session import HOST, HOST_PIDS, MANAGED, SESSION, SESSION_START, host_pids
+from plugbay.runners.docker.madehere import forget_made, made_here, read_records
+from plugbay.runners.session import HOST, HOST_PIDS, HOST_SESSION_ID, MANAGED, SESSION, SESSION_START, host_pids
 from tests.cli_util import plugbay
 from tests.procs import first_line_then_sigkill
 from tests.records_util import record_of
@@ -144,3 +145,40 @@ def test_the_record_of_a_container_removed_without_plugbay_goes_with_the_next_sw
         _remove(plugbay_docker, crashed)
         if socket_dir:
             shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_sweep_of_some_sessions_judges_only_their_records(plugbay_docker: Any) -> None:
+    # before: sweep(sessions=[]) or of another session dropped a gone host's record of a container removed without
+    # plugbay: the records were judged as by a sweep of every session
+    crashed = first_line_then_sigkill([sys.executable, "-c", CRASHING_HOST, str(SRC)])["id"]
+    socket_dir = ""
+    try:
+        record = record_of(crashed)
+        (gone,) = [r.session for r in read_records() if r.container_id == crashed]
+        socket_dir = plugbay_docker.containers.get(crashed).labels[SOCKET_DIR]
+        subprocess.run(["docker", "rm", "-f", crashed], check=True, capture_output=True, timeout=60)
+        aged = time.time() - 2 * GRACE
+        os.utime(record, (aged, aged))
+        for sessions in ([], [f"{gone}0"]):
+            spared: dict[str, str] = {}
+            assert sweep(client=plugbay_docker, sessions=sessions, spared=spared) == []
+            assert record.exists(), f"sweep(sessions={sessions}) dropped another session's record"
+            assert spared == {}, spared
+        sweep(client=plugbay_docker, sessions=[gone])
+        assert not record.exists(), "the record of its own session's container removed by `docker rm -f` stayed"
+    finally:
+        _remove(plugbay_docker, crashed)
+        if socket_dir:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_a_sweep_of_some_sessions_refuses_to_sweep_the_whole_engines_images_and_networks() -> None:
+    # before: sweep(sessions=[...], images=True) swept every image and network of the engine, no session's, which
+    # plugbay sweep --session leaves; refused before the engine is asked
+    for asked in ({"images": True}, {"networks": True}):
+        with pytest.raises(ConfigError, match="images and networks are the whole engine's"):
+            sweep(sessions=[HOST_SESSION_ID], client=object(), **asked)
+    # the bytes' suggestion is a str (before: [b'x'], which it refuses too)
+    with pytest.raises(ConfigError, match=r"not one bytes: pass \['x'\]"):
+        sweep(sessions=b"x")  # type: ignore[arg-type]

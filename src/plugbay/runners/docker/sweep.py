@@ -15,18 +15,15 @@ from plugbay.runners.docker.engine import (SOCKET_DIR, end_socket_dir, engine, e
                                            require_sdk)
 from plugbay.runners.docker.grace import GRACE, Grace, checked_grace
 from plugbay.runners.docker.hardening import MADE_NETWORK, made_by_plugbay
-from plugbay.runners.docker.madehere import (Record, describe_engine, engine_identity, forget_made, made_here,
-                                             note_engine, read_records, records_roots, stale_records)
+from plugbay.runners.docker.madehere import engine_identity, forget_made, made_here, records_roots
+from plugbay.runners.docker.sweeprecords import judge_records
 from plugbay.runners.session import (HOST, HOST_PIDS, MACHINE, MANAGED, SESSION, SESSION_START, host_session_id,
-                                     owner_of, session_gone)
+                                     owner_of, session_gone, session_scope)
 
 _log = logging.getLogger("plugbay.runners.docker")
 # plugbay.images labels every image it builds with the hash of what went into it
 BUILT = "plugbay.content-hash"
 _FULL_ID = re.compile(r"[0-9a-f]{64}", re.ASCII)
-# the records a sweep asks the engine about at most (one inspect each): a folder of thousands, left by an
-# engine reset, is worked off over sweeps rather than holding one up
-RECORDS_PER_SWEEP = 100
 
 
 def _opened(client: Any) -> tuple[Any, bool]:
@@ -62,13 +59,15 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     each such container's id and why.
 
     ``sessions``: only the containers one of these host sessions (the ``plugbay.session`` label's, or the
-    claimant's a reattach wrote in the name) started or claimed are looked at; the others are left alone and
-    ``spared`` names none of them (records are judged as without it). A container may be between hosts: its
+    claimant's a reattach wrote in the name) started or claimed are looked at, and only the records those
+    sessions' hosts wrote are judged; the others are left alone and ``spared`` names none of them (an empty
+    ``sessions`` looks at nothing). With ``images=True`` or ``networks=True`` it is a ConfigError: those are
+    the whole engine's, no session's. A container may be between hosts: its
     starting host gone, the host reattaching to it not yet its claimant (written once the reattach held); a
     sweep of every session removes it then, so a caller that knows whose containers it means names them.
     """
     checked_grace(grace)  # before anything is removed
-    scope = _scope(sessions)
+    scope = _scope(sessions, images, networks)
     client, own = _opened(client)  # first: it says what to install when the docker SDK is missing
     from docker.errors import NotFound
 
@@ -139,7 +138,7 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
                 if unproven is not None:
                     _log.warning("sweep left socket folder %r of container %s alone: %s", labels[SOCKET_DIR],
                                  container.short_id, unproven)
-        _judge_records(client, seen, grace, this_engine, dry_run, spared)
+        judge_records(client, seen, grace, this_engine, dry_run, spared, scope)
         if images and not dry_run:  # the containers removed above may have been the last users of an image
             sweep_images(client=client, grace=grace)
         if networks and not dry_run:  # or of a network
@@ -155,74 +154,15 @@ def sweep(live_sessions: Iterable[str] | None = None, *, client: Any = None, dry
     return removed
 
 
-def _scope(sessions: Iterable[str] | None) -> frozenset[str] | None:
+def _scope(sessions: Iterable[str] | None, images: bool, networks: bool) -> frozenset[str] | None:
     """sweep(sessions=) as a set, checked before anything is removed."""
-    if sessions is None:
-        return None
-    if isinstance(sessions, (str, bytes)):  # its characters would be the sessions
-        raise ConfigError(f"sweep(sessions=) takes host session ids, not one {type(sessions).__name__}: pass"
-                          f" [{sessions!r}]")
-    scope = frozenset(sessions)
-    if not all(isinstance(s, str) and s for s in scope):
-        raise ConfigError("sweep(sessions=) takes host session ids (non-empty str), as the plugbay.session label"
-                          " and plugbay.runners.session.HOST_SESSION_ID hold them")
+    scope = session_scope(sessions, "the plugbay.session label")
+    if scope is not None and (images or networks):
+        # they are the whole engine's, no session's: a sweep of some sessions would sweep everyone's of them
+        raise ConfigError("sweep(sessions=) sweeps those sessions' containers only: the images and networks are"
+                          " the whole engine's, so images=True and networks=True are refused with it. Sweep them"
+                          " on their own (sweep_images(), sweep_networks()) or sweep every session")
     return scope
-
-
-def _judge_records(client: Any, seen: Collection[str], grace: float, this_engine: str | None, dry_run: bool,
-                   spared: dict[str, str] | None) -> None:
-    """Note this engine in the records of the containers it listed (``seen``: provably its own, a record naming
-    no engine or another identity of it); then drop the records of this engine's containers it says do not
-    exist (removed without plugbay: a dry run only lists them). Only by the engine's NotFound for that id: a
-    container missing from the listing may have been created after it (its record written just after), and one
-    the engine fails to inspect keeps its record. The stale records of other engines, or naming none, are kept
-    and told in ``spared``: this engine's NotFound says nothing of them."""
-    from docker.errors import NotFound
-
-    if this_engine is not None and not dry_run:
-        for record in read_records():
-            if record.container_id in seen and record.engine != this_engine:
-                note_engine(record, this_engine)
-    stale: list[Record] = []
-    for record in stale_records(grace, seen, tidy=not dry_run, elsewhere=spared):
-        if this_engine is not None and record.engine == this_engine:
-            stale.append(record)
-        elif spared is not None:
-            spared[record.container_id] = _kept_why(record, this_engine)
-    if dry_run:
-        return
-    failed = engine_failures()
-    stale = stale[:RECORDS_PER_SWEEP]
-    for asked, record in enumerate(stale):
-        try:
-            engine_call(lambda: client.api.inspect_container(record.container_id), "inspect a recorded container")
-        except NotFound:
-            forget_made(record.container_id)
-            _log.info("sweep dropped the record of container %s: the engine has no such container (removed"
-                      " without plugbay)", record.container_id[:12])
-        except failed as exc:
-            # an engine that fails one inspect (stalled, restarting) would fail the rest, each after its timeout
-            _log.warning("sweep kept the records of %d containers for a later sweep: the engine failed to say"
-                         " whether container %s exists: %s", len(stale) - asked, record.container_id[:12], exc)
-            return
-
-
-def _kept_why(record: Record, this_engine: str | None) -> str:
-    """Why a gone host's record of a container this engine does not list is kept, and what to do about it."""
-    if this_engine is None:
-        # it refused /info (or told no usable ID): no record is judged by its word, whichever engine it names
-        return (f"record {record.path} kept: this engine does not tell its ID (docker info refused, or no usable"
-                " ID), so its \"no such container\" proves nothing of any record. A sweep against an engine that"
-                " tells its ID (allow GET /info) judges it")
-    here = f"this engine ({describe_engine(this_engine)})"
-    if record.engine is not None:
-        whose = (f"its container was made by engine {describe_engine(record.engine)}, not {here}: a sweep against"
-                 " that engine (DOCKER_HOST set to it) removes the container, or drops the record once it is gone")
-    else:
-        whose = (f"it names no engine (an earlier plugbay release wrote it) and {here} does not list its container:"
-                 " another engine's, or removed without plugbay. A sweep against the engine that has it removes it;"
-                 " if none has it, delete the record")
-    return f"record {record.path} kept: {whose}"
 
 
 def sweep_images(*, client: Any = None, dry_run: bool = False, leaving: Collection[str] = (),
