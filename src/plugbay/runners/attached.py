@@ -184,8 +184,8 @@ class AttachedProcess(AttachedRunner):
                 raise ReattachError(
                     f"reattach data names {network} address {address!r}, but plugin process {self.pid} does not"
                     f" listen there ({why}), so plugbay does not dial it (it would reach another server). Pass the"
-                    " JSON that Client.reattach_config().to_json() produced for this plugin, or stop it and start it again"
-                    " from a Client of your own, whose reattach_config() names the address that Client proved")
+                    " JSON that Client.reattach_config().to_json() produced for this plugin, or stop it and start it"
+                    " again from a Client of your own, whose reattach_config() names the address that Client proved")
             # the plugin's own word (a brokered server's ConnInfo): the broker says which id announced it
             raise UnprovenAddressError(self._name, network, address, why, REATTACH_OPT_OUT)
         # dialed as resolved now: a symlink re-pointed later cannot send the next dial elsewhere
