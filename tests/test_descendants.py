@@ -12,12 +12,17 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.resilience_util import wait_until
 
+from plugbay.errors import ConfigError
 from plugbay.runners.base import LaunchSpec  # noqa: I001
 from plugbay.runners.process import ProcessRunner, sweep
 from plugbay.runners.proctree import stat_of
+from plugbay.runners.session import host_session_id
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -84,18 +89,57 @@ def test_sweep_ends_the_plugins_of_a_sigkilled_host_only() -> None:
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         assert start is not None, "the plugin did not outlive its host (nothing to sweep)"
-        # (no sweep(live_sessions=...) here: every unlisted session counts as gone, other runs' too)
-        removed = sweep()
+        # (no sweep(live_sessions=...) here: every unlisted session counts as gone, other runs' too); of this
+        # test's sessions only: a concurrent run's plugin between hosts (its host gone, the one reattaching to it
+        # not yet its claimant) is not this test's to kill
+        ours = [facts["session"], host_session_id()]
+        removed = sweep(sessions=ours)
         assert orphan in removed and mine.pid not in removed and bystander.pid not in removed
         assert wait_until(lambda: _gone(orphan), 5)
         assert mine.wait(0) is None and bystander.poll() is None
-        assert sweep() == []
+        assert sweep(sessions=ours) == []
     finally:
         mine.kill(0)
         bystander.kill()
         bystander.wait(10)
         if start is not None and stat_of(orphan) == start:
             os.kill(orphan, signal.SIGKILL)
+
+
+def _crashed_host() -> dict[str, Any]:
+    """The session and plugin pid of a host SIGKILLed once its plugin started: the plugin lives on."""
+    host = subprocess.Popen([PY, "-c", CRASHING_HOST, str(REPO / "src")], stdout=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    facts: dict[str, Any] = json.loads(host.stdout.readline())
+    host.stdout.close()
+    host.send_signal(signal.SIGKILL)
+    host.wait(10)
+    facts["start"] = stat_of(facts["pid"])
+    return facts
+
+
+def test_a_process_sweep_of_named_sessions_leaves_every_other_sessions_plugin() -> None:
+    # before: the process runner's sweep() had no scope: a test's sweep killed any gone session's plugin of this
+    # user, a concurrent run's among them while it waited for a reattach (its host gone, the reattaching one not
+    # yet its claimant)
+    first, second = _crashed_host(), _crashed_host()
+    try:
+        assert first["start"] is not None and second["start"] is not None, "a plugin did not outlive its host"
+        assert sweep(sessions=[]) == []
+        assert sweep(sessions=[first["session"]]) == [first["pid"]]
+        assert wait_until(lambda: _gone(first["pid"]), 5)
+        assert stat_of(second["pid"]) == second["start"]  # gone too, but not named
+        with pytest.raises(ConfigError, match=r"not one str: pass \['x'\]"):
+            sweep(sessions="x")  # its characters would have been the sessions
+        with pytest.raises(ConfigError, match="non-empty str"):
+            sweep(sessions=[""])
+        assert stat_of(second["pid"]) == second["start"]
+        assert sweep(sessions=[second["session"]]) == [second["pid"]]
+        assert wait_until(lambda: _gone(second["pid"]), 5)
+    finally:
+        for facts in (first, second):
+            if facts["start"] is not None and stat_of(facts["pid"]) == facts["start"]:
+                os.kill(facts["pid"], signal.SIGKILL)
 
 
 DAEMONIZING_HOST = textwrap.dedent("""
@@ -126,10 +170,11 @@ def test_a_forked_host_is_its_own_session_and_its_plugins_survive_its_parent() -
     try:
         assert facts["session"] != facts["parent"] and facts["session"].startswith(f"{daemon}-")
         # its parent is gone, the forked host is not: a sweep must leave the host's plugin alone
-        assert plugin not in sweep() and stat_of(plugin) == plugin_start
+        ours = [facts["session"], facts["parent"]]  # the sweep judges these only: others' plugins are not ours
+        assert plugin not in sweep(sessions=ours) and stat_of(plugin) == plugin_start
         os.kill(daemon, signal.SIGKILL)
         assert wait_until(lambda: _gone(daemon), 5)
-        assert plugin in sweep()  # now its host is gone
+        assert plugin in sweep(sessions=ours)  # now its host is gone
         assert wait_until(lambda: _gone(plugin), 5)
     finally:
         for pid, start in ((daemon, None), (plugin, plugin_start)):

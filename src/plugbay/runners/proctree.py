@@ -22,7 +22,7 @@ from plugbay.core.transport.tempdirs import own_proc, pid_namespace
 from plugbay.runners.pidsignal import HeldPid
 from plugbay.runners.procclaims import claimants, drop_claim, forget_claims_of_ended
 from plugbay.runners.session import host_session as host_session  # re-exported: where runners have imported it
-from plugbay.runners.session import proc_stat
+from plugbay.runners.session import proc_stat, session_scope
 
 ENV_PLUGIN_ID = "PLUGBAY_PLUGIN_ID"
 
@@ -207,7 +207,7 @@ def _owner(pid: int) -> int | None:
         return None
 
 
-def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
+def sweep(live_sessions: Iterable[str] | None = None, *, sessions: Iterable[str] | None = None) -> list[int]:
     """SIGKILL process plugins (and their children) whose host session is gone; return their pids.
 
     A process is swept only if its environment carries plugbay's
@@ -220,7 +220,15 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
     Only this user's processes are swept: another user's plugin may be claimed by a host of
     theirs in folders this process must not trust (as root it could read them, and be led to
     delete or hang on what they hold), so it is theirs to sweep.
+
+    ``sessions`` (``host_session_id()`` values), as the Docker sweep's: only the plugins one of these host
+    sessions started (its ``PLUGBAY_HOST_SESSION``) or claimed by a reattach are looked at; the others, and the
+    claims on them or on plugins that ended, are left alone (an empty ``sessions`` looks at nothing). A plugin
+    may be between hosts: its starting host gone, the host reattaching to it not yet its claimant; a sweep of
+    every session kills it then, so a caller that knows whose plugins it means names them. A str, or an id
+    that is no non-empty str, is a ConfigError.
     """
+    scope = session_scope(sessions, "a plugin's PLUGBAY_HOST_SESSION (up to its last '.')")
     if not own_proc():
         return []  # nothing listed there is provably a process of this namespace, nor any claim moot
     live = set(live_sessions) if live_sessions is not None else None
@@ -237,6 +245,8 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
         marker = env.get(ENV_HOST_SESSION) if env else None
         if not marker or marker == mine or _owner(pid) != me:
             continue
+        if scope is not None and not _in_scope(marker, env.get(ENV_PLUGIN_ID, "") if env else "", scope):
+            continue  # not the caller's to judge
         gone = _gone(marker, live) and (live is not None or _in_own_namespace(pid))
         if gone and env and _adopted(env.get(ENV_PLUGIN_ID, ""), live, mine):
             continue  # a live host reattached to it
@@ -244,5 +254,14 @@ def sweep(live_sessions: Iterable[str] | None = None) -> list[int]:
         if gone and facts is not None:
             doomed[pid] = facts[1]
     signal_all(doomed, signal.SIGKILL)
-    forget_claims_of_ended(running)
+    if scope is None:  # claims of any session's ended plugins: a scoped sweep leaves them to a sweep of all
+        forget_claims_of_ended(running)
     return sorted(doomed)
+
+
+def _in_scope(marker: str, plugin_id: str, scope: frozenset[str]) -> bool:
+    """Whether the plugin whose host session marker is ``marker`` was started or claimed by a session of
+    ``scope`` (markers are an id and start ticks: the id is what sweep(sessions=) names)."""
+    if marker.rpartition(".")[0] in scope:
+        return True
+    return any(claim.rpartition(".")[0] in scope for claim in claimants(plugin_id).values())

@@ -14,11 +14,13 @@ import re
 import socket
 import threading
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from plugbay.core.transport.tempdirs import proc_stat as proc_stat  # where runners have imported it from
 from plugbay.core.transport.tempdirs import boot_id, own_proc, own_start_ticks, pid_namespace
 from plugbay.core.transport.tempdirs import start_ticks as start_ticks
+from plugbay.errors import ConfigError, clip, printable
 
 MANAGED = "plugbay.managed"
 SESSION = "plugbay.session"
@@ -177,3 +179,19 @@ def session_alive(session: str, start: str) -> bool:
         return False
     ticks = start_ticks(pid)
     return bool(ticks) and (not start or ticks == start)
+
+
+def session_scope(sessions: Iterable[str] | None, held_by: str) -> frozenset[str] | None:
+    """A sweep's ``sessions=`` as a set (None: every session), checked before anything is swept; ``held_by``: where
+    the caller finds such an id (a Docker label, a process's environment)."""
+    if sessions is None:
+        return None
+    if isinstance(sessions, (str, bytes)):  # its characters would be the sessions
+        one = sessions.decode(errors="replace") if isinstance(sessions, bytes) else sessions
+        raise ConfigError(f"sweep(sessions=) takes host session ids, not one {type(sessions).__name__}: pass"
+                          f" [{clip(printable(repr(one)), 200)}]")
+    scope = frozenset(sessions)
+    if not all(isinstance(s, str) and s for s in scope):
+        raise ConfigError(f"sweep(sessions=) takes host session ids (non-empty str), as {held_by} and"
+                          " plugbay.runners.session.host_session_id() hold them")
+    return scope
