@@ -23,6 +23,7 @@ from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner, sweep
 from plugbay.runners.docker.engine import SOCKET_DIR
 from plugbay.runners.docker.madehere import forget_made
+from plugbay.runners.session import SESSION, host_session_id
 from tests.cli_util import cli_env, plugbay
 from tests.procs import first_line_then_sigkill
 from tests.records_util import record_of
@@ -53,6 +54,11 @@ def _sibling(record: Path) -> Path:
     return record.parent / f"{record.name}.made"  # the engine and machine of the record
 
 
+def _session(client: Any, container_id: str) -> str:
+    """The host session that started ``container_id`` (its plugbay.session label)."""
+    return str(client.containers.get(container_id).labels[SESSION])
+
+
 def _engine_id(client: Any) -> str:
     return str(client.info()["ID"])
 
@@ -78,7 +84,8 @@ def test_a_sweep_of_another_engine_keeps_the_records_of_this_ones_containers(
     assert any(line.startswith(f"left {crashed[:12]}: record {record} kept") for line in text.splitlines()), text
     # the record still proves the container plugbay's to a sweep of its own engine, which removes both
     socket_dir = plugbay_docker.containers.get(crashed).labels[SOCKET_DIR]
-    assert crashed in sweep(client=plugbay_docker, grace=0)
+    # of its session only: another run's gone session (a container between hosts) is not this test's to remove
+    assert crashed in sweep(client=plugbay_docker, grace=0, sessions=[_session(plugbay_docker, crashed)])
     with pytest.raises(NotFound):
         plugbay_docker.containers.get(crashed)
     assert not record.exists()
@@ -96,7 +103,7 @@ def test_a_record_naming_no_engine_is_kept_until_its_engine_lists_the_container(
     assert record.read_text() == session_line
     assert "names no engine" in spared[crashed], spared
     # the container's own engine lists it (its labels say plugbay's, its id is recorded): swept, record and all
-    assert crashed in sweep(client=plugbay_docker, grace=0)
+    assert crashed in sweep(client=plugbay_docker, grace=0, sessions=[_session(plugbay_docker, crashed)])
     assert not record.exists()
 
 
@@ -109,7 +116,8 @@ def test_a_record_naming_no_engine_gets_the_engine_that_lists_its_container(plug
         _sibling(record).unlink()
         sweep(client=plugbay_docker, dry_run=True)
         assert record.read_text() == session_line and not _sibling(record).exists()  # a dry run changes nothing
-        sweep(client=plugbay_docker)  # its host (this process) lives: the container stays, and its record
+        # its host (this process) lives: the container stays, and its record
+        sweep(client=plugbay_docker, sessions=[host_session_id()])
         assert record.read_text() == session_line  # the one line earlier releases read
         # the engine noted; no machine: a sweep cannot tell which machine's host wrote a record
         assert _sibling(record).read_text().splitlines() == [f"engine {_engine_id(plugbay_docker)} "

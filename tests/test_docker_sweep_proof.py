@@ -112,6 +112,7 @@ def test_the_record_of_a_container_removed_without_plugbay_goes_with_the_next_sw
         live.start(LaunchSpec(env={}))
         record = record_of(crashed)
         gone_session = record.read_text()
+        (gone,) = [r.session for r in read_records() if r.container_id == crashed]
         # the crashed host's socket folder, which the sweep ends with its container: `docker rm -f` leaves it
         socket_dir = plugbay_docker.containers.get(crashed).labels[SOCKET_DIR]
         subprocess.run(["docker", "rm", "-f", crashed], check=True, capture_output=True, timeout=60)
@@ -131,7 +132,7 @@ def test_the_record_of_a_container_removed_without_plugbay_goes_with_the_next_sw
         bare_record = live_record.parent / bare.id
         bare_record.write_text(gone_session)
         os.utime(bare_record, (aged, aged))
-        sweep(client=plugbay_docker)
+        sweep(client=plugbay_docker, sessions=[gone])  # every record here is that session's: another's is not ours
         assert bare_record.exists(), "the record of a container the listing did not show went"
         assert not record.exists(), "the record of a container removed by `docker rm -f` stayed"
         assert live_record.exists() and made_here(str(live.id)), "the record of a live container went"
