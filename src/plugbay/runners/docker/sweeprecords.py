@@ -34,13 +34,18 @@ def judge_records(client: Any, seen: Collection[str], grace: float, this_engine:
                     and (scope is None or record.session in scope)):
                 note_engine(record, this_engine)
     stale: list[Record] = []
-    for record in stale_records(grace, seen):
+    elsewhere: dict[str, str] = {}  # the records of other machines' hosts, and why each is kept
+    # an orphan sibling names no session: tidied only by a sweep of every session
+    for record in stale_records(grace, seen, tidy=not dry_run and scope is None, elsewhere=elsewhere):
         if scope is not None and record.session not in scope:  # another session's: not the caller's to judge
             continue
         if this_engine is not None and record.engine == this_engine:
             stale.append(record)
         elif spared is not None:
             spared[record.container_id] = kept_why(record, this_engine)
+    if spared is not None and elsewhere:
+        ours = None if scope is None else {r.container_id for r in read_records() if r.session in scope}
+        spared.update((ident, why) for ident, why in elsewhere.items() if ours is None or ident in ours)
     if dry_run:
         return
     failed = engine_failures()
