@@ -26,7 +26,8 @@ from tests import netcerts
 from tests.net_util import Replica, aio_connection_lost, connection_lost
 from tests.test_network_broker import (PLUGIN_NAME, REPO, Adder, CounterReplica, counter_config, host_tls,
                                        killable_pair, remote)
-from tests.test_network_broker_failover import _both_healthy
+# the failover tests' fixtures: a CA's set in tmp_path, and two counter replicas a test may kill
+from tests.test_network_broker_failover import _both_healthy, certs, replicas  # noqa: F401
 from tests.test_network_tls_renewal import _Steered
 
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -38,16 +39,6 @@ from streaming_plugin_def import PLUGIN_NAME as STREAMER, StreamerPlugin  # noqa
 
 # long: on the old code each call below waited this out and then failed NoEndpointsError, not the type asked
 CALL_TIMEOUT = 20.0
-
-
-@pytest.fixture
-def certs(tmp_path: Path) -> netcerts.CertSet:
-    return netcerts.write_set(tmp_path / "tls")
-
-
-@pytest.fixture
-def counters(tmp_path: Path, certs: netcerts.CertSet) -> Iterator[list[CounterReplica]]:
-    yield from killable_pair(tmp_path, certs)
 
 
 @pytest.fixture
@@ -76,11 +67,11 @@ def _said_gone(err: BaseException, replica: CounterReplica | Replica) -> None:
 
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
-def test_a_stub_pinned_to_a_replica_gone_fails_at_once_saying_so(counters: list[CounterReplica],
+def test_a_stub_pinned_to_a_replica_gone_fails_at_once_saying_so(replicas: list[CounterReplica],
                                                                  certs: netcerts.CertSet, how: str) -> None:
-    lost, serving = counters
+    lost, serving = replicas
     # health checks far apart: only the ended session tells the client that the replica is gone
-    with remote(counters, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
+    with remote(replicas, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
         _both_healthy(client)
         (on_lost, key), (on_serving, other) = _one_on_each(client, lost)
         if how == "kill":
@@ -101,10 +92,10 @@ def test_a_stub_pinned_to_a_replica_gone_fails_at_once_saying_so(counters: list[
         assert serving.value("again") == '{"Value":2}'
 
 
-def test_an_asyncio_stub_pinned_to_a_killed_replica_fails_at_once_saying_so(counters: list[CounterReplica],
+def test_an_asyncio_stub_pinned_to_a_killed_replica_fails_at_once_saying_so(replicas: list[CounterReplica],
                                                                             certs: netcerts.CertSet) -> None:
-    lost, serving = counters
-    cfg = counter_config(counters, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60)
+    lost, serving = replicas
+    cfg = counter_config(replicas, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60)
 
     async def main() -> None:
         async with AsyncRemoteClient(cfg) as client:
@@ -180,12 +171,12 @@ def test_a_stub_pinned_to_an_endpoint_discovery_dropped_fails_at_once() -> None:
         second.stop()
 
 
-def test_a_stub_pinned_to_a_stopped_but_connected_replica_keeps_its_deadline(counters: list[CounterReplica],
+def test_a_stub_pinned_to_a_stopped_but_connected_replica_keeps_its_deadline(replicas: list[CounterReplica],
                                                                             certs: netcerts.CertSet) -> None:
-    slow, _ = counters
+    slow, _ = replicas
     # the setup under the long call_timeout (a loaded machine's dispense and put may take a second); the short
     # deadline for the timed call only, through the stub's own gRPC stub on its pinned channel
-    with remote(counters, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
+    with remote(replicas, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
         _both_healthy(client)
         (on_slow, key), _ = _one_on_each(client, slow)
         slow.proc.send_signal(signal.SIGSTOP)  # its connection stays up: a replica that is only slow
@@ -200,12 +191,12 @@ def test_a_stub_pinned_to_a_stopped_but_connected_replica_keeps_its_deadline(cou
 
 
 def test_calls_on_a_stub_pinned_to_a_gone_replica_do_not_open_the_circuit_breaker(
-        counters: list[CounterReplica], certs: netcerts.CertSet) -> None:
+        replicas: list[CounterReplica], certs: netcerts.CertSet) -> None:
     """PinnedEndpointGoneError is UNAVAILABLE, which a breaker counts: a few calls on stale stubs opened it for
     every replica. It is no news of the replicas calls go to."""
-    lost, _ = counters
+    lost, _ = replicas
     breaker = CircuitBreaker(failure_threshold=2, window=60, open_for=60, name="counter")
-    with remote(counters, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
+    with remote(replicas, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
         _both_healthy(client)
         (on_lost, key), (on_serving, other) = _one_on_each(client, lost)
         install(client, breaker=breaker)
