@@ -161,6 +161,7 @@ class AioCall:
         self._started = owner._loop.time()
         self._abandoned = False  # cancelled by plugbay: an `async with` block over it ended before it did
         self._done_callbacks: HeldCallbacks | None = None  # made by the first add_done_callback()
+        self._hand_over: _HandOver | None = None  # ... with this, which hands them to the call as the wrapper goes
         self._streamed = streamed
         if streamed:  # the wrapper is outside grpc.aio's cycle, so it goes when its holder lets go of it
             cancel_when_dropped(self, owner._loop, call)
@@ -290,15 +291,26 @@ class AioCall:
         (HeldCallbacks: one that refers to the stream no longer keeps it from being cancelled when dropped)."""
         if self._done_callbacks is None:
             self._done_callbacks = HeldCallbacks(self._call, self._owner._loop)
+            self._hand_over = _HandOver(self._done_callbacks, self._streamed)
         self._done_callbacks.add(callback)
-
-    def __del__(self) -> None:
-        held = self.__dict__.get("_done_callbacks")  # not __getattr__: a half-made wrapper has no _call
-        if held is not None:
-            # a stream's call is cancelled here too, not only by its finalizer (cancel_when_dropped): a callback
-            # that refers to this wrapper, handed to the call, would keep it alive, and the finalizer from ever
-            # running, wherever __del__ comes first (CPython's collector happens to run weakref callbacks first)
-            held.hand_over(cancel=self._streamed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
+
+
+class _HandOver:
+    """Hands an AioCall's done callbacks to its call as the wrapper goes: held by the wrapper alone, so it goes
+    with it. Not a __del__ of the wrapper's own, which every AioCall then had though only one given a done
+    callback needs it: a failed call's wrapper, in a cycle with the frames its error's traceback holds, then
+    outlived the collection at a test run's end (measured: a second one freed it), and with it its client's
+    grpc.aio channel, poller and socket pair."""
+
+    def __init__(self, held: HeldCallbacks, cancel: bool) -> None:
+        self._held = held
+        self._cancel = cancel
+
+    def __del__(self) -> None:
+        # a stream's call is cancelled here too, not only by its finalizer (cancel_when_dropped): a callback
+        # that refers to the wrapper, handed to the call, would keep it alive, and the finalizer from ever
+        # running, wherever this comes first (CPython's collector happens to run weakref callbacks first)
+        self._held.hand_over(cancel=self._cancel)
