@@ -28,9 +28,11 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def other_engine() -> Iterator[object]:
-    """A second, real Docker engine (tests/second_engine.py), one for the whole run: each start costs seconds."""
+    """A second, real Docker engine (tests/second_engine.py), one per module that asks for it (a start costs
+    seconds). Not one for the whole run: its dockerd is a child of the test process, and the gateway tests that
+    count the test process's children (a gateway's session children) took it for a child left running."""
     from tests.second_engine import second_engine_running
 
     yield from second_engine_running()

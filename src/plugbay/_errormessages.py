@@ -28,13 +28,16 @@ def plugin_exited(name: str, exit_code: int | None, stderr_tail: Sequence[str], 
     )
 
 
+REASON_KEPT = 800  # what a handshake refusal keeps of its reason: clip() cuts the middle beyond
+
+
 def malformed_handshake(line: str, reason: str, refused: bool) -> str:
     if refused:  # the reason names what was announced; the line is not quoted as malformed
-        return f"announced address refused: {clip(reason, 800)}"
+        return f"announced address refused: {clip(reason, REASON_KEPT)}"
     # a plugin may print megabytes on that line, and the reason may quote a field of it; the
     # reason keeps more, as it also carries long socket paths and what to do about them
     return (
-        f"malformed handshake line {clip(repr(line))}: {clip(reason, 800)}. go-plugin expects "
+        f"malformed handshake line {clip(repr(line))}: {clip(reason, REASON_KEPT)}. go-plugin expects "
         "CORE|APP-VERSION|NETWORK|ADDRESS|PROTOCOL[|SERVER-CERT[|MULTIPLEX]] as the plugin's"
         " first stdout line; make sure the plugin prints nothing to stdout before serving."
     )

@@ -341,7 +341,8 @@ class PinnedEndpointGoneError(NoEndpointsError):
     """The endpoint a stub is pinned to (a brokered ``dispense()``'s, or ``pool.pinned(key)``'s) cannot be
     reached now, as far as plugbay knows for sure: discovery no longer lists it (or listed it again, on a new
     connection), or the connection (session) the stub's broker rode ended and dialing its address again was
-    refused. Raised at once, not at the deadline; ``dispense()`` again for a stub on a live replica."""
+    refused or reset. Raised at once, not at the deadline; ``dispense()`` again for a stub on a live replica
+    (``pool.pinned(key)`` again for such a channel)."""
 
 
 class RemoteTLSError(HandshakeError, NetworkError):

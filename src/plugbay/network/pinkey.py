@@ -71,8 +71,7 @@ class Pin(str):
             return None  # only lost, or not dialed again yet: the call dials it (gRPC redials when called)
         reason = getattr(session, "close_reason", "") or "closed"
         return (f"the multiplexed connection its broker rode ended ({reason}) and dialing its address again was"
-                " refused: nothing listens there now")
-
+                " refused or reset: nothing listens there now")
 
     def awaits_redial(self, current: _Member) -> bool:
         """Whether a call of this pin's stub waits for ``current``'s session to be made again (and has it dialed):
@@ -96,5 +95,6 @@ def gone_error(pool_name: str, key: str, reason: str) -> PinnedGone:
     why = f"the replica this stub is pinned to ({key}) cannot be reached: {reason}"
     return PinnedGone(f"remote plugin {pool_name!r}: {why}. A pinned stub is never moved to another replica (a"
                       " brokered dispense()'s callbacks need its replica's broker), so it fails now rather than wait"
-                      " out its deadline: dispense() again for a stub on a live replica",
+                      " out its deadline: dispense() again for a stub on a live replica (a channel of"
+                      " pool.pinned(key): make it again)",
                       grpc.StatusCode.UNAVAILABLE, why)
