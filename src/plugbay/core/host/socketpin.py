@@ -15,7 +15,6 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plugbay._errormessages import REASON_KEPT
 from plugbay.core.host.launch import file_kind, not_a_socket
 from plugbay.core.protocol.handshake import HandshakeInfo
 from plugbay.errors import BrokerClosedError, MalformedHandshakeError, UnprovenAddressError, clip, printable
@@ -78,7 +77,8 @@ def _without_connecting(runner: AttachedRunner, network: str, handle: str) -> st
         return ASK_A_CONNECTION
 
 
-_REASON_KEPT = REASON_KEPT  # what MalformedHandshakeError keeps of a refusal's reason: it cuts the middle beyond
+_REASON_KEPT = 800  # _errormessages.REASON_KEPT, what MalformedHandshakeError keeps of a refusal's reason (host code
+# imports errors, not its private message module)
 
 
 def refusal(name: str, network: str, address: str, why: str,
