@@ -40,6 +40,18 @@ def _both_healthy(client: object) -> None:
     raise AssertionError(f"the replicas did not both become healthy: {endpoints}")
 
 
+def went_away(client: object, lost: CounterReplica, how: str) -> None:
+    """``lost`` goes away (``how``: kill -9, or a graceful stop that must exit 0), and ``client`` has seen its
+    connection to it end (else a dispense() may pin to its session, still up)."""
+    if how == "kill":
+        lost.proc.kill()
+        lost.proc.wait()
+    else:
+        code, err = lost.stop()
+        assert code == 0, err[-2000:]
+    connection_lost(client, f"tcp:{lost.address}")
+
+
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_dispense_after_a_replica_went_away_pins_to_the_other_at_once(replicas: list[CounterReplica],
                                                                       certs: netcerts.CertSet, how: str) -> None:
@@ -50,13 +62,7 @@ def test_dispense_after_a_replica_went_away_pins_to_the_other_at_once(replicas: 
         for stub in (client.dispense(PLUGIN_NAME), client.dispense(PLUGIN_NAME)):  # one on each replica
             stub.put("n", 1, Adder())
         assert lost.value("n") == serving.value("n") == '{"Value":1}'
-        if how == "kill":
-            lost.proc.kill()
-            lost.proc.wait()
-        else:
-            code, err = lost.stop()
-            assert code == 0, err[-2000:]
-        connection_lost(client, f"tcp:{lost.address}")  # else dispense() may pin to its session, still up
+        went_away(client, lost, how)
         for expected in (2, 3):  # round robin's turn of the lost replica comes in these two
             began = time.monotonic()
             stub = client.dispense(PLUGIN_NAME)

@@ -27,7 +27,7 @@ from tests.net_util import Replica, aio_connection_lost, connection_lost
 from tests.test_network_broker import (PLUGIN_NAME, REPO, Adder, CounterReplica, counter_config, host_tls,
                                        killable_pair, remote)
 # the failover tests' fixtures: a CA's set in tmp_path, and two counter replicas a test may kill
-from tests.test_network_broker_failover import _both_healthy, certs, replicas  # noqa: F401
+from tests.test_network_broker_failover import _both_healthy, certs, replicas, went_away  # noqa: F401
 from tests.test_network_tls_renewal import _Steered
 
 sys.path.insert(0, str(REPO / "examples" / "kv"))
@@ -74,13 +74,7 @@ def test_a_stub_pinned_to_a_replica_gone_fails_at_once_saying_so(replicas: list[
     with remote(replicas, host_tls(certs), multiplex=True, call_timeout=CALL_TIMEOUT, health_interval=60) as client:
         _both_healthy(client)
         (on_lost, key), (on_serving, other) = _one_on_each(client, lost)
-        if how == "kill":
-            lost.proc.kill()
-            lost.proc.wait()
-        else:
-            code, err = lost.stop()
-            assert code == 0, err[-2000:]
-        connection_lost(client, f"tcp:{lost.address}")
+        went_away(client, lost, how)
         for call in (lambda: on_lost.get(key), lambda: on_lost.put(key, 1, Adder())):
             with pytest.raises(PinnedEndpointGoneError) as gone:
                 call()
