@@ -44,11 +44,18 @@ def _refusing_set(certs: netcerts.CertSet, folder: Path, case: str) -> netcerts.
     return moved
 
 
+def _refused_while_down(client: RemoteClient, listen: str) -> None:
+    """Waits (bounded) until a dial to the stopped replica's address was refused: the health checks dial it."""
+    channel = client.pool.member(f"tcp:{listen}").channel
+    assert wait_until(lambda: channel.redial_refused_at is not None, 15.0), "no dial to the stopped replica refused"
+
+
 @contextmanager
-def _refused_after_start(tmp_path: Path, case: str, multiplexed: bool,
+def _refused_after_start(tmp_path: Path, case: str, multiplexed: bool, refused_first: bool = False,
                          **config: Any) -> Iterator[tuple[RemoteClient, Any, str]]:
     """A RemoteClient started against a counter replica, and a stub dispensed from it (with a brokered Put
-    made when multiplexed), after which the replica is restarted on its port with ``case``'s certificates."""
+    made when multiplexed), after which the replica is restarted on its port with ``case``'s certificates
+    (``refused_first``: once a dial to it was refused while it was down; multiplexed only)."""
     certs = netcerts.write_set(tmp_path / "tls")
     listen = f"127.0.0.1:{_free_port()}"
     replicas = [CounterReplica(tmp_path / "a", certs, listen=listen)]
@@ -60,6 +67,8 @@ def _refused_after_start(tmp_path: Path, case: str, multiplexed: bool,
             if multiplexed:
                 stub.put("n", 1, Adder())
             replicas[0].stop()
+            if refused_first:
+                _refused_while_down(client, listen)
             replicas.append(CounterReplica(tmp_path / "b", _refusing_set(certs, tmp_path, case), listen=listen))
             yield client, stub, listen
     finally:
@@ -84,6 +93,40 @@ def test_a_tls_refusal_after_start_is_a_remote_tls_error(tmp_path: Path, multipl
             assert expected in str(err.value)
         with pytest.raises(RemoteTLSError):
             client.dispense(PLUGIN_NAME).get("n")
+
+
+def test_a_pinned_call_after_a_refused_dial_meets_the_restarted_replicas_tls_refusal(tmp_path: Path) -> None:
+    """A brokered stub's replica restarted on its address with certificates the host refuses; while it was down, a
+    dial to its address was refused. A call made once it is back met that old refusal and failed
+    PinnedEndpointGoneError ("nothing listens there now", the final CI's two failures, where the health checks'
+    dial came in the gap by chance); a refusal from before the call says nothing of the address now, so the call
+    dials again and meets the TLS refusal (RemoteTLSError), as without the gap."""
+    with _refused_after_start(tmp_path, "plugin no longer trusts the host", True, refused_first=True,
+                              call_timeout=10.0, health_interval=0.2) as (_, stub, listen):
+        with pytest.raises(RemoteTLSError) as err:
+            stub.get("n")
+        assert f"TLS with remote plugin 'counter' at tcp:{listen} failed" in str(err.value)
+
+
+def test_a_pinned_stub_reaches_its_replica_restarted_on_its_address(tmp_path: Path) -> None:
+    """The same gap with the replica back with good certificates: the pinned stub's plain call is served by the
+    restarted replica (its new session), not failed as gone because a dial was refused while it was down."""
+    certs = netcerts.write_set(tmp_path / "tls")
+    listen = f"127.0.0.1:{_free_port()}"
+    replicas = [CounterReplica(tmp_path / "a", certs, listen=listen)]
+    try:
+        with RemoteClient(counter_config(replicas, host_tls(certs), health_timeout=0.5, brokered=True,
+                                         call_timeout=10.0, health_interval=0.2)) as client:
+            stub = client.dispense(PLUGIN_NAME)
+            stub.put("n", 1, Adder())
+            replicas[0].stop()
+            _refused_while_down(client, listen)
+            replicas.append(CounterReplica(tmp_path / "a", certs, listen=listen))  # the same folder: its kv_n
+            assert stub.get("n") == 1
+    finally:
+        for replica in replicas:
+            replica.stop()
+            shutil.rmtree(replica.tmp, ignore_errors=True)
 
 
 def test_a_dispense_waiting_for_a_session_ends_at_the_pools_tls_verdict(tmp_path: Path) -> None:

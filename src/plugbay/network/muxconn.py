@@ -171,11 +171,12 @@ class MuxEndpoint(DelegatingChannel):
         return not self._closed and session is not None and not session.closed and session.answered
 
     @property
-    def redial_refused(self) -> bool:
-        """Whether the newest dial to this endpoint was refused or reset: nothing listens there now. A session
-        only lost (a cut connection) is dialed again by the next call, and this stays False if that dial connects."""
+    def redial_refused_at(self) -> float | None:
+        """When (time.monotonic()) the newest dial to this endpoint was refused or reset (nothing listened there);
+        None when it connected. A session only lost (a cut connection) is dialed again by the next call, and this
+        is None again once that dial connects."""
         relay = self._relay
-        return relay is not None and relay.dial_refused
+        return relay.dial_refused_at if relay is not None else None
 
     def redial_soon(self) -> None:
         """Have this endpoint's session made again if it was lost, without waiting (the caller may hold the pool's

@@ -6,7 +6,8 @@ never moved; or pool.pinned(key)) waited for its endpoint until its deadline eve
 nothing would answer it there: discovery had dropped the endpoint, or nothing listened at its address any
 more. A call then ends PinnedEndpointGoneError at once. Only what plugbay knows for sure counts: discovery
 no longer lists the endpoint (or listed it again since: a new connection, not the stub's), or the session
-the stub's broker rode ended AND the dial made again to that address was refused or reset. A session only
+the stub's broker rode ended AND the dial made again to that address, since the call began, was refused or reset
+(one refused before, while a replica restarted on its address, says nothing of it now). A session only
 lost (a cut connection, a replica restarting) is dialed again by the call itself, within its deadline: gRPC
 redials only when something calls, so failing on a missing session would fail calls a live replica would
 serve. Once the session is back the call goes on there; a brokered stub's plain calls are then served by
@@ -52,9 +53,10 @@ class Pin(str):
         # pickled (or copied) as the plain key it is: its weak references name this process's objects only
         return str, (str(self),)
 
-    def gone(self, current: _Member | None) -> str | None:
+    def gone(self, current: _Member | None, since: float) -> str | None:
         """What plugbay knows keeps this pin's stub from its endpoint now, given the pool's endpoint under this key
-        (``current``); None while a call may reach it (the call dials it and waits, within its deadline)."""
+        (``current``) and when the call asking began (``since``, time.monotonic()); None while a call may reach it
+        (the call dials it and waits, within its deadline)."""
         if self._member is None:
             return None  # pinned ahead of the endpoint (pool.pinned(key) before it joined): wait for it
         if current is None:
@@ -67,8 +69,12 @@ class Pin(str):
         channel = current.channel
         if current is not self._member():
             return "discovery dropped it (listed again since, on a new connection)"
-        if not getattr(channel, "redial_refused", False):
-            return None  # only lost, or not dialed again yet: the call dials it (gRPC redials when called)
+        refused_at = getattr(channel, "redial_refused_at", None)
+        if refused_at is None or refused_at < since:
+            # only lost, or not dialed again since the call began: the call dials it (gRPC redials when called).
+            # A refusal from before the call is stale: a replica restarting on its address refused a dial while it
+            # was down, and is back now (the call then meets it, or its TLS refusal: RemoteTLSError)
+            return None
         reason = getattr(session, "close_reason", "") or "closed"
         return (f"the multiplexed connection its broker rode ended ({reason}) and dialing its address again was"
                 " refused or reset: nothing listens there now")

@@ -45,6 +45,7 @@ from plugbay.network.poolpick import PoolPick
 from plugbay.network.poolreport import PoolReport
 from plugbay.network.pooltls import status_from_server
 from plugbay.network.tls import NetworkTLS
+from plugbay.network.unsent import Tried
 
 _log = logging.getLogger("plugbay.network")
 POLICIES = ("round_robin", "pick_first")
@@ -208,9 +209,10 @@ class EndpointPool(PoolHealth, PoolReport, PoolPick, CallChannel):
         with self._cond:
             if self._closed:
                 raise no_endpoints(self, "the pool was closed (the client was killed or closed)", closed=True)
-            if isinstance(pin, Pin) and (gone := pin.gone(self._members.get(pin))) is not None:
-                raise gone_error(self.name, pin, gone)  # at once: waiting cannot bring it back (pinkey)
             now = time.monotonic()
+            since = exclude.since if isinstance(exclude, Tried) else now  # a first try: what it meets from now on
+            if isinstance(pin, Pin) and (gone := pin.gone(self._members.get(pin), since)) is not None:
+                raise gone_error(self.name, pin, gone)  # at once: waiting cannot bring it back (pinkey)
             member = self._choose(now, exclude, pin)
             if member is not None:
                 member.picks += 1

@@ -3,6 +3,7 @@ which of those were a busy endpoint's refusal: the rules of plugbay.network.pool
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -65,6 +66,11 @@ class Tried(set[str]):
 
     busy_refusal: grpc.RpcError | None = None
     refused_by: str | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # when the call began (made with it): a pinned call counts only what it met since (pinkey.Pin.gone)
+        self.since = time.monotonic()
 
     def clear(self) -> None:
         super().clear()

@@ -101,10 +101,10 @@ class TLSRelay:
         return self._setup.resumption.resumed
 
     @property
-    def dial_refused(self) -> bool:
-        """Originate: whether the newest dial to the target was refused or reset, not connected (nothing listens
-        there now); False until a dial failed so."""
-        return self._setup.dial_refused
+    def dial_refused_at(self) -> float | None:
+        """Originate: when (time.monotonic()) the newest dial to the target was refused or reset (nothing
+        listened there); None until a dial failed so, and once one connected."""
+        return self._setup.dial_refused_at
 
     @property
     def connections(self) -> int:

@@ -26,6 +26,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Union
 
@@ -63,9 +64,10 @@ class Setup:
         self.handshaking: dict[RelayConn, None] = {}
         self.resolvers: set[threading.Thread] = set()  # name lookups in flight (a tcp target by host name)
         self.resumption = Resumption()  # originate: the peer's newest session, for the next dial
-        # whether the newest dial to the target was refused or reset (nothing listens there), not connected:
-        # what tells a replica gone from a connection only lost (plugbay.network.pinkey)
-        self.dial_refused = False
+        # when (time.monotonic()) the newest dial to the target was refused or reset (nothing listened there),
+        # None once one connected: what tells a replica gone from a connection only lost (plugbay.network.pinkey),
+        # which counts only a refusal from after its call began (a replica restarting on its address is back)
+        self.dial_refused_at: float | None = None
 
 
 class RelayConn(Pumping, Dialing):
@@ -166,7 +168,7 @@ class RelayConn(Pumping, Dialing):
 
     def _fail(self, exc: BaseException) -> None:
         if self._stage == "dial" and isinstance(exc, OSError) and exc.errno in _REFUSED:
-            self.s.dial_refused = True
+            self.s.dial_refused_at = time.monotonic()
         if not isinstance(exc, (OSError, ssl.SSLError)):
             _log.exception("relay connection failed; closing it", exc_info=exc)
         # a failed peer (handshake, reset) is the peer's problem; gRPC reports it on its side

@@ -31,7 +31,7 @@ class DialSetup(Protocol):
     hostname: str
     resolvers: set[threading.Thread]
     resumption: Resumption
-    dial_refused: bool
+    dial_refused_at: float | None
 
 
 class Dialing:
@@ -157,7 +157,7 @@ class Dialing:
         if err:
             raise OSError(err, "the relay's dial failed")
         self._raw = None
-        self.s.dial_refused = False
+        self.s.dial_refused_at = None
         if self.s.mode == "originate":  # the same fd goes on as the TLS socket
             context = self.s.context()
             self.tls = context.wrap_socket(sock, server_hostname=self.s.hostname, do_handshake_on_connect=False,
