@@ -25,7 +25,7 @@ from plugbay.network.resolver import Endpoint
 from tests import netcerts
 from tests.net_util import Replica, aio_connection_lost, connection_lost
 from tests.test_network_broker import (PLUGIN_NAME, REPO, Adder, CounterReplica, counter_config, host_tls,
-                                       killable_pair, remote)
+                                       killable_pair, remote, wait_until)
 # the failover tests' fixtures: a CA's set in tmp_path, and two counter replicas a test may kill
 from tests.test_network_broker_failover import _both_healthy, certs, replicas, went_away  # noqa: F401
 from tests.test_network_tls_renewal import _Steered
@@ -140,6 +140,58 @@ def test_a_stream_on_a_stub_pinned_to_a_killed_replica_fails_at_once(streamers: 
             list(on_lost.generate(2, 8))
         _said_gone(gone.value, lost)
         assert [c.seq for c in on_live.generate(2, 8)] == [0, 1]  # the live replica's stub streams on
+
+
+def test_an_asyncio_stream_on_a_stub_pinned_to_a_killed_replica_fails_at_once(streamers: list[CounterReplica],
+                                                                             certs: netcerts.CertSet) -> None:
+    """An AsyncRemoteClient's stream on a stub pinned to a killed replica: its picks were asked with no call
+    start (each look took "now"), so no refusal ever counted and it waited its whole deadline."""
+    lost, live = streamers
+    cfg = RemoteConfig(target=f"static:///{lost.address},{live.address}", handshake=STREAM_HANDSHAKE,
+                       plugins={STREAMER: StreamerPlugin()}, tls=host_tls(certs), name="streamer", multiplex=True,
+                       call_timeout=CALL_TIMEOUT, health_interval=60, start_timeout=20)
+
+    async def main() -> None:
+        async with AsyncRemoteClient(cfg) as client:
+            _both_healthy(client.remote_client)
+            found: dict[bool, Any] = {}  # on the lost replica or not -> a stub pinned there
+            for _ in range(20):  # a hang guard only
+                stub = await client.dispense(STREAMER)
+                before = client.remote_client.metrics()["endpoints"][f"tcp:{lost.address}"]["picks"]
+                assert [c.seq async for c in stub.generate(2, 8)] == [0, 1]
+                picks = client.remote_client.metrics()["endpoints"][f"tcp:{lost.address}"]["picks"]
+                found.setdefault(picks > before, stub)
+                if len(found) == 2:
+                    break
+            on_lost, on_live = found[True], found[False]
+            lost.proc.kill()
+            lost.proc.wait()
+            connection_lost(client.remote_client, f"tcp:{lost.address}")
+            await aio_connection_lost(client, f"tcp:{lost.address}")
+            with pytest.raises(PinnedEndpointGoneError) as gone:
+                [c async for c in on_lost.generate(2, 8)]
+            _said_gone(gone.value, lost)
+            assert [c.seq async for c in on_live.generate(2, 8)] == [0, 1]
+
+    asyncio.run(asyncio.wait_for(main(), 120))  # hang detection only
+
+
+def test_calls_after_a_refused_redial_each_fail_at_once(replicas: list[CounterReplica],
+                                                        certs: netcerts.CertSet) -> None:
+    """Calls on a stub pinned to a killed replica, each begun after a dial to its address was refused: a refusal
+    from before a call was stale, so the call waited for gRPC's next redial (its reconnect backoff, seconds
+    apart) and a short call_timeout ran out first (NoEndpointsError). The address is dialed again for the call."""
+    lost, _ = replicas
+    with remote(replicas, host_tls(certs), multiplex=True, call_timeout=3.0, health_interval=60) as client:
+        _both_healthy(client)
+        (on_lost, key), _ = _one_on_each(client, lost)
+        went_away(client, lost, "kill")
+        channel = client.pool.member(f"tcp:{lost.address}").channel
+        for n in range(4):  # from the second on, each call begins after the last one's refused dial
+            assert (channel.redial_refused_at is not None) is (n > 0)
+            with pytest.raises(PinnedEndpointGoneError) as gone:
+                on_lost.get(key)
+            _said_gone(gone.value, lost)
 
 
 def test_a_stub_pinned_to_an_endpoint_discovery_dropped_fails_at_once() -> None:

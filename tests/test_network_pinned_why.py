@@ -11,6 +11,7 @@ import pytest
 from plugbay.errors import NoEndpointsError
 from plugbay.network.pool import EndpointPool
 from plugbay.network.resolver import Endpoint
+from plugbay.network.unsent import Tried
 from tests.test_network_tls_renewal import _Steered
 from tests.resilience_util import wait_until
 
@@ -27,7 +28,7 @@ def test_a_pinned_stubs_no_endpoint_error_carries_the_health_detail() -> None:
             assert member is not None
             assert wait_until(lambda: member.healthy is False and member.health_detail != "", 10)
             with pytest.raises(NoEndpointsError) as err:
-                pool.pick(time.monotonic() + 0.2, set(), pin=endpoint.key)
+                pool.pick(time.monotonic() + 0.2, Tried(), pin=endpoint.key)
             assert "pinned" in str(err.value) and member.health_detail in str(err.value), str(err.value)
         finally:
             pool.close()

@@ -36,6 +36,7 @@ from plugbay.network.aiopoolstream import StreamCall
 from plugbay.network.channelbase import Member
 from plugbay.network.pool import EndpointPool
 from plugbay.network.poolcalls import PoolCallable
+from plugbay.network.unsent import Tried
 
 _PRUNE_EVERY = 0.5  # how often the connections follow discovery's changes when no call comes
 
@@ -262,7 +263,7 @@ class AioPoolCallable:
         self.channel.endpoints.started(call, channel)
         return call, channel
 
-    async def pick(self, pick_until: float, tried: set[str]) -> Member:
+    async def pick(self, pick_until: float, tried: Tried) -> Member:
         """An endpoint, waited for within ``pick_until`` without blocking the loop (the pool's errors)."""
         pool = self.channel.pool
         while True:

@@ -70,7 +70,7 @@ class StreamCall:
         member: Member | None = None
         failed: BaseException | None = None
         try:
-            member = callable.channel.pool.try_pick(pick_until, set(), callable.channel.pin)
+            member = callable.channel.pool.try_pick(pick_until, self._tried, callable.channel.pin)
         except grpc.RpcError as exc:  # no endpoint, TLS refused: raised when awaited, as grpc.aio does
             failed = exc
         if member is not None:
@@ -86,7 +86,7 @@ class StreamCall:
                      kwargs: dict[str, Any]) -> None:
         if failed is not None:
             raise failed
-        self._begin(await self._callable.pick(pick_until, set()), request, deadline, kwargs)
+        self._begin(await self._callable.pick(pick_until, self._tried), request, deadline, kwargs)
 
     def _begin(self, member: Member, request: Any, deadline: float | None, kwargs: dict[str, Any]) -> None:
         pool = self._callable.channel.pool

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -138,11 +140,12 @@ class MuxEndpoint(DelegatingChannel):
         self._waits: set[grpc.Future] = set()  # broker()'s waits for the session, which close() ends
         self._closed = False
         self._redialing: grpc.Future | None = None  # redial_soon()'s probe
+        self._dial_checked: float | None = None  # when check_dial() last had the relay dial (time.monotonic())
         self._dir = make_tempdir("plugbay-netmux-")
         self._relay: TLSRelay | None = None
         self._mux: HostMux | None = None
         try:
-            path = os.path.join(self._dir, "tls.sock")
+            path = self._relay_path = os.path.join(self._dir, "tls.sock")
             listener = open_listener("unix", path)
             os.chmod(path, 0o600)
             host = server_name or endpoint.address.rpartition(":")[0].strip("[]")
@@ -172,11 +175,29 @@ class MuxEndpoint(DelegatingChannel):
 
     @property
     def redial_refused_at(self) -> float | None:
-        """When (time.monotonic()) the newest dial to this endpoint was refused or reset (nothing listened there);
+        """When (time.monotonic()) the newest dial to this endpoint that was refused or reset began (nothing listened);
         None when it connected. A session only lost (a cut connection) is dialed again by the next call, and this
         is None again once that dial connects."""
         relay = self._relay
         return relay.dial_refused_at if relay is not None else None
+
+    def check_dial(self, since: float) -> None:
+        """Have the relay dial this endpoint's address once more now, unless it was had to at or after ``since``
+        (time.monotonic()): a pinned call judges its replica by a refusal met after the call began (pinkey), and
+        gRPC's own next redial may be a reconnect backoff away. The connection made to the relay for it is closed
+        at once: the relay's dial runs all the same and stamps its outcome (redial_refused_at); a dial that
+        connects ends after its TLS handshake, with nothing to carry. Cheap and non-blocking (the caller holds
+        the pool's lock)."""
+        with self._lock:
+            if self._closed or (self._dial_checked is not None and self._dial_checked >= since):
+                return
+            self._dial_checked = time.monotonic()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as knock:
+            knock.setblocking(False)
+            try:
+                knock.connect(self._relay_path)
+            except OSError:  # the relay's backlog full, or closed: the call's next look asks again
+                self._dial_checked = None
 
     def redial_soon(self) -> None:
         """Have this endpoint's session made again if it was lost, without waiting (the caller may hold the pool's

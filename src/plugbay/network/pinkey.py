@@ -7,7 +7,8 @@ nothing would answer it there: discovery had dropped the endpoint, or nothing li
 more. A call then ends PinnedEndpointGoneError at once. Only what plugbay knows for sure counts: discovery
 no longer lists the endpoint (or listed it again since: a new connection, not the stub's), or the session
 the stub's broker rode ended AND the dial made again to that address, since the call began, was refused or reset
-(one refused before, while a replica restarted on its address, says nothing of it now). A session only
+(one refused before, while a replica restarted on its address, says nothing of it now: the address is dialed
+again at once for the call, MuxEndpoint.check_dial). A session only
 lost (a cut connection, a replica restarting) is dialed again by the call itself, within its deadline: gRPC
 redials only when something calls, so failing on a missing session would fail calls a live replica would
 serve. Once the session is back the call goes on there; a brokered stub's plain calls are then served by
@@ -70,10 +71,13 @@ class Pin(str):
         if current is not self._member():
             return "discovery dropped it (listed again since, on a new connection)"
         refused_at = getattr(channel, "redial_refused_at", None)
-        if refused_at is None or refused_at < since:
-            # only lost, or not dialed again since the call began: the call dials it (gRPC redials when called).
-            # A refusal from before the call is stale: a replica restarting on its address refused a dial while it
-            # was down, and is back now (the call then meets it, or its TLS refusal: RemoteTLSError)
+        if refused_at is None:
+            return None  # only lost, or not dialed again yet: the call dials it (gRPC redials when called)
+        if refused_at < since:
+            # a refusal from before the call is stale (a replica restarting on its address refused a dial while it
+            # was down, and may be back): the address is dialed again now, not at gRPC's next reconnect backoff,
+            # and the call's next look judges by that dial (refused: gone; connected: the call goes on)
+            channel.check_dial(since)
             return None
         reason = getattr(session, "close_reason", "") or "closed"
         return (f"the multiplexed connection its broker rode ended ({reason}) and dialing its address again was"

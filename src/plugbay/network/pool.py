@@ -202,7 +202,7 @@ class EndpointPool(PoolHealth, PoolReport, PoolPick, CallChannel):
 
     # --- picking (used by poolcalls; the waits: poolpick) ----------------------------------
 
-    def try_pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Member | None:
+    def try_pick(self, deadline: float, exclude: Tried, pin: str | None = None) -> Member | None:
         """An endpoint for one call now, or None to wait and ask again; raises what the wait cannot
         change (the pool closed, TLS refused everywhere) and, once ``deadline`` passed, NoEndpointsError, or the
         RemoteTLSError of an endpoint that failed TLS (tls_at_deadline)."""
@@ -210,7 +210,7 @@ class EndpointPool(PoolHealth, PoolReport, PoolPick, CallChannel):
             if self._closed:
                 raise no_endpoints(self, "the pool was closed (the client was killed or closed)", closed=True)
             now = time.monotonic()
-            since = exclude.since if isinstance(exclude, Tried) else now  # a first try: what it meets from now on
+            since = exclude.since  # the call's start: a pinned call counts what it met since (pinkey)
             if isinstance(pin, Pin) and (gone := pin.gone(self._members.get(pin), since)) is not None:
                 raise gone_error(self.name, pin, gone)  # at once: waiting cannot bring it back (pinkey)
             member = self._choose(now, exclude, pin)

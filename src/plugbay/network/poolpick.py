@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from plugbay.network.channelbase import Member
+    from plugbay.network.unsent import Tried
 
 
 def _never() -> bool:
@@ -27,15 +28,15 @@ class PoolPick:
     _cond: threading.Condition
 
     if TYPE_CHECKING:  # EndpointPool's
-        def try_pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Member | None: ...
+        def try_pick(self, deadline: float, exclude: Tried, pin: str | None = None) -> Member | None: ...
 
-    def pick(self, deadline: float, exclude: set[str], pin: str | None = None) -> Member:
+    def pick(self, deadline: float, exclude: Tried, pin: str | None = None) -> Member:
         """An endpoint for one call; waits until ``deadline`` for one, else NoEndpointsError."""
         member = self.pick_unless(_never, deadline, exclude, pin)
         assert member is not None  # nothing stops the wait but an endpoint, or the errors of try_pick()
         return member
 
-    def pick_unless(self, stopped: Callable[[], bool], deadline: float, exclude: set[str],
+    def pick_unless(self, stopped: Callable[[], bool], deadline: float, exclude: Tried,
                     pin: str | None = None) -> Member | None:
         """pick(), given up (None, nothing picked) once ``stopped()`` says so: asked under the pool's condition
         before each try, so whoever makes it true and then calls wake() ends the wait at once. ``stopped`` takes

@@ -102,8 +102,8 @@ class TLSRelay:
 
     @property
     def dial_refused_at(self) -> float | None:
-        """Originate: when (time.monotonic()) the newest dial to the target was refused or reset (nothing
-        listened there); None until a dial failed so, and once one connected."""
+        """Originate: when (time.monotonic()) the newest dial to the target that was refused or reset began
+        (nothing listened there); None until a dial failed so, and once one connected."""
         return self._setup.dial_refused_at
 
     @property

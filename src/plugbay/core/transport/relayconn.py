@@ -64,7 +64,7 @@ class Setup:
         self.handshaking: dict[RelayConn, None] = {}
         self.resolvers: set[threading.Thread] = set()  # name lookups in flight (a tcp target by host name)
         self.resumption = Resumption()  # originate: the peer's newest session, for the next dial
-        # when (time.monotonic()) the newest dial to the target was refused or reset (nothing listened there),
+        # when (time.monotonic()) the newest refused (or reset) dial to the target began (nothing listened there),
         # None once one connected: what tells a replica gone from a connection only lost (plugbay.network.pinkey),
         # which counts only a refusal from after its call began (a replica restarting on its address is back)
         self.dial_refused_at: float | None = None
@@ -78,6 +78,9 @@ class RelayConn(Pumping, Dialing):
     def __init__(self, setup: Setup) -> None:
         self.s = setup
         self.closed = False
+        # when accepted, so when its dial began: a refusal is stamped with it, not with when a busy loop handled it
+        # (a pinned call counts only a dial begun after the call did: plugbay.network.pinkey)
+        self.begun = time.monotonic()
         self.tls: ssl.SSLSocket | None = None
         self.plain: socket.socket | None = None
         self._raw: socket.socket | None = None  # the dialed socket until it is connected
@@ -168,7 +171,7 @@ class RelayConn(Pumping, Dialing):
 
     def _fail(self, exc: BaseException) -> None:
         if self._stage == "dial" and isinstance(exc, OSError) and exc.errno in _REFUSED:
-            self.s.dial_refused_at = time.monotonic()
+            self.s.dial_refused_at = self.begun
         if not isinstance(exc, (OSError, ssl.SSLError)):
             _log.exception("relay connection failed; closing it", exc_info=exc)
         # a failed peer (handshake, reset) is the peer's problem; gRPC reports it on its side
