@@ -48,6 +48,7 @@ from plugbay.runners.docker.adopt import reattach_labels
 from plugbay.runners.docker.checks import find_image, missing_image
 from plugbay.runners.docker.connect import release_frames
 from plugbay.runners.docker.createargs import checked_labels
+from plugbay.runners.docker.refusal import engine_refused
 from plugbay.runners.docker.madehere import engine_identity, forget_made, record_made
 from plugbay.runners.docker.hardening import log_config
 from plugbay.runners.docker.engine import (CONTAINER_SOCKET_DIR, SOCKET_DIR, SOCKET_OWNED, SOCKET_TOKEN, engine_call,
@@ -137,8 +138,9 @@ class _Engine(DockerClient):
 
 def _refused(image: str, exc: Any) -> RunnerError:
     """An engine's refusal to create or start the container, as DockerRunner words it."""
-    return RunnerError(f"the Docker engine refused to run {image!r}: {exc.explanation or exc}. Check the image's"
-                       " entrypoint/command and the container's arguments (volumes, user, labels, kwargs).")
+    return engine_refused(image, exc, "the entrypoint=/command= given to PluginContainer (else the image's"
+                          " ENTRYPOINT/CMD)", "PluginContainer's arguments (volumes, user, ports, docker-py"
+                          " kwargs)")
 
 
 class PluginContainer(DockerContainer):

@@ -49,6 +49,7 @@ from plugbay.runners.docker.createargs import add_extra_args, checked_options
 from plugbay.runners.docker.checks import check_digest, check_secure_image, find_image
 from plugbay.runners.docker.logs import ContainerLogStream
 from plugbay.runners.docker.output import ContainerOutput
+from plugbay.runners.docker.refusal import engine_refused
 from plugbay.runners.docker.sockethandles import SocketHandles
 from plugbay.runners.docker.teardown import ContainerTeardown
 from plugbay.runners.docker.unanswered import create_or_clean, create_token
@@ -260,10 +261,9 @@ class DockerRunner(ContainerTeardown, ContainerOutput, Runner):
                     args["network"] = isolated = budget.call(
                         lambda: network_id(client, str(self.network), again=True), "remake it")
         except APIError as exc:
-            raise RunnerError(
-                f"the Docker engine refused to run {self.image!r}: {exc.explanation or exc}."
-                " Check the image's entrypoint/command and the runner options (mounts, user, runtime)."
-            ) from exc
+            raise engine_refused(self.image, exc, "DockerRunner's entrypoint=/command= (else the image's"
+                                 " ENTRYPOINT/CMD)", "DockerRunner's options (mounts, user, runtime, network,"
+                                 " extra_create_args)") from exc
         if self.transport == "tcp":
             container = client.containers.prepare_model({"Id": self._container_id})  # its port: the engine's pick
             self._host_port = budget.call(lambda: published_port(container, self.container_port), "inspect its port")
