@@ -197,3 +197,30 @@ def test_a_socket_the_clis_user_may_not_open_says_to_run_as_one_who_may(tmp_path
     assert "UnprovenAddressError" in said or "which plugbay does not dial" in said, said
     assert f"this host may not open it (Permission denied); run as a user who may open {path}." in said, said
     assert "docker run" not in said and "Client" not in said and "reattach can reach" not in said, said
+
+
+# the plugbay command, its plugin's socket folder given away before it starts (this process may not search it)
+SHUT_OUT_FIRST = """import os, sys
+from plugbay.cli import main
+from plugbay.core.host.reattach import ReattachConfig
+with open(sys.argv[2][1:]) as f:
+    path = ReattachConfig.from_json(f.read()).handshake.address
+os.chown(os.path.dirname(path), 65534, 65534)  # its mode is 0700
+sys.exit(main())
+"""
+
+
+def test_a_socket_in_a_folder_the_clis_user_may_not_search_says_to_reattach_as_one_who_may(tmp_path: Path) -> None:
+    # before: '... (this host may not connect to that socket (Permission denied: its file's permissions or a
+    # security module) ...). Pass the JSON that Client.reattach_config().to_json() produced for this plugin, or stop
+    # it and start it again from a Client of your own': the Python API's advice, and no other JSON gets past a folder
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the command without CAP_DAC_OVERRIDE (setpriv)")
+    done, path, _ = run_reattached(tmp_path, SHUT_OUT_FIRST, ["health"], prefix=NO_DAC)
+    if "setpriv:" in done.stderr:
+        pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
+    said = " ".join(done.stderr.split())
+    assert done.returncode != 0, said
+    assert f"this host's user may not search folder {os.path.dirname(path)!r}" in said, said
+    assert "Reattach as a user who may connect to it (the plugin's own user)" in said, said
+    assert "Client" not in said and "JSON" not in said and "trust" not in said, said

@@ -26,7 +26,7 @@ from plugbay.core.transport.tempdirs import own_proc, remove_left_folder
 from plugbay.errors import BrokerClosedError, ReattachError, StaleReattachError, UnprovenAddressError, clip
 from plugbay.runners.base import NOT_LISTENING, REATTACH_OPT_OUT, AttachedRunner, Cancellable, register_reattacher
 from plugbay.runners.listeners import host_tcp_listeners, listens_on
-from plugbay.runners.ownsocket import unix_listener_why
+from plugbay.runners.ownsocket import NO_CONNECTING, unix_listener_why
 from plugbay.runners.pidsignal import HeldPid
 from plugbay.runners.procio import pidfd, watch_pid
 from plugbay.runners.procclaims import claim, release
@@ -180,6 +180,12 @@ class AttachedProcess(AttachedRunner):
                                 " proven plugin (any more); start the plugin again")
         why = self._listener_why(network, address)
         if why is not None:
+            if self._first_asked == (network, address) and why.startswith(NO_CONNECTING):
+                # permission, not the data: other reattach data or another Client would meet the same refusal
+                raise ReattachError(
+                    f"reattach data names {network} address {address!r}, but plugbay cannot tell whether plugin"
+                    f" process {self.pid} listens there: {why}. Reattach as a user who may connect to it (the"
+                    " plugin's own user); nothing was dialed")
             if self._first_asked == (network, address):
                 raise ReattachError(
                     f"reattach data names {network} address {address!r}, but plugin process {self.pid} does not"

@@ -150,7 +150,10 @@ def unix_listener_why(address: str, conn: socket.socket | None, root: int, root_
     try:
         pid = peer_pid(conn) if conn is not None else unix_peer_pid(address)
     except PermissionError as exc:
-        return _no_connecting(f"{exc.strerror}: its file's permissions or a security module")
+        folder = unsearchable_folder(address) if conn is None else None
+        return _no_connecting(f"{exc.strerror}: " + (f"this host's user may not search folder {folder!r}, on its"
+                                                      " path" if folder else "its file's permissions or a security"
+                                                      " module"))
     except OSError as exc:
         return f"the connection to it tells no listener ({exc})"
     if pid is None:
@@ -206,10 +209,25 @@ def _holder(inode: int) -> tuple[int | None, int | None]:
     return None, None
 
 
+NO_CONNECTING = "this host may not connect to that socket"  # how every refusal for want of permission begins
+
+
 def _no_connecting(why: str) -> str:
     """A refusal where connecting is not allowed: asked of the file's permissions, or met on connecting."""
-    return (f"this host may not connect to that socket ({why}), so neither can gRPC; make it connectable for the"
-            " host's user")
+    return f"{NO_CONNECTING} ({why}), so neither can gRPC; make it connectable for the host's user"
+
+
+def unsearchable_folder(path: str) -> str | None:
+    """The first folder on ``path``'s way that this process may not search (connect() needs each one's search
+    permission, as a file's open does), or None. Asked of the effective ids and capabilities: root without
+    CAP_DAC_OVERRIDE meets a folder's mode as any user does."""
+    folder = os.path.dirname(os.path.abspath(path))
+    parts = [part for part in folder.split("/") if part]
+    for depth in range(len(parts) + 1):
+        here = "/" + "/".join(parts[:depth])
+        if not os.access(here, os.X_OK, effective_ids=True):
+            return here if os.path.isdir(here) else None  # its parent was searched: a stat tells a folder gone
+    return None
 
 
 def _not_ours(who: str, root: int) -> str:
