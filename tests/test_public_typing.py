@@ -291,3 +291,29 @@ def test_state_is_str_and_event_kind_literal(tmp_path: Path) -> None:
         ' "Literal[\'restart\']")  [comparison-overlap]',
         f"19: {assigned}  [assignment]", f"26: {assigned}  [assignment]", f"33: {assigned}  [assignment]",
     ], out.stdout + out.stderr
+
+
+# A call future's sync done callbacks get the future they were added to, typed as its own class (a Client's
+# HookedFuture, a pool's FailoverFuture), as grpc.Future's get theirs. They took Callable[[Any], None]: the
+# callback's argument was Any, and nothing in its body was checked. (grpc.Future is Any here, grpcio shipping no
+# types, so a callback for an unrelated type cannot be caught: a class with an Any base passes for any type.)
+DONE_CALLBACKS = '''
+from plugbay.core.host.callfuture import CallFuture, HookedFuture
+from plugbay.network.poolfuture import FailoverFuture
+
+
+def watch(plain: CallFuture, hooked: HookedFuture, failover: FailoverFuture) -> None:
+    plain.add_done_callback(lambda done: print(reveal_type(done)))
+    hooked.add_done_callback(lambda done: print(reveal_type(done)))
+    failover.add_done_callback(lambda done: print(reveal_type(done)))
+'''
+
+
+def test_a_call_futures_done_callbacks_get_its_own_type(tmp_path: Path) -> None:
+    out = _mypy(tmp_path, {"callbacks.py": DONE_CALLBACKS})
+    said = [line.split(":", 1)[1] for line in out.stdout.splitlines() if ": error: " in line or ": note: " in line]
+    assert said == [
+        '7: note: Revealed type is "plugbay.core.host.callfuture.CallFuture"',
+        '8: note: Revealed type is "plugbay.core.host.callfuture.HookedFuture"',
+        '9: note: Revealed type is "plugbay.network.poolfuture.FailoverFuture"',
+    ], out.stdout + out.stderr

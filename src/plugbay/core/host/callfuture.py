@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -33,7 +33,7 @@ class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         self._inner: Any = None
         self._outcome: tuple[Any, BaseException | None] | None = None
         self._cancelled = False
-        self._callbacks: list[Callable[[Any], None]] = []
+        self._callbacks: list[Callable[[Self], None]] = []
 
     def _set_inner(self, inner: Any) -> bool:
         """Make ``inner`` the current try; False, and ``inner`` cancelled, when this future was cancelled."""
@@ -54,7 +54,7 @@ class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         for callback in callbacks:
             self._run(callback)
 
-    def _run(self, callback: Callable[[Any], None]) -> None:
+    def _run(self, callback: Callable[[Self], None]) -> None:
         """One done callback; its failure is logged and the others still run (as gRPC's own futures do)."""
         try:
             callback(self)
@@ -117,7 +117,7 @@ class CallFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         error = self.exception(timeout)
         return None if error is None else error.__traceback__
 
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+    def add_done_callback(self, fn: Callable[[Self], None]) -> None:
         with self._cond:
             if self._outcome is None:
                 self._callbacks.append(fn)
