@@ -29,6 +29,7 @@ import dns.resolver
 
 from plugbay.errors import ConfigError, DiscoveryError
 from plugbay.network.dns_failures import failure_text
+from plugbay.network.dns_missing import aliased, empty_text
 from plugbay.network.resolver import (MAX_ENDPOINTS, Endpoint, OnChange, all_refused, parse_dns_server, refusal,
                                       refused_as_loopback)
 
@@ -47,17 +48,6 @@ _MAX_GAP = 2.0
 # from the next period for minutes.
 _LOOKUP_QUERIES = 5
 _RESOLV_CONF = "/etc/resolv.conf"
-
-
-def _aliased(asked: Any, response: Any) -> str:
-    """``asked`` as the note names it: an alias (CNAME) whose target has no records is named with that
-    target, since the target is the name to publish or fix, not the alias the host was given."""
-    text = str(asked).rstrip(".")
-    try:
-        target = response.canonical_name() if response is not None else asked
-    except dns.exception.DNSException:  # a CNAME loop: the name asked is all there is to say
-        return text
-    return text if target == asked else f"{str(target).rstrip('.')} (the target of the alias {text})"
 
 
 def _refusal(host: str, *, allow_loopback: bool) -> str | None:
@@ -177,7 +167,8 @@ class DNSResolver:
         if failed:
             _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
                          self.host, self._server_text(), "; ".join(failed), len(out))
-        self.empty_note = "" if out else self._empty_text()
+        self.empty_note = "" if out else empty_text(self._server_text(), self.host, self._refused, self._missing,
+                                                   self._srv_none)
         if "SRV" in kinds:  # priority order is the meaning (pick_first): only duplicates go
             return self._capped(out, srv)
         return self._capped(sorted(set(out), key=lambda e: e.key))
@@ -191,13 +182,13 @@ class DNSResolver:
         except dns.resolver.NXDOMAIN as exc:
             responses = exc.responses()  # type: ignore[no-untyped-call]
             qnames = exc.qnames()  # type: ignore[no-untyped-call]
-            names = ", ".join(_aliased(n, responses.get(n)) for n in qnames) or name
+            names = ", ".join(aliased(n, responses.get(n)) for n in qnames) or name
             self._missing.setdefault(names.rstrip("."), ["NXDOMAIN"])
             return []
         except dns.resolver.NoAnswer as exc:
             # under a search list, the name that exists (the one without records) is the response's
             response = getattr(exc, "kwargs", {}).get("response")
-            asked = _aliased(response.question[0].name, response) if response is not None and response.question \
+            asked = aliased(response.question[0].name, response) if response is not None and response.question \
                 else name
             kinds = self._missing.setdefault(asked.rstrip("."), [])
             if kinds[:1] != ["NXDOMAIN"] and kind not in kinds:
@@ -210,32 +201,6 @@ class DNSResolver:
                 self._advised.add(text)
             self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
             return []
-
-    def _empty_text(self) -> str:
-        """Why this lookup found no endpoint: records that name no replica, else the names without records."""
-        if self._refused:  # the answer's records were there, but none may be a replica
-            return (f"DNS at {self._server_text()} names only addresses that cannot be replicas"
-                    f" ({', '.join(self._refused[:3])}); see the warning logged for them")
-        said = []
-        for name, kinds in list(self._missing.items())[:3]:
-            if kinds == ["NXDOMAIN"]:
-                said.append(f"none of {name} exists (NXDOMAIN)" if ", " in name
-                            else f"{name} does not exist (NXDOMAIN)")
-            elif kinds == ["."]:
-                said.append(f"the SRV records of {name} say the service is not available (target '.')")
-            else:
-                said.append(f"{name} has no {' or '.join(kinds)} record")
-        more = f" and {len(self._missing) - 3} more" if len(self._missing) > 3 else ""
-        labels = self.host.split(".")
-        if said and self._srv_none and not (len(labels) > 2 and labels[0][:1] == labels[1][:1] == "_"):
-            # asked as written (Consul's kv.service.consul and CoreDNS's Service names answer SRV there);
-            # most zones publish SRV records only under _SERVICE._PROTO., which is the likely slip. Only when
-            # the name had none: SRV records there whose targets fail are that answer's to fix, and a name
-            # that does not exist has no A/AAAA records either
-            a_records = "" if self._srv_none == "NXDOMAIN" else f", or dns:///{self.host}:PORT for its A/AAAA records"
-            more += (f" (SRV records usually live under _SERVICE._PROTO.: write dns+srv:///_SERVICE._tcp.{self.host}"
-                     f"{a_records})")
-        return f"DNS at {self._server_text()}: {'; '.join(said)}{more}" if said else ""
 
     def _capped(self, found: list[Endpoint], srv: tuple[int, int] | None = None) -> list[Endpoint]:
         """At most max_endpoints; ``srv``: an SRV answer's (target count, targets not looked up)."""
