@@ -224,3 +224,46 @@ def test_a_socket_in_a_folder_the_clis_user_may_not_search_says_to_reattach_as_o
     assert f"this host's user may not search folder {os.path.dirname(path)!r}" in said, said
     assert "Reattach as a user who may connect to it (the plugin's own user)" in said, said
     assert "Client" not in said and "JSON" not in said and "trust" not in said, said
+
+
+# a reattaching host (the Python API), its plugin's socket folder given away before it starts
+REATTACHING_HOST = """import os, sys
+from plugbay import Client, ClientConfig, ReattachConfig
+from plugbay.errors import PlugbayError
+from tests.resilience_util import HANDSHAKE, PLUGINS
+with open(sys.argv[1]) as f:
+    config = ReattachConfig.from_json(f.read())
+os.chown(os.path.dirname(config.handshake.address), 65534, 65534)  # its mode is 0700
+client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, reattach=config, start_timeout=30))
+try:
+    client.start()
+except PlugbayError as exc:
+    print(type(exc).__name__, exc)
+finally:
+    client.close()
+"""
+
+
+def test_a_reattached_clients_refusal_of_a_folder_it_may_not_search_says_the_same(tmp_path: Path) -> None:
+    # before: 'plugin process N does not listen there (...)', then the advice of other reattach data or a Client
+    # of one's own, when the reattaching host's user is what keeps it out
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the host without CAP_DAC_OVERRIDE (setpriv)")
+    first = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, KV_EXAMPLE]))
+    first.start()
+    try:
+        reattach = tmp_path / "reattach.json"
+        reattach.write_text(first.reattach_config().to_json())
+        folder = os.path.dirname(first.reattach_config().handshake.address)
+        done = subprocess.run([*NO_DAC, sys.executable, "-c", REATTACHING_HOST, str(reattach)], capture_output=True,
+                              text=True, timeout=90, stdin=subprocess.DEVNULL, env=cli_env(PYTHONDONTWRITEBYTECODE="1"))
+        if "setpriv:" in done.stderr:
+            pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
+        assert first.runner.wait(0) is None  # a refused reattach leaves the plugin to its owner
+    finally:
+        first.kill()
+    said = done.stdout
+    assert said.startswith("ReattachError"), (said, done.stderr[-2000:])
+    assert f"this host's user may not search folder {folder!r}" in said, said
+    assert "Reattach as a user who may connect to it" in said and "does not listen there" not in said, said
+    assert "JSON" not in said and "Client of your own" not in said, said
