@@ -21,7 +21,7 @@ import pytest
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
-from plugbay.runners.docker.hardening import ICC_OPTION, ISOLATED_NETWORK
+from plugbay.runners.docker.hardening import ICC_OPTION, ISOLATED_NETWORK, MADE_NETWORK
 from tests.docker_util import BASE, start_on
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -158,7 +158,10 @@ def test_a_missing_network_of_extra_create_args_is_refused_not_swapped(plugbay_d
     # Only the isolated network's own (stale) id is verified anew: the caller's choice is not replaced
     # (it was: the container ran on the isolated network, or with network=None on a new one called "None").
     missing = f"plugbay-test-missing-{os.getpid()}"
-    before = {n.name for n in plugbay_docker.networks.list()} | {ISOLATED_NETWORK}  # tcp verifies it first
+    # the networks plugbay made (its label), and the isolated one (tcp verifies it first): not every network on
+    # the engine, where another user of it may add one meanwhile, which this test would then remove as made here
+    made_by_plugbay = {"label": MADE_NETWORK}
+    before = {n.name for n in plugbay_docker.networks.list(filters=made_by_plugbay)} | {ISOLATED_NETWORK}
     runner = DockerRunner(BASE, transport=transport, network=network, entrypoint=["sleep", "30"],
                           extra_create_args={"network": missing})
     try:
@@ -166,7 +169,7 @@ def test_a_missing_network_of_extra_create_args_is_refused_not_swapped(plugbay_d
             runner.start(LaunchSpec(env={}))
     finally:
         runner.kill()
-        made = {n.name for n in plugbay_docker.networks.list()} - before
+        made = {n.name for n in plugbay_docker.networks.list(filters=made_by_plugbay)} - before
         for name in made:  # (networks.list(names=[]) would list them all)
             plugbay_docker.networks.get(name).remove()
     assert not made
