@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.ports import HeldPort, refusing_port
 
 pytest_plugins = ["tests.leakcheck", "tests.hangwatch", "tests.closeduse"]
 
@@ -36,3 +38,25 @@ def other_engine() -> Iterator[object]:
     from tests.second_engine import second_engine_running
 
     yield from second_engine_running()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A 127.0.0.1 port nothing listens on, held for the test so that nothing else takes it (tests/ports.py)."""
+    with refusing_port() as port:
+        yield port
+
+
+@pytest.fixture
+def hold_port() -> Iterator[Callable[[int], HeldPort]]:
+    """hold_port(port): hold the 127.0.0.1 port a replica of the test stopped listening on (it refuses dials, and
+    nothing else takes it) until the test release()s it to start one there again, or ends (tests/ports.py)."""
+    held: list[HeldPort] = []
+
+    def hold(port: int) -> HeldPort:
+        held.append(HeldPort(port=port))
+        return held[-1]
+
+    yield hold
+    for port in held:
+        port.release()

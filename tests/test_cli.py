@@ -8,7 +8,6 @@ import pty
 import resource
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -365,17 +364,19 @@ def test_gateway_delegates_or_says_it_is_missing(tmp_path: Path) -> None:
     bogus = plugbay("gateway", "--bogus")
     assert bogus.returncode == 2 and "unrecognized arguments: --bogus" in bogus.stderr
     # verbatim delegation, `--` included: the gateway serves the KV plugin; the CLI talks to it
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    # port 0: the gateway binds a free port itself and says which (a port found free beforehand could be taken
+    # by another bind while the gateway started)
     gw = subprocess.Popen(rlimited([PY, "-m", "plugbay", "gateway", "--cookie", COOKIE, "--listen",
-                                    f"127.0.0.1:{port}", "--insecure", "--", PY, str(KV_PLUGIN)],
+                                    "127.0.0.1:0", "--insecure", "--", PY, str(KV_PLUGIN)],
                                    RLIMIT_NOFILE=(1024, hard)), cwd=tmp_path, env=cli_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    target = f"static:///127.0.0.1:{port}"
     try:
-        health = plugbay("health", target, "--insecure", "--timeout", "30")  # one check waits for it to come up
+        assert gw.stdout is not None
+        said = gw.stdout.readline() if select.select([gw.stdout], [], [], 120)[0] else ""  # bounded: a hang guard
+        assert said.startswith("listening tcp 127.0.0.1:"), said
+        target = f"static:///{said.split()[2]}"
+        health = plugbay("health", target, "--insecure", "--timeout", "30")
         assert health.returncode == 0, health.stdout + health.stderr
         # started with the common soft limit, the gateway raised it as a plugin's serve() does (its sessions
         # admit only the streams half the soft limit allows)

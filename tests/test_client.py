@@ -331,16 +331,8 @@ def test_a_multiplex_field_that_is_no_boolean_is_refused_where_the_host_asked_to
             pass
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("kind", ["missing", "regular-file", "closed-port", "non-numeric", "no-port"])
-def test_multiplexed_bad_announced_address_is_typed(tmp_path: Path, kind: str) -> None:
+def test_multiplexed_bad_announced_address_is_typed(tmp_path: Path, kind: str, closed_port: int) -> None:
     # the host's mux dials the announced address itself: each failure is a plugbay error
     regular = tmp_path / "not-a-socket"
     regular.write_text("x")
@@ -352,7 +344,7 @@ def test_multiplexed_bad_announced_address_is_typed(tmp_path: Path, kind: str) -
         "regular-file": (f"unix|{regular}", MalformedHandshakeError,
                          r"not-a-socket', but that path is a regular file, not a socket, so the host does not dial"),
         # proven before any dial, from the socket tables: waited for until start_timeout, as without multiplexing
-        "closed-port": (f"tcp|127.0.0.1:{_closed_port()}", HandshakeTimeoutError, r"nothing listen"),
+        "closed-port": (f"tcp|127.0.0.1:{closed_port}", HandshakeTimeoutError, r"nothing listen"),
         "non-numeric": ("tcp|127.0.0.1:grpc", MalformedHandshakeError,
                         r"port 'grpc' of tcp address '127.0.0.1:grpc' is not a number in 1-65535"),
         "no-port": ("tcp|127.0.0.1", MalformedHandshakeError, r"'127.0.0.1' is not HOST:PORT \(no host or no port\)"),

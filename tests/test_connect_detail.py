@@ -7,7 +7,6 @@ the pod watch learns of the exit a moment later. Against a real gRPC channel to 
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
@@ -21,11 +20,8 @@ REFUSED = "port-forward to pod ns/p port 4000: the API server said 'connection r
 
 
 @pytest.fixture()
-def channel() -> Iterator[grpc.Channel]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed: nothing listens there
-    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+def channel(closed_port: int) -> Iterator[grpc.Channel]:
+    ch = grpc.insecure_channel(f"127.0.0.1:{closed_port}")  # nothing listens there
     try:
         yield ch
     finally:

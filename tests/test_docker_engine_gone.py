@@ -38,10 +38,8 @@ def _known(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
 
 
 def test_an_engine_gone_since_its_version_was_known_is_an_engine_unavailable_error(
-        monkeypatch: pytest.MonkeyPatch, closes: list[Any]) -> None:
-    with socket.socket() as probe:  # a port nothing listens on once closed
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        monkeypatch: pytest.MonkeyPatch, closes: list[Any], closed_port: int) -> None:
+    port = closed_port  # nothing listens on it
     _known(monkeypatch, f"tcp://127.0.0.1:{port}")
     with pytest.raises(EngineUnavailableError, match=f"cannot reach the Docker engine at tcp://127.0.0.1:{port}"):
         docker_client()

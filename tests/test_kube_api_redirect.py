@@ -28,14 +28,6 @@ from plugbay.runners.kubernetes import api  # noqa: E402
 pytestmark = pytest.mark.kubernetes
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
 class _Server:
     def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
         self.requests = 0
@@ -61,8 +53,8 @@ class _Server:
 
 
 @pytest.fixture
-def redirecting() -> Iterator[_Server]:
-    dead = _closed_port()
+def redirecting(closed_port: int) -> Iterator[_Server]:
+    dead = closed_port
 
     class Redirect(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:

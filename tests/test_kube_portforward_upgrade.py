@@ -327,10 +327,8 @@ def test_port_forward_through_an_http_proxy(tls_standin: StandIn, tmp_path: Path
 
 
 @pytest.mark.parametrize("no_proxy", ["127.0.0.0/8", "example.org,127.0.0.1", ""])
-def test_no_proxy_bypasses_the_proxy(no_proxy: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]  # nothing listens here once the socket is closed
+def test_no_proxy_bypasses_the_proxy(no_proxy: str, closed_port: int) -> None:
+    closed = closed_port  # nothing listens here
     server = RawServer(lambda head: switching(accept(key_of(head))))
     runner = runner_for(f"http://127.0.0.1:{server.port}")
     runner._api_client.configuration.proxy = f"http://127.0.0.1:{closed}"

@@ -346,10 +346,8 @@ def test_forbidden_watch(standin: StandIn, kubeconfig: str, testapp: str) -> Non
     assert pods_of_session(kubeconfig) == []
 
 
-def test_unreachable_api_server(tmp_path: Any, testapp: str) -> None:  # noqa: F811
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def test_unreachable_api_server(tmp_path: Any, testapp: str, closed_port: int) -> None:  # noqa: F811
+    port = closed_port
     path = tmp_path / "kubeconfig"
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "c",

@@ -231,9 +231,8 @@ def _mux_folders() -> set[str]:
     return {entry.name for entry in Path(tempfile.gettempdir()).glob("plugbay-mux-*")}
 
 
-def test_a_host_mux_that_cannot_dial_leaves_no_folder_or_listener() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as closed:
-        address = "%s:%d" % closed.getsockname()  # nothing listens there once closed
+def test_a_host_mux_that_cannot_dial_leaves_no_folder_or_listener(closed_port: int) -> None:
+    address = f"127.0.0.1:{closed_port}"  # nothing listens there
     before = _mux_folders()
     with pytest.raises(TargetUnreachableError, match="check that the plugin is still running"):
         HostMux("tcp", address, timeout=5)

@@ -18,7 +18,7 @@ from tests.net_util import PLUGIN_NAME, Replica, first_check_passed
 from tests.race_util import Starting
 from tests.resilience_util import wait_until
 from tests.test_network_drain import PushResolver
-from tests.test_network_pool import FAST_RECONNECT, free_port, remote
+from tests.test_network_pool import FAST_RECONNECT, remote
 
 from kvproto import kv_pb2  # noqa: E402, I001
 
@@ -49,13 +49,14 @@ class _WatchedCondition:
         return getattr(self._cond, name)
 
 
-def test_a_future_waits_for_an_endpoint_on_the_pools_condition_and_its_cancel_wakes_that_wait() -> None:
+def test_a_future_waits_for_an_endpoint_on_the_pools_condition_and_its_cancel_wakes_that_wait(
+        closed_port: int) -> None:
     """The future's first try (on a thread of its own, as a hooked future's is) finds no endpoint round after
     round: each such round waits on the pool's condition (it polled every 0.05 s before, never waiting there,
     so the pool's changes did not wake it and it asked the pool twenty times a second). cancel() notifies that
     condition while the pick is under way (a future not picking does not): the future ends cancelled, no try
     was picked after it, none is in flight."""
-    nobody = free_port()  # refuses every connection: its health checks fail, calls wait for an endpoint
+    nobody = closed_port  # refuses every connection: its health checks fail, calls wait for an endpoint
     key = f"tcp:127.0.0.1:{nobody}"
     pool = EndpointPool(PushResolver([Endpoint("tcp", f"127.0.0.1:{nobody}")]), insecure=True,
                         health_interval=0.2, options=FAST_RECONNECT, name="kv-future-pick")

@@ -250,13 +250,10 @@ def test_the_discovery_rule_grants_exactly_the_verbs_discovery_calls(standin: St
         ("discovery.k8s.io", "endpointslices", tuple(sorted(used)))]
 
 
-def test_unreachable_api_is_engine_unavailable(tmp_path: Path) -> None:
+def test_unreachable_api_is_engine_unavailable(tmp_path: Path, closed_port: int) -> None:
     import json
-    import socket
 
-    with socket.socket() as s:  # a loopback port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = closed_port  # a loopback port nobody listens on
     path = tmp_path / "kubeconfig"
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "gone",

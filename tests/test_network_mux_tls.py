@@ -22,10 +22,13 @@ import pytest
 from plugbay import RemoteClient, RemoteTLSError
 from tests import netcerts
 from tests.net_util import connection_lost
+from tests.ports import HeldPort
 from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, counter_config, host_tls, wait_until
 
 
 def _free_port() -> int:
+    """A free port for a server this process binds at once (grpcio in-process): free only for the moment in
+    between. A replica process binds port 0 itself, and its port is held while it is down (tests/ports.py)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -57,8 +60,8 @@ def _refused_after_start(tmp_path: Path, case: str, multiplexed: bool, refused_f
     made when multiplexed), after which the replica is restarted on its port with ``case``'s certificates
     (``refused_first``: once a dial to it was refused while it was down; multiplexed only)."""
     certs = netcerts.write_set(tmp_path / "tls")
-    listen = f"127.0.0.1:{_free_port()}"
-    replicas = [CounterReplica(tmp_path / "a", certs, listen=listen)]
+    replicas = [CounterReplica(tmp_path / "a", certs)]
+    listen = replicas[0].address  # where it comes back
     try:
         with RemoteClient(counter_config(replicas, host_tls(certs), health_timeout=0.5, brokered=multiplexed,
                                          **config)) as client:
@@ -67,8 +70,12 @@ def _refused_after_start(tmp_path: Path, case: str, multiplexed: bool, refused_f
             if multiplexed:
                 stub.put("n", 1, Adder())
             replicas[0].stop()
-            if refused_first:
-                _refused_while_down(client, listen)
+            down = HeldPort(port=int(listen.rpartition(":")[2]))  # refusing while it is down: nothing else takes it
+            try:
+                if refused_first:
+                    _refused_while_down(client, listen)
+            finally:
+                down.release()
             replicas.append(CounterReplica(tmp_path / "b", _refusing_set(certs, tmp_path, case), listen=listen))
             yield client, stub, listen
     finally:
@@ -112,15 +119,19 @@ def test_a_pinned_stub_reaches_its_replica_restarted_on_its_address(tmp_path: Pa
     """The same gap with the replica back with good certificates: the pinned stub's plain call is served by the
     restarted replica (its new session), not failed as gone because a dial was refused while it was down."""
     certs = netcerts.write_set(tmp_path / "tls")
-    listen = f"127.0.0.1:{_free_port()}"
-    replicas = [CounterReplica(tmp_path / "a", certs, listen=listen)]
+    replicas = [CounterReplica(tmp_path / "a", certs)]
+    listen = replicas[0].address  # where it comes back
     try:
         with RemoteClient(counter_config(replicas, host_tls(certs), health_timeout=0.5, brokered=True,
                                          call_timeout=10.0, health_interval=0.2)) as client:
             stub = client.dispense(PLUGIN_NAME)
             stub.put("n", 1, Adder())
             replicas[0].stop()
-            _refused_while_down(client, listen)
+            down = HeldPort(port=int(listen.rpartition(":")[2]))  # refusing while it is down: nothing else takes it
+            try:
+                _refused_while_down(client, listen)
+            finally:
+                down.release()
             replicas.append(CounterReplica(tmp_path / "a", certs, listen=listen))  # the same folder: its kv_n
             assert stub.get("n") == 1
     finally:

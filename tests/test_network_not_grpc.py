@@ -114,12 +114,6 @@ class TLSOnly(LoopbackServer):
             conn.close()
 
 
-def _closed_port() -> str:
-    """127.0.0.1 at a port nothing listens on: an endpoint that is down, so the start waits to its deadline."""
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 def _at_deadline(*addresses: str) -> BaseException:
     cfg = RemoteConfig(target=f"static:///{','.join(addresses)}", handshake=HANDSHAKE, plugins=PLUGINS,
                        insecure=True, start_timeout=3.0)  # the wait's bound, no assertion on it
@@ -129,22 +123,22 @@ def _at_deadline(*addresses: str) -> BaseException:
     return err.value
 
 
-def test_two_plaintext_replicas_that_are_no_plugin_are_each_named_so_at_the_deadline() -> None:
+def test_two_plaintext_replicas_that_are_no_plugin_are_each_named_so_at_the_deadline(closed_port: int) -> None:
     # an endpoint down beside them keeps the start waiting to its deadline (PoolTLS.tls_at_deadline)
     with plain_http() as a, plain_http() as b:
-        error = _at_deadline(a, b, _closed_port())
+        error = _at_deadline(a, b, f"127.0.0.1:{closed_port}")
     assert isinstance(error, RemoteProtocolError) and not isinstance(error, RemoteTLSError), error
     assert "failed TLS" not in str(error) and "TLS with" not in str(error), error
     assert "is no gRPC plugin either" in str(error), error
 
 
 def test_a_mix_of_an_endpoint_wanting_tls_and_one_that_is_no_plugin_is_named_by_each_failure(
-        tmp_path: Path) -> None:
+        tmp_path: Path, closed_port: int) -> None:
     certs = netcerts.write_set(tmp_path / "tls")
     with TLSOnly(certs) as tls_only, plain_http() as http_one:
         tls_at = f"127.0.0.1:{tls_only.port}"
         for order in ((tls_at, http_one), (http_one, tls_at)):  # the same error whichever is listed first
-            error = _at_deadline(*order, _closed_port())
+            error = _at_deadline(*order, f"127.0.0.1:{closed_port}")  # an endpoint that is down
             assert isinstance(error, RemoteTLSError), error
             assert f"at tcp:{tls_at} failed" in str(error), error
             assert f"tcp:{http_one} is no gRPC plugin (" in str(error), error

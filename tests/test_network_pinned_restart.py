@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -25,13 +24,8 @@ from plugbay import AsyncRemoteClient, RemoteConfig, RestartPolicy, Supervisor
 from plugbay.core.host.channel import ClientClosed
 from plugbay.network.remote import RemoteClient
 from tests import netcerts
+from tests.ports import HeldPort
 from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, counter_config, host_tls, wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _end(rep: CounterReplica) -> None:
@@ -79,8 +73,9 @@ def _restarted(tmp_path: Path, on_loop: bool,
     made on the loop the asyncio stub was dispensed on. With ``held``, the restart is under way instead: its
     client is held by ``held`` (released when this ends), and the replica does not come back."""
     certs = netcerts.write_set(tmp_path / "tls")
-    listen = f"127.0.0.1:{_free_port()}"
-    reps = [CounterReplica(tmp_path / "r", certs, listen=listen)]
+    reps = [CounterReplica(tmp_path / "r", certs)]
+    listen = reps[0].address  # where it comes back
+    down: HeldPort | None = None
     config = counter_config(reps, host_tls(certs), call_timeout=5.0)
     maker = _AsyncClients(config)
     source: Any = maker if on_loop else config
@@ -107,13 +102,18 @@ def _restarted(tmp_path: Path, on_loop: bool,
             kv = sup.client.dispense(PLUGIN_NAME)
             kv.put("n", 1, Adder())
         reps[0].proc.send_signal(signal.SIGKILL)
+        reps[0].proc.wait(10)
+        down = HeldPort(port=int(listen.rpartition(":")[2]))  # refusing while it is down: nothing else takes it
         # the Supervisor judges it gone (health) and restarts: its new client waits for an endpoint
         assert wait_until(lambda: sup.restarts >= 1, 30), list(sup.events)
         if held is None:
+            down.release()
             reps.append(CounterReplica(tmp_path / "r", certs, listen=listen))  # the same address, the same files
             assert sup.wait_running(30), list(sup.events)
         yield sup, (lambda key: run(kv.get(key))) if on_loop else kv.get
     finally:
+        if down is not None:
+            down.release()
         if held is not None:
             held.release.set()  # before the stop, which waits for the restart under way
         sup.stop()

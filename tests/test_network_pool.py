@@ -8,7 +8,6 @@ beyond "no call outlives its deadline (+ slack)".
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ import grpc
 import pytest
 
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica, connection_lost, first_check_passed
+from tests.ports import HeldPort
 from tests.resilience_util import wait_until
 
 from kvproto import kv_pb2, kv_pb2_grpc  # noqa: E402, I001
@@ -29,12 +29,6 @@ from plugbay.network import connect
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
                   ("grpc.min_reconnect_backoff_ms", 100))
 SLACK = 1.5  # a deadline is checked, not a speed: room for a loaded 2-core CI machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture()
@@ -95,9 +89,10 @@ def test_pick_first_sticks_to_the_first_endpoint(replicas: Callable[..., Replica
 
 
 def test_kill_9_calls_go_on_the_dead_endpoint_is_ejected_and_returns_when_restarted(
-        replicas: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
-    port = free_port()
-    a, b = replicas(f"127.0.0.1:{port}"), replicas()
+        replicas: Callable[..., Replica], caplog: pytest.LogCaptureFixture,
+        hold_port: Callable[[int], HeldPort]) -> None:
+    a, b = replicas(), replicas()
+    port = a.port
     outlier = OutlierPolicy(consecutive_failures=3, base_ejection_time=1.0, max_ejection_time=5.0)
     caplog.set_level(logging.INFO, logger="plugbay.network")
     key = f"tcp:{a.address}"
@@ -122,6 +117,7 @@ def test_kill_9_calls_go_on_the_dead_endpoint_is_ejected_and_returns_when_restar
             assert wait_until(lambda: not pool.member(key).checking, 10)
             assert client.metrics()["endpoints"][key]["healthy"] is True
             a.kill9()
+            down = hold_port(port)  # refusing while it is down: nothing else takes its port
             # A call made before the host's connection saw the dead peer's close is written to that connection
             # and breaks in flight ("Stream removed"): the host cannot tell it from a call the plugin received,
             # so the pool does not resend it. Once the close is seen, every call is resent to the live replica.
@@ -142,6 +138,7 @@ def test_kill_9_calls_go_on_the_dead_endpoint_is_ejected_and_returns_when_restar
         # logged by the health thread just after it marks the endpoint (outside its lock)
         assert wait_until(lambda: "ejected endpoint " + key in caplog.text, 10), caplog.text
         assert wait_until(lambda: "2 endpoint(s) known, 1 healthy" in caplog.text, 10), caplog.text
+        down.release()
         back = replicas(f"127.0.0.1:{port}")  # the replica heals (restarted on its port)
         assert wait_until(lambda: client.metrics()["endpoints"][key]["healthy"] is True
                           and not client.metrics()["endpoints"][key]["ejected"], 15), client.metrics()
@@ -150,13 +147,14 @@ def test_kill_9_calls_go_on_the_dead_endpoint_is_ejected_and_returns_when_restar
 
 
 def test_calls_wait_for_an_endpoint_within_their_deadline_then_fail_typed(
-        replicas: Callable[..., Replica]) -> None:
-    port = free_port()
-    a = replicas(f"127.0.0.1:{port}")
+        replicas: Callable[..., Replica], hold_port: Callable[[int], HeldPort]) -> None:
+    a = replicas()
+    port = a.port
     with RemoteClient(remote(f"static:///{a.address}")) as client:
         kv = client.dispense(PLUGIN_NAME)
         kv.put("k", b"v")
         a.kill9()
+        down = hold_port(port)  # refusing while it is down: nothing else takes its port
         connection_lost(client, f"tcp:{a.address}")  # else the call may break in flight, possibly received
         started = time.monotonic()
         with pytest.raises(NoEndpointsError) as err:
@@ -165,6 +163,7 @@ def test_calls_wait_for_an_endpoint_within_their_deadline_then_fail_typed(
         assert took < 2.0 + SLACK
         assert "no endpoint of remote plugin 'kv-net' could take the call" in str(err.value)
         assert "Check that replicas are running" in str(err.value)
+        down.release()
         replicas(f"127.0.0.1:{port}")  # comes back: a call waiting within its deadline gets through
         result, took = timed(kv, "__pid__", 2.0)
         deadline = time.monotonic() + 15
@@ -302,9 +301,9 @@ def test_a_lone_ejected_endpoint_that_passes_its_health_checks_still_gets_calls(
         assert pinned.Get(kv_pb2.GetRequest(key="k"), timeout=2.0).value == b"v"
 
 def test_a_refusing_endpoint_is_tried_again_while_another_is_merely_unhealthy(
-        replicas: Callable[..., Replica]) -> None:
-    port, nobody = free_port(), free_port()
-    a = replicas(f"127.0.0.1:{port}")
+        replicas: Callable[..., Replica], closed_port: int) -> None:
+    a, nobody = replicas(), closed_port
+    port = a.port
     # health every second: the restarting endpoint stays pickable, so the call itself finds it refusing
     with RemoteClient(remote(f"static:///{a.address},127.0.0.1:{nobody}", health_interval=1.0,
                              call_timeout=15.0)) as client:
@@ -381,13 +380,13 @@ def test_future_calls_fail_over_from_a_dead_endpoint_as_blocking_calls_do(
             slow.result(timeout=5)
 
 
-def test_cancelling_a_future_that_waits_to_fail_over_ends_its_wait_at_once() -> None:
+def test_cancelling_a_future_that_waits_to_fail_over_ends_its_wait_at_once(closed_port: int) -> None:
     from plugbay.network.pool import EndpointPool
     from plugbay.network.resolver import Endpoint
     from tests.race_util import Starting
     from tests.test_network_drain import PushResolver
 
-    nobody = free_port()  # refuses every connection: each try fails before it was sent
+    nobody = closed_port  # refuses every connection: each try fails before it was sent
     pool = EndpointPool(PushResolver([Endpoint("tcp", f"127.0.0.1:{nobody}")]), insecure=True,
                         health_interval=0.2, options=FAST_RECONNECT, name="kv-cancel-wait")
     try:
@@ -419,7 +418,8 @@ def test_a_cancelled_hooked_future_waiting_for_an_endpoint_is_never_sent(tmp_pat
     from plugbay.network.resolver import Endpoint
     from tests.test_network_drain import PushResolver
 
-    port = free_port()
+    held = HeldPort()  # refuses every connection until the replica starts on it
+    port = held.port
     key = f"tcp:127.0.0.1:{port}"
     pool = EndpointPool(PushResolver([Endpoint("tcp", f"127.0.0.1:{port}")]), insecure=True,
                         health_interval=0.2, options=FAST_RECONNECT, name="kv-cancel-hooked")
@@ -435,12 +435,14 @@ def test_a_cancelled_hooked_future_waiting_for_an_endpoint_is_never_sent(tmp_pat
         assert future.cancel() and future.cancelled()
         assert wait_until(lambda: not any(t.name == "plugbay-call-kv-cancel-hooked"
                                           for t in threading.enumerate()), 5), "its try went on waiting for an endpoint"
+        held.release()
         replica = Replica(f"127.0.0.1:{port}", cwd=tmp_path)
         install(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.Get(kv_pb2.GetRequest(key="cancelled"), timeout=20)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND  # the cancelled Put never reached the plugin
     finally:
+        held.release()
         pool.close()
         if replica is not None:
             replica.stop()
@@ -458,8 +460,8 @@ def test_a_hooked_future_that_failed_before_any_try_tells_its_status_at_once(tmp
     from plugbay.network.resolver import Endpoint
     from tests.test_network_drain import PushResolver
 
-    port = free_port()
-    replica = Replica(f"127.0.0.1:{port}", cwd=tmp_path)
+    replica = Replica("127.0.0.1:0", cwd=tmp_path)
+    port = replica.port
     pool = EndpointPool(PushResolver([Endpoint("tcp", f"127.0.0.1:{port}")]), insecure=True,
                         options=FAST_RECONNECT, name="kv-bad-arg")
     try:

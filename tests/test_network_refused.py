@@ -10,7 +10,6 @@ after 15 s whatever start_timeout was left), and so is a Supervisor's only repli
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,15 +20,10 @@ from plugbay import (HandshakeTimeoutError, RemoteClient, RemoteConfig, RemoteRe
                      TargetUnreachableError)
 from plugbay.network import connect
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS, Replica
+from tests.ports import HeldPort
 from tests.resilience_util import wait_until
 
 SHORT_START = 4.0  # long enough for the pool's first health checks to be refused
-
-
-def _unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _said_refused(error: BaseException, port: int) -> None:
@@ -43,8 +37,8 @@ def _said_refused(error: BaseException, port: int) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_connect_to_nothing_listening_ends_at_start_timeout_as_refused() -> None:
-    port = _unused_port()
+def test_connect_to_nothing_listening_ends_at_start_timeout_as_refused(closed_port: int) -> None:
+    port = closed_port
     with pytest.raises(RemoteRefusedError) as err:
         connect(f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
                 start_timeout=SHORT_START, name="kv-refused")
@@ -52,8 +46,8 @@ def test_connect_to_nothing_listening_ends_at_start_timeout_as_refused() -> None
 
 
 @pytest.mark.timeout(60)
-def test_a_remote_clients_start_against_nothing_listening_ends_as_refused() -> None:
-    port = _unused_port()
+def test_a_remote_clients_start_against_nothing_listening_ends_as_refused(closed_port: int) -> None:
+    port = closed_port
     client = RemoteClient(RemoteConfig(target=f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
                                        insecure=True, start_timeout=SHORT_START, name="kv-refused"))
     try:
@@ -66,15 +60,23 @@ def test_a_remote_clients_start_against_nothing_listening_ends_as_refused() -> N
 
 
 @contextmanager
-def _listening_after(seconds: float, port: int) -> Iterator[None]:
+def _listening_after(seconds: float, held: HeldPort) -> Iterator[None]:
+    """A replica listening on ``held``'s port in ``seconds``: the port is held (refusing) until then, so that no
+    other socket takes it meanwhile."""
     started: list[Replica] = []
-    timer = threading.Timer(seconds, lambda: started.append(Replica(f"127.0.0.1:{port}")))
+
+    def listen() -> None:
+        held.release()
+        started.append(Replica(f"127.0.0.1:{held.port}"))
+
+    timer = threading.Timer(seconds, listen)
     timer.start()
     try:
         yield
     finally:
         timer.cancel()
         timer.join(30)
+        held.release()
         for replica in started:
             replica.stop()
 
@@ -82,8 +84,9 @@ def _listening_after(seconds: float, port: int) -> Iterator[None]:
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("late", [5.0, 20.0])
 def test_a_server_that_listens_late_within_start_timeout_is_found(late: float) -> None:
-    port = _unused_port()
-    with _listening_after(late, port):
+    held = HeldPort()
+    port = held.port
+    with _listening_after(late, held):
         with connect(f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
                      start_timeout=60, name="kv-late") as client:
             kv = client.dispense(PLUGIN_NAME)
@@ -102,8 +105,8 @@ def _answers(kv: object) -> bytes | None:
 def test_a_supervisors_restart_waits_start_timeout_for_its_only_replica_to_come_back() -> None:
     # one restart allowed: a start given up before start_timeout (the refusals once ended it at 15 s) was the
     # Supervisor's end, though the replica came back well within the 60 s the user gave it
-    port = _unused_port()
-    first = Replica(f"127.0.0.1:{port}")
+    first = Replica("127.0.0.1:0")
+    port = first.port
     cfg = RemoteConfig(target=f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
                        call_timeout=1.5, health_interval=0.2, start_timeout=60, name="kv-sup-late")
     try:
@@ -112,7 +115,7 @@ def test_a_supervisors_restart_waits_start_timeout_for_its_only_replica_to_come_
             kv = sup.dispense(PLUGIN_NAME)
             assert kv.get("__pid__") == str(first.proc.pid).encode()
             first.stop()
-            with _listening_after(25.0, port):
+            with _listening_after(25.0, HeldPort(port=port)):
                 old = str(first.proc.pid).encode()
                 assert wait_until(lambda: _answers(kv) not in (None, old), 90), list(sup.events)
                 assert sup.state != "failed" and sup.restarts == 1, list(sup.events)

@@ -4,7 +4,6 @@ Discovery, the Supervisor over a target, and the kv/counter example hosts with -
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import pytest
 
 from tests.net_util import (HANDSHAKE, PLUGIN_NAME, PLUGINS, SERVER_NAME, Replica, connection_lost, first_check_passed,
                              make_pki)
+from tests.ports import HeldPort
 from tests.resilience_util import wait_until
 
 from plugbay import (
@@ -40,12 +40,6 @@ from plugbay.network import connect
 REPO = Path(__file__).resolve().parent.parent
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300),
                   ("grpc.min_reconnect_backoff_ms", 100))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture()
@@ -149,8 +143,8 @@ def test_remote_timeouts_take_any_real_number_kept_as_floats() -> None:
     client.kill()
 
 
-def test_nothing_listening_is_a_handshake_timeout_naming_the_target() -> None:
-    port = free_port()
+def test_nothing_listening_is_a_handshake_timeout_naming_the_target(closed_port: int) -> None:
+    port = closed_port
     with pytest.raises(HandshakeTimeoutError) as err:
         with RemoteClient(RemoteConfig(target=f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
                                        insecure=True, start_timeout=1.5, name="kv-none")):
@@ -166,9 +160,10 @@ def test_the_broker_is_refused_with_a_typed_error(replica: Replica) -> None:
             client.broker.dial(1)
 
 
-def test_supervisor_over_a_target_holds_calls_while_no_endpoint_answers(tmp_path: Path) -> None:
-    port = free_port()
-    rep = Replica(f"127.0.0.1:{port}")
+def test_supervisor_over_a_target_holds_calls_while_no_endpoint_answers(
+        tmp_path: Path, hold_port: Callable[[int], HeldPort]) -> None:
+    rep = Replica("127.0.0.1:0")
+    port = rep.port
     cfg = RemoteConfig(target=f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS, insecure=True,
                        call_timeout=1.5, health_interval=0.2, start_timeout=20, grpc_options=FAST_RECONNECT,
                        name="kv-sup")
@@ -178,6 +173,7 @@ def test_supervisor_over_a_target_holds_calls_while_no_endpoint_answers(tmp_path
             kv = sup.dispense(PLUGIN_NAME)
             assert kv.get("__pid__") == str(rep.proc.pid).encode()
             rep.kill9()
+            down = hold_port(port)  # refusing while it is down: nothing else takes its port
             connection_lost(sup.current_client, f"tcp:{rep.address}")  # else the call may break in flight
             started = time.monotonic()
             with pytest.raises((NoEndpointsError, CallTimeoutError)):
@@ -186,6 +182,7 @@ def test_supervisor_over_a_target_holds_calls_while_no_endpoint_answers(tmp_path
             # never return: a generous bound tells the two apart without timing the deadline itself
             assert time.monotonic() - started < 15
             rep.stop()
+            down.release()
             rep = Replica(f"127.0.0.1:{port}")  # discovery's endpoint answers again
             assert wait_until(lambda: _answers(kv) == str(rep.proc.pid).encode(), 30), list(sup.events)
             assert sup.current_client is not None and sup.current_client.runner.wait(0) is None
@@ -241,12 +238,14 @@ def test_example_hosts_check_their_network_flags(tmp_path: Path) -> None:
 
 def test_counter_example_host_reaches_an_unmodified_plugin_on_the_network(tmp_path: Path) -> None:
     """The counter example plugin served on TCP (no Discovery): get works; put needs the broker."""
-    port = free_port()
-    env = {**os.environ, "BASIC_PLUGIN": "hello", "PLUGBAY_LISTEN": f"tcp:127.0.0.1:{port}"}
+    env = {**os.environ, "BASIC_PLUGIN": "hello", "PLUGBAY_LISTEN": "tcp:127.0.0.1:0"}
     plugin = subprocess.Popen([sys.executable, str(REPO / "examples" / "counter" / "plugin.py")], cwd=tmp_path,
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        assert plugin.stdout is not None and plugin.stdout.readline().startswith("1|1|tcp|")
+        assert plugin.stdout is not None
+        line = plugin.stdout.readline()
+        assert line.startswith("1|1|tcp|127.0.0.1:"), line
+        port = int(line.split("|")[3].rpartition(":")[2])
         (tmp_path / "kv_hello").write_text('{"Value":7}')  # the Go example's file format
         flags = ["--target", f"static:///127.0.0.1:{port}", "--insecure"]
         get = run("counter", tmp_path, *flags, "get", "hello")
@@ -314,8 +313,8 @@ def start_ended_by(client: RemoteClient, how: str, ready: Callable[[], object]) 
 
 
 @pytest.mark.parametrize("how", ["kill", "close"])
-def test_kill_during_start_ends_the_start_at_once(how: str) -> None:
-    port = free_port()  # nothing listens there: start() waits for an endpoint that never comes
+def test_kill_during_start_ends_the_start_at_once(how: str, closed_port: int) -> None:
+    port = closed_port  # nothing listens there: start() waits for an endpoint that never comes
     client = RemoteClient(RemoteConfig(target=f"static:///127.0.0.1:{port}", handshake=HANDSHAKE, plugins=PLUGINS,
                                        insecure=True, start_timeout=15.0, health_interval=0.2, name="kv-killed"))
     # well into the wait for an endpoint

@@ -14,7 +14,7 @@ import pytest
 from plugbay import AsyncRemoteClient, ClientStateError, PlugbayError, RemoteClient, RemoteConfig
 from plugbay._proto.plugbay import discovery_pb2, discovery_pb2_grpc
 from tests.net_util import HANDSHAKE, PLUGINS, serving_discovery
-from tests.test_network_remote import free_port, start_ended_by
+from tests.test_network_remote import start_ended_by
 
 CONNECTING = "was closed (close() or kill()) while it was still connecting (discovering the target's endpoints" \
     " and asking the plugin's Discovery)"
@@ -56,8 +56,8 @@ def _start_closed(client: RemoteClient, ready: Callable[[], object]) -> str:
     return str(outcome)
 
 
-def test_close_during_start_with_no_endpoint_found_says_so() -> None:
-    client = RemoteClient(_config(f"127.0.0.1:{free_port()}"))  # nothing listens there
+def test_close_during_start_with_no_endpoint_found_says_so(closed_port: int) -> None:
+    client = RemoteClient(_config(f"127.0.0.1:{closed_port}"))  # nothing listens there
     said = _start_closed(client, lambda: client._pool is not None and time.sleep(0.5) is None)
     assert CONNECTING in said and NOT_FOUND in said and "Make a new RemoteClient" in said, said
     assert "left running" not in said, said  # no plugin was found: nothing was left running
@@ -77,9 +77,9 @@ def test_close_during_start_with_a_plugin_found_says_it_was_left_running(
     assert NOT_FOUND not in said, said
 
 
-def test_an_async_client_closed_during_start_names_its_own_class() -> None:
+def test_an_async_client_closed_during_start_names_its_own_class(closed_port: int) -> None:
     async def main() -> tuple[BaseException | None, BaseException | None]:
-        client = AsyncRemoteClient(_config(f"127.0.0.1:{free_port()}"))
+        client = AsyncRemoteClient(_config(f"127.0.0.1:{closed_port}"))
         start = asyncio.ensure_future(client.start())
         for _ in range(100):
             if client.remote_client._pool is not None:
@@ -106,10 +106,10 @@ def test_an_async_client_closed_during_start_names_its_own_class() -> None:
     assert str(refused).endswith("; make a new AsyncRemoteClient") and "AsyncClient" not in str(refused), refused
 
 
-def test_a_failed_start_names_the_class_to_make_anew() -> None:
+def test_a_failed_start_names_the_class_to_make_anew(closed_port: int) -> None:
     """After a failed start(), the refusal to start again names RemoteClient (it once said "make a new
     Client", which a RemoteClient user does not make)."""
-    config = RemoteConfig(target=f"static:///127.0.0.1:{free_port()}", handshake=HANDSHAKE, plugins=PLUGINS,
+    config = RemoteConfig(target=f"static:///127.0.0.1:{closed_port}", handshake=HANDSHAKE, plugins=PLUGINS,
                           insecure=True, start_timeout=1.0, health_interval=0.2, name="kv-failed")
     client = RemoteClient(config)
     try:

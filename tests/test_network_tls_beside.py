@@ -25,7 +25,8 @@ from plugbay import NoEndpointsError, RemoteClient, RemoteTLSError
 from tests import netcerts
 from tests.net_util import connection_lost
 from tests.test_network_broker import PLUGIN_NAME, CounterReplica, counter_config, host_tls, wait_until
-from tests.test_network_mux_tls import _free_port, _refusing_set
+from tests.ports import HeldPort
+from tests.test_network_mux_tls import _refusing_set
 
 MODES = pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
 
@@ -38,20 +39,24 @@ def _answered(client: RemoteClient) -> None:
 
 
 class _Later:
-    """A counter replica started on ``listen`` once ``after`` seconds passed (a replica booting or coming
-    back); stop() waits for it and stops it."""
+    """A counter replica started on ``port`` once ``after`` seconds passed (a replica booting or coming
+    back); stop() waits for it and stops it. The port refuses meanwhile, held so that nothing else takes it."""
 
-    def __init__(self, folder: Path, certs: netcerts.CertSet, listen: str, after: float) -> None:
+    def __init__(self, folder: Path, certs: netcerts.CertSet, port: HeldPort, after: float) -> None:
         self.replica: CounterReplica | None = None
-        self._timer = threading.Timer(after, self._start, (folder, certs, listen))
+        self.listen = f"127.0.0.1:{port.port}"
+        self._port = port
+        self._timer = threading.Timer(after, self._start, (folder, certs))
         self._timer.start()
 
-    def _start(self, folder: Path, certs: netcerts.CertSet, listen: str) -> None:
-        self.replica = CounterReplica(folder, certs, listen=listen)
+    def _start(self, folder: Path, certs: netcerts.CertSet) -> None:
+        self._port.release()
+        self.replica = CounterReplica(folder, certs, listen=self.listen)
 
     def stop(self) -> None:
         self._timer.cancel()
         self._timer.join()
+        self._port.release()
         if self.replica is not None:
             self.replica.stop()
             shutil.rmtree(self.replica.tmp, ignore_errors=True)
@@ -74,8 +79,8 @@ def test_start_waits_for_a_good_replica_still_booting(tmp_path: Path, multiplexe
     """The good replica's first health check was refused (its port not open yet): start() ended at once with
     the other's RemoteTLSError, where it waits for the good one to come up."""
     with _pair(tmp_path) as (certs, bad):
-        listen = f"127.0.0.1:{_free_port()}"
-        good = _Later(tmp_path / "good", certs, listen, 1.5)
+        good = _Later(tmp_path / "good", certs, HeldPort(), 1.5)
+        listen = good.listen
         try:
             config = counter_config([bad], host_tls(certs), health_interval=0.2, health_timeout=0.5,
                                     brokered=multiplexed, call_timeout=10.0)
@@ -97,22 +102,26 @@ def test_calls_wait_out_the_good_replicas_restart(tmp_path: Path, multiplexed: b
     multiplexed one found no endpoint to pin its stub to and failed at once (NoEndpoints, then the other
     replica's RemoteTLSError with no deadline reached), where a call waits call_timeout for an endpoint."""
     with _pair(tmp_path) as (certs, bad):
-        listen = f"127.0.0.1:{_free_port()}"
-        good = CounterReplica(tmp_path / "good", certs, listen=listen)
+        good = CounterReplica(tmp_path / "good", certs)
+        listen = good.address  # where it comes back
         back = None
+        held: HeldPort | None = None
         try:
             with RemoteClient(counter_config([bad, good], host_tls(certs), health_interval=0.2, health_timeout=0.5,
                                              brokered=multiplexed, call_timeout=10.0)) as client:
                 _answered(client)
                 good.stop()
+                held = HeldPort(port=int(listen.rpartition(":")[2]))  # refusing while it is down
                 connection_lost(client, f"tcp:{good.address}")  # else the call may break in flight (not sent again)
                 if marked_down:  # the dispense() below starts while the good one is marked down
                     assert wait_until(lambda: client.metrics()["available"] == 0, 10)
-                back = _Later(tmp_path / "back", certs, listen, 1.5)
+                back = _Later(tmp_path / "back", certs, held, 1.5)
                 _answered(client)
         finally:
             good.stop()
             shutil.rmtree(good.tmp, ignore_errors=True)
+            if held is not None:
+                held.release()
             if back is not None:
                 back.stop()
 
@@ -157,9 +166,10 @@ def test_a_tls_proxy_without_backend_is_no_tls_failure(tmp_path: Path) -> None:
     failure. It ended a call waiting for a good replica's restart with RemoteTLSError; with the good one
     gone, the call's deadline is a NoEndpointsError, as without the proxy."""
     certs = netcerts.write_set(tmp_path / "tls")
-    listen = f"127.0.0.1:{_free_port()}"
-    good = CounterReplica(tmp_path / "good", certs, listen=listen)
+    good = CounterReplica(tmp_path / "good", certs)
+    listen = good.address  # where it comes back
     back = None
+    held: HeldPort | None = None
     try:
         with _proxy_without_backend(certs) as proxy:
             config = counter_config([good], host_tls(certs), health_interval=0.2, health_timeout=0.5,
@@ -171,7 +181,8 @@ def test_a_tls_proxy_without_backend_is_no_tls_failure(tmp_path: Path) -> None:
                 assert wait_until(lambda: "(perhaps a TLS failure: " in detail(), 20.0), detail()
                 assert "(TLS failure" not in detail() and "right after each TLS handshake" in detail(), detail()
                 good.stop()
-                back = _Later(tmp_path / "back", certs, listen, 1.5)
+                held = HeldPort(port=int(listen.rpartition(":")[2]))  # refusing while it is down
+                back = _Later(tmp_path / "back", certs, held, 1.5)
                 _answered(client)
                 back.stop()
                 with pytest.raises(NoEndpointsError) as err:
@@ -181,5 +192,7 @@ def test_a_tls_proxy_without_backend_is_no_tls_failure(tmp_path: Path) -> None:
     finally:
         good.stop()
         shutil.rmtree(good.tmp, ignore_errors=True)
+        if held is not None:
+            held.release()
         if back is not None:
             back.stop()

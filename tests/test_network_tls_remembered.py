@@ -30,6 +30,7 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.network.pool import EndpointPool
 from plugbay.network.resolver import Endpoint
 from tests import netcerts
+from tests.ports import HeldPort
 from tests.test_network_broker import PLUGIN_NAME, CounterReplica, host_tls, wait_until
 from tests.test_network_drain import PushResolver
 from tests.test_network_mux_tls import _beside_a_good_one, _free_port, _refusing_set
@@ -39,7 +40,8 @@ REMEMBERED = "last TLS failure found: the plugin refused the"
 
 
 @pytest.mark.parametrize("multiplexed", [True, False], ids=["multiplexed", "plain"])
-def test_a_tls_failure_is_remembered_through_a_refused_connection(tmp_path: Path, multiplexed: bool) -> None:
+def test_a_tls_failure_is_remembered_through_a_refused_connection(tmp_path: Path, multiplexed: bool,
+                                                                  hold_port: Callable[[int], HeldPort]) -> None:
     """The replica failing TLS stops (its health check then refused: nothing about TLS), then the good one:
     the call ends NoEndpointsError, retryable, naming the TLS failure remembered; once the replica is back
     failing TLS, RemoteTLSError again."""
@@ -49,6 +51,7 @@ def test_a_tls_failure_is_remembered_through_a_refused_connection(tmp_path: Path
             return str(client.metrics()["endpoints"][f"tcp:{bad.address}"]["health_detail"])
         assert wait_until(lambda: "TLS failure: " in detail(), 15.0), detail()
         bad.stop()
+        down = hold_port(int(bad.address.rpartition(":")[2]))  # refusing while it is down: nothing else takes it
         assert wait_until(lambda: REMEMBERED in detail() and "TLS failure: " not in detail(), 15.0), detail()
         good.stop()
         # multiplexed, dispense() waits for a session: BrokerError "did not come up", as with no TLS failure
@@ -61,6 +64,7 @@ def test_a_tls_failure_is_remembered_through_a_refused_connection(tmp_path: Path
         assert f"tcp:{bad.address}" in str(err.value) and REMEMBERED in str(err.value), err.value
 
         # back with certificates from another CA
+        down.release()
         again = CounterReplica(tmp_path / "again", netcerts.write_set(tmp_path / "another"), listen=bad.address)
         try:
             assert wait_until(lambda: "TLS failure: " in detail(), 15.0), detail()
