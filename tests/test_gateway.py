@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -286,6 +287,37 @@ def test_gives_up_when_the_child_keeps_dying(misbehave_bin: str, certs: netcerts
         assert "restart budget" in gw.keeper.failure and "fix the plugin" in gw.keeper.failure
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class _CountingPolicy(RestartPolicy):
+    """RestartPolicy's own figures, keeping each failure count the keeper asked a backoff for."""
+
+    asked: list[int] = field(default_factory=list)
+
+    def backoff(self, consecutive: int) -> float:
+        self.asked.append(consecutive)
+        return 0.05
+
+
+def test_a_child_that_dies_again_soon_after_each_restart_waits_longer_each_time(
+        kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:
+    # the keeper's count of failures in a row went back to 0 whenever it saw the child running, so a crash
+    # loop was restarted every initial_backoff (0.2 s) instead of 0.2, 0.4, 0.8 ... as network.md says
+    policy = _CountingPolicy(max_restarts=10, window=60, stable_after=600)
+    with Gateway(config(kv_bin, certs, restart=policy)) as gw:
+        for _ in range(3):
+            pid = gw.child_pid
+            assert pid is not None
+            time.sleep(1.0)  # the child runs a while (the keeper polls it every 0.2 s), far short of stable_after
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + HANG_GUARD
+            while time.monotonic() < deadline and gw.child_pid in (None, pid):
+                time.sleep(0.05)
+            while time.monotonic() < deadline and (gw.keeper.client is None or gw.keeper.client.exited):
+                time.sleep(0.05)
+            assert gw.child_pid not in (None, pid), "the gateway did not restart its child"
+    assert policy.asked == [1, 2, 3]
 
 
 def test_start_errors_are_typed(misbehave_bin: str, kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:

@@ -25,7 +25,7 @@ import grpc
 from plugbay.core.host.client import Client, ClientConfig
 from plugbay.core.host.live import RESTARTERS
 from plugbay.core.protocol.exits import exit_said
-from plugbay.core.resilience.restart import RestartPolicy
+from plugbay.core.resilience.restart import FailureRun, RestartPolicy
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import GatewayError, PlugbayError
 from plugbay.network.gateway.config import gateway_said
@@ -128,13 +128,16 @@ class ChildKeeper:
         return client
 
     def _keep(self) -> None:
-        consecutive = 0
+        # the failures in a row: a child that starts and soon dies again waits longer each time (it was
+        # reset whenever the child was seen running, so a crash loop restarted every initial_backoff)
+        run = FailureRun()
+        run.running()
         while not self._stop.wait(_POLL):
             client = self._client
             if client is not None and not client.exited:
-                consecutive = 0
                 self._probe.tick(self.channel()[0], time.monotonic())
                 continue
+            run.failed(self._restart)
             self._probe.reset(math.inf)
             what = (f"the plugin {exit_said(client.exit_code)}" if client is not None
                     else "the plugin did not start")
@@ -157,11 +160,11 @@ class ChildKeeper:
                 log.error("gateway: %s", self.failure)
                 self.failed.set()
                 return
-            consecutive += 1
-            if self._stop.wait(self._restart.backoff(consecutive)):
+            if self._stop.wait(run.next_backoff(self._restart)):
                 return
             try:
                 self._start_client()
+                run.running()
                 self._probe.reset(time.monotonic())
                 self.restarts += 1
                 log.info("gateway: plugin restarted (%d restart(s) so far)", self.restarts)
