@@ -104,6 +104,23 @@ def test_bad_targets_name_the_bad_part_and_show_the_syntax(text: str, named: str
     assert SYNTAX in str(err.value)
 
 
+@pytest.mark.parametrize("text, hint", [
+    ("static://127.0.0.1:7001", "; write 'static:///127.0.0.1:7001'"),
+    ("unix://run/kv.sock", "; write 'unix:///run/kv.sock'"),
+    ("127.0.0.1:7001,127.0.0.2:7001", "; it names no scheme: for fixed endpoints write"
+                                      " 'static:///127.0.0.1:7001,127.0.0.2:7001'"),
+    ("/run/kv.sock", "; for a unix socket write 'unix:///run/kv.sock'"),
+    ("https://10.0.0.5:7001", "; 'https' is no scheme of a target (use one of static, dns, dns+srv,"
+                              " kubernetes, unix)"),
+    ("tcp://10.0.0.5:7001", "; 'tcp' is no scheme of a target"),
+])
+def test_a_target_without_three_slashes_says_what_was_likely_meant(text: str, hint: str) -> None:
+    # a first try's "static://HOST:PORT", bare "HOST:PORT" or a URL was told only that three slashes were missing
+    with pytest.raises(ConfigError) as err:
+        parse_target(text)
+    assert f"the start is not SCHEME:///... (three slashes){hint}" in str(err.value)
+
+
 def test_a_unix_target_with_extra_slashes_names_the_same_socket() -> None:
     assert [e.address for e in parse_target("unix:////tmp/kv.sock").endpoints] == ["/tmp/kv.sock"]
 

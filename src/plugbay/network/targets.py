@@ -94,6 +94,29 @@ def join_host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _start_hint(text: str) -> str:
+    """What a target without SCHEME:/// was most likely meant to be: a first try's 'static://HOST:PORT',
+    a bare HOST:PORT, a socket path or a URL's scheme were told only that three slashes were missing."""
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme in SCHEMES:
+        meant = f"{scheme}:///{rest.lstrip('/')}"
+        try:
+            parse_target(meant)
+        except ConfigError:
+            return ""
+        return f"; write {meant!r}"
+    if sep:
+        return f"; {scheme!r} is no scheme of a target (use one of {', '.join(SCHEMES)})"
+    if text.startswith("/"):
+        return f"; for a unix socket write {'unix://' + text!r}"
+    try:
+        for part in text.split(","):
+            split_host_port(text, part)
+    except ConfigError:
+        return ""
+    return f"; it names no scheme: for fixed endpoints write {'static:///' + text!r}"
+
+
 def parse_target(text: str) -> Target:
     """Parse a target string; a ConfigError names what is wrong."""
     if not isinstance(text, str) or not text.strip():
@@ -113,7 +136,7 @@ def parse_target(text: str) -> Target:
                 raise _bad(text, f"DNS server {server!r}", "is not DNS_IP or DNS_IP:PORT (an address, not a name;"
                            " IPv6 as [ADDR]:PORT)") from None
         else:
-            raise _bad(text, "the start", "is not SCHEME:///... (three slashes)")
+            raise _bad(text, "the start", "is not SCHEME:///... (three slashes)" + _start_hint(text))
     if scheme not in SCHEMES:
         raise _bad(text, f"scheme {scheme!r}", f"is unknown; use one of {', '.join(SCHEMES)}")
     if not rest:
