@@ -54,7 +54,7 @@ def test_mtls_with_the_provided_files_works(tls_replica: Replica, pki: dict[str,
     ("client cert from another CA", "refused"),
     ("server not signed by the CA given", "not signed by the CA given"),
     ("plaintext to a TLS server", "may want TLS"),
-    ("server_name the certificate does not carry", "does not name server_name"),
+    ("server_name the certificate does not carry", "does not name 'other.test', the server_name given"),
 ])
 def test_wrong_tls_setups_fail_with_a_typed_error(tls_replica: Replica, pki: dict[str, str], case: str,
                                                   expected: str) -> None:
@@ -78,6 +78,20 @@ def test_wrong_tls_setups_fail_with_a_typed_error(tls_replica: Replica, pki: dic
     assert f"TLS with remote plugin 'kv-tls' at tcp:{tls_replica.address} failed" in str(err.value)
     assert expected in str(err.value)
     assert time.monotonic() - started < 8, "a TLS failure waited out start_timeout (10 s) instead of failing at once"
+
+
+def test_a_certificate_without_the_dialed_name_is_named_when_no_server_name_was_given(
+        tls_replica: Replica, pki: dict[str, str]) -> None:
+    # a first try without server_name, dialing a name the certificate lacks, was told the certificate "does not
+    # name server_name", which it had not passed; the name checked is the host dialed
+    port = tls_replica.address.rpartition(":")[2]
+    cfg = config(f"static:///localhost:{port}", tls=NetworkTLS(pki["client"], pki["client_key"], pki["ca"]))
+    with pytest.raises(RemoteTLSError) as err:
+        with RemoteClient(cfg):
+            pass
+    assert ("the plugin's certificate does not name 'localhost', the address dialed (no server_name given): pass"
+            " server_name, the name its subjectAltName carries, or serve the plugin with a certificate naming"
+            " 'localhost'") in str(err.value), str(err.value)
 
 
 def test_tls_to_a_plaintext_plugin_is_a_typed_error(pki: dict[str, str]) -> None:

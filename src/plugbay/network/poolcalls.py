@@ -33,8 +33,8 @@ from plugbay.core.host.deadline import call_timeout, no_time_left
 from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT, with_token
 from plugbay.errors import NoEndpointsError, PinnedEndpointGoneError, RemoteProtocolError, RemoteTLSError
-from plugbay.network.tls import (CHECK_TLS, NOT_HTTP2, NetworkTLS, cut_short, not_grpc_words, tls_failure,
-                                 with_lapsed_cert)
+from plugbay.network.tls import (CHECK_TLS, NOT_HTTP2, NetworkTLS, cut_short, name_checked, not_grpc_words,
+                                 tls_failure, with_lapsed_cert)
 from plugbay.network.unsent import STOPPED, Tried, busy, not_sent
 
 
@@ -166,7 +166,7 @@ def tls_error(pool: _Named, member: Member, meaning: str, details: str,
     if meaning == NOT_HTTP2:
         return NotGRPCFailure(not_grpc_words(f"remote plugin {pool.name!r} at {member.key}", "insecure=True",
                                              meaning, details, rest), grpc.StatusCode.UNAVAILABLE, details)
-    meaning = with_lapsed_cert(meaning, pool.tls)
+    meaning = name_checked(with_lapsed_cert(meaning, pool.tls), pool.tls, member.key)
     return RemoteTLSFailure(
         f"TLS with remote plugin {pool.name!r} at {member.key} failed: {meaning} (gRPC said: {details}){rest}."
         f" {CHECK_TLS[0].upper()}{CHECK_TLS[1:]}", grpc.StatusCode.UNAVAILABLE, details)

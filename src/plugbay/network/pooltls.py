@@ -25,7 +25,7 @@ import grpc
 from plugbay.network.channelbase import Member
 from plugbay.network.ejection import ENDPOINT_FAILURES
 from plugbay.network.poolcalls import tls_error
-from plugbay.network.tls import CHECK_TLS, HOST_CERT_REFUSALS, NOT_HTTP2, NetworkTLS, cut_short_note
+from plugbay.network.tls import CHECK_TLS, HOST_CERT_REFUSALS, NOT_HTTP2, NetworkTLS, cut_short_note, name_checked
 from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, REFUSED_CERT, TOOK_IT, Unreached, probe_taken
 
 _log = logging.getLogger("plugbay.network")
@@ -153,7 +153,8 @@ class PoolTLS:
                 _log.warning("pool %s: endpoint %s answers no gRPC: %s", self.name, member.key, verdict)
             else:
                 _log.warning("pool %s: endpoint %s %s TLS: %s; %s", self.name, member.key,
-                             "may fail" if verdict == CLOSED_AFTER_HANDSHAKE else "fails", verdict, CHECK_TLS)
+                             "may fail" if verdict == CLOSED_AFTER_HANDSHAKE else "fails",
+                             name_checked(verdict, self.tls, member.key), CHECK_TLS)
         member.tls_failure = verdict
         if verdict is not None and verdict != CLOSED_AFTER_HANDSHAKE:
             member.tls_learned = verdict
@@ -203,14 +204,14 @@ class PoolTLS:
         if member.tls_failure == NOT_HTTP2:
             return f"{detail} ({member.tls_failure})"
         if member.tls_failure is not None:
-            return f"{detail} (TLS failure: {member.tls_failure}; {CHECK_TLS})"
+            return f"{detail} (TLS failure: {name_checked(member.tls_failure, self.tls, member.key)}; {CHECK_TLS})"
         if suspect and member.unreached is not None:  # what happened first, gRPC's words (its relay's close) after
             detail = f"{member.unreached.advice(member.key)} (gRPC said: {detail})"
         elif suspect:
             detail = f"{detail} ({self.cut_short_detail(member)})"
         if member.tls_learned is not None:  # down since, say: a NoEndpointsError still names it
             # flat (no brackets of its own): a NoEndpointsError puts this detail in brackets, the meaning has some
-            detail = f"{detail}; {_LEARNED} {member.tls_learned}; {CHECK_TLS}"
+            detail = f"{detail}; {_LEARNED} {name_checked(member.tls_learned, self.tls, member.key)}; {CHECK_TLS}"
         return detail
 
 

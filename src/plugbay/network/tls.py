@@ -134,6 +134,25 @@ def with_lapsed_cert(meaning: str, tls: NetworkTLS | None) -> str:
     return f"{_REFUSED if meaning == _REFUSED_EXPIRED else meaning}; {lapsed}"
 
 
+def name_checked(meaning: str, tls: NetworkTLS | None, key: str) -> str:
+    """``meaning`` of a failure that may be the plugin's certificate not naming server_name, with the name it
+    was checked against: the server_name given, or without one the host the endpoint ``key`` dials. A user who
+    gave no server_name was told only that the certificate "does not name server_name"."""
+    if tls is None or "does not name server_name" not in meaning:
+        return meaning
+    if tls.server_name:
+        name, why = repr(tls.server_name), "the server_name given"
+    else:
+        kind, _, address = key.partition(":")
+        if kind != "tcp":
+            return meaning
+        name, why = repr(address.rpartition(":")[0].strip("[]")), "the address dialed (no server_name given)"
+    if meaning == NAME_MISMATCH:
+        return (f"the plugin's certificate does not name {name}, {why}: pass server_name, the name its"
+                f" subjectAltName carries, or serve the plugin with a certificate naming {name}")
+    return meaning.replace("does not name server_name", f"does not name {name}, {why}")
+
+
 def tls_failure(details: str, *, tls: bool) -> str | None:
     """What went wrong with TLS, judging by a failed call's details; None when they show no definite sign.
 
