@@ -397,6 +397,18 @@ def test_cli_serves_and_stops_on_signal(kv_bin: str, certs: netcerts.CertSet, tm
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
+def test_cli_plugin_command_without_the_separator_says_to_put_it_after_it(
+        kv_bin: str, certs: netcerts.CertSet, capsys: pytest.CaptureFixture[str]) -> None:
+    # a first try's `plugbay gateway ... ./kv-plugin` was told only "unrecognized arguments: ./kv-plugin"
+    tls = ["--cert", str(certs.cert_file), "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file)]
+    assert gateway_main(["--cookie", "BASIC_PLUGIN=hello", *tls, kv_bin]) == 2
+    said = capsys.readouterr().err
+    assert f"unrecognized arguments: {kv_bin}; put the plugin command after '--', for example `-- {kv_bin}`" in said
+    assert gateway_main(["--cookie", "BASIC_PLUGIN=hello", *tls, "--certs", "x", "--", kv_bin]) == 2
+    said = capsys.readouterr().err  # a misspelled flag is no plugin command
+    assert "unrecognized arguments: --certs x" in said and "after '--'" not in said
+
+
 def test_cli_argument_errors(kv_bin: str, certs: netcerts.CertSet, capsys: pytest.CaptureFixture[str]) -> None:
     tls = ["--cert", str(certs.cert_file), "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file)]
     assert gateway_main(["--cookie", "BASIC_PLUGIN=hello", *tls]) == 2

@@ -110,7 +110,11 @@ def parse(argv: Sequence[str], env: Mapping[str, str] | None = None) -> GatewayC
         cut = argv.index("--")
         argv, cmd = argv[:cut], argv[cut + 1:]
     parser = _parser(env)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # a plugin command given without '--' was only "unrecognized arguments"
+        hint = (f"; put the plugin command after '--', for example `-- {' '.join(extra)}`"
+                if not cmd and not extra[0].startswith("-") else "")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     for switch in ("INSECURE", "MULTIPLEX"):  # =yes meant off, without a word
         try:
             env_switch(env, ENV_PREFIX + switch, False)
