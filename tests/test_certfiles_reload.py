@@ -123,3 +123,15 @@ def test_a_key_of_a_type_cryptography_does_not_know_is_a_tls_config_error(tmp_pa
     files = certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file), str(certs.client_ca_file))
     with pytest.raises(certfiles.TLSConfigError, match="no unencrypted PEM private key"):
         certfiles.load(files)
+
+
+def test_a_folder_given_for_a_file_says_so(tmp_path: Path) -> None:
+    # the TLS Secret's mount folder passed as --client-ca was told "Is a directory; make it readable by this
+    # process's user", advice no permission change could follow
+    certs = netcerts.write_set(tmp_path / "tls")
+    files = certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file), str(tmp_path / "tls"))
+    with pytest.raises(certfiles.TLSConfigError) as err:
+        certfiles.load(files)
+    assert str(err.value) == (f"the client CA file {str(tmp_path / 'tls')!r} is a folder; pass the PEM file in it with"
+                              " --client-ca / client_ca_file (in Kubernetes: the file the TLS Secret's key is mounted"
+                              " as)")

@@ -169,7 +169,7 @@ def test_tls_file_errors(tmp_path: Path, certs: netcerts.CertSet) -> None:
         certfiles.load(certfiles.TLSFiles(files.cert_file, files.key_file, str(tmp_path / "junk.pem")))
     unreadable = tmp_path / "dir.pem"
     unreadable.mkdir()
-    with pytest.raises(TLSConfigError, match="cannot read"):
+    with pytest.raises(TLSConfigError, match="is a folder; pass the PEM file in it"):
         certfiles.load(certfiles.TLSFiles(files.cert_file, files.key_file, str(unreadable)))
     from cryptography.hazmat.primitives.asymmetric import ec
     from plugbay.core.protocol.tls import generate_cert

@@ -71,6 +71,9 @@ def _read(path: str, what: str, flag: str) -> bytes:
     except FileNotFoundError:
         raise TLSConfigError(f"the {what} file {path!r} does not exist; pass the PEM file with {flag}"
                              " (in Kubernetes: mount the TLS Secret there)") from None
+    except IsADirectoryError:  # "make it readable" sent the user to its permissions
+        raise TLSConfigError(f"the {what} file {path!r} is a folder; pass the PEM file in it with {flag}"
+                             " (in Kubernetes: the file the TLS Secret's key is mounted as)") from None
     except OSError as exc:
         raise _Unreadable(f"cannot read the {what} file {path!r}: {exc.strerror}; make it readable"
                           " by this process's user") from None
