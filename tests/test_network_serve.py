@@ -154,6 +154,25 @@ def test_bad_tls_files_fail_with_what_to_do(tmp_path: Path, certs: netcerts.Cert
     assert b"does not exist" in proc.stderr and b"--key" in proc.stderr
 
 
+@pytest.mark.parametrize("given, named", [
+    ({"PLUGBAY_NETWORK_KEY": "missing.key"}, ["does not exist", "PLUGBAY_NETWORK_KEY"]),
+    ({"PLUGBAY_NETWORK_CERT": None, "PLUGBAY_NETWORK_KEY": None, "PLUGBAY_NETWORK_CLIENT_CA": None},
+     ["PLUGBAY_NETWORK_CERT, PLUGBAY_NETWORK_KEY, PLUGBAY_NETWORK_CLIENT_CA", "PLUGBAY_NETWORK_INSECURE=1"]),
+    ({"PLUGBAY_NETWORK_KEY": None, "PLUGBAY_NETWORK_CLIENT_CA": None},
+     ["all three", "PLUGBAY_NETWORK_KEY, PLUGBAY_NETWORK_CLIENT_CA"]),
+])
+def test_tls_file_errors_of_a_plugin_set_up_by_its_environment_name_its_variables(
+        tmp_path: Path, certs: netcerts.CertSet, given: dict[str, str | None], named: list[str]) -> None:
+    # a plugin served through PLUGBAY_NETWORK_* was told to pass --cert / --key / --client-ca, flags serve() has not
+    env = {k: v for k, v in {**tls_env(certs), **given}.items() if v is not None}
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("PLUGIN_", "PLUGBAY_"))}
+    proc = subprocess.run([sys.executable, str(KV_PLUGIN)], env={**full, **env, "PYTHONPATH": str(REPO / "src")},
+                          cwd=tmp_path, capture_output=True, timeout=30, text=True)
+    assert proc.returncode == 1, proc.stderr
+    for words in named:
+        assert words in proc.stderr, proc.stderr
+
+
 def test_tls_file_errors(tmp_path: Path, certs: netcerts.CertSet) -> None:
     files = certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file), str(certs.client_ca_file))
     other = netcerts.issue(certs.server_ca, "localhost", server=True)

@@ -64,6 +64,18 @@ class LoadedTLS:
     valid: Validity | None = field(default=None, compare=False)  # read from cert_pem: no part of a set's identity
 
 
+# serve() is configured by its environment as often as in code: naming only the gateway's flags and the fields
+# sent a plugin's user looking for a --cert its command line does not have
+NEEDS_FILES = ("network mode needs cert_file, key_file and client_ca_file for mutual TLS (the gateway's --cert, --key,"
+               " --client-ca; a plugin's PLUGBAY_NETWORK_CERT, PLUGBAY_NETWORK_KEY, PLUGBAY_NETWORK_CLIENT_CA);"
+               " pass insecure=True (--insecure, PLUGBAY_NETWORK_INSECURE=1) only for a trusted test network")
+
+
+def _given(flag: str, field: str, env: str) -> str:
+    """The ways one TLS file is given: the gateway's flag, the config field, serve()'s and the gateway's variable."""
+    return f"{flag}, {field} or PLUGBAY_NETWORK_{env} (the gateway's PLUGBAY_GATEWAY_{env})"
+
+
 def _read(path: str, what: str, flag: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -91,9 +103,9 @@ def load(files: TLSFiles) -> LoadedTLS:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    cert_pem = _read(files.cert_file, "certificate", "--cert / cert_file")
-    key_pem = _read(files.key_file, "private key", "--key / key_file")
-    ca_pem = _read(files.client_ca_file, "client CA", "--client-ca / client_ca_file")
+    cert_pem = _read(files.cert_file, "certificate", _given("--cert", "cert_file", "CERT"))
+    key_pem = _read(files.key_file, "private key", _given("--key", "key_file", "KEY"))
+    ca_pem = _read(files.client_ca_file, "client CA", _given("--client-ca", "client_ca_file", "CLIENT_CA"))
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:
@@ -353,9 +365,7 @@ def _checked_context(loaded: LoadedTLS, files: TLSFiles) -> ssl.SSLContext:
 def front_certs(files: TLSFiles | None) -> CertFiles:
     """The files of serve()'s brokering front (TLS in OpenSSL, see the module docstring)."""
     if files is None:
-        raise TLSConfigError("network mode needs cert_file, key_file and client_ca_file (--cert, --key,"
-                             " --client-ca) for mutual TLS; pass insecure=True (--insecure) only for a"
-                             " trusted test network")
+        raise TLSConfigError(NEEDS_FILES)
     return CertFiles(files)
 
 
@@ -372,9 +382,7 @@ def server_credentials(files: TLSFiles | None, insecure: bool) -> tuple[grpc.Ser
                     " on a trusted loopback/test network, never in production")
         return None, None
     if files is None:
-        raise TLSConfigError("network mode needs cert_file, key_file and client_ca_file (--cert, --key,"
-                             " --client-ca) for mutual TLS; pass insecure=True (--insecure) only for a"
-                             " trusted test network")
+        raise TLSConfigError(NEEDS_FILES)
     certs = CertFiles(files, openssl=False)  # grpcio's own TLS: no OpenSSL context to build
     creds = grpc.dynamic_ssl_server_credentials(certs.config(), certs.fetch,
                                                 require_client_authentication=True)
