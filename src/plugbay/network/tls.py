@@ -121,13 +121,14 @@ class NetworkTLS:
 
 def with_lapsed_cert(meaning: str, tls: NetworkTLS | None) -> str:
     """``meaning`` of a refusal of this host's certificate, with why when the certificate is out of its dates
-    (expired, not valid yet): the plugin's refusal names no reason (TLS 1.3's alert reaches gRPC as a bare
-    decryption failure, gRPC's own TLS just closes), and "signed by a CA it does not trust" sent the user
-    to the wrong file. Runs under the pool's lock: the set held is judged, no file is read."""
+    (expired, not valid yet) or no client certificate (its extendedKeyUsage): the plugin's refusal names no
+    reason (TLS 1.3's alert reaches gRPC as a bare decryption failure, gRPC's own TLS just closes), and
+    "signed by a CA it does not trust" sent the user to the wrong file. Runs under the pool's lock: the set
+    held is judged, no file is read."""
     if tls is None or "host's certificate" not in meaning:
         return meaning
     held = tls._files.held()  # the set the connections were made with; files() may read them, under a lock
-    lapsed = held.lapsed() if held is not None else ""
+    lapsed = (held.lapsed() or held.unfit()) if held is not None else ""
     if not lapsed:
         return meaning
     # the date and what to do follow: the expired alert's own "as expired: renew it" would say it twice

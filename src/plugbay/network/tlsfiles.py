@@ -22,6 +22,7 @@ import logging
 import os
 import ssl
 import threading
+from typing import Any
 
 import grpc
 
@@ -45,10 +46,11 @@ class ClientSet:
 
     def __init__(self, ca_pem: bytes, cert_pem: bytes | None, key_pem: bytes | None,
                  paths: tuple[str, str] | None = None,
-                 valid: Validity | None = None) -> None:
+                 valid: Validity | None = None, usage: str = "") -> None:
         self.ca_pem, self.cert_pem, self.key_pem = ca_pem, cert_pem, key_pem
         self._paths = paths  # cert_file and key_file, where these bytes were read
         self._valid = valid  # the certificate's notBefore and notAfter (UTC)
+        self._usage = usage  # why its extendedKeyUsage makes it no client certificate ("": it may be one)
         self._lock = threading.Lock()
         self._credentials: grpc.ChannelCredentials | None = None
         self._context: ssl.SSLContext | None = None
@@ -60,6 +62,15 @@ class ClientSet:
         if self._paths is None:
             return ""
         return out_of_dates(self._valid, f"this host's certificate (cert_file {self._paths[0]!r})")
+
+    def unfit(self) -> str:
+        """Why this set's certificate is no client certificate by its extendedKeyUsage ("": it may be one), which
+        every plugin's TLS (OpenSSL's, grpcio's, Go's) refuses without a reason said: a server certificate given
+        as cert_file was told it was "signed by a CA it does not trust"."""
+        if self._paths is None or not self._usage:
+            return ""
+        return (f"this host's certificate (cert_file {self._paths[0]!r}) is no client certificate: {self._usage};"
+                " pass one issued for client use (extendedKeyUsage clientAuth)")
 
     def credentials(self) -> grpc.ChannelCredentials:
         with self._lock:
@@ -174,7 +185,24 @@ def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet
         raise TLSConfigError(f"NetworkTLS cert_file {cert_file!r} and key_file {key_file!r} cannot be used"
                              " together (the key does not belong to the certificate); pass a certificate and"
                              " its own key (renew both files together)")
-    return ClientSet(ca, cert, key, (cert_file, key_file), validity(chain[0]))
+    return ClientSet(ca, cert, key, (cert_file, key_file), validity(chain[0]), client_usage(chain[0]))
+
+
+def client_usage(cert: Any) -> str:
+    """What in ``cert``'s extendedKeyUsage keeps it from client use ("": nothing, or it has none)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):  # none, or one cryptography cannot parse: the TLS stacks judge
+        return ""
+    if ExtendedKeyUsageOID.CLIENT_AUTH in usage or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usage:
+        return ""
+    names = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+             ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection"}
+    listed = ", ".join(names.get(oid, oid.dotted_string) for oid in usage)
+    return f"its extendedKeyUsage ({listed}) lacks clientAuth"
 
 
 def _load_typed(paths: tuple[str | None, str | None, str]) -> ClientSet:

@@ -1,0 +1,53 @@
+"""A host certificate the gateway refuses. A server certificate given as the host's (a first try's mistake: the
+README's kv.crt as --cert) was said to be "signed by a CA it does not trust", as the plugin's refusal names no
+reason.
+The gateway in front of go-plugin's Go KV plugin (real go-plugin 1.0.1 code), on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import gobuild, netcerts
+from tests.net_util import HANDSHAKE, PLUGINS
+
+from plugbay import NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
+from plugbay.network.gateway import Gateway, GatewayConfig
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, netcerts.CertSet]]:
+    if not gobuild.go_available():
+        pytest.skip("Go and go-plugin's sources are not installed (scripts/setup installs them)")
+    folder = tmp_path_factory.mktemp("refusedcert")
+    certs = netcerts.write_set(folder / "tls")
+    config = GatewayConfig(cmd=[str(gobuild.build_go("kv_plugin"))], cookie=("BASIC_PLUGIN", "hello"),
+                           listen="127.0.0.1:0", cert_file=str(certs.cert_file), key_file=str(certs.key_file),
+                           client_ca_file=str(certs.client_ca_file), plugins=["kv_grpc"], cwd=str(folder))
+    with Gateway(config) as gw:
+        yield gw, certs
+
+
+def _files(folder: Path, certs: netcerts.CertSet, who: netcerts.Issued) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "host.crt").write_bytes(who.cert_pem)
+    (folder / "host.key").write_bytes(who.key_pem)
+    (folder / "ca.crt").write_bytes(certs.server_ca.cert_pem)
+    return [str(folder / "host.crt"), str(folder / "host.key"), str(folder / "ca.crt")]
+
+
+def test_a_server_certificate_given_as_the_hosts_is_named_so(gateway: tuple[Gateway, netcerts.CertSet],
+                                                             tmp_path: Path) -> None:
+    gw, certs = gateway
+    # signed by the CA the gateway trusts, but issued for servers: every TLS stack refuses it for a client
+    cert, key, ca = _files(tmp_path, certs, netcerts.issue(certs.client_ca, "a server", server=True))
+    config = RemoteConfig(target=f"static:///{gw.address}", handshake=HANDSHAKE, plugins=PLUGINS,
+                          tls=NetworkTLS(cert, key, ca, server_name="localhost"), start_timeout=10)
+    with pytest.raises(RemoteTLSError) as err:
+        with RemoteClient(config):
+            pass
+    assert (f"this host's certificate (cert_file {cert!r}) is no client certificate: its extendedKeyUsage"
+            " (serverAuth) lacks clientAuth; pass one issued for client use (extendedKeyUsage clientAuth)"
+            ) in str(err.value), str(err.value)
