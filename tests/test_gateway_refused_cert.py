@@ -1,6 +1,9 @@
 """A host certificate the gateway refuses. A server certificate given as the host's (a first try's mistake: the
 README's kv.crt as --cert) was said to be "signed by a CA it does not trust", as the plugin's refusal names no
-reason.
+reason. And the gateway without --multiplex does TLS in grpcio, which refuses a client certificate by closing
+the connection right after the handshake, with no alert: gRPC says only "Socket closed", which the command line
+told as UNREACHABLE, "check that the plugin runs" (exit 3), where docs/cli.md says a --cert the plugin does not
+trust is a configuration error (exit 2).
 The gateway in front of go-plugin's Go KV plugin (real go-plugin 1.0.1 code), on 127.0.0.1."""
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import gobuild, netcerts
+from tests.cli_util import plugbay
 from tests.net_util import HANDSHAKE, PLUGINS
 
 from plugbay import NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
@@ -51,3 +55,24 @@ def test_a_server_certificate_given_as_the_hosts_is_named_so(gateway: tuple[Gate
     assert (f"this host's certificate (cert_file {cert!r}) is no client certificate: its extendedKeyUsage"
             " (serverAuth) lacks clientAuth; pass one issued for client use (extendedKeyUsage clientAuth)"
             ) in str(err.value), str(err.value)
+
+
+def test_the_command_line_names_a_refused_cert_not_an_unreachable_plugin(
+        gateway: tuple[Gateway, netcerts.CertSet], tmp_path: Path) -> None:
+    gw, certs = gateway
+    cert, key, ca = _files(tmp_path, certs, netcerts.issue(netcerts.make_ca("stranger CA"), "stranger", server=False))
+    said = plugbay("health", f"static:///{gw.address}", "--cert", cert, "--key", key, "--ca", ca,
+                   "--server-name", "localhost", "--timeout", "3")
+    err = said.stdout + said.stderr
+    assert said.returncode == 2, said
+    assert "the plugin closed the connection right after each TLS handshake" in err, err
+    assert "it most likely refused it (--cert signed by a CA it does not trust" in err, err
+    assert "check that the plugin runs" not in err and "UNREACHABLE" not in err, err
+    server = _files(tmp_path / "server", certs, netcerts.issue(certs.client_ca, "a server", server=True))
+    said = plugbay("health", f"static:///{gw.address}", "--cert", server[0], "--key", server[1], "--ca", server[2],
+                   "--server-name", "localhost", "--timeout", "3")
+    assert said.returncode == 2 and "is no client certificate: its extendedKeyUsage (serverAuth)" in said.stderr, said
+    right = _files(tmp_path / "right", certs, certs.client)
+    ok = plugbay("health", f"static:///{gw.address}", "--cert", right[0], "--key", right[1], "--ca", right[2],
+                 "--server-name", "localhost", "--timeout", "10")
+    assert ok.returncode == 0 and ok.stdout.startswith("SERVING"), ok

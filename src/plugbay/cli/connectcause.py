@@ -86,6 +86,7 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
 
     stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
     seen, deadline = 0, time.monotonic() + timeout
+    closing = ""  # gRPC's words of the last close during setup that a probe found right after each handshake
     answer.add_done_callback(ended)
     channel.subscribe(note, try_to_connect=True)  # called on grpc's own thread, with each state
     try:
@@ -94,7 +95,7 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
                 news = changed.wait_for(lambda: len(states) > seen or answer.done(),
                                         max(deadline - time.monotonic(), 0))
                 if answer.done() or not news:
-                    return None
+                    return _closed_throughout(closing, answer, target, network_tls, endpoint)
                 seen, state = len(states), states[-1]
             if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.SHUTDOWN):
                 return None
@@ -112,6 +113,8 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
                                                                 target, insecure, _checked(network_tls, dialed))
                 if refused is None and insecure and endpoint is not None and cut_short(detail):
                     refused = _wants_tls(endpoint, detail, target, max(deadline - time.monotonic(), 0.1))
+                elif refused is None and endpoint is not None and cut_short(detail):
+                    closing = detail if _closes_after_handshake(endpoint, network_tls, deadline) else ""
                 if refused is not None:
                     answer.cancel()
                     return refused
@@ -125,6 +128,32 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
 _FLAGS = (("(ca_file)", "(--ca)"), ("ca_file", "--ca"), ("cert_file", "--cert"), ("key_file", "--key"),
           ("server_name", "--server-name (by default the address dialed)"),
           ("connect with insecure=True", "pass --insecure"), ("pass tls=NetworkTLS(...)", "pass --ca/--cert/--key"))
+
+
+def _closes_after_handshake(endpoint: Endpoint, network_tls: NetworkTLS | None, deadline: float) -> bool:
+    """Whether the library's TLS probe sees the endpoint close right after each handshake: grpcio's TLS (the
+    gateway without --multiplex) refuses a certificate so, with no alert, and gRPC says only "Socket closed"."""
+    from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE, probe_taken
+
+    return probe_taken(endpoint, network_tls, min(max(deadline - time.monotonic(), 0.1), 2.0)) \
+        == CLOSED_AFTER_HANDSHAKE
+
+
+def _closed_throughout(closing: str, answer: grpc.Future, target: str, network_tls: NetworkTLS | None,
+                       endpoint: Endpoint | None) -> ConfigError | None:
+    """At the wait's end: the refusal of a plugin that, to the last attempt, closed the connection right after
+    the handshake (gRPC's ``closing`` words), unless ``answer`` was answered meanwhile. Such a plugin most likely
+    refused --cert (or it is a TLS proxy whose backend is down: the words say both), which the command told as
+    UNREACHABLE, "check that the plugin runs", exit 3; the pool calls it so once it lasts 3 s."""
+    from plugbay.network.tls import with_lapsed_cert
+    from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE
+
+    if not closing or (answer.done() and not answer.cancelled() and answer.exception() is None):
+        return None
+    answer.cancel()
+    dialed = endpoint.address if endpoint is not None else ""
+    return _refusal(with_lapsed_cert(CLOSED_AFTER_HANDSHAKE, network_tls), closing, target, False,
+                    _checked(network_tls, dialed))
 
 
 def _wants_tls(endpoint: Endpoint, detail: str, target: str, timeout: float) -> ConfigError | None:
