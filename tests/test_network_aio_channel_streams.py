@@ -3,8 +3,7 @@ AsyncClient's do: dropped before their end (`async for ...: break` over a tempor
 are cancelled then, not when the garbage collector (off here) finds grpc.aio's cycle; and a read after the
 `async with` block over one ended raises the same InvalidStateError as an AsyncRemoteClient's stream, not a bare
 CancelledError a task nobody cancelled would take for its own; one made off a running loop (grpc.aio allows it)
-starts at its first read, on the loop running that, with or without a loop set for the thread. Real network-mode
-streaming plugins over mTLS on 127.0.0.1."""
+is read on the loop set. Real network-mode streaming plugins over mTLS on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import asyncio
 import gc
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -217,60 +215,3 @@ def test_an_aio_channel_stream_made_off_a_running_loop_is_read_on_the_loop_set(
     assert stats.active == 0, stats
     assert seqs == [0, 1, 2]
     assert code == grpc.StatusCode.OK
-
-
-def test_an_aio_channel_stream_made_with_no_event_loop_set_starts_on_the_loop_that_reads_it(
-        streamers: list[Any], certs: Any) -> None:
-    """Made off a running loop where none is set for the thread (as after an asyncio.run()), nothing is picked
-    or sent until its first read, on the loop that runs it: it took the thread's event loop when made, which
-    asyncio.get_event_loop() refused here (and made a loop of its own where set_event_loop() was never called:
-    silently on Python 3.11, deprecated on 3.12 and 3.13)."""
-    async def read_all(stream: Any, channel: Any) -> tuple[list[int], grpc.StatusCode]:
-        try:
-            return [chunk.seq async for chunk in stream], await stream.code()
-        finally:
-            await channel.close()
-
-    with RemoteClient(_first_config(streamers, certs)) as client:
-        asyncio.set_event_loop(None)  # none for this thread: nothing to take the loop from but the read's own
-        channel = client.aio_channel()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", DeprecationWarning)
-            stream = AsyncStreamerClient(channel).generate(3, 8, timeout=10)
-        assert isinstance(stream, StreamCall)
-        assert not stream.done()
-        seqs, code = asyncio.run(read_all(stream, channel))
-    assert seqs == [0, 1, 2]
-    assert code == grpc.StatusCode.OK
-
-
-def test_an_aio_channel_stream_made_off_a_running_loop_and_cancelled_unread_sends_nothing(
-        streamers: list[Any], certs: Any) -> None:
-    """cancel() before its first read: it never starts; done, cancelled, its done callback given it, its read
-    raises CancelledError and code() says CANCELLED, as a grpc.aio call's cancelled before it was sent."""
-    async def after(stream: Any, channel: Any) -> tuple[BaseException | None, grpc.StatusCode, Any]:
-        streamer = AsyncStreamerClient(channel)
-        try:
-            raised = None
-            try:
-                await stream.read()
-            except BaseException as exc:  # noqa: BLE001 - compared below
-                raised = exc
-            return raised, await stream.code(), await streamer.stats()
-        finally:
-            await channel.close()
-
-    with RemoteClient(_first_config(streamers, certs)) as client:
-        asyncio.set_event_loop(None)
-        channel = client.aio_channel()
-        stream = AsyncStreamerClient(channel).generate(0, 100)
-        seen: list[Any] = []
-        stream.add_done_callback(lambda call: seen.append((call is stream, call.cancelled())))
-        first, second = stream.cancel(), stream.cancel()
-        raised, code, stats = asyncio.run(after(stream, channel))
-    assert (first, second) == (True, False)
-    assert stream.done() and stream.cancelled()
-    assert seen == [(True, True)], seen
-    assert isinstance(raised, asyncio.CancelledError), raised
-    assert code == grpc.StatusCode.CANCELLED
-    assert (stats.produced, stats.cancelled) == (0, 0), stats  # the plugin never saw it

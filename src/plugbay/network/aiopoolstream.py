@@ -5,9 +5,7 @@ code() then says CANCELLED; a cancel() ends the pick of the next endpoint too, a
 under way; once a read raised the call's failure, its status stands (a later cancel() leaves it). Done
 callbacks stay with the call they were added to. As an AsyncClient's stream (plugbay.core.host.aiocall), one
 whose answers are a stream is cancelled when dropped before its end (a client-streaming call runs to its end, as
-grpc.aio's does), and a read after the `async with` block that cancelled it raises that one's InvalidStateError.
-One made off a running loop (a stub called before run_until_complete reads it) starts at its first step, on the
-loop running that: nothing is picked or sent before."""
+grpc.aio's does), and a read after the `async with` block that cancelled it raises that one's InvalidStateError."""
 
 from __future__ import annotations
 
@@ -31,6 +29,15 @@ from plugbay.network.unsent import channel_failing
 _CANCELLED = "Locally cancelled by application!"  # grpc.aio's details of a call its caller cancelled
 
 
+def _calls_loop() -> asyncio.AbstractEventLoop:
+    """The loop a grpc.aio call made here runs on: the running one, else (a stub called off a running loop, read
+    later under run_until_complete) the thread's event loop, as grpc.aio's own calls take it."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop()
+
+
 class StreamCall:
     """A streaming call through the pool, on the endpoint picked when it is made; when none is available
     then, the call waits for one (within its deadline) as a task, and its steps wait for that."""
@@ -38,8 +45,8 @@ class StreamCall:
     def __init__(self, callable: AioPoolCallable, request: Any, timeout: float | None,
                  kwargs: dict[str, Any]) -> None:
         # its calls are made, and end, on this loop: their drop-cancel and done callbacks go to it, from whatever
-        # thread the stream is dropped on. None: made off a running loop, not started yet (see _start_here)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # thread the stream is dropped on
+        self._loop = _calls_loop()
         self._callable = callable
         # its answers are a stream: cancelled when dropped before its end (nobody can read the rest), as an
         # AsyncClient's; a client-streaming call's one answer is not: it runs to its end, as grpc.aio's does
@@ -60,16 +67,6 @@ class StreamCall:
         self._stopped = False  # cancel() ended a resend's pick: the stream was cancelled, not its ended call
         self._failing: bool | None = None  # the call's channel was failing when the call ended
         self._raised = False  # a read raised the call's failure: its status stands (as a grpc.aio call's)
-        # made off a running loop (a stub called before run_until_complete reads it, grpc.aio allows that): the
-        # done callbacks added before its first step, which starts it on the loop running that step. Not the
-        # thread's event loop taken now, as before: asyncio.get_event_loop() made one where none was set
-        # (silently on 3.11, deprecated on 3.12 and 3.13, a RuntimeError on 3.14)
-        self._unstarted: list[DoneCallback] | None = None
-        try:
-            self._loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._unstarted = []
-            return
         member: Member | None = None
         failed: BaseException | None = None
         try:
@@ -82,22 +79,8 @@ class StreamCall:
                 return
             except CallTimeout as exc:  # a deadline spent already (a tiny timeout=): raised when awaited
                 failed = exc
-        self._ready = self._loop.create_task(self._later(failed, pick_until, request, deadline, kwargs))
+        self._ready = asyncio.ensure_future(self._later(failed, pick_until, request, deadline, kwargs))
         self._ready.add_done_callback(retrieved)
-
-    def _start_here(self) -> None:
-        """A stream made off a running loop starts at its first step, on the loop running it (as a task, whose
-        failure each step raises, as one waiting for an endpoint); its done callbacks added meanwhile go with it.
-        Not once cancel() ended it: its steps raise that cancel."""
-        if self._stopped:
-            raise self._cancel()
-        self._loop = asyncio.get_running_loop()
-        request, pick_until, deadline, kwargs = self._again
-        self._ready = self._loop.create_task(self._later(None, pick_until, request, deadline, kwargs))
-        self._ready.add_done_callback(retrieved)
-        waiting, self._unstarted = self._unstarted or [], None
-        for callback in waiting:
-            self.add_done_callback(callback)
 
     async def _later(self, failed: BaseException | None, pick_until: float, request: Any, deadline: float | None,
                      kwargs: dict[str, Any]) -> None:
@@ -114,7 +97,6 @@ class StreamCall:
             pool.done(member, exc)
             raise
         self._member, self._failing = member, None
-        assert self._loop is not None  # a call starts on a running loop, set by then (__init__, _start_here)
         # the call's done callback holds this stream weakly: held strongly, it put the stream in grpc.aio's
         # cycle, so a stream dropped unread ran on until the garbage collector came
         stream = weakref.ref(self)
@@ -181,8 +163,6 @@ class StreamCall:
         return self._unsent(ended)
 
     async def _started(self) -> Any:
-        if self._unstarted is not None:
-            self._start_here()
         if self._ready is not None:
             await self._ready
         return self._call
@@ -271,13 +251,6 @@ class StreamCall:
             return first  # a second cancel() cancels nothing, as gRPC's says
         if self._call is not None:
             return bool(self._call.cancel())
-        if self._unstarted is not None:  # made off a running loop, never started: it never will
-            first, self._stopped = not self._stopped, True
-            waiting = self._unstarted[:]
-            self._unstarted.clear()
-            for callback in waiting:  # as a call's callbacks run once a cancel ended it
-                callback(self)
-            return first
         return self._ready is not None and self._ready.cancel()
 
     def cancelled(self) -> bool:
@@ -291,8 +264,6 @@ class StreamCall:
     def done(self) -> bool:
         if self._call is not None:
             return bool(self._call.done())
-        if self._unstarted is not None:
-            return self._stopped
         return self._ready is None or self._ready.done() or self._asked
 
     def add_done_callback(self, callback: DoneCallback) -> None:
@@ -300,11 +271,6 @@ class StreamCall:
         dropped with callbacks is cancelled as one without (aiocall.HeldCallbacks, as an AsyncClient's stream)."""
         if self._call is not None:
             self._held(self._call).add(callback)
-        elif self._unstarted is not None:  # once it starts (_start_here); now, if cancel() ended it unstarted
-            if self._stopped:
-                callback(self)
-            else:
-                self._unstarted.append(callback)
         elif self._ready is not None:  # once the call is made, when it ends; or now, if no call came
             self._ready.add_done_callback(lambda ready: self._then(ready, callback))
 
@@ -316,7 +282,6 @@ class StreamCall:
 
     def _held(self, call: Any) -> HeldCallbacks:
         if not self._callbacks or self._callbacks[-1].call is not call:
-            assert self._loop is not None  # set as the call started (_begin)
             self._callbacks.append(HeldCallbacks(call, self._loop, given=self))
         return self._callbacks[-1]
 
