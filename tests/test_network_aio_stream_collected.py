@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import sys
 import time
 import weakref
@@ -23,22 +22,13 @@ import pytest
 
 from plugbay import AsyncRemoteClient, RemoteClient
 from plugbay.network.aiopoolstream import StreamCall
+from tests.leakcheck import _descriptors
 from tests.test_network_dead_replica import STREAMER, _first_config, certs, streamers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples" / "streaming"))
 from streaming_plugin_def import AsyncStreamerClient  # noqa: E402
 
 __all__ = ["certs", "streamers"]  # the fixtures this module's tests take
-
-
-def _descriptors() -> dict[int, str]:
-    found: dict[int, str] = {}
-    for entry in os.listdir("/proc/self/fd"):
-        try:
-            found[int(entry)] = os.readlink(f"/proc/self/fd/{entry}")
-        except OSError:
-            continue  # the listing's own descriptor
-    return found
 
 
 def _opened_since(before: dict[int, str]) -> dict[int, str]:
