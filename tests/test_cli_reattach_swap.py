@@ -222,7 +222,7 @@ def test_a_socket_in_a_folder_the_clis_user_may_not_search_says_to_reattach_as_o
     said = " ".join(done.stderr.split())
     assert done.returncode != 0, said
     assert f"this host's user may not search folder {os.path.dirname(path)!r}" in said, said
-    assert "Reattach as a user who may connect to it (the plugin's own user)" in said, said
+    assert "run the host as a user who may connect (the plugin's own)" in said, said
     assert "Client" not in said and "JSON" not in said and "trust" not in said, said
 
 
@@ -265,5 +265,5 @@ def test_a_reattached_clients_refusal_of_a_folder_it_may_not_search_says_the_sam
     said = done.stdout
     assert said.startswith("ReattachError"), (said, done.stderr[-2000:])
     assert f"this host's user may not search folder {folder!r}" in said, said
-    assert "Reattach as a user who may connect to it" in said and "does not listen there" not in said, said
+    assert "as a user who may connect (the plugin's own)" in said and "does not listen there" not in said, said
     assert "JSON" not in said and "Client of your own" not in said, said

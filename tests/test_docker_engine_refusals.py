@@ -60,6 +60,7 @@ def _left(plugbay_docker: Any, mark: str) -> list[Any]:
     (["/no/such/binary"], "no such file or directory"),
     (["no-such-command-here"], "executable file not found"),
     (["/etc/passwd"], "permission denied"),  # in the image, not executable
+    (['no"such'], "executable file not found"),  # Go quotes the name: an escaped '"' inside it
     (None, "no command specified"),  # the base image has no ENTRYPOINT or CMD of its own
 ])
 def test_a_command_that_cannot_run_gets_the_entrypoint_advice(entrypoint: list[str] | None, said: str) -> None:
@@ -107,3 +108,25 @@ def test_plugin_container_advice_follows_the_engines_reason(plugbay_docker: Any,
     text = _container_refusal(bad_command)
     assert "no such file or directory" in text.lower() and COMMAND_SIDE in text, text
     assert "entrypoint=/command= given to PluginContainer" in text, text
+
+
+# Engine refusals that name an exec of the engine's own host programs, recorded from real engines (the
+# reports: moby/moby#49519, coreos/rpm-ostree#2168, containers/crun#926); a healthy engine cannot be made to
+# give them here. They read like a command's 'exec: "x": executable file not found' and were advised so.
+@pytest.mark.parametrize("reason", [
+    'driver failed programming external connectivity on endpoint plugin (0f3c): exec: "docker-proxy":'
+    ' executable file not found in $PATH',
+    "driver failed programming external connectivity on endpoint plugin (0f3c): failed to bind port"
+    " 127.0.0.1:8082/tcp: fork/exec /usr/bin/rootlesskit-docker-proxy: no such file or directory",
+    "OCI runtime create failed: unable to retrieve OCI runtime error (open /run/containerd/io.containerd.runtime"
+    ".v2.task/moby/0f3c/log.json: no such file or directory): fork/exec /usr/local/bin/crun: no such file or"
+    " directory: unknown",
+])
+def test_an_engine_failing_to_run_its_own_program_is_the_engines_refusal(reason: str) -> None:
+    from docker.errors import APIError
+
+    from plugbay.runners.docker.refusal import engine_refused
+
+    text = str(engine_refused(BASE, APIError("500 Server Error", explanation=reason), "the entrypoint", "options"))
+    assert ENGINE_SIDE in text and not _names_the_command(text), text
+

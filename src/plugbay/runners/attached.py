@@ -184,8 +184,7 @@ class AttachedProcess(AttachedRunner):
                 # permission, not the data: other reattach data or another Client would meet the same refusal
                 raise ReattachError(
                     f"reattach data names {network} address {address!r}, but plugbay cannot tell whether plugin"
-                    f" process {self.pid} listens there: {why}. Reattach as a user who may connect to it (the"
-                    " plugin's own user); nothing was dialed")
+                    f" process {self.pid} listens there: {why}. Nothing was dialed")
             if self._first_asked == (network, address):
                 raise ReattachError(
                     f"reattach data names {network} address {address!r}, but plugin process {self.pid} does not"

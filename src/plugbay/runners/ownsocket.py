@@ -214,7 +214,8 @@ NO_CONNECTING = "this host may not connect to that socket"  # how every refusal 
 
 def _no_connecting(why: str) -> str:
     """A refusal where connecting is not allowed: asked of the file's permissions, or met on connecting."""
-    return f"{NO_CONNECTING} ({why}), so neither can gRPC; make it connectable for the host's user"
+    # not "loosen it": a plugin's socket folder is private to its user on purpose
+    return f"{NO_CONNECTING} ({why}), so neither can gRPC; run the host as a user who may connect (the plugin's own)"
 
 
 def unsearchable_folder(path: str) -> str | None:

@@ -14,14 +14,20 @@ from typing import Any
 from plugbay.errors import RunnerError, printable
 
 # The runtime's words when the container's command itself cannot run. runc's look-up of it (Go's
-# exec.LookPath): 'exec: "x": executable file not found in $PATH', 'exec: "/x": stat /x: no such file or
-# directory', 'exec: "/x": permission denied'; runc's exec of what it found: 'exec /x: exec format error'
-# (another architecture) or 'exec /x: no such file or directory' (a script whose interpreter the image
-# lacks); crun's: 'executable file `x` not found in $PATH', 'open executable: Permission denied'; and the
-# engine's create of a container with none at all: 'No command specified'. Only these: "no such file or
-# directory" alone is also how a mount or working_dir failure ends.
-_COMMAND_CANNOT_RUN = re.compile(r'\bexec: "[^"]*": |\bexec /[^\s:]*: |executable file `[^`]*` not found'
-                                 r'|open executable: |^No command specified$')
+# exec.LookPath) in the container's init: '... unable to start container process: exec: "x": executable
+# file not found in $PATH' (runc 1.1; 1.0 says 'starting container process caused: exec: ...', either may
+# add 'error during container init: '), 'exec: "/x": stat /x: no such file or directory', 'exec: "/x":
+# permission denied' (the name Go-quoted: an escaped '"' inside it); crun's: 'executable file `x` not found
+# in $PATH', 'open executable: Permission denied'; and the engine's create of a container with none at all:
+# 'No command specified'. Only these, anchored so: an engine's own Go exec of a host program fails with
+# the same 'exec: "docker-proxy": executable file not found' (port publishing) or 'fork/exec /usr/bin/crun:
+# no such file or directory' (a runtime registered without its binary), and "no such file or directory"
+# alone is also how a mount or working_dir failure ends. A command runc found but cannot exec (another
+# architecture's, a script whose interpreter the image lacks) is no refusal: the container starts, says so
+# on its output and exits 1 (PluginExitedError).
+_COMMAND_CANNOT_RUN = re.compile(r'(?:unable to start container process|starting container process caused'
+                                 r'|error during container init): exec: "(?:[^"\\]|\\.)*": '
+                                 r'|executable file `[^`]*` not found|open executable: |^No command specified$')
 
 
 def engine_refused(image: str, exc: Any, command: str, options: str) -> RunnerError:
