@@ -25,7 +25,7 @@ from plugbay.network.resolver import Endpoint
 from tests import netcerts
 from tests.net_util import Replica, aio_connection_lost, connection_lost
 from tests.test_network_broker import (PLUGIN_NAME, REPO, Adder, CounterReplica, counter_config, host_tls,
-                                       killable_pair, remote, wait_until)
+                                       killable_pair, remote)
 # the failover tests' fixtures: a CA's set in tmp_path, and two counter replicas a test may kill
 from tests.test_network_broker_failover import _both_healthy, certs, replicas, went_away  # noqa: F401
 from tests.test_network_tls_renewal import _Steered

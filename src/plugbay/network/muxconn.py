@@ -186,18 +186,23 @@ class MuxEndpoint(DelegatingChannel):
         (time.monotonic()): a pinned call judges its replica by a refusal met after the call began (pinkey), and
         gRPC's own next redial may be a reconnect backoff away. The connection made to the relay for it is closed
         at once: the relay's dial runs all the same and stamps its outcome (redial_refused_at); a dial that
-        connects ends after its TLS handshake, with nothing to carry. Cheap and non-blocking (the caller holds
-        the pool's lock)."""
+        connects ends after its TLS handshake, with nothing to carry. One knock at a time: while the last one's
+        dial has no outcome (an address that answers nothing), no other is made until the relay gave up on it
+        (its handshake timeout). Cheap and non-blocking (the caller holds the pool's lock)."""
+        relay = self._relay
         with self._lock:
-            if self._closed or (self._dial_checked is not None and self._dial_checked >= since):
+            checked, now = self._dial_checked, time.monotonic()
+            if self._closed or relay is None or (checked is not None and checked >= since):
                 return
-            self._dial_checked = time.monotonic()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as knock:
-            knock.setblocking(False)
-            try:
-                knock.connect(self._relay_path)
-            except OSError:  # the relay's backlog full, or closed: the call's next look asks again
-                self._dial_checked = None
+            if checked is not None and relay.dial_outcome_begun < checked and now - checked < _TLS_TIMEOUT:
+                return  # the last knock's dial is still under way
+            self._dial_checked = now
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as knock:
+                knock.setblocking(False)
+                try:
+                    knock.connect(self._relay_path)
+                except OSError:  # the relay's backlog full, or closed: the call's next look asks again
+                    self._dial_checked = checked
 
     def redial_soon(self) -> None:
         """Have this endpoint's session made again if it was lost, without waiting (the caller may hold the pool's

@@ -1,20 +1,20 @@
 """The key a stub is pinned to, and what it was pinned to: once plugbay knows that is gone, the stub's calls
 fail at once.
 
-A stub pinned to one endpoint (a brokered dispense(): its callbacks need that endpoint's broker, so it is
-never moved; or pool.pinned(key)) waited for its endpoint until its deadline even when the pool knew
-nothing would answer it there: discovery had dropped the endpoint, or nothing listened at its address any
-more. A call then ends PinnedEndpointGoneError at once. Only what plugbay knows for sure counts: discovery
-no longer lists the endpoint (or listed it again since: a new connection, not the stub's), or the session
-the stub's broker rode ended AND the dial made again to that address, since the call began, was refused or reset
-(one refused before, while a replica restarted on its address, says nothing of it now: the address is dialed
-again at once for the call, MuxEndpoint.check_dial). A session only
-lost (a cut connection, a replica restarting) is dialed again by the call itself, within its deadline: gRPC
-redials only when something calls, so failing on a missing session would fail calls a live replica would
-serve. Once the session is back the call goes on there; a brokered stub's plain calls are then served by
-the replica's new session (a new plugin instance), and a callback id it was handed on the old session
-names a broker that ended with it. An endpoint still listed that is only slow, unhealthy, stopped,
-ejected, draining or terminating keeps the call waiting within its deadline, as before.
+A stub pinned to one endpoint (a brokered dispense(): its callbacks need that endpoint's broker, so it is never
+moved; or pool.pinned(key)) waited for its endpoint until its deadline even when the pool knew nothing would
+answer it there: discovery had dropped the endpoint, or nothing listened at its address any more. A call then
+ends PinnedEndpointGoneError at once. Only what plugbay knows for sure counts: discovery no longer lists the
+endpoint (or listed it again since: a new connection, not the stub's), or the session the stub's broker rode
+ended AND the dial made again to that address, since the call began, was refused or reset (one refused before,
+while a replica restarted on its address, says nothing of it now: the address is dialed again at once for the
+call, MuxEndpoint.check_dial). A session only lost (a cut connection, a replica restarted and listening again)
+is dialed again by the call itself, within its deadline: gRPC redials only when something calls, so failing on
+a missing session would fail calls a live replica would serve. Once the session is back the call goes on there;
+a brokered stub's plain calls are then served by the replica's new session (a new plugin instance), and a
+callback id it was handed on the old session names a broker that ended with it. An endpoint still listed that
+is only slow, unhealthy, stopped, ejected, draining or terminating keeps the call waiting within its deadline,
+as before.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Pin(str):
     def gone(self, current: _Member | None, since: float) -> str | None:
         """What plugbay knows keeps this pin's stub from its endpoint now, given the pool's endpoint under this key
         (``current``) and when the call asking began (``since``, time.monotonic()); None while a call may reach it
-        (the call dials it and waits, within its deadline)."""
+        (the call dials it and waits, within its deadline). Where only a refusal from before the call is known,
+        this has the address dialed again (MuxEndpoint.check_dial) and says None: the call's next look judges."""
         if self._member is None:
             return None  # pinned ahead of the endpoint (pool.pinned(key) before it joined): wait for it
         if current is None:
@@ -77,7 +78,9 @@ class Pin(str):
             # a refusal from before the call is stale (a replica restarting on its address refused a dial while it
             # was down, and may be back): the address is dialed again now, not at gRPC's next reconnect backoff,
             # and the call's next look judges by that dial (refused: gone; connected: the call goes on)
-            channel.check_dial(since)
+            check = getattr(channel, "check_dial", None)
+            if check is not None:
+                check(since)
             return None
         reason = getattr(session, "close_reason", "") or "closed"
         return (f"the multiplexed connection its broker rode ended ({reason}) and dialing its address again was"

@@ -107,6 +107,12 @@ class TLSRelay:
         return self._setup.dial_refused_at
 
     @property
+    def dial_outcome_begun(self) -> float:
+        """Originate: when (time.monotonic()) the newest dial whose outcome (refused or connected) is known began;
+        0.0 before any."""
+        return self._setup.dial_outcome_begun
+
+    @property
     def connections(self) -> int:
         """Relayed connections open now (dialing, in their handshake or pumping)."""
         return len(self._conns)

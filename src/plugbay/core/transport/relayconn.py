@@ -68,6 +68,9 @@ class Setup:
         # None once one connected: what tells a replica gone from a connection only lost (plugbay.network.pinkey),
         # which counts only a refusal from after its call began (a replica restarting on its address is back)
         self.dial_refused_at: float | None = None
+        # when the newest dial whose outcome is known began: an older dial's outcome, known later (a host name's
+        # look-up, a refusal from afar), must not overwrite a newer one's
+        self.dial_outcome_begun = 0.0
 
 
 class RelayConn(Pumping, Dialing):
@@ -171,11 +174,17 @@ class RelayConn(Pumping, Dialing):
 
     def _fail(self, exc: BaseException) -> None:
         if self._stage == "dial" and isinstance(exc, OSError) and exc.errno in _REFUSED:
-            self.s.dial_refused_at = self.begun
+            self.dialed(refused=True)
         if not isinstance(exc, (OSError, ssl.SSLError)):
             _log.exception("relay connection failed; closing it", exc_info=exc)
         # a failed peer (handshake, reset) is the peer's problem; gRPC reports it on its side
         self.close()
+
+    def dialed(self, refused: bool) -> None:
+        """Note this connection's dial outcome on the relay, unless a dial begun later has told its own."""
+        if self.begun >= self.s.dial_outcome_begun:
+            self.s.dial_outcome_begun = self.begun
+            self.s.dial_refused_at = self.begun if refused else None
 
     def _timed_out(self) -> None:
         self._timer = None

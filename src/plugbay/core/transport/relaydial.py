@@ -32,6 +32,7 @@ class DialSetup(Protocol):
     resolvers: set[threading.Thread]
     resumption: Resumption
     dial_refused_at: float | None
+    dial_outcome_begun: float
 
 
 class Dialing:
@@ -55,6 +56,8 @@ class Dialing:
         def _on_plain(self) -> None: ...
 
         def _fail(self, exc: BaseException) -> None: ...
+
+        def dialed(self, refused: bool) -> None: ...
 
         def _handshake(self) -> None: ...
 
@@ -157,7 +160,7 @@ class Dialing:
         if err:
             raise OSError(err, "the relay's dial failed")
         self._raw = None
-        self.s.dial_refused_at = None
+        self.dialed(refused=False)
         if self.s.mode == "originate":  # the same fd goes on as the TLS socket
             context = self.s.context()
             self.tls = context.wrap_socket(sock, server_hostname=self.s.hostname, do_handshake_on_connect=False,
