@@ -21,7 +21,7 @@ import pytest
 from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.base import LaunchSpec
 from plugbay.runners.docker import DockerRunner
-from plugbay.runners.docker.hardening import ICC_OPTION, ISOLATED_NETWORK, MADE_NETWORK
+from plugbay.runners.docker.hardening import ICC_OPTION, ISOLATED_NETWORK
 from tests.docker_util import BASE, start_on
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("plugbay_docker")]
@@ -158,10 +158,15 @@ def test_a_missing_network_of_extra_create_args_is_refused_not_swapped(plugbay_d
     # Only the isolated network's own (stale) id is verified anew: the caller's choice is not replaced
     # (it was: the container ran on the isolated network, or with network=None on a new one called "None").
     missing = f"plugbay-test-missing-{os.getpid()}"
-    # the networks plugbay made (its label), and the isolated one (tcp verifies it first): not every network on
-    # the engine, where another user of it may add one meanwhile, which this test would then remove as made here
-    made_by_plugbay = {"label": MADE_NETWORK}
-    before = {n.name for n in plugbay_docker.networks.list(filters=made_by_plugbay)} | {ISOLATED_NETWORK}
+    # the networks this runner could make in the caller's stead (one called "None", the isolated one, the
+    # missing one): not every network on the engine, nor every one plugbay made, where another user of it (another
+    # plugbay test run) may add one meanwhile, which this test would then remove as made here
+    could_make = {str(network), ISOLATED_NETWORK, missing}
+
+    def present() -> set[str]:
+        return {n.name for n in plugbay_docker.networks.list() if n.name in could_make}
+
+    before = present() | {ISOLATED_NETWORK}  # tcp makes it if it is not there: its own, not the caller's
     runner = DockerRunner(BASE, transport=transport, network=network, entrypoint=["sleep", "30"],
                           extra_create_args={"network": missing})
     try:
@@ -169,7 +174,7 @@ def test_a_missing_network_of_extra_create_args_is_refused_not_swapped(plugbay_d
             runner.start(LaunchSpec(env={}))
     finally:
         runner.kill()
-        made = {n.name for n in plugbay_docker.networks.list(filters=made_by_plugbay)} - before
+        made = present() - before
         for name in made:  # (networks.list(names=[]) would list them all)
             plugbay_docker.networks.get(name).remove()
     assert not made
