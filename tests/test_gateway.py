@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import selectors
 import signal
@@ -318,6 +319,23 @@ def test_a_child_that_dies_again_soon_after_each_restart_waits_longer_each_time(
                 time.sleep(0.05)
             assert gw.child_pid not in (None, pid), "the gateway did not restart its child"
     assert policy.asked == [1, 2, 3]
+
+
+class _NoWaitPolicy(RestartPolicy):
+    def backoff(self, consecutive: int) -> float:
+        return math.nan
+
+
+def test_a_restart_policy_that_gives_no_wait_makes_the_gateway_give_up_saying_so(
+        kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:
+    # its ConfigError ended the keeper thread without a word: the gateway served on with no plugin
+    with Gateway(config(kv_bin, certs, restart=_NoWaitPolicy())) as gw:
+        pid = gw.child_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert gw.failed.wait(HANG_GUARD), "the gateway neither restarted its plugin nor gave up"
+        assert "restart policy gave no wait" in gw.keeper.failure and "_NoWaitPolicy.backoff(1)" in \
+            gw.keeper.failure, gw.keeper.failure
 
 
 def test_start_errors_are_typed(misbehave_bin: str, kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:

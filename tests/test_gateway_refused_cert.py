@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import gobuild, netcerts
-from tests.cli_util import plugbay
+from tests.cli_util import cli_env, plugbay
 from tests.net_util import HANDSHAKE, PLUGINS
 
 from plugbay import NetworkTLS, RemoteClient, RemoteConfig, RemoteTLSError
@@ -76,3 +76,71 @@ def test_the_command_line_names_a_refused_cert_not_an_unreachable_plugin(
     ok = plugbay("health", f"static:///{gw.address}", "--cert", right[0], "--key", right[1], "--ca", right[2],
                  "--server-name", "localhost", "--timeout", "10")
     assert ok.returncode == 0 and ok.stdout.startswith("SERVING"), ok
+
+
+def test_a_plugin_that_closed_after_handshakes_and_then_went_away_is_unreachable(tmp_path: Path) -> None:
+    """A plugin going away (a rolling restart's TLS front closing each connection after its handshake while its
+    backend stops, then nothing listening): the command kept the early closes to the end and said the plugin
+    most likely refused a --cert it had taken (exit 2). Closes that do not last to the end say nothing: it is
+    UNREACHABLE (exit 3), with the last attempt's words. A TLS server on 127.0.0.1 that takes the host's right
+    certificate and closes each connection for 1 s, then stops listening (its port held: dials are refused)."""
+    import socket
+    import ssl
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tests.ports import HeldPort
+
+    certs = netcerts.write_set(tmp_path / "tls")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.cert_file, certs.key_file)
+    context.load_verify_locations(certs.client_ca_file)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["h2"])  # as a gRPC server's: gRPC refuses a TLS peer that selects none
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(0.1)
+    taken: list[bool] = []
+
+    def closing_for_a_second() -> None:
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until:
+            try:
+                conn, _ = listener.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                try:
+                    with context.wrap_socket(conn, server_side=True):
+                        taken.append(True)  # the handshake took the host's certificate
+                except (ssl.SSLError, OSError):
+                    pass
+
+    front = threading.Thread(target=closing_for_a_second)
+    front.start()
+    held: HeldPort | None = None
+    try:
+        right = _files(tmp_path / "right", certs, certs.client)
+        said = subprocess.Popen([sys.executable, "-m", "plugbay", "health", f"static:///127.0.0.1:{port}", "--cert",
+                                 right[0], "--key", right[1], "--ca", right[2], "--server-name", "localhost",
+                                 "--timeout", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=cli_env(), stdin=subprocess.DEVNULL)
+        try:
+            front.join(10)
+            listener.close()
+            held = HeldPort(port=port)
+            out, err = said.communicate(timeout=60)
+        finally:
+            if said.poll() is None:
+                said.kill()
+                said.communicate()
+    finally:
+        front.join(10)
+        listener.close()
+        if held is not None:
+            held.release()
+    assert taken, "the TLS front never completed a handshake (the test did not set up what it claims)"
+    assert said.returncode == 3 and "UNREACHABLE" in out, (said.returncode, out, err)
+    assert "most likely refused it" not in out + err, out + err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -86,16 +86,20 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
 
     stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
     seen, deadline = 0, time.monotonic() + timeout
-    closing = ""  # gRPC's words of the last close during setup that a probe found right after each handshake
+    closing = ""  # gRPC's words of the last close during setup, once a probe found one right after the handshake
     answer.add_done_callback(ended)
     channel.subscribe(note, try_to_connect=True)  # called on grpc's own thread, with each state
     try:
         while True:
             with changed:
+                # woken each _LOOK_AGAIN too: gRPC's channel stays in TRANSIENT_FAILURE across its later attempts,
+                # so no new state tells of them, and only the first one would be looked at
                 news = changed.wait_for(lambda: len(states) > seen or answer.done(),
-                                        max(deadline - time.monotonic(), 0))
-                if answer.done() or not news:
-                    return _closed_throughout(closing, answer, target, network_tls, endpoint)
+                                        min(max(deadline - time.monotonic(), 0), _LOOK_AGAIN))
+                if answer.done() or (not news and time.monotonic() >= deadline):
+                    return _closed_throughout(closing, answer, stub, target, network_tls, endpoint)
+                if not states:
+                    continue
                 seen, state = len(states), states[-1]
             if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.SHUTDOWN):
                 return None
@@ -114,7 +118,12 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
                 if refused is None and insecure and endpoint is not None and cut_short(detail):
                     refused = _wants_tls(endpoint, detail, target, max(deadline - time.monotonic(), 0.1))
                 elif refused is None and endpoint is not None and cut_short(detail):
-                    closing = detail if _closes_after_handshake(endpoint, network_tls, deadline) else ""
+                    # cut short again after a probe saw the close: so it goes on (a probe on a loaded machine may
+                    # miss a close that comes late, which must not undo the one seen)
+                    if closing or _closes_after_handshake(endpoint, network_tls, deadline):
+                        closing = detail
+                else:  # any other failure (refused, silent): the closes, if any, did not last to the end
+                    closing = ""
                 if refused is not None:
                     answer.cancel()
                     return refused
@@ -123,6 +132,8 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
     finally:
         channel.unsubscribe(note)
 
+
+_LOOK_AGAIN = 1.0  # seconds between looks at a connection that keeps failing (gRPC's newest attempt's words)
 
 # network mode's words (plugbay.network.tls) for its API's fields, as the command line's flags say them
 _FLAGS = (("(ca_file)", "(--ca)"), ("ca_file", "--ca"), ("cert_file", "--cert"), ("key_file", "--key"),
@@ -139,21 +150,40 @@ def _closes_after_handshake(endpoint: Endpoint, network_tls: NetworkTLS | None, 
         == CLOSED_AFTER_HANDSHAKE
 
 
-def _closed_throughout(closing: str, answer: grpc.Future, target: str, network_tls: NetworkTLS | None,
+def _closed_throughout(closing: str, answer: grpc.Future, stub: Any, target: str, network_tls: NetworkTLS | None,
                        endpoint: Endpoint | None) -> ConfigError | None:
     """At the wait's end: the refusal of a plugin that, to the last attempt, closed the connection right after
     the handshake (gRPC's ``closing`` words), unless ``answer`` was answered meanwhile. Such a plugin most likely
     refused --cert (or it is a TLS proxy whose backend is down: the words say both), which the command told as
     UNREACHABLE, "check that the plugin runs", exit 3; the pool calls it so once it lasts 3 s."""
-    from plugbay.network.tls import with_lapsed_cert
+    from plugbay._proto.grpc.health.v1 import health_pb2
+    from plugbay.network.tls import cut_short, with_lapsed_cert
     from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE
 
-    if not closing or (answer.done() and not answer.cancelled() and answer.exception() is None):
+    if not closing or (answer.done() and not answer.cancelled() and _plugin_answered(answer)):
         return None
+    # gRPC's channel stays in TRANSIENT_FAILURE across its later attempts (no new state to wake the wait):
+    # the newest attempt's words, asked now, say whether the closes lasted (a plugin gone since is refused)
+    try:
+        stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
+    except grpc.RpcError as exc:
+        latest = f"UNAVAILABLE: {named_handles(str(exc.details()))}"
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or not cut_short(latest):
+            return None  # the plugin answered since, or the newest attempt met something else (refused, silent)
+        closing = latest
+    else:
+        return None  # connected since
     answer.cancel()
     dialed = endpoint.address if endpoint is not None else ""
     return _refusal(with_lapsed_cert(CLOSED_AFTER_HANDSHAKE, network_tls), closing, target, False,
                     _checked(network_tls, dialed))
+
+
+def _plugin_answered(answer: grpc.Future) -> bool:
+    """Whether the done health check was answered by the plugin (a status, an error but UNAVAILABLE's), so no
+    refusal of --cert explains the wait's end."""
+    error = answer.exception()
+    return error is None or not isinstance(error, grpc.RpcError) or error.code() != grpc.StatusCode.UNAVAILABLE
 
 
 def _wants_tls(endpoint: Endpoint, detail: str, target: str, timeout: float) -> ConfigError | None:

@@ -195,7 +195,7 @@ def client_usage(cert: Any) -> str:
 
     try:
         usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except (x509.ExtensionNotFound, ValueError):  # none, or one cryptography cannot parse: the TLS stacks judge
+    except Exception:  # none, or extensions cryptography cannot parse (DuplicateExtension, ...): the TLS stacks judge
         return ""
     if ExtendedKeyUsageOID.CLIENT_AUTH in usage or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usage:
         return ""

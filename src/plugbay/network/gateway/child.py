@@ -127,6 +127,14 @@ class ChildKeeper:
         self._on_up(client)
         return client
 
+    def _give_up(self, failure: str) -> None:
+        """The gateway stops restarting its plugin: ``failure`` says why, and ``failed`` ends the gateway."""
+        self.failure = failure
+        with self._lock:
+            self._why = "the gateway gave up restarting it"
+        log.error("gateway: %s", failure)
+        self.failed.set()
+
     def _keep(self) -> None:
         # the failures in a row: a child that starts and soon dies again waits longer each time (it was
         # reset whenever the child was seen running, so a crash loop restarted every initial_backoff)
@@ -152,15 +160,17 @@ class ChildKeeper:
             while self._times and self._times[0] < now - self._restart.window:
                 self._times.popleft()
             if len(self._times) > self._restart.max_restarts:
-                self.failure = (f"{what}, and it was restarted {self._restart.max_restarts} time(s) within"
-                                f" {self._restart.window:.0f}s (the restart budget); fix the plugin (its"
-                                " stderr is in the gateway's log) and start the gateway again")
-                with self._lock:
-                    self._why = "the gateway gave up restarting it"
-                log.error("gateway: %s", self.failure)
-                self.failed.set()
+                self._give_up(f"{what}, and it was restarted {self._restart.max_restarts} time(s) within"
+                              f" {self._restart.window:.0f}s (the restart budget); fix the plugin (its stderr is in"
+                              " the gateway's log) and start the gateway again")
                 return
-            if self._stop.wait(run.next_backoff(self._restart)):
+            try:
+                backoff = run.next_backoff(self._restart)
+            except Exception as exc:  # a RestartPolicy subclass's backoff() raised or gave no seconds (ConfigError):
+                # the keeper thread would end without a word, and the gateway serve on with no plugin
+                self._give_up(f"{what}, and its restart policy gave no wait to restart it after: {exc}")
+                return
+            if self._stop.wait(backoff):
                 return
             try:
                 self._start_client()
