@@ -184,16 +184,23 @@ def test_a_refused_dial_of_the_proven_socket_names_its_path(tmp_path: Path, comm
     assert f"unix:{path}" in said and "/proc/self/fd/" not in said, said
 
 
-def test_a_socket_the_clis_user_may_not_open_says_to_run_as_one_who_may(tmp_path: Path) -> None:
-    # before: '... (a `docker run` wrapper), no reattach can reach that plugin ... from a Client of your own', the
-    # Python API's advice, which no opt-out makes true: a dial by name is refused as the open was
+def _refused_without_dac(tmp_path: Path, script: str) -> tuple[str, str]:
+    """`plugbay health` on a reattach whose socket ``script`` puts out of the command's reach, run as root without
+    CAP_DAC_OVERRIDE (setpriv): its refusal's words on one line, and the socket's path."""
     if os.geteuid() != 0:
         pytest.skip("needs root, to run the command without CAP_DAC_OVERRIDE (setpriv)")
-    done, path, _ = run_reattached(tmp_path, SHUT_OUT, ["health"], prefix=NO_DAC)
+    done, path, _ = run_reattached(tmp_path, script, ["health"], prefix=NO_DAC)
     if "setpriv:" in done.stderr:
         pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
     said = " ".join(done.stderr.split())
     assert done.returncode != 0, said
+    return said, path
+
+
+def test_a_socket_the_clis_user_may_not_open_says_to_run_as_one_who_may(tmp_path: Path) -> None:
+    # before: '... (a `docker run` wrapper), no reattach can reach that plugin ... from a Client of your own', the
+    # Python API's advice, which no opt-out makes true: a dial by name is refused as the open was
+    said, path = _refused_without_dac(tmp_path, SHUT_OUT)
     assert "UnprovenAddressError" in said or "which plugbay does not dial" in said, said
     assert f"this host may not open it (Permission denied); run as a user who may open {path}." in said, said
     assert "docker run" not in said and "Client" not in said and "reattach can reach" not in said, said
@@ -214,13 +221,7 @@ def test_a_socket_in_a_folder_the_clis_user_may_not_search_says_to_reattach_as_o
     # before: '... (this host may not connect to that socket (Permission denied: its file's permissions or a
     # security module) ...). Pass the JSON that Client.reattach_config().to_json() produced for this plugin, or stop
     # it and start it again from a Client of your own': the Python API's advice, and no other JSON gets past a folder
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to run the command without CAP_DAC_OVERRIDE (setpriv)")
-    done, path, _ = run_reattached(tmp_path, SHUT_OUT_FIRST, ["health"], prefix=NO_DAC)
-    if "setpriv:" in done.stderr:
-        pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
-    said = " ".join(done.stderr.split())
-    assert done.returncode != 0, said
+    said, path = _refused_without_dac(tmp_path, SHUT_OUT_FIRST)
     assert f"this host's user may not search folder {os.path.dirname(path)!r}" in said, said
     assert "run the host as a user who may connect (the plugin's own)" in said, said
     assert "Client" not in said and "JSON" not in said and "trust" not in said, said

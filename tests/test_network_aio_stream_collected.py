@@ -53,14 +53,7 @@ async def _fail_and_drop(client: RemoteClient, callback: bool) -> tuple[grpc.Sta
         assert isinstance(stream, StreamCall)
         if callback:  # held by the stream (aiocall.HeldCallbacks), given it as the call ends
             stream.add_done_callback(lambda call: None)
-        failed: grpc.RpcError | None = None
-        try:
-            async for _ in stream:
-                pass
-        except grpc.RpcError as exc:
-            failed = exc
-        assert failed is not None, "an endless stream ended without its deadline's error"
-        return failed.code(), weakref.ref(stream)
+        return await _read_to_its_failure(stream), weakref.ref(stream)
     finally:
         await channel.close()
 
@@ -82,6 +75,19 @@ def test_a_dropped_failed_pool_stream_gives_its_descriptors_back_at_the_first_co
     assert left == {}, f"still open after one collection: {left} (before it: {held})"
 
 
+async def _read_to_its_failure(stream: Any) -> grpc.StatusCode:
+    """Reads an endless stream until its deadline fails it; the failure's code (its error stays in this frame's
+    traceback, the cycle the tests need)."""
+    failed: grpc.RpcError | None = None
+    try:
+        async for _ in stream:
+            pass
+    except grpc.RpcError as exc:
+        failed = exc
+    assert failed is not None, "an endless stream ended without its deadline's error"
+    return failed.code()
+
+
 async def _fail_and_drop_wrapped(config: Any) -> tuple[grpc.StatusCode, weakref.ref[StreamCall]]:
     """As _fail_and_drop, through an AsyncRemoteClient: its AioCall around the pool's stream."""
     async with AsyncRemoteClient(config) as client:
@@ -89,14 +95,7 @@ async def _fail_and_drop_wrapped(config: Any) -> tuple[grpc.StatusCode, weakref.
         stream = streamer.generate(0, 100, timeout=0.5)
         pool_stream = stream._call
         assert isinstance(pool_stream, StreamCall)
-        failed: grpc.RpcError | None = None
-        try:
-            async for _ in stream:
-                pass
-        except grpc.RpcError as exc:
-            failed = exc
-        assert failed is not None, "an endless stream ended without its deadline's error"
-        return failed.code(), weakref.ref(pool_stream)
+        return await _read_to_its_failure(stream), weakref.ref(pool_stream)
 
 
 def test_a_dropped_failed_async_remote_client_stream_gives_its_descriptors_back_at_the_first_collection(
