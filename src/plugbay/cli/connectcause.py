@@ -180,10 +180,12 @@ def _closed_throughout(closing: str, answer: grpc.Future, stub: Any, target: str
 
 
 def _plugin_answered(answer: grpc.Future) -> bool:
-    """Whether the done health check was answered by the plugin (a status, an error but UNAVAILABLE's), so no
-    refusal of --cert explains the wait's end."""
+    """Whether the done health check was answered by the plugin (a status, or an error the plugin sent), so no
+    refusal of --cert explains the wait's end. Its own deadline (made just before this wait's) or a cancel is no
+    answer: it ran out while the plugin kept closing."""
     error = answer.exception()
-    return error is None or not isinstance(error, grpc.RpcError) or error.code() != grpc.StatusCode.UNAVAILABLE
+    return error is None or not isinstance(error, grpc.RpcError) or error.code() not in (
+        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 def _wants_tls(endpoint: Endpoint, detail: str, target: str, timeout: float) -> ConfigError | None:

@@ -191,8 +191,10 @@ class AttachedProcess(AttachedRunner):
                     f" listen there ({why}), so plugbay does not dial it (it would reach another server). Pass the"
                     " JSON that Client.reattach_config().to_json() produced for this plugin, or stop it and start it"
                     " again from a Client of your own, whose reattach_config() names the address that Client proved")
-            # the plugin's own word (a brokered server's ConnInfo): the broker says which id announced it
-            raise UnprovenAddressError(self._name, network, address, why, REATTACH_OPT_OUT)
+            # the plugin's own word (a brokered server's ConnInfo): the broker says which id announced it; no opt-out
+            # reaches a socket this host may not connect to (``why`` says what to do)
+            raise UnprovenAddressError(self._name, network, address, why,
+                                       None if why.startswith(NO_CONNECTING) else REATTACH_OPT_OUT)
         # dialed as resolved now: a symlink re-pointed later cannot send the next dial elsewhere
         dial = os.path.realpath(address) if network == "unix" else address
         self._listening[(network, address)] = dial

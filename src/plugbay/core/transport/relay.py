@@ -27,8 +27,9 @@ handshake at once (for a new one, the oldest of the peer address holding the
 most is dropped, so a flood from one address evicts its own): anyone who can reach the address can connect
 before proving anything, and idle connections must not take every file
 descriptor from the hosts that can prove themselves. Established connections
-are not counted. ``originate`` accepts only the host's own gRPC channel on a
-private socket, so it has no cap.
+are not counted. ``originate`` accepts only the host's own connections on a
+private socket (its gRPC channel's, and network mode's knocks that have it dial: MuxEndpoint.check_dial), so it
+has no cap.
 
 For network mode the context may be a provider (called per handshake, so
 rotated files apply to new connections) and, terminating, the target may be a

@@ -1,7 +1,7 @@
 """What plugbay advises when the Docker engine refuses to create or start a plugin's container.
 
-The advice follows the engine's own reason: a container command that cannot run (not in the image, not
-executable, built for another architecture) is the image's or the entrypoint/command's to fix, while the
+The advice follows the engine's own reason: a container command the runtime cannot find or open (not in the
+image, not executable) is the image's or the entrypoint/command's to fix, while the
 engine's own refusals (a bind-mount source missing, an unknown runtime, a host port already taken, a
 user the image lacks) name something else, and pointing at the entrypoint there sent people the wrong way.
 """
@@ -38,8 +38,7 @@ def engine_refused(image: str, exc: Any, command: str, options: str) -> RunnerEr
     said = f"the Docker engine refused to run {image!r}: {reason}."
     if _COMMAND_CANNOT_RUN.search(reason):
         return RunnerError(f"{said} The container's command cannot run: check {command}. It must be in the"
-                           " image and executable, built for the engine's architecture, and a script's interpreter"
-                           " must be in the image too")
+                           " image (on its PATH, or a full path) and executable")
     return RunnerError(f"{said} The engine refused before the plugin's command ran, for the reason it gives:"
                        f" fix what that names, in {options} or on the engine's host (a port another process"
                        " holds, a runtime the engine lacks)")
