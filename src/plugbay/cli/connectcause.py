@@ -25,7 +25,7 @@ def connect_failure(channel: grpc.Channel) -> str:
     A connected channel (a slow answer; a health service answering UNAVAILABLE itself) or one still
     connecting (a peer that took the connection and says nothing) has none, and costs no further wait.
     """
-    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+    from plugbay._proto.grpc.health.v1 import health_pb2_grpc
 
     first: list[grpc.ChannelConnectivity] = []
     seen = threading.Event()
@@ -42,13 +42,22 @@ def connect_failure(channel: grpc.Channel) -> str:
         channel.unsubscribe(note)
     if first[:1] != [grpc.ChannelConnectivity.TRANSIENT_FAILURE]:
         return ""
-    stub = health_pb2_grpc.HealthStub(channel)  # type: ignore[no-untyped-call]
+    exc = _attempt_failure(health_pb2_grpc.HealthStub(channel))  # type: ignore[no-untyped-call]
+    if exc is not None and exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return f"; the connection: {named_handles(str(exc.details()))}"
+    return ""  # connected since
+
+
+def _attempt_failure(stub: Any) -> grpc.RpcError | None:
+    """gRPC's newest connection attempt's failure, from a health check that does not wait (it fails at once with
+    the attempt's cause); None once it was answered (connected since)."""
+    from plugbay._proto.grpc.health.v1 import health_pb2
+
     try:
         stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
     except grpc.RpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            return f"; the connection: {named_handles(str(exc.details()))}"
-    return ""  # connected since
+        return exc
+    return None
 
 
 def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer: grpc.Future,
@@ -69,7 +78,7 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
     restarting does: the library's TLS probe of ``endpoint`` (plugbay.network.tlsprobe, the pool's own
     judgement) tells them apart, and a peer that answers a TLS handshake is said at once too.
     """
-    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+    from plugbay._proto.grpc.health.v1 import health_pb2_grpc
     from plugbay.network.tls import PEER_CERT_DATES, cut_short, tls_failure, with_lapsed_cert
 
     changed = threading.Condition()
@@ -105,9 +114,8 @@ def tls_failed_early(channel: grpc.Channel, target: str, insecure: bool, answer:
                 return None
             if state != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
                 continue
-            try:  # a call that does not wait fails at once with the attempt's cause
-                stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
-            except grpc.RpcError as exc:
+            exc = _attempt_failure(stub)
+            if exc is not None:
                 detail = f"UNAVAILABLE: {named_handles(str(exc.details()))}"
                 meaning = tls_failure(detail, tls=not insecure) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
                 if meaning in PEER_CERT_DATES:
@@ -156,7 +164,6 @@ def _closed_throughout(closing: str, answer: grpc.Future, stub: Any, target: str
     the handshake (gRPC's ``closing`` words), unless ``answer`` was answered meanwhile. Such a plugin most likely
     refused --cert (or it is a TLS proxy whose backend is down: the words say both), which the command told as
     UNREACHABLE, "check that the plugin runs", exit 3; the pool calls it so once it lasts 3 s."""
-    from plugbay._proto.grpc.health.v1 import health_pb2
     from plugbay.network.tls import cut_short, with_lapsed_cert
     from plugbay.network.tlsprobe import CLOSED_AFTER_HANDSHAKE
 
@@ -164,15 +171,13 @@ def _closed_throughout(closing: str, answer: grpc.Future, stub: Any, target: str
         return None
     # gRPC's channel stays in TRANSIENT_FAILURE across its later attempts (no new state to wake the wait):
     # the newest attempt's words, asked now, say whether the closes lasted (a plugin gone since is refused)
-    try:
-        stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=0.2, wait_for_ready=False)
-    except grpc.RpcError as exc:
-        latest = f"UNAVAILABLE: {named_handles(str(exc.details()))}"
-        if exc.code() != grpc.StatusCode.UNAVAILABLE or not cut_short(latest):
-            return None  # the plugin answered since, or the newest attempt met something else (refused, silent)
-        closing = latest
-    else:
+    exc = _attempt_failure(stub)
+    if exc is None:
         return None  # connected since
+    latest = f"UNAVAILABLE: {named_handles(str(exc.details()))}"
+    if exc.code() != grpc.StatusCode.UNAVAILABLE or not cut_short(latest):
+        return None  # the plugin answered since, or the newest attempt met something else (refused, silent)
+    closing = latest
     answer.cancel()
     dialed = endpoint.address if endpoint is not None else ""
     return _refusal(with_lapsed_cert(CLOSED_AFTER_HANDSHAKE, network_tls), closing, target, False,
