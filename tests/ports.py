@@ -15,11 +15,19 @@ A server a test starts should bind port 0 itself and say where it listens (tests
 tests.test_network_broker.CounterReplica, the gateway's "listening tcp" line). One that must listen on a given
 port later (a replica that comes back on its address) is started right after release(): the gap left is its
 own start, not the whole time it was down.
+
+A test whose point is the very address it asks a server for (the failed start that frees it, the handshake
+line that names it) takes it from released_ports(): held until just before the server binds it. Another
+bind(0) can still be given it in the gap, so the case is run again on a new port (a bounded number of times)
+when, and only when, its own bind found the port taken (EADDRINUSE). Whether a server still holds the port
+once it stopped is asked of that process's own sockets (held_by()), not by binding the port: a bind is
+refused as well when a stranger took the port since.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,3 +67,45 @@ def refusing_port(host: str = "127.0.0.1") -> Iterator[int]:
         yield held.port
     finally:
         held.release()
+
+
+def released_ports(tries: int = 5, host: str = "127.0.0.1") -> Iterator[int]:
+    """Fresh ports on ``host``, each held until it is yielded: for a case that binds the address it asks for at
+    once. The caller takes the next one only when the case's own bind found its port taken meanwhile (a
+    bind(0) elsewhere was given it in the gap), and breaks out otherwise; past ``tries`` that is a failure."""
+    for _ in range(tries):
+        held = HeldPort(host)
+        held.release()
+        yield held.port
+    raise AssertionError(f"each of {tries} ports released for the case was taken before its server bound it")
+
+
+def held_by(pid: int, port: int) -> list[str]:
+    """The TCP sockets (IPv4 and IPv6, any state) process ``pid`` holds on local port ``port``, as /proc lists
+    them: [] when it holds none, whatever other processes do with the port."""
+    inodes: dict[str, str] = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rpartition(":")[2], 16) == port:
+                inodes[fields[9]] = row.strip()
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            held.append(inodes[target[8:-1]])
+    return held
+
+
+def bind_lost(said: BaseException | str) -> bool:
+    """Whether ``said`` (a server's failed start on a port from released_ports(): its error, or the stderr of a
+    process that served there) says the port was taken meanwhile."""
+    return os.strerror(errno.EADDRINUSE) in str(said)

@@ -7,7 +7,6 @@ import math
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from plugbay.errors import ClientStateError, ConfigError, GatewayError, TLSConfi
 from plugbay.network.gateway import BROKER_REFUSAL, Gateway, GatewayConfig
 from plugbay.network.gateway.cli import main as gateway_main
 from tests import gobuild, netcerts, procs
+from tests.ports import bind_lost, held_by, released_ports
 
 _reason = gobuild.go_missing_reason()
 pytestmark = [pytest.mark.go, pytest.mark.skipif(_reason is not None, reason=_reason or "")]
@@ -339,16 +339,16 @@ def test_a_restart_policy_that_gives_no_wait_makes_the_gateway_give_up_saying_so
 
 
 def test_start_errors_are_typed(misbehave_bin: str, kv_bin: str, certs: netcerts.CertSet, in_tmp: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     failing = config(misbehave_bin, certs, env={"MISBEHAVE_MODE": "exit"})
-    failing.listen = f"127.0.0.1:{port}"
-    with pytest.raises(GatewayError, match="could not start its plugin") as info:
-        Gateway(failing).start()
+    for port in released_ports():  # the port it is given, bound before the plugin starts, is freed again
+        failing.listen = f"127.0.0.1:{port}"
+        with pytest.raises((GatewayError, ConfigError)) as info:
+            Gateway(failing).start()
+        if not bind_lost(info.value):
+            break
+    assert isinstance(info.value, GatewayError) and "could not start its plugin" in str(info.value), info.value
     assert "exited with code 3" in str(info.value)
-    with socket.socket() as again:  # the failed start's listen port is free again (it stayed bound)
-        again.bind(("127.0.0.1", port))
+    assert held_by(os.getpid(), port) == []  # the failed start's listen port is free again (it stayed bound)
     bad = config(kv_bin, certs)
     bad.key_file = str(in_tmp / "nope.key")
     with pytest.raises(TLSConfigError, match="does not exist"):

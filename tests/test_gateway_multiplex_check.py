@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from pathlib import Path
 
 import grpc
 import pytest
 
 from plugbay import OutlierPolicy, RemoteClient, RemoteConfig
-from plugbay.errors import ClientStateError, GatewayError
+from plugbay.errors import ClientStateError, ConfigError, GatewayError
 from plugbay.network import NetworkTLS
 from plugbay.network.gateway import Gateway
 from plugbay.network.gateway.cli import main as gateway_main
 from tests import netcerts, procs
 from tests.net_util import HANDSHAKE, PLUGIN_NAME, PLUGINS
+from tests.ports import bind_lost, held_by, released_ports
 from tests.race_util import Starting, pid_alive, wait_for_file
 from tests.resilience_util import wait_until
 from tests.test_gateway import certs, config, kv_bin, pytestmark  # noqa: F401 (fixtures, marks)
@@ -38,24 +38,24 @@ def _host_tls(certs: netcerts.CertSet) -> NetworkTLS:  # noqa: F811
 def test_multiplex_with_a_plugin_that_cannot_is_refused_at_start(kv_bin: str, certs: netcerts.CertSet,  # noqa: F811
                                                                  in_tmp: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     cfg = config(kv_bin, certs, multiplex=True)
-    cfg.listen = f"127.0.0.1:{port}"
-    gw = Gateway(cfg)
-    try:
-        with pytest.raises(GatewayError) as info:
-            gw.start()
-    finally:
-        gw.stop()
+    for port in released_ports():  # the port it is given, bound before the check, is freed again
+        cfg.listen = f"127.0.0.1:{port}"
+        gw = Gateway(cfg)
+        try:
+            with pytest.raises((GatewayError, ConfigError)) as info:
+                gw.start()
+        finally:
+            gw.stop()
+        if not bind_lost(info.value):
+            break
+    assert isinstance(info.value, GatewayError), info.value
     said = str(info.value)
     assert "does not multiplex brokered connections" in said and "without --multiplex" in said, said
     assert procs.children(os.getpid(), zombies=False) == []  # the checked child was stopped
     with pytest.raises(ClientStateError, match="failed to start"):
         gw.address  # noqa: B018 - the property is what is tested
-    with socket.socket() as again:  # nothing listens: no host is offered anything
-        again.bind(("127.0.0.1", port))
+    assert held_by(os.getpid(), port) == []  # nothing listens: no host is offered anything
     # the command says so and exits 1
     tls = ["--cert", str(certs.cert_file), "--key", str(certs.key_file), "--client-ca", str(certs.client_ca_file)]
     assert gateway_main(["--listen", "127.0.0.1:0", "--cookie", "BASIC_PLUGIN=hello", "--plugins", "kv_grpc",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,14 +23,6 @@ from tests import netcerts
 from tests.net_util import connection_lost
 from tests.ports import HeldPort
 from tests.test_network_broker import PLUGIN_NAME, Adder, CounterReplica, counter_config, host_tls, wait_until
-
-
-def _free_port() -> int:
-    """A free port for a server this process binds at once (grpcio in-process): free only for the moment in
-    between. A replica process binds port 0 itself, and its port is held while it is down (tests/ports.py)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _refusing_set(certs: netcerts.CertSet, folder: Path, case: str) -> netcerts.CertSet:

@@ -19,7 +19,7 @@ import shutil
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,9 @@ from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
 from plugbay.network.aiopool import AioEndpoints, AioPoolChannel
 from plugbay.network.pool import EndpointPool
 from tests import netcerts
+from tests.ports import HeldPort
 from tests.test_network_broker import PLUGIN_NAME, CounterReplica, counter_config, host_tls, wait_until
-from tests.test_network_mux_tls import _free_port, _refusing_set
+from tests.test_network_mux_tls import _refusing_set
 from tests.test_network_tls_remembered import pool_at
 from tests.test_network_tls_renewal import _host_files, _swap
 from tests.tls_server_util import TLSTestServer, serve_mtls
@@ -58,8 +59,9 @@ class _Health(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
-def _serve(listen: str, certs: netcerts.CertSet, health: _Health) -> grpc.Server:
-    """A grpcio server over mTLS at ``listen``: ``health``, a unary Get and a streaming Watch."""
+def _serve(listen: str, certs: netcerts.CertSet, health: _Health) -> tuple[grpc.Server, str]:
+    """A grpcio server over mTLS at ``listen`` (port 0: any free one): ``health``, a unary Get and a streaming
+    Watch; and the host:port it listens at."""
     return serve_mtls(listen, certs, health, (grpc.method_handlers_generic_handler("kv.KV", {
         "Get": grpc.unary_unary_rpc_method_handler(lambda request, context: b"v"),
         "Watch": grpc.unary_stream_rpc_method_handler(lambda request, context: iter([b"1", b"2"])),
@@ -109,19 +111,20 @@ def _remembered(tmp_path: Path, black_holed: bool = False) -> Iterator[tuple[End
     failure is remembered, the endpoint still in use. ``black_holed``: then its server goes, and gRPC's next
     connection to it is never set up (a black hole in its place, taking over its port before it stops)."""
     certs = netcerts.write_set(tmp_path / "tls")
-    listen = f"127.0.0.1:{_free_port()}"
+    first, listen = _serve("127.0.0.1:0", certs, _Health(answers=True))
     key = f"tcp:{listen}"
     health = _Health(answers=False)
-    servers = [_serve(listen, certs, _Health(answers=True))]
+    # each later server is started right after the one before stops: the gap is its own start (tests/ports.py)
+    servers = [first]
     silent: _Silent | None = None
     try:
         with pool_at(listen, host_tls(certs), unhealthy_after=STEADY) as (pool, detail):
             assert wait_until(lambda: pool.metrics()["healthy"] == 1, 15.0), detail()
             servers.pop().stop(0).wait(5)
-            servers.append(_serve(listen, _refusing_set(certs, tmp_path, ANOTHER_CA), _Health(answers=True)))
+            servers.append(_serve(listen, _refusing_set(certs, tmp_path, ANOTHER_CA), _Health(answers=True))[0])
             assert wait_until(lambda: _learned(pool, key) is not None, 15.0), detail()
             servers.pop().stop(0).wait(5)
-            servers.append(_serve(listen, certs, health))
+            servers.append(_serve(listen, certs, health)[0])
             # the latest failure says nothing of TLS (the server's own UNAVAILABLE): remembered
             assert wait_until(lambda: health.checks >= 2 and pool.tls_remembered() != "", 15.0), detail()
             if black_holed:
@@ -211,7 +214,7 @@ class _TakesEveryHandshake(TLSTestServer):
 
 
 def test_a_multiplexed_probe_whose_handshake_the_plugin_took_ends_the_tls_failure_remembered(
-        tmp_path: Path) -> None:
+        tmp_path: Path, hold_port: Callable[[int], HeldPort]) -> None:
     """A multiplexed endpoint's TLS probe makes the relay's own handshake, checking the plugin's certificate
     too: one the plugin took proves the certificate from another CA is gone, though no health check answers
     (the endpoint closes each session before it comes up)."""
@@ -232,8 +235,10 @@ def test_a_multiplexed_probe_whose_handshake_the_plugin_took_ends_the_tls_failur
             assert wait_until(lambda: "TLS failure: the plugin's certificate is not signed" in detail(), 15.0), \
                 detail()
             bad.stop()
+            down = hold_port(int(bad.address.rpartition(":")[2]))  # refusing while it is down: nothing else takes it
             assert wait_until(lambda: "last TLS failure found: the plugin's certificate is not signed" in detail()
                               and "TLS failure: " not in detail(), 15.0), detail()
+            down.release()
             taker = _TakesEveryHandshake(bad.address, certs)
             assert wait_until(lambda: taker is not None and taker.taken >= 1
                               and "TLS failure" not in detail(), 15.0), detail()
@@ -245,7 +250,8 @@ def test_a_multiplexed_probe_whose_handshake_the_plugin_took_ends_the_tls_failur
             taker.close()
 
 
-def test_an_endpoint_dialed_again_with_renewed_files_keeps_no_note_of_the_old_ones(tmp_path: Path) -> None:
+def test_an_endpoint_dialed_again_with_renewed_files_keeps_no_note_of_the_old_ones(
+        tmp_path: Path, hold_port: Callable[[int], HeldPort]) -> None:
     """The plugin refused the host's certificate, then went down (the failure remembered); the host's files
     are renewed meanwhile, and the endpoint dialed again with them: what the old files met is said no more,
     neither as the remembered failure nor in the health detail carried over."""
@@ -260,6 +266,7 @@ def test_an_endpoint_dialed_again_with_renewed_files_keeps_no_note_of_the_old_on
                      unhealthy_after=STEADY) as (pool, detail):
             assert wait_until(lambda: "(TLS failure: the plugin refused the" in detail(), 15.0), detail()
             plugin.stop()
+            hold_port(int(plugin.address.rpartition(":")[2]))  # refusing while it is down: nothing else takes it
             assert wait_until(lambda: pool.tls_remembered() != "", 15.0), detail()  # down since: remembered
             old = pool.member(endpoint)
             _swap(tmp_path / "host", netcerts.issue(certs.client_ca, "host v2", server=False), "..v2")

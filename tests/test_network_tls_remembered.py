@@ -33,7 +33,7 @@ from tests import netcerts
 from tests.ports import HeldPort
 from tests.test_network_broker import PLUGIN_NAME, CounterReplica, host_tls, wait_until
 from tests.test_network_drain import PushResolver
-from tests.test_network_mux_tls import _beside_a_good_one, _free_port, _refusing_set
+from tests.test_network_mux_tls import _beside_a_good_one, _refusing_set
 from tests.tls_server_util import TLSTestServer, serve_mtls
 
 REMEMBERED = "last TLS failure found: the plugin refused the"
@@ -81,7 +81,7 @@ class _NotServing(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
-def _serve_not_serving(listen: str, certs: netcerts.CertSet) -> grpc.Server:
+def _serve_not_serving(listen: str, certs: netcerts.CertSet) -> tuple[grpc.Server, str]:
     return serve_mtls(listen, certs, _NotServing())
 
 
@@ -98,20 +98,23 @@ def pool_at(listen: str, tls: NetworkTLS, **kw: Any) -> Iterator[tuple[EndpointP
         pool.close()
 
 
-def test_a_health_check_answered_not_serving_ends_the_tls_failure_remembered(tmp_path: Path) -> None:
+def test_a_health_check_answered_not_serving_ends_the_tls_failure_remembered(
+        tmp_path: Path, hold_port: Callable[[int], HeldPort]) -> None:
     """A replica that failed TLS is down (remembered), then replaced at its address by a rightly certified
     server whose health check answers NOT_SERVING: that answer came over TLS that works, so the deadline's
     NoEndpointsError says NOT_SERVING alone (a RemoteTLSError there would end a RetryPolicy's retries)."""
     certs = netcerts.write_set(tmp_path / "tls")
-    listen = f"127.0.0.1:{_free_port()}"
-    server = _serve_not_serving(listen, _refusing_set(certs, tmp_path, "plugin certificate from another CA"))
+    server, listen = _serve_not_serving("127.0.0.1:0", _refusing_set(certs, tmp_path,
+                                                                      "plugin certificate from another CA"))
     try:
         with pool_at(listen, host_tls(certs)) as (pool, detail):
             assert wait_until(lambda: "TLS failure: " in detail(), 15.0), detail()
             server.stop(0).wait(5)
+            down = hold_port(int(listen.rpartition(":")[2]))  # refusing while it is down: nothing else takes it
             assert wait_until(lambda: "last TLS failure found: " in detail()
                               and "TLS failure: " not in detail(), 15.0), detail()
-            server = _serve_not_serving(listen, certs)
+            down.release()
+            server, _ = _serve_not_serving(listen, certs)
             assert wait_until(lambda: detail() == "NOT_SERVING", 15.0), detail()
             with pytest.raises(NoEndpointsError) as err:
                 pool.unary_unary("/kv.KV/Get")(b"", timeout=1.0)
@@ -156,21 +159,23 @@ def _client_hello(conn: socket.socket) -> bytes:
     return hello
 
 
-def test_a_plain_probe_taken_keeps_a_failure_of_the_plugins_certificate(tmp_path: Path) -> None:
+def test_a_plain_probe_taken_keeps_a_failure_of_the_plugins_certificate(
+        tmp_path: Path, hold_port: Callable[[int], HeldPort]) -> None:
     """Plain gRPC's TLS probe does not check the plugin's certificate: a plugin certificate from another CA
     (gRPC's generic "handshake failed") stays remembered through probes whose handshake the plugin took."""
     certs = netcerts.write_set(tmp_path / "tls")
     other = _refusing_set(certs, tmp_path, "plugin certificate from another CA")
-    listen = f"127.0.0.1:{_free_port()}"
-    server = _serve_not_serving(listen, other)
+    server, listen = _serve_not_serving("127.0.0.1:0", other)
     tls = dataclasses.replace(host_tls(certs), server_name=None)  # the probe's name tells its connections
     split: _TakesOnlyTheProbe | None = None
     try:
         with pool_at(listen, tls) as (_, detail):
             assert wait_until(lambda: "TLS failure: the TLS handshake failed" in detail(), 15.0), detail()
             server.stop(0).wait(5)
+            down = hold_port(int(listen.rpartition(":")[2]))  # refusing while it is down: nothing else takes it
             assert wait_until(lambda: "last TLS failure found: " in detail() and "TLS failure: " not in detail(),
                               15.0), detail()
+            down.release()
             split = _TakesOnlyTheProbe(listen, other, certs.client_ca_file)
             assert wait_until(lambda: split is not None and split.taken >= 2, 15.0), detail()
             assert "last TLS failure found: the TLS handshake failed" in detail(), detail()

@@ -54,9 +54,11 @@ class TLSTestServer:
         self._sock.close()
 
 
-def serve_mtls(listen: str, certs: Any, health: Any, handlers: tuple[Any, ...] = ()) -> grpc.Server:
-    """A started grpcio server over mTLS at ``listen`` (host:port) with ``certs`` (a tests.netcerts CertSet,
-    requiring a client certificate from its client CA): the health servicer ``health`` and ``handlers``."""
+def serve_mtls(listen: str, certs: Any, health: Any, handlers: tuple[Any, ...] = ()) -> tuple[grpc.Server, str]:
+    """A started grpcio server over mTLS at ``listen`` (host:port; port 0: one the server binds itself, free
+    then, as a port probed free and closed is not) with ``certs`` (a tests.netcerts CertSet, requiring a client
+    certificate from its client CA): the health servicer ``health`` and ``handlers``. Returns it and the
+    host:port it listens at."""
     server = grpc.server(futures.ThreadPoolExecutor(4))
     health_pb2_grpc.add_HealthServicer_to_server(health, server)  # type: ignore[no-untyped-call]
     if handlers:
@@ -64,6 +66,8 @@ def serve_mtls(listen: str, certs: Any, health: Any, handlers: tuple[Any, ...] =
     creds = grpc.ssl_server_credentials([(certs.key_file.read_bytes(), certs.cert_file.read_bytes())],
                                         root_certificates=certs.client_ca_file.read_bytes(),
                                         require_client_auth=True)
-    assert server.add_secure_port(listen, creds) == int(listen.rpartition(":")[2])
+    host, _, asked = listen.rpartition(":")
+    port = server.add_secure_port(listen, creds)
+    assert port and int(asked) in (0, port), (listen, port)  # grpcio's 0: it could not bind
     server.start()
-    return server
+    return server, f"{host}:{port}"
