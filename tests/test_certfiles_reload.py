@@ -133,6 +133,6 @@ def test_a_folder_given_for_a_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(certfiles.TLSConfigError) as err:
         certfiles.load(files)
     assert str(err.value) == (f"the client CA file {str(tmp_path / 'tls')!r} is a folder; pass the PEM file in it with"
-                              " --client-ca, client_ca_file or PLUGBAY_NETWORK_CLIENT_CA (the gateway's"
-                              " PLUGBAY_GATEWAY_CLIENT_CA) (in Kubernetes: the file the TLS Secret's key is"
+                              " --client-ca, client_ca_file, PLUGBAY_NETWORK_CLIENT_CA or the gateway's"
+                              " PLUGBAY_GATEWAY_CLIENT_CA (in Kubernetes: the file the TLS Secret's key is"
                               " mounted as)")

@@ -173,6 +173,25 @@ def test_tls_file_errors_of_a_plugin_set_up_by_its_environment_name_its_variable
         assert words in proc.stderr, proc.stderr
 
 
+def test_tls_file_errors_hold_one_parenthesis_at_most(tmp_path: Path, certs: netcerts.CertSet) -> None:
+    # "... or PLUGBAY_NETWORK_KEY (the gateway's PLUGBAY_GATEWAY_KEY) (in Kubernetes: mount the TLS Secret
+    # there)" read as two asides in a row; "(got cert_file=...); pass the missing ones (from the environment"
+    files = (str(certs.cert_file), str(certs.key_file), str(certs.client_ca_file))
+    (tmp_path / "folder").mkdir()
+    said = []
+    for given in [(files[0], str(tmp_path / "missing.key"), files[2]), (files[0], files[1], str(tmp_path / "folder"))]:
+        with pytest.raises(TLSConfigError) as err:
+            certfiles.load(certfiles.TLSFiles(*given))
+        said.append(str(err.value))
+    with pytest.raises(TLSConfigError) as err:
+        NetworkServe(listen="127.0.0.1:0", cert_file=files[0]).tls_files()
+    said.append(str(err.value))
+    assert "does not exist" in said[0] and "--key, key_file, PLUGBAY_NETWORK_KEY or the gateway's" in said[0], said
+    assert "is a folder" in said[1] and "all three" in said[2], said
+    for text in said:
+        assert text.count("(") <= 1 and text.count(")") <= 1, text
+
+
 def test_tls_file_errors(tmp_path: Path, certs: netcerts.CertSet) -> None:
     files = certfiles.TLSFiles(str(certs.cert_file), str(certs.key_file), str(certs.client_ca_file))
     other = netcerts.issue(certs.server_ca, "localhost", server=True)

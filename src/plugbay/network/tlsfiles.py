@@ -26,7 +26,8 @@ from typing import Any
 
 import grpc
 
-from plugbay.core.transport.certfiles import Validity, key_fits, load_chain_pem, out_of_dates, validity, whole_pem
+from plugbay.core.transport.certfiles import (Validity, key_fits, load_chain_pem, openssl_said, out_of_dates, validity,
+                                              whole_pem)
 from plugbay.errors import TLSConfigError
 
 log = logging.getLogger("plugbay.network.tls")
@@ -88,8 +89,8 @@ class ClientSet:
                 try:
                     ctx.load_verify_locations(cadata=self.ca_pem.decode())
                 except ssl.SSLError as exc:
-                    raise TLSConfigError(f"NetworkTLS: OpenSSL refused the CA certificate(s) ({exc}); pass the"
-                                         " CA certificate(s) that sign the plugins' certificates") from exc
+                    raise TLSConfigError(f"NetworkTLS: OpenSSL refused the CA certificates: {openssl_said(exc)};"
+                                         " pass the CA certificates that sign the plugins' certificates") from exc
                 self.load_into(ctx)
                 self._context = ctx
             return self._context
@@ -112,8 +113,8 @@ class ClientSet:
         try:
             load_chain_pem(ctx, self.cert_pem, self.key_pem)
         except ssl.SSLError as exc:  # an OSError too: OpenSSL refused the set itself, not the temp file
-            raise TLSConfigError(f"NetworkTLS: OpenSSL refused the certificate and key ({exc}); pass a PEM"
-                                 " certificate and its own unencrypted key") from exc
+            raise TLSConfigError(f"NetworkTLS: OpenSSL refused the certificate and key: {openssl_said(exc)};"
+                                 " pass a PEM certificate and its own unencrypted key") from exc
         except OSError as exc:
             where = f" ({self._paths[0]!r}, {self._paths[1]!r})" if self._paths else ""
             raise TLSConfigError(
@@ -215,7 +216,7 @@ def _load_typed(paths: tuple[str | None, str | None, str]) -> ClientSet:
     except Exception as exc:
         raise TLSConfigError(f"NetworkTLS files {', '.join(repr(p) for p in paths if p)} cannot be used"
                              f" ({type(exc).__name__}: {exc}); pass a PEM certificate, its own unencrypted RSA,"
-                             " EC or Ed25519 key, and the CA certificate(s)") from exc
+                             " EC or Ed25519 key, and the CA certificates") from exc
 
 
 def _stamp(path: str | None) -> Stamp:

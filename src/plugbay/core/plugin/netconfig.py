@@ -119,9 +119,9 @@ class NetworkServe(Frozen):
             return None
         if len(given) != 3:
             raise TLSConfigError(
-                "network mode needs all three of cert_file, key_file and client_ca_file (got"
+                "network mode needs all three of cert_file, key_file and client_ca_file, and got"
                 f" cert_file={self.cert_file!r}, key_file={self.key_file!r},"
-                f" client_ca_file={self.client_ca_file!r}); pass the missing ones (from the environment:"
+                f" client_ca_file={self.client_ca_file!r}; pass the missing ones (from the environment:"
                 f" {ENV_CERT}, {ENV_KEY}, {ENV_CLIENT_CA})")
         assert self.cert_file and self.key_file and self.client_ca_file
         from plugbay.core.transport import certfiles

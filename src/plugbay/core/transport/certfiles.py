@@ -72,8 +72,15 @@ NEEDS_FILES = ("network mode needs cert_file, key_file and client_ca_file for mu
 
 
 def _given(flag: str, field: str, env: str) -> str:
-    """The ways one TLS file is given: the gateway's flag, the config field, serve()'s and the gateway's variable."""
-    return f"{flag}, {field} or PLUGBAY_NETWORK_{env} (the gateway's PLUGBAY_GATEWAY_{env})"
+    """The ways one TLS file is given: the gateway's flag, the config field, serve()'s and the gateway's variable
+    (no parenthesis: the messages that name them end with one of their own)."""
+    return f"{flag}, {field}, PLUGBAY_NETWORK_{env} or the gateway's PLUGBAY_GATEWAY_{env}"
+
+
+def openssl_said(exc: ssl.SSLError) -> str:
+    """OpenSSL's words in ``exc`` without CPython's place in its source ("(_ssl.c:3900)"): a message quoting
+    them read "... (_ssl.c:3900)); pass", two parentheses at its end."""
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc))
 
 
 def _read(path: str, what: str, flag: str) -> bytes:
@@ -355,8 +362,9 @@ def _checked_context(loaded: LoadedTLS, files: TLSFiles) -> ssl.SSLContext:
         return _context(loaded)
     except ssl.SSLError as exc:
         raise TLSConfigError(f"OpenSSL refused the TLS files {files.cert_file!r}, {files.key_file!r},"
-                             f" {files.client_ca_file!r} ({exc}); pass a certificate chain signed with SHA-256+,"
-                             " its own RSA-2048+ or P-256/P-384 key and the client CA certificate(s)") from None
+                             f" {files.client_ca_file!r}: {openssl_said(exc)}; pass a certificate chain signed"
+                             " with SHA-256+, its own RSA-2048+ or P-256/P-384 key and the client CA certificates"
+                             ) from None
     except OSError as exc:
         raise _Unreadable(f"cannot load the TLS files into OpenSSL: a temporary file could not be made ({exc});"
                           " set TMPDIR to a writable folder only this user can read") from None
