@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,51 @@ def test_a_reattached_client_refuses_a_brokered_address_another_process_listens_
             _connections(sock)  # else its one probe connection, made and closed: not counted below
             again.close()
     assert _connections(sock) == 0
+
+
+# a reattaching host (the Python API) run as root without CAP_DAC_OVERRIDE: its plugin announces a brokered
+# server at a unix socket of its own that it made mode 000 (announce-shut); the dial's refusal, on one line
+SHUT_BROKERED = """import sys
+sys.path.insert(0, sys.argv[1])
+from plugbay import Client, ClientConfig, ReattachConfig
+from plugbay.errors import PlugbayError
+from tests.resilience_util import HANDSHAKE, PLUGIN_NAME, PLUGINS
+with open(sys.argv[2]) as f:
+    config = ReattachConfig.from_json(f.read())
+client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=30, reattach=config))
+try:
+    kv = client.dispense(PLUGIN_NAME)
+    kv.put("announce-shut", b"")
+    client.broker.dial(int(kv.get("announced")), timeout=10)
+    print("DIALED")
+except PlugbayError as exc:
+    print(type(exc).__name__, " ".join(str(exc).split()))
+finally:
+    client.close()  # leaves the plugin to its owner
+"""
+
+
+def test_a_reattached_clients_refusal_of_a_brokered_socket_it_may_not_connect_to_offers_no_opt_out(
+        tmp_path: Path) -> None:
+    # before: the refusal went on "... no reattach can reach that plugin ... from a Client of your own with
+    # ClientConfig(trust_announced_address=True)", which gets past no permission: the user is what keeps it out
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the host without CAP_DAC_OVERRIDE (setpriv)")
+    with _client(tmp_path) as owner:
+        owner.dispense(PLUGIN_NAME)
+        reattach = tmp_path / "reattach.json"
+        reattach.write_text(owner.reattach_config().to_json())
+        done = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all", PY,
+                               "-c", SHUT_BROKERED, str(REPO), str(reattach)], capture_output=True, text=True,
+                              timeout=90, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO / "src")),
+                                   "PYTHONDONTWRITEBYTECODE": "1"})
+        if "setpriv:" in done.stderr:
+            pytest.skip(f"setpriv cannot run here: {done.stderr.strip()}")
+        said = done.stdout.strip()
+        assert said.startswith("BrokerAddressRefusedError "), (said, done.stderr[-2000:])
+        assert f"announced unix address '{tmp_path}/shut-" in said, said  # the plugin's own socket
+        assert ("this host may not connect to that socket (Permission denied: its file's permissions), so neither"
+                " can gRPC; run the host as a user who may connect (the plugin's own)") in said, said
+        assert "trust_announced_address" not in said and "reattach can reach" not in said, said
+        assert owner.runner.wait(0) is None  # a refused dial leaves the plugin to its owner

@@ -13,6 +13,8 @@ instead of storing when the key names an output path:
   announce-kv  the same with this KV service (so a brokered call can run "sub" and block)
   announce-at  announce value ("NETWORK|ADDRESS") on the broker stream as a server of its own, serving nothing
            there itself (a plugin naming another process's socket); Get("announced") returns the id
+  announce-shut  announce a unix socket of its own, listening in its working folder with mode 000 (no one but
+           a process with CAP_DAC_OVERRIDE may connect to it), serving nothing; Get("announced") returns the id
   unserve  stop the brokered server of broker id value (stop_serving), leaving its announcement with the host
 other keys are stored in memory; Get returns them.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -54,6 +57,7 @@ class ProbeKV:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         self.broker: GRPCBroker | None = None
+        self.kept: list[socket.socket] = []  # announce-shut's listeners
 
     def put(self, key: str, value: bytes) -> None:
         text = value.decode()
@@ -95,6 +99,18 @@ class ProbeKV:
             network, _, address = text.partition("|")
             service_id = self.broker.next_id()
             self.broker._send(pb.ConnInfo(service_id=service_id, network=network, address=address))
+            self.data["announced"] = str(service_id).encode()
+        elif key == "announce-shut" and self.broker is not None:
+            from plugbay._proto.plugin import grpc_broker_pb2 as pb
+
+            service_id = self.broker.next_id()
+            path = os.path.join(os.getcwd(), f"shut-{service_id}.sock")
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(path)
+            listener.listen(8)
+            os.chmod(path, 0)
+            self.kept.append(listener)
+            self.broker._send(pb.ConnInfo(service_id=service_id, network="unix", address=path))
             self.data["announced"] = str(service_id).encode()
         elif key == "unserve" and self.broker is not None:
             self.broker.stop_serving(int(text))
