@@ -34,7 +34,7 @@ from plugbay.core.host.aioclient import Dispensed, owner_cancelled, refuse_in_fo
 from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.client import Client
 from plugbay.core.host.typedstub import StubT, check_stub_type, checked_stub
-from plugbay.core.resilience.calldeadline import CallDeadline
+from plugbay.core.resilience.calldeadline import CallDeadline, scoped_hook_async
 from plugbay.core.resilience.aiofollowing import FollowingChannel
 from plugbay.core.resilience.calls import AsyncCallLayer, chain_async, wait_timeout
 from plugbay.core.resilience.circuit import CircuitBreaker
@@ -194,7 +194,7 @@ class AsyncSupervisor:
         assert isinstance(managed, ManagedChannel)
         channel = AioManagedChannel(self._switch, managed, loop, self._executor, "AsyncSupervisor")
         layers: list[AsyncCallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
-        channel.call_hook = chain_async([*layers, ReadyGate(self._sup)])
+        channel.call_hook = scoped_hook_async(self._sup, chain_async([*layers, ReadyGate(self._sup)]))
         self._channel = channel
 
     async def wait_running(self, timeout: float) -> bool:

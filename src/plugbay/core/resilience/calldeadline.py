@@ -26,7 +26,9 @@ the deadline: a coroutine's work would run after run() returned). Only the Super
 made the scope reads it, and a scope serves one ``with``.
 
 Under a RetryPolicy, a try this deadline ended is not retried (a retry would get no time): the
-call raises that try's error, or, when an earlier try was sent, one saying so (``sent`` True).
+call raises that try's error, or, when an earlier try was sent, one saying so (``sent`` True). A backoff
+between tries that would end past the deadline is not slept: the call gives up with the last try's error
+(scoped_hook shows the policy the deadline, calls.scope_end()).
 A call given no timeout= under a RetryPolicy without per_attempt_timeout has all of the deadline
 for its first try, so a hung plugin spends it there: set per_attempt_timeout to leave time for retries.
 """
@@ -39,14 +41,14 @@ import inspect
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Self, TypeVar
 
 import grpc
 
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import NO_DEADLINE
-from plugbay.core.resilience.calls import wait_timeout
+from plugbay.core.resilience.calls import SCOPE_END, wait_timeout
 from plugbay.errors import ClientStateError, ConfigError
 
 _T = TypeVar("_T")
@@ -210,6 +212,37 @@ class ScopedTimeout(float):
         made = super().__new__(cls, seconds)
         made.scope_timed_out = shared.timed_out
         return made
+
+
+def scoped_hook(owner: object, hook: Callable[[str, Any, float | None], Any]
+                ) -> Callable[[str, Any, float | None], Any]:
+    """``owner``'s call hook (its layers, then its ReadyGate) with the end of the scope ``owner`` made that is in
+    effect here shown to the layers (calls.scope_end()): the ReadyGate cuts each try to it, but a RetryPolicy's
+    backoff between tries is the policy's own, and was slept past it."""
+    def run(method: str, attempt: Any, timeout: float | None) -> Any:
+        token = SCOPE_END.set(_end_of(owner))
+        try:
+            return hook(method, attempt, timeout)
+        finally:
+            SCOPE_END.reset(token)
+    return run
+
+
+def scoped_hook_async(owner: object, hook: Callable[[str, Any, float | None], Awaitable[Any]]
+                      ) -> Callable[[str, Any, float | None], Awaitable[Any]]:
+    """scoped_hook() for an AsyncSupervisor's hook (the value is set and reset in the calling task's context)."""
+    async def run(method: str, attempt: Any, timeout: float | None) -> Any:
+        token = SCOPE_END.set(_end_of(owner))
+        try:
+            return await hook(method, attempt, timeout)
+        finally:
+            SCOPE_END.reset(token)
+    return run
+
+
+def _end_of(owner: object) -> float | None:
+    scope = scope_of(owner)
+    return None if scope is None else scope.deadline
 
 
 def scope_of(owner: object) -> CallDeadline | None:

@@ -9,6 +9,7 @@ also :class:`AsyncCallLayer` objects, and install() takes either client.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
 import threading
@@ -79,6 +80,17 @@ def backoff_delay(initial: float, multiplier: float, cap: float, jitter: float, 
         except OverflowError:  # an infinite cap
             base = cap
     return base * (1 - jitter * rand())
+
+
+# The end (time.monotonic()) of the Supervisor deadline() scope the call being run is made in, for the layers
+# outside its ReadyGate: a RetryPolicy sleeps no backoff past it. Set around a Supervisor's hook only
+# (calldeadline.scoped_hook); None: no scope, or one of no deadline.
+SCOPE_END: contextvars.ContextVar[float | None] = contextvars.ContextVar("plugbay_scope_end", default=None)
+
+
+def scope_end() -> float | None:
+    """The end of the Supervisor deadline() scope the call being run is made in (None: none). See SCOPE_END."""
+    return SCOPE_END.get()
 
 
 def chain(layers: Iterable[CallLayer]) -> Callable[[str, Attempt, float | None], Any]:

@@ -34,7 +34,7 @@ import grpc
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import NO_DEADLINE, no_time_left
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, checked_backoff, number_problem,
-                                          seconds_problem, status_codes_problem, status_of)
+                                          scope_end, seconds_problem, status_codes_problem, status_of)
 from plugbay.errors import (BrokerTLSError, CircuitOpenError, ClientStateError, ConfigError, NoEndpointsError,
                             PinnedEndpointGoneError, PluginDiedError, RemoteProtocolError, RemoteTLSError)
 
@@ -235,6 +235,11 @@ class RetryPolicy:
             _note(exc, n, tries, "the overall deadline leaves no time for another try")
             self._timed_out(exc, n, call, " and its overall deadline left no time for another try")
             return None
+        # a Supervisor's deadline() bounds the backoff too: slept past it, the next try would only be refused
+        if call.shared_end is not None and time.monotonic() + sleep >= call.shared_end - 0.001:
+            _note(exc, n, tries, "the Supervisor's deadline() leaves no time for another try")
+            self._timed_out(exc, n, call, " and the Supervisor's deadline() left no time for another try")
+            return None
         if self.on_retry is not None:
             try:
                 self.on_retry(method, n, exc, sleep)
@@ -285,6 +290,7 @@ class _Call:
     overall: float | None  # seconds (None: no overall deadline)
     source: str  # what set ``overall``: the call's timeout= or RetryPolicy.overall_timeout
     began: float = field(default_factory=time.monotonic)
+    shared_end: float | None = field(default_factory=scope_end)  # a Supervisor deadline() scope's (calls.scope_end)
     bound: str = "default"  # the latest try's deadline: "per_attempt", "overall" (what was left), "default"
     last: BaseException | None = None  # the latest try's error, once another try follows
     sent: bool = False  # whether a try was sent (one that failed unsent says sent False; NoEndpoints none)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Self, overload
 
-from plugbay.core.resilience.calldeadline import CallDeadline
+from plugbay.core.resilience.calldeadline import CallDeadline, scoped_hook
 from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.followbroker import FollowingBroker
 from plugbay.core.host.client import Client, ClientConfig
@@ -142,7 +142,7 @@ class Supervisor(SupervisorView):
                 self.name = client.name
             self._channel = SupervisedChannel(self, client.channel, client.config.call_timeout)
             layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
-            self._channel.call_hook = chain([*layers, ReadyGate(self)])
+            self._channel.call_hook = scoped_hook(self, chain([*layers, ReadyGate(self)]))
             if not self._adopt(client):  # stop() came while it started
                 raise stopped_while_starting(self.name, self.kind)
             self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",

@@ -1,0 +1,78 @@
+"""A RetryPolicy under a Supervisor's deadline() scope: the scope's deadline bounds the whole call, its tries and the
+backoffs between them. A try that failed fast (UNAVAILABLE) was followed by the policy's backoff whatever was left of
+the scope: a backoff past the scope's end was slept through in full, and only then was the next try refused for want
+of time, so the call outlived its deadline by up to a backoff (max_backoff, 2 s by default; any length a subclass
+gives). As with the policy's own overall deadline, it now gives up at once with the try's error and a note saying
+the scope left no time for another try.
+
+The fault-switch KV plugin (tests/plugins/resilience_kv.py): Put("__fail__", b"1") makes the next Get abort with
+UNAVAILABLE. What is asserted is which error the call ends with, its note, and whether the policy planned a retry
+(on_retry): never how long anything took."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from plugbay import AsyncSupervisor, RestartPolicy, RetryPolicy, Supervisor
+from tests.resilience_util import PLUGIN_NAME, faulty_config
+
+FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
+NO_TIME = "plugbay retry: gave up after 1 of 3 attempt(s): the Supervisor's deadline() leaves no time for another try"
+
+
+def _policy(planned: list[float], backoff: float) -> RetryPolicy:
+    # no per_attempt_timeout: each try has what is left of the scope
+    return RetryPolicy(max_attempts=3, all_idempotent=True, initial_backoff=backoff, max_backoff=backoff, jitter=0,
+                       on_retry=lambda method, n, exc, sleep: planned.append(sleep))
+
+
+def test_a_backoff_past_the_scopes_deadline_is_not_slept_the_tries_error_is_raised(tmp_path: Path) -> None:
+    planned: list[float] = []
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=_policy(planned, 30.0),
+                    health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("__fail__", b"1")
+        with sup.deadline(5) as scope:
+            with pytest.raises(grpc.RpcError) as err:
+                kv.get("k")
+        # before: a 30 s backoff slept through, then a CallTimeoutError "... before try 2 of 3"
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, repr(err.value)
+        assert NO_TIME in getattr(err.value, "__notes__", ()), getattr(err.value, "__notes__", ())
+        assert planned == [] and scope.ran_out_in is None, (planned, scope.ran_out_in)
+        assert kv.get("__calls__") == b"1"  # one try reached the plugin
+
+
+def test_a_backoff_within_the_scope_is_still_retried(tmp_path: Path) -> None:
+    planned: list[float] = []
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=_policy(planned, 0.1),
+                    health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("k", b"v")
+        kv.put("__fail__", b"1")
+        with sup.deadline(30):
+            assert kv.get("k") == b"v"
+        assert planned == [0.1], planned
+
+
+def test_an_async_supervisors_backoff_past_the_scope_is_not_slept_either(tmp_path: Path) -> None:
+    planned: list[float] = []
+
+    async def main() -> BaseException:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=_policy(planned, 30.0),
+                                   health_interval=None) as sup:
+            kv = await sup.dispense(PLUGIN_NAME)
+            await kv.put("__fail__", b"1")
+            with sup.deadline(5):
+                with pytest.raises(grpc.RpcError) as err:
+                    await kv.get("k")
+            error: BaseException = err.value
+            return error
+
+    error = asyncio.run(main())
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, repr(error)  # type: ignore[attr-defined]
+    assert NO_TIME in getattr(error, "__notes__", ()), getattr(error, "__notes__", ())
+    assert planned == [], planned
