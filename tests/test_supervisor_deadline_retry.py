@@ -17,11 +17,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from plugbay import AsyncSupervisor, RestartPolicy, RetryPolicy, Supervisor
+from plugbay import AsyncSupervisor, Client, CallTimeoutError, RestartPolicy, RetryPolicy, Supervisor, install
 from tests.resilience_util import PLUGIN_NAME, faulty_config
 
 FAST = RestartPolicy(max_restarts=3, window=120, initial_backoff=0.05, max_backoff=0.2)
-NO_TIME = "plugbay retry: gave up after 1 of 3 attempt(s): the Supervisor's deadline() leaves no time for another try"
+NO_TIME = "plugbay retry: gave up after 1 of 3 attempt(s): the deadline() scope leaves no time for another try"
 
 
 def _policy(planned: list[float], backoff: float) -> RetryPolicy:
@@ -76,3 +76,54 @@ def test_an_async_supervisors_backoff_past_the_scope_is_not_slept_either(tmp_pat
     assert error.code() == grpc.StatusCode.UNAVAILABLE, repr(error)  # type: ignore[attr-defined]
     assert NO_TIME in getattr(error, "__notes__", ()), getattr(error, "__notes__", ())
     assert planned == [], planned
+
+
+def test_the_scopes_end_is_the_supervisors_policys_only_not_a_call_made_in_its_on_retry(tmp_path: Path) -> None:
+    # A plain Client's call made in the Supervisor's on_retry (metrics, a fallback) is no call of the scope: its
+    # own RetryPolicy sleeps its 2 s backoff and retries, though the scope (1.5 s) ends before that. Before, the
+    # scope's end was left for every policy the hook ran: the plain call gave up at once, told of a deadline()
+    # scope that was not its own.
+    (tmp_path / "sup").mkdir()
+    (tmp_path / "plain").mkdir()
+    seen: list[object] = []
+    with Client(faulty_config(tmp_path / "plain")) as client:
+        install(client, retry=RetryPolicy(max_attempts=2, all_idempotent=True, initial_backoff=2.0, max_backoff=2.0,
+                                          jitter=0))
+        plain = client.dispense(PLUGIN_NAME)
+        plain.put("k", b"plain")
+        plain.put("__fail__", b"1")
+
+        def on_retry(method: str, n: int, exc: BaseException, sleep: float) -> None:
+            try:
+                seen.append(plain.get("k"))
+            except grpc.RpcError as failed:
+                seen.append(failed)
+
+        policy = RetryPolicy(max_attempts=2, all_idempotent=True, initial_backoff=0.1, max_backoff=0.1, jitter=0,
+                             on_retry=on_retry)
+        with Supervisor(lambda: faulty_config(tmp_path / "sup"), restart=FAST, retry=policy,
+                        health_interval=None) as sup:
+            kv = sup.dispense(PLUGIN_NAME)
+            kv.put("__fail__", b"1")
+            with sup.deadline(1.5):
+                with pytest.raises(grpc.RpcError):  # its retry comes after the scope's end: refused
+                    kv.get("k")
+        assert seen == [b"plain"], seen
+        assert plain.get("__calls__") == b"2"  # the plain call's failed try and its retry
+
+
+def test_a_timed_out_try_given_up_for_the_scope_says_the_scope_not_overall_timeout(tmp_path: Path) -> None:
+    # Try 1 times out at 0.3 s, its 0.5 s backoff fits the 3 s scope; try 2 times out too, and its 2 s backoff
+    # does not: the call gives up, and its message names the scope (a larger deadline()), not a RetryPolicy
+    # overall_timeout, which would not bound this call more than the scope does.
+    policy = RetryPolicy(max_attempts=3, all_idempotent=True, per_attempt_timeout=0.3, initial_backoff=0.5,
+                         multiplier=4, max_backoff=5, jitter=0)
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=policy, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("__slow__", b"2")
+        with sup.deadline(3):
+            with pytest.raises(CallTimeoutError) as err:
+                kv.get("k")
+    text = str(err.value)
+    assert "deadline() scope left no time for another try" in text and "larger deadline(seconds)" in text, text
+    assert "overall_timeout" not in text, text

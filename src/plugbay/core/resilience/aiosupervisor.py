@@ -194,7 +194,8 @@ class AsyncSupervisor:
         assert isinstance(managed, ManagedChannel)
         channel = AioManagedChannel(self._switch, managed, loop, self._executor, "AsyncSupervisor")
         layers: list[AsyncCallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
-        channel.call_hook = scoped_hook_async(self._sup, chain_async([*layers, ReadyGate(self._sup)]))
+        hook = chain_async([*layers, ReadyGate(self._sup)])
+        channel.call_hook = hook if self.retry is None else scoped_hook_async(self._sup, hook)
         self._channel = channel
 
     async def wait_running(self, timeout: float) -> bool:

@@ -28,7 +28,7 @@ made the scope reads it, and a scope serves one ``with``.
 Under a RetryPolicy, a try this deadline ended is not retried (a retry would get no time): the
 call raises that try's error, or, when an earlier try was sent, one saying so (``sent`` True). A backoff
 between tries that would end past the deadline is not slept: the call gives up with the last try's error
-(scoped_hook shows the policy the deadline, calls.scope_end()).
+(scoped_hook shows the policy the deadline, calls.take_scope_end()).
 A call given no timeout= under a RetryPolicy without per_attempt_timeout has all of the deadline
 for its first try, so a hung plugin spends it there: set per_attempt_timeout to leave time for retries.
 """
@@ -216,9 +216,10 @@ class ScopedTimeout(float):
 
 def scoped_hook(owner: object, hook: Callable[[str, Any, float | None], Any]
                 ) -> Callable[[str, Any, float | None], Any]:
-    """``owner``'s call hook (its layers, then its ReadyGate) with the end of the scope ``owner`` made that is in
-    effect here shown to the layers (calls.scope_end()): the ReadyGate cuts each try to it, but a RetryPolicy's
-    backoff between tries is the policy's own, and was slept past it."""
+    """``owner``'s call hook (its RetryPolicy first, then its breaker and ReadyGate) with the end of the scope
+    ``owner`` made that is in effect here shown to that policy (calls.take_scope_end(), which its call takes
+    before any code of the user's runs): the ReadyGate cuts each try to the scope, but the policy's backoff
+    between tries is its own, and was slept past it. Only for a hook whose outermost layer is a RetryPolicy."""
     def run(method: str, attempt: Any, timeout: float | None) -> Any:
         token = SCOPE_END.set(_end_of(owner))
         try:

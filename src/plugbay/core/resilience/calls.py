@@ -82,15 +82,21 @@ def backoff_delay(initial: float, multiplier: float, cap: float, jitter: float, 
     return base * (1 - jitter * rand())
 
 
-# The end (time.monotonic()) of the Supervisor deadline() scope the call being run is made in, for the layers
-# outside its ReadyGate: a RetryPolicy sleeps no backoff past it. Set around a Supervisor's hook only
-# (calldeadline.scoped_hook); None: no scope, or one of no deadline.
+# The end (time.monotonic()) of the Supervisor deadline() scope the call being run is made in, for its
+# RetryPolicy: it sleeps no backoff past it. Set around a Supervisor's hook when its retry= is a RetryPolicy
+# (calldeadline.scoped_hook) and taken once by that policy's call (take_scope_end), so nothing the call runs
+# (on_retry, a breaker's on_change, another Client's call made there, a task started there) sees it.
+# None: no scope, or one of no deadline.
 SCOPE_END: contextvars.ContextVar[float | None] = contextvars.ContextVar("plugbay_scope_end", default=None)
 
 
-def scope_end() -> float | None:
-    """The end of the Supervisor deadline() scope the call being run is made in (None: none). See SCOPE_END."""
-    return SCOPE_END.get()
+def take_scope_end() -> float | None:
+    """The end of the Supervisor deadline() scope the call being run is made in (None: none), cleared in this
+    context as it is taken: only the outermost RetryPolicy of a Supervisor's own hook gets it. See SCOPE_END."""
+    end = SCOPE_END.get()
+    if end is not None:
+        SCOPE_END.set(None)
+    return end
 
 
 def chain(layers: Iterable[CallLayer]) -> Callable[[str, Attempt, float | None], Any]:

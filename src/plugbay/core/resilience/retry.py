@@ -34,7 +34,7 @@ import grpc
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import NO_DEADLINE, no_time_left
 from plugbay.core.resilience.calls import (AsyncAttempt, Attempt, backoff_delay, checked_backoff, number_problem,
-                                          scope_end, seconds_problem, status_codes_problem, status_of)
+                                          seconds_problem, take_scope_end, status_codes_problem, status_of)
 from plugbay.errors import (BrokerTLSError, CircuitOpenError, ClientStateError, ConfigError, NoEndpointsError,
                             PinnedEndpointGoneError, PluginDiedError, RemoteProtocolError, RemoteTLSError)
 
@@ -237,8 +237,8 @@ class RetryPolicy:
             return None
         # a Supervisor's deadline() bounds the backoff too: slept past it, the next try would only be refused
         if call.shared_end is not None and time.monotonic() + sleep >= call.shared_end - 0.001:
-            _note(exc, n, tries, "the Supervisor's deadline() leaves no time for another try")
-            self._timed_out(exc, n, call, " and the Supervisor's deadline() left no time for another try")
+            _note(exc, n, tries, "the deadline() scope leaves no time for another try")
+            self._timed_out(exc, n, call, "", scoped=True)
             return None
         if self.on_retry is not None:
             try:
@@ -247,7 +247,7 @@ class RetryPolicy:
                 _log.exception("RetryPolicy on_retry callback failed")
         return sleep
 
-    def _timed_out(self, exc: Exception, n: int, call: _Call, ended: str) -> None:
+    def _timed_out(self, exc: Exception, n: int, call: _Call, ended: str, scoped: bool = False) -> None:
         """A call that gave up on a timeout: the one try's message (\"waited 1.0s\", \"pass a larger timeout=
         or raise ClientConfig.call_timeout\") misleads once this policy set the try's deadline (its
         per_attempt_timeout, or what was left of the overall deadline) or tried several times; say what
@@ -256,7 +256,15 @@ class RetryPolicy:
             return
         took, own = time.monotonic() - call.began, self.per_attempt_timeout
         where = f", on try {n} of {call.tries}" if call.tries > 1 else ""
-        if call.bound == "overall":
+        each = own if own is not None else exc.deadline
+        bound = (f"{each:g}s" if each is not None else "its own deadline") + (
+            " (RetryPolicy.per_attempt_timeout)" if own is not None else " (the default deadline,"
+            " ClientConfig.call_timeout)")
+        if scoped:  # the Supervisor's deadline() scope, not this policy, ended the call: its words, its advice
+            text = (f"{exc.what}{where}: each try was bounded by {bound}, and the Supervisor's deadline() scope"
+                    f" left no time for another try after {took:.1f}s in all. To give the plugin longer, pass a"
+                    " larger deadline(seconds) (or a smaller RetryPolicy backoff)")
+        elif call.bound == "overall":
             change = ("pass a larger timeout= to the call" if call.source == "the call's timeout=" else
                       "raise RetryPolicy.overall_timeout (or pass the call a larger timeout=, which replaces it)")
             text = (f"{exc.what}{where}: the call's overall deadline of {call.overall:g}s ({call.source}) ran out"
@@ -270,10 +278,6 @@ class RetryPolicy:
             text = (f"{exc.what}: the try was bounded by {own:g}s (RetryPolicy.per_attempt_timeout). To give the"
                     " plugin longer, raise RetryPolicy.per_attempt_timeout")
         elif n > 1:
-            each = own if own is not None else exc.deadline
-            bound = (f"{each:g}s" if each is not None else "its own deadline") + (
-                " (RetryPolicy.per_attempt_timeout)" if own is not None else " (the default deadline,"
-                " ClientConfig.call_timeout)")
             text = (f"{exc.what}{where}: the RetryPolicy has no overall_timeout, so each try was bounded by"
                     f" {bound}, not the call, which took {took:.1f}s in all. Set RetryPolicy(overall_timeout=...)"
                     " to bound the whole call (a call's own timeout= bounds it too)")
@@ -290,7 +294,7 @@ class _Call:
     overall: float | None  # seconds (None: no overall deadline)
     source: str  # what set ``overall``: the call's timeout= or RetryPolicy.overall_timeout
     began: float = field(default_factory=time.monotonic)
-    shared_end: float | None = field(default_factory=scope_end)  # a Supervisor deadline() scope's (calls.scope_end)
+    shared_end: float | None = field(default_factory=take_scope_end)  # a Supervisor deadline() scope's end
     bound: str = "default"  # the latest try's deadline: "per_attempt", "overall" (what was left), "default"
     last: BaseException | None = None  # the latest try's error, once another try follows
     sent: bool = False  # whether a try was sent (one that failed unsent says sent False; NoEndpoints none)
