@@ -155,7 +155,7 @@ def load(cert_file: str | None, key_file: str | None, ca_file: str) -> ClientSet
         cas = x509.load_pem_x509_certificates(ca_text)
     except ValueError:
         raise TLSConfigError(f"NetworkTLS ca_file {ca_file!r} holds no whole PEM certificate; pass the CA"
-                             " certificate(s) that sign the plugins' certificates") from None
+                             " certificates that sign the plugins' certificates") from None
     if not whole_pem(ca_text, len(cas)):
         raise TLSConfigError(f"NetworkTLS ca_file {ca_file!r} holds a PEM block cut short (written only in"
                              " part?); pass the whole CA bundle")

@@ -174,13 +174,15 @@ def _check_cert_key(cert: CertKey) -> None:
     import ssl
 
     from plugbay.core.protocol.tls import load_chain
+    from plugbay.core.transport.certfiles import openssl_said
 
     try:
         load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert)
     except (ssl.SSLError, ValueError) as exc:
+        said = openssl_said(exc) if isinstance(exc, ssl.SSLError) else str(exc)
         raise ConfigError(
-            f"the reattach config's client_cert is not a usable certificate and matching private key"
-            f" ({exc}); pass the JSON that Client.reattach_config().to_json() produced, unedited") from exc
+            f"the reattach config's client_cert is not a usable certificate and matching private key: {said};"
+            " pass the JSON that Client.reattach_config().to_json() produced, unedited") from exc
 
 
 def unreattachable(name: str, failed: str | None, reattached: bool, killed: bool, exited: str | None) -> str:

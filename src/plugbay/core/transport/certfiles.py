@@ -129,10 +129,10 @@ def load(files: TLSFiles) -> LoadedTLS:
     try:
         cas = x509.load_pem_x509_certificates(ca_pem)
     except ValueError:
-        raise TLSConfigError(f"{files.client_ca_file!r} holds no PEM certificate; pass the CA certificate(s)"
+        raise TLSConfigError(f"{files.client_ca_file!r} holds no PEM certificate; pass the CA certificates"
                              " that sign the hosts' client certificates") from None
     if not cas:
-        raise TLSConfigError(f"{files.client_ca_file!r} is empty; pass the client CA certificate(s)")
+        raise TLSConfigError(f"{files.client_ca_file!r} is empty; pass the client CA certificates")
     if not whole_pem(ca_pem, len(cas)):
         raise TLSConfigError(f"{files.client_ca_file!r} holds a PEM block cut short (written only in part?);"
                              " pass the whole client CA bundle")
