@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from plugbay.core.transport.frames import Chunk, FrameReader, Piped, send_within
 from plugbay.core.transport.sockets import shutdown_and_join
+from plugbay.core.transport.yclose import CLOSE_TIMEOUT
 from plugbay.core.transport.ylate import LateControl
 from plugbay.core.transport.yping import Pinging
 from plugbay.core.transport.yrefuse import refusal_reason
@@ -123,6 +124,8 @@ class Session(Splicing, Pinging, Writing):
         self.max_streams = stream_cap()  # the streams the peer may have open at once (read once: a syscall)
         self._refusing = False  # the peer reached max_streams (logged once)
         self._went_away = False  # the peer sent a normal GoAway: it takes no new streams
+        # a stream closed this way is reset once the peer has not closed its side for this long (yclose)
+        self.stream_close_timeout = CLOSE_TIMEOUT
         self._closed = threading.Event()
         self.close_reason = ""
         self._ended_by: type[StreamClosed] = StreamClosed  # what its end raises in callers

@@ -9,6 +9,7 @@ window itself: no thread hand-off per frame or per window update.
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 import threading
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from plugbay.core.transport.frames import Chunk, Piped
+from plugbay.core.transport.yclose import HALF_CLOSED
 from plugbay.core.transport.ysink import Sinking
 
 _HDR = struct.Struct(">BBHII")
@@ -59,6 +61,9 @@ class Carrier(Protocol):
 
     def forget(self, stream: Stream) -> None: ...
 
+    # how long a stream closed this way may wait for the peer's FIN before it is reset (see yclose)
+    stream_close_timeout: float
+
 
 class Stream(Sinking):
     """One yamux stream: blocking read/write with flow control."""
@@ -77,6 +82,7 @@ class Stream(Sinking):
         self._remote_fin = False
         self._local_fin = False
         self._reset = False
+        self._closing = False  # closed this way, waiting for the peer's FIN with a timeout (see yclose)
         self._ended_by: type[StreamClosed] = StreamClosed  # what a writer waiting for window gets (_kill)
         self._flags = 0  # SYN or ACK, carried by our next frame
         # a bridge's local socket: the session reader sends payloads straight to it while
@@ -195,11 +201,29 @@ class Stream(Sinking):
             self._remote_fin = True
         if flags & RST:
             self._reset = True
+        if self._closing and flags & (FIN | RST):
+            self._no_close_timeout()
+
+    def _no_close_timeout(self) -> None:
+        """The stream ended both ways, or was reset: it waits for no FIN any more (the lock held)."""
+        if self._closing:
+            self._closing = False
+            HALF_CLOSED.drop(self)
+
+    def _half_closed_too_long(self) -> None:
+        """The peer did not close its side within the session's stream_close_timeout of ours: reset
+        (as hashicorp/yamux's closeTimeout), by a thread that must not wait for the send lock."""
+        with self._cond:
+            if not self._closing:
+                return
+            self._closing = False
+        self.reset(wait=False)
 
     def _kill(self, error: type[StreamClosed] = StreamClosed) -> None:
         with self._cond:
             self._reset = True
             self._ended_by = error
+            self._no_close_timeout()
             self._cond.notify_all()
             wake = self._drain_needed()
             if self._local is not None:  # the up loop may wait to receive from it, not on the stream
@@ -315,6 +339,10 @@ class Stream(Sinking):
             self._local_fin = True
             self._cond.notify_all()  # a bridge's down loop may wait for both FINs (bridges._ended_both_ways)
             flags = self._take_flags() | FIN
+            timeout = self.session.stream_close_timeout
+            if not self._remote_fin and timeout < math.inf:
+                self._closing = True
+                HALF_CLOSED.add(self, timeout)
         self.session._send(WINDOW_UPDATE, flags, self.id, 0)
         if self._remote_fin:  # closed both ways: as hashicorp/yamux, the session drops it
             self.session.forget(self)
@@ -327,6 +355,7 @@ class Stream(Sinking):
             if self._reset:
                 return
             self._reset = True
+            self._no_close_timeout()
             self._cond.notify_all()
             wake = self._drain_needed()
         if wake is not None:

@@ -1,0 +1,133 @@
+"""A stream this side closed whose peer never closes its own: reset after the session's
+stream_close_timeout (hashicorp/yamux's StreamCloseTimeout), so a stuck or hostile peer cannot hold
+the stream, its bridge's local socket and copy thread, and its place under the stream cap for good."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+
+import pytest
+
+from plugbay.core.transport.bridges import bridge
+from plugbay.core.transport.workers import Workers
+from plugbay.core.transport.yamux import DATA, FIN, RST, SYN, WINDOW_UPDATE, Session, Stream, StreamClosed
+from tests.yamux_util import read_exactly
+
+_HDR = struct.Struct(">BBHII")
+_SHORT = 0.5  # the tests' stream_close_timeout (hashicorp/yamux's: 5 min)
+
+
+def _answer_and_close(stream: Stream) -> None:
+    def run() -> None:
+        try:
+            stream.write(read_exactly(stream, 5))
+            stream.close_write()
+        except StreamClosed:
+            pass
+
+    threading.Thread(target=run, name="plugbay-test-answer", daemon=True).start()
+
+
+@pytest.mark.go
+def test_a_stream_a_go_peer_leaves_half_closed_is_reset_and_the_session_lives_on() -> None:
+    from tests.gobuild import build_go, go_missing_reason
+
+    if go_missing_reason():
+        pytest.skip(str(go_missing_reason()))
+    peer = build_go("yamux_halfclose")
+    d = tempfile.mkdtemp(prefix="yh", dir="/tmp")
+    path = os.path.join(d, "y.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    proc = subprocess.Popen([str(peer), path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    session = None
+    try:
+        listener.settimeout(30)
+        conn, _ = listener.accept()
+        conn.settimeout(None)
+        session = Session(conn, client=False, on_stream=_answer_and_close, name="t-halfclose", start=False)
+        session.stream_close_timeout = _SHORT
+        session.start()
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()  # hashicorp/yamux saw the reset and dropped the stream
+        assert line == "reset", line + proc.stdout.read()
+        assert not session.closed, session.close_reason
+        assert session.open_streams == 0
+        session.close()
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if session is not None:
+            session.close()
+        listener.close()
+        os.unlink(path)
+        os.rmdir(d)
+
+
+def _frame(peer: socket.socket) -> tuple[int, int, int, int, bytes]:
+    """The next frame the session sends the raw peer: (type, flags, stream id, length, payload)."""
+    header = bytearray()
+    while len(header) < _HDR.size:
+        got = peer.recv(_HDR.size - len(header))
+        assert got, "the session closed the connection"
+        header += got
+    _, kind, flags, sid, length = _HDR.unpack(header)
+    payload = bytearray()
+    while kind == DATA and len(payload) < length:
+        got = peer.recv(length - len(payload))
+        assert got, "the session closed the connection inside a payload"
+        payload += got
+    return kind, flags, sid, length, bytes(payload)
+
+
+def test_a_bridge_whose_local_side_ended_frees_its_socket_once_the_peer_never_closes() -> None:
+    local_app, conn = socket.socketpair()  # local_app: the local gRPC side
+    mine, peer = socket.socketpair()
+    workers = Workers("plugbay-test-copy")
+    ended = threading.Event()
+    session = Session(mine, client=False, on_stream=lambda stream: bridge(stream, conn, workers, ended.set),
+                      name="t-halfclose-bridge", start=False)
+    session.stream_close_timeout = _SHORT
+    session.start()
+    try:
+        peer.settimeout(30)  # a hang guard
+        local_app.settimeout(30)
+        peer.sendall(_HDR.pack(0, DATA, SYN, 1, 7) + b"request")
+        assert local_app.recv(100) == b"request"
+        local_app.sendall(b"answer")
+        local_app.shutdown(socket.SHUT_WR)  # the local side is done: the bridge sends its FIN
+        seen = []
+        while True:
+            try:
+                kind, flags, sid, _, payload = _frame(peer)
+            except TimeoutError:
+                pytest.fail(f"after {seen!r}, the stream the peer left half-closed was never reset")
+            assert sid == 1
+            seen.append((kind, flags & (FIN | RST), payload))
+            if flags & RST:
+                break
+        # the answer and the FIN, and then, the peer never closing its side, the reset
+        assert b"".join(p for _, _, p in seen) == b"answer"
+        assert any(kind == WINDOW_UPDATE and flags == FIN for kind, flags, _ in seen), seen
+        assert seen[-1][:2] == (WINDOW_UPDATE, RST), seen
+        # the bridge let go of the local socket, its copy loops ended, the session forgot the stream
+        assert ended.wait(30), "the bridge still holds the local socket"
+        assert local_app.recv(100) == b""
+        assert session.open_streams == 0
+        assert not session.closed, session.close_reason
+    finally:
+        local_app.close()
+        peer.close()
+        session.close()
+        workers.close()
