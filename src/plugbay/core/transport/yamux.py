@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from plugbay.core.transport.frames import Chunk, FrameReader, Piped, send_within
 from plugbay.core.transport.sockets import shutdown_and_join
-from plugbay.core.transport.yclose import CLOSE_TIMEOUT
+from plugbay.core.transport.yclose import CLOSE_TIMEOUT, OPEN_TIMEOUT
 from plugbay.core.transport.ylate import LateControl
 from plugbay.core.transport.yping import Pinging
 from plugbay.core.transport.yrefuse import refusal_reason
@@ -124,8 +124,10 @@ class Session(Splicing, Pinging, Writing):
         self.max_streams = stream_cap()  # the streams the peer may have open at once (read once: a syscall)
         self._refusing = False  # the peer reached max_streams (logged once)
         self._went_away = False  # the peer sent a normal GoAway: it takes no new streams
-        # a stream closed this way is reset once the peer has not closed its side for this long (yclose)
+        # a stream closed this way is reset once the peer has not closed its side for this long, and the
+        # session dropped once the peer has not acknowledged a stream opened here for this long (yclose)
         self.stream_close_timeout = CLOSE_TIMEOUT
+        self.stream_open_timeout = OPEN_TIMEOUT
         self._closed = threading.Event()
         self.close_reason = ""
         self._ended_by: type[StreamClosed] = StreamClosed  # what its end raises in callers
@@ -167,8 +169,19 @@ class Session(Splicing, Pinging, Writing):
             self._next += 2
             stream = Stream(self, sid)
             self._streams[sid] = stream
+        stream._await_ack()
         self._send(WINDOW_UPDATE, SYN, sid, 0)
         return stream
+
+    def _not_acknowledged(self, stream: Stream) -> None:
+        """The peer did not acknowledge a stream opened here within stream_open_timeout: it reads (it may
+        answer pings) but accepts no stream, so none opened on this session would ever be served."""
+        if self.closed:
+            return
+        reason = (f"the peer did not acknowledge stream {stream.id} within {self.stream_open_timeout:g} s (it"
+                  " accepts no new stream); the connection is dropped")
+        log.warning("%s: %s", self.name, reason)
+        self.abort(reason, join=False)  # its reader closes the socket; this thread serves other sessions
 
     @property
     def open_streams(self) -> int:

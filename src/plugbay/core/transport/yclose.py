@@ -1,11 +1,16 @@
-"""Streams this side closed (sent its FIN) whose peer never closes its own side: reset after a while.
+"""A yamux stream's two timeouts, as hashicorp/yamux's (newer than go-plugin 1.0.1's, which has neither).
 
-A stream closed one way stays open for the other: its session tracks it, and its bridge keeps the
-local connection and, once the peer's bytes have come, a copy loop's thread waiting for the
-peer's FIN. A peer that never sends it (stuck, or hostile) would hold all of that for the
-session's life, and a peer's held streams count against the streams it may open (yamux.MAX_STREAMS).
-hashicorp/yamux bounds it the same way (its StreamCloseTimeout, 5 min by default): once the time
-is up, the stream is reset (RST), its waiters woken, and the session forgets it.
+Close: a stream this side closed (sent its FIN) stays open for the other way: its session tracks
+it, and its bridge keeps the local connection and, once the peer's bytes have come, a copy loop's
+thread waiting for the peer's FIN. A peer that never sends it (stuck, or hostile) would hold all
+of that for the session's life, and a peer's held streams count against the streams it may open
+(yamux.MAX_STREAMS). As StreamCloseTimeout (5 min by default): once the time is up, the stream is
+reset (RST), its waiters woken, and the session forgets it.
+
+Open: a stream this side opened that the peer does not acknowledge (ACK) means a peer whose
+reader runs (it answers pings, so the keepalive keeps it) but whose accept loop does not: no
+stream opened on the session would ever be served, and its calls would wait for their deadlines.
+As StreamOpenTimeout (75 s by default): the session is dropped, and the next call dials again.
 
 One daemon thread serves the whole process, and only while some stream waits: a timer per stream
 would cost a thread each, and the session's reader blocks in recv and has no time to keep.
@@ -14,49 +19,45 @@ would cost a thread each, and the session's reader blocks in recv and has no tim
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 log = logging.getLogger("plugbay.yamux")
 CLOSE_TIMEOUT = 300.0  # hashicorp/yamux's StreamCloseTimeout default
+OPEN_TIMEOUT = 75.0  # ... and its StreamOpenTimeout
 LOOK = 1.0  # how often the thread looks for streams past their timeout, while any wait
 
 
-class Closing(Protocol):
-    """What the timeout needs of a stream (plugbay.core.transport.ystream.Stream)."""
+class StreamTimers:
+    """Actions by their deadline; the thread runs the ones not dropped by then.
 
-    def _half_closed_too_long(self) -> None: ...
-
-
-class HalfClosed:
-    """Half-closed streams by their deadline; the thread resets the ones still half-closed at it.
-
-    Neither add() nor drop() wakes the thread (a stream closes both ways on every brokered call: a
+    Neither add() nor drop() wakes the thread (a stream opens and closes both ways on every brokered call: a
     thread wake-up each would cost more than the bookkeeping): it looks every LOOK seconds at most,
-    so a stream is reset up to LOOK late, and leaves once it found nothing waiting twice in a row.
+    so an action runs up to LOOK late, and leaves once it found nothing waiting twice in a row.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         # one queue per timeout: a queue's deadlines then come in the order its streams were added
-        self._queues: dict[float, OrderedDict[int, tuple[float, Closing]]] = {}
+        self._queues: dict[float, OrderedDict[object, tuple[float, Callable[[], None]]]] = {}
         self._thread: threading.Thread | None = None
 
-    def add(self, stream: Closing, timeout: float) -> None:
-        """Reset ``stream`` in ``timeout`` seconds (up to LOOK later) unless drop() comes first."""
+    def add(self, key: object, timeout: float, action: Callable[[], None]) -> None:
+        """Run ``action`` in ``timeout`` seconds (up to LOOK later) unless drop(``key``) comes first."""
         with self._cond:
-            self._queues.setdefault(timeout, OrderedDict())[id(stream)] = (time.monotonic() + timeout, stream)
+            self._queues.setdefault(timeout, OrderedDict())[key] = (time.monotonic() + timeout, action)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="plugbay-yamux-close-timeout", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="plugbay-yamux-timeouts", daemon=True)
                 self._thread.start()
 
-    def drop(self, stream: Closing) -> None:
-        """The stream ended both ways (or was reset): no timeout for it."""
+    def drop(self, key: object) -> None:
         with self._cond:
             for timeout, queue in self._queues.items():
-                if queue.pop(id(stream), None) is not None:
+                if queue.pop(key, None) is not None:
                     if not queue:
                         del self._queues[timeout]
                     return
@@ -64,18 +65,18 @@ class HalfClosed:
     def _run(self) -> None:
         idle = False
         while True:
-            expired: list[Closing] = []
+            expired: list[Callable[[], None]] = []
             with self._cond:
                 now = time.monotonic()
                 wait = LOOK
                 for timeout, queue in list(self._queues.items()):
                     while queue:
-                        deadline, stream = next(iter(queue.values()))
+                        deadline, action = next(iter(queue.values()))
                         if deadline > now:
                             wait = min(wait, deadline - now)
                             break
                         queue.popitem(last=False)
-                        expired.append(stream)
+                        expired.append(action)
                     if not queue:
                         del self._queues[timeout]
                 if not expired:
@@ -89,11 +90,77 @@ class HalfClosed:
                     self._cond.wait(wait)
                     continue
             idle = False
-            for stream in expired:  # outside the lock: a reset takes the stream's lock (which holds add's)
+            for action in expired:  # outside the lock: an action takes its stream's lock (which holds add's)
                 try:
-                    stream._half_closed_too_long()
-                except Exception:  # one stream's reset must not end the timeouts of every other
-                    log.exception("resetting a yamux stream its peer left half-closed failed")
+                    action()
+                except Exception:  # one stream's action must not end the timeouts of every other
+                    log.exception("a yamux stream's timeout action failed")
 
 
-HALF_CLOSED = HalfClosed()
+TIMERS = StreamTimers()
+
+
+class _Session(Protocol):
+    stream_close_timeout: float
+    stream_open_timeout: float
+
+    def _not_acknowledged(self, stream: Any) -> None: ...
+
+
+class Timed:
+    """A Stream's timeouts (plugbay.core.transport.ystream inherits it): each stream's keys in TIMERS
+    are (the stream, "open") and (the stream, "close")."""
+
+    # the Stream's own state and steps, set and defined there: declared for the type checker
+    session: _Session
+    _cond: threading.Condition
+    _reset: bool
+    _closing: bool  # closed this way, waiting for the peer's FIN
+    _opening: bool  # opened here, waiting for the peer's ACK
+
+    if TYPE_CHECKING:
+        def reset(self, wait: bool = True) -> None: ...
+
+    def _timers_in(self, fin_or_rst: int, ack_or_rst: int) -> None:
+        """A frame's flags (the lock held): an ACK or a reset ends the open timeout, a FIN or a reset the close one."""
+        if self._closing and fin_or_rst:
+            self._closing = False
+            TIMERS.drop((self, "close"))
+        if self._opening and ack_or_rst:  # acknowledged, or refused: the peer's accept loop runs
+            self._opening = False
+            TIMERS.drop((self, "open"))
+
+    def _no_timeouts(self) -> None:
+        """The stream was reset, or its session ended (the lock held)."""
+        self._timers_in(1, 1)
+
+    def _await_ack(self) -> None:
+        """Opened here (its SYN about to go): the peer has stream_open_timeout to acknowledge it."""
+        timeout = self.session.stream_open_timeout
+        if timeout < math.inf:
+            with self._cond:
+                if self._reset:  # the session ended meanwhile (its streams' timers dropped already)
+                    return
+                self._opening = True
+                TIMERS.add((self, "open"), timeout, self._open_too_long)
+
+    def _await_fin(self, timeout: float) -> None:
+        """Closed this way, the peer's side still open (the lock held)."""
+        self._closing = True
+        TIMERS.add((self, "close"), timeout, self._half_closed_too_long)
+
+    def _open_too_long(self) -> None:
+        with self._cond:
+            if not self._opening:
+                return
+            self._opening = False
+        self.session._not_acknowledged(self)
+
+    def _half_closed_too_long(self) -> None:
+        """The peer did not close its side within stream_close_timeout of ours: reset (as hashicorp/yamux's
+        closeTimeout), by a thread that must not wait for the send lock."""
+        with self._cond:
+            if not self._closing:
+                return
+            self._closing = False
+        self.reset(wait=False)

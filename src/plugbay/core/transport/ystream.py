@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from plugbay.core.transport.frames import Chunk, Piped
-from plugbay.core.transport.yclose import HALF_CLOSED
+from plugbay.core.transport.yclose import Timed
 from plugbay.core.transport.ysink import Sinking
 
 _HDR = struct.Struct(">BBHII")
@@ -61,12 +61,18 @@ class Carrier(Protocol):
 
     def forget(self, stream: Stream) -> None: ...
 
-    # how long a stream closed this way may wait for the peer's FIN before it is reset (see yclose)
+    # how long a stream closed this way may wait for the peer's FIN before it is reset, and one opened
+    # here for the peer's ACK before the session is dropped (see yclose)
     stream_close_timeout: float
+    stream_open_timeout: float
+
+    def _not_acknowledged(self, stream: Stream) -> None: ...
 
 
-class Stream(Sinking):
+class Stream(Sinking, Timed):
     """One yamux stream: blocking read/write with flow control."""
+
+    session: Carrier
 
     def __init__(self, session: Carrier, sid: int) -> None:
         self.session = session
@@ -83,6 +89,7 @@ class Stream(Sinking):
         self._local_fin = False
         self._reset = False
         self._closing = False  # closed this way, waiting for the peer's FIN with a timeout (see yclose)
+        self._opening = False  # opened here, waiting for the peer's ACK with a timeout (see yclose)
         self._ended_by: type[StreamClosed] = StreamClosed  # what a writer waiting for window gets (_kill)
         self._flags = 0  # SYN or ACK, carried by our next frame
         # a bridge's local socket: the session reader sends payloads straight to it while
@@ -201,29 +208,13 @@ class Stream(Sinking):
             self._remote_fin = True
         if flags & RST:
             self._reset = True
-        if self._closing and flags & (FIN | RST):
-            self._no_close_timeout()
-
-    def _no_close_timeout(self) -> None:
-        """The stream ended both ways, or was reset: it waits for no FIN any more (the lock held)."""
-        if self._closing:
-            self._closing = False
-            HALF_CLOSED.drop(self)
-
-    def _half_closed_too_long(self) -> None:
-        """The peer did not close its side within the session's stream_close_timeout of ours: reset
-        (as hashicorp/yamux's closeTimeout), by a thread that must not wait for the send lock."""
-        with self._cond:
-            if not self._closing:
-                return
-            self._closing = False
-        self.reset(wait=False)
+        self._timers_in(flags & (FIN | RST), flags & (ACK | RST))
 
     def _kill(self, error: type[StreamClosed] = StreamClosed) -> None:
         with self._cond:
             self._reset = True
             self._ended_by = error
-            self._no_close_timeout()
+            self._no_timeouts()
             self._cond.notify_all()
             wake = self._drain_needed()
             if self._local is not None:  # the up loop may wait to receive from it, not on the stream
@@ -341,8 +332,7 @@ class Stream(Sinking):
             flags = self._take_flags() | FIN
             timeout = self.session.stream_close_timeout
             if not self._remote_fin and timeout < math.inf:
-                self._closing = True
-                HALF_CLOSED.add(self, timeout)
+                self._await_fin(timeout)
         self.session._send(WINDOW_UPDATE, flags, self.id, 0)
         if self._remote_fin:  # closed both ways: as hashicorp/yamux, the session drops it
             self.session.forget(self)
@@ -355,7 +345,7 @@ class Stream(Sinking):
             if self._reset:
                 return
             self._reset = True
-            self._no_close_timeout()
+            self._no_timeouts()
             self._cond.notify_all()
             wake = self._drain_needed()
         if wake is not None:

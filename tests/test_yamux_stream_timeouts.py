@@ -1,6 +1,8 @@
-"""A stream this side closed whose peer never closes its own: reset after the session's
-stream_close_timeout (hashicorp/yamux's StreamCloseTimeout), so a stuck or hostile peer cannot hold
-the stream, its bridge's local socket and copy thread, and its place under the stream cap for good."""
+"""A yamux stream's two timeouts, as hashicorp/yamux's. A stream this side closed whose peer never
+closes its own: reset after the session's stream_close_timeout (StreamCloseTimeout), so a stuck or
+hostile peer cannot hold the stream, its bridge's local socket and copy thread, and its place under
+the stream cap for good. A stream this side opened that the peer never acknowledges (a peer that
+reads but accepts nothing): the session is dropped after stream_open_timeout (StreamOpenTimeout)."""
 
 from __future__ import annotations
 
@@ -72,6 +74,57 @@ def test_a_stream_a_go_peer_leaves_half_closed_is_reset_and_the_session_lives_on
             session.close()
         listener.close()
         os.unlink(path)
+        os.rmdir(d)
+
+
+def _go_peer(program: str) -> tuple[subprocess.Popen[str], socket.socket, str]:
+    """The Go ``program`` started against a unix listener: (its process, its connection, the socket's folder)."""
+    from tests.gobuild import build_go, go_missing_reason
+
+    if go_missing_reason():
+        pytest.skip(str(go_missing_reason()))
+    peer = build_go(program)
+    d = tempfile.mkdtemp(prefix="yt", dir="/tmp")
+    path = os.path.join(d, "y.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(path)
+        listener.listen(1)
+        proc = subprocess.Popen([str(peer), path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        listener.settimeout(30)
+        try:
+            conn, _ = listener.accept()
+        except BaseException:
+            proc.kill()
+            proc.communicate(timeout=10)
+            raise
+    finally:
+        listener.close()
+        os.unlink(path)
+    conn.settimeout(None)
+    return proc, conn, d
+
+
+@pytest.mark.go
+def test_a_go_peer_that_acknowledges_no_stream_is_dropped_and_its_streams_end() -> None:
+    proc, conn, d = _go_peer("yamux_noaccept")
+    session = Session(conn, client=True, on_stream=lambda s: s.reset(), name="t-noaccept", start=False)
+    try:
+        session.stream_open_timeout = _SHORT
+        session.start()
+        stream = session.open()
+        stream.write(b"hello")  # within the window: sent, never acknowledged
+        out, _ = proc.communicate(timeout=60)  # the Go side sees its session closed
+        assert out.strip() == "closed", out
+        assert session.closed
+        assert "did not acknowledge stream 1" in session.close_reason, session.close_reason
+        with pytest.raises(StreamClosed):
+            stream.write(b"more")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+        session.close()
         os.rmdir(d)
 
 
