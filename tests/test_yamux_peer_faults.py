@@ -123,6 +123,28 @@ def test_data_past_the_streams_window_is_refused_at_its_header(caplog: pytest.Lo
         b.close()
 
 
+def test_a_stream_opening_frame_past_a_new_streams_window_is_refused_at_its_header() -> None:
+    # the SYN on the data frame itself: a new stream's window is WINDOW, and hashicorp/yamux refuses
+    # more at the header (incomingStream, then readData). The reader waited for up to MAX_WINDOW of
+    # body, held by a peer that never sends it, before it found the stream's window overrun.
+    a, b = socket.socketpair()
+    session = Session(a, client=False, on_stream=lambda s: None, name="t-syn-window")
+    try:
+        b.sendall(_HDR.pack(0, DATA, SYN, 1, WINDOW + 1))  # the header only: its body never comes
+        session._reader.join(10)
+        assert session.closed, "the reader waits for a body it must refuse"
+        assert session.close_reason == "protocol error: stream 1 received more than its window"
+        b.settimeout(10)
+        data = b""
+        while chunk := b.recv(65536):
+            data += chunk
+        frames, _ = split_frames(data)
+        assert frames[-1] == (GO_AWAY, 0, 0, 1), frames
+    finally:
+        session.close()
+        b.close()
+
+
 def test_a_frame_within_the_window_is_taken_whole() -> None:
     # the header check must not refuse what fits exactly
     a, b = socket.socketpair()

@@ -267,7 +267,8 @@ class Session(Splicing, Pinging, Writing):
                         reason, go_away = f"protocol error: stream {sid} received more than its window", True
                         break
                     known = self._known(sid, flags)
-                    if known is not None and length > known.receive_window:
+                    window = known.receive_window if known is not None else WINDOW if flags & SYN else length
+                    if length > window:  # a stream's SYN frame has a new stream's window
                         # as hashicorp/yamux: refused at its header, before its body is read (a peer
                         # must not hold the reader, or this side's memory, with what it may not send)
                         reason, go_away = f"protocol error: stream {sid} received more than its window", True
