@@ -47,6 +47,9 @@ class ChildKeeper:
         self._on_down = on_down
         self._lock = threading.Lock()
         self._client: Client | None = None
+        # the last channel channel() handed out and the child behind it: a forwarded call that failed on it
+        # asks that child, not a restarted one, whether it exited (exit_of)
+        self._served: tuple[grpc.Channel, Client] | None = None
         self._starting: Client | None = None  # the child being started: close() kills it, not waits it out
         self._why = "starting"
         self._stop = threading.Event()
@@ -91,9 +94,32 @@ class ChildKeeper:
         if client is None or client.exited:
             return None, why if client is None else "it exited; restarting it"
         try:
-            return client.channel.current, ""
+            channel = client.channel.current
         except PlugbayError as exc:
             return None, str(exc)
+        with self._lock:
+            served = self._served
+            if served is None or served[0] is not channel:
+                self._served = (channel, client)
+        return channel, ""
+
+    def exit_of(self, channel: grpc.Channel, wait: float) -> str | None:
+        """How the child behind ``channel`` ended ("exited with code 2"), once a call on it failed as a broken
+        connection does; None while it runs (it answered a health check: the failure was its own answer, or a
+        blip) or when the channel is no longer known. Waits up to ``wait`` for an exit to show (a child's
+        connection breaks a moment before its process is reaped)."""
+        with self._lock:
+            served = self._served
+        if served is None or served[0] is not channel:
+            return None
+        client = served[1]
+        if client.exit_code is None:
+            try:
+                if client.channel.check_exit(wait).why is None:
+                    return None
+            except PlugbayError:  # killed meanwhile (the gateway stopping): no verdict of the child's own
+                return None
+        return exit_said(client.exit_code)
 
     def answering(self) -> bool:
         """False while the running child misses its health checks (new calls are not sent to it)."""

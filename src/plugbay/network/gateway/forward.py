@@ -33,6 +33,7 @@ from typing import NoReturn
 import grpc
 
 from plugbay.core.plugin.gate import HandlerGate, refuse_unsent
+from plugbay.core.protocol.handlerstatus import handler_status
 from plugbay.core.protocol.notsent import NOT_SENT
 
 log = logging.getLogger("plugbay.gateway")
@@ -49,6 +50,11 @@ _NO_DEADLINE = 10 * 365 * 24 * 3600.0  # grpcio reports "no deadline" as a far-f
 
 # (channel to the child, or None and why not)
 ChannelSource = Callable[[], "tuple[grpc.Channel | None, str]"]
+# how the child behind a channel ended ("exited with code 2"), waiting up to the seconds given; None: it runs
+ExitSource = Callable[[grpc.Channel, float], "str | None"]
+# the most a failed call waits for its child's exit to show: a local process's is known at once, though a
+# loaded machine may take a moment to reap it (the runner's exit_notice_time bounds the wait further)
+_EXIT_WAIT = 1.0
 
 WEDGED_REFUSAL = (
     "the plugin behind the gateway has missed its health checks (it runs but does not answer: stopped or"
@@ -141,8 +147,10 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
     # method handlers kept (a bounded cache: any peer may name any method, though only answered ones are kept)
     _HANDLERS_MAX = 1024
 
-    def __init__(self, source: ChannelSource, gate: HandlerGate, answering: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, source: ChannelSource, gate: HandlerGate, answering: Callable[[], bool] = lambda: True,
+                 exit_of: ExitSource | None = None) -> None:
         self._source = source
+        self._exit_of = exit_of
         self._gate = gate
         self._answering = answering
         # a method's gated handler, kept once the child has answered it: grpcio asks for one on every call,
@@ -209,9 +217,29 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
         if code == grpc.StatusCode.OK:
             return
         details = call.details() or ""
-        if code == grpc.StatusCode.CANCELLED and context.is_active():
+        ended = self._ended(channel, call, code, context)
+        if ended is not None:
+            # grpcio's words for the broken hop ("Stream removed (Socket closed)") read as the gateway's own
+            # connection failing, and the gateway's health is SERVING again once the child is restarted
+            code = grpc.StatusCode.UNAVAILABLE
+            details = (f"the plugin behind the gateway {ended} during the call, which was not completed"
+                       f" ({details}); the gateway restarts it (its log has the plugin's last stderr lines):"
+                       " retry the call if it is safe to repeat")
+        elif code == grpc.StatusCode.CANCELLED and context.is_active():
             # the caller did not cancel: the child's connection went away under the call
             code = grpc.StatusCode.UNAVAILABLE
             details = f"the plugin behind the gateway stopped during the call ({details}); retry it"
         context.set_code(code)
         context.set_details(details)
+
+    def _ended(self, channel: grpc.Channel, call: grpc.Call, code: grpc.StatusCode,
+               context: grpc.ServicerContext) -> str | None:
+        """How the child ended under a call that failed as a broken connection does (None: it runs, or the
+        failure was the caller's cancel or the child's own answer). Only the child's exit tells: grpcio's
+        status for a broken connection and one a plugin sent look the same."""
+        broke = code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.CANCELLED and context.is_active())
+        if not broke or self._exit_of is None or handler_status(call):
+            return None
+        left = context.time_remaining()
+        wait = _EXIT_WAIT if left is None else max(0.0, min(_EXIT_WAIT, left))
+        return self._exit_of(channel, wait)

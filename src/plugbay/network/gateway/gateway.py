@@ -270,7 +270,8 @@ class Gateway:
             _Controller(), gated)
         grpc_broker_pb2_grpc.add_GRPCBrokerServicer_to_server(_NoBroker(), gated)  # type: ignore[no-untyped-call]
         grpc_stdio_pb2_grpc.add_GRPCStdioServicer_to_server(_Stdio(self._closed), gated)  # type: ignore[no-untyped-call]
-        server.add_generic_rpc_handlers((Forwarder(self.keeper.channel, gate, self.keeper.answering),))
+        server.add_generic_rpc_handlers((Forwarder(self.keeper.channel, gate, self.keeper.answering,
+                                                   self.keeper.exit_of),))
         # TLS files are checked before the child starts
         if self.config.multiplex:
             _, self._address, self._front, self.certs = serve_sessions(server, self._network, self._session)
