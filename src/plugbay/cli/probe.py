@@ -15,7 +15,7 @@ from plugbay.cli import output
 from plugbay.cli.connectcause import connect_failure, tls_failed_early, tls_refusal
 from plugbay.cli.targets import Reached, Tls, reach
 from plugbay.core.transport.handlenames import named_handles
-from plugbay.errors import CallFailedError, ConfigError, TargetUnreachableError
+from plugbay.errors import CallFailedError, ConfigError, DiscoveryUnavailableError, TargetUnreachableError
 
 TARGET_HELP = "TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///)."
 
@@ -173,7 +173,9 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
             while True:
                 try:  # reached once, the channel is kept: it reconnects by itself
                     reached = reached or stack.enter_context(reach(target, tls, options=redial))
-                except TargetUnreachableError as exc:  # not there (yet): a watch goes on, to see it come up
+                # not there (yet), or its discovery source (a DNS server, a cluster's API) does not answer: a
+                # watch goes on, to see it come up, and a check says UNREACHABLE as for a name with no record
+                except (TargetUnreachableError, DiscoveryUnavailableError) as exc:
                     result: dict[str, Any] = {"status": "UNREACHABLE", "ms": 0.0,
                                               "detail": output.one_line(str(exc))}
                 else:

@@ -8,7 +8,7 @@ import dns.exception
 import dns.message
 import dns.resolver
 
-__all__ = ["failure_text"]
+__all__ = ["failure_text", "unanswered"]
 
 # A TCP query that met these never reached a server serving TCP on that port (nothing listens, no route
 # to it, or a firewall drops it): only then is "serve TCP" the advice. A timeout is one only when the
@@ -45,6 +45,19 @@ def _cut_short(exc: Exception, errors: list[tuple[Any, ...]], error: tuple[Any, 
     timed out and the lookup ended on its time (dnspython gives no query a moment past it)."""
     return isinstance(exc, dns.resolver.LifetimeTimeout) and isinstance(error[3], dns.exception.Timeout) \
         and errors[-1] is error
+
+
+def unanswered(exc: Exception) -> bool:
+    """Whether a failed query got no answer from any DNS server (each timed out or could not be sent): the
+    server is unreachable, as a cluster's API server that does not answer is, not one that answered with an
+    error code (SERVFAIL, REFUSED) or with too large an answer."""
+    if isinstance(exc, (OSError, EOFError, dns.exception.Timeout)):  # LifetimeTimeout is a Timeout
+        errors = [e for e in getattr(exc, "kwargs", {}).get("errors") or () if isinstance(e, tuple) and len(e) >= 4]
+        return all(isinstance(e[3], _TCP_UNSERVED) for e in errors)
+    if isinstance(exc, dns.resolver.NoNameservers):
+        errors = [e for e in exc.kwargs.get("errors") or () if isinstance(e, tuple) and len(e) >= 4]
+        return bool(errors) and all(isinstance(e[3], _TCP_UNSERVED) for e in errors)
+    return False
 
 
 def failure_text(name: str, kind: str, exc: Exception) -> tuple[str, bool]:

@@ -27,8 +27,8 @@ import dns.exception
 import dns.message
 import dns.resolver
 
-from plugbay.errors import ConfigError, DiscoveryError
-from plugbay.network.dns_failures import failure_text
+from plugbay.errors import ConfigError, DiscoveryError, DiscoveryUnavailableError
+from plugbay.network.dns_failures import failure_text, unanswered
 from plugbay.network.dns_missing import aliased, empty_text
 from plugbay.network.resolver import (MAX_ENDPOINTS, Endpoint, OnChange, all_refused, parse_dns_server, refusal,
                                       refused_as_loopback)
@@ -99,6 +99,7 @@ class DNSResolver:
         self._skipped: set[str] = set()  # addresses a warning already named (no replica: see refusal)
         self._refused: list[str] = []  # the lookup's addresses that may not be replicas
         self._advised: set[str] = set()  # the lookup's failures whose text says what to do (failure_text)
+        self._unanswered: set[str] = set()  # the lookup's failures that no DNS server answered (unanswered)
         # Why the last lookup found nothing, for the pool's "discovery reports no endpoints (...)": a
         # misspelt name (NXDOMAIN) and a record not published yet look the same to a waiting call.
         self.empty_note = ""
@@ -135,6 +136,7 @@ class DNSResolver:
         self._missing = {}
         self._srv_none = ""
         self._advised = set()
+        self._unanswered = set()
         out: list[Endpoint] = []
         failed: list[str] = []
         kinds = ("SRV",) if self.srv else ("A", "AAAA")
@@ -162,8 +164,11 @@ class DNSResolver:
                 "the DNS servers of /etc/resolv.conf are reachable and serve that name, or pass dns_server='IP:PORT'"
             # servers that answered (truncated) are reachable: their failures' own texts say what to do
             check = "" if all(f in self._advised for f in failed) else f" Check that {advice}"
-            raise DiscoveryError(f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
-                                 f" {'; '.join(f.rstrip('. ') for f in failed)}.{check}")
+            # no server answered at all: the discovery source is unreachable (the command line's exit 3, as for a
+            # cluster's API server), not a plugin that failed
+            error = DiscoveryUnavailableError if all(f in self._unanswered for f in failed) else DiscoveryError
+            raise error(f"DNS lookup of {self.host!r} ({'/'.join(kinds)}) at {self._server_text()} failed:"
+                        f" {'; '.join(f.rstrip('. ') for f in failed)}.{check}")
         if failed:
             _log.warning("DNS lookup of %r at %s: %s; using the %d endpoint(s) the other queries found",
                          self.host, self._server_text(), "; ".join(failed), len(out))
@@ -199,6 +204,8 @@ class DNSResolver:
             failed.append(text)
             if advised:
                 self._advised.add(text)
+            if unanswered(exc):
+                self._unanswered.add(text)
             self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
             return []
 
