@@ -27,6 +27,34 @@ def connect_failure(channel: grpc.Channel) -> str:
     """
     from plugbay._proto.grpc.health.v1 import health_pb2_grpc
 
+    if _state(channel) != grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        return ""
+    exc = _attempt_failure(health_pb2_grpc.HealthStub(channel))  # type: ignore[no-untyped-call]
+    if exc is not None and exc.code() == grpc.StatusCode.UNAVAILABLE:
+        return f"; the connection: {named_handles(str(exc.details()))}"
+    return ""  # connected since
+
+
+def silence(channel: grpc.Channel) -> str:
+    """"; <what the deadline met>" when ``channel`` was connected or still connecting as a wait ran out, else "".
+
+    A deadline alone ("Deadline Exceeded") reads as a plugin that is not there. One whose connection is set up
+    (READY) runs and does not answer; one still connecting took the connection (or the network dropped the
+    packets) and said nothing: a stopped, wedged or overloaded plugin, whose process is what to look at, not
+    the network or the certificates. Never a TLS failure (connect_failure says those)."""
+    state = _state(channel)
+    if state == grpc.ChannelConnectivity.READY:
+        return ("; the connection is up but the plugin did not answer in time: it runs but is stopped, wedged or"
+                " overloaded (look at its process, its log and its load)")
+    if state == grpc.ChannelConnectivity.CONNECTING:
+        return ("; the connection was still being set up when the time ran out: the peer took it and said nothing"
+                " (a plugin stopped, wedged or overloaded: look at its process and its log) or the network drops"
+                " the packets")
+    return ""
+
+
+def _state(channel: grpc.Channel) -> grpc.ChannelConnectivity | None:
+    """``channel``'s current state, as gRPC reports it on its own thread (None: no report within 0.2 s)."""
     first: list[grpc.ChannelConnectivity] = []
     seen = threading.Event()
 
@@ -40,12 +68,7 @@ def connect_failure(channel: grpc.Channel) -> str:
         seen.wait(0.2)
     finally:
         channel.unsubscribe(note)
-    if first[:1] != [grpc.ChannelConnectivity.TRANSIENT_FAILURE]:
-        return ""
-    exc = _attempt_failure(health_pb2_grpc.HealthStub(channel))  # type: ignore[no-untyped-call]
-    if exc is not None and exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return f"; the connection: {named_handles(str(exc.details()))}"
-    return ""  # connected since
+    return first[0] if first else None
 
 
 def _attempt_failure(stub: Any) -> grpc.RpcError | None:

@@ -12,7 +12,7 @@ import click
 import grpc
 
 from plugbay.cli import output
-from plugbay.cli.connectcause import connect_failure, tls_failed_early, tls_refusal
+from plugbay.cli.connectcause import connect_failure, silence, tls_failed_early, tls_refusal
 from plugbay.cli.targets import Reached, Tls, reach
 from plugbay.core.transport.handlenames import named_handles
 from plugbay.errors import CallFailedError, ConfigError, DiscoveryUnavailableError, TargetUnreachableError
@@ -96,7 +96,8 @@ def check_health(channel: grpc.Channel, service: str, timeout: float, *, wait: b
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
             return {"status": "UNREACHABLE", "ms": round(ms, 2),
-                    "detail": f"{code.name}: {named_handles(str(exc.details()))}" + _cause(channel, code)}
+                    "detail": f"{code.name}: {named_handles(str(exc.details()))}"
+                              + _met(channel, code, _cause(channel, code))}
         return {"status": "NOT_SERVING", "ms": round(ms, 2), "detail": f"{code.name}: {exc.details()}"}
     ms = (time.monotonic() - started) * 1000
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
@@ -107,6 +108,11 @@ def check_health(channel: grpc.Channel, service: str, timeout: float, *, wait: b
 def _cause(channel: grpc.Channel, code: grpc.StatusCode) -> str:
     """What connect_failure says after a deadline a wait for the connection ran out, else ""."""
     return connect_failure(channel) if code == grpc.StatusCode.DEADLINE_EXCEEDED else ""
+
+
+def _met(channel: grpc.Channel, code: grpc.StatusCode, cause: str) -> str:
+    """``cause``, or, for a deadline that met no failed connection, what silence() says it met."""
+    return cause or (silence(channel) if code == grpc.StatusCode.DEADLINE_EXCEEDED else "")
 
 
 def _tls_refused(result: dict[str, Any], reached: Reached, tls: Tls) -> Exception | None:
@@ -322,7 +328,7 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
             # the plugin sent is its answer, whatever its words (a key named "certificate verify failed")
             detail = f"{named_handles(str(exc.details()))}{cause}"
             refused = _tls_refused({"status": "UNREACHABLE", "detail": detail}, reached, tls) if cause else None
-            raise (refused or _call_error(exc, method, cause)) from None
+            raise (refused or _call_error(exc, method, _met(reached.channel, exc.code(), cause))) from None
     output.say(json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None))
     return output.OK
 
