@@ -127,8 +127,9 @@ def test_a_health_check_answered_not_serving_ends_the_tls_failure_remembered(
 
 class _TakesOnlyTheProbe(TLSTestServer):
     """At ``listen``: closes gRPC's connections before the handshake (a health check cut short), and completes
-    the TLS probe's (the name it sends when NetworkTLS has no server_name) with ``served``'s certificate,
-    keeping the connection."""
+    the TLS probe's with ``served``'s certificate, keeping the connection. The probe sends the name gRPC sends
+    (none, to an IP address); its TLS stack tells it apart: Python's OpenSSL offers encrypt_then_mac, which
+    gRPC's BoringSSL does not."""
 
     def __init__(self, listen: str, served: netcerts.CertSet, host_ca: Path) -> None:
         self._held: list[socket.socket] = []
@@ -137,7 +138,7 @@ class _TakesOnlyTheProbe(TLSTestServer):
     def handle(self, conn: socket.socket) -> None:
         conn.settimeout(2.0)
         hello = _client_hello(conn)
-        if b"plugbay-probe" not in hello:
+        if _ENCRYPT_THEN_MAC not in _extensions(hello):
             conn.close()
             return
         self._held.append(self.ctx.wrap_socket(conn, server_side=True))
@@ -147,6 +148,26 @@ class _TakesOnlyTheProbe(TLSTestServer):
         super().close()
         for conn in self._held:
             conn.close()
+
+
+_ENCRYPT_THEN_MAC = 22  # a TLS extension type (RFC 7366)
+
+
+def _extensions(hello: bytes) -> list[int]:
+    """The extension types a ClientHello record offers ([] for one cut short)."""
+    try:
+        at = 5 + 4 + 2 + 32  # record header, handshake header, version, random
+        at += 1 + hello[at]  # session id
+        at += 2 + int.from_bytes(hello[at:at + 2], "big")  # cipher suites
+        at += 1 + hello[at]  # compression methods
+        end, at = at + 2 + int.from_bytes(hello[at:at + 2], "big"), at + 2
+    except IndexError:
+        return []
+    found = []
+    while at + 4 <= min(end, len(hello)):
+        found.append(int.from_bytes(hello[at:at + 2], "big"))
+        at += 4 + int.from_bytes(hello[at + 2:at + 4], "big")
+    return found
 
 
 def _client_hello(conn: socket.socket) -> bytes:

@@ -19,6 +19,7 @@ the plugin's certificate, and every refusal reads as it does over plain gRPC.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 import time
@@ -66,6 +67,21 @@ def _context(tls: NetworkTLS | None) -> ssl.SSLContext:
     return ctx
 
 
+def sent_name(endpoint: Endpoint) -> str | None:
+    """The name gRPC's own connection to ``endpoint`` sends (SNI) when no server_name is given: the host it
+    dials, none for an IP address (TLS names no address), "localhost" for a unix socket (gRPC's authority
+    there). The probe sends the same: a made-up name was logged as an ERROR by the plugin's TLS ("No match
+    found for server name") at every probe, and a proxy that routes by name would route the probe elsewhere."""
+    if endpoint.network == "unix":
+        return "localhost"
+    host = endpoint.address.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host or None
+    return None
+
+
 def _alert(exc: ssl.SSLError) -> bool:
     """Whether the peer sent a TLS alert (it speaks TLS and said no), not a bare close."""
     return "ALERT" in str(exc.reason or "").upper() or "alert" in str(exc).lower()
@@ -97,8 +113,8 @@ def probe_taken(endpoint: Endpoint, tls: NetworkTLS | None, timeout: float, veri
     try:
         # the name the relay checks (plugbay.network.muxconn), else only sent (SNI)
         relays = endpoint.address.rpartition(":")[0].strip("[]") if verify else None
-        conn = ctx.wrap_socket(sock, server_hostname=(tls.server_name if tls else None) or relays or "plugbay-probe",
-                               do_handshake_on_connect=False)
+        conn = ctx.wrap_socket(sock, server_hostname=(tls.server_name if tls else None) or relays
+                               or sent_name(endpoint), do_handshake_on_connect=False)
     except (OSError, ValueError):
         sock.close()
         return None
