@@ -8,7 +8,8 @@ in ``extra`` (``plugin_module``, ``plugin_fields``, ``plugin_timestamp``).
 Other lines (a print, a panic) go to ``raw_sink`` if given (as read), else to the
 logger: as in go-plugin, a ``[LEVEL]`` prefix picks the level, and a Go panic
 (from its ``panic: `` or ``fatal error: `` line on) is an error (go-plugin 1.8;
-1.0.1 logs it at DEBUG). Everything else is INFO, where go-plugin logs it at
+1.0.1 logs it at DEBUG), and so is a Python traceback (its first line through its exception's). Everything
+else is INFO, where go-plugin logs it at
 DEBUG: a plugin's plain prints are what a Python host's user wants to see at
 INFO, and Python's logging shows neither level unless configured to. The last lines are kept for
 error messages (a plugin that dies before its handshake), which show a Go crash's ``panic: `` or
@@ -40,6 +41,12 @@ from plugbay.errors import printable
 # ends the plugin), only a line that began so.
 CRASH_STARTS = ("panic: ", "fatal error: ")
 CRASH_REACH = 1000
+# A Python traceback (an exception that ended the plugin before serve() took its stderr, or printed by it): its
+# frames are indented, and its first unindented line after them is the exception itself, where it ends. The
+# lines that join chained exceptions keep it going.
+TRACEBACK_START = "Traceback (most recent call last):"
+_TRACEBACK_LINKS = ("During handling of the above exception, another exception occurred:",
+                    "The above exception was the direct cause of the following exception:")
 
 
 def plugin_logger(name: str) -> logging.Logger:
@@ -56,6 +63,7 @@ class LogPump:
         self.raw_sink = raw_sink
         self._tail: collections.deque[str] = collections.deque(maxlen=tail)
         self._in_panic = False
+        self._in_traceback = False  # within a Python traceback's lines, up to its exception's
         self._stderr_lines = 0
         self._crash: tuple[int, str] | None = None  # the last crash line, after how many stderr lines
         self._cond = threading.Condition()
@@ -123,11 +131,25 @@ class LogPump:
         else:
             if line.startswith(("panic: ", "fatal error: ")):
                 self._in_panic = True
-            if self._in_panic:
+            if self._in_panic or self._traceback_line(line):
                 level = logging.ERROR
         base = {"plugin_name": self.name, "plugin_stream": stream}
         self.logger.log(level, "%s", printable(line), extra={**base, "plugin_module": "", "plugin_fields": {},
                                                              "plugin_timestamp": "", "plugin_raw": line})
+
+
+    def _traceback_line(self, line: str) -> bool:
+        """Whether ``line`` belongs to a Python traceback (an ERROR, as a Go panic is): from its first line
+        through the exception's, with the blank and linking lines of chained exceptions."""
+        if line.startswith(TRACEBACK_START) or line.strip() in _TRACEBACK_LINKS:
+            self._in_traceback = True
+            return True
+        if not self._in_traceback:
+            return False
+        if line[:1] in ("", " ", "\t"):  # a frame, its source line, a caret line, a blank line between links
+            return True
+        self._in_traceback = False  # the exception: "ValueError: ...", the traceback's last line
+        return True
 
 
 def _tail_line(line: str) -> str:
