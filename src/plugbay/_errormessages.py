@@ -60,11 +60,14 @@ def tls_required(name: str, why: str, opt_out: str) -> str:
     )
 
 
-def version_mismatch(host_versions: Sequence[int], plugin_versions: Sequence[int]) -> str:
+VERSIONS_ADVICE = "Upgrade the older side, or add a VersionedPlugins entry for a version both understand."
+
+
+def version_mismatch(host_versions: Sequence[int], plugin_versions: Sequence[int],
+                     advice: str = VERSIONS_ADVICE) -> str:
     return (
         f"no common application protocol version: host supports {listed(host_versions)},"
-        f" plugin supports {listed(plugin_versions)}. Upgrade the older side, or add a"
-        " VersionedPlugins entry for a version both understand."
+        f" plugin supports {listed(plugin_versions)}. {advice}"
     )
 
 

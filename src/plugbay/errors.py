@@ -103,10 +103,12 @@ class UnsupportedProtocolError(ProtocolMismatchError):
 class VersionMismatchError(HandshakeError):
     """Host and plugin share no application protocol version."""
 
-    def __init__(self, host_versions: Sequence[int], plugin_versions: Sequence[int]) -> None:
+    def __init__(self, host_versions: Sequence[int], plugin_versions: Sequence[int],
+                 advice: str = _messages.VERSIONS_ADVICE) -> None:
+        """``advice``: what to do, in the caller's own terms (a gateway's flag rather than VersionedPlugins)."""
         self.host_versions = list(host_versions)
         self.plugin_versions = list(plugin_versions)
-        super().__init__(_messages.version_mismatch(self.host_versions, self.plugin_versions))
+        super().__init__(_messages.version_mismatch(self.host_versions, self.plugin_versions, advice))
 
 
 class ChecksumMismatchError(PlugbayError):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from plugbay.core.plugin.netconfig import DEFAULT_MAX_PEER_SESSIONS, check_peer_sessions
 from plugbay.core.resilience.restart import RestartPolicy
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
-from plugbay.errors import ConfigError, PlugbayError, UnprovenAddressError
+from plugbay.errors import ConfigError, PlugbayError, UnprovenAddressError, VersionMismatchError
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.network.figures import check_seconds, check_switch
 from plugbay.network.gateway.starts import DEFAULT_MAX_CHILD_STARTS
@@ -27,13 +27,19 @@ MAX_MAX_MESSAGE = 2**31 - 1
 
 # how a gateway's user dials a child's unproven address anyway (UnprovenAddressError's advice)
 TRUST_OPT_OUT = "set GatewayConfig(trust_announced_address=True) (plugbay gateway: --trust-announced-address)"
+# the versions the gateway offers are its own setting: a VersionedPlugins entry is no gateway user's to add
+VERSIONS_ADVICE = ("Give the gateway a version the plugin serves: GatewayConfig(protocol_versions=...) (plugbay"
+                   " gateway: --protocol-versions, PLUGBAY_GATEWAY_PROTOCOL_VERSIONS), or upgrade the plugin.")
 
 
 def gateway_said(exc: PlugbayError) -> PlugbayError:
-    """``exc`` as a gateway's user is told it: a refused child address names the gateway's opt-out, not the
-    ClientConfig option the gateway set for them."""
+    """``exc`` as a gateway's user is told it: a refused child address names the gateway's opt-out, and no common
+    version the gateway's --protocol-versions, not the ClientConfig option or VersionedPlugins the gateway set for
+    them."""
     if isinstance(exc, UnprovenAddressError):
         return exc.advising(TRUST_OPT_OUT)
+    if isinstance(exc, VersionMismatchError):
+        return VersionMismatchError(exc.host_versions, exc.plugin_versions, VERSIONS_ADVICE)
     return exc
 
 
