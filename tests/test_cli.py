@@ -136,7 +136,7 @@ def test_reflection_plugin_info_and_call(tmp_path: Path) -> None:
         assert run.interrupt() == 0
     facts = json.loads(run.stdout.splitlines()[0])
     assert facts["runner"] == "process" and facts["plugin"] == "reflect_kv" and facts["multiplex"] is False
-    assert facts["reattach"] is None and facts["reattach_file"] == str(run.reattach)
+    assert "reattach" not in facts and facts["reattach_file"] == str(run.reattach)
     assert facts["connection"] == "plaintext" and facts["app_protocol"] == 1
 
 

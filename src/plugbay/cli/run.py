@@ -5,7 +5,8 @@ start() launches, handshakes, connects and checks health). The plugin's log
 lines arrive through ``logging`` with their hclog levels. The first Ctrl-C
 (or SIGTERM) stops the plugin gracefully (GRPCController.Shutdown, grace,
 kill) and removes what the run made (socket folder, container or pod, the
-``--reattach-out`` file); a second Ctrl-C kills the plugin at once.
+reattach file: ``--reattach-out``'s, or the private folder of the run's that holds it); a second
+Ctrl-C kills the plugin at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import stat
 import tempfile
@@ -26,6 +28,7 @@ from typing import Any
 import click
 
 from plugbay.cli import output
+from plugbay.core.transport.tempdirs import make_tempdir
 from plugbay.errors import ConfigError
 
 _log = logging.getLogger("plugbay.cli")
@@ -206,11 +209,12 @@ Ctrl-C stops the plugin gracefully and removes what the run made; Ctrl-C twice k
               " reach), off for --cmd and the unix transport.")
 @click.option("--multiplex", is_flag=True, help="The multiplexed gRPC broker (one connection).")
 @click.option("--reattach-out", type=click.Path(dir_okay=False), help="Write the reattach config JSON here "
-              "(mode 0600; removed when the run ends).")
+              "(mode 0600; removed when the run ends). Default: a file in a private folder of the run's, its path"
+              " printed as 'reattach file'.")
 @click.option("--start-timeout", type=output.FloatRange(1, 3600), default=60.0, show_default=True)
 @click.option("--kill-grace", type=output.FloatRange(0, 600), default=2.0, show_default=True,
               help="Seconds between Shutdown and a forced kill.")
-@click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach').")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object (with 'reattach_file').")
 def run(cmd: str | None, trusted: tuple[str, ...], trust: bool, image: str | None, transport: str | None,
         writable: tuple[str, ...], pod: str | None, namespace: str | None, kubeconfig: str | None,
         cookie: str | None, protocol_versions: str, automtls: bool | None, multiplex: bool, reattach_out: str | None,
@@ -218,7 +222,9 @@ def run(cmd: str | None, trusted: tuple[str, ...], trust: bool, image: str | Non
     """Start a plugin and keep it up until Ctrl-C, printing its handshake facts.
 
     The reattach config (for plugbay info/call/health/diagnose, or a host's
-    ClientConfig(reattach=...)) goes to --reattach-out FILE, else to stdout.
+    ClientConfig(reattach=...)) goes to --reattach-out FILE, else to a file in
+    a private folder of the run's (mode 0700): its path is printed, never the
+    config, which holds the AutoMTLS key.
     """
     from plugbay.core.host.client import Client, ClientConfig
     from plugbay.core.protocol.handshake import HandshakeConfig
@@ -232,6 +238,7 @@ def run(cmd: str | None, trusted: tuple[str, ...], trust: bool, image: str | Non
     out = Path(reattach_out) if reattach_out else None
     if out is not None:  # checked before the plugin starts: found only after, it would start for nothing
         _check_reattach_out(out)
+    own_folder: str | None = None  # without --reattach-out: a private folder of this run's holds the file
     config = ClientConfig(HandshakeConfig(versions[-1], key, value), versioned_plugins={v: {} for v in versions},
                           runner=runner, auto_mtls=automtls, multiplex_broker=multiplex, trust_announced_address=trust,
                           start_timeout=start_timeout, kill_grace=kill_grace,
@@ -249,6 +256,11 @@ def run(cmd: str | None, trusted: tuple[str, ...], trust: bool, image: str | Non
                 client.start()
             interrupts.started = True
             reattach = client.reattach_config()
+            if out is None:
+                # never printed: it holds the AutoMTLS key and the proof that lets a reattach stop the plugin,
+                # and stdout is a log under systemd or in a container
+                own_folder = make_tempdir("plugbay-run-")
+                out = Path(own_folder) / "reattach.json"
             if out is not None:
                 # a new 0600 file moved into place: an existing file's mode (0644) would show the key
                 fd, made = tempfile.mkstemp(prefix=".plugbay-reattach-", dir=out.parent)
@@ -275,6 +287,8 @@ def run(cmd: str | None, trusted: tuple[str, ...], trust: bool, image: str | Non
             client.kill()
             if out is not None and written is not None:
                 _remove_if_ours(out, written)
+            if own_folder is not None:
+                shutil.rmtree(own_folder, ignore_errors=True)
             if interrupts.stop.is_set():
                 output.say_status("plugin stopped; nothing left behind", style="green", as_json=as_json)
 
@@ -308,9 +322,7 @@ def _print_facts(client: Any, kind: str, versions: list[int], took: float, reatt
              "plugins": "unknown (the handshake does not name them; try plugbay info)",
              "started_in_s": round(took, 3), "reattach_file": str(out) if out else None}
     if as_json:
-        output.emit_json({**facts, "reattach": None if out else reattach.to_dict()})
+        output.emit_json(facts)
         return
     output.facts([(k.replace("_", " "), v) for k, v in facts.items() if v is not None])
-    if out is None:
-        output.say("reattach: " + reattach.to_json())
     output.say("ready: press Ctrl-C to stop", style="bold green")
