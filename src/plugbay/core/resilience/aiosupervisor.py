@@ -99,7 +99,7 @@ class AsyncSupervisor:
 
     @property
     def events(self) -> list[SupervisorEvent]:
-        return list(self._sup.events)
+        return self._sup.events  # already a copy
 
     @property
     def current_client(self) -> Client | None:

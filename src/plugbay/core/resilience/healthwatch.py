@@ -91,13 +91,21 @@ class HealthWatcher:
         self._stop = threading.Event()
         self._call: Any = None
         self._thread: threading.Thread | None = None
-        self.history: collections.deque[tuple[float, str, str, str]] = collections.deque(maxlen=200)
+        # appended by the watcher's thread while callers read: they get snapshots (the history property)
+        self._history: collections.deque[tuple[float, str, str, str]] = collections.deque(maxlen=200)
 
     # --- public ---------------------------------------------------------------------
 
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def history(self) -> list[tuple[float, str, str, str]]:
+        """The state changes so far (the latest 200), oldest first, each (time.time(), old, new, why): a copy,
+        safe to iterate while the watcher's thread records more."""
+        with self._cond:
+            return list(self._history)
 
     @property
     def detail(self) -> str:
@@ -153,7 +161,7 @@ class HealthWatcher:
             old = self._state
             self._state, self._detail = state, detail
             if old != state:
-                self.history.append((time.time(), old, state, detail))
+                self._history.append((time.time(), old, state, detail))
             self._cond.notify_all()
         if old == state or self._stop.is_set():
             return

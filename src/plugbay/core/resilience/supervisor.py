@@ -97,7 +97,8 @@ class Supervisor(SupervisorView):
         self._handoff = LoopHandoff()  # a stop() asked on the shared loop thread runs on a thread of its own
         # start() to halt()/stop() or giving up: else each restart's old Client ends the shared loop, the new makes one
         self._lease: aioloop.Lease | None = None
-        self.events: collections.deque[SupervisorEvent] = collections.deque(maxlen=500)
+        # appended by the Supervisor's thread while callers read: they get snapshots (SupervisorView.events)
+        self._events: collections.deque[SupervisorEvent] = collections.deque(maxlen=500)
         self.restarts = self.failures = 0
         self.last_failure: str | None = None
 
@@ -260,7 +261,7 @@ class Supervisor(SupervisorView):
             client.kill_unanswering() if unanswering else client.kill()
 
     def _event(self, kind: EventKind, detail: str) -> None:
-        record_event(self.events, self.on_event, SupervisorEvent(kind, detail, self.restarts, time.time()), self.name)
+        record_event(self._events, self.on_event, SupervisorEvent(kind, detail, self.restarts, time.time()), self.name)
 
     def _monitor(self) -> None:
         try:

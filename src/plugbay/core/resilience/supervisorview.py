@@ -5,6 +5,7 @@ Read by any thread, never blocking; the restarting itself is plugbay.core.resili
 
 from __future__ import annotations
 
+import collections
 from typing import TypedDict
 
 import grpc
@@ -15,6 +16,7 @@ from plugbay.core.resilience.circuit import CircuitBreaker
 from plugbay.core.resilience.followbroker import FollowingBroker
 from plugbay.core.resilience.healthwatch import HealthWatcher
 from plugbay.core.resilience.readygate import plugin_gone, restart_advice
+from plugbay.core.resilience.restart import SupervisorEvent
 from plugbay.core.resilience.sources import ConfigSource, not_running, reattach_only
 from plugbay.core.resilience.waiting import PluginWaits
 from plugbay.errors import ClientStateError
@@ -45,6 +47,14 @@ class SupervisorView(PluginWaits):
     _broker: FollowingBroker
     _source: ConfigSource
     _reattach: ReattachConfig | None
+    _events: collections.deque[SupervisorEvent]
+
+    @property
+    def events(self) -> list[SupervisorEvent]:
+        """The events so far (the latest 500), oldest first: a copy, so a caller can iterate, index and slice it
+        while the Supervisor's thread records more (the deque it keeps raised "deque mutated during iteration"
+        in a loop over it when a restart's events came meanwhile, and refused a slice)."""
+        return list(self._events)  # one C-level pass under the GIL: no append lands midway
 
     @property
     def state(self) -> str:  # a SupervisorState (see waiting.py: why not that Literal)
