@@ -17,6 +17,8 @@ Get("__die__")            log "dying now" (the host's stderr tail), exit(9) in t
 Get("__die_chatty__")     answer, then log 6 quick lines and "last words" and exit(9), 0.1 s later
 Get("__die_once__")       the same, unless the file "died" exists in the cwd (it is created first);
                           then answer b"survived"
+Put("__apply_then_die__", b"V")  write V to the file "applied" in the cwd (the Put took effect), then exit(9)
+                          before answering: a call the plugin ran that the host gets no answer to
 Get of a missing key      NOT_FOUND (an application error)
 
 RESILIENCE_NO_WATCH=1     health Watch answers UNIMPLEMENTED (as a plugin with a Check-only health server)
@@ -133,6 +135,9 @@ class FaultyKV(kv_pb2_grpc.KVServicer):
             self.fail_text = request.value.decode()
         elif request.key == "__slow__":
             self.slow = int(request.value)
+        elif request.key == "__apply_then_die__":
+            Path("applied").write_bytes(request.value)
+            os._exit(9)
         elif request.key == "__health__":
             status = SERVING if request.value == b"SERVING" else NOT_SERVING
             for health in _HEALTH:

@@ -301,7 +301,7 @@ class PluginContainer(DockerContainer):
             client.start()
             if isinstance(client.channel, ManagedChannel):
                 # a Client's own advice once its plugin died ("start a new Client") cannot start this container
-                client.channel.died_advice = lambda: _RESTART
+                client.channel.died_advice = lambda sent: _RESTART
             self._client = client
         return self._client
 

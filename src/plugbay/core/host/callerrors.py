@@ -68,7 +68,10 @@ class PluginDied(_TranslatedRpcError, PluginDiedError):
     @classmethod
     def during_call(cls, name: str, why: str, advice: str, original: grpc.RpcError) -> PluginDied:
         # the stderr tail, when this host read any, is in ``why`` (a reattached Client reads no output)
-        return cls(f"plugin {name!r} died during the call: {why}. The call was not completed; {advice}", original)
+        # sent and unanswered: the plugin may have applied it before it died (a Put written, a callback run), so
+        # nothing here may call it "not completed" or bid the caller repeat it unless that is harmless
+        return cls(f"plugin {name!r} died during the call: {why}. The call got no answer: the plugin may have run"
+                   f" it, in part or whole, before it died; {advice}", original)
 
     @classmethod
     def gone(cls, name: str, why: str, advice: str) -> PluginDied:

@@ -59,7 +59,8 @@ class FailureJudge:
         self._name = name
         # An owner's error for the calls its kill() ends or refuses (a Supervisor's restart is no kill of the user's)
         self.killed_error: Callable[[grpc.RpcError | None], BaseException] | None = None
-        self.died_advice: Callable[[], str] = lambda: NEW_CLIENT  # what a PluginDiedError says to do (an owner's)
+        # what a PluginDiedError says to do (an owner's), given whether the call was sent (it may have run then)
+        self.died_advice: Callable[[bool], str] = lambda sent: NEW_CLIENT
 
     def new_call(self, kind: str, method: str, ser: Any, de: Any) -> tuple[int, Any]:
         raise NotImplementedError  # the channel's: a call object built where closing cannot race it
@@ -143,7 +144,7 @@ class FailureJudge:
         if code in _ONE_OF_OURS and self._exit_probe:
             why = found.why if found is not None and found.why is not None else self.probe_exit(0.0)
             if why is not None:
-                return PluginDied.during_call(self._name, why, self.died_advice(), exc)
+                return PluginDied.during_call(self._name, why, self.died_advice(True), exc)
         if code == grpc.StatusCode.UNAVAILABLE:
             if BrokerTLSRefused.matches(str(details)):  # the plugin's own answer, the same on every try
                 return BrokerTLSRefused.of(self._name, str(details), exc)
@@ -174,7 +175,7 @@ class FailureJudge:
         killed = self._closing and not self._died_first
         why = None if killed else self.probe_exit(0.0)
         if why is not None:
-            return PluginDied.gone(self._name, why, self.died_advice())
+            return PluginDied.gone(self._name, why, self.died_advice(False))
         return self._killed(None)
 
     def translate_value_error(self, exc: ValueError) -> BaseException:

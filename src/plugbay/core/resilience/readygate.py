@@ -46,7 +46,7 @@ class SupervisedChannel(ManagedChannel):
         A call that meets that plugin's death is told first what the Supervisor does about it: the
         Client's own advice (start a new Client) is wrong for stubs that outlive the restart."""
         if isinstance(channel, ManagedChannel):
-            channel.died_advice = lambda: restart_advice(self._sup)
+            channel.died_advice = lambda sent: restart_advice(self._sup, sent=sent)
         return super().replace(channel)
 
     def stream_timeout(self, method: str, timeout: float | None) -> float | None:
@@ -78,9 +78,10 @@ class SupervisedChannel(ManagedChannel):
         self.detach()
 
 
-def restart_advice(sup: Restarter, again: str = "") -> str:
+def restart_advice(sup: Restarter, again: str = "", sent: bool = False) -> str:
     """What a call that met the plugin's death is to do, by what its Supervisor does about the death;
-    ``again`` names what is to be asked again once the restarted plugin runs (a call when empty)."""
+    ``again`` names what is to be asked again once the restarted plugin runs (a call when empty); ``sent``: the
+    call was in flight, so the plugin may have run it (it is for the caller to repeat only what is harmless twice)."""
     kind = sup.kind
     if sup.state == "stopped":
         return f"its {kind} was stopped; make a new one"
@@ -96,6 +97,11 @@ def restart_advice(sup: Restarter, again: str = "") -> str:
                 f" window); make a new {kind}")
     if again:
         return (f"the {kind} is restarting it (as its RestartPolicy allows): ask {again} again once"
+                " wait_running() is true")
+    if sent:
+        return (f"the {kind} is restarting it (as its RestartPolicy allows). Call it again only if running it twice"
+                " is harmless (plugbay resends only calls marked safe to repeat: idempotent() or"
+                " RetryPolicy(methods=...)); later unary calls wait for the restarted plugin, a stream is opened once"
                 " wait_running() is true")
     return (f"the {kind} is restarting it (as its RestartPolicy allows): call again; a unary call waits for"
             " the restarted plugin, a stream is opened once wait_running() is true")
