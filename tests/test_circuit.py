@@ -236,6 +236,37 @@ def test_a_default_named_breaker_takes_the_clients_name(tmp_path: Path) -> None:
     assert named.name == "mine"  # a name given is kept
 
 
+def test_a_default_named_breaker_of_a_supervisor_takes_the_plugins_name(tmp_path: Path) -> None:
+    # install() named it; Supervisor(breaker=) left "circuit of plugin 'plugin'" beside errors naming the plugin
+    from plugbay import AsyncSupervisor, Supervisor
+
+    b = CircuitBreaker(failure_threshold=1, window=60, open_for=60)
+    with Supervisor(lambda: faulty_config(tmp_path, name="kv-faulty"), breaker=b, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        b.trip("by hand")
+        with pytest.raises(CircuitOpen) as err:
+            kv.get("k")
+    assert "circuit of plugin 'kv-faulty' is open" in str(err.value), str(err.value)
+    named = CircuitBreaker(name="mine")
+
+    async def main() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path, name="kv-faulty"), breaker=named,
+                                   health_interval=None):
+            pass
+
+    asyncio.run(main())
+    assert named.name == "mine"  # a name given is kept
+    unnamed = CircuitBreaker()
+
+    async def main_unnamed() -> None:
+        async with AsyncSupervisor(lambda: faulty_config(tmp_path, name="kv-faulty"), breaker=unnamed,
+                                   health_interval=None):
+            pass
+
+    asyncio.run(main_unnamed())
+    assert unnamed.name == "kv-faulty"
+
+
 class Held:
     """run_async attempts that wait until released, then answer their name (or fail UNAVAILABLE)."""
 

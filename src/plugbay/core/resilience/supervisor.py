@@ -141,6 +141,8 @@ class Supervisor(SupervisorView):
         try:
             if not self._named:
                 self.name = client.name
+            if self.breaker is not None and self.breaker.name == "plugin" and self.name != "plugin":
+                self.breaker.name = self.name  # the default name, as install() names it: its errors name this plugin
             self._channel = SupervisedChannel(self, client.channel, client.config.call_timeout)
             layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
             hook = chain([*layers, ReadyGate(self)])
