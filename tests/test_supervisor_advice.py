@@ -203,3 +203,16 @@ def test_a_clients_call_the_plugin_ran_is_not_said_to_be_incomplete(tmp_path: Pa
     assert (tmp_path / "applied").read_bytes() == b"once"
     text = str(died.value)
     assert "not completed" not in text and "the plugin may have run it" in text and "start a new Client" in text, text
+
+
+def test_a_call_waiting_through_the_first_backoff_is_not_told_of_a_restart_0(tmp_path: Path) -> None:
+    # "(restart 0, ...)" read as a restart numbered 0 under way, while the Supervisor slept its backoff
+    with Supervisor(lambda: faulty_config(tmp_path, call_timeout=0.5), restart=SLOW, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        os.kill(int(kv.get("__pid__")), signal.SIGKILL)
+        assert wait_until(lambda: sup.state == "restarting", 10)
+        with pytest.raises(CallTimeoutError) as err:
+            kv.get("k")
+    said = str(err.value)
+    assert "to restart the plugin (restarts so far: 0, last failure: the plugin exited" in said, said
+    assert "(restart 0" not in said, said

@@ -235,8 +235,8 @@ class FollowingBroker(GRPCBroker):
                 if scope is not None:
                     raise BrokerTimeoutError(f"could not {what}: {scope.ran_out(what, began)}")
                 raise BrokerTimeoutError(
-                    f"could not {what}: waited for the {sup.kind} to restart plugin {sup.name!r} (restart"
-                    f" {sup.restarts}, last failure: {sup.last_failure}). Raise the config's call_timeout"
+                    f"could not {what}: waited for the {sup.kind} to restart plugin {sup.name!r} (restarts so"
+                    f" far: {sup.restarts}, last failure: {sup.last_failure}). Raise the config's call_timeout"
                     f" or check the plugin's logs and the {sup.kind}'s events")
         raise BrokerTimeoutError(f"could not {what}: plugin {sup.name!r} was restarting on every try; check"
                                  f" the {sup.kind}'s events for why it keeps failing")

@@ -329,7 +329,7 @@ def _not_running(sup: Restarter, method: str, waited: float, deadline: float | N
     if shared is not None and shared.binds():
         return shared.no_time_left()
     what = (f"call {method} to plugin {sup.name!r} waited {waited:.1f}s for the {sup.kind} to restart the"
-            f" plugin (restart {sup.restarts}, last failure: {sup.last_failure})")
+            f" plugin (restarts so far: {sup.restarts}, last failure: {sup.last_failure})")
     check = f"check the plugin's logs and the {sup.kind}'s events"
     return CallTimeout(f"{what}. Pass a larger timeout= or {check}", None, grpc.StatusCode.DEADLINE_EXCEEDED,
                        what=what, check=check, deadline=deadline)
