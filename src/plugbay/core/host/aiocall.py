@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Protocol, TypeVar
@@ -152,22 +153,38 @@ class AioCall:
     A ``streamed`` call (its answers a stream) is cancelled when this wrapper is dropped before its end, as a
     Python generator is closed when dropped: not when one of its iterators is (see __aiter__)."""
 
+    # per call only when set (a unary call's wrapper is made for every call and rarely sets them)
+    _abandoned = False  # cancelled by plugbay: an `async with` block over it ended before it did
+    _done_callbacks: HeldCallbacks | None = None  # made by the first add_done_callback()
+    _hand_over: _HandOver | None = None  # ... with this, which hands them to the call as the wrapper goes
+
     def __init__(self, call: Any, owner: CallOwner, timeout: float | None,
                  requests: RequestSource | None = None, streamed: bool = False) -> None:
         self._call = call
         self._requests = requests
         self._owner = owner
         self._timeout = timeout
-        self._started = owner._loop.time()
-        self._abandoned = False  # cancelled by plugbay: an `async with` block over it ended before it did
-        self._done_callbacks: HeldCallbacks | None = None  # made by the first add_done_callback()
-        self._hand_over: _HandOver | None = None  # ... with this, which hands them to the call as the wrapper goes
+        self._started = time.monotonic()  # asyncio loop.time()'s clock, without a method call on every call
         self._streamed = streamed
         if streamed:  # the wrapper is outside grpc.aio's cycle, so it goes when its holder lets go of it
             cancel_when_dropped(self, owner._loop, call)
 
     def __await__(self) -> Generator[Any, None, Any]:
-        return self._result().__await__()
+        # _step's steps in a generator of its own, not a coroutine's __await__: a unary call's await is on every
+        # call's path (two objects and frames less per call); its typed errors are _step's
+        try:
+            try:
+                return (yield from self._call.__await__())
+            except grpc.RpcError as exc:
+                raise caused((yield from self._translated(exc).__await__()), exc)
+            except asyncio.CancelledError:
+                if not self._iterator_raised():
+                    raise (yield from self._cancelled().__await__()) from None
+            raise (yield from self._iterators_error().__await__())  # as in _step
+        finally:
+            managed = self._owner._managed
+            if managed.after_call is not None:
+                managed.run_after_call()  # the held streams begin, as after the sync side's first call
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -184,14 +201,6 @@ class AioCall:
         # out of the except block, so the caller's error keeps its own __cause__ and __context__; never held
         # in a local, which its traceback (this frame) would hold in a cycle
         raise await self._iterators_error()
-
-    async def _result(self) -> Any:
-        try:
-            return await self._step(self._call)
-        finally:
-            managed = self._owner._managed
-            if managed.after_call is not None:
-                managed.run_after_call()  # the held streams begin, as after the sync side's first call
 
     async def _iterate(self) -> AsyncIterator[Any]:
         # An iterator that a loop left early (break) is closed later by asyncio (it schedules its aclose()),
@@ -281,7 +290,7 @@ class AioCall:
         return await self._owner.translate(closed, False)
 
     async def _translated(self, exc: grpc.RpcError) -> BaseException:
-        spent = self._owner._loop.time() - self._started
+        spent = time.monotonic() - self._started
         past = self._timeout is not None and spent >= self._timeout * 0.98
         return timed(await self._owner.translate(exc, past, None if self._timeout is None else self._timeout - spent),
                      self._timeout)

@@ -36,6 +36,8 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.deadline import call_timeout
 from plugbay.core.transport.requestsource import RequestSource, Watched
 
+_running_loop = asyncio._get_running_loop  # asyncio.get_running_loop() without its raise (None: no loop)
+
 _T = TypeVar("_T")
 _log = logging.getLogger("plugbay.client")
 
@@ -121,6 +123,8 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return self._managed.refuses_calls() or self._closing is not None
 
     def check_loop(self) -> None:
+        if _running_loop() is self._loop:  # every call asks: the message is built only for a wrong loop
+            return
         wrong = self.off_its_loop(f"this {self._owner_kind}'s calls run on the event loop that started it")
         if wrong is not None:
             raise wrong
@@ -201,6 +205,8 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
 class _AioCallable:
     """One method: each call gets the default deadline, and its failures are translated."""
 
+    _scoped_stream = True  # a stream (not unary-unary): a Supervisor's deadline() scope bounds it too
+
     def __init__(self, owner: AioManagedChannel, factory: Any, method: str, ser: Any, de: Any,
                  streamed: bool = False) -> None:
         self._owner = owner
@@ -225,15 +231,17 @@ class _AioCallable:
         if owner.is_refusing():
             return RefusedCall(owner.closed_error)  # its error is judged off the loop, when awaited
         try:
-            timeout = call_timeout(timeout)  # a ConfigError for what grpc.aio would take as a past deadline
-            if not isinstance(self, _AioUnaryUnary):  # a stream: a Supervisor's deadline() scope bounds it too
+            if timeout is not None:  # a ConfigError for what grpc.aio would take as a past deadline
+                timeout = call_timeout(timeout)
+            if self._scoped_stream:
                 timeout = owner._managed.stream_timeout(self._factory[1], timeout)
         except CallTimeout as exc:  # timeout=0, or a spent scope: not sent; raised when awaited, as a timed-out call's
             return refused_now(exc)
         if timeout is None:
             timeout = owner._managed.call_timeout
         try:
-            call = self._built()(request if requests is None else requests.watched(), timeout=timeout, **kwargs)
+            target = self._target if self._target is not None else self._built()
+            call = target(request if requests is None else requests.watched(), timeout=timeout, **kwargs)
         except grpc.aio.UsageError:  # closed under us between the check and the call
             return RefusedCall(owner.closed_error)
         return AioCall(call, owner, timeout, requests, streamed=self._streamed)
@@ -245,6 +253,8 @@ class _AioUnaryRequest(_AioCallable):
 
 
 class _AioUnaryUnary(_AioUnaryRequest):
+    _scoped_stream = False
+
     def __init__(self, owner: AioManagedChannel, factory: Any, method: str, ser: Any, de: Any) -> None:
         super().__init__(owner, factory, method, ser, de)
         self._method = method
