@@ -289,3 +289,25 @@ def test_a_stream_dropped_on_another_thread_runs_its_callback_once_on_the_loops_
     assert (running.active, running.cancelled) == (1, 0), running
     assert (stats.active, stats.cancelled) == (0, 1), stats
     assert seen == [(loop_thread, True)], seen
+
+
+def test_awaiting_a_stream_is_the_type_error_grpc_aio_gives(no_gc: None) -> None:
+    # a stream is read with `async for` or read(), not awaited: grpc.aio's own stream call says so with a TypeError
+    # ("can't be used in 'await' expression"); a rewrite of the unary await as one generator made it an
+    # AttributeError about a missing __await__ (found in review)
+    async def main() -> tuple[BaseException, Any]:
+        async with AsyncClient(CONFIG) as client:
+            streamer = await client.dispense(PLUGIN_NAME)
+            stream = streamer.generate(0, 3)
+            try:
+                await stream
+            except Exception as exc:  # noqa: BLE001 - which error it is, is the point
+                error: BaseException = exc
+            else:
+                raise AssertionError("awaiting a stream did not fail")
+            stream.cancel()
+            return error, await handlers_ended(streamer)
+
+    error, stats = asyncio.run(main())
+    assert type(error) is TypeError and "await" in str(error), repr(error)
+    assert stats.active == 0, stats

@@ -170,21 +170,9 @@ class AioCall:
             cancel_when_dropped(self, owner._loop, call)
 
     def __await__(self) -> Generator[Any, None, Any]:
-        # _step's steps in a generator of its own, not a coroutine's __await__: a unary call's await is on every
-        # call's path (two objects and frames less per call); its typed errors are _step's
-        try:
-            try:
-                return (yield from self._call.__await__())
-            except grpc.RpcError as exc:
-                raise caused((yield from self._translated(exc).__await__()), exc)
-            except asyncio.CancelledError:
-                if not self._iterator_raised():
-                    raise (yield from self._cancelled().__await__()) from None
-            raise (yield from self._iterators_error().__await__())  # as in _step
-        finally:
-            managed = self._owner._managed
-            if managed.after_call is not None:
-                managed.run_after_call()  # the held streams begin, as after the sync side's first call
+        # a coroutine around _step, not one generator of its own: _step holds the typed errors in one place,
+        # and awaiting a stream (no __await__) stays the TypeError grpc.aio gives
+        return self._result().__await__()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -201,6 +189,14 @@ class AioCall:
         # out of the except block, so the caller's error keeps its own __cause__ and __context__; never held
         # in a local, which its traceback (this frame) would hold in a cycle
         raise await self._iterators_error()
+
+    async def _result(self) -> Any:
+        try:
+            return await self._step(self._call)
+        finally:
+            managed = self._owner._managed
+            if managed.after_call is not None:
+                managed.run_after_call()  # the held streams begin, as after the sync side's first call
 
     async def _iterate(self) -> AsyncIterator[Any]:
         # An iterator that a loop left early (break) is closed later by asyncio (it schedules its aclose()),

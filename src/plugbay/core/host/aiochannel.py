@@ -36,8 +36,6 @@ from plugbay.core.host.channel import ManagedChannel
 from plugbay.core.host.deadline import call_timeout
 from plugbay.core.transport.requestsource import RequestSource, Watched
 
-_running_loop = asyncio._get_running_loop  # asyncio.get_running_loop() without its raise (None: no loop)
-
 _T = TypeVar("_T")
 _log = logging.getLogger("plugbay.client")
 
@@ -123,8 +121,11 @@ class AioManagedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return self._managed.refuses_calls() or self._closing is not None
 
     def check_loop(self) -> None:
-        if _running_loop() is self._loop:  # every call asks: the message is built only for a wrong loop
-            return
+        try:
+            if asyncio.get_running_loop() is self._loop:  # every call asks: the message is built only off it
+                return
+        except RuntimeError:
+            pass
         wrong = self.off_its_loop(f"this {self._owner_kind}'s calls run on the event loop that started it")
         if wrong is not None:
             raise wrong
