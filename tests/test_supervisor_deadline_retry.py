@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -125,5 +126,63 @@ def test_a_timed_out_try_given_up_for_the_scope_says_the_scope_not_overall_timeo
             with pytest.raises(CallTimeoutError) as err:
                 kv.get("k")
     text = str(err.value)
-    assert "deadline() scope left no time for another try" in text and "larger deadline(seconds)" in text, text
+    assert "deadline() scope left no time for another try" in text, text
+    # each try was cut by per_attempt_timeout: a larger deadline() alone gives more short tries, not longer ones
+    assert "raise RetryPolicy.per_attempt_timeout for longer tries" in text, text
     assert "overall_timeout" not in text, text
+
+
+def test_a_scoped_call_out_of_tries_says_the_scope_bounded_it_not_overall_timeout(tmp_path: Path) -> None:
+    # two tries of 0.3 s with a short backoff, in a 30 s scope: out of tries, not of time; the scope bounded the
+    # call, so the advice is not to set an overall_timeout (found in review)
+    policy = RetryPolicy(max_attempts=2, all_idempotent=True, per_attempt_timeout=0.3, initial_backoff=0.05,
+                         max_backoff=0.05, jitter=0)
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=policy, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("__slow__", b"2")
+        with sup.deadline(30):
+            with pytest.raises(CallTimeoutError) as err:
+                kv.get("k")
+    text = str(err.value)
+    assert "deadline() scope, and no tries were left" in text, text
+    assert "overall_timeout" not in text, text
+
+
+class _OwnLayer:
+    """A retry= layer of the user's own: one try, then a fallback call on another Client."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+        self.seen: list[object] = []
+
+    def run(self, method: str, attempt: Any, timeout: float | None) -> Any:
+        try:
+            return attempt(timeout)
+        except grpc.RpcError:
+            try:
+                self.seen.append(self.fallback())
+            except grpc.RpcError as failed:
+                self.seen.append(failed)
+            raise
+
+
+def test_a_retry_layer_of_the_users_own_leaves_the_scope_to_no_call_it_makes(tmp_path: Path) -> None:
+    # the scope's end is set only for a RetryPolicy, which takes it: a layer of the user's own never would, and
+    # every RetryPolicy call it made gave up at once on a scope not its own (found in review)
+    (tmp_path / "sup").mkdir()
+    (tmp_path / "plain").mkdir()
+    with Client(faulty_config(tmp_path / "plain")) as client:
+        install(client, retry=RetryPolicy(max_attempts=2, all_idempotent=True, initial_backoff=2.0, max_backoff=2.0,
+                                          jitter=0))
+        plain = client.dispense(PLUGIN_NAME)
+        plain.put("k", b"plain")
+        plain.put("__fail__", b"1")
+        layer = _OwnLayer(lambda: plain.get("k"))
+        with Supervisor(lambda: faulty_config(tmp_path / "sup"), restart=FAST, retry=layer,  # type: ignore[arg-type]
+                        health_interval=None) as sup:
+            kv = sup.dispense(PLUGIN_NAME)
+            kv.put("__fail__", b"1")
+            with sup.deadline(1.5):
+                with pytest.raises(grpc.RpcError):
+                    kv.get("k")
+        assert layer.seen == [b"plain"], layer.seen

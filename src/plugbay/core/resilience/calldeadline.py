@@ -219,7 +219,8 @@ def scoped_hook(owner: object, hook: Callable[[str, Any, float | None], Any]
     """``owner``'s call hook (its RetryPolicy first, then its breaker and ReadyGate) with the end of the scope
     ``owner`` made that is in effect here shown to that policy (calls.take_scope_end(), which its call takes
     before any code of the user's runs): the ReadyGate cuts each try to the scope, but the policy's backoff
-    between tries is its own, and was slept past it. Only for a hook whose outermost layer is a RetryPolicy."""
+    between tries is its own, and was slept past it. Only for a hook whose outermost layer is a RetryPolicy (the
+    Supervisors check: a layer of the user's own would not take it, leaving it for every call the layer makes)."""
     def run(method: str, attempt: Any, timeout: float | None) -> Any:
         token = SCOPE_END.set(_end_of(owner))
         try:

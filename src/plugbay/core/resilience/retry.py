@@ -260,10 +260,16 @@ class RetryPolicy:
         bound = (f"{each:g}s" if each is not None else "its own deadline") + (
             " (RetryPolicy.per_attempt_timeout)" if own is not None else " (the default deadline,"
             " ClientConfig.call_timeout)")
-        if scoped:  # the Supervisor's deadline() scope, not this policy, ended the call: its words, its advice
-            text = (f"{exc.what}{where}: each try was bounded by {bound}, and the Supervisor's deadline() scope"
-                    f" left no time for another try after {took:.1f}s in all. To give the plugin longer, pass a"
-                    " larger deadline(seconds) (or a smaller RetryPolicy backoff)")
+        if scoped or (call.shared_end is not None and call.overall is None and n > 1):
+            # a Supervisor's deadline() scope bounded the call, not an overall deadline of this policy's
+            if own is None:
+                bound = "what was left of the deadline() scope"
+            why = "the deadline() scope left no time for another try" if scoped else "no tries were left"
+            change = (("raise RetryPolicy.per_attempt_timeout for longer tries"
+                       + (", or pass a larger deadline(seconds) for more of them" if scoped else ""))
+                      if own is not None else "pass a larger deadline(seconds)")
+            text = (f"{exc.what}{where}: each try was bounded by {bound}, within a Supervisor's deadline() scope,"
+                    f" and {why} after {took:.1f}s in all. To give the plugin longer, {change}")
         elif call.bound == "overall":
             change = ("pass a larger timeout= to the call" if call.source == "the call's timeout=" else
                       "raise RetryPolicy.overall_timeout (or pass the call a larger timeout=, which replaces it)")
