@@ -11,6 +11,7 @@ Ctrl-C kills the plugin at once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -238,30 +239,41 @@ def run(cmd: str | None, trusted: tuple[str, ...], trust: bool, image: str | Non
     out = Path(reattach_out) if reattach_out else None
     if out is not None:  # checked before the plugin starts: found only after, it would start for nothing
         _check_reattach_out(out)
-    own_folder: str | None = None  # without --reattach-out: a private folder of this run's holds the file
-    config = ClientConfig(HandshakeConfig(versions[-1], key, value), versioned_plugins={v: {} for v in versions},
-                          runner=runner, auto_mtls=automtls, multiplex_broker=multiplex, trust_announced_address=trust,
-                          start_timeout=start_timeout, kill_grace=kill_grace,
-                          logger=logging.getLogger(f"plugin.{runner.name}"))
-    if multiplex:
-        _log.warning("with --multiplex the plugin cannot be reattached (as in go-plugin): plugbay"
-                     " info/call/health reach it only through a network target")
-    client = Client(config)
-    written: tuple[int, int] | None = None  # the file this run wrote, as (device, inode)
-    with _Interrupts(as_json) as interrupts:
-        interrupts.runner = runner
-        started = time.monotonic()
+    own_folder: str | None = None
+    sockets: str | None = None
+    if out is None:
+        # never printed: the config holds the AutoMTLS key and the proof that lets a reattach stop the plugin, and
+        # stdout is a log under systemd or in a container. A process plugin's socket folder goes in this folder
+        # too: a sweep keeps it (and the config) while a plugin a killed run left behind still answers there
+        own_folder = make_tempdir("plugbay-run-")
+        out = Path(own_folder) / "reattach.json"
+        sockets = own_folder if kind == "process" else None
+    try:
+        config = ClientConfig(HandshakeConfig(versions[-1], key, value), versioned_plugins={v: {} for v in versions},
+                              runner=runner, auto_mtls=automtls, multiplex_broker=multiplex,
+                              trust_announced_address=trust,
+                              start_timeout=start_timeout, kill_grace=kill_grace, unix_socket_temp_dir=sockets,
+                              logger=logging.getLogger(f"plugin.{runner.name}"))
+        if multiplex:
+            _log.warning("with --multiplex the plugin cannot be reattached (as in go-plugin): plugbay"
+                         " info/call/health reach it only through a network target")
         try:
-            with output.automtls_flag(), output.trust_flag():
-                client.start()
-            interrupts.started = True
-            reattach = client.reattach_config()
-            if out is None:
-                # never printed: it holds the AutoMTLS key and the proof that lets a reattach stop the plugin,
-                # and stdout is a log under systemd or in a container
-                own_folder = make_tempdir("plugbay-run-")
-                out = Path(own_folder) / "reattach.json"
-            if out is not None:
+            client = Client(config)
+        except ConfigError:
+            if sockets is None:
+                raise
+            # the nested socket path is too long for this temp dir: the plugin's folder beside the run's, as
+            # without it (a sweep then keeps the plugin's folder, not the config, after a SIGKILL of the run)
+            client = Client(dataclasses.replace(config, unix_socket_temp_dir=None))
+        written: tuple[int, int] | None = None  # the file this run wrote, as (device, inode)
+        with _Interrupts(as_json) as interrupts:
+            interrupts.runner = runner
+            started = time.monotonic()
+            try:
+                with output.automtls_flag(), output.trust_flag():
+                    client.start()
+                interrupts.started = True
+                reattach = client.reattach_config()
                 # a new 0600 file moved into place: an existing file's mode (0644) would show the key
                 fd, made = tempfile.mkstemp(prefix=".plugbay-reattach-", dir=out.parent)
                 try:
@@ -273,24 +285,25 @@ def run(cmd: str | None, trusted: tuple[str, ...], trust: bool, image: str | Non
                     os.unlink(made)
                     raise
                 written = (ident.st_dev, ident.st_ino)  # the file is this run's while it is still this one
-            _print_facts(client, kind, versions, time.monotonic() - started, reattach, out, as_json)
-            while not interrupts.stop.is_set():
-                if client.exited or client.runner.wait(0) is not None:
-                    diagnosis = _diagnose(client)
-                    client.kill()
-                    output.error(f"plugin {client.name!r} exited with code {client.exit_code} while running:"
-                                 f" {diagnosis}")
-                    return output.FAILED
-                interrupts.stop.wait(0.25)
-            return output.OK
-        finally:
-            client.kill()
-            if out is not None and written is not None:
-                _remove_if_ours(out, written)
-            if own_folder is not None:
-                shutil.rmtree(own_folder, ignore_errors=True)
-            if interrupts.stop.is_set():
-                output.say_status("plugin stopped; nothing left behind", style="green", as_json=as_json)
+                _print_facts(client, kind, versions, time.monotonic() - started, reattach, out, as_json)
+                while not interrupts.stop.is_set():
+                    if client.exited or client.runner.wait(0) is not None:
+                        diagnosis = _diagnose(client)
+                        client.kill()
+                        output.error(f"plugin {client.name!r} exited with code {client.exit_code} while running:"
+                                     f" {diagnosis}")
+                        return output.FAILED
+                    interrupts.stop.wait(0.25)
+                return output.OK
+            finally:
+                client.kill()
+                if written is not None:
+                    _remove_if_ours(out, written)
+                if interrupts.stop.is_set():
+                    output.say_status("plugin stopped; nothing left behind", style="green", as_json=as_json)
+    finally:
+        if own_folder is not None:
+            shutil.rmtree(own_folder, ignore_errors=True)
 
 
 def _remove_if_ours(out: Path, written: tuple[int, int]) -> None:
