@@ -7,6 +7,7 @@ Put("__fail__", b"N")     the next N Gets of other keys abort with UNAVAILABLE
 Put("__fail_text__", b"T") those aborts say T (default "injected failure")
 Put("__slow__", b"N")     the next N Gets of other keys sleep 10 s first (a stuck call)
 Put("__health__", b"S")   set health service "plugin" to S (SERVING | NOT_SERVING)
+(a file "stall_health" in the cwd: each health Check waits 2 s first)
 Get("__calls__")          how many Gets of other keys arrived (failed ones included)
 Get("__pid__")            this process's pid
 Get("__tag__")            the RESILIENCE_TAG environment variable
@@ -66,6 +67,11 @@ class _RecordingHealth(HealthServicer):
     def __init__(self) -> None:
         super().__init__()
         _HEALTH.append(self)
+
+    def Check(self, request, context):  # type: ignore[no-untyped-def]
+        if os.path.exists("stall_health"):  # an overloaded plugin: its health checks wait (its calls do not)
+            time.sleep(2)
+        return super().Check(request, context)
 
     def Watch(self, request, context):  # type: ignore[no-untyped-def]
         if os.environ.get("RESILIENCE_NO_WATCH") == "1":

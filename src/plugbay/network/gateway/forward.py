@@ -55,6 +55,10 @@ ExitSource = Callable[[grpc.Channel, float], "str | None"]
 # the most a failed call waits for its child's exit to show: a local process's is known at once, though a
 # loaded machine may take a moment to reap it (the runner's exit_notice_time bounds the wait further)
 _EXIT_WAIT = 1.0
+# grpcio's words for a hop to the child that broke under the call (its connection, not the child's answer): only
+# then is the child's exit waited for; a status the child sent itself goes back at once, whatever it says
+_BROKEN_HOP = ("Socket closed", "Stream removed", "Connection reset", "Broken pipe", "GOAWAY", "Connection closed",
+               "End of TCP stream", "Transport closed", "failed to connect", "Connection refused")
 
 WEDGED_REFUSAL = (
     "the plugin behind the gateway has missed its health checks (it runs but does not answer: stopped or"
@@ -217,22 +221,23 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
         if code == grpc.StatusCode.OK:
             return
         details = call.details() or ""
-        ended = self._ended(channel, call, code, context)
+        ended = self._ended(channel, call, code, details, context)
         if ended is not None:
             # grpcio's words for the broken hop ("Stream removed (Socket closed)") read as the gateway's own
             # connection failing, and the gateway's health is SERVING again once the child is restarted
             code = grpc.StatusCode.UNAVAILABLE
-            details = (f"the plugin behind the gateway {ended} during the call, which was not completed"
-                       f" ({details}); the gateway restarts it (its log has the plugin's last stderr lines):"
-                       " retry the call if it is safe to repeat")
+            details = (f"the plugin behind the gateway {ended} during the call, which got no answer and may have"
+                       f" run in part or whole ({details}); the gateway restarts it within its restart budget (its"
+                       " log has the plugin's last stderr lines): retry the call if it is safe to repeat")
         elif code == grpc.StatusCode.CANCELLED and context.is_active():
             # the caller did not cancel: the child's connection went away under the call
             code = grpc.StatusCode.UNAVAILABLE
-            details = f"the plugin behind the gateway stopped during the call ({details}); retry it"
+            details = (f"the plugin behind the gateway stopped during the call ({details}), which may have run:"
+                       " retry it if it is safe to repeat")
         context.set_code(code)
         context.set_details(details)
 
-    def _ended(self, channel: grpc.Channel, call: grpc.Call, code: grpc.StatusCode,
+    def _ended(self, channel: grpc.Channel, call: grpc.Call, code: grpc.StatusCode, details: str,
                context: grpc.ServicerContext) -> str | None:
         """How the child ended under a call that failed as a broken connection does (None: it runs, or the
         failure was the caller's cancel or the child's own answer). Only the child's exit tells: grpcio's
@@ -240,6 +245,12 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
         broke = code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.CANCELLED and context.is_active())
         if not broke or self._exit_of is None or handler_status(call):
             return None
+        if code == grpc.StatusCode.UNAVAILABLE and not any(words in details for words in _BROKEN_HOP):
+            # the child's own answer (its backend is down, it is overloaded): an exit that already shows is told,
+            # but none is waited for, and no health check is sent (it delayed the child's answer, past a short
+            # deadline to DEADLINE_EXCEEDED, and held the call's slot meanwhile)
+            return self._exit_of(channel, 0.0)
         left = context.time_remaining()
-        wait = _EXIT_WAIT if left is None else max(0.0, min(_EXIT_WAIT, left))
+        # half of what is left at most: the status must reach the caller before its deadline does
+        wait = _EXIT_WAIT if left is None else max(0.0, min(_EXIT_WAIT, left / 2))
         return self._exit_of(channel, wait)
