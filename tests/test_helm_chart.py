@@ -334,6 +334,27 @@ def test_serve_mode_and_an_existing_secret(renderer: Path, tmp_path: Path) -> No
     assert docs[("Service", "plugbay-plugin")]["spec"]["ports"][0]["port"] == 7001
 
 
+@pytest.mark.parametrize("replicas, sets, budget", [
+    (3, (), True), (2, (), True), (1, (), False), (0, (), False), (1, ("network.replicas=2",), True)],
+    ids=["3", "2", "1", "0", "2-from-set"])
+def test_a_plugin_of_several_replicas_gets_a_disruption_budget(renderer: Path, tmp_path: Path, replicas: int,
+                                                               sets: tuple[str, ...], budget: bool) -> None:
+    # a node drain evicts every pod the budget allows: with none, all replicas of the shared plugin may go at
+    # once and every host's calls fail with no endpoint; one replica gets none (it would block no drain anyway)
+    values = {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "replicas": replicas}}
+    docs = kinds_of(render(renderer, tmp_path, values, sets=sets))
+    budgets = [doc for (kind, _), doc in docs.items() if kind == "PodDisruptionBudget"]
+    assert len(budgets) == (1 if budget else 0), sorted(docs)
+    for pdb in budgets:
+        kubernetes_validate.validate(pdb, K8S_VERSION, strict=True)
+        dep = docs[("Deployment", "plugbay-plugin")]
+        assert pdb["metadata"]["namespace"] == dep["metadata"]["namespace"] == "plugins"
+        assert pdb["spec"] == {"maxUnavailable": 1, "selector": dep["spec"]["selector"]}
+        # it counts the plugin's pods only, not the host's
+        host = docs[("Deployment", "plugbay-host")]["spec"]["template"]["metadata"]["labels"]
+        assert not pdb["spec"]["selector"]["matchLabels"].items() <= host.items()
+
+
 def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -> None:
     docs = kinds_of(render(renderer, tmp_path, SIDECAR_VALUES))
     assert not [k for k in docs if k[0] in ("Service", "NetworkPolicy", "Secret")]
