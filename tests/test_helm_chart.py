@@ -198,8 +198,8 @@ def test_lint_structure(renderer: Path, tmp_path: Path) -> None:
         if in_security_context and len(m.group(1)) > 2:
             continue  # the fields of a Kubernetes securityContext document themselves
         assert lines[i - 1].strip().startswith("#"), f"values.yaml line {i + 1} has no comment above: {line}"
-    assert set(values) == {"nameOverride", "fullnameOverride", "pluginNamespace", "serviceAccount", "rbac", "host",
-                           "network", "sidecar"}
+    assert set(values) == {"nameOverride", "fullnameOverride", "imagePullSecrets", "pluginNamespace", "serviceAccount",
+                           "rbac", "host", "network", "sidecar"}
     for variant in (None, HOST_VALUES, {"fullnameOverride": "x" * 80}, NETWORK_VALUES, SIDECAR_VALUES,
                     {**NETWORK_VALUES, "fullnameOverride": "y" * 80}):
         for doc in render(renderer, tmp_path, variant):
@@ -353,6 +353,21 @@ def test_a_plugin_of_several_replicas_gets_a_disruption_budget(renderer: Path, t
         # it counts the plugin's pods only, not the host's
         host = docs[("Deployment", "plugbay-host")]["spec"]["template"]["metadata"]["labels"]
         assert not pdb["spec"]["selector"]["matchLabels"].items() <= host.items()
+
+
+@pytest.mark.parametrize("values", [NETWORK_VALUES, SIDECAR_VALUES, SERVE_VALUES], ids=["network", "sidecar", "serve"])
+def test_image_pull_secrets_reach_every_pod_the_chart_makes(renderer: Path, tmp_path: Path,
+                                                            values: dict[str, Any]) -> None:
+    # a host or plugin image in a private registry: without them every pod stays in ImagePullBackOff
+    secrets = [{"name": "regcred"}, {"name": "mirror"}]
+    docs = render(renderer, tmp_path, {**values, "imagePullSecrets": secrets})
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
+    assert pods and all(pod.get("imagePullSecrets") == secrets for pod in pods)
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # none given: no field at all
+    assert not [d for d in render(renderer, tmp_path, values)
+                if d["kind"] == "Deployment" and "imagePullSecrets" in d["spec"]["template"]["spec"]]
 
 
 def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -> None:
