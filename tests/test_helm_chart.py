@@ -370,6 +370,34 @@ def test_image_pull_secrets_reach_every_pod_the_chart_makes(renderer: Path, tmp_
                 if d["kind"] == "Deployment" and "imagePullSecrets" in d["spec"]["template"]["spec"]]
 
 
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize("tag, expected", [("", "{repo}@" + DIGEST), ("2.1", "{repo}:2.1@" + DIGEST)],
+                         ids=["digest", "tag-and-digest"])
+def test_images_can_be_pinned_by_digest(renderer: Path, tmp_path: Path, tag: str, expected: str) -> None:
+    # an operator who deploys by digest (an admission policy may demand it) had no way to: the chart wrote
+    # repository:tag, and a digest put in the tag rendered repository:sha256:..., no image reference at all
+    values: dict[str, Any] = {
+        **NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "image": {"repository": "example.com/kv-plugin"}},
+        "host": {"enabled": True, "image": {"repository": "example.com/my-host"}},
+        "sidecar": {"enabled": True, "image": {"repository": "example.com/kv-py"}}}
+    for part in ("host", "network", "sidecar"):
+        values[part]["image"].update({"tag": tag, "digest": DIGEST})
+    docs = render(renderer, tmp_path, values)
+    plugin_pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "plugbay-plugin")
+    assert plugin_pod["spec"]["template"]["spec"]["containers"][0]["image"] == expected.format(
+        repo="example.com/kv-plugin")
+    host_pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "plugbay-host")
+    assert [c["image"] for c in host_pod["spec"]["template"]["spec"]["containers"]] == [
+        expected.format(repo="example.com/my-host"), expected.format(repo="example.com/kv-py")]
+    # a digest that is none fails the render, naming the value
+    values["sidecar"]["image"]["digest"] = "latest"
+    with pytest.raises(RuntimeError, match=r'sidecar.image.digest must be sha256: followed by 64 lowercase hex digits'
+                                           r'.*, not "latest"'):
+        render(renderer, tmp_path, values)
+
+
 def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -> None:
     docs = kinds_of(render(renderer, tmp_path, SIDECAR_VALUES))
     assert not [k for k in docs if k[0] in ("Service", "NetworkPolicy", "Secret")]

@@ -67,6 +67,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.rbac.discovery (and .Values.network.enabled .Values.network.discovery) }}true{{- end }}
 {{- end }}
 
+{{/* repository:tag, or pinned by digest: repository@digest (repository:tag@digest with a tag). "what" names
+     the values' key for the error. */}}
 {{- define "plugbay.image" -}}
+{{- $digest := toString (.image.digest | default "") }}
+{{- if $digest }}
+{{- if not (regexMatch "^sha256:[a-f0-9]{64}$" $digest) }}
+{{- fail (printf "%s.image.digest must be sha256: followed by 64 lowercase hex digits (the part after @ of the image's RepoDigests in docker inspect), not %q" .what $digest) }}
+{{- end }}
+{{- if .image.tag }}
+{{- printf "%s:%s@%s" .image.repository .image.tag $digest }}
+{{- else }}
+{{- printf "%s@%s" .image.repository $digest }}
+{{- end }}
+{{- else }}
 {{- printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) }}
+{{- end }}
 {{- end }}
