@@ -432,7 +432,7 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
      r"network.cookie \(KEY=VALUE, the plugin's magic cookie\) is required with network.mode gateway"),
     ({"network": {"enabled": True, "image": {"repository": "x"}, "cookie": "K=V"}},
      "network.command \\(the plugin the gateway runs\\) is required"),
-    ({"network": {"enabled": True, "image": {"repository": "x"}, "mode": "serve"}},
+    ({"network": {"enabled": True, "image": {"repository": "x"}, "mode": "serve", "networkPolicy": {"enabled": False}}},
      r"network.tls.crt \(or network.tls.secretName\) is required .*openssl or cert-manager recipe"),
     ({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
                   "tls": {"secretName": "s"}, "writableDirs": ["data"]}},
@@ -464,11 +464,29 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
     ({"host": {"enabled": True, "image": {"repository": "h"}},
       "sidecar": {"enabled": True, "image": {"repository": "x"}, "securityContext": {"runAsUser": 10002}}},
      r"sidecar.securityContext.runAsUser \(10002\) must equal host.securityContext.runAsUser \(10001\)"),
+    # hosts deployed elsewhere and no extraFrom: a policy that admits no pod, so every connection is dropped
+    *[({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
+                    "tls": {"secretName": "s"}, "networkPolicy": policy}},
+       r"network.networkPolicy would let no host connect: without host.enabled it admits only"
+       r" network.networkPolicy.extraFrom, which is empty")
+      for policy in ({}, {"extraFrom": []}, {"enabled": True, "extraFrom": None})],
 ])
 def test_network_values_that_cannot_work_fail_the_render(renderer: Path, tmp_path: Path, values: dict[str, Any],
                                                          message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         render(renderer, tmp_path, values)
+
+
+def test_a_policy_for_hosts_deployed_elsewhere_admits_the_peers_named(renderer: Path, tmp_path: Path) -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}},
+              "podSelector": {"matchLabels": {"app": "billing"}}}]
+    values = {"network": {**{k: v for k, v in NETWORK_VALUES["network"].items() if k != "networkPolicy"},
+                          "networkPolicy": {"extraFrom": peers}}}
+    (policy,) = [d for d in render(renderer, tmp_path, values) if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["ingress"][0]["from"][1:] == peers
+    # and with the policy off, hosts elsewhere need no peer list
+    off = {"network": {**values["network"], "networkPolicy": {"enabled": False}}}
+    assert not [d for d in render(renderer, tmp_path, off) if d["kind"] == "NetworkPolicy"]
 
 
 def test_a_uid_from_a_values_file_equals_the_same_uid_from_set(renderer: Path, tmp_path: Path) -> None:
