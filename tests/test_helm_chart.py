@@ -267,6 +267,63 @@ def test_network_mode_deploys_the_plugin_behind_a_service(renderer: Path, tmp_pa
         host["spec"]["template"]["spec"]["volumes"]
 
 
+def docs_certificate_names() -> tuple[list[str], list[str]]:
+    """The DNS names docs/kubernetes.md's openssl recipe and cert-manager Certificate give the plugin."""
+    doc = (REPO / "docs" / "kubernetes.md").read_text()
+    (san,) = re.findall(r'printf "subjectAltName=([^\\"]+)', doc)
+    (dns,) = re.findall(r"^  dnsNames: (\[.*\])$", doc, re.M)
+    return [n.removeprefix("DNS:") for n in san.split(",")], yaml.safe_load(dns)
+
+
+def test_the_host_learns_a_name_the_plugins_certificate_carries(renderer: Path, tmp_path: Path) -> None:
+    """Hosts dial the Service's endpoints, pod IPs, which the plugin's certificate does not name: without a
+    server_name TLS refuses every replica. The host Deployment gets one, and it is a name the docs'
+    certificate recipes (for their own `helm install kv ...`) carry: a real mTLS handshake dialled by IP
+    passes with it and fails without it."""
+    import grpc
+    from cryptography import x509
+
+    from plugbay._proto.grpc.health.v1 import health_pb2, health_pb2_grpc
+    from plugbay.core.plugin.health import HealthServicer
+    from tests.netcerts import issue, write_set
+    from tests.tls_server_util import serve_mtls
+
+    values = {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "tls": {"secretName": "kv-plugin-tls"}}}
+    docs = kinds_of(render(renderer, tmp_path, values, release="kv"))
+    host = docs[("Deployment", "kv-plugbay-host")]["spec"]["template"]["spec"]["containers"][0]
+    name = {e["name"]: e.get("value") for e in host["env"]}["PLUGBAY_NETWORK_SERVER_NAME"]
+    assert name == "kv-plugbay-plugin.plugins.svc"
+    openssl_names, cert_manager_names = docs_certificate_names()
+    assert name in openssl_names and name in cert_manager_names
+    # the docs' certificate (DNS names only), served on an IP as a pod is
+    certs = write_set(tmp_path / "tls")
+    server = issue(certs.server_ca, "plugbay-plugin", server=True, sans=[x509.DNSName(n) for n in openssl_names])
+    certs.cert_file.write_bytes(server.cert_pem + certs.server_ca.cert_pem)
+    certs.key_file.write_bytes(server.key_pem)
+    health = HealthServicer()
+    grpc_server, address = serve_mtls("127.0.0.1:0", certs, health)
+    creds = grpc.ssl_channel_credentials(certs.server_ca.cert_pem, certs.client.key_pem, certs.client.cert_pem)
+    try:
+        for override, works in ((name, True), (None, False)):
+            options = [("grpc.ssl_target_name_override", override)] if override else []
+            with grpc.secure_channel(address, creds, options=options) as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[no-untyped-call]
+                try:
+                    check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+                    assert works, "the certificate names no IP, yet the handshake passed without a server name"
+                except grpc.RpcError as exc:
+                    assert not works, exc
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+        # a certificate of other names: the operator says which
+        values["network"]["tls"]["serverName"] = "kv.plugins.internal"
+        host = kinds_of(render(renderer, tmp_path, values))[("Deployment", "plugbay-host")]
+        env = {e["name"]: e.get("value") for e in host["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["PLUGBAY_NETWORK_SERVER_NAME"] == "kv.plugins.internal"
+    finally:
+        grpc_server.stop(0).wait()
+        health.close()
+
+
 def writable_mounts(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """The plugin container and the folders it can write: emptyDir mounts, as a read-only root leaves no other."""
     pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-plugin")

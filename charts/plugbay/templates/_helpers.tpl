@@ -62,6 +62,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-plugin-tls" (include "plugbay.fullname" . | trunc 52 | trimSuffix "-")) .Values.network.tls.secretName }}
 {{- end }}
 
+{{/* The name hosts check the plugin's certificate for: it dials pod IPs, which no certificate names. */}}
+{{- define "plugbay.pluginServerName" -}}
+{{- default (printf "%s.%s.svc" (include "plugbay.pluginName" .) (include "plugbay.pluginNamespace" .)) .Values.network.tls.serverName }}
+{{- end }}
+
 {{/* The host grants endpointslices list/watch. */}}
 {{- define "plugbay.discovery" -}}
 {{- if or .Values.rbac.discovery (and .Values.network.enabled .Values.network.discovery) }}true{{- end }}
