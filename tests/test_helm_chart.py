@@ -47,6 +47,19 @@ def render(renderer: Path, tmp_path: Path, values: dict[str, Any] | None = None,
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
+def render_notes(renderer: Path, tmp_path: Path, values: dict[str, Any], release: str = "plugbay",
+                 namespace: str = "hosts") -> str:
+    """NOTES.txt as `helm install` prints it after the release."""
+    path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    out = subprocess.run([str(renderer), "-chart", str(CHART), "-release", release, "-namespace", namespace,
+                          "-values", str(path), "-notes"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip())
+    assert "<no value>" not in out.stdout
+    return out.stdout
+
+
 def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     kinds = [d["kind"] for d in docs]
     assert len(kinds) == len(set(kinds)), kinds
@@ -322,6 +335,31 @@ def test_the_host_learns_a_name_the_plugins_certificate_carries(renderer: Path, 
     finally:
         grpc_server.stop(0).wait()
         health.close()
+
+
+def test_notes_tell_the_operator_how_a_host_connects(renderer: Path, tmp_path: Path) -> None:
+    # the target alone does not connect a host: it needs the name to check the plugin's certificate for, a
+    # client certificate the plugin's CA signed, the EndpointSlice permission, and to be a peer the policy admits
+    docs = kinds_of(render(renderer, tmp_path, NETWORK_VALUES))
+    env = {e["name"]: e.get("value") for e in
+           docs[("Deployment", "plugbay-host")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    notes = render_notes(renderer, tmp_path, NETWORK_VALUES)
+    flat = " ".join(notes.split())
+    assert f"target: {env['PLUGBAY_NETWORK_TARGET']}" in flat
+    assert f"server_name: {env['PLUGBAY_NETWORK_SERVER_NAME']}" in flat
+    assert "signed by the CA in ca.crt of Secret plugbay-plugin-tls (namespace plugins)" in flat
+    assert "Secret host-client-tls at /etc/plugbay/client-tls" in flat and "WARNING" not in flat
+    assert "endpointslices (discovery.k8s.io) in namespace plugins" in flat
+    assert ("admits only the chart's host pods (namespace hosts) and the peers in network.networkPolicy.extraFrom:"
+            " any other host's connection is dropped") in flat
+    assert "\n\n" not in notes.strip()
+    # the chart's host without a client certificate cannot connect at all: said, not left to a TLS error
+    bare = {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "tls": PEM}}
+    flat = " ".join(render_notes(renderer, tmp_path, bare).split())
+    assert "WARNING: network.tls.clientSecretName is empty: the chart's host has no client certificate" in flat
+    # no discovery permission granted: said too
+    no_rbac = {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "discovery": False}}
+    assert "WARNING: network.discovery and rbac.discovery are false" in render_notes(renderer, tmp_path, no_rbac)
 
 
 def writable_mounts(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:

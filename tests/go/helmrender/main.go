@@ -136,18 +136,19 @@ func main() {
 	flag.Var(&valueFiles, "values", "values override file (repeatable)")
 	var sets multiFlag
 	flag.Var(&sets, "set", "PATH=VALUE override applied after the files, typed as helm --set does (repeatable)")
+	notes := flag.Bool("notes", false, "print the rendered templates/NOTES.txt instead of the manifests (as helm install shows it)")
 	flag.Parse()
 	if *chart == "" {
 		fmt.Fprintln(os.Stderr, "helmrender: -chart is required")
 		os.Exit(2)
 	}
-	if err := render(*chart, *release, *namespace, valueFiles, sets); err != nil {
+	if err := render(*chart, *release, *namespace, valueFiles, sets, *notes); err != nil {
 		fmt.Fprintln(os.Stderr, "helmrender:", err)
 		os.Exit(1)
 	}
 }
 
-func render(chartDir, release, namespace string, valueFiles, sets []string) error {
+func render(chartDir, release, namespace string, valueFiles, sets []string, notes bool) error {
 	meta, err := readYAML(filepath.Join(chartDir, "Chart.yaml"))
 	if err != nil {
 		return err
@@ -238,12 +239,21 @@ func render(chartDir, release, namespace string, valueFiles, sets []string) erro
 			manifests = append(manifests, name)
 		}
 	}
-	for _, name := range manifests {
+	if notes { // helm renders the manifests as well: their fail/required calls still refuse the values
+		manifests = append(manifests, chartName+"/templates/NOTES.txt")
+	}
+	for i, name := range manifests {
 		var buf bytes.Buffer
 		if err := root.ExecuteTemplate(&buf, name, top); err != nil {
 			return err
 		}
 		out := strings.ReplaceAll(buf.String(), "<no value>", "")
+		if notes {
+			if i == len(manifests)-1 {
+				fmt.Print(out)
+			}
+			continue
+		}
 		if strings.TrimSpace(out) == "" {
 			continue
 		}
