@@ -362,6 +362,32 @@ def test_notes_tell_the_operator_how_a_host_connects(renderer: Path, tmp_path: P
     assert "WARNING: network.discovery and rbac.discovery are false" in render_notes(renderer, tmp_path, no_rbac)
 
 
+@pytest.mark.parametrize("values, sets, drain", [
+    ({}, (), 5), ({"drainSeconds": 12}, (), 12), ({}, ("network.drainSeconds=8",), 8), ({"drainSeconds": 0}, (), 0),
+    ({"mode": "serve", "tls": {"secretName": "s"}}, (), 5)], ids=["default", "file", "set", "off", "serve"])
+def test_a_deleted_plugin_pod_serves_on_while_hosts_learn_it_is_terminating(
+        renderer: Path, tmp_path: Path, values: dict[str, Any], sets: tuple[str, ...], drain: int) -> None:
+    # the kubelet's SIGTERM and the endpoint's "terminating" come together; hosts see the latter through
+    # their watch a moment later and still send new calls, while the gateway refuses new calls at SIGTERM
+    # and gives those in flight 2 s: a rollout cut streams and long calls that the hosts' pools would drain
+    docs = render(renderer, tmp_path, {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], **values}},
+                  sets=sets)
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "plugbay-plugin")
+    kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+    pod = dep["spec"]["template"]["spec"]
+    (plugin,) = pod["containers"]
+    if drain:
+        command = plugin["lifecycle"]["preStop"]["exec"]["command"]
+        assert command == ["python", "-c", f"import time; time.sleep({drain})"]
+        # the hook is a command that runs: valid Python, on the interpreter the gateway itself runs on
+        compile(command[2], "preStop", "exec")
+        assert values.get("mode") == "serve" or plugin["command"][0] == command[0]
+    else:
+        assert "lifecycle" not in plugin
+    # the grace period holds the drain and the gateway's own stop after it (its default 30 s is left whole)
+    assert pod["terminationGracePeriodSeconds"] == drain + 30
+
+
 def writable_mounts(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """The plugin container and the folders it can write: emptyDir mounts, as a read-only root leaves no other."""
     pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-plugin")
@@ -544,6 +570,9 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
     ({"host": {"enabled": True, "image": {"repository": "h"}},
       "sidecar": {"enabled": True, "image": {"repository": "x"}, "writableDirs": ["/"]}},
      "sidecar.writableDirs cannot hold /: the sidecar's root stays read-only"),
+    ({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
+                  "tls": {"secretName": "s"}, "drainSeconds": -1}},
+     "network.drainSeconds must be 0 \\(no drain\\) or more seconds, not -1"),
     ({"sidecar": {"enabled": True, "image": {"repository": "x"}}}, "sidecar.enabled needs host.enabled"),
     ({"host": {"enabled": True, "image": {"repository": "h"}},
       "sidecar": {"enabled": True, "image": {"repository": "x"}, "writableDirs": ["data"]}},
