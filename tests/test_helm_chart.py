@@ -388,6 +388,24 @@ def test_a_deleted_plugin_pod_serves_on_while_hosts_learn_it_is_terminating(
     assert pod["terminationGracePeriodSeconds"] == drain + 30
 
 
+def test_the_plugins_replicas_are_spread_over_nodes(renderer: Path, tmp_path: Path) -> None:
+    # nothing kept the scheduler from putting every replica on one node, whose loss (no budget helps with
+    # that) then left the hosts no endpoint
+    docs = kinds_of(render(renderer, tmp_path, NETWORK_VALUES))
+    dep = docs[("Deployment", "plugbay-plugin")]
+    kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+    (spread,) = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"  # a preference: one node still runs them all
+    assert spread["labelSelector"] == dep["spec"]["selector"]  # this Deployment's pods
+    # an operator's own replaces it
+    zones = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+              "labelSelector": {"matchLabels": {"app": "kv"}}}]
+    values = {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], "topologySpreadConstraints": zones}}
+    dep = kinds_of(render(renderer, tmp_path, values))[("Deployment", "plugbay-plugin")]
+    assert dep["spec"]["template"]["spec"]["topologySpreadConstraints"] == zones
+
+
 def writable_mounts(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """The plugin container and the folders it can write: emptyDir mounts, as a read-only root leaves no other."""
     pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-plugin")
