@@ -631,6 +631,19 @@ def test_a_policy_for_hosts_deployed_elsewhere_admits_the_peers_named(renderer: 
     assert not [d for d in render(renderer, tmp_path, off) if d["kind"] == "NetworkPolicy"]
 
 
+@pytest.mark.parametrize("release, values", [("1kv", {}), ("kv.prod", {}), ("kv", {"fullnameOverride": "2-kv"}),
+                                             ("kv", {"fullnameOverride": "kv.plugins"})])
+def test_a_service_name_kubernetes_refuses_fails_the_render(renderer: Path, tmp_path: Path, release: str,
+                                                             values: dict[str, Any]) -> None:
+    # helm accepts these release names, and every other object takes the name; the API server refused the
+    # plugin's Service only, after the install had made the rest
+    with pytest.raises(RuntimeError, match=r"the plugin's Service name \".*-plugin\" is no DNS-1035 label .*"
+                                           r"set fullnameOverride"):
+        render(renderer, tmp_path, {**NETWORK_VALUES, **values}, release=release)
+    # without network mode there is no Service, and the names are fine
+    assert render(renderer, tmp_path, values, release=release)
+
+
 def test_a_uid_from_a_values_file_equals_the_same_uid_from_set(renderer: Path, tmp_path: Path) -> None:
     # an OpenShift-range uid: Helm reads the file's as float64, --set's as int64; as text they differ
     uid = 1000680000
