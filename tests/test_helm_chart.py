@@ -406,6 +406,29 @@ def test_the_plugins_replicas_are_spread_over_nodes(renderer: Path, tmp_path: Pa
     assert dep["spec"]["template"]["spec"]["topologySpreadConstraints"] == zones
 
 
+def test_pods_take_the_operators_annotations_and_labels_but_keep_their_selector(renderer: Path,
+                                                                                tmp_path: Path) -> None:
+    # a mesh's injection switch, a scrape annotation, a team label: the chart had no place for them
+    extra = {"podAnnotations": {"sidecar.istio.io/inject": "false"},
+             "podLabels": {"team": "kv", "app.kubernetes.io/component": "mine", "app.kubernetes.io/instance": "x"}}
+    values = {**NETWORK_VALUES, "host": {**NETWORK_VALUES["host"], **extra},
+              "network": {**NETWORK_VALUES["network"], **extra}}
+    docs = render(renderer, tmp_path, values)
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert len(deployments) == 2
+    for dep in deployments:
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+        meta = dep["spec"]["template"]["metadata"]
+        assert meta["annotations"] == {"sidecar.istio.io/inject": "false"}
+        assert meta["labels"]["team"] == "kv"
+        # a selector key given there would leave the Deployment selecting no pod (or the policy another's)
+        assert dep["spec"]["selector"]["matchLabels"].items() <= meta["labels"].items()
+        assert meta["labels"]["app.kubernetes.io/component"] in ("host", "plugin")
+    # none given: no annotations at all
+    assert not [d for d in render(renderer, tmp_path, NETWORK_VALUES)
+                if d["kind"] == "Deployment" and "annotations" in d["spec"]["template"]["metadata"]]
+
+
 def writable_mounts(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """The plugin container and the folders it can write: emptyDir mounts, as a read-only root leaves no other."""
     pod = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-plugin")
