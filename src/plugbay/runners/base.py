@@ -27,6 +27,9 @@ _EXIT_POLL = 0.25  # the default exit watcher's poll (a runner with an exit even
 
 
 NOT_LISTENING = "nothing listens there"  # unproven_listener()'s answer that a wait may change
+# in unproven_listener()'s answer where no process holds the listener (passed in flight, or its server's process
+# exited a moment ago): the plugin's exit may follow and explain it, so the host waits a moment for one
+HELD_BY_NONE = "by none at all"
 # unproven_listener(connect=False)'s answer where only a connection can tell who listens (its SO_PEERCRED): the
 # kernel's socket table cannot (no sock_diag, a listener of another network namespace, a process hiding its files)
 ASK_A_CONNECTION = "only a connection to it can tell who listens there"

@@ -40,7 +40,7 @@ import time
 
 from plugbay.core.transport.tempdirs import own_proc
 from plugbay.runners.announced import IPNetwork, trusted_address
-from plugbay.runners.base import ASK_A_CONNECTION, NOT_LISTENING
+from plugbay.runners.base import ASK_A_CONNECTION, HELD_BY_NONE, NOT_LISTENING
 from plugbay.runners.listeners import host_tcp_listeners, listens_on, other_net_namespace, peer_pid, same_net_namespace
 from plugbay.runners.listeners import socket_inodes, tcp_listeners, unix_peer_pid
 from plugbay.runners.proctree import family, stat_of
@@ -185,7 +185,7 @@ def _held_why(listener: int, root: int, root_start: int) -> str | None:
         return _not_ours(f"a process not found in the {_HOLDER_BUDGET:g} s this host looks for one (the open"
                          f" files of {looked} of this machine's processes looked at)", root)
     return _not_ours("a process whose open files this host cannot read (another user's, or another pid"
-                     " namespace's: a container's), or by none at all (a socket held only in flight, passed in a"
+                     f" namespace's: a container's), or {HELD_BY_NONE} (a socket held only in flight, passed in a"
                      " unix message not yet received, or by a process that exited meanwhile)", root)
 
 

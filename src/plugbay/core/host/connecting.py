@@ -27,7 +27,7 @@ from plugbay.core.transport.keepalive import Keepalive
 from plugbay.core.transport.muxhost import HostMux
 from plugbay.errors import ClientStateError, HandshakeError, HandshakeTimeoutError, RunnerError, TLSRequiredError
 from plugbay.errors import AnnouncedUnreachableError, UnprovenAddressError, clip
-from plugbay.runners.base import NOT_LISTENING, REATTACH_OPT_OUT
+from plugbay.runners.base import HELD_BY_NONE, NOT_LISTENING, REATTACH_OPT_OUT
 
 _log = logging.getLogger("plugbay.client")
 # No long-lived stream holds the connection any more (the broker's opens on first use), so grpcio
@@ -78,10 +78,12 @@ class Connecting(ExitNotice):
             self._raise_if_exited(runner.wait(0))  # an exit says more than what is left at the address
             if why != NOT_LISTENING:  # a reattach's own way out: trust_announced_address does not apply to it
                 # A plugin whose server is going away right after its line (a dying process's listener outlives
-                # its file table for a moment: held "by none at all"; a wrapper exits once its server did) is
+                # its file table for a moment: held by no process; a wrapper exits once its server did) is
                 # exiting, and that is the cause to tell: the address advice (trust_announced_address) would
-                # not help. So its exit is waited for a moment, as for a missing socket file, before refusing.
-                self._raise_if_exited(runner.wait(min(EXIT_GRACE, max(deadline - time.monotonic(), 0.0))))
+                # not help. So its exit is waited for a moment, as for a missing socket file, before refusing;
+                # a listener a live process holds (another service, the host itself) is refused at once
+                if HELD_BY_NONE in why:
+                    self._raise_if_exited(runner.wait(min(EXIT_GRACE, max(deadline - time.monotonic(), 0.0))))
                 raise UnprovenAddressError(self.name, announced.network, announced.address, why,
                                            *((REATTACH_OPT_OUT,) if self.config.reattach is not None else ()))
             if self._abandoned or self._kill_asked:
