@@ -43,3 +43,18 @@ def test_a_connected_plugin_that_does_not_answer_is_said_to_run(tmp_path: Path) 
     assert health.returncode == 3, health.stdout + health.stderr
     assert "the connection is up but the plugin did not answer in time: it runs but is stopped, wedged or" \
            " overloaded" in health.stdout, health.stdout + health.stderr
+
+
+def test_a_call_whose_method_outlasts_the_timeout_is_not_sent_to_look_for_a_stopped_plugin(tmp_path: Path) -> None:
+    # a method slower than --timeout is the most common deadline on a connection that is up: `call` says so first,
+    # and not "check that the plugin runs" right after saying it runs (found in review)
+    from tests.resilience_util import FAULTY
+
+    with running(["--cmd", f"{sys.executable} {FAULTY}", "--cookie", "BASIC_PLUGIN=hello", "--no-automtls"],
+                 tmp_path) as run:
+        call = plugbay("call", run.target, "/proto.KV/Get", '{"key": "__sleep__"}', "--proto", str(KV_PROTO),
+                       "--timeout", "0.5")
+    assert call.returncode == 3, call.stderr
+    assert "the method takes longer than --timeout, or the plugin is stopped, wedged or overloaded" in call.stderr, \
+        call.stderr
+    assert "check that the plugin runs" not in call.stderr, call.stderr

@@ -328,7 +328,8 @@ class DiscoveryPermissionError(DiscoveryError, PermissionDeniedError):
 
 
 class DiscoveryUnavailableError(DiscoveryError, EngineUnavailableError):
-    """The discovery source cannot be reached (kubernetes:///: no API server, or no usable kubeconfig)."""
+    """The discovery source cannot be reached (kubernetes:///: no API server, or no usable kubeconfig; dns:///: no
+    DNS server answered). Also an EngineUnavailableError (what a host can reach is down, not the plugin wrong)."""
 
 
 class NoEndpointsError(DiscoveryError, TimeoutError, _CallFailure):

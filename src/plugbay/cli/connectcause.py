@@ -35,16 +35,18 @@ def connect_failure(channel: grpc.Channel) -> str:
     return ""  # connected since
 
 
-def silence(channel: grpc.Channel) -> str:
+def silence(channel: grpc.Channel, calling: bool = False) -> str:
     """"; <what the deadline met>" when ``channel`` was connected or still connecting as a wait ran out, else "".
 
     A deadline alone ("Deadline Exceeded") reads as a plugin that is not there. One whose connection is set up
     (READY) runs and does not answer; one still connecting took the connection (or the network dropped the
     packets) and said nothing: a stopped, wedged or overloaded plugin, whose process is what to look at, not
-    the network or the certificates. Never a TLS failure (connect_failure says those)."""
+    the network or the certificates. Never a TLS failure (connect_failure says those). ``calling``: a method of
+    the user's (plugbay call), which may simply take longer than the wait: said first."""
     state = _state(channel)
     if state == grpc.ChannelConnectivity.READY:
-        return ("; the connection is up but the plugin did not answer in time: it runs but is stopped, wedged or"
+        slow = "the method takes longer than --timeout, or the plugin" if calling else "it runs but"
+        return (f"; the connection is up but the plugin did not answer in time: {slow} is stopped, wedged or"
                 " overloaded (look at its process, its log and its load)")
     if state == grpc.ChannelConnectivity.CONNECTING:
         return ("; the connection was still being set up when the time ran out: the peer took it and said nothing"

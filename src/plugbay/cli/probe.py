@@ -110,9 +110,9 @@ def _cause(channel: grpc.Channel, code: grpc.StatusCode) -> str:
     return connect_failure(channel) if code == grpc.StatusCode.DEADLINE_EXCEEDED else ""
 
 
-def _met(channel: grpc.Channel, code: grpc.StatusCode, cause: str) -> str:
+def _met(channel: grpc.Channel, code: grpc.StatusCode, cause: str, calling: bool = False) -> str:
     """``cause``, or, for a deadline that met no failed connection, what silence() says it met."""
-    return cause or (silence(channel) if code == grpc.StatusCode.DEADLINE_EXCEEDED else "")
+    return cause or (silence(channel, calling) if code == grpc.StatusCode.DEADLINE_EXCEEDED else "")
 
 
 def _tls_refused(result: dict[str, Any], reached: Reached, tls: Tls) -> Exception | None:
@@ -328,7 +328,7 @@ def call(method: str, request: str, protos: tuple[str, ...], proto_paths: tuple[
             # the plugin sent is its answer, whatever its words (a key named "certificate verify failed")
             detail = f"{named_handles(str(exc.details()))}{cause}"
             refused = _tls_refused({"status": "UNREACHABLE", "detail": detail}, reached, tls) if cause else None
-            raise (refused or _call_error(exc, method, _met(reached.channel, exc.code(), cause))) from None
+            raise (refused or _call_error(exc, method, _met(reached.channel, exc.code(), cause, True))) from None
     output.say(json_format.MessageToJson(resp, preserving_proto_field_name=True, indent=None))
     return output.OK
 
@@ -360,8 +360,10 @@ def _json_object(request: str, type_name: str) -> None:
 def _call_error(exc: grpc.RpcError, method: str, connection: str = "") -> Exception:
     code, details = exc.code(), exc.details()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return TargetUnreachableError(f"{method} failed: {code.name}: {named_handles(str(details))}{connection};"
-                                      " check that the plugin runs")
+        # what the deadline met, where it was told (a connection up: the plugin runs), says what to check
+        return TargetUnreachableError(f"{method} failed: {code.name}: {named_handles(str(details))}{connection}"
+                                      + ("" if "the connection is up" in connection else
+                                         "; check that the plugin runs"))
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return CallFailedError(f"{method} failed: the plugin does not implement it ({details}); check the"
                                " method name against plugbay info")

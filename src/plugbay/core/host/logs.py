@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 from collections.abc import Callable
 
@@ -45,6 +46,11 @@ CRASH_REACH = 1000
 # frames are indented, and its first unindented line after them is the exception itself, where it ends. The
 # lines that join chained exceptions keep it going.
 TRACEBACK_START = "Traceback (most recent call last):"
+# an ExceptionGroup's (asyncio's TaskGroup) first line is indented ("  + Exception Group Traceback ..."), and a
+# SyntaxError in the plugin's own script prints no "Traceback" line: its first is '  File "x.py", line 3' (a
+# frame's line ends ", in <function>")
+_GROUP_START = "Exception Group Traceback (most recent call last):"
+_SYNTAX_ERROR_START = re.compile(r'  File ".*", line \d+$')
 _TRACEBACK_LINKS = ("During handling of the above exception, another exception occurred:",
                     "The above exception was the direct cause of the following exception:")
 
@@ -137,11 +143,12 @@ class LogPump:
         self.logger.log(level, "%s", printable(line), extra={**base, "plugin_module": "", "plugin_fields": {},
                                                              "plugin_timestamp": "", "plugin_raw": line})
 
-
     def _traceback_line(self, line: str) -> bool:
         """Whether ``line`` belongs to a Python traceback (an ERROR, as a Go panic is): from its first line
         through the exception's, with the blank and linking lines of chained exceptions."""
-        if line.startswith(TRACEBACK_START) or line.strip() in _TRACEBACK_LINKS:
+        if (line.startswith(TRACEBACK_START) or line.strip() in _TRACEBACK_LINKS
+                or line.lstrip(" +").startswith(_GROUP_START)
+                or (not self._in_traceback and _SYNTAX_ERROR_START.match(line) is not None)):
             self._in_traceback = True
             return True
         if not self._in_traceback:
