@@ -40,8 +40,22 @@ class _Records(logging.Handler):
 
 
 def test_a_python_plugins_traceback_is_an_error(tmp_path: Path) -> None:
+    levels, exited = _levels_of(tmp_path, _CRASHING)
+    assert "RuntimeError: the config has no 'db' key" in str(exited)
+    assert levels["loading /etc/kv.conf"] == logging.INFO, levels
+    assert levels["using the defaults"] == logging.INFO, levels  # the traceback before it ended at its exception
+    assert levels["Traceback (most recent call last):"] == logging.ERROR, levels
+    assert levels["KeyError: 'db'"] == logging.ERROR, levels
+    assert levels["The above exception was the direct cause of the following exception:"] == logging.ERROR, levels
+    assert levels["RuntimeError: the config has no 'db' key"] == logging.ERROR, levels
+    frames = [message for message in levels if message.startswith('  File "')]
+    assert frames and all(levels[frame] == logging.ERROR for frame in frames), levels
+
+
+def _levels_of(tmp_path: Path, source: str) -> tuple[dict[str, int], BaseException]:
+    """The level each stderr line of a plugin running ``source`` was logged at, and its start's error."""
     script = tmp_path / "crashing.py"
-    script.write_text(_CRASHING)
+    script.write_text(source)
     logger = logging.getLogger("test-plugin-traceback-level")
     logger.setLevel(logging.DEBUG)
     seen = _Records()
@@ -54,45 +68,18 @@ def test_a_python_plugins_traceback_is_an_error(tmp_path: Path) -> None:
         client.kill()
     finally:
         logger.removeHandler(seen)
-    assert "RuntimeError: the config has no 'db' key" in str(exited.value)
-    levels = {record.getMessage(): record.levelno for record in seen.records}
-    assert levels["loading /etc/kv.conf"] == logging.INFO, levels
-    assert levels["using the defaults"] == logging.INFO, levels  # the traceback before it ended at its exception
-    assert levels["Traceback (most recent call last):"] == logging.ERROR, levels
-    assert levels["KeyError: 'db'"] == logging.ERROR, levels
-    assert levels["The above exception was the direct cause of the following exception:"] == logging.ERROR, levels
-    assert levels["RuntimeError: the config has no 'db' key"] == logging.ERROR, levels
-    frames = [message for message in levels if message.startswith('  File "')]
-    assert frames and all(levels[frame] == logging.ERROR for frame in frames), levels
-
-
-def _levels_of(tmp_path: Path, source: str) -> dict[str, int]:
-    script = tmp_path / "crashing.py"
-    script.write_text(source)
-    logger = logging.getLogger("test-plugin-traceback-level")
-    logger.setLevel(logging.DEBUG)
-    seen = _Records()
-    logger.addHandler(seen)
-    try:
-        client = Client(ClientConfig(handshake=HandshakeConfig(1, "BASIC_PLUGIN", "hello"), plugins={},
-                                     cmd=[sys.executable, str(script)], logger=logger, name="crashing"))
-        with pytest.raises(PluginExitedError):
-            client.start()
-        client.kill()
-    finally:
-        logger.removeHandler(seen)
-    return {record.getMessage(): record.levelno for record in seen.records}
+    return {record.getMessage(): record.levelno for record in seen.records}, exited.value
 
 
 def test_a_syntax_error_and_an_exception_group_are_errors_too(tmp_path: Path) -> None:
     # a SyntaxError in the plugin's script prints no "Traceback" line, and an ExceptionGroup's first line is
     # indented: both stayed INFO (found in review)
-    levels = _levels_of(tmp_path, "import sys\ndef (:\n")  # never runs: Python prints where, then the error
+    levels, _ = _levels_of(tmp_path, "import sys\ndef (:\n")  # never runs: Python prints where, then the error
     assert any(m.startswith("SyntaxError") for m in levels), levels
     assert levels and all(v == logging.ERROR for v in levels.values()), levels
     group = ("import sys\nprint('starting', file=sys.stderr, flush=True)\n"
              "raise ExceptionGroup('tasks failed', [ValueError('no db'), KeyError('k')])\n")
-    levels = _levels_of(tmp_path, group)
+    levels, _ = _levels_of(tmp_path, group)
     assert levels["starting"] == logging.INFO, levels
     started = [m for m in levels if "Exception Group Traceback" in m]
     assert started and levels[started[0]] == logging.ERROR, levels

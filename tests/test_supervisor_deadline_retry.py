@@ -113,19 +113,23 @@ def test_the_scopes_end_is_the_supervisors_policys_only_not_a_call_made_in_its_o
         assert plain.get("__calls__") == b"2"  # the plain call's failed try and its retry
 
 
+def _timed_out_in_scope(tmp_path: Path, policy: RetryPolicy, scope: float) -> str:
+    """The message of a Get whose tries all hang (the plugin's __slow__), under ``policy`` in a deadline(scope)."""
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=policy, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        kv.put("__slow__", b"2")
+        with sup.deadline(scope):
+            with pytest.raises(CallTimeoutError) as err:
+                kv.get("k")
+    return str(err.value)
+
+
 def test_a_timed_out_try_given_up_for_the_scope_says_the_scope_not_overall_timeout(tmp_path: Path) -> None:
     # Try 1 times out at 0.3 s, its 0.5 s backoff fits the 3 s scope; try 2 times out too, and its 2 s backoff
     # does not: the call gives up, and its message names the scope (a larger deadline()), not a RetryPolicy
     # overall_timeout, which would not bound this call more than the scope does.
-    policy = RetryPolicy(max_attempts=3, all_idempotent=True, per_attempt_timeout=0.3, initial_backoff=0.5,
-                         multiplier=4, max_backoff=5, jitter=0)
-    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=policy, health_interval=None) as sup:
-        kv = sup.dispense(PLUGIN_NAME)
-        kv.put("__slow__", b"2")
-        with sup.deadline(3):
-            with pytest.raises(CallTimeoutError) as err:
-                kv.get("k")
-    text = str(err.value)
+    text = _timed_out_in_scope(tmp_path, RetryPolicy(max_attempts=3, all_idempotent=True, per_attempt_timeout=0.3,
+                                                     initial_backoff=0.5, multiplier=4, max_backoff=5, jitter=0), 3)
     assert "deadline() scope left no time for another try" in text, text
     # each try was cut by per_attempt_timeout: a larger deadline() alone gives more short tries, not longer ones
     assert "raise RetryPolicy.per_attempt_timeout for longer tries" in text, text
@@ -135,15 +139,8 @@ def test_a_timed_out_try_given_up_for_the_scope_says_the_scope_not_overall_timeo
 def test_a_scoped_call_out_of_tries_says_the_scope_bounded_it_not_overall_timeout(tmp_path: Path) -> None:
     # two tries of 0.3 s with a short backoff, in a 30 s scope: out of tries, not of time; the scope bounded the
     # call, so the advice is not to set an overall_timeout (found in review)
-    policy = RetryPolicy(max_attempts=2, all_idempotent=True, per_attempt_timeout=0.3, initial_backoff=0.05,
-                         max_backoff=0.05, jitter=0)
-    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=policy, health_interval=None) as sup:
-        kv = sup.dispense(PLUGIN_NAME)
-        kv.put("__slow__", b"2")
-        with sup.deadline(30):
-            with pytest.raises(CallTimeoutError) as err:
-                kv.get("k")
-    text = str(err.value)
+    text = _timed_out_in_scope(tmp_path, RetryPolicy(max_attempts=2, all_idempotent=True, per_attempt_timeout=0.3,
+                                                     initial_backoff=0.05, max_backoff=0.05, jitter=0), 30)
     assert "deadline() scope, and no tries were left" in text, text
     assert "overall_timeout" not in text, text
 
