@@ -269,3 +269,34 @@ def test_a_service_name_kubernetes_refuses_fails_the_render(renderer: Path, tmp_
         render(renderer, tmp_path, {**NETWORK_VALUES, **values}, release=release)
     # without network mode there is no Service, and the names are fine
     assert render(renderer, tmp_path, values, release=release)
+
+
+@pytest.mark.parametrize("values, sets", [
+    ({"podAnnotations": {"prometheus.io/scrape": True, "prometheus.io/port": 8080, "big": 1000680000},
+      "podLabels": {"tier": 3, "canary": False, "ratio": 0.5}}, ()),
+    ({}, ("{part}.podAnnotations.prometheus\\.io/scrape=true", "{part}.podAnnotations.prometheus\\.io/port=8080",
+          "{part}.podAnnotations.big=1000680000", "{part}.podLabels.tier=3", "{part}.podLabels.canary=false",
+          "{part}.podLabels.ratio=0.5"))], ids=["values-file", "set"])
+def test_pod_annotations_and_labels_render_as_strings(renderer: Path, tmp_path: Path, values: dict[str, Any],
+                                                      sets: tuple[str, ...]) -> None:
+    # annotations and labels are strings: a number or boolean rendered bare (prometheus.io/port: 8080, --set
+    # ...scrape=true) is a pod the API server refuses
+    values = {**NETWORK_VALUES, "host": {**NETWORK_VALUES["host"], **values},
+              "network": {**NETWORK_VALUES["network"], **values}}
+    sets = tuple(s.format(part=part) for part in ("host", "network") for s in sets)
+    deployments = [d for d in render(renderer, tmp_path, values, sets=sets) if d["kind"] == "Deployment"]
+    assert len(deployments) == 2
+    for dep in deployments:
+        kubernetes_validate.validate(dep, K8S_VERSION, strict=True)
+        meta = dep["spec"]["template"]["metadata"]
+        assert meta["annotations"] == {"prometheus.io/scrape": "true", "prometheus.io/port": "8080",
+                                       "big": "1000680000"}
+        assert {k: meta["labels"][k] for k in ("tier", "canary", "ratio")} == {"tier": "3", "canary": "false",
+                                                                              "ratio": "0.5"}
+
+
+def test_a_pod_annotation_given_as_a_map_fails_the_render(renderer: Path, tmp_path: Path) -> None:
+    # --set with the key's dots unescaped makes a map of prometheus: {io/port: 8080}: say how to write it
+    with pytest.raises(RuntimeError, match=r"network.podAnnotations.prometheus must be a string, not a map: with "
+                                           r"--set, escape the dots of a key such as prometheus\\.io/port"):
+        render(renderer, tmp_path, NETWORK_VALUES, sets=("network.podAnnotations.prometheus.io/port=8080",))

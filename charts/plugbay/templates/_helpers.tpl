@@ -89,3 +89,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/* A pod's annotations or labels as "key": "value" lines: Kubernetes takes strings only, and a number or
+     boolean (prometheus.io/port: 8080, --set ...scrape=true) rendered bare is refused by the API server.
+     A values file's whole number is float64 (8080, not 8.08e+03), --set's int64. "what" names the values' key. */}}
+{{- define "plugbay.stringMap" -}}
+{{- range $key, $value := .map }}
+{{- if or (kindIs "map" $value) (kindIs "slice" $value) }}
+{{- fail (printf "%s.%s must be a string, not a %s: with --set, escape the dots of a key such as prometheus\\.io/port" $.what $key (kindOf $value)) }}
+{{- end }}
+{{- if not (kindIs "invalid" $value) }}
+{{- if and (kindIs "float64" $value) (eq $value (float64 (int64 $value))) }}
+{{- $value = int64 $value }}
+{{- end }}
+{{ $key | quote }}: {{ toString $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

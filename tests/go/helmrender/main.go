@@ -81,12 +81,32 @@ func setValue(assignment string) (map[string]interface{}, error) {
 	} else if raw == "null" {
 		value = nil
 	}
-	keys := strings.Split(path, ".")
+	keys := splitPath(path)
 	out := map[string]interface{}{keys[len(keys)-1]: value}
 	for i := len(keys) - 2; i >= 0; i-- {
 		out = map[string]interface{}{keys[i]: out}
 	}
 	return out, nil
+}
+
+// splitPath splits a -set PATH at its dots, as Helm's --set does: "\." is a dot inside a key
+// (podAnnotations.prometheus\.io/port).
+func splitPath(path string) []string {
+	var keys []string
+	var key strings.Builder
+	for i := 0; i < len(path); i++ {
+		switch {
+		case path[i] == '\\' && i+1 < len(path) && path[i+1] == '.':
+			key.WriteByte('.')
+			i++
+		case path[i] == '.':
+			keys = append(keys, key.String())
+			key.Reset()
+		default:
+			key.WriteByte(path[i])
+		}
+	}
+	return append(keys, key.String())
 }
 
 // merge overlays src onto dst the way Helm coalesces values: maps recursively, the rest replaced.
