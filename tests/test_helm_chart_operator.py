@@ -115,6 +115,31 @@ def test_notes_tell_the_operator_how_a_host_connects(renderer: Path, tmp_path: P
     assert "WARNING: network.discovery and rbac.discovery are false" in render_notes(renderer, tmp_path, no_rbac)
 
 
+
+def test_notes_claim_no_permission_or_host_the_chart_did_not_make(renderer: Path, tmp_path: Path) -> None:
+    # rbac.create=false renders no Role: NOTES said hosts "may now start plugin pods" and the discovery permission
+    # was "granted to ServiceAccount ...", and an operator believing it met 403s
+    no_role = {**NETWORK_VALUES, "rbac": {"create": False}}
+    assert not [d for d in render(renderer, tmp_path, no_role) if d["kind"] in ("Role", "RoleBinding")]
+    flat = " ".join(render_notes(renderer, tmp_path, no_role).split())
+    assert "may now start" not in flat and "granted to" not in flat
+    assert ("rbac.create is false, so the chart made no Role: hosts running as ServiceAccount plugbay-host"
+            " (namespace hosts) need a Role of your own to start plugin pods in namespace plugins") in flat
+    assert ("WARNING: rbac.create is false: the chart makes no Role, so it grants no host that permission") in flat
+    # with the Role, both are said as before
+    flat = " ".join(render_notes(renderer, tmp_path, NETWORK_VALUES).split())
+    assert "ServiceAccount plugbay-host (namespace hosts) may now start plugin pods in namespace plugins" in flat
+    assert "(granted to ServiceAccount plugbay-host; other hosts need a Role of their own)" in flat
+    # without the chart's host no env names it, and one replica is one
+    alone = {"network": {**NETWORK_VALUES["network"], "replicas": 1}}
+    flat = " ".join(render_notes(renderer, tmp_path, alone).split())
+    assert "in network mode (1 replica) over mutual TLS" in flat
+    assert "PLUGBAY_NETWORK" not in flat and "the chart's host" not in flat
+    assert ("target: kubernetes:///hosts/plugbay-plugin:grpc server_name: plugbay-plugin.hosts.svc (the plugin's "
+            "certificate must name it) client certificate") in flat
+    flat = " ".join(render_notes(renderer, tmp_path, NETWORK_VALUES).split())
+    assert "(3 replicas)" in flat and "(env PLUGBAY_NETWORK_TARGET in the chart's host)" in flat
+
 @pytest.mark.parametrize("values, sets, drain", [
     ({}, (), 5), ({"drainSeconds": 12}, (), 12), ({}, ("network.drainSeconds=8",), 8), ({"drainSeconds": 0}, (), 0),
     ({"mode": "serve", "tls": {"secretName": "s"}}, (), 5)], ids=["default", "file", "set", "off", "serve"])
