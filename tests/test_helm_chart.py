@@ -406,7 +406,7 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
     # hosts deployed elsewhere and no extraFrom: a policy that admits no pod, so every connection is dropped
     *[({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
                     "tls": {"secretName": "s"}, "networkPolicy": policy}},
-       r"network.networkPolicy would let no host connect: without host.enabled it admits only"
+       r"network.networkPolicy would admit no pod: without host.enabled its only peers are"
        r" network.networkPolicy.extraFrom, which is empty")
       for policy in ({}, {"extraFrom": []}, {"enabled": True, "extraFrom": None})],
 ])

@@ -279,8 +279,15 @@ def test_a_policy_for_hosts_deployed_elsewhere_admits_the_peers_named(renderer: 
               "podSelector": {"matchLabels": {"app": "billing"}}}]
     values = {"network": {**{k: v for k, v in NETWORK_VALUES["network"].items() if k != "networkPolicy"},
                           "networkPolicy": {"extraFrom": peers}}}
-    (policy,) = [d for d in render(renderer, tmp_path, values) if d["kind"] == "NetworkPolicy"]
-    assert policy["spec"]["ingress"][0]["from"][1:] == peers
+    docs = render(renderer, tmp_path, values)
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    # those peers only: no chart host runs, and a pod labelled as one (any pod may carry labels) is no peer
+    assert policy["spec"]["ingress"][0]["from"] == peers
+    assert not [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "plugbay-host"]
+    flat = " ".join(render_notes(renderer, tmp_path, values).split())
+    assert ("admits only the peers in network.networkPolicy.extraFrom: any other host's connection is dropped"
+            in flat)
     # and with the policy off, hosts elsewhere need no peer list
     off = {"network": {**values["network"], "networkPolicy": {"enabled": False}}}
     assert not [d for d in render(renderer, tmp_path, off) if d["kind"] == "NetworkPolicy"]
