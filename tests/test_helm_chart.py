@@ -387,7 +387,7 @@ def test_sidecar_shares_a_socket_with_the_host(renderer: Path, tmp_path: Path) -
      "sidecar.writableDirs cannot hold /: the sidecar's root stays read-only"),
     ({"network": {"enabled": True, "image": {"repository": "x"}, "command": ["/p"], "cookie": "K=V",
                   "tls": {"secretName": "s"}, "drainSeconds": -1}},
-     "network.drainSeconds must be 0 \\(no drain\\) or more seconds, not -1"),
+     "network.drainSeconds must be a whole number of seconds, 0 \\(no drain\\) or more, .*not \"-1\""),
     ({"sidecar": {"enabled": True, "image": {"repository": "x"}}}, "sidecar.enabled needs host.enabled"),
     ({"host": {"enabled": True, "image": {"repository": "h"}},
       "sidecar": {"enabled": True, "image": {"repository": "x"}, "writableDirs": ["data"]}},

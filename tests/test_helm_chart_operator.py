@@ -142,7 +142,8 @@ def test_notes_claim_no_permission_or_host_the_chart_did_not_make(renderer: Path
 
 @pytest.mark.parametrize("values, sets, drain", [
     ({}, (), 5), ({"drainSeconds": 12}, (), 12), ({}, ("network.drainSeconds=8",), 8), ({"drainSeconds": 0}, (), 0),
-    ({"mode": "serve", "tls": {"secretName": "s"}}, (), 5)], ids=["default", "file", "set", "off", "serve"])
+    ({"mode": "serve", "tls": {"secretName": "s"}}, (), 5), ({"drainSeconds": "6"}, (), 6),
+    ({"drainSeconds": 7.0}, (), 7)], ids=["default", "file", "set", "off", "serve", "file-string", "file-float"])
 def test_a_deleted_plugin_pod_serves_on_while_hosts_learn_it_is_terminating(
         renderer: Path, tmp_path: Path, values: dict[str, Any], sets: tuple[str, ...], drain: int) -> None:
     # the kubelet's SIGTERM and the endpoint's "terminating" come together; hosts see the latter through
@@ -165,6 +166,17 @@ def test_a_deleted_plugin_pod_serves_on_while_hosts_learn_it_is_terminating(
     # the grace period holds the drain and the gateway's own stop after it (its default 30 s is left whole)
     assert pod["terminationGracePeriodSeconds"] == drain + 30
 
+
+
+@pytest.mark.parametrize("values, sets", [
+    *[({"drainSeconds": given}, ()) for given in ("abc", "5s", 5.5, -1, "-1", True, [5])],
+    *[({}, (f"network.drainSeconds={given}",)) for given in ("abc", "5s", "5.5", "-3")]])
+def test_a_drain_that_is_no_whole_number_of_seconds_fails_the_render(
+        renderer: Path, tmp_path: Path, values: dict[str, Any], sets: tuple[str, ...]) -> None:
+    # int64 made "abc" and "5s" 0 (no drain at all) and 5.5 5, without a word
+    with pytest.raises(RuntimeError, match=r"network.drainSeconds must be a whole number of seconds, 0 \(no drain\)"
+                                           r" or more, such as 5 \(no unit, no fraction\), not \""):
+        render(renderer, tmp_path, {**NETWORK_VALUES, "network": {**NETWORK_VALUES["network"], **values}}, sets=sets)
 
 def test_the_plugins_replicas_are_spread_over_nodes(renderer: Path, tmp_path: Path) -> None:
     # nothing kept the scheduler from putting every replica on one node, whose loss (no budget helps with
