@@ -40,10 +40,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from plugbay.core.protocol.exits import exit_said, killed_by
+from plugbay.core.protocol.hclog import shown_line
 from plugbay.core.protocol.handshake import ENV_MULTIPLEX_GRPC, HOST_SET_VARIABLES
 from plugbay.core.protocol.outlive import ENV_OUTLIVE_HOST, OUTLIVE_GRACE, asks_outlive
 from plugbay.core.transport.lines import LineSplitter
-from plugbay.errors import ConfigError, RunnerError, printable
+from plugbay.errors import ConfigError, RunnerError
 from plugbay.runners.announced import LocalAddresses, read_networks
 from plugbay.runners.attached import UNKNOWN_EXIT_CODE as UNKNOWN_EXIT_CODE  # re-exported
 from plugbay.runners.attached import AttachedProcess as AttachedProcess  # re-exported
@@ -361,7 +362,7 @@ class ProcessRunner(ProcessStop, ProcessLines, SecureCopies, OwnListeners, Local
             return f"plugin {self.name!r} was never started"
         code = self._proc.poll()
         state = "still running" if code is None else exit_said(code)
-        lines = "\n".join("    " + printable(line) for line in list(self._tail)[-10:]) or "    (none)"
+        lines = "\n".join("    " + shown_line(line) for line in list(self._tail)[-10:]) or "    (none)"
         return f"process {self._proc.pid} ({' '.join(self.cmd)}) {state}; last stderr lines:\n{lines}"
 
     def stderr_tail(self) -> list[str]:

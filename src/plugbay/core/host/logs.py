@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from plugbay.core.transport.lines import cap_line
 
-from plugbay.core.protocol.hclog import PREFIXES, hclog_entry, hclog_level_hint, hclog_record, parse_hclog
+from plugbay.core.protocol.hclog import PREFIXES, hclog_entry, hclog_level_hint, hclog_record, shown_line
 from plugbay.errors import printable
 
 # A Go crash's first line: what went wrong. The goroutine dump after it says only where, and the
@@ -87,7 +87,7 @@ class LogPump:
 
     def tail(self) -> list[str]:
         """The last stderr lines, hclog entries shown as "[LEVEL] message k=v"."""
-        return [_tail_line(line) for line in list(self._tail)]
+        return [shown_line(line) for line in list(self._tail)]
 
     def last(self, n: int) -> list[str]:
         """The last ``n`` lines of tail(), after a Go crash's ``panic: ``/``fatal error: `` line and a
@@ -95,7 +95,7 @@ class LogPump:
         lines = self.tail()[-n:]
         crash, count = self._crash, self._stderr_lines
         if crash is not None and n <= count - crash[0] < CRASH_REACH:
-            lines = [_tail_line(crash[1]), "…", *lines]
+            lines = [shown_line(crash[1]), "…", *lines]
         return lines
 
     def join(self, timeout: float = 5.0) -> bool:
@@ -158,8 +158,3 @@ class LogPump:
         self._in_traceback = False  # the exception: "ValueError: ...", the traceback's last line
         return True
 
-
-def _tail_line(line: str) -> str:
-    """A kept stderr line as error messages show it: "[LEVEL] message k=v" for an hclog entry."""
-    parsed = parse_hclog(line)
-    return printable(line) if parsed is None else f"[{logging.getLevelName(parsed[0])}] {parsed[1]}"

@@ -28,6 +28,13 @@ def parse_hclog(line: str) -> tuple[int, str, dict[str, Any]] | None:
     return (found[0], *hclog_record(found[1]))
 
 
+def shown_line(line: str) -> str:
+    """A plugin's stderr line as plugbay's messages show it: "[LEVEL] message k=v" for an hclog entry, else
+    the line, controls escaped. The host's errors and the runners' diagnose() show the same words."""
+    parsed = parse_hclog(line)
+    return printable(line) if parsed is None else f"[{logging.getLevelName(parsed[0])}] {parsed[1]}"
+
+
 _LEVEL_OPENING = '{"@level":"'
 
 

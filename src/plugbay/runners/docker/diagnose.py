@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from plugbay.errors import printable
+from plugbay.core.protocol.hclog import shown_line
 from plugbay.runners.docker.connect import engine_call
 from plugbay.runners.docker.logs import ContainerLogStream
 
@@ -34,7 +34,7 @@ def describe_container(container_id: str, image: str, state: Mapping[str, Any] |
     text = ", ".join(parts)
     for which in ("stderr", "stdout"):
         lines = last_lines(container_id, which, pumps, client)
-        text += f"\n  last {which} lines:\n" + ("\n".join("    " + printable(line) for line in lines) or "    (none)")
+        text += f"\n  last {which} lines:\n" + ("\n".join("    " + shown_line(line) for line in lines) or "    (none)")
         pump = pumps.get(which)
         if pump is not None and pump.error:
             text += f"\n  ({pump.error})"

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from plugbay.core.protocol.hclog import shown_line
 from plugbay.errors import (
     ConfigError,
     ImageNotFoundError,
@@ -307,7 +308,7 @@ def describe(pod: Json | None, gone: bool, events: Sequence[str], log_tail: Sequ
         out += ["  " + e for e in events[-10:]]
     if log_tail:
         out.append("last log lines:")
-        out += ["  " + line for line in log_tail[-20:]]
+        out += ["  " + shown_line(line) for line in log_tail[-20:]]  # an hclog entry as "[LEVEL] message"
     # every fact is the cluster's (a termination message, events) or the plugin's (its log): each line's
     # controls escaped, as the process and Docker runners escape theirs, so none can forge a line of the
     # host's log or drive the terminal showing the error
