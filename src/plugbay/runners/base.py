@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from plugbay.core.protocol.exits import exit_said
+from plugbay.core.protocol.exits import exit_said, not_run_advice
 from plugbay.errors import AnnouncedUnreachableError as AnnouncedUnreachableError, ConfigError, RunnerError, clip
 from plugbay.runners.startdeadline import (attach_time_left as attach_time_left, start_deadline as start_deadline,
                                            starting_until as starting_until)
@@ -351,6 +351,13 @@ class Runner(AttachedRunner):
     def exit_detail(self) -> str:
         """What to add to a "plugin exited before its handshake" error besides its stderr tail."""
         return self.diagnose()
+
+    def exit_advice(self, code: int | None) -> str | None:
+        """What to do about a plugin that exited with ``code`` before its handshake, when the code says more
+        than the default advice (the magic cookie): a shell's 127 or 126. None: the default."""
+        return not_run_advice(code, "the plugin's command", "on the PATH",
+                              "Check the command (and each program a shell wrapper of it runs), the PATH it runs"
+                              " with, and the programs' permissions; run it by hand to see.")
 
     def check_secure_config(self, secure: SecureCheck | Sequence[SecureCheck]) -> None:
         """Verify that what this runner starts is what ``secure`` (one SecureConfig or a list) expects.

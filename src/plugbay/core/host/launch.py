@@ -229,7 +229,7 @@ def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
                     " check that the plugin does not close or redirect its stdout before serving."
                     f"\n{runner.diagnose()}")
             logs.join(2.0)
-            raise PluginExitedError(name, code, logs.last(20), runner.exit_detail())
+            raise PluginExitedError(name, code, logs.last(20), runner.exit_detail(), advice=runner.exit_advice(code))
         assert isinstance(item, str)
         _log.debug("plugin %s handshake: %s", name, printable(item))
         if was_cut(item):  # its runner's line splitter ended it at MAX_LINE, newline or not

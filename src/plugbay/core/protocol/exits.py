@@ -29,3 +29,23 @@ def exit_said(code: int | None) -> str:
     """'exited with code N', naming the signal a negative code stands for ("... -11 (killed by SIGSEGV)")."""
     by = killed_by(code)
     return f"exited with code {code}" + (f" (killed by {by})" if by else "")
+
+
+# A POSIX shell's exit codes for a command it could not run: 127 not found, 126 found but not executable. A
+# plugin started through a shell (`sh -c`, an image's shell-form ENTRYPOINT/CMD) that exits so never ran.
+NOT_FOUND, NOT_EXECUTABLE = 127, 126
+
+
+def not_run_advice(code: int | None, command: str, where: str, check: str) -> str | None:
+    """The advice for a plugin whose shell said it could not run ``command`` (exit 127 or 126), else None:
+    no plugin ran, so its handshake config (the magic cookie) is not the cause. ``where``: where the program
+    was looked for ("on its PATH"); ``check``: what to check."""
+    if code == NOT_FOUND:
+        said = f"a program {command} runs was not found {where} (not on the PATH, or no file at the path given)"
+    elif code == NOT_EXECUTABLE:
+        said = f"a program {command} runs was found but could not be executed (no execute permission, or not a" \
+               " program this system runs)"
+    else:
+        return None
+    return (f"Exit code {code} is a shell's: {said}, so the plugin never started and its handshake config (magic"
+            f" cookie) is not the cause. {check}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from plugbay.core.protocol.exits import not_run_advice
 from plugbay.errors import RunnerError
 from plugbay.runners.docker.diagnose import describe_container, oom_said
 from plugbay.runners.docker.logs import ContainerLogStream
@@ -45,6 +46,13 @@ class ContainerOutput:
     def diagnose(self) -> str:
         state = self._final_state if self._final_state is not None else self._inspect()
         return describe_container(self._container_id, self.image, state, self._pumps, self._client)
+
+    def exit_advice(self, code: int | None) -> str | None:
+        # a shell-form ENTRYPOINT/CMD (or entrypoint=["/bin/sh", "-c", ...]) runs; its program is not in the image
+        return not_run_advice(code, "the container's entrypoint/command", "in the image",
+                              "Check DockerRunner's entrypoint=/command= (else the image's ENTRYPOINT/CMD, `docker"
+                              f" image inspect {self.image}`) and the image's PATH: the program must be in the image"
+                              " (on its PATH, or a full path) and executable.")
 
     def exit_reason(self, code: int) -> str:
         # a call's error waits for it (a hung engine held each for all of engine_timeout): a short bound
