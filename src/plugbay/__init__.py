@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         ConnectionWriteTimeoutError as ConnectionWriteTimeoutError,
         DiscoveryError as DiscoveryError,
         DiscoveryPermissionError as DiscoveryPermissionError,
+        DiscoveryRefusedError as DiscoveryRefusedError,
         DiscoveryUnavailableError as DiscoveryUnavailableError,
         EngineUnavailableError as EngineUnavailableError,
         GatewayError as GatewayError,

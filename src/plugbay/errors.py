@@ -327,6 +327,11 @@ class DiscoveryPermissionError(DiscoveryError, PermissionDeniedError):
     """Discovery was refused for want of a permission (kubernetes:///: RBAC on EndpointSlices, or 401)."""
 
 
+class DiscoveryRefusedError(DiscoveryError, ConfigError):
+    """Discovery named only addresses plugbay refuses to dial, loopback ones among them: ``allow_loopback=True``
+    (the CLI's --allow-loopback) takes those; a configuration matter, not a failed plugin."""
+
+
 class DiscoveryUnavailableError(DiscoveryError, EngineUnavailableError):
     """The discovery source cannot be reached (kubernetes:///: no API server, or no usable kubeconfig; dns:///: no
     DNS server answered). Also an EngineUnavailableError (what a host can reach is down, not the plugin wrong)."""

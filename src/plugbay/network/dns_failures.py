@@ -8,7 +8,7 @@ import dns.exception
 import dns.message
 import dns.resolver
 
-__all__ = ["failure_text", "unanswered"]
+__all__ = ["answered_codes", "failure_text", "unanswered"]
 
 # A TCP query that met these never reached a server serving TCP on that port (nothing listens, no route
 # to it, or a firewall drops it): only then is "serve TCP" the advice. A timeout is one only when the
@@ -32,6 +32,24 @@ def _error_text(error: object) -> str:
     if isinstance(error, str):  # a response code: "SERVFAIL"
         return f"answered {error}"
     return str(error).rstrip(". ") or type(error).__name__
+
+
+# What a DNS server's error code says: it was reached and answered, so "is it reachable" is not the question
+_RCODES = {
+    "SERVFAIL": "SERVFAIL is a server failure: the server could not resolve the name (its zone or its upstream"
+                " servers failed it, or DNSSEC validation did); that server's logs say why",
+    "REFUSED": "REFUSED is a refusal: the server will not answer that query; check that it serves that name and"
+               " lets this host ask (its allow-query or recursion settings), or name the DNS server that does",
+}
+
+
+def answered_codes(exc: Exception) -> list[str]:
+    """What the error codes the DNS servers answered a failed query with mean ("SERVFAIL (a server failure:
+    ...)"), when every server answered with one; [] otherwise (a server that did not answer, a truncation)."""
+    errors = [e for e in getattr(exc, "kwargs", {}).get("errors") or () if isinstance(e, tuple) and len(e) >= 4]
+    if not errors or not all(isinstance(e[3], str) for e in errors):
+        return []
+    return list(dict.fromkeys(_RCODES.get(e[3], f"{e[3]}: check that the server serves that name") for e in errors))
 
 
 def _mid_sentence(text: str) -> str:
@@ -69,6 +87,9 @@ def failure_text(name: str, kind: str, exc: Exception) -> tuple[str, bool]:
     "serve TCP" only where the TCP query met no TCP service, the other errors as they are, and the
     lookup's time running out (which may come before the TCP query is made) last."""
     errors = [e for e in getattr(exc, "kwargs", {}).get("errors") or () if isinstance(e, tuple) and len(e) >= 4]
+    if errors and all(isinstance(e[3], str) for e in errors):  # every server answered, with an error code
+        answers = dict.fromkeys(f"{_server_name(e[0], e[2])} answered {e[3]}" for e in errors)  # once per server
+        return f"{name} {kind}: {'; '.join(answers)}", True  # answered_codes() says what the codes mean
     if not any(isinstance(e[3], dns.message.Truncated) and not e[1] for e in errors):
         return f"{name} {kind}: {type(exc).__name__}: {exc}", False
     per_server: dict[str, list[tuple[Any, ...]]] = {}  # (server, over TCP, port, error, response), in order

@@ -30,6 +30,7 @@ from plugbay.errors import (
     ClientStateError,
     ConfigError,
     DiscoveryError,
+    DiscoveryRefusedError,
     DiscoveryUnavailableError,
     EngineUnavailableError,
 )
@@ -129,7 +130,7 @@ class EndpointSliceResolver:
             self._api = client.DiscoveryV1Api(self._api_client)
             self._relist(deadline)
             if not self._reported and self._loopback_refused():
-                raise DiscoveryError(self._all_refused())
+                raise DiscoveryRefusedError(self._all_refused())
         except BaseException:
             self._close_client()
             self._on_change = None  # start() may be tried again, e.g. once RBAC is fixed

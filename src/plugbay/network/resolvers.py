@@ -27,8 +27,8 @@ import dns.exception
 import dns.message
 import dns.resolver
 
-from plugbay.errors import ConfigError, DiscoveryError, DiscoveryUnavailableError
-from plugbay.network.dns_failures import failure_text, unanswered
+from plugbay.errors import ConfigError, DiscoveryError, DiscoveryRefusedError, DiscoveryUnavailableError
+from plugbay.network.dns_failures import answered_codes, failure_text, unanswered
 from plugbay.network.dns_missing import aliased, empty_text
 from plugbay.network.resolver import (MAX_ENDPOINTS, Endpoint, OnChange, all_refused, parse_dns_server, refusal,
                                       refused_as_loopback)
@@ -100,6 +100,7 @@ class DNSResolver:
         self._refused: list[str] = []  # the lookup's addresses that may not be replicas
         self._advised: set[str] = set()  # the lookup's failures whose text says what to do (failure_text)
         self._unanswered: set[str] = set()  # the lookup's failures that no DNS server answered (unanswered)
+        self._codes: dict[str, None] = {}  # what the error codes the servers answered mean (answered_codes)
         # Why the last lookup found nothing, for the pool's "discovery reports no endpoints (...)": a
         # misspelt name (NXDOMAIN) and a record not published yet look the same to a waiting call.
         self.empty_note = ""
@@ -137,6 +138,7 @@ class DNSResolver:
         self._srv_none = ""
         self._advised = set()
         self._unanswered = set()
+        self._codes = {}
         out: list[Endpoint] = []
         failed: list[str] = []
         kinds = ("SRV",) if self.srv else ("A", "AAAA")
@@ -156,7 +158,7 @@ class DNSResolver:
                     addr = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
                     out.append(Endpoint("tcp", addr, name=self.host))
         if not out and self._loopback_refused():
-            raise DiscoveryError(all_refused(f"the DNS answer for {self.host!r} at {self._server_text()}"
+            raise DiscoveryRefusedError(all_refused(f"the DNS answer for {self.host!r} at {self._server_text()}"
                                              + (f" ({'; '.join(failed)} failed)" if failed else ""), self._refused))
         if failed and not out:
             # the server the target or dns_server named is the one to check; only the system's leave a choice
@@ -164,6 +166,8 @@ class DNSResolver:
                 "the DNS servers of /etc/resolv.conf are reachable and serve that name, or pass dns_server='IP:PORT'"
             # servers that answered (truncated) are reachable: their failures' own texts say what to do
             check = "" if all(f in self._advised for f in failed) else f" Check that {advice}"
+            if self._codes:  # a server answered with an error code: it is reachable, and the code says why
+                check = f" {'; '.join(self._codes)}.{check}"
             # no server answered at all: the discovery source is unreachable (the command line's exit 3, as for a
             # cluster's API server), not a plugin that failed
             error = DiscoveryUnavailableError if all(f in self._unanswered for f in failed) else DiscoveryError
@@ -206,6 +210,7 @@ class DNSResolver:
                 self._advised.add(text)
             if unanswered(exc):
                 self._unanswered.add(text)
+            self._codes.update(dict.fromkeys(answered_codes(exc)))
             self._lifetime()  # a query cut short by start()'s deadline ends the lookup as a timeout
             return []
 
