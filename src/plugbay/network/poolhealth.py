@@ -312,9 +312,11 @@ class PoolHealth(PoolTLS):
                     f"{detail} (the connection closed during setup: a WARNING follows if a TLS probe finds a TLS" \
                     " failure; otherwise a proxy whose backend is down, or a plugin restarting)"
             went_bad = before is not False and member.healthy is False
-            if before != member.healthy:
-                _log.info("pool %s: endpoint %s health %s (%s)", self.name, member.key,
-                          "SERVING" if member.healthy else "bad", detail)
+            if before != member.healthy:  # once per change of verdict, not per check
+                # a replica going down (or found down) is a WARNING, as an ejection is: with logging's default
+                # level it was silent; its return is INFO
+                _log.log(logging.INFO if member.healthy else logging.WARNING, "pool %s: endpoint %s health %s (%s)",
+                         self.name, member.key, "SERVING" if member.healthy else "bad", detail)
                 self._cond.notify_all()
         if suspect:
             self._kick.set()
