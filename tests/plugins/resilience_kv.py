@@ -15,6 +15,8 @@ Get("__sleep__")          sleep 1.5 s, then answer b"slept"
 Get("__raise__")          the handler raises (grpcio answers UNKNOWN: an application error); counted
                           in __calls__ as other keys are
 Get("__die__")            log "dying now" (the host's stderr tail), exit(9) in the middle of the call
+Get("__print_then_die__") log "logged last words", print "printed last words" to sys.stderr (the GRPCStdio
+                          stream once serve() began), exit(9) in the middle of the call
 Get("__die_chatty__")     answer, then log 6 quick lines and "last words" and exit(9), 0.1 s later
 Get("__die_once__")       the same, unless the file "died" exists in the cwd (it is created first);
                           then answer b"survived"
@@ -106,6 +108,12 @@ class FaultyKV(kv_pb2_grpc.KVServicer):
             logging.getLogger("resilience_kv").warning("dying now")  # a log record: to the host's stderr
             for handler in logging.getLogger().handlers:
                 handler.flush()
+            os._exit(9)
+        if key == "__print_then_die__":
+            logging.getLogger("resilience_kv").warning("logged last words")
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            print("printed last words", file=sys.stderr, flush=True)
             os._exit(9)
         if key == "__die_chatty__":  # quick lines make the host's pipe follower rest: the exit comes in the rest
             threading.Thread(target=_die_chatty, daemon=True).start()

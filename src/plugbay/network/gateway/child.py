@@ -28,7 +28,7 @@ from plugbay.core.protocol.exits import exit_said
 from plugbay.core.resilience.restart import FailureRun, RestartPolicy
 from plugbay.core.transport.keepalive import DEFAULT as DEFAULT_KEEPALIVE, Keepalive
 from plugbay.errors import GatewayError, PlugbayError
-from plugbay.network.gateway.config import gateway_said
+from plugbay.network.gateway.config import CHILD_WORDS, gateway_said
 from plugbay.network.gateway.probe import ChildProbe
 
 log = logging.getLogger("plugbay.gateway")
@@ -187,8 +187,8 @@ class ChildKeeper:
                 self._times.popleft()
             if len(self._times) > self._restart.max_restarts:
                 self._give_up(f"{what}, and it was restarted {self._restart.max_restarts} time(s) within"
-                              f" {self._restart.window:.0f}s (the restart budget); fix the plugin (its stderr is in"
-                              " the gateway's log) and start the gateway again")
+                              f" {self._restart.window:.0f}s (the restart budget); fix the plugin ({CHILD_WORDS})"
+                              " and start the gateway again")
                 return
             try:
                 backoff = run.next_backoff(self._restart)

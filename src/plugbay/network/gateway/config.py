@@ -32,6 +32,16 @@ VERSIONS_ADVICE = ("Give the gateway a version the plugin serves: GatewayConfig(
                    " gateway: --protocol-versions, PLUGBAY_GATEWAY_PROTOCOL_VERSIONS), or upgrade the plugin.")
 
 
+# Where a child's last words are, said as they are: its stderr lines reach the gateway's log, and its log records
+# (written to the stderr it started with); but a plugin serving GRPCStdio (plugbay's serve(), go-plugin 1.4 and
+# later) sends what it prints to stdout/stderr while serving over that stream, which the gateway discards, as
+# go-plugin's host does by default: a print just before an exit is not kept
+CHILD_WORDS = ("the gateway's log has the plugin's log records and stderr lines, but not what a plugin serving"
+               " GRPCStdio (plugbay's serve(), go-plugin 1.4 and later) printed while serving: that goes to its"
+               " GRPCStdio stream, which the gateway discards as go-plugin's host does; have it log its last words"
+               " rather than print them")
+
+
 def gateway_said(exc: PlugbayError) -> PlugbayError:
     """``exc`` as a gateway's user is told it: a refused child address names the gateway's opt-out, and no common
     version the gateway's --protocol-versions, not the ClientConfig option or VersionedPlugins the gateway set for

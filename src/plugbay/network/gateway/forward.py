@@ -228,7 +228,8 @@ class Forwarder(grpc.GenericRpcHandler):  # type: ignore[misc]
             code = grpc.StatusCode.UNAVAILABLE
             details = (f"the plugin behind the gateway {ended} during the call, which got no answer and may have"
                        f" run in part or whole ({details}); the gateway restarts it within its restart budget (its"
-                       " log has the plugin's last stderr lines): retry the call if it is safe to repeat")
+                       " log has the plugin's log records and stderr lines, not what a plugin serving GRPCStdio"
+                       " printed while serving): retry the call if it is safe to repeat")
         elif code == grpc.StatusCode.CANCELLED and context.is_active():
             # the caller did not cancel: the child's connection went away under the call
             code = grpc.StatusCode.UNAVAILABLE
