@@ -126,6 +126,9 @@ def test_notes_claim_no_permission_or_host_the_chart_did_not_make(renderer: Path
     assert ("rbac.create is false, so the chart made no Role: hosts running as ServiceAccount plugbay-host"
             " (namespace hosts) need a Role of your own to start plugin pods in namespace plugins") in flat
     assert ("WARNING: rbac.create is false: the chart makes no Role, so it grants no host that permission") in flat
+    # nor does rbac.portForward bind the extra subjects anything then (found in review)
+    subjects = {**NETWORK_VALUES, "rbac": {"create": False, "extraSubjects": [{"kind": "User", "name": "u"}]}}
+    assert "set rbac.portForward=true" not in render_notes(renderer, tmp_path, subjects)
     # with the Role, both are said as before
     flat = " ".join(render_notes(renderer, tmp_path, NETWORK_VALUES).split())
     assert "ServiceAccount plugbay-host (namespace hosts) may now start plugin pods in namespace plugins" in flat

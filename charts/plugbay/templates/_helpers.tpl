@@ -92,11 +92,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* A pod's annotations or labels as "key": "value" lines: Kubernetes takes strings only, and a number or
      boolean (prometheus.io/port: 8080, --set ...scrape=true) rendered bare is refused by the API server.
-     A values file's whole number is float64 (8080, not 8.08e+03), --set's int64. "what" names the values' key. */}}
+     A values file's whole number is float64 (printed 1.00068e+09 unless made int64 first), --set's int64. Any
+     other number is printed as Go prints it (1.10 as "1.1"): quote it in the values to keep its spelling.
+     "what" names the values' key. */}}
 {{- define "plugbay.stringMap" -}}
 {{- range $key, $value := .map }}
 {{- if or (kindIs "map" $value) (kindIs "slice" $value) }}
-{{- fail (printf "%s.%s must be a string, not a %s: with --set, escape the dots of a key such as prometheus\\.io/port" $.what $key (kindOf $value)) }}
+{{- fail (printf "%s.%s must be a string, not a %s%s" $.what $key (kindOf $value) (ternary ": with --set, escape the dots of a key such as prometheus\\.io/port" " (a list): give the value as one string" (kindIs "map" $value))) }}
 {{- end }}
 {{- if not (kindIs "invalid" $value) }}
 {{- if and (kindIs "float64" $value) (eq $value (float64 (int64 $value))) }}
