@@ -32,6 +32,16 @@ def test_a_process_plugins_shell_saying_not_found_is_told_so() -> None:
     assert "magic cookie) as the host" not in text, text  # the default advice of a plugin that ran
 
 
+def test_a_program_that_ran_and_exited_127_itself_gets_no_shell_advice() -> None:
+    # 127 is the program's own choice here (it ran, and said why it stops): "the plugin never started" would send
+    # the user looking for a missing program (found in review)
+    error = _start_error(ProcessRunner(["sh", "-c", "echo 'fatal: license file /etc/kv.lic missing' >&2; exit 127"]))
+    assert error.exit_code == 127
+    text = str(error)
+    assert "license file /etc/kv.lic missing" in text
+    assert "never started" not in text and "Exit code 127 is a shell's" not in text, text
+
+
 @pytest.mark.docker
 @pytest.mark.usefixtures("plugbay_docker")
 @pytest.mark.parametrize(("entrypoint", "code", "said"), [
@@ -45,3 +55,19 @@ def test_a_containers_shell_that_could_not_run_its_program_names_the_images_entr
     text = str(error)
     assert said in text and "ENTRYPOINT/CMD" in text and "the image's PATH" in text, text
     assert "magic cookie) as the host" not in text, text
+
+
+@pytest.mark.parametrize(("said", "shell"), [("/bin/sh: 1: pythn: not found", True),
+                                             ("fatal: license file /etc/kv.lic missing", False)])
+def test_a_pod_whose_shell_could_not_run_its_program_is_told_so(said: str, shell: bool) -> None:
+    # the pod runner's own error for a pod whose plugin container ended before the handshake (the cluster's words
+    # as the Kubernetes API gives them): it had no such advice, only the magic cookie's (found in review)
+    from plugbay.runners.kubernetes.pods import start_failure
+
+    pod = {"status": {"phase": "Failed", "containerStatuses": [
+        {"name": "plugin", "state": {"terminated": {"exitCode": 127, "reason": "Error"}}}]}}
+    error = start_failure(pod, "kv", [said], [])
+    assert isinstance(error, PluginExitedError) and error.exit_code == 127, repr(error)
+    text = str(error)
+    assert ("was not found in the image" in text and "ENTRYPOINT/CMD" in text) is shell, text
+    assert ("magic cookie) as the host" not in text) is shell, text

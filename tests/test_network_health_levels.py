@@ -94,3 +94,23 @@ def test_a_replica_going_down_is_one_warning_and_its_return_is_info(caplog: pyte
     finally:
         steady.stop(None).wait(30)
         flaky.stop(None).wait(30)
+
+
+@pytest.mark.timeout(120)
+def test_a_check_cut_by_the_pools_close_blames_no_replica(caplog: pytest.LogCaptureFixture) -> None:
+    # a replica that takes the connection and says nothing: its first check is still out when the pool closes,
+    # and the close cancels it. That is no verdict on the replica: it was logged as a WARNING "health bad
+    # (CANCELLED: Channel closed!)", blaming the replica for the host's own close (found in review)
+    caplog.set_level(logging.INFO, logger="plugbay.network")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # never accepted: the kernel completes the connection, nothing ever answers on it
+        port = silent.getsockname()[1]
+        target = parse_target(f"static:///127.0.0.1:{port}")
+        with EndpointPool(make_resolver(target, name="closing"), insecure=True, health_interval=0.1,
+                          health_timeout=30.0, name="closing") as pool:
+            pool.start()
+            member = next(iter(pool._members.values()))
+            _until(lambda: member.checking, "sent the first health check")
+        assert member.healthy is None, member.healthy  # never judged
+    assert _said(caplog, port, "bad") == [], caplog.text

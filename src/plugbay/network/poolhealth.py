@@ -286,10 +286,14 @@ class PoolHealth(PoolTLS):
         suspect = not ok and self.diagnose_tls and cut_short(detail)
         refused = not ok and "connection refused" in detail.lower()
         with self._cond:
+            if self._closed or self._members.get(member.key) is not member:
+                # the pool closed, or the replica left discovery, while its check was out (cancelled by that): no
+                # verdict on the replica, and no WARNING blaming it for the host's own close
+                self._cond.notify_all()
+                return
             member.refused_since = (member.refused_since or time.monotonic()) if refused else None
             fails = 0 if ok else self._health_fails.get(member.key, 0) + 1
-            if self._members.get(member.key) is member:  # one that left meanwhile is counted no more
-                self._health_fails[member.key] = fails
+            self._health_fails[member.key] = fails
             before = member.healthy
             member.tls_suspect = suspect
             if not suspect:  # a suspect keeps its last probe's verdict until the next probe

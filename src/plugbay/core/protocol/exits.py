@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 
@@ -34,6 +35,15 @@ def exit_said(code: int | None) -> str:
 # A POSIX shell's exit codes for a command it could not run: 127 not found, 126 found but not executable. A
 # plugin started through a shell (`sh -c`, an image's shell-form ENTRYPOINT/CMD) that exits so never ran.
 NOT_FOUND, NOT_EXECUTABLE = 127, 126
+# a shell's words when it cannot run a program (dash, bash, busybox; "exec: NAME: not found" from sh -c exec):
+# a program may exit 127 or 126 itself, after it ran, and then the advice below would send the user astray
+_SHELL_REFUSAL = re.compile(r"not found|No such file or directory|Permission denied|cannot execute|Exec format error"
+                            r"|Is a directory", re.IGNORECASE)
+
+
+def shell_refused(lines: list[str]) -> bool:
+    """Whether the last of ``lines`` (a plugin's last stderr lines) is a shell saying it could not run a program."""
+    return bool(lines) and _SHELL_REFUSAL.search(lines[-1]) is not None
 
 
 def not_run_advice(code: int | None, command: str, where: str, check: str) -> str | None:
@@ -41,7 +51,7 @@ def not_run_advice(code: int | None, command: str, where: str, check: str) -> st
     no plugin ran, so its handshake config (the magic cookie) is not the cause. ``where``: where the program
     was looked for ("on its PATH"); ``check``: what to check."""
     if code == NOT_FOUND:
-        said = f"a program {command} runs was not found {where} (not on the PATH, or no file at the path given)"
+        said = f"a program {command} runs was not found {where} (or no file is at the path given)"
     elif code == NOT_EXECUTABLE:
         said = f"a program {command} runs was found but could not be executed (no execute permission, or not a" \
                " program this system runs)"
