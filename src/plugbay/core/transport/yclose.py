@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -98,6 +99,16 @@ class StreamTimers:
 
 
 TIMERS = StreamTimers()
+
+
+def _forget_in_child() -> None:
+    """A forked child has no timer thread (its parent's may be named running, or have held the lock at
+    the fork, which would hold every open() there for good), and none of its parent's streams to time."""
+    global TIMERS
+    TIMERS = StreamTimers()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class _Session(Protocol):
