@@ -49,7 +49,7 @@ from plugbay.core.transport.ystream import (
     Stream,
     StreamClosed,
 )
-from plugbay.errors import NoNewStreamsError
+from plugbay.errors import NoNewStreamsError, NoThreadError
 
 __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", "WINDOW", "WINDOW_UPDATE",
            "_CHUNK", "_HDR", "Chunk", "Session", "Stream", "StreamClosed"]  # the stream's names are ours too
@@ -169,7 +169,11 @@ class Session(Splicing, Pinging, Writing):
             self._next += 2
             stream = Stream(self, sid)
             self._streams[sid] = stream
-        stream._await_ack()
+        try:
+            stream._await_ack()
+        except NoThreadError:  # no SYN went: the peer never hears of it
+            self.forget(stream)
+            raise
         self._send(WINDOW_UPDATE, SYN, sid, 0)
         return stream
 

@@ -27,6 +27,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from plugbay.errors import NoThreadError
+
 log = logging.getLogger("plugbay.yamux")
 CLOSE_TIMEOUT = 300.0  # hashicorp/yamux's StreamCloseTimeout default
 OPEN_TIMEOUT = 75.0  # ... and its StreamOpenTimeout
@@ -48,22 +50,41 @@ class StreamTimers:
         self._thread: threading.Thread | None = None
 
     def add(self, key: object, timeout: float, action: Callable[[], None]) -> None:
-        """Run ``action`` in ``timeout`` seconds (up to LOOK later) unless drop(``key``) comes first."""
+        """Run ``action`` in ``timeout`` seconds (up to LOOK later) unless drop(``key``) comes first;
+        NoThreadError (nothing added) when no thread to run it could be started."""
         with self._cond:
             self._queues.setdefault(timeout, OrderedDict())[key] = (time.monotonic() + timeout, action)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="plugbay-yamux-timeouts", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="plugbay-yamux-timeouts", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # "can't start new thread": the next add() tries again
+                    self._drop(key)
+                    raise NoThreadError(f"no thread for the yamux stream timeouts ({exc}); free threads (fewer"
+                                        " plugins or workers in this process), then retry") from exc
+                self._thread = thread  # only now: a thread named running that is not would start none again
 
     def drop(self, key: object) -> None:
+        """Forget the action under ``key`` (it has not run, and now will not); nothing if there is none."""
         with self._cond:
-            for timeout, queue in self._queues.items():
-                if queue.pop(key, None) is not None:
-                    if not queue:
-                        del self._queues[timeout]
-                    return
+            self._drop(key)
+
+    def _drop(self, key: object) -> None:
+        for timeout, queue in self._queues.items():
+            if queue.pop(key, None) is not None:
+                if not queue:
+                    del self._queues[timeout]
+                return
 
     def _run(self) -> None:
+        try:
+            self._look()
+        finally:  # ended by a non-Exception too (an action's SystemExit): the next add() starts a thread again
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _look(self) -> None:
         idle = False
         while True:
             expired: list[Callable[[], None]] = []
@@ -146,19 +167,25 @@ class Timed:
         self._timers_in(1, 1)
 
     def _await_ack(self) -> None:
-        """Opened here (its SYN about to go): the peer has stream_open_timeout to acknowledge it."""
+        """Opened here (its SYN about to go): the peer has stream_open_timeout to acknowledge it.
+        NoThreadError when no thread could time it (the caller then sends no SYN)."""
         timeout = self.session.stream_open_timeout
         if timeout < math.inf:
             with self._cond:
                 if self._reset:  # the session ended meanwhile (its streams' timers dropped already)
                     return
-                self._opening = True
                 TIMERS.add((self, "open"), timeout, self._open_too_long)
+                self._opening = True
 
-    def _await_fin(self, timeout: float) -> None:
-        """Closed this way, the peer's side still open (the lock held)."""
+    def _await_fin(self, timeout: float) -> bool:
+        """Closed this way, the peer's side still open (the lock held); False when no thread could time it."""
+        try:
+            TIMERS.add((self, "close"), timeout, self._half_closed_too_long)
+        except NoThreadError as exc:
+            log.warning("yamux stream closed this way with no timeout for the peer's side (%s); resetting it", exc)
+            return False
         self._closing = True
-        TIMERS.add((self, "close"), timeout, self._half_closed_too_long)
+        return True
 
     def _open_too_long(self) -> None:
         with self._cond:

@@ -331,9 +331,11 @@ class Stream(Sinking, Timed):
             self._cond.notify_all()  # a bridge's down loop may wait for both FINs (bridges._ended_both_ways)
             flags = self._take_flags() | FIN
             timeout = self.session.stream_close_timeout
-            if not self._remote_fin and timeout < math.inf:
-                self._await_fin(timeout)
+            bounded = self._remote_fin or timeout == math.inf or self._await_fin(timeout)
         self.session._send(WINDOW_UPDATE, flags, self.id, 0)
+        if not bounded:  # no thread to time the peer's side: reset now, as its timeout would later
+            self.reset()
+            return
         if self._remote_fin:  # closed both ways: as hashicorp/yamux, the session drops it
             self.session.forget(self)
 
