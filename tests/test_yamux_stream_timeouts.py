@@ -6,12 +6,14 @@ reads but accepts nothing): the session is dropped after stream_open_timeout (St
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -184,3 +186,57 @@ def test_a_bridge_whose_local_side_ended_frees_its_socket_once_the_peer_never_cl
         peer.close()
         session.close()
         workers.close()
+
+
+def _dropped_or_reset(raw: socket.socket, sid: int) -> str:
+    """Read the session's frames to the raw peer until stream ``sid``'s RST ("reset") or the end of the
+    connection ("dropped")."""
+    while True:
+        try:
+            kind, flags, got, _, _ = _frame(raw)
+        except AssertionError:
+            return "dropped"
+        if got == sid and flags & RST:
+            return "reset"
+
+
+@pytest.fixture()
+def unacknowledging() -> Iterator[tuple[Session, socket.socket]]:
+    """A session whose raw peer acknowledges no stream (its accept loop stuck), with short timeouts: a stream's
+    open timeout (1 s) ends before its close timeout (2 s), so the close timeout's RST comes after the
+    open timeout, had it been armed, dropped the session."""
+    a, raw = socket.socketpair()
+    session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-noack")
+    session.stream_open_timeout, session.stream_close_timeout = 1.0, 2.0
+    raw.settimeout(30)
+    try:
+        yield session, raw
+    finally:
+        session.close()
+        raw.close()
+
+
+def test_a_stream_closed_here_before_its_ack_no_longer_waits_for_it(
+        unacknowledging: tuple[Session, socket.socket]) -> None:
+    # as hashicorp/yamux's Close: closing the stream ends the wait for its ACK
+    session, raw = unacknowledging
+    stream = session.open()
+    stream.close_write()
+    assert _dropped_or_reset(raw, stream.id) == "reset", session.close_reason
+    assert not session.closed, session.close_reason
+
+
+def test_a_stream_the_peer_closed_before_its_ack_no_longer_waits_for_it(
+        unacknowledging: tuple[Session, socket.socket]) -> None:
+    # as hashicorp/yamux: a FIN from the peer ends the wait for its ACK (it had the stream)
+    session, raw = unacknowledging
+    stream = session.open()
+    raw.sendall(_HDR.pack(0, WINDOW_UPDATE, FIN, stream.id, 0))
+    assert stream.read() == b""  # the FIN arrived
+    session.stream_open_timeout = math.inf  # the next stream waits for no ACK: only its close timeout runs
+    other = session.open()
+    other.close_write()
+    assert _dropped_or_reset(raw, other.id) == "reset", session.close_reason
+    assert not session.closed, session.close_reason
+    stream.close_write()  # closed both ways, never acknowledged: forgotten, its timeouts with it
+    assert session._streams == {}

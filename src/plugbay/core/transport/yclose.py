@@ -153,12 +153,13 @@ class Timed:
     if TYPE_CHECKING:
         def reset(self, wait: bool = True) -> None: ...
 
-    def _timers_in(self, fin_or_rst: int, ack_or_rst: int) -> None:
-        """A frame's flags (the lock held): an ACK or a reset ends the open timeout, a FIN or a reset the close one."""
-        if self._closing and fin_or_rst:
+    def _timers_in(self, ends_close: int, ends_open: int) -> None:
+        """What ends a timeout (the lock held): the close one a FIN or a reset from the peer; the open one
+        its ACK, FIN or reset, or this side's own close (FIN sent) or reset, as hashicorp/yamux's."""
+        if self._closing and ends_close:
             self._closing = False
             TIMERS.drop((self, "close"))
-        if self._opening and ack_or_rst:  # acknowledged, or refused: the peer's accept loop runs
+        if self._opening and ends_open:  # answered, or closed: no call waits on the peer accepting it
             self._opening = False
             TIMERS.drop((self, "open"))
 

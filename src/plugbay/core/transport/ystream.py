@@ -208,7 +208,8 @@ class Stream(Sinking, Timed):
             self._remote_fin = True
         if flags & RST:
             self._reset = True
-        self._timers_in(flags & (FIN | RST), flags & (ACK | RST))
+        # the peer's FIN ends the open timeout too, as hashicorp/yamux's (a stream it closed was accepted)
+        self._timers_in(flags & (FIN | RST), flags & (ACK | FIN | RST))
 
     def _kill(self, error: type[StreamClosed] = StreamClosed) -> None:
         with self._cond:
@@ -330,6 +331,7 @@ class Stream(Sinking, Timed):
             self._local_fin = True
             self._cond.notify_all()  # a bridge's down loop may wait for both FINs (bridges._ended_both_ways)
             flags = self._take_flags() | FIN
+            self._timers_in(0, 1)  # closed here: no longer waiting for the peer's ACK (as hashicorp/yamux's Close)
             timeout = self.session.stream_close_timeout
             bounded = self._remote_fin or timeout == math.inf or self._await_fin(timeout)
         self.session._send(WINDOW_UPDATE, flags, self.id, 0)
