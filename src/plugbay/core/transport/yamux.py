@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import socket
 import threading
 import time
@@ -27,6 +26,7 @@ from collections.abc import Callable
 
 from plugbay.core.transport.frames import Chunk, FrameReader, Piped, send_within
 from plugbay.core.transport.sockets import shutdown_and_join
+from plugbay.core.transport.yadmit import MAX_STREAMS, Admitting, stream_cap
 from plugbay.core.transport.yclose import CLOSE_TIMEOUT, OPEN_TIMEOUT
 from plugbay.core.transport.ylate import LateControl
 from plugbay.core.transport.yping import Pinging
@@ -51,32 +51,13 @@ from plugbay.core.transport.ystream import (
 )
 from plugbay.errors import NoNewStreamsError, NoThreadError
 
-__all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_WINDOW", "PING", "RST", "SYN", "WINDOW", "WINDOW_UPDATE",
-           "_CHUNK", "_HDR", "Chunk", "Session", "Stream", "StreamClosed"]  # the stream's names are ours too
+# the stream's names, and the stream cap's, are ours too
+__all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_STREAMS", "MAX_WINDOW", "PING", "RST", "SYN", "WINDOW",
+           "WINDOW_UPDATE", "_CHUNK", "_HDR", "Chunk", "Session", "Stream", "StreamClosed"]
 
 log = logging.getLogger("plugbay.yamux")
 _SPLICE_MIN = 64 * 1024  # a payload this big, for a stream whose sink can take it, is spliced
 _CLOSE_WAIT = 2.0  # close() waits this long to send its GoAway (a writer stuck on a peer that does not read)
-# Streams the peer may have open at once in one session; its SYNs past this are reset (RST), as
-# hashicorp/yamux resets a stream past its AcceptBacklog (256). Each open stream costs threads
-# (a bridge's or a splice's copy loops), and the peer decides how many it opens.
-MAX_STREAMS = 512
-_FEWEST_STREAMS = 16  # what a session admits however low the descriptor limit
-
-
-def stream_cap() -> int:
-    """MAX_STREAMS, or fewer under a low descriptor limit: each stream the peer opens costs two
-    descriptors (its bridge's local connection, both ends here), and one session's may take half
-    of the soft RLIMIT_NOFILE at most (a plugin whose hard limit is 1024 would otherwise give its
-    every descriptor to one host's streams, and could open no file)."""
-    try:
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (OSError, ValueError):
-        return MAX_STREAMS
-    if soft == resource.RLIM_INFINITY:
-        return MAX_STREAMS
-    return max(_FEWEST_STREAMS, min(MAX_STREAMS, soft // 4))
-_PRUNE_EVERY = 1.0  # at the cap, streams ended but not yet dropped are looked for this often at most
 # hashicorp/yamux opens no stream at an id this high (ErrStreamsExhausted); 2**32-1 would not even
 # fit the header on the next round, and a Go peer refuses it
 _LAST_ID = 0xFFFFFFFE
@@ -93,7 +74,8 @@ def failed_by_peer(reason: str) -> bool:
     else tells why every stream of the connection broke at once."""
     return reason.startswith((PROTOCOL_ERROR, PEER_FAILED))
 
-class Session(Splicing, Pinging, Writing):
+
+class Session(Splicing, Pinging, Writing, Admitting):
     """A yamux session over ``sock``; ``on_stream`` is told about streams the peer opens.
 
     ``on_stream`` runs on the reader thread, so routing decisions follow the
@@ -350,28 +332,6 @@ class Session(Splicing, Pinging, Writing):
                 if self._pipe is not None:
                     os.close(self._pipe[0])
                     os.close(self._pipe[1])
-
-    def _admits(self) -> bool:
-        """Whether the peer may open one more stream (max_streams; under self._lock)."""
-        cap = self.max_streams
-        if len(self._streams) < cap:
-            return True
-        theirs = [s for sid, s in self._streams.items() if (sid % 2 == 1) != self._client]
-        now = time.monotonic()
-        if len(theirs) >= cap and now >= self._next_prune:
-            self._next_prune = now + _PRUNE_EVERY  # a flood at the cap costs no scan per SYN
-            for stream in theirs:
-                if stream.done:  # ended, not yet forgotten by its owner
-                    self._streams.pop(stream.id, None)
-            theirs = [s for s in theirs if s.id in self._streams]
-        if len(theirs) < cap:
-            return True
-        if not self._refusing:
-            self._refusing = True
-            log.warning("%s: the peer has %d streams open, the most one session may%s; resetting its new"
-                        " ones until some end", self._reader.name, cap,
-                        "" if cap == MAX_STREAMS else " under this process's descriptor limit")
-        return False
 
     def _stream_frame(self, sid: int, flags: int, payload: Chunk | Piped | None,
                       delta: int | None) -> str | None:

@@ -132,7 +132,11 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-class _Session(Protocol):
+class TimedSession(Protocol):
+    """What a stream's timeouts need of its session (plugbay.core.transport.ystream.Carrier extends it)."""
+
+    # how long a stream closed this way may wait for the peer's FIN before it is reset, and one opened
+    # here for the peer's ACK before the session is dropped
     stream_close_timeout: float
     stream_open_timeout: float
 
@@ -144,7 +148,7 @@ class Timed:
     are (the stream, "open") and (the stream, "close")."""
 
     # the Stream's own state and steps, set and defined there: declared for the type checker
-    session: _Session
+    session: TimedSession
     _cond: threading.Condition
     _reset: bool
     _closing: bool  # closed this way, waiting for the peer's FIN

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from plugbay.core.transport.frames import Chunk, Piped
-from plugbay.core.transport.yclose import Timed
+from plugbay.core.transport.yclose import Timed, TimedSession
 from plugbay.core.transport.ysink import Sinking
 
 _HDR = struct.Struct(">BBHII")
@@ -44,7 +44,7 @@ class StreamClosed(Exception):
     pass
 
 
-class Carrier(Protocol):
+class Carrier(TimedSession, Protocol):
     """What a stream needs of its session (plugbay.core.transport.yamux.Session)."""
 
     def _send(self, kind: int, flags: int, sid: int, length: int, payload: memoryview | None = None,
@@ -60,13 +60,6 @@ class Carrier(Protocol):
     def _send_piped(self, flags: int, sid: int, length: int, pipe: int) -> None: ...
 
     def forget(self, stream: Stream) -> None: ...
-
-    # how long a stream closed this way may wait for the peer's FIN before it is reset, and one opened
-    # here for the peer's ACK before the session is dropped (see yclose)
-    stream_close_timeout: float
-    stream_open_timeout: float
-
-    def _not_acknowledged(self, stream: Stream) -> None: ...
 
 
 class Stream(Sinking, Timed):
