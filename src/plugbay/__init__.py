@@ -74,7 +74,6 @@ if TYPE_CHECKING:
         NetworkSweptError as NetworkSweptError,
         NoEndpointsError as NoEndpointsError,
         NoNewStreamsError as NoNewStreamsError,
-        NoThreadError as NoThreadError,
         PermissionDeniedError as PermissionDeniedError,
         PinnedEndpointGoneError as PinnedEndpointGoneError,
         PlugbayError as PlugbayError,

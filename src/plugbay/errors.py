@@ -255,13 +255,6 @@ class BrokerTLSError(BrokerError, PluginUnavailableError):
     it had a type of its own, so code catching that still catches it; RetryPolicy never retries it."""
 
 
-class NoThreadError(BrokerError, RuntimeError):
-    """No thread could be started for a multiplexed connection's stream timeouts (the process is at
-    its thread limit): the stream was not opened (or, closed this way, was reset, as its timeout
-    would have). The connection stays up; free threads (fewer plugins or workers), then retry.
-    Also a RuntimeError, which the failure was before it had a type of its own."""
-
-
 class NoNewStreamsError(BrokerClosedError):
     """The multiplexed connection opens no new streams: the peer sent a GoAway (it is shutting down),
     or the connection used up its stream ids. The streams already open keep working."""

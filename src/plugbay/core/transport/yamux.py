@@ -49,7 +49,7 @@ from plugbay.core.transport.ystream import (
     Stream,
     StreamClosed,
 )
-from plugbay.errors import NoNewStreamsError, NoThreadError
+from plugbay.errors import NoNewStreamsError
 
 # the stream's names, and the stream cap's, are ours too
 __all__ = ["ACK", "DATA", "FIN", "GO_AWAY", "MAX_STREAMS", "MAX_WINDOW", "PING", "RST", "SYN", "WINDOW",
@@ -151,11 +151,7 @@ class Session(Splicing, Pinging, Writing, Admitting):
             self._next += 2
             stream = Stream(self, sid)
             self._streams[sid] = stream
-        try:
-            stream._await_ack()
-        except NoThreadError:  # no SYN went: the peer never hears of it
-            self.forget(stream)
-            raise
+        stream._await_ack()
         self._send(WINDOW_UPDATE, SYN, sid, 0)
         return stream
 

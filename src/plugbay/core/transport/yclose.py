@@ -27,8 +27,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from plugbay.errors import NoThreadError
-
 log = logging.getLogger("plugbay.yamux")
 CLOSE_TIMEOUT = 300.0  # hashicorp/yamux's StreamCloseTimeout default
 OPEN_TIMEOUT = 75.0  # ... and its StreamOpenTimeout
@@ -48,20 +46,27 @@ class StreamTimers:
         # one queue per timeout: a queue's deadlines then come in the order its streams were added
         self._queues: dict[float, OrderedDict[object, tuple[float, Callable[[], None]]]] = {}
         self._thread: threading.Thread | None = None
+        self._unstarted = False  # the last start failed (said once, until a thread runs again)
 
     def add(self, key: object, timeout: float, action: Callable[[], None]) -> None:
-        """Run ``action`` in ``timeout`` seconds (up to LOOK later) unless drop(``key``) comes first;
-        NoThreadError (nothing added) when no thread to run it could be started."""
+        """Run ``action`` in ``timeout`` seconds (up to LOOK later) unless drop(``key``) comes first. With no
+        thread to be had (the process at its limit) it stays queued, and the next add() starts the thread
+        (what is queued goes with it): the stream runs untimed meanwhile, as go-plugin 1.0.1's always do,
+        rather than fail its open (its knock already acknowledged, the peer would route the next stream to it)
+        or reset a half-closed stream whose reply may be in flight."""
         with self._cond:
             self._queues.setdefault(timeout, OrderedDict())[key] = (time.monotonic() + timeout, action)
             if self._thread is None:
                 thread = threading.Thread(target=self._run, name="plugbay-yamux-timeouts", daemon=True)
                 try:
                     thread.start()
-                except RuntimeError as exc:  # "can't start new thread": the next add() tries again
-                    self._drop(key)
-                    raise NoThreadError(f"no thread for the yamux stream timeouts ({exc}); free threads (fewer"
-                                        " plugins or workers in this process), then retry") from exc
+                except RuntimeError as exc:  # "can't start new thread" (or the interpreter shutting down)
+                    if not self._unstarted:
+                        log.warning("no thread for the yamux stream timeouts (%s): streams run untimed until"
+                                    " one can be started", exc)
+                    self._unstarted = True
+                    return
+                self._unstarted = False
                 self._thread = thread  # only now: a thread named running that is not would start none again
 
     def drop(self, key: object) -> None:
@@ -172,8 +177,7 @@ class Timed:
         self._timers_in(1, 1)
 
     def _await_ack(self) -> None:
-        """Opened here (its SYN about to go): the peer has stream_open_timeout to acknowledge it.
-        NoThreadError when no thread could time it (the caller then sends no SYN)."""
+        """Opened here (its SYN about to go): the peer has stream_open_timeout to acknowledge it."""
         timeout = self.session.stream_open_timeout
         if timeout < math.inf:
             with self._cond:
@@ -182,15 +186,10 @@ class Timed:
                 TIMERS.add((self, "open"), timeout, self._open_too_long)
                 self._opening = True
 
-    def _await_fin(self, timeout: float) -> bool:
-        """Closed this way, the peer's side still open (the lock held); False when no thread could time it."""
-        try:
-            TIMERS.add((self, "close"), timeout, self._half_closed_too_long)
-        except NoThreadError as exc:
-            log.warning("yamux stream closed this way with no timeout for the peer's side (%s); resetting it", exc)
-            return False
+    def _await_fin(self, timeout: float) -> None:
+        """Closed this way, the peer's side still open (the lock held)."""
+        TIMERS.add((self, "close"), timeout, self._half_closed_too_long)
         self._closing = True
-        return True
 
     def _open_too_long(self) -> None:
         with self._cond:

@@ -326,11 +326,9 @@ class Stream(Sinking, Timed):
             flags = self._take_flags() | FIN
             self._timers_in(0, 1)  # closed here: no longer waiting for the peer's ACK (as hashicorp/yamux's Close)
             timeout = self.session.stream_close_timeout
-            bounded = self._remote_fin or timeout == math.inf or self._await_fin(timeout)
+            if not self._remote_fin and timeout < math.inf:
+                self._await_fin(timeout)
         self.session._send(WINDOW_UPDATE, flags, self.id, 0)
-        if not bounded:  # no thread to time the peer's side: reset now, as its timeout would later
-            self.reset()
-            return
         if self._remote_fin:  # closed both ways: as hashicorp/yamux, the session drops it
             self.session.forget(self)
 

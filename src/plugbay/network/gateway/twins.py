@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from plugbay.core.transport.bridges import splice
 from plugbay.core.transport.yamux import Session, Stream, StreamClosed
-from plugbay.errors import NoNewStreamsError, NoThreadError
+from plugbay.errors import NoNewStreamsError
 
 log = logging.getLogger("plugbay.gateway")
 
@@ -83,7 +83,7 @@ class TwinOpener:
             if other is None:
                 raise StreamClosed("the other side is not up")
             twin = other.open()
-        except (StreamClosed, NoNewStreamsError, NoThreadError):  # gone, shutting down (a GoAway), no thread
+        except (StreamClosed, NoNewStreamsError):  # gone, or shutting down (a GoAway): no twin to be had
             stream.reset()
             done()
             return
