@@ -13,19 +13,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"io/ioutil"
-	"log"
 	"net"
-	"os"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"plugbay.test/yamuxutil"
 )
-
-func fail(err error) {
-	fmt.Println("error:", err)
-	os.Exit(1)
-}
 
 func echoed(st net.Conn, block []byte) error {
 	if _, err := st.Write(block); err != nil {
@@ -42,36 +34,21 @@ func echoed(st net.Conn, block []byte) error {
 }
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Println("usage: yamux_goaway ADDRESS")
-		os.Exit(2)
-	}
-	go func() { time.Sleep(60 * time.Second); fmt.Println("error: watchdog"); os.Exit(3) }()
-	conn, err := net.Dial("unix", os.Args[1])
-	if err != nil {
-		fail(err)
-	}
-	cfg := yamux.DefaultConfig()
-	cfg.LogOutput = ioutil.Discard
-	log.SetOutput(ioutil.Discard)
-	sess, err := yamux.Client(conn, cfg)
-	if err != nil {
-		fail(err)
-	}
+	sess := yamuxutil.DialSession("yamux_goaway", 60*time.Second, true)
 	st, err := sess.Open()
 	if err != nil {
-		fail(fmt.Errorf("open: %w", err))
+		yamuxutil.Fail(fmt.Errorf("open: %w", err))
 	}
 	block := bytes.Repeat([]byte("0123456789"), 100)
 	if err := echoed(st, block); err != nil {
-		fail(fmt.Errorf("before the GoAway: %w", err))
+		yamuxutil.Fail(fmt.Errorf("before the GoAway: %w", err))
 	}
 	if err := sess.GoAway(); err != nil {
-		fail(fmt.Errorf("goaway: %w", err))
+		yamuxutil.Fail(fmt.Errorf("goaway: %w", err))
 	}
 	// written after the GoAway on the same connection: the peer reads the GoAway first
 	if err := echoed(st, block); err != nil {
-		fail(fmt.Errorf("the open stream after the GoAway: %w", err))
+		yamuxutil.Fail(fmt.Errorf("the open stream after the GoAway: %w", err))
 	}
 	st.Close()
 	fmt.Println("ok")

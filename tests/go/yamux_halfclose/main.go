@@ -12,59 +12,36 @@ package main
 import (
 	"fmt"
 	"io/ioutil"
-	"log"
-	"net"
-	"os"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"plugbay.test/yamuxutil"
 )
 
-func fail(err error) {
-	fmt.Println("error:", err)
-	os.Exit(1)
-}
-
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Println("usage: yamux_halfclose ADDRESS")
-		os.Exit(2)
-	}
-	go func() { time.Sleep(30 * time.Second); fmt.Println("error: watchdog"); os.Exit(3) }()
-	conn, err := net.Dial("unix", os.Args[1])
-	if err != nil {
-		fail(err)
-	}
-	cfg := yamux.DefaultConfig()
-	cfg.LogOutput = ioutil.Discard
-	log.SetOutput(ioutil.Discard)
-	sess, err := yamux.Client(conn, cfg)
-	if err != nil {
-		fail(err)
-	}
+	sess := yamuxutil.DialSession("yamux_halfclose", 30*time.Second, true)
 	st, err := sess.Open()
 	if err != nil {
-		fail(fmt.Errorf("open: %w", err))
+		yamuxutil.Fail(fmt.Errorf("open: %w", err))
 	}
 	if _, err := st.Write([]byte("hello")); err != nil {
-		fail(fmt.Errorf("write: %w", err))
+		yamuxutil.Fail(fmt.Errorf("write: %w", err))
 	}
 	got, err := ioutil.ReadAll(st) // to the peer's FIN
 	if err != nil {
-		fail(fmt.Errorf("read to the peer's close: %w", err))
+		yamuxutil.Fail(fmt.Errorf("read to the peer's close: %w", err))
 	}
 	if string(got) != "hello" {
-		fail(fmt.Errorf("the peer sent %q", got))
+		yamuxutil.Fail(fmt.Errorf("the peer sent %q", got))
 	}
 	// never st.Close(): the stream stays half-closed until the peer gives up on it
 	for sess.NumStreams() != 0 {
 		if sess.IsClosed() {
-			fail(fmt.Errorf("the session ended instead of the stream"))
+			yamuxutil.Fail(fmt.Errorf("the session ended instead of the stream"))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	if _, err := sess.Ping(); err != nil {
-		fail(fmt.Errorf("ping after the reset: %w", err))
+		yamuxutil.Fail(fmt.Errorf("ping after the reset: %w", err))
 	}
 	fmt.Println("reset")
 	<-sess.CloseChan()

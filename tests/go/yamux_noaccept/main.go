@@ -10,34 +10,13 @@ package main
 
 import (
 	"fmt"
-	"io/ioutil"
-	"log"
-	"net"
-	"os"
 	"time"
 
-	"github.com/hashicorp/yamux"
+	"plugbay.test/yamuxutil"
 )
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Println("usage: yamux_noaccept ADDRESS")
-		os.Exit(2)
-	}
-	go func() { time.Sleep(30 * time.Second); fmt.Println("error: watchdog"); os.Exit(3) }()
-	conn, err := net.Dial("unix", os.Args[1])
-	if err != nil {
-		fmt.Println("error:", err)
-		os.Exit(1)
-	}
-	cfg := yamux.DefaultConfig()
-	cfg.LogOutput = ioutil.Discard
-	log.SetOutput(ioutil.Discard)
-	sess, err := yamux.Server(conn, cfg)
-	if err != nil {
-		fmt.Println("error:", err)
-		os.Exit(1)
-	}
+	sess := yamuxutil.DialSession("yamux_noaccept", 30*time.Second, false)
 	<-sess.CloseChan()
 	fmt.Println("closed")
 }

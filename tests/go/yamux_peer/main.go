@@ -14,27 +14,21 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"io/ioutil"
-	"log"
 	"net"
 	"os"
 	"strconv"
 	"time"
 
 	"github.com/hashicorp/yamux"
+	"plugbay.test/yamuxutil"
 )
-
-func fail(err error) {
-	fmt.Println("error:", err)
-	os.Exit(1)
-}
 
 func main() {
 	if len(os.Args) != 6 {
 		fmt.Println("usage: yamux_peer client|server NETWORK ADDRESS STREAMS BYTES")
 		os.Exit(2)
 	}
-	go func() { time.Sleep(60 * time.Second); fmt.Println("error: watchdog"); os.Exit(3) }()
+	yamuxutil.Watchdog(60 * time.Second)
 	mode, network, address := os.Args[1], os.Args[2], os.Args[3]
 	streams, _ := strconv.Atoi(os.Args[4])
 	size, _ := strconv.Atoi(os.Args[5])
@@ -52,10 +46,9 @@ func main() {
 		}
 	}
 	if err != nil {
-		fail(err)
+		yamuxutil.Fail(err)
 	}
-	cfg := yamux.DefaultConfig()
-	cfg.LogOutput = ioutil.Discard
+	cfg := yamuxutil.QuietConfig()
 	cfg.Logger = nil
 	var sess *yamux.Session
 	if mode == "client" {
@@ -64,12 +57,11 @@ func main() {
 		sess, err = yamux.Server(conn, cfg)
 	}
 	if err != nil {
-		fail(err)
+		yamuxutil.Fail(err)
 	}
-	log.SetOutput(ioutil.Discard)
 
 	if _, err := sess.Ping(); err != nil {
-		fail(fmt.Errorf("ping: %w", err))
+		yamuxutil.Fail(fmt.Errorf("ping: %w", err))
 	}
 	pattern := make([]byte, size)
 	for i := range pattern {
@@ -78,7 +70,7 @@ func main() {
 	for n := 0; n < streams; n++ {
 		st, err := sess.Open()
 		if err != nil {
-			fail(fmt.Errorf("open: %w", err))
+			yamuxutil.Fail(fmt.Errorf("open: %w", err))
 		}
 		// This yamux's Close also ends reading, so the echo is read back by length, not to EOF.
 		done := make(chan error, 1)
@@ -88,22 +80,22 @@ func main() {
 		}()
 		got := make([]byte, size)
 		if _, err := io.ReadFull(st, got); err != nil {
-			fail(fmt.Errorf("read echo: %w", err))
+			yamuxutil.Fail(fmt.Errorf("read echo: %w", err))
 		}
 		if err := <-done; err != nil {
-			fail(fmt.Errorf("write: %w", err))
+			yamuxutil.Fail(fmt.Errorf("write: %w", err))
 		}
 		if !bytes.Equal(got, pattern) {
-			fail(fmt.Errorf("stream %d: echo of %d bytes differs", n, size))
+			yamuxutil.Fail(fmt.Errorf("stream %d: echo of %d bytes differs", n, size))
 		}
 		st.Close()
 	}
 	st, err := sess.Accept()
 	if err != nil {
-		fail(fmt.Errorf("accept: %w", err))
+		yamuxutil.Fail(fmt.Errorf("accept: %w", err))
 	}
 	if _, err := io.Copy(st, st); err != nil {
-		fail(fmt.Errorf("echo: %w", err))
+		yamuxutil.Fail(fmt.Errorf("echo: %w", err))
 	}
 	st.Close()
 	fmt.Println("ok")
