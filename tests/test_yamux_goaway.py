@@ -4,18 +4,15 @@ remoteGoAway) stops new streams only; an error GoAway ends the session; running 
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
-import subprocess
-import tempfile
 import threading
 
 import pytest
 
 from plugbay.core.transport.yamux import FIN, GO_AWAY, SYN, WINDOW_UPDATE, Session, Stream, StreamClosed
 from plugbay.errors import BrokerClosedError, NoNewStreamsError
-from tests.yamux_util import ended_by, read_exactly
+from tests.yamux_util import ended_by, go_peer, read_exactly
 
 _HDR = struct.Struct(">BBHII")
 
@@ -35,44 +32,21 @@ def _echo(stream: Stream) -> None:
 
 @pytest.mark.go
 def test_a_go_peers_goaway_keeps_its_open_streams_and_refuses_new_ones() -> None:
-    from tests.gobuild import build_go, go_missing_reason
-
-    if go_missing_reason():
-        pytest.skip(str(go_missing_reason()))
-    peer = build_go("yamux_goaway")
-    d = tempfile.mkdtemp(prefix="yg", dir="/tmp")
-    path = os.path.join(d, "y.sock")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(1)
-    proc = subprocess.Popen([str(peer), path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    session = None
-    try:
-        listener.settimeout(30)
-        conn, _ = listener.accept()
-        conn.settimeout(None)
+    with go_peer("yamux_goaway") as (proc, conn):
         session = Session(conn, client=False, on_stream=_echo, name="t-goaway")
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()  # the Go side's stream echoed after its GoAway
-        assert line == "ok", line + proc.stdout.read()
-        assert not session.closed, session.close_reason
-        with pytest.raises(NoNewStreamsError, match="GoAway"):
-            session.open()
-        assert not session.closed
-        session.close()
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if session is not None:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()  # the Go side's stream echoed after its GoAway
+            assert line == "ok", line + proc.stdout.read()
+            assert not session.closed, session.close_reason
+            with pytest.raises(NoNewStreamsError, match="GoAway"):
+                session.open()
+            assert not session.closed
             session.close()
-        listener.close()
-        os.unlink(path)
-        os.rmdir(d)
+            out, _ = proc.communicate(timeout=30)
+            assert proc.returncode == 0, out
+        finally:
+            session.close()
 
 
 def test_a_goaway_with_an_error_code_still_ends_the_session() -> None:

@@ -7,11 +7,8 @@ reads but accepts nothing): the session is dropped after stream_open_timeout (St
 from __future__ import annotations
 
 import math
-import os
 import socket
 import struct
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -20,7 +17,7 @@ import pytest
 from plugbay.core.transport.bridges import bridge
 from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.yamux import DATA, FIN, RST, SYN, WINDOW_UPDATE, Session, Stream, StreamClosed
-from tests.yamux_util import read_exactly
+from tests.yamux_util import go_peer, read_exactly
 
 _HDR = struct.Struct(">BBHII")
 _SHORT = 0.5  # the tests' stream_close_timeout (hashicorp/yamux's: 5 min)
@@ -39,95 +36,40 @@ def _answer_and_close(stream: Stream) -> None:
 
 @pytest.mark.go
 def test_a_stream_a_go_peer_leaves_half_closed_is_reset_and_the_session_lives_on() -> None:
-    from tests.gobuild import build_go, go_missing_reason
-
-    if go_missing_reason():
-        pytest.skip(str(go_missing_reason()))
-    peer = build_go("yamux_halfclose")
-    d = tempfile.mkdtemp(prefix="yh", dir="/tmp")
-    path = os.path.join(d, "y.sock")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(1)
-    proc = subprocess.Popen([str(peer), path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    session = None
-    try:
-        listener.settimeout(30)
-        conn, _ = listener.accept()
-        conn.settimeout(None)
+    with go_peer("yamux_halfclose") as (proc, conn):
         session = Session(conn, client=False, on_stream=_answer_and_close, name="t-halfclose", start=False)
-        session.stream_close_timeout = _SHORT
-        session.start()
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()  # hashicorp/yamux saw the reset and dropped the stream
-        assert line == "reset", line + proc.stdout.read()
-        assert not session.closed, session.close_reason
-        assert session.open_streams == 0
-        session.close()
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-        if session is not None:
-            session.close()
-        listener.close()
-        os.unlink(path)
-        os.rmdir(d)
-
-
-def _go_peer(program: str) -> tuple[subprocess.Popen[str], socket.socket, str]:
-    """The Go ``program`` started against a unix listener: (its process, its connection, the socket's folder)."""
-    from tests.gobuild import build_go, go_missing_reason
-
-    if go_missing_reason():
-        pytest.skip(str(go_missing_reason()))
-    peer = build_go(program)
-    d = tempfile.mkdtemp(prefix="yt", dir="/tmp")
-    path = os.path.join(d, "y.sock")
-    listener = socket.socket(socket.AF_UNIX)
-    try:
-        listener.bind(path)
-        listener.listen(1)
-        proc = subprocess.Popen([str(peer), path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        listener.settimeout(30)
         try:
-            conn, _ = listener.accept()
-        except BaseException:
-            proc.kill()
-            proc.communicate(timeout=10)
-            raise
-    finally:
-        listener.close()
-        os.unlink(path)
-    conn.settimeout(None)
-    return proc, conn, d
+            session.stream_close_timeout = _SHORT
+            session.start()
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()  # hashicorp/yamux saw the reset and dropped the stream
+            assert line == "reset", line + proc.stdout.read()
+            assert not session.closed, session.close_reason
+            assert session.open_streams == 0
+            session.close()
+            out, _ = proc.communicate(timeout=30)
+            assert proc.returncode == 0, out
+        finally:
+            session.close()
 
 
 @pytest.mark.go
 def test_a_go_peer_that_acknowledges_no_stream_is_dropped_and_its_streams_end() -> None:
-    proc, conn, d = _go_peer("yamux_noaccept")
-    session = Session(conn, client=True, on_stream=lambda s: s.reset(), name="t-noaccept", start=False)
-    try:
-        session.stream_open_timeout = _SHORT
-        session.start()
-        stream = session.open()
-        stream.write(b"hello")  # within the window: sent, never acknowledged
-        out, _ = proc.communicate(timeout=60)  # the Go side sees its session closed
-        assert out.strip() == "closed", out
-        assert session.closed
-        assert "did not acknowledge stream 1" in session.close_reason, session.close_reason
-        with pytest.raises(StreamClosed):
-            stream.write(b"more")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=10)
-        session.close()
-        os.rmdir(d)
+    with go_peer("yamux_noaccept") as (proc, conn):
+        session = Session(conn, client=True, on_stream=lambda s: s.reset(), name="t-noaccept", start=False)
+        try:
+            session.stream_open_timeout = _SHORT
+            session.start()
+            stream = session.open()
+            stream.write(b"hello")  # within the window: sent, never acknowledged
+            out, _ = proc.communicate(timeout=60)  # the Go side sees its session closed
+            assert out.strip() == "closed", out
+            assert session.closed
+            assert "did not acknowledge stream 1" in session.close_reason, session.close_reason
+            with pytest.raises(StreamClosed):
+                stream.write(b"more")
+        finally:
+            session.close()
 
 
 def _frame(peer: socket.socket) -> tuple[int, int, int, int, bytes]:
