@@ -99,15 +99,14 @@ def test_an_ordinary_end_logs_no_warning(how: str, caplog: pytest.LogCaptureFixt
         b.close()
 
 
-def test_data_past_the_streams_window_is_refused_at_its_header(caplog: pytest.LogCaptureFixture) -> None:
-    # as hashicorp/yamux (readData: length > recvWindow): the body is never waited for, nor
-    # buffered; the peer is told with a GoAway (protocol error). Larger than the stream's window
-    # yet under MAX_WINDOW, the frame passed the first check and the reader waited for all of it.
+def _frames_sent_refusing(*frames: bytes, name: str) -> list[tuple[int, int, int, int]]:
+    """The frames a server session sent its peer, who sent ``frames`` (the last a header whose body never
+    comes), before it ended: it must refuse that header at once, not wait for the body."""
     a, b = socket.socketpair()
-    session = Session(a, client=False, on_stream=lambda s: None, name="t-window")
+    session = Session(a, client=False, on_stream=lambda s: None, name=name)
     try:
-        b.sendall(SYN_1)
-        b.sendall(_HDR.pack(0, DATA, 0, 1, MAX_WINDOW))  # the header only: its body never comes
+        for frame in frames:
+            b.sendall(frame)
         session._reader.join(10)
         assert session.closed, "the reader waits for a body it must refuse"
         assert session.close_reason == "protocol error: stream 1 received more than its window"
@@ -115,34 +114,28 @@ def test_data_past_the_streams_window_is_refused_at_its_header(caplog: pytest.Lo
         data = b""
         while chunk := b.recv(65536):
             data += chunk
-        frames, _ = split_frames(data)
-        assert (WINDOW_UPDATE, ACK, 1, 0) in frames
-        assert frames[-1] == (GO_AWAY, 0, 0, 1), frames
+        sent, _ = split_frames(data)
+        return sent
     finally:
         session.close()
         b.close()
+
+
+def test_data_past_the_streams_window_is_refused_at_its_header(caplog: pytest.LogCaptureFixture) -> None:
+    # as hashicorp/yamux (readData: length > recvWindow): the body is never waited for, nor
+    # buffered; the peer is told with a GoAway (protocol error). Larger than the stream's window
+    # yet under MAX_WINDOW, the frame passed the first check and the reader waited for all of it.
+    frames = _frames_sent_refusing(SYN_1, _HDR.pack(0, DATA, 0, 1, MAX_WINDOW), name="t-window")
+    assert (WINDOW_UPDATE, ACK, 1, 0) in frames
+    assert frames[-1] == (GO_AWAY, 0, 0, 1), frames
 
 
 def test_a_stream_opening_frame_past_a_new_streams_window_is_refused_at_its_header() -> None:
     # the SYN on the data frame itself: a new stream's window is WINDOW, and hashicorp/yamux refuses
     # more at the header (incomingStream, then readData). The reader waited for up to MAX_WINDOW of
     # body, held by a peer that never sends it, before it found the stream's window overrun.
-    a, b = socket.socketpair()
-    session = Session(a, client=False, on_stream=lambda s: None, name="t-syn-window")
-    try:
-        b.sendall(_HDR.pack(0, DATA, SYN, 1, WINDOW + 1))  # the header only: its body never comes
-        session._reader.join(10)
-        assert session.closed, "the reader waits for a body it must refuse"
-        assert session.close_reason == "protocol error: stream 1 received more than its window"
-        b.settimeout(10)
-        data = b""
-        while chunk := b.recv(65536):
-            data += chunk
-        frames, _ = split_frames(data)
-        assert frames[-1] == (GO_AWAY, 0, 0, 1), frames
-    finally:
-        session.close()
-        b.close()
+    frames = _frames_sent_refusing(_HDR.pack(0, DATA, SYN, 1, WINDOW + 1), name="t-syn-window")
+    assert frames[-1] == (GO_AWAY, 0, 0, 1), frames
 
 
 def test_a_frame_within_the_window_is_taken_whole() -> None:
