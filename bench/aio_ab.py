@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from ab_pairs import interleaved, run_round, summarise
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -45,25 +44,8 @@ def _round(tree: str, plugin: str, calls: int) -> dict[str, float]:
                               result.metrics[f"{bench_async.TASKS} tasks calls/s"])))
 
 
-def _tree(spec: str, scratch: str, side: str) -> str:
-    if (Path(spec) / "src" / "plugbay").is_dir() and (Path(spec) / "examples").is_dir():
-        return str(Path(spec).resolve())
-    out = os.path.join(scratch, side)  # a folder per side: an A/A run exports the revision twice
-    os.makedirs(out)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", spec, "src", "examples"],
-                             capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", out], input=archive.stdout, check=True)
-    return out
-
-
 def _run(tree: str, plugin: str, calls: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": os.path.join(tree, "src")}
-    cmd = [sys.executable, __file__, "--round", tree, "--go-plugin", plugin, "--calls", str(calls)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise SystemExit(f"a round of {tree} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return figures
+    return run_round(__file__, tree, ["--go-plugin", plugin, "--calls", str(calls)])
 
 
 def main() -> int:
@@ -89,28 +71,9 @@ def main() -> int:
     if reason:
         raise SystemExit(f"no Go plugin: {reason}")
     plugin = str(gobuild.build_go("kv_plugin"))
-    scratch = tempfile.mkdtemp(prefix="plugbay-aio-ab-")
-    try:
-        trees = {side: _tree(spec, scratch, side) for side, spec in (("old", args.old), ("new", args.new))}
-        got: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
-        for n in range(args.pairs):
-            for side in ("old", "new") if n % 2 == 0 else ("new", "old"):
-                got[side].append(_run(trees[side], plugin, args.calls))
-            print(f"pair {n + 1}: " + "  ".join(f"{f} {got['old'][-1][f]:.0f}/{got['new'][-1][f]:.0f}"
-                                                for f in FIGURES), file=sys.stderr, flush=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    summary = {}
-    for f in FIGURES:
-        ratios = sorted(new[f] / old[f] for old, new in zip(got["old"], got["new"]))
-        better = sum((r > 1) if f in HIGHER_IS_BETTER else (r < 1) for r in ratios)
-        summary[f] = {"old": statistics.median(r[f] for r in got["old"]),
-                      "new": statistics.median(r[f] for r in got["new"]),
-                      "ratio": round(statistics.median(ratios), 3),
-                      "range": [round(ratios[0], 3), round(ratios[-1], 3)],
-                      "new_better": better}
-        print(f"{f:16} old {summary[f]['old']:8.0f}  new {summary[f]['new']:8.0f}  new/old median"
-              f" {summary[f]['ratio']:.3f} [{ratios[0]:.3f}..{ratios[-1]:.3f}], new better in {better}/{len(ratios)}")
+    got = interleaved(args.old, args.new, args.pairs, "plugbay-aio-ab-", FIGURES,
+                      lambda tree: _run(tree, plugin, args.calls))
+    summary = summarise(got, FIGURES, 16, "better", HIGHER_IS_BETTER)
     print(json.dumps({"pairs": args.pairs, "calls": args.calls, "load": round(os.getloadavg()[0], 1),
                       "figures": summary}))
     return 0

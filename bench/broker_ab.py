@@ -21,12 +21,10 @@ import argparse
 import json
 import os
 import re
-import shutil
-import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from ab_pairs import interleaved, run_round, summarise
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -53,27 +51,10 @@ def _round(tree: str, calls: int, multiplex: bool, automtls: bool, go: str = "")
     return dict(zip(FIGURES, (result.p50_us, result.p99_us, float(get[1]), float(stream[1]) if stream else 1.0)))
 
 
-def _tree(spec: str, scratch: str, side: str) -> str:
-    if (Path(spec) / "src" / "plugbay").is_dir() and (Path(spec) / "examples").is_dir():
-        return str(Path(spec).resolve())
-    out = os.path.join(scratch, side)  # a folder per side: an A/A run exports the revision twice
-    os.makedirs(out)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", spec, "src", "examples"],
-                             capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", out], input=archive.stdout, check=True)
-    return out
-
-
 def _run(tree: str, args: argparse.Namespace) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": os.path.join(tree, "src")}
-    cmd = [sys.executable, __file__, "--round", tree, "--calls", str(args.calls)]
-    cmd += ["--multiplex"] * args.multiplex + ["--automtls"] * args.automtls
-    cmd += ["--go-plugin", args.go_plugin] if args.go_plugin else []
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise SystemExit(f"a round of {tree} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    figures: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return figures
+    options = ["--calls", str(args.calls)] + ["--multiplex"] * args.multiplex + ["--automtls"] * args.automtls
+    options += ["--go-plugin", args.go_plugin] if args.go_plugin else []
+    return run_round(__file__, tree, options)
 
 
 def main() -> int:
@@ -105,28 +86,8 @@ def main() -> int:
         if reason:
             raise SystemExit(f"--go: {reason}")
         args.go_plugin = str(gobuild.build_go("counter_plugin"))
-    scratch = tempfile.mkdtemp(prefix="plugbay-broker-ab-")
-    try:
-        trees = {side: _tree(spec, scratch, side) for side, spec in (("old", args.old), ("new", args.new))}
-        got: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
-        for n in range(args.pairs):
-            for side in ("old", "new") if n % 2 == 0 else ("new", "old"):
-                got[side].append(_run(trees[side], args))
-            print(f"pair {n + 1}: " + "  ".join(f"{f} {got['old'][-1][f]:.0f}/{got['new'][-1][f]:.0f}"
-                                                for f in FIGURES), file=sys.stderr, flush=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    summary = {}
-    for f in FIGURES:
-        ratios = sorted(new[f] / old[f] for old, new in zip(got["old"], got["new"]))
-        summary[f] = {"old": statistics.median(r[f] for r in got["old"]),
-                      "new": statistics.median(r[f] for r in got["new"]),
-                      "ratio": round(statistics.median(ratios), 3),
-                      "range": [round(ratios[0], 3), round(ratios[-1], 3)],
-                      "new_lower": sum(r < 1 for r in ratios)}
-        print(f"{f:12} old {summary[f]['old']:8.0f}  new {summary[f]['new']:8.0f}  new/old median"
-              f" {summary[f]['ratio']:.3f} [{ratios[0]:.3f}..{ratios[-1]:.3f}], new lower in"
-              f" {summary[f]['new_lower']}/{len(ratios)}")
+    got = interleaved(args.old, args.new, args.pairs, "plugbay-broker-ab-", FIGURES, lambda tree: _run(tree, args))
+    summary = summarise(got, FIGURES, 12, "lower")
     print(json.dumps({"pairs": args.pairs, "calls": args.calls, "multiplex": args.multiplex, "go": args.go,
                       "automtls": args.automtls, "figures": summary}))
     return 0
