@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Context, go_program, percentile
+from common import REPO, Context, go_program, load_file, percentile
 
 _HOST = "src/plugbay/core/host"
 
@@ -50,12 +49,7 @@ def _load(text: str, name: str, folder: str) -> ModuleType:
     path = os.path.join(folder, f"{name}.py")
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(path, name)
 
 
 def _version(spec: str, side: str, folder: str) -> ModuleType:

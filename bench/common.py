@@ -7,12 +7,14 @@ A case whose parts are missing returns a Result with ``skipped`` set instead of 
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,6 +130,16 @@ def go_program(ctx: Context, name: str) -> str | None:
             ctx.cache["go:reason"] = f"build failed: {str(exc).splitlines()[0]}"
     value = ctx.cache[key]
     return value if isinstance(value, str) else None
+
+
+def load_file(path: str, name: str) -> ModuleType:
+    """The Python file ``path`` loaded as module ``name`` (not put in sys.modules): an A/B script's version."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def timed(calls: int, func: Callable[[], Any]) -> tuple[list[float], float]:

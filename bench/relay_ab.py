@@ -22,7 +22,6 @@ inside. Every loop is bounded by --calls.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -30,21 +29,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Context, go_program, percentile
-
-
-def _load(path: str, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from common import Context, go_program, load_file, percentile
 
 
 def main() -> int:
@@ -66,7 +55,7 @@ def main() -> int:
     plugin = go_program(ctx, "kv_plugin")
     if plugin is None:
         raise SystemExit(f"no Go plugin: {ctx.cache.get('go:reason')}")
-    versions = {"old": _load(args.old, "relayconn_old"), "new": _load(args.new, "relayconn_new")}
+    versions = {"old": load_file(args.old, "relayconn_old"), "new": load_file(args.new, "relayconn_new")}
     clients: dict[str, Any] = {}
     kvs: dict[str, Any] = {}
     latencies: dict[str, list[float]] = {"old": [], "new": []}
