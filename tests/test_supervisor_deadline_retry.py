@@ -12,6 +12,8 @@ UNAVAILABLE. What is asserted is which error the call ends with, its note, and w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,22 @@ def _policy(planned: list[float], backoff: float) -> RetryPolicy:
                        on_retry=lambda method, n, exc, sleep: planned.append(sleep))
 
 
+@contextmanager
+def _supervised(tmp_path: Path, retry: Any, *,
+                put: tuple[str, bytes] | None = None) -> Iterator[tuple[Supervisor, Any]]:
+    """A Supervisor of the fault-switch KV plugin under ``retry``, and its KV stub, whose next Get fails
+    (UNAVAILABLE); ``put`` is stored first."""
+    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=retry, health_interval=None) as sup:
+        kv = sup.dispense(PLUGIN_NAME)
+        if put is not None:
+            kv.put(*put)
+        kv.put("__fail__", b"1")
+        yield sup, kv
+
+
 def test_a_backoff_past_the_scopes_deadline_is_not_slept_the_tries_error_is_raised(tmp_path: Path) -> None:
     planned: list[float] = []
-    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=_policy(planned, 30.0),
-                    health_interval=None) as sup:
-        kv = sup.dispense(PLUGIN_NAME)
-        kv.put("__fail__", b"1")
+    with _supervised(tmp_path, _policy(planned, 30.0)) as (sup, kv):
         with sup.deadline(5) as scope:
             with pytest.raises(grpc.RpcError) as err:
                 kv.get("k")
@@ -49,11 +61,7 @@ def test_a_backoff_past_the_scopes_deadline_is_not_slept_the_tries_error_is_rais
 
 def test_a_backoff_within_the_scope_is_still_retried(tmp_path: Path) -> None:
     planned: list[float] = []
-    with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=_policy(planned, 0.1),
-                    health_interval=None) as sup:
-        kv = sup.dispense(PLUGIN_NAME)
-        kv.put("k", b"v")
-        kv.put("__fail__", b"1")
+    with _supervised(tmp_path, _policy(planned, 0.1), put=("k", b"v")) as (sup, kv):
         with sup.deadline(30):
             assert kv.get("k") == b"v"
         assert planned == [0.1], planned
@@ -79,21 +87,37 @@ def test_an_async_supervisors_backoff_past_the_scope_is_not_slept_either(tmp_pat
     assert planned == [], planned
 
 
-def test_the_scopes_end_is_the_supervisors_policys_only_not_a_call_made_in_its_on_retry(tmp_path: Path) -> None:
-    # A plain Client's call made in the Supervisor's on_retry (metrics, a fallback) is no call of the scope: its
-    # own RetryPolicy sleeps its 2 s backoff and retries, though the scope (1.5 s) ends before that. Before, the
-    # scope's end was left for every policy the hook ran: the plain call gave up at once, told of a deadline()
-    # scope that was not its own.
-    (tmp_path / "sup").mkdir()
+@contextmanager
+def _plain_kv(tmp_path: Path) -> Iterator[Any]:
+    """The KV stub of a plain Client (no Supervisor; its own RetryPolicy: 2 tries, a 2 s backoff) holding
+    k=b"plain", whose next Get fails (UNAVAILABLE), for calls made from within a supervised call's retry."""
     (tmp_path / "plain").mkdir()
-    seen: list[object] = []
     with Client(faulty_config(tmp_path / "plain")) as client:
         install(client, retry=RetryPolicy(max_attempts=2, all_idempotent=True, initial_backoff=2.0, max_backoff=2.0,
                                           jitter=0))
         plain = client.dispense(PLUGIN_NAME)
         plain.put("k", b"plain")
         plain.put("__fail__", b"1")
+        yield plain
 
+
+def _scoped_get_fails(tmp_path: Path, retry: Any) -> None:
+    """A supervised Get under ``retry`` whose first try fails, in a deadline(1.5) scope: it ends in that try's
+    error (a retry would come after the scope's end: refused)."""
+    (tmp_path / "sup").mkdir()
+    with _supervised(tmp_path / "sup", retry) as (sup, kv):
+        with sup.deadline(1.5):
+            with pytest.raises(grpc.RpcError):
+                kv.get("k")
+
+
+def test_the_scopes_end_is_the_supervisors_policys_only_not_a_call_made_in_its_on_retry(tmp_path: Path) -> None:
+    # A plain Client's call made in the Supervisor's on_retry (metrics, a fallback) is no call of the scope: its
+    # own RetryPolicy sleeps its 2 s backoff and retries, though the scope (1.5 s) ends before that. Before, the
+    # scope's end was left for every policy the hook ran: the plain call gave up at once, told of a deadline()
+    # scope that was not its own.
+    seen: list[object] = []
+    with _plain_kv(tmp_path) as plain:
         def on_retry(method: str, n: int, exc: BaseException, sleep: float) -> None:
             try:
                 seen.append(plain.get("k"))
@@ -102,13 +126,7 @@ def test_the_scopes_end_is_the_supervisors_policys_only_not_a_call_made_in_its_o
 
         policy = RetryPolicy(max_attempts=2, all_idempotent=True, initial_backoff=0.1, max_backoff=0.1, jitter=0,
                              on_retry=on_retry)
-        with Supervisor(lambda: faulty_config(tmp_path / "sup"), restart=FAST, retry=policy,
-                        health_interval=None) as sup:
-            kv = sup.dispense(PLUGIN_NAME)
-            kv.put("__fail__", b"1")
-            with sup.deadline(1.5):
-                with pytest.raises(grpc.RpcError):  # its retry comes after the scope's end: refused
-                    kv.get("k")
+        _scoped_get_fails(tmp_path, policy)
         assert seen == [b"plain"], seen
         assert plain.get("__calls__") == b"2"  # the plain call's failed try and its retry
 
@@ -166,20 +184,7 @@ class _OwnLayer:
 def test_a_retry_layer_of_the_users_own_leaves_the_scope_to_no_call_it_makes(tmp_path: Path) -> None:
     # the scope's end is set only for a RetryPolicy, which takes it: a layer of the user's own never would, and
     # every RetryPolicy call it made gave up at once on a scope not its own (found in review)
-    (tmp_path / "sup").mkdir()
-    (tmp_path / "plain").mkdir()
-    with Client(faulty_config(tmp_path / "plain")) as client:
-        install(client, retry=RetryPolicy(max_attempts=2, all_idempotent=True, initial_backoff=2.0, max_backoff=2.0,
-                                          jitter=0))
-        plain = client.dispense(PLUGIN_NAME)
-        plain.put("k", b"plain")
-        plain.put("__fail__", b"1")
+    with _plain_kv(tmp_path) as plain:
         layer = _OwnLayer(lambda: plain.get("k"))
-        with Supervisor(lambda: faulty_config(tmp_path / "sup"), restart=FAST, retry=layer,  # type: ignore[arg-type]
-                        health_interval=None) as sup:
-            kv = sup.dispense(PLUGIN_NAME)
-            kv.put("__fail__", b"1")
-            with sup.deadline(1.5):
-                with pytest.raises(grpc.RpcError):
-                    kv.get("k")
+        _scoped_get_fails(tmp_path, layer)
         assert layer.seen == [b"plain"], layer.seen
