@@ -15,9 +15,9 @@ from plugbay import Client, ClientConfig, PluginExitedError, UnprovenAddressErro
 IN_FLIGHT = str(REPO / "tests" / "plugins" / "listener_in_flight.py")
 
 
-def _start(tmp_path: Path, linger: str) -> BaseException:
-    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, IN_FLIGHT, linger],
-                                 start_timeout=30.0))
+def _start_error(cmd: list[str]) -> BaseException:
+    """Why a Client of the plugin ``cmd`` failed to start (it must)."""
+    client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=cmd, start_timeout=30.0))
     try:
         with pytest.raises(Exception) as raised:
             client.start()
@@ -26,15 +26,16 @@ def _start(tmp_path: Path, linger: str) -> BaseException:
         client.kill()
 
 
-def test_a_plugin_exiting_after_its_server_went_is_told_as_exited(tmp_path: Path) -> None:
-    error = _start(tmp_path, "0.3")
+def test_a_plugin_exiting_after_its_server_went_is_told_as_exited() -> None:
+    error = _start_error([PY, IN_FLIGHT, "0.3"])
     assert isinstance(error, PluginExitedError), repr(error)
     assert "exited with code 3" in str(error), str(error)
     assert "trust_announced_address" not in str(error), str(error)
 
 
-def test_one_that_stays_is_still_refused_for_its_address(tmp_path: Path) -> None:
-    error = _start(tmp_path, "20")  # alive past the moment its exit is waited for: the address is what is wrong
+def test_one_that_stays_is_still_refused_for_its_address() -> None:
+    # alive past the moment its exit is waited for: the address is what is wrong
+    error = _start_error([PY, IN_FLIGHT, "20"])
     assert isinstance(error, UnprovenAddressError), repr(error)
 
 
@@ -56,12 +57,6 @@ def test_a_listener_another_live_process_holds_is_refused_before_any_wait_for_an
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mine:
         mine.bind(path)
         mine.listen()
-        client = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, cmd=[PY, "-c", _ANNOUNCES_THEN_EXITS, path],
-                                     start_timeout=30.0))
-        try:
-            with pytest.raises(Exception) as raised:
-                client.start()
-        finally:
-            client.kill()
-    assert isinstance(raised.value, UnprovenAddressError), repr(raised.value)
-    assert f"process {__import__('os').getpid()}" in str(raised.value), str(raised.value)
+        error = _start_error([PY, "-c", _ANNOUNCES_THEN_EXITS, path])
+    assert isinstance(error, UnprovenAddressError), repr(error)
+    assert f"process {__import__('os').getpid()}" in str(error), str(error)
