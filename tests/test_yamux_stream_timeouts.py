@@ -17,7 +17,7 @@ import pytest
 from plugbay.core.transport.bridges import bridge
 from plugbay.core.transport.workers import Workers
 from plugbay.core.transport.yamux import DATA, FIN, RST, SYN, WINDOW_UPDATE, Session, Stream, StreamClosed
-from tests.yamux_util import go_peer, read_exactly
+from tests.yamux_util import go_peer, raw_peer_session, read_exactly
 
 _HDR = struct.Struct(">BBHII")
 _SHORT = 0.5  # the tests' stream_close_timeout (hashicorp/yamux's: 5 min)
@@ -147,15 +147,9 @@ def unacknowledging() -> Iterator[tuple[Session, socket.socket]]:
     """A session whose raw peer acknowledges no stream (its accept loop stuck), with short timeouts: a stream's
     open timeout (1 s) ends before its close timeout (2 s), so the close timeout's RST comes after the
     open timeout, had it been armed, dropped the session."""
-    a, raw = socket.socketpair()
-    session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-noack")
-    session.stream_open_timeout, session.stream_close_timeout = 1.0, 2.0
-    raw.settimeout(30)
-    try:
+    with raw_peer_session("t-noack", 30) as (session, raw):
+        session.stream_open_timeout, session.stream_close_timeout = 1.0, 2.0
         yield session, raw
-    finally:
-        session.close()
-        raw.close()
 
 
 def test_a_stream_closed_here_before_its_ack_no_longer_waits_for_it(

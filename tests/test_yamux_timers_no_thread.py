@@ -23,6 +23,7 @@ import pytest
 
 from plugbay.core.transport import yclose
 from plugbay.core.transport.yamux import FIN, RST, SYN, WINDOW_UPDATE, Session
+from tests.yamux_util import raw_peer_session
 
 _HDR = struct.Struct(">BBHII")
 _START = threading.Thread.start
@@ -49,14 +50,8 @@ def timers(monkeypatch: pytest.MonkeyPatch) -> Iterator[yclose.StreamTimers]:
 
 @pytest.fixture()
 def peer() -> Iterator[tuple[Session, socket.socket]]:
-    a, b = socket.socketpair()
-    session = Session(a, client=True, on_stream=lambda s: s.reset(), name="t-nothread")
-    b.settimeout(10)
-    try:
-        yield session, b
-    finally:
-        session.close()
-        b.close()
+    with raw_peer_session("t-nothread", 10) as pair:
+        yield pair
 
 
 def _header(sock: socket.socket) -> tuple[int, int, int, int]:

@@ -43,6 +43,20 @@ def ended_by(*frames: bytes, name: str) -> str:
 
 
 @contextmanager
+def raw_peer_session(name: str, timeout: float) -> Iterator[tuple[Session, socket.socket]]:
+    """A client session on one end of a socket pair, which resets any stream the peer opens, and the raw peer
+    on the other end (reads bounded by ``timeout`` seconds, a hang guard); both closed at the end."""
+    a, raw = socket.socketpair()
+    session = Session(a, client=True, on_stream=lambda s: s.reset(), name=name)
+    raw.settimeout(timeout)
+    try:
+        yield session, raw
+    finally:
+        session.close()
+        raw.close()
+
+
+@contextmanager
 def go_peer(program: str) -> Iterator[tuple[subprocess.Popen[str], socket.socket]]:
     """The Go ``program`` (run as ``program ADDRESS``) started against a unix listener: (its process, with
     stdout and stderr as one text pipe; the connection it dialed). Skips when Go is missing. At the end the
