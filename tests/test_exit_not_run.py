@@ -32,13 +32,14 @@ def test_a_process_plugins_shell_saying_not_found_is_told_so() -> None:
     assert "magic cookie) as the host" not in text, text  # the default advice of a plugin that ran
 
 
-def test_a_program_that_ran_and_exited_127_itself_gets_no_shell_advice() -> None:
+@pytest.mark.parametrize("said", ["fatal: license file /etc/kv.lic missing", "[ERROR] config: key not found"])
+def test_a_program_that_ran_and_exited_127_itself_gets_no_shell_advice(said: str) -> None:
     # 127 is the program's own choice here (it ran, and said why it stops): "the plugin never started" would send
-    # the user looking for a missing program (found in review)
-    error = _start_error(ProcessRunner(["sh", "-c", "echo 'fatal: license file /etc/kv.lic missing' >&2; exit 127"]))
+    # the user looking for a missing program (found in review; a log line ending "not found" too)
+    error = _start_error(ProcessRunner(["sh", "-c", f"echo '{said}' >&2; exit 127"]))
     assert error.exit_code == 127
     text = str(error)
-    assert "license file /etc/kv.lic missing" in text
+    assert said in text
     assert "never started" not in text and "Exit code 127 is a shell's" not in text, text
 
 

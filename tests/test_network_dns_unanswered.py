@@ -9,7 +9,6 @@ A server that answers with an error code (SERVFAIL) is reachable: its failure st
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -54,10 +53,9 @@ def test_plugbay_health_says_unreachable_when_the_dns_server_does_not_answer() -
     assert [c["status"] for c in checks] == ["UNREACHABLE", "UNREACHABLE"], watch.stdout + watch.stderr
 
 
-def test_plugbay_health_says_unreachable_when_the_kubernetes_api_does_not_answer(tmp_path: Path) -> None:
-    with socket.socket() as closed:  # a port nothing listens on: the API server is down
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+def test_plugbay_health_says_unreachable_when_the_kubernetes_api_does_not_answer(tmp_path: Path,
+                                                                                 closed_port: int) -> None:
+    port = closed_port  # held, nothing listens there: the API server is down
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: down\n"
@@ -68,3 +66,13 @@ def test_plugbay_health_says_unreachable_when_the_kubernetes_api_does_not_answer
     assert done.returncode == 3, done.stderr
     assert done.stdout.startswith("UNREACHABLE "), done.stdout + done.stderr
     assert f"cannot reach the Kubernetes API at https://127.0.0.1:{port}" in done.stdout
+
+
+def test_a_watch_on_an_unusable_kubeconfig_stops_with_its_error(tmp_path: Path) -> None:
+    # no usable kubeconfig is a configuration to fix, not a discovery source to wait for: a --watch printed
+    # UNREACHABLE for it at every interval, for ever (found in review); it ends with the error, as before
+    done = plugbay("health", "kubernetes:///plugins/kv:7001", "--insecure", "--timeout", "2", "--watch",
+                   "--interval", "0.5", "--count", "3", env=cli_env(KUBECONFIG=str(tmp_path / "missing")))
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "UNREACHABLE" not in done.stdout, done.stdout  # no status line per interval: it stopped at once
+    assert "error:" in done.stderr and "kubeconfig" in done.stderr.lower(), done.stderr

@@ -60,13 +60,13 @@ def _said(caplog: pytest.LogCaptureFixture, port: int, verdict: str) -> list[int
 
 
 @pytest.mark.timeout(180)
-def test_a_replica_going_down_is_one_warning_and_its_return_is_info(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_replica_going_down_is_one_warning_and_its_return_is_info(caplog: pytest.LogCaptureFixture,
+                                                                    closed_port: int,
+                                                                    hold_port: Callable[[int], Any]) -> None:
     caplog.set_level(logging.INFO, logger="plugbay.network")
     steady, counter, steady_port = _serve()
     flaky, _, flaky_port = _serve()
-    with socket.socket() as closed:  # a port nothing listens on: a replica down since before the pool started
-        closed.bind(("127.0.0.1", 0))
-        down_port = closed.getsockname()[1]
+    down_port = closed_port  # held, nothing listens there: a replica down since before the pool started
     target = parse_target(f"static:///127.0.0.1:{steady_port},127.0.0.1:{flaky_port},127.0.0.1:{down_port}")
     try:
         with EndpointPool(make_resolver(target, name="levels"), insecure=True, health_interval=0.1,
@@ -78,12 +78,14 @@ def test_a_replica_going_down_is_one_warning_and_its_return_is_info(caplog: pyte
             _until(lambda: flaky_member.healthy is True and down_member.healthy is False, "judged both")
 
             flaky.stop(None).wait(30)
+            held = hold_port(flaky_port)  # while it is down, no other bind takes its port
             _until(lambda: flaky_member.healthy is False, "saw the flaky replica go down")
             seen = counter.checks
             _until(lambda: counter.checks >= seen + 10, "ran ten more health rounds")  # each round checks all
             assert _said(caplog, flaky_port, "bad") == [logging.WARNING]  # one, not one per failing check
             assert _said(caplog, down_port, "bad") == [logging.WARNING]  # never good: warned once too
 
+            held.release()
             flaky, _, _ = _serve(flaky_port)  # back on its port
             _until(lambda: flaky_member.healthy is True, "saw the flaky replica return")
             seen = counter.checks

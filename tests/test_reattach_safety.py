@@ -159,7 +159,6 @@ def _until(done: Callable[[], bool], within: float = 5.0) -> bool:
 def test_a_client_cert_that_is_no_certificate_and_key_is_refused_at_once(tmp_path: Path, field: str,
                                                                          bad: str) -> None:
     import json
-    import time
 
     from plugbay.core.protocol.tls import generate_cert
 
@@ -168,13 +167,11 @@ def test_a_client_cert_that_is_no_certificate_and_key_is_refused_at_once(tmp_pat
     try:
         data = json.loads(first.reattach_config().to_json())
         data["client_cert"][field] = generate_cert().key_pem.decode() if bad == "other" else bad
-        began = time.monotonic()
         with pytest.raises(ConfigError, match="client_cert is not a usable certificate and matching private"
                                               " key.*to_json\\(\\) produced"):
-            second = Client(ClientConfig(handshake=HANDSHAKE, plugins=PLUGINS, start_timeout=5,
-                                         reattach=ReattachConfig.from_dict(data)))
-            second.start()  # the old code got here and waited out start_timeout
-        assert time.monotonic() - began < 2
+            # refused as it is read, before any Client or start (the old code got to start() and waited out
+            # its start_timeout): no wall clock needed to tell
+            ReattachConfig.from_dict(data)
         assert first.runner.wait(0) is None
     finally:
         first.kill()

@@ -131,10 +131,13 @@ def test_the_scopes_end_is_the_supervisors_policys_only_not_a_call_made_in_its_o
         assert plain.get("__calls__") == b"2"  # the plain call's failed try and its retry
 
 
-def _timed_out_in_scope(tmp_path: Path, policy: RetryPolicy, scope: float) -> str:
-    """The message of a Get whose tries all hang (the plugin's __slow__), under ``policy`` in a deadline(scope)."""
+def _timed_out_in_scope(tmp_path: Path, policy: RetryPolicy, scope: float, fail_first: bool = False) -> str:
+    """The message of a Get whose tries hang (the plugin's __slow__; the first fails UNAVAILABLE at once with
+    ``fail_first``), under ``policy`` in a deadline(scope)."""
     with Supervisor(lambda: faulty_config(tmp_path), restart=FAST, retry=policy, health_interval=None) as sup:
         kv = sup.dispense(PLUGIN_NAME)
+        if fail_first:
+            kv.put("__fail__", b"1")
         kv.put("__slow__", b"2")
         with sup.deadline(scope):
             with pytest.raises(CallTimeoutError) as err:
@@ -161,6 +164,16 @@ def test_a_scoped_call_out_of_tries_says_the_scope_bounded_it_not_overall_timeou
                                                      initial_backoff=0.05, max_backoff=0.05, jitter=0), 30)
     assert "deadline() scope, and no tries were left" in text, text
     assert "overall_timeout" not in text, text
+
+
+def test_a_scoped_call_whose_timeout_is_not_retried_says_so_not_that_no_tries_were_left(tmp_path: Path) -> None:
+    # try 1 fails UNAVAILABLE (retried), try 2 times out, which this policy does not retry: one try was left, so
+    # "no tries were left" was untrue (found in review)
+    text = _timed_out_in_scope(tmp_path, RetryPolicy(max_attempts=3, all_idempotent=True, per_attempt_timeout=0.3,
+                                                     initial_backoff=0.05, max_backoff=0.05, jitter=0,
+                                                     retry_on=[grpc.StatusCode.UNAVAILABLE]), 30, fail_first=True)
+    assert "deadline() scope, and this policy does not retry its error" in text, text
+    assert "no tries were left" not in text and "overall_timeout" not in text, text
 
 
 class _OwnLayer:

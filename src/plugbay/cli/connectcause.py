@@ -56,7 +56,8 @@ def silence(channel: grpc.Channel, calling: bool = False) -> str:
 
 
 def _state(channel: grpc.Channel) -> grpc.ChannelConnectivity | None:
-    """``channel``'s current state, as gRPC reports it on its own thread (None: no report within 0.2 s)."""
+    """``channel``'s current state, as gRPC reports it on its own thread (None: no report within 1 s: its
+    thread runs the report at once, but a loaded machine may not schedule it within a shorter wait)."""
     first: list[grpc.ChannelConnectivity] = []
     seen = threading.Event()
 
@@ -67,7 +68,7 @@ def _state(channel: grpc.Channel) -> grpc.ChannelConnectivity | None:
 
     channel.subscribe(note, try_to_connect=False)  # called with the current state, on grpc's own thread
     try:
-        seen.wait(0.2)
+        seen.wait(1.0)
     finally:
         channel.unsubscribe(note)
     return first[0] if first else None

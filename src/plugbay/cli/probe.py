@@ -15,7 +15,8 @@ from plugbay.cli import output
 from plugbay.cli.connectcause import connect_failure, silence, tls_failed_early, tls_refusal
 from plugbay.cli.targets import Reached, Tls, reach
 from plugbay.core.transport.handlenames import named_handles
-from plugbay.errors import CallFailedError, ConfigError, DiscoveryUnavailableError, TargetUnreachableError
+from plugbay.errors import (CallFailedError, ConfigError, DiscoveryUnavailableError, EngineUnavailableError,
+                            TargetUnreachableError)
 
 TARGET_HELP = "TARGET_OR_REATTACH: @REATTACH_FILE, reattach JSON, or a target (static:///, dns:///, kubernetes:///, unix:///)."
 
@@ -182,6 +183,8 @@ def health(service: str, watch: bool, interval: float, count: int | None, as_jso
                 # not there (yet), or its discovery source (a DNS server, a cluster's API) does not answer: a
                 # watch goes on, to see it come up, and a check says UNREACHABLE as for a name with no record
                 except (TargetUnreachableError, DiscoveryUnavailableError) as exc:
+                    if isinstance(exc.__cause__, EngineUnavailableError):
+                        raise  # no usable kubeconfig: a configuration to fix, not a source to wait for
                     result: dict[str, Any] = {"status": "UNREACHABLE", "ms": 0.0,
                                               "detail": output.one_line(str(exc))}
                 else:

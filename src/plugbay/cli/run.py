@@ -299,10 +299,13 @@ def run(cmd: str | None, trusted: tuple[str, ...], trust: bool, image: str | Non
                 client.kill()
                 if written is not None:
                     _remove_if_ours(out, written)
+                if own_folder is not None:  # before the word that nothing is left
+                    shutil.rmtree(own_folder, ignore_errors=True)
+                    own_folder = None
                 if interrupts.stop.is_set():
                     output.say_status("plugin stopped; nothing left behind", style="green", as_json=as_json)
     finally:
-        if own_folder is not None:
+        if own_folder is not None:  # the start failed before the loop above
             shutil.rmtree(own_folder, ignore_errors=True)
 
 
@@ -324,7 +327,7 @@ def _diagnose(client: Any) -> str:
 
 
 def _print_facts(client: Any, kind: str, versions: list[int], took: float, reattach: Any,
-                 out: Path | None, as_json: bool) -> None:
+                 out: Path, as_json: bool) -> None:
     info = client.handshake  # the host-side (mapped) address
     announced = reattach.handshake
     facts = {"plugin": client.name, "runner": kind, "id": client.runner.id,
@@ -333,7 +336,7 @@ def _print_facts(client: Any, kind: str, versions: list[int], took: float, reatt
              "mapped_address": output.mapped_address(info.network, info.address), "tls": info.server_cert is not None,
              "connection": client.connection_mode, "multiplex": info.multiplex,
              "plugins": "unknown (the handshake does not name them; try plugbay info)",
-             "started_in_s": round(took, 3), "reattach_file": str(out) if out else None}
+             "started_in_s": round(took, 3), "reattach_file": str(out)}
     if as_json:
         output.emit_json(facts)
         return

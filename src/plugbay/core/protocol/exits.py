@@ -37,8 +37,10 @@ def exit_said(code: int | None) -> str:
 NOT_FOUND, NOT_EXECUTABLE = 127, 126
 # a shell's words when it cannot run a program (dash, bash, busybox; "exec: NAME: not found" from sh -c exec):
 # a program may exit 127 or 126 itself, after it ran, and then the advice below would send the user astray
-_SHELL_REFUSAL = re.compile(r"not found|No such file or directory|Permission denied|cannot execute|Exec format error"
-                            r"|Is a directory", re.IGNORECASE)
+# ("sh: 1: pythn: not found", "bash: pythn: command not found", "env: 'pythn': No such file or directory"): a
+# program's own log line ("[ERROR] config key not found", hclog's "[LEVEL] ...") is none of them
+_SHELL_REFUSAL = re.compile(r"^[^\s\[]+:.*: (?:command not found|not found|No such file or directory|Permission denied"
+                            r"|cannot execute.*|Exec format error|Is a directory)$", re.IGNORECASE)
 
 
 def shell_refused(lines: list[str]) -> bool:

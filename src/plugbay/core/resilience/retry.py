@@ -264,7 +264,8 @@ class RetryPolicy:
             # a Supervisor's deadline() scope bounded the call, not an overall deadline of this policy's
             if own is None:
                 bound = "what was left of the deadline() scope"
-            why = "the deadline() scope left no time for another try" if scoped else "no tries were left"
+            why = ("the deadline() scope left no time for another try" if scoped else "no tries were left"
+                   if n >= call.tries else "this policy does not retry its error")
             change = (("raise RetryPolicy.per_attempt_timeout for longer tries"
                        + (", or pass a larger deadline(seconds) for more of them" if scoped else ""))
                       if own is not None else "pass a larger deadline(seconds)")

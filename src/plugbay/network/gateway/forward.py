@@ -58,7 +58,7 @@ _EXIT_WAIT = 1.0
 # grpcio's words for a hop to the child that broke under the call (its connection, not the child's answer): only
 # then is the child's exit waited for; a status the child sent itself goes back at once, whatever it says
 _BROKEN_HOP = ("Socket closed", "Stream removed", "Connection reset", "Broken pipe", "GOAWAY", "Connection closed",
-               "End of TCP stream", "Transport closed", "failed to connect", "Connection refused")
+               "End of TCP stream", "Transport closed")
 
 WEDGED_REFUSAL = (
     "the plugin behind the gateway has missed its health checks (it runs but does not answer: stopped or"
