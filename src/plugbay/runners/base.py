@@ -352,10 +352,11 @@ class Runner(AttachedRunner):
         """What to add to a "plugin exited before its handshake" error besides its stderr tail."""
         return self.diagnose()
 
-    def exit_advice(self, code: int | None) -> str | None:
-        """What to do about a plugin that exited with ``code`` before its handshake, when the code says more
-        than the default advice (the magic cookie): a shell's 127 or 126. None: the default."""
-        return not_run_advice(code, "the plugin's command", "on the PATH",
+    def exit_advice(self, code: int | None, last: Sequence[str]) -> str | None:
+        """What to do about a plugin that exited with ``code`` before its handshake, its last stderr lines
+        ``last``, when they say more than the default advice (the magic cookie): a shell's 127 or 126 with its
+        refusal. None: the default."""
+        return not_run_advice(code, last, "the plugin's command", "on the PATH",
                               "Check the command (and each program a shell wrapper of it runs), the PATH it runs"
                               " with, and the programs' permissions; run it by hand to see.")
 

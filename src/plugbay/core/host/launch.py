@@ -29,7 +29,6 @@ from plugbay.core.protocol.handshake import (
     parse_handshake_line,
 )
 from plugbay.core.host.logs import LogPump
-from plugbay.core.protocol.exits import shell_refused
 from plugbay.core.protocol.tls import CertKey
 from plugbay.core.transport.lines import MAX_LINE, was_cut
 from plugbay.core.transport.sockets import give_to_group, group_id
@@ -231,8 +230,7 @@ def read_handshake(runner: Runner, feed: OutputFeed, deadline: float, name: str,
                     f"\n{runner.diagnose()}")
             logs.join(2.0)
             last = logs.last(20)
-            raise PluginExitedError(name, code, last, runner.exit_detail(),
-                                    advice=runner.exit_advice(code) if shell_refused(last) else None)
+            raise PluginExitedError(name, code, last, runner.exit_detail(), advice=runner.exit_advice(code, last))
         assert isinstance(item, str)
         _log.debug("plugin %s handshake: %s", name, printable(item))
         if was_cut(item):  # its runner's line splitter ended it at MAX_LINE, newline or not

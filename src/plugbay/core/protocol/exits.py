@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Sequence
 
 
 def signal_name(num: int) -> str | None:
@@ -43,15 +44,13 @@ _SHELL_REFUSAL = re.compile(r"^[^\s\[]+:.*: (?:command not found|not found|No su
                             r"|cannot execute.*|Exec format error|Is a directory)$", re.IGNORECASE)
 
 
-def shell_refused(lines: list[str]) -> bool:
-    """Whether the last of ``lines`` (a plugin's last stderr lines) is a shell saying it could not run a program."""
-    return bool(lines) and _SHELL_REFUSAL.search(lines[-1]) is not None
-
-
-def not_run_advice(code: int | None, command: str, where: str, check: str) -> str | None:
-    """The advice for a plugin whose shell said it could not run ``command`` (exit 127 or 126), else None:
-    no plugin ran, so its handshake config (the magic cookie) is not the cause. ``where``: where the program
-    was looked for ("on its PATH"); ``check``: what to check."""
+def not_run_advice(code: int | None, last: Sequence[str], command: str, where: str, check: str) -> str | None:
+    """The advice for a plugin whose shell said it could not run ``command`` (exit 127 or 126, the last of its
+    stderr lines ``last`` the shell's refusal), else None: no plugin ran, so its handshake config (the magic
+    cookie) is not the cause. ``where``: where the program was looked for ("on its PATH"); ``check``: what to
+    check."""
+    if not last or _SHELL_REFUSAL.search(last[-1]) is None:
+        return None
     if code == NOT_FOUND:
         said = f"a program {command} runs was not found {where} (or no file is at the path given)"
     elif code == NOT_EXECUTABLE:

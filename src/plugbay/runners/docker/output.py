@@ -3,7 +3,7 @@ the runner says of a container that ended (its state, its last stderr lines, an 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from plugbay.core.protocol.exits import not_run_advice
@@ -47,9 +47,9 @@ class ContainerOutput:
         state = self._final_state if self._final_state is not None else self._inspect()
         return describe_container(self._container_id, self.image, state, self._pumps, self._client)
 
-    def exit_advice(self, code: int | None) -> str | None:
+    def exit_advice(self, code: int | None, last: Sequence[str]) -> str | None:
         # a shell-form ENTRYPOINT/CMD (or entrypoint=["/bin/sh", "-c", ...]) runs; its program is not in the image
-        return not_run_advice(code, "the container's entrypoint/command", "in the image",
+        return not_run_advice(code, last, "the container's entrypoint/command", "in the image",
                               "Check DockerRunner's entrypoint=/command= (else the image's ENTRYPOINT/CMD, `docker"
                               f" image inspect {self.image}`) and the image's PATH: the program must be in the image"
                               " (on its PATH, or a full path) and executable.")

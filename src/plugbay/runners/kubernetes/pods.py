@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from plugbay.core.protocol.exits import not_run_advice, shell_refused
+from plugbay.core.protocol.exits import not_run_advice
 from plugbay.core.protocol.hclog import shown_line
 from plugbay.errors import (
     ConfigError,
@@ -230,15 +230,18 @@ def start_failure(pod: Json, name: str, log_tail: Sequence[str], events: Sequenc
                               f" {ended.rstrip('.')}.\n{diag}", advice=advice, headline=headline)
     if code is not None:
         term = _terminated(cs, "state") or {}
-        # a shell-form command whose program is not in the image (127) or not executable (126): not the cookie
-        not_run = not_run_advice(code, "the pod's command", "in the image",
-                                "Check the image's ENTRYPOINT/CMD (and the runner's command, if it sets one) and"
-                                " the image's PATH: the program must be in the image and executable."
-                                ) if shell_refused(list(log_tail)) else None
         return PluginExitedError(name, code, log_tail,
                                  f"Pod {name} ended in phase {phase(pod)} (reason:"
-                                 f" {_said(term.get('reason', '?'))}).\n{diag}", advice=not_run)
+                                 f" {_said(term.get('reason', '?'))}).\n{diag}", advice=pod_not_run(code, log_tail))
     return None
+
+
+def pod_not_run(code: int | None, last: Sequence[str]) -> str | None:
+    """A shell-form command whose program is not in the image (127) or not executable (126): not the cookie. The
+    pod runner's advice, whether the pod's end or its output's end told the host first."""
+    return not_run_advice(code, last, "the pod's command", "in the image",
+                          "Check the image's ENTRYPOINT/CMD (and the runner's command, if it sets one) and the"
+                          " image's PATH: the program must be in the image and executable.")
 
 
 def _config_advice(message: str, name: str) -> str:

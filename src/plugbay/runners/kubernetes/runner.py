@@ -316,6 +316,9 @@ class KubernetesRunner(PodTeardown, Runner):
         # UNKNOWN_EXIT_CODE is wait()'s word for a pod that ended with none: told as a pod's end, not the base's
         return self._podwatch.unrecorded_end(self.id) if code == UNKNOWN_EXIT_CODE else super().exit_words(code)
 
+    def exit_advice(self, code: int | None, last: Sequence[str]) -> str | None:
+        return pods.pod_not_run(code, last)  # the image's command, as when the pod's end tells the host first
+
     def diagnose(self) -> str:
         return self._diagnose(None)
 
