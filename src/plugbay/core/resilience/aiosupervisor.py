@@ -194,8 +194,7 @@ class AsyncSupervisor:
         assert isinstance(managed, ManagedChannel)
         channel = AioManagedChannel(self._switch, managed, loop, self._executor, "AsyncSupervisor")
         layers: list[AsyncCallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
-        hook = chain_async([*layers, ReadyGate(self._sup)])
-        channel.call_hook = hook if not isinstance(self.retry, RetryPolicy) else scoped_hook_async(self._sup, hook)
+        channel.call_hook = scoped_hook_async(self._sup, self.retry, chain_async([*layers, ReadyGate(self._sup)]))
         self._channel = channel
 
     async def wait_running(self, timeout: float) -> bool:

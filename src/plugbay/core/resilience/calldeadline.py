@@ -49,6 +49,7 @@ import grpc
 from plugbay.core.host.callerrors import CallTimeout
 from plugbay.core.host.deadline import NO_DEADLINE
 from plugbay.core.resilience.calls import SCOPE_END, wait_timeout
+from plugbay.core.resilience.retry import RetryPolicy
 from plugbay.errors import ClientStateError, ConfigError
 
 _T = TypeVar("_T")
@@ -214,13 +215,16 @@ class ScopedTimeout(float):
         return made
 
 
-def scoped_hook(owner: object, hook: Callable[[str, Any, float | None], Any]
+def scoped_hook(owner: object, retry: object, hook: Callable[[str, Any, float | None], Any]
                 ) -> Callable[[str, Any, float | None], Any]:
     """``owner``'s call hook (its RetryPolicy first, then its breaker and ReadyGate) with the end of the scope
     ``owner`` made that is in effect here shown to that policy (calls.take_scope_end(), which its call takes
     before any code of the user's runs): the ReadyGate cuts each try to the scope, but the policy's backoff
-    between tries is its own, and was slept past it. Only for a hook whose outermost layer is a RetryPolicy (the
-    Supervisors check: a layer of the user's own would not take it, leaving it for every call the layer makes)."""
+    between tries is its own, and was slept past it. ``hook`` itself unless ``retry``, its outermost layer, is a
+    RetryPolicy: a layer of the user's own would not take the end, leaving it for every call the layer makes."""
+    if not isinstance(retry, RetryPolicy):
+        return hook
+
     def run(method: str, attempt: Any, timeout: float | None) -> Any:
         token = SCOPE_END.set(_end_of(owner))
         try:
@@ -230,9 +234,12 @@ def scoped_hook(owner: object, hook: Callable[[str, Any, float | None], Any]
     return run
 
 
-def scoped_hook_async(owner: object, hook: Callable[[str, Any, float | None], Awaitable[Any]]
+def scoped_hook_async(owner: object, retry: object, hook: Callable[[str, Any, float | None], Awaitable[Any]]
                       ) -> Callable[[str, Any, float | None], Awaitable[Any]]:
     """scoped_hook() for an AsyncSupervisor's hook (the value is set and reset in the calling task's context)."""
+    if not isinstance(retry, RetryPolicy):
+        return hook
+
     async def run(method: str, attempt: Any, timeout: float | None) -> Any:
         token = SCOPE_END.set(_end_of(owner))
         try:

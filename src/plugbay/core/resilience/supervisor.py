@@ -145,8 +145,7 @@ class Supervisor(SupervisorView):
                 self.breaker.name = self.name  # the default name, as install() names it: its errors name this plugin
             self._channel = SupervisedChannel(self, client.channel, client.config.call_timeout)
             layers: list[CallLayer] = [x for x in (self.retry, self.breaker) if x is not None]
-            hook = chain([*layers, ReadyGate(self)])
-            self._channel.call_hook = hook if not isinstance(self.retry, RetryPolicy) else scoped_hook(self, hook)
+            self._channel.call_hook = scoped_hook(self, self.retry, chain([*layers, ReadyGate(self)]))
             if not self._adopt(client):  # stop() came while it started
                 raise stopped_while_starting(self.name, self.kind)
             self._thread = threading.Thread(target=self._monitor, name=f"plugbay-supervisor-{self.name}",
